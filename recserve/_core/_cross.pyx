@@ -1,0 +1,114 @@
+# cython: language_level=3
+"""Feature crossing: the ranker's float32 matrix, shared by the trainer and the server.
+
+Row layout (F = U + I + C + 2*S + 4), named by ``recserve._core.cross.FeatureSchema``:
+  user features (U) | item features (I, gathered from the table) | context (C)
+  | per source s: 1/(1+rank) (0 if absent), source score (0 if absent)
+  | user.item dot | item price / user average spend (NaN when unknown) | user affinity for the item's
+    category (NaN when unknown) | item age in days (NaN when unknown)
+"""
+from libc.math cimport isfinite, NAN
+import numpy as np
+
+from recserve._core._typedefs cimport float32_t, float64_t, row_t, index_t
+
+# indices into the ``spec`` array
+DEF PRICE = 0
+DEF SPEND = 1
+DEF CAT = 2
+DEF CAT_OFFSET = 3
+DEF N_CAT = 4
+DEF CREATED = 5
+SPEC_LEN = 6
+
+
+cdef void cross_rows(const float32_t[::1] user, const float32_t[::1] uvec, const float32_t[:, ::1] items,
+                     const float32_t[:, ::1] emb, const row_t[::1] rows, const float32_t[::1] ctx,
+                     const row_t[:, ::1] rank, const float32_t[:, ::1] score, const index_t[::1] spec,
+                     double now_days, float32_t[:, ::1] out) noexcept nogil:
+    cdef Py_ssize_t n = rows.shape[0], U = user.shape[0], I = items.shape[1], C = ctx.shape[0]
+    cdef Py_ssize_t S = rank.shape[1], d = uvec.shape[0], i, j, s, c
+    cdef row_t r
+    cdef double dot, v, spend
+    cdef long cat
+    cdef float32_t* o
+    cdef const float32_t* it
+    spend = user[spec[SPEND]] if spec[SPEND] >= 0 else 0.0
+    for i in range(n):
+        r = rows[i]
+        o = &out[i, 0]
+        it = &items[r, 0]
+        for j in range(U):
+            o[j] = user[j]
+        c = U
+        for j in range(I):
+            o[c + j] = it[j]
+        c += I
+        for j in range(C):
+            o[c + j] = ctx[j]
+        c += C
+        for s in range(S):
+            o[c] = 1.0 / (1.0 + rank[i, s]) if rank[i, s] >= 0 else 0.0
+            o[c + 1] = score[i, s] if rank[i, s] >= 0 else 0.0
+            c += 2
+        dot = 0.0
+        for j in range(d):
+            dot += uvec[j] * emb[r, j]
+        o[c] = <float32_t>dot
+        if spec[PRICE] >= 0 and spec[SPEND] >= 0 and spend > 0:
+            o[c + 1] = <float32_t>(it[spec[PRICE]] / spend)
+        else:
+            o[c + 1] = NAN
+        o[c + 2] = NAN
+        if spec[CAT] >= 0 and spec[CAT_OFFSET] >= 0:
+            v = it[spec[CAT]]
+            if v >= 0 and v < spec[N_CAT]:
+                cat = <long>v
+                o[c + 2] = user[spec[CAT_OFFSET] + cat]
+        if spec[CREATED] >= 0 and isfinite(now_days):
+            o[c + 3] = <float32_t>(now_days - it[spec[CREATED]])
+        else:
+            o[c + 3] = NAN
+
+
+cdef int check_finite(const float32_t[::1] x, str name) except -1:
+    cdef Py_ssize_t j
+    for j in range(x.shape[0]):
+        if not isfinite(x[j]):
+            raise ValueError(f"{name}[{j}] is not finite")
+    return 0
+
+
+def cross(const float32_t[::1] user, const float32_t[::1] uvec, const float32_t[:, ::1] items,
+          const float32_t[:, ::1] emb, const row_t[::1] rows, const float32_t[::1] ctx,
+          const row_t[:, ::1] rank, const float32_t[:, ::1] score, const index_t[::1] spec,
+          double now_days):
+    """Build the float32 [n, F] feature matrix for one user's candidates (see the module docstring)."""
+    cdef Py_ssize_t n = rows.shape[0], i, S = rank.shape[1]
+    cdef Py_ssize_t F = user.shape[0] + items.shape[1] + ctx.shape[0] + 2 * S + 4
+    if spec.shape[0] != SPEC_LEN:
+        raise ValueError(f"spec must have {SPEC_LEN} entries")
+    if items.shape[0] != emb.shape[0]:
+        raise ValueError(f"item table has {items.shape[0]} rows, embeddings {emb.shape[0]}")
+    if uvec.shape[0] != emb.shape[1]:
+        raise ValueError(f"user vector has dimension {uvec.shape[0]}, item embeddings {emb.shape[1]}")
+    if rank.shape[0] != n or score.shape[0] != n or score.shape[1] != S:
+        raise ValueError("merge features must have one row per candidate and the same sources")
+    for i in (PRICE, CAT, CREATED):
+        if spec[i] >= items.shape[1]:
+            raise ValueError(f"spec[{i}] = {spec[i]} is not an item column")
+    if spec[SPEND] >= user.shape[0]:
+        raise ValueError(f"spend column {spec[SPEND]} is not a user column")
+    if spec[CAT_OFFSET] >= 0 and (spec[N_CAT] < 0 or spec[CAT_OFFSET] + spec[N_CAT] > user.shape[0]):
+        raise ValueError("category shares do not fit in the user row")
+    check_finite(user, "user_features")
+    check_finite(uvec, "user_vector")
+    check_finite(ctx, "context")
+    for i in range(n):
+        if rows[i] < 0 or rows[i] >= items.shape[0]:
+            raise ValueError(f"candidate row {rows[i]} is out of range [0, {items.shape[0]})")
+    out = np.empty((n, F), np.float32)
+    cdef float32_t[:, ::1] o = out
+    with nogil:
+        cross_rows(user, uvec, items, emb, rows, ctx, rank, score, spec, now_days, o)
+    return out

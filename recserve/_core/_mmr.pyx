@@ -1,0 +1,121 @@
+# cython: language_level=3
+"""MMR re-ranking with creator rules, O(k * n * d) by incremental max-similarity."""
+from libc.math cimport sqrt, isfinite, INFINITY
+from libc.stdlib cimport malloc, free
+from libc.stdint cimport uint8_t
+import numpy as np
+
+from recserve._core._typedefs cimport float32_t, row_t, index_t
+
+
+cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb, const row_t[::1] rows,
+                           Py_ssize_t k, double lam, const row_t[::1] creators, bint has_creators,
+                           Py_ssize_t max_per_creator, bint no_adjacent,
+                           row_t[::1] out_idx, float32_t[::1] out_pen,
+                           double* inv_norm, double* max_sim, uint8_t* used, row_t* creator_count) noexcept nogil:
+    cdef Py_ssize_t n = rel.shape[0], d = emb.shape[1], i, j, t, best, best_any, chosen = 0
+    cdef double v, obj, best_obj, best_any_obj, s
+    cdef row_t last_creator = -1, c
+    for i in range(n):
+        v = 0.0
+        for j in range(d):
+            v += emb[rows[i], j] * emb[rows[i], j]
+        inv_norm[i] = 1.0 / sqrt(v) if v > 0 else 0.0
+        max_sim[i] = -INFINITY
+        used[i] = 0
+    if has_creators:
+        for i in range(n):
+            creator_count[i] = 0
+    for t in range(k):
+        best = -1
+        best_any = -1
+        best_obj = -INFINITY
+        best_any_obj = -INFINITY
+        for i in range(n):
+            if used[i]:
+                continue
+            if has_creators and creators[i] >= 0 and max_per_creator > 0 and creator_count[creators[i]] >= max_per_creator:
+                continue
+            obj = lam * rel[i]
+            if t > 0 and lam < 1.0:
+                obj -= (1.0 - lam) * max_sim[i]
+            if obj > best_any_obj:
+                best_any_obj = obj
+                best_any = i
+            if no_adjacent and has_creators and creators[i] >= 0 and creators[i] == last_creator:
+                continue
+            if obj > best_obj:
+                best_obj = obj
+                best = i
+        if best < 0:
+            best = best_any          # only same-creator items remain: relax adjacency rather than stop short
+        if best < 0:
+            break
+        used[best] = 1
+        out_idx[chosen] = <row_t>best
+        out_pen[chosen] = <float32_t>(max_sim[best] if t > 0 else 0.0)
+        chosen += 1
+        if has_creators:
+            c = creators[best]
+            last_creator = c
+            if c >= 0:
+                creator_count[c] += 1
+        if lam >= 1.0:
+            continue
+        # incremental update of every remaining candidate's max similarity to the selected set
+        for i in range(n):
+            if used[i]:
+                continue
+            s = 0.0
+            for j in range(d):
+                s += emb[rows[i], j] * emb[rows[best], j]
+            s *= inv_norm[i] * inv_norm[best]
+            if s > max_sim[i]:
+                max_sim[i] = s
+    return chosen
+
+
+def mmr(const float32_t[::1] rel, const float32_t[:, ::1] emb, const row_t[::1] rows, Py_ssize_t k,
+        double lam, creators, Py_ssize_t max_per_creator, bint no_adjacent):
+    """Select up to k candidate positions; returns (positions int32[m], max-sim penalty float32[m])."""
+    cdef Py_ssize_t n = rel.shape[0], i
+    if rows.shape[0] != n:
+        raise ValueError(f"{n} relevance scores but {rows.shape[0]} rows")
+    if k < 0:
+        raise ValueError("k must be >= 0")
+    if not (0.0 <= lam <= 1.0):
+        raise ValueError(f"lambda must be in [0, 1], got {lam}")
+    for i in range(n):
+        if not isfinite(rel[i]):
+            raise ValueError(f"relevance[{i}] is not finite")
+        if rows[i] < 0 or rows[i] >= emb.shape[0]:
+            raise ValueError(f"candidate row {rows[i]} is out of range [0, {emb.shape[0]})")
+    cdef bint has_creators = creators is not None
+    cdef const row_t[::1] cr = creators if has_creators else np.empty(0, np.int32)
+    if has_creators:
+        if cr.shape[0] != n:
+            raise ValueError(f"{n} candidates but {cr.shape[0]} creators")
+        for i in range(n):
+            if cr[i] < -1 or cr[i] >= n:
+                # creators are re-coded densely per request by the Python layer (-1 = unknown)
+                raise ValueError(f"creator code {cr[i]} is out of range [-1, {n})")
+    k = min(k, n)
+    out_idx = np.empty(k, np.int32)
+    out_pen = np.empty(k, np.float32)
+    cdef row_t[::1] oi = out_idx
+    cdef float32_t[::1] op = out_pen
+    cdef double* inv_norm = <double*>malloc((n + 1) * sizeof(double))
+    cdef double* max_sim = <double*>malloc((n + 1) * sizeof(double))
+    cdef uint8_t* used = <uint8_t*>malloc(n + 1)
+    cdef row_t* count = <row_t*>malloc((n + 1) * sizeof(row_t))
+    cdef Py_ssize_t m = 0
+    if inv_norm == NULL or max_sim == NULL or used == NULL or count == NULL:
+        free(inv_norm); free(max_sim); free(used); free(count)
+        raise MemoryError()
+    try:
+        with nogil:
+            m = mmr_select(rel, emb, rows, k, lam, cr, has_creators, max_per_creator, no_adjacent,
+                           oi, op, inv_norm, max_sim, used, count)
+    finally:
+        free(inv_norm); free(max_sim); free(used); free(count)
+    return out_idx[:m], out_pen[:m]

@@ -1,0 +1,144 @@
+"""Feature crossing: the one function that builds ranker rows, for the trainer and the server alike.
+
+A :class:`FeatureSchema` names the columns and says which item / user columns play which role in the
+crossed features; the bundle manifest records it, and the server refuses a bundle whose ranker was trained
+on another schema. Layout of a row (see ``_cross.pyx``)::
+
+    user.* | item.* | ctx.* | src.<s>.rrank, src.<s>.score for each source | x.dot, x.price_ratio,
+    x.cat_affinity, x.item_age_days
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from recserve._core import _cross
+from recserve._core._validate import f32_1d, f32_2d, i64_1d, rows_1d
+
+CROSSED = ["x.dot", "x.price_ratio", "x.cat_affinity", "x.item_age_days"]
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    user_columns: list[str]
+    item_columns: list[str]
+    context_columns: list[str]
+    sources: list[str]
+    price_column: str | None = None         # item column
+    spend_column: str | None = None         # user column: average spend
+    category_column: str | None = None      # item column holding the category code 0..n-1
+    category_share_prefix: str | None = None  # user columns "<prefix>0".."<prefix>{n-1}"
+    n_categories: int = 0
+    created_column: str | None = None       # item column: creation time in days since the epoch
+    names: list[str] = field(init=False, default_factory=list)
+
+    def __post_init__(self):
+        names = ([f"user.{c}" for c in self.user_columns] + [f"item.{c}" for c in self.item_columns]
+                 + [f"ctx.{c}" for c in self.context_columns])
+        for s in self.sources:
+            names += [f"src.{s}.rrank", f"src.{s}.score"]
+        object.__setattr__(self, "names", names + CROSSED)
+        self.spec()  # validates the role columns
+
+    @property
+    def n_features(self) -> int:
+        return len(self.names)
+
+    def spec(self) -> np.ndarray:
+        def col(cols, name, what):
+            if name is None:
+                return -1
+            if name not in cols:
+                raise ValueError(f"{what} column {name!r} is not in the schema")
+            return cols.index(name)
+
+        offset = -1
+        if self.category_share_prefix is not None and self.n_categories > 0:
+            first = f"{self.category_share_prefix}0"
+            offset = col(self.user_columns, first, "category share")
+            expected = [f"{self.category_share_prefix}{i}" for i in range(self.n_categories)]
+            if self.user_columns[offset:offset + self.n_categories] != expected:
+                raise ValueError("category share columns must be consecutive and numbered from 0")
+        return np.array([
+            col(self.item_columns, self.price_column, "price"),
+            col(self.user_columns, self.spend_column, "spend"),
+            col(self.item_columns, self.category_column, "category"),
+            offset,
+            self.n_categories,
+            col(self.item_columns, self.created_column, "created"),
+        ], np.int64)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("names")
+        d["feature_names"] = list(self.names)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureSchema":
+        d = dict(d)
+        names = d.pop("feature_names", None)
+        schema = cls(**d)
+        if names is not None and names != schema.names:
+            raise ValueError("the recorded feature names do not match the schema")
+        return schema
+
+
+class Crosser:
+    """Builds ranker rows for one schema over one item table and embedding matrix (both read-only)."""
+
+    def __init__(self, schema: FeatureSchema, item_table: np.ndarray, item_emb: np.ndarray):
+        self.schema = schema
+        self.items = f32_2d(item_table, "item_table")
+        self.emb = f32_2d(item_emb, "item_emb")
+        if self.items.shape[1] != len(schema.item_columns):
+            raise ValueError(f"item table has {self.items.shape[1]} columns, schema {len(schema.item_columns)}")
+        if self.items.shape[0] != self.emb.shape[0]:
+            raise ValueError("item table and embeddings differ in rows")
+        self._spec = schema.spec()
+
+    def cross(self, user_row, user_vec, rows, context, rank, score, now_days: float) -> np.ndarray:
+        """float32 [len(rows), n_features]. ``rank``/``score`` come from :func:`merge_candidates`."""
+        s = self.schema
+        user = f32_1d(user_row, "user_row")
+        ctx = f32_1d(context, "context")
+        if len(user) != len(s.user_columns):
+            raise ValueError(f"user row has {len(user)} values, schema {len(s.user_columns)}")
+        if len(ctx) != len(s.context_columns):
+            raise ValueError(f"context has {len(ctx)} values, schema {len(s.context_columns)}")
+        r = rows_1d(rows, "rows")
+        rk = np.ascontiguousarray(rank, np.int32).reshape(len(r), len(s.sources))
+        sc = np.ascontiguousarray(score, np.float32).reshape(len(r), len(s.sources))
+        return _cross.cross(user, f32_1d(user_vec, "user_vec"), self.items, self.emb, r, ctx, rk, sc,
+                            self._spec, float(now_days))
+
+
+def cross_reference(schema: FeatureSchema, item_table, item_emb, user_row, user_vec, rows, context,
+                    rank, score, now_days) -> np.ndarray:
+    """Plain numpy reference of :meth:`Crosser.cross`."""
+    items = np.asarray(item_table, np.float32)
+    rows = np.asarray(rows, np.int64)
+    n = len(rows)
+    user = np.asarray(user_row, np.float32)
+    it = items[rows]
+    rank = np.asarray(rank).reshape(n, len(schema.sources))
+    score = np.asarray(score, np.float32).reshape(n, len(schema.sources))
+    parts = [np.broadcast_to(user, (n, len(user))), it,
+             np.broadcast_to(np.asarray(context, np.float32), (n, len(schema.context_columns)))]
+    for si in range(len(schema.sources)):
+        present = rank[:, si] >= 0
+        parts.append(np.where(present, 1.0 / (1.0 + np.maximum(rank[:, si], 0)), 0.0)[:, None])
+        parts.append(np.where(present, score[:, si], 0.0)[:, None])
+    spec = schema.spec()
+    dot = np.asarray(item_emb, np.float64)[rows] @ np.asarray(user_vec, np.float64)
+    nan = np.full(n, np.nan)
+    price = it[:, spec[0]] / user[spec[1]] if spec[0] >= 0 and spec[1] >= 0 and user[spec[1]] > 0 else nan
+    aff = nan.copy()
+    if spec[2] >= 0 and spec[3] >= 0:
+        c = it[:, spec[2]].astype(np.float64)
+        ok = (c >= 0) & (c < spec[4])
+        aff[ok] = user[spec[3] + c[ok].astype(np.int64)]
+    age = now_days - it[:, spec[5]].astype(np.float64) if spec[5] >= 0 and np.isfinite(now_days) else nan
+    parts += [dot[:, None], np.asarray(price)[:, None], aff[:, None], np.asarray(age)[:, None]]
+    return np.hstack(parts).astype(np.float32)

@@ -1,0 +1,74 @@
+"""MMR diversity re-ranking with creator rules.
+
+Greedily picks up to k of n candidates maximising ``lam * relevance[i] - (1 - lam) * max_sim(i, selected)``
+(cosine similarity of item embeddings; the max similarity of every remaining candidate is updated
+incrementally, O(k * n * d)). Rules: at most ``max_per_creator`` items per creator (0 = unlimited; may
+return fewer than k), and with ``no_adjacent`` no two consecutive items by the same creator unless only
+that creator's items remain. ``lam = 1`` gives exactly the relevance order (ties by position).
+Relevance is used as given: scale it (e.g. min-max) so it is comparable with cosine similarity, and add
+any novelty boost to it before calling.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from recserve._core import _mmr
+from recserve._core._validate import f32_1d, f32_2d, rows_1d
+
+
+def dense_codes(creators) -> np.ndarray:
+    """Re-code arbitrary creator ids (negative = unknown) to 0..m-1 per request, -1 kept for unknown."""
+    c = np.asarray(creators, np.int64)
+    out = np.full(len(c), -1, np.int32)
+    known = c >= 0
+    if known.any():
+        _, inv = np.unique(c[known], return_inverse=True)
+        out[known] = inv
+    return out
+
+
+def mmr(relevance, item_emb, rows, k: int, lam: float, creators=None, max_per_creator: int = 0,
+        no_adjacent: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (positions into the candidate arrays, the max-similarity penalty of each pick)."""
+    rel = f32_1d(relevance, "relevance")
+    cr = None if creators is None else dense_codes(creators)
+    return _mmr.mmr(rel, f32_2d(item_emb, "item_emb"), rows_1d(rows, "rows"), int(k), float(lam), cr,
+                    int(max_per_creator), bool(no_adjacent))
+
+
+def mmr_reference(relevance, item_emb, rows, k, lam, creators=None, max_per_creator=0, no_adjacent=False):
+    """numpy reference: the same greedy, with the incremental update done by a BLAS matrix-vector product."""
+    rel = np.asarray(relevance, np.float64)
+    E = np.asarray(item_emb, np.float64)[np.asarray(rows)]
+    norms = np.linalg.norm(E, axis=1)
+    E = E / np.where(norms > 0, norms, 1.0)[:, None]
+    E[norms == 0] = 0
+    n = len(rel)
+    cr = None if creators is None else dense_codes(creators)
+    max_sim = np.full(n, -np.inf)
+    used = np.zeros(n, bool)
+    count: dict[int, int] = {}
+    last = -1
+    picks, pens = [], []
+    for t in range(min(k, n)):
+        obj = lam * rel - ((1 - lam) * max_sim if (t > 0 and lam < 1) else 0.0)
+        ok = ~used
+        if cr is not None and max_per_creator > 0:
+            ok &= np.array([c < 0 or count.get(int(c), 0) < max_per_creator for c in cr])
+        if not ok.any():
+            break
+        cand = ok.copy()
+        if cr is not None and no_adjacent:
+            cand &= ~((cr >= 0) & (cr == last))
+        pool = cand if cand.any() else ok
+        best = int(np.flatnonzero(pool)[np.argmax(np.where(pool, obj, -np.inf)[pool])])
+        picks.append(best)
+        pens.append(max_sim[best] if t > 0 else 0.0)
+        used[best] = True
+        if cr is not None:
+            last = int(cr[best])
+            if last >= 0:
+                count[last] = count.get(last, 0) + 1
+        if lam < 1:
+            max_sim = np.maximum(max_sim, E @ E[best])
+    return np.array(picks, np.int32), np.array(pens, np.float32)
