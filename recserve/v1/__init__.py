@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for recserve.v1 (regenerate with `make proto`)."""
