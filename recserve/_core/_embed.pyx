@@ -7,21 +7,23 @@ import numpy as np
 from recserve._core._typedefs cimport float32_t, float64_t, row_t, index_t
 
 
-cdef int weighted_average(const float32_t[:, ::1] emb, const row_t[::1] rows,
-                          const float32_t[::1] ev_w, const float32_t[::1] ages,
-                          bint has_w, bint has_ages, double decay, double half_life,
+cdef int weighted_average(const float32_t[:, ::1] emb, const row_t* rows, Py_ssize_t L,
+                          const float32_t* ev_w, const float32_t* ages, double decay, double half_life,
                           double* out) noexcept nogil:
-    """out[d] = sum_t w_t emb[rows[t]] with w normalised to sum 1. Returns 0 if the weights sum to 0."""
-    cdef Py_ssize_t L = rows.shape[0], d = emb.shape[1], t, j
+    """out[d] = sum_t w_t emb[rows[t]] with w normalised to sum 1 (``ev_w`` / ``ages`` may be NULL).
+
+    Returns 0 if the weights sum to 0.
+    """
+    cdef Py_ssize_t d = emb.shape[1], t, j
     cdef double w, total = 0.0
     cdef const float32_t* e
     for j in range(d):
         out[j] = 0.0
     for t in range(L):
         w = exp(decay * <double>(t - (L - 1)))
-        if has_w:
+        if ev_w != NULL:
             w *= ev_w[t]
-        if has_ages and half_life > 0:
+        if ages != NULL and half_life > 0:
             w *= pow(0.5, ages[t] / half_life)
         if w <= 0:
             continue
@@ -104,14 +106,18 @@ def user_vector(const float32_t[:, ::1] emb, const row_t[::1] rows, ev_w, ages,
     check_rows_finite(emb, rows)
     out = np.zeros(d, dtype=np.float32)
     cdef float32_t[::1] o = out
+    cdef const float32_t* wp
+    cdef const float32_t* ap
     cdef double* buf = <double*>malloc(2 * d * sizeof(double))
     if buf == NULL:
         raise MemoryError()
     try:
         with nogil:
             if L > 0:
-                weighted_average(emb, rows, w_view, a_view, has_w, has_a, decay_long, half_life, buf)
-                weighted_average(emb, rows, w_view, a_view, has_w, has_a, decay_short, half_life, buf + d)
+                wp = &w_view[0] if has_w else NULL
+                ap = &a_view[0] if has_a else NULL
+                weighted_average(emb, &rows[0], L, wp, ap, decay_long, half_life, buf)
+                weighted_average(emb, &rows[0], L, wp, ap, decay_short, half_life, buf + d)
                 mix_normalise(buf, buf + d, alpha, d, &o[0])
     finally:
         free(buf)
@@ -145,6 +151,8 @@ def user_vectors_csr(const float32_t[:, ::1] emb, const index_t[::1] indptr, con
     check_rows_finite(emb, rows)
     out = np.zeros((U, d), dtype=np.float32)
     cdef float32_t[:, ::1] o = out
+    cdef const float32_t* wp
+    cdef const float32_t* ap
     cdef double* buf = <double*>malloc(2 * d * sizeof(double))
     if buf == NULL:
         raise MemoryError()
@@ -155,10 +163,10 @@ def user_vectors_csr(const float32_t[:, ::1] emb, const index_t[::1] indptr, con
                 e = indptr[u + 1]
                 if e == s:
                     continue
-                weighted_average(emb, rows[s:e], w_view[s:e] if has_w else w_view, a_view[s:e] if has_a else a_view,
-                                 has_w, has_a, decay_long, half_life, buf)
-                weighted_average(emb, rows[s:e], w_view[s:e] if has_w else w_view, a_view[s:e] if has_a else a_view,
-                                 has_w, has_a, decay_short, half_life, buf + d)
+                wp = &w_view[s] if has_w else NULL
+                ap = &a_view[s] if has_a else NULL
+                weighted_average(emb, &rows[s], e - s, wp, ap, decay_long, half_life, buf)
+                weighted_average(emb, &rows[s], e - s, wp, ap, decay_short, half_life, buf + d)
                 mix_normalise(buf, buf + d, alpha, d, &o[u, 0])
     finally:
         free(buf)

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from recserve._core.cross import Crosser, FeatureSchema, cross_reference
+
+
+def make(seed, n_items=40, d=6, n_cat=3):
+    rng = np.random.default_rng(seed)
+    schema = FeatureSchema(
+        user_columns=["age_days", "avg_spend"] + [f"cat_share_{i}" for i in range(n_cat)],
+        item_columns=["price", "category", "created_days", "popularity"],
+        context_columns=["hour", "weekday"],
+        sources=["ann", "i2i", "popular"],
+        price_column="price", spend_column="avg_spend", category_column="category",
+        category_share_prefix="cat_share_", n_categories=n_cat, created_column="created_days")
+    items = np.column_stack([rng.uniform(1, 100, n_items), rng.integers(-1, n_cat + 1, n_items),
+                             rng.uniform(18000, 20000, n_items), rng.random(n_items)]).astype(np.float32)
+    emb = rng.normal(size=(n_items, d)).astype(np.float32)
+    return rng, schema, items, emb
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 10**6), n=st.integers(0, 50), spend=st.sampled_from([0.0, 25.0]),
+       now=st.sampled_from([20100.0, float("nan")]))
+def test_matches_reference(seed, n, spend, now):
+    rng, schema, items, emb = make(seed)
+    user = np.concatenate([[300.0, spend], rng.dirichlet(np.ones(3))]).astype(np.float32)
+    uvec = rng.normal(size=emb.shape[1]).astype(np.float32)
+    rows = rng.integers(0, len(items), n).astype(np.int32)
+    rank = rng.integers(-1, 20, (n, 3)).astype(np.int32)
+    score = rng.normal(size=(n, 3)).astype(np.float32)
+    ctx = np.array([13, 2], np.float32)
+    got = Crosser(schema, items, emb).cross(user, uvec, rows, ctx, rank, score, now)
+    want = cross_reference(schema, items, emb, user, uvec, rows, ctx, rank, score, now)
+    assert got.shape == (n, schema.n_features)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+def test_schema_names_and_roundtrip():
+    _, schema, _, _ = make(0)
+    assert schema.names[:2] == ["user.age_days", "user.avg_spend"]
+    assert schema.names[-4:] == ["x.dot", "x.price_ratio", "x.cat_affinity", "x.item_age_days"]
+    assert FeatureSchema.from_dict(schema.to_dict()) == schema
+    d = schema.to_dict()
+    d["feature_names"] = d["feature_names"][::-1]
+    with pytest.raises(ValueError, match="do not match"):
+        FeatureSchema.from_dict(d)
+    with pytest.raises(ValueError, match="price"):
+        FeatureSchema(["a"], ["b"], [], ["ann"], price_column="nope")
+
+
+def test_bad_input_rejected():
+    rng, schema, items, emb = make(1)
+    c = Crosser(schema, items, emb)
+    user = np.ones(5, np.float32)
+    uvec = np.ones(emb.shape[1], np.float32)
+    rank = np.zeros((1, 3), np.int32)
+    score = np.zeros((1, 3), np.float32)
+    ctx = np.zeros(2, np.float32)
+    with pytest.raises(ValueError, match="out of range"):
+        c.cross(user, uvec, [len(items)], ctx, rank, score, 0.0)
+    bad = user.copy()
+    bad[0] = np.nan
+    with pytest.raises(ValueError, match="not finite"):
+        c.cross(bad, uvec, [0], ctx, rank, score, 0.0)
+    with pytest.raises(ValueError, match="dimension"):
+        c.cross(user, np.ones(3, np.float32), [0], ctx, rank, score, 0.0)
+    with pytest.raises(ValueError, match="context"):
+        c.cross(user, uvec, [0], np.zeros(5, np.float32), rank, score, 0.0)
+    with pytest.raises(ValueError, match="columns"):
+        Crosser(schema, items[:, :2], emb)

@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+from recserve._core.embed import UserVectorParams, user_vector, user_vector_reference, user_vectors
+
+TOL = {np.float32: dict(rtol=1e-4, atol=1e-5)}
+
+
+def emb_matrix(n=50, d=16, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+
+
+params_st = st.builds(UserVectorParams,
+                      decay_short=st.floats(0, 3), decay_long=st.floats(0, 0.5),
+                      alpha=st.floats(0, 1), half_life=st.floats(0, 100))
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.integers(0, 49), max_size=80), params=params_st, data=st.data())
+def test_matches_reference(rows, params, data):
+    E = emb_matrix()
+    L = len(rows)
+    w = data.draw(st.none() | hnp.arrays(np.float32, L, elements=st.floats(0.125, 5, width=32)))
+    ages = data.draw(st.none() | hnp.arrays(np.float32, L, elements=st.floats(0, 500, width=32)))
+    got = user_vector(E, rows, params, w, ages)
+    want = user_vector_reference(E, rows, params, w, ages)
+    np.testing.assert_allclose(got, want, **TOL[np.float32])
+
+
+@settings(max_examples=50, deadline=None)
+@given(lengths=st.lists(st.integers(0, 20), min_size=1, max_size=10), params=params_st, seed=st.integers(0, 9))
+def test_batch_equals_single(lengths, params, seed):
+    E = emb_matrix()
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(E), sum(lengths))
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    w = rng.uniform(0.5, 2, len(rows)).astype(np.float32)
+    batch = user_vectors(E, indptr, rows, params, w)
+    for u in range(len(lengths)):
+        s, e = indptr[u], indptr[u + 1]
+        np.testing.assert_allclose(batch[u], user_vector(E, rows[s:e], params, w[s:e]), rtol=1e-6, atol=1e-7)
+
+
+def test_newest_item_weighs_most():
+    E = np.eye(3, dtype=np.float32)
+    v = user_vector(E, [0, 1, 2], UserVectorParams(decay_short=1.0, decay_long=1.0))
+    assert v[2] > v[1] > v[0] > 0
+    assert np.isclose(np.linalg.norm(v), 1.0)
+
+
+def test_empty_history_and_zero_norm_give_zeros():
+    E = emb_matrix()
+    assert not user_vector(E, [], UserVectorParams()).any()
+    E2 = np.array([[1, 0], [-1, 0]], np.float32)
+    assert not user_vector(E2, [0, 1], UserVectorParams(0, 0, 0.5)).any()
+    assert not user_vector(E, [1, 2], UserVectorParams(), event_weights=[0, 0]).any()
+
+
+@pytest.mark.parametrize("rows", [[-1], [50], [0, 10**6]])
+def test_out_of_range_rows_rejected(rows):
+    with pytest.raises(ValueError, match="out of range"):
+        user_vector(emb_matrix(), rows, UserVectorParams())
+
+
+def test_bad_inputs_rejected():
+    E = emb_matrix()
+    p = UserVectorParams()
+    with pytest.raises(ValueError, match="not finite"):
+        user_vector(E, [1, 2], p, event_weights=[1, np.nan])
+    with pytest.raises(ValueError, match="not finite"):
+        user_vector(E, [1, 2], p, ages=[np.inf, 1])
+    with pytest.raises(ValueError, match="length"):
+        user_vector(E, [1, 2], p, event_weights=[1])
+    bad = E.copy()
+    bad[3, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        user_vector(bad, [3], p)
+    with pytest.raises(ValueError, match="integer"):
+        user_vector(E, [1.5], p)
+    with pytest.raises(ValueError):
+        UserVectorParams(alpha=2)
+    with pytest.raises(ValueError, match="indptr"):
+        user_vectors(E, [0, 3], [1, 2], p)

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from recserve._core.merge import exclusion_bitset, merge_candidates, merge_reference
+
+N = 60
+
+
+@st.composite
+def sources(draw):
+    S = draw(st.integers(1, 5))
+    lists = []
+    for _ in range(S):
+        rows = draw(st.lists(st.integers(0, N - 1), max_size=40))
+        scores = draw(st.lists(st.floats(-10, 10, width=32), min_size=len(rows), max_size=len(rows)))
+        lists.append((np.array(rows, np.int32), np.array(scores, np.float32)))
+    quotas = draw(st.lists(st.integers(0, 50), min_size=S, max_size=S))
+    return lists, quotas
+
+
+@settings(max_examples=300, deadline=None)
+@given(src=sources(), cap=st.integers(0, 120), excluded=st.lists(st.integers(0, N - 1), max_size=N))
+def test_matches_reference(src, cap, excluded):
+    lists, quotas = src
+    bits = exclusion_bitset(N, excluded) if excluded else None
+    got = merge_candidates(lists, quotas, cap, N, bits)
+    want = merge_reference(lists, quotas, cap, N, bits)
+    np.testing.assert_array_equal(got.rows, want.rows)
+    np.testing.assert_array_equal(got.rank, want.rank)
+    np.testing.assert_array_equal(got.score, want.score)
+    np.testing.assert_array_equal(got.sources, want.sources)
+    # invariants: unique, nothing excluded, cap and quotas respected
+    assert len(set(got.rows.tolist())) == len(got.rows) <= cap
+    assert not set(got.rows.tolist()) & set(excluded)
+    for s, q in enumerate(quotas):
+        assert (got.rank[:, s] >= 0).sum() <= q
+
+
+def test_duplicates_keep_every_source():
+    a = (np.array([5, 6, 5]), np.array([3.0, 2.0, 1.0]))
+    b = (np.array([6, 7]), np.array([9.0, 8.0]))
+    m = merge_candidates([a, b], [10, 10], 10, 10)
+    assert m.rows.tolist() == [5, 6, 7]
+    i6 = m.rows.tolist().index(6)
+    assert m.rank[i6].tolist() == [1, 0]
+    assert m.sources[i6] == 0b11
+    assert m.score[i6].tolist() == [2.0, 9.0]
+
+
+def test_all_excluded_and_empty():
+    lists = [(np.arange(5), np.ones(5))]
+    m = merge_candidates(lists, [5], 5, 5, exclusion_bitset(5, range(5)))
+    assert len(m) == 0
+    assert len(merge_candidates([(np.array([], np.int32), np.array([], np.float32))], [3], 3, 5)) == 0
+
+
+def test_round_robin_cap_takes_best_of_each_source():
+    a = (np.arange(0, 10), np.ones(10))
+    b = (np.arange(10, 20), np.ones(10))
+    m = merge_candidates([a, b], [10, 10], 4, 20)
+    assert m.rows.tolist() == [0, 10, 1, 11]
+
+
+def test_bad_input_rejected():
+    with pytest.raises(ValueError, match="out of range"):
+        merge_candidates([(np.array([10]), np.array([1.0]))], [1], 1, 10)
+    with pytest.raises(ValueError, match="not finite"):
+        merge_candidates([(np.array([1]), np.array([np.nan]))], [1], 1, 10)
+    with pytest.raises(ValueError, match="quotas"):
+        merge_candidates([(np.array([1]), np.array([1.0]))], [1, 2], 1, 10)
+    with pytest.raises(ValueError, match="bitset"):
+        merge_candidates([(np.array([1]), np.array([1.0]))], [1], 1, 100, np.zeros(2, np.uint8))
+    with pytest.raises(ValueError, match="out of range"):
+        exclusion_bitset(10, [10])
