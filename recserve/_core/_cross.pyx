@@ -10,7 +10,7 @@ Row layout (F = U + I + C + 2*S + 4), named by ``recserve._core.cross.FeatureSch
 from libc.math cimport isfinite, NAN
 import numpy as np
 
-from recserve._core._typedefs cimport float32_t, float64_t, row_t, index_t
+from recserve._core._typedefs cimport float32_t, float64_t, row_t, index_t, RS_PREFETCH
 
 # indices into the ``spec`` array
 DEF PRICE = 0
@@ -33,8 +33,16 @@ cdef void cross_rows(const float32_t[::1] user, const float32_t[::1] uvec, const
     cdef long cat
     cdef float32_t* o
     cdef const float32_t* it
+    cdef const float32_t* e
     spend = user[spec[SPEND]] if spec[SPEND] >= 0 else 0.0
+    for i in range(min(n, 4)):
+        RS_PREFETCH(&items[rows[i], 0])
+        RS_PREFETCH(&emb[rows[i], 0])
     for i in range(n):
+        if i + 4 < n:
+            RS_PREFETCH(&items[rows[i + 4], 0])
+            RS_PREFETCH(&emb[rows[i + 4], 0])
+            RS_PREFETCH(&emb[rows[i + 4], 0] + 32)
         r = rows[i]
         o = &out[i, 0]
         it = &items[r, 0]
@@ -52,8 +60,9 @@ cdef void cross_rows(const float32_t[::1] user, const float32_t[::1] uvec, const
             o[c + 1] = score[i, s] if rank[i, s] >= 0 else 0.0
             c += 2
         dot = 0.0
+        e = &emb[r, 0]
         for j in range(d):
-            dot += uvec[j] * emb[r, j]
+            dot += uvec[j] * e[j]
         o[c] = <float32_t>dot
         if spec[PRICE] >= 0 and spec[SPEND] >= 0 and spend > 0:
             o[c + 1] = <float32_t>(it[spec[PRICE]] / spend)

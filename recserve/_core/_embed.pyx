@@ -4,38 +4,49 @@ from libc.math cimport exp, sqrt, isfinite, pow
 from libc.stdlib cimport malloc, free
 import numpy as np
 
-from recserve._core._typedefs cimport float32_t, float64_t, row_t, index_t
+from recserve._core._typedefs cimport float32_t, float64_t, row_t, index_t, RS_PREFETCH
 
 
 cdef int weighted_average(const float32_t[:, ::1] emb, const row_t* rows, Py_ssize_t L,
-                          const float32_t* ev_w, const float32_t* ages, double decay, double half_life,
-                          double* out) noexcept nogil:
-    """out[d] = sum_t w_t emb[rows[t]] with w normalised to sum 1 (``ev_w`` / ``ages`` may be NULL).
+                          const float32_t* ev_w, const float32_t* ages, double decay_long,
+                          double decay_short, double half_life, double* out) noexcept nogil:
+    """Both averages in one pass over the history (``ev_w`` / ``ages`` may be NULL).
 
-    Returns 0 if the weights sum to 0.
+    out[0:d] = sum_t wl_t emb[rows[t]], out[d:2d] = sum_t ws_t emb[rows[t]], each weight vector
+    normalised to sum 1. Returns 0 if both weight vectors sum to 0.
     """
     cdef Py_ssize_t d = emb.shape[1], t, j
-    cdef double w, total = 0.0
+    cdef double wl, ws, base, total_l = 0.0, total_s = 0.0
     cdef const float32_t* e
-    for j in range(d):
+    cdef double* out_s = out + d
+    for j in range(2 * d):
         out[j] = 0.0
+    for t in range(min(L, 4)):
+        RS_PREFETCH(&emb[rows[t], 0])
     for t in range(L):
-        w = exp(decay * <double>(t - (L - 1)))
+        if t + 4 < L:
+            RS_PREFETCH(&emb[rows[t + 4], 0])
+            RS_PREFETCH(&emb[rows[t + 4], 0] + 32)
+        base = 1.0
         if ev_w != NULL:
-            w *= ev_w[t]
+            base *= ev_w[t]
         if ages != NULL and half_life > 0:
-            w *= pow(0.5, ages[t] / half_life)
-        if w <= 0:
+            base *= pow(0.5, ages[t] / half_life)
+        if base <= 0:
             continue
-        total += w
+        wl = base * exp(decay_long * <double>(t - (L - 1)))
+        ws = base * exp(decay_short * <double>(t - (L - 1)))
+        total_l += wl
+        total_s += ws
         e = &emb[rows[t], 0]
         for j in range(d):
-            out[j] += w * e[j]
-    if total <= 0:
-        return 0
+            out[j] += wl * e[j]
+            out_s[j] += ws * e[j]
+    # a weight vector summing to 0 (all event weights 0, or exp underflow) gives a zero average
     for j in range(d):
-        out[j] /= total
-    return 1
+        out[j] = out[j] / total_l if total_l > 0 else 0.0
+        out_s[j] = out_s[j] / total_s if total_s > 0 else 0.0
+    return 1 if (total_l > 0 or total_s > 0) else 0
 
 
 cdef inline void mix_normalise(const double* a_long, const double* a_short, double alpha,
@@ -116,8 +127,7 @@ def user_vector(const float32_t[:, ::1] emb, const row_t[::1] rows, ev_w, ages,
             if L > 0:
                 wp = &w_view[0] if has_w else NULL
                 ap = &a_view[0] if has_a else NULL
-                weighted_average(emb, &rows[0], L, wp, ap, decay_long, half_life, buf)
-                weighted_average(emb, &rows[0], L, wp, ap, decay_short, half_life, buf + d)
+                weighted_average(emb, &rows[0], L, wp, ap, decay_long, decay_short, half_life, buf)
                 mix_normalise(buf, buf + d, alpha, d, &o[0])
     finally:
         free(buf)
@@ -165,8 +175,7 @@ def user_vectors_csr(const float32_t[:, ::1] emb, const index_t[::1] indptr, con
                     continue
                 wp = &w_view[s] if has_w else NULL
                 ap = &a_view[s] if has_a else NULL
-                weighted_average(emb, &rows[s], e - s, wp, ap, decay_long, half_life, buf)
-                weighted_average(emb, &rows[s], e - s, wp, ap, decay_short, half_life, buf + d)
+                weighted_average(emb, &rows[s], e - s, wp, ap, decay_long, decay_short, half_life, buf)
                 mix_normalise(buf, buf + d, alpha, d, &o[u, 0])
     finally:
         free(buf)

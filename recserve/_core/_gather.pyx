@@ -3,14 +3,19 @@
 from libc.string cimport memcpy
 import numpy as np
 
-from recserve._core._typedefs cimport float32_t, row_t
+from recserve._core._typedefs cimport float32_t, row_t, RS_PREFETCH
 
 
 cdef void gather_rows(const float32_t[:, ::1] table, const row_t[::1] rows, float32_t[:, ::1] out) noexcept nogil:
     cdef Py_ssize_t i, w = table.shape[1]
     if w == 0:
         return
-    for i in range(rows.shape[0]):
+    cdef Py_ssize_t n = rows.shape[0], ahead = 8
+    for i in range(min(ahead, n)):
+        RS_PREFETCH(&table[rows[i], 0])
+    for i in range(n):
+        if i + ahead < n:
+            RS_PREFETCH(&table[rows[i + ahead], 0])
         memcpy(&out[i, 0], &table[rows[i], 0], w * sizeof(float32_t))
 
 

@@ -1,5 +1,6 @@
 # cython: language_level=3
 """Candidate merging: several ranked source lists -> one de-duplicated, filtered, capped list."""
+from libc.math cimport isfinite
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport uint8_t, uint32_t
 import numpy as np
@@ -94,7 +95,7 @@ def merge(const row_t[::1] rows, const float32_t[::1] scores, const index_t[::1]
     for i in range(n):
         if rows[i] < 0 or rows[i] >= n_items:
             raise ValueError(f"candidate row {rows[i]} is out of range [0, {n_items})")
-        if scores[i] != scores[i] or scores[i] == float("inf") or scores[i] == float("-inf"):
+        if not isfinite(scores[i]):
             raise ValueError(f"candidate score at position {i} is not finite")
     cdef bint has_bits = excluded is not None
     cdef const uint8_t[::1] bits = excluded if has_bits else np.zeros(1, np.uint8)

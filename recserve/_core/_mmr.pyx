@@ -5,26 +5,37 @@ from libc.stdlib cimport malloc, free
 from libc.stdint cimport uint8_t
 import numpy as np
 
-from recserve._core._typedefs cimport float32_t, row_t, index_t
+from scipy.linalg.cython_blas cimport sgemv
+
+from recserve._core._typedefs cimport float32_t, row_t, index_t, RS_PREFETCH
 
 
 cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb, const row_t[::1] rows,
                            Py_ssize_t k, double lam, const row_t[::1] creators, bint has_creators,
                            Py_ssize_t max_per_creator, bint no_adjacent,
                            row_t[::1] out_idx, float32_t[::1] out_pen,
-                           double* inv_norm, double* max_sim, uint8_t* used, row_t* creator_count) noexcept nogil:
-    cdef Py_ssize_t n = rel.shape[0], d = emb.shape[1], i, j, t, best, best_any, chosen = 0
-    cdef double v, obj, best_obj, best_any_obj, s
+                           float32_t* C, float32_t* sims, double* max_sim, uint8_t* used,
+                           row_t* creator_count) noexcept nogil:
+    cdef Py_ssize_t n = rel.shape[0], i, j, t, best, best_any, chosen = 0
+    cdef int d = <int>emb.shape[1], n_int = <int>rel.shape[0], one = 1
+    cdef float32_t f_one = 1.0, f_zero = 0.0
+    cdef double v, obj, best_obj, best_any_obj
     cdef row_t last_creator = -1, c
+    cdef char trans = b'T'
+    # gather the candidates' unit vectors into one contiguous block: C[i] = emb[rows[i]] / |emb[rows[i]]|
     for i in range(n):
+        if i + 4 < n:
+            RS_PREFETCH(&emb[rows[i + 4], 0])
+            RS_PREFETCH(&emb[rows[i + 4], 0] + 32)
         v = 0.0
         for j in range(d):
             v += emb[rows[i], j] * emb[rows[i], j]
-        inv_norm[i] = 1.0 / sqrt(v) if v > 0 else 0.0
+        v = 1.0 / sqrt(v) if v > 0 else 0.0
+        for j in range(d):
+            C[i * d + j] = <float32_t>(emb[rows[i], j] * v)
         max_sim[i] = -INFINITY
         used[i] = 0
-    if has_creators:
-        for i in range(n):
+        if has_creators:
             creator_count[i] = 0
     for t in range(k):
         best = -1
@@ -60,18 +71,13 @@ cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb
             last_creator = c
             if c >= 0:
                 creator_count[c] += 1
-        if lam >= 1.0:
+        if lam >= 1.0 or t == k - 1 or d == 0:
             continue
-        # incremental update of every remaining candidate's max similarity to the selected set
+        # incremental update: one matrix-vector product (BLAS sgemv) gives every similarity to the new pick
+        sgemv(&trans, &d, &n_int, &f_one, C, &d, &C[best * d], &one, &f_zero, sims, &one)
         for i in range(n):
-            if used[i]:
-                continue
-            s = 0.0
-            for j in range(d):
-                s += emb[rows[i], j] * emb[rows[best], j]
-            s *= inv_norm[i] * inv_norm[best]
-            if s > max_sim[i]:
-                max_sim[i] = s
+            if not used[i] and sims[i] > max_sim[i]:
+                max_sim[i] = sims[i]
     return chosen
 
 
@@ -104,18 +110,20 @@ def mmr(const float32_t[::1] rel, const float32_t[:, ::1] emb, const row_t[::1] 
     out_pen = np.empty(k, np.float32)
     cdef row_t[::1] oi = out_idx
     cdef float32_t[::1] op = out_pen
-    cdef double* inv_norm = <double*>malloc((n + 1) * sizeof(double))
+    cdef Py_ssize_t d = emb.shape[1]
+    cdef float32_t* C = <float32_t*>malloc((n * d + 1) * sizeof(float32_t))
+    cdef float32_t* sims = <float32_t*>malloc((n + 1) * sizeof(float32_t))
     cdef double* max_sim = <double*>malloc((n + 1) * sizeof(double))
     cdef uint8_t* used = <uint8_t*>malloc(n + 1)
     cdef row_t* count = <row_t*>malloc((n + 1) * sizeof(row_t))
     cdef Py_ssize_t m = 0
-    if inv_norm == NULL or max_sim == NULL or used == NULL or count == NULL:
-        free(inv_norm); free(max_sim); free(used); free(count)
+    if C == NULL or sims == NULL or max_sim == NULL or used == NULL or count == NULL:
+        free(C); free(sims); free(max_sim); free(used); free(count)
         raise MemoryError()
     try:
         with nogil:
             m = mmr_select(rel, emb, rows, k, lam, cr, has_creators, max_per_creator, no_adjacent,
-                           oi, op, inv_norm, max_sim, used, count)
+                           oi, op, C, sims, max_sim, used, count)
     finally:
-        free(inv_norm); free(max_sim); free(used); free(count)
+        free(C); free(sims); free(max_sim); free(used); free(count)
     return out_idx[:m], out_pen[:m]

@@ -131,7 +131,7 @@ def cross_reference(schema: FeatureSchema, item_table, item_emb, user_row, user_
         parts.append(np.where(present, 1.0 / (1.0 + np.maximum(rank[:, si], 0)), 0.0)[:, None])
         parts.append(np.where(present, score[:, si], 0.0)[:, None])
     spec = schema.spec()
-    dot = np.asarray(item_emb, np.float64)[rows] @ np.asarray(user_vec, np.float64)
+    dot = np.asarray(item_emb[rows], np.float64) @ np.asarray(user_vec, np.float64)
     nan = np.full(n, np.nan)
     price = it[:, spec[0]] / user[spec[1]] if spec[0] >= 0 and spec[1] >= 0 and user[spec[1]] > 0 else nan
     aff = nan.copy()

@@ -56,13 +56,13 @@ def user_vectors(item_emb: np.ndarray, indptr, rows, params: UserVectorParams,
 
 def user_vector_reference(item_emb, rows, params: UserVectorParams, event_weights=None, ages=None):
     """Plain numpy reference of :func:`user_vector` (for tests and benchmarks)."""
-    emb = np.asarray(item_emb, np.float64)
     rows = np.asarray(rows, np.int64)
-    d = emb.shape[1]
+    d = item_emb.shape[1]
     if len(rows) == 0:
         return np.zeros(d, np.float32)
-    if rows.min() < 0 or rows.max() >= len(emb):
+    if rows.min() < 0 or rows.max() >= len(item_emb):
         raise ValueError("history row out of range")
+    hist = np.asarray(item_emb[rows], np.float64)
     t = np.arange(len(rows), dtype=np.float64)
 
     def avg(decay):
@@ -72,8 +72,9 @@ def user_vector_reference(item_emb, rows, params: UserVectorParams, event_weight
         if ages is not None and params.half_life > 0:
             w = w * 0.5 ** (np.asarray(ages, np.float64) / params.half_life)
         s = w.sum()
-        return np.zeros(d) if s <= 0 else (w[:, None] * emb[rows]).sum(0) / s
+        return np.zeros(d) if s <= 0 else (w @ hist) / s
 
-    v = params.alpha * avg(params.decay_long) + (1 - params.alpha) * avg(params.decay_short)
+    with np.errstate(over="ignore", under="ignore"):
+        v = params.alpha * avg(params.decay_long) + (1 - params.alpha) * avg(params.decay_short)
     n = np.linalg.norm(v)
     return (v / n if n > 0 else np.zeros(d)).astype(np.float32)

@@ -39,7 +39,7 @@ def mmr(relevance, item_emb, rows, k: int, lam: float, creators=None, max_per_cr
 def mmr_reference(relevance, item_emb, rows, k, lam, creators=None, max_per_creator=0, no_adjacent=False):
     """numpy reference: the same greedy, with the incremental update done by a BLAS matrix-vector product."""
     rel = np.asarray(relevance, np.float64)
-    E = np.asarray(item_emb, np.float64)[np.asarray(rows)]
+    E = np.asarray(item_emb[np.asarray(rows, np.int64)], np.float64)
     norms = np.linalg.norm(E, axis=1)
     E = E / np.where(norms > 0, norms, 1.0)[:, None]
     E[norms == 0] = 0

@@ -83,3 +83,12 @@ def test_bad_inputs_rejected():
         UserVectorParams(alpha=2)
     with pytest.raises(ValueError, match="indptr"):
         user_vectors(E, [0, 3], [1, 2], p)
+
+
+def test_one_average_vanishing_leaves_the_other():
+    # the short-term weights underflow to 0 (old item) or are 0 (weight 0): only the long-term mix remains
+    E = emb_matrix()
+    p = UserVectorParams(decay_short=1000.0, decay_long=0.0, alpha=0.3)
+    got = user_vector(E, [1, 2], p, event_weights=[1, 0])
+    np.testing.assert_allclose(got, user_vector_reference(E, [1, 2], p, event_weights=[1, 0]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, E[1] / np.linalg.norm(E[1]), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,41 @@
+"""Interleaved timing: each candidate is called in turn, so machine noise hits all of them alike."""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"nproc={os.cpu_count()}, CPU={cpu}, python={platform.python_version()}, numpy={np.__version__}"
+
+
+def interleaved(funcs: dict[str, Callable[[], object]], repeats: int, warmup: int = 20) -> dict[str, np.ndarray]:
+    """Per-call times in microseconds for each function, measured alternately."""
+    for _ in range(warmup):
+        for f in funcs.values():
+            f()
+    times = {k: np.empty(repeats) for k in funcs}
+    items = list(funcs.items())
+    for i in range(repeats):
+        for name, f in (items if i % 2 == 0 else items[::-1]):
+            t0 = time.perf_counter_ns()
+            f()
+            times[name][i] = (time.perf_counter_ns() - t0) / 1e3
+    return times
+
+
+def summary(t: np.ndarray) -> tuple[float, float]:
+    return float(np.median(t)), float(np.percentile(t, 99))

@@ -1,0 +1,154 @@
+"""Core kernels vs their numpy references at serving sizes, interleaved in one run.
+
+    python bench/core.py [--repeats 2000] [--quick]
+
+Prints, per kernel, median and p99 microseconds per call of the Cython kernel and of its numpy
+reference, and the ratio of medians; then the whole per-request core (embedding + merge + crossing +
+MMR + gathers) with the Cython kernels.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import lmdb
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import interleaved, machine, summary  # noqa: E402
+
+from recserve._core.cross import Crosser, FeatureSchema, cross_reference  # noqa: E402
+from recserve._core.embed import UserVectorParams, user_vector, user_vector_reference  # noqa: E402
+from recserve._core.gather import gather, gather_reference  # noqa: E402
+from recserve._core.merge import exclusion_bitset, merge_candidates, merge_reference  # noqa: E402
+from recserve._core.mmr import mmr, mmr_reference  # noqa: E402
+from recserve._core.tables import TableReader, TableWriter  # noqa: E402
+
+
+def clustered_embeddings(rng, n, d, n_clusters=200):
+    centers = rng.normal(size=(n_clusters, d))
+    emb = centers[rng.integers(0, n_clusters, n)] + 0.5 * rng.normal(size=(n, d))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    return emb.astype(np.float32)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=2000)
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--quick", action="store_true", help="tiny run for smoke tests")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.repeats, args.items = 30, 5_000
+    rng = np.random.default_rng(0)
+    n_items, d = args.items, 64
+    tmp = tempfile.TemporaryDirectory()
+    path = Path(tmp.name) / "tables.lmdb"
+    item_cols = ["price", "category", "created_days", "popularity"] + [f"f{i}" for i in range(10)]
+    user_cols = ["age_days", "avg_spend"] + [f"cat_share_{i}" for i in range(16)]
+    ctx_cols = ["hour", "weekday", "device"]
+    sources = ["ann", "i2i", "session", "popular"]
+    schema = FeatureSchema(user_cols, item_cols, ctx_cols, sources, price_column="price",
+                           spend_column="avg_spend", category_column="category",
+                           category_share_prefix="cat_share_", n_categories=16, created_column="created_days")
+    items = rng.random((n_items, len(item_cols))).astype(np.float32)
+    items[:, 1] = rng.integers(0, 16, n_items)
+    emb = clustered_embeddings(rng, n_items, d)
+    with TableWriter(path) as w:
+        w.write_array("item_emb", emb)
+        w.write_array("item_feats", items, columns=item_cols)
+        w.write_array("item_feats_40", rng.random((n_items, 40)).astype(np.float32))
+    reader = TableReader(path)
+    E = reader.array("item_emb")
+    T = reader.array("item_feats")
+    T40 = reader.array("item_feats_40")
+    print(f"machine: {machine()}")
+    print(f"catalogue: {n_items} items, d={d}; {args.repeats} interleaved calls per kernel\n")
+
+    # 1. user embedding, L = 50
+    hist = rng.integers(0, n_items, 50).astype(np.int32)
+    ev_w = rng.choice([1.0, 2.0, 4.0, 8.0], 50).astype(np.float32)
+    p = UserVectorParams()
+    # 2. merging: 4 lists totalling 1,000 candidates
+    lists = [(rng.integers(0, n_items, n).astype(np.int32), np.sort(rng.random(n).astype(np.float32))[::-1].copy())
+             for n in (400, 300, 100, 200)]
+    quotas = [400, 300, 100, 200]
+    excl = exclusion_bitset(n_items, rng.integers(0, n_items, 200))
+    # 3. crossing: 500 candidates x ~40 features
+    cand = rng.choice(n_items, 500, replace=False).astype(np.int32)
+    rank = rng.integers(-1, 400, (500, 4)).astype(np.int32)
+    score = rng.random((500, 4)).astype(np.float32)
+    user = rng.random(len(user_cols)).astype(np.float32)
+    uvec = emb[0]
+    ctx = np.array([13, 2, 1], np.float32)
+    crosser = Crosser(schema, T, E)
+    # 4. MMR 500 -> 20
+    rel = rng.random(500).astype(np.float32)
+    creators = rng.integers(0, 100, 500)
+    # 5. gathers: 500 random rows of 40 float32 from LMDB
+    gat_rows = rng.integers(0, n_items, 500).astype(np.int32)
+
+    cases = {
+        "user embedding (L=50, d=64)": (
+            lambda: user_vector(E, hist, p, ev_w), lambda: user_vector_reference(E, hist, p, ev_w)),
+        "merge (4 lists, 1,000 candidates)": (
+            lambda: merge_candidates(lists, quotas, 1000, n_items, excl),
+            lambda: merge_reference(lists, quotas, 1000, n_items, excl)),
+        f"crossing (500 x {schema.n_features} features)": (
+            lambda: crosser.cross(user, uvec, cand, ctx, rank, score, 20000.0),
+            lambda: cross_reference(schema, T, E, user, uvec, cand, ctx, rank, score, 20000.0)),
+        "MMR (500 -> 20, d=64)": (
+            lambda: mmr(rel, E, cand, 20, 0.7), lambda: mmr_reference(rel, E, cand, 20, 0.7)),
+        "MMR + creator rules (500 -> 20)": (
+            lambda: mmr(rel, E, cand, 20, 0.7, creators, 2, True),
+            lambda: mmr_reference(rel, E, cand, 20, 0.7, creators, 2, True)),
+        "gather (500 rows x 40, LMDB map)": (
+            lambda: gather(T40, gat_rows), lambda: gather_reference(T40, gat_rows)),
+    }
+    print(f"{'kernel':40s} {'cython med':>10s} {'p99':>8s} {'numpy med':>10s} {'p99':>8s} {'speed-up':>9s}")
+    for name, (fast, ref) in cases.items():
+        t = interleaved({"fast": fast, "ref": ref}, args.repeats)
+        fm, fp = summary(t["fast"])
+        rm, rp = summary(t["ref"])
+        print(f"{name:40s} {fm:9.1f}µ {fp:7.1f}µ {rm:9.1f}µ {rp:7.1f}µ {rm / fm:8.1f}×")
+
+    # per-row LMDB reads, the layout the zero-copy table replaces, for scale
+    env = lmdb.open(str(Path(tmp.name) / "rows.lmdb"), subdir=False, map_size=1 << 32, lock=False)
+    with env.begin(write=True) as txn:
+        for r in np.unique(gat_rows):
+            txn.put(int(r).to_bytes(4, "big"), T40[r].tobytes())
+    keys = [int(r).to_bytes(4, "big") for r in gat_rows]
+
+    def per_row_get():
+        with env.begin() as txn:
+            return np.vstack([np.frombuffer(txn.get(k), np.float32) for k in keys])
+
+    t = interleaved({"fast": lambda: gather(T40, gat_rows), "rows": per_row_get}, max(args.repeats // 4, 10))
+    fm, fp = summary(t["fast"])
+    rm, rp = summary(t["rows"])
+    print(f"{'gather vs per-row txn.get (500 rows)':40s} {fm:9.1f}µ {fp:7.1f}µ {rm:9.1f}µ {rp:7.1f}µ {rm / fm:8.1f}×")
+
+    def whole_request():
+        v = user_vector(E, hist, p, ev_w)
+        m = merge_candidates(lists, quotas, 500, n_items, excl)
+        g = gather(T40, m.rows)
+        X = crosser.cross(user, v, m.rows, ctx, m.rank, m.score, 20000.0)
+        mmr(X[:, -4], E, m.rows, 20, 0.7, creators[: len(m.rows)], 2, True)
+        return g
+
+    t = interleaved({"core": whole_request}, args.repeats)
+    cm, cp = summary(t["core"])
+    print(f"\nwhole per-request core (embed + merge + gather + cross + MMR, 500 candidates): "
+          f"median {cm:.1f} µs, p99 {cp:.1f} µs")
+    reader.close()
+    env.close()
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    with threadpool_limits(1):   # as in a server worker: one BLAS thread
+        raise SystemExit(main())
