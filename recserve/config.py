@@ -1,0 +1,87 @@
+"""Serving configuration. One precedence order: flags > RECSERVE_* env vars > TOML file > bundle defaults.
+
+Bundle defaults are the serving ``params`` of the bundle manifest (``mmr_lambda``, ``max_per_creator``,
+...); the overrides named in :data:`PIPELINE_KEYS` replace them when set at a higher level.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PIPELINE_KEYS = ("mmr_lambda", "max_per_creator", "cap", "ef")
+
+
+@dataclass
+class ServeConfig:
+    bundle: str = ""
+    host: str = "127.0.0.1"
+    port: int = 50051
+    workers: int = 2
+    threads: int = 4                   # gRPC handler threads per worker
+    max_concurrent_rpcs: int = 64      # per worker; beyond -> RESOURCE_EXHAUSTED
+    max_message_bytes: int = 4 << 20
+    reload_interval: float = 1.0       # seconds between CURRENT polls; 0 disables hot reload
+    grace: float = 10.0                # SIGTERM drain, seconds
+    events_dir: str = ""               # default: <bundle root>/events
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""            # set -> mTLS (client certificates required)
+    tokens_file: str = ""
+    metrics_port: int = 0              # 0 = no metrics endpoint
+    log_level: str = "INFO"
+    mmr_lambda: float | None = None
+    max_per_creator: int | None = None
+    cap: int | None = None
+    ef: int | None = None
+
+    def pipeline_overrides(self) -> dict:
+        return {k: getattr(self, k) for k in PIPELINE_KEYS if getattr(self, k) is not None}
+
+
+def _coerce(f: dataclasses.Field, value):
+    if value is None:
+        return None
+    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if t.startswith("int"):
+            return int(value)
+        if t.startswith("float"):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config {f.name}: cannot read {value!r} as {t.split(' ')[0]}") from exc
+
+
+def load(flags: dict | None = None, env: dict | None = None, file: str | os.PathLike | None = None
+         ) -> ServeConfig:
+    """Merge the levels; unknown keys in the TOML file are an error (typos should not pass silently)."""
+    env = os.environ if env is None else env
+    fields = {f.name: f for f in dataclasses.fields(ServeConfig)}
+    values: dict = {}
+    path = file or (flags or {}).get("config") or env.get("RECSERVE_CONFIG")
+    if path:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        data = data.get("serve", data)
+        for k, v in data.items():
+            k = k.replace("-", "_")
+            if k not in fields:
+                raise ValueError(f"config file {path}: unknown key {k!r}")
+            values[k] = _coerce(fields[k], v)
+    for name, f in fields.items():
+        v = env.get("RECSERVE_" + name.upper())
+        if v is not None and v != "":
+            values[name] = _coerce(f, v)
+    for k, v in (flags or {}).items():
+        if k in fields and v is not None:
+            values[k] = _coerce(fields[k], v)
+    return ServeConfig(**values)
+
+
+def bundle_root(bundle: str | os.PathLike) -> Path:
+    """The directory holding CURRENT (or the bundle's parent when given one version directly)."""
+    p = Path(bundle)
+    return p if (p / "CURRENT").exists() or not (p / "manifest.json").exists() else p.parent

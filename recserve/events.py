@@ -1,0 +1,148 @@
+"""The event store: recent user events and item state, in its own LMDB environment beside the bundles.
+
+One environment (a directory, default ``<bundle root>/events``) shared by every worker process: each
+process opens it after fork. Writes commit with fsync before the RPC replies (durable before reply), and
+every read starts a fresh read transaction, so a write made through one worker is visible to the next
+request in any worker. Keys are bundle-independent (string ids), so a hot reload keeps them.
+
+Databases:
+- ``ev``: ``user_id \\0 ts(>d) seq(>Q)`` -> ``type(b) item_id`` ; per user in time order.
+- ``users``: ``user_id`` -> first-seen unix seconds (users created by events).
+- ``items``: ``item_id`` -> JSON ``{"in_stock": bool, "price": float}`` (latest state overrides).
+- ``meta``: ``seq`` (event counter), ``items_gen`` (bumped on every item update).
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import lmdb
+import numpy as np
+
+# event type codes, as in the bundle histories
+VIEW, CLICK, CART, PURCHASE, RATING = range(5)
+EVENT_NAMES = ["view", "click", "cart", "purchase", "rating"]
+
+
+@dataclass(frozen=True)
+class Event:
+    user_id: str
+    item_id: str
+    type: int        # 0..4
+    timestamp: float  # unix seconds
+
+
+class EventStore:
+    def __init__(self, path: str | os.PathLike, map_size: int = 1 << 30):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=4, sync=True, metasync=True,
+                             max_readers=1024, lock=True)
+        self._ev = self.env.open_db(b"ev")
+        self._users = self.env.open_db(b"users")
+        self._items = self.env.open_db(b"items")
+        self._meta = self.env.open_db(b"meta")
+        self._pid = os.getpid()
+
+    def _check_pid(self) -> None:
+        if os.getpid() != self._pid:
+            raise RuntimeError("an EventStore cannot cross a fork: open it in each worker process")
+
+    # -- writes ------------------------------------------------------------------------------------
+    def record(self, events: Iterable[Event], known_user) -> tuple[int, int]:
+        """Append ``events`` in one fsynced transaction. ``known_user(id)`` says whether the bundle has
+        the user; other users are created here. Returns (accepted, new users)."""
+        self._check_pid()
+        events = list(events)
+        new_users = 0
+        with self.env.begin(write=True) as txn:
+            seq = int.from_bytes(txn.get(b"seq", db=self._meta) or b"\0" * 8, "big")
+            seen: set[str] = set()
+            for e in events:
+                u = e.user_id.encode()
+                if e.user_id not in seen:
+                    seen.add(e.user_id)
+                    if not known_user(e.user_id) and txn.get(u, db=self._users) is None:
+                        txn.put(u, struct.pack(">d", time.time()), db=self._users)
+                        new_users += 1
+                seq += 1
+                key = u + b"\0" + struct.pack(">dQ", e.timestamp, seq)
+                txn.put(key, struct.pack(">b", e.type) + e.item_id.encode(), db=self._ev)
+            txn.put(b"seq", seq.to_bytes(8, "big"), db=self._meta)
+        return len(events), new_users
+
+    def update_items(self, updates: Iterable[tuple[str, bool | None, float | None]]) -> int:
+        """Apply (item_id, in_stock or None, price or None) updates in one fsynced transaction."""
+        self._check_pid()
+        n = 0
+        with self.env.begin(write=True) as txn:
+            for item_id, in_stock, price in updates:
+                k = item_id.encode()
+                raw = txn.get(k, db=self._items)
+                state = json.loads(bytes(raw)) if raw is not None else {}
+                if in_stock is not None:
+                    state["in_stock"] = bool(in_stock)
+                if price is not None:
+                    state["price"] = float(price)
+                txn.put(k, json.dumps(state).encode(), db=self._items)
+                n += 1
+            gen = int.from_bytes(txn.get(b"items_gen", db=self._meta) or b"\0" * 8, "big") + 1
+            txn.put(b"items_gen", gen.to_bytes(8, "big"), db=self._meta)
+        return n
+
+    # -- reads -------------------------------------------------------------------------------------
+    def recent(self, user_id: str, limit: int = 200) -> list[Event]:
+        """The user's last ``limit`` events, oldest first."""
+        self._check_pid()
+        prefix = user_id.encode() + b"\0"
+        out: list[Event] = []
+        with self.env.begin(db=self._ev) as txn:
+            cur = txn.cursor()
+            if not cur.set_range(user_id.encode() + b"\1"):
+                if not cur.last():
+                    return []
+            else:
+                if not cur.prev():
+                    return []
+            while len(out) < limit:
+                k, v = cur.item()
+                if not k.startswith(prefix):
+                    break
+                ts, _ = struct.unpack(">dQ", k[len(prefix):])
+                out.append(Event(user_id, bytes(v[1:]).decode(), struct.unpack(">b", v[:1])[0], ts))
+                if not cur.prev():
+                    break
+        out.reverse()
+        return out
+
+    def has_user(self, user_id: str) -> bool:
+        with self.env.begin(db=self._users) as txn:
+            return txn.get(user_id.encode()) is not None
+
+    def items_gen(self) -> int:
+        with self.env.begin(db=self._meta) as txn:
+            return int.from_bytes(txn.get(b"items_gen") or b"\0" * 8, "big")
+
+    def item_states(self) -> tuple[int, dict[str, dict]]:
+        """(generation, {item_id: state}) read in one transaction."""
+        with self.env.begin() as txn:
+            gen = int.from_bytes(txn.get(b"items_gen", db=self._meta) or b"\0" * 8, "big")
+            states = {bytes(k).decode(): json.loads(bytes(v)) for k, v in txn.cursor(db=self._items)}
+        return gen, states
+
+    def stats(self) -> dict:
+        with self.env.begin() as txn:
+            return {"events": txn.stat(self._ev)["entries"], "users": txn.stat(self._users)["entries"],
+                    "items": txn.stat(self._items)["entries"]}
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def ages_days(timestamps: np.ndarray, now: float) -> np.ndarray:
+    return ((now - np.asarray(timestamps, np.float64)) / 86400.0).astype(np.float32)

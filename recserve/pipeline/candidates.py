@@ -1,0 +1,106 @@
+"""Candidate generation: the user vector and the ranked source lists (ann, i2i, session, popular).
+
+All lists are ``(rows int32, scores float32)`` best first, over the item rows of one bundle. Filters are
+turned into an ``allowed`` boolean mask; when it keeps few items the ANN and popular lists are computed by
+brute force over the allowed subset, so a selective filter still fills k.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from recserve._core.embed import UserVectorParams, user_vector
+
+# when the allowed subset is at most this fraction of the items (or this many), search it exhaustively
+BRUTE_FRACTION = 0.25
+BRUTE_MAX = 20000
+
+EMPTY = (np.zeros(0, np.int32), np.zeros(0, np.float32))
+
+
+def user_vec(item_emb: np.ndarray, rows: np.ndarray, events: np.ndarray, ages_days: np.ndarray,
+             params: UserVectorParams, event_weights: np.ndarray) -> np.ndarray:
+    """float32[d]: the short/long mix over a history (oldest first); zeros when the history is empty."""
+    if len(rows) == 0:
+        return np.zeros(item_emb.shape[1], np.float32)
+    w = event_weights[np.clip(events.astype(np.int64), 0, len(event_weights) - 1)]
+    return user_vector(item_emb, rows, params, event_weights=w, ages=np.maximum(ages_days, 0.0))
+
+
+class AnnSource:
+    """hnswlib k-NN with guards: the vector's dim, k <= count, and a lock so a query never overlaps an add."""
+
+    def __init__(self, index, item_emb: np.ndarray):
+        self.index = index
+        self.emb = item_emb
+        self.dim = item_emb.shape[1]
+        self.count = index.get_current_count()
+        self.lock = threading.Lock()  # held by add_items callers too (none in serving today)
+
+    def query(self, vec: np.ndarray, k: int, allowed: np.ndarray | None, brute: bool):
+        if vec.shape != (self.dim,) or not np.any(vec):
+            return EMPTY
+        if brute and allowed is not None:
+            return brute_force(self.emb, vec, np.flatnonzero(allowed), k)
+        k = min(k, self.count)
+        if k <= 0:
+            return EMPTY
+        with self.lock:
+            labels, dist = self.index.knn_query(vec.reshape(1, -1), k=k, num_threads=1)
+        return labels[0].astype(np.int32), (1.0 - dist[0]).astype(np.float32)
+
+
+def brute_force(emb: np.ndarray, vec: np.ndarray, subset: np.ndarray, k: int):
+    if len(subset) == 0:
+        return EMPTY
+    s = emb[subset] @ vec
+    k = min(k, len(s))
+    top = np.argpartition(-s, k - 1)[:k]
+    top = top[np.argsort(-s[top], kind="stable")]
+    return subset[top].astype(np.int32), s[top].astype(np.float32)
+
+
+def i2i(i2i_rows: np.ndarray, i2i_scores: np.ndarray, seeds: np.ndarray, limit: int):
+    """Neighbours of ``seeds`` (newest last), scores summed with a recency weight; seeds themselves dropped."""
+    if len(seeds) == 0:
+        return EMPTY
+    seeds = np.asarray(seeds, np.int64)
+    w = 0.8 ** np.arange(len(seeds) - 1, -1, -1, dtype=np.float32)  # newest weight 1
+    nb = i2i_rows[seeds]
+    sc = i2i_scores[seeds] * w[:, None]
+    ok = nb >= 0
+    nb, sc = nb[ok].astype(np.int64), sc[ok]
+    if len(nb) == 0:
+        return EMPTY
+    agg = np.zeros(len(i2i_rows), np.float32)
+    np.add.at(agg, nb, sc)
+    agg[seeds] = 0
+    cand = np.unique(nb)
+    cand = cand[agg[cand] > 0]
+    order = np.argsort(-agg[cand], kind="stable")[:limit]
+    return cand[order].astype(np.int32), agg[cand[order]]
+
+
+def popular(pop_rows: np.ndarray, pop_scores: np.ndarray, allowed: np.ndarray | None, limit: int):
+    """The most popular allowed items (the full list is walked, so a selective filter still fills)."""
+    if allowed is None:
+        return pop_rows[:limit].astype(np.int32), pop_scores[:limit].astype(np.float32)
+    keep = allowed[pop_rows]
+    return pop_rows[keep][:limit].astype(np.int32), pop_scores[keep][:limit].astype(np.float32)
+
+
+def popular_in_categories(cat_indptr, cat_rows, pop_score_of_row, cats, allowed, limit):
+    """Popular per requested category, interleaved so each category is represented."""
+    lists = [cat_rows[cat_indptr[c]:cat_indptr[c + 1]] for c in cats]
+    if allowed is not None:
+        lists = [l[allowed[l]] for l in lists]
+    out: list[int] = []
+    i = 0
+    while len(out) < limit and any(i < len(l) for l in lists):
+        for l in lists:
+            if i < len(l):
+                out.append(int(l[i]))
+        i += 1
+    rows = np.array(out[:limit], np.int32)
+    return rows, pop_score_of_row[rows].astype(np.float32)

@@ -1,0 +1,67 @@
+"""Ranking: crossed features -> ranker raw scores (and, on request, per-feature contributions).
+
+The model is evaluated behind :class:`Ranker`: ``recserve._core.forest.Forest`` when it is available,
+else ``lightgbm.Booster(...).predict(raw_score=True, num_threads=1)``. Contributions always come from
+LightGBM's ``pred_contrib``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from recserve._core.cross import Crosser, FeatureSchema
+
+DEVICE_CODES = {"unspecified": 0, "desktop": 1, "mobile": 2, "tablet": 3, "tv": 4}
+
+
+class Ranker:
+    def __init__(self, model_text: str, names: list[str]):
+        import lightgbm
+
+        self.booster = lightgbm.Booster(model_str=model_text)
+        n = self.booster.num_feature()
+        if n != len(names):
+            raise ValueError(f"ranker has {n} features, the schema {len(names)}")
+        self.names = names
+        self.forest = None
+        try:  # the fast evaluator, when it has landed
+            from recserve._core.forest import Forest  # type: ignore
+
+            self.forest = Forest.from_model_string(model_text)
+        except Exception:
+            self.forest = None
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        if len(X) == 0:
+            return np.zeros(0, np.float64)
+        if self.forest is not None:
+            return np.asarray(self.forest.predict(np.ascontiguousarray(X, np.float32)), np.float64)
+        return np.asarray(self.booster.predict(X, raw_score=True, num_threads=1), np.float64)
+
+    def contributions(self, X: np.ndarray, top: int = 5) -> list[list[tuple[str, float]]]:
+        """Per row, the ``top`` features by absolute contribution (bias excluded)."""
+        if len(X) == 0:
+            return []
+        c = np.asarray(self.booster.predict(X, pred_contrib=True, num_threads=1))[:, :-1]
+        out = []
+        for row in c:
+            idx = np.argsort(-np.abs(row), kind="stable")[:top]
+            out.append([(self.names[i], float(row[i])) for i in idx if row[i] != 0.0])
+        return out
+
+
+def context_vector(schema: FeatureSchema, hour: float, weekday: float, device: float,
+                   extra: dict | None = None) -> np.ndarray:
+    """The ``ctx.*`` values in schema order; unknown context columns are NaN (missing for the ranker)."""
+    vals = {"hour": hour, "weekday": weekday, "device": device}
+    if extra:
+        for k, v in extra.items():
+            try:
+                vals.setdefault(k, float(v))
+            except ValueError:
+                pass
+    return np.array([vals.get(c, np.nan) for c in schema.context_columns], np.float32)
+
+
+def score(crosser: Crosser, ranker: Ranker, user_row, user_vec, merged, context, now_days: float):
+    X = crosser.cross(user_row, user_vec, merged.rows, context, merged.rank, merged.score, now_days)
+    return X, ranker.predict(X)

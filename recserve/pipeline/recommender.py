@@ -1,0 +1,442 @@
+"""The assembled pipeline for one bundle in one process: validation, candidates, ranking, re-ranking.
+
+A :class:`Recommender` is built once per (bundle, process) after fork, is read-only afterwards (except the
+item state overlay refreshed from the event store), and is swapped whole on hot reload.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from recserve._core import candidates as CC
+from recserve._core.cross import Crosser
+from recserve._core.embed import UserVectorParams
+from recserve._core.merge import exclusion_bitset, merge_candidates
+from recserve.events import Event, EventStore, ages_days
+from recserve.pipeline import candidates as C
+from recserve.pipeline import ranking as R
+from recserve.pipeline import rerank as RR
+from recserve.pipeline.errors import InvalidArgument, NotFound
+
+MAX_K = 500
+DEFAULT_K = 20
+MAX_ID_LEN = 256
+MAX_BATCH = 1000
+MAX_LIST = 1000  # session items, exclude ids, categories
+
+
+@dataclass
+class Filters:
+    include_categories: list[str] = field(default_factory=list)
+    exclude_categories: list[str] = field(default_factory=list)
+    min_price: float | None = None
+    max_price: float | None = None
+    exclude_item_ids: list[str] = field(default_factory=list)
+    in_stock_only: bool = True
+
+
+@dataclass
+class RecRequest:
+    user_id: str = ""
+    k: int = 0
+    session_item_ids: list[str] = field(default_factory=list)
+    timestamp: float = 0.0
+    hour: int | None = None
+    weekday: int | None = None
+    device: int = 0
+    country: str = ""
+    extra: dict = field(default_factory=dict)
+    filters: Filters = field(default_factory=Filters)
+    exclude_consumed: bool = True
+    mmr_lambda: float | None = None
+    max_per_creator: int | None = None
+    explain: bool = False
+
+
+@dataclass
+class Item:
+    item_id: str
+    score: float
+    sources: list[str]
+    contributions: list[tuple[str, float]] = field(default_factory=list)
+    mmr_penalty: float = 0.0
+    relevance: float = 0.0
+
+
+@dataclass
+class Result:
+    items: list[Item]
+    bundle_version: str
+    timings: list[tuple[str, float]]
+    cold_start: bool = False
+
+
+def check_id(value: str, field_name: str, allow_empty: bool = False) -> None:
+    if not value:
+        if allow_empty:
+            return
+        raise InvalidArgument(field_name, "must not be empty")
+    if len(value) > MAX_ID_LEN:
+        raise InvalidArgument(field_name, f"longer than {MAX_ID_LEN} characters")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise InvalidArgument(field_name, f"malformed id {value[:40]!r} (control characters)")
+
+
+def check_k(k: int, field_name: str = "k") -> int:
+    if k == 0:
+        return DEFAULT_K
+    if not 1 <= k <= MAX_K:
+        raise InvalidArgument(field_name, f"must be in 1..{MAX_K}, got {k}")
+    return k
+
+
+class Recommender:
+    def __init__(self, bundle, store: EventStore | None, defaults: dict | None = None):
+        self.bundle = bundle
+        self.store = store
+        self.version = bundle.version
+        t = bundle.tables
+        self.tables = t
+        p = dict(bundle.params)
+        p.update({k: v for k, v in (defaults or {}).items() if v is not None})
+        self.params = p
+        self.n_items = int(bundle.n_items)
+        self.emb = np.ascontiguousarray(bundle.item_emb, np.float32)
+        cols = t.columns("item_feats") or list(bundle.schema.item_columns)
+        self.item_cols = cols
+        self.base_feats = np.asarray(bundle.item_feats, np.float32)
+        self.feats = np.array(self.base_feats)  # mutable overlay (stock, price updates)
+        col = {c: i for i, c in enumerate(cols)}
+        self.c_price, self.c_cat = col.get("price"), col.get("category")
+        self.c_creator, self.c_stock = col.get("creator"), col.get("in_stock")
+        self.user_feats = np.asarray(bundle.user_feats, np.float32)
+        self.user_mean = (self.user_feats.mean(0) if len(self.user_feats)
+                          else np.zeros(len(bundle.schema.user_columns), np.float32)).astype(np.float32)
+        self.hist_indptr = t.array("hist_indptr")
+        self.hist_items = t.array("hist_items")
+        self.hist_ts = t.array("hist_ts")
+        self.hist_event = t.array("hist_event")
+        self.i2i_rows = t.array("i2i_rows")
+        self.i2i_scores = t.array("i2i_scores")
+        self.pop_rows = t.array("pop_rows")
+        self.pop_scores = t.array("pop_scores")
+        self.trend_rows = t.array("trend_rows")
+        self.trend_scores = t.array("trend_scores")
+        self.trend_of_row = np.zeros(self.n_items, np.float32)
+        self.trend_of_row[self.trend_rows] = self.trend_scores
+        self.cat_indptr = t.array("pop_cat_indptr")
+        self.cat_rows = t.array("pop_cat_rows")
+        self.n_cats = t.n_ids("category")
+        self.ann = C.AnnSource(bundle.index, self.emb)
+        self.schema = bundle.schema
+        self.sources = list(self.schema.sources)
+        self.crosser = Crosser(self.schema, self.feats, self.emb)
+        self.ranker = R.Ranker(bundle.ranker_text, list(self.schema.names))
+        self.cparams = {**CC.DEFAULT_PARAMS, **p}
+        self.uv_params = UserVectorParams(float(p.get("decay_short", 0.5)), float(p.get("decay_long", 0.02)),
+                                          float(p.get("alpha", 0.5)), float(p.get("half_life_days", 0.0)))
+        self.event_weights = np.asarray(p.get("event_weights", [1, 2, 3, 4, 3]), np.float32)
+        self.quotas = dict(p.get("quotas", {}))
+        self.cap = int(p.get("cap", 300))
+        self.history_len = int(p.get("history_len", 200))
+        self._items_gen = -1
+        self._items_lock = threading.Lock()
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def known_user(self, user_id: str) -> bool:
+        return self.tables.row_of("user", user_id) is not None
+
+    def _refresh_items(self) -> None:
+        if self.store is None:
+            return
+        gen = self.store.items_gen()
+        if gen == self._items_gen:
+            return
+        with self._items_lock:
+            gen, states = self.store.item_states()
+            if gen == self._items_gen:
+                return
+            feats = np.array(self.base_feats)
+            for item_id, st in states.items():
+                r = self.tables.row_of("item", item_id)
+                if r is None:
+                    continue
+                if "in_stock" in st and self.c_stock is not None:
+                    feats[r, self.c_stock] = 1.0 if st["in_stock"] else 0.0
+                if "price" in st and self.c_price is not None:
+                    feats[r, self.c_price] = st["price"]
+            self.feats[...] = feats  # in place: the Crosser holds this array
+            self._items_gen = gen
+
+    def _category_codes(self, names: list[str], field_name: str) -> np.ndarray:
+        if len(names) > MAX_LIST:
+            raise InvalidArgument(field_name, f"more than {MAX_LIST} categories")
+        codes = []
+        for n in names:
+            r = self.tables.row_of("category", n)
+            if r is None:
+                raise InvalidArgument(field_name, f"unknown category {n!r}")
+            codes.append(r)
+        return np.array(codes, np.int64)
+
+    def _allowed(self, f: Filters, field_prefix: str = "filters"):
+        """Boolean mask of allowed item rows (None = everything), and include category codes."""
+        include = self._category_codes(f.include_categories, f"{field_prefix}.include_categories")
+        exclude = self._category_codes(f.exclude_categories, f"{field_prefix}.exclude_categories")
+        for name, v in (("min_price", f.min_price), ("max_price", f.max_price)):
+            if v is not None and (not math.isfinite(v) or v < 0):
+                raise InvalidArgument(f"{field_prefix}.{name}", f"must be a finite price >= 0, got {v}")
+        if f.min_price is not None and f.max_price is not None and f.min_price > f.max_price:
+            raise InvalidArgument(f"{field_prefix}.min_price", "is greater than max_price")
+        if len(f.exclude_item_ids) > MAX_LIST:
+            raise InvalidArgument(f"{field_prefix}.exclude_item_ids", f"more than {MAX_LIST} ids")
+        for i in f.exclude_item_ids:
+            check_id(i, f"{field_prefix}.exclude_item_ids")
+        mask = None
+
+        def m():
+            nonlocal mask
+            if mask is None:
+                mask = np.ones(self.n_items, bool)
+            return mask
+
+        if f.in_stock_only and self.c_stock is not None:
+            m()[:] &= self.feats[:, self.c_stock] > 0.5
+        if len(include) and self.c_cat is not None:
+            m()[:] &= np.isin(self.feats[:, self.c_cat].astype(np.int64), include)
+        if len(exclude) and self.c_cat is not None:
+            m()[:] &= ~np.isin(self.feats[:, self.c_cat].astype(np.int64), exclude)
+        if f.min_price is not None and self.c_price is not None:
+            m()[:] &= self.feats[:, self.c_price] >= f.min_price
+        if f.max_price is not None and self.c_price is not None:
+            m()[:] &= self.feats[:, self.c_price] <= f.max_price
+        if f.exclude_item_ids:
+            rows = self.tables.rows_of("item", f.exclude_item_ids)
+            m()[rows[rows >= 0]] = False
+        return mask, include
+
+    def _history(self, user_id: str, user_row: int | None):
+        """(rows, event codes, timestamps), oldest first, bundle history + recent events."""
+        rows, ev, ts = [], [], []
+        if user_row is not None:
+            a, b = int(self.hist_indptr[user_row]), int(self.hist_indptr[user_row + 1])
+            rows.append(np.asarray(self.hist_items[a:b], np.int32))
+            ev.append(np.asarray(self.hist_event[a:b], np.int8))
+            ts.append(np.asarray(self.hist_ts[a:b], np.float64))
+        if self.store is not None and user_id:
+            recent = self.store.recent(user_id, self.history_len)
+            if recent:
+                r = self.tables.rows_of("item", [e.item_id for e in recent])
+                keep = r >= 0
+                rows.append(r[keep])
+                ev.append(np.array([e.type for e in recent], np.int8)[keep])
+                ts.append(np.array([e.timestamp for e in recent], np.float64)[keep])
+        if not rows:
+            return np.zeros(0, np.int32), np.zeros(0, np.int8), np.zeros(0, np.float64)
+        rows, ev, ts = np.concatenate(rows), np.concatenate(ev), np.concatenate(ts)
+        if len(rows) > 1 and np.any(np.diff(ts) < 0):
+            o = np.argsort(ts, kind="stable")
+            rows, ev, ts = rows[o], ev[o], ts[o]
+        return rows[-self.history_len:], ev[-self.history_len:], ts[-self.history_len:]
+
+    # -- Recommend ---------------------------------------------------------------------------------
+    def recommend(self, req: RecRequest) -> Result:
+        timings: list[tuple[str, float]] = []
+        t0 = tp = time.perf_counter()
+
+        def lap(stage):
+            nonlocal tp
+            now = time.perf_counter()
+            timings.append((stage, (now - tp) * 1000.0))
+            tp = now
+
+        check_id(req.user_id, "user_id", allow_empty=True)
+        k = check_k(req.k)
+        if len(req.session_item_ids) > MAX_LIST:
+            raise InvalidArgument("session_item_ids", f"more than {MAX_LIST} ids")
+        for s in req.session_item_ids:
+            check_id(s, "session_item_ids")
+        lam = float(self.params.get("mmr_lambda", 0.7)) if req.mmr_lambda is None else req.mmr_lambda
+        if not (math.isfinite(lam) and 0.0 <= lam <= 1.0):
+            raise InvalidArgument("diversity.lambda", f"must be in [0, 1], got {lam}")
+        mpc = int(self.params.get("max_per_creator", 0)) if req.max_per_creator is None else req.max_per_creator
+        if mpc < 0:
+            raise InvalidArgument("diversity.max_per_creator", f"must be >= 0, got {mpc}")
+        if req.hour is not None and not 0 <= req.hour <= 23:
+            raise InvalidArgument("context.hour", f"must be in 0..23, got {req.hour}")
+        if req.weekday is not None and not 0 <= req.weekday <= 6:
+            raise InvalidArgument("context.weekday", f"must be in 0..6, got {req.weekday}")
+        if not math.isfinite(req.timestamp) or req.timestamp < 0:
+            raise InvalidArgument("context.timestamp", "must be finite unix seconds >= 0")
+        self._refresh_items()
+        allowed, include = self._allowed(req.filters)
+        now = req.timestamp or time.time()
+        tm = time.gmtime(now)
+        hour = req.hour if req.hour is not None else tm.tm_hour
+        weekday = req.weekday if req.weekday is not None else tm.tm_wday
+
+        user_row = self.tables.row_of("user", req.user_id) if req.user_id else None
+        h_rows, h_ev, h_ts = self._history(req.user_id, user_row)
+        sess = self.tables.rows_of("item", req.session_item_ids)
+        sess = sess[sess >= 0]
+        cold = user_row is None and len(h_rows) == 0
+        lap("validate")
+
+        # user vector: history, then the session on top (as clicks, now)
+        uvec = CC.history_vector(self.emb, np.concatenate([h_rows, sess]),
+                                 np.concatenate([h_ev, np.full(len(sess), 1, np.int8)]),
+                                 np.concatenate([h_ts, np.full(len(sess), now)]), now, self.cparams)
+        user_row_vals = self.user_feats[user_row] if user_row is not None else self.user_mean
+        lap("user")
+
+        n_allowed = self.n_items if allowed is None else int(allowed.sum())
+        frac = n_allowed / max(self.n_items, 1)
+        brute = allowed is not None and (frac < C.BRUTE_FRACTION or n_allowed <= C.BRUTE_MAX and frac < 0.5)
+        q = {s: int(self.quotas.get(s, 50)) for s in self.sources}
+        consumed = np.unique(np.concatenate([h_rows, sess])) if req.exclude_consumed else np.zeros(0, np.int32)
+        # the trainer's lists (same recency rules, so the ranker sees what it was trained on), over the
+        # history with the request's session appended as the newest session
+        all_rows = np.concatenate([h_rows, sess]).astype(np.int64)
+        all_ts = np.concatenate([h_ts, np.full(len(sess), now)])
+        ann_want = CC.ann_k(self.cparams, len(all_rows), self.n_items)
+        ann = self.ann.query(uvec, int(ann_want / max(frac, 0.05)) + 1, allowed, brute)
+        base = CC.source_lists(all_rows, all_ts, ann[0], ann[1], self.i2i_rows, self.i2i_scores,
+                               self.trend_rows, self.trend_scores, self.cparams)
+        lists = dict(zip(CC.SOURCES, base))
+        q["popular"] = max(q.get("popular", 50), k)
+        limit = q["popular"] + len(consumed) + 1
+        if len(include):
+            lists["popular"] = C.popular_in_categories(self.cat_indptr, self.cat_rows, self.trend_of_row,
+                                                       include, allowed, limit)
+        elif allowed is not None or len(lists["popular"][0]) < limit:
+            lists["popular"] = C.popular(self.trend_rows, self.trend_scores, allowed, limit)
+        excluded_rows = consumed
+        if allowed is not None:
+            excluded_rows = np.concatenate([excluded_rows, np.flatnonzero(~allowed)])
+        bits = exclusion_bitset(self.n_items, excluded_rows) if len(excluded_rows) else None
+        merged = merge_candidates([lists.get(s, C.EMPTY) for s in self.sources],
+                                  [q.get(s, 50) for s in self.sources], max(self.cap, k),
+                                  self.n_items, bits)
+        lap("candidates")
+        if len(merged) == 0:
+            return Result([], self.version, timings + [("total", (time.perf_counter() - t0) * 1000)], cold)
+
+        dev = float(req.device)
+        ctx = R.context_vector(self.schema, float(hour), float(weekday), dev, req.extra)
+        X, scores = R.score(self.crosser, self.ranker, user_row_vals, uvec, merged, ctx, now / 86400.0)
+        lap("ranking")
+
+        rel = RR.minmax(scores)
+        creators = (self.feats[merged.rows, self.c_creator].astype(np.int64)
+                    if self.c_creator is not None else None)
+        pos, pen = RR.diversify(rel, self.emb, merged.rows, k, lam, creators, mpc)
+        lap("rerank")
+
+        contribs = self.ranker.contributions(X[pos]) if req.explain else [[] for _ in pos]
+        ids = self.tables.ids_of("item", merged.rows[pos])
+        items = []
+        for j, (p_, pe) in enumerate(zip(pos, pen)):
+            mask = int(merged.sources[p_])
+            items.append(Item(ids[j], float(scores[p_]),
+                              [s for i, s in enumerate(self.sources) if mask >> i & 1],
+                              contribs[j], float(pe), float(rel[p_])))
+        lap("assemble")
+        timings.append(("total", (time.perf_counter() - t0) * 1000.0))
+        return Result(items, self.version, timings, cold)
+
+    # -- SimilarItems ------------------------------------------------------------------------------
+    def similar(self, item_id: str, k: int, filters: Filters) -> Result:
+        t0 = time.perf_counter()
+        check_id(item_id, "item_id")
+        k = check_k(k)
+        self._refresh_items()
+        row = self.tables.row_of("item", item_id)
+        if row is None:
+            raise NotFound("item_id", f"unknown item {item_id!r}")
+        allowed, _ = self._allowed(filters)
+        ok = np.ones(self.n_items, bool) if allowed is None else allowed.copy()
+        ok[row] = False
+        vec = self.emb[row]
+        n_ok = int(ok.sum())
+        want = min(k, n_ok)
+        frac = n_ok / max(self.n_items, 1)
+        cand: set[int] = set()
+        if frac >= C.BRUTE_FRACTION:
+            r, _ = self.ann.query(vec, min(int((k + 1) * 3 / frac) + 1, self.ann.count), None, False)
+            cand.update(int(x) for x in r)
+        nb = self.i2i_rows[row]
+        i2i_score = {int(a): float(b) for a, b in zip(nb, self.i2i_scores[row]) if a >= 0}
+        cand.update(i2i_score)
+        rows = np.array(sorted(c for c in cand if ok[c]), np.int64)
+        if len(rows) < want:  # selective filter: search the allowed subset exhaustively
+            rows = np.flatnonzero(ok)
+        cos = self.emb[rows] @ vec
+        mx = max(i2i_score.values(), default=0.0) or 1.0
+        i2i_part = np.array([i2i_score.get(int(r), 0.0) / mx for r in rows], np.float32)
+        blend = 0.7 * cos + 0.3 * i2i_part
+        order = np.argsort(-blend, kind="stable")[:want]
+        ids = self.tables.ids_of("item", rows[order])
+        items = []
+        for j, o in enumerate(order):
+            src = ["ann"] + (["i2i"] if i2i_part[o] > 0 else [])
+            items.append(Item(ids[j], float(blend[o]), src))
+        return Result(items, self.version, [("total", (time.perf_counter() - t0) * 1000.0)])
+
+    # -- writes ------------------------------------------------------------------------------------
+    def validate_events(self, events: list[Event]) -> list[Event]:
+        """Validated events (timestamp 0 -> now); unknown items reject the whole batch, naming them."""
+        if not events:
+            raise InvalidArgument("events", "the batch is empty")
+        if len(events) > MAX_BATCH:
+            raise InvalidArgument("events", f"batch of {len(events)} events exceeds {MAX_BATCH}")
+        now = time.time()
+        out, unknown = [], []
+        for i, e in enumerate(events):
+            check_id(e.user_id, f"events[{i}].user_id")
+            check_id(e.item_id, f"events[{i}].item_id")
+            if not 0 <= e.type <= 4:
+                raise InvalidArgument(f"events[{i}].type", "must be view, click, cart, purchase or rating")
+            if not math.isfinite(e.timestamp) or e.timestamp < 0:
+                raise InvalidArgument(f"events[{i}].timestamp", "must be finite unix seconds >= 0")
+            if self.tables.row_of("item", e.item_id) is None:
+                unknown.append(e.item_id)
+            out.append(Event(e.user_id, e.item_id, e.type, e.timestamp or now))
+        if unknown:
+            names = ", ".join(sorted(set(unknown))[:20])
+            raise InvalidArgument("events.item_id", f"unknown item ids: {names}")
+        return out
+
+    def record_events(self, events: list[Event]) -> tuple[int, int]:
+        if self.store is None:
+            raise RuntimeError("no event store")
+        return self.store.record(self.validate_events(events), self.known_user)
+
+    def update_items(self, updates: list[tuple[str, bool | None, float | None]]) -> int:
+        if self.store is None:
+            raise RuntimeError("no event store")
+        if not updates:
+            raise InvalidArgument("items", "the batch is empty")
+        if len(updates) > MAX_BATCH:
+            raise InvalidArgument("items", f"batch of {len(updates)} updates exceeds {MAX_BATCH}")
+        unknown = []
+        for i, (item_id, _, price) in enumerate(updates):
+            check_id(item_id, f"items[{i}].item_id")
+            if price is not None and (not math.isfinite(price) or price < 0):
+                raise InvalidArgument(f"items[{i}].price", f"must be a finite price >= 0, got {price}")
+            if self.tables.row_of("item", item_id) is None:
+                unknown.append(item_id)
+        if unknown:
+            raise InvalidArgument("items.item_id", "unknown item ids: " + ", ".join(sorted(set(unknown))[:20]))
+        n = self.store.update_items(updates)
+        self._refresh_items()
+        return n
+
+    def warmup(self) -> None:
+        """One request through every stage, so a broken bundle fails before it is swapped in."""
+        self.recommend(RecRequest(k=5))
+        if self.n_items:
+            self.similar(self.tables.id_of("item", 0), 5, Filters(in_stock_only=False))

@@ -1,0 +1,36 @@
+"""Re-ranking: min-max scaled relevance, then MMR with creator rules."""
+from __future__ import annotations
+
+import numpy as np
+
+from recserve._core.mmr import mmr
+
+
+def minmax(scores: np.ndarray) -> np.ndarray:
+    s = np.asarray(scores, np.float64)
+    if len(s) == 0:
+        return s.astype(np.float32)
+    lo, hi = float(s.min()), float(s.max())
+    if hi - lo <= 1e-12:
+        return np.ones(len(s), np.float32)
+    return ((s - lo) / (hi - lo)).astype(np.float32)
+
+
+def diversify(relevance: np.ndarray, item_emb: np.ndarray, rows: np.ndarray, k: int, lam: float,
+              creators: np.ndarray | None, max_per_creator: int):
+    """(positions into the candidates, MMR penalties).
+
+    ``max_per_creator`` is a hard rule while candidates allow; when it leaves fewer than k (a selective
+    filter over few creators), the remaining slots are filled by MMR over the rest without the cap.
+    """
+    k = min(k, len(rows))
+    if k == 0:
+        return np.zeros(0, np.int32), np.zeros(0, np.float32)
+    pos, pen = mmr(relevance, item_emb, rows, k, lam, creators=creators, max_per_creator=max_per_creator)
+    if len(pos) < k and max_per_creator > 0:
+        # the creator cap ran out of candidates (a selective filter): fill k from the rest, uncapped
+        rest = np.setdiff1d(np.arange(len(rows)), pos)
+        p2, pen2 = mmr(relevance[rest], item_emb, rows[rest], k - len(pos), lam)
+        pos = np.concatenate([pos, rest[p2].astype(pos.dtype)])
+        pen = np.concatenate([pen, pen2])
+    return pos, pen

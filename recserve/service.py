@@ -1,0 +1,191 @@
+"""The gRPC servicer: proto <-> pipeline dataclasses, and the one place mapping errors to status codes."""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+import uuid
+
+import grpc
+
+from recserve.events import Event
+from recserve.pipeline.errors import InvalidArgument, NotFound
+from recserve.pipeline.recommender import Filters, RecRequest
+from recserve.v1 import recommender_pb2 as pb
+from recserve.v1 import recommender_pb2_grpc as pb_grpc
+
+log = logging.getLogger("recserve.service")
+
+# Test hook for drain tests: every Recommend sleeps this long (milliseconds). Unset in production.
+DEBUG_DELAY_S = float(os.environ.get("RECSERVE_DEBUG_DELAY_MS", "0") or 0) / 1000.0
+
+
+class NoBundle(Exception):
+    """No valid bundle is loaded yet."""
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The one mapping from exceptions to gRPC status codes."""
+    import lmdb
+
+    if isinstance(exc, InvalidArgument):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, NotFound):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, NoBundle):
+        return grpc.StatusCode.UNAVAILABLE, "no bundle is loaded yet"
+    if isinstance(exc, lmdb.MapFullError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, "the event store is full"
+    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__})"
+
+
+def rpc(method):
+    name = method.__name__
+
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        t0 = time.perf_counter()
+        code = grpc.StatusCode.OK
+        context.set_trailing_metadata((("recserve-worker", str(os.getpid())),))
+        try:
+            return method(self, request, context)
+        except Exception as exc:  # noqa: BLE001 -- mapped, never leaked
+            code, msg = status_of(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("internal error in %s", name)
+            context.abort(code, msg)
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe(name, code.name, time.perf_counter() - t0)
+
+    return wrapper
+
+
+def _filters(f: pb.Filters) -> Filters:
+    return Filters(
+        include_categories=list(f.include_categories),
+        exclude_categories=list(f.exclude_categories),
+        min_price=f.min_price if f.HasField("min_price") else None,
+        max_price=f.max_price if f.HasField("max_price") else None,
+        exclude_item_ids=list(f.exclude_item_ids),
+        in_stock_only=f.in_stock_only if f.HasField("in_stock_only") else True,
+    )
+
+
+def _items(result, explain: bool):
+    out = []
+    for it in result.items:
+        m = pb.ScoredItem(item_id=it.item_id, score=it.score, sources=it.sources)
+        if explain:
+            m.explanation.CopyFrom(pb.Explanation(
+                top_features=[pb.FeatureContribution(feature=f, contribution=c) for f, c in it.contributions],
+                mmr_penalty=it.mmr_penalty, ranker_score=it.score, relevance=it.relevance))
+        out.append(m)
+    return out
+
+
+class RecommenderService(pb_grpc.RecommenderServicer):
+    """Thin: ``holder.current`` is the live pipeline (swapped whole on reload)."""
+
+    def __init__(self, holder, metrics=None):
+        self.holder = holder
+        self.metrics = metrics
+
+    def _rec(self):
+        rec = self.holder.current
+        if rec is None:
+            raise NoBundle()
+        return rec
+
+    @rpc
+    def Recommend(self, request, context):
+        rec = self._rec()
+        if DEBUG_DELAY_S:
+            time.sleep(DEBUG_DELAY_S)
+        c, d = request.context, request.diversity
+        req = RecRequest(
+            user_id=request.user_id, k=request.k, session_item_ids=list(request.session_item_ids),
+            timestamp=c.timestamp, hour=c.hour if c.HasField("hour") else None,
+            weekday=c.weekday if c.HasField("weekday") else None, device=int(c.device), country=c.country,
+            extra=dict(c.extra), filters=_filters(request.filters),
+            exclude_consumed=request.exclude_consumed if request.HasField("exclude_consumed") else True,
+            mmr_lambda=d.__getattribute__("lambda") if d.HasField("lambda") else None,
+            max_per_creator=d.max_per_creator if d.HasField("max_per_creator") else None,
+            explain=request.explain)
+        res = rec.recommend(req)
+        resp = pb.RecommendResponse(items=_items(res, request.explain), bundle_version=res.bundle_version,
+                                    request_id=uuid.uuid4().hex, cold_start=res.cold_start)
+        if request.timings:
+            resp.timings.extend(pb.StageTiming(stage=s, ms=ms) for s, ms in res.timings)
+        return resp
+
+    @rpc
+    def SimilarItems(self, request, context):
+        rec = self._rec()
+        res = rec.similar(request.item_id, request.k, _filters(request.filters))
+        return pb.SimilarItemsResponse(items=_items(res, False), bundle_version=res.bundle_version,
+                                       request_id=uuid.uuid4().hex)
+
+    @rpc
+    def RecordEvents(self, request, context):
+        rec = self._rec()
+        events = []
+        for i, e in enumerate(request.events):
+            if e.type == pb.EVENT_TYPE_UNSPECIFIED:
+                raise InvalidArgument(f"events[{i}].type", "must be set")
+            events.append(Event(e.user_id, e.item_id, int(e.type) - 1, e.timestamp))
+        accepted, new_users = rec.record_events(events)
+        return pb.RecordEventsResponse(accepted=accepted, new_users=new_users)
+
+    @rpc
+    def UpdateItems(self, request, context):
+        rec = self._rec()
+        ups = [(u.item_id, u.in_stock if u.HasField("in_stock") else None,
+                u.price if u.HasField("price") else None) for u in request.items]
+        return pb.UpdateItemsResponse(updated=rec.update_items(ups))
+
+
+WRITE_METHODS = {"/recserve.v1.Recommender/RecordEvents", "/recserve.v1.Recommender/UpdateItems"}
+OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+def load_tokens(path) -> dict[str, str]:
+    """Token file: one ``read TOKEN`` or ``write TOKEN`` per line (write implies read); # comments."""
+    tokens: dict[str, str] = {}
+    with open(path) as fh:
+        for n, line in enumerate(fh, 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = line.split()
+            if len(parts) != 2 or parts[0] not in ("read", "write"):
+                raise ValueError(f"{path}:{n}: expected 'read TOKEN' or 'write TOKEN'")
+            tokens[parts[1]] = parts[0]
+    return tokens
+
+
+def _abort_handler(code, msg):
+    def fn(request, context):
+        context.abort(code, msg)
+
+    return grpc.unary_unary_rpc_method_handler(fn)
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Bearer tokens: none/unknown -> UNAUTHENTICATED, a read token on a write method -> PERMISSION_DENIED."""
+
+    def __init__(self, tokens: dict[str, str]):
+        self.tokens = tokens
+
+    def intercept_service(self, continuation, details):
+        method = details.method
+        if method.startswith(OPEN_PREFIXES):
+            return continuation(details)
+        auth = dict(details.invocation_metadata or ()).get("authorization", "")
+        scope = self.tokens.get(auth[7:]) if auth.lower().startswith("bearer ") else None
+        if scope is None:
+            return _abort_handler(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token")
+        if method in WRITE_METHODS and scope != "write":
+            return _abort_handler(grpc.StatusCode.PERMISSION_DENIED, "this token may only read")
+        return continuation(details)
