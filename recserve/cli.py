@@ -1,0 +1,236 @@
+"""``recserve``: serve a bundle, or talk to a running server.
+
+    recserve serve --bundle DIR [--port 50051] [--workers N] [--config FILE] [...]
+    recserve recommend USER [--k 10] [--category C] [--session ITEM ...] [--explain] [--addr HOST:PORT]
+    recserve similar ITEM [--k 10]
+    recserve events record USER ITEM [--type click] [--timestamp T]
+    recserve items update ITEM [--in-stock | --out-of-stock] [--price P]
+    recserve health
+
+Client commands read ``--addr`` (env RECSERVE_ADDR, default 127.0.0.1:50051) and ``--token`` (env
+RECSERVE_TOKEN) and print readable tables; a failed call prints its status code and exits 1.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from recserve import config as C
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    cells = [[str(h) for h in headers]] + [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in r]
+                                          for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(cells[0]), line(["-" * w for w in widths])] + [line(r) for r in cells[1:]])
+
+
+def _channel(args):
+    import grpc
+
+    if args.ca:
+        creds = grpc.ssl_channel_credentials(open(args.ca, "rb").read())
+        return grpc.secure_channel(args.addr, creds)
+    return grpc.insecure_channel(args.addr)
+
+
+def _meta(args):
+    return [("authorization", f"Bearer {args.token}")] if args.token else None
+
+
+def _filters(args):
+    from recserve.v1 import recommender_pb2 as pb
+
+    f = pb.Filters(include_categories=args.category or [], exclude_item_ids=args.exclude or [])
+    if args.min_price is not None:
+        f.min_price = args.min_price
+    if args.max_price is not None:
+        f.max_price = args.max_price
+    if args.any_stock:
+        f.in_stock_only = False
+    return f
+
+
+def print_items(items, explain: bool = False, out=sys.stdout) -> None:
+    rows = []
+    for i, it in enumerate(items, 1):
+        r = [i, it.item_id, float(it.score), ",".join(it.sources)]
+        if explain:
+            feats = "; ".join(f"{c.feature}={c.contribution:+.3f}" for c in it.explanation.top_features[:3])
+            r += [float(it.explanation.mmr_penalty), feats]
+        rows.append(r)
+    headers = ["#", "item", "score", "sources"] + (["mmr_penalty", "top features"] if explain else [])
+    print(_table(headers, rows), file=out)
+
+
+def cmd_serve(args) -> int:
+    from recserve.server import serve_forever
+
+    flags = {k: v for k, v in vars(args).items() if k in {f for f in C.ServeConfig.__dataclass_fields__}}
+    cfg = C.load(flags, file=args.config)
+    if not cfg.bundle:
+        print("recserve serve: --bundle DIR is required (or RECSERVE_BUNDLE / the config file)", file=sys.stderr)
+        return 2
+    return serve_forever(cfg)
+
+
+def _call(fn):
+    import grpc
+
+    try:
+        return fn()
+    except grpc.RpcError as e:
+        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def cmd_recommend(args) -> int:
+    from recserve.v1 import recommender_pb2 as pb
+    from recserve.v1 import recommender_pb2_grpc as pbg
+
+    with _channel(args) as ch:
+        req = pb.RecommendRequest(user_id=args.user, k=args.k, session_item_ids=args.session or [],
+                                  filters=_filters(args), explain=args.explain, timings=True)
+        if args.mmr_lambda is not None:
+            setattr(req.diversity, "lambda", args.mmr_lambda)
+        r = _call(lambda: pbg.RecommenderStub(ch).Recommend(req, metadata=_meta(args), timeout=args.timeout))
+    print(f"user {args.user or '(anonymous)'}{' (cold start)' if r.cold_start else ''}  "
+          f"bundle {r.bundle_version}  request {r.request_id}")
+    print_items(r.items, args.explain)
+    print("timings: " + "  ".join(f"{t.stage}={t.ms:.2f}ms" for t in r.timings))
+    return 0
+
+
+def cmd_similar(args) -> int:
+    from recserve.v1 import recommender_pb2 as pb
+    from recserve.v1 import recommender_pb2_grpc as pbg
+
+    with _channel(args) as ch:
+        r = _call(lambda: pbg.RecommenderStub(ch).SimilarItems(
+            pb.SimilarItemsRequest(item_id=args.item, k=args.k, filters=_filters(args)),
+            metadata=_meta(args), timeout=args.timeout))
+    print(f"similar to {args.item}  bundle {r.bundle_version}")
+    print_items(r.items)
+    return 0
+
+
+EVENT_TYPES = {"view": 1, "click": 2, "cart": 3, "purchase": 4, "rating": 5}
+
+
+def cmd_events(args) -> int:
+    from recserve.v1 import recommender_pb2 as pb
+    from recserve.v1 import recommender_pb2_grpc as pbg
+
+    with _channel(args) as ch:
+        ev = pb.Event(user_id=args.user, item_id=args.item, type=EVENT_TYPES[args.type], timestamp=args.timestamp)
+        r = _call(lambda: pbg.RecommenderStub(ch).RecordEvents(pb.RecordEventsRequest(events=[ev]),
+                                                               metadata=_meta(args), timeout=args.timeout))
+    print(_table(["accepted", "new users"], [[r.accepted, r.new_users]]))
+    return 0
+
+
+def cmd_items(args) -> int:
+    from recserve.v1 import recommender_pb2 as pb
+    from recserve.v1 import recommender_pb2_grpc as pbg
+
+    u = pb.ItemUpdate(item_id=args.item)
+    if args.in_stock is not None:
+        u.in_stock = args.in_stock
+    if args.price is not None:
+        u.price = args.price
+    with _channel(args) as ch:
+        r = _call(lambda: pbg.RecommenderStub(ch).UpdateItems(pb.UpdateItemsRequest(items=[u]),
+                                                              metadata=_meta(args), timeout=args.timeout))
+    print(_table(["updated"], [[r.updated]]))
+    return 0
+
+
+def cmd_health(args) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with _channel(args) as ch:
+        r = _call(lambda: health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""),
+                                                                timeout=args.timeout))
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
+    print(name)
+    return 0 if name == "SERVING" else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="recserve", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="serve a bundle directory")
+    s.add_argument("--bundle", help="bundle root (holding CURRENT) or one bundle version directory")
+    s.add_argument("--config", help="TOML file (flags > RECSERVE_* env > file > bundle defaults)")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--workers", type=int)
+    s.add_argument("--threads", type=int)
+    s.add_argument("--max-concurrent-rpcs", dest="max_concurrent_rpcs", type=int)
+    s.add_argument("--max-message-bytes", dest="max_message_bytes", type=int)
+    s.add_argument("--reload-interval", dest="reload_interval", type=float)
+    s.add_argument("--grace", type=float)
+    s.add_argument("--events-dir", dest="events_dir")
+    s.add_argument("--tls-cert", dest="tls_cert")
+    s.add_argument("--tls-key", dest="tls_key")
+    s.add_argument("--tls-client-ca", dest="tls_client_ca")
+    s.add_argument("--tokens-file", dest="tokens_file")
+    s.add_argument("--metrics-port", dest="metrics_port", type=int)
+    s.add_argument("--log-level", dest="log_level")
+    s.add_argument("--mmr-lambda", dest="mmr_lambda", type=float)
+    s.add_argument("--max-per-creator", dest="max_per_creator", type=int)
+    s.set_defaults(fn=cmd_serve)
+
+    def client(name, fn, help):
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--addr", default=os.environ.get("RECSERVE_ADDR", "127.0.0.1:50051"))
+        p.add_argument("--token", default=os.environ.get("RECSERVE_TOKEN"))
+        p.add_argument("--ca", help="CA certificate for TLS")
+        p.add_argument("--timeout", type=float, default=10.0)
+        p.set_defaults(fn=fn)
+        return p
+
+    def filters(p):
+        p.add_argument("--k", type=int, default=10)
+        p.add_argument("--category", action="append")
+        p.add_argument("--exclude", action="append")
+        p.add_argument("--min-price", dest="min_price", type=float)
+        p.add_argument("--max-price", dest="max_price", type=float)
+        p.add_argument("--any-stock", dest="any_stock", action="store_true")
+
+    p = client("recommend", cmd_recommend, "recommendations for a user ('' = anonymous)")
+    p.add_argument("user")
+    filters(p)
+    p.add_argument("--session", action="append")
+    p.add_argument("--explain", action="store_true")
+    p.add_argument("--mmr-lambda", dest="mmr_lambda", type=float)
+    p = client("similar", cmd_similar, "items similar to an item")
+    p.add_argument("item")
+    filters(p)
+    p = client("events", cmd_events, "record an event")
+    p.add_argument("action", choices=["record"])
+    p.add_argument("user")
+    p.add_argument("item")
+    p.add_argument("--type", choices=list(EVENT_TYPES), default="click")
+    p.add_argument("--timestamp", type=float, default=0.0)
+    p = client("items", cmd_items, "update an item's stock or price")
+    p.add_argument("action", choices=["update"])
+    p.add_argument("item")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--in-stock", dest="in_stock", action="store_const", const=True)
+    g.add_argument("--out-of-stock", dest="in_stock", action="store_const", const=False)
+    p.add_argument("--price", type=float)
+    client("health", cmd_health, "the server's health status")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,399 @@
+"""The server: a supervisor forking N worker processes that share one port with SO_REUSEPORT.
+
+Workers are forked BEFORE any gRPC object exists (call :func:`create_server` before creating channels or
+servers in the calling process). Each worker, after fork, limits native thread pools to one thread, opens
+the event store, LMDB tables, hnswlib and LightGBM itself, starts its own gRPC server (health, reflection,
+``maximum_concurrent_rpcs``, message size limits, optional TLS/mTLS and bearer tokens) and watches
+``<root>/CURRENT``: a new version is loaded and verified in a background thread, warmed up, then swapped in
+atomically; a bad bundle is refused and the old one keeps serving. Health is SERVING only while a valid
+bundle is loaded. SIGTERM drains: health goes NOT_SERVING, new calls are refused, in-flight calls finish
+within ``grace`` seconds. With ``workers=0`` the same worker runs inside the calling process (tests, tools).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+
+from recserve.config import ServeConfig, bundle_root
+
+log = logging.getLogger("recserve.server")
+SERVICE_NAME = "recserve.v1.Recommender"
+
+
+# -- logging -------------------------------------------------------------------------------------------
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        d = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
+             "pid": record.process, "msg": record.getMessage()}
+        for k in ("event", "version", "port", "workers", "error"):
+            if hasattr(record, k):
+                d[k] = getattr(record, k)
+        if record.exc_info:
+            d["exc"] = self.formatException(record.exc_info)
+        return json.dumps(d)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    root = logging.getLogger()
+    if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        return
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(JsonFormatter())
+    root.handlers[:] = [h]
+    root.setLevel(level)
+
+
+# -- metrics -------------------------------------------------------------------------------------------
+class Metrics:
+    def __init__(self):
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.requests = Counter("recserve_requests_total", "RPCs by method and status code", ["method", "code"])
+        self.latency = Histogram("recserve_request_seconds", "RPC latency", ["method"],
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+        self.reloads = Counter("recserve_reloads_total", "bundle loads by outcome", ["outcome"])
+        self.version = Gauge("recserve_bundle_loaded", "1 for the loaded bundle version", ["version"],
+                             multiprocess_mode="livemax")
+
+    def observe(self, method: str, code: str, seconds: float) -> None:
+        self.requests.labels(method, code).inc()
+        self.latency.labels(method).observe(seconds)
+
+
+# -- the live bundle -----------------------------------------------------------------------------------
+class BundleHolder:
+    """Holds the live :class:`Recommender`; loads, verifies, warms up and swaps new versions."""
+
+    def __init__(self, bundle_path: str, cfg: ServeConfig, store, health=None, metrics=None):
+        self.path = Path(bundle_path)
+        self.root = bundle_root(bundle_path)
+        self.cfg = cfg
+        self.store = store
+        self.health = health
+        self.metrics = metrics
+        self.current = None
+        self.current_key: str | None = None
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _key(self) -> str | None:
+        """The version CURRENT names (or the fixed bundle directory), None when there is none yet."""
+        cur = self.root / "CURRENT"
+        if (self.path / "manifest.json").exists() and not (self.path / "CURRENT").exists():
+            return str(self.path)
+        try:
+            return cur.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def load(self, key: str):
+        from recserve import bundle as B
+        from recserve.pipeline.recommender import Recommender
+
+        path = Path(key) if os.path.isabs(key) else self.root / key
+        b = B.Bundle.open(path, verify=True)
+        try:
+            if self.cfg.ef:
+                b.index.set_ef(int(self.cfg.ef))
+            rec = Recommender(b, self.store, self.cfg.pipeline_overrides())
+            rec.warmup()
+        except Exception:
+            b.close()
+            raise
+        return rec
+
+    def try_reload(self) -> bool:
+        """Load the version CURRENT names if it differs from the live one. True when swapped."""
+        key = self._key()
+        if key is None or key == self.current_key:
+            return False
+        try:
+            rec = self.load(key)
+        except Exception as exc:  # noqa: BLE001 -- any failure refuses the bundle
+            if self.last_error != f"{key}: {exc}":
+                log.error("bundle refused, keeping %s", self.current.version if self.current else "none",
+                          extra={"event": "reload_refused", "version": key, "error": str(exc)})
+            self.last_error = f"{key}: {exc}"
+            if self.metrics:
+                self.metrics.reloads.labels("refused").inc()
+            return False
+        old = self.current
+        self.current, self.current_key, self.last_error = rec, key, None  # the atomic swap
+        if self.metrics:
+            self.metrics.reloads.labels("loaded").inc()
+            if old is not None:
+                self.metrics.version.labels(old.version).set(0)
+            self.metrics.version.labels(rec.version).set(1)
+        if self.health is not None:
+            self.set_health(True)
+        log.info("bundle loaded", extra={"event": "bundle_loaded", "version": rec.version})
+        if old is not None:  # in-flight requests may still use it: close later
+            t = threading.Timer(max(self.cfg.grace, 5.0), old.bundle.close)
+            t.daemon = True
+            t.start()
+        return True
+
+    def set_health(self, serving: bool) -> None:
+        from grpc_health.v1 import health_pb2
+
+        st = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        self.health.set("", st)
+        self.health.set(SERVICE_NAME, st)
+
+    def watch(self) -> None:
+        if self.cfg.reload_interval <= 0:
+            return
+
+        def loop():
+            while not self._stop.wait(self.cfg.reload_interval):
+                self.try_reload()
+
+        self._thread = threading.Thread(target=loop, name="bundle-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+# -- one worker ----------------------------------------------------------------------------------------
+def _limit_threads() -> None:
+    for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[v] = "1"
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+class Worker:
+    """One gRPC server over the shared port, with its own bundle, event store and reload watcher."""
+
+    def __init__(self, cfg: ServeConfig, port: int, metrics: Metrics | None = None):
+        import grpc
+        from grpc_health.v1 import health, health_pb2_grpc
+        from grpc_reflection.v1alpha import reflection
+
+        from recserve.events import EventStore
+        from recserve.service import AuthInterceptor, RecommenderService, load_tokens
+        from recserve.v1 import recommender_pb2, recommender_pb2_grpc
+
+        self.cfg = cfg
+        root = bundle_root(cfg.bundle)
+        self.store = EventStore(cfg.events_dir or root / "events")
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.holder = BundleHolder(cfg.bundle, cfg, self.store, self.health, metrics)
+        self.holder.set_health(False)
+        interceptors = [AuthInterceptor(load_tokens(cfg.tokens_file))] if cfg.tokens_file else []
+        opts = [("grpc.so_reuseport", 1),
+                ("grpc.max_receive_message_length", cfg.max_message_bytes),
+                ("grpc.max_send_message_length", cfg.max_message_bytes)]
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.threads), options=opts,
+                                  interceptors=interceptors, maximum_concurrent_rpcs=cfg.max_concurrent_rpcs)
+        recommender_pb2_grpc.add_RecommenderServicer_to_server(RecommenderService(self.holder, metrics),
+                                                               self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = (recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name,
+                 "grpc.health.v1.Health", reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, self.server)
+        addr = f"{cfg.host}:{port}"
+        if cfg.tls_cert:
+            key = Path(cfg.tls_key).read_bytes()
+            cert = Path(cfg.tls_cert).read_bytes()
+            ca = Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None
+            creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                                require_client_auth=ca is not None)
+            self.port = self.server.add_secure_port(addr, creds)
+        else:
+            self.port = self.server.add_insecure_port(addr)
+        if self.port == 0:
+            raise RuntimeError(f"cannot bind {addr}")
+
+    def start(self) -> None:
+        self.server.start()
+        self.holder.try_reload()  # the current bundle, synchronously; SERVING once it is loaded
+        self.holder.watch()
+
+    def stop(self, grace: float | None = None) -> None:
+        self.holder.stop()
+        self.holder.set_health(False)
+        self.server.stop(self.cfg.grace if grace is None else grace).wait()
+
+
+def _worker_main(cfg: ServeConfig, port: int, ready_fd: int) -> None:
+    """Entry point of a forked worker process; never returns."""
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _limit_threads()
+        metrics = Metrics() if cfg.metrics_port else None
+        w = Worker(cfg, port, metrics)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        w.start()
+        os.write(ready_fd, b"1" if w.holder.current is not None else b"0")
+        os.close(ready_fd)
+        stop.wait()
+        log.info("draining", extra={"event": "drain"})
+        w.stop()
+    except BaseException:  # noqa: BLE001
+        log.exception("worker failed")
+        code = 1
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+# -- the supervisor ------------------------------------------------------------------------------------
+def _reserve_port(host: str, port: int) -> socket.socket:
+    """Bind (not listen) with SO_REUSEPORT: picks the free port and keeps it ours while workers bind it."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind((host, port))
+    return s
+
+
+class Supervisor:
+    """Handle on the worker processes: ``stop()`` drains them (SIGTERM), ``wait()`` blocks until they exit."""
+
+    def __init__(self, cfg: ServeConfig, port: int, sock: socket.socket):
+        self.cfg, self.port, self._sock = cfg, port, sock
+        self.pids: list[int] = []
+        self._stopping = False
+        self._metrics_dir: str | None = None
+        self._lock = threading.Lock()
+
+    def _spawn(self) -> tuple[int, int]:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            _worker_main(self.cfg, self.port, w)
+        os.close(w)
+        return pid, r
+
+    def start(self, timeout: float = 120.0) -> None:
+        if self.cfg.metrics_port:
+            self._metrics_dir = tempfile.mkdtemp(prefix="recserve-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir
+        pipes = []
+        for _ in range(self.cfg.workers):
+            pid, r = self._spawn()
+            self.pids.append(pid)
+            pipes.append(r)
+        deadline = time.monotonic() + timeout
+        for r in pipes:
+            left = deadline - time.monotonic()
+            ok = select.select([r], [], [], max(left, 0))[0] and os.read(r, 1)
+            os.close(r)
+            if not ok:
+                self.stop(0)
+                raise RuntimeError("a worker failed to start (see its log)")
+        if self.cfg.metrics_port:
+            from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+            reg = CollectorRegistry()
+            multiprocess.MultiProcessCollector(reg)
+            start_http_server(self.cfg.metrics_port, addr=self.cfg.host, registry=reg)
+        log.info("serving", extra={"event": "serving", "port": self.port, "workers": self.cfg.workers})
+
+    def stop(self, grace: float | None = None) -> None:
+        """SIGTERM every worker (each drains in-flight calls) and wait for them."""
+        with self._lock:
+            self._stopping = True
+            for pid in self.pids:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        self.wait((self.cfg.grace if grace is None else grace) + 10)
+
+    def wait(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for pid in list(self.pids):
+            while True:
+                try:
+                    done, _ = os.waitpid(pid, os.WNOHANG if deadline else 0)
+                except ChildProcessError:
+                    break
+                if done:
+                    break
+                if deadline and time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.05)
+            self.pids.remove(pid)
+        if not self.pids:
+            self._sock.close()
+
+
+def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConfig | None = None, **kw):
+    """Start serving ``bundle`` (a bundle root holding CURRENT, or one version directory) on ``address``.
+
+    Returns ``(server, port)``: a :class:`Supervisor` over ``cfg.workers`` forked processes, or with
+    ``workers=0`` an in-process :class:`Worker`. Both have ``stop(grace)``. A CURRENT naming an invalid
+    bundle fails here; a root without CURRENT starts NOT_SERVING and waits for one.
+    """
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg or ServeConfig(), **kw)
+    if bundle:
+        cfg.bundle = str(bundle)
+    host, _, port = address.rpartition(":")
+    cfg.host, cfg.port = host.strip("[]") or "127.0.0.1", int(port)
+    if not cfg.bundle:
+        raise ValueError("a bundle directory is required")
+    holder = BundleHolder(cfg.bundle, cfg, None)
+    key = holder._key()
+    if key is not None:  # fail fast on a bad bundle, before forking (sha256 only, no hnswlib/LightGBM)
+        from recserve import bundle as B
+
+        B.verify(Path(key) if os.path.isabs(key) else holder.root / key)
+    if cfg.workers <= 0:
+        w = Worker(cfg, cfg.port)
+        w.start()
+        return w, w.port
+    sock = _reserve_port(cfg.host, cfg.port)
+    sup = Supervisor(cfg, sock.getsockname()[1], sock)
+    sup.start()
+    return sup, sup.port
+
+
+def serve_forever(cfg: ServeConfig) -> int:
+    """The ``recserve serve`` main loop: start, then drain on SIGTERM/SIGINT."""
+    configure_logging(cfg.log_level)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server, port = create_server(f"{cfg.host}:{cfg.port}", cfg=cfg)
+    print(json.dumps({"event": "listening", "port": port, "pid": os.getpid()}), flush=True)
+    while not stop.wait(0.5):
+        if isinstance(server, Supervisor):
+            for pid in list(server.pids):  # a worker died: respawn it
+                try:
+                    done, _ = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    done = pid
+                if done:
+                    server.pids.remove(pid)
+                    log.error("worker exited, respawning", extra={"event": "respawn"})
+                    new, r = server._spawn()
+                    os.close(r)
+                    server.pids.append(new)
+    server.stop()
+    log.info("stopped", extra={"event": "stopped"})
+    return 0
