@@ -1,0 +1,110 @@
+"""Retrieval for one user, shared by the trainer (to build ranker training rows) and the server.
+
+Pure functions over arrays (no I/O, no index object): the caller runs the ANN query itself
+(``labels, dist = index.knn_query(vec, k)``; score ``1 - dist``) and passes the result in, so the trainer
+can batch its queries while producing exactly the lists the server produces for the same user.
+
+Sources, in this order (the ranker's ``src.<s>.*`` features follow it): ``ann`` (user vector -> HNSW),
+``i2i`` (co-occurrence neighbours of the last ``i2i_recent`` distinct history items, recency-weighted sum),
+``session`` (neighbours of the items of the latest session: events within ``session_gap`` seconds of the
+previous one), ``popular`` (time-decayed trending list).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from recserve._core.embed import UserVectorParams, user_vector
+from recserve._core.merge import Merged, exclusion_bitset, merge_candidates
+
+SOURCES = ["ann", "i2i", "session", "popular"]
+DEFAULT_PARAMS = {
+    "decay_short": 0.5, "decay_long": 0.02, "alpha": 0.5, "half_life_days": 30.0,
+    "event_weights": [1.0, 2.0, 3.0, 5.0, 4.0],
+    "quotas": {"ann": 100, "i2i": 80, "session": 40, "popular": 40}, "cap": 200, "ef": 200,
+    "mmr_lambda": 0.8, "max_per_creator": 3, "history_len": 200, "i2i_recent": 20, "i2i_decay": 0.1,
+    "session_gap": 1800.0,
+}
+
+
+def vector_params(params: dict) -> UserVectorParams:
+    return UserVectorParams(decay_short=float(params["decay_short"]), decay_long=float(params["decay_long"]),
+                            alpha=float(params["alpha"]), half_life=float(params["half_life_days"]))
+
+
+def history_vector(item_emb: np.ndarray, hist_items, hist_event, hist_ts, now: float, params: dict) -> np.ndarray:
+    """The user vector of a history (oldest first): event weights and ages in days from ``now`` (seconds)."""
+    rows = np.asarray(hist_items, np.int64)
+    if len(rows) == 0:
+        return np.zeros(item_emb.shape[1], np.float32)
+    ew = np.asarray(params["event_weights"], np.float32)[np.asarray(hist_event, np.int64)]
+    ages = np.maximum(0.0, (now - np.asarray(hist_ts, np.float64)) / 86400.0).astype(np.float32)
+    return user_vector(item_emb, rows, vector_params(params), event_weights=ew, ages=ages)
+
+
+def neighbour_sum(seed_rows, seed_weights, i2i_rows: np.ndarray, i2i_scores: np.ndarray, k: int):
+    """Items neighbouring ``seed_rows``, scored by the weighted sum of their i2i scores, best first."""
+    seed = np.asarray(seed_rows, np.int64)
+    if len(seed) == 0 or k <= 0:
+        return np.zeros(0, np.int32), np.zeros(0, np.float32)
+    cand = i2i_rows[seed].ravel()
+    sc = (i2i_scores[seed] * np.asarray(seed_weights, np.float32)[:, None]).ravel()
+    ok = cand >= 0
+    if not ok.any():
+        return np.zeros(0, np.int32), np.zeros(0, np.float32)
+    uniq, inv = np.unique(cand[ok], return_inverse=True)
+    total = np.bincount(inv, weights=sc[ok], minlength=len(uniq))
+    order = np.lexsort((uniq, -total))[:k]
+    return uniq[order].astype(np.int32), total[order].astype(np.float32)
+
+
+def recent_distinct(hist_items, n: int) -> np.ndarray:
+    """The last ``n`` distinct items of a history, newest first."""
+    h = np.asarray(hist_items, np.int64)[::-1]
+    _, first = np.unique(h, return_index=True)
+    return h[np.sort(first)][:n]
+
+
+def source_lists(hist_items, hist_ts, ann_rows, ann_scores, i2i_rows, i2i_scores, trend_rows, trend_scores,
+                 params: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The four candidate lists (``SOURCES`` order), each ``(int32 rows, float32 scores)`` best first."""
+    q = params["quotas"]
+    hist = np.asarray(hist_items, np.int64)
+    ts = np.asarray(hist_ts, np.float64)
+    recent = recent_distinct(hist, int(params["i2i_recent"]))
+    w = np.exp(-float(params["i2i_decay"]) * np.arange(len(recent)))
+    i2i = neighbour_sum(recent, w, i2i_rows, i2i_scores, 3 * int(q["i2i"]))
+    if len(hist):
+        gaps = np.diff(ts) > float(params["session_gap"])
+        start = int(np.flatnonzero(gaps)[-1]) + 1 if gaps.any() else 0
+        sess = recent_distinct(hist[start:], 10)
+    else:
+        sess = hist[:0]
+    session = neighbour_sum(sess, np.ones(len(sess)), i2i_rows, i2i_scores, 3 * int(q["session"]))
+    ann = (np.asarray(ann_rows, np.int32).ravel(), np.asarray(ann_scores, np.float32).ravel())
+    keep = ann[0] >= 0
+    n_pop = 3 * int(q["popular"]) + len(hist)
+    pop = (np.asarray(trend_rows[:n_pop], np.int32), np.asarray(trend_scores[:n_pop], np.float32))
+    return [(ann[0][keep], ann[1][keep]), i2i, session, pop]
+
+
+def merge_for_user(lists, hist_items, n_items: int, params: dict, extra_excluded=None) -> Merged:
+    """Merge ``source_lists`` output, excluding the user's history (and ``extra_excluded`` rows)."""
+    ex = np.asarray(hist_items, np.int64)
+    if extra_excluded is not None:
+        ex = np.concatenate([ex, np.asarray(extra_excluded, np.int64)])
+    q = params["quotas"]
+    return merge_candidates(lists, [int(q[s]) for s in SOURCES], int(params["cap"]), n_items,
+                            exclusion_bitset(n_items, np.unique(ex)))
+
+
+def ann_k(params: dict, n_history: int, n_items: int) -> int:
+    """How many neighbours to ask the ANN index for (its quota plus room for excluded history items)."""
+    return int(min(n_items, int(params["quotas"]["ann"]) + min(n_history, int(params["history_len"]))))
+
+
+def context_vector(now: float, device: int = 0) -> np.ndarray:
+    """The ranker's context columns (``hour``, ``weekday`` Monday=0, ``device`` code) at unix time ``now``."""
+    days = np.floor(now / 86400.0)
+    hour = np.floor((now - days * 86400.0) / 3600.0)
+    weekday = (days + 3) % 7          # 1970-01-01 was a Thursday
+    return np.array([hour, weekday, float(device)], np.float32)

@@ -1,0 +1,169 @@
+"""A trained bundle on disk: resolution (root with CURRENT -> version dir), verification, loading.
+
+``verify`` checks checksums, format version and schema consistency before hnswlib or LightGBM read a
+byte, and raises :class:`BundleError` naming the first problem (one line).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+REQUIRED_FILES = ("tables.lmdb", "index.hnsw", "ranker.txt")
+REQUIRED_KEYS = ("format_version", "version", "created_at", "counts", "dim", "feature_schema", "index",
+                 "params", "files")
+# report files written after the build (evaluation) are not checksummed
+UNCHECKED = {"manifest.json", "report.json", "report.html"}
+
+
+class BundleError(ValueError):
+    """A bundle is missing, incomplete, tampered with or inconsistent."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if (p / "manifest.json").is_file():
+        return p
+    cur = p / "CURRENT"
+    if cur.is_file():
+        name = cur.read_text().strip()
+        if not name or "/" in name or name.startswith("."):
+            raise BundleError(f"{cur}: invalid version name {name!r}")
+        target = p / name
+        if not (target / "manifest.json").is_file():
+            raise BundleError(f"{cur} names {name!r} but {target} has no manifest.json")
+        return target
+    if not p.exists():
+        raise BundleError(f"{p} does not exist")
+    raise BundleError(f"{p} is neither a bundle (manifest.json) nor a root with CURRENT")
+
+
+def _load_manifest(d: Path) -> dict:
+    try:
+        m = json.loads((d / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{d / 'manifest.json'}: unreadable: {exc}") from None
+    if not isinstance(m, dict):
+        raise BundleError(f"{d / 'manifest.json'}: not a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in m]
+    if missing:
+        raise BundleError(f"manifest.json: missing key(s) {', '.join(missing)}")
+    if m["format_version"] != FORMAT_VERSION:
+        raise BundleError(f"manifest.json: format_version {m['format_version']} (expected {FORMAT_VERSION})")
+    return m
+
+
+def verify(path: str | os.PathLike) -> dict:
+    """Check a bundle and return its manifest; raises :class:`BundleError` naming the first problem."""
+    from recserve._core.cross import FeatureSchema
+    from recserve._core.tables import TableError, TableReader
+
+    d = resolve(path)
+    m = _load_manifest(d)
+    files = m["files"]
+    for name in REQUIRED_FILES:
+        if name not in files:
+            raise BundleError(f"manifest.json: {name} is not listed in files")
+    for name, digest in files.items():
+        p = d / name
+        if "/" in name or name.startswith("."):
+            raise BundleError(f"manifest.json: invalid file name {name!r}")
+        if not p.is_file():
+            raise BundleError(f"{name}: missing")
+        if sha256_file(p) != digest:
+            raise BundleError(f"{name}: sha256 mismatch (file changed since the build)")
+    extra = sorted(p.name for p in d.iterdir() if p.is_file() and p.name not in files
+                   and p.name not in UNCHECKED and not p.name.startswith("."))
+    if extra:
+        raise BundleError(f"{extra[0]}: not listed in the manifest")
+    try:
+        schema = FeatureSchema.from_dict(m["feature_schema"])
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"manifest.json: bad feature_schema: {exc}") from None
+    try:
+        with TableReader(d / "tables.lmdb") as t:
+            n_items = t.n_ids("item")
+            n_users = t.n_ids("user")
+            dim = int(m["dim"])
+            checks = [("item_emb", "float32", (n_items, dim)), ("user_emb", "float32", (n_users, dim)),
+                      ("item_feats", "float32", (n_items, len(schema.item_columns))),
+                      ("user_feats", "float32", (n_users, len(schema.user_columns))),
+                      ("hist_indptr", "int64", (n_users + 1,)), ("i2i_rows", "int32", None),
+                      ("pop_rows", "int32", (n_items,)), ("trend_rows", "int32", (n_items,)),
+                      ("hist_items", "int32", None), ("hist_ts", "float64", None), ("hist_event", "int8", None)]
+            for name, dtype, shape in checks:
+                meta = t.array_meta(name)
+                if meta["dtype"] != dtype:
+                    raise BundleError(f"tables.lmdb: {name} has dtype {meta['dtype']}, expected {dtype}")
+                if shape is not None and tuple(meta["shape"]) != shape:
+                    raise BundleError(f"tables.lmdb: {name} has shape {tuple(meta['shape'])}, expected {shape}")
+            if t.columns("item_feats") != list(schema.item_columns):
+                raise BundleError("tables.lmdb: item_feats columns differ from the feature schema")
+            if t.columns("user_feats") != list(schema.user_columns):
+                raise BundleError("tables.lmdb: user_feats columns differ from the feature schema")
+            nh = t.array_meta("hist_items")["shape"][0]
+            if int(t.array("hist_indptr")[-1]) != nh:
+                raise BundleError("tables.lmdb: hist_indptr does not end at len(hist_items)")
+    except TableError as exc:
+        raise BundleError(f"tables.lmdb: {exc}") from None
+    counts = m["counts"]
+    if counts.get("items") != n_items or counts.get("users") != n_users:
+        raise BundleError(f"manifest counts {counts} differ from tables ({n_users} users, {n_items} items)")
+    return m
+
+
+class Bundle:
+    """An opened bundle (open it in each process after fork)."""
+
+    def __init__(self, path: Path, manifest: dict):
+        import hnswlib
+
+        from recserve._core.cross import FeatureSchema
+        from recserve._core.tables import TableReader
+
+        self.path = path
+        self.manifest = manifest
+        self.version = manifest["version"]
+        self.params = manifest["params"]
+        self.schema = FeatureSchema.from_dict(manifest["feature_schema"])
+        self.tables = TableReader(path / "tables.lmdb")
+        self.item_emb = self.tables.array("item_emb", "float32")
+        self.item_feats = self.tables.array("item_feats", "float32", len(self.schema.item_columns))
+        self.user_feats = self.tables.array("user_feats", "float32", len(self.schema.user_columns))
+        self.n_items, self.dim = self.item_emb.shape
+        self.n_users = self.user_feats.shape[0]
+        self.index = hnswlib.Index(space="cosine", dim=self.dim)
+        self.index.load_index(str(path / "index.hnsw"), max_elements=self.n_items)
+        self.index.set_ef(int(manifest["index"].get("ef", self.params.get("ef", 100))))
+        self.ranker_text = (path / "ranker.txt").read_text()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":
+        d = resolve(path)
+        m = globals()["verify"](d) if verify else _load_manifest(d)
+        return cls(d, m)
+
+    def close(self) -> None:
+        if self.tables is not None:
+            self.tables.close()
+            self.tables = None
+            self.item_emb = self.item_feats = self.user_feats = None
+            self.index = None
+
+    def __enter__(self) -> "Bundle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""recserve-train: builds served bundles from interaction data (see trainer.cli)."""

@@ -1,0 +1,106 @@
+"""Every served artifact computed from one slice of interactions at one ``now``.
+
+Used twice by a build: on the interactions before the ranker's label cut (to produce the ranker's
+training candidates exactly as the server would have at that time) and on all training interactions (the
+bundle that is served).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from recserve._core.cross import Crosser, FeatureSchema
+from trainer import embeddings, features, index as hnsw, neighbours
+
+
+@dataclass
+class Artifacts:
+    now: float
+    item_emb: np.ndarray
+    user_emb: np.ndarray
+    item_feats: np.ndarray
+    user_feats: np.ndarray
+    schema: FeatureSchema
+    i2i_rows: np.ndarray
+    i2i_scores: np.ndarray
+    pop_rows: np.ndarray
+    pop_scores: np.ndarray
+    trend_rows: np.ndarray
+    trend_scores: np.ndarray
+    pop_cat_indptr: np.ndarray
+    pop_cat_rows: np.ndarray
+    hist_indptr: np.ndarray
+    hist_items: np.ndarray
+    hist_ts: np.ndarray
+    hist_event: np.ndarray
+    seen_items: np.ndarray    # bool[n_items]: had a training interaction
+    index: object
+    index_info: dict
+    embed_method: str
+
+    def crosser(self) -> Crosser:
+        return Crosser(self.schema, self.item_feats, self.item_emb)
+
+    def history(self, u: int):
+        a, b = self.hist_indptr[u], self.hist_indptr[u + 1]
+        return self.hist_items[a:b], self.hist_ts[a:b], self.hist_event[a:b]
+
+
+@dataclass
+class Catalogue:
+    categories: np.ndarray
+    cat_codes: np.ndarray
+    creators: np.ndarray
+    creator_codes: np.ndarray
+
+
+def catalogue(ds) -> Catalogue:
+    cats, cc = features.vocab(ds.item_category)
+    crs, crc = features.vocab(ds.item_creator, unknown="")
+    return Catalogue(cats, cc, crs, crc)
+
+
+def fit(ds, mask: np.ndarray, now: float, cat: Catalogue, params: dict, cfg: dict, timer=None) -> Artifacts:
+    user, item, ts, event, value = ds.user[mask], ds.item[mask], ds.ts[mask], ds.event[mask], ds.value[mask]
+    step = timer or (lambda name: _Null())
+    ew = params["event_weights"]
+    with step("embeddings"):
+        item_emb, user_emb, method = embeddings.item_embeddings(
+            user, item, event, ds.n_users, ds.n_items, cat.cat_codes, cat.creator_codes, ew,
+            factors=cfg["factors"], seed=cfg["seed"], method=cfg["embed"], threads=cfg["threads"],
+            iterations=cfg["als_iterations"])
+    with step("index"):
+        idx = hnsw.build_index(item_emb, M=cfg["hnsw_M"], ef_construction=cfg["hnsw_ef_construction"],
+                               ef=params["ef"], seed=cfg["seed"], threads=cfg["threads"])
+        rec = hnsw.recall_at_k(idx, item_emb, k=10, seed=cfg["seed"], threads=cfg["threads"])
+    with step("i2i"):
+        i2i_rows, i2i_scores = neighbours.cooccurrence_neighbours(user, item, ts, ds.n_users, ds.n_items,
+                                                                  M=cfg["i2i_M"])
+    with step("features"):
+        pop, trend = features.popularity(item, ts, event, ds.n_items, now, ew, params["half_life_days"])
+        pop_rows, pop_scores = features.ranked(pop)
+        trend_rows, trend_scores = features.ranked(trend)
+        n_cat = len(cat.categories)
+        pci, pcr = features.per_category(pop_rows, cat.cat_codes, n_cat)
+        item_feats = features.item_features(ds, item, ts, event, value, now, cat.cat_codes, cat.creator_codes,
+                                            pop, trend)
+        user_feats = features.user_features(ds, user, item, ts, event, now, cat.cat_codes, n_cat)
+        hi, hit, hts, hev = features.histories(user, item, ts, event, ds.n_users, params["history_len"])
+    return Artifacts(now=now, item_emb=item_emb, user_emb=user_emb, item_feats=item_feats, user_feats=user_feats,
+                     schema=features.make_schema(n_cat), i2i_rows=i2i_rows, i2i_scores=i2i_scores,
+                     pop_rows=pop_rows, pop_scores=pop_scores, trend_rows=trend_rows, trend_scores=trend_scores,
+                     pop_cat_indptr=pci, pop_cat_rows=pcr, hist_indptr=hi, hist_items=hit, hist_ts=hts,
+                     hist_event=hev, seen_items=np.bincount(item, minlength=ds.n_items) > 0, index=idx,
+                     index_info={"space": "cosine", "M": cfg["hnsw_M"],
+                                 "ef_construction": cfg["hnsw_ef_construction"], "ef": params["ef"],
+                                 "recall_at_k": {"k": 10, "recall": round(rec, 4)}},
+                     embed_method=method)
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

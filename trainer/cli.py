@@ -1,0 +1,157 @@
+"""``recserve-train``: synth | import movielens | build | verify | evaluate.
+
+Errors print one line ``recserve-train: error: <reason>`` on stderr and exit non-zero (2 for bad input
+data or arguments, 3 for a bad bundle).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="recserve-train", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("synth", help="generate synthetic data in the input format")
+    s.add_argument("out")
+    s.add_argument("--users", type=int, default=1000)
+    s.add_argument("--items", type=int, default=500)
+    s.add_argument("--interactions", type=int, default=None, help="approximate total (default 20 per user)")
+    s.add_argument("--days", type=int, default=180)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--format", choices=["csv", "parquet"], default="csv")
+
+    i = sub.add_parser("import", help="convert a public data set to the input format")
+    i.add_argument("kind", choices=["movielens"])
+    i.add_argument("path")
+    i.add_argument("out")
+    i.add_argument("--format", choices=["csv", "parquet"], default="csv")
+
+    b = sub.add_parser("build", help="train a bundle from a data directory")
+    b.add_argument("out", help="bundle root (gets <version>/ and CURRENT)")
+    b.add_argument("--data", required=True)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--factors", type=int, default=64)
+    b.add_argument("--embed", choices=["als", "svd"], default="als")
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--holdout", type=float, default=0.1)
+    b.add_argument("--ranker-users", type=int, default=3000)
+    b.add_argument("--no-tune", action="store_true")
+    b.add_argument("--drop-unknown", action="store_true", help="drop interactions with unknown items")
+    b.add_argument("--evaluate", action="store_true", help="evaluate on the held-out data after building")
+    b.add_argument("--eval-users", type=int, default=2000)
+
+    v = sub.add_parser("verify", help="check a bundle (checksums, format, schema)")
+    v.add_argument("bundle")
+
+    e = sub.add_parser("evaluate", help="evaluate a bundle on the held-out newest interactions")
+    e.add_argument("bundle")
+    e.add_argument("--data", required=True)
+    e.add_argument("--drop-unknown", action="store_true")
+    e.add_argument("--eval-users", type=int, default=2000)
+    e.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _fail(msg: str, code: int) -> int:
+    print(f"recserve-train: error: {msg}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from recserve.bundle import BundleError
+    from trainer.io import DataError
+
+    try:
+        return _run(args)
+    except DataError as exc:
+        return _fail(str(exc), 2)
+    except BundleError as exc:
+        return _fail(str(exc), 3)
+    except (ValueError, FileExistsError) as exc:
+        return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 2)
+
+
+def _run(args) -> int:
+    from trainer.timing import Timer
+
+    if args.cmd == "synth":
+        from trainer.io import write_dataset
+        from trainer.synth import synth
+
+        t = time.perf_counter()
+        ds, _ = synth(args.users, args.items, seed=args.seed, interactions=args.interactions, days=args.days)
+        written = write_dataset(ds, args.out, args.format)
+        print(f"synth: {len(ds)} interactions, {ds.n_users} users, {ds.n_items} items "
+              f"({int((~_seen(ds)).sum())} never interacted) -> {args.out} "
+              f"{written} in {time.perf_counter() - t:.2f}s")
+        return 0
+    if args.cmd == "import":
+        from trainer.io import write_dataset
+        from trainer.movielens import load_movielens
+
+        ds = load_movielens(args.path)
+        written = write_dataset(ds, args.out, args.format)
+        print(f"import: {len(ds)} interactions, {ds.n_users} users, {ds.n_items} items -> {args.out} {written}")
+        return 0
+    if args.cmd == "build":
+        from trainer.build import build, evaluate_bundle, record_evaluation
+        from trainer.evaluate import format_table
+        from trainer.io import load_dataset
+
+        timer = Timer()
+        with timer("load"):
+            ds = load_dataset(args.data, drop_unknown=args.drop_unknown)
+        if ds.report.get("dropped_unknown_items"):
+            print(f"dropped {ds.report['dropped_unknown_items']} interaction(s) with unknown items", file=sys.stderr)
+        cfg = {"seed": args.seed, "factors": args.factors, "embed": args.embed, "threads": args.threads,
+               "holdout": args.holdout, "ranker_users": args.ranker_users, "tune": not args.no_tune}
+        path = build(ds, args.out, cfg, timer=timer)
+        if args.evaluate:
+            with timer("evaluate"):
+                res = evaluate_bundle(path, ds, max_users=args.eval_users, seed=args.seed, threads=args.threads)
+                record_evaluation(path, res)
+            print(format_table(res))
+        m = json.loads((path / "manifest.json").read_text())
+        print(timer.summary(), file=sys.stderr)
+        tr = m["training"]
+        print(f"built {path} ({m['counts']['users']} users, {m['counts']['items']} items, "
+              f"{m['counts']['interactions']} training interactions; embedding {tr['embedding']}; "
+              f"index recall@10 {m['index']['recall_at_k']['recall']}; ranker {tr['ranker']}; "
+              f"decay_short {m['params']['decay_short']} alpha {m['params']['alpha']})")
+        return 0
+    if args.cmd == "verify":
+        from recserve.bundle import verify
+
+        m = verify(args.bundle)
+        print(f"ok: {m['version']} ({len(m['files'])} files, {m['counts']['users']} users, "
+              f"{m['counts']['items']} items, {len(m['feature_schema']['feature_names'])} features)")
+        return 0
+    if args.cmd == "evaluate":
+        from recserve.bundle import resolve
+        from trainer.build import evaluate_bundle, record_evaluation
+        from trainer.evaluate import format_table
+        from trainer.io import load_dataset
+
+        ds = load_dataset(args.data, drop_unknown=args.drop_unknown)
+        path = resolve(args.bundle)
+        res = evaluate_bundle(path, ds, max_users=args.eval_users, seed=args.seed)
+        record_evaluation(path, res)
+        print(format_table(res))
+        return 0
+    return 1
+
+
+def _seen(ds):
+    import numpy as np
+
+    return np.bincount(ds.item, minlength=ds.n_items) > 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Item (and user) embeddings: implicit ALS on event-weighted confidences, truncated SVD as fallback.
+
+Embeddings are L2-normalised. Items without any training interaction get the mean embedding of the items
+sharing their category and creator (else category, else the global mean), then normalised.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+log = logging.getLogger(__name__)
+
+
+def interaction_matrix(user, item, event, n_users, n_items, event_weights) -> sp.csr_matrix:
+    w = np.asarray(event_weights, np.float32)[event]
+    m = sp.csr_matrix((w, (user, item)), shape=(n_users, n_items), dtype=np.float32)
+    m.sum_duplicates()
+    m.data = np.log1p(m.data).astype(np.float32)
+    return m
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.where(n > 0, n, 1)).astype(np.float32)
+
+
+def fit_als(m: sp.csr_matrix, factors: int, seed: int, iterations: int = 15, regularization: float = 0.05,
+            alpha: float = 20.0, threads: int = 2):
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    # implicit parallelises itself; a BLAS thread pool under it only oversubscribes the cores
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
+                                        iterations=iterations, random_state=seed, num_threads=threads,
+                                        calculate_training_loss=False)
+        model.fit(m, show_progress=False)
+    return np.asarray(model.user_factors, np.float32), np.asarray(model.item_factors, np.float32)
+
+
+def fit_svd(m: sp.csr_matrix, factors: int, seed: int):
+    from scipy.sparse.linalg import svds
+
+    k = max(1, min(factors, min(m.shape) - 1))
+    rng = np.random.default_rng(seed)
+    u, s, vt = svds(m.astype(np.float64), k=k, v0=rng.random(min(m.shape)))
+    root = np.sqrt(s)
+    uf, itf = (u * root).astype(np.float32), (vt.T * root).astype(np.float32)
+    if k < factors:
+        uf = np.pad(uf, ((0, 0), (0, factors - k)))
+        itf = np.pad(itf, ((0, 0), (0, factors - k)))
+    return uf, itf
+
+
+def fill_cold(item_emb: np.ndarray, seen: np.ndarray, category: np.ndarray, creator: np.ndarray) -> np.ndarray:
+    """Replace rows of unseen items by the mean of seen items with the same (category, creator), category."""
+    out = item_emb.copy()
+    cold = np.flatnonzero(~seen)
+    if len(cold) == 0:
+        return out
+    glob = item_emb[seen].mean(0) if seen.any() else np.zeros(item_emb.shape[1], np.float32)
+    n_cat = int(category.max()) + 1 if len(category) else 0
+    cat_sum = np.zeros((n_cat, item_emb.shape[1]))
+    cat_n = np.zeros(n_cat)
+    np.add.at(cat_sum, category[seen], item_emb[seen])
+    np.add.at(cat_n, category[seen], 1)
+    key = category.astype(np.int64) * (int(creator.max()) + 2) + (creator + 1)
+    uk, inv = np.unique(key, return_inverse=True)
+    k_sum = np.zeros((len(uk), item_emb.shape[1]))
+    k_n = np.zeros(len(uk))
+    np.add.at(k_sum, inv[seen], item_emb[seen])
+    np.add.at(k_n, inv[seen], 1)
+    for r in cold:
+        if creator[r] >= 0 and k_n[inv[r]] > 0:
+            out[r] = k_sum[inv[r]] / k_n[inv[r]]
+        elif cat_n[category[r]] > 0:
+            out[r] = cat_sum[category[r]] / cat_n[category[r]]
+        else:
+            out[r] = glob
+    return out
+
+
+def item_embeddings(user, item, event, n_users, n_items, category, creator, event_weights, factors=64,
+                    seed=0, method="als", threads=2, iterations=15):
+    """Returns (item_emb float32[n_items, factors] L2-normalised, user_emb float32[n_users, factors], method)."""
+    m = interaction_matrix(user, item, event, n_users, n_items, event_weights)
+    used = method
+    if method == "als":
+        try:
+            uf, itf = fit_als(m, factors, seed, iterations=iterations, threads=threads)
+        except Exception as exc:  # noqa: BLE001 - any ALS failure falls back to SVD, logged
+            log.warning("ALS failed (%s); falling back to truncated SVD", exc)
+            used = "svd"
+    if used == "svd":
+        uf, itf = fit_svd(m, factors, seed)
+    seen = np.asarray(m.getnnz(axis=0) > 0).ravel()
+    itf = fill_cold(_normalise(itf), seen, category, creator)
+    return _normalise(itf), _normalise(uf), used

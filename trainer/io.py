@@ -1,0 +1,293 @@
+"""Input data: reading CSV / Parquet (by extension), fast validation with one-line reasons, writing.
+
+Input format (a directory):
+
+- ``interactions.(csv|parquet)``: ``user_id, item_id, timestamp, event[, value]``; event in
+  view/click/cart/purchase/rating; timestamp as unix seconds (or ms) or an ISO-8601 string.
+- ``items.(csv|parquet)``: ``item_id, category, creator, price, created_at, in_stock``.
+- ``users.(csv|parquet)`` (optional): ``user_id, signup_date, country``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+EVENTS = ["view", "click", "cart", "purchase", "rating"]
+EVENT_CODE = {e: k for k, e in enumerate(EVENTS)}
+
+
+class DataError(ValueError):
+    """Bad input data; the message is one line naming the file and the problem."""
+
+
+@dataclass
+class Dataset:
+    user: np.ndarray            # int32 row into user_ids, per interaction
+    item: np.ndarray            # int32 row into item_ids
+    ts: np.ndarray              # float64 unix seconds
+    event: np.ndarray           # int8 code (EVENTS)
+    value: np.ndarray           # float32, NaN when absent
+    user_ids: np.ndarray        # object (str)
+    item_ids: np.ndarray
+    item_category: np.ndarray   # object (str)
+    item_creator: np.ndarray    # object (str), "" unknown
+    item_price: np.ndarray      # float64
+    item_created: np.ndarray    # float64 unix seconds
+    item_in_stock: np.ndarray   # int8
+    user_signup: np.ndarray     # float64 unix seconds (NaN unknown)
+    user_country: np.ndarray    # object
+    report: dict = field(default_factory=dict)
+    files: dict = field(default_factory=dict)   # input file name -> {size, sha256}
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def subset(self, mask: np.ndarray) -> "Dataset":
+        """The same catalogue and users with only the interactions where ``mask`` holds."""
+        d = Dataset(**{k: getattr(self, k) for k in self.__dataclass_fields__})
+        for k in ("user", "item", "ts", "event", "value"):
+            setattr(d, k, getattr(self, k)[mask])
+        return d
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def find_table(data_dir: Path, stem: str, required: bool = True) -> Path | None:
+    for ext in (".parquet", ".pq", ".csv"):
+        p = data_dir / f"{stem}{ext}"
+        if p.is_file():
+            return p
+    if required:
+        raise DataError(f"{data_dir}: no {stem}.csv or {stem}.parquet")
+    return None
+
+
+def read_table(path: Path) -> pa.Table:
+    try:
+        if path.suffix in (".parquet", ".pq"):
+            t = pq.read_table(path)
+        else:
+            if path.stat().st_size == 0:
+                raise DataError(f"{path.name}: empty file")
+            t = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=False))
+    except DataError:
+        raise
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path.name}: cannot parse: {str(exc).splitlines()[0]}") from None
+    if t.num_rows == 0:
+        raise DataError(f"{path.name}: empty file (no rows)")
+    return t
+
+
+def _need(t: pa.Table, path: Path, cols: list[str]) -> None:
+    missing = [c for c in cols if c not in t.column_names]
+    if missing:
+        raise DataError(f"{path.name}: missing column(s) {', '.join(missing)} (has {', '.join(t.column_names)})")
+
+
+def _strings(t: pa.Table, path: Path, col: str) -> np.ndarray:
+    c = t.column(col)
+    if c.null_count:
+        raise DataError(f"{path.name}: column {col} has {c.null_count} empty value(s)")
+    return np.asarray(pc.cast(c, pa.string()).to_numpy(zero_copy_only=False), dtype=object)
+
+
+def _numbers(t: pa.Table, path: Path, col: str, allow_nan=False) -> np.ndarray:
+    c = t.column(col)
+    if not (pa.types.is_integer(c.type) or pa.types.is_floating(c.type) or pa.types.is_boolean(c.type)):
+        try:
+            c = pc.cast(c, pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise DataError(f"{path.name}: column {col} is not numeric (type {t.column(col).type})") from None
+    a = c.to_numpy(zero_copy_only=False).astype(np.float64)
+    if not allow_nan and not np.isfinite(a).all():
+        raise DataError(f"{path.name}: column {col} has {int((~np.isfinite(a)).sum())} NaN/empty/inf value(s)")
+    return a
+
+
+def _timestamps(t: pa.Table, path: Path, col: str) -> np.ndarray:
+    c = t.column(col)
+    if c.null_count:
+        raise DataError(f"{path.name}: column {col} has {c.null_count} empty timestamp(s)")
+    if pa.types.is_integer(c.type) or pa.types.is_floating(c.type):
+        a = c.to_numpy(zero_copy_only=False).astype(np.float64)
+        if not np.isfinite(a).all():
+            raise DataError(f"{path.name}: column {col} has unparsable timestamps")
+        return np.where(a > 1e11, a / 1000.0, a)
+    if pa.types.is_timestamp(c.type) or pa.types.is_date(c.type):
+        ts = pc.cast(c, pa.timestamp("s")) if pa.types.is_date(c.type) else c
+        return pc.cast(pc.cast(ts, pa.timestamp("s")), pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    try:
+        ts = pc.strptime(c, format="%Y-%m-%dT%H:%M:%S", unit="s", error_is_null=True)
+        if ts.null_count:
+            ts2 = pc.strptime(c, format="%Y-%m-%d", unit="s", error_is_null=True)
+            ts = pc.coalesce(ts, ts2)
+            if ts.null_count:
+                ts3 = pc.strptime(c, format="%Y-%m-%d %H:%M:%S", unit="s", error_is_null=True)
+                ts = pc.coalesce(ts, ts3)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise DataError(f"{path.name}: column {col} has unparsable timestamps") from None
+    if ts.null_count:
+        bad = pc.filter(c, pc.is_null(ts))[0]
+        raise DataError(f"{path.name}: column {col} has {ts.null_count} unparsable timestamp(s), e.g. {bad!r}")
+    return pc.cast(ts, pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _codes(values: np.ndarray, vocab: np.ndarray) -> np.ndarray:
+    """Row of each value in ``vocab`` (sorted lookup), -1 when absent."""
+    order = np.argsort(vocab)
+    sv = vocab[order]
+    pos = np.searchsorted(sv, values)
+    pos = np.minimum(pos, len(sv) - 1)
+    hit = sv[pos] == values
+    return np.where(hit, order[pos], -1).astype(np.int64)
+
+
+def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dataset:
+    """Read and validate a data directory. Raises :class:`DataError` with a one-line reason."""
+    d = Path(data_dir)
+    if not d.is_dir():
+        raise DataError(f"{d}: not a directory")
+    report: dict = {}
+    files: dict = {}
+
+    ip = find_table(d, "items")
+    it = read_table(ip)
+    _need(it, ip, ["item_id", "category", "price"])
+    item_ids = _strings(it, ip, "item_id")
+    uniq, counts = np.unique(item_ids, return_counts=True)
+    if len(uniq) != len(item_ids):
+        raise DataError(f"{ip.name}: {int((counts > 1).sum())} duplicate item_id(s), e.g. {uniq[counts > 1][0]!r}")
+    category = _strings(it, ip, "category")
+    price = _numbers(it, ip, "price", allow_nan=True)
+    if np.isnan(price).any():
+        raise DataError(f"{ip.name}: column price has {int(np.isnan(price).sum())} NaN/empty value(s)")
+    if (price < 0).any():
+        raise DataError(f"{ip.name}: column price has negative values")
+    creator = _strings(it, ip, "creator") if "creator" in it.column_names else np.full(len(item_ids), "", object)
+    created = _timestamps(it, ip, "created_at") if "created_at" in it.column_names else np.zeros(len(item_ids))
+    in_stock = (_numbers(it, ip, "in_stock") != 0).astype(np.int8) if "in_stock" in it.column_names \
+        else np.ones(len(item_ids), np.int8)
+    files[ip.name] = {"size": ip.stat().st_size, "sha256": sha256_file(ip)}
+
+    xp = find_table(d, "interactions")
+    xt = read_table(xp)
+    _need(xt, xp, ["user_id", "item_id", "timestamp", "event"])
+    x_user = _strings(xt, xp, "user_id")
+    x_item = _strings(xt, xp, "item_id")
+    ts = _timestamps(xt, xp, "timestamp")
+    ev_str = _strings(xt, xp, "event")
+    ev_vocab = np.array(EVENTS, dtype=object)
+    ev = _codes(ev_str, ev_vocab)
+    if (ev < 0).any():
+        bad = np.unique(ev_str[ev < 0])
+        raise DataError(f"{xp.name}: unknown event(s) {', '.join(map(str, bad[:5]))} (expected {'/'.join(EVENTS)})")
+    value = _numbers(xt, xp, "value", allow_nan=True).astype(np.float32) if "value" in xt.column_names \
+        else np.full(len(ts), np.nan, np.float32)
+    item_row = _codes(x_item, item_ids)
+    unknown = item_row < 0
+    if unknown.any():
+        n = int(unknown.sum())
+        if not drop_unknown:
+            raise DataError(f"{xp.name}: {n} interaction(s) with unknown item_id, e.g. {x_item[unknown][0]!r} "
+                            "(use --drop-unknown to drop them)")
+        report["dropped_unknown_items"] = n
+        keep = ~unknown
+        x_user, item_row, ts, ev, value = x_user[keep], item_row[keep], ts[keep], ev[keep], value[keep]
+        if len(ts) == 0:
+            raise DataError(f"{xp.name}: no interaction left after dropping unknown items")
+    else:
+        report["dropped_unknown_items"] = 0
+    files[xp.name] = {"size": xp.stat().st_size, "sha256": sha256_file(xp)}
+
+    user_ids = np.unique(x_user)
+    signup = np.full(len(user_ids), np.nan)
+    country = np.full(len(user_ids), "", object)
+    up = find_table(d, "users", required=False)
+    if up is not None:
+        ut = read_table(up)
+        _need(ut, up, ["user_id"])
+        u_ids = _strings(ut, up, "user_id")
+        if len(np.unique(u_ids)) != len(u_ids):
+            raise DataError(f"{up.name}: duplicate user_id(s)")
+        # users known from users.csv but without interactions are kept (cold users)
+        user_ids = np.unique(np.concatenate([user_ids, u_ids]))
+        signup = np.full(len(user_ids), np.nan)
+        country = np.full(len(user_ids), "", object)
+        r = _codes(u_ids, user_ids)
+        if "signup_date" in ut.column_names:
+            signup[r] = _timestamps(ut, up, "signup_date")
+        if "country" in ut.column_names:
+            country[r] = _strings(ut, up, "country")
+        files[up.name] = {"size": up.stat().st_size, "sha256": sha256_file(up)}
+    user_row = _codes(x_user, user_ids)
+    order = np.lexsort((ev, ts, user_row))
+    report.update(interactions=int(len(ts)), users=int(len(user_ids)), items=int(len(item_ids)))
+    return Dataset(user=user_row[order].astype(np.int32), item=item_row[order].astype(np.int32),
+                   ts=ts[order], event=ev[order].astype(np.int8), value=value[order],
+                   user_ids=user_ids, item_ids=item_ids, item_category=category, item_creator=creator,
+                   item_price=price, item_created=created, item_in_stock=in_stock, user_signup=signup,
+                   user_country=country, report=report, files=files)
+
+
+def _iso(seconds: np.ndarray) -> pa.Array:
+    arr = pa.array(np.asarray(seconds, np.int64), pa.int64()).cast(pa.timestamp("s"))
+    return pc.strftime(arr, format="%Y-%m-%dT%H:%M:%S")
+
+
+def write_dataset(ds: Dataset, out_dir: str | os.PathLike, fmt: str = "csv") -> dict:
+    """Write ``ds`` in the input format. Returns {file name: rows}."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    value = pa.array(ds.value.astype(np.float64), mask=np.isnan(ds.value))
+    tables = {
+        "interactions": pa.table({
+            "user_id": pa.array(ds.user_ids[ds.user].astype(str)),
+            "item_id": pa.array(ds.item_ids[ds.item].astype(str)),
+            "timestamp": pa.array(ds.ts.astype(np.int64)),
+            "event": pa.array(np.array(EVENTS, dtype=object)[ds.event].astype(str)),
+            "value": value,
+        }),
+        "items": pa.table({
+            "item_id": pa.array(ds.item_ids.astype(str)), "category": pa.array(ds.item_category.astype(str)),
+            "creator": pa.array(ds.item_creator.astype(str)), "price": pa.array(ds.item_price),
+            "created_at": _iso(ds.item_created), "in_stock": pa.array(ds.item_in_stock.astype(np.int64)),
+        }),
+        "users": pa.table({
+            "user_id": pa.array(ds.user_ids.astype(str)),
+            "signup_date": _iso(np.nan_to_num(ds.user_signup, nan=0.0)),
+            "country": pa.array(ds.user_country.astype(str)),
+        }),
+    }
+    written = {}
+    for stem, t in tables.items():
+        if fmt == "parquet":
+            p = out / f"{stem}.parquet"
+            pq.write_table(t, p)
+        else:
+            p = out / f"{stem}.csv"
+            pacsv.write_csv(t, p, pacsv.WriteOptions(quoting_style="needed"))
+        written[p.name] = t.num_rows
+    return written

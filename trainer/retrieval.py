@@ -1,0 +1,54 @@
+"""Candidates for many users at once, through the server's own retrieval (`recserve._core.candidates`).
+
+Only the ANN query is batched here (hnswlib gives the same neighbours for a query alone or in a batch);
+every other step runs the shared per-user functions.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from recserve._core import candidates as C
+from recserve._core.embed import user_vectors
+
+
+def user_vecs(art, users: np.ndarray, params: dict) -> np.ndarray:
+    """User vectors of ``users`` from their bundle histories (same as ``C.history_vector`` one by one)."""
+    vecs = np.zeros((len(users), art.item_emb.shape[1]), np.float32)
+    for k, u in enumerate(users):
+        h_items, h_ts, h_ev = art.history(int(u))
+        vecs[k] = C.history_vector(art.item_emb, h_items, h_ev, h_ts, art.now, params)
+    return vecs
+
+
+def ann_batch(art, vecs: np.ndarray, users: np.ndarray, params: dict, threads=2):
+    """Per user: (rows, scores) from the index, k as the server asks it."""
+    n_items = len(art.item_emb)
+    out = [None] * len(users)
+    lens = np.array([art.hist_indptr[u + 1] - art.hist_indptr[u] for u in users])
+    ks = np.array([C.ann_k(params, int(n), n_items) for n in lens])
+    art.index.set_ef(max(int(params["ef"]), int(ks.max()) if len(ks) else 1))
+    for k in np.unique(ks):
+        sel = np.flatnonzero((ks == k) & (np.linalg.norm(vecs, axis=1) > 0))
+        if len(sel):
+            labels, dist = art.index.knn_query(vecs[sel], k=int(k), num_threads=threads)
+            for j, s in enumerate(sel):
+                out[s] = (labels[j].astype(np.int32), (1.0 - dist[j]).astype(np.float32))
+    empty = (np.zeros(0, np.int32), np.zeros(0, np.float32))
+    art.index.set_ef(int(params["ef"]))
+    return [o if o is not None else empty for o in out]
+
+
+def candidates_for(art, users: np.ndarray, params: dict, threads=2):
+    """Yields (user, user_vec, lists, merged) for each user, exactly as served."""
+    vecs = user_vecs(art, users, params)
+    anns = ann_batch(art, vecs, users, params, threads)
+    n_items = len(art.item_emb)
+    for k, u in enumerate(users):
+        h_items, h_ts, _ = art.history(int(u))
+        lists = C.source_lists(h_items, h_ts, anns[k][0], anns[k][1], art.i2i_rows, art.i2i_scores,
+                               art.trend_rows, art.trend_scores, params)
+        merged = C.merge_for_user(lists, h_items, n_items, params)
+        yield int(u), vecs[k], lists, merged
+
+
+__all__ = ["user_vecs", "ann_batch", "candidates_for", "user_vectors"]

@@ -1,0 +1,43 @@
+"""Per-step wall-clock timing with a summary table."""
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+
+
+class Timer:
+    def __init__(self, stream=sys.stderr, verbose=True):
+        self.steps: list[tuple[str, float]] = []
+        self.stream = stream
+        self.verbose = verbose
+        self._prefix = ""
+
+    @contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
+        full = self._prefix + name
+        if self.verbose:
+            print(f"[{full}] ...", file=self.stream, flush=True)
+        yield
+        dt = time.perf_counter() - t
+        self.steps.append((full, dt))
+        if self.verbose:
+            print(f"[{full}] {dt:.2f}s", file=self.stream, flush=True)
+
+    @contextmanager
+    def prefix(self, p: str):
+        old = self._prefix
+        self._prefix = old + p + "/"
+        yield
+        self._prefix = old
+
+    def summary(self) -> str:
+        total = sum(dt for name, dt in self.steps if "/" not in name)
+        lines = ["step                              seconds"]
+        lines += [f"{name:<32} {dt:8.2f}" for name, dt in self.steps]
+        lines.append(f"{'total (top-level)':<32} {total:8.2f}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        return {name: round(dt, 3) for name, dt in self.steps}

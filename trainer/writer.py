@@ -1,0 +1,114 @@
+"""Writing a bundle atomically: temp dir next to the target, fsync, rename to ``<out>/<version>/``,
+then ``<out>/CURRENT`` replaced atomically, last. A crash at any point leaves the previous CURRENT valid."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import secrets
+from pathlib import Path
+
+import numpy as np
+
+from recserve._core.tables import TableWriter
+from recserve.bundle import FORMAT_VERSION, sha256_file
+from trainer import features
+
+BIG_MAP = 1 << 34
+
+
+def _fsync_path(p: Path) -> None:
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def new_version() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def write_tables(path: Path, ds, cat, art) -> None:
+    with TableWriter(path, map_size=BIG_MAP) as w:
+        w.write_ids("item", [str(x) for x in ds.item_ids])
+        w.write_ids("user", [str(x) for x in ds.user_ids])
+        w.write_ids("category", [str(x) for x in cat.categories])
+        w.write_ids("creator", [str(x) for x in cat.creators])
+        w.write_array("item_emb", art.item_emb)
+        w.write_array("user_emb", art.user_emb)
+        w.write_array("item_feats", art.item_feats, columns=list(art.schema.item_columns))
+        w.write_array("user_feats", art.user_feats, columns=list(art.schema.user_columns))
+        w.write_array("hist_indptr", art.hist_indptr.astype(np.int64))
+        w.write_array("hist_items", art.hist_items.astype(np.int32))
+        w.write_array("hist_ts", art.hist_ts.astype(np.float64))
+        w.write_array("hist_event", art.hist_event.astype(np.int8))
+        w.write_array("i2i_rows", art.i2i_rows.astype(np.int32))
+        w.write_array("i2i_scores", art.i2i_scores.astype(np.float32))
+        w.write_array("pop_rows", art.pop_rows)
+        w.write_array("pop_scores", art.pop_scores)
+        w.write_array("trend_rows", art.trend_rows)
+        w.write_array("trend_scores", art.trend_scores)
+        w.write_array("pop_cat_indptr", art.pop_cat_indptr)
+        w.write_array("pop_cat_rows", art.pop_cat_rows)
+        w.set_meta("now", art.now)
+        w.set_meta("context_columns", features.CONTEXT_COLUMNS)
+
+
+def write_bundle(out_root: str | os.PathLike, ds, cat, art, ranker_text: str, manifest: dict,
+                 version: str | None = None) -> Path:
+    root = Path(out_root)
+    root.mkdir(parents=True, exist_ok=True)
+    version = version or new_version()
+    final = root / version
+    if final.exists():
+        raise FileExistsError(f"{final} exists already")
+    tmp = root / f".tmp-{version}-{os.getpid()}"
+    tmp.mkdir()
+    write_tables(tmp / "tables.lmdb", ds, cat, art)
+    art.index.save_index(str(tmp / "index.hnsw"))
+    (tmp / "ranker.txt").write_text(ranker_text)
+    for extra, content in manifest.pop("_extra_files", {}).items():
+        (tmp / extra).write_text(content)
+    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    m = {"format_version": FORMAT_VERSION, "version": version,
+         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **manifest,
+         "files": files}
+    (tmp / "manifest.json").write_text(json.dumps(m, indent=1, sort_keys=False))
+    for p in tmp.iterdir():
+        _fsync_path(p)
+    _fsync_path(tmp)
+    os.rename(tmp, final)
+    _fsync_path(root)
+    set_current(root, version)
+    return final
+
+
+def set_current(root: Path, version: str) -> None:
+    tmp = root / f".CURRENT.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(version + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / "CURRENT")
+    _fsync_path(root)
+
+
+def update_manifest(bundle_dir: Path, key: str, value) -> None:
+    """Add a key to a written bundle's manifest (atomically; the manifest is not in ``files``)."""
+    p = bundle_dir / "manifest.json"
+    m = json.loads(p.read_text())
+    m[key] = value
+    tmp = bundle_dir / ".manifest.json.tmp"
+    with open(tmp, "w") as f:
+        f.write(json.dumps(m, indent=1))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+
+
+def write_report(bundle_dir: Path, name: str, text: str) -> None:
+    """Reports written after the build (evaluation) live outside ``files`` and are not checksummed."""
+    tmp = bundle_dir / f".{name}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, bundle_dir / name)
