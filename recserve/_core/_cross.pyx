@@ -13,13 +13,16 @@ import numpy as np
 from recserve._core._typedefs cimport float32_t, float64_t, row_t, index_t, RS_PREFETCH
 
 # indices into the ``spec`` array
-DEF PRICE = 0
-DEF SPEND = 1
-DEF CAT = 2
-DEF CAT_OFFSET = 3
-DEF N_CAT = 4
-DEF CREATED = 5
-SPEC_LEN = 6
+cdef enum:
+    PRICE = 0
+    SPEND = 1
+    CAT = 2
+    CAT_OFFSET = 3
+    N_CAT = 4
+    CREATED = 5
+    N_SPEC = 6
+
+SPEC_LEN = N_SPEC
 
 
 cdef void cross_rows(const float32_t[::1] user, const float32_t[::1] uvec, const float32_t[:, ::1] items,
