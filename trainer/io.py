@@ -186,7 +186,10 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
         raise DataError(f"{ip.name}: column price has {int(np.isnan(price).sum())} NaN/empty value(s)")
     if (price < 0).any():
         raise DataError(f"{ip.name}: column price has negative values")
-    creator = _strings(it, ip, "creator") if "creator" in it.column_names else np.full(len(item_ids), "", object)
+    creator = np.full(len(item_ids), "", object)
+    if "creator" in it.column_names:     # optional per item: empty = unknown creator
+        c = it.column("creator")
+        creator = np.asarray(pc.fill_null(pc.cast(c, pa.string()), "").to_numpy(zero_copy_only=False), object)
     created = _timestamps(it, ip, "created_at") if "created_at" in it.column_names else np.zeros(len(item_ids))
     in_stock = (_numbers(it, ip, "in_stock") != 0).astype(np.int8) if "in_stock" in it.column_names \
         else np.ones(len(item_ids), np.int8)
@@ -240,7 +243,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
         if "signup_date" in ut.column_names:
             signup[r] = _timestamps(ut, up, "signup_date")
         if "country" in ut.column_names:
-            country[r] = _strings(ut, up, "country")
+            country[r] = pc.fill_null(pc.cast(ut.column("country"), pa.string()), "").to_numpy(zero_copy_only=False)
         files[up.name] = {"size": up.stat().st_size, "sha256": sha256_file(up)}
     user_row = _codes(x_user, user_ids)
     order = np.lexsort((ev, ts, user_row))

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 
 class Timer:
-    def __init__(self, stream=sys.stderr, verbose=True):
+    def __init__(self, stream=None, verbose=True):
         self.steps: list[tuple[str, float]] = []
         self.stream = stream
         self.verbose = verbose
@@ -18,12 +18,12 @@ class Timer:
         t = time.perf_counter()
         full = self._prefix + name
         if self.verbose:
-            print(f"[{full}] ...", file=self.stream, flush=True)
+            print(f"[{full}] ...", file=self.stream or sys.stderr, flush=True)
         yield
         dt = time.perf_counter() - t
         self.steps.append((full, dt))
         if self.verbose:
-            print(f"[{full}] {dt:.2f}s", file=self.stream, flush=True)
+            print(f"[{full}] {dt:.2f}s", file=self.stream or sys.stderr, flush=True)
 
     @contextmanager
     def prefix(self, p: str):

@@ -1,0 +1,92 @@
+"""Bad input data: exit code != 0 and a one-line reason naming the problem."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from trainer.cli import main
+from trainer.io import load_dataset
+
+
+def _copy(small_data, tmp_path):
+    d = tmp_path / "d"
+    shutil.copytree(small_data, d)
+    return d
+
+
+def _edit(path, fn):
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(fn(lines)) + "\n")
+
+
+def _replace_col(lines, col, value, row=1):
+    head = [h.strip("\"") for h in lines[0].split(",")]
+    k = head.index(col)
+    f = lines[row].split(",")
+    f[k] = value
+    lines[row] = ",".join(f)
+    return lines
+
+
+CASES = {
+    "missing column": ("interactions.csv", lambda l: [",".join(x.split(",")[:2] + x.split(",")[3:]) for x in l],
+                       "missing column(s) timestamp"),
+    "mistyped price": ("items.csv", lambda l: _replace_col(l, "price", "cheap"), "price"),
+    "empty file": ("interactions.csv", lambda l: [], "empty file"),
+    "header only": ("items.csv", lambda l: l[:1], "empty file"),
+    "bad timestamp": ("interactions.csv", lambda l: _replace_col(l, "timestamp", "yesterday"), "timestamp"),
+    "bad created_at": ("items.csv", lambda l: _replace_col(l, "created_at", "2025-13-45"), "unparsable timestamp"),
+    "unknown item": ("interactions.csv", lambda l: _replace_col(l, "item_id", "nope"), "unknown item_id"),
+    "duplicate item": ("items.csv", lambda l: l + [l[1]], "duplicate item_id"),
+    "NaN price": ("items.csv", lambda l: _replace_col(l, "price", "NaN"), "price has 1 NaN"),
+    "unknown event": ("interactions.csv", lambda l: _replace_col(l, "event", "like"), "unknown event"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input(case, small_data, tmp_path, capsys):
+    fname, fn, reason = CASES[case]
+    d = _copy(small_data, tmp_path)
+    if case == "empty file":
+        (d / fname).write_text("")
+    else:
+        _edit(d / fname, fn)
+    rc = main(["build", "--data", str(d), str(tmp_path / "out")])
+    out = capsys.readouterr().err.strip().splitlines()
+    errors = [x for x in out if x.startswith("recserve-train: error: ")]
+    assert rc == 2, out
+    assert len(errors) == 1 and out[-1] == errors[0], out   # exactly one reason line, last
+    err = errors[0]
+    assert reason in err, err
+    assert fname in err
+    assert not (tmp_path / "out" / "CURRENT").exists()
+
+
+def test_missing_dir_and_bad_bundle(tmp_path, capsys):
+    assert main(["build", "--data", str(tmp_path / "none"), str(tmp_path / "out")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path)]) == 3
+    assert "neither a bundle" in capsys.readouterr().err
+
+
+def test_drop_unknown_counts(small_data, tmp_path):
+    d = _copy(small_data, tmp_path)
+    _edit(d / "interactions.csv", lambda l: _replace_col(_replace_col(l, "item_id", "zz", 1), "item_id", "zz", 2))
+    ds = load_dataset(d, drop_unknown=True)
+    assert ds.report["dropped_unknown_items"] == 2
+    full = load_dataset(small_data)
+    assert len(ds) == len(full) - 2
+
+
+def test_parquet_equals_csv(small_data, tmp_path):
+    import numpy as np
+    from trainer.io import write_dataset
+
+    a = load_dataset(small_data)
+    write_dataset(a, tmp_path / "pq", fmt="parquet")
+    b = load_dataset(tmp_path / "pq")
+    for k in ("user", "item", "ts", "event", "item_price", "item_created", "item_in_stock", "user_signup"):
+        np.testing.assert_array_equal(getattr(a, k), getattr(b, k), err_msg=k)
+    np.testing.assert_array_equal(np.isnan(a.value), np.isnan(b.value))
+    assert list(a.item_ids) == list(b.item_ids)

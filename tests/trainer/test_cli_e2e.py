@@ -1,0 +1,70 @@
+"""synth -> build -> verify -> evaluate through the console entry point (subprocesses)."""
+from __future__ import annotations
+
+import json
+
+from recserve.bundle import Bundle, resolve
+
+from conftest import run_cli
+
+
+def test_synth_build_verify_evaluate(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "bundles"
+    p = run_cli("synth", "--users", 250, "--items", 150, "--seed", 3, data, check=True)
+    assert "interactions" in p.stdout
+    assert {f.name for f in data.iterdir()} == {"interactions.csv", "items.csv", "users.csv"}
+    p = run_cli("build", "--data", data, out, "--factors", 16, "--ranker-users", 250, "--evaluate", check=True)
+    assert "built" in p.stdout and "full+mmr" in p.stdout
+    assert "total (top-level)" in p.stderr            # the timing summary
+    bundle = resolve(out)
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert set(m["files"]) == {"tables.lmdb", "index.hnsw", "ranker.txt"}
+    assert set(m["inputs"]) == {"interactions.csv", "items.csv", "users.csv"}
+    assert m["evaluation"]["methods"]["popularity"]["recall@10"] >= 0
+    assert m["params"]["decay_short"] in m["training"]["tuning"]["grid"][0].values() or m["training"]["tuning"]
+    assert 0.8 <= m["index"]["recall_at_k"]["recall"] <= 1.0
+    assert (bundle / "report.json").is_file()
+
+    p = run_cli("verify", out, check=True)
+    assert p.stdout.startswith("ok: " + m["version"])
+    p = run_cli("evaluate", out, "--data", data, check=True)
+    assert "merged+ranker" in p.stdout
+    with Bundle.open(out) as b:
+        assert b.version == m["version"]
+
+    # a second build switches CURRENT, keeps the first version on disk
+    run_cli("build", "--data", data, out, "--factors", 16, "--ranker-users", 100, "--no-tune", check=True)
+    assert resolve(out).name != m["version"]
+    assert (out / m["version"] / "manifest.json").is_file()
+
+
+def test_import_movielens_100k(tmp_path):
+    import pytest
+    from conftest import REPO
+
+    src = REPO / ".." / "shared" / "datasets" / "ml-100k"
+    if not (src / "u.data").is_file():
+        pytest.skip(f"ml-100k not found at {src} (expected ../shared/datasets/ml-100k relative to the repo)")
+    p = run_cli("import", "movielens", src, tmp_path / "ml", check=True)
+    assert "100000 interactions, 943 users, 1682 items" in p.stdout
+    from trainer.io import load_dataset
+
+    ds = load_dataset(tmp_path / "ml")
+    assert len(ds) == 100000 and ds.n_items == 1682
+    assert set(ds.event.tolist()) == {4}
+    assert "Animation" in set(ds.item_category.tolist())
+
+
+def test_import_movielens_latest_small(tmp_path):
+    import pytest
+    from conftest import REPO
+
+    src = REPO / ".." / "shared" / "datasets" / "ml-latest-small"
+    if not (src / "ratings.csv").is_file():
+        pytest.skip(f"ml-latest-small not found at {src}")
+    p = run_cli("import", "movielens", src, tmp_path / "ml", "--format", "parquet", check=True)
+    assert "interactions" in p.stdout
+    from trainer.io import load_dataset
+
+    ds = load_dataset(tmp_path / "ml")
+    assert ds.n_users == 671 and len(ds) == 100004
