@@ -283,7 +283,7 @@ class Recommender:
         h_rows, h_ev, h_ts = self._history(req.user_id, user_row)
         sess = self.tables.rows_of("item", req.session_item_ids)
         sess = sess[sess >= 0]
-        cold = user_row is None and len(h_rows) == 0
+        cold = user_row is None and len(h_rows) == 0 and len(sess) == 0
         lap("validate")
 
         # user vector: history, then the session on top (as clicks, now)
