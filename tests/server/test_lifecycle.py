@@ -1,0 +1,206 @@
+"""Hot reload, refusal of bad bundles, health transitions, graceful drain, auth tokens, startup failures."""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from recserve.bundle import sha256_file
+from recserve.v1 import recommender_pb2 as pb
+from recserve.v1 import recommender_pb2_grpc as pbg
+
+from conftest import Server, copy_root, set_current, wait_for
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def new_version(root, src: str, name: str, corrupt: str | None = None):
+    """Copy version ``src`` to ``name`` (manifest version renamed); optionally corrupt it."""
+    shutil.copytree(root / src, root / name)
+    mpath = root / name / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["version"] = name
+    if corrupt == "sha":  # a flipped byte: checksum mismatch
+        p = root / name / "ranker.txt"
+        b = bytearray(p.read_bytes())
+        b[len(b) // 2] ^= 0x55
+        p.write_bytes(bytes(b))
+    elif corrupt == "model":  # checksums right, but the model is garbage
+        p = root / name / "ranker.txt"
+        p.write_text("this is not a LightGBM model\n")
+        m["files"]["ranker.txt"] = sha256_file(p)
+    mpath.write_text(json.dumps(m))
+
+
+def health(addr, service=""):
+    with grpc.insecure_channel(addr) as ch:
+        return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+class Stream:
+    """Threads sending Recommend continuously, each on its own connection; records versions and failures."""
+
+    def __init__(self, server: Server, user: str, threads: int = 3):
+        self.versions: list[str] = []
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(server, user), daemon=True) for _ in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, server, user):
+        while not self.stop.is_set():
+            ch = server.channel()  # fresh connections hit both workers
+            stub = pbg.RecommenderStub(ch)
+            for _ in range(10):
+                try:
+                    r = stub.Recommend(pb.RecommendRequest(user_id=user, k=10), timeout=10)
+                    self.versions.append(r.bundle_version)
+                    if len(r.items) != 10:
+                        self.failures.append(f"{len(r.items)} items")
+                except grpc.RpcError as e:
+                    self.failures.append(f"{e.code().name}: {e.details()}")
+            ch.close()
+
+    def join(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+def test_hot_reload_under_load_and_bad_bundles_refused(demo_bundle, facts, tmp_path, start_server):
+    root = copy_root(demo_bundle, tmp_path / "root")
+    v1 = facts["version"]
+    s = start_server(root, "--workers", "2", "--reload-interval", "0.2")
+    stream = Stream(s, facts["user"])
+    try:
+        assert wait_for(lambda: len(stream.versions) > 20)
+        new_version(root, v1, "v2")
+        set_current(root, "v2")
+        n = len(stream.versions)
+        # both workers swap: a long run of v2 answers over fresh connections
+        assert wait_for(lambda: len(stream.versions) > n + 60 and set(stream.versions[-60:]) == {"v2"}, 30)
+        for kind in ("sha", "model"):
+            name = f"v3-{kind}"
+            new_version(root, "v2", name, corrupt=kind)
+            set_current(root, name)
+            n = len(stream.versions)
+            assert wait_for(lambda: len(stream.versions) > n + 60, 30)
+            time.sleep(1.0)  # several reload polls have refused it by now
+            n = len(stream.versions)
+            assert wait_for(lambda: len(stream.versions) > n + 30, 30)
+            assert set(stream.versions[n:]) == {"v2"}, f"a {kind}-corrupt bundle must be refused"
+            assert health(s.addr) == SERVING
+        # a good version after refused ones is still picked up
+        new_version(root, v1, "v4")
+        set_current(root, "v4")
+        n = len(stream.versions)
+        assert wait_for(lambda: len(stream.versions) > n + 60 and set(stream.versions[-60:]) == {"v4"}, 30)
+    finally:
+        stream.join()
+    assert not stream.failures, stream.failures[:5]
+    assert {v1, "v2", "v4"} <= set(stream.versions)
+
+
+def test_health_transitions_and_waiting_for_a_bundle(demo_bundle, facts, tmp_path, start_server):
+    root = tmp_path / "empty"
+    root.mkdir()
+    s = start_server(root, "--workers", "1", "--reload-interval", "0.2", "--grace", "2")
+    assert health(s.addr) == NOT_SERVING
+    assert health(s.addr, "recserve.v1.Recommender") == NOT_SERVING
+    with pytest.raises(grpc.RpcError) as e:
+        s.stub().Recommend(pb.RecommendRequest(k=5), timeout=5)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    # a corrupt first bundle keeps it NOT_SERVING
+    shutil.copytree(demo_bundle / facts["version"], root / "base")
+    new_version(root, "base", "bad", corrupt="sha")
+    set_current(root, "bad")
+    time.sleep(1.0)
+    assert health(s.addr) == NOT_SERVING
+    set_current(root, "base")
+    assert wait_for(lambda: health(s.addr) == SERVING, 20)
+    assert len(s.stub().Recommend(pb.RecommendRequest(k=5), timeout=5).items) == 5
+    # SIGTERM: a watcher sees NOT_SERVING while the server drains
+    ch = s.channel()
+    watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""), timeout=20)
+    seen = [next(watch).status]
+    s.proc.send_signal(15)
+    try:
+        for r in watch:
+            seen.append(r.status)
+            if r.status == NOT_SERVING:
+                break
+    except grpc.RpcError:
+        pass
+    assert seen[0] == SERVING and NOT_SERVING in seen
+    assert s.proc.wait(20) == 0
+
+
+def test_graceful_shutdown_drains_in_flight_calls(shared_root, facts, start_server):
+    s = start_server(shared_root, "--workers", "2", "--reload-interval", "0", "--grace", "10",
+                     env={"RECSERVE_DEBUG_DELAY_MS": "1500"})
+    results, errors = [], []
+
+    def call():
+        try:
+            r = s.stub().Recommend(pb.RecommendRequest(user_id=facts["user"], k=10), timeout=20)
+            results.append(len(r.items))
+        except grpc.RpcError as e:
+            errors.append(e.code().name)
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(0.7)  # all six are in flight (each takes 1.5 s)
+    t0 = time.monotonic()
+    s.proc.send_signal(15)
+    for t in threads:
+        t.join(30)
+    assert s.proc.wait(30) == 0
+    assert not errors and results == [10] * 6
+    assert time.monotonic() - t0 < 8, "drain waits for in-flight calls, not for the whole grace period"
+    with pytest.raises(grpc.RpcError) as e:  # and then it is gone
+        s.stub().Recommend(pb.RecommendRequest(k=5), timeout=2)
+    assert e.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def test_auth_tokens(shared_root, facts, tmp_path, start_server):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# scope token\nread r-secret\nwrite w-secret\n")
+    s = start_server(shared_root, "--workers", "1", "--tokens-file", str(tokens), "--reload-interval", "0")
+    stub = s.stub()
+    rec = pb.RecommendRequest(user_id=facts["user"], k=5)
+    ev = pb.RecordEventsRequest(events=[pb.Event(user_id="auth-user", item_id=facts["items"][1],
+                                                 type=pb.EVENT_TYPE_CLICK)])
+
+    def code(fn, req, token):
+        md = [("authorization", f"Bearer {token}")] if token else None
+        try:
+            fn(req, metadata=md, timeout=5)
+            return grpc.StatusCode.OK
+        except grpc.RpcError as e:
+            return e.code()
+
+    assert code(stub.Recommend, rec, None) == grpc.StatusCode.UNAUTHENTICATED
+    assert code(stub.Recommend, rec, "wrong") == grpc.StatusCode.UNAUTHENTICATED
+    assert code(stub.Recommend, rec, "r-secret") == grpc.StatusCode.OK
+    assert code(stub.RecordEvents, ev, "r-secret") == grpc.StatusCode.PERMISSION_DENIED
+    assert code(stub.UpdateItems, pb.UpdateItemsRequest(items=[pb.ItemUpdate(item_id=facts["items"][1])]),
+                "r-secret") == grpc.StatusCode.PERMISSION_DENIED
+    assert code(stub.RecordEvents, ev, "w-secret") == grpc.StatusCode.OK
+    assert code(stub.Recommend, rec, "w-secret") == grpc.StatusCode.OK
+    assert health(s.addr) == SERVING  # health needs no token
+
+
+def test_startup_refuses_a_corrupt_current_bundle(demo_bundle, facts, tmp_path):
+    root = copy_root(demo_bundle, tmp_path / "root")
+    new_version(root, facts["version"], "bad", corrupt="sha")
+    set_current(root, "bad")
+    with pytest.raises(RuntimeError, match="sha256 mismatch"):
+        Server(root, "--workers", "1")
