@@ -10,6 +10,7 @@ Row layout (F = U + I + C + 2*S + 4), named by ``recserve._core.cross.FeatureSch
 from libc.math cimport isfinite, NAN
 import numpy as np
 
+from recserve._core._linalg cimport dot as dot_f32
 from recserve._core._typedefs cimport float32_t, float64_t, row_t, index_t, RS_PREFETCH
 
 # indices into the ``spec`` array
@@ -62,10 +63,7 @@ cdef void cross_rows(const float32_t[::1] user, const float32_t[::1] uvec, const
             o[c] = 1.0 / (1.0 + rank[i, s]) if rank[i, s] >= 0 else 0.0
             o[c + 1] = score[i, s] if rank[i, s] >= 0 else 0.0
             c += 2
-        dot = 0.0
-        e = &emb[r, 0]
-        for j in range(d):
-            dot += uvec[j] * e[j]
+        dot = dot_f32(&uvec[0], &emb[r, 0], d) if d > 0 else 0.0
         o[c] = <float32_t>dot
         if spec[PRICE] >= 0 and spec[SPEND] >= 0 and spend > 0:
             o[c + 1] = <float32_t>(it[spec[PRICE]] / spend)

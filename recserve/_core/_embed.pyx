@@ -114,9 +114,10 @@ def user_vector(const float32_t[:, ::1] emb, const row_t[::1] rows, ev_w, ages,
         check_finite(w_view, "event_weights")
     if has_a:
         check_finite(a_view, "event_ages")
-    check_rows_finite(emb, rows)
     out = np.zeros(d, dtype=np.float32)
     cdef float32_t[::1] o = out
+    cdef bint finite = True
+    cdef Py_ssize_t j
     cdef const float32_t* wp
     cdef const float32_t* ap
     cdef double* buf = <double*>malloc(2 * d * sizeof(double))
@@ -128,9 +129,16 @@ def user_vector(const float32_t[:, ::1] emb, const row_t[::1] rows, ev_w, ages,
                 wp = &w_view[0] if has_w else NULL
                 ap = &a_view[0] if has_a else NULL
                 weighted_average(emb, &rows[0], L, wp, ap, decay_long, decay_short, half_life, buf)
-                mix_normalise(buf, buf + d, alpha, d, &o[0])
+                # a NaN / inf in any used embedding row propagates into the sums: check them, not the rows
+                for j in range(2 * d):
+                    if not isfinite(buf[j]):
+                        finite = False
+                if finite:
+                    mix_normalise(buf, buf + d, alpha, d, &o[0])
     finally:
         free(buf)
+    if not finite:
+        raise ValueError("the history's item embeddings contain NaN or inf")
     return out
 
 

@@ -7,6 +7,7 @@ import numpy as np
 
 from scipy.linalg.cython_blas cimport sgemv
 
+from recserve._core._linalg cimport dot
 from recserve._core._typedefs cimport float32_t, row_t, index_t, RS_PREFETCH
 
 
@@ -27,9 +28,7 @@ cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb
         if i + 4 < n:
             RS_PREFETCH(&emb[rows[i + 4], 0])
             RS_PREFETCH(&emb[rows[i + 4], 0] + 32)
-        v = 0.0
-        for j in range(d):
-            v += emb[rows[i], j] * emb[rows[i], j]
+        v = dot(&emb[rows[i], 0], &emb[rows[i], 0], d) if d > 0 else 0.0
         v = 1.0 / sqrt(v) if v > 0 else 0.0
         for j in range(d):
             C[i * d + j] = <float32_t>(emb[rows[i], j] * v)
