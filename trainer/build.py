@@ -26,6 +26,8 @@ DEFAULT_CFG = {
     "factors": 64, "seed": 0, "embed": "als", "threads": 2, "als_iterations": 15, "hnsw_M": 16,
     "hnsw_ef_construction": 200, "i2i_M": 50, "holdout": 0.1, "label_frac": 0.15, "ranker_users": 3000,
     "tune_users": 1000, "ranker_rounds": 300, "tune": True,
+    # LightGBM's OpenMP threads spin; on a shared 2-core box 2 threads were 3x slower than 1
+    "ranker_threads": 1,
     "grid": {"decay_short": [0.2, 0.5, 1.0], "alpha": [0.2, 0.5, 0.8]},
 }
 
@@ -102,7 +104,7 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
                                                            cfg["threads"], _progress("ranker rows"))
     with timer("ranker_train"):
         ranker_text, rinfo = rk.train(X, y, groups, art_fit.schema.names, seed=cfg["seed"],
-                                      threads=cfg["threads"], rounds=cfg["ranker_rounds"])
+                                      threads=cfg["ranker_threads"], rounds=cfg["ranker_rounds"])
         rinfo["candidate_recall"] = round(cand_recall, 4)
     del art_fit, X, y
     with timer("fit@test_cut"), timer.prefix("fit@test_cut"):

@@ -80,7 +80,7 @@ def synth(n_users: int, n_items: int, seed: int = 0, interactions: int | None = 
     country = countries[rng.choice(len(countries), size=n_users, p=[.3, .15, .1, .1, .08, .08, .07, .05, .04, .03])]
 
     # impressions (views): heavy-tailed activity, sessions of geometric length
-    n_views = max(n_users, int(target / 1.55))
+    n_views = max(n_users, int(target / 1.48))
     activity = rng.pareto(1.6, size=n_users) + 1.0
     activity /= activity.sum()
     v_user = np.sort(rng.choice(n_users, size=n_views, p=activity))

@@ -1,0 +1,82 @@
+"""The ranker's training rows are exactly what serving computes for the same (user, item, context)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recserve._core import candidates as C
+from recserve._core.cross import cross_reference
+from recserve.bundle import Bundle
+from trainer import ranker as rk
+from trainer.build import artifacts_from_bundle
+from trainer.retrieval import candidates_for
+
+
+def _training_groups(art, params, users):
+    """Label the top candidate of each user as positive and run the trainer's own row builder."""
+    cands = {u: m for u, _v, _l, m in candidates_for(art, users, params)}
+    labels = {u: {int(m.rows[0]): 1} for u, m in cands.items() if len(m) > 1}
+    first = {u: art.now for u in labels}
+    X, y, groups, gusers, _ = rk.training_rows(art, np.array(sorted(labels)), labels, first, params)
+    starts = np.r_[0, np.cumsum(groups)]
+    return {int(u): (X[starts[k]:starts[k + 1]], cands[int(u)]) for k, u in enumerate(gusers)}
+
+
+def test_training_rows_equal_numpy_reference(demo_bundle):
+    with Bundle.open(demo_bundle) as b:
+        art = artifacts_from_bundle(b)
+        params = b.params
+        users = np.arange(0, b.n_users, 7)
+        groups = _training_groups(art, params, users)
+        assert len(groups) >= 10
+        t = b.tables
+        ip, hi, hts, hev = (np.array(t.array(n)) for n in ("hist_indptr", "hist_items", "hist_ts", "hist_event"))
+        for u, (X, merged) in groups.items():
+            # independently: history straight from the tables, one-user ANN query, shared merge, numpy crossing
+            a, e = ip[u], ip[u + 1]
+            vec = C.history_vector(b.item_emb, hi[a:e], hev[a:e], hts[a:e], art.now, params)
+            if np.linalg.norm(vec) > 0:
+                labels, dist = b.index.knn_query(vec, k=C.ann_k(params, e - a, b.n_items))
+            else:                      # no history: a cold user, no ANN list
+                labels, dist = np.zeros((1, 0), np.int64), np.zeros((1, 0), np.float32)
+            lists = C.source_lists(hi[a:e], hts[a:e], labels[0], 1 - dist[0], np.array(t.array("i2i_rows")),
+                                   np.array(t.array("i2i_scores")), np.array(t.array("trend_rows")),
+                                   np.array(t.array("trend_scores")), params)
+            m2 = C.merge_for_user(lists, hi[a:e], b.n_items, params)
+            np.testing.assert_array_equal(m2.rows, merged.rows)
+            ref = cross_reference(b.schema, b.item_feats, b.item_emb, b.user_feats[u], vec, m2.rows,
+                                  C.context_vector(art.now), m2.rank, m2.score, art.now / 86400.0)
+            np.testing.assert_allclose(X, ref, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+def test_training_rows_equal_server_rows(demo_bundle, monkeypatch):
+    """Through the server's Recommender (the serving code path), when it is present."""
+    try:
+        from recserve.pipeline import ranking as R
+        from recserve.pipeline.recommender import Filters, RecRequest, Recommender
+    except ImportError as exc:
+        pytest.skip(f"server pipeline not importable: {exc}")
+    captured = {}
+    real = R.score
+
+    def spy(crosser, ranker, user_row, user_vec, merged, context, now_days):
+        out = real(crosser, ranker, user_row, user_vec, merged, context, now_days)
+        captured["X"], captured["rows"] = out[0], np.array(merged.rows)
+        return out
+
+    monkeypatch.setattr(R, "score", spy)
+    with Bundle.open(demo_bundle) as b:
+        art = artifacts_from_bundle(b)
+        groups = _training_groups(art, b.params, np.arange(0, b.n_users, 11))
+        rec = Recommender(b, None)
+        now = art.now
+        ctx = C.context_vector(now)
+        checked = 0
+        for u, (X, merged) in groups.items():
+            req = RecRequest(user_id=b.tables.id_of("user", u), k=10, timestamp=now, hour=int(ctx[0]),
+                             weekday=int(ctx[1]), device=0, filters=Filters(in_stock_only=False))
+            rec.recommend(req)
+            np.testing.assert_array_equal(captured["rows"], merged.rows)
+            np.testing.assert_allclose(captured["X"], X, rtol=1e-6, atol=1e-6, equal_nan=True)
+            checked += 1
+        assert checked >= 5
