@@ -14,7 +14,7 @@ from recserve.bundle import sha256_file
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc as pbg
 
-from conftest import Server, copy_root, set_current, wait_for
+from srvutil import Server, copy_root, set_current, wait_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

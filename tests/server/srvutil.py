@@ -1,0 +1,81 @@
+"""Helpers for the server tests: a real ``recserve serve`` subprocess, bundle root copies, waiting."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from recserve.v1 import recommender_pb2_grpc as pbg
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def copy_root(src: Path, dst: Path) -> Path:
+    """A private copy of a bundle root (version dirs + CURRENT), without any event store."""
+    dst.mkdir(parents=True)
+    for p in Path(src).iterdir():
+        if p.name == "events":
+            continue
+        if p.is_dir():
+            shutil.copytree(p, dst / p.name)
+        else:
+            shutil.copy2(p, dst / p.name)
+    return dst
+
+
+def set_current(root: Path, version: str) -> None:
+    tmp = root / ".CURRENT.tmp"
+    tmp.write_text(version + "\n")
+    os.replace(tmp, root / "CURRENT")
+
+
+class Server:
+    def __init__(self, root: Path, *args: str, env: dict | None = None, wait_line: bool = True):
+        cmd = [sys.executable, "-m", "recserve.cli", "serve", "--bundle", str(root), "--port", "0",
+               "--log-level", "WARNING", *args]
+        e = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e,
+                                     cwd=ROOT)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("server failed to start: " + self.proc.stderr.read()[-3000:])
+        self.port = json.loads(line)["port"]
+        self.addr = f"127.0.0.1:{self.port}"
+        self.channels: list[grpc.Channel] = []
+
+    def channel(self) -> grpc.Channel:
+        # a private subchannel pool: every channel is its own connection (spread over the workers)
+        ch = grpc.insecure_channel(self.addr, options=[("grpc.use_local_subchannel_pool", 1)])
+        self.channels.append(ch)
+        return ch
+
+    def stub(self) -> pbg.RecommenderStub:
+        return pbg.RecommenderStub(self.channel())
+
+    def terminate(self, timeout: float = 30) -> int:
+        for ch in self.channels:
+            ch.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+
+def wait_for(pred, timeout=20.0, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return False

@@ -1,0 +1,104 @@
+"""Generated stubs are current, config precedence, reflection, metrics, TLS and mTLS."""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import urllib.request
+
+import grpc
+import pytest
+
+from recserve import config as C
+from recserve import protogen
+from recserve.v1 import recommender_pb2 as pb
+from recserve.v1 import recommender_pb2_grpc as pbg
+
+
+def test_checked_in_stubs_are_current(tmp_path, monkeypatch):
+    assert protogen.stale() == []
+    # and the check can fail: a copy of the tree with an edited stub is reported
+    shutil.copytree(protogen.ROOT / "proto", tmp_path / "proto")
+    shutil.copytree(protogen.ROOT / "recserve" / "v1", tmp_path / "recserve" / "v1")
+    p = tmp_path / "recserve" / "v1" / "recommender_pb2_grpc.py"
+    p.write_text(p.read_text() + "\n# edited\n")
+    monkeypatch.setattr(protogen, "ROOT", tmp_path)
+    assert protogen.stale() == ["recommender_pb2_grpc.py"]
+
+
+def test_config_precedence(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[serve]\nport = 1\nworkers = 1\nthreads = 1\nmmr_lambda = 0.1\n')
+    env = {"RECSERVE_PORT": "2", "RECSERVE_WORKERS": "2"}
+    cfg = C.load({"port": 3}, env=env, file=f)
+    assert (cfg.port, cfg.workers, cfg.threads, cfg.grace) == (3, 2, 1, C.ServeConfig.grace)
+    assert cfg.pipeline_overrides() == {"mmr_lambda": 0.1}
+    f.write_text('[serve]\nprot = 1\n')
+    with pytest.raises(ValueError, match="prot"):
+        C.load({}, env={}, file=f)
+    with pytest.raises(ValueError, match="workers"):
+        C.load({}, env={"RECSERVE_WORKERS": "many"})
+
+
+def test_reflection_lists_services(server):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    db = ProtoReflectionDescriptorDatabase(server.channel())
+    services = set(db.get_services())
+    assert {"recserve.v1.Recommender", "grpc.health.v1.Health"} <= services
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_metrics_endpoint_aggregates_workers(shared_root, facts, start_server):
+    mport = _free_port()
+    s = start_server(shared_root, "--workers", "2", "--metrics-port", str(mport), "--reload-interval", "0")
+    for _ in range(6):
+        s.stub().Recommend(pb.RecommendRequest(user_id=facts["user"], k=5), timeout=10)
+    with pytest.raises(grpc.RpcError):
+        s.stub().Recommend(pb.RecommendRequest(k=900), timeout=10)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
+    ok = [l for l in text.splitlines() if l.startswith("recserve_requests_total{")
+          and 'method="Recommend"' in l and 'code="OK"' in l]
+    assert ok and float(ok[0].split()[-1]) == 6.0, ok
+    assert 'code="INVALID_ARGUMENT"' in text
+    assert "recserve_request_seconds_bucket" in text
+
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls_and_mtls(shared_root, facts, tmp_path, start_server):
+    d = tmp_path
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+             "-days", "1", "-subj", "/CN=test-ca", cwd=d)
+    (d / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={name}", cwd=d)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.pem", "-days", "1", "-extfile", "san.cnf", cwd=d)
+    s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--tls-cert", str(d / "server.pem"),
+                     "--tls-key", str(d / "server.key"), "--tls-client-ca", str(d / "ca.pem"))
+    ca = (d / "ca.pem").read_bytes()
+    req = pb.RecommendRequest(user_id=facts["user"], k=3)
+    opts = [("grpc.use_local_subchannel_pool", 1)]
+    # mutual TLS with a client certificate signed by the CA: accepted
+    creds = grpc.ssl_channel_credentials(ca, (d / "client.key").read_bytes(), (d / "client.pem").read_bytes())
+    with grpc.secure_channel(s.addr, creds, options=opts) as ch:
+        assert len(pbg.RecommenderStub(ch).Recommend(req, timeout=10).items) == 3
+    # TLS without a client certificate: refused
+    with grpc.secure_channel(s.addr, grpc.ssl_channel_credentials(ca), options=opts) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            pbg.RecommenderStub(ch).Recommend(req, timeout=5)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    # plaintext: refused
+    with grpc.insecure_channel(s.addr, options=opts) as ch:
+        with pytest.raises(grpc.RpcError):
+            pbg.RecommenderStub(ch).Recommend(req, timeout=5)
