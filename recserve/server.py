@@ -8,6 +8,10 @@ the event store, LMDB tables, hnswlib and LightGBM itself, starts its own gRPC s
 atomically; a bad bundle is refused and the old one keeps serving. Health is SERVING only while a valid
 bundle is loaded. SIGTERM drains: health goes NOT_SERVING, new calls are refused, in-flight calls finish
 within ``grace`` seconds. With ``workers=0`` the same worker runs inside the calling process (tests, tools).
+
+Fork hazard: also call :func:`create_server` before the calling process has used OpenMP (LightGBM training,
+implicit ALS): a forked child that touches an inherited OpenMP pool can hang. Processes that train first
+(``recserve.demo``, the tests) run the server as a subprocess, ``python -m recserve.cli serve``.
 """
 from __future__ import annotations
 
@@ -339,6 +343,10 @@ class Supervisor:
             self.pids.remove(pid)
         if not self.pids:
             self._sock.close()
+            if self._metrics_dir:
+                import shutil
+
+                shutil.rmtree(self._metrics_dir, ignore_errors=True)
 
 
 def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConfig | None = None, **kw):

@@ -102,3 +102,53 @@ def test_tls_and_mtls(shared_root, facts, tmp_path, start_server):
     with grpc.insecure_channel(s.addr, options=opts) as ch:
         with pytest.raises(grpc.RpcError):
             pbg.RecommenderStub(ch).Recommend(req, timeout=5)
+
+
+def test_maximum_concurrent_rpcs(shared_root, facts, start_server):
+    import threading
+
+    s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--max-concurrent-rpcs", "2",
+                     "--threads", "4", env={"RECSERVE_DEBUG_DELAY_MS": "800"})
+    codes = []
+
+    def call():
+        try:
+            s.stub().Recommend(pb.RecommendRequest(user_id=facts["user"], k=3), timeout=10)
+            codes.append("OK")
+        except grpc.RpcError as e:
+            codes.append(e.code().name)
+
+    threads = [threading.Thread(target=call) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert codes.count("OK") >= 2 and codes.count("RESOURCE_EXHAUSTED") >= 1, codes
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}
+
+
+def test_cli_client_commands_print_tables(server, facts):
+    import os
+    import sys
+
+    from srvutil import ROOT
+
+    def run(*args):
+        r = subprocess.run([sys.executable, "-m", "recserve.cli", *args, "--addr", server.addr],
+                           capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                           timeout=60)
+        return r.returncode, r.stdout, r.stderr
+
+    rc, out, _ = run("recommend", facts["user"], "--k", "4", "--explain")
+    lines = out.splitlines()
+    assert rc == 0 and lines[1].split()[:4] == ["#", "item", "score", "sources"] and len(lines) == 8, out
+    rc, out, _ = run("similar", facts["items"][2], "--k", "3")
+    assert rc == 0 and len(out.splitlines()) == 6, out
+    rc, out, _ = run("events", "record", "cli-user", facts["items"][2], "--type", "purchase")
+    assert rc == 0 and out.split()[-2:] == ["1", "1"], out
+    rc, out, _ = run("items", "update", facts["items"][2], "--price", "12.5")
+    assert rc == 0 and out.split()[-1] == "1", out
+    rc, out, _ = run("health")
+    assert rc == 0 and out.strip() == "SERVING"
+    rc, _, err = run("similar", "no-such-item")
+    assert rc == 1 and "NOT_FOUND" in err
