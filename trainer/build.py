@@ -86,18 +86,34 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
     fit_mask = ds.ts < label_cut
     label_mask = train_mask & ~fit_mask
 
-    with timer("fit@label_cut"), timer.prefix("fit@label_cut"):
-        art_fit = artifacts.fit(ds, fit_mask, label_cut, cat, params, cfg, timer)
     lu, li, lt, le, lv, lfirst = _window(ds, label_mask)
     labels = rk.label_map(lu, li, rk.relevance(le, lv))
     tuning = {}
+    factor_grid = [int(f) for f in (cfg["factors"] if isinstance(cfg["factors"], (list, tuple))
+                                    else [cfg["factors"]])]
+    best_f = None
+    for f in factor_grid:
+        with timer(f"fit@label_cut[f={f}]"), timer.prefix(f"fit@label_cut[f={f}]"):
+            cand = artifacts.fit(ds, fit_mask, label_cut, cat, params, {**cfg, "factors": f}, timer)
+        if len(factor_grid) > 1:
+            users = _active_with_history(cand, lu, np.random.default_rng(cfg["seed"]), cfg["tune_users"])
+            score, _ = tune_vector_params(cand, labels, users, params,
+                                          {"decay_short": [params["decay_short"]], "alpha": [params["alpha"]]},
+                                          cfg["threads"])
+            tuning.setdefault("factors", []).append({"factors": f, "ann_recall@50": score["ann_recall@50"]})
+            if best_f is None or score["ann_recall@50"] > best_f[1]:
+                best_f, art_fit = (f, score["ann_recall@50"]), cand
+        else:
+            best_f, art_fit = (f, None), cand
+        del cand
+    cfg = {**cfg, "factors": best_f[0]}
     if cfg["tune"]:
         with timer("tune"):
             users = _active_with_history(art_fit, lu, rng, cfg["tune_users"])
             best, grid = tune_vector_params(art_fit, labels, users, params, cfg["grid"], cfg["threads"])
             params["decay_short"], params["alpha"] = best["decay_short"], best["alpha"]
-            tuning = {"metric": "ann_recall@50 on the label window", "users": int(len(users)),
-                      "grid": grid, "chosen": best}
+            tuning.update({"metric": "ann_recall@50 on the label window", "users": int(len(users)),
+                           "grid": grid, "chosen": best})
     with timer("ranker_rows"):
         users = _active_with_history(art_fit, lu, rng, cfg["ranker_users"])
         X, y, groups, _gu, cand_recall = rk.training_rows(art_fit, users, labels, lfirst, params,

@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("out", help="bundle root (gets <version>/ and CURRENT)")
     b.add_argument("--data", required=True)
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--factors", type=int, default=64)
+    b.add_argument("--factors", default="64",
+                   help="embedding size, or a comma list (e.g. 16,32,64) to pick on the label window")
     b.add_argument("--embed", choices=["als", "svd"], default="als")
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--holdout", type=float, default=0.1)
@@ -109,7 +110,13 @@ def _run(args) -> int:
             ds = load_dataset(args.data, drop_unknown=args.drop_unknown)
         if ds.report.get("dropped_unknown_items"):
             print(f"dropped {ds.report['dropped_unknown_items']} interaction(s) with unknown items", file=sys.stderr)
-        cfg = {"seed": args.seed, "factors": args.factors, "embed": args.embed, "threads": args.threads,
+        try:
+            factors = [int(f) for f in str(args.factors).split(",")]
+            if min(factors) < 1:
+                raise ValueError
+        except ValueError:
+            return _fail(f"--factors: expected positive integers, got {args.factors!r}", 2)
+        cfg = {"seed": args.seed, "factors": factors if len(factors) > 1 else factors[0], "embed": args.embed, "threads": args.threads,
                "holdout": args.holdout, "ranker_users": args.ranker_users, "tune": not args.no_tune}
         path = build(ds, args.out, cfg, timer=timer)
         if args.evaluate:

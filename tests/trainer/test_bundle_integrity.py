@@ -76,7 +76,7 @@ def test_killed_build_keeps_previous_current(bundle_copy, tmp_path):
     ds, _ = synth(1500, 600, seed=5)
     write_dataset(ds, data)
     env = dict(os.environ, PYTHONPATH=str(REPO), OPENBLAS_NUM_THREADS="1")
-    for marker in ("[fit@label_cut/index]", "[ranker_train] ...", "[fit@test_cut/features]"):
+    for marker in ("[fit@label_cut[f=16]/index]", "[ranker_train] ...", "[fit@test_cut/features]"):
         proc = subprocess.Popen([sys.executable, "-m", "trainer.cli", "build", "--data", str(data), str(bundle_copy),
                                  "--factors", "16", "--no-tune"], stderr=subprocess.PIPE, text=True, env=env,
                                 cwd=REPO)
