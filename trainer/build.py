@@ -141,6 +141,7 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
                      "config": {k: v for k, v in cfg.items() if k != "grid"}},
         "evaluation": {},
     }
+    manifest["training"]["timings"] = timer.as_dict()
     with timer("write"):
         path = writer.write_bundle(out, ds, cat, art, ranker_text, manifest)
     return path
@@ -189,5 +190,9 @@ def artifacts_from_bundle(b) -> artifacts.Artifacts:
 
 
 def record_evaluation(bundle_dir: Path, result: dict) -> None:
+    from trainer import report
+
     writer.update_manifest(bundle_dir, "evaluation", result)
     writer.write_report(bundle_dir, "report.json", json.dumps(result, indent=1))
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    writer.write_report(bundle_dir, "report.html", report.render(manifest, result))

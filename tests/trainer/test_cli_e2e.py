@@ -24,6 +24,8 @@ def test_synth_build_verify_evaluate(tmp_path):
     assert m["params"]["decay_short"] in m["training"]["tuning"]["grid"][0].values() or m["training"]["tuning"]
     assert 0.8 <= m["index"]["recall_at_k"]["recall"] <= 1.0
     assert (bundle / "report.json").is_file()
+    assert "full+mmr" in (bundle / "report.html").read_text()
+    assert m["training"]["timings"]["ranker_train"] > 0
 
     p = run_cli("verify", out, check=True)
     assert p.stdout.startswith("ok: " + m["version"])
