@@ -31,6 +31,7 @@ MODULES = [
     "recserve._core._cross",
     "recserve._core._mmr",
     "recserve._core._gather",
+    "recserve._core._forest",
 ]
 
 

@@ -2,21 +2,40 @@ from recserve._core._typedefs cimport float32_t, float64_t, row_t, index_t
 from libc.stdint cimport int32_t, uint8_t, uint32_t
 
 # One node of the flattened forest, 16 bytes (four per cache line).
-# Leaves are nodes too: both children point back to the leaf itself, so a walk of fixed length
-# ``depth(tree)`` ends on the leaf whatever the path length.
+# Leaves are nodes too: both children point back to the leaf itself, so a walk that takes more
+# steps than the path length stays on the leaf.
+# Node positions are byte offsets (16 * global index) and feature positions are byte offsets into
+# the transposed row block, so a step needs no index arithmetic.
 cdef struct Node:
     float32_t thr       # largest float32 <= LightGBM's double threshold: x <= thr  <=>  (double)x <= thr64
-    int32_t slot        # column of the compacted row block (index into the used-feature list)
-    int32_t child[2]    # global node index: child[0] = left, child[1] = right
+    int32_t xoff        # byte offset of the feature's row in the transposed block: 4 * BLOCK * slot
+    int32_t child[2]    # byte offset of child[0] = left, child[1] = right
 
-# Per-node flags (separate array, read only by the slow kernels)
-cdef enum:
-    F_NAN_LEFT = 1      # NaN goes left (plain compare sends NaN right)
-    F_ZERO_FLIP = 2     # zero-as-missing: exact 0 goes the other way than 0 <= thr says
-    F_CAT = 4           # categorical split; cat_off/cat_len give its bitset
+# What the walk needs besides Node (read only by the missing-value and categorical steps).
+cdef struct Model:
+    const Node* nodes
+    const uint8_t* flags
+    const int32_t* cat_off
+    const int32_t* cat_len
+    const uint32_t* cat_bits
 
-# Per-tree kinds
+# Per-node flags
 cdef enum:
-    T_PLAIN = 0         # numerical only, no zero-as-missing flips
-    T_ZERO = 1          # numerical, has zero-as-missing flips
-    T_CAT = 2           # has a categorical split
+    F_NAN_LEFT = 1      # NaN goes left (a plain compare sends NaN right)
+    F_ZERO_FLIP = 2     # zero-as-missing: 0 goes the other way than 0 <= thr says
+    F_CAT = 4           # categorical split; cat_off/cat_len give its bitset in cat_bits
+
+# Per-tree kinds, and the walk modes
+cdef enum:
+    T_PLAIN = 0         # numerical only, no zero-as-missing flip
+    T_ZERO = 1          # numerical, some zero-as-missing flip
+    T_CAT = 2           # some categorical split
+
+cdef enum:
+    M_PLAIN = 0         # x <= thr only: no NaN in the block (and no 0, or no flip in the tree)
+    M_MISSING = 1       # NaN / zero-as-missing corrections
+    M_GENERAL = 2       # plus categorical bitsets
+
+cdef enum:
+    BLOCK = 64          # rows per block; the block is stored transposed: xb[slot * BLOCK + row]
+    LANES = 8           # rows walked together, held in registers (must divide BLOCK)

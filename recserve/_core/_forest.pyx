@@ -1,0 +1,349 @@
+# cython: language_level=3
+"""Forest kernel: raw scores of a flattened LightGBM model (numerical + categorical splits).
+
+The Python layer (``recserve._core.forest``) parses and validates the model text and hands this
+module a flat struct-of-arrays description. ``ForestKernel`` re-checks every index it will follow
+(so a bug upstream cannot make the native loop read out of bounds), packs the nodes into 16-byte
+structs and scores rows block by block:
+
+* a block of up to ``BLOCK`` rows is gathered once into a compact, transposed float32 buffer that
+  holds only the features the model uses, with LightGBM's input rule applied
+  (|x| <= kZeroThreshold -> 0);
+* for each tree, in model order, the block's rows are walked ``LANES`` at a time: the lanes' node
+  indices live in registers and advance together one level per step, with no data-dependent branch
+  inside a step (a leaf points to itself), so the CPU overlaps the lanes' load chains. The first
+  ``min_depth`` steps run unchecked (no leaf is that shallow); after that the group stops as soon as
+  all its lanes sit on leaves (``depth`` steps at most);
+* the step depends on the tree and on the block: a plain ``x <= thr`` when the block has no NaN (and
+  no zero, if the tree has zero-as-missing splits), a branch-free NaN/zero-corrected step otherwise,
+  and a general step with the categorical bitset test for trees that have one.
+
+Scores are accumulated in double, tree by tree from 0.0, as LightGBM does, so the results are
+bitwise equal to ``Booster.predict(raw_score=True)``.
+"""
+from libc.math cimport fabsf
+from libc.stdlib cimport malloc, free
+from libc.stdint cimport int32_t, uint8_t, uint32_t
+
+from recserve._core._typedefs cimport float32_t, float64_t, row_t, index_t
+
+# LightGBM's kZeroThreshold is the float 1e-35f; |x| <= it is read as 0 when a row is loaded.
+cdef float32_t KZERO = 1e-35
+
+
+cdef inline int cat_right(float32_t x, const uint32_t* bits, int32_t nwords) noexcept nogil:
+    """LightGBM CategoricalDecision: NaN, negative (after truncation) and unknown categories go right."""
+    cdef int32_t c
+    if not (x > -1.0 and x < 2147483648.0):   # NaN, <= -1 (int < 0), beyond int32: right
+        return 1
+    c = <int32_t>x                             # truncation toward zero, as static_cast<int>
+    if (c >> 5) >= nwords:
+        return 1
+    return not ((bits[c >> 5] >> (c & 31)) & 1)
+
+
+cdef inline int num_right(float32_t x, float32_t thr, uint8_t fl) noexcept nogil:
+    """Numerical step with LightGBM's missing-value rules folded into two flag bits."""
+    cdef int right = not (x <= thr)           # NaN -> right
+    right ^= (x != x) & (fl & F_NAN_LEFT)
+    right ^= (x == 0) & ((fl >> 1) & 1)
+    return right
+
+
+cdef inline int32_t step(const Model* m, const char* col, int32_t off, int mode) noexcept nogil:
+    """One level for one row: ``col`` points at the row's value of feature slot 0 in the block;
+    ``off`` is the byte offset of the current node; returns the byte offset of the next one."""
+    cdef const Node* nd = <const Node*>(<const char*>m.nodes + off)
+    cdef float32_t x = (<const float32_t*>(col + nd.xoff))[0]
+    cdef int32_t i
+    if mode == M_PLAIN:
+        return nd.child[not (x <= nd.thr)]
+    i = off >> 4
+    if mode == M_GENERAL and m.flags[i] & F_CAT:
+        return nd.child[cat_right(x, m.cat_bits + m.cat_off[i], m.cat_len[i])]
+    return nd.child[num_right(x, nd.thr, m.flags[i])]
+
+
+cdef inline void walk_lanes(const Model* m, int32_t root, int32_t min_depth, int32_t depth,
+                            int32_t first_leaf, const float32_t* xb, Py_ssize_t nb, int32_t* idx,
+                            int mode) noexcept nogil:
+    """Leaf (global node index) of each of the nb block rows, LANES rows at a time."""
+    cdef int32_t cur[LANES]
+    cdef int32_t root_off = root * sizeof(Node), leaf_off = first_leaf * sizeof(Node)
+    cdef Py_ssize_t g, l
+    cdef int32_t d
+    cdef int pending
+    cdef const char* p
+    g = 0
+    while g < nb:          # rows nb..BLOCK-1 of the block are zero padding: lanes may walk them
+        p = <const char*>(xb + g)
+        for l in range(LANES):
+            cur[l] = root_off
+        for d in range(min_depth):
+            for l in range(LANES):
+                cur[l] = step(m, p + 4 * l, cur[l], mode)
+        d = min_depth
+        while d < depth:
+            pending = 0
+            for l in range(LANES):
+                pending |= cur[l] < leaf_off
+            if not pending:
+                break
+            for l in range(LANES):
+                cur[l] = step(m, p + 4 * l, cur[l], mode)
+            d += 1
+        for l in range(LANES):
+            idx[g + l] = cur[l] >> 4
+        g += LANES
+
+
+cdef void walk_lanes_plain(const Model* m, int32_t root, int32_t min_depth, int32_t depth,
+                           int32_t first_leaf, const float32_t* xb, Py_ssize_t nb,
+                           int32_t* idx) noexcept nogil:
+    walk_lanes(m, root, min_depth, depth, first_leaf, xb, nb, idx, M_PLAIN)
+
+
+cdef void walk_lanes_missing(const Model* m, int32_t root, int32_t min_depth, int32_t depth,
+                             int32_t first_leaf, const float32_t* xb, Py_ssize_t nb,
+                             int32_t* idx) noexcept nogil:
+    walk_lanes(m, root, min_depth, depth, first_leaf, xb, nb, idx, M_MISSING)
+
+
+cdef void walk_lanes_general(const Model* m, int32_t root, int32_t min_depth, int32_t depth,
+                             int32_t first_leaf, const float32_t* xb, Py_ssize_t nb,
+                             int32_t* idx) noexcept nogil:
+    walk_lanes(m, root, min_depth, depth, first_leaf, xb, nb, idx, M_GENERAL)
+
+
+cdef void walk_lockstep(const Model* m, int32_t root, int32_t depth, const float32_t* xb,
+                        Py_ssize_t nb, int32_t* idx, int mode) noexcept nogil:
+    """Alternative: all block rows advance one level per pass, exactly ``depth`` passes."""
+    cdef Py_ssize_t r
+    cdef int32_t d
+    for r in range(nb):
+        idx[r] = root * sizeof(Node)
+    for d in range(depth):
+        for r in range(nb):
+            idx[r] = step(m, <const char*>(xb + r), idx[r], mode)
+    for r in range(nb):
+        idx[r] >>= 4
+
+
+cdef void walk_branchy(const Model* m, int32_t root, int32_t depth, int32_t first_leaf,
+                       const float32_t* xb, Py_ssize_t nb, int32_t* idx) noexcept nogil:
+    """Alternative: one row at a time, stopping at the leaf (what LightGBM does)."""
+    cdef Py_ssize_t r
+    cdef int32_t i, d, leaf_off = first_leaf * sizeof(Node)
+    for r in range(nb):
+        i = root * sizeof(Node)
+        d = 0
+        while i < leaf_off and d < depth:
+            i = step(m, <const char*>(xb + r), i, M_GENERAL)
+            d += 1
+        idx[r] = i >> 4
+
+
+cdef class ForestKernel:
+    """Flattened forest; build it through ``recserve._core.forest.Forest``."""
+    cdef Model m
+    cdef Node* nodes
+    cdef uint8_t* flags
+    cdef float64_t* value
+    cdef int32_t* cat_off
+    cdef int32_t* cat_len
+    cdef uint32_t* cat_bits
+    cdef int32_t* tree      # per tree: root, min_depth, depth, first_leaf, kind
+    cdef int32_t* used
+    cdef Py_ssize_t n_nodes, n_trees, n_used
+    cdef readonly Py_ssize_t n_features
+    cdef readonly double divisor
+
+    def __cinit__(self):
+        self.nodes = NULL
+        self.flags = NULL
+        self.value = NULL
+        self.cat_off = NULL
+        self.cat_len = NULL
+        self.cat_bits = NULL
+        self.tree = NULL
+        self.used = NULL
+
+    def __dealloc__(self):
+        free(self.nodes)
+        free(self.flags)
+        free(self.value)
+        free(self.cat_off)
+        free(self.cat_len)
+        free(self.cat_bits)
+        free(self.tree)
+        free(self.used)
+
+    def __init__(self, const float32_t[::1] thr, const int32_t[::1] slot, const int32_t[::1] left,
+                 const int32_t[::1] right, const uint8_t[::1] flags, const float64_t[::1] value,
+                 const int32_t[::1] cat_off, const int32_t[::1] cat_len,
+                 const uint32_t[::1] cat_bits, const int32_t[:, ::1] tree,
+                 const int32_t[::1] used, Py_ssize_t n_features, double divisor):
+        """Node arrays have one entry per node (leaves included); ``tree`` is int32[T, 5] with
+        columns root, min_depth (shallowest leaf), depth (deepest leaf), first_leaf, kind."""
+        cdef Py_ssize_t N = thr.shape[0], T = tree.shape[0], U = used.shape[0]
+        cdef Py_ssize_t M = cat_bits.shape[0], i
+        if self.nodes != NULL:
+            raise RuntimeError("ForestKernel is already initialised")
+        if (slot.shape[0] != N or left.shape[0] != N or right.shape[0] != N
+                or flags.shape[0] != N or value.shape[0] != N or cat_off.shape[0] != N
+                or cat_len.shape[0] != N):
+            raise ValueError("node arrays must all have the same length")
+        if tree.shape[1] != 5:
+            raise ValueError("tree must have 5 columns")
+        if N > 2**31 // sizeof(Node) - 1 or U > 2**31 // (BLOCK * sizeof(float32_t)) - 1:
+            raise ValueError("model too large")
+        if n_features < 1 or not divisor > 0:
+            raise ValueError("n_features must be >= 1 and divisor > 0")
+        for i in range(U):
+            if used[i] < 0 or used[i] >= n_features:
+                raise ValueError(f"used feature {used[i]} is out of range")
+        for i in range(N):
+            if left[i] < 0 or left[i] >= N or right[i] < 0 or right[i] >= N:
+                raise ValueError(f"node {i} has a child out of range")
+            if slot[i] < 0 or (slot[i] >= U and not (U == 0 and slot[i] == 0)):
+                raise ValueError(f"node {i} reads a feature slot out of range")
+            if flags[i] & F_CAT and (cat_off[i] < 0 or cat_len[i] < 0 or cat_off[i] > M
+                                     or cat_len[i] > M - cat_off[i]):
+                raise ValueError(f"node {i} has a categorical bitset out of range")
+        for i in range(T):
+            if (tree[i, 0] < 0 or tree[i, 0] >= N or tree[i, 1] < 0 or tree[i, 2] < tree[i, 1]
+                    or tree[i, 3] < 0 or tree[i, 3] > N or tree[i, 4] < T_PLAIN or tree[i, 4] > T_CAT):
+                raise ValueError(f"tree {i} is malformed")
+            if tree[i, 2] > 0 and U == 0:
+                raise ValueError(f"tree {i} splits but the model uses no feature")
+        self.nodes = <Node*>malloc(max(N, 1) * sizeof(Node))
+        self.flags = <uint8_t*>malloc(max(N, 1) * sizeof(uint8_t))
+        self.value = <float64_t*>malloc(max(N, 1) * sizeof(float64_t))
+        self.cat_off = <int32_t*>malloc(max(N, 1) * sizeof(int32_t))
+        self.cat_len = <int32_t*>malloc(max(N, 1) * sizeof(int32_t))
+        self.cat_bits = <uint32_t*>malloc(max(M, 1) * sizeof(uint32_t))
+        self.tree = <int32_t*>malloc(max(T, 1) * 5 * sizeof(int32_t))
+        self.used = <int32_t*>malloc(max(U, 1) * sizeof(int32_t))
+        if (self.nodes == NULL or self.flags == NULL or self.value == NULL or self.cat_off == NULL
+                or self.cat_len == NULL or self.cat_bits == NULL or self.tree == NULL
+                or self.used == NULL):
+            raise MemoryError()
+        for i in range(N):
+            self.nodes[i].thr = thr[i]
+            self.nodes[i].xoff = <int32_t>(slot[i] * BLOCK * sizeof(float32_t))
+            self.nodes[i].child[0] = <int32_t>(left[i] * sizeof(Node))
+            self.nodes[i].child[1] = <int32_t>(right[i] * sizeof(Node))
+            self.flags[i] = flags[i]
+            self.value[i] = value[i]
+            self.cat_off[i] = cat_off[i]
+            self.cat_len[i] = cat_len[i]
+        for i in range(M):
+            self.cat_bits[i] = cat_bits[i]
+        for i in range(T * 5):
+            self.tree[i] = tree[i // 5, i % 5]
+        for i in range(U):
+            self.used[i] = used[i]
+        self.m.nodes = self.nodes
+        self.m.flags = self.flags
+        self.m.cat_off = self.cat_off
+        self.m.cat_len = self.cat_len
+        self.m.cat_bits = self.cat_bits
+        self.n_nodes, self.n_trees, self.n_used = N, T, U
+        self.n_features, self.divisor = n_features, divisor
+
+    @property
+    def num_trees(self):
+        return self.n_trees
+
+    def predict(self, const float32_t[:, ::1] X, float64_t[::1] out, int strategy=0):
+        """Raw scores of the rows of X (float32[n, n_features]) into out (float64[n]).
+
+        strategy: 0 = LANES rows in registers (default), 1 = whole-block lock step,
+        2 = one row at a time stopping at the leaf. All give identical results.
+        """
+        cdef Py_ssize_t n = X.shape[0]
+        if X.shape[1] != self.n_features:
+            raise ValueError(f"X has {X.shape[1]} features, the model expects {self.n_features}")
+        if out.shape[0] != n:
+            raise ValueError("out must have one entry per row of X")
+        if strategy < 0 or strategy > 2:
+            raise ValueError("strategy must be 0, 1 or 2")
+        if n == 0:
+            return
+        cdef Py_ssize_t width = max(self.n_used, 1)
+        cdef float32_t* xb = <float32_t*>malloc(BLOCK * width * sizeof(float32_t))
+        cdef int32_t* idx = <int32_t*>malloc(BLOCK * sizeof(int32_t))
+        cdef float64_t* acc = <float64_t*>malloc(BLOCK * sizeof(float64_t))
+        if xb == NULL or idx == NULL or acc == NULL:
+            free(xb)
+            free(idx)
+            free(acc)
+            raise MemoryError()
+        with nogil:
+            self._predict(&X[0, 0], n, &out[0], xb, idx, acc, strategy)
+        free(xb)
+        free(idx)
+        free(acc)
+
+    cdef void _predict(self, const float32_t* X, Py_ssize_t n, float64_t* out, float32_t* xb,
+                       int32_t* idx, float64_t* acc, int strategy) noexcept nogil:
+        cdef Py_ssize_t F = self.n_features, U = self.n_used
+        cdef Py_ssize_t nb, r, j, t, start = 0
+        cdef float32_t v
+        cdef bint has_nan, has_zero
+        cdef const int32_t* tr
+        cdef float64_t leaf
+        cdef int mode
+        for j in range(max(U, 1) * BLOCK):
+            xb[j] = 0
+        while start < n:
+            nb = min(<Py_ssize_t>BLOCK, n - start)
+            has_nan = False
+            has_zero = False
+            for r in range(nb):
+                for j in range(U):
+                    v = X[(start + r) * F + self.used[j]]
+                    if fabsf(v) <= KZERO:
+                        v = 0
+                        has_zero = True
+                    elif v != v:
+                        has_nan = True
+                    xb[j * BLOCK + r] = v
+                acc[r] = 0.0
+            if nb < BLOCK:          # zero padding: the lanes past nb walk valid (ignored) rows
+                for j in range(U):
+                    for r in range(nb, BLOCK):
+                        xb[j * BLOCK + r] = 0
+            for t in range(self.n_trees):
+                tr = self.tree + 5 * t      # root, min_depth, depth, first_leaf, kind
+                if tr[2] == 0:
+                    leaf = self.value[tr[0]]
+                    for r in range(nb):
+                        acc[r] += leaf
+                    continue
+                if tr[4] == T_CAT:
+                    mode = M_GENERAL
+                elif has_nan or (has_zero and tr[4] == T_ZERO):
+                    mode = M_MISSING
+                else:
+                    mode = M_PLAIN
+                if strategy == 0:
+                    if mode == M_PLAIN:
+                        walk_lanes_plain(&self.m, tr[0], tr[1], tr[2], tr[3], xb, nb, idx)
+                    elif mode == M_MISSING:
+                        walk_lanes_missing(&self.m, tr[0], tr[1], tr[2], tr[3], xb, nb, idx)
+                    else:
+                        walk_lanes_general(&self.m, tr[0], tr[1], tr[2], tr[3], xb, nb, idx)
+                elif strategy == 1:
+                    walk_lockstep(&self.m, tr[0], tr[2], xb, nb, idx, mode)
+                else:
+                    walk_branchy(&self.m, tr[0], tr[2], tr[3], xb, nb, idx)
+                for r in range(nb):
+                    acc[r] += self.value[idx[r]]
+            if self.divisor == 1.0:
+                for r in range(nb):
+                    out[start + r] = acc[r]
+            else:
+                for r in range(nb):
+                    out[start + r] = acc[r] / self.divisor
+            start += nb
