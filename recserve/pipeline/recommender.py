@@ -109,7 +109,9 @@ class Recommender:
         cols = t.columns("item_feats") or list(bundle.schema.item_columns)
         self.item_cols = cols
         self.base_feats = np.asarray(bundle.item_feats, np.float32)
-        self.feats = np.array(self.base_feats)  # mutable overlay (stock, price updates)
+        # (item table with the stock/price overlay, its Crosser): replaced whole, never mutated, so a
+        # request reads one consistent snapshot
+        self._items = (self.base_feats, None)
         col = {c: i for i, c in enumerate(cols)}
         self.c_price, self.c_cat = col.get("price"), col.get("category")
         self.c_creator, self.c_stock = col.get("creator"), col.get("in_stock")
@@ -134,7 +136,7 @@ class Recommender:
         self.ann = C.AnnSource(bundle.index, self.emb)
         self.schema = bundle.schema
         self.sources = list(self.schema.sources)
-        self.crosser = Crosser(self.schema, self.feats, self.emb)
+        self._items = (self.base_feats, Crosser(self.schema, self.base_feats, self.emb))
         self.ranker = R.Ranker(bundle.ranker_text, list(self.schema.names))
         self.cparams = {**CC.DEFAULT_PARAMS, **p}
         self.uv_params = UserVectorParams(float(p.get("decay_short", 0.5)), float(p.get("decay_long", 0.02)),
@@ -150,16 +152,21 @@ class Recommender:
     def known_user(self, user_id: str) -> bool:
         return self.tables.row_of("user", user_id) is not None
 
-    def _refresh_items(self) -> None:
+    @property
+    def feats(self) -> np.ndarray:
+        return self._items[0]
+
+    def _refresh_items(self):
+        """The current (item table, Crosser) snapshot, rebuilt when the event store's item state changed."""
         if self.store is None:
-            return
+            return self._items
         gen = self.store.items_gen()
         if gen == self._items_gen:
-            return
+            return self._items
         with self._items_lock:
             gen, states = self.store.item_states()
             if gen == self._items_gen:
-                return
+                return self._items
             feats = np.array(self.base_feats)
             for item_id, st in states.items():
                 r = self.tables.row_of("item", item_id)
@@ -169,8 +176,9 @@ class Recommender:
                     feats[r, self.c_stock] = 1.0 if st["in_stock"] else 0.0
                 if "price" in st and self.c_price is not None:
                     feats[r, self.c_price] = st["price"]
-            self.feats[...] = feats  # in place: the Crosser holds this array
+            self._items = (feats, Crosser(self.schema, feats, self.emb))
             self._items_gen = gen
+            return self._items
 
     def _category_codes(self, names: list[str], field_name: str) -> np.ndarray:
         if len(names) > MAX_LIST:
@@ -183,7 +191,7 @@ class Recommender:
             codes.append(r)
         return np.array(codes, np.int64)
 
-    def _allowed(self, f: Filters, field_prefix: str = "filters"):
+    def _allowed(self, f: Filters, feats: np.ndarray, field_prefix: str = "filters"):
         """Boolean mask of allowed item rows (None = everything), and include category codes."""
         include = self._category_codes(f.include_categories, f"{field_prefix}.include_categories")
         exclude = self._category_codes(f.exclude_categories, f"{field_prefix}.exclude_categories")
@@ -205,15 +213,15 @@ class Recommender:
             return mask
 
         if f.in_stock_only and self.c_stock is not None:
-            m()[:] &= self.feats[:, self.c_stock] > 0.5
+            m()[:] &= feats[:, self.c_stock] > 0.5
         if len(include) and self.c_cat is not None:
-            m()[:] &= np.isin(self.feats[:, self.c_cat].astype(np.int64), include)
+            m()[:] &= np.isin(feats[:, self.c_cat].astype(np.int64), include)
         if len(exclude) and self.c_cat is not None:
-            m()[:] &= ~np.isin(self.feats[:, self.c_cat].astype(np.int64), exclude)
+            m()[:] &= ~np.isin(feats[:, self.c_cat].astype(np.int64), exclude)
         if f.min_price is not None and self.c_price is not None:
-            m()[:] &= self.feats[:, self.c_price] >= f.min_price
+            m()[:] &= feats[:, self.c_price] >= f.min_price
         if f.max_price is not None and self.c_price is not None:
-            m()[:] &= self.feats[:, self.c_price] <= f.max_price
+            m()[:] &= feats[:, self.c_price] <= f.max_price
         if f.exclude_item_ids:
             rows = self.tables.rows_of("item", f.exclude_item_ids)
             m()[rows[rows >= 0]] = False
@@ -272,8 +280,8 @@ class Recommender:
             raise InvalidArgument("context.weekday", f"must be in 0..6, got {req.weekday}")
         if not math.isfinite(req.timestamp) or req.timestamp < 0:
             raise InvalidArgument("context.timestamp", "must be finite unix seconds >= 0")
-        self._refresh_items()
-        allowed, include = self._allowed(req.filters)
+        feats, crosser = self._refresh_items()
+        allowed, include = self._allowed(req.filters, feats)
         now = req.timestamp or time.time()
         tm = time.gmtime(now)
         hour = req.hour if req.hour is not None else tm.tm_hour
@@ -327,11 +335,11 @@ class Recommender:
 
         dev = float(req.device)
         ctx = R.context_vector(self.schema, float(hour), float(weekday), dev, req.extra)
-        X, scores = R.score(self.crosser, self.ranker, user_row_vals, uvec, merged, ctx, now / 86400.0)
+        X, scores = R.score(crosser, self.ranker, user_row_vals, uvec, merged, ctx, now / 86400.0)
         lap("ranking")
 
         rel = RR.minmax(scores)
-        creators = (self.feats[merged.rows, self.c_creator].astype(np.int64)
+        creators = (feats[merged.rows, self.c_creator].astype(np.int64)
                     if self.c_creator is not None else None)
         pos, pen = RR.diversify(rel, self.emb, merged.rows, k, lam, creators, mpc)
         lap("rerank")
@@ -353,11 +361,11 @@ class Recommender:
         t0 = time.perf_counter()
         check_id(item_id, "item_id")
         k = check_k(k)
-        self._refresh_items()
+        feats, _ = self._refresh_items()
         row = self.tables.row_of("item", item_id)
         if row is None:
             raise NotFound("item_id", f"unknown item {item_id!r}")
-        allowed, _ = self._allowed(filters)
+        allowed, _ = self._allowed(filters, feats)
         ok = np.ones(self.n_items, bool) if allowed is None else allowed.copy()
         ok[row] = False
         vec = self.emb[row]

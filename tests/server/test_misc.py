@@ -152,3 +152,17 @@ def test_cli_client_commands_print_tables(server, facts):
     assert rc == 0 and out.strip() == "SERVING"
     rc, _, err = run("similar", "no-such-item")
     assert rc == 1 and "NOT_FOUND" in err
+
+
+def test_in_process_worker(shared_root, facts):
+    """workers=0: the same Worker inside this process (no fork), with create_server's (server, port)."""
+    from recserve.server import Worker, create_server
+
+    w, port = create_server("127.0.0.1:0", bundle=str(shared_root), workers=0, reload_interval=0, grace=1)
+    try:
+        assert isinstance(w, Worker) and port > 0
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            r = pbg.RecommenderStub(ch).Recommend(pb.RecommendRequest(user_id=facts["user"], k=7), timeout=10)
+        assert len(r.items) == 7 and r.bundle_version == facts["version"]
+    finally:
+        w.stop(1)
