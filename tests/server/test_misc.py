@@ -108,7 +108,7 @@ def test_maximum_concurrent_rpcs(shared_root, facts, start_server):
     import threading
 
     s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--max-concurrent-rpcs", "2",
-                     "--threads", "4", env={"RECSERVE_DEBUG_DELAY_MS": "800"})
+                     "--threads", "4", env={"RECSERVE_DEBUG_DELAY_MS": "1500"})
     codes = []
 
     def call():
