@@ -15,6 +15,7 @@ implicit ALS): a forked child that touches an inherited OpenMP pool can hang. Pr
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -90,6 +91,42 @@ class BundleHolder:
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # leases: a retired pipeline is closed only once no request holds it any more
+        self._lease_lock = threading.Lock()
+        self._leases: dict[int, int] = {}
+        self._retired: dict[int, object] = {}
+
+    @contextlib.contextmanager
+    def lease(self):
+        """The live pipeline for the length of one request (None before a bundle is loaded)."""
+        with self._lease_lock:
+            rec = self.current
+            if rec is not None:
+                self._leases[id(rec)] = self._leases.get(id(rec), 0) + 1
+        try:
+            yield rec
+        finally:
+            if rec is not None:
+                self._release(rec)
+
+    def _release(self, rec) -> None:
+        with self._lease_lock:
+            left = self._leases[id(rec)] - 1
+            if left:
+                self._leases[id(rec)] = left
+                return
+            del self._leases[id(rec)]
+            retired = self._retired.pop(id(rec), None)
+        if retired is not None:
+            retired.bundle.close()
+
+    def _retire(self, rec) -> None:
+        """Close ``rec`` now if no request holds it, else when the last one lets go."""
+        with self._lease_lock:
+            if self._leases.get(id(rec)):
+                self._retired[id(rec)] = rec
+                return
+        rec.bundle.close()
 
     def _key(self) -> str | None:
         """The version CURRENT names (or the fixed bundle directory), None when there is none yet."""
@@ -132,8 +169,9 @@ class BundleHolder:
             if self.metrics:
                 self.metrics.reloads.labels("refused").inc()
             return False
-        old = self.current
-        self.current, self.current_key, self.last_error = rec, key, None  # the atomic swap
+        with self._lease_lock:
+            old = self.current
+            self.current, self.current_key, self.last_error = rec, key, None  # the atomic swap
         if self.metrics:
             self.metrics.reloads.labels("loaded").inc()
             if old is not None:
@@ -142,10 +180,8 @@ class BundleHolder:
         if self.health is not None:
             self.set_health(True)
         log.info("bundle loaded", extra={"event": "bundle_loaded", "version": rec.version})
-        if old is not None:  # in-flight requests may still use it: close later
-            t = threading.Timer(max(self.cfg.grace, 5.0), old.bundle.close)
-            t.daemon = True
-            t.start()
+        if old is not None:  # in-flight requests may still hold it: closed when the last lets go
+            self._retire(old)
         return True
 
     def set_health(self, serving: bool) -> None:

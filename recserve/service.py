@@ -1,6 +1,7 @@
 """The gRPC servicer: proto <-> pipeline dataclasses, and the one place mapping errors to status codes."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -92,58 +93,60 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         self.holder = holder
         self.metrics = metrics
 
+    @contextlib.contextmanager
     def _rec(self):
-        rec = self.holder.current
-        if rec is None:
-            raise NoBundle()
-        return rec
+        """The live pipeline, leased for this request so a reload cannot close it underneath."""
+        with self.holder.lease() as rec:
+            if rec is None:
+                raise NoBundle()
+            yield rec
 
     @rpc
     def Recommend(self, request, context):
-        rec = self._rec()
-        if DEBUG_DELAY_S:
-            time.sleep(DEBUG_DELAY_S)
-        c, d = request.context, request.diversity
-        req = RecRequest(
-            user_id=request.user_id, k=request.k, session_item_ids=list(request.session_item_ids),
-            timestamp=c.timestamp, hour=c.hour if c.HasField("hour") else None,
-            weekday=c.weekday if c.HasField("weekday") else None, device=int(c.device), country=c.country,
-            extra=dict(c.extra), filters=_filters(request.filters),
-            exclude_consumed=request.exclude_consumed if request.HasField("exclude_consumed") else True,
-            mmr_lambda=d.__getattribute__("lambda") if d.HasField("lambda") else None,
-            max_per_creator=d.max_per_creator if d.HasField("max_per_creator") else None,
-            explain=request.explain)
-        res = rec.recommend(req)
-        resp = pb.RecommendResponse(items=_items(res, request.explain), bundle_version=res.bundle_version,
-                                    request_id=uuid.uuid4().hex, cold_start=res.cold_start)
-        if request.timings:
-            resp.timings.extend(pb.StageTiming(stage=s, ms=ms) for s, ms in res.timings)
-        return resp
+        with self._rec() as rec:
+            if DEBUG_DELAY_S:
+                time.sleep(DEBUG_DELAY_S)
+            c, d = request.context, request.diversity
+            req = RecRequest(
+                user_id=request.user_id, k=request.k, session_item_ids=list(request.session_item_ids),
+                timestamp=c.timestamp, hour=c.hour if c.HasField("hour") else None,
+                weekday=c.weekday if c.HasField("weekday") else None, device=int(c.device), country=c.country,
+                extra=dict(c.extra), filters=_filters(request.filters),
+                exclude_consumed=request.exclude_consumed if request.HasField("exclude_consumed") else True,
+                mmr_lambda=d.__getattribute__("lambda") if d.HasField("lambda") else None,
+                max_per_creator=d.max_per_creator if d.HasField("max_per_creator") else None,
+                explain=request.explain)
+            res = rec.recommend(req)
+            resp = pb.RecommendResponse(items=_items(res, request.explain), bundle_version=res.bundle_version,
+                                        request_id=uuid.uuid4().hex, cold_start=res.cold_start)
+            if request.timings:
+                resp.timings.extend(pb.StageTiming(stage=s, ms=ms) for s, ms in res.timings)
+            return resp
 
     @rpc
     def SimilarItems(self, request, context):
-        rec = self._rec()
-        res = rec.similar(request.item_id, request.k, _filters(request.filters))
-        return pb.SimilarItemsResponse(items=_items(res, False), bundle_version=res.bundle_version,
-                                       request_id=uuid.uuid4().hex)
+        with self._rec() as rec:
+            res = rec.similar(request.item_id, request.k, _filters(request.filters))
+            return pb.SimilarItemsResponse(items=_items(res, False), bundle_version=res.bundle_version,
+                                           request_id=uuid.uuid4().hex)
 
     @rpc
     def RecordEvents(self, request, context):
-        rec = self._rec()
-        events = []
-        for i, e in enumerate(request.events):
-            if e.type == pb.EVENT_TYPE_UNSPECIFIED:
-                raise InvalidArgument(f"events[{i}].type", "must be set")
-            events.append(Event(e.user_id, e.item_id, int(e.type) - 1, e.timestamp))
-        accepted, new_users = rec.record_events(events)
-        return pb.RecordEventsResponse(accepted=accepted, new_users=new_users)
+        with self._rec() as rec:
+            events = []
+            for i, e in enumerate(request.events):
+                if e.type == pb.EVENT_TYPE_UNSPECIFIED:
+                    raise InvalidArgument(f"events[{i}].type", "must be set")
+                events.append(Event(e.user_id, e.item_id, int(e.type) - 1, e.timestamp))
+            accepted, new_users = rec.record_events(events)
+            return pb.RecordEventsResponse(accepted=accepted, new_users=new_users)
 
     @rpc
     def UpdateItems(self, request, context):
-        rec = self._rec()
-        ups = [(u.item_id, u.in_stock if u.HasField("in_stock") else None,
-                u.price if u.HasField("price") else None) for u in request.items]
-        return pb.UpdateItemsResponse(updated=rec.update_items(ups))
+        with self._rec() as rec:
+            ups = [(u.item_id, u.in_stock if u.HasField("in_stock") else None,
+                    u.price if u.HasField("price") else None) for u in request.items]
+            return pb.UpdateItemsResponse(updated=rec.update_items(ups))
 
 
 WRITE_METHODS = {"/recserve.v1.Recommender/RecordEvents", "/recserve.v1.Recommender/UpdateItems"}
