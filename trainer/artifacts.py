@@ -69,7 +69,7 @@ def fit(ds, mask: np.ndarray, now: float, cat: Catalogue, params: dict, cfg: dic
         item_emb, user_emb, method = embeddings.item_embeddings(
             user, item, event, ds.n_users, ds.n_items, cat.cat_codes, cat.creator_codes, ew,
             factors=cfg["factors"], seed=cfg["seed"], method=cfg["embed"], threads=cfg["threads"],
-            iterations=cfg["als_iterations"])
+            iterations=cfg["als_iterations"], regularization=cfg["als_reg"], alpha=cfg["als_alpha"])
     with step("index"):
         idx = hnsw.build_index(item_emb, M=cfg["hnsw_M"], ef_construction=cfg["hnsw_ef_construction"],
                                ef=params["ef"], seed=cfg["seed"], threads=cfg["threads"])

@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--factors", default="64",
                    help="embedding size, or a comma list (e.g. 16,32,64) to pick on the label window")
     b.add_argument("--embed", choices=["als", "svd"], default="als")
+    b.add_argument("--als-reg", type=float, default=20.0, help="ALS regularisation (implicit's units)")
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--holdout", type=float, default=0.1)
     b.add_argument("--ranker-users", type=int, default=3000)
@@ -116,7 +117,7 @@ def _run(args) -> int:
                 raise ValueError
         except ValueError:
             return _fail(f"--factors: expected positive integers, got {args.factors!r}", 2)
-        cfg = {"seed": args.seed, "factors": factors if len(factors) > 1 else factors[0], "embed": args.embed, "threads": args.threads,
+        cfg = {"seed": args.seed, "factors": factors if len(factors) > 1 else factors[0], "embed": args.embed, "als_reg": args.als_reg, "threads": args.threads,
                "holdout": args.holdout, "ranker_users": args.ranker_users, "tune": not args.no_tune}
         path = build(ds, args.out, cfg, timer=timer)
         if args.evaluate:
