@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recserve._core.cross import Crosser, FeatureSchema
+from recserve._core.embed import UserVectorParams, user_vectors
 from trainer import embeddings, features, index as hnsw, neighbours
 
 
@@ -18,7 +19,7 @@ from trainer import embeddings, features, index as hnsw, neighbours
 class Artifacts:
     now: float
     item_emb: np.ndarray
-    user_emb: np.ndarray
+    user_emb: np.ndarray      # long-term history vector (decay_long only), zero for users without history
     item_feats: np.ndarray
     user_feats: np.ndarray
     schema: FeatureSchema
@@ -66,7 +67,7 @@ def fit(ds, mask: np.ndarray, now: float, cat: Catalogue, params: dict, cfg: dic
     step = timer or (lambda name: _Null())
     ew = params["event_weights"]
     with step("embeddings"):
-        item_emb, user_emb, method = embeddings.item_embeddings(
+        item_emb, _als_users, method = embeddings.item_embeddings(
             user, item, event, ds.n_users, ds.n_items, cat.cat_codes, cat.creator_codes, ew,
             factors=cfg["factors"], seed=cfg["seed"], method=cfg["embed"], threads=cfg["threads"],
             iterations=cfg["als_iterations"], regularization=cfg["als_reg"], alpha=cfg["als_alpha"])
@@ -87,6 +88,11 @@ def fit(ds, mask: np.ndarray, now: float, cat: Catalogue, params: dict, cfg: dic
                                             pop, trend)
         user_feats = features.user_features(ds, user, item, ts, event, now, cat.cat_codes, n_cat)
         hi, hit, hts, hev = features.histories(user, item, ts, event, ds.n_users, params["history_len"])
+        # the long-term user vector, in the item space (comparable with item_emb, unlike ALS user factors)
+        long_term = UserVectorParams(decay_short=float(params["decay_long"]), decay_long=float(params["decay_long"]),
+                                     alpha=1.0, half_life=0.0)
+        user_emb = user_vectors(item_emb, hi, hit, long_term,
+                                event_weights=np.asarray(ew, np.float32)[hev.astype(np.int64)])
     return Artifacts(now=now, item_emb=item_emb, user_emb=user_emb, item_feats=item_feats, user_feats=user_feats,
                      schema=features.make_schema(n_cat), i2i_rows=i2i_rows, i2i_scores=i2i_scores,
                      pop_rows=pop_rows, pop_scores=pop_scores, trend_rows=trend_rows, trend_scores=trend_scores,

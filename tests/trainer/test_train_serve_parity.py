@@ -80,3 +80,18 @@ def test_training_rows_equal_server_rows(demo_bundle, monkeypatch):
             np.testing.assert_allclose(captured["X"], X, rtol=1e-6, atol=1e-6, equal_nan=True)
             checked += 1
         assert checked >= 5
+
+
+def test_user_emb_is_the_long_term_history_vector(demo_bundle):
+    from recserve._core.embed import UserVectorParams, user_vector_reference
+
+    with Bundle.open(demo_bundle) as b:
+        t = b.tables
+        ue, ip, hi, hev = (np.array(t.array(n)) for n in ("user_emb", "hist_indptr", "hist_items", "hist_event"))
+        p = b.params
+        lt = UserVectorParams(p["decay_long"], p["decay_long"], 1.0, 0.0)
+        for u in range(0, b.n_users, 13):
+            a, e = ip[u], ip[u + 1]
+            ref = user_vector_reference(b.item_emb, hi[a:e], lt,
+                                        event_weights=np.asarray(p["event_weights"])[hev[a:e]])
+            np.testing.assert_allclose(ue[u], ref, atol=1e-5)
