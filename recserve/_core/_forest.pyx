@@ -156,7 +156,6 @@ cdef class ForestKernel:
     cdef int32_t* used
     cdef Py_ssize_t n_nodes, n_trees, n_used
     cdef readonly Py_ssize_t n_features
-    cdef readonly double divisor
 
     def __cinit__(self):
         self.nodes = NULL
@@ -182,7 +181,7 @@ cdef class ForestKernel:
                  const int32_t[::1] right, const uint8_t[::1] flags, const float64_t[::1] value,
                  const int32_t[::1] cat_off, const int32_t[::1] cat_len,
                  const uint32_t[::1] cat_bits, const int32_t[:, ::1] tree,
-                 const int32_t[::1] used, Py_ssize_t n_features, double divisor):
+                 const int32_t[::1] used, Py_ssize_t n_features):
         """Node arrays have one entry per node (leaves included); ``tree`` is int32[T, 5] with
         columns root, min_depth (shallowest leaf), depth (deepest leaf), first_leaf, kind."""
         cdef Py_ssize_t N = thr.shape[0], T = tree.shape[0], U = used.shape[0]
@@ -197,8 +196,8 @@ cdef class ForestKernel:
             raise ValueError("tree must have 5 columns")
         if N > 2**31 // sizeof(Node) - 1 or U > 2**31 // (BLOCK * sizeof(float32_t)) - 1:
             raise ValueError("model too large")
-        if n_features < 1 or not divisor > 0:
-            raise ValueError("n_features must be >= 1 and divisor > 0")
+        if n_features < 1:
+            raise ValueError("n_features must be >= 1")
         for i in range(U):
             if used[i] < 0 or used[i] >= n_features:
                 raise ValueError(f"used feature {used[i]} is out of range")
@@ -249,7 +248,7 @@ cdef class ForestKernel:
         self.m.cat_len = self.cat_len
         self.m.cat_bits = self.cat_bits
         self.n_nodes, self.n_trees, self.n_used = N, T, U
-        self.n_features, self.divisor = n_features, divisor
+        self.n_features = n_features
 
     @property
     def num_trees(self):
@@ -340,10 +339,6 @@ cdef class ForestKernel:
                     walk_branchy(&self.m, tr[0], tr[2], tr[3], xb, nb, idx)
                 for r in range(nb):
                     acc[r] += self.value[idx[r]]
-            if self.divisor == 1.0:
-                for r in range(nb):
-                    out[start + r] = acc[r]
-            else:
-                for r in range(nb):
-                    out[start + r] = acc[r] / self.divisor
+            for r in range(nb):
+                out[start + r] = acc[r]
             start += nb

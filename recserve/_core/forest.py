@@ -14,8 +14,8 @@ Semantics follow LightGBM 4.x exactly, for single-output models (regression, bin
 * categorical split (bit 0): NaN and negative values go right, others are truncated to int and go
   left iff their bit is set in the node's ``cat_threshold`` bitset;
 * a tree's output is its leaf value (shrinkage is already applied in the text); the score is the sum
-  over trees in model order, from 0.0, in double; ``average_output`` models (random forest) divide it
-  by the number of iterations.
+  over trees in model order, from 0.0, in double. For ``average_output`` models (random forest) this
+  sum is still what ``raw_score=True`` returns: LightGBM averages only in the transformed output.
 
 Linear trees and multi-output models (``num_tree_per_iteration > 1``) are rejected.
 
@@ -271,9 +271,8 @@ def _flatten(header: dict[str, str], trees: list[_Tree]) -> ForestKernel:
         base += 2 * t.num_leaves - 1
     if len(cat_bits) > _INT32_MAX:
         raise ValueError("model too large")
-    divisor = float(max(T, 1)) if "average_output" in header else 1.0
     return ForestKernel(_floor_to_float32(thr), slot, left, right, flags, value, cat_off, cat_len,
-                        np.asarray(cat_bits, dtype=np.uint32), tree, np.asarray(used, dtype=np.int32), n_features, divisor)
+                        np.asarray(cat_bits, dtype=np.uint32), tree, np.asarray(used, dtype=np.int32), n_features)
 
 
 class Forest:
