@@ -1,0 +1,689 @@
+"""Load test of a recserve server over gRPC, with the transport ceiling measured in the same run.
+
+    python bench/load.py --bundle DIR [--workers 2] [--clients 2] [--concurrency 16] [--duration 10]
+                         [--rate R] [--sweep] [--p99-ms 15] [--mix recommend=0.8,similar=0.15,events=0.05]
+                         [--k 20] [--zipf 1.1] [--unknown 0.05] [--anon 0.05] [--filter-share 0.1]
+                         [--explain-share 0] [--json OUT.json] [--png OUT.png] [--target 127.0.0.1:PORT]
+
+What it does
+  * ``--bundle DIR`` starts ``recserve serve --bundle DIR --workers N`` as a subprocess on a free loopback
+    port (events go to a temporary directory, hot reload off); ``--target host:port`` uses a running server
+    instead (loopback only; ``--bundle`` is then still read for user / item / category ids).
+  * The **transport ceiling**: this script also starts a trivial server (``load.py ceiling-serve``) that
+    implements the same ``recserve.v1.Recommender`` service with N forked SO_REUSEPORT workers, the same
+    gRPC thread-pool size and concurrency limit, and answers every call with a response *recorded from the
+    real server* in this run (so the response messages have the same sizes) without doing any work. Every
+    phase runs against both servers, alternately, with the same client and the same request pool; every
+    figure is printed with its ratio to the ceiling.
+  * Clients are separate processes (``multiprocessing`` spawn), each with its own channel and a grpc.aio
+    event loop. Requests are pre-built before timing (users drawn from the bundle's users with Zipf skew,
+    plus unknown and anonymous users; category filters; explain) so request building is not timed.
+  * Closed loop: ``--concurrency`` outstanding calls in total, split over the clients.
+    Open loop: Poisson arrivals at ``--rate`` calls/s in total; latency is measured from the *intended* send
+    time, so a client or server that falls behind shows up as latency (no coordinated omission). The
+    reported "send lag" is how late calls actually left the client; if it is large the client, not the
+    server, is the bottleneck. At most ``--max-inflight`` calls are outstanding per client; arrivals
+    beyond that are counted as errors ``CLIENT_BACKLOG`` (never silently dropped).
+  * ``--sweep``: closed loop finds the saturation throughput X; then open loop at fractions of X; reports
+    the highest rate whose p99 is under ``--p99-ms`` and the rate where achieved throughput falls below
+    95 % of the offered rate.
+Everything is bounded: each phase runs ``--duration`` seconds (+ deadline), client processes are joined
+with a timeout and killed if they hang, servers are stopped at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import multiprocessing as mp
+import os
+import pickle
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO))
+from _timing import machine  # noqa: E402
+
+METHODS = ["Recommend", "SimilarItems", "RecordEvents"]
+MIX_KEYS = {"recommend": "Recommend", "similar": "SimilarItems", "events": "RecordEvents"}
+
+
+# -- workload ---------------------------------------------------------------------------------------------
+def read_ids(bundle: str, max_users: int = 50_000, max_items: int = 50_000) -> dict:
+    """User, item and category ids of a bundle (the first ``max_*`` rows in a seeded random order)."""
+    from recserve.bundle import resolve
+    from recserve._core.tables import TableReader
+
+    t = TableReader(resolve(bundle) / "tables.lmdb")
+    try:
+        rng = np.random.default_rng(12345)
+        out = {}
+        for ns, cap in (("user", max_users), ("item", max_items), ("category", 10_000)):
+            n = t.n_ids(ns)
+            rows = rng.permutation(n)[:cap]
+            out[ns] = [t.id_of(ns, int(r)) for r in rows]
+        return out
+    finally:
+        t.close()
+
+
+def zipf_index(rng, n: int, s: float, size: int) -> np.ndarray:
+    """Indices in [0, n) with P(rank r) ~ 1 / (r + 1)^s."""
+    p = 1.0 / np.arange(1, n + 1) ** s
+    return rng.choice(n, size=size, p=p / p.sum())
+
+
+def build_requests(ids: dict, cfg: dict, seed: int, n: int) -> list[tuple[str, bytes]]:
+    """``n`` pre-built (method, serialized request) pairs."""
+    from recserve.v1 import recommender_pb2 as pb
+
+    rng = np.random.default_rng(seed)
+    keys = list(cfg["mix"])
+    w = np.array([cfg["mix"][k] for k in keys], float)
+    methods = np.array(keys)[rng.choice(len(keys), size=n, p=w / w.sum())]
+    users, items, cats = ids["user"], ids["item"], ids["category"]
+    u_idx = zipf_index(rng, len(users), cfg["zipf"], n)
+    i_idx = zipf_index(rng, len(items), cfg["zipf"], n * 6)
+    out = []
+    for j, m in enumerate(methods):
+        if m == "Recommend":
+            r = rng.random()
+            if r < cfg["anon"]:
+                uid = ""
+            elif r < cfg["anon"] + cfg["unknown"]:
+                uid = f"bench-unknown-{rng.integers(1 << 40)}"
+            else:
+                uid = users[u_idx[j]]
+            req = pb.RecommendRequest(user_id=uid, k=cfg["k"], explain=bool(rng.random() < cfg["explain_share"]))
+            if uid == "" and rng.random() < 0.5:  # anonymous with a session
+                req.session_item_ids.extend(items[i] for i in i_idx[6 * j:6 * j + 3])
+            if cats and rng.random() < cfg["filter_share"]:
+                req.filters.include_categories.append(cats[int(rng.integers(len(cats)))])
+            out.append((m, req.SerializeToString()))
+        elif m == "SimilarItems":
+            out.append((m, pb.SimilarItemsRequest(item_id=items[i_idx[6 * j]], k=cfg["k"]).SerializeToString()))
+        else:
+            uid = users[u_idx[j]]
+            ev = [pb.Event(user_id=uid, item_id=items[i], type=pb.EVENT_TYPE_CLICK if rng.random() < 0.3
+                           else pb.EVENT_TYPE_VIEW) for i in i_idx[6 * j:6 * j + cfg["events_batch"]]]
+            out.append((m, pb.RecordEventsRequest(events=ev).SerializeToString()))
+    return out
+
+
+def _decoders():
+    from recserve.v1 import recommender_pb2 as pb
+
+    return {"Recommend": (pb.RecommendRequest, pb.RecommendResponse),
+            "SimilarItems": (pb.SimilarItemsRequest, pb.SimilarItemsResponse),
+            "RecordEvents": (pb.RecordEventsRequest, pb.RecordEventsResponse)}
+
+
+# -- client process ---------------------------------------------------------------------------------------
+def _client_main(idx, target, requests, phase, ready_q, go, start_at, result_q):
+    """One client process: own channel, grpc.aio loop; sends the pre-built requests for one phase."""
+    try:
+        res = asyncio.run(_client(idx, target, requests, phase, ready_q, go, start_at))
+    except BaseException as exc:  # noqa: BLE001
+        res = {"error": repr(exc)}
+    result_q.put((idx, pickle.dumps(res)))
+
+
+async def _client(idx, target, requests, phase, ready_q, go, start_at):
+    import grpc
+
+    dec = _decoders()
+    opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.enable_retries", 0)]
+    async with grpc.aio.insecure_channel(target, options=opts) as ch:
+        await asyncio.wait_for(ch.channel_ready(), 30)
+        calls = {m: ch.unary_unary(f"/recserve.v1.Recommender/{m}", request_serializer=None,
+                                   response_deserializer=dec[m][1].FromString) for m in METHODS}
+        # warm the connection (not recorded)
+        for m, body in requests[:20]:
+            try:
+                await calls[m](body, timeout=phase["deadline"])
+            except grpc.aio.AioRpcError:
+                pass
+        ready_q.put(idx)
+        while not go.is_set():
+            await asyncio.sleep(0.005)
+        t0 = start_at.value
+        while time.monotonic() < t0:
+            await asyncio.sleep(min(0.005, max(t0 - time.monotonic(), 0)))
+        t_end = t0 + phase["duration"]
+        n = len(requests)
+        meth_ix = {m: i for i, m in enumerate(METHODS)}
+        rec_m, rec_t, rec_lat, rec_code, rec_lag = [], [], [], [], []
+        codes: list[str] = []
+        code_ix: dict[str, int] = {}
+
+        def code_of(name):
+            if name not in code_ix:
+                code_ix[name] = len(codes)
+                codes.append(name)
+            return code_ix[name]
+
+        async def one(j, intended):
+            m, body = requests[j % n]
+            sent = time.monotonic()
+            try:
+                await calls[m](body, timeout=phase["deadline"])
+                c = "OK"
+            except grpc.aio.AioRpcError as e:
+                c = e.code().name
+            done = time.monotonic()
+            rec_m.append(meth_ix[m])
+            rec_t.append(intended)
+            rec_lat.append(done - intended)
+            rec_lag.append(sent - intended)
+            rec_code.append(code_of(c))
+
+        if phase["mode"] == "closed":
+            counter = [idx * 7919]
+
+            async def loop():
+                while True:
+                    now = time.monotonic()
+                    if now >= t_end:
+                        return
+                    j = counter[0]
+                    counter[0] += 1
+                    await one(j, now)
+
+            await asyncio.gather(*(loop() for _ in range(phase["concurrency"])))
+        else:
+            rate = phase["rate"]
+            rng = np.random.default_rng(1000 + idx)
+            k = int(rate * phase["duration"] * 1.2) + 10
+            intended = t0 + np.cumsum(rng.exponential(1.0 / rate, size=k))
+            intended = intended[intended < t_end]
+            inflight: set = set()
+            for j, t in enumerate(intended.tolist()):
+                d = t - time.monotonic()
+                if d > 0:
+                    await asyncio.sleep(d)
+                if len(inflight) >= phase["max_inflight"]:
+                    rec_m.append(meth_ix[requests[(j + idx * 7919) % n][0]])
+                    rec_t.append(t)
+                    rec_lat.append(np.nan)
+                    rec_lag.append(np.nan)
+                    rec_code.append(code_of("CLIENT_BACKLOG"))
+                    continue
+                task = asyncio.ensure_future(one(j + idx * 7919, t))
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+            if inflight:
+                await asyncio.wait(inflight, timeout=phase["deadline"] + 5)
+    return {"t0": t0, "method": np.array(rec_m, np.int8), "t": np.array(rec_t), "lat": np.array(rec_lat),
+            "lag": np.array(rec_lag), "code": np.array(rec_code, np.int16), "codes": codes}
+
+
+def run_phase(target: str, pools: list, phase: dict) -> dict:
+    """Runs one phase with ``len(pools)`` client processes; merges their records."""
+    ctx = mp.get_context("spawn")
+    ready_q, result_q = ctx.Queue(), ctx.Queue()
+    go = ctx.Event()
+    start_at = ctx.Value("d", 0.0)
+    procs = [ctx.Process(target=_client_main, args=(i, target, pools[i], phase, ready_q, go, start_at, result_q),
+                         daemon=True) for i in range(len(pools))]
+    for p in procs:
+        p.start()
+    results = {}
+    try:
+        deadline = time.monotonic() + 60
+        got = 0
+        while got < len(procs):
+            try:
+                ready_q.get(timeout=max(deadline - time.monotonic(), 0.1))
+                got += 1
+            except Exception:  # noqa: BLE001
+                if time.monotonic() > deadline:
+                    raise RuntimeError("client processes did not connect within 60 s")
+                if not result_q.empty():  # a client failed before being ready
+                    i, r = result_q.get()
+                    raise RuntimeError(f"client {i} failed: {pickle.loads(r).get('error')}")
+        start_at.value = time.monotonic() + 0.3
+        go.set()
+        limit = time.monotonic() + 0.3 + phase["duration"] + phase["deadline"] + 30
+        while len(results) < len(procs):
+            i, r = result_q.get(timeout=max(limit - time.monotonic(), 0.1))
+            results[i] = pickle.loads(r)
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    errs = [r["error"] for r in results.values() if "error" in r]
+    if errs:
+        raise RuntimeError(f"client failed: {errs[0]}")
+    codes: list[str] = []
+    parts = {k: [] for k in ("method", "t", "lat", "lag", "code")}
+    for r in results.values():
+        remap = []
+        for c in r["codes"]:
+            if c not in codes:
+                codes.append(c)
+            remap.append(codes.index(c))
+        remap = np.array(remap or [0], np.int16)
+        for k in ("method", "t", "lat", "lag"):
+            parts[k].append(r[k])
+        parts["code"].append(remap[r["code"]] if len(r["code"]) else r["code"])
+    rec = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+    t0 = min(r["t0"] for r in results.values())
+    return summarize(rec, codes, t0, phase)
+
+
+def summarize(rec: dict, codes: list[str], t0: float, phase: dict) -> dict:
+    """Drops the first ``warmup`` seconds (by intended send time) and computes the figures."""
+    w0, w1 = t0 + phase["warmup"], t0 + phase["duration"]
+    keep = (rec["t"] >= w0) & (rec["t"] < w1)
+    window = w1 - w0
+    ok_code = codes.index("OK") if "OK" in codes else -1
+    out = {"window_s": window, "methods": {}, "raw_ms": {}}
+    for mi, m in enumerate(METHODS + ["ALL"]):
+        sel = keep & (rec["method"] == mi) if m != "ALL" else keep
+        if not sel.any():
+            continue
+        ok = sel & (rec["code"] == ok_code)
+        lat = rec["lat"][ok] * 1e3
+        lag = rec["lag"][sel] * 1e3
+        errors = {}
+        for ci, c in enumerate(codes):
+            if c != "OK":
+                n = int((sel & (rec["code"] == ci)).sum())
+                if n:
+                    errors[c] = n
+        q = (lambda p: float(np.percentile(lat, p))) if len(lat) else (lambda p: float("nan"))
+        out["methods"][m] = {
+            "calls": int(sel.sum()), "ok": int(ok.sum()), "throughput": float(ok.sum() / window),
+            "p50": q(50), "p90": q(90), "p99": q(99), "p99.9": q(99.9),
+            "max": float(lat.max()) if len(lat) else float("nan"),
+            "send_lag_p99": float(np.nanpercentile(lag, 99)) if np.isfinite(lag).any() else float("nan"),
+            "errors": errors}
+        if m != "ALL":
+            out["raw_ms"][m] = lat.astype(np.float32)
+    return out
+
+
+# -- servers ----------------------------------------------------------------------------------------------
+class ServerProc:
+    """A server subprocess that prints ``{"event": "listening", "port": P}`` on stdout."""
+
+    def __init__(self, cmd: list[str], name: str, env=None, timeout: float = 180.0):
+        self.name = name
+        self.log = tempfile.NamedTemporaryFile(prefix=f"recserve-bench-{name}-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        self.port = None
+        import select
+
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([self.proc.stdout], [], [], 0.5)
+            if r:
+                line = self.proc.stdout.readline()
+                if not line:
+                    break
+                try:
+                    d = json.loads(line)
+                except ValueError:
+                    continue
+                if d.get("event") == "listening":
+                    self.port = int(d["port"])
+                    break
+            if self.proc.poll() is not None:
+                break
+        if self.port is None:
+            self.stop()
+            raise RuntimeError(f"{name} server did not start; log: {self.log.name}:\n"
+                               + Path(self.log.name).read_text()[-2000:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # our own session: the server and its workers
+                self.proc.wait()
+
+
+def start_real(bundle: str, workers: int, events_dir: str) -> ServerProc:
+    cmd = [sys.executable, "-m", "recserve.cli", "serve", "--bundle", bundle, "--host", "127.0.0.1",
+           "--port", "0", "--workers", str(workers), "--reload-interval", "0", "--events-dir", events_dir,
+           "--log-level", "WARNING"]
+    return ServerProc(cmd, "recserve", env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def start_ceiling(responses_file: str, workers: int) -> ServerProc:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "ceiling-serve", "--responses", responses_file,
+           "--workers", str(workers)]
+    return ServerProc(cmd, "ceiling", env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def ceiling_serve(argv) -> int:
+    """The trivial server: same service, same worker model and gRPC options as recserve's, canned answers."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--responses", required=True)
+    ap.add_argument("--workers", type=int, default=2)
+    a = ap.parse_args(argv)
+    from recserve.config import ServeConfig
+
+    cfg = ServeConfig()
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    canned = pickle.loads(Path(a.responses).read_bytes())
+    pids = []
+    for _ in range(max(a.workers, 1)):  # forked before any gRPC object exists, as recserve's supervisor does
+        pid = os.fork()
+        if pid == 0:
+            _ceiling_worker(port, canned, cfg)
+        pids.append(pid)
+    print(json.dumps({"event": "listening", "port": port, "pid": os.getpid()}), flush=True)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    while not stop:
+        time.sleep(0.2)
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    return 0
+
+
+def _ceiling_worker(port: int, canned: dict, cfg) -> None:
+    code = 0
+    try:
+        from concurrent import futures
+
+        import grpc
+
+        from recserve.v1 import recommender_pb2_grpc as pbg
+
+        dec = _decoders()
+        msgs = {m: [dec[m][1].FromString(b) for b in canned[m]] or [dec[m][1]()] for m in METHODS}
+        counters = {m: 0 for m in METHODS}
+
+        def answer(m):
+            counters[m] += 1
+            return msgs[m][counters[m] % len(msgs[m])]
+
+        class Trivial(pbg.RecommenderServicer):
+            def Recommend(self, request, context):
+                return answer("Recommend")
+
+            def SimilarItems(self, request, context):
+                return answer("SimilarItems")
+
+            def RecordEvents(self, request, context):
+                return answer("RecordEvents")
+
+        opts = [("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", cfg.max_message_bytes),
+                ("grpc.max_send_message_length", cfg.max_message_bytes)]
+        srv = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.threads), options=opts,
+                          maximum_concurrent_rpcs=cfg.max_concurrent_rpcs)
+        pbg.add_RecommenderServicer_to_server(Trivial(), srv)
+        srv.add_insecure_port(f"127.0.0.1:{port}")
+        srv.start()
+        import threading
+
+        ev = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: ev.set())
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        ev.wait()
+        srv.stop(2).wait()
+    except BaseException:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def record_responses(target: str, requests: list, per_method: int = 50) -> dict:
+    """Calls the real server with requests from the pool; keeps the serialized OK responses per method."""
+    import grpc
+
+    dec = _decoders()
+    out = {m: [] for m in METHODS}
+    with grpc.insecure_channel(target) as ch:
+        grpc.channel_ready_future(ch).result(timeout=30)
+        calls = {m: ch.unary_unary(f"/recserve.v1.Recommender/{m}", request_serializer=None,
+                                   response_deserializer=None) for m in METHODS}
+        for m, body in requests:
+            if len(out[m]) >= per_method:
+                continue
+            try:
+                out[m].append(calls[m](body, timeout=10))
+            except grpc.RpcError:
+                pass
+    return out
+
+
+# -- reporting --------------------------------------------------------------------------------------------
+def _fmt(v, w=9, d=2):
+    return f"{v:>{w}.{d}f}" if isinstance(v, float) and np.isfinite(v) else f"{'-':>{w}}"
+
+
+def print_phase(title: str, real: dict, ceil: dict | None) -> None:
+    print(f"\n== {title} (window {real['window_s']:.1f} s; ratio = recserve / ceiling)")
+    hdr = (f"{'method':<13}{'calls':>8}{'ok/s':>9}{'p50 ms':>9}{'p90':>9}{'p99':>9}{'p99.9':>9}{'max':>9}"
+           f"{'lag p99':>9}  errors")
+    print(hdr)
+    for m, v in real["methods"].items():
+        err = ",".join(f"{k}={n}" for k, n in v["errors"].items()) or "0"
+        print(f"{m:<13}{v['calls']:>8}" + "".join(_fmt(v[c]) for c in
+                                                 ("throughput", "p50", "p90", "p99", "p99.9", "max", "send_lag_p99"))
+              + f"  {err}")
+        c = (ceil or {}).get("methods", {}).get(m)
+        if c:
+            cerr = ",".join(f"{k}={n}" for k, n in c["errors"].items()) or "0"
+            print(f"{'  ceiling':<13}{c['calls']:>8}" + "".join(
+                _fmt(c[k]) for k in ("throughput", "p50", "p90", "p99", "p99.9", "max", "send_lag_p99"))
+                + f"  {cerr}")
+            print(f"{'  ratio':<13}{'':>8}" + "".join(
+                _fmt(v[k] / c[k] if c[k] else float("nan"), d=3)
+                for k in ("throughput", "p50", "p90", "p99", "p99.9", "max")))
+
+
+def histogram_png(path: str, phases: dict) -> str:
+    if importlib.util.find_spec("matplotlib") is None:
+        return "matplotlib is not importable: latency histogram PNG skipped"
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in phases if phases[n].get("raw_ms")]
+    fig, axes = plt.subplots(len(names), 1, figsize=(8, 2.6 * len(names)), squeeze=False)
+    for ax, n in zip(axes[:, 0], names):
+        for m, lat in phases[n]["raw_ms"].items():
+            if len(lat):
+                ax.hist(lat, bins=np.logspace(np.log10(max(lat.min(), 0.05)), np.log10(lat.max() + 1e-3), 60),
+                        histtype="step", label=m)
+        ax.set_xscale("log")
+        ax.set_title(n, fontsize=9)
+        ax.set_xlabel("latency ms")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return f"latency histogram: {path}"
+
+
+def versions() -> dict:
+    import grpc
+
+    v = {"python": platform.python_version(), "grpcio": grpc.__version__, "numpy": np.__version__,
+         "platform": platform.platform()}
+    try:
+        v["git"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                  text=True, timeout=10).stdout.strip()
+    except Exception:  # noqa: BLE001
+        pass
+    return v
+
+
+def parse_mix(s: str) -> dict:
+    out = {}
+    for part in s.split(","):
+        k, _, v = part.partition("=")
+        if k.strip() not in MIX_KEYS:
+            raise SystemExit(f"--mix: unknown method {k!r} (use {', '.join(MIX_KEYS)})")
+        if float(v) > 0:
+            out[MIX_KEYS[k.strip()]] = float(v)
+    if not out:
+        raise SystemExit("--mix: no method with a positive share")
+    return out
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "ceiling-serve":
+        return ceiling_serve(argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", required=True, help="bundle root or version dir (ids; served unless --target)")
+    ap.add_argument("--target", help="host:port of a running server (loopback only)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--clients", type=int, default=2, help="client processes")
+    ap.add_argument("--concurrency", type=int, default=16, help="closed loop: outstanding calls in total")
+    ap.add_argument("--rate", type=float, default=0.0, help="open loop: calls/s in total (0: closed loop only)")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
+    ap.add_argument("--warmup", type=float, default=1.0, help="seconds dropped at the start of each phase")
+    ap.add_argument("--deadline", type=float, default=5.0, help="per-call deadline, seconds")
+    ap.add_argument("--max-inflight", type=int, default=256, help="open loop: per client process")
+    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--sweep-fractions", default="0.25,0.5,0.7,0.85,1.0,1.2")
+    ap.add_argument("--p99-ms", type=float, default=15.0)
+    ap.add_argument("--mix", default="recommend=0.8,similar=0.15,events=0.05")
+    ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--zipf", type=float, default=1.1)
+    ap.add_argument("--unknown", type=float, default=0.05, help="share of Recommend calls for unknown users")
+    ap.add_argument("--anon", type=float, default=0.05, help="share of Recommend calls with an empty user id")
+    ap.add_argument("--filter-share", type=float, default=0.1, help="share with a category filter")
+    ap.add_argument("--explain-share", type=float, default=0.0)
+    ap.add_argument("--events-batch", type=int, default=3)
+    ap.add_argument("--pool", type=int, default=4000, help="pre-built requests per client")
+    ap.add_argument("--no-ceiling", action="store_true", help="skip the transport ceiling (not recommended)")
+    ap.add_argument("--json", help="write the JSON record here")
+    ap.add_argument("--png", help="latency histogram PNG (needs matplotlib)")
+    a = ap.parse_args(argv)
+    if a.target:
+        host = a.target.rpartition(":")[0].strip("[]")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise SystemExit("--target must be a loopback address")
+    cfg = {"mix": parse_mix(a.mix), "k": a.k, "zipf": a.zipf, "unknown": a.unknown, "anon": a.anon,
+           "filter_share": a.filter_share, "explain_share": a.explain_share, "events_batch": a.events_batch}
+    ids = read_ids(a.bundle)
+    pools = [build_requests(ids, cfg, seed=i, n=a.pool) for i in range(a.clients)]
+    record = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "nproc": os.cpu_count(),
+              "versions": versions(), "config": {k: v for k, v in vars(a).items()}, "workload": cfg,
+              "phases": {}}
+    print(f"machine: {machine()}  grpcio {record['versions']['grpcio']}")
+    print(f"workload: {cfg}; {a.clients} client processes; server workers {a.workers}")
+    servers = []
+    tmp = tempfile.TemporaryDirectory(prefix="recserve-load-")
+    try:
+        if a.target:
+            real_t = a.target
+        else:
+            s = start_real(a.bundle, a.workers, os.path.join(tmp.name, "events"))
+            servers.append(s)
+            real_t = f"127.0.0.1:{s.port}"
+        targets = {"recserve": real_t}
+        if not a.no_ceiling:
+            canned = record_responses(real_t, pools[0])
+            sizes = {m: (float(np.mean([len(b) for b in v])) if v else 0.0) for m, v in canned.items()}
+            record["ceiling_response_bytes_mean"] = sizes
+            print(f"ceiling answers with recorded responses, mean bytes: "
+                  + ", ".join(f"{m} {v:.0f}" for m, v in sizes.items()))
+            rf = os.path.join(tmp.name, "responses.pkl")
+            Path(rf).write_bytes(pickle.dumps(canned))
+            c = start_ceiling(rf, a.workers)
+            servers.append(c)
+            targets["ceiling"] = f"127.0.0.1:{c.port}"
+        base = {"duration": a.duration, "warmup": min(a.warmup, a.duration / 2), "deadline": a.deadline,
+                "max_inflight": a.max_inflight}
+        per = max(1, a.concurrency // a.clients)
+
+        def both(name, phase):
+            res = {}
+            for tname, t in targets.items():   # alternate servers phase by phase, same client
+                res[tname] = run_phase(t, pools, phase)
+                record["phases"][f"{name} [{tname}]"] = res[tname]
+            print_phase(name, res["recserve"], res.get("ceiling"))
+            return res
+
+        closed = both(f"closed loop, concurrency {per * a.clients}", {**base, "mode": "closed", "concurrency": per})
+        sat = closed["recserve"]["methods"]["ALL"]["throughput"]
+        if a.rate > 0:
+            both(f"open loop, {a.rate:g}/s", {**base, "mode": "open", "rate": a.rate / a.clients})
+        if a.sweep:
+            rows = []
+            for f in [float(x) for x in a.sweep_fractions.split(",")]:
+                rate = max(sat * f, 1.0)
+                r = both(f"sweep: open loop {rate:.0f}/s ({f:g} x closed-loop saturation)",
+                         {**base, "mode": "open", "rate": rate / a.clients})
+                v = r["recserve"]["methods"]["ALL"]
+                cv = r.get("ceiling", {}).get("methods", {}).get("ALL", {})
+                errs = sum(v["errors"].values())
+                rows.append({"offered": rate, "achieved": v["throughput"], "p50": v["p50"], "p99": v["p99"],
+                             "errors": errs, "ceiling_p99": cv.get("p99", float("nan")),
+                             "ceiling_achieved": cv.get("throughput", float("nan"))})
+            ok = [r for r in rows if r["p99"] < a.p99_ms and r["errors"] == 0]
+            keeps = [r for r in rows if r["achieved"] >= 0.95 * r["offered"]]
+            record["sweep"] = {"rows": rows, "closed_loop_saturation": sat,
+                               "max_rate_p99_under_bound": max((r["offered"] for r in ok), default=None),
+                               "max_rate_kept_up": max((r["offered"] for r in keeps), default=None),
+                               "p99_bound_ms": a.p99_ms}
+            print(f"\n== sweep summary (closed-loop saturation {sat:.0f}/s)")
+            print(f"{'offered/s':>10}{'achieved/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+                  f"{'ceil p99':>10}{'p99 ratio':>10}")
+            for r in rows:
+                print(f"{r['offered']:>10.0f}{r['achieved']:>11.1f}{_fmt(r['p50'])}{_fmt(r['p99'])}{r['errors']:>8}"
+                      f"{_fmt(r['ceiling_p99'], 10)}{_fmt(r['p99'] / r['ceiling_p99'], 10, 3)}")
+            print(f"highest offered rate with p99 < {a.p99_ms:g} ms and no errors: "
+                  f"{record['sweep']['max_rate_p99_under_bound']}; highest rate kept up with (>= 95 %): "
+                  f"{record['sweep']['max_rate_kept_up']}")
+        if "ceiling" in closed:
+            ratio = sat / closed["ceiling"]["methods"]["ALL"]["throughput"]
+            rr = closed["recserve"]["methods"].get("Recommend", {}).get("throughput", float("nan"))
+            rc = closed["ceiling"]["methods"].get("Recommend", {}).get("throughput", float("nan"))
+            record["throughput_ratio_to_ceiling"] = ratio
+            print(f"\nclosed-loop throughput: recserve {sat:.1f}/s, ceiling "
+                  f"{closed['ceiling']['methods']['ALL']['throughput']:.1f}/s, ratio {ratio:.3f}; "
+                  f"Recommend only {rr:.1f} vs {rc:.1f}/s, ratio {rr / rc:.3f}")
+    finally:
+        for s in servers:
+            s.stop()
+        tmp.cleanup()
+    if a.png:
+        print(histogram_png(a.png, record["phases"]))
+    else:
+        print("no --png given: latency histogram skipped" if importlib.util.find_spec("matplotlib")
+              else "matplotlib is not importable: latency histogram PNG skipped")
+    for ph in record["phases"].values():
+        ph.pop("raw_ms", None)
+    if a.json:
+        Path(a.json).write_text(json.dumps(record, indent=1, default=float))
+        print(f"JSON record: {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
