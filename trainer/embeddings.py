@@ -57,31 +57,52 @@ def fit_svd(m: sp.csr_matrix, factors: int, seed: int):
     return uf, itf
 
 
-def fill_cold(item_emb: np.ndarray, seen: np.ndarray, category: np.ndarray, creator: np.ndarray) -> np.ndarray:
-    """Replace rows of unseen items by the mean of seen items with the same (category, creator), category."""
+def fill_cold(item_emb: np.ndarray, seen: np.ndarray, category: np.ndarray, creator: np.ndarray,
+              seed: int = 0) -> np.ndarray:
+    """Rows of unseen items from the seen items sharing (category, creator), else category, else all.
+
+    ``item_emb`` rows are unit vectors. A cold item is placed at the *typical* cosine ``c`` that the group's
+    seen members have to the group's mean direction ``m``, in a seeded random direction around it
+    (``c * m + sqrt(1 - c^2) * r``, ``r`` unit and orthogonal to ``m``). Using the mean itself would make
+    every cold item a hub: a centroid is closer to every user's (also averaged) vector than any real item,
+    and on synth 50k x 20k the cold 3% filled 45% of the ANN top-10. ``c = 1`` (one member) gives the mean.
+    """
     out = item_emb.copy()
     cold = np.flatnonzero(~seen)
-    if len(cold) == 0:
+    if len(cold) == 0 or not seen.any():
         return out
-    glob = item_emb[seen].mean(0) if seen.any() else np.zeros(item_emb.shape[1], np.float32)
-    n_cat = int(category.max()) + 1 if len(category) else 0
-    cat_sum = np.zeros((n_cat, item_emb.shape[1]))
-    cat_n = np.zeros(n_cat)
-    np.add.at(cat_sum, category[seen], item_emb[seen])
-    np.add.at(cat_n, category[seen], 1)
-    key = category.astype(np.int64) * (int(creator.max()) + 2) + (creator + 1)
-    uk, inv = np.unique(key, return_inverse=True)
-    k_sum = np.zeros((len(uk), item_emb.shape[1]))
-    k_n = np.zeros(len(uk))
-    np.add.at(k_sum, inv[seen], item_emb[seen])
-    np.add.at(k_n, inv[seen], 1)
-    for r in cold:
-        if creator[r] >= 0 and k_n[inv[r]] > 0:
-            out[r] = k_sum[inv[r]] / k_n[inv[r]]
-        elif cat_n[category[r]] > 0:
-            out[r] = cat_sum[category[r]] / cat_n[category[r]]
+    d = item_emb.shape[1]
+    rng = np.random.default_rng(seed)
+    s_idx = np.flatnonzero(seen)
+    levels = [category.astype(np.int64) * (int(creator.max()) + 2) + (creator + 1),   # (category, creator)
+              category.astype(np.int64),                                              # category
+              np.zeros(len(category), np.int64)]                                      # everything
+    todo = cold
+    for key in levels:
+        if len(todo) == 0:
+            break
+        if key is levels[0]:
+            todo_ok = todo[creator[todo] >= 0]
         else:
-            out[r] = glob
+            todo_ok = todo
+        uk, inv = np.unique(key, return_inverse=True)
+        g_sum = np.zeros((len(uk), d))
+        g_n = np.zeros(len(uk))
+        np.add.at(g_sum, inv[s_idx], item_emb[s_idx])
+        np.add.at(g_n, inv[s_idx], 1)
+        norm = np.linalg.norm(g_sum, axis=1)
+        m = g_sum / np.where(norm > 0, norm, 1)[:, None]
+        cos = np.einsum("nd,nd->n", item_emb[s_idx], m[inv[s_idx]])
+        c = np.bincount(inv[s_idx], weights=cos, minlength=len(uk)) / np.maximum(g_n, 1)
+        ok = todo_ok[(g_n[inv[todo_ok]] > 0) & (norm[inv[todo_ok]] > 0)]
+        if len(ok):
+            g = inv[ok]
+            r = rng.normal(size=(len(ok), d))
+            r -= np.einsum("nd,nd->n", r, m[g])[:, None] * m[g]
+            r /= np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)
+            cc = np.clip(c[g], -1.0, 1.0)[:, None]
+            out[ok] = cc * m[g] + np.sqrt(1 - cc * cc) * r
+        todo = np.setdiff1d(todo, ok)
     return out
 
 
@@ -100,5 +121,5 @@ def item_embeddings(user, item, event, n_users, n_items, category, creator, even
     if used == "svd":
         uf, itf = fit_svd(m, factors, seed)
     seen = np.asarray(m.getnnz(axis=0) > 0).ravel()
-    itf = fill_cold(_normalise(itf), seen, category, creator)
+    itf = fill_cold(_normalise(itf), seen, category, creator, seed)
     return _normalise(itf), _normalise(uf), used

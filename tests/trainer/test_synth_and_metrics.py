@@ -79,3 +79,35 @@ def test_metrics_by_hand():
     assert m["ild@10"] == pytest.approx(1.0)                # orthogonal items
     assert m["cold_share@10"] == pytest.approx(1 / 5)
     assert m["novelty@10"] == pytest.approx(np.mean(-np.log2(pop_share[[0, 1, 2, 3, 2]])))
+
+
+def test_cold_items_sit_at_the_typical_distance_from_their_group():
+    from trainer.embeddings import _normalise, fill_cold
+
+    rng = np.random.default_rng(0)
+    centre = _normalise(rng.normal(size=(2, 8)))
+    cat = np.array([0] * 30 + [1] * 30 + [0, 1, 1, 0])
+    creator = np.array([-1] * 60 + [-1, 5, -1, 5])
+    emb = _normalise(centre[cat] + 0.6 * rng.normal(size=(64, 8)))
+    seen = np.ones(64, bool)
+    seen[60:] = False
+    creator[5] = 5                  # item 5 is the only seen item of (category 0, creator 5)
+    out = fill_cold(emb.astype(np.float32), seen, cat, creator, seed=1)
+    np.testing.assert_array_equal(out[:60], emb[:60].astype(np.float32))
+    np.testing.assert_allclose(np.linalg.norm(out[60:], axis=1), 1, atol=1e-5)
+    for r, c in ((60, 0), (62, 1)):
+        members = np.flatnonzero(seen & (cat == c) & (creator < 0))
+        m = emb[np.flatnonzero(seen & (cat == c))].sum(0)
+        m /= np.linalg.norm(m)
+        typical = float(np.mean(emb[np.flatnonzero(seen & (cat == c))] @ m))
+        assert float(out[r] @ m) == pytest.approx(typical, abs=1e-4)
+        # not a hub: no closer to the group direction than a typical member
+        assert float(out[r] @ m) < float(np.max(emb[members] @ m))
+    # item 61 is (category 1, creator 5): that group has no seen member -> category 1 level
+    m1 = emb[np.flatnonzero(seen & (cat == 1))].sum(0)
+    m1 /= np.linalg.norm(m1)
+    assert float(out[61] @ m1) == pytest.approx(float(np.mean(emb[np.flatnonzero(seen & (cat == 1))] @ m1)), abs=1e-4)
+    # deterministic per seed
+    np.testing.assert_array_equal(out, fill_cold(emb.astype(np.float32), seen, cat, creator, seed=1))
+    # item 63 is (category 0, creator 5): one seen member, cosine 1 -> exactly that member
+    np.testing.assert_allclose(out[63], emb[5], atol=1e-5)
