@@ -110,4 +110,4 @@ def test_cold_items_sit_at_the_typical_distance_from_their_group():
     # deterministic per seed
     np.testing.assert_array_equal(out, fill_cold(emb.astype(np.float32), seen, cat, creator, seed=1))
     # item 63 is (category 0, creator 5): one seen member, cosine 1 -> exactly that member
-    np.testing.assert_allclose(out[63], emb[5], atol=1e-5)
+    np.testing.assert_allclose(out[63], emb[5], atol=1e-3)   # sqrt(1 - c^2) amplifies float32 rounding
