@@ -139,6 +139,11 @@ def _timestamps(t: pa.Table, path: Path, col: str) -> np.ndarray:
     if pa.types.is_timestamp(c.type) or pa.types.is_date(c.type):
         ts = pc.cast(c, pa.timestamp("s")) if pa.types.is_date(c.type) else c
         return pc.cast(pc.cast(ts, pa.timestamp("s")), pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    try:   # ISO 8601 with a zone (Z, +02:00) when every value has one
+        tz = pc.cast(c, pa.timestamp("s", tz="UTC"))
+        return pc.cast(pc.cast(tz, pa.timestamp("s")), pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
     try:
         ts = pc.strptime(c, format="%Y-%m-%dT%H:%M:%S", unit="s", error_is_null=True)
         if ts.null_count:

@@ -90,3 +90,20 @@ def test_parquet_equals_csv(small_data, tmp_path):
         np.testing.assert_array_equal(getattr(a, k), getattr(b, k), err_msg=k)
     np.testing.assert_array_equal(np.isnan(a.value), np.isnan(b.value))
     assert list(a.item_ids) == list(b.item_ids)
+
+
+def test_timestamp_formats(tmp_path):
+    import numpy as np
+
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "items.csv").write_text("item_id,category,price,created_at\na,x,1.5,2025-01-01\nb,y,2,2025-01-01T10:00:00\n")
+    (d / "interactions.csv").write_text(
+        "user_id,item_id,timestamp,event\n1,a,2025-01-02T00:00:00Z,view\n1,b,2025-01-02T03:00:00+02:00,click\n")
+    ds = load_dataset(d)
+    base = 1735689600.0   # 2025-01-01T00:00:00Z
+    np.testing.assert_array_equal(ds.item_created, [base, base + 36000])
+    np.testing.assert_array_equal(ds.ts, [base + 86400, base + 86400 + 3600])
+    assert ds.item_creator.tolist() == ["", ""] and ds.item_in_stock.tolist() == [1, 1]
+    (d / "interactions.csv").write_text("user_id,item_id,timestamp,event\n1,a,1735776000000,view\n")
+    assert load_dataset(d).ts.tolist() == [1735776000.0]      # milliseconds are recognised
