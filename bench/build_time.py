@@ -1,0 +1,90 @@
+"""Trainer build time and peak memory at several data sizes.
+
+    python bench/build_time.py [--sizes 1000x500,4000x2000,16000x8000] [--factors 64] [--json OUT] [--quick]
+
+Per size: ``recserve-train synth`` writes the data (not timed), then ``recserve-train build`` runs as a
+child process (``python -m trainer.cli build``, default options, ``--no-tune`` unless ``--tune``); its
+wall time is measured around the child and its peak resident memory is the child's own ``ru_maxrss`` from
+``os.wait4`` (that process only, not the sum over children). The trainer's own stage timings (from the
+bundle manifest) are printed beside it. Ratio: time and memory relative to the smallest size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from _timing import machine  # noqa: E402
+
+
+def run_child(cmd: list[str]) -> tuple[float, float, int, str]:
+    """(wall s, peak RSS MB, exit code, stderr tail) of one child process."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with tempfile.TemporaryFile() as err:
+        t = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t
+        p.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        tail = err.read().decode(errors="replace")[-1500:]
+    return wall, ru.ru_maxrss / 1024.0, p.returncode, tail
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1000x500,4000x2000,16000x8000", help="USERSxITEMS, comma separated")
+    ap.add_argument("--factors", default="64")
+    ap.add_argument("--ranker-users", type=int, default=3000)
+    ap.add_argument("--tune", action="store_true")
+    ap.add_argument("--json")
+    ap.add_argument("--quick", action="store_true", help="tiny run for smoke tests")
+    a = ap.parse_args(argv)
+    sizes = ["200x100", "400x200"] if a.quick else [s for s in a.sizes.split(",") if s]
+    print(f"machine: {machine()}; date {time.strftime('%Y-%m-%d')}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="recserve-buildtime-") as tmp:
+        for s in sizes:
+            nu, ni = (int(v) for v in s.lower().split("x"))
+            data, out = Path(tmp) / f"data-{s}", Path(tmp) / f"bundle-{s}"
+            subprocess.run([sys.executable, "-m", "trainer.cli", "synth", str(data), "--users", str(nu),
+                            "--items", str(ni)], check=True, stdout=subprocess.DEVNULL,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
+            n_inter = sum(1 for _ in open(data / "interactions.csv")) - 1
+            cmd = [sys.executable, "-m", "trainer.cli", "build", str(out), "--data", str(data),
+                   "--factors", "16" if a.quick else a.factors,
+                   "--ranker-users", str(300 if a.quick else a.ranker_users)]
+            if not a.tune:
+                cmd.append("--no-tune")
+            wall, rss, code, tail = run_child(cmd)
+            if code != 0:
+                print(f"build failed for {s} (exit {code}):\n{tail}", file=sys.stderr)
+                return 1
+            ver = (out / "CURRENT").read_text().strip()
+            timings = json.loads((out / ver / "manifest.json").read_text())["training"].get("timings", {})
+            rows.append({"size": s, "users": nu, "items": ni, "interactions": n_inter, "wall_s": wall,
+                         "peak_rss_mb": rss, "stages": timings})
+            print(f"  {s}: {wall:.1f} s, {rss:.0f} MB", flush=True)
+    print(f"\n{'users x items':>15}{'interactions':>14}{'build s':>9}{'peak MB':>9}{'x time':>8}{'x mem':>7}  "
+          "top stages (s)")
+    for r in rows:
+        st = {k: v for k, v in r["stages"].items() if "/" not in k}
+        top = sorted(((k, v) for k, v in st.items() if isinstance(v, (int, float))), key=lambda kv: -kv[1])[:4]
+        print(f"{r['size']:>15}{r['interactions']:>14}{r['wall_s']:>9.1f}{r['peak_rss_mb']:>9.0f}"
+              f"{r['wall_s'] / rows[0]['wall_s']:>8.2f}{r['peak_rss_mb'] / rows[0]['peak_rss_mb']:>7.2f}  "
+              + ", ".join(f"{k} {v:.1f}" for k, v in top))
+    if a.json:
+        Path(a.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Recommend latency vs catalogue size and candidate count, in process (the serving pipeline, no gRPC).
+
+    python bench/scaling.py [--sizes 10000,100000] [--with-1m] [--cands 100,500,2000] [--repeats 300]
+                            [--cache DIR] [--png OUT.png] [--quick]
+
+Per catalogue size a bundle is trained on synthetic data (``trainer.build.build``; users = items / 5,
+20 interactions per user, no tuning). Per candidate count N, one ``Recommender`` over that bundle with
+``cap = N`` and the source quotas scaled by N / 260 (the default quotas sum to 260); the actual mean
+number of merged candidates is measured in one untimed pass and printed next to N (short i2i / session
+lists can make it smaller than N). The timed call is ``Recommender.recommend`` for a known user with a
+history, k = 20, one BLAS thread as in a server worker; the Recommenders are timed interleaved
+(``bench/_timing.interleaved``), so machine noise hits all of them alike. Ratios: to N = 100 at the same
+size, and to the smallest catalogue at the same N.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO))
+from _timing import interleaved, machine, summary  # noqa: E402
+
+
+def bundle_for(n_items: int, cache: Path, quick: bool) -> Path:
+    from trainer.build import build
+    from trainer.synth import synth
+    from trainer.timing import Timer
+
+    root = cache / f"items{n_items}"
+    if (root / "CURRENT").exists():
+        return root
+    n_users = max(300, n_items // 5)
+    ds, _ = synth(n_users, n_items, seed=0)
+    cfg = {"seed": 0, "factors": 16 if quick else 64, "ranker_users": 300 if quick else 2000,
+           "ranker_rounds": 60 if quick else 150, "tune": False}
+    t = time.perf_counter()
+    build(ds, root, cfg, timer=Timer(verbose=False))
+    print(f"  built {n_items} items / {n_users} users / {len(ds)} interactions in {time.perf_counter() - t:.1f} s",
+          flush=True)
+    return root
+
+
+def measure(root: Path, cands: list[int], repeats: int, seed: int = 0) -> dict:
+    import recserve.pipeline.recommender as RM
+    from recserve.bundle import Bundle
+    from recserve._core import candidates as CC
+    from recserve.pipeline.recommender import Recommender, RecRequest
+
+    b = Bundle.open(root)
+    try:
+        base_q = dict(b.params.get("quotas", CC.DEFAULT_PARAMS["quotas"]))
+        tot = sum(base_q.values())
+        recs = {}
+        for n in cands:
+            q = {s: max(1, math.ceil(v * n / tot)) for s, v in base_q.items()}
+            recs[n] = Recommender(b, None, {"cap": n, "quotas": q})
+            recs[n].warmup()
+        t = b.tables
+        hist = np.asarray(t.array("hist_indptr"))
+        rng = np.random.default_rng(seed)
+        with_hist = np.flatnonzero(np.diff(hist) > 0)
+        users = [t.id_of("user", int(r)) for r in rng.choice(with_hist, size=min(200, len(with_hist)), replace=False)]
+        # actual merged candidate counts (untimed, by wrapping the merge the pipeline calls)
+        counts = {n: [] for n in cands}
+        orig = RM.merge_candidates
+        for n in cands:
+            def wrapped(*a, _n=n, **kw):
+                m = orig(*a, **kw)
+                counts[_n].append(len(m))
+                return m
+            RM.merge_candidates = wrapped
+            try:
+                for u in users[:50]:
+                    recs[n].recommend(RecRequest(user_id=u, k=20))
+            finally:
+                RM.merge_candidates = orig
+        it = {n: iter(range(10 ** 9)) for n in cands}
+
+        def call(n):
+            return lambda: recs[n].recommend(RecRequest(user_id=users[next(it[n]) % len(users)], k=20))
+
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):
+            times = interleaved({n: call(n) for n in cands}, repeats, warmup=10)
+        return {n: {"median_ms": summary(times[n])[0] / 1e3, "p99_ms": summary(times[n])[1] / 1e3,
+                    "candidates": float(np.mean(counts[n])) if counts[n] else 0.0} for n in cands}
+    finally:
+        b.close()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="10000,100000")
+    ap.add_argument("--with-1m", action="store_true", help="add a 1,000,000-item catalogue (slow to build)")
+    ap.add_argument("--cands", default="100,500,2000")
+    ap.add_argument("--repeats", type=int, default=300)
+    ap.add_argument("--cache", help="keep the trained bundles here (reused when present)")
+    ap.add_argument("--png")
+    ap.add_argument("--json")
+    ap.add_argument("--quick", action="store_true", help="tiny run for smoke tests")
+    a = ap.parse_args(argv)
+    sizes = [int(s) for s in a.sizes.split(",")] + ([1_000_000] if a.with_1m else [])
+    cands = [int(c) for c in a.cands.split(",")]
+    if a.quick:
+        sizes, cands, a.repeats = [300, 600], [50, 100], 20
+    print(f"machine: {machine()}; date {time.strftime('%Y-%m-%d')}")
+    tmp = None
+    if a.cache:
+        cache = Path(a.cache)
+        cache.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="recserve-scaling-")
+        cache = Path(tmp.name)
+    res = {}
+    try:
+        for n in sizes:
+            root = bundle_for(n, cache, a.quick)
+            res[n] = measure(root, cands, a.repeats)
+    finally:
+        if tmp:
+            tmp.cleanup()
+    print(f"\nRecommend (in process, k=20), {a.repeats} calls per cell, interleaved")
+    print(f"{'items':>9}{'N':>7}{'cands':>8}{'median ms':>11}{'p99 ms':>9}{'x N=' + str(cands[0]):>10}"
+          f"{'x ' + str(sizes[0]):>10}")
+    for n in sizes:
+        for c in cands:
+            v = res[n][c]
+            print(f"{n:>9}{c:>7}{v['candidates']:>8.0f}{v['median_ms']:>11.3f}{v['p99_ms']:>9.3f}"
+                  f"{v['median_ms'] / res[n][cands[0]]['median_ms']:>10.2f}"
+                  f"{v['median_ms'] / res[sizes[0]][c]['median_ms']:>10.2f}")
+    if a.png:
+        if importlib.util.find_spec("matplotlib") is None:
+            print("matplotlib is not importable: PNG skipped")
+        else:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for n in sizes:
+                ax.plot(cands, [res[n][c]["median_ms"] for c in cands], marker="o", label=f"{n} items")
+            ax.set_xlabel("candidates (cap)")
+            ax.set_ylabel("median ms")
+            ax.legend()
+            fig.savefig(a.png, dpi=90)
+            print(f"PNG: {a.png}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"machine": machine(), "results": {str(k): {str(c): v for c, v in
+                                                                                   r.items()} for k, r in res.items()}},
+                                           indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

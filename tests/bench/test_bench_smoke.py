@@ -1,0 +1,61 @@
+"""Smoke tests: each bench script runs end to end on tiny inputs (not timed; figures are not checked)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(args, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p.stdout
+
+
+def test_load_closed_open_and_ceiling(demo_bundle, tmp_path):
+    out = tmp_path / "load.json"
+    text = _run(["bench/load.py", "--bundle", str(demo_bundle), "--workers", "1", "--clients", "1",
+                 "--concurrency", "2", "--rate", "20", "--duration", "1.5", "--warmup", "0.2",
+                 "--pool", "200", "--json", str(out)])
+    assert "ceiling" in text and "ratio" in text
+    rec = json.loads(out.read_text())
+    assert rec["nproc"] == os.cpu_count() and "grpcio" in rec["versions"]
+    real = rec["phases"]["closed loop, concurrency 2 [recserve]"]["methods"]["ALL"]
+    ceil = rec["phases"]["closed loop, concurrency 2 [ceiling]"]["methods"]["ALL"]
+    assert real["ok"] > 0 and ceil["ok"] > 0
+    assert rec["ceiling_response_bytes_mean"]["Recommend"] > 0
+
+
+def test_load_sweep(demo_bundle):
+    text = _run(["bench/load.py", "--bundle", str(demo_bundle), "--workers", "1", "--clients", "1",
+                 "--concurrency", "2", "--duration", "1", "--warmup", "0.2", "--pool", "100", "--sweep",
+                 "--sweep-fractions", "0.3,0.6", "--no-ceiling"])
+    assert "sweep summary" in text
+
+
+def test_load_rejects_non_loopback_target(demo_bundle):
+    p = subprocess.run([sys.executable, "bench/load.py", "--bundle", str(demo_bundle), "--target", "10.0.0.1:1"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode != 0 and "loopback" in p.stderr
+
+
+def test_quality_quick():
+    text = _run(["bench/quality.py", "--quick"])
+    for m in ("implicit-als", "item-knn", "full+mmr", "ann+ranker"):
+        assert m in text
+
+
+def test_scaling_quick():
+    assert "median ms" in _run(["bench/scaling.py", "--quick"])
+
+
+def test_build_time_quick():
+    assert "peak MB" in _run(["bench/build_time.py", "--quick"])
