@@ -1,36 +1,45 @@
 from recserve._core._typedefs cimport float32_t, float64_t, row_t, index_t
 from libc.stdint cimport int32_t, uint8_t, uint32_t
 
-# One node of the flattened forest, 16 bytes (four per cache line).
 # Leaves are nodes too: both children point back to the leaf itself, so a walk that takes more
-# steps than the path length stays on the leaf.
-# Node positions are byte offsets (16 * global index) and feature positions are byte offsets into
-# the transposed row block, so a step needs no index arithmetic.
+# steps than the path length stays on the leaf. Node positions are byte offsets (size * global
+# index) and feature positions byte offsets into the transposed row block, so a step needs no
+# index arithmetic.
+
+# Node for the plain step (x <= thr only): 16 bytes, four per cache line.
 cdef struct Node:
     float32_t thr       # largest float32 <= LightGBM's double threshold: x <= thr  <=>  (double)x <= thr64
     int32_t xoff        # byte offset of the feature's row in the transposed block: 4 * BLOCK * slot
-    int32_t child[2]    # byte offset of child[0] = left, child[1] = right
+    int32_t child[2]    # byte offsets (16 * index) of child[0] = left, child[1] = right
 
-# What the walk needs besides Node (read only by the missing-value and categorical steps).
+# Node for the missing-value / categorical steps: 32 bytes, everything on one cache line.
+cdef struct NodeM:
+    float32_t thr
+    int32_t xoff
+    int32_t child[2]    # byte offsets (32 * index)
+    uint32_t flags      # F_* below
+    int32_t cat_off     # categorical bitset: cat_bits[cat_off : cat_off + cat_len]
+    int32_t cat_len
+    int32_t pad
+
 cdef struct Model:
     const Node* nodes
-    const uint8_t* flags
-    const int32_t* cat_off
-    const int32_t* cat_len
+    const NodeM* nodes_m
     const uint32_t* cat_bits
 
 # Per-node flags
 cdef enum:
     F_NAN_LEFT = 1      # NaN goes left (a plain compare sends NaN right)
     F_ZERO_FLIP = 2     # zero-as-missing: 0 goes the other way than 0 <= thr says
-    F_CAT = 4           # categorical split; cat_off/cat_len give its bitset in cat_bits
+    F_CAT = 4           # categorical split
 
-# Per-tree kinds, and the walk modes
+# Per-tree kinds
 cdef enum:
     T_PLAIN = 0         # numerical only, no zero-as-missing flip
     T_ZERO = 1          # numerical, some zero-as-missing flip
     T_CAT = 2           # some categorical split
 
+# Walk modes
 cdef enum:
     M_PLAIN = 0         # x <= thr only: no NaN in the block (and no 0, or no flip in the tree)
     M_MISSING = 1       # NaN / zero-as-missing corrections
@@ -39,3 +48,4 @@ cdef enum:
 cdef enum:
     BLOCK = 64          # rows per block; the block is stored transposed: xb[slot * BLOCK + row]
     LANES = 8           # rows walked together, held in registers (must divide BLOCK)
+    TAIL = 3            # a last group of fewer rows than this is walked row by row

@@ -14,9 +14,11 @@ structs and scores rows block by block:
   inside a step (a leaf points to itself), so the CPU overlaps the lanes' load chains. The first
   ``min_depth`` steps run unchecked (no leaf is that shallow); after that the group stops as soon as
   all its lanes sit on leaves (``depth`` steps at most);
-* the step depends on the tree and on the block: a plain ``x <= thr`` when the block has no NaN (and
-  no zero, if the tree has zero-as-missing splits), a branch-free NaN/zero-corrected step otherwise,
-  and a general step with the categorical bitset test for trees that have one.
+* the step depends on the tree and on the block: a plain ``x <= thr`` on 16-byte nodes when the block
+  has no NaN (and no zero, if the tree has zero-as-missing splits); otherwise a branch-free
+  NaN/zero-corrected step, with the categorical bitset test for trees that have one, on 32-byte
+  nodes that also carry the flags and bitset position (one cache line per node visit);
+* a last group of one or two rows is walked row by row, stopping at the leaf (cheaper than 8 lanes).
 
 Scores are accumulated in double, tree by tree from 0.0, as LightGBM does, so the results are
 bitwise equal to ``Booster.predict(raw_score=True)``.
@@ -50,18 +52,26 @@ cdef inline int num_right(float32_t x, float32_t thr, uint8_t fl) noexcept nogil
     return right
 
 
+cdef inline int shift(int mode) noexcept nogil:
+    """log2 of the node size of a mode's node array."""
+    return 4 if mode == M_PLAIN else 5
+
+
 cdef inline int32_t step(const Model* m, const char* col, int32_t off, int mode) noexcept nogil:
     """One level for one row: ``col`` points at the row's value of feature slot 0 in the block;
     ``off`` is the byte offset of the current node; returns the byte offset of the next one."""
-    cdef const Node* nd = <const Node*>(<const char*>m.nodes + off)
-    cdef float32_t x = (<const float32_t*>(col + nd.xoff))[0]
-    cdef int32_t i
+    cdef const Node* nd
+    cdef const NodeM* nm
+    cdef float32_t x
     if mode == M_PLAIN:
+        nd = <const Node*>(<const char*>m.nodes + off)
+        x = (<const float32_t*>(col + nd.xoff))[0]
         return nd.child[not (x <= nd.thr)]
-    i = off >> 4
-    if mode == M_GENERAL and m.flags[i] & F_CAT:
-        return nd.child[cat_right(x, m.cat_bits + m.cat_off[i], m.cat_len[i])]
-    return nd.child[num_right(x, nd.thr, m.flags[i])]
+    nm = <const NodeM*>(<const char*>m.nodes_m + off)
+    x = (<const float32_t*>(col + nm.xoff))[0]
+    if mode == M_GENERAL and nm.flags & F_CAT:
+        return nm.child[cat_right(x, m.cat_bits + nm.cat_off, nm.cat_len)]
+    return nm.child[num_right(x, nm.thr, nm.flags)]
 
 
 cdef inline void walk_lanes(const Model* m, int32_t root, int32_t min_depth, int32_t depth,
@@ -69,14 +79,24 @@ cdef inline void walk_lanes(const Model* m, int32_t root, int32_t min_depth, int
                             int mode) noexcept nogil:
     """Leaf (global node index) of each of the nb block rows, LANES rows at a time."""
     cdef int32_t cur[LANES]
-    cdef int32_t root_off = root * sizeof(Node), leaf_off = first_leaf * sizeof(Node)
+    cdef int sh = shift(mode)
+    cdef int32_t root_off = root << sh, leaf_off = first_leaf << sh
     cdef Py_ssize_t g, l
-    cdef int32_t d
+    cdef int32_t d, i
     cdef int pending
     cdef const char* p
     g = 0
     while g < nb:          # rows nb..BLOCK-1 of the block are zero padding: lanes may walk them
         p = <const char*>(xb + g)
+        if nb - g < TAIL:  # a row or two: walking 8 lanes would cost 8 rows
+            for l in range(nb - g):
+                i = root_off
+                d = 0
+                while i < leaf_off and d < depth:
+                    i = step(m, p + 4 * l, i, mode)
+                    d += 1
+                idx[g + l] = i >> sh
+            return
         for l in range(LANES):
             cur[l] = root_off
         for d in range(min_depth):
@@ -93,7 +113,7 @@ cdef inline void walk_lanes(const Model* m, int32_t root, int32_t min_depth, int
                 cur[l] = step(m, p + 4 * l, cur[l], mode)
             d += 1
         for l in range(LANES):
-            idx[g + l] = cur[l] >> 4
+            idx[g + l] = cur[l] >> sh
         g += LANES
 
 
@@ -120,37 +140,36 @@ cdef void walk_lockstep(const Model* m, int32_t root, int32_t depth, const float
     """Alternative: all block rows advance one level per pass, exactly ``depth`` passes."""
     cdef Py_ssize_t r
     cdef int32_t d
+    cdef int sh = shift(mode)
     for r in range(nb):
-        idx[r] = root * sizeof(Node)
+        idx[r] = root << sh
     for d in range(depth):
         for r in range(nb):
             idx[r] = step(m, <const char*>(xb + r), idx[r], mode)
     for r in range(nb):
-        idx[r] >>= 4
+        idx[r] >>= sh
 
 
 cdef void walk_branchy(const Model* m, int32_t root, int32_t depth, int32_t first_leaf,
                        const float32_t* xb, Py_ssize_t nb, int32_t* idx) noexcept nogil:
     """Alternative: one row at a time, stopping at the leaf (what LightGBM does)."""
     cdef Py_ssize_t r
-    cdef int32_t i, d, leaf_off = first_leaf * sizeof(Node)
+    cdef int32_t i, d, leaf_off = first_leaf << 5
     for r in range(nb):
-        i = root * sizeof(Node)
+        i = root << 5
         d = 0
         while i < leaf_off and d < depth:
             i = step(m, <const char*>(xb + r), i, M_GENERAL)
             d += 1
-        idx[r] = i >> 4
+        idx[r] = i >> 5
 
 
 cdef class ForestKernel:
     """Flattened forest; build it through ``recserve._core.forest.Forest``."""
     cdef Model m
     cdef Node* nodes
-    cdef uint8_t* flags
+    cdef NodeM* nodes_m
     cdef float64_t* value
-    cdef int32_t* cat_off
-    cdef int32_t* cat_len
     cdef uint32_t* cat_bits
     cdef int32_t* tree      # per tree: root, min_depth, depth, first_leaf, kind
     cdef int32_t* used
@@ -159,20 +178,16 @@ cdef class ForestKernel:
 
     def __cinit__(self):
         self.nodes = NULL
-        self.flags = NULL
+        self.nodes_m = NULL
         self.value = NULL
-        self.cat_off = NULL
-        self.cat_len = NULL
         self.cat_bits = NULL
         self.tree = NULL
         self.used = NULL
 
     def __dealloc__(self):
         free(self.nodes)
-        free(self.flags)
+        free(self.nodes_m)
         free(self.value)
-        free(self.cat_off)
-        free(self.cat_len)
         free(self.cat_bits)
         free(self.tree)
         free(self.used)
@@ -194,7 +209,7 @@ cdef class ForestKernel:
             raise ValueError("node arrays must all have the same length")
         if tree.shape[1] != 5:
             raise ValueError("tree must have 5 columns")
-        if N > 2**31 // sizeof(Node) - 1 or U > 2**31 // (BLOCK * sizeof(float32_t)) - 1:
+        if N > 2**31 // sizeof(NodeM) - 1 or U > 2**31 // (BLOCK * sizeof(float32_t)) - 1:
             raise ValueError("model too large")
         if n_features < 1:
             raise ValueError("n_features must be >= 1")
@@ -216,15 +231,13 @@ cdef class ForestKernel:
             if tree[i, 2] > 0 and U == 0:
                 raise ValueError(f"tree {i} splits but the model uses no feature")
         self.nodes = <Node*>malloc(max(N, 1) * sizeof(Node))
-        self.flags = <uint8_t*>malloc(max(N, 1) * sizeof(uint8_t))
+        self.nodes_m = <NodeM*>malloc(max(N, 1) * sizeof(NodeM))
         self.value = <float64_t*>malloc(max(N, 1) * sizeof(float64_t))
-        self.cat_off = <int32_t*>malloc(max(N, 1) * sizeof(int32_t))
-        self.cat_len = <int32_t*>malloc(max(N, 1) * sizeof(int32_t))
         self.cat_bits = <uint32_t*>malloc(max(M, 1) * sizeof(uint32_t))
         self.tree = <int32_t*>malloc(max(T, 1) * 5 * sizeof(int32_t))
         self.used = <int32_t*>malloc(max(U, 1) * sizeof(int32_t))
-        if (self.nodes == NULL or self.flags == NULL or self.value == NULL or self.cat_off == NULL
-                or self.cat_len == NULL or self.cat_bits == NULL or self.tree == NULL
+        if (self.nodes == NULL or self.nodes_m == NULL or self.value == NULL
+                or self.cat_bits == NULL or self.tree == NULL
                 or self.used == NULL):
             raise MemoryError()
         for i in range(N):
@@ -232,10 +245,15 @@ cdef class ForestKernel:
             self.nodes[i].xoff = <int32_t>(slot[i] * BLOCK * sizeof(float32_t))
             self.nodes[i].child[0] = <int32_t>(left[i] * sizeof(Node))
             self.nodes[i].child[1] = <int32_t>(right[i] * sizeof(Node))
-            self.flags[i] = flags[i]
+            self.nodes_m[i].thr = thr[i]
+            self.nodes_m[i].xoff = self.nodes[i].xoff
+            self.nodes_m[i].child[0] = <int32_t>(left[i] * sizeof(NodeM))
+            self.nodes_m[i].child[1] = <int32_t>(right[i] * sizeof(NodeM))
+            self.nodes_m[i].flags = flags[i]
+            self.nodes_m[i].cat_off = cat_off[i]
+            self.nodes_m[i].cat_len = cat_len[i]
+            self.nodes_m[i].pad = 0
             self.value[i] = value[i]
-            self.cat_off[i] = cat_off[i]
-            self.cat_len[i] = cat_len[i]
         for i in range(M):
             self.cat_bits[i] = cat_bits[i]
         for i in range(T * 5):
@@ -243,9 +261,7 @@ cdef class ForestKernel:
         for i in range(U):
             self.used[i] = used[i]
         self.m.nodes = self.nodes
-        self.m.flags = self.flags
-        self.m.cat_off = self.cat_off
-        self.m.cat_len = self.cat_len
+        self.m.nodes_m = self.nodes_m
         self.m.cat_bits = self.cat_bits
         self.n_nodes, self.n_trees, self.n_used = N, T, U
         self.n_features = n_features
@@ -257,8 +273,9 @@ cdef class ForestKernel:
     def predict(self, const float32_t[:, ::1] X, float64_t[::1] out, int strategy=0):
         """Raw scores of the rows of X (float32[n, n_features]) into out (float64[n]).
 
-        strategy: 0 = LANES rows in registers (default), 1 = whole-block lock step,
-        2 = one row at a time stopping at the leaf. All give identical results.
+        strategy: 0 = LANES rows in registers (default), 1 = whole-block lock step (every row
+        takes depth(tree) steps), 2 = one row at a time stopping at the leaf, as LightGBM walks.
+        All give identical results; 1 and 2 are kept for comparison (bench/ranker.py).
         """
         cdef Py_ssize_t n = X.shape[0]
         if X.shape[1] != self.n_features:
