@@ -27,7 +27,7 @@ DEFAULT_CFG = {
     "hnsw_ef_construction": 200, "i2i_M": 50, "holdout": 0.1, "label_frac": 0.15, "ranker_users": 3000,
     "tune_users": 1000, "ranker_rounds": 300, "tune": True,
     # LightGBM's OpenMP threads spin; on a shared 2-core box 2 threads were 3x slower than 1
-    "ranker_threads": 1,
+    "ranker_threads": 1, "label_windows": 2,
     "grid": {"decay_short": [0.2, 0.5, 1.0], "alpha": [0.2, 0.5, 0.8]},
 }
 
@@ -118,11 +118,39 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
         users = _active_with_history(art_fit, lu, rng, cfg["ranker_users"])
         X, y, groups, _gu, cand_recall = rk.training_rows(art_fit, users, labels, lfirst, params,
                                                            cfg["threads"], _progress("ranker rows"))
+    feature_names = list(art_fit.schema.names)
+    del art_fit
+    # earlier, non-overlapping label windows add training groups (small data sets have few users per window)
+    windows = [{"from": label_cut, "to": cut, "groups": int(len(groups))}]
+    prev = label_cut
+    for w in range(1, int(cfg["label_windows"])):
+        before = ds.ts < prev
+        try:
+            w_cut = split.time_cut(ds.ts[before], cfg["label_frac"])
+        except ValueError:
+            break
+        w_mask = before & (ds.ts >= w_cut)
+        if not (ds.ts < w_cut).any() or not w_mask.any():
+            break
+        with timer(f"window{w}"), timer.prefix(f"window{w}"):
+            art_w = artifacts.fit(ds, ds.ts < w_cut, w_cut, cat, params, cfg, timer)
+            wu, wi, _wt, we, wv, wfirst = _window(ds, w_mask)
+            wl = rk.label_map(wu, wi, rk.relevance(we, wv))
+            try:
+                Xw, yw, gw, _g, _r = rk.training_rows(art_w, _active_with_history(art_w, wu, rng, cfg["ranker_users"]),
+                                                      wl, wfirst, params, cfg["threads"])
+            except ValueError:
+                break
+            del art_w
+        X, y, groups = np.vstack([X, Xw]), np.concatenate([y, yw]), np.concatenate([groups, gw])
+        windows.append({"from": w_cut, "to": prev, "groups": int(len(gw))})
+        prev = w_cut
     with timer("ranker_train"):
-        ranker_text, rinfo = rk.train(X, y, groups, art_fit.schema.names, seed=cfg["seed"],
+        ranker_text, rinfo = rk.train(X, y, groups, feature_names, seed=cfg["seed"],
                                       threads=cfg["ranker_threads"], rounds=cfg["ranker_rounds"])
         rinfo["candidate_recall"] = round(cand_recall, 4)
-    del art_fit, X, y
+        rinfo["label_windows"] = windows
+    del X, y
     with timer("fit@test_cut"), timer.prefix("fit@test_cut"):
         art = artifacts.fit(ds, train_mask, cut, cat, params, cfg, timer)
     manifest = {
