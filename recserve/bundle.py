@@ -116,6 +116,22 @@ def verify(path: str | os.PathLike) -> dict:
             nh = t.array_meta("hist_items")["shape"][0]
             if int(t.array("hist_indptr")[-1]) != nh:
                 raise BundleError("tables.lmdb: hist_indptr does not end at len(hist_items)")
+            for name in ("hist_ts", "hist_event"):
+                if t.array_meta(name)["shape"] != [nh]:
+                    raise BundleError(f"tables.lmdb: {name} length differs from hist_items")
+            if t.array_meta("i2i_scores")["shape"] != t.array_meta("i2i_rows")["shape"] or \
+                    t.array_meta("i2i_rows")["shape"][0] != n_items:
+                raise BundleError("tables.lmdb: i2i_rows / i2i_scores shapes disagree with the item count")
+            n_cat = t.n_ids("category")
+            if t.array_meta("pop_cat_indptr")["shape"] != [n_cat + 1]:
+                raise BundleError(f"tables.lmdb: pop_cat_indptr must have {n_cat + 1} entries")
+            for name, lo in (("hist_items", 0), ("i2i_rows", -1), ("pop_rows", 0), ("trend_rows", 0),
+                             ("pop_cat_rows", 0)):
+                a = t.array(name)
+                if a.size and (int(a.min()) < lo or int(a.max()) >= n_items):
+                    raise BundleError(f"tables.lmdb: {name} has item rows outside [{lo}, {n_items})")
+            if schema.n_categories != n_cat:
+                raise BundleError(f"feature_schema has {schema.n_categories} categories, tables {n_cat}")
     except TableError as exc:
         raise BundleError(f"tables.lmdb: {exc}") from None
     counts = m["counts"]
@@ -146,6 +162,9 @@ class Bundle:
         self.n_users = self.user_feats.shape[0]
         self.index = hnswlib.Index(space="cosine", dim=self.dim)
         self.index.load_index(str(path / "index.hnsw"), max_elements=self.n_items)
+        if self.index.get_current_count() != self.n_items:
+            self.tables.close()
+            raise BundleError(f"index.hnsw holds {self.index.get_current_count()} items, tables {self.n_items}")
         self.index.set_ef(int(manifest["index"].get("ef", self.params.get("ef", 100))))
         self.ranker_text = (path / "ranker.txt").read_text()
 
