@@ -46,6 +46,8 @@ cdef enum:
     M_GENERAL = 2       # plus categorical bitsets
 
 cdef enum:
-    BLOCK = 64          # rows per block; the block is stored transposed: xb[slot * BLOCK + row]
-    LANES = 8           # rows walked together, held in registers (must divide BLOCK)
+    BLOCK = 64          # rows per block
+    LANES = 8           # rows walked together, held in registers
+    STRIDE = 72         # BLOCK + LANES: the block is stored transposed, xb[slot * STRIDE + row];
+                        # lanes of a last group may read (and walk) up to LANES - 1 rows past nb
     TAIL = 3            # a last group of fewer rows than this is walked row by row

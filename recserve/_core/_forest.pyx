@@ -86,7 +86,7 @@ cdef inline void walk_lanes(const Model* m, int32_t root, int32_t min_depth, int
     cdef int pending
     cdef const char* p
     g = 0
-    while g < nb:          # rows nb..BLOCK-1 of the block are zero padding: lanes may walk them
+    while g < nb:          # lanes past nb walk whatever rows are there (valid floats), ignored
         p = <const char*>(xb + g)
         if nb - g < TAIL:  # a row or two: walking 8 lanes would cost 8 rows
             for l in range(nb - g):
@@ -174,6 +174,7 @@ cdef class ForestKernel:
     cdef int32_t* tree      # per tree: root, min_depth, depth, first_leaf, kind
     cdef int32_t* used
     cdef Py_ssize_t n_nodes, n_trees, n_used
+    cdef bint zero_matters  # some tree has a zero-as-missing flip: rows with a 0 need the slow step
     cdef readonly Py_ssize_t n_features
 
     def __cinit__(self):
@@ -209,7 +210,7 @@ cdef class ForestKernel:
             raise ValueError("node arrays must all have the same length")
         if tree.shape[1] != 5:
             raise ValueError("tree must have 5 columns")
-        if N > 2**31 // sizeof(NodeM) - 1 or U > 2**31 // (BLOCK * sizeof(float32_t)) - 1:
+        if N > 2**31 // sizeof(NodeM) - 1 or U > 2**31 // (STRIDE * sizeof(float32_t)) - 1:
             raise ValueError("model too large")
         if n_features < 1:
             raise ValueError("n_features must be >= 1")
@@ -242,7 +243,7 @@ cdef class ForestKernel:
             raise MemoryError()
         for i in range(N):
             self.nodes[i].thr = thr[i]
-            self.nodes[i].xoff = <int32_t>(slot[i] * BLOCK * sizeof(float32_t))
+            self.nodes[i].xoff = <int32_t>(slot[i] * STRIDE * sizeof(float32_t))
             self.nodes[i].child[0] = <int32_t>(left[i] * sizeof(Node))
             self.nodes[i].child[1] = <int32_t>(right[i] * sizeof(Node))
             self.nodes_m[i].thr = thr[i]
@@ -264,6 +265,9 @@ cdef class ForestKernel:
         self.m.nodes_m = self.nodes_m
         self.m.cat_bits = self.cat_bits
         self.n_nodes, self.n_trees, self.n_used = N, T, U
+        self.zero_matters = False
+        for i in range(T):
+            self.zero_matters |= tree[i, 4] == T_ZERO
         self.n_features = n_features
 
     @property
@@ -287,49 +291,60 @@ cdef class ForestKernel:
         if n == 0:
             return
         cdef Py_ssize_t width = max(self.n_used, 1)
-        cdef float32_t* xb = <float32_t*>malloc(BLOCK * width * sizeof(float32_t))
-        cdef int32_t* idx = <int32_t*>malloc(BLOCK * sizeof(int32_t))
-        cdef float64_t* acc = <float64_t*>malloc(BLOCK * sizeof(float64_t))
-        if xb == NULL or idx == NULL or acc == NULL:
+        cdef float32_t* xb = <float32_t*>malloc(STRIDE * width * sizeof(float32_t))
+        cdef int32_t* idx = <int32_t*>malloc(STRIDE * sizeof(int32_t))
+        cdef float64_t* acc = <float64_t*>malloc(STRIDE * sizeof(float64_t))
+        cdef int32_t* perm = <int32_t*>malloc(STRIDE * sizeof(int32_t))
+        if xb == NULL or idx == NULL or acc == NULL or perm == NULL:
             free(xb)
             free(idx)
             free(acc)
+            free(perm)
             raise MemoryError()
         with nogil:
-            self._predict(&X[0, 0], n, &out[0], xb, idx, acc, strategy)
+            self._predict(&X[0, 0], n, &out[0], xb, idx, acc, perm, strategy)
         free(xb)
         free(idx)
         free(acc)
+        free(perm)
 
     cdef void _predict(self, const float32_t* X, Py_ssize_t n, float64_t* out, float32_t* xb,
-                       int32_t* idx, float64_t* acc, int strategy) noexcept nogil:
+                       int32_t* idx, float64_t* acc, int32_t* perm, int strategy) noexcept nogil:
+        """Block by block: gather the used features (clean rows first, then the rows with a NaN,
+        or with a zero if some tree has zero-as-missing flips), walk every tree, sum in order."""
         cdef Py_ssize_t F = self.n_features, U = self.n_used
-        cdef Py_ssize_t nb, r, j, t, start = 0
+        cdef Py_ssize_t nb, r, j, t, pos, lo, hi, start = 0
         cdef float32_t v
-        cdef bint has_nan, has_zero
+        cdef bint dirty
+        cdef const float32_t* row
         cdef const int32_t* tr
         cdef float64_t leaf
         cdef int mode
-        for j in range(max(U, 1) * BLOCK):
+        for j in range(max(U, 1) * STRIDE):
             xb[j] = 0
         while start < n:
             nb = min(<Py_ssize_t>BLOCK, n - start)
-            has_nan = False
-            has_zero = False
+            lo = 0
+            hi = nb
             for r in range(nb):
+                row = X + (start + r) * F
+                dirty = False
                 for j in range(U):
-                    v = X[(start + r) * F + self.used[j]]
-                    if fabsf(v) <= KZERO:
-                        v = 0
-                        has_zero = True
-                    elif v != v:
-                        has_nan = True
-                    xb[j * BLOCK + r] = v
-                acc[r] = 0.0
-            if nb < BLOCK:          # zero padding: the lanes past nb walk valid (ignored) rows
+                    v = row[self.used[j]]
+                    if v != v or (self.zero_matters and fabsf(v) <= KZERO):
+                        dirty = True
+                        break
+                if dirty:
+                    hi -= 1
+                    pos = hi
+                else:
+                    pos = lo
+                    lo += 1
+                perm[pos] = <int32_t>r
                 for j in range(U):
-                    for r in range(nb, BLOCK):
-                        xb[j * BLOCK + r] = 0
+                    v = row[self.used[j]]
+                    xb[j * STRIDE + pos] = 0 if fabsf(v) <= KZERO else v
+                acc[pos] = 0.0
             for t in range(self.n_trees):
                 tr = self.tree + 5 * t      # root, min_depth, depth, first_leaf, kind
                 if tr[2] == 0:
@@ -337,25 +352,22 @@ cdef class ForestKernel:
                     for r in range(nb):
                         acc[r] += leaf
                     continue
-                if tr[4] == T_CAT:
-                    mode = M_GENERAL
-                elif has_nan or (has_zero and tr[4] == T_ZERO):
-                    mode = M_MISSING
-                else:
-                    mode = M_PLAIN
                 if strategy == 0:
-                    if mode == M_PLAIN:
-                        walk_lanes_plain(&self.m, tr[0], tr[1], tr[2], tr[3], xb, nb, idx)
-                    elif mode == M_MISSING:
-                        walk_lanes_missing(&self.m, tr[0], tr[1], tr[2], tr[3], xb, nb, idx)
-                    else:
+                    if tr[4] == T_CAT:
                         walk_lanes_general(&self.m, tr[0], tr[1], tr[2], tr[3], xb, nb, idx)
+                    else:       # plain rows first: its last group may overwrite idx[lo:lo+7]
+                        if lo > 0:
+                            walk_lanes_plain(&self.m, tr[0], tr[1], tr[2], tr[3], xb, lo, idx)
+                        if lo < nb:
+                            walk_lanes_missing(&self.m, tr[0], tr[1], tr[2], tr[3], xb + lo,
+                                               nb - lo, idx + lo)
                 elif strategy == 1:
+                    mode = M_GENERAL if tr[4] == T_CAT else (M_MISSING if lo < nb else M_PLAIN)
                     walk_lockstep(&self.m, tr[0], tr[2], xb, nb, idx, mode)
                 else:
                     walk_branchy(&self.m, tr[0], tr[2], tr[3], xb, nb, idx)
                 for r in range(nb):
                     acc[r] += self.value[idx[r]]
             for r in range(nb):
-                out[start + r] = acc[r]
+                out[start + perm[r]] = acc[r]
             start += nb
