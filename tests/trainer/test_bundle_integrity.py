@@ -138,3 +138,38 @@ def test_crash_inside_write_keeps_previous_current(bundle_copy, monkeypatch, cra
     verify(bundle_copy)
     with Bundle.open(bundle_copy) as b:
         assert b.version == old.strip()
+
+
+@pytest.mark.parametrize("what", ["i2i_range", "hist_len", "index_size"])
+def test_consistently_hashed_but_wrong_bundle_is_refused(demo_bundle, tmp_path, what):
+    """Checksums only prove the files are the ones written; the structure checks catch a bad writer."""
+    import numpy as np
+
+    from trainer import writer
+    from trainer.artifacts import catalogue
+    from trainer.build import artifacts_from_bundle
+    from trainer.index import build_index
+    from trainer.synth import synth
+
+    ds, _ = synth(300, 200, seed=0)
+    with Bundle.open(demo_bundle) as b:
+        art = artifacts_from_bundle(b)
+        manifest = {k: b.manifest[k] for k in ("counts", "dim", "feature_schema", "index", "params", "training")}
+        text = b.ranker_text
+        if what == "i2i_range":
+            art.i2i_rows = art.i2i_rows.copy()
+            art.i2i_rows[0, 0] = b.n_items + 5
+        elif what == "hist_len":
+            art.hist_ts = art.hist_ts[:-1]
+        else:
+            art.index = build_index(art.item_emb[:-1])
+        root = tmp_path / "bad"
+        writer.write_bundle(root, ds, catalogue(ds), art, text, manifest)
+    if what == "index_size":
+        verify(root)                       # the tables are fine ...
+        with pytest.raises(BundleError, match="index.hnsw holds 199 items"):
+            Bundle.open(root)              # ... the index is not
+    else:
+        with pytest.raises(BundleError, match={"i2i_range": "i2i_rows has item rows outside",
+                                               "hist_len": "hist_ts length"}[what]):
+            verify(root)
