@@ -3,21 +3,22 @@
 
 The Python layer (``recserve._core.forest``) parses and validates the model text and hands this
 module a flat struct-of-arrays description. ``ForestKernel`` re-checks every index it will follow
-(so a bug upstream cannot make the native loop read out of bounds), packs the nodes into 16-byte
-structs and scores rows block by block:
+(so a bug upstream cannot make the native loop read out of bounds), packs the nodes into C structs
+and scores rows block by block:
 
 * a block of up to ``BLOCK`` rows is gathered once into a compact, transposed float32 buffer that
   holds only the features the model uses, with LightGBM's input rule applied
-  (|x| <= kZeroThreshold -> 0);
-* for each tree, in model order, the block's rows are walked ``LANES`` at a time: the lanes' node
-  indices live in registers and advance together one level per step, with no data-dependent branch
-  inside a step (a leaf points to itself), so the CPU overlaps the lanes' load chains. The first
+  (|x| <= kZeroThreshold -> 0). "Clean" rows go first, then the rows with a NaN (or with a zero,
+  if some tree has zero-as-missing splits);
+* for each tree, in model order, the rows are walked ``LANES`` at a time: the lanes' node offsets
+  live in registers and advance together one level per step, with no data-dependent branch inside
+  a step (a leaf points to itself), so the CPU overlaps the lanes' load chains. The first
   ``min_depth`` steps run unchecked (no leaf is that shallow); after that the group stops as soon as
   all its lanes sit on leaves (``depth`` steps at most);
-* the step depends on the tree and on the block: a plain ``x <= thr`` on 16-byte nodes when the block
-  has no NaN (and no zero, if the tree has zero-as-missing splits); otherwise a branch-free
-  NaN/zero-corrected step, with the categorical bitset test for trees that have one, on 32-byte
-  nodes that also carry the flags and bitset position (one cache line per node visit);
+* clean rows take a plain ``x <= thr`` step on 16-byte nodes; the other rows a branch-free
+  NaN/zero-corrected step on 32-byte nodes that also carry the flags and the categorical bitset
+  position (one cache line per visit); trees with a categorical split use that step, with the
+  bitset test, for all rows;
 * a last group of one or two rows is walked row by row, stopping at the leaf (cheaper than 8 lanes).
 
 Scores are accumulated in double, tree by tree from 0.0, as LightGBM does, so the results are
