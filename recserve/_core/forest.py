@@ -272,7 +272,8 @@ def _flatten(header: dict[str, str], trees: list[_Tree]) -> ForestKernel:
     if len(cat_bits) > _INT32_MAX:
         raise ValueError("model too large")
     return ForestKernel(_floor_to_float32(thr), slot, left, right, flags, value, cat_off, cat_len,
-                        np.asarray(cat_bits, dtype=np.uint32), tree, np.asarray(used, dtype=np.int32), n_features)
+                        np.asarray(cat_bits, dtype=np.uint32), tree,
+                        np.asarray(used, dtype=np.int32), n_features)
 
 
 class Forest:
