@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", dest="log_level")
     s.add_argument("--mmr-lambda", dest="mmr_lambda", type=float)
     s.add_argument("--max-per-creator", dest="max_per_creator", type=int)
+    s.add_argument("--ranker-engine", dest="ranker_engine", choices=["forest", "lightgbm"],
+                   help="ranker evaluator: the Cython forest (default) or LightGBM's Booster.predict")
     s.set_defaults(fn=cmd_serve)
 
     def client(name, fn, help):

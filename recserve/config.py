@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PIPELINE_KEYS = ("mmr_lambda", "max_per_creator", "cap", "ef")
+PIPELINE_KEYS = ("mmr_lambda", "max_per_creator", "cap", "ef", "ranker_engine")
 
 
 @dataclass
@@ -36,6 +36,7 @@ class ServeConfig:
     max_per_creator: int | None = None
     cap: int | None = None
     ef: int | None = None
+    ranker_engine: str | None = None   # "forest" (default, the Cython evaluator) or "lightgbm"
 
     def pipeline_overrides(self) -> dict:
         return {k: getattr(self, k) for k in PIPELINE_KEYS if getattr(self, k) is not None}

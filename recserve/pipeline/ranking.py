@@ -1,7 +1,8 @@
 """Ranking: crossed features -> ranker raw scores (and, on request, per-feature contributions).
 
-The model is evaluated behind :class:`Ranker`: ``recserve._core.forest.Forest`` when it is available,
-else ``lightgbm.Booster(...).predict(raw_score=True, num_threads=1)``. Contributions always come from
+The model is evaluated behind :class:`Ranker`: by default with ``recserve._core.forest.Forest`` (the
+Cython evaluator, same raw scores as LightGBM), or with ``engine="lightgbm"`` by
+``lightgbm.Booster(...).predict(raw_score=True, num_threads=1)``. Contributions always come from
 LightGBM's ``pred_contrib``.
 """
 from __future__ import annotations
@@ -14,21 +15,25 @@ DEVICE_CODES = {"unspecified": 0, "desktop": 1, "mobile": 2, "tablet": 3, "tv": 
 
 
 class Ranker:
-    def __init__(self, model_text: str, names: list[str]):
+    ENGINES = ("forest", "lightgbm")
+
+    def __init__(self, model_text: str, names: list[str], engine: str = "forest"):
         import lightgbm
+
+        if engine not in self.ENGINES:
+            raise ValueError(f"ranker engine must be one of {self.ENGINES}, got {engine!r}")
 
         self.booster = lightgbm.Booster(model_str=model_text)
         n = self.booster.num_feature()
         if n != len(names):
             raise ValueError(f"ranker has {n} features, the schema {len(names)}")
         self.names = names
+        self.engine = engine
         self.forest = None
-        try:  # the fast evaluator, when it has landed
-            from recserve._core.forest import Forest  # type: ignore
+        if engine == "forest":
+            from recserve._core.forest import Forest
 
-            self.forest = Forest.from_model_string(model_text)
-        except Exception:
-            self.forest = None
+            self.forest = Forest.from_model_string(model_text)   # a model it cannot read refuses the bundle
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         if len(X) == 0:

@@ -137,7 +137,7 @@ class Recommender:
         self.schema = bundle.schema
         self.sources = list(self.schema.sources)
         self._items = (self.base_feats, Crosser(self.schema, self.base_feats, self.emb))
-        self.ranker = R.Ranker(bundle.ranker_text, list(self.schema.names))
+        self.ranker = R.Ranker(bundle.ranker_text, list(self.schema.names), str(p.get("ranker_engine", "forest")))
         self.cparams = {**CC.DEFAULT_PARAMS, **p}
         self.uv_params = UserVectorParams(float(p.get("decay_short", 0.5)), float(p.get("decay_long", 0.02)),
                                           float(p.get("alpha", 0.5)), float(p.get("half_life_days", 0.0)))
