@@ -81,7 +81,11 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
     timer = timer or Timer()
     rng = np.random.default_rng(cfg["seed"])
     cat = artifacts.catalogue(ds)
-    train_mask, test_mask, cut = split.split_masks(ds.ts, cfg["holdout"])
+    if cfg["holdout"] == 0:      # production: serve everything, nothing held out (no evaluation possible)
+        cut = float(ds.ts.max()) + 1.0
+        train_mask, test_mask = np.ones(len(ds), bool), np.zeros(len(ds), bool)
+    else:
+        train_mask, test_mask, cut = split.split_masks(ds.ts, cfg["holdout"])
     label_cut = split.time_cut(ds.ts[train_mask], cfg["label_frac"])
     fit_mask = ds.ts < label_cut
     label_mask = train_mask & ~fit_mask

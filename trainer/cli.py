@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--embed", choices=["als", "svd"], default="als")
     b.add_argument("--als-reg", type=float, default=20.0, help="ALS regularisation (implicit's units)")
     b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--holdout", type=float, default=0.1)
+    b.add_argument("--holdout", type=float, default=0.1,
+                   help="newest share held out for evaluation; 0 trains the served bundle on everything")
     b.add_argument("--ranker-users", type=int, default=3000)
     b.add_argument("--no-tune", action="store_true")
     b.add_argument("--label-windows", type=int, default=2, help="successive label windows for ranker rows")

@@ -107,3 +107,20 @@ def test_timestamp_formats(tmp_path):
     assert ds.item_creator.tolist() == ["", ""] and ds.item_in_stock.tolist() == [1, 1]
     (d / "interactions.csv").write_text("user_id,item_id,timestamp,event\n1,a,1735776000000,view\n")
     assert load_dataset(d).ts.tolist() == [1735776000.0]      # milliseconds are recognised
+
+
+def test_holdout_zero_trains_on_everything_and_cannot_evaluate(small_data, tmp_path, capsys):
+    import json
+
+    from recserve.bundle import resolve
+
+    out = tmp_path / "out"
+    assert main(["build", "--data", str(small_data), str(out), "--holdout", "0", "--factors", "8",
+                 "--no-tune", "--label-windows", "1"]) == 0
+    m = json.loads((resolve(out) / "manifest.json").read_text())
+    assert m["counts"]["held_out"] == 0 and m["counts"]["interactions"] == m["counts"]["interactions_total"]
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", str(small_data)]) == 2
+    assert "no held-out user" in capsys.readouterr().err
+    assert main(["build", "--data", str(small_data), str(out), "--holdout", "1.5"]) == 2
+    assert "holdout fraction must be in (0, 1)" in capsys.readouterr().err
