@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -22,8 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import interleaved, summary  # noqa: E402
+from _timing import machine as _machine  # noqa: E402
 
-import Cython  # noqa: E402
 import lightgbm as lgb  # noqa: E402
 
 from recserve._core.forest import Forest  # noqa: E402
@@ -32,16 +31,7 @@ N_FEATURES = 40
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"nproc={nproc}, CPU={cpu}, load avg={os.getloadavg()[0]:.2f}\n"
-            f"python={platform.python_version()}, numpy={np.__version__}, lightgbm={lgb.__version__}, "
-            f"Cython={Cython.__version__}")
+    return f"{_machine()}, load avg={os.getloadavg()[0]:.2f}, lightgbm={lgb.__version__}"
 
 
 def synth(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
