@@ -23,6 +23,7 @@ proto: install
 	$(BIN)/python -m recserve.protogen
 
 bench: install
+	$(BIN)/pip install -q -e ".[test,bench]"
 	$(BIN)/python bench/core.py
 
 clean:
