@@ -42,26 +42,6 @@ from _timing import machine  # noqa: E402
 COLS = ["recall@10", "recall@20", "recall@50", "ndcg@10", "coverage@10", "ild@10", "novelty@10"]
 
 
-def eval_users(art, tu, ti, max_users, seed):
-    """The users and truths ``trainer.evaluate.evaluate`` uses (same rules, same sampling)."""
-    truth: dict[int, set] = {}
-    for u, i in zip(tu.tolist(), ti.tolist()):
-        truth.setdefault(u, set()).add(i)
-    users = []
-    for u, items in truth.items():
-        a, b = art.hist_indptr[u], art.hist_indptr[u + 1]
-        if b == a:
-            continue
-        new = items - set(art.hist_items[a:b].tolist())
-        if new:
-            truth[u] = new
-            users.append(u)
-    users = np.array(sorted(users), np.int64)
-    if len(users) > max_users:
-        users = np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
-    return users, [truth[int(u)] for u in users]
-
-
 def item_knn(train: sp.csr_matrix, users: np.ndarray, n: int = 50):
     t = time.perf_counter()
     x = train.copy()
@@ -119,7 +99,7 @@ def run_dataset(name: str, ds, cfg: dict, max_users: int, seed: int, threads: in
             test = ds.ts >= cut
             tu, ti = u_map[ds.user[test]], i_map[ds.item[test]]
             ok = (tu >= 0) & (ti >= 0)
-            users, truths = eval_users(art, tu[ok], ti[ok], max_users, seed)
+            users, truths = ev.eval_users(art, tu[ok], ti[ok], max_users, seed)
             if len(users) != res["users"]:
                 raise RuntimeError(f"user selection differs from the trainer's ({len(users)} vs {res['users']})")
             tr = ~test

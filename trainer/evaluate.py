@@ -49,15 +49,12 @@ def _metrics(rec: list[np.ndarray], truths: list[set], item_emb, pop_share, cold
     return out
 
 
-def evaluate(art, scorer, test_user, test_item, test_ts, params: dict, creators: np.ndarray,
-             max_users=2000, seed=0, threads=2, progress=None) -> dict:
-    """Returns {"users": n, "methods": {method: metrics}}."""
-    first_ts: dict[int, float] = {}
+def eval_users(art, test_user, test_item, max_users: int, seed: int) -> tuple[np.ndarray, list[set]]:
+    """The evaluated users (with a training history and a held-out item not in it, sampled down to
+    ``max_users`` with ``seed``) and each one's held-out new items."""
     truth: dict[int, set] = {}
-    for u, i, t in zip(test_user.tolist(), test_item.tolist(), test_ts.tolist()):
+    for u, i in zip(test_user.tolist(), test_item.tolist()):
         truth.setdefault(u, set()).add(i)
-        if u not in first_ts or t < first_ts[u]:
-            first_ts[u] = t
     users = []
     for u, items in truth.items():
         a, b = art.hist_indptr[u], art.hist_indptr[u + 1]
@@ -70,6 +67,18 @@ def evaluate(art, scorer, test_user, test_item, test_ts, params: dict, creators:
     users = np.array(sorted(users), np.int64)
     if len(users) > max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
+    return users, [truth[int(u)] for u in users]
+
+
+def evaluate(art, scorer, test_user, test_item, test_ts, params: dict, creators: np.ndarray,
+             max_users=2000, seed=0, threads=2, progress=None) -> dict:
+    """Returns {"users": n, "methods": {method: metrics}}."""
+    first_ts: dict[int, float] = {}
+    for u, t in zip(test_user.tolist(), test_ts.tolist()):
+        if u not in first_ts or t < first_ts[u]:
+            first_ts[u] = t
+    users, truths = eval_users(art, test_user, test_item, max_users, seed)
+    truth = dict(zip(users.tolist(), truths))
     if len(users) == 0:
         raise ValueError("no held-out user has a training history and a new item")
     crosser = art.crosser()
