@@ -42,11 +42,7 @@ def top_unseen(scores_fn, x: sp.csr_matrix, users, k: int, batch: int = 2048) ->
         seen = x[u]
         r, c = seen.nonzero()
         sc[r, c] = -np.inf
-        part = np.argpartition(-sc, k_eff - 1, axis=1)[:, :k_eff] if k_eff < n_items else \
-            np.tile(np.arange(n_items), (len(u), 1))
-        ps = np.take_along_axis(sc, part, 1)
-        order = np.lexsort((part, -ps), axis=1)          # score desc, item id asc on ties
-        top = np.take_along_axis(part, order, 1)
+        top = np.argsort(-sc, axis=1, kind="stable")[:, :k_eff]   # score desc, lower item id on ties
         ok = np.isfinite(np.take_along_axis(sc, top, 1))
         out[s:s + len(u), :k_eff] = np.where(ok, top, -1)
     return out

@@ -1,0 +1,212 @@
+"""Two offline protocols side by side: baselines and recserve's stages on the same users, truths and metrics.
+
+    python bench/protocols.py --data ../shared/datasets/ml-100k --seeds 0,1,2
+    python bench/protocols.py --data-dir TRAINER_FORMAT_DIR --seeds 0 --quick     # smoke run
+
+Protocols (every interaction of the data is a positive, binary; a user's test items are disjoint from
+her training items; all users with a test item and a training item are evaluated):
+
+  (a) ``random``: per user, a seeded random 20 % of her interactions held out (at least one);
+  (b) ``newest``: per user, her newest 20 % (by timestamp) held out -- the split is the same for every
+      seed, the seed only changes model randomness.
+
+Methods: popularity, item-kNN (cosine, top-100 neighbours), EASE (lam tuned on a validation split of the
+training part, grid 100/250/500/1000), implicit's ALS ``recommend`` (``bench/quality.implicit_als``,
+the trainer's factors / regularisation / alpha), and recserve: a bundle built by ``recserve-train build
+--holdout 0`` on the training part (written to a temp dir in the trainer's input format), scored by
+``trainer.evaluate.evaluate`` with MMR off (``mmr_lambda`` = 1): ``ann`` (as served: the ANN quota),
+``ann-all`` (the same user vector against the index with k = all items, so every unseen item is ranked),
+``ann+ranker``, ``merged+ranker`` and ``full(l=1)`` (merged + ranker + MMR with lambda 1, creator cap as
+served). Baselines and ``ann-all`` rank all unseen items; the ranker stages rank the served candidates.
+Metrics come from ``trainer.evaluate._metrics``: Recall@K = hits in the top K / the user's test items,
+NDCG@10 with the ideal DCG over min(test items, 10). Tables: mean (min..max) over the seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO))
+
+SHOW = ["recall@10", "recall@20", "ndcg@10"]
+METHODS = ["popularity", "item-knn", "ease", "implicit-als", "recserve ann", "recserve ann-all",
+           "recserve ann+ranker", "recserve merged+ranker", "recserve full(l=1)"]
+
+
+def split_random(ds, seed: int, share: float = 0.2) -> np.ndarray:
+    """Test mask: per user a seeded random ``share`` of her interactions (>= 1 when she has >= 2)."""
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(len(ds)), ds.user))
+    return _mask_first(ds.user, order, share)
+
+
+def split_newest(ds, share: float = 0.2) -> np.ndarray:
+    """Test mask: per user her newest ``share`` (ties broken by input order, newest last)."""
+    order = np.lexsort((-np.arange(len(ds)), -ds.ts, ds.user))
+    return _mask_first(ds.user, order, share)
+
+
+def _mask_first(user, order, share):
+    u = user[order]
+    counts = np.bincount(user)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pos = np.arange(len(u)) - starts[u]
+    n_test = np.where(counts >= 2, np.maximum(1, np.round(counts * share)), 0).astype(np.int64)
+    mask = np.zeros(len(user), bool)
+    mask[order[pos < n_test[u]]] = True
+    return mask
+
+
+def build_bundle(train_ds, tmp: Path, seed: int, args) -> Path:
+    from trainer.io import write_dataset
+
+    data = tmp / "data"
+    write_dataset(train_ds, data, "csv")
+    cmd = [sys.executable, "-m", "trainer.cli", "build", str(tmp / "bundle"), "--data", str(data),
+           "--holdout", "0", "--seed", str(seed), "--threads", str(args.threads), "--factors", str(args.factors),
+           "--ranker-users", str(args.ranker_users)]
+    if args.quick:
+        cmd.append("--no-tune")
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if r.returncode != 0:
+        raise RuntimeError(f"build failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
+    from recserve.bundle import resolve
+    return resolve(str(tmp / "bundle"))
+
+
+def run_once(ds, test: np.ndarray, seed: int, args) -> dict:
+    """All methods on one split; returns {method: metrics} plus bookkeeping."""
+    import quality
+    from recserve.bundle import Bundle
+    from trainer import baselines as bl
+    from trainer import evaluate as ev
+    from trainer import ranker as rk
+    from trainer.build import artifacts_from_bundle
+    from trainer.retrieval import ann_batch, user_vecs
+
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="recserve-protocols-") as tmpd:
+        t0 = time.perf_counter()
+        path = build_bundle(ds.subset(~test), Path(tmpd), seed, args)
+        build_s = time.perf_counter() - t0
+        b = Bundle.open(path)
+        try:
+            art = artifacts_from_bundle(b)
+            urow = {b.tables.id_of("user", r): r for r in range(b.n_users)}
+            irow = {b.tables.id_of("item", r): r for r in range(b.n_items)}
+            u_map = np.array([urow.get(str(x), -1) for x in ds.user_ids], np.int64)
+            i_map = np.array([irow.get(str(x), -1) for x in ds.item_ids], np.int64)
+            uu, ii = u_map[ds.user], i_map[ds.item]
+            ok = (uu >= 0) & (ii >= 0)
+            tr, te = ok & ~test, ok & test
+            train = sp.csr_matrix((np.ones(int(tr.sum()), np.float32), (uu[tr], ii[tr])),
+                                  shape=(b.n_users, b.n_items))
+            train = bl.binarize(train)
+            users, truths = ev.eval_users(art, uu[te], ii[te], 10 ** 9, seed)
+            params = copy.deepcopy(b.params)
+            params["mmr_lambda"] = 1.0
+            scorer = rk.Scorer(b.ranker_text)
+            creators = b.item_feats[:, b.schema.item_columns.index("creator")].astype(np.int64)
+            res = ev.evaluate(art, scorer, uu[te], ii[te], ds.ts[te], params, creators, max_users=10 ** 9,
+                              seed=seed, threads=args.threads)
+            if res["users"] != len(users):
+                raise RuntimeError(f"user selection differs ({res['users']} vs {len(users)})")
+            for m, name in (("ann", "recserve ann"), ("ann+ranker", "recserve ann+ranker"),
+                            ("merged+ranker", "recserve merged+ranker"), ("full+mmr", "recserve full(l=1)")):
+                out[name] = res["methods"][m]
+            pop = np.expm1(art.pop_scores[np.argsort(art.pop_rows)].astype(np.float64)) + 1.0
+            extra = (art.item_emb, pop / pop.sum(), ~art.seen_items)
+            # ANN with k = every item: all unseen items ranked by the bundle's user vector
+            p_all = copy.deepcopy(b.params)
+            p_all["quotas"]["ann"] = b.n_items
+            anns = ann_batch(art, user_vecs(art, users, p_all), users, p_all, args.threads)
+            recs = []
+            for u, (rows, _) in zip(users.tolist(), anns):
+                h = set(art.hist_items[art.hist_indptr[u]:art.hist_indptr[u + 1]].tolist())
+                recs.append(np.array([r for r in rows.tolist() if r not in h][:50], np.int64))
+            out["recserve ann-all"] = ev._metrics(recs, truths, *extra)
+            tc = b.manifest["training"]["config"]
+            factors = int(b.manifest["training"]["factors"])
+        finally:
+            b.close()
+    rec = lambda a: [r[r >= 0] for r in a]
+    t = time.perf_counter()
+    out["popularity"] = ev._metrics(rec(bl.popularity(train, users, 50)), truths, *extra)
+    out["item-knn"] = ev._metrics(rec(bl.item_knn(train, users, 50, neighbours=100)), truths, *extra)
+    lam, lam_scores = bl.tune_ease(train, seed=seed)
+    out["ease"] = ev._metrics(rec(bl.ease(train, users, 50, lam=lam)), truths, *extra)
+    base_s = time.perf_counter() - t
+    als, _ = quality.implicit_als(train, users, factors, seed, float(tc.get("als_reg", 20.0)),
+                                  float(tc.get("als_alpha", 20.0)), args.threads)
+    out["implicit-als"] = ev._metrics(als, truths, *extra)
+    return {"methods": out, "users": len(users), "lam": lam, "lam_scores": lam_scores, "build_s": build_s,
+            "baselines_s": base_s, "train": int(train.nnz), "test": int(sum(len(t) for t in truths))}
+
+
+def fmt(vals):
+    v = np.asarray(vals)
+    return f"{v.mean():.4f} ({v.min():.4f}..{v.max():.4f})"
+
+
+def table(name: str, runs: list[dict], seeds) -> str:
+    lines = [f"protocol {name}  seeds {','.join(map(str, seeds))}  users {runs[0]['users']}  "
+             f"train {runs[0]['train']} / test {runs[0]['test']} interactions  "
+             f"EASE lam per seed {[r['lam'] for r in runs]}",
+             f"{'method':<24}" + "".join(f"{c:>26}" for c in SHOW)]
+    for m in METHODS:
+        lines.append(f"{m:<24}" + "".join(f"{fmt([r['methods'][m][c] for r in runs]):>26}" for c in SHOW))
+    lines.append(f"(recserve build {np.mean([r['build_s'] for r in runs]):.1f} s per seed; "
+                 f"popularity+item-kNN+EASE incl. lam tuning {np.mean([r['baselines_s'] for r in runs]):.1f} s)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "ml-100k"),
+                    help="a MovieLens directory (read by trainer.movielens)")
+    ap.add_argument("--data-dir", help="a directory in the trainer's input format (instead of --data)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--protocols", default="a,b")
+    ap.add_argument("--factors", type=int, default=64)
+    ap.add_argument("--ranker-users", type=int, default=3000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="smoke run: builds with --no-tune")
+    a = ap.parse_args(argv)
+    seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+    if a.data_dir:
+        from trainer.io import load_dataset
+        ds = load_dataset(a.data_dir)
+        name = Path(a.data_dir).name
+    else:
+        p = Path(a.data)
+        if not p.is_dir():
+            print(f"protocols: skipped: {p} is not a directory (pass --data MOVIELENS_DIR or --data-dir DIR)")
+            return 0
+        from trainer.movielens import load_movielens
+        ds = load_movielens(str(p))
+        name = p.name
+    print(f"{name}: {len(ds)} interactions, {ds.n_users} users, {ds.n_items} items; seeds {seeds}", flush=True)
+    for proto in [x.strip() for x in a.protocols.split(",") if x.strip()]:
+        runs = []
+        for s in seeds:
+            test = split_random(ds, s) if proto == "a" else split_newest(ds)
+            runs.append(run_once(ds, test, s, a))
+            print(f"  protocol {proto} seed {s} done", flush=True)
+        label = {"a": "(a) per-user random 80/20", "b": "(b) per-user newest 20 %"}.get(proto, proto)
+        print(table(label, runs, seeds), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
