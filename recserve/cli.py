@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", dest="log_level")
     s.add_argument("--mmr-lambda", dest="mmr_lambda", type=float)
     s.add_argument("--max-per-creator", dest="max_per_creator", type=int)
+    s.add_argument("--novelty-boost", dest="novelty_boost", type=float,
+                   help="added to the [0, 1] relevance of items created within --new-item-days (default off)")
+    s.add_argument("--new-item-days", dest="new_item_days", type=float)
     s.add_argument("--ranker-engine", dest="ranker_engine", choices=["forest", "lightgbm"],
                    help="ranker evaluator: the Cython forest (default) or LightGBM's Booster.predict")
     s.set_defaults(fn=cmd_serve)

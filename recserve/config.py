@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PIPELINE_KEYS = ("mmr_lambda", "max_per_creator", "cap", "ef", "ranker_engine")
+PIPELINE_KEYS = ("mmr_lambda", "max_per_creator", "cap", "ef", "ranker_engine", "novelty_boost", "new_item_days")
 
 
 @dataclass
@@ -37,6 +37,8 @@ class ServeConfig:
     cap: int | None = None
     ef: int | None = None
     ranker_engine: str | None = None   # "forest" (default, the Cython evaluator) or "lightgbm"
+    novelty_boost: float | None = None  # added to the [0, 1] relevance of new items (0 = off)
+    new_item_days: float | None = None  # an item is new for this many days after created_at (14)
 
     def pipeline_overrides(self) -> dict:
         return {k: getattr(self, k) for k in PIPELINE_KEYS if getattr(self, k) is not None}

@@ -5,8 +5,8 @@ Greedily picks up to k of n candidates maximising ``lam * relevance[i] - (1 - la
 incrementally, O(k * n * d)). Rules: at most ``max_per_creator`` items per creator (0 = unlimited; may
 return fewer than k), and with ``no_adjacent`` no two consecutive items by the same creator unless only
 that creator's items remain. ``lam = 1`` gives exactly the relevance order (ties by position).
-Relevance is used as given: scale it (e.g. min-max) so it is comparable with cosine similarity, and add
-any novelty boost to it before calling.
+Relevance is used as given (scale it, e.g. min-max, so it is comparable with cosine similarity); an
+optional novelty boost adds ``novelty_weight * novelty[i]`` to it (e.g. novelty = 1 for new items).
 """
 from __future__ import annotations
 
@@ -27,18 +27,34 @@ def dense_codes(creators) -> np.ndarray:
     return out
 
 
-def mmr(relevance, item_emb, rows, k: int, lam: float, creators=None, max_per_creator: int = 0,
-        no_adjacent: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (positions into the candidate arrays, the max-similarity penalty of each pick)."""
+def _boosted(relevance, novelty, novelty_weight: float) -> np.ndarray:
     rel = f32_1d(relevance, "relevance")
+    if novelty is None or novelty_weight == 0.0:
+        return rel
+    nov = f32_1d(novelty, "novelty")
+    if len(nov) != len(rel):
+        raise ValueError(f"{len(rel)} relevance scores but {len(nov)} novelty values")
+    if not np.isfinite(novelty_weight) or not np.isfinite(nov).all():
+        raise ValueError("novelty and novelty_weight must be finite")
+    return (rel + np.float32(novelty_weight) * nov).astype(np.float32)
+
+
+def mmr(relevance, item_emb, rows, k: int, lam: float, creators=None, max_per_creator: int = 0,
+        no_adjacent: bool = False, novelty=None, novelty_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (positions into the candidate arrays, the max-similarity penalty of each pick)."""
+    rel = _boosted(relevance, novelty, novelty_weight)
     cr = None if creators is None else dense_codes(creators)
     return _mmr.mmr(rel, f32_2d(item_emb, "item_emb"), rows_1d(rows, "rows"), int(k), float(lam), cr,
                     int(max_per_creator), bool(no_adjacent))
 
 
-def mmr_reference(relevance, item_emb, rows, k, lam, creators=None, max_per_creator=0, no_adjacent=False):
+def mmr_reference(relevance, item_emb, rows, k, lam, creators=None, max_per_creator=0, no_adjacent=False,
+                  novelty=None, novelty_weight=0.0):
     """numpy reference: the same greedy, with the incremental update done by a BLAS matrix-vector product."""
-    rel = np.asarray(relevance, np.float64)
+    rel = np.asarray(relevance, np.float32).astype(np.float64)
+    if novelty is not None and novelty_weight != 0.0:
+        rel = (np.asarray(relevance, np.float32) + np.float32(novelty_weight) * np.asarray(novelty, np.float32)
+               ).astype(np.float64)
     E = np.asarray(item_emb[np.asarray(rows, np.int64)], np.float64)
     norms = np.linalg.norm(E, axis=1)
     E = E / np.where(norms > 0, norms, 1.0)[:, None]

@@ -115,6 +115,7 @@ class Recommender:
         col = {c: i for i, c in enumerate(cols)}
         self.c_price, self.c_cat = col.get("price"), col.get("category")
         self.c_creator, self.c_stock = col.get("creator"), col.get("in_stock")
+        self.c_created = col.get("created_days")
         self.user_feats = np.asarray(bundle.user_feats, np.float32)
         self.user_mean = (self.user_feats.mean(0) if len(self.user_feats)
                           else np.zeros(len(bundle.schema.user_columns), np.float32)).astype(np.float32)
@@ -341,7 +342,12 @@ class Recommender:
         rel = RR.minmax(scores)
         creators = (feats[merged.rows, self.c_creator].astype(np.int64)
                     if self.c_creator is not None else None)
-        pos, pen = RR.diversify(rel, self.emb, merged.rows, k, lam, creators, mpc)
+        boost = float(self.params.get("novelty_boost", 0.0))
+        novelty = None
+        if boost and self.c_created is not None:   # new in the catalogue: created within new_item_days
+            age_days = now / 86400.0 - feats[merged.rows, self.c_created].astype(np.float64)
+            novelty = (age_days <= float(self.params.get("new_item_days", 14.0))).astype(np.float32)
+        pos, pen = RR.diversify(rel, self.emb, merged.rows, k, lam, creators, mpc, novelty, boost)
         lap("rerank")
 
         contribs = self.ranker.contributions(X[pos]) if req.explain else [[] for _ in pos]

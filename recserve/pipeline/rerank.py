@@ -17,8 +17,12 @@ def minmax(scores: np.ndarray) -> np.ndarray:
 
 
 def diversify(relevance: np.ndarray, item_emb: np.ndarray, rows: np.ndarray, k: int, lam: float,
-              creators: np.ndarray | None, max_per_creator: int):
+              creators: np.ndarray | None, max_per_creator: int, novelty: np.ndarray | None = None,
+              novelty_weight: float = 0.0):
     """(positions into the candidates, MMR penalties).
+
+    No two consecutive items by one creator while another creator's item is available; items with
+    ``novelty`` 1 (new in the catalogue) get ``novelty_weight`` added to their relevance.
 
     ``max_per_creator`` is a hard rule while candidates allow; when it leaves fewer than k (a selective
     filter over few creators), the remaining slots are filled by MMR over the rest without the cap.
@@ -26,11 +30,15 @@ def diversify(relevance: np.ndarray, item_emb: np.ndarray, rows: np.ndarray, k: 
     k = min(k, len(rows))
     if k == 0:
         return np.zeros(0, np.int32), np.zeros(0, np.float32)
-    pos, pen = mmr(relevance, item_emb, rows, k, lam, creators=creators, max_per_creator=max_per_creator)
+    adjacent_rule = creators is not None
+    pos, pen = mmr(relevance, item_emb, rows, k, lam, creators=creators, max_per_creator=max_per_creator,
+                   no_adjacent=adjacent_rule, novelty=novelty, novelty_weight=novelty_weight)
     if len(pos) < k and max_per_creator > 0:
         # the creator cap ran out of candidates (a selective filter): fill k from the rest, uncapped
         rest = np.setdiff1d(np.arange(len(rows)), pos)
-        p2, pen2 = mmr(relevance[rest], item_emb, rows[rest], k - len(pos), lam)
+        p2, pen2 = mmr(relevance[rest], item_emb, rows[rest], k - len(pos), lam,
+                       creators=None if creators is None else creators[rest], no_adjacent=adjacent_rule,
+                       novelty=None if novelty is None else novelty[rest], novelty_weight=novelty_weight)
         pos = np.concatenate([pos, rest[p2].astype(pos.dtype)])
         pen = np.concatenate([pen, pen2])
     return pos, pen

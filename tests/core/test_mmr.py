@@ -78,3 +78,27 @@ def test_bad_input_rejected():
         mmr(rel, E, bad_rows, 5, 0.5)
     with pytest.raises(ValueError, match="creators"):
         mmr(rel, E, rows, 5, 0.5, np.zeros(3))
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 50), w=st.sampled_from([0.0, 0.1, 0.5, 2.0]),
+       lam=st.sampled_from([0.5, 1.0]))
+def test_novelty_boost_matches_reference(seed, n, w, lam):
+    rng, E, rows, rel = setup(seed, n)
+    nov = (rng.random(n) < 0.3).astype(np.float32)
+    got, _ = mmr(rel, E, rows, 10, lam, novelty=nov, novelty_weight=w)
+    want, _ = mmr_reference(rel, E, rows, 10, lam, novelty=nov, novelty_weight=w)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_novelty_boost_lifts_new_items():
+    _, E, rows, rel = setup(5, 40)
+    nov = np.zeros(40, np.float32)
+    nov[np.argsort(rel)[:3]] = 1          # the three least relevant items are new
+    plain, _ = mmr(rel, E, rows, 3, 1.0)
+    boosted, _ = mmr(rel, E, rows, 3, 1.0, novelty=nov, novelty_weight=2.0)
+    assert set(boosted.tolist()) == set(np.flatnonzero(nov).tolist()) != set(plain.tolist())
+    with pytest.raises(ValueError, match="novelty"):
+        mmr(rel, E, rows, 3, 1.0, novelty=nov[:5], novelty_weight=1.0)
+    with pytest.raises(ValueError, match="finite"):
+        mmr(rel, E, rows, 3, 1.0, novelty=nov, novelty_weight=float("nan"))

@@ -1,0 +1,63 @@
+"""Business rules of the re-rank stage on a real bundle, in process: creators and new items."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recserve.bundle import Bundle
+from recserve.events import EventStore
+from recserve.pipeline.recommender import Recommender, RecRequest
+
+
+@pytest.fixture(scope="module")
+def bundle(demo_bundle):
+    b = Bundle.open(demo_bundle)
+    yield b
+    b.close()
+
+
+def _users(b, n=25):
+    return [b.tables.id_of("user", r) for r in range(0, min(n, b.n_users))]
+
+
+def _creators(b, item_ids):
+    cols = b.tables.columns("item_feats")
+    rows = b.tables.rows_of("item", item_ids)
+    return np.asarray(b.item_feats)[rows, cols.index("creator")].astype(int)
+
+
+def test_no_two_adjacent_items_by_one_creator(bundle, tmp_path):
+    rec = Recommender(bundle, EventStore(tmp_path / "ev"))
+    checked = 0
+    for u in _users(bundle):
+        res = rec.recommend(RecRequest(user_id=u, k=20))
+        c = _creators(bundle, [i.item_id for i in res.items])
+        known = c >= 0
+        if len(set(c[known].tolist())) < 2:
+            continue
+        checked += 1
+        assert not any(c[j] >= 0 and c[j] == c[j + 1] for j in range(len(c) - 1)), (u, c.tolist())
+    assert checked > 0
+
+
+def test_novelty_boost_promotes_new_items(bundle, tmp_path):
+    cols = bundle.tables.columns("item_feats")
+    created = np.asarray(bundle.item_feats)[:, cols.index("created_days")]
+    newest_day = float(created.max())
+    # "new" = created in the last 10% of the catalogue's time span, seen from the newest item's day
+    span = newest_day - float(created.min())
+    params = {"novelty_boost": 5.0, "new_item_days": 0.1 * span}
+    plain = Recommender(bundle, EventStore(tmp_path / "a"))
+    boosted = Recommender(bundle, EventStore(tmp_path / "b"), params)
+    new_rows = set(np.flatnonzero(created >= newest_day - 0.1 * span).tolist())
+    ts = newest_day * 86400.0
+    share = []
+    for rec in (plain, boosted):
+        hits = total = 0
+        for u in _users(bundle):
+            res = rec.recommend(RecRequest(user_id=u, k=10, timestamp=ts))
+            rows = bundle.tables.rows_of("item", [i.item_id for i in res.items]).tolist()
+            hits += sum(r in new_rows for r in rows)
+            total += len(rows)
+        share.append(hits / max(total, 1))
+    assert share[1] > share[0]
