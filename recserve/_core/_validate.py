@@ -18,11 +18,20 @@ def f32_2d(x, name: str) -> np.ndarray:
     return a
 
 
+def to_int32(a: np.ndarray, name: str) -> np.ndarray:
+    """Cast integer rows to int32, refusing values that would wrap around (they are out of any range)."""
+    if a.size and (a.min() < np.iinfo(np.int32).min or a.max() > np.iinfo(np.int32).max):
+        raise ValueError(f"{name}: row {a.max() if a.max() > 0 else a.min()} is out of range")
+    return a.astype(np.int32)
+
+
 def rows_1d(x, name: str) -> np.ndarray:
     a = np.asarray(x)
     if a.size and a.dtype.kind not in "iu":
         raise ValueError(f"{name} must hold integer rows, got dtype {a.dtype}")
-    a = np.ascontiguousarray(a, dtype=np.int32)
+    if a.dtype != np.int32:
+        a = to_int32(a, name)
+    a = np.ascontiguousarray(a)
     if a.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
     return a

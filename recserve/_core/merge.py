@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from recserve._core import _merge
-from recserve._core._validate import f32_1d, rows_1d
+from recserve._core._validate import rows_1d, to_int32
 
 
 @dataclass
@@ -44,15 +44,23 @@ def merge_candidates(lists: Sequence[tuple[np.ndarray, np.ndarray]], quotas: Seq
         raise ValueError(f"{len(lists)} candidate lists but {len(quotas)} quotas")
     if not lists:
         raise ValueError("at least one candidate list is required")
-    rows = [rows_1d(r, f"rows of source {i}") for i, (r, _) in enumerate(lists)]
-    scores = [f32_1d(s, f"scores of source {i}") for i, (_, s) in enumerate(lists)]
-    for i, (r, s) in enumerate(zip(rows, scores)):
-        if len(r) != len(s):
-            raise ValueError(f"source {i} has {len(r)} rows but {len(s)} scores")
-    offsets = np.zeros(len(rows) + 1, np.int64)
-    np.cumsum([len(r) for r in rows], out=offsets[1:])
+    rows, scores = [], []
+    offsets = np.zeros(len(lists) + 1, np.int64)
+    for i, (r, sc) in enumerate(lists):
+        r = np.asarray(r)
+        sc = np.asarray(sc)
+        if r.ndim != 1 or sc.ndim != 1 or len(r) != len(sc):
+            raise ValueError(f"source {i}: rows and scores must be 1-D of one length, got {r.shape}, {sc.shape}")
+        if r.size and r.dtype.kind not in "iu":
+            raise ValueError(f"source {i}: rows must be integers, got dtype {r.dtype}")
+        rows.append(r)
+        scores.append(sc)
+        offsets[i + 1] = offsets[i] + len(r)
     bits = None if excluded is None else np.ascontiguousarray(excluded, np.uint8)
-    out = _merge.merge(np.concatenate(rows), np.concatenate(scores), offsets,
+    # one conversion each (int32 rows, float32 scores); the kernel range-checks rows before its loop
+    all_rows = np.concatenate(rows)
+    out = _merge.merge(all_rows if all_rows.dtype == np.int32 else to_int32(all_rows, "candidate rows"),
+                       np.concatenate(scores).astype(np.float32, copy=False), offsets,
                        np.asarray(quotas, np.int64), int(cap), int(n_items), bits)
     return Merged(*out)
 

@@ -73,3 +73,11 @@ def test_bad_input_rejected():
         merge_candidates([(np.array([1]), np.array([1.0]))], [1], 1, 100, np.zeros(2, np.uint8))
     with pytest.raises(ValueError, match="out of range"):
         exclusion_bitset(10, [10])
+
+
+def test_wide_rows_never_wrap_into_range():
+    # 2**32 would become row 0 if cast blindly to int32
+    with pytest.raises(ValueError, match="out of range"):
+        merge_candidates([(np.array([2**32], np.int64), np.array([1.0]))], [1], 1, 10)
+    with pytest.raises(ValueError, match="out of range"):
+        exclusion_bitset(10, np.array([2**32 + 1], np.int64))

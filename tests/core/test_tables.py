@@ -92,3 +92,9 @@ def test_gather_from_memory_map_and_bounds(table_file):
             gather(view, [5000])
         with pytest.raises(ValueError, match="out of range"):
             gather(view, [-1])
+
+
+def test_gather_wide_rows_never_wrap():
+    table = np.ones((4, 2), np.float32)
+    with pytest.raises(ValueError, match="out of range"):
+        gather(table, np.array([2**32], np.int64))
