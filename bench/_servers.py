@@ -1,0 +1,196 @@
+"""The servers a load test runs against: recserve itself, and the transport ceiling.
+
+The ceiling is a trivial server implementing the same ``recserve.v1.Recommender`` service with the same
+worker model and gRPC options as recserve's, answering every call with a response recorded from the real
+server (so the messages have the same sizes) without doing any work. It runs as
+``python bench/_servers.py ceiling-serve --responses FILE --workers N``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import tempfile
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+METHODS = ["Recommend", "SimilarItems", "RecordEvents"]
+
+def _decoders():
+    from recserve.v1 import recommender_pb2 as pb
+
+    return {"Recommend": (pb.RecommendRequest, pb.RecommendResponse),
+            "SimilarItems": (pb.SimilarItemsRequest, pb.SimilarItemsResponse),
+            "RecordEvents": (pb.RecordEventsRequest, pb.RecordEventsResponse)}
+
+
+class ServerProc:
+    """A server subprocess that prints ``{"event": "listening", "port": P}`` on stdout."""
+
+    def __init__(self, cmd: list[str], name: str, env=None, timeout: float = 180.0):
+        self.name = name
+        self.log = tempfile.NamedTemporaryFile(prefix=f"recserve-bench-{name}-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        self.port = None
+        import select
+
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([self.proc.stdout], [], [], 0.5)
+            if r:
+                line = self.proc.stdout.readline()
+                if not line:
+                    break
+                try:
+                    d = json.loads(line)
+                except ValueError:
+                    continue
+                if d.get("event") == "listening":
+                    self.port = int(d["port"])
+                    break
+            if self.proc.poll() is not None:
+                break
+        if self.port is None:
+            self.stop()
+            raise RuntimeError(f"{name} server did not start; log: {self.log.name}:\n"
+                               + Path(self.log.name).read_text()[-2000:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # our own session: the server and its workers
+                self.proc.wait()
+
+
+def start_real(bundle: str, workers: int, events_dir: str) -> ServerProc:
+    cmd = [sys.executable, "-m", "recserve.cli", "serve", "--bundle", bundle, "--host", "127.0.0.1",
+           "--port", "0", "--workers", str(workers), "--reload-interval", "0", "--events-dir", events_dir,
+           "--log-level", "WARNING"]
+    return ServerProc(cmd, "recserve", env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def start_ceiling(responses_file: str, workers: int) -> ServerProc:
+    cmd = [sys.executable, str(HERE / "_servers.py"), "ceiling-serve", "--responses", responses_file,
+           "--workers", str(workers)]
+    return ServerProc(cmd, "ceiling", env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def ceiling_serve(argv) -> int:
+    """The trivial server: same service, same worker model and gRPC options as recserve's, canned answers."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--responses", required=True)
+    ap.add_argument("--workers", type=int, default=2)
+    a = ap.parse_args(argv)
+    from recserve.config import ServeConfig
+
+    cfg = ServeConfig()
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    canned = pickle.loads(Path(a.responses).read_bytes())
+    pids = []
+    for _ in range(max(a.workers, 1)):  # forked before any gRPC object exists, as recserve's supervisor does
+        pid = os.fork()
+        if pid == 0:
+            _ceiling_worker(port, canned, cfg)
+        pids.append(pid)
+    print(json.dumps({"event": "listening", "port": port, "pid": os.getpid()}), flush=True)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    while not stop:
+        time.sleep(0.2)
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    return 0
+
+
+def _ceiling_worker(port: int, canned: dict, cfg) -> None:
+    code = 0
+    try:
+        from concurrent import futures
+
+        import grpc
+
+        from recserve.v1 import recommender_pb2_grpc as pbg
+
+        dec = _decoders()
+        msgs = {m: [dec[m][1].FromString(b) for b in canned[m]] or [dec[m][1]()] for m in METHODS}
+        counters = {m: 0 for m in METHODS}
+
+        def answer(m):
+            counters[m] += 1
+            return msgs[m][counters[m] % len(msgs[m])]
+
+        class Trivial(pbg.RecommenderServicer):
+            def Recommend(self, request, context):
+                return answer("Recommend")
+
+            def SimilarItems(self, request, context):
+                return answer("SimilarItems")
+
+            def RecordEvents(self, request, context):
+                return answer("RecordEvents")
+
+        opts = [("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", cfg.max_message_bytes),
+                ("grpc.max_send_message_length", cfg.max_message_bytes)]
+        srv = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.threads), options=opts,
+                          maximum_concurrent_rpcs=cfg.max_concurrent_rpcs)
+        pbg.add_RecommenderServicer_to_server(Trivial(), srv)
+        srv.add_insecure_port(f"127.0.0.1:{port}")
+        srv.start()
+        import threading
+
+        ev = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: ev.set())
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        ev.wait()
+        srv.stop(2).wait()
+    except BaseException:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def record_responses(target: str, requests: list, per_method: int = 50) -> dict:
+    """Calls the real server with requests from the pool; keeps the serialized OK responses per method."""
+    import grpc
+
+    out = {m: [] for m in METHODS}
+    with grpc.insecure_channel(target) as ch:
+        grpc.channel_ready_future(ch).result(timeout=30)
+        calls = {m: ch.unary_unary(f"/recserve.v1.Recommender/{m}", request_serializer=None,
+                                   response_deserializer=None) for m in METHODS}
+        for m, body in requests:
+            if len(out[m]) >= per_method:
+                continue
+            try:
+                out[m].append(calls[m](body, timeout=10))
+            except grpc.RpcError:
+                pass
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "ceiling-serve":
+        raise SystemExit(ceiling_serve(sys.argv[2:]))
+    raise SystemExit("usage: _servers.py ceiling-serve --responses FILE --workers N")
