@@ -27,7 +27,7 @@ DEFAULT_CFG = {
     "hnsw_ef_construction": 200, "i2i_M": 50, "holdout": 0.1, "label_frac": 0.15, "ranker_users": 3000,
     "tune_users": 1000, "ranker_rounds": 300, "tune": True,
     # LightGBM's OpenMP threads spin; on a shared 2-core box 2 threads were 3x slower than 1
-    "ranker_threads": 1, "label_windows": 2,
+    "ranker_threads": 1, "label_windows": 2, "label_split": "time",
     "grid": {"decay_short": [0.2, 0.5, 1.0], "alpha": [0.2, 0.5, 0.8]},
 }
 
@@ -86,9 +86,18 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
         train_mask, test_mask = np.ones(len(ds), bool), np.zeros(len(ds), bool)
     else:
         train_mask, test_mask, cut = split.split_masks(ds.ts, cfg["holdout"])
-    label_cut = split.time_cut(ds.ts[train_mask], cfg["label_frac"])
-    fit_mask = ds.ts < label_cut
-    label_mask = train_mask & ~fit_mask
+    if cfg.get("label_split", "time") == "time":
+        # the newest label_frac of the training time labels the ranker (the users active last are groups)
+        label_cut = split.time_cut(ds.ts[train_mask], cfg["label_frac"])
+        fit_mask = ds.ts < label_cut
+        label_mask = train_mask & ~fit_mask
+    else:
+        # every user's own newest (or random) share labels the ranker: every user can be a group
+        label_mask = split.per_user_label_mask(ds.user, ds.ts, train_mask, ds.n_users, cfg["label_frac"],
+                                               cfg["seed"], random=cfg["label_split"] == "user-random")
+        fit_mask = train_mask & ~label_mask
+        label_cut = float(ds.ts[fit_mask].max()) + 1.0
+        cfg = {**cfg, "label_windows": 1}
 
     lu, li, lt, le, lv, lfirst = _window(ds, label_mask)
     labels = rk.label_map(lu, li, rk.relevance(le, lv))
@@ -168,7 +177,7 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
         "index": art.index_info,
         "params": params,
         "training": {"cut": cut, "label_cut": label_cut, "now": cut, "holdout": cfg["holdout"],
-                     "label_frac": cfg["label_frac"], "embedding": art.embed_method, "factors": cfg["factors"],
+                     "label_frac": cfg["label_frac"], "label_split": cfg["label_split"], "embedding": art.embed_method, "factors": cfg["factors"],
                      "seed": cfg["seed"], "ranker": rinfo, "tuning": tuning, "data_report": ds.report,
                      "config": {k: v for k, v in cfg.items() if k != "grid"}},
         "evaluation": {},

@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--ranker-users", type=int, default=3000)
     b.add_argument("--no-tune", action="store_true")
     b.add_argument("--label-windows", type=int, default=2, help="successive label windows for ranker rows")
+    b.add_argument("--label-split", choices=["time", "user", "user-random"], default="time",
+                   help="ranker labels: the newest time window (time), or each user's newest (user) or "
+                        "random (user-random) share of her interactions")
     b.add_argument("--drop-unknown", action="store_true", help="drop interactions with unknown items")
     b.add_argument("--evaluate", action="store_true", help="evaluate on the held-out data after building")
     b.add_argument("--eval-users", type=int, default=2000)
@@ -120,7 +123,8 @@ def _run(args) -> int:
         except ValueError:
             return _fail(f"--factors: expected positive integers, got {args.factors!r}", 2)
         cfg = {"seed": args.seed, "factors": factors if len(factors) > 1 else factors[0], "embed": args.embed, "als_reg": args.als_reg, "threads": args.threads,
-               "holdout": args.holdout, "ranker_users": args.ranker_users, "label_windows": args.label_windows, "tune": not args.no_tune}
+               "holdout": args.holdout, "ranker_users": args.ranker_users, "label_windows": args.label_windows, "label_split": args.label_split,
+               "tune": not args.no_tune}
         path = build(ds, args.out, cfg, timer=timer)
         if args.evaluate:
             with timer("evaluate"):

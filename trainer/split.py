@@ -17,3 +17,24 @@ def time_cut(ts: np.ndarray, holdout: float) -> float:
 def split_masks(ts: np.ndarray, holdout: float):
     cut = time_cut(ts, holdout)
     return ts < cut, ts >= cut, cut
+
+
+def per_user_label_mask(user: np.ndarray, ts: np.ndarray, train_mask: np.ndarray, n_users: int,
+                        frac: float, seed: int = 0, random: bool = False) -> np.ndarray:
+    """Per user, her newest ``frac`` of the training interactions (at least one, for users with two or
+    more), or with ``random`` a seeded random share of them: the labels of the ranker's rows when every
+    user should be a training group (per-user evaluation protocols), not only the users active last."""
+    idx = np.flatnonzero(train_mask)
+    u = user[idx]
+    if random:
+        order = idx[np.lexsort((np.random.default_rng(seed).random(len(idx)), u))]
+    else:
+        order = idx[np.lexsort((-idx, -ts[idx], u))]           # per user, newest first
+    u_o = user[order]
+    counts = np.bincount(u_o, minlength=n_users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pos = np.arange(len(order)) - starts[u_o]
+    n_lab = np.where(counts >= 2, np.maximum(1, np.round(counts * frac)), 0).astype(np.int64)
+    mask = np.zeros(len(user), bool)
+    mask[order[pos < n_lab[u_o]]] = True
+    return mask
