@@ -68,14 +68,18 @@ def _mask_first(user, order, share):
     return mask
 
 
-def build_bundle(train_ds, tmp: Path, seed: int, args) -> Path:
+# the ranker's labels that match each protocol's held-out set: random per user for (a), newest per user for (b)
+AUTO_LABEL_SPLIT = {"a": "user-random", "b": "user"}
+
+
+def build_bundle(train_ds, tmp: Path, seed: int, args, label_split: str = "time") -> Path:
     from trainer.io import write_dataset
 
     data = tmp / "data"
     write_dataset(train_ds, data, "csv")
     cmd = [sys.executable, "-m", "trainer.cli", "build", str(tmp / "bundle"), "--data", str(data),
            "--holdout", "0", "--seed", str(seed), "--threads", str(args.threads), "--factors", str(args.factors),
-           "--ranker-users", str(args.ranker_users)]
+           "--ranker-users", str(args.ranker_users), "--label-split", label_split]
     if args.quick:
         cmd.append("--no-tune")
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -85,7 +89,7 @@ def build_bundle(train_ds, tmp: Path, seed: int, args) -> Path:
     return resolve(str(tmp / "bundle"))
 
 
-def run_once(ds, test: np.ndarray, seed: int, args) -> dict:
+def run_once(ds, test: np.ndarray, seed: int, args, label_split: str = "time") -> dict:
     """All methods on one split; returns {method: metrics} plus bookkeeping."""
     import quality
     from recserve.bundle import Bundle
@@ -98,7 +102,7 @@ def run_once(ds, test: np.ndarray, seed: int, args) -> dict:
     out = {}
     with tempfile.TemporaryDirectory(prefix="recserve-protocols-") as tmpd:
         t0 = time.perf_counter()
-        path = build_bundle(ds.subset(~test), Path(tmpd), seed, args)
+        path = build_bundle(ds.subset(~test), Path(tmpd), seed, args, label_split)
         build_s = time.perf_counter() - t0
         b = Bundle.open(path)
         try:
@@ -182,6 +186,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ranker-users", type=int, default=3000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="smoke run: builds with --no-tune")
+    ap.add_argument("--label-split", default="auto", choices=["auto", "time", "user", "user-random"],
+                    help="recserve's ranker labels (auto: user-random for protocol a, user for b)")
     a = ap.parse_args(argv)
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     if a.data_dir:
@@ -201,7 +207,8 @@ def main(argv=None) -> int:
         runs = []
         for s in seeds:
             test = split_random(ds, s) if proto == "a" else split_newest(ds)
-            runs.append(run_once(ds, test, s, a))
+            split = AUTO_LABEL_SPLIT.get(proto, "time") if a.label_split == "auto" else a.label_split
+            runs.append(run_once(ds, test, s, a, split))
             print(f"  protocol {proto} seed {s} done", flush=True)
         label = {"a": "(a) per-user random 80/20", "b": "(b) per-user newest 20 %"}.get(proto, proto)
         print(table(label, runs, seeds), flush=True)
