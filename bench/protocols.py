@@ -46,26 +46,16 @@ METHODS = ["popularity", "item-knn", "ease", "implicit-als", "recserve ann", "re
 
 def split_random(ds, seed: int, share: float = 0.2) -> np.ndarray:
     """Test mask: per user a seeded random ``share`` of her interactions (>= 1 when she has >= 2)."""
-    rng = np.random.default_rng(seed)
-    order = np.lexsort((rng.random(len(ds)), ds.user))
-    return _mask_first(ds.user, order, share)
+    from trainer.split import per_user_label_mask
+
+    return per_user_label_mask(ds.user, ds.ts, np.ones(len(ds), bool), ds.n_users, share, seed, random=True)
 
 
 def split_newest(ds, share: float = 0.2) -> np.ndarray:
     """Test mask: per user her newest ``share`` (ties broken by input order, newest last)."""
-    order = np.lexsort((-np.arange(len(ds)), -ds.ts, ds.user))
-    return _mask_first(ds.user, order, share)
+    from trainer.split import per_user_label_mask
 
-
-def _mask_first(user, order, share):
-    u = user[order]
-    counts = np.bincount(user)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    pos = np.arange(len(u)) - starts[u]
-    n_test = np.where(counts >= 2, np.maximum(1, np.round(counts * share)), 0).astype(np.int64)
-    mask = np.zeros(len(user), bool)
-    mask[order[pos < n_test[u]]] = True
-    return mask
+    return per_user_label_mask(ds.user, ds.ts, np.ones(len(ds), bool), ds.n_users, share)
 
 
 # the ranker's labels that match each protocol's held-out set: random per user for (a), newest per user for (b)
