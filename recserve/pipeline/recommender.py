@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recserve._core import candidates as CC
-from recserve._core.cross import Crosser
 from recserve._core.embed import UserVectorParams
-from recserve._core.merge import exclusion_bitset, merge_candidates
+from recserve._core.merge import merge_candidates
 from recserve.events import Event, EventStore, ages_days
 from recserve.pipeline import candidates as C
 from recserve.pipeline import ranking as R
 from recserve.pipeline import rerank as RR
 from recserve.pipeline.errors import InvalidArgument, NotFound
+from recserve.pipeline.items import ItemSnapshot, walk_allowed
 
 MAX_K = 500
 DEFAULT_K = 20
@@ -109,10 +109,8 @@ class Recommender:
         cols = t.columns("item_feats") or list(bundle.schema.item_columns)
         self.item_cols = cols
         self.base_feats = np.asarray(bundle.item_feats, np.float32)
-        # (item table with the stock/price overlay, its Crosser): replaced whole, never mutated, so a
-        # request reads one consistent snapshot
-        self._items = (self.base_feats, None)
         col = {c: i for i, c in enumerate(cols)}
+        self.columns = col
         self.c_price, self.c_cat = col.get("price"), col.get("category")
         self.c_creator, self.c_stock = col.get("creator"), col.get("in_stock")
         self.c_created = col.get("created_days")
@@ -137,7 +135,9 @@ class Recommender:
         self.ann = C.AnnSource(bundle.index, self.emb)
         self.schema = bundle.schema
         self.sources = list(self.schema.sources)
-        self._items = (self.base_feats, Crosser(self.schema, self.base_feats, self.emb))
+        # the item table with the stock/price overlay: replaced whole, never mutated, so a request reads
+        # one consistent snapshot
+        self._items = self._snapshot(self.base_feats)
         self.ranker = R.Ranker(bundle.ranker_text, list(self.schema.names), str(p.get("ranker_engine", "forest")))
         self.cparams = {**CC.DEFAULT_PARAMS, **p}
         self.uv_params = UserVectorParams(float(p.get("decay_short", 0.5)), float(p.get("decay_long", 0.02)),
@@ -155,10 +155,13 @@ class Recommender:
 
     @property
     def feats(self) -> np.ndarray:
-        return self._items[0]
+        return self._items.feats
 
-    def _refresh_items(self):
-        """The current (item table, Crosser) snapshot, rebuilt when the event store's item state changed."""
+    def _snapshot(self, feats: np.ndarray) -> ItemSnapshot:
+        return ItemSnapshot(feats, self.schema, self.emb, self.columns, self.trend_rows, self.trend_scores)
+
+    def _refresh_items(self) -> ItemSnapshot:
+        """The current item snapshot, rebuilt when the event store's item state changed."""
         if self.store is None:
             return self._items
         gen = self.store.items_gen()
@@ -177,7 +180,7 @@ class Recommender:
                     feats[r, self.c_stock] = 1.0 if st["in_stock"] else 0.0
                 if "price" in st and self.c_price is not None:
                     feats[r, self.c_price] = st["price"]
-            self._items = (feats, Crosser(self.schema, feats, self.emb))
+            self._items = self._snapshot(feats)
             self._items_gen = gen
             return self._items
 
@@ -192,8 +195,11 @@ class Recommender:
             codes.append(r)
         return np.array(codes, np.int64)
 
-    def _allowed(self, f: Filters, feats: np.ndarray, field_prefix: str = "filters"):
-        """Boolean mask of allowed item rows (None = everything), and include category codes."""
+    def _allowed(self, f: Filters, snap: ItemSnapshot, field_prefix: str = "filters"):
+        """(mask of allowed item rows or None for everything, include category codes, number allowed).
+
+        The in-stock-only default returns the snapshot's shared read-only mask: no per-request work.
+        """
         include = self._category_codes(f.include_categories, f"{field_prefix}.include_categories")
         exclude = self._category_codes(f.exclude_categories, f"{field_prefix}.exclude_categories")
         for name, v in (("min_price", f.min_price), ("max_price", f.max_price)):
@@ -205,28 +211,24 @@ class Recommender:
             raise InvalidArgument(f"{field_prefix}.exclude_item_ids", f"more than {MAX_LIST} ids")
         for i in f.exclude_item_ids:
             check_id(i, f"{field_prefix}.exclude_item_ids")
-        mask = None
-
-        def m():
-            nonlocal mask
-            if mask is None:
-                mask = np.ones(self.n_items, bool)
-            return mask
-
-        if f.in_stock_only and self.c_stock is not None:
-            m()[:] &= feats[:, self.c_stock] > 0.5
-        if len(include) and self.c_cat is not None:
-            m()[:] &= np.isin(feats[:, self.c_cat].astype(np.int64), include)
-        if len(exclude) and self.c_cat is not None:
-            m()[:] &= ~np.isin(feats[:, self.c_cat].astype(np.int64), exclude)
-        if f.min_price is not None and self.c_price is not None:
-            m()[:] &= feats[:, self.c_price] >= f.min_price
-        if f.max_price is not None and self.c_price is not None:
-            m()[:] &= feats[:, self.c_price] <= f.max_price
+        base = snap.in_stock if f.in_stock_only else None
+        cat = snap.category if (len(include) or len(exclude)) else None
+        price = snap.price if (f.min_price is not None or f.max_price is not None) else None
+        if cat is None and price is None and not f.exclude_item_ids:
+            return base, include, (self.n_items if base is None else snap.n_in_stock)
+        mask = np.ones(self.n_items, bool) if base is None else base.copy()
+        if cat is not None and len(include):
+            mask &= np.isin(cat, include)
+        if cat is not None and len(exclude):
+            mask &= ~np.isin(cat, exclude)
+        if price is not None and f.min_price is not None:
+            mask &= price >= f.min_price
+        if price is not None and f.max_price is not None:
+            mask &= price <= f.max_price
         if f.exclude_item_ids:
             rows = self.tables.rows_of("item", f.exclude_item_ids)
-            m()[rows[rows >= 0]] = False
-        return mask, include
+            mask[rows[rows >= 0]] = False
+        return mask, include, int(np.count_nonzero(mask))
 
     def _history(self, user_id: str, user_row: int | None):
         """(rows, event codes, timestamps), oldest first, bundle history + recent events."""
@@ -281,8 +283,9 @@ class Recommender:
             raise InvalidArgument("context.weekday", f"must be in 0..6, got {req.weekday}")
         if not math.isfinite(req.timestamp) or req.timestamp < 0:
             raise InvalidArgument("context.timestamp", "must be finite unix seconds >= 0")
-        feats, crosser = self._refresh_items()
-        allowed, include = self._allowed(req.filters, feats)
+        snap = self._refresh_items()
+        feats = snap.feats
+        allowed, include, n_allowed = self._allowed(req.filters, snap)
         now = req.timestamp or time.time()
         tm = time.gmtime(now)
         hour = req.hour if req.hour is not None else tm.tm_hour
@@ -302,7 +305,6 @@ class Recommender:
         user_row_vals = self.user_feats[user_row] if user_row is not None else self.user_mean
         lap("user")
 
-        n_allowed = self.n_items if allowed is None else int(allowed.sum())
         frac = n_allowed / max(self.n_items, 1)
         brute = allowed is not None and (frac < C.BRUTE_FRACTION or n_allowed <= C.BRUTE_MAX and frac < 0.5)
         q = {s: int(self.quotas.get(s, 50)) for s in self.sources}
@@ -321,12 +323,14 @@ class Recommender:
         if len(include):
             lists["popular"] = C.popular_in_categories(self.cat_indptr, self.cat_rows, self.trend_of_row,
                                                        include, allowed, limit)
-        elif allowed is not None or len(lists["popular"][0]) < limit:
-            lists["popular"] = C.popular(self.trend_rows, self.trend_scores, allowed, limit)
-        excluded_rows = consumed
-        if allowed is not None:
-            excluded_rows = np.concatenate([excluded_rows, np.flatnonzero(~allowed)])
-        bits = exclusion_bitset(self.n_items, excluded_rows) if len(excluded_rows) else None
+        elif allowed is snap.in_stock and allowed is not None:
+            r_, s_ = snap.trend_in_stock
+            lists["popular"] = (r_[:limit], s_[:limit])
+        elif allowed is not None:
+            lists["popular"] = walk_allowed(self.trend_rows, self.trend_scores, allowed, limit)
+        elif len(lists["popular"][0]) < limit:
+            lists["popular"] = C.popular(self.trend_rows, self.trend_scores, None, limit)
+        bits = snap.exclusion_bits(consumed, allowed)
         merged = merge_candidates([lists.get(s, C.EMPTY) for s in self.sources],
                                   [q.get(s, 50) for s in self.sources], max(self.cap, k),
                                   self.n_items, bits)
@@ -336,7 +340,7 @@ class Recommender:
 
         dev = float(req.device)
         ctx = R.context_vector(self.schema, float(hour), float(weekday), dev, req.extra)
-        X, scores = R.score(crosser, self.ranker, user_row_vals, uvec, merged, ctx, now / 86400.0)
+        X, scores = R.score(snap.crosser, self.ranker, user_row_vals, uvec, merged, ctx, now / 86400.0)
         lap("ranking")
 
         rel = RR.minmax(scores)
@@ -367,30 +371,38 @@ class Recommender:
         t0 = time.perf_counter()
         check_id(item_id, "item_id")
         k = check_k(k)
-        feats, _ = self._refresh_items()
+        snap = self._refresh_items()
         row = self.tables.row_of("item", item_id)
         if row is None:
             raise NotFound("item_id", f"unknown item {item_id!r}")
-        allowed, _ = self._allowed(filters, feats)
-        ok = np.ones(self.n_items, bool) if allowed is None else allowed.copy()
-        ok[row] = False
-        vec = self.emb[row]
-        n_ok = int(ok.sum())
+        allowed, _, n_allowed = self._allowed(filters, snap)
+        n_ok = n_allowed - (1 if allowed is None or allowed[row] else 0)
         want = min(k, n_ok)
         frac = n_ok / max(self.n_items, 1)
-        cand: set[int] = set()
+        vec = self.emb[row]
+        nb, nb_score = self.i2i_rows[row], self.i2i_scores[row]
+        nb_ok = nb >= 0
+        nb, nb_score = nb[nb_ok].astype(np.int64), nb_score[nb_ok].astype(np.float32)
+        parts = [nb]
         if frac >= C.BRUTE_FRACTION:
             r, _ = self.ann.query(vec, min(int((k + 1) * 3 / frac) + 1, self.ann.count), None, False)
-            cand.update(int(x) for x in r)
-        nb = self.i2i_rows[row]
-        i2i_score = {int(a): float(b) for a, b in zip(nb, self.i2i_scores[row]) if a >= 0}
-        cand.update(i2i_score)
-        rows = np.array(sorted(c for c in cand if ok[c]), np.int64)
+            parts.append(r.astype(np.int64))
+        rows = np.unique(np.concatenate(parts))
+        keep = rows != row
+        if allowed is not None:
+            keep &= allowed[rows]
+        rows = rows[keep]
         if len(rows) < want:  # selective filter: search the allowed subset exhaustively
+            ok = np.ones(self.n_items, bool) if allowed is None else allowed.copy()
+            ok[row] = False
             rows = np.flatnonzero(ok)
         cos = self.emb[rows] @ vec
-        mx = max(i2i_score.values(), default=0.0) or 1.0
-        i2i_part = np.array([i2i_score.get(int(r), 0.0) / mx for r in rows], np.float32)
+        i2i_part = np.zeros(len(rows), np.float32)
+        if len(nb):
+            pos = np.searchsorted(rows, nb)
+            hit = pos < len(rows)
+            hit[hit] = rows[pos[hit]] == nb[hit]
+            i2i_part[pos[hit]] = nb_score[hit] / (float(nb_score.max()) or 1.0)
         blend = 0.7 * cos + 0.3 * i2i_part
         order = np.argsort(-blend, kind="stable")[:want]
         ids = self.tables.ids_of("item", rows[order])

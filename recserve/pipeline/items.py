@@ -1,0 +1,82 @@
+"""The item table as one request sees it: bundle features with the live stock / price overlay.
+
+An :class:`ItemSnapshot` is built once per change of the item state (never per request) and is read-only
+afterwards, so a request reads one consistent view and everything a request needs about the whole
+catalogue is precomputed here: the in-stock mask, the out-of-stock exclusion bitset and the in-stock
+trending list. The default request (in-stock items only, no other filter) then costs nothing that grows
+with the catalogue.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from recserve._core.cross import Crosser
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+def packed_bits(n_items: int, rows: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
+    """A little-endian uint8 bitset of ``n_items`` bits: ``base`` (copied) with ``rows`` set."""
+    bits = np.zeros((n_items + 7) // 8, np.uint8) if base is None else base.copy()
+    r = np.asarray(rows, np.int64)
+    if r.size:
+        if r.min() < 0 or r.max() >= n_items:
+            raise ValueError(f"excluded row out of range [0, {n_items})")
+        np.bitwise_or.at(bits, r >> 3, np.left_shift(1, r & 7).astype(np.uint8))
+    return bits
+
+
+def walk_allowed(rows: np.ndarray, scores: np.ndarray, allowed: np.ndarray, limit: int):
+    """The first ``limit`` entries of a ranked list whose rows are allowed, reading only as far as needed."""
+    out_r, out_s, have, i, step = [], [], 0, 0, max(4 * limit, 256)
+    while have < limit and i < len(rows):
+        r, s = rows[i:i + step], scores[i:i + step]
+        keep = allowed[r]
+        out_r.append(r[keep])
+        out_s.append(s[keep])
+        have += int(keep.sum())
+        i += step
+        step *= 2
+    if not out_r:
+        return np.zeros(0, np.int32), np.zeros(0, np.float32)
+    return (np.concatenate(out_r)[:limit].astype(np.int32, copy=False),
+            np.concatenate(out_s)[:limit].astype(np.float32, copy=False))
+
+
+class ItemSnapshot:
+    """Item features (with overlay), their :class:`Crosser`, and the catalogue-wide derived structures."""
+
+    def __init__(self, feats: np.ndarray, schema, emb: np.ndarray, columns: dict[str, int],
+                 trend_rows: np.ndarray, trend_scores: np.ndarray):
+        self.feats = _frozen(feats)
+        self.crosser = Crosser(schema, feats, emb)
+        n = len(feats)
+        self.n_items = n
+        c_stock = columns.get("in_stock")
+        if c_stock is None:
+            self.in_stock = None                       # no stock column: everything is in stock
+            self.n_in_stock = n
+            self.out_of_stock_bits = None
+            self.trend_in_stock = (np.asarray(trend_rows, np.int32), np.asarray(trend_scores, np.float32))
+        else:
+            self.in_stock = _frozen(np.ascontiguousarray(feats[:, c_stock] > 0.5))
+            self.n_in_stock = int(self.in_stock.sum())
+            self.out_of_stock_bits = _frozen(np.packbits(~self.in_stock, bitorder="little"))
+            keep = self.in_stock[trend_rows]
+            self.trend_in_stock = (_frozen(np.asarray(trend_rows[keep], np.int32)),
+                                   _frozen(np.asarray(trend_scores[keep], np.float32)))
+        c_cat = columns.get("category")
+        self.category = None if c_cat is None else _frozen(np.ascontiguousarray(feats[:, c_cat], np.int64))
+        c_price = columns.get("price")
+        self.price = None if c_price is None else _frozen(np.ascontiguousarray(feats[:, c_price]))
+
+    def exclusion_bits(self, rows: np.ndarray, allowed: np.ndarray | None) -> np.ndarray | None:
+        """The merge's exclusion bitset: ``rows`` plus every item ``allowed`` rules out."""
+        if allowed is None:
+            return packed_bits(self.n_items, rows) if len(rows) else None
+        if allowed is self.in_stock:
+            return packed_bits(self.n_items, rows, self.out_of_stock_bits)
+        return packed_bits(self.n_items, rows, np.packbits(~allowed, bitorder="little"))

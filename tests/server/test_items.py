@@ -1,0 +1,43 @@
+"""The item snapshot's catalogue-wide structures against plain numpy."""
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recserve._core.merge import exclusion_bitset
+from recserve.pipeline.items import packed_bits, walk_allowed
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 300), st.data())
+def test_packed_bits_matches_exclusion_bitset(n, data):
+    rows = np.array(data.draw(st.lists(st.integers(0, n - 1), max_size=50)), np.int64)
+    base_rows = np.array(data.draw(st.lists(st.integers(0, n - 1), max_size=50)), np.int64)
+    want = exclusion_bitset(n, np.concatenate([rows, base_rows]))
+    assert np.array_equal(packed_bits(n, np.concatenate([rows, base_rows])), want)
+    base = exclusion_bitset(n, base_rows)
+    before = base.copy()
+    assert np.array_equal(packed_bits(n, rows, base), want)
+    assert np.array_equal(base, before)          # the shared base is never modified
+
+
+def test_packed_bits_rejects_out_of_range():
+    import pytest
+
+    with pytest.raises(ValueError, match="out of range"):
+        packed_bits(10, np.array([10]))
+    with pytest.raises(ValueError, match="out of range"):
+        packed_bits(10, np.array([-1]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 2000), st.floats(0.0, 1.0), st.integers(0, 600), st.integers(0, 10_000))
+def test_walk_allowed_is_the_filtered_prefix(n, share, limit, seed):
+    rng = np.random.default_rng(seed)
+    rows = rng.permutation(n).astype(np.int32)
+    scores = np.sort(rng.random(n).astype(np.float32))[::-1]
+    allowed = rng.random(n) < share
+    r, s = walk_allowed(rows, scores, allowed, limit)
+    keep = allowed[rows]
+    assert np.array_equal(r, rows[keep][:limit])
+    assert np.array_equal(s, scores[keep][:limit])
+    assert r.dtype == np.int32 and s.dtype == np.float32
