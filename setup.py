@@ -32,6 +32,7 @@ MODULES = [
     "recserve._core._mmr",
     "recserve._core._gather",
     "recserve._core._forest",
+    "recserve._core._neighbours",
 ]
 
 

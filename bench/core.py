@@ -25,6 +25,7 @@ from recserve._core.embed import UserVectorParams, user_vector, user_vector_refe
 from recserve._core.gather import gather, gather_reference  # noqa: E402
 from recserve._core.merge import exclusion_bitset, merge_candidates, merge_reference  # noqa: E402
 from recserve._core.mmr import mmr, mmr_reference  # noqa: E402
+from recserve._core.neighbours import neighbour_sum, neighbour_sum_reference  # noqa: E402
 from recserve._core.tables import TableReader, TableWriter  # noqa: E402
 
 
@@ -90,6 +91,11 @@ def main(argv=None) -> int:
     creators = rng.integers(0, 100, 500)
     # 5. gathers: 500 random rows of 40 float32 from LMDB
     gat_rows = rng.integers(0, n_items, 500).astype(np.int32)
+    # 6. item-to-item: 20 seeds x 50 neighbours (the catalogue's i2i table), best 240
+    i2i_rows = rng.integers(0, n_items, (n_items, 50)).astype(np.int32)
+    i2i_scores = np.sort(rng.random((n_items, 50)).astype(np.float32), axis=1)[:, ::-1].copy()
+    seeds = rng.integers(0, n_items, 20)
+    seed_w = np.exp(-0.1 * np.arange(20)).astype(np.float32)
 
     cases = {
         "user embedding (L=50, d=64)": (
@@ -105,6 +111,9 @@ def main(argv=None) -> int:
         "MMR + creator rules (500 -> 20)": (
             lambda: mmr(rel, E, cand, 20, 0.7, creators, 2, True),
             lambda: mmr_reference(rel, E, cand, 20, 0.7, creators, 2, True)),
+        "i2i neighbour sum (20 seeds x 50 -> 240)": (
+            lambda: neighbour_sum(seeds, seed_w, i2i_rows, i2i_scores, 240),
+            lambda: neighbour_sum_reference(seeds, seed_w, i2i_rows, i2i_scores, 240)),
         "gather (500 rows x 40, LMDB map)": (
             lambda: gather(T40, gat_rows), lambda: gather_reference(T40, gat_rows)),
     }
