@@ -15,8 +15,9 @@ What it does
     real server* in this run (so the response messages have the same sizes) without doing any work. Every
     phase runs against both servers, alternately, with the same client and the same request pool; every
     figure is printed with its ratio to the ceiling.
-  * Clients are separate processes (``multiprocessing`` spawn), each with its own channel and a grpc.aio
-    event loop. Requests are pre-built before timing (users drawn from the bundle's users with Zipf skew,
+  * Clients are separate processes (``multiprocessing`` spawn), each with a grpc.aio event loop and
+    ``--channels`` connections of its own, calls round-robin over them: the kernel's SO_REUSEPORT balances
+    *connections* over the server's workers, so a client with one connection loads one worker only. Requests are pre-built before timing (users drawn from the bundle's users with Zipf skew,
     plus unknown and anonymous users; category filters; explain) so request building is not timed.
   * Closed loop: ``--concurrency`` outstanding calls in total, split over the clients.
     Open loop: Poisson arrivals at ``--rate`` calls/s in total; latency is measured from the *intended* send
@@ -134,87 +135,101 @@ async def _client(idx, target, requests, phase, ready_q, go, start_at):
     import grpc
 
     dec = _decoders()
-    opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.enable_retries", 0)]
-    async with grpc.aio.insecure_channel(target, options=opts) as ch:
-        await asyncio.wait_for(ch.channel_ready(), 30)
-        calls = {m: ch.unary_unary(f"/recserve.v1.Recommender/{m}", request_serializer=None,
-                                   response_deserializer=dec[m][1].FromString) for m in METHODS}
-        # warm the connection (not recorded)
-        for m, body in requests[:20]:
-            try:
-                await calls[m](body, timeout=phase["deadline"])
-            except grpc.aio.AioRpcError:
-                pass
-        ready_q.put(idx)
-        while not go.is_set():
-            await asyncio.sleep(0.005)
-        t0 = start_at.value
-        while time.monotonic() < t0:
-            await asyncio.sleep(min(0.005, max(t0 - time.monotonic(), 0)))
-        t_end = t0 + phase["duration"]
-        n = len(requests)
-        meth_ix = {m: i for i, m in enumerate(METHODS)}
-        rec_m, rec_t, rec_lat, rec_code, rec_lag = [], [], [], [], []
-        codes: list[str] = []
-        code_ix: dict[str, int] = {}
+    # each channel its own TCP connection (SO_REUSEPORT balances connections, not calls, over workers)
+    opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.enable_retries", 0),
+            ("grpc.use_local_subchannel_pool", 1)]
+    chans = [grpc.aio.insecure_channel(target, options=opts) for _ in range(max(phase["channels"], 1))]
+    try:
+        for ch in chans:
+            await asyncio.wait_for(ch.channel_ready(), 30)
+        per_chan = [{m: ch.unary_unary(f"/recserve.v1.Recommender/{m}", request_serializer=None,
+                                       response_deserializer=dec[m][1].FromString) for m in METHODS}
+                    for ch in chans]
+        return await _drive(idx, per_chan, requests, phase, ready_q, go, start_at)
+    finally:
+        for ch in chans:
+            await ch.close()
 
-        def code_of(name):
-            if name not in code_ix:
-                code_ix[name] = len(codes)
-                codes.append(name)
-            return code_ix[name]
 
-        async def one(j, intended):
-            m, body = requests[j % n]
-            sent = time.monotonic()
-            try:
-                await calls[m](body, timeout=phase["deadline"])
-                c = "OK"
-            except grpc.aio.AioRpcError as e:
-                c = e.code().name
-            done = time.monotonic()
-            rec_m.append(meth_ix[m])
-            rec_t.append(intended)
-            rec_lat.append(done - intended)
-            rec_lag.append(sent - intended)
-            rec_code.append(code_of(c))
+async def _drive(idx, per_chan, requests, phase, ready_q, go, start_at):
+    import grpc
 
-        if phase["mode"] == "closed":
-            counter = [idx * 7919]
+    # warm every connection (not recorded)
+    for j, (m, body) in enumerate(requests[:20 * len(per_chan)]):
+        try:
+            await per_chan[j % len(per_chan)][m](body, timeout=phase["deadline"])
+        except grpc.aio.AioRpcError:
+            pass
+    ready_q.put(idx)
+    while not go.is_set():
+        await asyncio.sleep(0.005)
+    t0 = start_at.value
+    while time.monotonic() < t0:
+        await asyncio.sleep(min(0.005, max(t0 - time.monotonic(), 0)))
+    t_end = t0 + phase["duration"]
+    n = len(requests)
+    meth_ix = {m: i for i, m in enumerate(METHODS)}
+    rec_m, rec_t, rec_lat, rec_code, rec_lag = [], [], [], [], []
+    codes: list[str] = []
+    code_ix: dict[str, int] = {}
 
-            async def loop():
-                while True:
-                    now = time.monotonic()
-                    if now >= t_end:
-                        return
-                    j = counter[0]
-                    counter[0] += 1
-                    await one(j, now)
+    def code_of(name):
+        if name not in code_ix:
+            code_ix[name] = len(codes)
+            codes.append(name)
+        return code_ix[name]
 
-            await asyncio.gather(*(loop() for _ in range(phase["concurrency"])))
-        else:
-            rate = phase["rate"]
-            rng = np.random.default_rng(1000 + idx)
-            k = int(rate * phase["duration"] * 1.2) + 10
-            intended = t0 + np.cumsum(rng.exponential(1.0 / rate, size=k))
-            intended = intended[intended < t_end]
-            inflight: set = set()
-            for j, t in enumerate(intended.tolist()):
-                d = t - time.monotonic()
-                if d > 0:
-                    await asyncio.sleep(d)
-                if len(inflight) >= phase["max_inflight"]:
-                    rec_m.append(meth_ix[requests[(j + idx * 7919) % n][0]])
-                    rec_t.append(t)
-                    rec_lat.append(np.nan)
-                    rec_lag.append(np.nan)
-                    rec_code.append(code_of("CLIENT_BACKLOG"))
-                    continue
-                task = asyncio.ensure_future(one(j + idx * 7919, t))
-                inflight.add(task)
-                task.add_done_callback(inflight.discard)
-            if inflight:
-                await asyncio.wait(inflight, timeout=phase["deadline"] + 5)
+    async def one(j, intended):
+        m, body = requests[j % n]
+        sent = time.monotonic()
+        try:
+            await per_chan[j % len(per_chan)][m](body, timeout=phase["deadline"])
+            c = "OK"
+        except grpc.aio.AioRpcError as e:
+            c = e.code().name
+        done = time.monotonic()
+        rec_m.append(meth_ix[m])
+        rec_t.append(intended)
+        rec_lat.append(done - intended)
+        rec_lag.append(sent - intended)
+        rec_code.append(code_of(c))
+
+    if phase["mode"] == "closed":
+        counter = [idx * 7919]
+
+        async def loop():
+            while True:
+                now = time.monotonic()
+                if now >= t_end:
+                    return
+                j = counter[0]
+                counter[0] += 1
+                await one(j, now)
+
+        await asyncio.gather(*(loop() for _ in range(phase["concurrency"])))
+    else:
+        rate = phase["rate"]
+        rng = np.random.default_rng(1000 + idx)
+        k = int(rate * phase["duration"] * 1.2) + 10
+        intended = t0 + np.cumsum(rng.exponential(1.0 / rate, size=k))
+        intended = intended[intended < t_end]
+        inflight: set = set()
+        for j, t in enumerate(intended.tolist()):
+            d = t - time.monotonic()
+            if d > 0:
+                await asyncio.sleep(d)
+            if len(inflight) >= phase["max_inflight"]:
+                rec_m.append(meth_ix[requests[(j + idx * 7919) % n][0]])
+                rec_t.append(t)
+                rec_lat.append(np.nan)
+                rec_lag.append(np.nan)
+                rec_code.append(code_of("CLIENT_BACKLOG"))
+                continue
+            task = asyncio.ensure_future(one(j + idx * 7919, t))
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+        if inflight:
+            await asyncio.wait(inflight, timeout=phase["deadline"] + 5)
     return {"t0": t0, "method": np.array(rec_m, np.int8), "t": np.array(rec_t), "lat": np.array(rec_lat),
             "lag": np.array(rec_lag), "code": np.array(rec_code, np.int16), "codes": codes}
 
@@ -390,6 +405,8 @@ def main(argv=None) -> int:
     ap.add_argument("--target", help="host:port of a running server (loopback only)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--clients", type=int, default=2, help="client processes")
+    ap.add_argument("--channels", type=int, default=4,
+                    help="connections per client process (calls round-robin over them)")
     ap.add_argument("--concurrency", type=int, default=16, help="closed loop: outstanding calls in total")
     ap.add_argument("--rate", type=float, default=0.0, help="open loop: calls/s in total (0: closed loop only)")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
@@ -446,7 +463,7 @@ def main(argv=None) -> int:
             c = start_ceiling(rf, a.workers)
             servers.append(c)
             targets["ceiling"] = f"127.0.0.1:{c.port}"
-        base = {"duration": a.duration, "warmup": min(a.warmup, a.duration / 2), "deadline": a.deadline,
+        base = {"channels": a.channels, "duration": a.duration, "warmup": min(a.warmup, a.duration / 2), "deadline": a.deadline,
                 "max_inflight": a.max_inflight}
         per = max(1, a.concurrency // a.clients)
 

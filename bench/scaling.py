@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import sys
 import tempfile
 import time
@@ -54,17 +53,13 @@ def bundle_for(n_items: int, cache: Path, quick: bool) -> Path:
 def measure(root: Path, cands: list[int], repeats: int, seed: int = 0) -> dict:
     import recserve.pipeline.recommender as RM
     from recserve.bundle import Bundle
-    from recserve._core import candidates as CC
     from recserve.pipeline.recommender import Recommender, RecRequest
 
     b = Bundle.open(root)
     try:
-        base_q = dict(b.params.get("quotas", CC.DEFAULT_PARAMS["quotas"]))
-        tot = sum(base_q.values())
         recs = {}
         for n in cands:
-            q = {s: max(1, math.ceil(v * n / tot)) for s, v in base_q.items()}
-            recs[n] = Recommender(b, None, {"cap": n, "quotas": q})
+            recs[n] = Recommender(b, None, {"candidates": n})
             recs[n].warmup()
         t = b.tables
         hist = np.asarray(t.array("hist_indptr"))

@@ -8,10 +8,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-PIPELINE_KEYS = ("mmr_lambda", "max_per_creator", "cap", "ef", "ranker_engine", "novelty_boost", "new_item_days")
+PIPELINE_KEYS = ("mmr_lambda", "max_per_creator", "cap", "candidates", "ef", "ranker_engine", "novelty_boost",
+                 "new_item_days")
 
 
 @dataclass
@@ -35,6 +36,7 @@ class ServeConfig:
     mmr_lambda: float | None = None
     max_per_creator: int | None = None
     cap: int | None = None
+    candidates: int | None = None      # candidates ranked per request: sets cap, source quotas scaled to it
     ef: int | None = None
     ranker_engine: str | None = None   # "forest" (default, the Cython evaluator) or "lightgbm"
     novelty_boost: float | None = None  # added to the [0, 1] relevance of new items (0 = off)

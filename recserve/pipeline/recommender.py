@@ -15,7 +15,7 @@ import numpy as np
 from recserve._core import candidates as CC
 from recserve._core.embed import UserVectorParams
 from recserve._core.merge import merge_candidates
-from recserve.events import Event, EventStore, ages_days
+from recserve.events import Event, EventStore
 from recserve.pipeline import candidates as C
 from recserve.pipeline import ranking as R
 from recserve.pipeline import rerank as RR
@@ -94,6 +94,14 @@ def check_k(k: int, field_name: str = "k") -> int:
     return k
 
 
+def scaled_quotas(quotas: dict, n: int) -> dict:
+    """``{"cap": n, "quotas": ...}`` with every source quota scaled so that they sum to about ``n``."""
+    if n < 1:
+        raise ValueError(f"candidates must be >= 1, got {n}")
+    total = max(sum(int(v) for v in quotas.values()), 1)
+    return {"cap": n, "quotas": {s: max(1, math.ceil(int(v) * n / total)) for s, v in quotas.items()}}
+
+
 class Recommender:
     def __init__(self, bundle, store: EventStore | None, defaults: dict | None = None):
         self.bundle = bundle
@@ -103,6 +111,8 @@ class Recommender:
         self.tables = t
         p = dict(bundle.params)
         p.update({k: v for k, v in (defaults or {}).items() if v is not None})
+        if p.get("candidates"):
+            p.update(scaled_quotas(p.get("quotas") or CC.DEFAULT_PARAMS["quotas"], int(p["candidates"])))
         self.params = p
         self.n_items = int(bundle.n_items)
         self.emb = np.ascontiguousarray(bundle.item_emb, np.float32)

@@ -61,3 +61,31 @@ def test_novelty_boost_promotes_new_items(bundle, tmp_path):
             total += len(rows)
         share.append(hits / max(total, 1))
     assert share[1] > share[0]
+
+
+def test_candidates_setting_scales_quotas_and_cap(bundle):
+    from recserve.pipeline.recommender import scaled_quotas
+
+    base = Recommender(bundle, None)
+    big = Recommender(bundle, None, {"candidates": 3 * base.cap})
+    assert big.cap == 3 * base.cap
+    assert sum(big.quotas.values()) >= 3 * base.cap
+    assert set(big.quotas) == set(base.quotas)
+    assert big.cparams["quotas"] == big.quotas            # the shared retrieval sees the same quotas
+    with pytest.raises(ValueError, match="candidates"):
+        scaled_quotas({"ann": 10}, 0)
+    u = _users(bundle, 1)[0]
+    counts = []
+    for rec in (base, big):
+        res = rec.recommend(RecRequest(user_id=u, k=20))
+        assert len(res.items) == 20
+    import recserve.pipeline.recommender as RM
+
+    orig = RM.merge_candidates
+    try:
+        RM.merge_candidates = lambda *a, **kw: counts.append(len(orig(*a, **kw))) or orig(*a, **kw)
+        base.recommend(RecRequest(user_id=u, k=20))
+        big.recommend(RecRequest(user_id=u, k=20))
+    finally:
+        RM.merge_candidates = orig
+    assert counts[1] > counts[0]
