@@ -16,6 +16,7 @@ implicit ALS): a forked child that touches an inherited OpenMP pool can hang. Pr
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -182,6 +183,10 @@ class BundleHolder:
         log.info("bundle loaded", extra={"event": "bundle_loaded", "version": rec.version})
         if old is not None:  # in-flight requests may still hold it: closed when the last lets go
             self._retire(old)
+        # the long-lived objects of the new bundle leave the collector's generations, so the full
+        # collections that requests trigger stay short
+        gc.collect()
+        gc.freeze()
         return True
 
     def set_health(self, serving: bool) -> None:

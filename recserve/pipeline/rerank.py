@@ -39,6 +39,24 @@ def diversify(relevance: np.ndarray, item_emb: np.ndarray, rows: np.ndarray, k: 
         p2, pen2 = mmr(relevance[rest], item_emb, rows[rest], k - len(pos), lam,
                        creators=None if creators is None else creators[rest], no_adjacent=adjacent_rule,
                        novelty=None if novelty is None else novelty[rest], novelty_weight=novelty_weight)
+        start = len(pos)
         pos = np.concatenate([pos, rest[p2].astype(pos.dtype)])
         pen = np.concatenate([pen, pen2])
+        if adjacent_rule:
+            _separate_creators(pos, pen, creators, start)
     return pos, pen
+
+
+def _separate_creators(pos: np.ndarray, pen: np.ndarray, creators: np.ndarray, start: int) -> None:
+    """In place, from ``start`` on: where an item follows one by its creator, pull up the next item by
+    another creator (the fill pass does not know the creator its first pick follows)."""
+    c = creators[pos]
+    for j in range(max(start, 1), len(pos)):
+        if c[j] != c[j - 1]:
+            continue
+        later = np.flatnonzero(c[j + 1:] != c[j - 1])
+        if not len(later):
+            return
+        m = j + 1 + int(later[0])
+        for a in (pos, pen, c):
+            a[j:m + 1] = np.roll(a[j:m + 1], 1)

@@ -89,3 +89,18 @@ def test_candidates_setting_scales_quotas_and_cap(bundle):
     finally:
         RM.merge_candidates = orig
     assert counts[1] > counts[0]
+
+
+def test_fill_pass_keeps_creators_apart():
+    """The creator cap runs out, the uncapped fill starts after an item by the same creator: reordered."""
+    from recserve.pipeline.rerank import diversify
+
+    emb = np.eye(6, dtype=np.float32)
+    rows = np.arange(6, dtype=np.int32)
+    creators = np.array([0, 1, 0, 1, 1, 0])
+    rel = np.array([1.0, 0.9, 0.8, 0.7, 0.6, 0.5], np.float32)   # the fill prefers creator 1 (row 4)
+    pos, pen = diversify(rel, emb, rows, 6, 1.0, creators, 2)
+    c = creators[pos]
+    assert sorted(pos.tolist()) == list(range(6))
+    assert all(c[j] != c[j + 1] for j in range(5)), c.tolist()
+    assert len(pen) == 6
