@@ -7,7 +7,9 @@ For models of 100x31, 200x63 and 500x127 (trees x leaves), trained on synthetic 
 2000 rows, prints the median and p99 time per batch of both, measured interleaved in one run (calls
 alternate), and the ratio of medians. Scores are checked to be identical before timing. Then, for the
 200x63 model at 500 rows: the same with 1% NaN in the rows (the missing-value step), and the kernel's
-alternative walk strategies (whole-block lock step; one row at a time, as LightGBM walks).
+walk strategies side by side: the shipped pair layout (siblings adjacent, fixed depth, no leaf
+checks), the previous lanes on 16-byte nodes with child indices and leaf checks, and one row at a
+time as LightGBM walks.
 """
 from __future__ import annotations
 
@@ -117,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{key[0]}x{key[1]} at {n} rows, median / p99 us per batch, interleaved:")
     funcs = {"forest (1% NaN rows)": lambda: forest.predict(Xn),
              "lgb (1% NaN rows)": lambda: booster.predict(Xn, raw_score=True, num_threads=1),
-             "forest lanes (shipped)": lambda: forest._predict(X, 0),
-             "forest lock step": lambda: forest._predict(X, 1),
+             "forest pair layout (shipped)": lambda: forest._predict(X, 0),
+             "forest previous lanes": lambda: forest._predict(X, 1),
              "forest row by row": lambda: forest._predict(X, 2)}
     if not np.array_equal(forest.predict(Xn), booster.predict(Xn, raw_score=True)):
         print("MISMATCH with NaN rows", file=sys.stderr)
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     t = interleaved(funcs, repeats_for(funcs, args.budget, lo, hi), warmup=3)
     for name, v in t.items():
         med, p99 = summary(v)
-        print(f"  {name:<24} {med:>10.1f} {p99:>10.1f}")
+        print(f"  {name:<28} {med:>10.1f} {p99:>10.1f}")
     return 0
 
 

@@ -6,7 +6,16 @@ from libc.stdint cimport int32_t, uint8_t, uint32_t
 # index) and feature positions byte offsets into the transposed row block, so a step needs no
 # index arithmetic.
 
-# Node for the plain step (x <= thr only): 16 bytes, four per cache line.
+# Node of the pair layout, used by the default plain step (x <= thr only): the two children of a
+# node are adjacent, so the next node is ``child + (not x <= thr)``: the child address is read in
+# parallel with the compare instead of after it. A leaf has thr = +inf and child = itself, so any
+# non-NaN row stays on it. 16 bytes on 64-bit platforms.
+cdef struct NodeP:
+    float32_t thr       # largest float32 <= LightGBM's double threshold (+inf on a leaf)
+    int32_t xoff        # byte offset of the feature's row in the transposed block (0 on a leaf)
+    const NodeP* child  # left child; the right child is child + 1; a leaf points to itself
+
+# Node for the previous plain step (strategy 1, kept for comparison): 16 bytes, child indices.
 cdef struct Node:
     float32_t thr       # largest float32 <= LightGBM's double threshold: x <= thr  <=>  (double)x <= thr64
     int32_t xoff        # byte offset of the feature's row in the transposed block: 4 * BLOCK * slot

@@ -10,21 +10,22 @@ and scores rows block by block:
   holds only the features the model uses, with LightGBM's input rule applied
   (|x| <= kZeroThreshold -> 0). "Clean" rows go first, then the rows with a NaN (or with a zero,
   if some tree has zero-as-missing splits);
-* for each tree, in model order, the rows are walked ``LANES`` at a time: the lanes' node offsets
-  live in registers and advance together one level per step, with no data-dependent branch inside
-  a step (a leaf points to itself), so the CPU overlaps the lanes' load chains. The first
-  ``min_depth`` steps run unchecked (no leaf is that shallow); after that the group stops as soon as
-  all its lanes sit on leaves (``depth`` steps at most);
-* clean rows take a plain ``x <= thr`` step on 16-byte nodes; the other rows a branch-free
+* for each tree, in model order, the clean rows are walked ``LANES`` at a time on the pair layout
+  (``NodeP``: 16-byte nodes whose two children are adjacent, so the next node is
+  ``child + (not x <= thr)`` and the child address load runs in parallel with the compare). The
+  lanes' node pointers live in registers and take exactly ``depth(tree)`` steps with no branch at
+  all (a leaf points to itself with threshold +inf): checking for early leaves costs as much as the
+  steps it saves. The leaf value is added to the row's sum straight from the pair-layout leaf;
+* the other rows (with a NaN, or a zero under zero-as-missing) take a branch-free
   NaN/zero-corrected step on 32-byte nodes that also carry the flags and the categorical bitset
-  position (one cache line per visit); trees with a categorical split use that step, with the
-  bitset test, for all rows;
+  position (one cache line per visit), ``LANES`` at a time, stopping when all lanes sit on leaves;
+  trees with a categorical split use that step, with the bitset test, for all rows;
 * a last group of one or two rows is walked row by row, stopping at the leaf (cheaper than 8 lanes).
 
 Scores are accumulated in double, tree by tree from 0.0, as LightGBM does, so the results are
 bitwise equal to ``Booster.predict(raw_score=True)``.
 """
-from libc.math cimport fabsf
+from libc.math cimport fabsf, INFINITY
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport int32_t, uint8_t, uint32_t
 
@@ -73,6 +74,42 @@ cdef inline int32_t step(const Model* m, const char* col, int32_t off, int mode)
     if mode == M_GENERAL and nm.flags & F_CAT:
         return nm.child[cat_right(x, m.cat_bits + nm.cat_off, nm.cat_len)]
     return nm.child[num_right(x, nm.thr, nm.flags)]
+
+
+cdef void walk_pairs(const NodeP* pn, const float64_t* pval, int32_t root, int32_t depth,
+                     const float32_t* xb, Py_ssize_t nb, float64_t* acc) noexcept nogil:
+    """Adds each clean block row's leaf value (tree with root ``root``) to acc[row], rows [0, nb)."""
+    cdef const NodeP* cur[LANES]
+    cdef const NodeP* nd
+    cdef Py_ssize_t g = 0, l
+    cdef int32_t d
+    cdef float32_t x
+    cdef const char* p
+    while g < nb:       # lanes past nb walk whatever rows are there (valid floats), not added
+        p = <const char*>(xb + g)
+        if nb - g < TAIL:
+            for l in range(nb - g):
+                nd = pn + root
+                for d in range(depth):
+                    if nd.child == nd:
+                        break
+                    x = (<const float32_t*>(p + 4 * l + nd.xoff))[0]
+                    nd = nd.child + (not (x <= nd.thr))
+                acc[g + l] += pval[nd - pn]
+            return
+        for l in range(LANES):
+            cur[l] = pn + root
+        for d in range(depth):
+            for l in range(LANES):
+                x = (<const float32_t*>(p + 4 * l + cur[l].xoff))[0]
+                cur[l] = cur[l].child + (not (x <= cur[l].thr))
+        if nb - g >= LANES:
+            for l in range(LANES):
+                acc[g + l] += pval[cur[l] - pn]
+        else:
+            for l in range(nb - g):
+                acc[g + l] += pval[cur[l] - pn]
+        g += LANES
 
 
 cdef inline void walk_lanes(const Model* m, int32_t root, int32_t min_depth, int32_t depth,
@@ -136,21 +173,6 @@ cdef void walk_lanes_general(const Model* m, int32_t root, int32_t min_depth, in
     walk_lanes(m, root, min_depth, depth, first_leaf, xb, nb, idx, M_GENERAL)
 
 
-cdef void walk_lockstep(const Model* m, int32_t root, int32_t depth, const float32_t* xb,
-                        Py_ssize_t nb, int32_t* idx, int mode) noexcept nogil:
-    """Alternative: all block rows advance one level per pass, exactly ``depth`` passes."""
-    cdef Py_ssize_t r
-    cdef int32_t d
-    cdef int sh = shift(mode)
-    for r in range(nb):
-        idx[r] = root << sh
-    for d in range(depth):
-        for r in range(nb):
-            idx[r] = step(m, <const char*>(xb + r), idx[r], mode)
-    for r in range(nb):
-        idx[r] >>= sh
-
-
 cdef void walk_branchy(const Model* m, int32_t root, int32_t depth, int32_t first_leaf,
                        const float32_t* xb, Py_ssize_t nb, int32_t* idx) noexcept nogil:
     """Alternative: one row at a time, stopping at the leaf (what LightGBM does)."""
@@ -168,6 +190,9 @@ cdef void walk_branchy(const Model* m, int32_t root, int32_t depth, int32_t firs
 cdef class ForestKernel:
     """Flattened forest; build it through ``recserve._core.forest.Forest``."""
     cdef Model m
+    cdef NodeP* pairs       # pair layout of the default plain step
+    cdef float64_t* pair_value  # leaf value by pair-layout position (0 for internal nodes)
+    cdef int32_t* pair_root     # per tree: position of its root in the pair layout
     cdef Node* nodes
     cdef NodeM* nodes_m
     cdef float64_t* value
@@ -179,6 +204,9 @@ cdef class ForestKernel:
     cdef readonly Py_ssize_t n_features
 
     def __cinit__(self):
+        self.pairs = NULL
+        self.pair_value = NULL
+        self.pair_root = NULL
         self.nodes = NULL
         self.nodes_m = NULL
         self.value = NULL
@@ -187,6 +215,9 @@ cdef class ForestKernel:
         self.used = NULL
 
     def __dealloc__(self):
+        free(self.pairs)
+        free(self.pair_value)
+        free(self.pair_root)
         free(self.nodes)
         free(self.nodes_m)
         free(self.value)
@@ -203,7 +234,7 @@ cdef class ForestKernel:
         columns root, min_depth (shallowest leaf), depth (deepest leaf), first_leaf, kind."""
         cdef Py_ssize_t N = thr.shape[0], T = tree.shape[0], U = used.shape[0]
         cdef Py_ssize_t M = cat_bits.shape[0], i
-        if self.nodes != NULL:
+        if self.nodes != NULL or self.pairs != NULL:
             raise RuntimeError("ForestKernel is already initialised")
         if (slot.shape[0] != N or left.shape[0] != N or right.shape[0] != N
                 or flags.shape[0] != N or value.shape[0] != N or cat_off.shape[0] != N
@@ -262,6 +293,7 @@ cdef class ForestKernel:
             self.tree[i] = tree[i // 5, i % 5]
         for i in range(U):
             self.used[i] = used[i]
+        self._build_pairs(thr, slot, left, right, value, tree)
         self.m.nodes = self.nodes
         self.m.nodes_m = self.nodes_m
         self.m.cat_bits = self.cat_bits
@@ -271,6 +303,75 @@ cdef class ForestKernel:
             self.zero_matters |= tree[i, 4] == T_ZERO
         self.n_features = n_features
 
+    def _build_pairs(self, const float32_t[::1] thr, const int32_t[::1] slot,
+                     const int32_t[::1] left, const int32_t[::1] right, const float64_t[::1] value,
+                     const int32_t[:, ::1] tree):
+        """Lay every tree out breadth first with siblings adjacent: root, then the children pair of
+        each internal node in visiting order. A node reached twice (or from two trees) is refused;
+        unreachable nodes are dropped. Leaves are the nodes whose children are both themselves."""
+        cdef Py_ssize_t N = thr.shape[0], T = tree.shape[0], t, i, a, k, nf = 0, qn
+        cdef int32_t* pos = <int32_t*>malloc(max(N, 1) * sizeof(int32_t))
+        cdef int32_t* queue = <int32_t*>malloc(max(N, 1) * sizeof(int32_t))
+        self.pairs = <NodeP*>malloc(max(N, 1) * sizeof(NodeP))
+        self.pair_value = <float64_t*>malloc(max(N, 1) * sizeof(float64_t))
+        self.pair_root = <int32_t*>malloc(max(T, 1) * sizeof(int32_t))
+        if (pos == NULL or queue == NULL or self.pairs == NULL or self.pair_value == NULL
+                or self.pair_root == NULL):
+            free(pos)
+            free(queue)
+            raise MemoryError()
+        try:
+            for i in range(N):
+                pos[i] = -1
+            for t in range(T):
+                a = tree[t, 0]
+                if pos[a] >= 0:
+                    raise ValueError(f"tree {t}: its root belongs to another tree")
+                pos[a] = <int32_t>nf
+                nf += 1
+                queue[0] = <int32_t>a
+                qn = 1
+                k = 0
+                while k < qn:
+                    a = queue[k]
+                    k += 1
+                    if left[a] == a and right[a] == a:
+                        continue
+                    if pos[left[a]] >= 0 or pos[right[a]] >= 0 or left[a] == right[a]:
+                        raise ValueError(f"tree {t}: node {a} has a child reached twice")
+                    if nf + 2 > N or qn + 2 > N:
+                        raise ValueError(f"tree {t} is malformed")
+                    pos[left[a]] = <int32_t>nf
+                    pos[right[a]] = <int32_t>(nf + 1)
+                    nf += 2
+                    queue[qn] = left[a]
+                    queue[qn + 1] = right[a]
+                    qn += 2
+            for i in range(N):
+                k = pos[i]
+                if k < 0:
+                    continue
+                if left[i] == i and right[i] == i:
+                    self.pairs[k].thr = INFINITY
+                    self.pairs[k].xoff = 0
+                    self.pairs[k].child = self.pairs + k
+                    self.pair_value[k] = value[i]
+                else:
+                    self.pairs[k].thr = thr[i]
+                    self.pairs[k].xoff = <int32_t>(slot[i] * STRIDE * sizeof(float32_t))
+                    self.pairs[k].child = self.pairs + pos[left[i]]
+                    self.pair_value[k] = 0.0
+            for i in range(nf, N):      # unused tail: harmless self-loops
+                self.pairs[i].thr = INFINITY
+                self.pairs[i].xoff = 0
+                self.pairs[i].child = self.pairs + i
+                self.pair_value[i] = 0.0
+            for t in range(T):
+                self.pair_root[t] = pos[tree[t, 0]]
+        finally:
+            free(pos)
+            free(queue)
+
     @property
     def num_trees(self):
         return self.n_trees
@@ -278,9 +379,12 @@ cdef class ForestKernel:
     def predict(self, const float32_t[:, ::1] X, float64_t[::1] out, int strategy=0):
         """Raw scores of the rows of X (float32[n, n_features]) into out (float64[n]).
 
-        strategy: 0 = LANES rows in registers (default), 1 = whole-block lock step (every row
-        takes depth(tree) steps), 2 = one row at a time stopping at the leaf, as LightGBM walks.
-        All give identical results; 1 and 2 are kept for comparison (bench/ranker.py).
+        strategy: 0 = default: clean rows LANES at a time on the pair layout, exactly depth(tree)
+        steps; 1 = the previous plain step: LANES rows on 16-byte nodes with child indices,
+        stopping when all lanes sit on leaves; 2 = one row at a time stopping at the leaf, as
+        LightGBM walks. Rows with missing values and trees with categorical splits take the same
+        32-byte-node step under 0 and 1. All give identical results; 1 and 2 are kept for
+        comparison (bench/ranker.py).
         """
         cdef Py_ssize_t n = X.shape[0]
         if X.shape[1] != self.n_features:
@@ -320,7 +424,6 @@ cdef class ForestKernel:
         cdef const float32_t* row
         cdef const int32_t* tr
         cdef float64_t leaf
-        cdef int mode
         for j in range(max(U, 1) * STRIDE):
             xb[j] = 0
         while start < n:
@@ -353,18 +456,30 @@ cdef class ForestKernel:
                     for r in range(nb):
                         acc[r] += leaf
                     continue
-                if strategy == 0:
-                    if tr[4] == T_CAT:
+                if tr[4] == T_CAT:
+                    if strategy == 2:
+                        walk_branchy(&self.m, tr[0], tr[2], tr[3], xb, nb, idx)
+                    else:
                         walk_lanes_general(&self.m, tr[0], tr[1], tr[2], tr[3], xb, nb, idx)
-                    else:       # plain rows first: its last group may overwrite idx[lo:lo+7]
-                        if lo > 0:
-                            walk_lanes_plain(&self.m, tr[0], tr[1], tr[2], tr[3], xb, lo, idx)
-                        if lo < nb:
-                            walk_lanes_missing(&self.m, tr[0], tr[1], tr[2], tr[3], xb + lo,
-                                               nb - lo, idx + lo)
-                elif strategy == 1:
-                    mode = M_GENERAL if tr[4] == T_CAT else (M_MISSING if lo < nb else M_PLAIN)
-                    walk_lockstep(&self.m, tr[0], tr[2], xb, nb, idx, mode)
+                    for r in range(nb):
+                        acc[r] += self.value[idx[r]]
+                    continue
+                if strategy == 0:   # missing-value rows first: their last group may write idx[nb:]
+                    if lo < nb:
+                        walk_lanes_missing(&self.m, tr[0], tr[1], tr[2], tr[3], xb + lo, nb - lo,
+                                           idx + lo)
+                        for r in range(lo, nb):
+                            acc[r] += self.value[idx[r]]
+                    if lo > 0:
+                        walk_pairs(self.pairs, self.pair_value, self.pair_root[t], tr[2], xb, lo,
+                                   acc)
+                    continue
+                if strategy == 1:   # plain rows first: its last group may overwrite idx[lo:lo+7]
+                    if lo > 0:
+                        walk_lanes_plain(&self.m, tr[0], tr[1], tr[2], tr[3], xb, lo, idx)
+                    if lo < nb:
+                        walk_lanes_missing(&self.m, tr[0], tr[1], tr[2], tr[3], xb + lo,
+                                           nb - lo, idx + lo)
                 else:
                     walk_branchy(&self.m, tr[0], tr[2], tr[3], xb, nb, idx)
                 for r in range(nb):

@@ -341,3 +341,55 @@ def test_kernel_rejects_out_of_range_arrays():
             bad = {**good, key: val}
         with pytest.raises(ValueError):
             ForestKernel(**bad)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 8, 9, 17, 63, 64, 65, 500, 2001])
+@pytest.mark.parametrize("name", ["regression_31", "lambdarank_63", "zero_as_missing", "categorical",
+                                  "binary_nan"])
+def test_batch_sizes_around_lanes_and_blocks(models, name, n):
+    """Partial lane groups, the row-by-row tail and block edges, with clean and missing-value rows
+    mixed in one block (the pair-layout walk and the missing-value walk share the block)."""
+    booster = models[name]
+    forest = Forest.from_booster(booster)
+    X, _ = _data(n, seed=1000 + n, nan=0.02, zeros=0.02, cats="cat" in name)
+    want = booster.predict(X, raw_score=True, num_threads=1)
+    np.testing.assert_array_equal(forest.predict(X), want)
+    for strategy in (1, 2):
+        np.testing.assert_array_equal(forest._predict(X, strategy), want)
+    Xc, _ = _data(n, seed=2000 + n, cats="cat" in name)          # only clean rows
+    np.testing.assert_array_equal(forest.predict(Xc), booster.predict(Xc, raw_score=True))
+
+
+def _stump(thr: float) -> dict:
+    i32 = lambda *v: np.array(v, np.int32)  # noqa: E731
+    return dict(thr=np.array([thr, 0, 0], np.float32), slot=i32(0, 0, 0), left=i32(1, 1, 2),
+                right=i32(2, 1, 2), flags=np.zeros(3, np.uint8), value=np.array([0.0, 1.0, 2.0]),
+                cat_off=i32(0, 0, 0), cat_len=i32(0, 0, 0), cat_bits=np.zeros(0, np.uint32),
+                tree=np.array([[0, 1, 1, 1, 0]], np.int32), used=i32(0), n_features=1)
+
+
+@pytest.mark.parametrize("n", [1, 3, 8, 11])
+def test_kernel_infinite_and_nan_thresholds(n):
+    """x <= thr as LightGBM compares: a NaN threshold sends every row right (even -inf), +inf every
+    non-NaN row left, -inf only -inf left; identical in every walk."""
+    X = np.resize(np.array([-np.inf, -1.0, 0.0, 2.0, np.inf], np.float32), n)[:, None]
+    for thr, want in [(np.nan, np.full(n, 2.0)), (np.inf, np.full(n, 1.0)),
+                      (-np.inf, np.where(X[:, 0] == -np.inf, 1.0, 2.0))]:
+        k = ForestKernel(**_stump(thr))
+        for strategy in (0, 1, 2):
+            out = np.empty(n)
+            k.predict(X, out, strategy)
+            np.testing.assert_array_equal(out, want)
+
+
+def test_kernel_rejects_shared_or_cyclic_nodes():
+    """Nodes reached twice (a DAG, a cycle, two trees sharing nodes) cannot be laid out as trees."""
+    i32 = lambda *v: np.array(v, np.int32)  # noqa: E731
+    good = _stump(0.0)
+    ForestKernel(**good)
+    for key, val in [("left", i32(2, 1, 2)),                      # both children are node 2
+                     ("left", i32(0, 1, 2)),                      # the root is its own child
+                     ("tree", np.array([[0, 1, 1, 1, 0], [1, 0, 0, 1, 0]], np.int32)),
+                     ("tree", np.array([[0, 1, 1, 1, 0], [0, 1, 1, 1, 0]], np.int32))]:
+        with pytest.raises(ValueError):
+            ForestKernel(**{**good, key: val})
