@@ -5,6 +5,8 @@ import numpy as np
 
 from recserve._core.mmr import mmr
 
+FILL_SPARE = 8   # extra picks of the uncapped fill, alternatives for the no-adjacent-creators rule
+
 
 def minmax(scores: np.ndarray) -> np.ndarray:
     s = np.asarray(scores, np.float64)
@@ -35,28 +37,43 @@ def diversify(relevance: np.ndarray, item_emb: np.ndarray, rows: np.ndarray, k: 
                    no_adjacent=adjacent_rule, novelty=novelty, novelty_weight=novelty_weight)
     if len(pos) < k and max_per_creator > 0:
         # the creator cap ran out of candidates (a selective filter): fill k from the rest, uncapped
+        # a few picks beyond k give the creator rule alternatives at the junction with the capped part
         rest = np.setdiff1d(np.arange(len(rows)), pos)
-        p2, pen2 = mmr(relevance[rest], item_emb, rows[rest], k - len(pos), lam,
+        extra = FILL_SPARE if adjacent_rule else 0
+        p2, pen2 = mmr(relevance[rest], item_emb, rows[rest], min(len(rest), k - len(pos) + extra), lam,
                        creators=None if creators is None else creators[rest], no_adjacent=adjacent_rule,
                        novelty=None if novelty is None else novelty[rest], novelty_weight=novelty_weight)
         start = len(pos)
         pos = np.concatenate([pos, rest[p2].astype(pos.dtype)])
         pen = np.concatenate([pen, pen2])
         if adjacent_rule:
-            _separate_creators(pos, pen, creators, start)
+            _separate_creators(pos, pen, creators, start, k)
+        pos, pen = pos[:k], pen[:k]
     return pos, pen
 
 
-def _separate_creators(pos: np.ndarray, pen: np.ndarray, creators: np.ndarray, start: int) -> None:
-    """In place, from ``start`` on: where an item follows one by its creator, pull up the next item by
-    another creator (the fill pass does not know the creator its first pick follows)."""
+def _separate_creators(pos: np.ndarray, pen: np.ndarray, creators: np.ndarray, start: int, k: int) -> None:
+    """In place, over the first ``k`` from ``start`` on: where an item follows one by its creator, pull up
+    the next item by another creator (the fill pass does not know the creator its first pick follows);
+    when no later item can, move the item up to the latest earlier slot between two other creators'."""
     c = creators[pos]
-    for j in range(max(start, 1), len(pos)):
+    j = max(start, 1)
+    while j < min(k, len(pos)):
         if c[j] != c[j - 1]:
+            j += 1
             continue
         later = np.flatnonzero(c[j + 1:] != c[j - 1])
-        if not len(later):
-            return
-        m = j + 1 + int(later[0])
+        if len(later):
+            m = j + 1 + int(later[0])
+            for a in (pos, pen, c):
+                a[j:m + 1] = np.roll(a[j:m + 1], 1)
+            j += 1
+            continue
+        slot = next((i for i in range(j - 1, 0, -1) if c[i - 1] != c[j] and c[i] != c[j]), None)
+        if slot is None and c[0] != c[j]:
+            slot = 0
+        if slot is None:
+            return                      # nothing can separate them: one creator fills the rest
         for a in (pos, pen, c):
-            a[j:m + 1] = np.roll(a[j:m + 1], 1)
+            a[slot:j + 1] = np.roll(a[slot:j + 1], 1)
+        j += 1

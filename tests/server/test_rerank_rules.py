@@ -104,3 +104,18 @@ def test_fill_pass_keeps_creators_apart():
     assert sorted(pos.tolist()) == list(range(6))
     assert all(c[j] != c[j + 1] for j in range(5)), c.tolist()
     assert len(pen) == 6
+
+
+def test_last_item_moves_up_when_nothing_later_separates():
+    from recserve.pipeline.rerank import diversify
+
+    emb = np.eye(5, dtype=np.float32)
+    creators = np.array([0, 1, 2, 0, 0])
+    rel = np.array([1.0, 0.9, 0.8, 0.7, 0.6], np.float32)
+    pos, _ = diversify(rel, emb, np.arange(5, dtype=np.int32), 5, 1.0, creators, 2)
+    c = creators[pos]
+    assert sorted(pos.tolist()) == list(range(5))
+    assert all(c[j] != c[j + 1] for j in range(4)), c.tolist()
+    # one creator only: nothing to separate, the order is kept
+    pos, _ = diversify(rel, emb, np.arange(5, dtype=np.int32), 5, 1.0, np.zeros(5, int), 2)
+    assert pos.tolist() == [0, 1, 2, 3, 4]
