@@ -74,16 +74,14 @@ def _filters(f: pb.Filters) -> Filters:
     )
 
 
-def _items(result, explain: bool):
-    out = []
+def _add_items(repeated, result, explain: bool) -> None:
+    """Append the result's items to a response's repeated ``items`` field (built in place, no copies)."""
     for it in result.items:
-        m = pb.ScoredItem(item_id=it.item_id, score=it.score, sources=it.sources)
+        m = repeated.add(item_id=it.item_id, score=it.score, sources=it.sources)
         if explain:
-            m.explanation.CopyFrom(pb.Explanation(
-                top_features=[pb.FeatureContribution(feature=f, contribution=c) for f, c in it.contributions],
-                mmr_penalty=it.mmr_penalty, ranker_score=it.score, relevance=it.relevance))
-        out.append(m)
-    return out
+            e = m.explanation
+            e.top_features.extend(pb.FeatureContribution(feature=f, contribution=c) for f, c in it.contributions)
+            e.mmr_penalty, e.ranker_score, e.relevance = it.mmr_penalty, it.score, it.relevance
 
 
 class RecommenderService(pb_grpc.RecommenderServicer):
@@ -117,8 +115,9 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 max_per_creator=d.max_per_creator if d.HasField("max_per_creator") else None,
                 explain=request.explain)
             res = rec.recommend(req)
-            resp = pb.RecommendResponse(items=_items(res, request.explain), bundle_version=res.bundle_version,
-                                        request_id=uuid.uuid4().hex, cold_start=res.cold_start)
+            resp = pb.RecommendResponse(bundle_version=res.bundle_version, request_id=uuid.uuid4().hex,
+                                        cold_start=res.cold_start)
+            _add_items(resp.items, res, request.explain)
             if request.timings:
                 resp.timings.extend(pb.StageTiming(stage=s, ms=ms) for s, ms in res.timings)
             return resp
@@ -127,8 +126,9 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     def SimilarItems(self, request, context):
         with self._rec() as rec:
             res = rec.similar(request.item_id, request.k, _filters(request.filters))
-            return pb.SimilarItemsResponse(items=_items(res, False), bundle_version=res.bundle_version,
-                                           request_id=uuid.uuid4().hex)
+            resp = pb.SimilarItemsResponse(bundle_version=res.bundle_version, request_id=uuid.uuid4().hex)
+            _add_items(resp.items, res, False)
+            return resp
 
     @rpc
     def RecordEvents(self, request, context):

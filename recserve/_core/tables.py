@@ -199,7 +199,12 @@ class TableReader:
         return bytes(blob[off[row]:off[row + 1]]).decode("utf-8")
 
     def ids_of(self, ns: str, rows: Iterable[int]) -> list[str]:
-        return [self.id_of(ns, int(r)) for r in rows]
+        off, blob = self._id_map(ns)
+        r = np.asarray(rows, np.int64).ravel()
+        if r.size and (r.min() < 0 or r.max() >= len(off) - 1):
+            bad = r[(r < 0) | (r >= len(off) - 1)][0]
+            raise TableError(f"row {bad} is out of range for id map {ns!r}")
+        return [str(blob[a:b], "utf-8") for a, b in zip(off[r].tolist(), off[r + 1].tolist())]
 
     def close(self) -> None:
         """Ends the read transaction: every view returned by :meth:`array` is invalid afterwards."""

@@ -157,7 +157,16 @@ class Recommender:
         self.cap = int(p.get("cap", 300))
         self.history_len = int(p.get("history_len", 200))
         self._items_gen = -1
+        masks = range(1 << len(self.sources))
+        self._source_lists = {m: [s for i, s in enumerate(self.sources) if m >> i & 1] for m in masks} \
+            if len(self.sources) <= 8 else None
         self._items_lock = threading.Lock()
+
+    def _source_names(self, mask: int) -> list[str]:
+        """The names of the sources in a candidate's bitmask (a fresh list: the caller may keep it)."""
+        if self._source_lists is not None:
+            return list(self._source_lists[mask])
+        return [s for i, s in enumerate(self.sources) if mask >> i & 1]
 
     # -- helpers -----------------------------------------------------------------------------------
     def known_user(self, user_id: str) -> bool:
@@ -366,12 +375,10 @@ class Recommender:
 
         contribs = self.ranker.contributions(X[pos]) if req.explain else [[] for _ in pos]
         ids = self.tables.ids_of("item", merged.rows[pos])
-        items = []
-        for j, (p_, pe) in enumerate(zip(pos, pen)):
-            mask = int(merged.sources[p_])
-            items.append(Item(ids[j], float(scores[p_]),
-                              [s for i, s in enumerate(self.sources) if mask >> i & 1],
-                              contribs[j], float(pe), float(rel[p_])))
+        names = self._source_names
+        items = [Item(i, s, names(m), c, pe, r) for i, s, m, c, pe, r in
+                 zip(ids, scores[pos].tolist(), merged.sources[pos].tolist(), contribs, pen.tolist(),
+                     rel[pos].tolist())]
         lap("assemble")
         timings.append(("total", (time.perf_counter() - t0) * 1000.0))
         return Result(items, self.version, timings, cold)

@@ -29,6 +29,8 @@ def test_roundtrip_and_zero_copy(table_file):
         assert r.array("small").tolist() == [[0, 1, 2], [3, 4, 5]]
         assert r.row_of("item", "item-42") == 42 and r.row_of("item", "nope") is None
         assert r.id_of("item", 4999) == "item-4999"
+        assert r.ids_of("item", np.array([7, 0, 4999, 7])) == ["item-7", "item-0", "item-4999", "item-7"]
+        assert r.ids_of("item", []) == []
         assert r.rows_of("item", ["item-1", "x"]).tolist() == [1, -1]
         assert r.meta("schema") == {"version": 1}
         assert r.n_ids("item") == 5000
@@ -47,6 +49,8 @@ def test_missing_or_mismatched_tables(table_file, tmp_path):
             r.row_of("user", "u")
         with pytest.raises(TableError, match="out of range"):
             r.id_of("item", 5000)
+        with pytest.raises(TableError, match="out of range"):
+            r.ids_of("item", [3, -1])
     with pytest.raises(TableError, match="does not exist"):
         TableReader(tmp_path / "missing.lmdb")
     junk = tmp_path / "junk.lmdb"
