@@ -234,7 +234,29 @@ async def _drive(idx, per_chan, requests, phase, ready_q, go, start_at):
             "lag": np.array(rec_lag), "code": np.array(rec_code, np.int16), "codes": codes}
 
 
-def run_phase(target: str, pools: list, phase: dict) -> dict:
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and all its descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent, cpu = {}, {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            f = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(d)] = int(f[1])
+        cpu[int(d)] = (int(f[11]) + int(f[12])) / tick
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parent.items() if pp == p and c not in tree]
+        tree.update(kids)
+        frontier.extend(kids)
+    return sum(cpu.get(p, 0.0) for p in tree)
+
+
+def run_phase(target: str, pools: list, phase: dict, server_pid: int | None = None) -> dict:
     """Runs one phase with ``len(pools)`` client processes; merges their records."""
     ctx = mp.get_context("spawn")
     ready_q, result_q = ctx.Queue(), ctx.Queue()
@@ -259,11 +281,13 @@ def run_phase(target: str, pools: list, phase: dict) -> dict:
                     i, r = result_q.get()
                     raise RuntimeError(f"client {i} failed: {pickle.loads(r).get('error')}")
         start_at.value = time.monotonic() + 0.3
+        cpu0 = tree_cpu_seconds(server_pid) if server_pid else None
         go.set()
         limit = time.monotonic() + 0.3 + phase["duration"] + phase["deadline"] + 30
         while len(results) < len(procs):
             i, r = result_q.get(timeout=max(limit - time.monotonic(), 0.1))
             results[i] = pickle.loads(r)
+        cpu1 = tree_cpu_seconds(server_pid) if server_pid else None
     finally:
         for p in procs:
             p.join(timeout=5)
@@ -287,7 +311,12 @@ def run_phase(target: str, pools: list, phase: dict) -> dict:
         parts["code"].append(remap[r["code"]] if len(r["code"]) else r["code"])
     rec = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
     t0 = min(r["t0"] for r in results.values())
-    return summarize(rec, codes, t0, phase)
+    out = summarize(rec, codes, t0, phase)
+    # the server's CPU per completed call over the whole phase: unlike throughput, hardly moved by
+    # other jobs on a shared machine
+    n = int(np.sum(rec["code"] == codes.index("OK"))) if "OK" in codes else 0
+    out["server_cpu_ms_per_call"] = ((cpu1 - cpu0) * 1e3 / n) if (cpu0 is not None and n) else float("nan")
+    return out
 
 
 def summarize(rec: dict, codes: list[str], t0: float, phase: dict) -> dict:
@@ -329,6 +358,9 @@ def _fmt(v, w=9, d=2):
 
 def print_phase(title: str, real: dict, ceil: dict | None) -> None:
     print(f"\n== {title} (window {real['window_s']:.1f} s; ratio = recserve / ceiling)")
+    cc = (ceil or {}).get("server_cpu_ms_per_call", float("nan"))
+    print(f"server CPU per call (all workers, whole phase): recserve {real['server_cpu_ms_per_call']:.3f} ms, "
+          f"ceiling {cc:.3f} ms, ratio {real['server_cpu_ms_per_call'] / cc:.2f}")
     hdr = (f"{'method':<13}{'calls':>8}{'ok/s':>9}{'p50 ms':>9}{'p90':>9}{'p99':>9}{'p99.9':>9}{'max':>9}"
            f"{'lag p99':>9}  errors")
     print(hdr)
@@ -452,6 +484,7 @@ def main(argv=None) -> int:
             servers.append(s)
             real_t = f"127.0.0.1:{s.port}"
         targets = {"recserve": real_t}
+        pids = {"recserve": servers[0].proc.pid if servers else None}
         if not a.no_ceiling:
             canned = record_responses(real_t, pools[0])
             sizes = {m: (float(np.mean([len(b) for b in v])) if v else 0.0) for m, v in canned.items()}
@@ -463,6 +496,7 @@ def main(argv=None) -> int:
             c = start_ceiling(rf, a.workers)
             servers.append(c)
             targets["ceiling"] = f"127.0.0.1:{c.port}"
+            pids["ceiling"] = c.proc.pid
         base = {"channels": a.channels, "duration": a.duration, "warmup": min(a.warmup, a.duration / 2), "deadline": a.deadline,
                 "max_inflight": a.max_inflight}
         per = max(1, a.concurrency // a.clients)
@@ -470,7 +504,7 @@ def main(argv=None) -> int:
         def both(name, phase):
             res = {}
             for tname, t in targets.items():   # alternate servers phase by phase, same client
-                res[tname] = run_phase(t, pools, phase)
+                res[tname] = run_phase(t, pools, phase, pids.get(tname))
                 record["phases"][f"{name} [{tname}]"] = res[tname]
             print_phase(name, res["recserve"], res.get("ceiling"))
             return res
@@ -514,6 +548,11 @@ def main(argv=None) -> int:
             print(f"\nclosed-loop throughput: recserve {sat:.1f}/s, ceiling "
                   f"{closed['ceiling']['methods']['ALL']['throughput']:.1f}/s, ratio {ratio:.3f}; "
                   f"Recommend only {rr:.1f} vs {rc:.1f}/s, ratio {rr / rc:.3f}")
+            cr = closed["recserve"]["server_cpu_ms_per_call"]
+            cc = closed["ceiling"]["server_cpu_ms_per_call"]
+            record["server_cpu_ratio_ceiling_to_recserve"] = cc / cr
+            print(f"server CPU per call in that phase: recserve {cr:.3f} ms, ceiling {cc:.3f} ms: recserve does "
+                  f"{cc / cr:.3f} of the ceiling's calls per CPU-second")
     finally:
         for s in servers:
             s.stop()
