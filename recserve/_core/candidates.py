@@ -5,7 +5,9 @@ Pure functions over arrays (no I/O, no index object): the caller runs the ANN qu
 can batch its queries while producing exactly the lists the server produces for the same user.
 
 Sources, in this order (the ranker's ``src.<s>.*`` features follow it): ``ann`` (user vector -> HNSW),
-``i2i`` (co-occurrence neighbours of the last ``i2i_recent`` distinct history items, recency-weighted sum),
+``i2i`` (item-item neighbours of the last ``i2i_recent`` distinct history items, a sum of neighbour weights
+with recency decay ``i2i_decay`` per step back; with ``i2i_recent`` >= the history and no decay it is the
+item-kNN / EASE score over the whole history),
 ``session`` (neighbours of the items of the latest session: events within ``session_gap`` seconds of the
 previous one), ``popular`` (time-decayed trending list).
 """
@@ -51,8 +53,15 @@ def neighbour_sum(seed_rows, seed_weights, i2i_rows: np.ndarray, i2i_scores: np.
     ok = cand >= 0
     if not ok.any():
         return np.zeros(0, np.int32), np.zeros(0, np.float32)
-    uniq, inv = np.unique(cand[ok], return_inverse=True)
-    total = np.bincount(inv, weights=sc[ok], minlength=len(uniq))
+    cand = cand[ok].astype(np.int64)
+    n = len(i2i_rows)
+    # dense accumulation over the catalogue (sums in input order, as a sort-based grouping would)
+    uniq = np.flatnonzero(np.bincount(cand, minlength=n))
+    total = np.bincount(cand, weights=sc[ok], minlength=n)[uniq]
+    if k < len(uniq):       # only the best k need ordering (ties at the boundary by row, as in the sort)
+        kth = -np.partition(-total, k - 1)[k - 1]
+        keep = total >= kth
+        uniq, total = uniq[keep], total[keep]
     order = np.lexsort((uniq, -total))[:k]
     return uniq[order].astype(np.int32), total[order].astype(np.float32)
 
@@ -66,25 +75,37 @@ def recent_distinct(hist_items, n: int) -> np.ndarray:
 
 def source_lists(hist_items, hist_ts, ann_rows, ann_scores, i2i_rows, i2i_scores, trend_rows, trend_scores,
                  params: dict) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The four candidate lists (``SOURCES`` order), each ``(int32 rows, float32 scores)`` best first."""
+    """The four candidate lists (``SOURCES`` order), each ``(int32 rows, float32 scores)`` best first, without
+    the history's items (the merge excludes them anyway; dropped here so ranks count servable items)."""
     q = params["quotas"]
     hist = np.asarray(hist_items, np.int64)
     ts = np.asarray(hist_ts, np.float64)
+    seen = np.unique(hist)
+
+    def unseen(rows, scores):
+        """History items dropped, so a list's ranks (ranker features) count only what can be served."""
+        keep = rows >= 0
+        if len(seen):
+            keep &= ~np.isin(rows, seen)
+        return np.asarray(rows[keep], np.int32), np.asarray(scores[keep], np.float32)
+
     recent = recent_distinct(hist, int(params["i2i_recent"]))
     w = np.exp(-float(params["i2i_decay"]) * np.arange(len(recent)))
-    i2i = neighbour_sum(recent, w, i2i_rows, i2i_scores, 3 * int(q["i2i"]))
+    i2i = unseen(*neighbour_sum(recent, w, i2i_rows, i2i_scores, 3 * int(q["i2i"]) + len(seen)))
     if len(hist):
         gaps = np.diff(ts) > float(params["session_gap"])
         start = int(np.flatnonzero(gaps)[-1]) + 1 if gaps.any() else 0
         sess = recent_distinct(hist[start:], 10)
     else:
         sess = hist[:0]
-    session = neighbour_sum(sess, np.ones(len(sess)), i2i_rows, i2i_scores, 3 * int(q["session"]))
-    ann = (np.asarray(ann_rows, np.int32).ravel(), np.asarray(ann_scores, np.float32).ravel())
-    keep = ann[0] >= 0
-    n_pop = 3 * int(q["popular"]) + len(hist)
-    pop = (np.asarray(trend_rows[:n_pop], np.int32), np.asarray(trend_scores[:n_pop], np.float32))
-    return [(ann[0][keep], ann[1][keep]), i2i, session, pop]
+    session = unseen(*neighbour_sum(sess, np.ones(len(sess)), i2i_rows, i2i_scores,
+                                    3 * int(q["session"]) + len(seen)))
+    ann = unseen(np.asarray(ann_rows, np.int32).ravel(), np.asarray(ann_scores, np.float32).ravel())
+    # long enough that, history dropped, it still holds quota + history + 1 items (the server refills a
+    # shorter popular list from the full trending list)
+    n_pop = 3 * int(q["popular"]) + 2 * len(seen) + 1
+    pop = unseen(np.asarray(trend_rows[:n_pop], np.int32), np.asarray(trend_scores[:n_pop], np.float32))
+    return [ann, i2i, session, pop]
 
 
 def merge_for_user(lists, hist_items, n_items: int, params: dict, extra_excluded=None) -> Merged:
