@@ -76,8 +76,7 @@ def fit(ds, mask: np.ndarray, now: float, cat: Catalogue, params: dict, cfg: dic
                                ef=params["ef"], seed=cfg["seed"], threads=cfg["threads"])
         rec = hnsw.recall_at_k(idx, item_emb, k=10, seed=cfg["seed"], threads=cfg["threads"])
     with step("i2i"):
-        i2i_rows, i2i_scores = neighbours.cooccurrence_neighbours(user, item, ts, ds.n_users, ds.n_items,
-                                                                  M=cfg["i2i_M"])
+        i2i_rows, i2i_scores = item_neighbours(user, item, ts, ds.n_users, ds.n_items, cfg)
     with step("features"):
         pop, trend = features.popularity(item, ts, event, ds.n_items, now, ew, params["half_life_days"])
         pop_rows, pop_scores = features.ranked(pop)
@@ -102,6 +101,25 @@ def fit(ds, mask: np.ndarray, now: float, cat: Catalogue, params: dict, cfg: dic
                                  "ef_construction": cfg["hnsw_ef_construction"], "ef": params["ef"],
                                  "recall_at_k": {"k": 10, "recall": round(rec, 4)}},
                      embed_method=method)
+
+
+def i2i_model(cfg: dict, n_items: int) -> str:
+    """The item-item model a build uses: ``cfg["i2i_model"]``, where ``auto`` means EASE for catalogues up to
+    ``ease_max_items`` items (a dense inverse) and co-occurrence cosine above."""
+    m = cfg.get("i2i_model", "cosine")
+    if m == "auto":
+        m = "ease" if n_items <= int(cfg.get("ease_max_items", 0)) else "cosine"
+    if m not in ("cosine", "ease"):
+        raise ValueError(f"unknown i2i model {m!r}")
+    return m
+
+
+def item_neighbours(user, item, ts, n_users: int, n_items: int, cfg: dict):
+    if i2i_model(cfg, n_items) == "ease":
+        gram = neighbours.ease_gram(user, item, n_users, n_items)
+        return neighbours.ease_from_gram(gram, float(cfg["ease_lambda"]), M=int(cfg["ease_M"]),
+                                         threads=int(cfg["threads"]), dropout=float(cfg.get("ease_dropout", 0.0)))
+    return neighbours.cooccurrence_neighbours(user, item, ts, n_users, n_items, M=cfg["i2i_M"])
 
 
 class _Null:
