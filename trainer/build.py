@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from recserve._core import candidates as C
-from trainer import artifacts, ranker as rk, retrieval, split, writer
+from trainer import artifacts, neighbours, ranker as rk, retrieval, split, writer
 from trainer.io import Dataset
 from trainer.timing import Timer
 
@@ -28,7 +28,20 @@ DEFAULT_CFG = {
     "tune_users": 1000, "ranker_rounds": 300, "tune": True,
     # LightGBM's OpenMP threads spin; on a shared 2-core box 2 threads were 3x slower than 1
     "ranker_threads": 1, "label_windows": 2, "label_split": "time",
-    "grid": {"decay_short": [0.2, 0.5, 1.0], "alpha": [0.2, 0.5, 0.8]},
+    # item-item model: "auto" = EASE up to ease_max_items items (lambda and recency tuned on the label
+    # window against co-occurrence cosine), cosine above; "ease" / "cosine" force one
+    "i2i_model": "auto", "ease_max_items": 6000, "ease_lambda": 500.0, "ease_dropout": 0.0, "ease_M": 400,
+    # users' bounded histories (what is excluded as consumed and seeds the i2i source): "auto" = the
+    # longest training history, between 200 and history_max events
+    "history_len": "auto", "history_max": 1000,
+    "grid": {"decay_short": [0.0, 0.2, 0.5, 1.0], "alpha": [0.2, 0.5, 0.8],
+             "ease_lambda": [100.0, 250.0, 500.0, 1000.0], "ease_dropout": [0.25, 0.5, 1.0],
+             "i2i_recent": [20, 50, "all"], "i2i_decay": [0.0, 0.03, 0.1],
+             "quotas": [{"ann": 100, "i2i": 80, "session": 40, "popular": 40},
+                        {"ann": 60, "i2i": 140, "session": 20, "popular": 20},
+                        {"ann": 100, "i2i": 200, "session": 20, "popular": 20},
+                        {"ann": 200, "i2i": 100, "session": 20, "popular": 20},
+                        {"ann": 40, "i2i": 200, "session": 10, "popular": 10}]},
 }
 
 
@@ -50,6 +63,40 @@ def _active_with_history(art, users, rng, n):
     if len(users) > n:
         users = np.sort(rng.choice(users, size=n, replace=False))
     return users
+
+
+def _label_windows(ds: Dataset, train_mask, cfg: dict):
+    """Yields (fit mask, label mask, label cut) of the ranker's label windows, the first one also the
+    tuning window. ``time``: the newest ``label_frac`` of the training time, then earlier non-overlapping
+    windows; ``user``: every user's own newest share, then her next-newest share (fit on what is older);
+    ``user-random``: a random share of every user's interactions, then other random draws (other seeds)."""
+    mode = cfg.get("label_split", "time")
+    frac = cfg["label_frac"]
+    if mode == "time":
+        prev = None
+        while True:
+            before = train_mask if prev is None else ds.ts < prev
+            label_cut = split.time_cut(ds.ts[before], frac)
+            label_mask = before & (ds.ts >= label_cut)
+            fit_mask = ds.ts < label_cut
+            if not fit_mask.any() or not label_mask.any():
+                return
+            yield fit_mask, label_mask, label_cut
+            prev = label_cut
+    taken = np.zeros(len(ds), bool)
+    for w in range(int(cfg["label_windows"])):
+        # every user's own newest (or random) share labels the ranker: every user can be a group
+        if mode == "user-random":
+            label_mask = split.per_user_label_mask(ds.user, ds.ts, train_mask, ds.n_users, frac,
+                                                   cfg["seed"] + w, random=True)
+            fit_mask = train_mask & ~label_mask
+        else:
+            label_mask = split.per_user_label_mask(ds.user, ds.ts, train_mask & ~taken, ds.n_users, frac)
+            taken |= label_mask
+            fit_mask = train_mask & ~taken
+        if not fit_mask.any() or not label_mask.any():
+            return
+        yield fit_mask, label_mask, float(ds.ts[fit_mask].max()) + 1.0
 
 
 def tune_vector_params(art, labels: dict, users: np.ndarray, params: dict, grid: dict, threads: int):
@@ -74,6 +121,115 @@ def tune_vector_params(art, labels: dict, users: np.ndarray, params: dict, grid:
     return best, results
 
 
+def _new_label_items(art, labels: dict, users) -> list[set]:
+    out = []
+    for u in users:
+        hist = set(art.hist_items[art.hist_indptr[u]:art.hist_indptr[u + 1]].tolist())
+        out.append(set(labels.get(int(u), {})) - hist)
+    return out
+
+
+def _rank_quality(rec: list, truths: list[set]) -> dict:
+    nd, r50 = [], []
+    disc = 1.0 / np.log2(np.arange(2, 12))
+    for r, t in zip(rec, truths):
+        if not t:
+            continue
+        g = np.array([1.0 if x in t else 0.0 for x in r[:10]])
+        nd.append(float((g * disc[:len(g)]).sum() / disc[:min(len(t), 10)].sum()))
+        r50.append(len(t & set(r[:50])) / len(t))
+    return {"ndcg@10": round(float(np.mean(nd)), 5) if nd else 0.0,
+            "recall@50": round(float(np.mean(r50)), 5) if r50 else 0.0}
+
+
+def i2i_quality(art, truths: list[set], users, params: dict, i2i_rows, i2i_scores) -> dict:
+    """NDCG@10 and recall@50 of the served i2i source alone (history excluded) on new label items."""
+    rec = []
+    n, decay = int(params["i2i_recent"]), float(params["i2i_decay"])
+    for u in users:
+        h_items, _, _ = art.history(int(u))
+        recent = C.recent_distinct(h_items, n)        # the i2i list of C.source_lists
+        rows, _ = C.neighbour_sum(recent, np.exp(-decay * np.arange(len(recent))), i2i_rows, i2i_scores,
+                                  50 + len(recent))
+        hist = set(h_items.tolist())
+        rec.append([r for r in rows.tolist() if r not in hist][:50])
+    return _rank_quality(rec, truths)
+
+
+def tune_i2i(art, ds: Dataset, fit_mask, labels: dict, users, params: dict, cfg: dict, grid: dict):
+    """Chooses the item-item model (cosine, or EASE and its lambda when the catalogue is small enough) and
+    the i2i source's recency (``i2i_recent``, ``i2i_decay``) by the i2i source's NDCG@10 on the label
+    window. Sets ``art``'s i2i lists to the chosen ones; returns (cfg updates, params updates, report)."""
+    from trainer import artifacts as A
+
+    truths = _new_label_items(art, labels, users)
+    wide = dict(params, i2i_recent=int(params["history_len"]), i2i_decay=0.0)
+    choice = cfg.get("i2i_model", "auto")
+    ease = [{"i2i_model": "ease", "ease_lambda": float(l)} for l in grid["ease_lambda"]]
+    if choice == "auto":
+        models = [{"i2i_model": "cosine"}] + (ease if A.i2i_model(cfg, ds.n_items) == "ease" else [])
+    else:
+        models = ease if A.i2i_model(cfg, ds.n_items) == "ease" else [{"i2i_model": "cosine"}]
+    u, i, t = ds.user[fit_mask], ds.item[fit_mask], ds.ts[fit_mask]
+    gram = None
+    lists, results = {}, []
+    for m in models:
+        key = (m["i2i_model"], m.get("ease_lambda"), 0.0)
+        if m["i2i_model"] == "ease":
+            if gram is None:
+                gram = neighbours.ease_gram(u, i, ds.n_users, ds.n_items)
+            rows, scores = neighbours.ease_from_gram(gram, m["ease_lambda"], M=int(cfg["ease_M"]),
+                                                     threads=int(cfg["threads"]))
+        else:
+            rows, scores = neighbours.cooccurrence_neighbours(u, i, t, ds.n_users, ds.n_items, M=cfg["i2i_M"])
+        lists[key] = (rows, scores)
+        results.append({**m, **i2i_quality(art, truths, users, wide, rows, scores)})
+    best = max(results, key=lambda r: (r["ndcg@10"], r["recall@50"]))
+    if best["i2i_model"] == "ease":       # then the popularity-scaled regulariser at the chosen lambda
+        for q in grid.get("ease_dropout", []):
+            m = {"i2i_model": "ease", "ease_lambda": best["ease_lambda"], "ease_dropout": float(q)}
+            key = ("ease", m["ease_lambda"], m["ease_dropout"])
+            lists[key] = neighbours.ease_from_gram(gram, m["ease_lambda"], M=int(cfg["ease_M"]),
+                                                   threads=int(cfg["threads"]), dropout=m["ease_dropout"])
+            results.append({**m, **i2i_quality(art, truths, users, wide, *lists[key])})
+        best = max(results, key=lambda r: (r["ndcg@10"], r["recall@50"]))
+    del gram
+    key = (best["i2i_model"], best.get("ease_lambda"), best.get("ease_dropout", 0.0))
+    art.i2i_rows, art.i2i_scores = lists[key]
+    del lists
+    recency = []
+    for n in grid["i2i_recent"]:
+        for d in grid["i2i_decay"]:
+            n = int(params["history_len"]) if n == "all" else int(n)
+            p = dict(params, i2i_recent=n, i2i_decay=float(d))
+            recency.append({"i2i_recent": n, "i2i_decay": float(d),
+                            **i2i_quality(art, truths, users, p, art.i2i_rows, art.i2i_scores)})
+    rbest = max(recency, key=lambda r: (r["ndcg@10"], r["recall@50"], -r["i2i_recent"]))
+    cfg_up = {"i2i_model": best["i2i_model"]}
+    if best["i2i_model"] == "ease":
+        cfg_up["ease_lambda"] = best["ease_lambda"]
+        cfg_up["ease_dropout"] = best.get("ease_dropout", 0.0)
+    report = {"metric": "i2i source ndcg@10 on new label items", "users": int(len(users)), "models": results,
+              "recency": recency, "chosen": {**cfg_up, "i2i_recent": rbest["i2i_recent"],
+                                             "i2i_decay": rbest["i2i_decay"]}}
+    return cfg_up, {"i2i_recent": rbest["i2i_recent"], "i2i_decay": rbest["i2i_decay"]}, report
+
+
+def tune_quotas(art, labels: dict, users, params: dict, grid: list, threads: int):
+    """Share of the new label items among the merged candidates (the ranker's reach) per quota set."""
+    truths = _new_label_items(art, labels, users)
+    results = []
+    for q in grid:
+        p = dict(params, quotas=dict(q))
+        found = total = 0
+        for (u, _v, _l, merged), t in zip(retrieval.candidates_for(art, users, p, threads), truths):
+            total += len(t)
+            found += len(t & set(merged.rows.tolist()))
+        results.append({"quotas": dict(q), "candidate_recall": round(found / max(total, 1), 5)})
+    best = max(results, key=lambda r: r["candidate_recall"])
+    return best, results
+
+
 def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | None = None,
           timer: Timer | None = None) -> Path:
     cfg = {**DEFAULT_CFG, **(cfg or {})}
@@ -86,18 +242,13 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
         train_mask, test_mask = np.ones(len(ds), bool), np.zeros(len(ds), bool)
     else:
         train_mask, test_mask, cut = split.split_masks(ds.ts, cfg["holdout"])
-    if cfg.get("label_split", "time") == "time":
-        # the newest label_frac of the training time labels the ranker (the users active last are groups)
-        label_cut = split.time_cut(ds.ts[train_mask], cfg["label_frac"])
-        fit_mask = ds.ts < label_cut
-        label_mask = train_mask & ~fit_mask
-    else:
-        # every user's own newest (or random) share labels the ranker: every user can be a group
-        label_mask = split.per_user_label_mask(ds.user, ds.ts, train_mask, ds.n_users, cfg["label_frac"],
-                                               cfg["seed"], random=cfg["label_split"] == "user-random")
-        fit_mask = train_mask & ~label_mask
-        label_cut = float(ds.ts[fit_mask].max()) + 1.0
-        cfg = {**cfg, "label_windows": 1}
+    if cfg.get("history_len", "auto") == "auto":
+        longest = int(np.bincount(ds.user[train_mask], minlength=ds.n_users).max()) if train_mask.any() else 0
+        params["history_len"] = int(min(int(cfg["history_max"]), max(200, longest)))
+    elif cfg.get("history_len") is not None:
+        params["history_len"] = int(cfg["history_len"])
+    label_windows = _label_windows(ds, train_mask, cfg)
+    fit_mask, label_mask, label_cut = next(label_windows)
 
     lu, li, lt, le, lv, lfirst = _window(ds, label_mask)
     labels = rk.label_map(lu, li, rk.relevance(le, lv))
@@ -121,46 +272,56 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
         del cand
     cfg = {**cfg, "factors": best_f[0]}
     if cfg["tune"]:
-        with timer("tune"):
-            users = _active_with_history(art_fit, lu, rng, cfg["tune_users"])
+        users = _active_with_history(art_fit, lu, rng, cfg["tune_users"])
+        with timer("tune_vector"):
             best, grid = tune_vector_params(art_fit, labels, users, params, cfg["grid"], cfg["threads"])
             params["decay_short"], params["alpha"] = best["decay_short"], best["alpha"]
             tuning.update({"metric": "ann_recall@50 on the label window", "users": int(len(users)),
                            "grid": grid, "chosen": best})
+        with timer("tune_i2i"):
+            cfg_up, p_up, tuning["i2i"] = tune_i2i(art_fit, ds, fit_mask, labels, users, params, cfg, cfg["grid"])
+            cfg = {**cfg, **cfg_up}
+            params.update(p_up)
+        with timer("tune_quotas"):
+            qbest, qgrid = tune_quotas(art_fit, labels, users, params, cfg["grid"]["quotas"], cfg["threads"])
+            params["quotas"] = dict(qbest["quotas"])
+            tuning["quotas"] = {"metric": "share of new label items among the merged candidates",
+                                "cap": int(params["cap"]), "grid": qgrid, "chosen": qbest}
+    else:
+        cfg = {**cfg, "i2i_model": artifacts.i2i_model(cfg, ds.n_items)}
     with timer("ranker_rows"):
         users = _active_with_history(art_fit, lu, rng, cfg["ranker_users"])
-        X, y, groups, _gu, cand_recall = rk.training_rows(art_fit, users, labels, lfirst, params,
-                                                           cfg["threads"], _progress("ranker rows"))
+        X, y, groups, gusers, cand_recall = rk.training_rows(art_fit, users, labels, lfirst, params,
+                                                              cfg["threads"], _progress("ranker rows"))
     feature_names = list(art_fit.schema.names)
     del art_fit
-    # earlier, non-overlapping label windows add training groups (small data sets have few users per window)
+    # further label windows add training groups (small data sets have few users per window): earlier,
+    # non-overlapping time windows, each user's next-newest share, or another random draw per user
     windows = [{"from": label_cut, "to": cut, "groups": int(len(groups))}]
-    prev = label_cut
     for w in range(1, int(cfg["label_windows"])):
-        before = ds.ts < prev
         try:
-            w_cut = split.time_cut(ds.ts[before], cfg["label_frac"])
-        except ValueError:
-            break
-        w_mask = before & (ds.ts >= w_cut)
-        if not (ds.ts < w_cut).any() or not w_mask.any():
+            w_fit, w_mask, w_cut = next(label_windows)
+        except (StopIteration, ValueError):
             break
         with timer(f"window{w}"), timer.prefix(f"window{w}"):
-            art_w = artifacts.fit(ds, ds.ts < w_cut, w_cut, cat, params, cfg, timer)
+            art_w = artifacts.fit(ds, w_fit, w_cut, cat, params, cfg, timer)
             wu, wi, _wt, we, wv, wfirst = _window(ds, w_mask)
             wl = rk.label_map(wu, wi, rk.relevance(we, wv))
             try:
-                Xw, yw, gw, _g, _r = rk.training_rows(art_w, _active_with_history(art_w, wu, rng, cfg["ranker_users"]),
-                                                      wl, wfirst, params, cfg["threads"])
+                Xw, yw, gw, guw, _r = rk.training_rows(art_w, _active_with_history(art_w, wu, rng, cfg["ranker_users"]),
+                                                       wl, wfirst, params, cfg["threads"])
             except ValueError:
                 break
             del art_w
         X, y, groups = np.vstack([X, Xw]), np.concatenate([y, yw]), np.concatenate([groups, gw])
-        windows.append({"from": w_cut, "to": prev, "groups": int(len(gw))})
-        prev = w_cut
+        gusers = np.concatenate([gusers, guw])
+        windows.append({"from": w_cut if cfg["label_split"] == "time" else None,
+                        "to": windows[-1]["from"] if cfg["label_split"] == "time" else None,
+                        "groups": int(len(gw))})
     with timer("ranker_train"):
         ranker_text, rinfo = rk.train(X, y, groups, feature_names, seed=cfg["seed"],
-                                      threads=cfg["ranker_threads"], rounds=cfg["ranker_rounds"])
+                                      threads=cfg["ranker_threads"], rounds=cfg["ranker_rounds"],
+                                      group_users=gusers)
         rinfo["candidate_recall"] = round(cand_recall, 4)
         rinfo["label_windows"] = windows
     del X, y

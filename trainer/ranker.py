@@ -60,33 +60,103 @@ def training_rows(art, users, labels: dict, first_ts: dict, params: dict, thread
             found / max(total, 1))
 
 
-def train(X, y, groups, names, seed=0, threads=2, rounds=300, valid_frac=0.2):
+LGB_PARAMS = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "learning_rate": 0.03,
+              "num_leaves": 31, "min_data_in_leaf": 100, "feature_fraction": 0.7, "bagging_fraction": 0.9,
+              "bagging_freq": 1, "lambdarank_truncation_level": 30, "deterministic": True,
+              "force_row_wise": True, "verbose": -1}
+# the first tree: the best source's score alone, reproduced by one deep single-feature regression tree
+BASE_PARAMS = {"objective": "regression", "num_leaves": 255, "min_data_in_leaf": 5, "learning_rate": 1.0,
+               "deterministic": True, "force_row_wise": True, "verbose": -1}
+LABELS = ("binary",)
+
+
+def group_ndcg(scores: np.ndarray, taken: np.ndarray, groups: np.ndarray, k: int = 10) -> float:
+    """Mean NDCG@k over groups with binary gains (``taken`` > 0), ties by row order."""
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    out, start = [], 0
+    for n in groups.tolist():
+        s, t = scores[start:start + n], taken[start:start + n] > 0
+        start += n
+        if not t.any():
+            continue
+        top = np.lexsort((np.arange(n), -s))[:k]
+        out.append(float((t[top] * disc[:len(top)]).sum() / disc[:min(int(t.sum()), k)].sum()))
+    return float(np.mean(out)) if out else 0.0
+
+
+def train(X, y, groups, names, seed=0, threads=2, rounds=300, valid_frac=0.2, group_users=None,
+          labels=LABELS):
+    """The ranker: a base tree, then lambdarank trees that correct it, early-stopped on held-out users.
+
+    The base is the one source score (``src.<s>.score``) that orders the training groups best, fitted by a
+    single deep tree on that feature alone, so the boosting starts from the strongest retrieval order and
+    only keeps corrections that help held-out users (all of a user's groups on one side, so several label
+    windows of one user never straddle training and validation). One model per label design in ``labels``
+    (``graded``: the relevance grades; ``binary``: any interaction is a positive); of those and the base
+    alone, the one with the best NDCG@10 of the taken items on the held-out users is kept."""
     import lightgbm as lgb
 
     rng = np.random.default_rng(seed)
     n_g = len(groups)
     is_valid = np.zeros(n_g, bool)
     if n_g >= 5:
-        is_valid[rng.choice(n_g, size=max(1, int(valid_frac * n_g)), replace=False)] = True
+        gu = np.arange(n_g) if group_users is None else np.asarray(group_users)
+        uniq = np.unique(gu)
+        if len(uniq) >= 5:
+            held = rng.choice(uniq, size=max(1, int(valid_frac * len(uniq))), replace=False)
+            is_valid = np.isin(gu, held)
     row_valid = np.repeat(is_valid, groups)
-    params = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "learning_rate": 0.08,
-              "num_leaves": 31, "min_data_in_leaf": 20, "feature_fraction": 0.9, "bagging_fraction": 0.9,
-              "bagging_freq": 1, "lambdarank_truncation_level": 30, "num_threads": threads, "seed": seed,
-              "deterministic": True, "force_row_wise": True, "verbose": -1}
-    dtrain = lgb.Dataset(X[~row_valid], y[~row_valid], group=groups[~is_valid], feature_name=list(_safe(names)),
-                         free_raw_data=False)
-    sets, callbacks = [dtrain], []
-    if is_valid.any():
-        dvalid = lgb.Dataset(X[row_valid], y[row_valid], group=groups[is_valid], reference=dtrain)
-        sets = [dvalid]
-        callbacks = [lgb.early_stopping(30, verbose=False)]
-    booster = lgb.train(params, dtrain, num_boost_round=rounds, valid_sets=sets, callbacks=callbacks)
-    best = booster.best_iteration or booster.current_iteration()
+    safe = list(_safe(names))
+    fit_rows = ~row_valid
+
+    # the base: the source score that best orders the training groups on its own
+    score_cols = [j for j, n in enumerate(names) if n.startswith("src.") and n.endswith(".score")]
+    base_col, base_fit = None, -1.0
+    for j in score_cols:
+        q = group_ndcg(X[fit_rows, j], y[fit_rows], groups[~is_valid])
+        if q > base_fit:
+            base_col, base_fit = j, q
+    base = None
+    if base_col is not None:
+        col = X[:, base_col].astype(np.float64)
+        scale = 1.0 / (float(np.std(col)) or 1.0)
+        base = lgb.train({**BASE_PARAMS, "num_threads": threads, "seed": seed,
+                          "interaction_constraints": [[base_col]]},
+                         lgb.Dataset(X, col * scale, feature_name=safe, free_raw_data=False), num_boost_round=1)
+    params = {**LGB_PARAMS, "num_threads": threads, "seed": seed}
+    tried = []
+    if base is not None:
+        entry = {"labels": "base only", "best_iteration": 1, "booster": base}
+        if is_valid.any():
+            entry["valid_ndcg@10"] = round(group_ndcg(base.predict(X[row_valid]), y[row_valid],
+                                                      groups[is_valid]), 4)
+        tried.append(entry)
+    for design in labels:
+        yy = y if design == "graded" else (y > 0).astype(np.int32)
+        dtrain = lgb.Dataset(X[fit_rows], yy[fit_rows], group=groups[~is_valid], feature_name=safe,
+                             free_raw_data=False)
+        sets, callbacks = [dtrain], []
+        if is_valid.any():
+            dvalid = lgb.Dataset(X[row_valid], yy[row_valid], group=groups[is_valid], reference=dtrain,
+                                 free_raw_data=False)
+            sets = [dvalid]
+            callbacks = [lgb.early_stopping(50, verbose=False)]
+        booster = lgb.train(params, dtrain, num_boost_round=rounds, valid_sets=sets, callbacks=callbacks,
+                            init_model=base)
+        best = booster.best_iteration or booster.current_iteration()   # counts the base tree too
+        entry = {"labels": design, "best_iteration": int(best), "booster": booster}
+        if is_valid.any():
+            pred = booster.predict(X[row_valid], num_iteration=best, raw_score=True)
+            entry["valid_ndcg@10"] = round(group_ndcg(pred, y[row_valid], groups[is_valid]), 4)
+        tried.append(entry)
+    chosen = max(tried, key=lambda e: e.get("valid_ndcg@10", 0.0))
     info = {"rows": int(len(y)), "groups": int(n_g), "valid_groups": int(is_valid.sum()),
-            "best_iteration": int(best), "positives": int((y > 0).sum())}
-    if booster.best_score:
-        info["valid_ndcg@10"] = round(float(list(booster.best_score.values())[0]["ndcg@10"]), 4)
-    return booster.model_to_string(num_iteration=best), info
+            "best_iteration": chosen["best_iteration"], "positives": int((y > 0).sum()),
+            "base": names[base_col] if base_col is not None else None, "labels": chosen["labels"],
+            "designs": [{k: v for k, v in e.items() if k != "booster"} for e in tried]}
+    if "valid_ndcg@10" in chosen:
+        info["valid_ndcg@10"] = chosen["valid_ndcg@10"]
+    return chosen["booster"].model_to_string(num_iteration=chosen["best_iteration"]), info
 
 
 def _safe(names):
