@@ -17,6 +17,7 @@ import numpy as np
 
 from recserve._core.embed import UserVectorParams, user_vector
 from recserve._core.merge import Merged, exclusion_bitset, merge_candidates
+from recserve._core.neighbours import neighbour_sum
 
 SOURCES = ["ann", "i2i", "session", "popular"]
 DEFAULT_PARAMS = {
@@ -43,29 +44,6 @@ def history_vector(item_emb: np.ndarray, hist_items, hist_event, hist_ts, now: f
     return user_vector(item_emb, rows, vector_params(params), event_weights=ew, ages=ages)
 
 
-def neighbour_sum(seed_rows, seed_weights, i2i_rows: np.ndarray, i2i_scores: np.ndarray, k: int):
-    """Items neighbouring ``seed_rows``, scored by the weighted sum of their i2i scores, best first."""
-    seed = np.asarray(seed_rows, np.int64)
-    if len(seed) == 0 or k <= 0:
-        return np.zeros(0, np.int32), np.zeros(0, np.float32)
-    cand = i2i_rows[seed].ravel()
-    sc = (i2i_scores[seed] * np.asarray(seed_weights, np.float32)[:, None]).ravel()
-    ok = cand >= 0
-    if not ok.any():
-        return np.zeros(0, np.int32), np.zeros(0, np.float32)
-    cand = cand[ok].astype(np.int64)
-    n = len(i2i_rows)
-    # dense accumulation over the catalogue (sums in input order, as a sort-based grouping would)
-    uniq = np.flatnonzero(np.bincount(cand, minlength=n))
-    total = np.bincount(cand, weights=sc[ok], minlength=n)[uniq]
-    if k < len(uniq):       # only the best k need ordering (ties at the boundary by row, as in the sort)
-        kth = -np.partition(-total, k - 1)[k - 1]
-        keep = total >= kth
-        uniq, total = uniq[keep], total[keep]
-    order = np.lexsort((uniq, -total))[:k]
-    return uniq[order].astype(np.int32), total[order].astype(np.float32)
-
-
 def recent_distinct(hist_items, n: int) -> np.ndarray:
     """The last ``n`` distinct items of a history, newest first."""
     h = np.asarray(hist_items, np.int64)[::-1]
@@ -85,8 +63,9 @@ def source_lists(hist_items, hist_ts, ann_rows, ann_scores, i2i_rows, i2i_scores
     def unseen(rows, scores):
         """History items dropped, so a list's ranks (ranker features) count only what can be served."""
         keep = rows >= 0
-        if len(seen):
-            keep &= ~np.isin(rows, seen)
+        if len(seen) and len(rows):     # seen is sorted: a binary search per row
+            at = np.minimum(np.searchsorted(seen, rows), len(seen) - 1)
+            keep &= seen[at] != rows
         return np.asarray(rows[keep], np.int32), np.asarray(scores[keep], np.float32)
 
     recent = recent_distinct(hist, int(params["i2i_recent"]))
