@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from recserve._core import candidates as C
 from trainer import artifacts, neighbours, ranker as rk, retrieval, split, writer
+from trainer.ef import tune_ef
 from trainer.io import Dataset
 from trainer.timing import Timer
 
@@ -26,6 +27,8 @@ DEFAULT_CFG = {
     "factors": 64, "seed": 0, "embed": "als", "threads": 2, "als_iterations": 15, "als_reg": 20.0, "als_alpha": 20.0, "hnsw_M": 16,
     "hnsw_ef_construction": 200, "i2i_M": 50, "holdout": 0.1, "label_frac": 0.15, "ranker_users": 3000,
     "tune_users": 1000, "ranker_rounds": 300, "tune": True,
+    # the serving ef: the smallest whose ANN recall against brute force at the served k reaches this
+    "ef_recall": 0.95,
     # LightGBM's OpenMP threads spin; on a shared 2-core box 2 threads were 3x slower than 1
     "ranker_threads": 1, "label_windows": 2, "label_split": "time",
     # item-item model: "auto" = EASE up to ease_max_items items (lambda and recency tuned on the label
@@ -287,6 +290,16 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
             params["quotas"] = dict(qbest["quotas"])
             tuning["quotas"] = {"metric": "share of new label items among the merged candidates",
                                 "cap": int(params["cap"]), "grid": qgrid, "chosen": qbest}
+        with timer("tune_ef"):
+            vecs = retrieval.user_vecs(art_fit, users, params)
+            n_hist = np.diff(art_fit.hist_indptr)[users]
+            ks = np.array([C.ann_k(params, int(n), len(art_fit.item_emb)) for n in n_hist])
+            ebest, egrid = tune_ef(art_fit.index, art_fit.item_emb, vecs, ks, float(cfg["ef_recall"]),
+                                   threads=cfg["threads"])
+            params["ef"] = int(ebest["ef"])
+            art_fit.index.set_ef(params["ef"])
+            tuning["ef"] = {"metric": "ANN recall against brute force at the k the server asks",
+                            "target": float(cfg["ef_recall"]), "grid": egrid, "chosen": ebest}
     else:
         cfg = {**cfg, "i2i_model": artifacts.i2i_model(cfg, ds.n_items)}
     with timer("ranker_rows"):
@@ -321,6 +334,7 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
     with timer("ranker_train"):
         ranker_text, rinfo = rk.train(X, y, groups, feature_names, seed=cfg["seed"],
                                       threads=cfg["ranker_threads"], rounds=cfg["ranker_rounds"],
+                                      fixed_trees=cfg.get("ranker_trees"),
                                       group_users=gusers)
         rinfo["candidate_recall"] = round(cand_recall, 4)
         rinfo["label_windows"] = windows

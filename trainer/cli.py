@@ -9,7 +9,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--holdout", type=float, default=0.1,
                    help="newest share held out for evaluation; 0 trains the served bundle on everything")
     b.add_argument("--ranker-users", type=int, default=3000)
+    b.add_argument("--ranker-trees", type=int, default=None,
+                   help="exactly N trees, no early stopping (a ranker of known size for load tests)")
     b.add_argument("--no-tune", action="store_true")
     b.add_argument("--label-windows", type=int, default=2, help="successive label windows for ranker rows")
     b.add_argument("--label-split", choices=["time", "user", "user-random"], default="time",
@@ -122,9 +123,11 @@ def _run(args) -> int:
                 raise ValueError
         except ValueError:
             return _fail(f"--factors: expected positive integers, got {args.factors!r}", 2)
+        if args.ranker_trees is not None and args.ranker_trees < 1:
+            return _fail(f"--ranker-trees: expected a positive integer, got {args.ranker_trees}", 2)
         cfg = {"seed": args.seed, "factors": factors if len(factors) > 1 else factors[0], "embed": args.embed, "als_reg": args.als_reg, "threads": args.threads,
                "holdout": args.holdout, "ranker_users": args.ranker_users, "label_windows": args.label_windows, "label_split": args.label_split,
-               "tune": not args.no_tune}
+               "tune": not args.no_tune, "ranker_trees": args.ranker_trees}
         path = build(ds, args.out, cfg, timer=timer)
         if args.evaluate:
             with timer("evaluate"):

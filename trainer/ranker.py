@@ -85,7 +85,7 @@ def group_ndcg(scores: np.ndarray, taken: np.ndarray, groups: np.ndarray, k: int
 
 
 def train(X, y, groups, names, seed=0, threads=2, rounds=300, valid_frac=0.2, group_users=None,
-          labels=LABELS):
+          labels=LABELS, fixed_trees: int | None = None):
     """The ranker: a base tree, then lambdarank trees that correct it, early-stopped on held-out users.
 
     The base is the one source score (``src.<s>.score``) that orders the training groups best, fitted by a
@@ -93,7 +93,10 @@ def train(X, y, groups, names, seed=0, threads=2, rounds=300, valid_frac=0.2, gr
     only keeps corrections that help held-out users (all of a user's groups on one side, so several label
     windows of one user never straddle training and validation). One model per label design in ``labels``
     (``graded``: the relevance grades; ``binary``: any interaction is a positive); of those and the base
-    alone, the one with the best NDCG@10 of the taken items on the held-out users is kept."""
+    alone, the one with the best NDCG@10 of the taken items on the held-out users is kept.
+
+    ``fixed_trees``: exactly that many trees (the base included), no early stopping and no "base only"
+    choice: a ranker of a known size, for capacity planning and load tests."""
     import lightgbm as lgb
 
     rng = np.random.default_rng(seed)
@@ -130,7 +133,12 @@ def train(X, y, groups, names, seed=0, threads=2, rounds=300, valid_frac=0.2, gr
         if is_valid.any():
             entry["valid_ndcg@10"] = round(group_ndcg(base.predict(X[row_valid]), y[row_valid],
                                                       groups[is_valid]), 4)
-        tried.append(entry)
+        if not fixed_trees:
+            tried.append(entry)
+    if fixed_trees:
+        if fixed_trees < 1:
+            raise ValueError(f"fixed_trees must be >= 1, got {fixed_trees}")
+        rounds = fixed_trees - (1 if base is not None else 0)
     for design in labels:
         yy = y if design == "graded" else (y > 0).astype(np.int32)
         dtrain = lgb.Dataset(X[fit_rows], yy[fit_rows], group=groups[~is_valid], feature_name=safe,
@@ -140,10 +148,11 @@ def train(X, y, groups, names, seed=0, threads=2, rounds=300, valid_frac=0.2, gr
             dvalid = lgb.Dataset(X[row_valid], yy[row_valid], group=groups[is_valid], reference=dtrain,
                                  free_raw_data=False)
             sets = [dvalid]
-            callbacks = [lgb.early_stopping(50, verbose=False)]
+            callbacks = [] if fixed_trees else [lgb.early_stopping(50, verbose=False)]
         booster = lgb.train(params, dtrain, num_boost_round=rounds, valid_sets=sets, callbacks=callbacks,
                             init_model=base)
-        best = booster.best_iteration or booster.current_iteration()   # counts the base tree too
+        best = (booster.current_iteration() if fixed_trees
+                else booster.best_iteration or booster.current_iteration())   # counts the base tree too
         entry = {"labels": design, "best_iteration": int(best), "booster": booster}
         if is_valid.any():
             pred = booster.predict(X[row_valid], num_iteration=best, raw_score=True)

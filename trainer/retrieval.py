@@ -26,7 +26,7 @@ def ann_batch(art, vecs: np.ndarray, users: np.ndarray, params: dict, threads=2)
     out = [None] * len(users)
     lens = np.array([art.hist_indptr[u + 1] - art.hist_indptr[u] for u in users])
     ks = np.array([C.ann_k(params, int(n), n_items) for n in lens])
-    art.index.set_ef(max(int(params["ef"]), int(ks.max()) if len(ks) else 1))
+    art.index.set_ef(int(params["ef"]))     # as served: hnswlib searches with max(ef, k) per query
     for k in np.unique(ks):
         sel = np.flatnonzero((ks == k) & (np.linalg.norm(vecs, axis=1) > 0))
         if len(sel):

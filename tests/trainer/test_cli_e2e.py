@@ -23,6 +23,9 @@ def test_synth_build_verify_evaluate(tmp_path):
     assert m["evaluation"]["methods"]["popularity"]["recall@10"] >= 0
     assert m["params"]["decay_short"] in m["training"]["tuning"]["grid"][0].values() or m["training"]["tuning"]
     assert 0.8 <= m["index"]["recall_at_k"]["recall"] <= 1.0
+    ef = m["training"]["tuning"]["ef"]                 # the serving ef, tuned against brute force
+    assert m["params"]["ef"] == m["index"]["ef"] == ef["chosen"]["ef"]
+    assert ef["chosen"]["recall"] >= ef["target"] or ef["chosen"]["recall"] == max(r["recall"] for r in ef["grid"])
     assert (bundle / "report.json").is_file()
     assert "full+mmr" in (bundle / "report.html").read_text()
     assert m["training"]["timings"]["ranker_train"] > 0
@@ -34,9 +37,13 @@ def test_synth_build_verify_evaluate(tmp_path):
     with Bundle.open(out) as b:
         assert b.version == m["version"]
 
-    # a second build switches CURRENT, keeps the first version on disk
-    run_cli("build", "--data", data, out, "--factors", 16, "--ranker-users", 100, "--no-tune", check=True)
+    # a second build (a ranker of exactly 7 trees) switches CURRENT, keeps the first version on disk
+    run_cli("build", "--data", data, out, "--factors", 16, "--ranker-users", 100, "--no-tune",
+            "--ranker-trees", 7, check=True)
     assert resolve(out).name != m["version"]
+    assert (resolve(out) / "ranker.txt").read_text().count("\nTree=") == 7
+    p = run_cli("build", "--data", data, out, "--ranker-trees", 0)
+    assert p.returncode == 2 and "--ranker-trees" in p.stderr
     assert (out / m["version"] / "manifest.json").is_file()
 
 
