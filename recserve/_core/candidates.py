@@ -52,13 +52,14 @@ def recent_distinct(hist_items, n: int) -> np.ndarray:
 
 
 def source_lists(hist_items, hist_ts, ann_rows, ann_scores, i2i_rows, i2i_scores, trend_rows, trend_scores,
-                 params: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+                 params: dict, drop_history: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
     """The four candidate lists (``SOURCES`` order), each ``(int32 rows, float32 scores)`` best first, without
-    the history's items (the merge excludes them anyway; dropped here so ranks count servable items)."""
+    the history's items (the merge excludes them anyway; dropped here so ranks count servable items).
+    ``drop_history=False`` keeps them (a request that allows already-consumed items)."""
     q = params["quotas"]
     hist = np.asarray(hist_items, np.int64)
     ts = np.asarray(hist_ts, np.float64)
-    seen = np.unique(hist)
+    seen = np.unique(hist) if drop_history else hist[:0]
 
     def unseen(rows, scores):
         """History items dropped, so a list's ranks (ranker features) count only what can be served."""

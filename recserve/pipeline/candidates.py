@@ -82,6 +82,17 @@ def i2i(i2i_rows: np.ndarray, i2i_scores: np.ndarray, seeds: np.ndarray, limit: 
     return cand[order].astype(np.int32), agg[cand[order]]
 
 
+def drop_rows(rows: np.ndarray, scores: np.ndarray, dropped_sorted: np.ndarray):
+    """``(rows, scores)`` without the rows in ``dropped_sorted`` (sorted, unique), order kept."""
+    rows = np.asarray(rows, np.int32)
+    scores = np.asarray(scores, np.float32)
+    if len(dropped_sorted) == 0 or len(rows) == 0:
+        return rows, scores
+    at = np.minimum(np.searchsorted(dropped_sorted, rows), len(dropped_sorted) - 1)
+    keep = dropped_sorted[at] != rows
+    return rows[keep], scores[keep]
+
+
 def popular(pop_rows: np.ndarray, pop_scores: np.ndarray, allowed: np.ndarray | None, limit: int):
     """The most popular allowed items (the full list is walked, so a selective filter still fills)."""
     if allowed is None:

@@ -335,20 +335,25 @@ class Recommender:
         ann_want = CC.ann_k(self.cparams, len(all_rows), self.n_items)
         ann = self.ann.query(uvec, int(ann_want / max(frac, 0.05)) + 1, allowed, brute)
         base = CC.source_lists(all_rows, all_ts, ann[0], ann[1], self.i2i_rows, self.i2i_scores,
-                               self.trend_rows, self.trend_scores, self.cparams)
+                               self.trend_rows, self.trend_scores, self.cparams,
+                               drop_history=req.exclude_consumed)
         lists = dict(zip(CC.SOURCES, base))
         q["popular"] = max(q.get("popular", 50), k)
         limit = q["popular"] + len(consumed) + 1
+        pop = lists["popular"]          # as trained: trending without the history's items
         if len(include):
-            lists["popular"] = C.popular_in_categories(self.cat_indptr, self.cat_rows, self.trend_of_row,
-                                                       include, allowed, limit)
-        elif allowed is snap.in_stock and allowed is not None:
-            r_, s_ = snap.trend_in_stock
-            lists["popular"] = (r_[:limit], s_[:limit])
-        elif allowed is not None:
-            lists["popular"] = walk_allowed(self.trend_rows, self.trend_scores, allowed, limit)
-        elif len(lists["popular"][0]) < limit:
-            lists["popular"] = C.popular(self.trend_rows, self.trend_scores, None, limit)
+            pop = C.drop_rows(*C.popular_in_categories(self.cat_indptr, self.cat_rows, self.trend_of_row,
+                                                       include, allowed, limit), consumed)
+        elif allowed is None or allowed is snap.in_stock:
+            # the shared list, whose out-of-stock entries the merge skips; refilled only when it cannot
+            # fill the popular quota (k above the quota, or much of it out of stock)
+            servable = len(pop[0]) if allowed is None else int(np.count_nonzero(allowed[pop[0]]))
+            if servable < q["popular"]:
+                r_, s_ = (self.trend_rows, self.trend_scores) if allowed is None else snap.trend_in_stock
+                pop = C.drop_rows(r_[:limit], s_[:limit], consumed)
+        else:
+            pop = C.drop_rows(*walk_allowed(self.trend_rows, self.trend_scores, allowed, limit), consumed)
+        lists["popular"] = pop
         bits = snap.exclusion_bits(consumed, allowed)
         merged = merge_candidates([lists.get(s, C.EMPTY) for s in self.sources],
                                   [q.get(s, 50) for s in self.sources], max(self.cap, k),

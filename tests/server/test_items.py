@@ -41,3 +41,16 @@ def test_walk_allowed_is_the_filtered_prefix(n, share, limit, seed):
     assert np.array_equal(r, rows[keep][:limit])
     assert np.array_equal(s, scores[keep][:limit])
     assert r.dtype == np.int32 and s.dtype == np.float32
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 50), max_size=60), st.lists(st.integers(0, 50), max_size=30))
+def test_drop_rows_keeps_order_and_drops_exactly_the_given_rows(rows, dropped):
+    from recserve.pipeline.candidates import drop_rows
+
+    rows = np.array(rows, np.int32)
+    scores = np.arange(len(rows), dtype=np.float32)
+    d = np.unique(np.array(dropped, np.int64))
+    r, s = drop_rows(rows, scores, d)
+    keep = ~np.isin(rows, d)
+    assert np.array_equal(r, rows[keep]) and np.array_equal(s, scores[keep])
