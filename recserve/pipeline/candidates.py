@@ -1,8 +1,8 @@
-"""Candidate generation: the user vector and the ranked source lists (ann, i2i, session, popular).
+"""Serving-side candidate helpers around the shared retrieval (``recserve._core.candidates``).
 
 All lists are ``(rows int32, scores float32)`` best first, over the item rows of one bundle. Filters are
-turned into an ``allowed`` boolean mask; when it keeps few items the ANN and popular lists are computed by
-brute force over the allowed subset, so a selective filter still fills k.
+turned into an ``allowed`` boolean mask; when it keeps few items the ANN list is computed by brute force
+over the allowed subset and the popular list walks the allowed items, so a selective filter still fills k.
 """
 from __future__ import annotations
 
@@ -10,22 +10,11 @@ import threading
 
 import numpy as np
 
-from recserve._core.embed import UserVectorParams, user_vector
-
 # when the allowed subset is at most this fraction of the items (or this many), search it exhaustively
 BRUTE_FRACTION = 0.25
 BRUTE_MAX = 20000
 
 EMPTY = (np.zeros(0, np.int32), np.zeros(0, np.float32))
-
-
-def user_vec(item_emb: np.ndarray, rows: np.ndarray, events: np.ndarray, ages_days: np.ndarray,
-             params: UserVectorParams, event_weights: np.ndarray) -> np.ndarray:
-    """float32[d]: the short/long mix over a history (oldest first); zeros when the history is empty."""
-    if len(rows) == 0:
-        return np.zeros(item_emb.shape[1], np.float32)
-    w = event_weights[np.clip(events.astype(np.int64), 0, len(event_weights) - 1)]
-    return user_vector(item_emb, rows, params, event_weights=w, ages=np.maximum(ages_days, 0.0))
 
 
 class AnnSource:
@@ -61,27 +50,6 @@ def brute_force(emb: np.ndarray, vec: np.ndarray, subset: np.ndarray, k: int):
     return subset[top].astype(np.int32), s[top].astype(np.float32)
 
 
-def i2i(i2i_rows: np.ndarray, i2i_scores: np.ndarray, seeds: np.ndarray, limit: int):
-    """Neighbours of ``seeds`` (newest last), scores summed with a recency weight; seeds themselves dropped."""
-    if len(seeds) == 0:
-        return EMPTY
-    seeds = np.asarray(seeds, np.int64)
-    w = 0.8 ** np.arange(len(seeds) - 1, -1, -1, dtype=np.float32)  # newest weight 1
-    nb = i2i_rows[seeds]
-    sc = i2i_scores[seeds] * w[:, None]
-    ok = nb >= 0
-    nb, sc = nb[ok].astype(np.int64), sc[ok]
-    if len(nb) == 0:
-        return EMPTY
-    agg = np.zeros(len(i2i_rows), np.float32)
-    np.add.at(agg, nb, sc)
-    agg[seeds] = 0
-    cand = np.unique(nb)
-    cand = cand[agg[cand] > 0]
-    order = np.argsort(-agg[cand], kind="stable")[:limit]
-    return cand[order].astype(np.int32), agg[cand[order]]
-
-
 def drop_rows(rows: np.ndarray, scores: np.ndarray, dropped_sorted: np.ndarray):
     """``(rows, scores)`` without the rows in ``dropped_sorted`` (sorted, unique), order kept."""
     rows = np.asarray(rows, np.int32)
@@ -91,14 +59,6 @@ def drop_rows(rows: np.ndarray, scores: np.ndarray, dropped_sorted: np.ndarray):
     at = np.minimum(np.searchsorted(dropped_sorted, rows), len(dropped_sorted) - 1)
     keep = dropped_sorted[at] != rows
     return rows[keep], scores[keep]
-
-
-def popular(pop_rows: np.ndarray, pop_scores: np.ndarray, allowed: np.ndarray | None, limit: int):
-    """The most popular allowed items (the full list is walked, so a selective filter still fills)."""
-    if allowed is None:
-        return pop_rows[:limit].astype(np.int32), pop_scores[:limit].astype(np.float32)
-    keep = allowed[pop_rows]
-    return pop_rows[keep][:limit].astype(np.int32), pop_scores[keep][:limit].astype(np.float32)
 
 
 def popular_in_categories(cat_indptr, cat_rows, pop_score_of_row, cats, allowed, limit):
