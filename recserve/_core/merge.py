@@ -27,14 +27,18 @@ class Merged:
         return len(self.rows)
 
 
-def exclusion_bitset(n_items: int, rows) -> np.ndarray:
-    """A uint8 bitset of ``n_items`` bits with the given rows set."""
+def exclusion_bitset(n_items: int, rows, base: np.ndarray | None = None) -> np.ndarray:
+    """A little-endian uint8 bitset of ``n_items`` bits: ``base`` (copied, never modified) with ``rows`` set.
+
+    Its cost follows the rows (plus one copy of ``base``), not the catalogue's size."""
     r = rows_1d(rows, "excluded rows")
     if r.size and (r.min() < 0 or r.max() >= n_items):
         raise ValueError(f"excluded row out of range [0, {n_items})")
-    bits = np.zeros(n_items, np.uint8)
-    bits[r] = 1
-    return np.packbits(bits, bitorder="little")
+    bits = np.zeros((n_items + 7) // 8, np.uint8) if base is None else np.array(base, np.uint8)
+    if r.size:
+        r = r.astype(np.int64)
+        np.bitwise_or.at(bits, r >> 3, np.left_shift(1, r & 7).astype(np.uint8))
+    return bits
 
 
 def merge_candidates(lists: Sequence[tuple[np.ndarray, np.ndarray]], quotas: Sequence[int], cap: int,

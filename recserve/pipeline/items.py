@@ -11,22 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 from recserve._core.cross import Crosser
+from recserve._core.merge import exclusion_bitset
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
     a.setflags(write=False)
     return a
-
-
-def packed_bits(n_items: int, rows: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
-    """A little-endian uint8 bitset of ``n_items`` bits: ``base`` (copied) with ``rows`` set."""
-    bits = np.zeros((n_items + 7) // 8, np.uint8) if base is None else base.copy()
-    r = np.asarray(rows, np.int64)
-    if r.size:
-        if r.min() < 0 or r.max() >= n_items:
-            raise ValueError(f"excluded row out of range [0, {n_items})")
-        np.bitwise_or.at(bits, r >> 3, np.left_shift(1, r & 7).astype(np.uint8))
-    return bits
 
 
 def walk_allowed(rows: np.ndarray, scores: np.ndarray, allowed: np.ndarray, limit: int):
@@ -76,7 +66,7 @@ class ItemSnapshot:
     def exclusion_bits(self, rows: np.ndarray, allowed: np.ndarray | None) -> np.ndarray | None:
         """The merge's exclusion bitset: ``rows`` plus every item ``allowed`` rules out."""
         if allowed is None:
-            return packed_bits(self.n_items, rows) if len(rows) else None
+            return exclusion_bitset(self.n_items, rows) if len(rows) else None
         if allowed is self.in_stock:
-            return packed_bits(self.n_items, rows, self.out_of_stock_bits)
-        return packed_bits(self.n_items, rows, np.packbits(~allowed, bitorder="little"))
+            return exclusion_bitset(self.n_items, rows, self.out_of_stock_bits)
+        return exclusion_bitset(self.n_items, rows, np.packbits(~allowed, bitorder="little"))
