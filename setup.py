@@ -35,11 +35,17 @@ MODULES = [
     "recserve._core._neighbours",
 ]
 
+# C headers a module includes (rebuild it when they change)
+DEPENDS = {
+    "recserve._core._forest": ["recserve/_core/_forest_walk.h"],
+}
+
 
 def extension(name: str) -> Extension:
     return Extension(
         name,
         sources=[name.replace(".", "/") + ".pyx"],
+        depends=DEPENDS.get(name, []),
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=EXTRA_COMPILE_ARGS,

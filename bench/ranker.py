@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{key[0]}x{key[1]} at {n} rows, median / p99 us per batch, interleaved:")
     funcs = {"forest (1% NaN rows)": lambda: forest.predict(Xn),
              "lgb (1% NaN rows)": lambda: booster.predict(Xn, raw_score=True, num_threads=1),
-             "forest pair layout (shipped)": lambda: forest._predict(X, 0),
-             "forest previous lanes": lambda: forest._predict(X, 1),
+             "forest keyed pair layout (shipped)": lambda: forest._predict(X, 0),
+             "forest float pair layout (previous)": lambda: forest._predict(X, 1),
              "forest row by row": lambda: forest._predict(X, 2)}
     if not np.array_equal(forest.predict(Xn), booster.predict(Xn, raw_score=True)):
         print("MISMATCH with NaN rows", file=sys.stderr)
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     t = interleaved(funcs, repeats_for(funcs, args.budget, lo, hi), warmup=3)
     for name, v in t.items():
         med, p99 = summary(v)
-        print(f"  {name:<28} {med:>10.1f} {p99:>10.1f}")
+        print(f"  {name:<34} {med:>10.1f} {p99:>10.1f}")
     return 0
 
 

@@ -1,25 +1,26 @@
 from recserve._core._typedefs cimport float32_t, float64_t, row_t, index_t
-from libc.stdint cimport int32_t, uint8_t, uint32_t
+from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 
 # Leaves are nodes too: both children point back to the leaf itself, so a walk that takes more
 # steps than the path length stays on the leaf. Node positions are byte offsets (size * global
 # index) and feature positions byte offsets into the transposed row block, so a step needs no
 # index arithmetic.
 
-# Node of the pair layout, used by the default plain step (x <= thr only): the two children of a
-# node are adjacent, so the next node is ``child + (not x <= thr)``: the child address is read in
-# parallel with the compare instead of after it. A leaf has thr = +inf and child = itself, so any
-# non-NaN row stays on it. 16 bytes on 64-bit platforms.
+# The default walk of rows without missing values (strategy 0) lives in C, in _forest_walk.h: the
+# pair layout as struct-of-arrays with integer keys (see there).
+cdef extern from "_forest_walk.h" nogil:
+    int RS_LANES
+    uint32_t rs_dkey(float32_t f)
+    void rs_walk_keys(const uint32_t* ck, const uint64_t* meta, const float64_t* val, uint32_t root,
+                      int32_t depth, const uint32_t* xk, Py_ssize_t nb, float64_t* acc)
+
+# Node of the float pair layout (strategy 1, the previous default, kept for comparison): the two
+# children of a node are adjacent, so the next node is ``child + (not x <= thr)``. A leaf has
+# thr = +inf and child = itself, so any non-NaN row stays on it. 16 bytes on 64-bit platforms.
 cdef struct NodeP:
     float32_t thr       # largest float32 <= LightGBM's double threshold (+inf on a leaf)
     int32_t xoff        # byte offset of the feature's row in the transposed block (0 on a leaf)
     const NodeP* child  # left child; the right child is child + 1; a leaf points to itself
-
-# Node for the previous plain step (strategy 1, kept for comparison): 16 bytes, child indices.
-cdef struct Node:
-    float32_t thr       # largest float32 <= LightGBM's double threshold: x <= thr  <=>  (double)x <= thr64
-    int32_t xoff        # byte offset of the feature's row in the transposed block: 4 * BLOCK * slot
-    int32_t child[2]    # byte offsets (16 * index) of child[0] = left, child[1] = right
 
 # Node for the missing-value / categorical steps: 32 bytes, everything on one cache line.
 cdef struct NodeM:
@@ -32,7 +33,6 @@ cdef struct NodeM:
     int32_t pad
 
 cdef struct Model:
-    const Node* nodes
     const NodeM* nodes_m
     const uint32_t* cat_bits
 
@@ -50,7 +50,6 @@ cdef enum:
 
 # Walk modes
 cdef enum:
-    M_PLAIN = 0         # x <= thr only: no NaN in the block (and no 0, or no flip in the tree)
     M_MISSING = 1       # NaN / zero-as-missing corrections
     M_GENERAL = 2       # plus categorical bitsets
 

@@ -10,12 +10,13 @@ and scores rows block by block:
   holds only the features the model uses, with LightGBM's input rule applied
   (|x| <= kZeroThreshold -> 0). "Clean" rows go first, then the rows with a NaN (or with a zero,
   if some tree has zero-as-missing splits);
-* for each tree, in model order, the clean rows are walked ``LANES`` at a time on the pair layout
-  (``NodeP``: 16-byte nodes whose two children are adjacent, so the next node is
-  ``child + (not x <= thr)`` and the child address load runs in parallel with the compare). The
-  lanes' node pointers live in registers and take exactly ``depth(tree)`` steps with no branch at
-  all (a leaf points to itself with threshold +inf): checking for early leaves costs as much as the
-  steps it saves. The leaf value is added to the row's sum straight from the pair-layout leaf;
+* for each tree, in model order, the clean rows are walked ``LANES`` at a time on the keyed pair
+  layout (``rs_walk_keys`` in ``_forest_walk.h``): nodes as struct-of-arrays whose two children are
+  adjacent, thresholds and the block's values mapped to integer keys whose unsigned order reverses
+  the float order, so a step is ``child + (key(x) < key(thr))`` -- an integer compare and an
+  add-with-carry. The lanes take exactly ``depth(tree)`` steps with no branch at all (a leaf points
+  to itself and no key goes right of it): checking for early leaves costs as much as the steps it
+  saves. The leaf value is added to the row's sum straight from the pair-layout leaf;
 * the other rows (with a NaN, or a zero under zero-as-missing) take a branch-free
   NaN/zero-corrected step on 32-byte nodes that also carry the flags and the categorical bitset
   position (one cache line per visit), ``LANES`` at a time, stopping when all lanes sit on leaves;
@@ -27,7 +28,7 @@ bitwise equal to ``Booster.predict(raw_score=True)``.
 """
 from libc.math cimport fabsf, INFINITY
 from libc.stdlib cimport malloc, free
-from libc.stdint cimport int32_t, uint8_t, uint32_t
+from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 
 from recserve._core._typedefs cimport float32_t, float64_t, row_t, index_t
 
@@ -54,21 +55,15 @@ cdef inline int num_right(float32_t x, float32_t thr, uint8_t fl) noexcept nogil
     return right
 
 
-cdef inline int shift(int mode) noexcept nogil:
-    """log2 of the node size of a mode's node array."""
-    return 4 if mode == M_PLAIN else 5
+if RS_LANES != LANES:
+    raise ImportError("_forest_walk.h and _forest.pxd disagree on the number of lanes")
 
 
 cdef inline int32_t step(const Model* m, const char* col, int32_t off, int mode) noexcept nogil:
     """One level for one row: ``col`` points at the row's value of feature slot 0 in the block;
     ``off`` is the byte offset of the current node; returns the byte offset of the next one."""
-    cdef const Node* nd
     cdef const NodeM* nm
     cdef float32_t x
-    if mode == M_PLAIN:
-        nd = <const Node*>(<const char*>m.nodes + off)
-        x = (<const float32_t*>(col + nd.xoff))[0]
-        return nd.child[not (x <= nd.thr)]
     nm = <const NodeM*>(<const char*>m.nodes_m + off)
     x = (<const float32_t*>(col + nm.xoff))[0]
     if mode == M_GENERAL and nm.flags & F_CAT:
@@ -117,7 +112,7 @@ cdef inline void walk_lanes(const Model* m, int32_t root, int32_t min_depth, int
                             int mode) noexcept nogil:
     """Leaf (global node index) of each of the nb block rows, LANES rows at a time."""
     cdef int32_t cur[LANES]
-    cdef int sh = shift(mode)
+    cdef int sh = 5         # log2 sizeof(NodeM)
     cdef int32_t root_off = root << sh, leaf_off = first_leaf << sh
     cdef Py_ssize_t g, l
     cdef int32_t d, i
@@ -155,12 +150,6 @@ cdef inline void walk_lanes(const Model* m, int32_t root, int32_t min_depth, int
         g += LANES
 
 
-cdef void walk_lanes_plain(const Model* m, int32_t root, int32_t min_depth, int32_t depth,
-                           int32_t first_leaf, const float32_t* xb, Py_ssize_t nb,
-                           int32_t* idx) noexcept nogil:
-    walk_lanes(m, root, min_depth, depth, first_leaf, xb, nb, idx, M_PLAIN)
-
-
 cdef void walk_lanes_missing(const Model* m, int32_t root, int32_t min_depth, int32_t depth,
                              int32_t first_leaf, const float32_t* xb, Py_ssize_t nb,
                              int32_t* idx) noexcept nogil:
@@ -190,10 +179,11 @@ cdef void walk_branchy(const Model* m, int32_t root, int32_t depth, int32_t firs
 cdef class ForestKernel:
     """Flattened forest; build it through ``recserve._core.forest.Forest``."""
     cdef Model m
-    cdef NodeP* pairs       # pair layout of the default plain step
+    cdef uint32_t* pair_ck      # keyed pair layout (default walk): threshold keys by position
+    cdef uint64_t* pair_meta    # and feature byte offset | left child position << 32
+    cdef NodeP* pairs           # float pair layout (strategy 1)
     cdef float64_t* pair_value  # leaf value by pair-layout position (0 for internal nodes)
     cdef int32_t* pair_root     # per tree: position of its root in the pair layout
-    cdef Node* nodes
     cdef NodeM* nodes_m
     cdef float64_t* value
     cdef uint32_t* cat_bits
@@ -204,10 +194,11 @@ cdef class ForestKernel:
     cdef readonly Py_ssize_t n_features
 
     def __cinit__(self):
+        self.pair_ck = NULL
+        self.pair_meta = NULL
         self.pairs = NULL
         self.pair_value = NULL
         self.pair_root = NULL
-        self.nodes = NULL
         self.nodes_m = NULL
         self.value = NULL
         self.cat_bits = NULL
@@ -215,10 +206,11 @@ cdef class ForestKernel:
         self.used = NULL
 
     def __dealloc__(self):
+        free(self.pair_ck)
+        free(self.pair_meta)
         free(self.pairs)
         free(self.pair_value)
         free(self.pair_root)
-        free(self.nodes)
         free(self.nodes_m)
         free(self.value)
         free(self.cat_bits)
@@ -234,7 +226,7 @@ cdef class ForestKernel:
         columns root, min_depth (shallowest leaf), depth (deepest leaf), first_leaf, kind."""
         cdef Py_ssize_t N = thr.shape[0], T = tree.shape[0], U = used.shape[0]
         cdef Py_ssize_t M = cat_bits.shape[0], i
-        if self.nodes != NULL or self.pairs != NULL:
+        if self.nodes_m != NULL or self.pairs != NULL:
             raise RuntimeError("ForestKernel is already initialised")
         if (slot.shape[0] != N or left.shape[0] != N or right.shape[0] != N
                 or flags.shape[0] != N or value.shape[0] != N or cat_off.shape[0] != N
@@ -263,23 +255,18 @@ cdef class ForestKernel:
                 raise ValueError(f"tree {i} is malformed")
             if tree[i, 2] > 0 and U == 0:
                 raise ValueError(f"tree {i} splits but the model uses no feature")
-        self.nodes = <Node*>malloc(max(N, 1) * sizeof(Node))
         self.nodes_m = <NodeM*>malloc(max(N, 1) * sizeof(NodeM))
         self.value = <float64_t*>malloc(max(N, 1) * sizeof(float64_t))
         self.cat_bits = <uint32_t*>malloc(max(M, 1) * sizeof(uint32_t))
         self.tree = <int32_t*>malloc(max(T, 1) * 5 * sizeof(int32_t))
         self.used = <int32_t*>malloc(max(U, 1) * sizeof(int32_t))
-        if (self.nodes == NULL or self.nodes_m == NULL or self.value == NULL
+        if (self.nodes_m == NULL or self.value == NULL
                 or self.cat_bits == NULL or self.tree == NULL
                 or self.used == NULL):
             raise MemoryError()
         for i in range(N):
-            self.nodes[i].thr = thr[i]
-            self.nodes[i].xoff = <int32_t>(slot[i] * STRIDE * sizeof(float32_t))
-            self.nodes[i].child[0] = <int32_t>(left[i] * sizeof(Node))
-            self.nodes[i].child[1] = <int32_t>(right[i] * sizeof(Node))
             self.nodes_m[i].thr = thr[i]
-            self.nodes_m[i].xoff = self.nodes[i].xoff
+            self.nodes_m[i].xoff = <int32_t>(slot[i] * STRIDE * sizeof(float32_t))
             self.nodes_m[i].child[0] = <int32_t>(left[i] * sizeof(NodeM))
             self.nodes_m[i].child[1] = <int32_t>(right[i] * sizeof(NodeM))
             self.nodes_m[i].flags = flags[i]
@@ -294,7 +281,6 @@ cdef class ForestKernel:
         for i in range(U):
             self.used[i] = used[i]
         self._build_pairs(thr, slot, left, right, value, tree)
-        self.m.nodes = self.nodes
         self.m.nodes_m = self.nodes_m
         self.m.cat_bits = self.cat_bits
         self.n_nodes, self.n_trees, self.n_used = N, T, U
@@ -312,11 +298,14 @@ cdef class ForestKernel:
         cdef Py_ssize_t N = thr.shape[0], T = tree.shape[0], t, i, a, k, nf = 0, qn
         cdef int32_t* pos = <int32_t*>malloc(max(N, 1) * sizeof(int32_t))
         cdef int32_t* queue = <int32_t*>malloc(max(N, 1) * sizeof(int32_t))
+        cdef float32_t t0
+        self.pair_ck = <uint32_t*>malloc(max(N, 1) * sizeof(uint32_t))
+        self.pair_meta = <uint64_t*>malloc(max(N, 1) * sizeof(uint64_t))
         self.pairs = <NodeP*>malloc(max(N, 1) * sizeof(NodeP))
         self.pair_value = <float64_t*>malloc(max(N, 1) * sizeof(float64_t))
         self.pair_root = <int32_t*>malloc(max(T, 1) * sizeof(int32_t))
-        if (pos == NULL or queue == NULL or self.pairs == NULL or self.pair_value == NULL
-                or self.pair_root == NULL):
+        if (pos == NULL or queue == NULL or self.pair_ck == NULL or self.pair_meta == NULL
+                or self.pairs == NULL or self.pair_value == NULL or self.pair_root == NULL):
             free(pos)
             free(queue)
             raise MemoryError()
@@ -355,16 +344,23 @@ cdef class ForestKernel:
                     self.pairs[k].thr = INFINITY
                     self.pairs[k].xoff = 0
                     self.pairs[k].child = self.pairs + k
+                    self.pair_ck[k] = 0                     # no key goes right: stay
+                    self.pair_meta[k] = (<uint64_t>k) << 32
                     self.pair_value[k] = value[i]
                 else:
                     self.pairs[k].thr = thr[i]
                     self.pairs[k].xoff = <int32_t>(slot[i] * STRIDE * sizeof(float32_t))
                     self.pairs[k].child = self.pairs + pos[left[i]]
+                    t0 = thr[i] if thr[i] != 0 else 0       # -0 -> +0, as the block's values
+                    self.pair_ck[k] = rs_dkey(t0)           # NaN threshold: every row goes right
+                    self.pair_meta[k] = ((<uint64_t>pos[left[i]]) << 32) | <uint32_t>self.pairs[k].xoff
                     self.pair_value[k] = 0.0
             for i in range(nf, N):      # unused tail: harmless self-loops
                 self.pairs[i].thr = INFINITY
                 self.pairs[i].xoff = 0
                 self.pairs[i].child = self.pairs + i
+                self.pair_ck[i] = 0
+                self.pair_meta[i] = (<uint64_t>i) << 32
                 self.pair_value[i] = 0.0
             for t in range(T):
                 self.pair_root[t] = pos[tree[t, 0]]
@@ -379,10 +375,9 @@ cdef class ForestKernel:
     def predict(self, const float32_t[:, ::1] X, float64_t[::1] out, int strategy=0):
         """Raw scores of the rows of X (float32[n, n_features]) into out (float64[n]).
 
-        strategy: 0 = default: clean rows LANES at a time on the pair layout, exactly depth(tree)
-        steps; 1 = the previous plain step: LANES rows on 16-byte nodes with child indices,
-        stopping when all lanes sit on leaves; 2 = one row at a time stopping at the leaf, as
-        LightGBM walks. Rows with missing values and trees with categorical splits take the same
+        strategy: 0 = default: clean rows LANES at a time on the keyed pair layout (integer
+        compares), exactly depth(tree) steps; 1 = the previous default: the same walk with float
+        compares on 16-byte nodes; 2 = one row at a time stopping at the leaf, as LightGBM walks. Rows with missing values and trees with categorical splits take the same
         32-byte-node step under 0 and 1. All give identical results; 1 and 2 are kept for
         comparison (bench/ranker.py).
         """
@@ -397,24 +392,28 @@ cdef class ForestKernel:
             return
         cdef Py_ssize_t width = max(self.n_used, 1)
         cdef float32_t* xb = <float32_t*>malloc(STRIDE * width * sizeof(float32_t))
+        cdef uint32_t* xk = <uint32_t*>malloc(STRIDE * width * sizeof(uint32_t))
         cdef int32_t* idx = <int32_t*>malloc(STRIDE * sizeof(int32_t))
         cdef float64_t* acc = <float64_t*>malloc(STRIDE * sizeof(float64_t))
         cdef int32_t* perm = <int32_t*>malloc(STRIDE * sizeof(int32_t))
-        if xb == NULL or idx == NULL or acc == NULL or perm == NULL:
+        if xb == NULL or xk == NULL or idx == NULL or acc == NULL or perm == NULL:
             free(xb)
+            free(xk)
             free(idx)
             free(acc)
             free(perm)
             raise MemoryError()
         with nogil:
-            self._predict(&X[0, 0], n, &out[0], xb, idx, acc, perm, strategy)
+            self._predict(&X[0, 0], n, &out[0], xb, xk, idx, acc, perm, strategy)
         free(xb)
+        free(xk)
         free(idx)
         free(acc)
         free(perm)
 
     cdef void _predict(self, const float32_t* X, Py_ssize_t n, float64_t* out, float32_t* xb,
-                       int32_t* idx, float64_t* acc, int32_t* perm, int strategy) noexcept nogil:
+                       uint32_t* xk, int32_t* idx, float64_t* acc, int32_t* perm,
+                       int strategy) noexcept nogil:
         """Block by block: gather the used features (clean rows first, then the rows with a NaN,
         or with a zero if some tree has zero-as-missing flips), walk every tree, sum in order."""
         cdef Py_ssize_t F = self.n_features, U = self.n_used
@@ -426,6 +425,7 @@ cdef class ForestKernel:
         cdef float64_t leaf
         for j in range(max(U, 1) * STRIDE):
             xb[j] = 0
+            xk[j] = rs_dkey(0)
         while start < n:
             nb = min(<Py_ssize_t>BLOCK, n - start)
             lo = 0
@@ -447,7 +447,9 @@ cdef class ForestKernel:
                 perm[pos] = <int32_t>r
                 for j in range(U):
                     v = row[self.used[j]]
-                    xb[j * STRIDE + pos] = 0 if fabsf(v) <= KZERO else v
+                    v = 0 if fabsf(v) <= KZERO else v       # also -0 -> +0
+                    xb[j * STRIDE + pos] = v
+                    xk[j * STRIDE + pos] = rs_dkey(v)
                 acc[pos] = 0.0
             for t in range(self.n_trees):
                 tr = self.tree + 5 * t      # root, min_depth, depth, first_leaf, kind
@@ -464,24 +466,21 @@ cdef class ForestKernel:
                     for r in range(nb):
                         acc[r] += self.value[idx[r]]
                     continue
-                if strategy == 0:   # missing-value rows first: their last group may write idx[nb:]
+                if strategy < 2:    # missing-value rows first: their last group may write idx[nb:]
                     if lo < nb:
                         walk_lanes_missing(&self.m, tr[0], tr[1], tr[2], tr[3], xb + lo, nb - lo,
                                            idx + lo)
                         for r in range(lo, nb):
                             acc[r] += self.value[idx[r]]
                     if lo > 0:
-                        walk_pairs(self.pairs, self.pair_value, self.pair_root[t], tr[2], xb, lo,
-                                   acc)
+                        if strategy == 0:
+                            rs_walk_keys(self.pair_ck, self.pair_meta, self.pair_value,
+                                         <uint32_t>self.pair_root[t], tr[2], xk, lo, acc)
+                        else:
+                            walk_pairs(self.pairs, self.pair_value, self.pair_root[t], tr[2], xb,
+                                       lo, acc)
                     continue
-                if strategy == 1:   # plain rows first: its last group may overwrite idx[lo:lo+7]
-                    if lo > 0:
-                        walk_lanes_plain(&self.m, tr[0], tr[1], tr[2], tr[3], xb, lo, idx)
-                    if lo < nb:
-                        walk_lanes_missing(&self.m, tr[0], tr[1], tr[2], tr[3], xb + lo,
-                                           nb - lo, idx + lo)
-                else:
-                    walk_branchy(&self.m, tr[0], tr[2], tr[3], xb, nb, idx)
+                walk_branchy(&self.m, tr[0], tr[2], tr[3], xb, nb, idx)
                 for r in range(nb):
                     acc[r] += self.value[idx[r]]
             for r in range(nb):

@@ -382,6 +382,26 @@ def test_kernel_infinite_and_nan_thresholds(n):
             np.testing.assert_array_equal(out, want)
 
 
+@settings(max_examples=200, deadline=None)
+@given(thr=st.floats(width=32, allow_nan=True, allow_infinity=True),
+       xs=st.lists(st.floats(width=32, allow_nan=False, allow_infinity=True), min_size=1,
+                   max_size=20))
+def test_kernel_integer_keys_order_like_floats(thr, xs):
+    """The default walk compares integer keys of x and the threshold: every float32 pair (signed
+    zeros, subnormals, the kZeroThreshold rule, infinities, a NaN threshold) decides as
+    ``x <= thr`` does on floats, like the float walks."""
+    X = np.array(xs + [thr, -thr, 0.0, -0.0], np.float32)
+    X = X[~np.isnan(X)][:, None]
+    xv = np.where(np.abs(X[:, 0]) <= np.float32(1e-35), np.float32(0), X[:, 0])
+    with np.errstate(invalid="ignore"):
+        want = np.where(xv <= np.float32(thr), 1.0, 2.0)
+    k = ForestKernel(**_stump(thr))
+    for strategy in (0, 1, 2):
+        out = np.empty(len(X))
+        k.predict(X, out, strategy)
+        np.testing.assert_array_equal(out, want)
+
+
 def test_kernel_rejects_shared_or_cyclic_nodes():
     """Nodes reached twice (a DAG, a cycle, two trees sharing nodes) cannot be laid out as trees."""
     i32 = lambda *v: np.array(v, np.int32)  # noqa: E731
