@@ -13,6 +13,9 @@ cdef extern from "_forest_walk.h" nogil:
     uint32_t rs_dkey(float32_t f)
     void rs_walk_keys(const uint32_t* ck, const uint64_t* meta, const float64_t* val, uint32_t root,
                       int32_t depth, const uint32_t* xk, Py_ssize_t nb, float64_t* acc)
+    void rs_walk_keys_staged(const uint32_t* ck, const uint64_t* meta, const float64_t* val,
+                             uint32_t root, int32_t k, int32_t depth, const uint32_t* xk,
+                             Py_ssize_t nb, float64_t* acc, int32_t* rows, uint32_t* curs)
 
 # Node of the float pair layout (strategy 1, the previous default, kept for comparison): the two
 # children of a node are adjacent, so the next node is ``child + (not x <= thr)``. A leaf has

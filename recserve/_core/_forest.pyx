@@ -16,7 +16,9 @@ and scores rows block by block:
   the float order, so a step is ``child + (key(x) < key(thr))`` -- an integer compare and an
   add-with-carry. The lanes take exactly ``depth(tree)`` steps with no branch at all (a leaf points
   to itself and no key goes right of it): checking for early leaves costs as much as the steps it
-  saves. The leaf value is added to the row's sum straight from the pair-layout leaf;
+  saves. The leaf value is added to the row's sum straight from the pair-layout leaf. A tree whose
+  deep leaves hold few rows (``stage[t]`` < its depth) is walked in two stages: ``stage[t]`` steps
+  for every row, then only the rows not yet on a leaf, gathered, for the remaining steps;
 * the other rows (with a NaN, or a zero under zero-as-missing) take a branch-free
   NaN/zero-corrected step on 32-byte nodes that also carry the flags and the categorical bitset
   position (one cache line per visit), ``LANES`` at a time, stopping when all lanes sit on leaves;
@@ -189,6 +191,7 @@ cdef class ForestKernel:
     cdef uint32_t* cat_bits
     cdef int32_t* tree      # per tree: root, min_depth, depth, first_leaf, kind
     cdef int32_t* used
+    cdef int32_t* stage     # per tree: steps of the first stage of the keyed walk (= depth: one)
     cdef Py_ssize_t n_nodes, n_trees, n_used
     cdef bint zero_matters  # some tree has a zero-as-missing flip: rows with a 0 need the slow step
     cdef readonly Py_ssize_t n_features
@@ -204,6 +207,7 @@ cdef class ForestKernel:
         self.cat_bits = NULL
         self.tree = NULL
         self.used = NULL
+        self.stage = NULL
 
     def __dealloc__(self):
         free(self.pair_ck)
@@ -216,14 +220,17 @@ cdef class ForestKernel:
         free(self.cat_bits)
         free(self.tree)
         free(self.used)
+        free(self.stage)
 
     def __init__(self, const float32_t[::1] thr, const int32_t[::1] slot, const int32_t[::1] left,
                  const int32_t[::1] right, const uint8_t[::1] flags, const float64_t[::1] value,
                  const int32_t[::1] cat_off, const int32_t[::1] cat_len,
                  const uint32_t[::1] cat_bits, const int32_t[:, ::1] tree,
-                 const int32_t[::1] used, Py_ssize_t n_features):
+                 const int32_t[::1] used, Py_ssize_t n_features, const int32_t[::1] stage=None):
         """Node arrays have one entry per node (leaves included); ``tree`` is int32[T, 5] with
-        columns root, min_depth (shallowest leaf), depth (deepest leaf), first_leaf, kind."""
+        columns root, min_depth (shallowest leaf), depth (deepest leaf), first_leaf, kind.
+        ``stage`` (int32[T], optional) is a speed hint that never changes a score: the steps of the
+        keyed walk's first stage per tree, in [0, depth]; depth (the default) walks in one stage."""
         cdef Py_ssize_t N = thr.shape[0], T = tree.shape[0], U = used.shape[0]
         cdef Py_ssize_t M = cat_bits.shape[0], i
         if self.nodes_m != NULL or self.pairs != NULL:
@@ -238,6 +245,8 @@ cdef class ForestKernel:
             raise ValueError("model too large")
         if n_features < 1:
             raise ValueError("n_features must be >= 1")
+        if stage is not None and stage.shape[0] != T:
+            raise ValueError("stage must have one entry per tree")
         for i in range(U):
             if used[i] < 0 or used[i] >= n_features:
                 raise ValueError(f"used feature {used[i]} is out of range")
@@ -255,14 +264,17 @@ cdef class ForestKernel:
                 raise ValueError(f"tree {i} is malformed")
             if tree[i, 2] > 0 and U == 0:
                 raise ValueError(f"tree {i} splits but the model uses no feature")
+            if stage is not None and not 0 <= stage[i] <= tree[i, 2]:
+                raise ValueError(f"tree {i}: stage {stage[i]} outside [0, depth]")
         self.nodes_m = <NodeM*>malloc(max(N, 1) * sizeof(NodeM))
         self.value = <float64_t*>malloc(max(N, 1) * sizeof(float64_t))
         self.cat_bits = <uint32_t*>malloc(max(M, 1) * sizeof(uint32_t))
         self.tree = <int32_t*>malloc(max(T, 1) * 5 * sizeof(int32_t))
         self.used = <int32_t*>malloc(max(U, 1) * sizeof(int32_t))
+        self.stage = <int32_t*>malloc(max(T, 1) * sizeof(int32_t))
         if (self.nodes_m == NULL or self.value == NULL
                 or self.cat_bits == NULL or self.tree == NULL
-                or self.used == NULL):
+                or self.used == NULL or self.stage == NULL):
             raise MemoryError()
         for i in range(N):
             self.nodes_m[i].thr = thr[i]
@@ -280,6 +292,8 @@ cdef class ForestKernel:
             self.tree[i] = tree[i // 5, i % 5]
         for i in range(U):
             self.used[i] = used[i]
+        for i in range(T):
+            self.stage[i] = stage[i] if stage is not None else tree[i, 2]
         self._build_pairs(thr, slot, left, right, value, tree)
         self.m.nodes_m = self.nodes_m
         self.m.cat_bits = self.cat_bits
@@ -396,7 +410,12 @@ cdef class ForestKernel:
         cdef int32_t* idx = <int32_t*>malloc(STRIDE * sizeof(int32_t))
         cdef float64_t* acc = <float64_t*>malloc(STRIDE * sizeof(float64_t))
         cdef int32_t* perm = <int32_t*>malloc(STRIDE * sizeof(int32_t))
-        if xb == NULL or xk == NULL or idx == NULL or acc == NULL or perm == NULL:
+        cdef int32_t* rows = <int32_t*>malloc(STRIDE * sizeof(int32_t))
+        cdef uint32_t* curs = <uint32_t*>malloc(STRIDE * sizeof(uint32_t))
+        if (xb == NULL or xk == NULL or idx == NULL or acc == NULL or perm == NULL or rows == NULL
+                or curs == NULL):
+            free(rows)
+            free(curs)
             free(xb)
             free(xk)
             free(idx)
@@ -404,7 +423,9 @@ cdef class ForestKernel:
             free(perm)
             raise MemoryError()
         with nogil:
-            self._predict(&X[0, 0], n, &out[0], xb, xk, idx, acc, perm, strategy)
+            self._predict(&X[0, 0], n, &out[0], xb, xk, idx, acc, perm, rows, curs, strategy)
+        free(rows)
+        free(curs)
         free(xb)
         free(xk)
         free(idx)
@@ -413,7 +434,7 @@ cdef class ForestKernel:
 
     cdef void _predict(self, const float32_t* X, Py_ssize_t n, float64_t* out, float32_t* xb,
                        uint32_t* xk, int32_t* idx, float64_t* acc, int32_t* perm,
-                       int strategy) noexcept nogil:
+                       int32_t* rows, uint32_t* curs, int strategy) noexcept nogil:
         """Block by block: gather the used features (clean rows first, then the rows with a NaN,
         or with a zero if some tree has zero-as-missing flips), walk every tree, sum in order."""
         cdef Py_ssize_t F = self.n_features, U = self.n_used
@@ -473,7 +494,11 @@ cdef class ForestKernel:
                         for r in range(lo, nb):
                             acc[r] += self.value[idx[r]]
                     if lo > 0:
-                        if strategy == 0:
+                        if strategy == 0 and self.stage[t] < tr[2] and lo >= LANES:
+                            rs_walk_keys_staged(self.pair_ck, self.pair_meta, self.pair_value,
+                                                <uint32_t>self.pair_root[t], self.stage[t], tr[2],
+                                                xk, lo, acc, rows, curs)
+                        elif strategy == 0:
                             rs_walk_keys(self.pair_ck, self.pair_meta, self.pair_value,
                                          <uint32_t>self.pair_root[t], tr[2], xk, lo, acc)
                         else:

@@ -99,4 +99,61 @@ static void rs_walk_keys(const uint32_t* ck, const uint64_t* meta, const double*
     }
 }
 
+/* The same walk in two stages, for trees whose deepest leaves hold few rows (leaf-wise trees are
+ * lopsided: a 127-leaf tree may be 20 deep while most rows stop within 8). Every row walks ``k``
+ * steps in lock-step from the root; a row that sits on a leaf then adds its value, the others are
+ * gathered into (row, node) pairs and walk the remaining ``depth - k`` steps, RS_LANES pairs at a
+ * time, each lane with its own row. ``rows`` and ``curs`` hold at least nb + RS_LANES entries.
+ * Same sums as rs_walk_keys: every row adds exactly one leaf value of the tree. */
+static void rs_walk_keys_staged(const uint32_t* ck, const uint64_t* meta, const double* val,
+                                uint32_t root, int32_t k, int32_t depth, const uint32_t* xk,
+                                Py_ssize_t nb, double* acc, int32_t* rows, uint32_t* curs) {
+    uint32_t cur[RS_LANES];
+    uint32_t roff[RS_LANES];
+    double sink = 0.0;         /* where a row that is not done adds its (internal node) 0 */
+    Py_ssize_t g, n_pend = 0;
+    int l, lim;
+    int32_t d;
+    for (g = 0; g < nb; g += RS_LANES) {
+        const char* p = (const char*)(xk + g);
+        for (l = 0; l < RS_LANES; l++)
+            cur[l] = root;
+        for (d = 0; d < k; d++) {
+            RS_OPAQUE(p);
+            for (l = 0; l < RS_LANES; l++) {
+                uint64_t m = meta[cur[l]];
+                uint32_t x = *(const uint32_t*)(p + 4 * l + (uint32_t)m);
+                cur[l] = rs_next((uint32_t)(m >> 32), x, ck[cur[l]]);
+            }
+        }
+        lim = nb - g < RS_LANES ? (int)(nb - g) : RS_LANES;
+        for (l = 0; l < lim; l++) {          /* branch-free: done rows add, the others queue */
+            uint32_t c = cur[l];
+            int done = (uint32_t)(meta[c] >> 32) == c;
+            *(done ? &acc[g + l] : &sink) += val[c];
+            rows[n_pend] = (int32_t)(g + l);
+            curs[n_pend] = c;
+            n_pend += !done;
+        }
+    }
+    for (g = 0; g < n_pend; g += RS_LANES) {
+        const char* p = (const char*)xk;
+        lim = n_pend - g < RS_LANES ? (int)(n_pend - g) : RS_LANES;
+        for (l = 0; l < RS_LANES; l++) {     /* spare lanes walk the group's first pair again */
+            roff[l] = 4u * (uint32_t)rows[g + (l < lim ? l : 0)];
+            cur[l] = curs[g + (l < lim ? l : 0)];
+        }
+        for (d = k; d < depth; d++) {
+            RS_OPAQUE(p);
+            for (l = 0; l < RS_LANES; l++) {
+                uint64_t m = meta[cur[l]];
+                uint32_t x = *(const uint32_t*)(p + roff[l] + (uint32_t)m);
+                cur[l] = rs_next((uint32_t)(m >> 32), x, ck[cur[l]]);
+            }
+        }
+        for (l = 0; l < lim; l++)
+            acc[roff[l] >> 2] += val[cur[l]];
+    }
+}
+
 #endif

@@ -80,7 +80,8 @@ class _Tree:
     """One parsed and structurally checked tree (children already validated as a proper binary tree)."""
 
     __slots__ = ("num_leaves", "feature", "threshold", "dtype", "left", "right", "leaf_value",
-                 "cat_boundaries", "cat_threshold", "depth", "min_depth")
+                 "cat_boundaries", "cat_threshold", "depth", "min_depth", "leaf_depth",
+                 "leaf_count")
 
     def __init__(self, kv: dict[str, str], index: int, max_feature_idx: int) -> None:
         where = f"Tree={index}"
@@ -97,6 +98,10 @@ class _Tree:
         if "leaf_value" not in kv:
             raise ValueError(f"{where}: missing leaf_value")
         self.leaf_value = _floats(kv["leaf_value"], L, f"{where} leaf_value")
+        # training rows per leaf: only a speed hint for the kernel (optional in the format)
+        self.leaf_count = (np.asarray(_ints(kv["leaf_count"], L, f"{where} leaf_count", 0),
+                                      np.float64) if "leaf_count" in kv else np.ones(L))
+        self.leaf_depth = np.zeros(L, np.int64)
         n = L - 1
         self.cat_boundaries: list[int] = []
         self.cat_threshold: list[int] = []
@@ -152,6 +157,7 @@ class _Tree:
                     if seen_leaf[~child]:
                         raise ValueError(f"{where}: leaf {~child} is reached twice (not a tree)")
                     seen_leaf[~child] = True
+                    self.leaf_depth[~child] = depth + 1
                     self.depth = max(self.depth, depth + 1)
                     self.min_depth = min(self.min_depth, depth + 1)
         if not (all(seen_node) and all(seen_leaf)):
@@ -214,6 +220,27 @@ def _floor_to_float32(thr: NDArray[np.float64]) -> NDArray[np.float32]:
     return f
 
 
+# A row that is not on a leaf after the first stage costs about this many steps to gather and
+# restart, and two stages are used only where they save this share of the steps (bench/ranker.py).
+_STAGE_RESTART_STEPS = 3.0
+_STAGE_MIN_SAVING = 0.2
+
+
+def _first_stage(t: _Tree) -> int:
+    """Steps of the keyed walk's first stage for tree t: the k minimising the expected steps per row
+    ``k + P(leaf depth > k) * (depth - k + restart)``, the leaves weighted by their training rows;
+    the tree's depth (one stage) unless that saves at least _STAGE_MIN_SAVING."""
+    D = t.depth
+    if D < 2 or t.leaf_count.sum() <= 0:
+        return D
+    w = np.bincount(t.leaf_depth, weights=t.leaf_count, minlength=D + 1)
+    beyond = 1.0 - np.cumsum(w) / w.sum()                   # P(leaf depth > k), k = 0..D
+    k = np.arange(D + 1)
+    cost = k + beyond * (D - k + _STAGE_RESTART_STEPS)
+    best = int(np.argmin(cost))
+    return best if cost[best] <= (1.0 - _STAGE_MIN_SAVING) * D else D
+
+
 def _flatten(header: dict[str, str], trees: list[_Tree]) -> ForestKernel:
     n_features = int(header["max_feature_idx"]) + 1
     used = sorted({f for t in trees for f in t.feature})
@@ -271,9 +298,10 @@ def _flatten(header: dict[str, str], trees: list[_Tree]) -> ForestKernel:
         base += 2 * t.num_leaves - 1
     if len(cat_bits) > _INT32_MAX:
         raise ValueError("model too large")
+    stage = np.array([_first_stage(t) for t in trees], dtype=np.int32)
     return ForestKernel(_floor_to_float32(thr), slot, left, right, flags, value, cat_off, cat_len,
                         np.asarray(cat_bits, dtype=np.uint32), tree,
-                        np.asarray(used, dtype=np.int32), n_features)
+                        np.asarray(used, dtype=np.int32), n_features, stage)
 
 
 class Forest:

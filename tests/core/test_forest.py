@@ -413,3 +413,43 @@ def test_kernel_rejects_shared_or_cyclic_nodes():
                      ("tree", np.array([[0, 1, 1, 1, 0], [0, 1, 1, 1, 0]], np.int32))]:
         with pytest.raises(ValueError):
             ForestKernel(**{**good, key: val})
+
+
+@pytest.mark.parametrize("plan", ["root", "half", "random", "chosen"])
+@pytest.mark.parametrize("name", ["regression_31", "lambdarank_63", "zero_as_missing"])
+def test_two_stage_walk_is_only_a_speed_hint(models, name, plan, monkeypatch):
+    """Whatever first-stage length a tree gets (0 = every row gathered at the root, the tree's
+    depth = one stage), the scores stay LightGBM's, for batches around lanes and blocks and with
+    missing-value rows in the block."""
+    import recserve._core.forest as forest_mod
+
+    rng = np.random.default_rng(7)
+    chosen = forest_mod._first_stage
+    pick = {"root": lambda t: 0, "half": lambda t: t.depth // 2,
+            "random": lambda t: int(rng.integers(0, t.depth + 1)), "chosen": chosen}[plan]
+    monkeypatch.setattr(forest_mod, "_first_stage", pick)
+    booster = models[name]
+    forest = Forest.from_booster(booster)
+    for n in (8, 9, 63, 64, 65, 300):
+        X, _ = _data(n, seed=3000 + n, nan=0.01, zeros=0.02)
+        np.testing.assert_array_equal(forest.predict(X),
+                                      booster.predict(X, raw_score=True, num_threads=1))
+
+
+def test_first_stage_plan():
+    """Lopsided trees whose deep leaves hold few rows get a short first stage; balanced ones, or
+    trees whose deep leaves hold the rows, walk in one stage."""
+    from recserve._core.forest import _first_stage
+
+    class T:
+        def __init__(self, depths, counts):
+            self.leaf_depth = np.array(depths)
+            self.leaf_count = np.array(counts, float)
+            self.depth = int(max(depths))
+
+    assert _first_stage(T([3] * 8, [10] * 8)) == 3                       # balanced
+    lopsided = T([2, 2, 2] + list(range(3, 21)) + [20], [1000] * 3 + [1] * 19)
+    assert 2 <= _first_stage(lopsided) < 10
+    assert _first_stage(T(lopsided.leaf_depth, [1] * 3 + [1000] * 19)) == 20  # rows go deep
+    with pytest.raises(ValueError):
+        ForestKernel(**{**_stump(0.0), "stage": np.array([2], np.int32)})   # beyond the depth
