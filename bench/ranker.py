@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
              "lgb (1% NaN rows)": lambda: booster.predict(Xn, raw_score=True, num_threads=1),
              "forest keyed pair layout (shipped)": lambda: forest._predict(X, 0),
              "forest float pair layout (previous)": lambda: forest._predict(X, 1),
+             "forest previous (1% NaN rows)": lambda: forest._predict(Xn, 1),
              "forest row by row": lambda: forest._predict(X, 2)}
     if not np.array_equal(forest.predict(Xn), booster.predict(Xn, raw_score=True)):
         print("MISMATCH with NaN rows", file=sys.stderr)

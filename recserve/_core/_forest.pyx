@@ -19,17 +19,22 @@ and scores rows block by block:
   saves. The leaf value is added to the row's sum straight from the pair-layout leaf. A tree whose
   deep leaves hold few rows (``stage[t]`` < its depth) is walked in two stages: ``stage[t]`` steps
   for every row, then only the rows not yet on a leaf, gathered, for the remaining steps;
-* the other rows (with a NaN, or a zero under zero-as-missing) take a branch-free
-  NaN/zero-corrected step on 32-byte nodes that also carry the flags and the categorical bitset
-  position (one cache line per visit), ``LANES`` at a time, stopping when all lanes sit on leaves;
-  trees with a categorical split use that step, with the bitset test, for all rows;
+* the other rows (with a NaN, or a zero under zero-as-missing) take the same keyed walk on key
+  blocks of their own, one per *missing variant*: where a node sends NaN (left or right) and, under
+  zero-as-missing, where it sends 0. In the block of a variant a NaN or a 0 has the key that makes
+  the compare go that way (0xFFFFFFFF never goes right, 0 always does), every other value its own
+  key; each node reads its feature from its variant's block (``pair_meta_m``). A model has at most
+  6 variants, most 1 or 2;
+* trees with a categorical split take a branch-free step on 32-byte nodes that carry the flags and
+  the categorical bitset position (one cache line per visit), ``LANES`` rows at a time, stopping
+  when all lanes sit on leaves;
 * a last group of one or two rows is walked row by row, stopping at the leaf (cheaper than 8 lanes).
 
 Scores are accumulated in double, tree by tree from 0.0, as LightGBM does, so the results are
 bitwise equal to ``Booster.predict(raw_score=True)``.
 """
 from libc.math cimport fabsf, INFINITY
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport calloc, malloc, free
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 
 from recserve._core._typedefs cimport float32_t, float64_t, row_t, index_t
@@ -183,6 +188,10 @@ cdef class ForestKernel:
     cdef Model m
     cdef uint32_t* pair_ck      # keyed pair layout (default walk): threshold keys by position
     cdef uint64_t* pair_meta    # and feature byte offset | left child position << 32
+    cdef uint64_t* pair_meta_m  # the same, the feature in its missing variant's key block
+    cdef uint32_t var_nan[6]    # per missing variant in use: the key of NaN
+    cdef uint32_t var_zero[6]   # and of 0
+    cdef int n_var
     cdef NodeP* pairs           # float pair layout (strategy 1)
     cdef float64_t* pair_value  # leaf value by pair-layout position (0 for internal nodes)
     cdef int32_t* pair_root     # per tree: position of its root in the pair layout
@@ -199,6 +208,7 @@ cdef class ForestKernel:
     def __cinit__(self):
         self.pair_ck = NULL
         self.pair_meta = NULL
+        self.pair_meta_m = NULL
         self.pairs = NULL
         self.pair_value = NULL
         self.pair_root = NULL
@@ -212,6 +222,7 @@ cdef class ForestKernel:
     def __dealloc__(self):
         free(self.pair_ck)
         free(self.pair_meta)
+        free(self.pair_meta_m)
         free(self.pairs)
         free(self.pair_value)
         free(self.pair_root)
@@ -241,7 +252,7 @@ cdef class ForestKernel:
             raise ValueError("node arrays must all have the same length")
         if tree.shape[1] != 5:
             raise ValueError("tree must have 5 columns")
-        if N > 2**31 // sizeof(NodeM) - 1 or U > 2**31 // (STRIDE * sizeof(float32_t)) - 1:
+        if N > 2**31 // sizeof(NodeM) - 1 or U > 2**31 // (6 * STRIDE * sizeof(float32_t)) - 1:
             raise ValueError("model too large")
         if n_features < 1:
             raise ValueError("n_features must be >= 1")
@@ -294,7 +305,8 @@ cdef class ForestKernel:
             self.used[i] = used[i]
         for i in range(T):
             self.stage[i] = stage[i] if stage is not None else tree[i, 2]
-        self._build_pairs(thr, slot, left, right, value, tree)
+        self.n_used = U
+        self._build_pairs(thr, slot, left, right, flags, value, tree)
         self.m.nodes_m = self.nodes_m
         self.m.cat_bits = self.cat_bits
         self.n_nodes, self.n_trees, self.n_used = N, T, U
@@ -304,26 +316,34 @@ cdef class ForestKernel:
         self.n_features = n_features
 
     def _build_pairs(self, const float32_t[::1] thr, const int32_t[::1] slot,
-                     const int32_t[::1] left, const int32_t[::1] right, const float64_t[::1] value,
-                     const int32_t[:, ::1] tree):
+                     const int32_t[::1] left, const int32_t[::1] right, const uint8_t[::1] flags,
+                     const float64_t[::1] value, const int32_t[:, ::1] tree):
         """Lay every tree out breadth first with siblings adjacent: root, then the children pair of
         each internal node in visiting order. A node reached twice (or from two trees) is refused;
-        unreachable nodes are dropped. Leaves are the nodes whose children are both themselves."""
+        unreachable nodes are dropped. Leaves are the nodes whose children are both themselves.
+        Numerical nodes also get their missing variant: 3 * (NaN goes left) + (0 as compared, goes
+        left, goes right under zero-as-missing)."""
         cdef Py_ssize_t N = thr.shape[0], T = tree.shape[0], t, i, a, k, nf = 0, qn
         cdef int32_t* pos = <int32_t*>malloc(max(N, 1) * sizeof(int32_t))
         cdef int32_t* queue = <int32_t*>malloc(max(N, 1) * sizeof(int32_t))
         cdef float32_t t0
+        cdef int var, var_of[6]
+        cdef uint32_t xoff
         self.pair_ck = <uint32_t*>malloc(max(N, 1) * sizeof(uint32_t))
         self.pair_meta = <uint64_t*>malloc(max(N, 1) * sizeof(uint64_t))
+        self.pair_meta_m = <uint64_t*>malloc(max(N, 1) * sizeof(uint64_t))
         self.pairs = <NodeP*>malloc(max(N, 1) * sizeof(NodeP))
         self.pair_value = <float64_t*>malloc(max(N, 1) * sizeof(float64_t))
         self.pair_root = <int32_t*>malloc(max(T, 1) * sizeof(int32_t))
         if (pos == NULL or queue == NULL or self.pair_ck == NULL or self.pair_meta == NULL
-                or self.pairs == NULL or self.pair_value == NULL or self.pair_root == NULL):
+                or self.pair_meta_m == NULL or self.pairs == NULL or self.pair_value == NULL or self.pair_root == NULL):
             free(pos)
             free(queue)
             raise MemoryError()
         try:
+            self.n_var = 0
+            for var in range(6):
+                var_of[var] = -1
             for i in range(N):
                 pos[i] = -1
             for t in range(T):
@@ -360,6 +380,7 @@ cdef class ForestKernel:
                     self.pairs[k].child = self.pairs + k
                     self.pair_ck[k] = 0                     # no key goes right: stay
                     self.pair_meta[k] = (<uint64_t>k) << 32
+                    self.pair_meta_m[k] = self.pair_meta[k]
                     self.pair_value[k] = value[i]
                 else:
                     self.pairs[k].thr = thr[i]
@@ -368,6 +389,18 @@ cdef class ForestKernel:
                     t0 = thr[i] if thr[i] != 0 else 0       # -0 -> +0, as the block's values
                     self.pair_ck[k] = rs_dkey(t0)           # NaN threshold: every row goes right
                     self.pair_meta[k] = ((<uint64_t>pos[left[i]]) << 32) | <uint32_t>self.pairs[k].xoff
+                    var = 3 * (flags[i] & F_NAN_LEFT)
+                    if flags[i] & F_ZERO_FLIP:              # 0 goes opposite to 0 <= thr
+                        var += 2 if thr[i] >= 0 else 1
+                    if var_of[var] < 0:
+                        var_of[var] = self.n_var
+                        self.var_nan[self.n_var] = 0xFFFFFFFF if var >= 3 else 0
+                        self.var_zero[self.n_var] = (rs_dkey(0) if var % 3 == 0 else
+                                                     0xFFFFFFFF if var % 3 == 1 else 0)
+                        self.n_var += 1
+                    xoff = <uint32_t>((var_of[var] * self.n_used + slot[i])
+                                      * STRIDE * sizeof(uint32_t))
+                    self.pair_meta_m[k] = ((<uint64_t>pos[left[i]]) << 32) | xoff
                     self.pair_value[k] = 0.0
             for i in range(nf, N):      # unused tail: harmless self-loops
                 self.pairs[i].thr = INFINITY
@@ -375,6 +408,7 @@ cdef class ForestKernel:
                 self.pairs[i].child = self.pairs + i
                 self.pair_ck[i] = 0
                 self.pair_meta[i] = (<uint64_t>i) << 32
+                self.pair_meta_m[i] = self.pair_meta[i]
                 self.pair_value[i] = 0.0
             for t in range(T):
                 self.pair_root[t] = pos[tree[t, 0]]
@@ -389,10 +423,11 @@ cdef class ForestKernel:
     def predict(self, const float32_t[:, ::1] X, float64_t[::1] out, int strategy=0):
         """Raw scores of the rows of X (float32[n, n_features]) into out (float64[n]).
 
-        strategy: 0 = default: clean rows LANES at a time on the keyed pair layout (integer
-        compares), exactly depth(tree) steps; 1 = the previous default: the same walk with float
-        compares on 16-byte nodes; 2 = one row at a time stopping at the leaf, as LightGBM walks. Rows with missing values and trees with categorical splits take the same
-        32-byte-node step under 0 and 1. All give identical results; 1 and 2 are kept for
+        strategy: 0 = default: every numerical tree on the keyed pair layout (integer compares;
+        rows with missing values on their variants' key blocks), in one or two stages; 1 = the
+        previous default: clean rows on the float pair layout, rows with missing values on the
+        32-byte-node step; 2 = one row at a time stopping at the leaf, as LightGBM walks. Trees
+        with categorical splits take the 32-byte-node step under 0 and 1. All give identical results; 1 and 2 are kept for
         comparison (bench/ranker.py).
         """
         cdef Py_ssize_t n = X.shape[0]
@@ -407,13 +442,15 @@ cdef class ForestKernel:
         cdef Py_ssize_t width = max(self.n_used, 1)
         cdef float32_t* xb = <float32_t*>malloc(STRIDE * width * sizeof(float32_t))
         cdef uint32_t* xk = <uint32_t*>malloc(STRIDE * width * sizeof(uint32_t))
+        cdef uint32_t* xkm = <uint32_t*>calloc(STRIDE * width * max(self.n_var, 1), sizeof(uint32_t))
         cdef int32_t* idx = <int32_t*>malloc(STRIDE * sizeof(int32_t))
         cdef float64_t* acc = <float64_t*>malloc(STRIDE * sizeof(float64_t))
         cdef int32_t* perm = <int32_t*>malloc(STRIDE * sizeof(int32_t))
         cdef int32_t* rows = <int32_t*>malloc(STRIDE * sizeof(int32_t))
         cdef uint32_t* curs = <uint32_t*>malloc(STRIDE * sizeof(uint32_t))
-        if (xb == NULL or xk == NULL or idx == NULL or acc == NULL or perm == NULL or rows == NULL
-                or curs == NULL):
+        if (xb == NULL or xk == NULL or xkm == NULL or idx == NULL or acc == NULL or perm == NULL
+                or rows == NULL or curs == NULL):
+            free(xkm)
             free(rows)
             free(curs)
             free(xb)
@@ -423,7 +460,8 @@ cdef class ForestKernel:
             free(perm)
             raise MemoryError()
         with nogil:
-            self._predict(&X[0, 0], n, &out[0], xb, xk, idx, acc, perm, rows, curs, strategy)
+            self._predict(&X[0, 0], n, &out[0], xb, xk, xkm, idx, acc, perm, rows, curs, strategy)
+        free(xkm)
         free(rows)
         free(curs)
         free(xb)
@@ -432,13 +470,27 @@ cdef class ForestKernel:
         free(acc)
         free(perm)
 
+    cdef inline void _walk_keyed(self, Py_ssize_t t, const uint64_t* meta, const uint32_t* xk,
+                                 Py_ssize_t nb, float64_t* acc, int32_t* rows,
+                                 uint32_t* curs) noexcept nogil:
+        """Tree t over nb block rows on the keyed pair layout, in two stages where it pays."""
+        cdef int32_t depth = self.tree[5 * t + 2]
+        if self.stage[t] < depth and nb >= LANES:
+            rs_walk_keys_staged(self.pair_ck, meta, self.pair_value, <uint32_t>self.pair_root[t],
+                                self.stage[t], depth, xk, nb, acc, rows, curs)
+        else:
+            rs_walk_keys(self.pair_ck, meta, self.pair_value, <uint32_t>self.pair_root[t], depth,
+                         xk, nb, acc)
+
     cdef void _predict(self, const float32_t* X, Py_ssize_t n, float64_t* out, float32_t* xb,
-                       uint32_t* xk, int32_t* idx, float64_t* acc, int32_t* perm,
-                       int32_t* rows, uint32_t* curs, int strategy) noexcept nogil:
+                       uint32_t* xk, uint32_t* xkm, int32_t* idx, float64_t* acc,
+                       int32_t* perm, int32_t* rows, uint32_t* curs, int strategy) noexcept nogil:
         """Block by block: gather the used features (clean rows first, then the rows with a NaN,
         or with a zero if some tree has zero-as-missing flips), walk every tree, sum in order."""
         cdef Py_ssize_t F = self.n_features, U = self.n_used
         cdef Py_ssize_t nb, r, j, t, pos, lo, hi, start = 0
+        cdef int q
+        cdef uint32_t key
         cdef float32_t v
         cdef bint dirty
         cdef const float32_t* row
@@ -469,8 +521,13 @@ cdef class ForestKernel:
                 for j in range(U):
                     v = row[self.used[j]]
                     v = 0 if fabsf(v) <= KZERO else v       # also -0 -> +0
+                    key = rs_dkey(v)
                     xb[j * STRIDE + pos] = v
-                    xk[j * STRIDE + pos] = rs_dkey(v)
+                    xk[j * STRIDE + pos] = key
+                    if dirty:
+                        for q in range(self.n_var):
+                            xkm[(q * U + j) * STRIDE + pos] = (
+                                self.var_nan[q] if v != v else self.var_zero[q] if v == 0 else key)
                 acc[pos] = 0.0
             for t in range(self.n_trees):
                 tr = self.tree + 5 * t      # root, min_depth, depth, first_leaf, kind
@@ -487,23 +544,22 @@ cdef class ForestKernel:
                     for r in range(nb):
                         acc[r] += self.value[idx[r]]
                     continue
-                if strategy < 2:    # missing-value rows first: their last group may write idx[nb:]
+                if strategy == 0:
+                    if lo > 0:
+                        self._walk_keyed(t, self.pair_meta, xk, lo, acc, rows, curs)
+                    if lo < nb:
+                        self._walk_keyed(t, self.pair_meta_m, xkm + lo, nb - lo, acc + lo, rows,
+                                         curs)
+                    continue
+                if strategy == 1:   # missing-value rows first: their last group may write idx[nb:]
                     if lo < nb:
                         walk_lanes_missing(&self.m, tr[0], tr[1], tr[2], tr[3], xb + lo, nb - lo,
                                            idx + lo)
                         for r in range(lo, nb):
                             acc[r] += self.value[idx[r]]
                     if lo > 0:
-                        if strategy == 0 and self.stage[t] < tr[2] and lo >= LANES:
-                            rs_walk_keys_staged(self.pair_ck, self.pair_meta, self.pair_value,
-                                                <uint32_t>self.pair_root[t], self.stage[t], tr[2],
-                                                xk, lo, acc, rows, curs)
-                        elif strategy == 0:
-                            rs_walk_keys(self.pair_ck, self.pair_meta, self.pair_value,
-                                         <uint32_t>self.pair_root[t], tr[2], xk, lo, acc)
-                        else:
-                            walk_pairs(self.pairs, self.pair_value, self.pair_root[t], tr[2], xb,
-                                       lo, acc)
+                        walk_pairs(self.pairs, self.pair_value, self.pair_root[t], tr[2], xb, lo,
+                                   acc)
                     continue
                 walk_branchy(&self.m, tr[0], tr[2], tr[3], xb, nb, idx)
                 for r in range(nb):
