@@ -10,6 +10,11 @@ alternate), and the ratio of medians. Scores are checked to be identical before 
 walk strategies side by side: the shipped pair layout (siblings adjacent, fixed depth, no leaf
 checks), the previous lanes on 16-byte nodes with child indices and leaf checks, and one row at a
 time as LightGBM walks.
+
+``--compiled`` adds, for the 200x63 model at 500 rows, the two compile-to-native alternatives where
+they are installed (they are not dependencies of recserve): treelite + tl2cgen (C code compiled by
+gcc into a shared library) and lleaves (LLVM), with their compile times and whether their scores
+equal LightGBM's bit for bit. ``pip install treelite tl2cgen lleaves "llvmlite<0.44"``.
 """
 from __future__ import annotations
 
@@ -74,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=3.0, help="seconds of timing per table cell")
     ap.add_argument("--train-rows", type=int, default=20_000)
     ap.add_argument("--quick", action="store_true", help="tiny run for smoke tests")
+    ap.add_argument("--compiled", action="store_true",
+                    help="also time tl2cgen and lleaves (if installed) on the 200x63 model")
     args = ap.parse_args(argv)
     models = [(100, 31), (200, 63), (500, 127)]
     batches = [1, 100, 500, 2000]
@@ -130,7 +137,51 @@ def main(argv: list[str] | None = None) -> int:
     for name, v in t.items():
         med, p99 = summary(v)
         print(f"  {name:<34} {med:>10.1f} {p99:>10.1f}")
+    if args.compiled:
+        compiled(booster, forest, X, args.budget, lo, hi)
     return 0
+
+
+def compiled(booster, forest, X, budget: float, lo: int, hi: int) -> None:
+    """tl2cgen and lleaves beside Forest and LightGBM, interleaved, on the same rows."""
+    import tempfile
+
+    funcs = {"forest": lambda: forest.predict(X),
+             "lgb": lambda: booster.predict(X, raw_score=True, num_threads=1)}
+    want = booster.predict(X, raw_score=True, num_threads=1)
+    tmp = Path(tempfile.mkdtemp(prefix="recserve-compiled-"))
+    model = tmp / "model.txt"
+    booster.save_model(str(model))
+    print(f"\ncompiled alternatives, same model and rows ({len(X)}):")
+    try:
+        import tl2cgen
+        import treelite
+        t0 = time.perf_counter()
+        tm = treelite.frontend.load_lightgbm_model(str(model))
+        tl2cgen.export_lib(tm, toolchain="gcc", libpath=str(tmp / "tl.so"), nthread=1)
+        pred = tl2cgen.Predictor(str(tmp / "tl.so"), nthread=1)
+        got = pred.predict(tl2cgen.DMatrix(X), pred_margin=True).reshape(-1)
+        print(f"  tl2cgen: compiled in {time.perf_counter() - t0:.1f} s, scores equal LightGBM's: "
+              f"{np.array_equal(got, want)} (max |diff| {np.abs(got - want).max():.3g})")
+        funcs["tl2cgen"] = lambda: pred.predict(tl2cgen.DMatrix(X), pred_margin=True)
+    except ImportError:
+        print("  tl2cgen: not installed, skipped")
+    try:
+        import lleaves
+        t0 = time.perf_counter()
+        ll = lleaves.Model(model_file=str(model))
+        ll.compile(cache=str(tmp / "ll.o"))
+        X64 = X.astype(np.float64)
+        got = ll.predict(X64, n_jobs=1)          # the bench models are regression: raw = output
+        print(f"  lleaves: compiled in {time.perf_counter() - t0:.1f} s, scores equal LightGBM's: "
+              f"{np.array_equal(got, want)} (max |diff| {np.abs(got - want).max():.3g})")
+        funcs["lleaves"] = lambda: ll.predict(X64, n_jobs=1)
+    except ImportError:
+        print("  lleaves: not installed, skipped")
+    t = interleaved(funcs, repeats_for(funcs, budget, lo, hi), warmup=3)
+    for name, v in t.items():
+        med, p99 = summary(v)
+        print(f"  {name:<34} {med:>10.1f} {p99:>10.1f}")
 
 
 if __name__ == "__main__":
