@@ -446,6 +446,8 @@ def main(argv=None) -> int:
     ap.add_argument("--deadline", type=float, default=5.0, help="per-call deadline, seconds")
     ap.add_argument("--max-inflight", type=int, default=256, help="open loop: per client process")
     ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--open-only", action="store_true",
+                    help="skip the closed loop: only the open loop at --rate (a sustained run)")
     ap.add_argument("--sweep-fractions", default="0.25,0.5,0.7,0.85,1.0,1.2")
     ap.add_argument("--p99-ms", type=float, default=15.0)
     ap.add_argument("--mix", default="recommend=0.8,similar=0.15,events=0.05")
@@ -461,6 +463,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the JSON record here")
     ap.add_argument("--png", help="latency histogram PNG (needs matplotlib)")
     a = ap.parse_args(argv)
+    if a.open_only and (a.rate <= 0 or a.sweep):
+        raise SystemExit("--open-only needs --rate R and no --sweep")
     if a.target:
         host = a.target.rpartition(":")[0].strip("[]")
         if host not in ("127.0.0.1", "localhost", "::1"):
@@ -509,8 +513,11 @@ def main(argv=None) -> int:
             print_phase(name, res["recserve"], res.get("ceiling"))
             return res
 
-        closed = both(f"closed loop, concurrency {per * a.clients}", {**base, "mode": "closed", "concurrency": per})
-        sat = closed["recserve"]["methods"]["ALL"]["throughput"]
+        closed, sat = {}, float("nan")
+        if not a.open_only:
+            closed = both(f"closed loop, concurrency {per * a.clients}",
+                          {**base, "mode": "closed", "concurrency": per})
+            sat = closed["recserve"]["methods"]["ALL"]["throughput"]
         if a.rate > 0:
             both(f"open loop, {a.rate:g}/s", {**base, "mode": "open", "rate": a.rate / a.clients})
         if a.sweep:
