@@ -41,7 +41,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         d = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
              "pid": record.process, "msg": record.getMessage()}
-        for k in ("event", "version", "port", "workers", "error"):
+        for k in ("event", "version", "port", "workers", "error", "request_id", "method", "code"):
             if hasattr(record, k):
                 d[k] = getattr(record, k)
         if record.exc_info:
@@ -288,7 +288,10 @@ def _worker_main(cfg: ServeConfig, port: int, ready_fd: int) -> None:
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         w.start()
-        os.write(ready_fd, b"1" if w.holder.current is not None else b"0")
+        try:
+            os.write(ready_fd, b"1" if w.holder.current is not None else b"0")
+        except OSError:            # the supervisor stopped listening: serve anyway
+            pass
         os.close(ready_fd)
         stop.wait()
         log.info("draining", extra={"event": "drain"})
@@ -314,9 +317,18 @@ def _reserve_port(host: str, port: int) -> socket.socket:
 class Supervisor:
     """Handle on the worker processes: ``stop()`` drains them (SIGTERM), ``wait()`` blocks until they exit."""
 
+    RESPAWN_MIN_S = 0.5     # delay before replacing a crashed worker; doubles while workers keep
+    RESPAWN_MAX_S = 30.0    # dying young (within STABLE_S of their start), up to this
+    STABLE_S = 10.0
+
     def __init__(self, cfg: ServeConfig, port: int, sock: socket.socket):
         self.cfg, self.port, self._sock = cfg, port, sock
         self.pids: list[int] = []
+        self.restarts = 0
+        self._started: dict[int, float] = {}
+        self._pending: dict[int, int] = {}      # respawned pid -> read end of its ready pipe
+        self._due: list[float] = []             # times at which to spawn a replacement
+        self._backoff = self.RESPAWN_MIN_S
         self._stopping = False
         self._metrics_dir: str | None = None
         self._lock = threading.Lock()
@@ -328,7 +340,46 @@ class Supervisor:
             os.close(r)
             _worker_main(self.cfg, self.port, w)
         os.close(w)
+        self._started[pid] = time.monotonic()
         return pid, r
+
+    def monitor(self) -> None:
+        """Replace workers that died (never while stopping), with a growing delay while replacements
+        keep dying young, so a worker that cannot start does not spin the machine. Non-blocking."""
+        now = time.monotonic()
+        with self._lock:
+            if self._stopping:
+                return
+            for pid in list(self.pids):
+                try:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    done, status = pid, -1
+                if not done:
+                    continue
+                self.pids.remove(pid)
+                lived = now - self._started.pop(pid, now)
+                self._backoff = (min(self._backoff * 2, self.RESPAWN_MAX_S) if lived < self.STABLE_S
+                                 else self.RESPAWN_MIN_S)
+                self._due.append(now + self._backoff)
+                r = self._pending.pop(pid, None)
+                if r is not None:
+                    os.close(r)
+                log.error("worker exited, respawning", extra={"event": "respawn", "error": f"pid {pid} status "
+                          f"{status}, after {lived:.1f} s; replacement in {self._backoff:.1f} s"})
+            for t in [t for t in self._due if t <= now]:
+                self._due.remove(t)
+                pid, r = self._spawn()
+                self.pids.append(pid)
+                self._pending[pid] = r
+                self.restarts += 1
+            for pid, r in list(self._pending.items()):
+                if select.select([r], [], [], 0)[0]:
+                    ok = os.read(r, 1) == b"1"
+                    os.close(r)
+                    del self._pending[pid]
+                    log.info("worker respawned" if ok else "respawned worker has no bundle",
+                             extra={"event": "respawned", "error": None if ok else f"pid {pid}"})
 
     def start(self, timeout: float = 120.0) -> None:
         if self.cfg.metrics_port:
@@ -359,6 +410,9 @@ class Supervisor:
         """SIGTERM every worker (each drains in-flight calls) and wait for them."""
         with self._lock:
             self._stopping = True
+            for r in self._pending.values():
+                os.close(r)
+            self._pending.clear()
             for pid in self.pids:
                 try:
                     os.kill(pid, signal.SIGTERM)
@@ -430,19 +484,9 @@ def serve_forever(cfg: ServeConfig) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server, port = create_server(f"{cfg.host}:{cfg.port}", cfg=cfg)
     print(json.dumps({"event": "listening", "port": port, "pid": os.getpid()}), flush=True)
-    while not stop.wait(0.5):
+    while not stop.wait(0.25):
         if isinstance(server, Supervisor):
-            for pid in list(server.pids):  # a worker died: respawn it
-                try:
-                    done, _ = os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    done = pid
-                if done:
-                    server.pids.remove(pid)
-                    log.error("worker exited, respawning", extra={"event": "respawn"})
-                    new, r = server._spawn()
-                    os.close(r)
-                    server.pids.append(new)
+            server.monitor()
     server.stop()
     log.info("stopped", extra={"event": "stopped"})
     return 0

@@ -204,3 +204,43 @@ def test_startup_refuses_a_corrupt_current_bundle(demo_bundle, facts, tmp_path):
     set_current(root, "bad")
     with pytest.raises(RuntimeError, match="sha256 mismatch"):
         Server(root, "--workers", "1")
+
+
+def _worker_pids(server: Server, user: str, calls: int = 24) -> set[int]:
+    """The worker pids that answered ``calls`` Recommends, each on a fresh connection."""
+    pids = set()
+    for _ in range(calls):
+        stub = pbg.RecommenderStub(server.channel())
+        _, call = stub.Recommend.with_call(pb.RecommendRequest(user_id=user, k=5), timeout=10)
+        pids.update(int(v) for k, v in call.trailing_metadata() if k == "recserve-worker")
+    return pids
+
+
+def test_crashed_worker_is_replaced_and_serves(start_server, shared_root, facts, tmp_path):
+    """A worker killed with SIGKILL is replaced by a new one that serves, and stays (no restart
+    loop): afterwards exactly the survivor and the replacement answer."""
+    import os
+    import signal
+
+    s = start_server(shared_root, "--workers", "2", "--events-dir", str(tmp_path / "ev"))
+    before = set()
+    assert wait_for(lambda: len(before.update(_worker_pids(s, facts["user"])) or before) == 2, 30)
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    survivors = before - {victim}
+    seen: set[int] = set()
+
+    def replaced() -> bool:
+        try:
+            seen.update(_worker_pids(s, facts["user"], 12))
+        except grpc.RpcError:       # a connection the kernel queued on the dead worker's socket
+            return False
+        return len(seen - before) >= 1
+
+    assert wait_for(replaced, 30, 0.5), f"no replacement worker answered (saw {seen})"
+    new = seen - before
+    time.sleep(2.0)                                  # a restart loop would have replaced it again
+    again: set[int] = set()
+    assert wait_for(lambda: len(again.update(_worker_pids(s, facts["user"], 12)) or again) == 2, 30)
+    assert again == survivors | new, f"workers changed again: {before} -> {new} -> {again}"
+    assert s.proc.poll() is None
