@@ -90,6 +90,8 @@ class BundleHolder:
         self.current = None
         self.current_key: str | None = None
         self.last_error: str | None = None
+        self.attempts = 0                       # bundle loads tried (for tests and logs)
+        self._refused: tuple | None = None      # (key, stamp) of the last refused bundle
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # leases: a retired pipeline is closed only once no request holds it any more
@@ -139,6 +141,15 @@ class BundleHolder:
         except FileNotFoundError:
             return None
 
+    def _stamp(self, key: str) -> tuple:
+        """What changes when a refused version directory is rewritten: its manifest's stat."""
+        path = Path(key) if os.path.isabs(key) else self.root / key
+        try:
+            st = (path / "manifest.json").stat()
+            return (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            return ()
+
     def load(self, key: str):
         from recserve import bundle as B
         from recserve.pipeline.recommender import Recommender
@@ -160,13 +171,17 @@ class BundleHolder:
         key = self._key()
         if key is None or key == self.current_key:
             return False
+        stamp = self._stamp(key)
+        if self._refused == (key, stamp):   # refused before and unchanged: not re-hashed every poll
+            return False
+        self.attempts += 1
         try:
             rec = self.load(key)
         except Exception as exc:  # noqa: BLE001 -- any failure refuses the bundle
-            if self.last_error != f"{key}: {exc}":
-                log.error("bundle refused, keeping %s", self.current.version if self.current else "none",
-                          extra={"event": "reload_refused", "version": key, "error": str(exc)})
+            log.error("bundle refused, keeping %s", self.current.version if self.current else "none",
+                      extra={"event": "reload_refused", "version": key, "error": str(exc)})
             self.last_error = f"{key}: {exc}"
+            self._refused = (key, stamp)
             if self.metrics:
                 self.metrics.reloads.labels("refused").inc()
             return False
@@ -184,7 +199,8 @@ class BundleHolder:
         if old is not None:  # in-flight requests may still hold it: closed when the last lets go
             self._retire(old)
         # the long-lived objects of the new bundle leave the collector's generations, so the full
-        # collections that requests trigger stay short
+        # collections that requests trigger stay short (unfrozen first: retired bundles can go)
+        gc.unfreeze()
         gc.collect()
         gc.freeze()
         return True

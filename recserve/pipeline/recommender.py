@@ -27,6 +27,14 @@ DEFAULT_K = 20
 MAX_ID_LEN = 256
 MAX_BATCH = 1000
 MAX_LIST = 1000  # session items, exclude ids, categories
+MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z: later "unix seconds" are milliseconds or garbage
+
+
+def check_ts(ts: float, field_name: str) -> None:
+    if not math.isfinite(ts) or ts < 0:
+        raise InvalidArgument(field_name, "must be finite unix seconds >= 0")
+    if ts > MAX_TS:
+        raise InvalidArgument(field_name, f"{ts:.0f} is after the year 9999: unix seconds, not milliseconds")
 
 
 @dataclass
@@ -300,8 +308,7 @@ class Recommender:
             raise InvalidArgument("context.hour", f"must be in 0..23, got {req.hour}")
         if req.weekday is not None and not 0 <= req.weekday <= 6:
             raise InvalidArgument("context.weekday", f"must be in 0..6, got {req.weekday}")
-        if not math.isfinite(req.timestamp) or req.timestamp < 0:
-            raise InvalidArgument("context.timestamp", "must be finite unix seconds >= 0")
+        check_ts(req.timestamp, "context.timestamp")
         snap = self._refresh_items()
         feats = snap.feats
         allowed, include, n_allowed = self._allowed(req.filters, snap)
@@ -448,8 +455,7 @@ class Recommender:
             check_id(e.item_id, f"events[{i}].item_id")
             if not 0 <= e.type <= 4:
                 raise InvalidArgument(f"events[{i}].type", "must be view, click, cart, purchase or rating")
-            if not math.isfinite(e.timestamp) or e.timestamp < 0:
-                raise InvalidArgument(f"events[{i}].timestamp", "must be finite unix seconds >= 0")
+            check_ts(e.timestamp, f"events[{i}].timestamp")
             if self.tables.row_of("item", e.item_id) is None:
                 unknown.append(e.item_id)
             out.append(Event(e.user_id, e.item_id, e.type, e.timestamp or now))

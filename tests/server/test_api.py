@@ -107,6 +107,10 @@ def test_similar_items(server, facts):
     (pb.RecommendRequest(user_id="x" * 300), "user_id"),
     (pb.RecommendRequest(session_item_ids=[""]), "session_item_ids"),
     (pb.RecommendRequest(context=pb.Context(hour=24)), "context.hour"),
+    (pb.RecommendRequest(context=pb.Context(weekday=7)), "context.weekday"),
+    (pb.RecommendRequest(context=pb.Context(timestamp=-1)), "context.timestamp"),
+    (pb.RecommendRequest(context=pb.Context(timestamp=1.7e12)), "context.timestamp"),   # milliseconds
+    (pb.RecommendRequest(context=pb.Context(timestamp=1e17)), "context.timestamp"),
 ])
 def test_recommend_bad_input(server, req, field):
     code, details = code_of(server.stub().Recommend, req)
@@ -144,7 +148,9 @@ def test_record_events_bad_batches_write_nothing(server, facts):
                        (pb.RecordEventsRequest(events=[_ev(user, good, t=pb.EVENT_TYPE_UNSPECIFIED)]),
                         "events[0].type"),
                        (pb.RecordEventsRequest(events=[_ev("", good)]), "events[0].user_id"),
-                       (pb.RecordEventsRequest(events=[_ev(user, good, ts=-5)]), "events[0].timestamp")]:
+                       (pb.RecordEventsRequest(events=[_ev(user, good, ts=-5)]), "events[0].timestamp"),
+                       (pb.RecordEventsRequest(events=[_ev(user, good, ts=1.7e12)]),
+                        "events[0].timestamp")]:
         code, details = code_of(stub.RecordEvents, req)
         assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(field), details
 

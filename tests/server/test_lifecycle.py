@@ -244,3 +244,27 @@ def test_crashed_worker_is_replaced_and_serves(start_server, shared_root, facts,
     assert wait_for(lambda: len(again.update(_worker_pids(s, facts["user"], 12)) or again) == 2, 30)
     assert again == survivors | new, f"workers changed again: {before} -> {new} -> {again}"
     assert s.proc.poll() is None
+
+
+def test_refused_bundle_is_not_reloaded_every_poll(shared_root, tmp_path):
+    """A CURRENT naming a bad bundle is tried once, not re-hashed and re-opened on every poll; a
+    rewrite of that version directory is tried again; the live bundle keeps serving throughout."""
+    import os
+
+    from recserve.config import ServeConfig
+    from recserve.server import BundleHolder
+
+    root = copy_root(shared_root, tmp_path / "root")
+    good = (root / "CURRENT").read_text().strip()
+    holder = BundleHolder(str(root), ServeConfig(reload_interval=0), None)
+    assert holder.try_reload() and holder.current.version == good
+    new_version(root, good, "v-bad", corrupt="model")
+    set_current(root, "v-bad")
+    for _ in range(4):
+        assert not holder.try_reload()
+    assert holder.attempts == 2 and holder.current.version == good
+    m = root / "v-bad" / "manifest.json"
+    st = m.stat()
+    os.utime(m, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))     # rewritten: try again
+    assert not holder.try_reload() and holder.attempts == 3
+    holder.current.bundle.close()
