@@ -70,10 +70,23 @@ class Metrics:
         self.reloads = Counter("recserve_reloads_total", "bundle loads by outcome", ["outcome"])
         self.version = Gauge("recserve_bundle_loaded", "1 for the loaded bundle version", ["version"],
                              multiprocess_mode="livemax")
+        self.stage = Histogram("recserve_stage_seconds", "Recommend pipeline stage latency", ["stage"],
+                               buckets=(.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1))
+        self.candidates = Histogram("recserve_candidates", "merged candidates per Recommend, by the "
+                                    "source that found them", ["source"],
+                                    buckets=(0, 5, 10, 25, 50, 100, 200, 500, 1000, 2000))
+        self.events = Counter("recserve_events_written_total", "events made durable by RecordEvents")
 
     def observe(self, method: str, code: str, seconds: float) -> None:
         self.requests.labels(method, code).inc()
         self.latency.labels(method).observe(seconds)
+
+    def observe_recommend(self, timings, source_counts) -> None:
+        for stage, ms in timings:
+            if stage != "total":
+                self.stage.labels(stage).observe(ms / 1000.0)
+        for source, n in source_counts.items():
+            self.candidates.labels(source).observe(n)
 
 
 # -- the live bundle -----------------------------------------------------------------------------------
@@ -257,7 +270,7 @@ class Worker:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.holder = BundleHolder(cfg.bundle, cfg, self.store, self.health, metrics)
         self.holder.set_health(False)
-        interceptors = [AuthInterceptor(load_tokens(cfg.tokens_file))] if cfg.tokens_file else []
+        interceptors = [AuthInterceptor(load_tokens(cfg.tokens_file), metrics)] if cfg.tokens_file else []
         opts = [("grpc.so_reuseport", 1),
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes)]
@@ -483,7 +496,13 @@ def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConf
 
         B.verify(Path(key) if os.path.isabs(key) else holder.root / key)
     if cfg.workers <= 0:
-        w = Worker(cfg, cfg.port)
+        metrics = None
+        if cfg.metrics_port:
+            from prometheus_client import start_http_server
+
+            metrics = Metrics()
+            start_http_server(cfg.metrics_port, addr=cfg.host)
+        w = Worker(cfg, cfg.port, metrics)
         w.start()
         return w, w.port
     sock = _reserve_port(cfg.host, cfg.port)

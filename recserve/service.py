@@ -11,7 +11,7 @@ import uuid
 import grpc
 
 from recserve.events import Event
-from recserve.pipeline.errors import InvalidArgument, NotFound
+from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument, NotFound
 from recserve.pipeline.recommender import Filters, RecRequest
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc as pb_grpc
@@ -34,6 +34,8 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, NotFound):
         return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, DeadlineExceeded):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
     if isinstance(exc, NoBundle):
         return grpc.StatusCode.UNAVAILABLE, "no bundle is loaded yet"
     if isinstance(exc, lmdb.MapFullError):
@@ -42,25 +44,37 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 
 def rpc(method):
+    """Every RPC: a request id (in the response, the trailing metadata and any log line about the call),
+    errors mapped by :func:`status_of` (failed calls are logged, successful ones are not), metrics."""
     name = method.__name__
 
     @functools.wraps(method)
     def wrapper(self, request, context):
         t0 = time.perf_counter()
         code = grpc.StatusCode.OK
-        context.set_trailing_metadata((("recserve-worker", str(os.getpid())),))
+        rid = uuid.uuid4().hex
+        context.set_trailing_metadata((("recserve-worker", str(os.getpid())), ("recserve-request-id", rid)))
         try:
-            return method(self, request, context)
+            return method(self, request, context, rid)
         except Exception as exc:  # noqa: BLE001 -- mapped, never leaked
             code, msg = status_of(exc)
+            extra = {"event": "rpc_failed", "request_id": rid, "method": name, "code": code.name}
             if code == grpc.StatusCode.INTERNAL:
-                log.exception("internal error in %s", name)
-            context.abort(code, msg)
+                log.exception("internal error in %s", name, extra=extra)
+            else:
+                log.info("%s: %s", name, msg, extra=extra)
+            context.abort(code, f"{msg} (request {rid})")
         finally:
             if self.metrics is not None:
                 self.metrics.observe(name, code.name, time.perf_counter() - t0)
 
     return wrapper
+
+
+def _deadline(context) -> float | None:
+    """The client's deadline on the monotonic clock (None when it set none)."""
+    left = context.time_remaining()
+    return None if left is None or left > 1e9 else time.monotonic() + left
 
 
 def _filters(f: pb.Filters) -> Filters:
@@ -100,7 +114,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             yield rec
 
     @rpc
-    def Recommend(self, request, context):
+    def Recommend(self, request, context, rid):
         with self._rec() as rec:
             if DEBUG_DELAY_S:
                 time.sleep(DEBUG_DELAY_S)
@@ -113,9 +127,11 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 exclude_consumed=request.exclude_consumed if request.HasField("exclude_consumed") else True,
                 mmr_lambda=d.__getattribute__("lambda") if d.HasField("lambda") else None,
                 max_per_creator=d.max_per_creator if d.HasField("max_per_creator") else None,
-                explain=request.explain)
+                explain=request.explain, deadline=_deadline(context))
             res = rec.recommend(req)
-            resp = pb.RecommendResponse(bundle_version=res.bundle_version, request_id=uuid.uuid4().hex,
+            if self.metrics is not None:
+                self.metrics.observe_recommend(res.timings, res.source_counts)
+            resp = pb.RecommendResponse(bundle_version=res.bundle_version, request_id=rid,
                                         cold_start=res.cold_start)
             _add_items(resp.items, res, request.explain)
             if request.timings:
@@ -123,15 +139,15 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             return resp
 
     @rpc
-    def SimilarItems(self, request, context):
+    def SimilarItems(self, request, context, rid):
         with self._rec() as rec:
-            res = rec.similar(request.item_id, request.k, _filters(request.filters))
-            resp = pb.SimilarItemsResponse(bundle_version=res.bundle_version, request_id=uuid.uuid4().hex)
+            res = rec.similar(request.item_id, request.k, _filters(request.filters), _deadline(context))
+            resp = pb.SimilarItemsResponse(bundle_version=res.bundle_version, request_id=rid)
             _add_items(resp.items, res, False)
             return resp
 
     @rpc
-    def RecordEvents(self, request, context):
+    def RecordEvents(self, request, context, rid):
         with self._rec() as rec:
             events = []
             for i, e in enumerate(request.events):
@@ -139,10 +155,12 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                     raise InvalidArgument(f"events[{i}].type", "must be set")
                 events.append(Event(e.user_id, e.item_id, int(e.type) - 1, e.timestamp))
             accepted, new_users = rec.record_events(events)
+            if self.metrics is not None:
+                self.metrics.events.inc(accepted)
             return pb.RecordEventsResponse(accepted=accepted, new_users=new_users)
 
     @rpc
-    def UpdateItems(self, request, context):
+    def UpdateItems(self, request, context, rid):
         with self._rec() as rec:
             ups = [(u.item_id, u.in_stock if u.HasField("in_stock") else None,
                     u.price if u.HasField("price") else None) for u in request.items]
@@ -168,18 +186,24 @@ def load_tokens(path) -> dict[str, str]:
     return tokens
 
 
-def _abort_handler(code, msg):
+def _abort_handler(code, msg, method: str, metrics=None):
+    name = method.rsplit("/", 1)[-1]
+
     def fn(request, context):
+        if metrics is not None:
+            metrics.observe(name, code.name, 0.0)
         context.abort(code, msg)
 
     return grpc.unary_unary_rpc_method_handler(fn)
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    """Bearer tokens: none/unknown -> UNAUTHENTICATED, a read token on a write method -> PERMISSION_DENIED."""
+    """Bearer tokens: none/unknown -> UNAUTHENTICATED, a read token on a write method -> PERMISSION_DENIED.
+    Rejected calls are counted in the request metrics like any other."""
 
-    def __init__(self, tokens: dict[str, str]):
+    def __init__(self, tokens: dict[str, str], metrics=None):
         self.tokens = tokens
+        self.metrics = metrics
 
     def intercept_service(self, continuation, details):
         method = details.method
@@ -188,7 +212,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
         auth = dict(details.invocation_metadata or ()).get("authorization", "")
         scope = self.tokens.get(auth[7:]) if auth.lower().startswith("bearer ") else None
         if scope is None:
-            return _abort_handler(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token")
+            return _abort_handler(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token", method,
+                                  self.metrics)
         if method in WRITE_METHODS and scope != "write":
-            return _abort_handler(grpc.StatusCode.PERMISSION_DENIED, "this token may only read")
+            return _abort_handler(grpc.StatusCode.PERMISSION_DENIED, "this token may only read", method,
+                                  self.metrics)
         return continuation(details)

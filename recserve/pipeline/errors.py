@@ -14,3 +14,12 @@ class InvalidArgument(PipelineError):
 
 class NotFound(PipelineError):
     """A referenced entity does not exist -> NOT_FOUND."""
+
+
+class DeadlineExceeded(Exception):
+    """The caller's deadline passed before the pipeline finished -> DEADLINE_EXCEEDED (work stops at the
+    next stage boundary)."""
+
+    def __init__(self, stage: str):
+        super().__init__(f"the deadline passed before the {stage} stage")
+        self.stage = stage

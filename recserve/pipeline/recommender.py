@@ -19,7 +19,7 @@ from recserve.events import Event, EventStore
 from recserve.pipeline import candidates as C
 from recserve.pipeline import ranking as R
 from recserve.pipeline import rerank as RR
-from recserve.pipeline.errors import InvalidArgument, NotFound
+from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument, NotFound
 from recserve.pipeline.items import ItemSnapshot, walk_allowed
 
 MAX_K = 500
@@ -63,6 +63,7 @@ class RecRequest:
     mmr_lambda: float | None = None
     max_per_creator: int | None = None
     explain: bool = False
+    deadline: float | None = None   # time.monotonic() after which the caller no longer waits
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Result:
     bundle_version: str
     timings: list[tuple[str, float]]
     cold_start: bool = False
+    source_counts: dict = field(default_factory=dict)   # merged candidates found by each source
 
 
 def check_id(value: str, field_name: str, allow_empty: bool = False) -> None:
@@ -291,6 +293,8 @@ class Recommender:
             now = time.perf_counter()
             timings.append((stage, (now - tp) * 1000.0))
             tp = now
+            if req.deadline is not None and time.monotonic() > req.deadline:
+                raise DeadlineExceeded(stage)
 
         check_id(req.user_id, "user_id", allow_empty=True)
         k = check_k(req.k)
@@ -365,9 +369,11 @@ class Recommender:
         merged = merge_candidates([lists.get(s, C.EMPTY) for s in self.sources],
                                   [q.get(s, 50) for s in self.sources], max(self.cap, k),
                                   self.n_items, bits)
+        counts = {s: int(np.count_nonzero(merged.sources & (1 << i))) for i, s in enumerate(self.sources)}
         lap("candidates")
         if len(merged) == 0:
-            return Result([], self.version, timings + [("total", (time.perf_counter() - t0) * 1000)], cold)
+            return Result([], self.version, timings + [("total", (time.perf_counter() - t0) * 1000)], cold,
+                          counts)
 
         dev = float(req.device)
         ctx = R.context_vector(self.schema, float(hour), float(weekday), dev, req.extra)
@@ -393,11 +399,13 @@ class Recommender:
                      rel[pos].tolist())]
         lap("assemble")
         timings.append(("total", (time.perf_counter() - t0) * 1000.0))
-        return Result(items, self.version, timings, cold)
+        return Result(items, self.version, timings, cold, counts)
 
     # -- SimilarItems ------------------------------------------------------------------------------
-    def similar(self, item_id: str, k: int, filters: Filters) -> Result:
+    def similar(self, item_id: str, k: int, filters: Filters, deadline: float | None = None) -> Result:
         t0 = time.perf_counter()
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExceeded("similar")
         check_id(item_id, "item_id")
         k = check_k(k)
         snap = self._refresh_items()

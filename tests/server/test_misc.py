@@ -54,19 +54,50 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_metrics_endpoint_aggregates_workers(shared_root, facts, start_server):
+def _metric(text: str, name: str, **labels) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.split()[-1])
+    return total
+
+
+def test_metrics_endpoint_aggregates_workers(shared_root, facts, start_server, tmp_path):
     mport = _free_port()
-    s = start_server(shared_root, "--workers", "2", "--metrics-port", str(mport), "--reload-interval", "0")
+    tokens = tmp_path / "tokens"
+    tokens.write_text("write w-secret\n")
+    s = start_server(shared_root, "--workers", "2", "--metrics-port", str(mport), "--reload-interval", "0",
+                     "--tokens-file", str(tokens), "--events-dir", str(tmp_path / "ev"))
+    auth = (("authorization", "Bearer w-secret"),)
+    ids = set()
     for _ in range(6):
-        s.stub().Recommend(pb.RecommendRequest(user_id=facts["user"], k=5), timeout=10)
-    with pytest.raises(grpc.RpcError):
-        s.stub().Recommend(pb.RecommendRequest(k=900), timeout=10)
+        r, call = s.stub().Recommend.with_call(pb.RecommendRequest(user_id=facts["user"], k=5), timeout=10,
+                                               metadata=auth)
+        assert dict(call.trailing_metadata())["recserve-request-id"] == r.request_id
+        ids.add(r.request_id)
+    assert len(ids) == 6
+    with pytest.raises(grpc.RpcError) as e:
+        s.stub().Recommend(pb.RecommendRequest(k=900), timeout=10, metadata=auth)
+    rid = dict(e.value.trailing_metadata())["recserve-request-id"]
+    assert e.value.details().endswith(f"(request {rid})")
+    with pytest.raises(grpc.RpcError) as e:
+        s.stub().Recommend(pb.RecommendRequest(k=5), timeout=10)              # no token
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    s.stub().RecordEvents(pb.RecordEventsRequest(events=[
+        pb.Event(user_id="m-user", item_id=facts["items"][0], type=pb.EVENT_TYPE_CLICK)] * 3),
+        timeout=10, metadata=auth)
     text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
-    ok = [l for l in text.splitlines() if l.startswith("recserve_requests_total{")
-          and 'method="Recommend"' in l and 'code="OK"' in l]
-    assert ok and float(ok[0].split()[-1]) == 6.0, ok
-    assert 'code="INVALID_ARGUMENT"' in text
-    assert "recserve_request_seconds_bucket" in text
+    assert _metric(text, "recserve_requests_total", method="Recommend", code="OK") == 6.0
+    assert _metric(text, "recserve_requests_total", method="Recommend", code="INVALID_ARGUMENT") == 1.0
+    assert _metric(text, "recserve_requests_total", method="Recommend", code="UNAUTHENTICATED") == 1.0
+    assert _metric(text, "recserve_request_seconds_count", method="Recommend") >= 6.0
+    for stage in ("validate", "candidates", "ranking", "rerank"):
+        assert _metric(text, "recserve_stage_seconds_count", stage=stage) == 6.0, stage
+    assert _metric(text, "recserve_candidates_count", source="ann") == 6.0
+    assert _metric(text, "recserve_candidates_sum") > 0
+    assert _metric(text, "recserve_events_written_total") == 3.0
 
 
 def _openssl(*args, cwd):

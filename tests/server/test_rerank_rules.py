@@ -119,3 +119,28 @@ def test_last_item_moves_up_when_nothing_later_separates():
     # one creator only: nothing to separate, the order is kept
     pos, _ = diversify(rel, emb, np.arange(5, dtype=np.int32), 5, 1.0, np.zeros(5, int), 2)
     assert pos.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_deadline_stops_the_pipeline(bundle):
+    """A deadline that has passed stops Recommend at the next stage boundary and SimilarItems at once,
+    with DEADLINE_EXCEEDED; a future one changes nothing."""
+    import time
+
+    import grpc
+
+    from recserve.pipeline.errors import DeadlineExceeded
+    from recserve.pipeline.recommender import Filters
+    from recserve.service import status_of
+
+    rec = Recommender(bundle, None)
+    user = _users(bundle, 1)[0]
+    with pytest.raises(DeadlineExceeded) as e:
+        rec.recommend(RecRequest(user_id=user, k=10, deadline=time.monotonic() - 0.001))
+    assert e.value.stage == "validate"
+    assert status_of(e.value)[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+    item = bundle.tables.id_of("item", 0)
+    with pytest.raises(DeadlineExceeded):
+        rec.similar(item, 5, Filters(), deadline=time.monotonic() - 0.001)
+    later = time.monotonic() + 60
+    assert len(rec.recommend(RecRequest(user_id=user, k=10, deadline=later)).items) == 10
+    assert len(rec.similar(item, 5, Filters(), deadline=later).items) == 5
