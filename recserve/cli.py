@@ -30,8 +30,11 @@ def _table(headers: list[str], rows: list[list]) -> str:
 def _channel(args):
     import grpc
 
-    if args.ca:
-        creds = grpc.ssl_channel_credentials(open(args.ca, "rb").read())
+    if bool(args.cert) != bool(args.key):
+        raise SystemExit("--cert and --key go together (the client certificate for mutual TLS)")
+    if args.ca or args.cert:
+        read = lambda p: open(p, "rb").read() if p else None  # noqa: E731
+        creds = grpc.ssl_channel_credentials(read(args.ca), read(args.key), read(args.cert))
         return grpc.secure_channel(args.addr, creds)
     return grpc.insecure_channel(args.addr)
 
@@ -176,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--events-dir", dest="events_dir")
     s.add_argument("--tls-cert", dest="tls_cert")
     s.add_argument("--tls-key", dest="tls_key")
-    s.add_argument("--tls-client-ca", dest="tls_client_ca")
+    s.add_argument("--tls-client-ca", "--client-ca", dest="tls_client_ca",
+                   help="CA of the client certificates: turns on mutual TLS")
     s.add_argument("--tokens-file", dest="tokens_file")
     s.add_argument("--metrics-port", dest="metrics_port", type=int)
     s.add_argument("--log-level", dest="log_level")
@@ -197,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--addr", default=os.environ.get("RECSERVE_ADDR", "127.0.0.1:50051"))
         p.add_argument("--token", default=os.environ.get("RECSERVE_TOKEN"))
         p.add_argument("--ca", help="CA certificate for TLS")
+        p.add_argument("--cert", help="client certificate (mutual TLS), with --key")
+        p.add_argument("--key", help="client private key (mutual TLS)")
         p.add_argument("--timeout", type=float, default=10.0)
         p.set_defaults(fn=fn)
         return p

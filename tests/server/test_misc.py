@@ -116,7 +116,7 @@ def test_tls_and_mtls(shared_root, facts, tmp_path, start_server):
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
                  "-out", f"{name}.pem", "-days", "1", "-extfile", "san.cnf", cwd=d)
     s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--tls-cert", str(d / "server.pem"),
-                     "--tls-key", str(d / "server.key"), "--tls-client-ca", str(d / "ca.pem"))
+                     "--tls-key", str(d / "server.key"), "--client-ca", str(d / "ca.pem"))
     ca = (d / "ca.pem").read_bytes()
     req = pb.RecommendRequest(user_id=facts["user"], k=3)
     opts = [("grpc.use_local_subchannel_pool", 1)]
@@ -133,6 +133,20 @@ def test_tls_and_mtls(shared_root, facts, tmp_path, start_server):
     with grpc.insecure_channel(s.addr, options=opts) as ch:
         with pytest.raises(grpc.RpcError):
             pbg.RecommenderStub(ch).Recommend(req, timeout=5)
+    # the CLI client with its certificate: accepted; without: refused
+    import os
+    import sys
+
+    from srvutil import ROOT
+
+    def cli(*extra):
+        return subprocess.run([sys.executable, "-m", "recserve.cli", "recommend", facts["user"], "--k", "3",
+                               "--addr", f"localhost:{s.port}", "--ca", str(d / "ca.pem"), "--timeout", "5",
+                               *extra], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = cli("--cert", str(d / "client.pem"), "--key", str(d / "client.key"))
+    assert r.returncode == 0 and len(r.stdout.strip().splitlines()) >= 3 + 2, r.stdout + r.stderr
+    assert cli().returncode != 0
 
 
 def test_maximum_concurrent_rpcs(shared_root, facts, start_server):
