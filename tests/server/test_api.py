@@ -29,6 +29,9 @@ def test_recommend_known_user(server, facts):
         assert it.sources and set(it.sources) <= valid
         assert it.explanation.top_features, "explain must carry ranker contributions"
         assert all(np.isfinite(c.contribution) for c in it.explanation.top_features)
+    pens = [it.explanation.mmr_penalty for it in r.items]
+    assert pens[0] == 0.0 and all(-1.0 - 1e-5 <= p <= 1.0 + 1e-5 for p in pens) and any(pens[1:]), pens
+    assert all(0.0 <= it.explanation.relevance <= 1.0 for it in r.items)
     stock = dict(zip(facts["items"], facts["item_stock"]))
     assert all(stock[i] > 0.5 for i in ids), "in_stock_only defaults to true"
     # default k is 20; exclude_consumed=false may return history items
@@ -211,6 +214,9 @@ def test_update_items_stock_and_price(server, facts):
     code, details = code_of(stub.UpdateItems, pb.UpdateItemsRequest(
         items=[pb.ItemUpdate(item_id=victim, price=-3)]))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("items[0].price")
+    code, details = code_of(stub.UpdateItems, pb.UpdateItemsRequest(
+        items=[pb.ItemUpdate(item_id=victim, in_stock=True)] * 1001))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("items:"), details
 
 
 def test_message_size_limit(server):
