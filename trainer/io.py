@@ -22,6 +22,8 @@ import pyarrow.parquet as pq
 
 EVENTS = ["view", "click", "cart", "purchase", "rating"]
 EVENT_CODE = {e: k for k, e in enumerate(EVENTS)}
+# columns holding identifiers or category codes: always text, never numbers ("007" stays "007")
+ID_COLUMNS = ("user_id", "item_id", "category", "creator", "country")
 
 
 class DataError(ValueError):
@@ -85,13 +87,17 @@ def find_table(data_dir: Path, stem: str, required: bool = True) -> Path | None:
 
 
 def read_table(path: Path) -> pa.Table:
+    """A CSV or Parquet file as an Arrow table; CSV id columns (:data:`ID_COLUMNS`) are read as text."""
     try:
         if path.suffix in (".parquet", ".pq"):
             t = pq.read_table(path)
         else:
             if path.stat().st_size == 0:
                 raise DataError(f"{path.name}: empty file")
-            t = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=False))
+            # pyarrow ignores column_types entries for columns the file does not have
+            opts = pacsv.ConvertOptions(strings_can_be_null=False,
+                                        column_types={c: pa.string() for c in ID_COLUMNS})
+            t = pacsv.read_csv(path, convert_options=opts)
     except DataError:
         raise
     except (pa.ArrowInvalid, OSError) as exc:
@@ -107,11 +113,35 @@ def _need(t: pa.Table, path: Path, cols: list[str]) -> None:
         raise DataError(f"{path.name}: missing column(s) {', '.join(missing)} (has {', '.join(t.column_names)})")
 
 
-def _strings(t: pa.Table, path: Path, col: str) -> np.ndarray:
+def _as_text(c: pa.ChunkedArray, path: Path, col: str) -> pa.ChunkedArray:
+    """A column as strings; integers (Parquet ids) in decimal form, so 7, 7.0 and "7" are one id."""
+    if pa.types.is_floating(c.type):
+        valid = pc.drop_null(c)
+        try:
+            whole = not len(valid) or pc.all(pc.equal(pc.floor(valid), valid)).as_py()
+            c = pc.cast(c, pa.int64()) if whole else None
+        except pa.ArrowInvalid:              # inf, or beyond int64
+            c = None
+        if c is None:
+            raise DataError(f"{path.name}: column {col} has non-integer numbers (ids must be text or integers)")
+    return pc.cast(c, pa.string())
+
+
+def _strings(t: pa.Table, path: Path, col: str, allow_empty: bool = True) -> np.ndarray:
     c = t.column(col)
     if c.null_count:
         raise DataError(f"{path.name}: column {col} has {c.null_count} empty value(s)")
-    return np.asarray(pc.cast(c, pa.string()).to_numpy(zero_copy_only=False), dtype=object)
+    s = _as_text(c, path, col)
+    if not allow_empty:
+        n = int(pc.sum(pc.equal(s, "")).as_py() or 0)
+        if n:
+            raise DataError(f"{path.name}: column {col} has {n} empty value(s)")
+    return np.asarray(s.to_numpy(zero_copy_only=False), dtype=object)
+
+
+def _optional_strings(t: pa.Table, path: Path, col: str) -> np.ndarray:
+    """An optional text column, empty (null) values as ""."""
+    return np.asarray(pc.fill_null(_as_text(t.column(col), path, col), "").to_numpy(zero_copy_only=False), object)
 
 
 def _numbers(t: pa.Table, path: Path, col: str, allow_nan=False) -> np.ndarray:
@@ -181,7 +211,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
     ip = find_table(d, "items")
     it = read_table(ip)
     _need(it, ip, ["item_id", "category", "price"])
-    item_ids = _strings(it, ip, "item_id")
+    item_ids = _strings(it, ip, "item_id", allow_empty=False)
     uniq, counts = np.unique(item_ids, return_counts=True)
     if len(uniq) != len(item_ids):
         raise DataError(f"{ip.name}: {int((counts > 1).sum())} duplicate item_id(s), e.g. {uniq[counts > 1][0]!r}")
@@ -193,8 +223,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
         raise DataError(f"{ip.name}: column price has negative values")
     creator = np.full(len(item_ids), "", object)
     if "creator" in it.column_names:     # optional per item: empty = unknown creator
-        c = it.column("creator")
-        creator = np.asarray(pc.fill_null(pc.cast(c, pa.string()), "").to_numpy(zero_copy_only=False), object)
+        creator = _optional_strings(it, ip, "creator")
     created = _timestamps(it, ip, "created_at") if "created_at" in it.column_names else np.zeros(len(item_ids))
     in_stock = (_numbers(it, ip, "in_stock") != 0).astype(np.int8) if "in_stock" in it.column_names \
         else np.ones(len(item_ids), np.int8)
@@ -203,8 +232,8 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
     xp = find_table(d, "interactions")
     xt = read_table(xp)
     _need(xt, xp, ["user_id", "item_id", "timestamp", "event"])
-    x_user = _strings(xt, xp, "user_id")
-    x_item = _strings(xt, xp, "item_id")
+    x_user = _strings(xt, xp, "user_id", allow_empty=False)
+    x_item = _strings(xt, xp, "item_id", allow_empty=False)
     ts = _timestamps(xt, xp, "timestamp")
     ev_str = _strings(xt, xp, "event")
     ev_vocab = np.array(EVENTS, dtype=object)
@@ -237,7 +266,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
     if up is not None:
         ut = read_table(up)
         _need(ut, up, ["user_id"])
-        u_ids = _strings(ut, up, "user_id")
+        u_ids = _strings(ut, up, "user_id", allow_empty=False)
         if len(np.unique(u_ids)) != len(u_ids):
             raise DataError(f"{up.name}: duplicate user_id(s)")
         # users known from users.csv but without interactions are kept (cold users)
@@ -248,7 +277,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
         if "signup_date" in ut.column_names:
             signup[r] = _timestamps(ut, up, "signup_date")
         if "country" in ut.column_names:
-            country[r] = pc.fill_null(pc.cast(ut.column("country"), pa.string()), "").to_numpy(zero_copy_only=False)
+            country[r] = _optional_strings(ut, up, "country")
         files[up.name] = {"size": up.stat().st_size, "sha256": sha256_file(up)}
     user_row = _codes(x_user, user_ids)
     order = np.lexsort((ev, ts, user_row))

@@ -1,0 +1,75 @@
+"""Ids are text: leading zeros survive CSV, Parquet integers become their decimal form."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recserve.bundle import Bundle
+from trainer.build import build
+from trainer.io import DataError, load_dataset, write_dataset
+from trainer.synth import synth
+from trainer.timing import Timer
+
+
+def _zero_padded(seed: int = 2):
+    """A synthetic data set whose ids and category / creator / country codes all look like numbers."""
+    ds, _ = synth(300, 200, seed=seed)
+    ds.user_ids = np.array([f"{k:04d}" for k in range(ds.n_users)], dtype=object)
+    ds.item_ids = np.array([f"{k:03d}" for k in range(ds.n_items)], dtype=object)
+    ds.item_category = np.array([f"0{c[3:]}" for c in ds.item_category], dtype=object)
+    ds.item_creator = np.array([f"00{c[2:]}" for c in ds.item_creator], dtype=object)
+    ds.user_country = np.array(["01"] * ds.n_users, dtype=object)
+    return ds
+
+
+def test_leading_zero_ids_survive_csv_into_the_bundle(tmp_path):
+    data = tmp_path / "data"
+    write_dataset(_zero_padded(), data, fmt="csv")
+    ds = load_dataset(data)
+    assert "007" in set(ds.item_ids) and "0042" in set(ds.user_ids)
+    assert all(c.startswith("0") for c in ds.item_category) and all(c.startswith("00") for c in ds.item_creator)
+    assert set(ds.user_country) == {"01"}
+    root = build(ds, tmp_path / "out", {"factors": 8, "tune": False, "label_windows": 1, "ranker_users": 300,
+                                        "ranker_rounds": 10}, timer=Timer(verbose=False))
+    with Bundle.open(root) as b:
+        assert b.tables.row_of("item", "007") is not None
+        assert b.tables.row_of("user", "0042") is not None
+        assert b.tables.row_of("item", "7") is None
+        assert b.tables.id_of("category", 0).startswith("0")
+        assert b.tables.id_of("creator", b.tables.n_ids("creator") - 1).startswith("00")
+
+
+def test_parquet_integer_ids_are_decimal_strings(tmp_path):
+    d = tmp_path / "pq"
+    d.mkdir()
+    pq.write_table(pa.table({"item_id": pa.array([7, 42], pa.int64()), "category": pa.array([1, 2], pa.int32()),
+                             "creator": pa.array([5, None], pa.int64()), "price": [1.0, 2.0]}), d / "items.parquet")
+    pq.write_table(pa.table({"user_id": pa.array([3.0, 3.0]), "item_id": pa.array([7, 42], pa.uint16()),
+                             "timestamp": [1_700_000_000, 1_700_000_100], "event": ["view", "click"]}),
+                   d / "interactions.parquet")
+    ds = load_dataset(d)
+    assert ds.item_ids.tolist() == ["7", "42"] and ds.item_category.tolist() == ["1", "2"]
+    assert ds.item_creator.tolist() == ["5", ""]
+    assert ds.user_ids.tolist() == ["3"]                       # 3.0 is the integer id 3, not "3.0"
+    assert ds.item_ids[ds.item].tolist() == ["7", "42"]         # uint16 and int64 columns join
+
+
+def test_fractional_or_empty_ids_are_refused(tmp_path):
+    d = tmp_path / "pq"
+    d.mkdir()
+    pq.write_table(pa.table({"item_id": pa.array([7.5, 42.0]), "category": ["a", "b"], "price": [1.0, 2.0]}),
+                   d / "items.parquet")
+    with pytest.raises(DataError, match="items.parquet: column item_id has non-integer numbers"):
+        load_dataset(d)
+    pq.write_table(pa.table({"item_id": pa.array([float("inf"), 42.0]), "category": ["a", "b"],
+                             "price": [1.0, 2.0]}), d / "items.parquet")
+    with pytest.raises(DataError, match="items.parquet: column item_id has non-integer numbers"):
+        load_dataset(d)
+    c = tmp_path / "csv"
+    c.mkdir()
+    (c / "items.csv").write_text("item_id,category,price\n007,1,1.5\n")
+    (c / "interactions.csv").write_text("user_id,item_id,timestamp,event\n,007,1700000000,view\n")
+    with pytest.raises(DataError, match="interactions.csv: column user_id has 1 empty value"):
+        load_dataset(c)
