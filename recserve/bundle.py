@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,14 @@ REQUIRED_KEYS = ("format_version", "version", "created_at", "counts", "dim", "fe
                  "params", "files")
 # report files written after the build (evaluation) are not checksummed
 UNCHECKED = {"manifest.json", "report.json", "report.html"}
+
+
+# hnswlib's (0.8) saveIndex header: offsetLevel0, max_elements, cur_element_count, size_data_per_element,
+# label_offset, offsetData (size_t), maxlevel (int), enterpoint_node (uint32), maxM, maxM0, M (size_t),
+# mult (double), ef_construction (size_t); then cur_element_count level-0 records and one link-list
+# length (uint32) per element
+_HNSW_HEADER = struct.Struct("<6QiI3QdQ")
+_HNSW_LABEL = 8          # sizeof(labeltype)
 
 
 class BundleError(ValueError):
@@ -63,6 +72,30 @@ def _load_manifest(d: Path) -> dict:
     if m["format_version"] != FORMAT_VERSION:
         raise BundleError(f"manifest.json: format_version {m['format_version']} (expected {FORMAT_VERSION})")
     return m
+
+
+def index_header(path: str | os.PathLike) -> tuple[int, int]:
+    """(element count, dim) of a float hnswlib index file, read from its header without loading it.
+
+    Raises :class:`BundleError` when the header is short or inconsistent with itself or the file size."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(_HNSW_HEADER.size)
+        size = p.stat().st_size
+    except OSError as exc:
+        raise BundleError(f"{p.name}: unreadable: {exc}") from None
+    if len(raw) < _HNSW_HEADER.size:
+        raise BundleError(f"{p.name}: not an hnswlib index (header truncated)")
+    (off0, max_el, count, per_el, label_off, data_off, _level, _entry, _max_m, max_m0, _m, _mult,
+     _efc) = _HNSW_HEADER.unpack(raw)
+    data_size = label_off - data_off
+    if off0 != 0 or count > max_el or data_off != max_m0 * 4 + 4 or per_el != label_off + _HNSW_LABEL \
+            or data_size <= 0 or data_size % 4:
+        raise BundleError(f"{p.name}: not an hnswlib index (inconsistent header)")
+    if size < _HNSW_HEADER.size + count * (per_el + 4):
+        raise BundleError(f"{p.name}: truncated ({size} bytes for {count} elements)")
+    return int(count), data_size // 4
 
 
 def verify(path: str | os.PathLike) -> dict:
@@ -137,6 +170,11 @@ def verify(path: str | os.PathLike) -> dict:
     counts = m["counts"]
     if counts.get("items") != n_items or counts.get("users") != n_users:
         raise BundleError(f"manifest counts {counts} differ from tables ({n_users} users, {n_items} items)")
+    n_index, index_dim = index_header(d / "index.hnsw")
+    if n_index != n_items:
+        raise BundleError(f"index.hnsw holds {n_index} items, tables {n_items}")
+    if index_dim != dim:
+        raise BundleError(f"index.hnsw has dim {index_dim}, manifest {dim}")
     return m
 
 
@@ -154,19 +192,35 @@ class Bundle:
         self.version = manifest["version"]
         self.params = manifest["params"]
         self.schema = FeatureSchema.from_dict(manifest["feature_schema"])
+        self.index = None
         self.tables = TableReader(path / "tables.lmdb")
+        try:
+            self._load(hnswlib)
+        except BaseException:
+            self.close()                 # a refused bundle must not keep its LMDB environment open
+            raise
+
+    def _load(self, hnswlib) -> None:
+        """Everything after the tables are open (the caller closes them if this raises)."""
+        path, manifest = self.path, self.manifest
         self.item_emb = self.tables.array("item_emb", "float32")
         self.item_feats = self.tables.array("item_feats", "float32", len(self.schema.item_columns))
         self.user_feats = self.tables.array("user_feats", "float32", len(self.schema.user_columns))
         self.n_items, self.dim = self.item_emb.shape
         self.n_users = self.user_feats.shape[0]
         self.index = hnswlib.Index(space="cosine", dim=self.dim)
-        self.index.load_index(str(path / "index.hnsw"), max_elements=self.n_items)
+        try:
+            self.index.load_index(str(path / "index.hnsw"), max_elements=self.n_items)
+        except (RuntimeError, ValueError, MemoryError) as exc:
+            raise BundleError(f"index.hnsw: cannot load: {str(exc).splitlines()[0] if str(exc) else exc!r}") \
+                from None
         if self.index.get_current_count() != self.n_items:
-            self.tables.close()
             raise BundleError(f"index.hnsw holds {self.index.get_current_count()} items, tables {self.n_items}")
         self.index.set_ef(int(manifest["index"].get("ef", self.params.get("ef", 100))))
-        self.ranker_text = (path / "ranker.txt").read_text()
+        try:
+            self.ranker_text = (path / "ranker.txt").read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise BundleError(f"ranker.txt: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
     @classmethod
     def open(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":

@@ -140,8 +140,8 @@ def test_crash_inside_write_keeps_previous_current(bundle_copy, monkeypatch, cra
         assert b.version == old.strip()
 
 
-@pytest.mark.parametrize("what", ["i2i_range", "hist_len", "index_size"])
-def test_consistently_hashed_but_wrong_bundle_is_refused(demo_bundle, tmp_path, what):
+@pytest.mark.parametrize("what", ["i2i_range", "hist_len", "index_size", "index_dim"])
+def test_consistently_hashed_but_wrong_bundle_is_refused(demo_bundle, tmp_path, what, capsys):
     """Checksums only prove the files are the ones written; the structure checks catch a bad writer."""
     import numpy as np
 
@@ -161,15 +161,24 @@ def test_consistently_hashed_but_wrong_bundle_is_refused(demo_bundle, tmp_path, 
             art.i2i_rows[0, 0] = b.n_items + 5
         elif what == "hist_len":
             art.hist_ts = art.hist_ts[:-1]
-        else:
+        elif what == "index_size":
             art.index = build_index(art.item_emb[:-1])
+        else:
+            art.index = build_index(np.ascontiguousarray(art.item_emb[:, :-1]))
         root = tmp_path / "bad"
         writer.write_bundle(root, ds, catalogue(ds), art, text, manifest)
-    if what == "index_size":
-        verify(root)                       # the tables are fine ...
-        with pytest.raises(BundleError, match="index.hnsw holds 199 items"):
-            Bundle.open(root)              # ... the index is not
-    else:
-        with pytest.raises(BundleError, match={"i2i_range": "i2i_rows has item rows outside",
-                                               "hist_len": "hist_ts length"}[what]):
-            verify(root)
+    reason = {"i2i_range": "tables.lmdb: i2i_rows has item rows outside",
+              "hist_len": "tables.lmdb: hist_ts length",
+              "index_size": "index.hnsw holds 199 items, tables 200",
+              "index_dim": f"index.hnsw has dim {manifest['dim'] - 1}, manifest {manifest['dim']}"}[what]
+    with pytest.raises(BundleError, match=reason):
+        verify(root)
+    with pytest.raises(BundleError, match=reason):
+        Bundle.open(root)
+    capsys.readouterr()
+    assert main(["verify", str(root)]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"recserve-train: error: {reason}"), err
+    if what == "index_size":               # without verification, opening still refuses the index
+        with pytest.raises(BundleError, match=reason):
+            Bundle.open(root, verify=False)
