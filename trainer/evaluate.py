@@ -4,6 +4,8 @@ Methods: ``popularity`` (trending), ``i2i``, ``ann`` (user vector -> HNSW), ``an
 ordered by the ranker), ``merged+ranker`` (all sources merged, ranked), ``full+mmr`` (that, re-ranked by
 MMR with the creator cap). For each user with a training history and new items in the held-out window:
 truth = the distinct held-out items not already in the history (history items are excluded as served).
+Recall is reported at every cut-off in ``KS`` (the report plots it as a curve), and the popularity profile
+of each method's top 10 against the catalogue's (:func:`popularity_deciles`).
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from recserve._core.candidates import context_vector
 from recserve._core.mmr import mmr
 from trainer.retrieval import candidates_for
 
-KS = (10, 20, 50)
+KS = (1, 5, 10, 20, 50)          # every method keeps its top 50
+DECILES = 10
 METHODS = ["popularity", "i2i", "ann", "ann+ranker", "merged+ranker", "full+mmr"]
 
 
@@ -46,6 +49,30 @@ def _metrics(rec: list[np.ndarray], truths: list[set], item_emb, pop_share, cold
     out["ild@10"] = float(np.mean(ild)) if ild else 0.0
     out["novelty@10"] = float(np.mean(-np.log2(pop_share[allrec]))) if len(allrec) else 0.0
     out["cold_share@10"] = float(np.mean(cold_items[allrec])) if len(allrec) else 0.0
+    return out
+
+
+def popularity_deciles(pop_rows: np.ndarray, pop_scores: np.ndarray, recs: dict[str, list[np.ndarray]],
+                       k: int = 10) -> dict:
+    """Items in popularity deciles (decile 1: the 10 % most popular training items; ties by row, the
+    never-seen items last) and, per decile, the share of the catalogue's items, of the training
+    interactions (event-weighted) and of each method's top-``k`` recommendations."""
+    n = len(pop_rows)
+    decile = np.empty(n, np.int64)
+    decile[pop_rows] = np.arange(n) * DECILES // max(n, 1)
+    weight = np.expm1(pop_scores.astype(np.float64))      # pop_scores = log1p(weighted interactions)
+
+    def shares(counts: np.ndarray) -> list[float]:
+        total = counts.sum()
+        return [round(float(c / total), 5) if total else 0.0 for c in counts]
+
+    out = {"k": k, "items": shares(np.bincount(decile, minlength=DECILES).astype(np.float64)),
+           "interactions": shares(np.bincount(decile[pop_rows], weights=weight, minlength=DECILES)),
+           "methods": {}}
+    for m, rs in recs.items():
+        top = [r[:k] for r in rs if len(r)]
+        rows = np.concatenate(top).astype(np.int64) if top else np.zeros(0, np.int64)
+        out["methods"][m] = shares(np.bincount(decile[rows], minlength=DECILES).astype(np.float64))
     return out
 
 
@@ -118,7 +145,8 @@ def evaluate(art, scorer, test_user, test_item, test_ts, params: dict, creators:
     pop_share = pop / pop.sum()
     cold = ~art.seen_items
     return {"users": int(len(users)),
-            "methods": {m: _metrics(recs[m], truths, art.item_emb, pop_share, cold) for m in METHODS}}
+            "methods": {m: _metrics(recs[m], truths, art.item_emb, pop_share, cold) for m in METHODS},
+            "popularity_deciles": popularity_deciles(art.pop_rows, art.pop_scores, recs)}
 
 
 def format_table(result: dict) -> str:

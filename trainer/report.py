@@ -1,15 +1,40 @@
-"""A self-contained HTML evaluation report (no external assets)."""
+"""A self-contained HTML evaluation report (no external assets): the metrics table, inline SVG plots of
+Recall@K per method and of the popularity of recommended items against the catalogue, the build summary."""
 from __future__ import annotations
 
 import html
 import json
+import re
+
+from trainer.plots import line_chart
 
 COLS = ["recall@10", "recall@20", "recall@50", "ndcg@10", "mrr@50", "coverage@10", "ild@10", "novelty@10",
         "cold_share@10"]
 
 
+def recall_chart(methods: dict) -> str:
+    """Recall@K against K, one line per method, for every cut-off the evaluation has."""
+    ks = sorted({int(m.group(1)) for v in methods.values() for c in v
+                 if (m := re.fullmatch(r"recall@(\d+)", c))})
+    series = {name: [v.get(f"recall@{k}", 0.0) for k in ks] for name, v in methods.items()}
+    return line_chart("Recall@K on the held-out window", [str(k) for k in ks], series, "K", "recall@K")
+
+
+def popularity_chart(deciles: dict) -> str:
+    """Share of each method's top-k per item-popularity decile, against the catalogue's items and the
+    training interactions in the same deciles."""
+    labels = [str(d + 1) for d in range(len(deciles["items"]))]
+    return line_chart(f"Popularity of recommended items (top {deciles['k']}) vs the catalogue", labels,
+                      deciles["methods"], "item popularity decile (1 = most popular)", "share",
+                      references={"catalogue items": deciles["items"],
+                                  "training interactions": deciles["interactions"]})
+
+
 def render(manifest: dict, result: dict) -> str:
     methods = result["methods"]
+    plots = [recall_chart(methods)]
+    if "popularity_deciles" in result:      # evaluations recorded before the deciles existed have none
+        plots.append(popularity_chart(result["popularity_deciles"]))
     best = {c: max(v[c] for v in methods.values()) for c in COLS}
     rows = []
     for m, v in methods.items():
@@ -33,5 +58,7 @@ padding:1em;overflow:auto}}</style></head><body>
 {result.get('held_out_interactions', '?')} held-out interactions. History items are excluded from recommendations
 and from the truth.</p>
 <table><tr><th>method</th>{''.join(f'<th>{c}</th>' for c in COLS)}</tr>{''.join(rows)}</table>
+<h2>Plots</h2>
+{''.join(f'<figure>{p}</figure>' for p in plots)}
 <h2>Build</h2><pre>{html.escape(json.dumps(summary, indent=1))}</pre></body></html>
 """
