@@ -13,6 +13,7 @@ Pipeline (``trainer.build``), all splits by time::
       evaluate        (optional) trainer.evaluate on the held-out window, into manifest + report.json/html
 
 Modules: io (read/validate/write), synth, movielens, split, embeddings, neighbours, index, features,
-artifacts, retrieval, ranker, evaluate, report, writer, timing, build, cli. ``recserve/bundle.py`` verifies
+artifacts, retrieval, ranker, evaluate, report (+ plots: inline SVG), writer, timing, progress (tqdm bars),
+build, cli. ``recserve/bundle.py`` verifies
 and opens bundles for both sides.
 """

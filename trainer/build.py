@@ -8,15 +8,15 @@ test cut). Serving-time parameters (decay/alpha of the user vector) are tuned on
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from recserve._core import candidates as C
-from trainer import artifacts, neighbours, ranker as rk, retrieval, split, writer
+from trainer import artifacts, neighbours, progress, ranker as rk, retrieval, split, writer
 from trainer.ef import tune_ef
 from trainer.io import Dataset
 from trainer.timing import Timer
@@ -46,10 +46,6 @@ DEFAULT_CFG = {
                         {"ann": 200, "i2i": 100, "session": 20, "popular": 20},
                         {"ann": 40, "i2i": 200, "session": 10, "popular": 10}]},
 }
-
-
-def _progress(desc):
-    return lambda it, total=None: tqdm(it, total=total, desc=desc, disable=None, leave=False, mininterval=0.5)
 
 
 def _window(ds: Dataset, mask):
@@ -105,21 +101,21 @@ def _label_windows(ds: Dataset, train_mask, cfg: dict):
 def tune_vector_params(art, labels: dict, users: np.ndarray, params: dict, grid: dict, threads: int):
     """ANN-only recall@50 of new label-window items for each (decay_short, alpha) in ``grid``."""
     results = []
-    for ds_ in grid["decay_short"]:
-        for al in grid["alpha"]:
-            p = dict(params, decay_short=ds_, alpha=al)
-            vecs = retrieval.user_vecs(art, users, p)
-            anns = retrieval.ann_batch(art, vecs, users, p, threads)
-            rec = []
-            for k, u in enumerate(users):
-                hist = set(art.hist_items[art.hist_indptr[u]:art.hist_indptr[u + 1]].tolist())
-                new = set(labels[int(u)]) - hist
-                if not new:
-                    continue
-                got = [r for r in anns[k][0].tolist() if r not in hist][:50]
-                rec.append(len(new & set(got)) / len(new))
-            results.append({"decay_short": ds_, "alpha": al, "ann_recall@50": round(float(np.mean(rec)), 5)
-                            if rec else 0.0})
+    points = list(itertools.product(grid["decay_short"], grid["alpha"]))
+    for ds_, al in progress.bar(points, "tune vector (grid)", total=len(points)):
+        p = dict(params, decay_short=ds_, alpha=al)
+        vecs = retrieval.user_vecs(art, users, p)
+        anns = retrieval.ann_batch(art, vecs, users, p, threads)
+        rec = []
+        for k, u in enumerate(users):
+            hist = set(art.hist_items[art.hist_indptr[u]:art.hist_indptr[u + 1]].tolist())
+            new = set(labels[int(u)]) - hist
+            if not new:
+                continue
+            got = [r for r in anns[k][0].tolist() if r not in hist][:50]
+            rec.append(len(new & set(got)) / len(new))
+        results.append({"decay_short": ds_, "alpha": al, "ann_recall@50": round(float(np.mean(rec)), 5)
+                        if rec else 0.0})
     best = max(results, key=lambda r: r["ann_recall@50"])
     return best, results
 
@@ -176,7 +172,7 @@ def tune_i2i(art, ds: Dataset, fit_mask, labels: dict, users, params: dict, cfg:
     u, i, t = ds.user[fit_mask], ds.item[fit_mask], ds.ts[fit_mask]
     gram = None
     lists, results = {}, []
-    for m in models:
+    for m in progress.bar(models, "tune i2i (models)", total=len(models)):
         key = (m["i2i_model"], m.get("ease_lambda"), 0.0)
         if m["i2i_model"] == "ease":
             if gram is None:
@@ -189,7 +185,8 @@ def tune_i2i(art, ds: Dataset, fit_mask, labels: dict, users, params: dict, cfg:
         results.append({**m, **i2i_quality(art, truths, users, wide, rows, scores)})
     best = max(results, key=lambda r: (r["ndcg@10"], r["recall@50"]))
     if best["i2i_model"] == "ease":       # then the popularity-scaled regulariser at the chosen lambda
-        for q in grid.get("ease_dropout", []):
+        dropouts = list(grid.get("ease_dropout", []))
+        for q in progress.bar(dropouts, "tune i2i (EASE dropout)", total=len(dropouts)):
             m = {"i2i_model": "ease", "ease_lambda": best["ease_lambda"], "ease_dropout": float(q)}
             key = ("ease", m["ease_lambda"], m["ease_dropout"])
             lists[key] = neighbours.ease_from_gram(gram, m["ease_lambda"], M=int(cfg["ease_M"]),
@@ -201,12 +198,12 @@ def tune_i2i(art, ds: Dataset, fit_mask, labels: dict, users, params: dict, cfg:
     art.i2i_rows, art.i2i_scores = lists[key]
     del lists
     recency = []
-    for n in grid["i2i_recent"]:
-        for d in grid["i2i_decay"]:
-            n = int(params["history_len"]) if n == "all" else int(n)
-            p = dict(params, i2i_recent=n, i2i_decay=float(d))
-            recency.append({"i2i_recent": n, "i2i_decay": float(d),
-                            **i2i_quality(art, truths, users, p, art.i2i_rows, art.i2i_scores)})
+    points = list(itertools.product(grid["i2i_recent"], grid["i2i_decay"]))
+    for n, d in progress.bar(points, "tune i2i (recency)", total=len(points)):
+        n = int(params["history_len"]) if n == "all" else int(n)
+        p = dict(params, i2i_recent=n, i2i_decay=float(d))
+        recency.append({"i2i_recent": n, "i2i_decay": float(d),
+                        **i2i_quality(art, truths, users, p, art.i2i_rows, art.i2i_scores)})
     rbest = max(recency, key=lambda r: (r["ndcg@10"], r["recall@50"], -r["i2i_recent"]))
     cfg_up = {"i2i_model": best["i2i_model"]}
     if best["i2i_model"] == "ease":
@@ -222,7 +219,7 @@ def tune_quotas(art, labels: dict, users, params: dict, grid: list, threads: int
     """Share of the new label items among the merged candidates (the ranker's reach) per quota set."""
     truths = _new_label_items(art, labels, users)
     results = []
-    for q in grid:
+    for q in progress.bar(grid, "tune quotas (grid)", total=len(grid)):
         p = dict(params, quotas=dict(q))
         found = total = 0
         for (u, _v, _l, merged), t in zip(retrieval.candidates_for(art, users, p, threads), truths):
@@ -305,7 +302,7 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
     with timer("ranker_rows"):
         users = _active_with_history(art_fit, lu, rng, cfg["ranker_users"])
         X, y, groups, gusers, cand_recall = rk.training_rows(art_fit, users, labels, lfirst, params,
-                                                              cfg["threads"], _progress("ranker rows"))
+                                                              cfg["threads"], progress.labelled("ranker rows"))
     feature_names = list(art_fit.schema.names)
     del art_fit
     # further label windows add training groups (small data sets have few users per window): earlier,
@@ -322,7 +319,8 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
             wl = rk.label_map(wu, wi, rk.relevance(we, wv))
             try:
                 Xw, yw, gw, guw, _r = rk.training_rows(art_w, _active_with_history(art_w, wu, rng, cfg["ranker_users"]),
-                                                       wl, wfirst, params, cfg["threads"])
+                                                       wl, wfirst, params, cfg["threads"],
+                                                       progress.labelled(f"ranker rows (window {w})"))
             except ValueError:
                 break
             del art_w
@@ -384,7 +382,7 @@ def evaluate_bundle(bundle_dir: Path, ds: Dataset, max_users=2000, seed=0, threa
         scorer = rk.Scorer(b.ranker_text)
         creators = b.item_feats[:, b.schema.item_columns.index("creator")].astype(np.int64)
         res = ev.evaluate(art, scorer, tu[ok], ti[ok], ds.ts[m][ok], b.params, creators, max_users=max_users,
-                          seed=seed, threads=threads, progress=_progress("evaluate"))
+                          seed=seed, threads=threads, progress=progress.labelled("evaluate"))
         res["held_out_interactions"] = int(ok.sum())
         res["cut"] = cut
         return res

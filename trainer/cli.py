@@ -1,7 +1,8 @@
 """``recserve-train``: synth | import movielens | build | verify | evaluate.
 
 Errors print one line ``recserve-train: error: <reason>`` on stderr and exit non-zero (2 for bad input
-data or arguments, 3 for a bad bundle).
+data or arguments, 3 for a bad bundle). ``build`` and ``evaluate`` show progress bars on stderr when it is a
+terminal (``--progress`` / ``--no-progress`` force them on / off).
 """
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ import argparse
 import json
 import sys
 import time
+
+
+def _progress_switch(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars on stderr (default: when stderr is a terminal)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--drop-unknown", action="store_true", help="drop interactions with unknown items")
     b.add_argument("--evaluate", action="store_true", help="evaluate on the held-out data after building")
     b.add_argument("--eval-users", type=int, default=2000)
+    _progress_switch(b)
 
     v = sub.add_parser("verify", help="check a bundle (checksums, format, schema)")
     v.add_argument("bundle")
@@ -62,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--drop-unknown", action="store_true")
     e.add_argument("--eval-users", type=int, default=2000)
     e.add_argument("--seed", type=int, default=0)
+    _progress_switch(e)
     return p
 
 
@@ -86,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
+    from trainer import progress
     from trainer.timing import Timer
+
+    progress.configure(getattr(args, "progress", None))
 
     if args.cmd == "synth":
         from trainer.io import write_dataset

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from trainer import progress
+
 DEFAULT_GRID = (16, 32, 48, 64, 96, 128, 192, 256, 384)
 
 
@@ -39,7 +41,8 @@ def tune_ef(index, item_emb: np.ndarray, vecs: np.ndarray, ks: np.ndarray, targe
     before = index.ef
     results = []
     try:
-        for ef in sorted(set(int(e) for e in grid)):
+        efs = sorted(set(int(e) for e in grid))
+        for ef in progress.bar(efs, "tune ef", total=len(efs)):
             index.set_ef(ef)
             hits = np.zeros(len(vecs))
             for k in np.unique(ks):

@@ -14,6 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from trainer import progress
+
 log = logging.getLogger(__name__)
 
 
@@ -39,7 +41,7 @@ def fit_als(m: sp.csr_matrix, factors: int, seed: int, iterations: int = 15, reg
         model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
                                         iterations=iterations, random_state=seed, num_threads=threads,
                                         calculate_training_loss=False)
-        model.fit(m, show_progress=False)
+        model.fit(m, show_progress=progress.enabled())     # implicit's own tqdm, one step per iteration
     return np.asarray(model.user_factors, np.float32), np.asarray(model.item_factors, np.float32)
 
 

@@ -4,12 +4,18 @@ from __future__ import annotations
 import hnswlib
 import numpy as np
 
+from trainer import progress
+
+CHUNK = 10_000          # items per add_items call (one progress step)
+
 
 def build_index(item_emb: np.ndarray, M=16, ef_construction=200, ef=200, seed=0, threads=2):
     n, d = item_emb.shape
     index = hnswlib.Index(space="cosine", dim=d)
     index.init_index(max_elements=max(n, 1), M=M, ef_construction=ef_construction, random_seed=seed)
-    index.add_items(item_emb, np.arange(n), num_threads=threads)
+    starts = range(0, n, CHUNK)
+    for a in progress.bar(starts, "index (chunks)", total=len(starts)):
+        index.add_items(item_emb[a:a + CHUNK], np.arange(a, min(a + CHUNK, n)), num_threads=threads)
     index.set_ef(ef)
     return index
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from trainer import progress
+
 
 def cooccurrence_neighbours(user, item, ts, n_users, n_items, M=50, per_user=100, min_count=1):
     """Returns (i2i_rows int32[n_items, M] -1 padded, i2i_scores float32[n_items, M])."""
@@ -33,7 +35,7 @@ def cooccurrence_neighbours(user, item, ts, n_users, n_items, M=50, per_user=100
     rows_out = np.full((n_items, M), -1, np.int32)
     scores_out = np.zeros((n_items, M), np.float32)
     norm = np.sqrt(np.maximum(counts, 1))
-    for r in range(n_items):
+    for r in progress.bar(range(n_items), "i2i cosine (items)", total=n_items):
         a, b = c.indptr[r], c.indptr[r + 1]
         if a == b:
             continue
@@ -91,7 +93,7 @@ def top_m(w: np.ndarray, M: int):
     a = np.abs(w)
     cols = np.argpartition(-a, M - 1, axis=1)[:, :M] if M < m_cols else np.tile(np.arange(m_cols), (n, 1))
     vals = np.take_along_axis(w, cols, 1)
-    for r in range(n):
+    for r in progress.bar(range(n), "i2i top-M (items)", total=n):
         c, v = cols[r], vals[r]
         nz = v != 0
         c, v = c[nz], v[nz]
