@@ -56,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="ranker labels: the newest time window (time), or each user's newest (user) or "
                         "random (user-random) share of her interactions")
     b.add_argument("--drop-unknown", action="store_true", help="drop interactions with unknown items")
-    b.add_argument("--evaluate", action="store_true", help="evaluate on the held-out data after building")
+    b.add_argument("--evaluate", action="store_true",
+                   help="evaluate on the held-out data after building (the default when --holdout > 0)")
+    b.add_argument("--no-evaluate", action="store_true", help="skip the evaluation at the end of the build")
     b.add_argument("--eval-users", type=int, default=2000)
     _progress_switch(b)
 
@@ -140,7 +142,9 @@ def _run(args) -> int:
                "holdout": args.holdout, "ranker_users": args.ranker_users, "label_windows": args.label_windows, "label_split": args.label_split,
                "tune": not args.no_tune, "ranker_trees": args.ranker_trees}
         path = build(ds, args.out, cfg, timer=timer)
-        if args.evaluate:
+        if args.evaluate and args.no_evaluate:
+            return _fail("--evaluate and --no-evaluate contradict each other", 2)
+        if not args.no_evaluate and args.holdout > 0:
             with timer("evaluate"):
                 res = evaluate_bundle(path, ds, max_users=args.eval_users, seed=args.seed, threads=args.threads)
                 record_evaluation(path, res)

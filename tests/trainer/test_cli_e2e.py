@@ -13,7 +13,7 @@ def test_synth_build_verify_evaluate(tmp_path):
     p = run_cli("synth", "--users", 250, "--items", 150, "--seed", 3, data, check=True)
     assert "interactions" in p.stdout
     assert {f.name for f in data.iterdir()} == {"interactions.csv", "items.csv", "users.csv"}
-    p = run_cli("build", "--data", data, out, "--factors", 16, "--ranker-users", 250, "--evaluate", check=True)
+    p = run_cli("build", "--data", data, out, "--factors", 16, "--ranker-users", 250, check=True)  # evaluates
     assert "built" in p.stdout and "full+mmr" in p.stdout
     assert "total (top-level)" in p.stderr            # the timing summary
     bundle = resolve(out)
@@ -38,9 +38,11 @@ def test_synth_build_verify_evaluate(tmp_path):
         assert b.version == m["version"]
 
     # a second build (a ranker of exactly 7 trees) switches CURRENT, keeps the first version on disk
-    run_cli("build", "--data", data, out, "--factors", 16, "--ranker-users", 100, "--no-tune",
-            "--ranker-trees", 7, check=True)
+    p = run_cli("build", "--data", data, out, "--factors", 16, "--ranker-users", 100, "--no-tune",
+                "--ranker-trees", 7, "--no-evaluate", check=True)
+    assert "full+mmr" not in p.stdout
     assert resolve(out).name != m["version"]
+    assert json.loads((resolve(out) / "manifest.json").read_text())["evaluation"] == {}
     assert (resolve(out) / "ranker.txt").read_text().count("\nTree=") == 7
     p = run_cli("build", "--data", data, out, "--ranker-trees", 0)
     assert p.returncode == 2 and "--ranker-trees" in p.stderr
