@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 REFERENCE = "#777777"           # dashed grey: the reference series (e.g. the catalogue)
+REF_DASHES = ("6 4", "2 3", "10 3 2 3")   # one dash pattern per reference series
 
 W, H = 640, 320
 LEFT, RIGHT, TOP, BOTTOM = 56, 170, 28, 44
@@ -53,9 +54,11 @@ def line_chart(title: str, x_labels: Sequence[str], series: Mapping[str, Sequenc
                f'{html.escape(x_title)}</text>')
     out.append(f'<text x="14" y="{TOP + ph / 2}" text-anchor="middle" font-size="12" '
                f'transform="rotate(-90 14 {TOP + ph / 2})">{html.escape(y_title)}</text>')
+    n_ref = 0
     for k, (name, ys, ref) in enumerate(lines):
         colour = REFERENCE if ref else PALETTE[k % len(PALETTE)]
-        dash = ' stroke-dasharray="6 4"' if ref else ""
+        dash = f' stroke-dasharray="{REF_DASHES[n_ref % len(REF_DASHES)]}"' if ref else ""
+        n_ref += bool(ref)
         pts = " ".join(f"{_fmt(x(i))},{_fmt(y(v))}" for i, v in enumerate(ys))
         label = html.escape(name)
         out.append(f'<polyline class="series{" reference" if ref else ""}" data-series="{label}" fill="none" '
