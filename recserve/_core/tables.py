@@ -189,8 +189,13 @@ class TableReader:
         return None if raw is None else int.from_bytes(bytes(raw), "little")
 
     def rows_of(self, ns: str, idents: Iterable[str]) -> np.ndarray:
-        """int32 rows of ``idents``; -1 where an id is unknown."""
-        return np.array([-1 if (r := self.row_of(ns, i)) is None else r for i in idents], dtype=np.int32)
+        """int32 rows of ``idents``; -1 where an id is unknown (one lookup each, no per-id overhead)."""
+        self._id_map(ns)
+        if self._txn is None:
+            raise TableError("the table reader is closed")
+        get, prefix = self._txn.get, f"id:{ns}:".encode()
+        out = [get(prefix + i.encode()) for i in idents]
+        return np.array([-1 if r is None else int.from_bytes(r, "little") for r in out], dtype=np.int32)
 
     def id_of(self, ns: str, row: int) -> str:
         off, blob = self._id_map(ns)

@@ -268,13 +268,13 @@ class Recommender:
             ev.append(np.asarray(self.hist_event[a:b], np.int8))
             ts.append(np.asarray(self.hist_ts[a:b], np.float64))
         if self.store is not None and user_id:
-            recent = self.store.recent(user_id, self.history_len)
-            if recent:
-                r = self.tables.rows_of("item", [e.item_id for e in recent])
+            items, types, times = self.store.recent_columns(user_id, self.history_len)
+            if items:
+                r = self.tables.rows_of("item", items)
                 keep = r >= 0
                 rows.append(r[keep])
-                ev.append(np.array([e.type for e in recent], np.int8)[keep])
-                ts.append(np.array([e.timestamp for e in recent], np.float64)[keep])
+                ev.append(types[keep])
+                ts.append(times[keep])
         if not rows:
             return np.zeros(0, np.int32), np.zeros(0, np.int8), np.zeros(0, np.float64)
         rows, ev, ts = np.concatenate(rows), np.concatenate(ev), np.concatenate(ts)
