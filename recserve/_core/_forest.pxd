@@ -11,6 +11,7 @@ from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 cdef extern from "_forest_walk.h" nogil:
     int RS_LANES
     uint32_t rs_dkey(float32_t f)
+    uint32_t rs_dkey_num(float32_t f)
     void rs_walk_keys(const uint32_t* ck, const uint64_t* meta, const float64_t* val, uint32_t root,
                       int32_t depth, const uint32_t* xk, Py_ssize_t nb, float64_t* acc)
     void rs_walk_keys_staged(const uint32_t* ck, const uint64_t* meta, const float64_t* val,

@@ -203,6 +203,7 @@ cdef class ForestKernel:
     cdef int32_t* stage     # per tree: steps of the first stage of the keyed walk (= depth: one)
     cdef Py_ssize_t n_nodes, n_trees, n_used
     cdef bint zero_matters  # some tree has a zero-as-missing flip: rows with a 0 need the slow step
+    cdef bint has_cat       # some tree has a categorical split: the float block is needed
     cdef readonly Py_ssize_t n_features
 
     def __cinit__(self):
@@ -311,8 +312,10 @@ cdef class ForestKernel:
         self.m.cat_bits = self.cat_bits
         self.n_nodes, self.n_trees, self.n_used = N, T, U
         self.zero_matters = False
+        self.has_cat = False
         for i in range(T):
             self.zero_matters |= tree[i, 4] == T_ZERO
+            self.has_cat |= tree[i, 4] == T_CAT
         self.n_features = n_features
 
     def _build_pairs(self, const float32_t[::1] thr, const int32_t[::1] slot,
@@ -496,6 +499,7 @@ cdef class ForestKernel:
         cdef const float32_t* row
         cdef const int32_t* tr
         cdef float64_t leaf
+        cdef bint floats = strategy != 0 or self.has_cat   # the float block is read by the other walks
         for j in range(max(U, 1) * STRIDE):
             xb[j] = 0
             xk[j] = rs_dkey(0)
@@ -521,8 +525,9 @@ cdef class ForestKernel:
                 for j in range(U):
                     v = row[self.used[j]]
                     v = 0 if fabsf(v) <= KZERO else v       # also -0 -> +0
-                    key = rs_dkey(v)
-                    xb[j * STRIDE + pos] = v
+                    key = rs_dkey_num(v)                    # a NaN's key is never read
+                    if floats:
+                        xb[j * STRIDE + pos] = v
                     xk[j * STRIDE + pos] = key
                     if dirty:
                         for q in range(self.n_var):

@@ -42,6 +42,13 @@ static inline uint32_t rs_dkey(float f) {
     return (b >> 31) ? b : (b ^ 0x7FFFFFFFu);
 }
 
+/* rs_dkey for a value known not to be NaN, without a branch (the block gather's hot loop). */
+static inline uint32_t rs_dkey_num(float f) {
+    uint32_t b;
+    memcpy(&b, &f, sizeof b);
+    return b ^ ((uint32_t)~((int32_t)b >> 31) & 0x7FFFFFFFu);
+}
+
 /* child + (x < ck), as cmp + adc where the compiler is known to need the hint. */
 static inline uint32_t rs_next(uint32_t child, uint32_t x, uint32_t ck) {
 #if defined(__GNUC__) && defined(__x86_64__)
