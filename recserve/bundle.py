@@ -175,7 +175,22 @@ def verify(path: str | os.PathLike) -> dict:
         raise BundleError(f"index.hnsw holds {n_index} items, tables {n_items}")
     if index_dim != dim:
         raise BundleError(f"index.hnsw has dim {index_dim}, manifest {dim}")
+    _check_ranker(d / "ranker.txt", len(schema.names))
     return m
+
+
+def _check_ranker(path: Path, n_features: int) -> None:
+    """The ranker parses as a LightGBM text model (our own parser: nothing in it runs) over the
+    schema's feature columns."""
+    from recserve._core.forest import Forest
+
+    try:
+        forest = Forest.from_model_string(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BundleError(f"ranker.txt: not a usable LightGBM model: {str(exc).splitlines()[0][:200]}") from None
+    if forest.num_features != n_features:
+        raise BundleError(f"ranker.txt: the model reads {forest.num_features} features, the schema has "
+                          f"{n_features}")
 
 
 class Bundle:

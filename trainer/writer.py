@@ -6,6 +6,7 @@ import datetime as _dt
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,7 @@ def write_bundle(out_root: str | os.PathLike, ds, cat, art, ranker_text: str, ma
     final = root / version
     if final.exists():
         raise FileExistsError(f"{final} exists already")
+    remove_stale_temporaries(root)
     tmp = root / f".tmp-{version}-{os.getpid()}"
     tmp.mkdir()
     write_tables(tmp / "tables.lmdb", ds, cat, art)
@@ -82,6 +84,38 @@ def write_bundle(out_root: str | os.PathLike, ds, cat, art, ranker_text: str, ma
     _fsync_path(root)
     set_current(root, version)
     return final
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid <= 2**31 - 1        # someone else's live process
+    return True
+
+
+def remove_stale_temporaries(root: Path) -> list[str]:
+    """Delete what builds that were killed left behind in ``root``: ``.tmp-<version>-<pid>`` bundle
+    directories and ``.CURRENT.<pid>.tmp`` files whose process is gone. Returns their names."""
+    gone = []
+    for p in root.iterdir():
+        name = p.name
+        if name.startswith(".tmp-") and p.is_dir():
+            pid = name.rsplit("-", 1)[-1]
+        elif name.startswith(".CURRENT.") and name.endswith(".tmp") and p.is_file():
+            pid = name[len(".CURRENT."):-len(".tmp")]
+        else:
+            continue
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        gone.append(name)
+    return gone
 
 
 def set_current(root: Path, version: str) -> None:

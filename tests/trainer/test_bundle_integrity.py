@@ -140,7 +140,8 @@ def test_crash_inside_write_keeps_previous_current(bundle_copy, monkeypatch, cra
         assert b.version == old.strip()
 
 
-@pytest.mark.parametrize("what", ["i2i_range", "hist_len", "index_size", "index_dim"])
+@pytest.mark.parametrize("what", ["i2i_range", "hist_len", "index_size", "index_dim", "ranker_text",
+                                  "ranker_width"])
 def test_consistently_hashed_but_wrong_bundle_is_refused(demo_bundle, tmp_path, what, capsys):
     """Checksums only prove the files are the ones written; the structure checks catch a bad writer."""
     import numpy as np
@@ -163,14 +164,22 @@ def test_consistently_hashed_but_wrong_bundle_is_refused(demo_bundle, tmp_path, 
             art.hist_ts = art.hist_ts[:-1]
         elif what == "index_size":
             art.index = build_index(art.item_emb[:-1])
-        else:
+        elif what == "index_dim":
             art.index = build_index(np.ascontiguousarray(art.item_emb[:, :-1]))
+        elif what == "ranker_text":
+            text = "this is not a LightGBM model\n"
+        else:                                  # a model over one column more than the schema
+            n = len(b.schema.names)
+            assert f"max_feature_idx={n - 1}\n" in text
+            text = text.replace(f"max_feature_idx={n - 1}", f"max_feature_idx={n}", 1)
         root = tmp_path / "bad"
         writer.write_bundle(root, ds, catalogue(ds), art, text, manifest)
     reason = {"i2i_range": "tables.lmdb: i2i_rows has item rows outside",
               "hist_len": "tables.lmdb: hist_ts length",
               "index_size": "index.hnsw holds 199 items, tables 200",
-              "index_dim": f"index.hnsw has dim {manifest['dim'] - 1}, manifest {manifest['dim']}"}[what]
+              "index_dim": f"index.hnsw has dim {manifest['dim'] - 1}, manifest {manifest['dim']}",
+              "ranker_text": "ranker.txt: not a usable LightGBM model",
+              "ranker_width": "ranker.txt: the model reads"}[what]
     with pytest.raises(BundleError, match=reason):
         verify(root)
     with pytest.raises(BundleError, match=reason):
@@ -182,3 +191,22 @@ def test_consistently_hashed_but_wrong_bundle_is_refused(demo_bundle, tmp_path, 
     if what == "index_size":               # without verification, opening still refuses the index
         with pytest.raises(BundleError, match=reason):
             Bundle.open(root, verify=False)
+
+
+def test_stale_temporaries_of_killed_builds_are_removed(tmp_path):
+    """A build removes the temporary directories and CURRENT files of builds whose process is gone,
+    never those of a live process."""
+    import os
+
+    from trainer.writer import remove_stale_temporaries
+
+    dead = 4194305                         # above Linux's largest pid: no such process
+    (tmp_path / f".tmp-20260101T000000-abcdef-{dead}").mkdir()
+    (tmp_path / f".tmp-20260101T000000-abcdef-{dead}" / "tables.lmdb").write_text("x")
+    (tmp_path / f".CURRENT.{dead}.tmp").write_text("v\n")
+    live = tmp_path / f".tmp-20260101T000001-abcdef-{os.getpid()}"
+    live.mkdir()
+    (tmp_path / ".tmp-notes").mkdir()
+    gone = remove_stale_temporaries(tmp_path)
+    assert sorted(gone) == sorted([f".tmp-20260101T000000-abcdef-{dead}", f".CURRENT.{dead}.tmp"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, ".tmp-notes"])

@@ -65,10 +65,11 @@ def test_failed_open_closes_the_tables(bundle_dir, bad):
         _rewrite(bundle_dir, "index.hnsw", raw[:96] + bytes([0xFF]) * (len(raw) - 96))
         reason, check = "index.hnsw: cannot load", False
     else:
-        # a ranker that is not text passes every verify check and fails while opening
+        # a ranker that is not text: verify refuses it; opening without verification fails too
         _rewrite(bundle_dir, "ranker.txt", b"tree\xff\xfe\n")
-        verify(bundle_dir)
-        reason, check = "ranker.txt: not UTF-8 text", True
+        with pytest.raises(BundleError, match="ranker.txt: not a usable LightGBM model"):
+            verify(bundle_dir)
+        reason, check = "ranker.txt: not UTF-8 text", False
     refused = []       # kept alive (as log records or a last error would), so nothing is freed by refcount
     for _ in range(POLLS):             # every poll names the real problem, never "already open"
         with pytest.raises(BundleError, match=reason) as exc:
