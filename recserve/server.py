@@ -353,7 +353,6 @@ class Supervisor:
     def __init__(self, cfg: ServeConfig, port: int, sock: socket.socket):
         self.cfg, self.port, self._sock = cfg, port, sock
         self.pids: list[int] = []
-        self.restarts = 0
         self._started: dict[int, float] = {}
         self._pending: dict[int, int] = {}      # respawned pid -> read end of its ready pipe
         self._due: list[float] = []             # times at which to spawn a replacement
@@ -401,7 +400,6 @@ class Supervisor:
                 pid, r = self._spawn()
                 self.pids.append(pid)
                 self._pending[pid] = r
-                self.restarts += 1
             for pid, r in list(self._pending.items()):
                 if select.select([r], [], [], 0)[0]:
                     ok = os.read(r, 1) == b"1"

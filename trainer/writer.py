@@ -89,10 +89,10 @@ def write_bundle(out_root: str | os.PathLike, ds, cat, art, ranker_text: str, ma
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):     # no such process (or no such pid at all)
         return False
-    except (PermissionError, OverflowError):
-        return pid <= 2**31 - 1        # someone else's live process
+    except PermissionError:                         # someone else's live process
+        return True
     return True
 
 

@@ -59,6 +59,27 @@ static inline uint32_t rs_next(uint32_t child, uint32_t x, uint32_t ck) {
 #endif
 }
 
+/* RS_LANES consecutive block rows (row l at byte offset 4 * l from ``p``) walk ``steps`` steps in
+ * lock-step from ``root``; their nodes end in cur[]. Inlined, so cur[] lives in registers. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void rs_lanes_from_root(const uint32_t* ck, const uint64_t* meta, uint32_t root,
+                                      int32_t steps, const char* p, uint32_t* cur) {
+    int l;
+    int32_t d;
+    for (l = 0; l < RS_LANES; l++)
+        cur[l] = root;
+    for (d = 0; d < steps; d++) {
+        RS_OPAQUE(p);
+        for (l = 0; l < RS_LANES; l++) {
+            uint64_t m = meta[cur[l]];
+            uint32_t x = *(const uint32_t*)(p + 4 * l + (uint32_t)m);
+            cur[l] = rs_next((uint32_t)(m >> 32), x, ck[cur[l]]);
+        }
+    }
+}
+
 /* Adds the leaf value of the tree rooted at ``root`` to acc[r] for the block rows r in [0, nb).
  * ``xk`` is the transposed key block (row r of slot s at xk[s * stride + r]); lanes of the last
  * group may read rows up to RS_LANES - 1 past nb (the block is wide enough), never past it. */
@@ -85,16 +106,7 @@ static void rs_walk_keys(const uint32_t* ck, const uint64_t* meta, const double*
             }
             return;
         }
-        for (l = 0; l < RS_LANES; l++)
-            cur[l] = root;
-        for (d = 0; d < depth; d++) {
-            RS_OPAQUE(p);
-            for (l = 0; l < RS_LANES; l++) {
-                uint64_t m = meta[cur[l]];
-                uint32_t x = *(const uint32_t*)(p + 4 * l + (uint32_t)m);
-                cur[l] = rs_next((uint32_t)(m >> 32), x, ck[cur[l]]);
-            }
-        }
+        rs_lanes_from_root(ck, meta, root, depth, p, cur);
         if (nb - g >= RS_LANES) {
             for (l = 0; l < RS_LANES; l++)
                 acc[g + l] += val[cur[l]];
@@ -123,16 +135,7 @@ static void rs_walk_keys_staged(const uint32_t* ck, const uint64_t* meta, const 
     int32_t d;
     for (g = 0; g < nb; g += RS_LANES) {
         const char* p = (const char*)(xk + g);
-        for (l = 0; l < RS_LANES; l++)
-            cur[l] = root;
-        for (d = 0; d < k; d++) {
-            RS_OPAQUE(p);
-            for (l = 0; l < RS_LANES; l++) {
-                uint64_t m = meta[cur[l]];
-                uint32_t x = *(const uint32_t*)(p + 4 * l + (uint32_t)m);
-                cur[l] = rs_next((uint32_t)(m >> 32), x, ck[cur[l]]);
-            }
-        }
+        rs_lanes_from_root(ck, meta, root, k, p, cur);
         lim = nb - g < RS_LANES ? (int)(nb - g) : RS_LANES;
         for (l = 0; l < lim; l++) {          /* branch-free: done rows add, the others queue */
             uint32_t c = cur[l];
