@@ -21,18 +21,29 @@ def user_vecs(art, users: np.ndarray, params: dict) -> np.ndarray:
 
 
 def ann_batch(art, vecs: np.ndarray, users: np.ndarray, params: dict, threads=2):
-    """Per user: (rows, scores) from the index, k as the server asks it."""
+    """Per user: (rows, scores) from the index, asked as the server asks (``C.ann_lists``: ``ann_first_k``
+    neighbours, then ``ann_k`` for the users whose first answer is short once their history is dropped)."""
     n_items = len(art.item_emb)
     out = [None] * len(users)
     lens = np.array([art.hist_indptr[u + 1] - art.hist_indptr[u] for u in users])
-    ks = np.array([C.ann_k(params, int(n), n_items) for n in lens])
+    first = np.array([C.ann_first_k(params, int(n), n_items) for n in lens])
+    full = np.array([C.ann_k(params, int(n), n_items) for n in lens])
     art.index.set_ef(int(params["ef"]))     # as served: hnswlib searches with max(ef, k) per query
-    for k in np.unique(ks):
-        sel = np.flatnonzero((ks == k) & (np.linalg.norm(vecs, axis=1) > 0))
-        if len(sel):
+
+    def ask(ks, which):
+        for k in np.unique(ks[which]):
+            sel = np.flatnonzero(which & (ks == k))
             labels, dist = art.index.knn_query(vecs[sel], k=int(k), num_threads=threads)
             for j, s in enumerate(sel):
                 out[s] = (labels[j].astype(np.int32), (1.0 - dist[j]).astype(np.float32))
+
+    live = np.linalg.norm(vecs, axis=1) > 0
+    ask(first, live)
+    short = np.zeros(len(users), bool)
+    for s in np.flatnonzero(live & (full > first)):
+        h_items, _, _ = art.history(int(users[s]))
+        short[s] = not C.ann_filled(out[s][0], np.unique(np.asarray(h_items, np.int64)), params)
+    ask(full, short)
     empty = (np.zeros(0, np.int32), np.zeros(0, np.float32))
     art.index.set_ef(int(params["ef"]))
     return [o if o is not None else empty for o in out]

@@ -44,11 +44,37 @@ def history_vector(item_emb: np.ndarray, hist_items, hist_event, hist_ts, now: f
     return user_vector(item_emb, rows, vector_params(params), event_weights=ew, ages=ages)
 
 
+def sorted_unique(rows) -> np.ndarray:
+    """``np.unique`` of a 1-D int array (sort, then keep each first): the same answer, and several times
+    faster than numpy's hash-based ``unique`` on the hundreds of rows of a long history."""
+    a = np.sort(np.asarray(rows).ravel())
+    if len(a) < 2:
+        return a
+    keep = np.empty(len(a), bool)
+    keep[0] = True
+    np.not_equal(a[1:], a[:-1], out=keep[1:])
+    return a[keep]
+
+
 def recent_distinct(hist_items, n: int) -> np.ndarray:
     """The last ``n`` distinct items of a history, newest first."""
     h = np.asarray(hist_items, np.int64)[::-1]
     _, first = np.unique(h, return_index=True)
     return h[np.sort(first)][:n]
+
+
+# seeds whose recency weight falls below this share of the newest one's add nothing an i2i list can show
+I2I_MIN_WEIGHT = 1e-3
+
+
+def i2i_seed_count(params: dict) -> int:
+    """How many recent distinct history items seed the ``i2i`` list: ``i2i_recent``, and with a recency
+    decay no more than those whose weight ``exp(-decay * step)`` is at least ``I2I_MIN_WEIGHT``."""
+    n = int(params["i2i_recent"])
+    decay = float(params["i2i_decay"])
+    if decay > 0:
+        n = min(n, int(np.floor(-np.log(I2I_MIN_WEIGHT) / decay)) + 1)
+    return n
 
 
 def source_lists(hist_items, hist_ts, ann_rows, ann_scores, i2i_rows, i2i_scores, trend_rows, trend_scores,
@@ -59,7 +85,7 @@ def source_lists(hist_items, hist_ts, ann_rows, ann_scores, i2i_rows, i2i_scores
     q = params["quotas"]
     hist = np.asarray(hist_items, np.int64)
     ts = np.asarray(hist_ts, np.float64)
-    seen = np.unique(hist) if drop_history else hist[:0]
+    seen = sorted_unique(hist) if drop_history else hist[:0]
 
     def unseen(rows, scores):
         """History items dropped, so a list's ranks (ranker features) count only what can be served."""
@@ -69,7 +95,7 @@ def source_lists(hist_items, hist_ts, ann_rows, ann_scores, i2i_rows, i2i_scores
             keep &= seen[at] != rows
         return np.asarray(rows[keep], np.int32), np.asarray(scores[keep], np.float32)
 
-    recent = recent_distinct(hist, int(params["i2i_recent"]))
+    recent = recent_distinct(hist, i2i_seed_count(params))
     w = np.exp(-float(params["i2i_decay"]) * np.arange(len(recent)))
     i2i = unseen(*neighbour_sum(recent, w, i2i_rows, i2i_scores, 3 * int(q["i2i"]) + len(seen)))
     if len(hist):
@@ -95,12 +121,46 @@ def merge_for_user(lists, hist_items, n_items: int, params: dict, extra_excluded
         ex = np.concatenate([ex, np.asarray(extra_excluded, np.int64)])
     q = params["quotas"]
     return merge_candidates(lists, [int(q[s]) for s in SOURCES], int(params["cap"]), n_items,
-                            exclusion_bitset(n_items, np.unique(ex)))
+                            exclusion_bitset(n_items, sorted_unique(ex)))
 
 
 def ann_k(params: dict, n_history: int, n_items: int) -> int:
-    """How many neighbours to ask the ANN index for (its quota plus room for excluded history items)."""
+    """The most neighbours the ANN index is asked for: its quota plus room for every history item."""
     return int(min(n_items, int(params["quotas"]["ann"]) + min(n_history, int(params["history_len"]))))
+
+
+def ann_first_k(params: dict, n_history: int, n_items: int) -> int:
+    """How many neighbours to ask the ANN index for first: the quota plus room for at most a quota's
+    worth of history items. Equal to :func:`ann_k` for histories up to the quota; for longer ones the
+    index is asked again with :func:`ann_k` only when the first answer is short (:func:`ann_filled`), so
+    a long history does not make every request search ``quota + history`` neighbours."""
+    q = int(params["quotas"]["ann"])
+    return int(min(n_items, q + min(n_history, int(params["history_len"]), q)))
+
+
+def ann_filled(rows, seen_sorted: np.ndarray, params: dict, allowed=None) -> bool:
+    """Whether an ANN answer still holds the ANN quota once the history (``seen_sorted``, sorted unique
+    rows) and, at serving, the rows a filter disallows (``allowed`` mask) are dropped."""
+    rows = np.asarray(rows, np.int64).ravel()
+    rows = rows[rows >= 0]
+    keep = np.ones(len(rows), bool)
+    if len(seen_sorted) and len(rows):
+        at = np.minimum(np.searchsorted(seen_sorted, rows), len(seen_sorted) - 1)
+        keep &= seen_sorted[at] != rows
+    if allowed is not None and len(rows):
+        keep &= allowed[rows]
+    return int(np.count_nonzero(keep)) >= int(params["quotas"]["ann"])
+
+
+def ann_lists(query, params: dict, hist_items, n_items: int, drop_history: bool = True, allowed=None):
+    """The ANN answer for one user, as served and as trained: ``query(k) -> (rows, scores)`` with
+    :func:`ann_first_k`, then with :func:`ann_k` when that answer is short (see :func:`ann_filled`)."""
+    hist = np.asarray(hist_items, np.int64)
+    first, full = ann_first_k(params, len(hist), n_items), ann_k(params, len(hist), n_items)
+    ans = query(first)
+    if full > first and not ann_filled(ans[0], sorted_unique(hist) if drop_history else hist[:0], params, allowed):
+        ans = query(full)
+    return ans
 
 
 def context_vector(now: float, device: int = 0) -> np.ndarray:

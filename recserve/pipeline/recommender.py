@@ -166,6 +166,8 @@ class Recommender:
         self.quotas = dict(p.get("quotas", {}))
         self.cap = int(p.get("cap", 300))
         self.history_len = int(p.get("history_len", 200))
+        # item id -> row of the ids met in real-time events (a user's events are read on every request)
+        self._event_rows: dict[str, int] = {}
         self._items_gen = -1
         masks = range(1 << len(self.sources))
         self._source_lists = {m: [s for i, s in enumerate(self.sources) if m >> i & 1] for m in masks} \
@@ -259,6 +261,22 @@ class Recommender:
             mask[rows[rows >= 0]] = False
         return mask, include, int(np.count_nonzero(mask))
 
+    EVENT_ROWS_MAX = 1 << 18     # entries of the id -> row memo before it starts over
+
+    def _event_item_rows(self, items: list[str]) -> np.ndarray:
+        """int32 rows of event item ids (-1 unknown): a memo of this bundle's id map, so a long event
+        history costs a dict lookup per event rather than an LMDB lookup."""
+        memo = self._event_rows
+        got = [memo.get(i, -2) for i in items]
+        miss = [i for i, g in zip(items, got) if g == -2]
+        if not miss:
+            return np.array(got, np.int32)
+        if len(memo) + len(miss) > self.EVENT_ROWS_MAX:
+            memo.clear()
+        found = self.tables.rows_of("item", miss)
+        memo.update(zip(miss, found.tolist()))
+        return np.array([memo.get(i, -1) if g == -2 else g for i, g in zip(items, got)], np.int32)
+
     def _history(self, user_id: str, user_row: int | None):
         """(rows, event codes, timestamps), oldest first, bundle history + recent events."""
         rows, ev, ts = [], [], []
@@ -270,7 +288,7 @@ class Recommender:
         if self.store is not None and user_id:
             items, types, times = self.store.recent_columns(user_id, self.history_len)
             if items:
-                r = self.tables.rows_of("item", items)
+                r = self._event_item_rows(items)
                 keep = r >= 0
                 rows.append(r[keep])
                 ev.append(types[keep])
@@ -338,13 +356,14 @@ class Recommender:
         frac = n_allowed / max(self.n_items, 1)
         brute = allowed is not None and (frac < C.BRUTE_FRACTION or n_allowed <= C.BRUTE_MAX and frac < 0.5)
         q = {s: int(self.quotas.get(s, 50)) for s in self.sources}
-        consumed = np.unique(np.concatenate([h_rows, sess])) if req.exclude_consumed else np.zeros(0, np.int32)
+        consumed = CC.sorted_unique(np.concatenate([h_rows, sess])) if req.exclude_consumed else np.zeros(0, np.int32)
         # the trainer's lists (same recency rules, so the ranker sees what it was trained on), over the
         # history with the request's session appended as the newest session
         all_rows = np.concatenate([h_rows, sess]).astype(np.int64)
         all_ts = np.concatenate([h_ts, np.full(len(sess), now)])
-        ann_want = CC.ann_k(self.cparams, len(all_rows), self.n_items)
-        ann = self.ann.query(uvec, int(ann_want / max(frac, 0.05)) + 1, allowed, brute)
+        over = 1.0 / max(frac, 0.05)        # a filter drops items after the ANN query: over-fetch
+        ann = CC.ann_lists(lambda n: self.ann.query(uvec, int(n * over) + 1, allowed, brute), self.cparams,
+                           all_rows, self.n_items, req.exclude_consumed, allowed)
         base = CC.source_lists(all_rows, all_ts, ann[0], ann[1], self.i2i_rows, self.i2i_scores,
                                self.trend_rows, self.trend_scores, self.cparams,
                                drop_history=req.exclude_consumed)

@@ -36,10 +36,13 @@ def test_training_rows_equal_numpy_reference(demo_bundle):
             a, e = ip[u], ip[u + 1]
             vec = C.history_vector(b.item_emb, hi[a:e], hev[a:e], hts[a:e], art.now, params)
             if np.linalg.norm(vec) > 0:
-                labels, dist = b.index.knn_query(vec, k=C.ann_k(params, e - a, b.n_items))
+                def query(k):
+                    labels, dist = b.index.knn_query(vec, k=k)
+                    return labels[0], 1 - dist[0]
+                ann = C.ann_lists(query, params, hi[a:e], b.n_items)
             else:                      # no history: a cold user, no ANN list
-                labels, dist = np.zeros((1, 0), np.int64), np.zeros((1, 0), np.float32)
-            lists = C.source_lists(hi[a:e], hts[a:e], labels[0], 1 - dist[0], np.array(t.array("i2i_rows")),
+                ann = np.zeros(0, np.int64), np.zeros(0, np.float32)
+            lists = C.source_lists(hi[a:e], hts[a:e], ann[0], ann[1], np.array(t.array("i2i_rows")),
                                    np.array(t.array("i2i_scores")), np.array(t.array("trend_rows")),
                                    np.array(t.array("trend_scores")), params)
             m2 = C.merge_for_user(lists, hi[a:e], b.n_items, params)

@@ -1,0 +1,84 @@
+"""The shared retrieval helpers: ``sorted_unique``, the i2i seed count and the two-step ANN query."""
+import hnswlib
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from recserve._core import candidates as C
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(-5, 3000), max_size=600))
+def test_sorted_unique_is_numpy_unique(xs):
+    a = np.array(xs, np.int64)
+    np.testing.assert_array_equal(C.sorted_unique(a), np.unique(a))
+    assert C.sorted_unique(a.astype(np.int32)).dtype == np.int32
+
+
+def test_i2i_seed_count_drops_only_negligible_weights():
+    p = dict(C.DEFAULT_PARAMS, i2i_recent=1000, i2i_decay=0.0)
+    assert C.i2i_seed_count(p) == 1000                      # no decay: every recent item counts
+    for decay in (0.03, 0.1, 0.5):
+        p = dict(p, i2i_decay=decay)
+        n = C.i2i_seed_count(p)
+        assert np.exp(-decay * (n - 1)) >= C.I2I_MIN_WEIGHT > np.exp(-decay * n)
+    assert C.i2i_seed_count(dict(p, i2i_recent=20, i2i_decay=0.03)) == 20
+
+
+def _index(n=2000, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((20, d))
+    emb = (centres[rng.integers(0, 20, n)] + 0.3 * rng.standard_normal((n, d))).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    idx = hnswlib.Index(space="cosine", dim=d)
+    idx.init_index(max_elements=n, ef_construction=100, M=16, random_seed=1)
+    idx.add_items(emb, np.arange(n), num_threads=1)
+    idx.set_ef(64)
+    return idx, emb
+
+
+def _recording_query(idx, vec):
+    asked = []
+
+    def query(k):
+        asked.append(k)
+        labels, dist = idx.knn_query(vec.reshape(1, -1), k=k, num_threads=1)
+        return labels[0].astype(np.int32), (1.0 - dist[0]).astype(np.float32)
+
+    return query, asked
+
+
+def test_ann_lists_asks_once_for_short_histories_and_long_ones_it_fills():
+    idx, emb = _index()
+    p = dict(C.DEFAULT_PARAMS, quotas={"ann": 50, "i2i": 10, "session": 10, "popular": 10}, history_len=400)
+    vec = emb[0]
+    sims = emb @ vec
+    far = np.argsort(sims)[:300]                 # a long history, none of it near the user vector
+    query, asked = _recording_query(idx, vec)
+    rows, _ = C.ann_lists(query, p, far[:30], len(emb))
+    assert asked == [C.ann_k(p, 30, len(emb))] == [80]
+    query, asked = _recording_query(idx, vec)
+    rows, _ = C.ann_lists(query, p, far, len(emb))
+    assert asked == [C.ann_first_k(p, 300, len(emb))] == [100]
+    assert len(np.setdiff1d(rows, far)) >= 50
+
+
+def test_ann_lists_asks_again_when_the_history_fills_the_first_answer():
+    idx, emb = _index()
+    p = dict(C.DEFAULT_PARAMS, quotas={"ann": 50, "i2i": 10, "session": 10, "popular": 10}, history_len=400)
+    vec = emb[0]
+    near = np.argsort(-(emb @ vec))[:300]        # the history is the user's 300 nearest items
+    query, asked = _recording_query(idx, vec)
+    rows, _ = C.ann_lists(query, p, near, len(emb))
+    assert asked == [100, C.ann_k(p, 300, len(emb))] == [100, 350]
+    assert len(np.setdiff1d(rows, near)) >= 50   # the quota is still there once the history is dropped
+    # a request that allows consumed items is not short: one query
+    query, asked = _recording_query(idx, vec)
+    C.ann_lists(query, p, near, len(emb), drop_history=False)
+    assert asked == [100]
+    # a filter that disallows most of the first answer makes it short too
+    allowed = np.ones(len(emb), bool)
+    first = idx.knn_query(vec.reshape(1, -1), k=100)[0][0]
+    allowed[first[:80]] = False
+    query, asked = _recording_query(idx, vec)
+    C.ann_lists(query, p, np.argsort(emb @ vec)[:300], len(emb), allowed=allowed)
+    assert asked == [100, 350]
