@@ -114,11 +114,18 @@ def i2i_model(cfg: dict, n_items: int) -> str:
     return m
 
 
+def ease_refit_iters(cfg: dict, n_items: int) -> int:
+    """Conjugate-gradient steps that re-solve EASE on the kept weights (``neighbours.refit_support``): each
+    costs about one dense ``n x n`` product, so only for catalogues up to ``ease_refit_max_items``."""
+    return int(cfg.get("ease_refit_iters", 0)) if n_items <= int(cfg.get("ease_refit_max_items", 0)) else 0
+
+
 def item_neighbours(user, item, ts, n_users: int, n_items: int, cfg: dict):
     if i2i_model(cfg, n_items) == "ease":
         gram = neighbours.ease_gram(user, item, n_users, n_items)
         return neighbours.ease_from_gram(gram, float(cfg["ease_lambda"]), M=int(cfg["ease_M"]),
-                                         threads=int(cfg["threads"]), dropout=float(cfg.get("ease_dropout", 0.0)))
+                                         threads=int(cfg["threads"]), dropout=float(cfg.get("ease_dropout", 0.0)),
+                                         refit_iters=ease_refit_iters(cfg, n_items))
     return neighbours.cooccurrence_neighbours(user, item, ts, n_users, n_items, M=cfg["i2i_M"])
 
 

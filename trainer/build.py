@@ -34,6 +34,9 @@ DEFAULT_CFG = {
     # item-item model: "auto" = EASE up to ease_max_items items (lambda and recency tuned on the label
     # window against co-occurrence cosine), cosine above; "ease" / "cosine" force one
     "i2i_model": "auto", "ease_max_items": 6000, "ease_lambda": 500.0, "ease_dropout": 0.0, "ease_M": 400,
+    # the M kept EASE weights re-solved with the others fixed at zero (a few CG steps, each about one dense
+    # n x n product), for catalogues up to ease_refit_max_items items
+    "ease_refit_iters": 3, "ease_refit_max_items": 2000,
     # users' bounded histories (what is excluded as consumed and seeds the i2i source): "auto" = the
     # longest training history, between 200 and history_max events
     "history_len": "auto", "history_max": 1000,
@@ -170,6 +173,7 @@ def tune_i2i(art, ds: Dataset, fit_mask, labels: dict, users, params: dict, cfg:
     else:
         models = ease if A.i2i_model(cfg, ds.n_items) == "ease" else [{"i2i_model": "cosine"}]
     u, i, t = ds.user[fit_mask], ds.item[fit_mask], ds.ts[fit_mask]
+    refit = A.ease_refit_iters(cfg, ds.n_items)
     gram = None
     lists, results = {}, []
     for m in progress.bar(models, "tune i2i (models)", total=len(models)):
@@ -178,7 +182,7 @@ def tune_i2i(art, ds: Dataset, fit_mask, labels: dict, users, params: dict, cfg:
             if gram is None:
                 gram = neighbours.ease_gram(u, i, ds.n_users, ds.n_items)
             rows, scores = neighbours.ease_from_gram(gram, m["ease_lambda"], M=int(cfg["ease_M"]),
-                                                     threads=int(cfg["threads"]))
+                                                     threads=int(cfg["threads"]), refit_iters=refit)
         else:
             rows, scores = neighbours.cooccurrence_neighbours(u, i, t, ds.n_users, ds.n_items, M=cfg["i2i_M"])
         lists[key] = (rows, scores)
@@ -190,7 +194,8 @@ def tune_i2i(art, ds: Dataset, fit_mask, labels: dict, users, params: dict, cfg:
             m = {"i2i_model": "ease", "ease_lambda": best["ease_lambda"], "ease_dropout": float(q)}
             key = ("ease", m["ease_lambda"], m["ease_dropout"])
             lists[key] = neighbours.ease_from_gram(gram, m["ease_lambda"], M=int(cfg["ease_M"]),
-                                                   threads=int(cfg["threads"]), dropout=m["ease_dropout"])
+                                                   threads=int(cfg["threads"]), dropout=m["ease_dropout"],
+                                                   refit_iters=refit)
             results.append({**m, **i2i_quality(art, truths, users, wide, *lists[key])})
         best = max(results, key=lambda r: (r["ndcg@10"], r["recall@50"]))
     del gram
