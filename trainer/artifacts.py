@@ -72,8 +72,12 @@ def fit(ds, mask: np.ndarray, now: float, cat: Catalogue, params: dict, cfg: dic
             factors=cfg["factors"], seed=cfg["seed"], method=cfg["embed"], threads=cfg["threads"],
             iterations=cfg["als_iterations"], regularization=cfg["als_reg"], alpha=cfg["als_alpha"])
     with step("index"):
+        # hnswlib inserts in parallel in no fixed order, so the graph (and every ANN answer, tuning choice
+        # and ranker row after it) would change from run to run; one thread inserts in item order, and a
+        # seeded build is then reproducible
+        serial = ds.n_items <= int(cfg.get("index_serial_max_items", 0))
         idx = hnsw.build_index(item_emb, M=cfg["hnsw_M"], ef_construction=cfg["hnsw_ef_construction"],
-                               ef=params["ef"], seed=cfg["seed"], threads=cfg["threads"])
+                               ef=params["ef"], seed=cfg["seed"], threads=1 if serial else cfg["threads"])
         rec = hnsw.recall_at_k(idx, item_emb, k=10, seed=cfg["seed"], threads=cfg["threads"])
     with step("i2i"):
         i2i_rows, i2i_scores = item_neighbours(user, item, ts, ds.n_users, ds.n_items, cfg)

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CFG = {
     "factors": 64, "seed": 0, "embed": "als", "threads": 2, "als_iterations": 15, "als_reg": 20.0, "als_alpha": 20.0, "hnsw_M": 16,
-    "hnsw_ef_construction": 200, "i2i_M": 50, "holdout": 0.1, "label_frac": 0.15, "ranker_users": 3000,
+    "hnsw_ef_construction": 200, "index_serial_max_items": 50000, "i2i_M": 50, "holdout": 0.1, "label_frac": 0.15, "ranker_users": 3000,
     "tune_users": 1000, "ranker_rounds": 300, "tune": True,
     # the serving ef: the smallest whose ANN recall against brute force at the served k reaches this
     "ef_recall": 0.95,
