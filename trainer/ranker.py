@@ -64,10 +64,11 @@ LGB_PARAMS = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "lea
               "num_leaves": 31, "min_data_in_leaf": 100, "feature_fraction": 0.7, "bagging_fraction": 0.9,
               "bagging_freq": 1, "lambdarank_truncation_level": 30, "deterministic": True,
               "force_row_wise": True, "verbose": -1}
-# the first tree: the best source's score alone, reproduced by one deep single-feature regression tree
+# the first tree: the best source's rank alone, reproduced by one deep single-feature regression tree
 BASE_PARAMS = {"objective": "regression", "num_leaves": 255, "min_data_in_leaf": 5, "learning_rate": 1.0,
                "deterministic": True, "force_row_wise": True, "verbose": -1}
-LABELS = ("binary",)
+CV_FOLDS = 3           # user folds that choose the number of correction trees
+CV_PATIENCE = 20       # rounds without a better mean over the folds before the search stops
 
 
 def group_ndcg(scores: np.ndarray, taken: np.ndarray, groups: np.ndarray, k: int = 10) -> float:
@@ -84,88 +85,104 @@ def group_ndcg(scores: np.ndarray, taken: np.ndarray, groups: np.ndarray, k: int
     return float(np.mean(out)) if out else 0.0
 
 
-def train(X, y, groups, names, seed=0, threads=2, rounds=300, valid_frac=0.2, group_users=None,
-          labels=LABELS, fixed_trees: int | None = None):
-    """The ranker: a base tree, then lambdarank trees that correct it, early-stopped on held-out users.
+def rank_target(rrank: np.ndarray) -> np.ndarray:
+    """The base tree's target from a source's ``1 / (1 + rank)`` column: ``-log2(1 + rank)``, so that every
+    step down the list costs about as much at rank 20 as at rank 2 relative to the corrections; rows absent
+    from the list (0) one unit below the lowest listed row. In units of its spread over the listed rows."""
+    r = np.asarray(rrank, np.float64)
+    listed = r > 0
+    t = np.zeros(len(r))
+    if not listed.any():
+        return t
+    t[listed] = np.log2(r[listed])
+    t[~listed] = float(t[listed].min()) - 1.0
+    return t / (float(np.std(t[listed])) or 1.0)
 
-    The base is the one source score (``src.<s>.score``) that orders the training groups best, fitted by a
-    single deep tree on that feature alone, so the boosting starts from the strongest retrieval order and
-    only keeps corrections that help held-out users (all of a user's groups on one side, so several label
-    windows of one user never straddle training and validation). One model per label design in ``labels``
-    (``graded``: the relevance grades; ``binary``: any interaction is a positive); of those and the base
-    alone, the one with the best NDCG@10 of the taken items on the held-out users is kept.
 
-    ``fixed_trees``: exactly that many trees (the base included), no early stopping and no "base only"
+def user_folds(group_users: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Fold number of each group: users shuffled with ``seed`` and dealt round-robin into ``k`` folds, all of
+    one user's groups (several label windows) in her fold."""
+    uniq = np.unique(group_users)
+    perm = np.random.default_rng(seed).permutation(uniq)
+    fold_of = dict(zip(perm.tolist(), (np.arange(len(perm)) % k).tolist()))
+    return np.array([fold_of[u] for u in np.asarray(group_users).tolist()], np.int64)
+
+
+def train(X, y, groups, names, seed=0, threads=2, rounds=300, group_users=None,
+          fixed_trees: int | None = None, folds: int = CV_FOLDS, patience: int = CV_PATIENCE):
+    """The ranker: a base tree, then the number of lambdarank correction trees that cross-validation over
+    user folds finds best (possibly none).
+
+    The base is the rank in one source's list (``src.<s>.rrank``; the source whose order is the best on the
+    training groups), reproduced by a single deep tree on that feature alone, so the boosting starts from
+    the strongest retrieval order. It reads the rank, not the score: the ranker is trained on candidates of
+    a bundle fitted on less data than the served one, whose scores are larger (longer histories, more
+    co-occurrence), and a tree cannot extrapolate: scores above the training range would all fall into its
+    last leaf and tie, while ranks keep their distribution.
+
+    The correction trees (lambdarank on binary labels: any interaction is a positive) are chosen by
+    ``folds``-fold cross-validation over users (all of a user's groups in one fold): the mean NDCG@10 over
+    the held-out folds, for every number of trees up to ``rounds`` (stopped after ``patience`` rounds without
+    a better mean), against the base alone; the final model is trained on every group with the best
+    number. Fewer than ``2 * folds`` users: no cross-validation, ``rounds`` trees.
+
+    ``fixed_trees``: exactly that many trees (the base included), no cross-validation and no "base only"
     choice: a ranker of a known size, for capacity planning and load tests."""
     import lightgbm as lgb
 
-    rng = np.random.default_rng(seed)
     n_g = len(groups)
-    is_valid = np.zeros(n_g, bool)
-    if n_g >= 5:
-        gu = np.arange(n_g) if group_users is None else np.asarray(group_users)
-        uniq = np.unique(gu)
-        if len(uniq) >= 5:
-            held = rng.choice(uniq, size=max(1, int(valid_frac * len(uniq))), replace=False)
-            is_valid = np.isin(gu, held)
-    row_valid = np.repeat(is_valid, groups)
     safe = list(_safe(names))
-    fit_rows = ~row_valid
+    gu = np.arange(n_g) if group_users is None else np.asarray(group_users)
+    yy = (y > 0).astype(np.int32)
 
-    # the base: the source score that best orders the training groups on its own
-    score_cols = [j for j, n in enumerate(names) if n.startswith("src.") and n.endswith(".score")]
+    # the base: the source rank that best orders the training groups on its own
+    rank_cols = [j for j, n in enumerate(names) if n.startswith("src.") and n.endswith(".rrank")]
     base_col, base_fit = None, -1.0
-    for j in score_cols:
-        q = group_ndcg(X[fit_rows, j], y[fit_rows], groups[~is_valid])
+    for j in rank_cols:
+        q = group_ndcg(X[:, j], y, groups)
         if q > base_fit:
             base_col, base_fit = j, q
     base = None
     if base_col is not None:
-        col = X[:, base_col].astype(np.float64)
-        scale = 1.0 / (float(np.std(col)) or 1.0)
         base = lgb.train({**BASE_PARAMS, "num_threads": threads, "seed": seed,
                           "interaction_constraints": [[base_col]]},
-                         lgb.Dataset(X, col * scale, feature_name=safe, free_raw_data=False), num_boost_round=1)
+                         lgb.Dataset(X, rank_target(X[:, base_col]), feature_name=safe, free_raw_data=False),
+                         num_boost_round=1)
     params = {**LGB_PARAMS, "num_threads": threads, "seed": seed}
-    tried = []
-    if base is not None:
-        entry = {"labels": "base only", "best_iteration": 1, "booster": base}
-        if is_valid.any():
-            entry["valid_ndcg@10"] = round(group_ndcg(base.predict(X[row_valid]), y[row_valid],
-                                                      groups[is_valid]), 4)
-        if not fixed_trees:
-            tried.append(entry)
-    if fixed_trees:
+    info = {"rows": int(len(y)), "groups": int(n_g), "valid_groups": 0, "positives": int((y > 0).sum()),
+            "base": names[base_col] if base_col is not None else None, "labels": "binary"}
+    if fixed_trees is not None:
         if fixed_trees < 1:
             raise ValueError(f"fixed_trees must be >= 1, got {fixed_trees}")
-        rounds = fixed_trees - (1 if base is not None else 0)
-    for design in labels:
-        yy = y if design == "graded" else (y > 0).astype(np.int32)
-        dtrain = lgb.Dataset(X[fit_rows], yy[fit_rows], group=groups[~is_valid], feature_name=safe,
-                             free_raw_data=False)
-        sets, callbacks = [dtrain], []
-        if is_valid.any():
-            dvalid = lgb.Dataset(X[row_valid], yy[row_valid], group=groups[is_valid], reference=dtrain,
-                                 free_raw_data=False)
-            sets = [dvalid]
-            callbacks = [] if fixed_trees else [lgb.early_stopping(50, verbose=False)]
-        booster = lgb.train(params, dtrain, num_boost_round=rounds, valid_sets=sets, callbacks=callbacks,
-                            init_model=base)
-        best = (booster.current_iteration() if fixed_trees
-                else booster.best_iteration or booster.current_iteration())   # counts the base tree too
-        entry = {"labels": design, "best_iteration": int(best), "booster": booster}
-        if is_valid.any():
-            pred = booster.predict(X[row_valid], num_iteration=best, raw_score=True)
-            entry["valid_ndcg@10"] = round(group_ndcg(pred, y[row_valid], groups[is_valid]), 4)
-        tried.append(entry)
-    chosen = max(tried, key=lambda e: e.get("valid_ndcg@10", 0.0))
-    info = {"rows": int(len(y)), "groups": int(n_g), "valid_groups": int(is_valid.sum()),
-            "best_iteration": chosen["best_iteration"], "positives": int((y > 0).sum()),
-            "base": names[base_col] if base_col is not None else None, "labels": chosen["labels"],
-            "designs": [{k: v for k, v in e.items() if k != "booster"} for e in tried]}
-    if "valid_ndcg@10" in chosen:
-        info["valid_ndcg@10"] = chosen["valid_ndcg@10"]
-    return chosen["booster"].model_to_string(num_iteration=chosen["best_iteration"]), info
+        corrections = fixed_trees - (1 if base is not None else 0)
+    elif base is None or len(np.unique(gu)) < 2 * folds:
+        corrections = rounds
+    else:
+        fold = user_folds(gu, folds, seed)
+        row_fold = np.repeat(fold, groups)
+        splits = [(np.flatnonzero(row_fold != f), np.flatnonzero(row_fold == f)) for f in range(folds)]
+        base_pred = base.predict(X, raw_score=True)
+        base_cv = float(np.mean([group_ndcg(base_pred[row_fold == f], y[row_fold == f], groups[fold == f])
+                                 for f in range(folds)]))
+        full = lgb.Dataset(X, yy, group=groups, feature_name=safe, free_raw_data=False)
+        res = lgb.cv(params, full, num_boost_round=rounds, folds=splits, init_model=base,
+                     callbacks=[lgb.early_stopping(patience, verbose=False)])
+        curve = np.asarray(res["valid ndcg@10-mean"])
+        best = int(np.argmax(curve))
+        corrections = best + 1 if curve[best] > base_cv else 0
+        info["cv"] = {"folds": folds, "base_ndcg@10": round(base_cv, 5),
+                      "best_ndcg@10": round(float(curve[best]), 5), "best_trees": best + 1,
+                      "curve_ndcg@10": [round(float(v), 5) for v in curve]}
+        info["valid_ndcg@10"] = round(max(base_cv, float(curve[best])), 4)
+    if corrections > 0:
+        booster = lgb.train(params, lgb.Dataset(X, yy, group=groups, feature_name=safe, free_raw_data=False),
+                            num_boost_round=int(corrections), init_model=base)
+    else:
+        booster = base
+    info["best_iteration"] = int(booster.current_iteration())     # counts the base tree too
+    if corrections == 0:
+        info["labels"] = "base only"
+    return booster.model_to_string(num_iteration=info["best_iteration"]), info
 
 
 def _safe(names):
