@@ -75,37 +75,43 @@ class ServerProc:
                 self.proc.wait()
 
 
-def start_real(bundle: str, workers: int, events_dir: str) -> ServerProc:
+def start_real(bundle: str, workers: int, events_dir: str, cpu_affinity: str = "auto") -> ServerProc:
     cmd = [sys.executable, "-m", "recserve.cli", "serve", "--bundle", bundle, "--host", "127.0.0.1",
            "--port", "0", "--workers", str(workers), "--reload-interval", "0", "--events-dir", events_dir,
-           "--log-level", "WARNING"]
+           "--log-level", "WARNING", "--cpu-affinity", cpu_affinity]
     return ServerProc(cmd, "recserve", env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
-def start_ceiling(responses_file: str, workers: int) -> ServerProc:
+def start_ceiling(responses_file: str, workers: int, cpu_affinity: str = "auto") -> ServerProc:
     cmd = [sys.executable, str(HERE / "_servers.py"), "ceiling-serve", "--responses", responses_file,
-           "--workers", str(workers)]
+           "--workers", str(workers), "--cpu-affinity", cpu_affinity]
     return ServerProc(cmd, "ceiling", env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def ceiling_serve(argv) -> int:
     """The trivial server: same service, same worker model and gRPC options as recserve's, canned answers."""
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--responses", required=True)
-    ap.add_argument("--workers", type=int, default=2)
-    a = ap.parse_args(argv)
     from recserve.config import ServeConfig
 
     cfg = ServeConfig()
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--responses", required=True)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--cpu-affinity", default=cfg.cpu_affinity)
+    a = ap.parse_args(argv)
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     canned = pickle.loads(Path(a.responses).read_bytes())
     pids = []
-    for _ in range(max(a.workers, 1)):  # forked before any gRPC object exists, as recserve's supervisor does
+    from recserve.server import worker_cpus
+
+    cpus = worker_cpus(a.cpu_affinity, max(a.workers, 1))        # pinned as recserve's workers are
+    for slot in range(max(a.workers, 1)):  # forked before any gRPC object exists, as recserve's supervisor does
         pid = os.fork()
         if pid == 0:
+            if cpus is not None:
+                os.sched_setaffinity(0, {cpus[slot]})
             _ceiling_worker(port, canned, cfg)
         pids.append(pid)
     print(json.dumps({"event": "listening", "port": port, "pid": os.getpid()}), flush=True)

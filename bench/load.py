@@ -436,6 +436,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bundle", required=True, help="bundle root or version dir (ids; served unless --target)")
     ap.add_argument("--target", help="host:port of a running server (loopback only)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--cpu-affinity", default="auto",
+                    help="server workers' pinning, the same for recserve and the ceiling (auto, off, 0,1)")
     ap.add_argument("--clients", type=int, default=2, help="client processes")
     ap.add_argument("--channels", type=int, default=4,
                     help="connections per client process (calls round-robin over them)")
@@ -477,14 +479,15 @@ def main(argv=None) -> int:
               "versions": versions(), "config": {k: v for k, v in vars(a).items()}, "workload": cfg,
               "phases": {}}
     print(f"machine: {machine()}  grpcio {record['versions']['grpcio']}")
-    print(f"workload: {cfg}; {a.clients} client processes; server workers {a.workers}")
+    print(f"workload: {cfg}; {a.clients} client processes; server workers {a.workers} (cpu affinity "
+          f"{a.cpu_affinity})")
     servers = []
     tmp = tempfile.TemporaryDirectory(prefix="recserve-load-")
     try:
         if a.target:
             real_t = a.target
         else:
-            s = start_real(a.bundle, a.workers, os.path.join(tmp.name, "events"))
+            s = start_real(a.bundle, a.workers, os.path.join(tmp.name, "events"), a.cpu_affinity)
             servers.append(s)
             real_t = f"127.0.0.1:{s.port}"
         targets = {"recserve": real_t}
@@ -497,7 +500,7 @@ def main(argv=None) -> int:
                   + ", ".join(f"{m} {v:.0f}" for m, v in sizes.items()))
             rf = os.path.join(tmp.name, "responses.pkl")
             Path(rf).write_bytes(pickle.dumps(canned))
-            c = start_ceiling(rf, a.workers)
+            c = start_ceiling(rf, a.workers, a.cpu_affinity)
             servers.append(c)
             targets["ceiling"] = f"127.0.0.1:{c.port}"
             pids["ceiling"] = c.proc.pid

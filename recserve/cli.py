@@ -69,10 +69,15 @@ def print_items(items, explain: bool = False, out=sys.stdout) -> None:
 
 
 def cmd_serve(args) -> int:
-    from recserve.server import serve_forever
+    from recserve.server import serve_forever, worker_cpus
 
     flags = {k: v for k, v in vars(args).items() if k in {f for f in C.ServeConfig.__dataclass_fields__}}
-    cfg = C.load(flags, file=args.config)
+    try:
+        cfg = C.load(flags, file=args.config)
+        worker_cpus(cfg.cpu_affinity, cfg.workers)
+    except (OSError, ValueError) as exc:
+        print(f"recserve serve: {exc}", file=sys.stderr)
+        return 2
     if not cfg.bundle:
         print("recserve serve: --bundle DIR is required (or RECSERVE_BUNDLE / the config file)", file=sys.stderr)
         return 2
@@ -172,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int)
     s.add_argument("--workers", type=int)
     s.add_argument("--threads", type=int)
+    s.add_argument("--cpu-affinity", dest="cpu_affinity",
+                   help="auto (default: worker i on the i-th CPU when workers <= CPUs), off, or a list 0,1")
     s.add_argument("--max-concurrent-rpcs", dest="max_concurrent_rpcs", type=int)
     s.add_argument("--max-message-bytes", dest="max_message_bytes", type=int)
     s.add_argument("--reload-interval", dest="reload_interval", type=float)

@@ -22,6 +22,8 @@ class ServeConfig:
     port: int = 50051
     workers: int = 2
     threads: int = 4                   # gRPC handler threads per worker
+    cpu_affinity: str = "auto"         # "auto": worker i on the i-th allowed CPU when workers <= CPUs; "off";
+                                       # or a CPU list "0,2,4" (worker i on the (i mod n)-th)
     max_concurrent_rpcs: int = 64      # per worker; beyond -> RESOURCE_EXHAUSTED
     max_message_bytes: int = 4 << 20
     reload_interval: float = 1.0       # seconds between CURRENT polls; 0 disables hot reload

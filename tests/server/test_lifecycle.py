@@ -225,6 +225,10 @@ def test_crashed_worker_is_replaced_and_serves(start_server, shared_root, facts,
     s = start_server(shared_root, "--workers", "2", "--events-dir", str(tmp_path / "ev"))
     before = set()
     assert wait_for(lambda: len(before.update(_worker_pids(s, facts["user"])) or before) == 2, 30)
+    pinned = len(os.sched_getaffinity(0)) >= 2           # --cpu-affinity auto pins 2 workers on >= 2 CPUs
+    if pinned:
+        cpus = {pid: os.sched_getaffinity(pid) for pid in before}
+        assert all(len(c) == 1 for c in cpus.values()) and len(set(map(frozenset, cpus.values()))) == 2, cpus
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
     survivors = before - {victim}
@@ -239,6 +243,8 @@ def test_crashed_worker_is_replaced_and_serves(start_server, shared_root, facts,
 
     assert wait_for(replaced, 30, 0.5), f"no replacement worker answered (saw {seen})"
     new = seen - before
+    if pinned:                                       # the replacement takes the dead worker's CPU
+        assert [os.sched_getaffinity(pid) for pid in new] == [cpus[victim]]
     time.sleep(2.0)                                  # a restart loop would have replaced it again
     again: set[int] = set()
     assert wait_for(lambda: len(again.update(_worker_pids(s, facts["user"], 12)) or again) == 2, 30)
