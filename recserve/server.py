@@ -282,7 +282,7 @@ class Worker:
         from grpc_reflection.v1alpha import reflection
 
         from recserve.events import EventStore
-        from recserve.service import AuthInterceptor, RecommenderService, load_tokens
+        from recserve.service import AuthInterceptor, RecommenderService, ShedCounter, load_tokens
         from recserve.v1 import recommender_pb2, recommender_pb2_grpc
 
         self.cfg = cfg
@@ -291,12 +291,17 @@ class Worker:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.holder = BundleHolder(cfg.bundle, cfg, self.store, self.health, metrics)
         self.holder.set_health(False)
-        interceptors = [AuthInterceptor(load_tokens(cfg.tokens_file), metrics)] if cfg.tokens_file else []
+        shed = ShedCounter(metrics) if metrics is not None else None
+        interceptors = [shed] if shed is not None else []
+        if cfg.tokens_file:
+            interceptors.append(AuthInterceptor(load_tokens(cfg.tokens_file), metrics))
         opts = [("grpc.so_reuseport", 1),
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes)]
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.threads), options=opts,
                                   interceptors=interceptors, maximum_concurrent_rpcs=cfg.max_concurrent_rpcs)
+        if shed is not None:
+            shed.attach(self.server)
         recommender_pb2_grpc.add_RecommenderServicer_to_server(RecommenderService(self.holder, metrics),
                                                                self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

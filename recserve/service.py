@@ -197,6 +197,30 @@ def _abort_handler(code, msg, method: str, metrics=None):
     return grpc.unary_unary_rpc_method_handler(fn)
 
 
+class ShedCounter(grpc.ServerInterceptor):
+    """Counts, in the request metrics, the calls gRPC itself sheds with RESOURCE_EXHAUSTED at
+    ``maximum_concurrent_rpcs`` (they never reach a servicer). Interceptors run in gRPC's call-accepting
+    thread under its server lock, right after gRPC has compared its active-call count with the bound, so
+    reading the same two numbers (``server._state``, private to grpcio: with a grpcio that lacks them
+    nothing is counted) gives the same answer. Attach the server's state with :meth:`attach`."""
+
+    def __init__(self, metrics):
+        self.metrics = metrics
+        self._state = None
+
+    def attach(self, server) -> None:
+        state = getattr(server, "_state", None)
+        if hasattr(state, "active_rpc_count") and hasattr(state, "maximum_concurrent_rpcs"):
+            self._state = state
+
+    def intercept_service(self, continuation, details):
+        st = self._state
+        if st is not None and st.maximum_concurrent_rpcs is not None \
+                and st.active_rpc_count >= st.maximum_concurrent_rpcs:
+            self.metrics.observe(details.method.rsplit("/", 1)[-1], "RESOURCE_EXHAUSTED", 0.0)
+        return continuation(details)
+
+
 class AuthInterceptor(grpc.ServerInterceptor):
     """Bearer tokens: none/unknown -> UNAUTHENTICATED, a read token on a write method -> PERMISSION_DENIED.
     Rejected calls are counted in the request metrics like any other."""
