@@ -90,9 +90,9 @@ def start_ceiling(responses_file: str, workers: int, cpu_affinity: str = "auto")
 
 def ceiling_serve(argv) -> int:
     """The trivial server: same service, same worker model and gRPC options as recserve's, canned answers."""
-    from recserve.config import ServeConfig
+    from recserve import config
 
-    cfg = ServeConfig()
+    cfg = config.load({}, env=os.environ)     # RECSERVE_* settings apply to the ceiling's workers too
     ap = argparse.ArgumentParser()
     ap.add_argument("--responses", required=True)
     ap.add_argument("--workers", type=int, default=2)
