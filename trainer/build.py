@@ -147,7 +147,7 @@ def _rank_quality(rec: list, truths: list[set]) -> dict:
 def i2i_quality(art, truths: list[set], users, params: dict, i2i_rows, i2i_scores) -> dict:
     """NDCG@10 and recall@50 of the served i2i source alone (history excluded) on new label items."""
     rec = []
-    n, decay = int(params["i2i_recent"]), float(params["i2i_decay"])
+    n, decay = C.i2i_seed_count(params), float(params["i2i_decay"])
     for u in users:
         h_items, _, _ = art.history(int(u))
         recent = C.recent_distinct(h_items, n)        # the i2i list of C.source_lists
@@ -295,7 +295,7 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
         with timer("tune_ef"):
             vecs = retrieval.user_vecs(art_fit, users, params)
             n_hist = np.diff(art_fit.hist_indptr)[users]
-            ks = np.array([C.ann_k(params, int(n), len(art_fit.item_emb)) for n in n_hist])
+            ks = np.array([C.ann_first_k(params, int(n), len(art_fit.item_emb)) for n in n_hist])
             ebest, egrid = tune_ef(art_fit.index, art_fit.item_emb, vecs, ks, float(cfg["ef_recall"]),
                                    threads=cfg["threads"])
             params["ef"] = int(ebest["ef"])

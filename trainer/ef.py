@@ -1,7 +1,8 @@
 """The serving ``ef`` of the HNSW index: the smallest search breadth that keeps the ANN source's recall.
 
-The server asks the index for ``ann_k`` neighbours of a user vector (the ANN quota plus room for the
-user's history); hnswlib searches with ``max(ef, k)``. A larger ``ef`` costs time on every request, so the
+The server asks the index for ``ann_first_k`` neighbours of a user vector (the ANN quota plus room for
+the user's history, at most another quota; again with ``ann_k`` when that answer is short); hnswlib
+searches with ``max(ef, k)``. A larger ``ef`` costs time on every request, so the
 bundle records the smallest ``ef`` of a grid whose recall against exact (brute-force) search, for real user
 vectors and the ``k`` the server would ask, reaches a target.
 """
