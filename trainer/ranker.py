@@ -69,6 +69,9 @@ BASE_PARAMS = {"objective": "regression", "num_leaves": 255, "min_data_in_leaf":
                "deterministic": True, "force_row_wise": True, "verbose": -1}
 CV_FOLDS = 3           # user folds that choose the number of correction trees
 CV_PATIENCE = 20       # rounds without a better mean over the folds before the search stops
+CV_MAX_USERS = 2000    # above: one held-out share of the users instead of the folds
+VALID_SHARE = 0.2      # that share
+VALID_PATIENCE = 50    # rounds without a better held-out NDCG before that search stops
 
 
 def group_ndcg(scores: np.ndarray, taken: np.ndarray, groups: np.ndarray, k: int = 10) -> float:
@@ -109,7 +112,8 @@ def user_folds(group_users: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def train(X, y, groups, names, seed=0, threads=2, rounds=300, group_users=None,
-          fixed_trees: int | None = None, folds: int = CV_FOLDS, patience: int = CV_PATIENCE):
+          fixed_trees: int | None = None, folds: int = CV_FOLDS, patience: int = CV_PATIENCE,
+          cv_max_users: int = CV_MAX_USERS):
     """The ranker: a base tree, then the number of lambdarank correction trees that cross-validation over
     user folds finds best (possibly none).
 
@@ -124,7 +128,10 @@ def train(X, y, groups, names, seed=0, threads=2, rounds=300, group_users=None,
     ``folds``-fold cross-validation over users (all of a user's groups in one fold): the mean NDCG@10 over
     the held-out folds, for every number of trees up to ``rounds`` (stopped after ``patience`` rounds without
     a better mean), against the base alone; the final model is trained on every group with the best
-    number. Fewer than ``2 * folds`` users: no cross-validation, ``rounds`` trees.
+    number. Fewer than ``2 * folds`` users: no cross-validation, ``rounds`` trees. More than
+    ``cv_max_users`` users (where the folds would cost most and one held-out share is already quiet): the
+    trees are early-stopped on a held-out ``VALID_SHARE`` of the users and that model is kept (or the base
+    alone, if it orders the held-out users better).
 
     ``fixed_trees``: exactly that many trees (the base included), no cross-validation and no "base only"
     choice: a ranker of a known size, for capacity planning and load tests."""
@@ -134,6 +141,8 @@ def train(X, y, groups, names, seed=0, threads=2, rounds=300, group_users=None,
     safe = list(_safe(names))
     gu = np.arange(n_g) if group_users is None else np.asarray(group_users)
     yy = (y > 0).astype(np.int32)
+    n_users = len(np.unique(gu))
+    booster = None
 
     # the base: the source rank that best orders the training groups on its own
     rank_cols = [j for j, n in enumerate(names) if n.startswith("src.") and n.endswith(".rrank")]
@@ -155,8 +164,29 @@ def train(X, y, groups, names, seed=0, threads=2, rounds=300, group_users=None,
         if fixed_trees < 1:
             raise ValueError(f"fixed_trees must be >= 1, got {fixed_trees}")
         corrections = fixed_trees - (1 if base is not None else 0)
-    elif base is None or len(np.unique(gu)) < 2 * folds:
+    elif base is None or n_users < 2 * folds:
         corrections = rounds
+    elif n_users > cv_max_users:
+        # many users: one held-out share of them is a quiet enough judge, and K folds would cost K times
+        is_valid = user_folds(gu, int(round(1.0 / VALID_SHARE)), seed) == 0
+        row_valid = np.repeat(is_valid, groups)
+        base_valid = group_ndcg(base.predict(X[row_valid], raw_score=True), y[row_valid], groups[is_valid])
+        dtrain = lgb.Dataset(X[~row_valid], yy[~row_valid], group=groups[~is_valid], feature_name=safe,
+                             free_raw_data=False)
+        dvalid = lgb.Dataset(X[row_valid], yy[row_valid], group=groups[is_valid], reference=dtrain,
+                             free_raw_data=False)
+        split_booster = lgb.train(params, dtrain, num_boost_round=rounds, valid_sets=[dvalid], init_model=base,
+                                  callbacks=[lgb.early_stopping(VALID_PATIENCE, verbose=False)])
+        best = int(split_booster.best_iteration or split_booster.current_iteration())   # the base included
+        pred = split_booster.predict(X[row_valid], num_iteration=best, raw_score=True)
+        best_valid = group_ndcg(pred, y[row_valid], groups[is_valid])
+        corrections = best - 1 if best_valid > base_valid else 0
+        info["valid_groups"] = int(is_valid.sum())
+        info["validation"] = {"users": int(len(np.unique(gu[is_valid]))), "base_ndcg@10": round(base_valid, 5),
+                              "best_ndcg@10": round(best_valid, 5), "corrections": best - 1}
+        info["valid_ndcg@10"] = round(max(base_valid, best_valid), 4)
+        if corrections > 0:
+            booster = split_booster
     else:
         fold = user_folds(gu, folds, seed)
         row_fold = np.repeat(fold, groups)
@@ -167,20 +197,23 @@ def train(X, y, groups, names, seed=0, threads=2, rounds=300, group_users=None,
         full = lgb.Dataset(X, yy, group=groups, feature_name=safe, free_raw_data=False)
         res = lgb.cv(params, full, num_boost_round=rounds, folds=splits, init_model=base,
                      callbacks=[lgb.early_stopping(patience, verbose=False)])
+        del full
         curve = np.asarray(res["valid ndcg@10-mean"])
         best = int(np.argmax(curve))
         corrections = best + 1 if curve[best] > base_cv else 0
         info["cv"] = {"folds": folds, "base_ndcg@10": round(base_cv, 5),
-                      "best_ndcg@10": round(float(curve[best]), 5), "best_trees": best + 1,
+                      "best_ndcg@10": round(float(curve[best]), 5), "corrections": best + 1,
                       "curve_ndcg@10": [round(float(v), 5) for v in curve]}
         info["valid_ndcg@10"] = round(max(base_cv, float(curve[best])), 4)
-    if corrections > 0:
-        booster = lgb.train(params, lgb.Dataset(X, yy, group=groups, feature_name=safe, free_raw_data=False),
-                            num_boost_round=int(corrections), init_model=base)
-    else:
-        booster = base
-    info["best_iteration"] = int(booster.current_iteration())     # counts the base tree too
-    if corrections == 0:
+    if booster is None:
+        if corrections > 0:
+            booster = lgb.train(params, lgb.Dataset(X, yy, group=groups, feature_name=safe, free_raw_data=False),
+                                num_boost_round=int(corrections), init_model=base)
+        else:
+            booster = base
+    # trees kept, the base included (the held-out path's booster holds the rounds after its best too)
+    info["best_iteration"] = int(corrections) + (1 if base is not None else 0)
+    if corrections == 0 and base is not None:
         info["labels"] = "base only"
     return booster.model_to_string(num_iteration=info["best_iteration"]), info
 

@@ -62,3 +62,14 @@ def test_folds_keep_each_users_groups_together():
     for u in np.unique(users):
         assert len(set(f[users == u].tolist())) == 1
     assert set(f.tolist()) == {0, 1, 2}
+
+
+def test_many_users_early_stop_on_a_held_out_share():
+    X, y, groups, users = _rows(signal="dot", seed=2)
+    text, info = rk.train(X, y, groups, NAMES, group_users=users, rounds=60, cv_max_users=100)
+    assert "cv" not in info and info["validation"]["users"] == round(len(users) * rk.VALID_SHARE)
+    assert info["best_iteration"] == info["validation"]["corrections"] + 1 > 1
+    assert text.count("\nTree=") == info["best_iteration"]
+    X, y, groups, users = _rows(signal="rank", seed=2)
+    text, info = rk.train(X, y, groups, NAMES, group_users=users, rounds=60, cv_max_users=100)
+    assert info["labels"] == "base only" and text.count("\nTree=") == 1
