@@ -160,6 +160,9 @@ def table(name: str, runs: list[dict], seeds) -> str:
              f"{'method':<24}" + "".join(f"{c:>26}" for c in SHOW)]
     for m in METHODS:
         lines.append(f"{m:<24}" + "".join(f"{fmt([r['methods'][m][c] for r in runs]):>26}" for c in SHOW))
+    for c in ("recall@10", "ndcg@10"):
+        diffs = [r["methods"]["recserve full(l=1)"][c] - r["methods"]["ease"][c] for r in runs]
+        lines.append(f"recserve full(l=1) - EASE, {c}, per seed: " + ", ".join(f"{d:+.4f}" for d in diffs))
     lines.append(f"(recserve build {np.mean([r['build_s'] for r in runs]):.1f} s per seed; "
                  f"popularity+item-kNN+EASE incl. lam tuning {np.mean([r['baselines_s'] for r in runs]):.1f} s)")
     return "\n".join(lines)
