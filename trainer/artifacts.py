@@ -97,7 +97,8 @@ def fit(ds, mask: np.ndarray, now: float, cat: Catalogue, params: dict, cfg: dic
         user_emb = user_vectors(item_emb, hi, hit, long_term,
                                 event_weights=np.asarray(ew, np.float32)[hev.astype(np.int64)])
     return Artifacts(now=now, item_emb=item_emb, user_emb=user_emb, item_feats=item_feats, user_feats=user_feats,
-                     schema=features.make_schema(n_cat), i2i_rows=i2i_rows, i2i_scores=i2i_scores,
+                     schema=features.make_schema(n_cat, list(ds.item_extra), list(ds.user_extra)),
+                     i2i_rows=i2i_rows, i2i_scores=i2i_scores,
                      pop_rows=pop_rows, pop_scores=pop_scores, trend_rows=trend_rows, trend_scores=trend_scores,
                      pop_cat_indptr=pci, pop_cat_rows=pcr, hist_indptr=hi, hist_items=hit, hist_ts=hts,
                      hist_event=hev, seen_items=np.bincount(item, minlength=ds.n_items) > 0, index=idx,

@@ -29,9 +29,14 @@ def vocab(values: np.ndarray, unknown: str | None = None):
     return voc, codes
 
 
-def make_schema(n_categories: int) -> FeatureSchema:
-    users = USER_BASE_COLUMNS + [f"cat_share_{k}" for k in range(n_categories)]
-    return FeatureSchema(user_columns=users, item_columns=list(ITEM_COLUMNS), context_columns=CONTEXT_COLUMNS,
+EXTRA_PREFIX = "x_"     # extra input columns become item.x_<name> / user.x_<name> features
+
+
+def make_schema(n_categories: int, item_extra=(), user_extra=()) -> FeatureSchema:
+    users = (USER_BASE_COLUMNS + [f"cat_share_{k}" for k in range(n_categories)]
+             + [EXTRA_PREFIX + c for c in user_extra])
+    items = list(ITEM_COLUMNS) + [EXTRA_PREFIX + c for c in item_extra]
+    return FeatureSchema(user_columns=users, item_columns=items, context_columns=CONTEXT_COLUMNS,
                          sources=list(SOURCES), price_column="price", spend_column="avg_spend",
                          category_column="category", category_share_prefix="cat_share_",
                          n_categories=n_categories, created_column="created_days")
@@ -82,7 +87,8 @@ def item_features(ds, item, ts, event, value, now, cat_codes, creator_codes, pop
     s_r = np.bincount(item[rated], weights=value[rated].astype(np.float64), minlength=n)
     cols["avg_rating"] = np.where(n_r > 0, s_r / np.maximum(n_r, 1), 0.0)
     cols["n_ratings"] = n_r
-    return np.column_stack([np.asarray(cols[c], np.float64) for c in ITEM_COLUMNS]).astype(np.float32)
+    extra = [np.asarray(v, np.float64) for v in getattr(ds, "item_extra", {}).values()]
+    return np.column_stack([np.asarray(cols[c], np.float64) for c in ITEM_COLUMNS] + extra).astype(np.float32)
 
 
 def user_features(ds, user, item, ts, event, now, cat_codes, n_cat) -> np.ndarray:
@@ -106,7 +112,8 @@ def user_features(ds, user, item, ts, event, now, cat_codes, n_cat) -> np.ndarra
     np.add.at(shares, (user, cat_codes[item]), 1.0)
     shares /= np.maximum(counts, 1)[:, None]
     base = np.column_stack([age, counts, *by_ev, avg_spend, since, distinct])
-    return np.hstack([base, shares]).astype(np.float32)
+    extra = [np.asarray(v, np.float64)[:, None] for v in getattr(ds, "user_extra", {}).values()]
+    return np.hstack([base, shares, *extra]).astype(np.float32)
 
 
 def histories(user, item, ts, event, n_users, history_len=200):

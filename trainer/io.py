@@ -46,6 +46,9 @@ class Dataset:
     item_in_stock: np.ndarray   # int8
     user_signup: np.ndarray     # float64 unix seconds (NaN unknown)
     user_country: np.ndarray    # object
+    # extra numeric columns of the item / user tables (name -> float64 per row, NaN missing): ranker features
+    item_extra: dict = field(default_factory=dict)
+    user_extra: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     files: dict = field(default_factory=dict)   # input file name -> {size, sha256}
 
@@ -157,6 +160,33 @@ def _numbers(t: pa.Table, path: Path, col: str, allow_nan=False) -> np.ndarray:
     return a
 
 
+EXTRA_MAX = 32     # extra numeric columns per table that become ranker features
+ITEM_KNOWN = ("item_id", "category", "creator", "price", "created_at", "in_stock")
+USER_KNOWN = ("user_id", "signup_date", "country")
+
+
+def _extra_columns(t: pa.Table, known, report: dict, what: str) -> dict[str, np.ndarray]:
+    """The table's other numeric (or boolean) columns, in file order, as float64 (empty / inf -> NaN);
+    the first :data:`EXTRA_MAX`. Text columns and any beyond are listed in ``report`` as not used."""
+    out: dict[str, np.ndarray] = {}
+    unused = []
+    for name in t.column_names:
+        if name in known:
+            continue
+        c = t.column(name)
+        numeric = pa.types.is_integer(c.type) or pa.types.is_floating(c.type) or pa.types.is_boolean(c.type)
+        if not numeric or len(out) >= EXTRA_MAX:
+            unused.append(name)
+            continue
+        a = pc.cast(c, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+        a[~np.isfinite(a)] = np.nan
+        out[name] = a
+    report[f"{what}_feature_columns"] = list(out)
+    if unused:
+        report[f"{what}_columns_not_used"] = unused
+    return out
+
+
 def _timestamps(t: pa.Table, path: Path, col: str) -> np.ndarray:
     c = t.column(col)
     if c.null_count:
@@ -227,6 +257,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
     created = _timestamps(it, ip, "created_at") if "created_at" in it.column_names else np.zeros(len(item_ids))
     in_stock = (_numbers(it, ip, "in_stock") != 0).astype(np.int8) if "in_stock" in it.column_names \
         else np.ones(len(item_ids), np.int8)
+    item_extra = _extra_columns(it, ITEM_KNOWN, report, "extra_item")
     files[ip.name] = {"size": ip.stat().st_size, "sha256": sha256_file(ip)}
 
     xp = find_table(d, "interactions")
@@ -262,6 +293,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
     user_ids = np.unique(x_user)
     signup = np.full(len(user_ids), np.nan)
     country = np.full(len(user_ids), "", object)
+    user_extra: dict[str, np.ndarray] = {}
     up = find_table(d, "users", required=False)
     if up is not None:
         ut = read_table(up)
@@ -278,6 +310,9 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
             signup[r] = _timestamps(ut, up, "signup_date")
         if "country" in ut.column_names:
             country[r] = _optional_strings(ut, up, "country")
+        for name, a in _extra_columns(ut, USER_KNOWN, report, "extra_user").items():
+            user_extra[name] = np.full(len(user_ids), np.nan)
+            user_extra[name][r] = a
         files[up.name] = {"size": up.stat().st_size, "sha256": sha256_file(up)}
     user_row = _codes(x_user, user_ids)
     order = np.lexsort((ev, ts, user_row))
@@ -286,7 +321,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
                    ts=ts[order], event=ev[order].astype(np.int8), value=value[order],
                    user_ids=user_ids, item_ids=item_ids, item_category=category, item_creator=creator,
                    item_price=price, item_created=created, item_in_stock=in_stock, user_signup=signup,
-                   user_country=country, report=report, files=files)
+                   user_country=country, item_extra=item_extra, user_extra=user_extra, report=report, files=files)
 
 
 def _iso(seconds: np.ndarray) -> pa.Array:
@@ -311,11 +346,13 @@ def write_dataset(ds: Dataset, out_dir: str | os.PathLike, fmt: str = "csv") -> 
             "item_id": pa.array(ds.item_ids.astype(str)), "category": pa.array(ds.item_category.astype(str)),
             "creator": pa.array(ds.item_creator.astype(str)), "price": pa.array(ds.item_price),
             "created_at": _iso(ds.item_created), "in_stock": pa.array(ds.item_in_stock.astype(np.int64)),
+            **{k: pa.array(v, mask=np.isnan(v)) for k, v in ds.item_extra.items()},
         }),
         "users": pa.table({
             "user_id": pa.array(ds.user_ids.astype(str)),
             "signup_date": _iso(np.nan_to_num(ds.user_signup, nan=0.0)),
             "country": pa.array(ds.user_country.astype(str)),
+            **{k: pa.array(v, mask=np.isnan(v)) for k, v in ds.user_extra.items()},
         }),
     }
     written = {}

@@ -38,8 +38,9 @@ def write_tables(path: Path, ds, cat, art) -> None:
         w.write_ids("creator", [str(x) for x in cat.creators])
         w.write_array("item_emb", art.item_emb)
         w.write_array("user_emb", art.user_emb)
-        w.write_array("item_feats", art.item_feats, columns=list(art.schema.item_columns))
-        w.write_array("user_feats", art.user_feats, columns=list(art.schema.user_columns))
+        # NaN = missing (an empty cell of an extra input column): the ranker's missing-value branch
+        w.write_array("item_feats", art.item_feats, columns=list(art.schema.item_columns), allow_nan=True)
+        w.write_array("user_feats", art.user_feats, columns=list(art.schema.user_columns), allow_nan=True)
         w.write_array("hist_indptr", art.hist_indptr.astype(np.int64))
         w.write_array("hist_items", art.hist_items.astype(np.int32))
         w.write_array("hist_ts", art.hist_ts.astype(np.float64))

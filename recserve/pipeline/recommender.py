@@ -112,6 +112,17 @@ def scaled_quotas(quotas: dict, n: int) -> dict:
     return {"cap": n, "quotas": {s: max(1, math.ceil(int(v) * n / total)) for s, v in quotas.items()}}
 
 
+def _column_means(a: np.ndarray) -> np.ndarray:
+    """float32 mean of each column over its non-missing values (NaN where a column has none)."""
+    a = np.asarray(a, np.float64)
+    if len(a) == 0:
+        return np.zeros(a.shape[1], np.float32)
+    known = ~np.isnan(a)
+    n = known.sum(0)
+    total = np.where(known, a, 0.0).sum(0)
+    return np.where(n > 0, total / np.maximum(n, 1), np.nan).astype(np.float32)
+
+
 class Recommender:
     def __init__(self, bundle, store: EventStore | None, defaults: dict | None = None):
         self.bundle = bundle
@@ -135,8 +146,7 @@ class Recommender:
         self.c_creator, self.c_stock = col.get("creator"), col.get("in_stock")
         self.c_created = col.get("created_days")
         self.user_feats = np.asarray(bundle.user_feats, np.float32)
-        self.user_mean = (self.user_feats.mean(0) if len(self.user_feats)
-                          else np.zeros(len(bundle.schema.user_columns), np.float32)).astype(np.float32)
+        self.user_mean = _column_means(self.user_feats)      # the features of a user the bundle lacks
         self.hist_indptr = t.array("hist_indptr")
         self.hist_items = t.array("hist_items")
         self.hist_ts = t.array("hist_ts")

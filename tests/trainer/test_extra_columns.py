@@ -1,0 +1,79 @@
+"""Extra numeric columns of the item and user tables become ranker features, from file to served bundle."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pytest
+
+from recserve.bundle import Bundle
+from trainer.build import build
+from trainer.io import EXTRA_MAX, load_dataset, write_dataset
+from trainer.synth import synth
+from trainer.timing import Timer
+
+
+def _with_extras(d, rng):
+    items = pacsv.read_csv(d / "items.csv")
+    n = items.num_rows
+    quality = rng.random(n)
+    quality[::7] = np.nan                                       # empty cells: missing
+    items = items.append_column("quality", pa.array(quality, mask=np.isnan(quality)))
+    items = items.append_column("colour", pa.array(rng.choice(["red", "blue"], n)))   # text: not used
+    pacsv.write_csv(items, d / "items.csv")
+    users = pacsv.read_csv(d / "users.csv")
+    age = rng.integers(18, 80, users.num_rows).astype(np.float64)
+    users = users.append_column("age", pa.array(age))
+    pacsv.write_csv(users, d / "users.csv")
+    return items, users
+
+
+def test_extra_numeric_columns_are_ranker_features(tmp_path):
+    data = tmp_path / "data"
+    ds0, _ = synth(300, 200, seed=4)
+    write_dataset(ds0, data)
+    items, users = _with_extras(data, np.random.default_rng(0))
+    ds = load_dataset(data)
+    assert list(ds.item_extra) == ["quality"] and list(ds.user_extra) == ["age"]
+    assert ds.report["extra_item_columns_not_used"] == ["colour"]
+    root = build(ds, tmp_path / "out", {"factors": 8, "tune": False, "label_windows": 1, "ranker_users": 300,
+                                        "ranker_rounds": 10}, timer=Timer(verbose=False))
+    with Bundle.open(root) as b:
+        assert "item.x_quality" in b.schema.names and "user.x_age" in b.schema.names
+        assert "item.x_colour" not in b.schema.names
+        cols = b.tables.columns("item_feats")
+        feats = np.asarray(b.item_feats)
+        ids = items.column("item_id").to_pylist()
+        rows = b.tables.rows_of("item", [str(i) for i in ids])
+        want = items.column("quality").to_numpy(zero_copy_only=False).astype(np.float32)
+        np.testing.assert_array_equal(feats[rows, cols.index("x_quality")], want)      # NaN where empty
+        ucols = b.tables.columns("user_feats")
+        urows = b.tables.rows_of("user", [str(u) for u in users.column("user_id").to_pylist()])
+        np.testing.assert_array_equal(np.asarray(b.user_feats)[urows, ucols.index("x_age")],
+                                      users.column("age").to_numpy().astype(np.float32))
+        # served: the crossed rows carry the extra columns, and an unknown user gets their means
+        from recserve.pipeline.recommender import Recommender, RecRequest
+
+        rec = Recommender(b, None)
+        res = rec.recommend(RecRequest(user_id=str(users.column("user_id")[0]), k=5))
+        assert len(res.items) == 5
+        assert len(rec.recommend(RecRequest(user_id="someone-new", k=5)).items) == 5
+        assert rec.user_mean[ucols.index("x_age")] == pytest.approx(float(np.mean(users.column("age"))), rel=1e-5)
+    # written back out, the extra columns survive
+    out = tmp_path / "again"
+    write_dataset(ds, out, fmt="parquet")
+    again = load_dataset(out)
+    np.testing.assert_array_equal(again.item_extra["quality"], ds.item_extra["quality"])
+
+
+def test_at_most_extra_max_columns_are_used(tmp_path):
+    data = tmp_path / "data"
+    ds0, _ = synth(60, 40, seed=5)
+    write_dataset(ds0, data)
+    items = pacsv.read_csv(data / "items.csv")
+    for j in range(EXTRA_MAX + 2):
+        items = items.append_column(f"f{j}", pa.array(np.full(items.num_rows, float(j))))
+    pacsv.write_csv(items, data / "items.csv")
+    ds = load_dataset(data)
+    assert list(ds.item_extra) == [f"f{j}" for j in range(EXTRA_MAX)]
+    assert ds.report["extra_item_columns_not_used"] == [f"f{EXTRA_MAX}", f"f{EXTRA_MAX + 1}"]
