@@ -149,50 +149,41 @@ def test_tls_and_mtls(shared_root, facts, tmp_path, start_server):
     assert cli().returncode != 0
 
 
-def test_maximum_concurrent_rpcs(shared_root, facts, start_server):
+def _burst(s, user: str, n: int) -> list[str]:
+    """The status codes of ``n`` Recommends sent at once, each on its own connection."""
     import threading
 
-    s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--max-concurrent-rpcs", "2",
-                     "--threads", "4", env={"RECSERVE_DEBUG_DELAY_MS": "1500"})
     codes = []
 
     def call():
         try:
-            s.stub().Recommend(pb.RecommendRequest(user_id=facts["user"], k=3), timeout=10)
+            s.stub().Recommend(pb.RecommendRequest(user_id=user, k=3), timeout=10)
             codes.append("OK")
         except grpc.RpcError as e:
             codes.append(e.code().name)
 
-    threads = [threading.Thread(target=call) for _ in range(5)]
+    threads = [threading.Thread(target=call) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
+    return codes
+
+
+def test_maximum_concurrent_rpcs(shared_root, facts, start_server):
+    s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--max-concurrent-rpcs", "2",
+                     "--threads", "4", env={"RECSERVE_DEBUG_DELAY_MS": "1500"})
+    codes = _burst(s, facts["user"], 5)
     assert codes.count("OK") >= 2 and codes.count("RESOURCE_EXHAUSTED") >= 1, codes
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}
 
 
 def test_shed_calls_are_counted_in_the_metrics(shared_root, facts, start_server):
     """Calls gRPC refuses at the concurrency bound never reach the servicer; the metrics count them."""
-    import threading
-
     mport = _free_port()
     s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--max-concurrent-rpcs", "2",
                      "--threads", "4", "--metrics-port", str(mport), env={"RECSERVE_DEBUG_DELAY_MS": "1500"})
-    codes = []
-
-    def call():
-        try:
-            s.stub().Recommend(pb.RecommendRequest(user_id=facts["user"], k=3), timeout=10)
-            codes.append("OK")
-        except grpc.RpcError as e:
-            codes.append(e.code().name)
-
-    threads = [threading.Thread(target=call) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    codes = _burst(s, facts["user"], 6)
     assert codes.count("RESOURCE_EXHAUSTED") >= 1, codes
     text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
     for code in ("OK", "RESOURCE_EXHAUSTED"):
