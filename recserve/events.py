@@ -9,6 +9,8 @@ Databases:
 - ``ev``: ``user_id \\0 ts(>d) seq(>Q)`` -> ``type(b) item_id`` ; per user in time order.
 - ``users``: ``user_id`` -> first-seen unix seconds (users created by events).
 - ``items``: ``item_id`` -> JSON ``{"in_stock": bool, "price": float}`` (latest state overrides).
+- ``ulast``: ``user_id`` -> the ``seq`` of the user's latest written event (a stamp: a reader that cached
+  a user's events knows they are still current while it is unchanged, whatever the new event's timestamp).
 - ``meta``: ``seq`` (event counter), ``items_gen`` (bumped on every item update).
 """
 from __future__ import annotations
@@ -41,8 +43,9 @@ class EventStore:
     def __init__(self, path: str | os.PathLike, map_size: int = 1 << 30):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=4, sync=True, metasync=True,
+        self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=5, sync=True, metasync=True,
                              max_readers=1024, lock=True)
+        self._ulast = self.env.open_db(b"ulast")
         self._ev = self.env.open_db(b"ev")
         self._users = self.env.open_db(b"users")
         self._items = self.env.open_db(b"items")
@@ -62,17 +65,19 @@ class EventStore:
         new_users = 0
         with self.env.begin(write=True) as txn:
             seq = int.from_bytes(txn.get(b"seq", db=self._meta) or b"\0" * 8, "big")
-            seen: set[str] = set()
+            last: dict[bytes, int] = {}
             for e in events:
                 u = e.user_id.encode()
-                if e.user_id not in seen:
-                    seen.add(e.user_id)
+                if u not in last:
                     if not known_user(e.user_id) and txn.get(u, db=self._users) is None:
                         txn.put(u, struct.pack(">d", time.time()), db=self._users)
                         new_users += 1
                 seq += 1
+                last[u] = seq
                 key = u + b"\0" + struct.pack(">dQ", e.timestamp, seq)
                 txn.put(key, struct.pack(">b", e.type) + e.item_id.encode(), db=self._ev)
+            for u, s in last.items():
+                txn.put(u, s.to_bytes(8, "big"), db=self._ulast)
             txn.put(b"seq", seq.to_bytes(8, "big"), db=self._meta)
         return len(events), new_users
 
@@ -127,6 +132,13 @@ class EventStore:
         ts = np.frombuffer(b"".join(keys), dtype=">f8").astype(np.float64)
         types = np.array([v[0] for v in vals], dtype=np.uint8).view(np.int8)
         return [v[1:].decode() for v in vals], types, ts
+
+    def user_stamp(self, user_id: str) -> int | None:
+        """The ``seq`` of the user's latest written event (None: no event, or written by a store version
+        that kept no stamps). It changes with every new event of the user."""
+        with self.env.begin(db=self._ulast) as txn:
+            raw = txn.get(user_id.encode())
+        return None if raw is None else int.from_bytes(raw, "big")
 
     def has_user(self, user_id: str) -> bool:
         with self.env.begin(db=self._users) as txn:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -178,6 +179,10 @@ class Recommender:
         self.history_len = int(p.get("history_len", 200))
         # item id -> row of the ids met in real-time events (a user's events are read on every request)
         self._event_rows: dict[str, int] = {}
+        # user -> (event stamp, history arrays) for users with long event histories, current while the
+        # store's stamp for the user is unchanged (any worker's write changes it)
+        self._hist_cache: OrderedDict[str, tuple] = OrderedDict()
+        self._hist_lock = threading.Lock()
         self._items_gen = -1
         masks = range(1 << len(self.sources))
         self._source_lists = {m: [s for i, s in enumerate(self.sources) if m >> i & 1] for m in masks} \
@@ -287,9 +292,37 @@ class Recommender:
         memo.update(zip(miss, found.tolist()))
         return np.array([memo.get(i, -1) if g == -2 else g for i, g in zip(items, got)], np.int32)
 
+    HIST_CACHE_USERS = 4096     # users whose histories are kept
+    HIST_CACHE_MIN_EVENTS = 32  # real-time events below which reading them again is as cheap as a lookup
+
     def _history(self, user_id: str, user_row: int | None):
-        """(rows, event codes, timestamps), oldest first, bundle history + recent events."""
+        """(rows, event codes, timestamps), oldest first, bundle history + recent events (read-only
+        arrays). A long event history is kept per user while the event store's stamp for the user is
+        unchanged; the stamp is read before the events, so a write in between only costs a re-read."""
+        if self.store is None or not user_id:
+            return self._read_history(user_id, user_row)[:3]
+        stamp = self.store.user_stamp(user_id)
+        if stamp is not None:
+            with self._hist_lock:
+                hit = self._hist_cache.get(user_id)
+                if hit is not None and hit[0] == stamp:
+                    self._hist_cache.move_to_end(user_id)
+                    return hit[1]
+        out = self._read_history(user_id, user_row)
+        for a in out[:3]:
+            a.flags.writeable = False
+        if stamp is not None and out[3] >= self.HIST_CACHE_MIN_EVENTS:
+            with self._hist_lock:
+                self._hist_cache[user_id] = (stamp, out[:3])
+                self._hist_cache.move_to_end(user_id)
+                while len(self._hist_cache) > self.HIST_CACHE_USERS:
+                    self._hist_cache.popitem(last=False)
+        return out[:3]
+
+    def _read_history(self, user_id: str, user_row: int | None):
+        """(rows, events, timestamps, number of real-time events) from the bundle and the event store."""
         rows, ev, ts = [], [], []
+        n_events = 0
         if user_row is not None:
             a, b = int(self.hist_indptr[user_row]), int(self.hist_indptr[user_row + 1])
             rows.append(np.asarray(self.hist_items[a:b], np.int32))
@@ -297,6 +330,7 @@ class Recommender:
             ts.append(np.asarray(self.hist_ts[a:b], np.float64))
         if self.store is not None and user_id:
             items, types, times = self.store.recent_columns(user_id, self.history_len)
+            n_events = len(items)
             if items:
                 r = self._event_item_rows(items)
                 keep = r >= 0
@@ -304,12 +338,12 @@ class Recommender:
                 ev.append(types[keep])
                 ts.append(times[keep])
         if not rows:
-            return np.zeros(0, np.int32), np.zeros(0, np.int8), np.zeros(0, np.float64)
+            return np.zeros(0, np.int32), np.zeros(0, np.int8), np.zeros(0, np.float64), 0
         rows, ev, ts = np.concatenate(rows), np.concatenate(ev), np.concatenate(ts)
         if len(rows) > 1 and np.any(np.diff(ts) < 0):
             o = np.argsort(ts, kind="stable")
             rows, ev, ts = rows[o], ev[o], ts[o]
-        return rows[-self.history_len:], ev[-self.history_len:], ts[-self.history_len:]
+        return rows[-self.history_len:], ev[-self.history_len:], ts[-self.history_len:], n_events
 
     # -- Recommend ---------------------------------------------------------------------------------
     def recommend(self, req: RecRequest) -> Result:

@@ -41,3 +41,43 @@ def test_event_item_rows_memo_matches_the_id_map_and_stays_bounded(demo_bundle, 
         assert len(rec._event_rows) == 30
         np.testing.assert_array_equal(rec._event_item_rows(ids[30:60][::-1]), want[30:60][::-1])
         assert sorted(rec._event_rows) == sorted(ids[30:60])     # 30 + 30 > 40: started over
+
+
+def test_user_stamp_changes_with_every_write_of_the_user(tmp_path):
+    store = EventStore(tmp_path / "ev")
+    assert store.user_stamp("u1") is None
+    store.record([Event("u1", "i1", 0, 100.0), Event("u2", "i2", 0, 100.0)], lambda u: True)
+    s1 = store.user_stamp("u1")
+    s2 = store.user_stamp("u2")
+    assert s1 is not None and s2 is not None and s1 != s2
+    store.record([Event("u2", "i3", 0, 50.0)], lambda u: True)          # an older timestamp: still a change
+    assert store.user_stamp("u1") == s1 and store.user_stamp("u2") > s2
+
+
+def test_long_event_histories_are_kept_until_the_user_writes_again(demo_bundle, tmp_path):
+    import numpy as np
+
+    from recserve.bundle import Bundle
+    from recserve.pipeline.recommender import Recommender
+
+    with Bundle.open(demo_bundle) as b:
+        store = EventStore(tmp_path / "ev")
+        rec = Recommender(b, store)
+        items = [b.tables.id_of("item", r) for r in range(0, min(b.n_items, 50))]
+        user = "heavy-user"
+        n = Recommender.HIST_CACHE_MIN_EVENTS + 8
+        rec.record_events([Event(user, items[k % len(items)], 0, 1000.0 + k) for k in range(n)])
+        first = rec._history(user, None)
+        again = rec._history(user, None)
+        assert all(a is b_ for a, b_ in zip(first, again))                  # kept: the same arrays
+        assert not first[0].flags.writeable
+        np.testing.assert_array_equal(first[2], 1000.0 + np.arange(n))
+        # a write of the user -- even one dated before the newest event -- makes the next read fresh
+        rec.record_events([Event(user, items[7], 2, 500.0)])
+        fresh = rec._history(user, None)
+        assert fresh[0] is not first[0] and len(fresh[0]) == n + 1
+        assert fresh[2][0] == 500.0 and fresh[1][0] == 2
+        # a short history is read every time (nothing kept)
+        rec.record_events([Event("light-user", items[0], 0, 1000.0)])
+        a1, a2 = rec._history("light-user", None), rec._history("light-user", None)
+        assert a1[0] is not a2[0] and "light-user" not in rec._hist_cache
