@@ -41,6 +41,7 @@ import multiprocessing as mp
 import os
 import pickle
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -482,6 +483,8 @@ def main(argv=None) -> int:
     print(f"workload: {cfg}; {a.clients} client processes; server workers {a.workers} (cpu affinity "
           f"{a.cpu_affinity})")
     servers = []
+    # a SIGTERM (a `timeout`, a CI job being cancelled) still stops the servers this run started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = tempfile.TemporaryDirectory(prefix="recserve-load-")
     try:
         if a.target:
