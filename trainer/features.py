@@ -87,7 +87,7 @@ def item_features(ds, item, ts, event, value, now, cat_codes, creator_codes, pop
     s_r = np.bincount(item[rated], weights=value[rated].astype(np.float64), minlength=n)
     cols["avg_rating"] = np.where(n_r > 0, s_r / np.maximum(n_r, 1), 0.0)
     cols["n_ratings"] = n_r
-    extra = [np.asarray(v, np.float64) for v in getattr(ds, "item_extra", {}).values()]
+    extra = [np.asarray(v, np.float64) for v in ds.item_extra.values()]
     return np.column_stack([np.asarray(cols[c], np.float64) for c in ITEM_COLUMNS] + extra).astype(np.float32)
 
 
@@ -112,7 +112,7 @@ def user_features(ds, user, item, ts, event, now, cat_codes, n_cat) -> np.ndarra
     np.add.at(shares, (user, cat_codes[item]), 1.0)
     shares /= np.maximum(counts, 1)[:, None]
     base = np.column_stack([age, counts, *by_ev, avg_spend, since, distinct])
-    extra = [np.asarray(v, np.float64)[:, None] for v in getattr(ds, "user_extra", {}).values()]
+    extra = [np.asarray(v, np.float64)[:, None] for v in ds.user_extra.values()]
     return np.hstack([base, shares, *extra]).astype(np.float32)
 
 

@@ -42,7 +42,7 @@ def ann_batch(art, vecs: np.ndarray, users: np.ndarray, params: dict, threads=2)
     short = np.zeros(len(users), bool)
     for s in np.flatnonzero(live & (full > first)):
         h_items, _, _ = art.history(int(users[s]))
-        short[s] = not C.ann_filled(out[s][0], np.unique(np.asarray(h_items, np.int64)), params)
+        short[s] = not C.ann_filled(out[s][0], C.sorted_unique(np.asarray(h_items, np.int64)), params)
     ask(full, short)
     empty = (np.zeros(0, np.int32), np.zeros(0, np.float32))
     art.index.set_ef(int(params["ef"]))

@@ -56,6 +56,14 @@ def sorted_unique(rows) -> np.ndarray:
     return a[keep]
 
 
+def not_in_sorted(rows: np.ndarray, sorted_rows: np.ndarray) -> np.ndarray:
+    """Boolean mask: which of ``rows`` are absent from ``sorted_rows`` (sorted, unique): a binary search each."""
+    if len(sorted_rows) == 0 or len(rows) == 0:
+        return np.ones(len(rows), bool)
+    at = np.minimum(np.searchsorted(sorted_rows, rows), len(sorted_rows) - 1)
+    return sorted_rows[at] != rows
+
+
 def recent_distinct(hist_items, n: int) -> np.ndarray:
     """The last ``n`` distinct items of a history, newest first."""
     h = np.asarray(hist_items, np.int64)[::-1]
@@ -89,10 +97,7 @@ def source_lists(hist_items, hist_ts, ann_rows, ann_scores, i2i_rows, i2i_scores
 
     def unseen(rows, scores):
         """History items dropped, so a list's ranks (ranker features) count only what can be served."""
-        keep = rows >= 0
-        if len(seen) and len(rows):     # seen is sorted: a binary search per row
-            at = np.minimum(np.searchsorted(seen, rows), len(seen) - 1)
-            keep &= seen[at] != rows
+        keep = (rows >= 0) & not_in_sorted(rows, seen)
         return np.asarray(rows[keep], np.int32), np.asarray(scores[keep], np.float32)
 
     recent = recent_distinct(hist, i2i_seed_count(params))
@@ -143,10 +148,7 @@ def ann_filled(rows, seen_sorted: np.ndarray, params: dict, allowed=None) -> boo
     rows) and, at serving, the rows a filter disallows (``allowed`` mask) are dropped."""
     rows = np.asarray(rows, np.int64).ravel()
     rows = rows[rows >= 0]
-    keep = np.ones(len(rows), bool)
-    if len(seen_sorted) and len(rows):
-        at = np.minimum(np.searchsorted(seen_sorted, rows), len(seen_sorted) - 1)
-        keep &= seen_sorted[at] != rows
+    keep = not_in_sorted(rows, seen_sorted)
     if allowed is not None and len(rows):
         keep &= allowed[rows]
     return int(np.count_nonzero(keep)) >= int(params["quotas"]["ann"])

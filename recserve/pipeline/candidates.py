@@ -10,6 +10,8 @@ import threading
 
 import numpy as np
 
+from recserve._core.candidates import not_in_sorted
+
 # when the allowed subset is at most this fraction of the items (or this many), search it exhaustively
 BRUTE_FRACTION = 0.25
 BRUTE_MAX = 20000
@@ -56,8 +58,7 @@ def drop_rows(rows: np.ndarray, scores: np.ndarray, dropped_sorted: np.ndarray):
     scores = np.asarray(scores, np.float32)
     if len(dropped_sorted) == 0 or len(rows) == 0:
         return rows, scores
-    at = np.minimum(np.searchsorted(dropped_sorted, rows), len(dropped_sorted) - 1)
-    keep = dropped_sorted[at] != rows
+    keep = not_in_sorted(rows, dropped_sorted)
     return rows[keep], scores[keep]
 
 
