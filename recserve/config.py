@@ -21,10 +21,10 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     workers: int = 2
-    threads: int = 4                   # gRPC handler threads per worker
+    threads: int = 4                   # per worker: threads for event-store writes (fsync) and bundle loads
     cpu_affinity: str = "auto"         # "auto": worker i on the i-th allowed CPU when workers <= CPUs; "off";
                                        # or a CPU list "0,2,4" (worker i on the (i mod n)-th)
-    max_concurrent_rpcs: int = 64      # per worker; beyond -> RESOURCE_EXHAUSTED
+    max_concurrent_rpcs: int = 64      # calls in flight per worker; beyond -> RESOURCE_EXHAUSTED
     max_message_bytes: int = 4 << 20
     reload_interval: float = 1.0       # seconds between CURRENT polls; 0 disables hot reload
     grace: float = 10.0                # SIGTERM drain, seconds

@@ -2,12 +2,15 @@
 
 Workers are forked BEFORE any gRPC object exists (call :func:`create_server` before creating channels or
 servers in the calling process). Each worker, after fork, limits native thread pools to one thread, opens
-the event store, LMDB tables, hnswlib and LightGBM itself, starts its own gRPC server (health, reflection,
-``maximum_concurrent_rpcs``, message size limits, optional TLS/mTLS and bearer tokens) and watches
-``<root>/CURRENT``: a new version is loaded and verified in a background thread, warmed up, then swapped in
-atomically; a bad bundle is refused and the old one keeps serving. Health is SERVING only while a valid
-bundle is loaded. SIGTERM drains: health goes NOT_SERVING, new calls are refused, in-flight calls finish
-within ``grace`` seconds. With ``workers=0`` the same worker runs inside the calling process (tests, tools).
+the event store, LMDB tables, hnswlib and LightGBM itself, and starts its own gRPC server on an asyncio
+event loop (``grpc.aio``: health, reflection, a bound on calls in flight, message size limits, optional
+TLS/mTLS and bearer tokens). Requests compute on that one loop, one at a time, in the order
+:mod:`recserve.scheduling` gives them; event-store writes and bundle loads run in a small thread pool. The
+worker watches ``<root>/CURRENT``: a new version is loaded and verified in that pool, warmed up, then
+swapped in atomically; a bad bundle is refused and the old one keeps serving. Health is SERVING only while a
+valid bundle is loaded. SIGTERM drains: health goes NOT_SERVING, new calls are refused, in-flight calls
+finish within ``grace`` seconds. With ``workers=0`` the same worker runs inside the calling process (tests,
+tools).
 
 Fork hazard: also call :func:`create_server` before the calling process has used OpenMP (LightGBM training,
 implicit ALS): a forked child that touches an inherited OpenMP pool can hang. Processes that train first
@@ -15,6 +18,7 @@ implicit ALS): a forked child that touches an inherited OpenMP pool can hang. Pr
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import json
@@ -93,20 +97,17 @@ class Metrics:
 class BundleHolder:
     """Holds the live :class:`Recommender`; loads, verifies, warms up and swaps new versions."""
 
-    def __init__(self, bundle_path: str, cfg: ServeConfig, store, health=None, metrics=None):
+    def __init__(self, bundle_path: str, cfg: ServeConfig, store, metrics=None):
         self.path = Path(bundle_path)
         self.root = bundle_root(bundle_path)
         self.cfg = cfg
         self.store = store
-        self.health = health
         self.metrics = metrics
         self.current = None
         self.current_key: str | None = None
         self.last_error: str | None = None
         self.attempts = 0                       # bundle loads tried (for tests and logs)
         self._refused: tuple | None = None      # (key, stamp) of the last refused bundle
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         # leases: a retired pipeline is closed only once no request holds it any more
         self._lease_lock = threading.Lock()
         self._leases: dict[int, int] = {}
@@ -206,8 +207,6 @@ class BundleHolder:
             if old is not None:
                 self.metrics.version.labels(old.version).set(0)
             self.metrics.version.labels(rec.version).set(1)
-        if self.health is not None:
-            self.set_health(True)
         log.info("bundle loaded", extra={"event": "bundle_loaded", "version": rec.version})
         if old is not None:  # in-flight requests may still hold it: closed when the last lets go
             self._retire(old)
@@ -217,28 +216,6 @@ class BundleHolder:
         gc.collect()
         gc.freeze()
         return True
-
-    def set_health(self, serving: bool) -> None:
-        from grpc_health.v1 import health_pb2
-
-        st = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        self.health.set("", st)
-        self.health.set(SERVICE_NAME, st)
-
-    def watch(self) -> None:
-        if self.cfg.reload_interval <= 0:
-            return
-
-        def loop():
-            while not self._stop.wait(self.cfg.reload_interval):
-                self.try_reload()
-
-        self._thread = threading.Thread(target=loop, name="bundle-watch", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
 
 # -- one worker ----------------------------------------------------------------------------------------
 def _limit_threads() -> None:
@@ -274,62 +251,108 @@ def worker_cpus(setting: str, workers: int) -> list[int] | None:
 
 
 class Worker:
-    """One gRPC server over the shared port, with its own bundle, event store and reload watcher."""
+    """One gRPC server over the shared port on the calling thread's asyncio event loop, with its own
+    bundle, event store and reload watcher: ``await start()``, then ``await stop()``."""
 
     def __init__(self, cfg: ServeConfig, port: int, metrics: Metrics | None = None):
-        import grpc
-        from grpc_health.v1 import health, health_pb2_grpc
-        from grpc_reflection.v1alpha import reflection
-
         from recserve.events import EventStore
-        from recserve.service import AuthInterceptor, RecommenderService, ShedCounter, load_tokens
-        from recserve.v1 import recommender_pb2, recommender_pb2_grpc
 
         self.cfg = cfg
+        self.metrics = metrics
+        self.port = port                # the port asked for; the bound one once started
         root = bundle_root(cfg.bundle)
         self.store = EventStore(cfg.events_dir or root / "events")
-        self.health = health.HealthServicer(experimental_non_blocking=True)
-        self.holder = BundleHolder(cfg.bundle, cfg, self.store, self.health, metrics)
-        self.holder.set_health(False)
-        shed = ShedCounter(metrics) if metrics is not None else None
-        interceptors = [shed] if shed is not None else []
-        if cfg.tokens_file:
-            interceptors.append(AuthInterceptor(load_tokens(cfg.tokens_file), metrics))
+        self.holder = BundleHolder(cfg.bundle, cfg, self.store, metrics)
+        # event-store writes (fsync) and bundle loads: blocking work that must not stall the event loop
+        self.io = futures.ThreadPoolExecutor(max_workers=max(cfg.threads, 1), thread_name_prefix="recserve-io")
+        self._watcher: asyncio.Task | None = None
+
+    async def start(self) -> int:
+        """Bind, start serving (NOT_SERVING until a bundle is live), load the current bundle."""
+        import grpc
+        from grpc_health.v1 import health_pb2_grpc
+        from grpc_health.v1._async import HealthServicer
+        from grpc_reflection.v1alpha import reflection
+
+        from recserve.service import AuthInterceptor, RecommenderService, load_tokens
+        from recserve.v1 import recommender_pb2, recommender_pb2_grpc
+
+        cfg = self.cfg
+        self.health = HealthServicer()
+        await self._set_health(False)
+        interceptors = [AuthInterceptor(load_tokens(cfg.tokens_file), self.metrics)] if cfg.tokens_file else []
         opts = [("grpc.so_reuseport", 1),
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes)]
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.threads), options=opts,
-                                  interceptors=interceptors, maximum_concurrent_rpcs=cfg.max_concurrent_rpcs)
-        if shed is not None:
-            shed.attach(self.server)
-        recommender_pb2_grpc.add_RecommenderServicer_to_server(RecommenderService(self.holder, metrics),
-                                                               self.server)
+        self.server = grpc.aio.server(interceptors=interceptors, options=opts)
+        self.service = RecommenderService(self.holder, self.metrics, self.io, cfg.max_concurrent_rpcs)
+        recommender_pb2_grpc.add_RecommenderServicer_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name,
                  "grpc.health.v1.Health", reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self.server)
-        addr = f"{cfg.host}:{port}"
+        addr = f"{cfg.host}:{self.port}"
         if cfg.tls_cert:
             key = Path(cfg.tls_key).read_bytes()
             cert = Path(cfg.tls_cert).read_bytes()
             ca = Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None
             creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
                                                 require_client_auth=ca is not None)
-            self.port = self.server.add_secure_port(addr, creds)
+            bound = self.server.add_secure_port(addr, creds)
         else:
-            self.port = self.server.add_insecure_port(addr)
-        if self.port == 0:
+            bound = self.server.add_insecure_port(addr)
+        if bound == 0:
             raise RuntimeError(f"cannot bind {addr}")
+        self.port = bound
+        await self.server.start()
+        await self._reload()
+        if cfg.reload_interval > 0:
+            self._watcher = asyncio.ensure_future(self._watch())
+        return bound
 
-    def start(self) -> None:
-        self.server.start()
-        self.holder.try_reload()  # the current bundle, synchronously; SERVING once it is loaded
-        self.holder.watch()
+    async def _set_health(self, serving: bool) -> None:
+        from grpc_health.v1 import health_pb2
 
-    def stop(self, grace: float | None = None) -> None:
-        self.holder.stop()
-        self.holder.set_health(False)
-        self.server.stop(self.cfg.grace if grace is None else grace).wait()
+        st = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set("", st)
+        await self.health.set(SERVICE_NAME, st)
+
+    async def _reload(self) -> None:
+        """Load the version CURRENT names if it changed (in a thread); SERVING once one is live."""
+        if await asyncio.get_running_loop().run_in_executor(self.io, self.holder.try_reload):
+            await self._set_health(True)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.reload_interval)
+            await self._reload()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING, refuse new calls, let in-flight ones finish within ``grace`` seconds."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.cfg.grace if grace is None else grace)
+        self.io.shutdown(wait=True)
+
+
+class InProcessWorker(Worker):
+    """A :class:`Worker` on an event loop in a thread of the calling process (``create_server`` with
+    ``workers=0``); ``stop()`` is called from any other thread."""
+
+    def __init__(self, cfg: ServeConfig, port: int, metrics: Metrics | None = None):
+        super().__init__(cfg, port, metrics)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="recserve-grpc", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.start(), self._loop).result()
+
+    def stop(self, grace: float | None = None) -> None:     # type: ignore[override]
+        try:
+            asyncio.run_coroutine_threadsafe(Worker.stop(self, grace), self._loop).result()
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
 
 
 def _worker_main(cfg: ServeConfig, port: int, ready_fd: int, cpu: int | None = None) -> None:
@@ -342,17 +365,21 @@ def _worker_main(cfg: ServeConfig, port: int, ready_fd: int, cpu: int | None = N
         _limit_threads()
         metrics = Metrics() if cfg.metrics_port else None
         w = Worker(cfg, port, metrics)
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        w.start()
-        try:
-            os.write(ready_fd, b"1" if w.holder.current is not None else b"0")
-        except OSError:            # the supervisor stopped listening: serve anyway
-            pass
-        os.close(ready_fd)
-        stop.wait()
-        log.info("draining", extra={"event": "drain"})
-        w.stop()
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+            await w.start()
+            try:
+                os.write(ready_fd, b"1" if w.holder.current is not None else b"0")
+            except OSError:            # the supervisor stopped listening: serve anyway
+                pass
+            os.close(ready_fd)
+            await stop.wait()
+            log.info("draining", extra={"event": "drain"})
+            await w.stop()
+
+        asyncio.run(main())
     except BaseException:  # noqa: BLE001
         log.exception("worker failed")
         code = 1
@@ -506,7 +533,7 @@ def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConf
     """Start serving ``bundle`` (a bundle root holding CURRENT, or one version directory) on ``address``.
 
     Returns ``(server, port)``: a :class:`Supervisor` over ``cfg.workers`` forked processes, or with
-    ``workers=0`` an in-process :class:`Worker`. Both have ``stop(grace)``. A CURRENT naming an invalid
+    ``workers=0`` an :class:`InProcessWorker`. Both have ``stop(grace)``. A CURRENT naming an invalid
     bundle fails here; a root without CURRENT starts NOT_SERVING and waits for one.
     """
     import dataclasses
@@ -532,8 +559,7 @@ def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConf
 
             metrics = Metrics()
             start_http_server(cfg.metrics_port, addr=cfg.host)
-        w = Worker(cfg, cfg.port, metrics)
-        w.start()
+        w = InProcessWorker(cfg, cfg.port, metrics)
         return w, w.port
     sock = _reserve_port(cfg.host, cfg.port)
     sup = Supervisor(cfg, sock.getsockname()[1], sock)

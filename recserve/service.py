@@ -1,6 +1,8 @@
-"""The gRPC servicer: proto <-> pipeline dataclasses, and the one place mapping errors to status codes."""
+"""The gRPC servicer (grpc.aio): proto <-> pipeline dataclasses, and the one place mapping errors to status
+codes."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -13,6 +15,7 @@ import grpc
 from recserve.events import Event
 from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument, NotFound
 from recserve.pipeline.recommender import Filters, RecRequest
+from recserve.scheduling import CHEAP, HEAVY, ComputeSlot
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -38,24 +41,34 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
     if isinstance(exc, NoBundle):
         return grpc.StatusCode.UNAVAILABLE, "no bundle is loaded yet"
+    if isinstance(exc, Overloaded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in flight in this worker; retry later"
     if isinstance(exc, lmdb.MapFullError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "the event store is full"
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__})"
 
 
+class Overloaded(Exception):
+    """More calls in flight in this worker than its bound (``max_concurrent_rpcs``)."""
+
+
 def rpc(method):
     """Every RPC: a request id (in the response, the trailing metadata and any log line about the call),
-    errors mapped by :func:`status_of` (failed calls are logged, successful ones are not), metrics."""
+    the worker's bound on calls in flight, errors mapped by :func:`status_of` (failed calls are logged,
+    successful ones are not), metrics."""
     name = method.__name__
 
     @functools.wraps(method)
-    def wrapper(self, request, context):
+    async def wrapper(self, request, context):
         t0 = time.perf_counter()
         code = grpc.StatusCode.OK
         rid = uuid.uuid4().hex
-        context.set_trailing_metadata((("recserve-worker", str(os.getpid())), ("recserve-request-id", rid)))
+        context.set_trailing_metadata((("recserve-worker", self.pid), ("recserve-request-id", rid)))
+        self.in_flight += 1
         try:
-            return method(self, request, context, rid)
+            if self.in_flight > self.max_in_flight:
+                raise Overloaded()
+            return await method(self, request, context, rid)
         except Exception as exc:  # noqa: BLE001 -- mapped, never leaked
             code, msg = status_of(exc)
             extra = {"event": "rpc_failed", "request_id": rid, "method": name, "code": code.name}
@@ -63,8 +76,9 @@ def rpc(method):
                 log.exception("internal error in %s", name, extra=extra)
             else:
                 log.info("%s: %s", name, msg, extra=extra)
-            context.abort(code, f"{msg} (request {rid})")
+            await context.abort(code, f"{msg} (request {rid})")
         finally:
+            self.in_flight -= 1
             if self.metrics is not None:
                 self.metrics.observe(name, code.name, time.perf_counter() - t0)
 
@@ -88,6 +102,19 @@ def _filters(f: pb.Filters) -> Filters:
     )
 
 
+def _rec_request(request: pb.RecommendRequest, deadline: float | None) -> RecRequest:
+    c, d = request.context, request.diversity
+    return RecRequest(
+        user_id=request.user_id, k=request.k, session_item_ids=list(request.session_item_ids),
+        timestamp=c.timestamp, hour=c.hour if c.HasField("hour") else None,
+        weekday=c.weekday if c.HasField("weekday") else None, device=int(c.device), country=c.country,
+        extra=dict(c.extra), filters=_filters(request.filters),
+        exclude_consumed=request.exclude_consumed if request.HasField("exclude_consumed") else True,
+        mmr_lambda=d.__getattribute__("lambda") if d.HasField("lambda") else None,
+        max_per_creator=d.max_per_creator if d.HasField("max_per_creator") else None,
+        explain=request.explain, deadline=deadline)
+
+
 def _add_items(repeated, result, explain: bool) -> None:
     """Append the result's items to a response's repeated ``items`` field (built in place, no copies)."""
     for it in result.items:
@@ -99,11 +126,21 @@ def _add_items(repeated, result, explain: bool) -> None:
 
 
 class RecommenderService(pb_grpc.RecommenderServicer):
-    """Thin: ``holder.current`` is the live pipeline (swapped whole on reload)."""
+    """Thin, on the worker's event loop: ``holder.current`` is the live pipeline (swapped whole on reload).
 
-    def __init__(self, holder, metrics=None):
+    Recommend and SimilarItems compute on the loop, one at a time, through the worker's
+    :class:`ComputeSlot` (SimilarItems first; Recommend yields to it between its stages). RecordEvents and
+    UpdateItems wait on the event store's fsync: they run in ``io`` (a thread pool) and do not take the slot.
+    """
+
+    def __init__(self, holder, metrics=None, io=None, max_in_flight: int = 64):
         self.holder = holder
         self.metrics = metrics
+        self.io = io
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self.slot = ComputeSlot()
+        self.pid = str(os.getpid())
 
     @contextlib.contextmanager
     def _rec(self):
@@ -113,22 +150,25 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 raise NoBundle()
             yield rec
 
+    async def _in_io(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
+
     @rpc
-    def Recommend(self, request, context, rid):
-        with self._rec() as rec:
-            if DEBUG_DELAY_S:
-                time.sleep(DEBUG_DELAY_S)
-            c, d = request.context, request.diversity
-            req = RecRequest(
-                user_id=request.user_id, k=request.k, session_item_ids=list(request.session_item_ids),
-                timestamp=c.timestamp, hour=c.hour if c.HasField("hour") else None,
-                weekday=c.weekday if c.HasField("weekday") else None, device=int(c.device), country=c.country,
-                extra=dict(c.extra), filters=_filters(request.filters),
-                exclude_consumed=request.exclude_consumed if request.HasField("exclude_consumed") else True,
-                mmr_lambda=d.__getattribute__("lambda") if d.HasField("lambda") else None,
-                max_per_creator=d.max_per_creator if d.HasField("max_per_creator") else None,
-                explain=request.explain, deadline=_deadline(context))
-            res = rec.recommend(req)
+    async def Recommend(self, request, context, rid):
+        deadline = _deadline(context)
+        if DEBUG_DELAY_S:
+            await asyncio.sleep(DEBUG_DELAY_S)
+        req = _rec_request(request, deadline)
+        async with self.slot.hold(HEAVY, deadline) as pause:
+            with self._rec() as rec:
+                steps = rec.recommend_steps(req)
+                while True:
+                    try:
+                        next(steps)
+                    except StopIteration as done:
+                        res = done.value
+                        break
+                    await pause()
             if self.metrics is not None:
                 self.metrics.observe_recommend(res.timings, res.source_counts)
             resp = pb.RecommendResponse(bundle_version=res.bundle_version, request_id=rid,
@@ -139,32 +179,34 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             return resp
 
     @rpc
-    def SimilarItems(self, request, context, rid):
-        with self._rec() as rec:
-            res = rec.similar(request.item_id, request.k, _filters(request.filters), _deadline(context))
+    async def SimilarItems(self, request, context, rid):
+        deadline = _deadline(context)
+        async with self.slot.hold(CHEAP, deadline):
+            with self._rec() as rec:
+                res = rec.similar(request.item_id, request.k, _filters(request.filters), deadline)
             resp = pb.SimilarItemsResponse(bundle_version=res.bundle_version, request_id=rid)
             _add_items(resp.items, res, False)
             return resp
 
     @rpc
-    def RecordEvents(self, request, context, rid):
+    async def RecordEvents(self, request, context, rid):
+        events = []
+        for i, e in enumerate(request.events):
+            if e.type == pb.EVENT_TYPE_UNSPECIFIED:
+                raise InvalidArgument(f"events[{i}].type", "must be set")
+            events.append(Event(e.user_id, e.item_id, int(e.type) - 1, e.timestamp))
         with self._rec() as rec:
-            events = []
-            for i, e in enumerate(request.events):
-                if e.type == pb.EVENT_TYPE_UNSPECIFIED:
-                    raise InvalidArgument(f"events[{i}].type", "must be set")
-                events.append(Event(e.user_id, e.item_id, int(e.type) - 1, e.timestamp))
-            accepted, new_users = rec.record_events(events)
-            if self.metrics is not None:
-                self.metrics.events.inc(accepted)
-            return pb.RecordEventsResponse(accepted=accepted, new_users=new_users)
+            accepted, new_users = await self._in_io(rec.record_events, events)
+        if self.metrics is not None:
+            self.metrics.events.inc(accepted)
+        return pb.RecordEventsResponse(accepted=accepted, new_users=new_users)
 
     @rpc
-    def UpdateItems(self, request, context, rid):
+    async def UpdateItems(self, request, context, rid):
+        ups = [(u.item_id, u.in_stock if u.HasField("in_stock") else None,
+                u.price if u.HasField("price") else None) for u in request.items]
         with self._rec() as rec:
-            ups = [(u.item_id, u.in_stock if u.HasField("in_stock") else None,
-                    u.price if u.HasField("price") else None) for u in request.items]
-            return pb.UpdateItemsResponse(updated=rec.update_items(ups))
+            return pb.UpdateItemsResponse(updated=await self._in_io(rec.update_items, ups))
 
 
 WRITE_METHODS = {"/recserve.v1.Recommender/RecordEvents", "/recserve.v1.Recommender/UpdateItems"}
@@ -189,39 +231,15 @@ def load_tokens(path) -> dict[str, str]:
 def _abort_handler(code, msg, method: str, metrics=None):
     name = method.rsplit("/", 1)[-1]
 
-    def fn(request, context):
+    async def fn(request, context):
         if metrics is not None:
             metrics.observe(name, code.name, 0.0)
-        context.abort(code, msg)
+        await context.abort(code, msg)
 
     return grpc.unary_unary_rpc_method_handler(fn)
 
 
-class ShedCounter(grpc.ServerInterceptor):
-    """Counts, in the request metrics, the calls gRPC itself sheds with RESOURCE_EXHAUSTED at
-    ``maximum_concurrent_rpcs`` (they never reach a servicer). Interceptors run in gRPC's call-accepting
-    thread under its server lock, right after gRPC has compared its active-call count with the bound, so
-    reading the same two numbers (``server._state``, private to grpcio: with a grpcio that lacks them
-    nothing is counted) gives the same answer. Attach the server's state with :meth:`attach`."""
-
-    def __init__(self, metrics):
-        self.metrics = metrics
-        self._state = None
-
-    def attach(self, server) -> None:
-        state = getattr(server, "_state", None)
-        if hasattr(state, "active_rpc_count") and hasattr(state, "maximum_concurrent_rpcs"):
-            self._state = state
-
-    def intercept_service(self, continuation, details):
-        st = self._state
-        if st is not None and st.maximum_concurrent_rpcs is not None \
-                and st.active_rpc_count >= st.maximum_concurrent_rpcs:
-            self.metrics.observe(details.method.rsplit("/", 1)[-1], "RESOURCE_EXHAUSTED", 0.0)
-        return continuation(details)
-
-
-class AuthInterceptor(grpc.ServerInterceptor):
+class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Bearer tokens: none/unknown -> UNAUTHENTICATED, a read token on a write method -> PERMISSION_DENIED.
     Rejected calls are counted in the request metrics like any other."""
 
@@ -229,10 +247,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self.tokens = tokens
         self.metrics = metrics
 
-    def intercept_service(self, continuation, details):
+    async def intercept_service(self, continuation, details):
         method = details.method
         if method.startswith(OPEN_PREFIXES):
-            return continuation(details)
+            return await continuation(details)
         auth = dict(details.invocation_metadata or ()).get("authorization", "")
         scope = self.tokens.get(auth[7:]) if auth.lower().startswith("bearer ") else None
         if scope is None:
@@ -241,4 +259,4 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if method in WRITE_METHODS and scope != "write":
             return _abort_handler(grpc.StatusCode.PERMISSION_DENIED, "this token may only read", method,
                                   self.metrics)
-        return continuation(details)
+        return await continuation(details)

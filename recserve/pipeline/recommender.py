@@ -347,6 +347,18 @@ class Recommender:
 
     # -- Recommend ---------------------------------------------------------------------------------
     def recommend(self, req: RecRequest) -> Result:
+        """Recommend, start to finish (:meth:`recommend_steps` without pauses)."""
+        steps = self.recommend_steps(req)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def recommend_steps(self, req: RecRequest):
+        """Recommend as a generator: it yields the name of each stage it finishes (validate, user,
+        candidates, ranking, rerank), so the caller can let other work run between stages, and returns the
+        :class:`Result`. Stage times do not count the time spent between stages; ``total`` does."""
         timings: list[tuple[str, float]] = []
         t0 = tp = time.perf_counter()
 
@@ -357,6 +369,13 @@ class Recommender:
             tp = now
             if req.deadline is not None and time.monotonic() > req.deadline:
                 raise DeadlineExceeded(stage)
+
+        def done(stage):
+            """``yield from done(stage)``: the stage's lap, then a pause point for the caller."""
+            nonlocal tp
+            lap(stage)
+            yield stage
+            tp = time.perf_counter()
 
         check_id(req.user_id, "user_id", allow_empty=True)
         k = check_k(req.k)
@@ -388,14 +407,14 @@ class Recommender:
         sess = self.tables.rows_of("item", req.session_item_ids)
         sess = sess[sess >= 0]
         cold = user_row is None and len(h_rows) == 0 and len(sess) == 0
-        lap("validate")
+        yield from done("validate")
 
         # user vector: history, then the session on top (as clicks, now)
         uvec = CC.history_vector(self.emb, np.concatenate([h_rows, sess]),
                                  np.concatenate([h_ev, np.full(len(sess), 1, np.int8)]),
                                  np.concatenate([h_ts, np.full(len(sess), now)]), now, self.cparams)
         user_row_vals = self.user_feats[user_row] if user_row is not None else self.user_mean
-        lap("user")
+        yield from done("user")
 
         frac = n_allowed / max(self.n_items, 1)
         brute = allowed is not None and (frac < C.BRUTE_FRACTION or n_allowed <= C.BRUTE_MAX and frac < 0.5)
@@ -433,7 +452,7 @@ class Recommender:
                                   [q.get(s, 50) for s in self.sources], max(self.cap, k),
                                   self.n_items, bits)
         counts = {s: int(np.count_nonzero(merged.sources & (1 << i))) for i, s in enumerate(self.sources)}
-        lap("candidates")
+        yield from done("candidates")
         if len(merged) == 0:
             return Result([], self.version, timings + [("total", (time.perf_counter() - t0) * 1000)], cold,
                           counts)
@@ -441,7 +460,7 @@ class Recommender:
         dev = float(req.device)
         ctx = R.context_vector(self.schema, float(hour), float(weekday), dev, req.extra)
         X, scores = R.score(snap.crosser, self.ranker, user_row_vals, uvec, merged, ctx, now / 86400.0)
-        lap("ranking")
+        yield from done("ranking")
 
         rel = RR.minmax(scores)
         creators = (feats[merged.rows, self.c_creator].astype(np.int64)
@@ -452,7 +471,7 @@ class Recommender:
             age_days = now / 86400.0 - feats[merged.rows, self.c_created].astype(np.float64)
             novelty = (age_days <= float(self.params.get("new_item_days", 14.0))).astype(np.float32)
         pos, pen = RR.diversify(rel, self.emb, merged.rows, k, lam, creators, mpc, novelty, boost)
-        lap("rerank")
+        yield from done("rerank")
 
         contribs = self.ranker.contributions(X[pos]) if req.explain else [[] for _ in pos]
         ids = self.tables.ids_of("item", merged.rows[pos])

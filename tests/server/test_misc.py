@@ -179,7 +179,7 @@ def test_maximum_concurrent_rpcs(shared_root, facts, start_server):
 
 
 def test_shed_calls_are_counted_in_the_metrics(shared_root, facts, start_server):
-    """Calls gRPC refuses at the concurrency bound never reach the servicer; the metrics count them."""
+    """Calls refused at the bound on calls in flight are counted in the metrics like any other."""
     mport = _free_port()
     s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--max-concurrent-rpcs", "2",
                      "--threads", "4", "--metrics-port", str(mport), env={"RECSERVE_DEBUG_DELAY_MS": "1500"})
