@@ -41,8 +41,9 @@ class ServerProc:
     in the load generator's session: with the kernel's autogroup scheduling (``sched_autogroup_enabled``)
     a new session would be a scheduling group of its own, and the client processes, in another group,
     would then be weighed against the server workers as a group rather than task by task. Measured with
-    the 100k-item bundle at 437 calls/s: SimilarItems p99 12.9-13.8 ms with a new session against 7.7-7.8 ms
-    in the same session (RESULTS §1).
+    the 100k-item bundle at 437 calls/s, three alternating runs each: SimilarItems p99 12.46 / 12.06 /
+    11.66 ms and client send lag p99 3.6-4.2 ms with a new session, against 9.22 / 7.64 / 8.14 ms and
+    2.8-3.3 ms in the same session (Recommend p99 19.76 / 17.90 / 18.12 against 18.85 / 15.84 / 17.06 ms).
     """
 
     def __init__(self, cmd: list[str], name: str, env=None, timeout: float = 180.0):
