@@ -198,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--new-item-days", dest="new_item_days", type=float)
     s.add_argument("--candidates", type=int,
                    help="candidates ranked per request (the bundle's source quotas scaled to sum to it)")
-    s.add_argument("--ef", type=int, help="HNSW search breadth (default: the bundle's tuned ef)")
+    s.add_argument("--ef", type=int, help="HNSW search breadth of Recommend (default: the bundle's tuned ef)")
+    s.add_argument("--similar-ef", dest="similar_ef", type=int,
+                   help="HNSW search breadth of SimilarItems (default: the bundle's tuned similar_ef)")
     s.add_argument("--ranker-engine", dest="ranker_engine", choices=["forest", "lightgbm"],
                    help="ranker evaluator: the Cython forest (default) or LightGBM's Booster.predict")
     s.set_defaults(fn=cmd_serve)

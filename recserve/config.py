@@ -11,8 +11,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-PIPELINE_KEYS = ("mmr_lambda", "max_per_creator", "cap", "candidates", "ef", "ranker_engine", "novelty_boost",
-                 "new_item_days")
+PIPELINE_KEYS = ("mmr_lambda", "max_per_creator", "cap", "candidates", "ef", "similar_ef", "ranker_engine",
+                 "novelty_boost", "new_item_days")
 
 
 @dataclass
@@ -39,7 +39,8 @@ class ServeConfig:
     max_per_creator: int | None = None
     cap: int | None = None
     candidates: int | None = None      # candidates ranked per request: sets cap, source quotas scaled to it
-    ef: int | None = None
+    ef: int | None = None              # HNSW search breadth of Recommend's ANN source
+    similar_ef: int | None = None      # ... and of SimilarItems (default: the bundle's tuned similar_ef)
     ranker_engine: str | None = None   # "forest" (default, the Cython evaluator) or "lightgbm"
     novelty_boost: float | None = None  # added to the [0, 1] relevance of new items (0 = off)
     new_item_days: float | None = None  # an item is new for this many days after created_at (14)

@@ -171,8 +171,6 @@ class BundleHolder:
         path = Path(key) if os.path.isabs(key) else self.root / key
         b = B.Bundle.open(path, verify=True)
         try:
-            if self.cfg.ef:
-                b.index.set_ef(int(self.cfg.ef))
             rec = Recommender(b, self.store, self.cfg.pipeline_overrides())
             rec.warmup()
         except Exception:

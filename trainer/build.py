@@ -299,9 +299,21 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
             ebest, egrid = tune_ef(art_fit.index, art_fit.item_emb, vecs, ks, float(cfg["ef_recall"]),
                                    threads=cfg["threads"])
             params["ef"] = int(ebest["ef"])
-            art_fit.index.set_ef(params["ef"])
             tuning["ef"] = {"metric": "ANN recall against brute force at the k the server asks",
                             "target": float(cfg["ef_recall"]), "grid": egrid, "chosen": ebest}
+            # SimilarItems asks with an item's own vector, for similar_k neighbours: an easier query
+            n_items = len(art_fit.item_emb)
+            items = np.random.default_rng(cfg["seed"] + 1).choice(n_items, min(cfg["tune_users"], n_items),
+                                                                  replace=False)
+            iks = np.full(len(items), C.similar_k(C.SIMILAR_K, 1.0, n_items))
+            sbest, sgrid = tune_ef(art_fit.index, art_fit.item_emb, art_fit.item_emb[items], iks,
+                                   float(cfg["ef_recall"]), threads=cfg["threads"], truth_k=C.SIMILAR_K)
+            params["similar_ef"] = int(sbest["ef"])
+            tuning["similar_ef"] = {"metric": "share of an item's exact nearest SIMILAR_K found among the k "
+                                              "neighbours SimilarItems asks for", "k": int(iks[0]),
+                                    "truth_k": C.SIMILAR_K,
+                                    "target": float(cfg["ef_recall"]), "grid": sgrid, "chosen": sbest}
+            art_fit.index.set_ef(params["ef"])
     else:
         cfg = {**cfg, "i2i_model": artifacts.i2i_model(cfg, ds.n_items)}
     with timer("ranker_rows"):

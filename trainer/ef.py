@@ -4,7 +4,8 @@ The server asks the index for ``ann_first_k`` neighbours of a user vector (the A
 the user's history, at most another quota; again with ``ann_k`` when that answer is short); hnswlib
 searches with ``max(ef, k)``. A larger ``ef`` costs time on every request, so the
 bundle records the smallest ``ef`` of a grid whose recall against exact (brute-force) search, for real user
-vectors and the ``k`` the server would ask, reaches a target.
+vectors and the ``k`` the server would ask, reaches a target; and likewise ``similar_ef`` for SimilarItems,
+whose queries are items' own vectors (easier: the query sits in the graph) at ``similar_k`` neighbours.
 """
 from __future__ import annotations
 
@@ -30,15 +31,19 @@ def exact_top(item_emb: np.ndarray, vecs: np.ndarray, ks: np.ndarray, chunk: int
 
 
 def tune_ef(index, item_emb: np.ndarray, vecs: np.ndarray, ks: np.ndarray, target: float = 0.95,
-            grid=DEFAULT_GRID, threads: int = 2) -> tuple[dict, list[dict]]:
+            grid=DEFAULT_GRID, threads: int = 2, truth_k: int | None = None) -> tuple[dict, list[dict]]:
     """(chosen ``{"ef", "recall"}``, the grid's results): the smallest ``ef`` with mean recall >= ``target``
-    (the best of the grid when none reaches it). ``vecs`` are non-zero user vectors, ``ks`` the k per vector."""
+    (the best of the grid when none reaches it). ``vecs`` are the query vectors (zero ones are skipped), ``ks``
+    the k per vector. Recall is the share of the exact ``k`` nearest found among the ``k`` asked for; with
+    ``truth_k``, the share of the exact ``truth_k`` nearest found among them (a caller that re-ranks a
+    longer answer needs only its true top to be in it)."""
     keep = np.linalg.norm(vecs, axis=1) > 0
     vecs, ks = np.asarray(vecs[keep], np.float32), np.asarray(ks[keep], np.int64)
     if len(vecs) == 0:
         raise ValueError("no user vectors to tune ef on")
     ks = np.minimum(ks, index.get_current_count())
-    truth = exact_top(np.asarray(item_emb, np.float32), vecs, ks)
+    tks = ks if truth_k is None else np.minimum(ks, int(truth_k))
+    truth = exact_top(np.asarray(item_emb, np.float32), vecs, tks)
     before = index.ef
     results = []
     try:
@@ -50,7 +55,7 @@ def tune_ef(index, item_emb: np.ndarray, vecs: np.ndarray, ks: np.ndarray, targe
                 sel = np.flatnonzero(ks == k)
                 labels, _ = index.knn_query(vecs[sel], k=int(k), num_threads=threads)
                 for j, s in enumerate(sel):
-                    hits[s] = len(np.intersect1d(labels[j], truth[s], assume_unique=True)) / k
+                    hits[s] = len(np.intersect1d(labels[j], truth[s], assume_unique=True)) / tks[s]
             results.append({"ef": ef, "recall": round(float(hits.mean()), 5)})
     finally:
         index.set_ef(before)

@@ -165,6 +165,16 @@ def ann_lists(query, params: dict, hist_items, n_items: int, drop_history: bool 
     return ans
 
 
+SIMILAR_K = 20      # the k SimilarItems' search breadth is tuned for (the API's default k)
+
+
+def similar_k(k: int, allowed_frac: float, n_items: int) -> int:
+    """How many embedding neighbours SimilarItems asks the index for: three times ``k + 1`` (room for the
+    item-to-item blend to reorder them, for the item itself), divided by the share of the catalogue a
+    filter keeps (its disallowed items are dropped after the query)."""
+    return int(min(int((k + 1) * 3 / max(allowed_frac, 1e-9)) + 1, n_items))
+
+
 def context_vector(now: float, device: int = 0) -> np.ndarray:
     """The ranker's context columns (``hour``, ``weekday`` Monday=0, ``device`` code) at unix time ``now``."""
     days = np.floor(now / 86400.0)

@@ -20,7 +20,8 @@ EMPTY = (np.zeros(0, np.int32), np.zeros(0, np.float32))
 
 
 class AnnSource:
-    """hnswlib k-NN with guards: the vector's dim, k <= count, and a lock so a query never overlaps an add."""
+    """hnswlib k-NN with guards: the vector's dim, k <= count, and a lock so a query never overlaps an add
+    (or another query's search breadth)."""
 
     def __init__(self, index, item_emb: np.ndarray):
         self.index = index
@@ -28,8 +29,11 @@ class AnnSource:
         self.dim = item_emb.shape[1]
         self.count = index.get_current_count()
         self.lock = threading.Lock()  # held by add_items callers too (none in serving today)
+        self._ef = int(index.ef)
 
-    def query(self, vec: np.ndarray, k: int, allowed: np.ndarray | None, brute: bool):
+    def query(self, vec: np.ndarray, k: int, allowed: np.ndarray | None, brute: bool, ef: int | None = None):
+        """The ``k`` nearest items by cosine, searching with breadth ``max(ef, k)`` (``ef`` None: the
+        index's current one); by brute force over ``allowed`` when ``brute``."""
         if vec.shape != (self.dim,) or not np.any(vec):
             return EMPTY
         if brute and allowed is not None:
@@ -38,6 +42,9 @@ class AnnSource:
         if k <= 0:
             return EMPTY
         with self.lock:
+            if ef is not None and ef != self._ef:
+                self.index.set_ef(int(ef))
+                self._ef = int(ef)
             labels, dist = self.index.knn_query(vec.reshape(1, -1), k=k, num_threads=1)
         return labels[0].astype(np.int32), (1.0 - dist[0]).astype(np.float32)
 

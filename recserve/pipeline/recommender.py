@@ -164,6 +164,10 @@ class Recommender:
         self.cat_rows = t.array("pop_cat_rows")
         self.n_cats = t.n_ids("category")
         self.ann = C.AnnSource(bundle.index, self.emb)
+        # search breadths, per query: Recommend's tuned on user vectors, SimilarItems' on item vectors (a
+        # bundle without the latter searches with the former)
+        self.ef = int(p.get("ef") or bundle.index.ef)
+        self.similar_ef = int(p.get("similar_ef") or self.ef)
         self.schema = bundle.schema
         self.sources = list(self.schema.sources)
         # the item table with the stock/price overlay: replaced whole, never mutated, so a request reads
@@ -425,7 +429,7 @@ class Recommender:
         all_rows = np.concatenate([h_rows, sess]).astype(np.int64)
         all_ts = np.concatenate([h_ts, np.full(len(sess), now)])
         over = 1.0 / max(frac, 0.05)        # a filter drops items after the ANN query: over-fetch
-        ann = CC.ann_lists(lambda n: self.ann.query(uvec, int(n * over) + 1, allowed, brute), self.cparams,
+        ann = CC.ann_lists(lambda n: self.ann.query(uvec, int(n * over) + 1, allowed, brute, self.ef), self.cparams,
                            all_rows, self.n_items, req.exclude_consumed, allowed)
         base = CC.source_lists(all_rows, all_ts, ann[0], ann[1], self.i2i_rows, self.i2i_scores,
                                self.trend_rows, self.trend_scores, self.cparams,
@@ -504,9 +508,9 @@ class Recommender:
         nb, nb_score = nb[nb_ok].astype(np.int64), nb_score[nb_ok].astype(np.float32)
         parts = [nb]
         if frac >= C.BRUTE_FRACTION:
-            r, _ = self.ann.query(vec, min(int((k + 1) * 3 / frac) + 1, self.ann.count), None, False)
+            r, _ = self.ann.query(vec, CC.similar_k(k, frac, self.ann.count), None, False, self.similar_ef)
             parts.append(r.astype(np.int64))
-        rows = np.unique(np.concatenate(parts))
+        rows = CC.sorted_unique(np.concatenate(parts))
         keep = rows != row
         if allowed is not None:
             keep &= allowed[rows]
@@ -525,10 +529,8 @@ class Recommender:
         blend = 0.7 * cos + 0.3 * i2i_part
         order = np.argsort(-blend, kind="stable")[:want]
         ids = self.tables.ids_of("item", rows[order])
-        items = []
-        for j, o in enumerate(order):
-            src = ["ann"] + (["i2i"] if i2i_part[o] > 0 else [])
-            items.append(Item(ids[j], float(blend[o]), src))
+        items = [Item(i, b, ["ann", "i2i"] if hit else ["ann"])
+                 for i, b, hit in zip(ids, blend[order].tolist(), (i2i_part[order] > 0).tolist())]
         return Result(items, self.version, [("total", (time.perf_counter() - t0) * 1000.0)])
 
     # -- writes ------------------------------------------------------------------------------------

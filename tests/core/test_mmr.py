@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from recserve._core.mmr import mmr, mmr_reference
+from recserve._core.mmr import dense_codes, mmr, mmr_reference
 
 
 def setup(seed, n, d=8, n_items=300):
@@ -102,3 +102,16 @@ def test_novelty_boost_lifts_new_items():
         mmr(rel, E, rows, 3, 1.0, novelty=nov[:5], novelty_weight=1.0)
     with pytest.raises(ValueError, match="finite"):
         mmr(rel, E, rows, 3, 1.0, novelty=nov, novelty_weight=float("nan"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-3, 40), max_size=60))
+def test_dense_codes_are_the_rank_of_each_known_creator(creators):
+    """Per request, creators are re-coded to 0..m-1 in id order, unknown (negative) stays -1: what
+    ``np.unique(..., return_inverse=True)`` gives."""
+    c = np.array(creators, np.int64)
+    expected = np.full(len(c), -1, np.int32)
+    known = c >= 0
+    if known.any():
+        expected[known] = np.unique(c[known], return_inverse=True)[1]
+    np.testing.assert_array_equal(dense_codes(c), expected)

@@ -45,3 +45,20 @@ def test_zero_vectors_are_skipped_and_none_left_is_an_error(index_and_data):
     idx, emb, vecs = index_and_data
     with pytest.raises(ValueError, match="no user vectors"):
         tune_ef(idx, emb, np.zeros((3, 16), np.float32), np.full(3, 10))
+
+
+def test_truth_k_counts_the_true_top_found_in_a_longer_answer(index_and_data):
+    """SimilarItems asks for similar_k neighbours and re-ranks them: what counts is whether the exact
+    nearest truth_k are among them, which a narrower search already achieves."""
+    idx, emb, _ = index_and_data
+    items = emb[:150]
+    ks = np.full(len(items), 40)
+    _, strict = tune_ef(idx, emb, items, ks, target=0.95, grid=(10, 40, 400), threads=1)
+    _, top10 = tune_ef(idx, emb, items, ks, target=0.95, grid=(10, 40, 400), threads=1, truth_k=10)
+    strict, top10 = {r["ef"]: r["recall"] for r in strict}, {r["ef"]: r["recall"] for r in top10}
+    idx.set_ef(40)
+    labels, _ = idx.knn_query(items, k=40, num_threads=1)
+    truth = exact_top(emb, items, np.full(len(items), 10))
+    expect = np.mean([len(set(l.tolist()) & set(t.tolist())) / 10 for l, t in zip(labels, truth)])
+    assert top10[40] == pytest.approx(expect, abs=1e-4)
+    assert top10[40] >= strict[40]
