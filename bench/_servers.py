@@ -1,7 +1,8 @@
 """The servers a load test runs against: recserve itself, and the transport ceiling.
 
 The ceiling is a trivial server implementing the same ``recserve.v1.Recommender`` service with the same
-worker model (forked SO_REUSEPORT workers, pinned alike, each a ``grpc.aio`` server) and gRPC options as
+worker model (forked SO_REUSEPORT workers, pinned alike, each a ``grpc.aio`` server on the same event
+loop) and gRPC options as
 recserve's, answering every call with a response recorded from the real
 server (so the messages have the same sizes) without doing any work. It runs as
 ``python bench/_servers.py ceiling-serve --responses FILE --workers N``.
@@ -186,7 +187,11 @@ def _ceiling_worker(port: int, canned: dict, cfg) -> None:
             await stop.wait()
             await srv.stop(2)
 
-        asyncio.run(serve())
+        from recserve.server import new_event_loop
+
+        loop = new_event_loop()
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(serve())
     except BaseException:  # noqa: BLE001
         import traceback
 
