@@ -36,10 +36,10 @@ def vector_params(params: dict) -> UserVectorParams:
 
 def history_vector(item_emb: np.ndarray, hist_items, hist_event, hist_ts, now: float, params: dict) -> np.ndarray:
     """The user vector of a history (oldest first): event weights and ages in days from ``now`` (seconds)."""
-    rows = np.asarray(hist_items, np.int64)
+    rows = np.asarray(hist_items)          # int32 rows go to the kernel as they are
     if len(rows) == 0:
         return np.zeros(item_emb.shape[1], np.float32)
-    ew = np.asarray(params["event_weights"], np.float32)[np.asarray(hist_event, np.int64)]
+    ew = np.asarray(params["event_weights"], np.float32)[np.asarray(hist_event, np.intp)]
     ages = np.maximum(0.0, (now - np.asarray(hist_ts, np.float64)) / 86400.0).astype(np.float32)
     return user_vector(item_emb, rows, vector_params(params), event_weights=ew, ages=ages)
 

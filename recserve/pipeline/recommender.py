@@ -113,6 +113,17 @@ def scaled_quotas(quotas: dict, n: int) -> dict:
     return {"cap": n, "quotas": {s: max(1, math.ceil(int(v) * n / total)) for s, v in quotas.items()}}
 
 
+def _in_codes(codes: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """``np.isin(codes, wanted)``: for a few wanted codes one comparison each, ten times faster over a
+    large catalogue than ``isin``'s general method."""
+    if len(wanted) > 4:
+        return np.isin(codes, wanted)
+    out = codes == wanted[0]
+    for c in wanted[1:]:
+        out |= codes == c
+    return out
+
+
 def _column_means(a: np.ndarray) -> np.ndarray:
     """float32 mean of each column over its non-missing values (NaN where a column has none)."""
     a = np.asarray(a, np.float64)
@@ -268,9 +279,9 @@ class Recommender:
             return base, include, (self.n_items if base is None else snap.n_in_stock)
         mask = np.ones(self.n_items, bool) if base is None else base.copy()
         if cat is not None and len(include):
-            mask &= np.isin(cat, include)
+            mask &= _in_codes(cat, include)
         if cat is not None and len(exclude):
-            mask &= ~np.isin(cat, exclude)
+            mask &= ~_in_codes(cat, exclude)
         if price is not None and f.min_price is not None:
             mask &= price >= f.min_price
         if price is not None and f.max_price is not None:
@@ -413,24 +424,25 @@ class Recommender:
         cold = user_row is None and len(h_rows) == 0 and len(sess) == 0
         yield from done("validate")
 
-        # user vector: history, then the session on top (as clicks, now)
-        uvec = CC.history_vector(self.emb, np.concatenate([h_rows, sess]),
-                                 np.concatenate([h_ev, np.full(len(sess), 1, np.int8)]),
-                                 np.concatenate([h_ts, np.full(len(sess), now)]), now, self.cparams)
+        # the history with the request's session appended as the newest session (as clicks, now)
+        if len(sess):
+            all_rows = np.concatenate([h_rows, sess])
+            all_ev = np.concatenate([h_ev, np.full(len(sess), 1, np.int8)])
+            all_ts = np.concatenate([h_ts, np.full(len(sess), now)])
+        else:
+            all_rows, all_ev, all_ts = h_rows, h_ev, h_ts
+        uvec = CC.history_vector(self.emb, all_rows, all_ev, all_ts, now, self.cparams)
         user_row_vals = self.user_feats[user_row] if user_row is not None else self.user_mean
         yield from done("user")
 
         frac = n_allowed / max(self.n_items, 1)
         brute = allowed is not None and (frac < C.BRUTE_FRACTION or n_allowed <= C.BRUTE_MAX and frac < 0.5)
         q = {s: int(self.quotas.get(s, 50)) for s in self.sources}
-        consumed = CC.sorted_unique(np.concatenate([h_rows, sess])) if req.exclude_consumed else np.zeros(0, np.int32)
-        # the trainer's lists (same recency rules, so the ranker sees what it was trained on), over the
-        # history with the request's session appended as the newest session
-        all_rows = np.concatenate([h_rows, sess]).astype(np.int64)
-        all_ts = np.concatenate([h_ts, np.full(len(sess), now)])
+        consumed = CC.sorted_unique(all_rows) if req.exclude_consumed else np.zeros(0, np.int32)
+        # the trainer's lists (same recency rules, so the ranker sees what it was trained on)
         over = 1.0 / max(frac, 0.05)        # a filter drops items after the ANN query: over-fetch
-        ann = CC.ann_lists(lambda n: self.ann.query(uvec, int(n * over) + 1, allowed, brute, self.ef), self.cparams,
-                           all_rows, self.n_items, req.exclude_consumed, allowed)
+        ann = CC.ann_lists(lambda n: self.ann.query(uvec, int(n * over) + 1, allowed, brute, self.ef),
+                           self.cparams, all_rows, self.n_items, req.exclude_consumed, allowed)
         base = CC.source_lists(all_rows, all_ts, ann[0], ann[1], self.i2i_rows, self.i2i_scores,
                                self.trend_rows, self.trend_scores, self.cparams,
                                drop_history=req.exclude_consumed)
