@@ -7,11 +7,13 @@
 
 What it does
   * ``--bundle DIR`` starts ``recserve serve --bundle DIR --workers N`` as a subprocess on a free loopback
-    port (events go to a temporary directory, hot reload off); ``--target host:port`` uses a running server
-    instead (loopback only; ``--bundle`` is then still read for user / item / category ids).
+    port (events go to a temporary directory, hot reload off; in this script's session, a process group of
+    its own: see ``_servers.ServerProc``); ``--target host:port`` uses a running server instead (loopback
+    only; ``--bundle`` is then still read for user / item / category ids).
   * The **transport ceiling**: this script also starts a trivial server (``_servers.py ceiling-serve``) that
-    implements the same ``recserve.v1.Recommender`` service with N forked SO_REUSEPORT workers, the same
-    gRPC thread-pool size and concurrency limit, and answers every call with a response *recorded from the
+    implements the same ``recserve.v1.Recommender`` service the same way as recserve's workers (N forked
+    SO_REUSEPORT workers, pinned alike, each a ``grpc.aio`` server on the same event loop, the same options
+    and bound on calls in flight), and answers every call with a response *recorded from the
     real server* in this run (so the response messages have the same sizes) without doing any work. Every
     phase runs against both servers, alternately, with the same client and the same request pool; every
     figure is printed with its ratio to the ceiling.

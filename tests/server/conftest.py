@@ -56,6 +56,16 @@ def facts(demo_bundle):
 
 
 @pytest.fixture(scope="module")
+def bundle(demo_bundle):
+    """The demo bundle opened in this process, per test module (closed before the next module opens it)."""
+    from recserve.bundle import Bundle
+
+    b = Bundle.open(demo_bundle)
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
 def shared_root(demo_bundle, tmp_path_factory):
     return copy_root(Path(demo_bundle), tmp_path_factory.mktemp("srv") / "root")
 

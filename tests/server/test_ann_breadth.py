@@ -1,17 +1,7 @@
 """Per-query HNSW search breadth: Recommend with the bundle's ef, SimilarItems with its similar_ef."""
 from __future__ import annotations
 
-import pytest
-
-from recserve.bundle import Bundle
 from recserve.pipeline.recommender import Filters, Recommender, RecRequest
-
-
-@pytest.fixture(scope="module")
-def bundle(demo_bundle):
-    b = Bundle.open(demo_bundle)
-    yield b
-    b.close()
 
 
 def test_each_query_searches_with_its_own_breadth(bundle):

@@ -4,15 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recserve.bundle import Bundle
 from recserve.pipeline.ranking import Ranker
-
-
-@pytest.fixture(scope="module")
-def bundle(demo_bundle):
-    b = Bundle.open(demo_bundle)
-    yield b
-    b.close()
 
 
 def test_forest_and_lightgbm_engines_agree(bundle):

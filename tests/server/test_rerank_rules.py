@@ -4,16 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recserve.bundle import Bundle
 from recserve.events import EventStore
 from recserve.pipeline.recommender import Recommender, RecRequest
-
-
-@pytest.fixture(scope="module")
-def bundle(demo_bundle):
-    b = Bundle.open(demo_bundle)
-    yield b
-    b.close()
 
 
 def _users(b, n=25):

@@ -11,15 +11,10 @@ from recserve.scheduling import CHEAP, HEAVY, ComputeSlot
 
 
 @pytest.fixture(scope="module")
-def tiny_recommender(demo_bundle):
-    from recserve.bundle import Bundle
+def tiny_recommender(bundle):
     from recserve.pipeline.recommender import Recommender
 
-    b = Bundle.open(demo_bundle)
-    try:
-        yield Recommender(b, None), b.tables.id_of("user", 0)
-    finally:
-        b.close()
+    return Recommender(bundle, None), bundle.tables.id_of("user", 0)
 
 
 def run(coro):
