@@ -18,16 +18,12 @@ from recserve._core._validate import f32_1d, f32_2d, rows_1d
 
 def dense_codes(creators) -> np.ndarray:
     """Re-code arbitrary creator ids (negative = unknown) to 0..m-1 per request, -1 kept for unknown."""
-    c = np.asarray(creators, np.int64).ravel()
+    c = np.asarray(creators, np.int64)
     out = np.full(len(c), -1, np.int32)
-    known = np.flatnonzero(c >= 0)
-    if len(known):                      # sort-based: several times faster than np.unique's inverse here
-        order = np.argsort(c[known], kind="stable")
-        s = c[known][order]
-        new = np.empty(len(s), np.int32)
-        new[0] = 0
-        np.not_equal(s[1:], s[:-1], out=new[1:], casting="unsafe")
-        out[known[order]] = np.cumsum(new, dtype=np.int32)
+    known = c >= 0
+    if known.any():
+        _, inv = np.unique(c[known], return_inverse=True)
+        out[known] = inv
     return out
 
 
