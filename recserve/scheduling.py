@@ -29,7 +29,9 @@ from recserve.pipeline.errors import DeadlineExceeded
 CHEAP = 0       # SimilarItems: a fraction of a millisecond
 HEAVY = 1       # Recommend: a few stages of a fraction of a millisecond each
 # event-loop turns a pause gives: a call that has just arrived needs a few (its request message is read
-# and its handler started by separate callbacks) before it can queue for the slot
+# and its handler started by separate callbacks) before it can queue for the slot. Measured on the 100k
+# bundle at 400 calls/s, two runs each: SimilarItems p99 7.76 / 7.74 ms with 1 turn, 7.08 / 6.81 with 2,
+# 6.63 / 6.89 with 3; Recommend p99 13.45 / 12.96, 15.61 / 13.27, 14.05 / 14.02 ms
 PAUSE_TURNS = 2
 
 
