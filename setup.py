@@ -33,6 +33,7 @@ MODULES = [
     "recserve._core._gather",
     "recserve._core._forest",
     "recserve._core._neighbours",
+    "recserve._core._history",
 ]
 
 # C headers a module includes (rebuild it when they change)

@@ -26,6 +26,8 @@ from recserve._core.gather import gather, gather_reference  # noqa: E402
 from recserve._core.merge import exclusion_bitset, merge_candidates, merge_reference  # noqa: E402
 from recserve._core.mmr import mmr, mmr_reference  # noqa: E402
 from recserve._core.neighbours import neighbour_sum, neighbour_sum_reference  # noqa: E402
+from recserve._core.history import (drop_seen, drop_seen_reference, history_seeds,  # noqa: E402
+                                    history_seeds_reference)
 from recserve._core.tables import TableReader, TableWriter  # noqa: E402
 
 
@@ -97,6 +99,15 @@ def main(argv=None) -> int:
     seeds = rng.integers(0, n_items, 20)
     seed_w = np.exp(-0.1 * np.arange(20)).astype(np.float32)
 
+    # 7. a history of 200 events (repeats, two sessions): seen set, 100 recent seeds, 10 session seeds;
+    #    then 300 ANN rows without the seen ones
+    h_rows = rng.integers(0, 150, 200).astype(np.int32)
+    h_ts = np.sort(rng.random(200) * 86400.0 * 3)
+    h_seen = np.unique(h_rows)
+    ann_r = rng.integers(0, n_items, 300).astype(np.int32)
+    ann_r[:100] = rng.integers(0, 150, 100)
+    ann_s = np.sort(rng.random(300).astype(np.float32))[::-1].copy()
+
     cases = {
         "user embedding (L=50, d=64)": (
             lambda: user_vector(E, hist, p, ev_w), lambda: user_vector_reference(E, hist, p, ev_w)),
@@ -114,6 +125,11 @@ def main(argv=None) -> int:
         "i2i neighbour sum (20 seeds x 50 -> 240)": (
             lambda: neighbour_sum(seeds, seed_w, i2i_rows, i2i_scores, 240),
             lambda: neighbour_sum_reference(seeds, seed_w, i2i_rows, i2i_scores, 240)),
+        "history seeds (200 events -> 100 + 10)": (
+            lambda: history_seeds(h_rows, h_ts, 100, 10, 1800.0),
+            lambda: history_seeds_reference(h_rows, h_ts, 100, 10, 1800.0)),
+        "drop seen (300 rows, 150 seen)": (
+            lambda: drop_seen(ann_r, ann_s, h_seen), lambda: drop_seen_reference(ann_r, ann_s, h_seen)),
         "gather (500 rows x 40, LMDB map)": (
             lambda: gather(T40, gat_rows), lambda: gather_reference(T40, gat_rows)),
     }

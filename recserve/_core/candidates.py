@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from recserve._core.embed import UserVectorParams, user_vector
+from recserve._core.history import drop_seen, history_seeds
 from recserve._core.merge import Merged, exclusion_bitset, merge_candidates
 from recserve._core.neighbours import neighbour_sum
 
@@ -73,6 +74,7 @@ def recent_distinct(hist_items, n: int) -> np.ndarray:
 
 # seeds whose recency weight falls below this share of the newest one's add nothing an i2i list can show
 I2I_MIN_WEIGHT = 1e-3
+SESSION_SEEDS = 10      # the latest session's distinct items that seed the session source
 
 
 def i2i_seed_count(params: dict) -> int:
@@ -91,31 +93,19 @@ def source_lists(hist_items, hist_ts, ann_rows, ann_scores, i2i_rows, i2i_scores
     the history's items (the merge excludes them anyway; dropped here so ranks count servable items).
     ``drop_history=False`` keeps them (a request that allows already-consumed items)."""
     q = params["quotas"]
-    hist = np.asarray(hist_items, np.int64)
-    ts = np.asarray(hist_ts, np.float64)
-    seen = sorted_unique(hist) if drop_history else hist[:0]
-
-    def unseen(rows, scores):
-        """History items dropped, so a list's ranks (ranker features) count only what can be served."""
-        keep = (rows >= 0) & not_in_sorted(rows, seen)
-        return np.asarray(rows[keep], np.int32), np.asarray(scores[keep], np.float32)
-
-    recent = recent_distinct(hist, i2i_seed_count(params))
+    seen, recent, sess = history_seeds(hist_items, hist_ts, i2i_seed_count(params), SESSION_SEEDS,
+                                       float(params["session_gap"]))
+    if not drop_history:
+        seen = seen[:0]
     w = np.exp(-float(params["i2i_decay"]) * np.arange(len(recent)))
-    i2i = unseen(*neighbour_sum(recent, w, i2i_rows, i2i_scores, 3 * int(q["i2i"]) + len(seen)))
-    if len(hist):
-        gaps = np.diff(ts) > float(params["session_gap"])
-        start = int(np.flatnonzero(gaps)[-1]) + 1 if gaps.any() else 0
-        sess = recent_distinct(hist[start:], 10)
-    else:
-        sess = hist[:0]
-    session = unseen(*neighbour_sum(sess, np.ones(len(sess)), i2i_rows, i2i_scores,
-                                    3 * int(q["session"]) + len(seen)))
-    ann = unseen(np.asarray(ann_rows, np.int32).ravel(), np.asarray(ann_scores, np.float32).ravel())
+    i2i = drop_seen(*neighbour_sum(recent, w, i2i_rows, i2i_scores, 3 * int(q["i2i"]) + len(seen)), seen)
+    session = drop_seen(*neighbour_sum(sess, np.ones(len(sess)), i2i_rows, i2i_scores,
+                                       3 * int(q["session"]) + len(seen)), seen)
+    ann = drop_seen(np.asarray(ann_rows).ravel(), np.asarray(ann_scores).ravel(), seen)
     # long enough that, history dropped, it still holds quota + history + 1 items (the server refills a
     # shorter popular list from the full trending list)
     n_pop = 3 * int(q["popular"]) + 2 * len(seen) + 1
-    pop = unseen(np.asarray(trend_rows[:n_pop], np.int32), np.asarray(trend_scores[:n_pop], np.float32))
+    pop = drop_seen(trend_rows[:n_pop], trend_scores[:n_pop], seen)
     return [ann, i2i, session, pop]
 
 

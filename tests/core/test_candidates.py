@@ -82,3 +82,43 @@ def test_ann_lists_asks_again_when_the_history_fills_the_first_answer():
     query, asked = _recording_query(idx, vec)
     C.ann_lists(query, p, np.argsort(emb @ vec)[:300], len(emb), allowed=allowed)
     assert asked == [100, 350]
+
+
+def _source_lists_reference(hist, ts, ann_rows, ann_scores, i2i_rows, i2i_scores, trend_rows, trend_scores,
+                            params, drop_history=True):
+    """The four lists from the numpy references of the history kernel and of the neighbour sum."""
+    from recserve._core.history import drop_seen_reference, history_seeds_reference
+    from recserve._core.neighbours import neighbour_sum_reference
+
+    q = params["quotas"]
+    seen, recent, sess = history_seeds_reference(hist, ts, C.i2i_seed_count(params), C.SESSION_SEEDS,
+                                                 params["session_gap"])
+    seen = seen if drop_history else seen[:0]
+    w = np.exp(-float(params["i2i_decay"]) * np.arange(len(recent)))
+    i2i = neighbour_sum_reference(recent, w, i2i_rows, i2i_scores, 3 * q["i2i"] + len(seen))
+    ses = neighbour_sum_reference(sess, np.ones(len(sess)), i2i_rows, i2i_scores, 3 * q["session"] + len(seen))
+    n_pop = 3 * q["popular"] + 2 * len(seen) + 1
+    return [drop_seen_reference(r, s, seen) for r, s in
+            ((ann_rows, ann_scores), i2i, ses, (trend_rows[:n_pop], trend_scores[:n_pop]))]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 10_000), st.integers(0, 40), st.booleans(), st.sampled_from([0.0, 0.1]))
+def test_source_lists_match_the_references(seed, n_hist, drop_history, decay):
+    rng = np.random.default_rng(seed)
+    n, m = 60, 6
+    i2i_rows = rng.integers(-1, n, (n, m)).astype(np.int32)
+    i2i_scores = rng.random((n, m)).astype(np.float32)
+    hist = rng.integers(0, n, n_hist).astype(np.int32)
+    ts = np.sort(rng.random(n_hist) * 20_000)
+    ann_rows, ann_scores = rng.permutation(n)[:25].astype(np.int32), np.sort(rng.random(25))[::-1].astype(np.float32)
+    trend_rows, trend_scores = rng.permutation(n).astype(np.int32), np.sort(rng.random(n))[::-1].astype(np.float32)
+    params = dict(C.DEFAULT_PARAMS, quotas={"ann": 10, "i2i": 8, "session": 4, "popular": 5}, i2i_recent=12,
+                  i2i_decay=decay)
+    got = C.source_lists(hist, ts, ann_rows, ann_scores, i2i_rows, i2i_scores, trend_rows, trend_scores, params,
+                         drop_history)
+    want = _source_lists_reference(hist, ts, ann_rows, ann_scores, i2i_rows, i2i_scores, trend_rows,
+                                   trend_scores, params, drop_history)
+    for (gr, gs), (wr, ws) in zip(got, want):
+        np.testing.assert_array_equal(gr, wr)
+        np.testing.assert_allclose(gs, ws, rtol=1e-6)
