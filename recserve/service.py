@@ -69,6 +69,9 @@ def rpc(method):
             if self.in_flight > self.max_in_flight:
                 raise Overloaded()
             return await method(self, request, context, rid)
+        except asyncio.CancelledError:          # the client cancelled or its deadline passed: gRPC's doing
+            code = grpc.StatusCode.CANCELLED
+            raise
         except Exception as exc:  # noqa: BLE001 -- mapped, never leaked
             code, msg = status_of(exc)
             extra = {"event": "rpc_failed", "request_id": rid, "method": name, "code": code.name}
