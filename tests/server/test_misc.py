@@ -13,6 +13,7 @@ from recserve import config as C
 from recserve import protogen
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc as pbg
+from srvutil import wait_for
 
 
 def test_checked_in_stubs_are_current(tmp_path, monkeypatch):
@@ -188,6 +189,23 @@ def test_shed_calls_are_counted_in_the_metrics(shared_root, facts, start_server)
     text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
     for code in ("OK", "RESOURCE_EXHAUSTED"):
         assert _metric(text, "recserve_requests_total", method="Recommend", code=code) == codes.count(code), code
+
+
+def test_calls_whose_deadline_passes_are_counted_as_cancelled(shared_root, facts, start_server):
+    """A call the client gives up on is cancelled in the worker (its task stops) and counted as such."""
+    mport = _free_port()
+    s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--metrics-port", str(mport),
+                     env={"RECSERVE_DEBUG_DELAY_MS": "1500"})
+    with pytest.raises(grpc.RpcError) as e:
+        s.stub().Recommend(pb.RecommendRequest(user_id=facts["user"], k=3), timeout=0.3)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def counted():
+        text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
+        return _metric(text, "recserve_requests_total", method="Recommend", code="CANCELLED") == 1 \
+            and _metric(text, "recserve_requests_total", method="Recommend", code="OK") == 0
+
+    assert wait_for(counted, timeout=10)
 
 
 def test_cli_client_commands_print_tables(server, facts):
