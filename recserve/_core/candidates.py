@@ -66,10 +66,10 @@ def not_in_sorted(rows: np.ndarray, sorted_rows: np.ndarray) -> np.ndarray:
 
 
 def recent_distinct(hist_items, n: int) -> np.ndarray:
-    """The last ``n`` distinct items of a history, newest first."""
-    h = np.asarray(hist_items, np.int64)[::-1]
-    _, first = np.unique(h, return_index=True)
-    return h[np.sort(first)][:n]
+    """The last ``n`` distinct items of a history, newest first (int32): the i2i seeds of
+    :func:`source_lists`, by the same kernel (its numpy reference: ``history.recent_distinct_reference``)."""
+    rows = np.asarray(hist_items)
+    return history_seeds(rows, np.zeros(len(rows)), n, 0, 0.0)[1]
 
 
 # seeds whose recency weight falls below this share of the newest one's add nothing an i2i list can show
