@@ -187,11 +187,9 @@ def _ceiling_worker(port: int, canned: dict, cfg) -> None:
             await stop.wait()
             await srv.stop(2)
 
-        from recserve.server import new_event_loop
+        from recserve.server import run
 
-        loop = new_event_loop()
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(serve())
+        run(serve())
     except BaseException:  # noqa: BLE001
         import traceback
 

@@ -259,6 +259,16 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def run(main) -> None:
+    """Run the coroutine ``main`` to its end on a new :func:`new_event_loop`, then close the loop."""
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(main)
+    finally:
+        loop.close()
+
+
 class Worker:
     """One gRPC server over the shared port on the calling thread's asyncio event loop, with its own
     bundle, event store and reload watcher: ``await start()``, then ``await stop()``."""
@@ -388,12 +398,7 @@ def _worker_main(cfg: ServeConfig, port: int, ready_fd: int, cpu: int | None = N
             log.info("draining", extra={"event": "drain"})
             await w.stop()
 
-        loop = new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(main())
-        finally:
-            loop.close()
+        run(main())
     except BaseException:  # noqa: BLE001
         log.exception("worker failed")
         code = 1
