@@ -57,6 +57,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
+from _proc import tree_stats  # noqa: E402
 from _servers import METHODS, _decoders, record_responses, start_ceiling, start_real  # noqa: E402
 from _timing import machine  # noqa: E402
 
@@ -253,28 +254,6 @@ async def _drive(idx, per_chan, requests, phase, ready_q, go, start_at):
             "lag": np.array(rec_lag), "code": np.array(rec_code, np.int16), "codes": codes}
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` and all its descendants (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parent, cpu = {}, {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            f = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parent[int(d)] = int(f[1])
-        cpu[int(d)] = (int(f[11]) + int(f[12])) / tick
-    tree, frontier = {pid}, [pid]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parent.items() if pp == p and c not in tree]
-        tree.update(kids)
-        frontier.extend(kids)
-    return sum(cpu.get(p, 0.0) for p in tree)
-
-
 def run_phase(target: str, pools: list, phase: dict, server_pid: int | None = None) -> dict:
     """Runs one phase with ``len(pools)`` client processes; merges their records."""
     ctx = mp.get_context("spawn")
@@ -300,13 +279,13 @@ def run_phase(target: str, pools: list, phase: dict, server_pid: int | None = No
                     i, r = result_q.get()
                     raise RuntimeError(f"client {i} failed: {pickle.loads(r).get('error')}")
         start_at.value = time.monotonic() + 0.3
-        cpu0 = tree_cpu_seconds(server_pid) if server_pid else None
+        cpu0, sw0 = tree_stats(server_pid) if server_pid else (None, 0)
         go.set()
         limit = time.monotonic() + 0.3 + phase["duration"] + phase["deadline"] + 30
         while len(results) < len(procs):
             i, r = result_q.get(timeout=max(limit - time.monotonic(), 0.1))
             results[i] = pickle.loads(r)
-        cpu1 = tree_cpu_seconds(server_pid) if server_pid else None
+        cpu1, sw1 = tree_stats(server_pid) if server_pid else (None, 0)
     finally:
         for p in procs:
             p.join(timeout=5)
@@ -335,6 +314,8 @@ def run_phase(target: str, pools: list, phase: dict, server_pid: int | None = No
     # other jobs on a shared machine
     n = int(np.sum(rec["code"] == codes.index("OK"))) if "OK" in codes else 0
     out["server_cpu_ms_per_call"] = ((cpu1 - cpu0) * 1e3 / n) if (cpu0 is not None and n) else float("nan")
+    # every thread's context switches per call: gRPC's threads hand each call over several times
+    out["server_switches_per_call"] = ((sw1 - sw0) / n) if (cpu0 is not None and n) else float("nan")
     return out
 
 
@@ -378,8 +359,10 @@ def _fmt(v, w=9, d=2):
 def print_phase(title: str, real: dict, ceil: dict | None) -> None:
     print(f"\n== {title} (window {real['window_s']:.1f} s; ratio = recserve / ceiling)")
     cc = (ceil or {}).get("server_cpu_ms_per_call", float("nan"))
+    cs = (ceil or {}).get("server_switches_per_call", float("nan"))
     print(f"server CPU per call (all workers, whole phase): recserve {real['server_cpu_ms_per_call']:.3f} ms, "
-          f"ceiling {cc:.3f} ms, ratio {real['server_cpu_ms_per_call'] / cc:.2f}")
+          f"ceiling {cc:.3f} ms, ratio {real['server_cpu_ms_per_call'] / cc:.2f}; context switches per call "
+          f"(all threads): recserve {real.get('server_switches_per_call', float('nan')):.1f}, ceiling {cs:.1f}")
     hdr = (f"{'method':<13}{'calls':>8}{'ok/s':>9}{'p50 ms':>9}{'p90':>9}{'p99':>9}{'p99.9':>9}{'max':>9}"
            f"{'lag p99':>9}  errors")
     print(hdr)
