@@ -14,7 +14,7 @@ import grpc
 
 from recserve.events import Event
 from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument, NotFound
-from recserve.pipeline.recommender import Filters, RecRequest
+from recserve.pipeline.messages import Filters, RecRequest
 from recserve.scheduling import CHEAP, HEAVY, ComputeSlot
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc as pb_grpc

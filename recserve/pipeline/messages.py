@@ -1,0 +1,89 @@
+"""What goes into and comes out of the pipeline: the request and result types (no gRPC in them) and the
+checks of request fields, each failing with :class:`InvalidArgument` naming its field."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from recserve.pipeline.errors import InvalidArgument
+
+MAX_K = 500
+DEFAULT_K = 20
+MAX_ID_LEN = 256
+MAX_BATCH = 1000
+MAX_LIST = 1000  # session items, exclude ids, categories
+MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z: later "unix seconds" are milliseconds or garbage
+
+
+def check_ts(ts: float, field_name: str) -> None:
+    if not math.isfinite(ts) or ts < 0:
+        raise InvalidArgument(field_name, "must be finite unix seconds >= 0")
+    if ts > MAX_TS:
+        raise InvalidArgument(field_name, f"{ts:.0f} is after the year 9999: unix seconds, not milliseconds")
+
+
+@dataclass
+class Filters:
+    include_categories: list[str] = field(default_factory=list)
+    exclude_categories: list[str] = field(default_factory=list)
+    min_price: float | None = None
+    max_price: float | None = None
+    exclude_item_ids: list[str] = field(default_factory=list)
+    in_stock_only: bool = True
+
+
+@dataclass
+class RecRequest:
+    user_id: str = ""
+    k: int = 0
+    session_item_ids: list[str] = field(default_factory=list)
+    timestamp: float = 0.0
+    hour: int | None = None
+    weekday: int | None = None
+    device: int = 0
+    country: str = ""
+    extra: dict = field(default_factory=dict)
+    filters: Filters = field(default_factory=Filters)
+    exclude_consumed: bool = True
+    mmr_lambda: float | None = None
+    max_per_creator: int | None = None
+    explain: bool = False
+    deadline: float | None = None   # time.monotonic() after which the caller no longer waits
+
+
+@dataclass
+class Item:
+    item_id: str
+    score: float
+    sources: list[str]
+    contributions: list[tuple[str, float]] = field(default_factory=list)
+    mmr_penalty: float = 0.0
+    relevance: float = 0.0
+
+
+@dataclass
+class Result:
+    items: list[Item]
+    bundle_version: str
+    timings: list[tuple[str, float]]
+    cold_start: bool = False
+    source_counts: dict = field(default_factory=dict)   # merged candidates found by each source
+
+
+def check_id(value: str, field_name: str, allow_empty: bool = False) -> None:
+    if not value:
+        if allow_empty:
+            return
+        raise InvalidArgument(field_name, "must not be empty")
+    if len(value) > MAX_ID_LEN:
+        raise InvalidArgument(field_name, f"longer than {MAX_ID_LEN} characters")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise InvalidArgument(field_name, f"malformed id {value[:40]!r} (control characters)")
+
+
+def check_k(k: int, field_name: str = "k") -> int:
+    if k == 0:
+        return DEFAULT_K
+    if not 1 <= k <= MAX_K:
+        raise InvalidArgument(field_name, f"must be in 1..{MAX_K}, got {k}")
+    return k
