@@ -39,6 +39,8 @@ class Artifacts:
     index: object
     index_info: dict
     embed_method: str
+    # each item's nearest items by embedding as SimilarItems asks the index (set for the bundle's build)
+    sim_rows: np.ndarray | None = None
 
     def crosser(self) -> Crosser:
         return Crosser(self.schema, self.item_feats, self.item_emb)

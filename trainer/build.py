@@ -18,6 +18,7 @@ import numpy as np
 from recserve._core import candidates as C
 from trainer import artifacts, neighbours, progress, ranker as rk, retrieval, split, writer
 from trainer.ef import tune_ef
+from trainer.similar import similar_lists
 from trainer.io import Dataset
 from trainer.timing import Timer
 
@@ -29,6 +30,8 @@ DEFAULT_CFG = {
     "tune_users": 1000, "ranker_rounds": 300, "tune": True,
     # the serving ef: the smallest whose ANN recall against brute force at the served k reaches this
     "ef_recall": 0.95,
+    # store each item's SimilarItems neighbours (trainer/similar.py): n_items x 85 int32 (34 MB per 100k)
+    "similar_lists": True,
     # LightGBM's OpenMP threads spin; on a shared 2-core box 2 threads were 3x slower than 1
     "ranker_threads": 1, "label_windows": 2, "label_split": "time",
     # item-item model: "auto" = EASE up to ease_max_items items (lambda and recency tuned on the label
@@ -356,6 +359,11 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
     del X, y
     with timer("fit@test_cut"), timer.prefix("fit@test_cut"):
         art = artifacts.fit(ds, train_mask, cut, cat, params, cfg, timer)
+    if cfg["similar_lists"]:
+        with timer("similar_lists"):
+            art.sim_rows = similar_lists(art.index, art.item_emb,
+                                         int(params.get("similar_ef") or params.get("ef") or art.index.ef),
+                                         cfg["threads"])
     manifest = {
         "inputs": ds.files,
         "counts": {"users": int(ds.n_users), "items": int(ds.n_items), "interactions": int(train_mask.sum()),

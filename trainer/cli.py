@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--ranker-trees", type=int, default=None,
                    help="exactly N trees, no early stopping (a ranker of known size for load tests)")
     b.add_argument("--no-tune", action="store_true")
+    b.add_argument("--no-similar-lists", action="store_true",
+                   help="do not store each item's SimilarItems neighbours (n_items x 85 int32); the server "
+                        "then searches the index for every SimilarItems")
     b.add_argument("--label-windows", type=int, default=2, help="successive label windows for ranker rows")
     b.add_argument("--label-split", choices=["time", "user", "user-random"], default="time",
                    help="ranker labels: the newest time window (time), or each user's newest (user) or "
@@ -140,7 +143,8 @@ def _run(args) -> int:
             return _fail(f"--ranker-trees: expected a positive integer, got {args.ranker_trees}", 2)
         cfg = {"seed": args.seed, "factors": factors if len(factors) > 1 else factors[0], "embed": args.embed, "als_reg": args.als_reg, "threads": args.threads,
                "holdout": args.holdout, "ranker_users": args.ranker_users, "label_windows": args.label_windows, "label_split": args.label_split,
-               "tune": not args.no_tune, "ranker_trees": args.ranker_trees}
+               "tune": not args.no_tune, "ranker_trees": args.ranker_trees,
+               "similar_lists": not args.no_similar_lists}
         path = build(ds, args.out, cfg, timer=timer)
         if args.evaluate and args.no_evaluate:
             return _fail("--evaluate and --no-evaluate contradict each other", 2)

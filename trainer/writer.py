@@ -47,6 +47,8 @@ def write_tables(path: Path, ds, cat, art) -> None:
         w.write_array("hist_event", art.hist_event.astype(np.int8))
         w.write_array("i2i_rows", art.i2i_rows.astype(np.int32))
         w.write_array("i2i_scores", art.i2i_scores.astype(np.float32))
+        if art.sim_rows is not None:
+            w.write_array("sim_rows", art.sim_rows.astype(np.int32))
         w.write_array("pop_rows", art.pop_rows)
         w.write_array("pop_scores", art.pop_scores)
         w.write_array("trend_rows", art.trend_rows)

@@ -158,6 +158,16 @@ def ann_lists(query, params: dict, hist_items, n_items: int, drop_history: bool 
 SIMILAR_K = 20      # the k SimilarItems' search breadth is tuned for (the API's default k)
 
 
+# the trainer stores each item's first similar_k(SIMILAR_K, SIMILAR_LIST_FRAC, n) embedding neighbours
+# (``sim_rows``): enough for SimilarItems' default k while a filter keeps 3/4 of the catalogue or more
+SIMILAR_LIST_FRAC = 0.75
+
+
+def similar_list_k(n_items: int) -> int:
+    """Width of the stored SimilarItems neighbour lists of a catalogue of ``n_items``."""
+    return similar_k(SIMILAR_K, SIMILAR_LIST_FRAC, n_items)
+
+
 def similar_k(k: int, allowed_frac: float, n_items: int) -> int:
     """How many embedding neighbours SimilarItems asks the index for: three times ``k + 1`` (room for the
     item-to-item blend to reorder them, for the item itself), divided by the share of the catalogue a

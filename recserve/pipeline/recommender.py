@@ -98,6 +98,16 @@ class Recommender:
         # bundle without the latter searches with the former)
         self.ef = int(p.get("ef") or bundle.index.ef)
         self.similar_ef = int(p.get("similar_ef") or self.ef)
+        # each item's neighbours as a SimilarItems search would return them, stored by the trainer (None in
+        # bundles built without them: every SimilarItems searches the index)
+        self.sim_rows = t.array("sim_rows") if t.has_array("sim_rows") else None
+        if self.sim_rows is not None:
+            # the trainer searched with max(its similar_ef, row width): a broader similar_ef set at serve
+            # time (--similar-ef) is honoured by searching live
+            built = max(int(bundle.params.get("similar_ef") or bundle.params.get("ef") or 0),
+                        self.sim_rows.shape[1])
+            if self.similar_ef > built:
+                self.sim_rows = None
         self.schema = bundle.schema
         self.sources = list(self.schema.sources)
         # the item table with the stock/price overlay: replaced whole, never mutated, so a request reads
@@ -439,7 +449,12 @@ class Recommender:
         nb, nb_score = nb[nb_ok].astype(np.int64), nb_score[nb_ok].astype(np.float32)
         parts = [nb]
         if frac >= C.BRUTE_FRACTION:
-            r, _ = self.ann.query(vec, CC.similar_k(k, frac, self.ann.count), None, False, self.similar_ef)
+            n_ask = CC.similar_k(k, frac, self.ann.count)
+            if self.sim_rows is not None and n_ask <= self.sim_rows.shape[1]:
+                r = self.sim_rows[row, :n_ask]       # the stored answer of a search at least as broad
+                r = r[r >= 0]
+            else:
+                r, _ = self.ann.query(vec, n_ask, None, False, self.similar_ef)
             parts.append(r.astype(np.int64))
         rows = CC.sorted_unique(np.concatenate(parts))
         keep = rows != row

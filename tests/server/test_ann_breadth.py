@@ -6,6 +6,7 @@ from recserve.pipeline.recommender import Filters, Recommender, RecRequest
 
 def test_each_query_searches_with_its_own_breadth(bundle):
     rec = Recommender(bundle, None, {"ef": 40, "similar_ef": 12})
+    rec.sim_rows = None                      # SimilarItems searches the index (not the stored lists)
     user, item = bundle.tables.id_of("user", 0), bundle.tables.id_of("item", 0)
     rec.similar(item, 5, Filters())
     assert bundle.index.ef == 12
@@ -23,6 +24,7 @@ def test_a_bundle_without_similar_ef_searches_items_with_its_ef(bundle):
     finally:
         bundle.params["similar_ef"] = saved
     assert rec.similar_ef == rec.ef == int(bundle.params["ef"])
+    rec.sim_rows = None
     rec.similar(bundle.tables.id_of("item", 0), 5, Filters())
     assert bundle.index.ef == rec.ef
 

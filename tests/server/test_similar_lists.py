@@ -1,0 +1,79 @@
+"""SimilarItems from the trainer's stored neighbour lists (``sim_rows``) against a live index search."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recserve._core import candidates as C
+from recserve.pipeline.recommender import Filters, Recommender
+
+
+def test_the_stored_rows_are_the_index_answer_at_their_width(bundle):
+    rows = bundle.tables.array("sim_rows")
+    width = C.similar_list_k(bundle.n_items)
+    assert rows.shape == (bundle.n_items, min(width, bundle.n_items))
+    ef = max(int(bundle.params["similar_ef"]), rows.shape[1])
+    before = bundle.index.ef
+    try:
+        bundle.index.set_ef(ef)
+        labels, _ = bundle.index.knn_query(np.asarray(bundle.item_emb, np.float32), k=rows.shape[1], num_threads=1)
+    finally:
+        bundle.index.set_ef(before)
+    np.testing.assert_array_equal(rows, labels.astype(np.int32))
+
+
+@pytest.mark.parametrize("k", [5, 20])
+@pytest.mark.parametrize("in_stock_only", [True, False])
+def test_stored_lists_answer_as_a_live_search_of_the_same_breadth(bundle, k, in_stock_only):
+    """A live search with breadth at least the rows' width returns the first entries of the stored row, so
+    both give the same SimilarItems answers, item for item."""
+    stored = Recommender(bundle, None, None)
+    assert stored.sim_rows is not None
+    width = stored.sim_rows.shape[1]
+    live = Recommender(bundle, None, {"similar_ef": width})
+    live.sim_rows = None
+    f = Filters(in_stock_only=in_stock_only)
+    for row in range(0, bundle.n_items, 7):
+        item = bundle.tables.id_of("item", row)
+        a, b = stored.similar(item, k, f), live.similar(item, k, f)
+        assert [(i.item_id, i.score, i.sources) for i in a.items] == \
+               [(i.item_id, i.score, i.sources) for i in b.items], item
+
+
+def test_stored_lists_are_not_searched_and_wider_requests_are(bundle):
+    rec = Recommender(bundle, None, {"similar_ef": 12})
+    item = bundle.tables.id_of("item", 3)
+    bundle.index.set_ef(77)
+    rec.ann._ef = 77
+    rec.similar(item, 5, Filters())                 # within a stored row: the index is not asked
+    assert bundle.index.ef == 77
+    big = rec.similar(item, 150, Filters(in_stock_only=False))   # wider than a row: searched live
+    assert bundle.index.ef == 12
+    assert len(big.items) == min(150, bundle.n_items - 1)
+
+
+def test_a_broader_similar_ef_at_serve_time_searches_live(bundle):
+    width = bundle.tables.array("sim_rows").shape[1]
+    assert Recommender(bundle, None, {"similar_ef": width}).sim_rows is not None
+    assert Recommender(bundle, None, {"similar_ef": width + 1}).sim_rows is None
+
+
+def test_a_bundle_without_stored_lists_searches_the_index(tmp_path_factory):
+    """Bundles built with --no-similar-lists (and before the lists existed) answer by live search."""
+    from recserve.bundle import Bundle
+    from trainer.build import build
+    from trainer.synth import synth
+    from trainer.timing import Timer
+
+    ds, _ = synth(120, 80, seed=1)
+    root = tmp_path_factory.mktemp("no_lists")
+    build(ds, root, {"seed": 1, "factors": 8, "ranker_users": 120, "ranker_rounds": 20, "tune": False,
+                     "similar_lists": False}, timer=Timer(verbose=False))
+    with Bundle.open(root) as b:
+        assert not b.tables.has_array("sim_rows")
+        rec = Recommender(b, None, {"similar_ef": 9})
+        assert rec.sim_rows is None
+        b.index.set_ef(50)
+        rec.ann._ef = 50
+        res = rec.similar(b.tables.id_of("item", 0), 5, Filters())
+        assert len(res.items) == 5 and b.index.ef == 9
