@@ -158,8 +158,14 @@ def verify(path: str | os.PathLike) -> dict:
             n_cat = t.n_ids("category")
             if t.array_meta("pop_cat_indptr")["shape"] != [n_cat + 1]:
                 raise BundleError(f"tables.lmdb: pop_cat_indptr must have {n_cat + 1} entries")
-            for name, lo in (("hist_items", 0), ("i2i_rows", -1), ("pop_rows", 0), ("trend_rows", 0),
-                             ("pop_cat_rows", 0)):
+            ranged = [("hist_items", 0), ("i2i_rows", -1), ("pop_rows", 0), ("trend_rows", 0), ("pop_cat_rows", 0)]
+            if t.has_array("sim_rows"):             # optional: bundles without it search SimilarItems live
+                meta = t.array_meta("sim_rows")
+                if meta["dtype"] != "int32" or len(meta["shape"]) != 2 or meta["shape"][0] != n_items:
+                    raise BundleError(f"tables.lmdb: sim_rows must be int32 with {n_items} rows, got "
+                                      f"{meta['dtype']} {tuple(meta['shape'])}")
+                ranged.append(("sim_rows", -1))
+            for name, lo in ranged:
                 a = t.array(name)
                 if a.size and (int(a.min()) < lo or int(a.max()) >= n_items):
                     raise BundleError(f"tables.lmdb: {name} has item rows outside [{lo}, {n_items})")

@@ -140,8 +140,8 @@ def test_crash_inside_write_keeps_previous_current(bundle_copy, monkeypatch, cra
         assert b.version == old.strip()
 
 
-@pytest.mark.parametrize("what", ["i2i_range", "hist_len", "index_size", "index_dim", "ranker_text",
-                                  "ranker_width"])
+@pytest.mark.parametrize("what", ["i2i_range", "sim_range", "sim_shape", "hist_len", "index_size", "index_dim",
+                                  "ranker_text", "ranker_width"])
 def test_consistently_hashed_but_wrong_bundle_is_refused(demo_bundle, tmp_path, what, capsys):
     """Checksums only prove the files are the ones written; the structure checks catch a bad writer."""
     import numpy as np
@@ -160,6 +160,11 @@ def test_consistently_hashed_but_wrong_bundle_is_refused(demo_bundle, tmp_path, 
         if what == "i2i_range":
             art.i2i_rows = art.i2i_rows.copy()
             art.i2i_rows[0, 0] = b.n_items + 5
+        elif what == "sim_range":
+            art.sim_rows = np.array(b.tables.array("sim_rows"))
+            art.sim_rows[3, 1] = b.n_items
+        elif what == "sim_shape":
+            art.sim_rows = np.array(b.tables.array("sim_rows"))[:-1]
         elif what == "hist_len":
             art.hist_ts = art.hist_ts[:-1]
         elif what == "index_size":
@@ -175,6 +180,8 @@ def test_consistently_hashed_but_wrong_bundle_is_refused(demo_bundle, tmp_path, 
         root = tmp_path / "bad"
         writer.write_bundle(root, ds, catalogue(ds), art, text, manifest)
     reason = {"i2i_range": "tables.lmdb: i2i_rows has item rows outside",
+              "sim_range": "tables.lmdb: sim_rows has item rows outside",
+              "sim_shape": "tables.lmdb: sim_rows must be int32 with 200 rows",
               "hist_len": "tables.lmdb: hist_ts length",
               "index_size": "index.hnsw holds 199 items, tables 200",
               "index_dim": f"index.hnsw has dim {manifest['dim'] - 1}, manifest {manifest['dim']}",
