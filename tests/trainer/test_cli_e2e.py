@@ -36,14 +36,18 @@ def test_synth_build_verify_evaluate(tmp_path):
     assert "merged+ranker" in p.stdout
     with Bundle.open(out) as b:
         assert b.version == m["version"]
+        assert b.tables.array("sim_rows").shape[0] == 150          # SimilarItems' stored rows
 
-    # a second build (a ranker of exactly 7 trees) switches CURRENT, keeps the first version on disk
+    # a second build (a ranker of exactly 7 trees, no stored SimilarItems rows) switches CURRENT, keeps
+    # the first version on disk
     p = run_cli("build", "--data", data, out, "--factors", 16, "--ranker-users", 100, "--no-tune",
-                "--ranker-trees", 7, "--no-evaluate", check=True)
+                "--ranker-trees", 7, "--no-evaluate", "--no-similar-lists", check=True)
     assert "full+mmr" not in p.stdout
     assert resolve(out).name != m["version"]
     assert json.loads((resolve(out) / "manifest.json").read_text())["evaluation"] == {}
     assert (resolve(out) / "ranker.txt").read_text().count("\nTree=") == 7
+    with Bundle.open(out) as b:
+        assert not b.tables.has_array("sim_rows")
     p = run_cli("build", "--data", data, out, "--ranker-trees", 0)
     assert p.returncode == 2 and "--ranker-trees" in p.stderr
     assert (out / m["version"] / "manifest.json").is_file()
