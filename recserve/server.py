@@ -35,6 +35,7 @@ from concurrent import futures
 from pathlib import Path
 
 from recserve.config import ServeConfig, bundle_root
+from recserve.metrics import Metrics
 
 log = logging.getLogger("recserve.server")
 SERVICE_NAME = "recserve.v1.Recommender"
@@ -61,36 +62,6 @@ def configure_logging(level: str = "INFO") -> None:
     h.setFormatter(JsonFormatter())
     root.handlers[:] = [h]
     root.setLevel(level)
-
-
-# -- metrics -------------------------------------------------------------------------------------------
-class Metrics:
-    def __init__(self):
-        from prometheus_client import Counter, Gauge, Histogram
-
-        self.requests = Counter("recserve_requests_total", "RPCs by method and status code", ["method", "code"])
-        self.latency = Histogram("recserve_request_seconds", "RPC latency", ["method"],
-                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
-        self.reloads = Counter("recserve_reloads_total", "bundle loads by outcome", ["outcome"])
-        self.version = Gauge("recserve_bundle_loaded", "1 for the loaded bundle version", ["version"],
-                             multiprocess_mode="livemax")
-        self.stage = Histogram("recserve_stage_seconds", "Recommend pipeline stage latency", ["stage"],
-                               buckets=(.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1))
-        self.candidates = Histogram("recserve_candidates", "merged candidates per Recommend, by the "
-                                    "source that found them", ["source"],
-                                    buckets=(0, 5, 10, 25, 50, 100, 200, 500, 1000, 2000))
-        self.events = Counter("recserve_events_written_total", "events made durable by RecordEvents")
-
-    def observe(self, method: str, code: str, seconds: float) -> None:
-        self.requests.labels(method, code).inc()
-        self.latency.labels(method).observe(seconds)
-
-    def observe_recommend(self, timings, source_counts) -> None:
-        for stage, ms in timings:
-            if stage != "total":
-                self.stage.labels(stage).observe(ms / 1000.0)
-        for source, n in source_counts.items():
-            self.candidates.labels(source).observe(n)
 
 
 # -- the live bundle -----------------------------------------------------------------------------------
