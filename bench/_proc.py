@@ -24,38 +24,23 @@ def _switches(pid: int) -> int:
 
 
 def tree_stats(pid: int) -> tuple[float, int]:
-    """(CPU seconds, context switches) of process ``pid`` and its descendants, all their threads (Linux
-    /proc). A thread that exits in between takes its switches with it, so read both ends while it lives."""
-    tree = _tree(pid)
-    return tree_cpu_seconds(pid, tree), sum(_switches(p) for p in tree)
-
-
-def _tree(pid: int) -> set[int]:
-    parent = {}
+    """(user + system CPU seconds, context switches) of process ``pid`` and its descendants, all their
+    threads. A thread that exits in between takes its switches with it, so read both ends while it lives."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent, cpu = {}, {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
         try:
-            parent[int(d)] = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            f = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
+        parent[int(d)] = int(f[1])
+        cpu[int(d)] = (int(f[11]) + int(f[12])) / tick
     tree, frontier = {pid}, [pid]
     while frontier:
         p = frontier.pop()
         kids = [c for c, pp in parent.items() if pp == p and c not in tree]
         tree.update(kids)
         frontier.extend(kids)
-    return tree
-
-
-def tree_cpu_seconds(pid: int, tree: set[int] | None = None) -> float:
-    """User + system CPU seconds of process ``pid`` and all its descendants (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for p in (_tree(pid) if tree is None else tree):
-        try:
-            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(f[11]) + int(f[12])) / tick
-    return total
+    return sum(cpu.get(p, 0.0) for p in tree), sum(_switches(p) for p in tree)

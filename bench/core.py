@@ -23,11 +23,11 @@ from _timing import interleaved, machine, summary  # noqa: E402
 from recserve._core.cross import Crosser, FeatureSchema, cross_reference  # noqa: E402
 from recserve._core.embed import UserVectorParams, user_vector, user_vector_reference  # noqa: E402
 from recserve._core.gather import gather, gather_reference  # noqa: E402
+from recserve._core.history import (drop_seen, drop_seen_reference, history_seeds,  # noqa: E402
+                                    history_seeds_reference)
 from recserve._core.merge import exclusion_bitset, merge_candidates, merge_reference  # noqa: E402
 from recserve._core.mmr import mmr, mmr_reference  # noqa: E402
 from recserve._core.neighbours import neighbour_sum, neighbour_sum_reference  # noqa: E402
-from recserve._core.history import (drop_seen, drop_seen_reference, history_seeds,  # noqa: E402
-                                    history_seeds_reference)
 from recserve._core.tables import TableReader, TableWriter  # noqa: E402
 
 

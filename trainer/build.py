@@ -18,8 +18,8 @@ import numpy as np
 from recserve._core import candidates as C
 from trainer import artifacts, neighbours, progress, ranker as rk, retrieval, split, writer
 from trainer.ef import tune_ef
-from trainer.similar import similar_lists
 from trainer.io import Dataset
+from trainer.similar import similar_lists
 from trainer.timing import Timer
 
 log = logging.getLogger(__name__)

@@ -19,12 +19,11 @@ CHUNK = 20_000      # items per batched query (bounds the int64 labels hnswlib r
 
 
 def similar_lists(index, item_emb: np.ndarray, ef: int, threads: int = 2) -> np.ndarray:
-    """int32[n_items, similar_list_k(n_items)]: row i = the index's answer for item i's own vector at that
-    k, searched with breadth ``max(ef, k)`` (the server's), nearest first; -1 pads a row hnswlib could not
-    fill (it raises instead: k never exceeds the item count)."""
+    """int32[n_items, min(similar_list_k(n_items), n_items)]: row i = the index's answer for item i's own
+    vector at that k, searched with breadth ``max(ef, k)``, nearest first."""
     n = len(item_emb)
     k = min(C.similar_list_k(n), n)
-    out = np.full((n, k), -1, np.int32)
+    out = np.empty((n, k), np.int32)
     if n == 0 or k == 0:
         return out
     before = index.ef

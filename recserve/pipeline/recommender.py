@@ -24,6 +24,7 @@ from recserve.pipeline.items import ItemSnapshot, walk_allowed
 from recserve.pipeline.messages import (MAX_BATCH, MAX_LIST, Filters, Item, RecRequest, Result, check_id,
                                         check_k, check_ts)
 
+
 def scaled_quotas(quotas: dict, n: int) -> dict:
     """``{"cap": n, "quotas": ...}`` with every source quota scaled so that they sum to about ``n``."""
     if n < 1:
