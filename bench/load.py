@@ -189,6 +189,7 @@ async def _drive(idx, per_chan, requests, phase, ready_q, go, start_at):
     while time.monotonic() < t0:
         await asyncio.sleep(min(0.005, max(t0 - time.monotonic(), 0)))
     t_end = t0 + phase["duration"]
+    cpu0 = time.process_time()          # this client process, all its threads (gRPC's included)
     n = len(requests)
     meth_ix = {m: i for i, m in enumerate(METHODS)}
     rec_m, rec_t, rec_lat, rec_code, rec_lag = [], [], [], [], []
@@ -252,7 +253,8 @@ async def _drive(idx, per_chan, requests, phase, ready_q, go, start_at):
             task.add_done_callback(inflight.discard)
         if inflight:
             await asyncio.wait(inflight, timeout=phase["deadline"] + 5)
-    return {"t0": t0, "method": np.array(rec_m, np.int8), "t": np.array(rec_t), "lat": np.array(rec_lat),
+    return {"t0": t0, "cpu_s": time.process_time() - cpu0, "method": np.array(rec_m, np.int8),
+            "t": np.array(rec_t), "lat": np.array(rec_lat),
             "lag": np.array(rec_lag), "code": np.array(rec_code, np.int16), "codes": codes}
 
 
@@ -318,6 +320,10 @@ def run_phase(target: str, pools: list, phase: dict, server_pid: int | None = No
     out["server_cpu_ms_per_call"] = ((cpu1 - cpu0) * 1e3 / n) if (cpu0 is not None and n) else float("nan")
     # every thread's context switches per call: gRPC's threads hand each call over several times
     out["server_switches_per_call"] = ((sw1 - sw0) / n) if (cpu0 is not None and n) else float("nan")
+    # the load generator's own CPU per call (its processes share the machine with the server)
+    n_all = int(np.sum(~np.isnan(rec["lat"])))
+    out["client_cpu_ms_per_call"] = sum(r["cpu_s"] for r in results.values()) * 1e3 / n_all if n_all \
+        else float("nan")
     return out
 
 
@@ -365,6 +371,9 @@ def print_phase(title: str, real: dict, ceil: dict | None) -> None:
     print(f"server CPU per call (all workers, whole phase): recserve {real['server_cpu_ms_per_call']:.3f} ms, "
           f"ceiling {cc:.3f} ms, ratio {real['server_cpu_ms_per_call'] / cc:.2f}; context switches per call "
           f"(all threads): recserve {real.get('server_switches_per_call', float('nan')):.1f}, ceiling {cs:.1f}")
+    print(f"load generator CPU per call (all client processes): recserve's run "
+          f"{real.get('client_cpu_ms_per_call', float('nan')):.3f} ms, ceiling's "
+          f"{(ceil or {}).get('client_cpu_ms_per_call', float('nan')):.3f} ms")
     hdr = (f"{'method':<13}{'calls':>8}{'ok/s':>9}{'p50 ms':>9}{'p90':>9}{'p99':>9}{'p99.9':>9}{'max':>9}"
            f"{'lag p99':>9}  errors")
     print(hdr)
@@ -571,6 +580,13 @@ def main(argv=None) -> int:
             record["server_cpu_ratio_ceiling_to_recserve"] = cc / cr
             print(f"server CPU per call in that phase: recserve {cr:.3f} ms, ceiling {cc:.3f} ms: recserve does "
                   f"{cc / cr:.3f} of the ceiling's calls per CPU-second")
+            # server and load generator share the cores: when both runs keep them busy, the throughput ratio
+            # is the ratio of the machine's CPU per call (server + load generator)
+            tr = cr + closed["recserve"].get("client_cpu_ms_per_call", float("nan"))
+            tc = cc + closed["ceiling"].get("client_cpu_ms_per_call", float("nan"))
+            record["machine_cpu_ms_per_call"] = {"recserve": tr, "ceiling": tc}
+            print(f"CPU per call, server + load generator: recserve {tr:.3f} ms, ceiling {tc:.3f} ms "
+                  f"(ratio {tc / tr:.3f}; it equals the throughput ratio when both runs keep every core busy)")
     finally:
         for s in servers:
             s.stop()

@@ -30,6 +30,10 @@ def test_load_closed_open_and_ceiling(demo_bundle, tmp_path):
     real = rec["phases"]["closed loop, concurrency 2 [recserve]"]["methods"]["ALL"]
     ceil = rec["phases"]["closed loop, concurrency 2 [ceiling]"]["methods"]["ALL"]
     assert real["ok"] > 0 and ceil["ok"] > 0
+    for name in ("closed loop, concurrency 2 [recserve]", "closed loop, concurrency 2 [ceiling]"):
+        assert rec["phases"][name]["client_cpu_ms_per_call"] > 0     # the load generator's own CPU
+    assert rec["machine_cpu_ms_per_call"]["recserve"] > rec["phases"][
+        "closed loop, concurrency 2 [recserve]"]["client_cpu_ms_per_call"]
     assert rec["ceiling_response_bytes_mean"]["Recommend"] > 0
 
 
