@@ -2,7 +2,7 @@
 """MMR re-ranking with creator rules, O(k * n * d) by incremental max-similarity."""
 from libc.math cimport sqrt, isfinite, INFINITY
 from libc.stdlib cimport malloc, free
-from libc.stdint cimport uint8_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
 import numpy as np
 
 from scipy.linalg.cython_blas cimport sgemv
@@ -11,8 +11,31 @@ from recserve._core._linalg cimport dot
 from recserve._core._typedefs cimport float32_t, row_t, index_t, RS_PREFETCH
 
 
+cdef void dense_codes(const int64_t[::1] raw, row_t* code, int64_t* keys, row_t* vals,
+                      int log2_cap) noexcept nogil:
+    """code[i] = a dense code in 0..m-1 of creator id raw[i] (first seen, first numbered), -1 for a negative
+    (unknown) id: an open-addressing hash table of 2**log2_cap >= 2n slots, keys -1 when empty."""
+    cdef Py_ssize_t i, h, n = raw.shape[0], mask = (<Py_ssize_t>1 << log2_cap) - 1
+    cdef row_t m = 0
+    for i in range(mask + 1):
+        keys[i] = -1
+    for i in range(n):
+        if raw[i] < 0:
+            code[i] = -1
+            continue
+        # Fibonacci hashing: the top bits of id * 2^64 / phi
+        h = <Py_ssize_t>((<uint64_t>raw[i] * <uint64_t>0x9E3779B97F4A7C15) >> (64 - log2_cap))
+        while keys[h] != -1 and keys[h] != raw[i]:
+            h = (h + 1) & mask
+        if keys[h] == -1:
+            keys[h] = raw[i]
+            vals[h] = m
+            m += 1
+        code[i] = vals[h]
+
+
 cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb, const row_t[::1] rows,
-                           Py_ssize_t k, double lam, const row_t[::1] creators, bint has_creators,
+                           Py_ssize_t k, double lam, const row_t* creators, bint has_creators,
                            Py_ssize_t max_per_creator, bint no_adjacent,
                            row_t[::1] out_idx, float32_t[::1] out_pen,
                            float32_t* C, float32_t* sims, double* max_sim, uint8_t* used,
@@ -82,7 +105,9 @@ cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb
 
 def mmr(const float32_t[::1] rel, const float32_t[:, ::1] emb, const row_t[::1] rows, Py_ssize_t k,
         double lam, creators, Py_ssize_t max_per_creator, bint no_adjacent):
-    """Select up to k candidate positions; returns (positions int32[m], max-sim penalty float32[m])."""
+    """Select up to k candidate positions; returns (positions int32[m], max-sim penalty float32[m]).
+
+    ``creators``: int64[n] creator ids (negative = unknown) or None; re-coded densely inside the kernel."""
     cdef Py_ssize_t n = rel.shape[0], i
     if rows.shape[0] != n:
         raise ValueError(f"{n} relevance scores but {rows.shape[0]} rows")
@@ -96,33 +121,38 @@ def mmr(const float32_t[::1] rel, const float32_t[:, ::1] emb, const row_t[::1] 
         if rows[i] < 0 or rows[i] >= emb.shape[0]:
             raise ValueError(f"candidate row {rows[i]} is out of range [0, {emb.shape[0]})")
     cdef bint has_creators = creators is not None
-    cdef const row_t[::1] cr = creators if has_creators else np.empty(0, np.int32)
-    if has_creators:
-        if cr.shape[0] != n:
-            raise ValueError(f"{n} candidates but {cr.shape[0]} creators")
-        for i in range(n):
-            if cr[i] < -1 or cr[i] >= n:
-                # creators are re-coded densely per request by the Python layer (-1 = unknown)
-                raise ValueError(f"creator code {cr[i]} is out of range [-1, {n})")
+    cdef const int64_t[::1] cr = creators if has_creators else np.empty(0, np.int64)
+    if has_creators and cr.shape[0] != n:
+        raise ValueError(f"{n} candidates but {cr.shape[0]} creators")
     k = min(k, n)
     out_idx = np.empty(k, np.int32)
     out_pen = np.empty(k, np.float32)
     cdef row_t[::1] oi = out_idx
     cdef float32_t[::1] op = out_pen
     cdef Py_ssize_t d = emb.shape[1]
+    cdef int log2_cap = 1
+    while (<Py_ssize_t>1 << log2_cap) < 2 * n:
+        log2_cap += 1
+    cdef Py_ssize_t cap = (<Py_ssize_t>1 << log2_cap) if has_creators else 0
     cdef float32_t* C = <float32_t*>malloc((n * d + 1) * sizeof(float32_t))
     cdef float32_t* sims = <float32_t*>malloc((n + 1) * sizeof(float32_t))
     cdef double* max_sim = <double*>malloc((n + 1) * sizeof(double))
     cdef uint8_t* used = <uint8_t*>malloc(n + 1)
     cdef row_t* count = <row_t*>malloc((n + 1) * sizeof(row_t))
+    cdef row_t* code = <row_t*>malloc((n + 1) * sizeof(row_t))
+    cdef int64_t* keys = <int64_t*>malloc((cap + 1) * sizeof(int64_t))
+    cdef row_t* vals = <row_t*>malloc((cap + 1) * sizeof(row_t))
     cdef Py_ssize_t m = 0
-    if C == NULL or sims == NULL or max_sim == NULL or used == NULL or count == NULL:
-        free(C); free(sims); free(max_sim); free(used); free(count)
+    if C == NULL or sims == NULL or max_sim == NULL or used == NULL or count == NULL or code == NULL \
+            or keys == NULL or vals == NULL:
+        free(C); free(sims); free(max_sim); free(used); free(count); free(code); free(keys); free(vals)
         raise MemoryError()
     try:
         with nogil:
-            m = mmr_select(rel, emb, rows, k, lam, cr, has_creators, max_per_creator, no_adjacent,
+            if has_creators:
+                dense_codes(cr, code, keys, vals, log2_cap)
+            m = mmr_select(rel, emb, rows, k, lam, code, has_creators, max_per_creator, no_adjacent,
                            oi, op, C, sims, max_sim, used, count)
     finally:
-        free(C); free(sims); free(max_sim); free(used); free(count)
+        free(C); free(sims); free(max_sim); free(used); free(count); free(code); free(keys); free(vals)
     return out_idx[:m], out_pen[:m]

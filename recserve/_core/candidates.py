@@ -13,6 +13,9 @@ previous one), ``popular`` (time-decayed trending list).
 """
 from __future__ import annotations
 
+import functools
+import math
+
 import numpy as np
 
 from recserve._core.embed import UserVectorParams, user_vector
@@ -80,11 +83,14 @@ SESSION_SEEDS = 10      # the latest session's distinct items that seed the sess
 def i2i_seed_count(params: dict) -> int:
     """How many recent distinct history items seed the ``i2i`` list: ``i2i_recent``, and with a recency
     decay no more than those whose weight ``exp(-decay * step)`` is at least ``I2I_MIN_WEIGHT``."""
-    n = int(params["i2i_recent"])
-    decay = float(params["i2i_decay"])
+    return _seed_count(int(params["i2i_recent"]), float(params["i2i_decay"]))
+
+
+@functools.lru_cache(maxsize=64)
+def _seed_count(recent: int, decay: float) -> int:
     if decay > 0:
-        n = min(n, int(np.floor(-np.log(I2I_MIN_WEIGHT) / decay)) + 1)
-    return n
+        return min(recent, int(math.floor(-math.log(I2I_MIN_WEIGHT) / decay)) + 1)
+    return recent
 
 
 def source_lists(hist_items, hist_ts, ann_rows, ann_scores, i2i_rows, i2i_scores, trend_rows, trend_scores,

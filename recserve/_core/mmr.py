@@ -17,7 +17,8 @@ from recserve._core._validate import f32_1d, f32_2d, rows_1d
 
 
 def dense_codes(creators) -> np.ndarray:
-    """Re-code arbitrary creator ids (negative = unknown) to 0..m-1 per request, -1 kept for unknown."""
+    """Re-code arbitrary creator ids (negative = unknown) to 0..m-1 in id order, -1 kept for unknown (the
+    reference's coding; the kernel codes them its own way, which only numbers them differently)."""
     c = np.asarray(creators, np.int64)
     out = np.full(len(c), -1, np.int32)
     known = c >= 0
@@ -43,7 +44,7 @@ def mmr(relevance, item_emb, rows, k: int, lam: float, creators=None, max_per_cr
         no_adjacent: bool = False, novelty=None, novelty_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Returns (positions into the candidate arrays, the max-similarity penalty of each pick)."""
     rel = _boosted(relevance, novelty, novelty_weight)
-    cr = None if creators is None else dense_codes(creators)
+    cr = None if creators is None else np.ascontiguousarray(creators, np.int64)
     return _mmr.mmr(rel, f32_2d(item_emb, "item_emb"), rows_1d(rows, "rows"), int(k), float(lam), cr,
                     int(max_per_creator), bool(no_adjacent))
 

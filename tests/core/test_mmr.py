@@ -36,6 +36,29 @@ def test_matches_reference(seed, n, k, lam, n_creators, max_per, adj):
             assert (c == v).sum() <= max_per
 
 
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 10**6), n=st.integers(0, 80), k=st.integers(0, 40),
+       lam=st.sampled_from([0.0, 0.5, 0.8, 1.0]), n_creators=st.integers(1, 30), max_per=st.integers(0, 3),
+       adj=st.booleans())
+def test_any_creator_ids_pick_as_their_dense_codes(seed, n, k, lam, n_creators, max_per, adj):
+    """The kernel re-codes creator ids itself (a hash table): large, sparse and negative ids pick exactly
+    as their dense codes 0..m-1 (negative = unknown) do, and as the reference does."""
+    rng, E, rows, rel = setup(seed, n)
+    ids = np.concatenate([rng.integers(0, 2**62, n_creators), rng.integers(-2**40, 0, 2)])
+    ids[: n_creators // 3] = np.arange(n_creators // 3) << 20     # ids that share their low bits
+    creators = rng.choice(ids, n)
+    got, pen = mmr(rel, E, rows, k, lam, creators, max_per, adj)
+    coded, cpen = mmr(rel, E, rows, k, lam, dense_codes(creators), max_per, adj)
+    np.testing.assert_array_equal(got, coded)
+    np.testing.assert_array_equal(pen, cpen)
+    want, _ = mmr_reference(rel, E, rows, k, lam, creators, max_per, adj)
+    np.testing.assert_array_equal(got[:3], want[:3])
+    if max_per > 0:
+        c = creators[got]
+        for v in set(c[c >= 0].tolist()):
+            assert (c == v).sum() <= max_per
+
+
 def test_lambda_one_is_relevance_order():
     _, E, rows, rel = setup(1, 40)
     got, _ = mmr(rel, E, rows, 40, 1.0)
