@@ -230,12 +230,13 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def run(main) -> None:
-    """Run the coroutine ``main`` to its end on a new :func:`new_event_loop`, then close the loop."""
+def run(main):
+    """Run the coroutine ``main`` to its end on a new :func:`new_event_loop`, close the loop, return its
+    result."""
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(main)
+        return loop.run_until_complete(main)
     finally:
         loop.close()
 
