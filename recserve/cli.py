@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default: worker i on the i-th CPU when workers <= CPUs), off, or a list 0,1")
     s.add_argument("--max-concurrent-rpcs", dest="max_concurrent_rpcs", type=int)
     s.add_argument("--max-message-bytes", dest="max_message_bytes", type=int)
+    s.add_argument("--share-work", dest="share_work", type=int, choices=[0, 1],
+                   help="1 (default): a Recommend that would wait for its busy worker runs on an idle "
+                        "sibling worker; 0: each worker computes its own calls")
     s.add_argument("--reload-interval", dest="reload_interval", type=float)
     s.add_argument("--grace", type=float)
     s.add_argument("--events-dir", dest="events_dir")

@@ -25,6 +25,8 @@ class ServeConfig:
     cpu_affinity: str = "auto"         # "auto": worker i on the i-th allowed CPU when workers <= CPUs; "off";
                                        # or a CPU list "0,2,4" (worker i on the (i mod n)-th)
     max_concurrent_rpcs: int = 64      # calls in flight per worker; beyond -> RESOURCE_EXHAUSTED
+    share_work: int = 1                # 1: a Recommend that would wait for its worker's busy compute slot
+                                       # runs on an idle sibling worker (recserve.sharing); 0: off
     max_message_bytes: int = 4 << 20
     reload_interval: float = 1.0       # seconds between CURRENT polls; 0 disables hot reload
     grace: float = 10.0                # SIGTERM drain, seconds

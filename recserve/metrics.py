@@ -20,6 +20,7 @@ class Metrics:
                                     "source that found them", ["source"],
                                     buckets=(0, 5, 10, 25, 50, 100, 200, 500, 1000, 2000))
         self.events = Counter("recserve_events_written_total", "events made durable by RecordEvents")
+        self.forwarded = Counter("recserve_forwarded_total", "Recommends computed by an idle sibling worker")
         # labelled children, looked up once per label set (``labels()`` costs a third of an observation)
         self._children: dict[tuple, object] = {}
 

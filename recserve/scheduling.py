@@ -38,22 +38,34 @@ PAUSE_TURNS = 2
 class ComputeSlot:
     """One holder at a time; waiters served by (priority, arrival). Use from one event loop only."""
 
-    def __init__(self):
+    def __init__(self, on_load=None):
+        """``on_load(load)`` is called whenever :meth:`load` changes (work sharing publishes it)."""
         self._busy = False
         self._waiting: list[tuple[int, int, asyncio.Future]] = []     # heap of (priority, arrival, future)
         self._arrivals = itertools.count()
+        self._on_load = on_load
 
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def load(self) -> int:
+        """1 while a call holds the slot, plus the calls waiting for it."""
+        return int(self._busy) + len(self._waiting)
+
+    def _changed(self) -> None:
+        if self._on_load is not None:
+            self._on_load(int(self._busy) + len(self._waiting))
+
     async def _acquire(self, priority: int, arrival: int, deadline: float | None) -> None:
         if not self._busy and not self._waiting:
             self._busy = True
+            self._changed()
             return
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         entry = (priority, arrival, fut)
         heapq.heappush(self._waiting, entry)
+        self._changed()
         timer = None if deadline is None else loop.call_at(deadline, self._expire, entry)
         try:
             await fut
@@ -63,6 +75,7 @@ class ComputeSlot:
             elif entry in self._waiting:
                 self._waiting.remove(entry)
                 heapq.heapify(self._waiting)
+                self._changed()
             raise
         finally:
             if timer is not None:
@@ -73,6 +86,7 @@ class ComputeSlot:
         if not entry[2].done():
             self._waiting.remove(entry)
             heapq.heapify(self._waiting)
+            self._changed()
             entry[2].set_exception(DeadlineExceeded("start"))
 
     def _release(self) -> None:
@@ -80,8 +94,10 @@ class ComputeSlot:
             _, _, fut = heapq.heappop(self._waiting)
             if not fut.done():
                 fut.set_result(None)            # the slot passes to this waiter, still busy
+                self._changed()
                 return
         self._busy = False
+        self._changed()
 
     @contextlib.asynccontextmanager
     async def hold(self, priority: int, deadline: float | None = None):

@@ -5,7 +5,8 @@ servers in the calling process). Each worker, after fork, limits native thread p
 the event store, LMDB tables, hnswlib and LightGBM itself, and starts its own gRPC server on an asyncio
 event loop (``grpc.aio``: health, reflection, a bound on calls in flight, message size limits, optional
 TLS/mTLS and bearer tokens). Requests compute on that one loop, one at a time, in the order
-:mod:`recserve.scheduling` gives them; event-store writes and bundle loads run in a small thread pool. The
+:mod:`recserve.scheduling` gives them; a Recommend that would wait runs on an idle sibling worker when
+there is one (:mod:`recserve.sharing`); event-store writes and bundle loads run in a small thread pool. The
 worker watches ``<root>/CURRENT``: a new version is loaded and verified in that pool, warmed up, then
 swapped in atomically; a bad bundle is refused and the old one keeps serving. Health is SERVING only while a
 valid bundle is loaded. SIGTERM drains: health goes NOT_SERVING, new calls are refused, in-flight calls
@@ -245,11 +246,12 @@ class Worker:
     """One gRPC server over the shared port on the calling thread's asyncio event loop, with its own
     bundle, event store and reload watcher: ``await start()``, then ``await stop()``."""
 
-    def __init__(self, cfg: ServeConfig, port: int, metrics: Metrics | None = None):
+    def __init__(self, cfg: ServeConfig, port: int, metrics: Metrics | None = None, sharing=None):
         from recserve.events import EventStore
 
         self.cfg = cfg
         self.metrics = metrics
+        self.sharing = sharing          # recserve.sharing.Sharing of a forked worker, or None
         self.port = port                # the port asked for; the bound one once started
         root = bundle_root(cfg.bundle)
         self.store = EventStore(cfg.events_dir or root / "events")
@@ -276,7 +278,8 @@ class Worker:
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes)]
         self.server = grpc.aio.server(interceptors=interceptors, options=opts)
-        self.service = RecommenderService(self.holder, self.metrics, self.io, cfg.max_concurrent_rpcs)
+        self.service = RecommenderService(self.holder, self.metrics, self.io, cfg.max_concurrent_rpcs,
+                                          self.sharing)
         recommender_pb2_grpc.add_RecommenderServicer_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name,
@@ -295,6 +298,8 @@ class Worker:
         if bound == 0:
             raise RuntimeError(f"cannot bind {addr}")
         self.port = bound
+        if self.sharing is not None:
+            await self.sharing.start(self.service.compute_recommend)
         await self.server.start()
         await self._reload()
         if cfg.reload_interval > 0:
@@ -312,6 +317,8 @@ class Worker:
         """Load the version CURRENT names if it changed (in a thread); SERVING once one is live."""
         if await asyncio.get_running_loop().run_in_executor(self.io, self.holder.try_reload):
             await self._set_health(True)
+            if self.sharing is not None:
+                self.sharing.serving(True)
 
     async def _watch(self) -> None:
         while True:
@@ -322,8 +329,12 @@ class Worker:
         """Drain: NOT_SERVING, refuse new calls, let in-flight ones finish within ``grace`` seconds."""
         if self._watcher is not None:
             self._watcher.cancel()
+        if self.sharing is not None:
+            self.sharing.serving(False)     # siblings stop forwarding here; calls already taken finish
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.cfg.grace if grace is None else grace)
+        if self.sharing is not None:
+            await self.sharing.close()
         self.io.shutdown(wait=True)
 
 
@@ -346,7 +357,7 @@ class InProcessWorker(Worker):
             self._thread.join(10)
 
 
-def _worker_main(cfg: ServeConfig, port: int, ready_fd: int, cpu: int | None = None) -> None:
+def _worker_main(cfg: ServeConfig, port: int, ready_fd: int, cpu: int | None = None, sharing=None) -> None:
     """Entry point of a forked worker process; never returns."""
     code = 0
     try:
@@ -355,7 +366,7 @@ def _worker_main(cfg: ServeConfig, port: int, ready_fd: int, cpu: int | None = N
             os.sched_setaffinity(0, {cpu})     # before any thread exists: every later thread inherits it
         _limit_threads()
         metrics = Metrics() if cfg.metrics_port else None
-        w = Worker(cfg, port, metrics)
+        w = Worker(cfg, port, metrics, sharing)
 
         async def main() -> None:
             stop = asyncio.Event()
@@ -408,13 +419,26 @@ class Supervisor:
         self._stopping = False
         self._metrics_dir: str | None = None
         self._lock = threading.Lock()
+        # work sharing: the workers' load board (shared memory, inherited by every fork) and the private
+        # directory of their sockets
+        self._board = self._share_dir = None
+        if cfg.share_work and cfg.workers >= 2:
+            from recserve.sharing import Board
+
+            self._board = Board(cfg.workers)
+            self._share_dir = tempfile.mkdtemp(prefix="recserve-share-")     # mode 0700
 
     def _spawn(self, slot: int) -> tuple[int, int]:
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(r)
-            _worker_main(self.cfg, self.port, w, None if self._cpus is None else self._cpus[slot])
+            sharing = None
+            if self._board is not None:
+                from recserve.sharing import Sharing
+
+                sharing = Sharing(self._board, slot, self._share_dir)
+            _worker_main(self.cfg, self.port, w, None if self._cpus is None else self._cpus[slot], sharing)
         os.close(w)
         self._started[pid] = time.monotonic()
         self._slot[pid] = slot
@@ -435,6 +459,10 @@ class Supervisor:
                 if not done:
                     continue
                 self.pids.remove(pid)
+                if self._board is not None:
+                    from recserve.sharing import UNAVAILABLE
+
+                    self._board.set(self._slot.get(pid, 0), UNAVAILABLE)
                 lived = now - self._started.pop(pid, now)
                 self._backoff = (min(self._backoff * 2, self.RESPAWN_MAX_S) if lived < self.STABLE_S
                                  else self.RESPAWN_MIN_S)
@@ -514,6 +542,10 @@ class Supervisor:
             self.pids.remove(pid)
         if not self.pids:
             self._sock.close()
+            if self._share_dir:
+                import shutil
+
+                shutil.rmtree(self._share_dir, ignore_errors=True)
             if self._metrics_dir:
                 import shutil
 

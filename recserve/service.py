@@ -136,13 +136,14 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     UpdateItems wait on the event store's fsync: they run in ``io`` (a thread pool) and do not take the slot.
     """
 
-    def __init__(self, holder, metrics=None, io=None, max_in_flight: int = 64):
+    def __init__(self, holder, metrics=None, io=None, max_in_flight: int = 64, sharing=None):
         self.holder = holder
         self.metrics = metrics
         self.io = io
         self.max_in_flight = max_in_flight
         self.in_flight = 0
-        self.slot = ComputeSlot()
+        self.sharing = sharing          # recserve.sharing.Sharing, or None: every call computes here
+        self.slot = ComputeSlot(None if sharing is None else sharing.publish)
         self.pid = str(os.getpid())
 
     @contextlib.contextmanager
@@ -156,30 +157,44 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     async def _in_io(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
 
-    @rpc
-    async def Recommend(self, request, context, rid):
-        deadline = _deadline(context)
-        if DEBUG_DELAY_S:
-            await asyncio.sleep(DEBUG_DELAY_S)
-        req = _rec_request(request, deadline)
-        async with self.slot.hold(HEAVY, deadline) as pause:
+    async def compute_recommend(self, req: RecRequest):
+        """One Recommend through this worker's compute slot, yielding to cheaper calls between stages:
+        the calls of this worker's clients and those its siblings forward (``recserve.sharing``)."""
+        async with self.slot.hold(HEAVY, req.deadline) as pause:
             with self._rec() as rec:
                 steps = rec.recommend_steps(req)
                 while True:
                     try:
                         next(steps)
                     except StopIteration as done:
-                        res = done.value
-                        break
+                        return done.value
                     await pause()
-            if self.metrics is not None:
-                self.metrics.observe_recommend(res.timings, res.source_counts)
-            resp = pb.RecommendResponse(bundle_version=res.bundle_version, request_id=rid,
-                                        cold_start=res.cold_start)
-            _add_items(resp.items, res, request.explain)
-            if request.timings:
-                resp.timings.extend(pb.StageTiming(stage=s, ms=ms) for s, ms in res.timings)
-            return resp
+
+    @rpc
+    async def Recommend(self, request, context, rid):
+        deadline = _deadline(context)
+        if DEBUG_DELAY_S:
+            await asyncio.sleep(DEBUG_DELAY_S)
+        req = _rec_request(request, deadline)
+        res = None
+        if self.sharing is not None and self.slot.load():   # it would wait here: an idle sibling takes it
+            fwd = await self.sharing.forward(req)
+            if fwd is not None:
+                res = fwd[0]
+                context.set_trailing_metadata((("recserve-worker", self.pid), ("recserve-request-id", rid),
+                                               ("recserve-computed-by", str(fwd[1]))))
+                if self.metrics is not None:
+                    self.metrics.forwarded.inc()
+        if res is None:
+            res = await self.compute_recommend(req)
+        if self.metrics is not None:
+            self.metrics.observe_recommend(res.timings, res.source_counts)
+        resp = pb.RecommendResponse(bundle_version=res.bundle_version, request_id=rid,
+                                    cold_start=res.cold_start)
+        _add_items(resp.items, res, request.explain)
+        if request.timings:
+            resp.timings.extend(pb.StageTiming(stage=s, ms=ms) for s, ms in res.timings)
+        return resp
 
     @rpc
     async def SimilarItems(self, request, context, rid):
