@@ -483,12 +483,14 @@ def main(argv=None) -> int:
            "filter_share": a.filter_share, "explain_share": a.explain_share, "events_batch": a.events_batch}
     ids = read_ids(a.bundle)
     pools = [build_requests(ids, cfg, seed=i, n=a.pool) for i in range(a.clients)]
+    # RECSERVE_* settings reach the servers this script starts (recserve's workers and the ceiling's)
+    server_env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("RECSERVE_")}
     record = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "nproc": os.cpu_count(),
               "versions": versions(), "config": {k: v for k, v in vars(a).items()}, "workload": cfg,
-              "phases": {}}
+              "server_env": server_env, "phases": {}}
     print(f"machine: {machine()}  grpcio {record['versions']['grpcio']}")
     print(f"workload: {cfg}; {a.clients} client processes; server workers {a.workers} (cpu affinity "
-          f"{a.cpu_affinity})")
+          f"{a.cpu_affinity}); server settings from the environment: {server_env or 'none'}")
     servers = []
     # a SIGTERM (a `timeout`, a CI job being cancelled) still stops the servers this run started
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -12,8 +12,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _run(args, timeout=300):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def _run(args, timeout=300, env=None):
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     p = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return p.stdout
@@ -23,10 +23,11 @@ def test_load_closed_open_and_ceiling(demo_bundle, tmp_path):
     out = tmp_path / "load.json"
     text = _run(["bench/load.py", "--bundle", str(demo_bundle), "--workers", "1", "--clients", "1",
                  "--concurrency", "2", "--rate", "20", "--duration", "1.5", "--warmup", "0.2",
-                 "--pool", "200", "--json", str(out)])
+                 "--pool", "200", "--json", str(out)], env={"RECSERVE_SHARE_WORK": "0"})
     assert "ceiling" in text and "ratio" in text
     rec = json.loads(out.read_text())
     assert rec["nproc"] == os.cpu_count() and "grpcio" in rec["versions"]
+    assert rec["server_env"]["RECSERVE_SHARE_WORK"] == "0"          # the servers' settings are recorded
     real = rec["phases"]["closed loop, concurrency 2 [recserve]"]["methods"]["ALL"]
     ceil = rec["phases"]["closed loop, concurrency 2 [ceiling]"]["methods"]["ALL"]
     assert real["ok"] > 0 and ceil["ok"] > 0
