@@ -13,7 +13,7 @@ import uuid
 import grpc
 
 from recserve.events import Event
-from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument, NotFound
+from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument, NoBundle, NotFound
 from recserve.pipeline.messages import Filters, RecRequest
 from recserve.scheduling import CHEAP, HEAVY, ComputeSlot
 from recserve.v1 import recommender_pb2 as pb
@@ -23,10 +23,6 @@ log = logging.getLogger("recserve.service")
 
 # Test hook for drain tests: every Recommend sleeps this long (milliseconds). Unset in production.
 DEBUG_DELAY_S = float(os.environ.get("RECSERVE_DEBUG_DELAY_MS", "0") or 0) / 1000.0
-
-
-class NoBundle(Exception):
-    """No valid bundle is loaded yet."""
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:

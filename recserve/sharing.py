@@ -37,7 +37,7 @@ from typing import Awaitable, Callable
 
 import numpy as np
 
-from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument, NotFound
+from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument, NoBundle, NotFound
 from recserve.pipeline.messages import RecRequest, Result
 
 log = logging.getLogger("recserve.sharing")
@@ -73,7 +73,7 @@ def socket_path(directory: str | os.PathLike, worker: int) -> Path:
 
 # -- errors over the wire ---------------------------------------------------------------------------------
 class _Remote(Exception):
-    """The sibling failed in a way the pipeline does not name: INTERNAL at the front."""
+    """The sibling failed in a way the pipeline does not name (it logged it): the call computes locally."""
 
 
 def _pack_error(exc: BaseException) -> tuple:
@@ -81,7 +81,7 @@ def _pack_error(exc: BaseException) -> tuple:
         return (type(exc).__name__, exc.field, exc.message)
     if isinstance(exc, DeadlineExceeded):
         return ("DeadlineExceeded", exc.stage, "")
-    if type(exc).__name__ == "NoBundle":
+    if isinstance(exc, NoBundle):
         return ("NoBundle", "", "")
     return ("Internal", type(exc).__name__, "")
 
@@ -160,8 +160,7 @@ class ShareServer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 -- sent back, mapped to a status code at the front
-            if not isinstance(exc, (InvalidArgument, NotFound, DeadlineExceeded)) \
-                    and type(exc).__name__ != "NoBundle":
+            if not isinstance(exc, (InvalidArgument, NotFound, DeadlineExceeded, NoBundle)):
                 log.exception("forwarded Recommend failed")
             reply = (call_id, False, _pack_error(exc))
         if not writer.is_closing():
@@ -282,8 +281,9 @@ class Sharing:
         return None
 
     async def forward(self, req: RecRequest) -> tuple[Result, int] | None:
-        """``(result, the sibling's pid)`` from an idle sibling, or None when none is idle or the one picked could
-        not take the call (the caller then computes locally). Pipeline errors of the sibling are raised."""
+        """``(result, the sibling's pid)`` from an idle sibling, or None when none is idle or the one picked
+        could not take the call (the caller then computes locally). Pipeline errors of the sibling are
+        raised."""
         w = self.idle_sibling()
         if w is None:
             return None

@@ -16,6 +16,10 @@ class NotFound(PipelineError):
     """A referenced entity does not exist -> NOT_FOUND."""
 
 
+class NoBundle(Exception):
+    """No valid bundle is loaded yet -> UNAVAILABLE."""
+
+
 class DeadlineExceeded(Exception):
     """The caller's deadline passed before the pipeline finished -> DEADLINE_EXCEEDED (work stops at the
     next stage boundary)."""

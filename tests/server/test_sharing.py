@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument
+from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument, NoBundle
 from recserve.pipeline.messages import RecRequest
 from recserve.pipeline.recommender import Recommender
 from recserve.sharing import RETRY_S, UNAVAILABLE, Board, Sharing
@@ -69,9 +69,6 @@ def test_forwarded_recommend_answers_as_the_local_pipeline(bundle, facts, tmp_pa
 
 def test_a_sibling_that_cannot_take_the_call_is_skipped(bundle, facts, tmp_path):
     rec = Recommender(bundle, None)
-
-    class NoBundle(Exception):
-        pass
 
     async def no_bundle(req):
         raise NoBundle()
