@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import urllib.request
 
@@ -13,7 +12,7 @@ from recserve import config as C
 from recserve import protogen
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc as pbg
-from srvutil import wait_for
+from srvutil import free_port, metric, wait_for
 
 
 def test_checked_in_stubs_are_current(tmp_path, monkeypatch):
@@ -49,24 +48,8 @@ def test_reflection_lists_services(server):
     assert {"recserve.v1.Recommender", "grpc.health.v1.Health"} <= services
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _metric(text: str, name: str, **labels) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.split()[-1])
-    return total
-
-
 def test_metrics_endpoint_aggregates_workers(shared_root, facts, start_server, tmp_path):
-    mport = _free_port()
+    mport = free_port()
     tokens = tmp_path / "tokens"
     tokens.write_text("write w-secret\n")
     s = start_server(shared_root, "--workers", "2", "--metrics-port", str(mport), "--reload-interval", "0",
@@ -90,15 +73,15 @@ def test_metrics_endpoint_aggregates_workers(shared_root, facts, start_server, t
         pb.Event(user_id="m-user", item_id=facts["items"][0], type=pb.EVENT_TYPE_CLICK)] * 3),
         timeout=10, metadata=auth)
     text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
-    assert _metric(text, "recserve_requests_total", method="Recommend", code="OK") == 6.0
-    assert _metric(text, "recserve_requests_total", method="Recommend", code="INVALID_ARGUMENT") == 1.0
-    assert _metric(text, "recserve_requests_total", method="Recommend", code="UNAUTHENTICATED") == 1.0
-    assert _metric(text, "recserve_request_seconds_count", method="Recommend") >= 6.0
+    assert metric(text, "recserve_requests_total", method="Recommend", code="OK") == 6.0
+    assert metric(text, "recserve_requests_total", method="Recommend", code="INVALID_ARGUMENT") == 1.0
+    assert metric(text, "recserve_requests_total", method="Recommend", code="UNAUTHENTICATED") == 1.0
+    assert metric(text, "recserve_request_seconds_count", method="Recommend") >= 6.0
     for stage in ("validate", "candidates", "ranking", "rerank"):
-        assert _metric(text, "recserve_stage_seconds_count", stage=stage) == 6.0, stage
-    assert _metric(text, "recserve_candidates_count", source="ann") == 6.0
-    assert _metric(text, "recserve_candidates_sum") > 0
-    assert _metric(text, "recserve_events_written_total") == 3.0
+        assert metric(text, "recserve_stage_seconds_count", stage=stage) == 6.0, stage
+    assert metric(text, "recserve_candidates_count", source="ann") == 6.0
+    assert metric(text, "recserve_candidates_sum") > 0
+    assert metric(text, "recserve_events_written_total") == 3.0
 
 
 def _openssl(*args, cwd):
@@ -181,19 +164,19 @@ def test_maximum_concurrent_rpcs(shared_root, facts, start_server):
 
 def test_shed_calls_are_counted_in_the_metrics(shared_root, facts, start_server):
     """Calls refused at the bound on calls in flight are counted in the metrics like any other."""
-    mport = _free_port()
+    mport = free_port()
     s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--max-concurrent-rpcs", "2",
                      "--threads", "4", "--metrics-port", str(mport), env={"RECSERVE_DEBUG_DELAY_MS": "1500"})
     codes = _burst(s, facts["user"], 6)
     assert codes.count("RESOURCE_EXHAUSTED") >= 1, codes
     text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
     for code in ("OK", "RESOURCE_EXHAUSTED"):
-        assert _metric(text, "recserve_requests_total", method="Recommend", code=code) == codes.count(code), code
+        assert metric(text, "recserve_requests_total", method="Recommend", code=code) == codes.count(code), code
 
 
 def test_calls_whose_deadline_passes_are_counted_as_cancelled(shared_root, facts, start_server):
     """A call the client gives up on is cancelled in the worker (its task stops) and counted as such."""
-    mport = _free_port()
+    mport = free_port()
     s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--metrics-port", str(mport),
                      env={"RECSERVE_DEBUG_DELAY_MS": "1500"})
     with pytest.raises(grpc.RpcError) as e:
@@ -202,8 +185,8 @@ def test_calls_whose_deadline_passes_are_counted_as_cancelled(shared_root, facts
 
     def counted():
         text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
-        return _metric(text, "recserve_requests_total", method="Recommend", code="CANCELLED") == 1 \
-            and _metric(text, "recserve_requests_total", method="Recommend", code="OK") == 0
+        return metric(text, "recserve_requests_total", method="Recommend", code="CANCELLED") == 1 \
+            and metric(text, "recserve_requests_total", method="Recommend", code="OK") == 0
 
     assert wait_for(counted, timeout=10)
 

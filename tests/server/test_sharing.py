@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 
 import pytest
 
@@ -14,6 +15,7 @@ from recserve.pipeline.recommender import Recommender
 from recserve.sharing import RETRY_S, UNAVAILABLE, Board, Sharing
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc as pbg
+from srvutil import free_port, metric
 
 NOW = 1_700_000_000.0
 
@@ -120,18 +122,22 @@ def _burst(stub, user, n):
 
 @pytest.mark.parametrize("share", ["1", "0"])
 def test_one_connection_loads_both_workers_only_with_work_sharing(start_server, shared_root, facts, share):
-    s = start_server(shared_root, "--workers", "2", "--reload-interval", "0", "--share-work", share)
+    mport = free_port()
+    s = start_server(shared_root, "--workers", "2", "--reload-interval", "0", "--share-work", share,
+                     "--metrics-port", str(mport))
     stub = pbg.RecommenderStub(s.channel())          # one channel: one connection, one worker
-    got = _burst(stub, facts["user"], 8)             # warm up
-    got = _burst(stub, facts["user"], 64) + _burst(stub, facts["user"], 64)
+    got = _burst(stub, facts["user"], 8) + _burst(stub, facts["user"], 64) + _burst(stub, facts["user"], 64)
     fronts = {g[1] for g in got}
-    computed = {g[2] for g in got if g[2] is not None}
+    computed = [g[2] for g in got if g[2] is not None]
     assert len(fronts) == 1
     assert len({tuple(g[0]) for g in got}) == 1 and len(got[0][0]) == 10    # the same answer wherever
     if share == "1":
-        assert computed and not (computed & fronts), "no Recommend ran on the idle sibling"
+        assert computed and not (set(computed) & fronts), "no Recommend ran on the idle sibling"
     else:
         assert not computed
+    text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
+    assert metric(text, "recserve_forwarded_total") == len(computed)
+    assert metric(text, "recserve_requests_total", method="Recommend", code="OK") == len(got)
 
 
 def test_share_work_flag_is_validated(start_server, shared_root):
