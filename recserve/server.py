@@ -419,25 +419,18 @@ class Supervisor:
         self._stopping = False
         self._metrics_dir: str | None = None
         self._lock = threading.Lock()
-        # work sharing: the workers' load board (shared memory, inherited by every fork) and the private
-        # directory of their sockets
-        self._board = self._share_dir = None
+        self._group = None                       # work sharing: a board and sockets, inherited by every fork
         if cfg.share_work and cfg.workers >= 2:
-            from recserve.sharing import Board
+            from recserve.sharing import Group
 
-            self._board = Board(cfg.workers)
-            self._share_dir = tempfile.mkdtemp(prefix="recserve-share-")     # mode 0700
+            self._group = Group(cfg.workers)
 
     def _spawn(self, slot: int) -> tuple[int, int]:
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(r)
-            sharing = None
-            if self._board is not None:
-                from recserve.sharing import Sharing
-
-                sharing = Sharing(self._board, slot, self._share_dir)
+            sharing = None if self._group is None else self._group.member(slot)
             _worker_main(self.cfg, self.port, w, None if self._cpus is None else self._cpus[slot], sharing)
         os.close(w)
         self._started[pid] = time.monotonic()
@@ -459,10 +452,8 @@ class Supervisor:
                 if not done:
                     continue
                 self.pids.remove(pid)
-                if self._board is not None:
-                    from recserve.sharing import UNAVAILABLE
-
-                    self._board.set(self._slot.get(pid, 0), UNAVAILABLE)
+                if self._group is not None:
+                    self._group.gone(self._slot.get(pid, 0))
                 lived = now - self._started.pop(pid, now)
                 self._backoff = (min(self._backoff * 2, self.RESPAWN_MAX_S) if lived < self.STABLE_S
                                  else self.RESPAWN_MIN_S)
@@ -542,10 +533,8 @@ class Supervisor:
             self.pids.remove(pid)
         if not self.pids:
             self._sock.close()
-            if self._share_dir:
-                import shutil
-
-                shutil.rmtree(self._share_dir, ignore_errors=True)
+            if self._group is not None:
+                self._group.remove()
             if self._metrics_dir:
                 import shutil
 

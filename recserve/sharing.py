@@ -295,3 +295,26 @@ class Sharing:
             return None
         self.forwarded += 1
         return res, pid
+
+
+class Group:
+    """The supervisor's side: the board and the socket directory of ``n`` workers, created before any fork.
+    :meth:`member` runs in the forked worker; :meth:`gone` and :meth:`remove` in the supervisor."""
+
+    def __init__(self, n: int):
+        import tempfile
+
+        self.board = Board(n)
+        self.directory = tempfile.mkdtemp(prefix="recserve-share-")      # mode 0700: this user only
+
+    def member(self, slot: int) -> Sharing:
+        return Sharing(self.board, slot, self.directory)
+
+    def gone(self, slot: int) -> None:
+        """A worker died: siblings stop forwarding to its slot until its replacement serves."""
+        self.board.set(slot, UNAVAILABLE)
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -4,6 +4,7 @@ the demo bundle, and a real 2-worker server over one gRPC connection."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import urllib.request
 
@@ -12,7 +13,7 @@ import pytest
 from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument, NoBundle
 from recserve.pipeline.messages import RecRequest
 from recserve.pipeline.recommender import Recommender
-from recserve.sharing import RETRY_S, UNAVAILABLE, Board, Sharing
+from recserve.sharing import RETRY_S, UNAVAILABLE, Board, Group, Sharing
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc as pbg
 from srvutil import free_port, metric
@@ -31,6 +32,19 @@ def test_board_starts_unavailable_and_shows_loads():
     assert b.loads[1] == 0
     with pytest.raises(ValueError):
         Board(0)
+
+
+def test_group_hands_each_worker_the_shared_board_and_cleans_up():
+    g = Group(2)
+    w1 = g.member(1)
+    assert w1.board is g.board and set(w1.peers) == {0}
+    assert (os.stat(g.directory).st_mode & 0o777) == 0o700      # the sockets' directory: this user only
+    w1.serving(True)
+    assert g.board.loads[1] == 0
+    g.gone(1)                                                 # the supervisor saw it die
+    assert g.board.loads[1] == UNAVAILABLE
+    g.remove()
+    assert not os.path.exists(g.directory)
 
 
 def test_forwarded_recommend_answers_as_the_local_pipeline(bundle, facts, tmp_path):
