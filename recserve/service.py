@@ -48,6 +48,11 @@ class Overloaded(Exception):
     """More calls in flight in this worker than its bound (``max_concurrent_rpcs``)."""
 
 
+def _trailing(pid: str, rid: str, *extra: tuple[str, str]) -> tuple:
+    """Every response's trailing metadata: the worker that answered and the request id (and ``extra``)."""
+    return (("recserve-worker", pid), ("recserve-request-id", rid), *extra)
+
+
 def rpc(method):
     """Every RPC: a request id (in the response, the trailing metadata and any log line about the call),
     the worker's bound on calls in flight, errors mapped by :func:`status_of` (failed calls are logged,
@@ -59,7 +64,7 @@ def rpc(method):
         t0 = time.perf_counter()
         code = grpc.StatusCode.OK
         rid = uuid.uuid4().hex
-        context.set_trailing_metadata((("recserve-worker", self.pid), ("recserve-request-id", rid)))
+        context.set_trailing_metadata(_trailing(self.pid, rid))
         self.in_flight += 1
         try:
             if self.in_flight > self.max_in_flight:
@@ -177,8 +182,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             fwd = await self.sharing.forward(req)
             if fwd is not None:
                 res = fwd[0]
-                context.set_trailing_metadata((("recserve-worker", self.pid), ("recserve-request-id", rid),
-                                               ("recserve-computed-by", str(fwd[1]))))
+                context.set_trailing_metadata(_trailing(self.pid, rid, ("recserve-computed-by", str(fwd[1]))))
                 if self.metrics is not None:
                     self.metrics.forwarded.inc()
         if res is None:

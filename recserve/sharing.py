@@ -31,7 +31,9 @@ import logging
 import mmap
 import os
 import pickle
+import shutil
 import struct
+import tempfile
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -302,8 +304,6 @@ class Group:
     :meth:`member` runs in the forked worker; :meth:`gone` and :meth:`remove` in the supervisor."""
 
     def __init__(self, n: int):
-        import tempfile
-
         self.board = Board(n)
         self.directory = tempfile.mkdtemp(prefix="recserve-share-")      # mode 0700: this user only
 
@@ -315,6 +315,4 @@ class Group:
         self.board.set(slot, UNAVAILABLE)
 
     def remove(self) -> None:
-        import shutil
-
         shutil.rmtree(self.directory, ignore_errors=True)
