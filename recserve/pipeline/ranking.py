@@ -67,6 +67,6 @@ def context_vector(schema: FeatureSchema, hour: float, weekday: float, device: f
     return np.array([vals.get(c, np.nan) for c in schema.context_columns], np.float32)
 
 
-def score(crosser: Crosser, ranker: Ranker, user_row, user_vec, merged, context, now_days: float):
-    X = crosser.cross(user_row, user_vec, merged.rows, context, merged.rank, merged.score, now_days)
-    return X, ranker.predict(X)
+def features(crosser: Crosser, user_row, user_vec, merged, context, now_days: float) -> np.ndarray:
+    """The ranker's input rows of the merged candidates: the crossed user x item x context features."""
+    return crosser.cross(user_row, user_vec, merged.rows, context, merged.rank, merged.score, now_days)

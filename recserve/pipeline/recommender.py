@@ -301,17 +301,20 @@ class Recommender:
                 return done.value
 
     def recommend_steps(self, req: RecRequest):
-        """Recommend as a generator: it yields the name of each stage it finishes (validate, user,
-        candidates, ranking, rerank), so the caller can let other work run between stages, and returns the
-        :class:`Result`. Stage times do not count the time spent between stages; ``total`` does."""
+        """Recommend as a generator that yields at each pause point, so the caller can let other work run
+        there, and returns the :class:`Result`. It yields the name of each stage it finishes (validate,
+        user, candidates, ranking, rerank) and of the two points inside the longest stages ("ann": the
+        index searched, "features": the ranker's rows crossed), so no stretch between pauses is longer than
+        one kernel. Stage times do not count the time spent in pauses; ``total`` does."""
         timings: list[tuple[str, float]] = []
         t0 = tp = time.perf_counter()
+        carried = 0.0           # ms of the current stage before its inner pauses
 
         def lap(stage):
-            nonlocal tp
+            nonlocal tp, carried
             now = time.perf_counter()
-            timings.append((stage, (now - tp) * 1000.0))
-            tp = now
+            timings.append((stage, (now - tp) * 1000.0 + carried))
+            tp, carried = now, 0.0
             if req.deadline is not None and time.monotonic() > req.deadline:
                 raise DeadlineExceeded(stage)
 
@@ -320,6 +323,16 @@ class Recommender:
             nonlocal tp
             lap(stage)
             yield stage
+            tp = time.perf_counter()
+
+        def within(point):
+            """``yield from within(point)``: a pause point inside a stage, whose time so far carries over."""
+            nonlocal tp, carried
+            now = time.perf_counter()
+            carried += (now - tp) * 1000.0
+            if req.deadline is not None and time.monotonic() > req.deadline:
+                raise DeadlineExceeded(point)
+            yield point
             tp = time.perf_counter()
 
         check_id(req.user_id, "user_id", allow_empty=True)
@@ -373,6 +386,7 @@ class Recommender:
         over = 1.0 / max(frac, 0.05)        # a filter drops items after the ANN query: over-fetch
         ann = CC.ann_lists(lambda n: self.ann.query(uvec, int(n * over) + 1, allowed, brute, self.ef),
                            self.cparams, all_rows, self.n_items, req.exclude_consumed, allowed)
+        yield from within("ann")
         base = CC.source_lists(all_rows, all_ts, ann[0], ann[1], self.i2i_rows, self.i2i_scores,
                                self.trend_rows, self.trend_scores, self.cparams,
                                drop_history=req.exclude_consumed)
@@ -405,7 +419,9 @@ class Recommender:
 
         dev = float(req.device)
         ctx = R.context_vector(self.schema, float(hour), float(weekday), dev, req.extra)
-        X, scores = R.score(snap.crosser, self.ranker, user_row_vals, uvec, merged, ctx, now / 86400.0)
+        X = R.features(snap.crosser, user_row_vals, uvec, merged, ctx, now / 86400.0)
+        yield from within("features")
+        scores = self.ranker.predict(X)
         yield from done("ranking")
 
         rel = RR.minmax(scores)

@@ -60,14 +60,14 @@ def test_training_rows_equal_server_rows(demo_bundle, monkeypatch):
     except ImportError as exc:
         pytest.skip(f"server pipeline not importable: {exc}")
     captured = {}
-    real = R.score
+    real = R.features
 
-    def spy(crosser, ranker, user_row, user_vec, merged, context, now_days):
-        out = real(crosser, ranker, user_row, user_vec, merged, context, now_days)
-        captured["X"], captured["rows"] = out[0], np.array(merged.rows)
+    def spy(crosser, user_row, user_vec, merged, context, now_days):
+        out = real(crosser, user_row, user_vec, merged, context, now_days)
+        captured["X"], captured["rows"] = out, np.array(merged.rows)
         return out
 
-    monkeypatch.setattr(R, "score", spy)
+    monkeypatch.setattr(R, "features", spy)
     with Bundle.open(demo_bundle) as b:
         art = artifacts_from_bundle(b)
         groups = _training_groups(art, b.params, np.arange(0, b.n_users, 11))
