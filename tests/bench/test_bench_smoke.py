@@ -64,3 +64,18 @@ def test_scaling_quick():
 
 def test_build_time_quick():
     assert "peak MB" in _run(["bench/build_time.py", "--quick"])
+
+
+def test_overhead_quick(demo_bundle, tmp_path):
+    out = tmp_path / "overhead.json"
+    text = _run(["bench/overhead.py", "--bundle", str(demo_bundle), "--rate", "40", "--duration", "1",
+                 "--warmup", "0.3", "--repeats", "1", "--json", str(out)])
+    assert "= recserve" in text and "tight loop" in text
+    rec = json.loads(out.read_text())
+    for mode in ("ceiling", "service", "recserve"):
+        r = rec["runs"][mode][0]
+        assert r["calls"] > 20 and r["errors"] == 0 and r["server_cpu_ms"] > 0, (mode, r)
+    real = rec["runs"]["recserve"][0]
+    # the worker counted the pipeline CPU of every Recommend answered in the measured window
+    assert real["pipeline_calls"] >= real["calls"] and real["pipeline_cpu_ms"] > 0
+    assert rec["pipeline_tight_loop_ms"] > 0
