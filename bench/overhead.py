@@ -119,13 +119,14 @@ async def _drive(target, requests, rate, warm, secs, worker, stats_path):
         await asyncio.wait_for(ch.channel_ready(), 30)
     calls = [ch.unary_unary("/recserve.v1.Recommender/Recommend") for ch in chans]
     stats = np.memmap(stats_path, np.float64, "r", shape=(2,)) if stats_path else None
-    lat, errors, marks, tasks = [], [0], {}, set()
+    lat, errors, marks, tasks = [], {}, {}, set()
 
     async def one(i, intended, measured):
         try:
             await calls[i % len(calls)](requests[i % len(requests)][1], timeout=5)
-        except grpc.RpcError:
-            errors[0] += measured
+        except grpc.RpcError as exc:
+            if measured:
+                errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
         if measured:
             lat.append(time.perf_counter() - intended)
 
@@ -152,7 +153,7 @@ async def _drive(target, requests, rate, warm, secs, worker, stats_path):
     (w0, c0, s0), (w1, c1, s1) = marks["start"], marks["end"]
     n = len(lat)
     ms = np.array(lat) * 1000.0
-    return {"calls": n, "errors": errors[0], "seconds": w1 - w0, "server_cpu_ms": 1000.0 * (c1 - c0) / n,
+    return {"calls": n, "errors": sum(errors.values()), "errors_by_code": errors, "seconds": w1 - w0, "server_cpu_ms": 1000.0 * (c1 - c0) / n,
             "pipeline_cpu_ms": 1000.0 * (s1[0] - s0[0]) / max(s1[1] - s0[1], 1), "pipeline_calls": s1[1] - s0[1],
             "p50_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99))}
 
@@ -262,7 +263,8 @@ def main(argv=None) -> int:
                 finally:
                     srv.stop()
                 runs[mode].append(r)
-                print(f"  round {rep + 1} {mode:9s} {r['calls']:6d} calls, {r['errors']} errors, server CPU per call "
+                failed = ", ".join(f"{n} {c}" for c, n in sorted(r["errors_by_code"].items())) or "no error"
+                print(f"  round {rep + 1} {mode:9s} {r['calls']:6d} calls ({failed}), server CPU per call "
                       f"{r['server_cpu_ms']:.3f} ms, p50 / p99 {r['p50_ms']:.2f} / {r['p99_ms']:.2f} ms"
                       + (f"; pipeline CPU per Recommend in the server {r['pipeline_cpu_ms']:.3f} ms"
                          if mode == "recserve" else ""), flush=True)
