@@ -36,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
+from _proc import tree_stats  # noqa: E402
 from _servers import ServerProc, record_responses, start_ceiling, start_real  # noqa: E402
 from _timing import machine  # noqa: E402
 
@@ -104,11 +105,6 @@ def _serve(argv) -> int:
 
 
 # -- the client (``overhead.py _client``, a process of its own pinned to its CPU) -------------------------
-def _cpu_seconds(pid: int) -> float:
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _drive(target, requests, rate, warm, secs, worker, stats_path):
     import asyncio
 
@@ -131,7 +127,7 @@ async def _drive(target, requests, rate, warm, secs, worker, stats_path):
             lat.append(time.perf_counter() - intended)
 
     def mark(key):
-        marks[key] = (time.perf_counter(), _cpu_seconds(worker),
+        marks[key] = (time.perf_counter(), tree_stats(worker)[0],
                       tuple(stats) if stats is not None else (0.0, 0.0))
 
     t0, i = time.perf_counter(), 0

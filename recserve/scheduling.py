@@ -54,7 +54,7 @@ class ComputeSlot:
 
     def _changed(self) -> None:
         if self._on_load is not None:
-            self._on_load(int(self._busy) + len(self._waiting))
+            self._on_load(self.load())
 
     async def _acquire(self, priority: int, arrival: int, deadline: float | None) -> None:
         if not self._busy and not self._waiting:

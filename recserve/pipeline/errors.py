@@ -22,7 +22,7 @@ class NoBundle(Exception):
 
 class DeadlineExceeded(Exception):
     """The caller's deadline passed before the pipeline finished -> DEADLINE_EXCEEDED (work stops at the
-    next stage boundary)."""
+    next pause point)."""
 
     def __init__(self, stage: str):
         super().__init__(f"the deadline passed before the {stage} stage")

@@ -310,13 +310,16 @@ class Recommender:
         t0 = tp = time.perf_counter()
         carried = 0.0           # ms of the current stage before its inner pauses
 
+        def check_deadline(point):
+            if req.deadline is not None and time.monotonic() > req.deadline:
+                raise DeadlineExceeded(point)
+
         def lap(stage):
             nonlocal tp, carried
             now = time.perf_counter()
             timings.append((stage, (now - tp) * 1000.0 + carried))
             tp, carried = now, 0.0
-            if req.deadline is not None and time.monotonic() > req.deadline:
-                raise DeadlineExceeded(stage)
+            check_deadline(stage)
 
         def done(stage):
             """``yield from done(stage)``: the stage's lap, then a pause point for the caller."""
@@ -330,8 +333,7 @@ class Recommender:
             nonlocal tp, carried
             now = time.perf_counter()
             carried += (now - tp) * 1000.0
-            if req.deadline is not None and time.monotonic() > req.deadline:
-                raise DeadlineExceeded(point)
+            check_deadline(point)
             yield point
             tp = time.perf_counter()
 
