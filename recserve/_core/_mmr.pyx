@@ -1,13 +1,11 @@
 # cython: language_level=3
-"""MMR re-ranking with creator rules, O(k * n * d) by incremental max-similarity."""
+"""MMR re-ranking with creator rules: lazy greedy over a heap of objective bounds (see ``mmr_select``)."""
 from libc.math cimport sqrt, isfinite, INFINITY
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 import numpy as np
 
-from scipy.linalg.cython_blas cimport sgemv
-
-from recserve._core._linalg cimport dot
+from recserve._core._linalg cimport sdot
 from recserve._core._typedefs cimport float32_t, row_t, index_t, RS_PREFETCH
 
 
@@ -34,54 +32,151 @@ cdef void dense_codes(const int64_t[::1] raw, row_t* code, int64_t* keys, row_t*
         code[i] = vals[h]
 
 
+cdef struct Entry:
+    double obj          # the candidate's objective when last computed: an upper bound on it from then on
+    row_t i             # its position among the candidates
+
+
+cdef inline bint ahead(Entry a, Entry b) noexcept nogil:
+    """Heap order: the higher objective first, then the lower position (the scan's first-best rule)."""
+    return a.obj > b.obj or (a.obj == b.obj and a.i < b.i)
+
+
+cdef inline void sift_down(Entry* h, Py_ssize_t n, Py_ssize_t j) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef Entry e = h[j]
+    while True:
+        c = 2 * j + 1
+        if c >= n:
+            break
+        if c + 1 < n and ahead(h[c + 1], h[c]):
+            c += 1
+        if not ahead(h[c], e):
+            break
+        h[j] = h[c]
+        j = c
+    h[j] = e
+
+
+cdef inline void sift_up(Entry* h, Py_ssize_t j) noexcept nogil:
+    cdef Entry e = h[j]
+    while j > 0 and ahead(e, h[(j - 1) // 2]):
+        h[j] = h[(j - 1) // 2]
+        j = (j - 1) // 2
+    h[j] = e
+
+
+cdef inline bint capped(Py_ssize_t i, const row_t* creators, bint has_creators, Py_ssize_t max_per_creator,
+                        const row_t* creator_count) noexcept nogil:
+    return has_creators and creators[i] >= 0 and max_per_creator > 0 \
+        and creator_count[creators[i]] >= max_per_creator
+
+
+cdef Py_ssize_t scan_pick(Py_ssize_t t, const float32_t[::1] rel, double lam, const row_t* creators,
+                          bint has_creators, Py_ssize_t max_per_creator, bint no_adjacent, row_t last_creator,
+                          const double* max_sim, const uint8_t* used, const row_t* creator_count) noexcept nogil:
+    """The pick of step ``t`` by scanning every candidate (-1 when none is left): the best objective, the
+    first of equals; not by ``last_creator`` unless only its items remain."""
+    cdef Py_ssize_t n = rel.shape[0], i, best = -1, best_any = -1
+    cdef double obj, best_obj = -INFINITY, best_any_obj = -INFINITY
+    for i in range(n):
+        if used[i] or capped(i, creators, has_creators, max_per_creator, creator_count):
+            continue
+        obj = lam * rel[i]
+        if t > 0 and lam < 1.0:
+            obj -= (1.0 - lam) * max_sim[i]
+        if obj > best_any_obj:
+            best_any_obj = obj
+            best_any = i
+        if no_adjacent and has_creators and creators[i] >= 0 and creators[i] == last_creator:
+            continue
+        if obj > best_obj:
+            best_obj = obj
+            best = i
+    return best if best >= 0 else best_any
+
+
 cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb, const row_t[::1] rows,
                            Py_ssize_t k, double lam, const row_t* creators, bint has_creators,
                            Py_ssize_t max_per_creator, bint no_adjacent,
                            row_t[::1] out_idx, float32_t[::1] out_pen,
-                           float32_t* C, float32_t* sims, double* max_sim, uint8_t* used,
-                           row_t* creator_count) noexcept nogil:
-    cdef Py_ssize_t n = rel.shape[0], i, j, t, best, best_any, chosen = 0
-    cdef int d = <int>emb.shape[1], n_int = <int>rel.shape[0], one = 1
-    cdef float32_t f_one = 1.0, f_zero = 0.0
-    cdef double v, obj, best_obj, best_any_obj
+                           float32_t* C, double* max_sim, uint8_t* used, row_t* creator_count,
+                           Entry* heap, Entry* held, row_t* seen) noexcept nogil:
+    """Greedy MMR. The first pick scans every candidate; so does every pick when no similarity enters the
+    objective (``lam`` = 1, or no dimensions). Otherwise every candidate's similarity to the first pick is
+    computed, and later picks are *lazy*: a candidate's max-similarity only grows as picks are added, so
+    its objective only falls, and the value last computed bounds it. The candidates sit in a heap by that
+    bound; the top one is brought up to date (its similarity to the picks made since) and, if it stays on
+    top, it is the best: the same pick as a scan of every candidate, at a fraction of the similarities."""
+    cdef Py_ssize_t n = rel.shape[0], i, j, t, s, best, best_any, hn, n_held, chosen = 0
+    cdef int d = <int>emb.shape[1]
+    cdef double v
     cdef row_t last_creator = -1, c
-    cdef char trans = b'T'
+    cdef float32_t* ci
+    cdef const float32_t* er
+    cdef float32_t vf
     # gather the candidates' unit vectors into one contiguous block: C[i] = emb[rows[i]] / |emb[rows[i]]|
     for i in range(n):
         if i + 4 < n:
             RS_PREFETCH(&emb[rows[i + 4], 0])
             RS_PREFETCH(&emb[rows[i + 4], 0] + 32)
-        v = dot(&emb[rows[i], 0], &emb[rows[i], 0], d) if d > 0 else 0.0
-        v = 1.0 / sqrt(v) if v > 0 else 0.0
+        er = &emb[rows[i], 0] if d > 0 else NULL
+        ci = &C[i * d]
+        v = sdot(er, er, d) if d > 0 else 0.0
+        vf = <float32_t>(1.0 / sqrt(v)) if v > 0 else 0.0
         for j in range(d):
-            C[i * d + j] = <float32_t>(emb[rows[i], j] * v)
+            ci[j] = er[j] * vf
         max_sim[i] = -INFINITY
         used[i] = 0
         if has_creators:
             creator_count[i] = 0
+    cdef bint lazy = lam < 1.0 and d > 0 and k > 1
+    hn = 0
     for t in range(k):
-        best = -1
-        best_any = -1
-        best_obj = -INFINITY
-        best_any_obj = -INFINITY
-        for i in range(n):
-            if used[i]:
-                continue
-            if has_creators and creators[i] >= 0 and max_per_creator > 0 and creator_count[creators[i]] >= max_per_creator:
-                continue
-            obj = lam * rel[i]
-            if t > 0 and lam < 1.0:
-                obj -= (1.0 - lam) * max_sim[i]
-            if obj > best_any_obj:
-                best_any_obj = obj
-                best_any = i
-            if no_adjacent and has_creators and creators[i] >= 0 and creators[i] == last_creator:
-                continue
-            if obj > best_obj:
-                best_obj = obj
+        if t == 0 or not lazy:
+            best = scan_pick(t, rel, lam, creators, has_creators, max_per_creator, no_adjacent, last_creator,
+                             max_sim, used, creator_count)
+        else:
+            best = -1
+            best_any = -1
+            n_held = 0
+            while hn > 0:
+                i = heap[0].i
+                if capped(i, creators, has_creators, max_per_creator, creator_count):
+                    hn -= 1                         # its creator is full for good: out of the heap
+                    heap[0] = heap[hn]
+                    sift_down(heap, hn, 0)
+                    continue
+                if seen[i] < t:                     # bring it up to date and put it back by its objective
+                    ci = &C[i * d]
+                    for s in range(seen[i], t):
+                        v = sdot(ci, &C[out_idx[s] * d], d)
+                        if v > max_sim[i]:
+                            max_sim[i] = v
+                    seen[i] = <row_t>t
+                    heap[0].obj = lam * rel[i] - (1.0 - lam) * max_sim[i]
+                    sift_down(heap, hn, 0)
+                    continue
+                # up to date and on top: the best objective of the candidates left
+                if best_any < 0:
+                    best_any = i
+                hn -= 1
+                heap[0] = heap[hn]
+                sift_down(heap, hn, 0)
+                if no_adjacent and has_creators and creators[i] >= 0 and creators[i] == last_creator:
+                    held[n_held].obj = lam * rel[i] - (1.0 - lam) * max_sim[i]
+                    held[n_held].i = <row_t>i
+                    n_held += 1
+                    continue
                 best = i
-        if best < 0:
-            best = best_any          # only same-creator items remain: relax adjacency rather than stop short
+                break
+            if best < 0:
+                best = best_any                     # only the last creator's items remain
+            for j in range(n_held):
+                if held[j].i != best:
+                    heap[hn] = held[j]
+                    sift_up(heap, hn)
+                    hn += 1
         if best < 0:
             break
         used[best] = 1
@@ -93,13 +188,21 @@ cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb
             last_creator = c
             if c >= 0:
                 creator_count[c] += 1
-        if lam >= 1.0 or t == k - 1 or d == 0:
-            continue
-        # incremental update: one matrix-vector product (BLAS sgemv) gives every similarity to the new pick
-        sgemv(&trans, &d, &n_int, &f_one, C, &d, &C[best * d], &one, &f_zero, sims, &one)
-        for i in range(n):
-            if not used[i] and sims[i] > max_sim[i]:
-                max_sim[i] = sims[i]
+        if t == 0 and lazy:
+            # every candidate's similarity to the first pick, then the heap of their objectives
+            ci = &C[best * d]
+            for i in range(n):
+                if used[i]:
+                    continue
+                v = sdot(&C[i * d], ci, d)
+                if v > max_sim[i]:
+                    max_sim[i] = v
+                seen[i] = 1
+                heap[hn].obj = lam * rel[i] - (1.0 - lam) * max_sim[i]
+                heap[hn].i = <row_t>i
+                hn += 1
+            for j in range(hn // 2 - 1, -1, -1):
+                sift_down(heap, hn, j)
     return chosen
 
 
@@ -135,7 +238,9 @@ def mmr(const float32_t[::1] rel, const float32_t[:, ::1] emb, const row_t[::1] 
         log2_cap += 1
     cdef Py_ssize_t cap = (<Py_ssize_t>1 << log2_cap) if has_creators else 0
     cdef float32_t* C = <float32_t*>malloc((n * d + 1) * sizeof(float32_t))
-    cdef float32_t* sims = <float32_t*>malloc((n + 1) * sizeof(float32_t))
+    cdef Entry* heap = <Entry*>malloc((n + 1) * sizeof(Entry))
+    cdef Entry* held = <Entry*>malloc((n + 1) * sizeof(Entry))
+    cdef row_t* seen = <row_t*>malloc((n + 1) * sizeof(row_t))
     cdef double* max_sim = <double*>malloc((n + 1) * sizeof(double))
     cdef uint8_t* used = <uint8_t*>malloc(n + 1)
     cdef row_t* count = <row_t*>malloc((n + 1) * sizeof(row_t))
@@ -143,16 +248,18 @@ def mmr(const float32_t[::1] rel, const float32_t[:, ::1] emb, const row_t[::1] 
     cdef int64_t* keys = <int64_t*>malloc((cap + 1) * sizeof(int64_t))
     cdef row_t* vals = <row_t*>malloc((cap + 1) * sizeof(row_t))
     cdef Py_ssize_t m = 0
-    if C == NULL or sims == NULL or max_sim == NULL or used == NULL or count == NULL or code == NULL \
-            or keys == NULL or vals == NULL:
-        free(C); free(sims); free(max_sim); free(used); free(count); free(code); free(keys); free(vals)
+    if C == NULL or heap == NULL or held == NULL or seen == NULL or max_sim == NULL or used == NULL \
+            or count == NULL or code == NULL or keys == NULL or vals == NULL:
+        free(C); free(heap); free(held); free(seen); free(max_sim); free(used); free(count); free(code)
+        free(keys); free(vals)
         raise MemoryError()
     try:
         with nogil:
             if has_creators:
                 dense_codes(cr, code, keys, vals, log2_cap)
             m = mmr_select(rel, emb, rows, k, lam, code, has_creators, max_per_creator, no_adjacent,
-                           oi, op, C, sims, max_sim, used, count)
+                           oi, op, C, max_sim, used, count, heap, held, seen)
     finally:
-        free(C); free(sims); free(max_sim); free(used); free(count); free(code); free(keys); free(vals)
+        free(C); free(heap); free(held); free(seen); free(max_sim); free(used); free(count); free(code)
+        free(keys); free(vals)
     return out_idx[:m], out_pen[:m]
