@@ -1,43 +1,118 @@
 """The server's Prometheus metrics: requests and errors by method and status code, latency per method and
 per Recommend stage, merged candidates per source, bundle loads and the loaded version, events written.
-With several workers they are kept in prometheus_client's multiprocess files and served by the supervisor."""
+With several workers they are kept in prometheus_client's multiprocess files and served by the supervisor.
+
+A Recommend makes a dozen observations. Written one by one to the multiprocess files they cost about
+25 µs a call, so the per-call ones are added up in the worker (:class:`_Pending`) and written when the
+worker has no call in flight, or every ``FLUSH_S`` seconds under continuous load (:meth:`Metrics.settle`).
+"""
 from __future__ import annotations
+
+import bisect
+import time
+
+
+class _Pending:
+    """Observations of one labelled histogram child not yet written: a count per bucket and their sum."""
+
+    __slots__ = ("child", "bounds", "counts", "total", "n", "batched")
+
+    def __init__(self, child):
+        self.child = child
+        # the child's value per bucket and for the sum (prometheus_client's own layout, checked here: a
+        # release that changed it is observed one by one instead)
+        self.batched = all(hasattr(child, a) for a in ("_upper_bounds", "_buckets", "_sum"))
+        self.bounds = list(child._upper_bounds) if self.batched else []
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+        self.n = 0
+
+    def add(self, value: float) -> None:
+        if not self.batched:
+            self.child.observe(value)
+            return
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1     # the first bucket with value <= bound
+        self.total += value
+        self.n += 1
+
+    def write(self) -> None:
+        if not self.n:
+            return
+        for i, c in enumerate(self.counts):
+            if c:
+                self.child._buckets[i].inc(c)
+                self.counts[i] = 0
+        self.child._sum.inc(self.total)
+        self.total = 0.0
+        self.n = 0
 
 
 class Metrics:
-    def __init__(self):
-        from prometheus_client import Counter, Gauge, Histogram
+    FLUSH_S = 0.5       # the longest a per-call observation waits to be written under continuous load
 
-        self.requests = Counter("recserve_requests_total", "RPCs by method and status code", ["method", "code"])
+    def __init__(self, registry=None):
+        """``registry``: prometheus_client's default one unless given (tests give their own)."""
+        from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+        r = REGISTRY if registry is None else registry
+
+        self.requests = Counter("recserve_requests_total", "RPCs by method and status code", ["method", "code"],
+                                registry=r)
         self.latency = Histogram("recserve_request_seconds", "RPC latency", ["method"],
-                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
-        self.reloads = Counter("recserve_reloads_total", "bundle loads by outcome", ["outcome"])
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5), registry=r)
+        self.reloads = Counter("recserve_reloads_total", "bundle loads by outcome", ["outcome"], registry=r)
         self.version = Gauge("recserve_bundle_loaded", "1 for the loaded bundle version", ["version"],
-                             multiprocess_mode="livemax")
+                             multiprocess_mode="livemax", registry=r)
         self.stage = Histogram("recserve_stage_seconds", "Recommend pipeline stage latency", ["stage"],
-                               buckets=(.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1))
+                               buckets=(.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1), registry=r)
         self.candidates = Histogram("recserve_candidates", "merged candidates per Recommend, by the "
                                     "source that found them", ["source"],
-                                    buckets=(0, 5, 10, 25, 50, 100, 200, 500, 1000, 2000))
-        self.events = Counter("recserve_events_written_total", "events made durable by RecordEvents")
-        self.forwarded = Counter("recserve_forwarded_total", "Recommends computed by an idle sibling worker")
-        # labelled children, looked up once per label set (``labels()`` costs a third of an observation)
-        self._children: dict[tuple, object] = {}
+                                    buckets=(0, 5, 10, 25, 50, 100, 200, 500, 1000, 2000), registry=r)
+        self.events = Counter("recserve_events_written_total", "events made durable by RecordEvents",
+                              registry=r)
+        self.forwarded = Counter("recserve_forwarded_total", "Recommends computed by an idle sibling worker",
+                                 registry=r)
+        # per label set, looked up once: the pending observations of a histogram child, the pending count
+        # of a counter child
+        self._hists: dict[tuple, _Pending] = {}
+        self._counts: dict[tuple, list] = {}
+        self._written = time.monotonic()
 
-    def _child(self, metric, *labels):
+    def _hist(self, metric, *labels) -> _Pending:
         key = (id(metric), *labels)
-        c = self._children.get(key)
-        if c is None:
-            c = self._children[key] = metric.labels(*labels)
-        return c
+        p = self._hists.get(key)
+        if p is None:
+            p = self._hists[key] = _Pending(metric.labels(*labels))
+        return p
 
     def observe(self, method: str, code: str, seconds: float) -> None:
-        self._child(self.requests, method, code).inc()
-        self._child(self.latency, method).observe(seconds)
+        """One finished RPC (pending until :meth:`settle` writes it)."""
+        key = (method, code)
+        c = self._counts.get(key)
+        if c is None:
+            c = self._counts[key] = [self.requests.labels(method, code), 0]
+        c[1] += 1
+        self._hist(self.latency, method).add(seconds)
 
     def observe_recommend(self, timings, source_counts) -> None:
+        """A Recommend's stage times (ms) and merged candidates per source (pending until :meth:`settle`)."""
         for stage, ms in timings:
             if stage != "total":
-                self._child(self.stage, stage).observe(ms / 1000.0)
+                self._hist(self.stage, stage).add(ms / 1000.0)
         for source, n in source_counts.items():
-            self._child(self.candidates, source).observe(n)
+            self._hist(self.candidates, source).add(n)
+
+    def settle(self, idle: bool) -> None:
+        """Write the pending observations when the worker is ``idle`` (no call in flight) or the last write
+        is ``FLUSH_S`` old. Called by the worker's event loop after every call."""
+        if idle or time.monotonic() - self._written >= self.FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        for c in self._counts.values():
+            if c[1]:
+                c[0].inc(c[1])
+                c[1] = 0
+        for p in self._hists.values():
+            p.write()
+        self._written = time.monotonic()

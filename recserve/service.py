@@ -85,6 +85,7 @@ def rpc(method):
             self.in_flight -= 1
             if self.metrics is not None:
                 self.metrics.observe(name, code.name, time.perf_counter() - t0)
+                self.metrics.settle(idle=self.in_flight == 0)
 
     return wrapper
 
@@ -252,6 +253,7 @@ def _abort_handler(code, msg, method: str, metrics=None):
     async def fn(request, context):
         if metrics is not None:
             metrics.observe(name, code.name, 0.0)
+            metrics.flush()
         await context.abort(code, msg)
 
     return grpc.unary_unary_rpc_method_handler(fn)
