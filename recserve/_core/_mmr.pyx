@@ -5,6 +5,7 @@ from libc.stdlib cimport malloc, free
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 import numpy as np
 
+from recserve._core._heap cimport Scored, sift_down, sift_up
 from recserve._core._linalg cimport sdot
 from recserve._core._typedefs cimport float32_t, row_t, index_t, RS_PREFETCH
 
@@ -30,40 +31,6 @@ cdef void dense_codes(const int64_t[::1] raw, row_t* code, int64_t* keys, row_t*
             vals[h] = m
             m += 1
         code[i] = vals[h]
-
-
-cdef struct Entry:
-    double obj          # the candidate's objective when last computed: an upper bound on it from then on
-    row_t i             # its position among the candidates
-
-
-cdef inline bint ahead(Entry a, Entry b) noexcept nogil:
-    """Heap order: the higher objective first, then the lower position (the scan's first-best rule)."""
-    return a.obj > b.obj or (a.obj == b.obj and a.i < b.i)
-
-
-cdef inline void sift_down(Entry* h, Py_ssize_t n, Py_ssize_t j) noexcept nogil:
-    cdef Py_ssize_t c
-    cdef Entry e = h[j]
-    while True:
-        c = 2 * j + 1
-        if c >= n:
-            break
-        if c + 1 < n and ahead(h[c + 1], h[c]):
-            c += 1
-        if not ahead(h[c], e):
-            break
-        h[j] = h[c]
-        j = c
-    h[j] = e
-
-
-cdef inline void sift_up(Entry* h, Py_ssize_t j) noexcept nogil:
-    cdef Entry e = h[j]
-    while j > 0 and ahead(e, h[(j - 1) // 2]):
-        h[j] = h[(j - 1) // 2]
-        j = (j - 1) // 2
-    h[j] = e
 
 
 cdef inline bint capped(Py_ssize_t i, const row_t* creators, bint has_creators, Py_ssize_t max_per_creator,
@@ -101,7 +68,7 @@ cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb
                            Py_ssize_t max_per_creator, bint no_adjacent,
                            row_t[::1] out_idx, float32_t[::1] out_pen,
                            float32_t* C, double* max_sim, uint8_t* used, row_t* creator_count,
-                           Entry* heap, Entry* held, row_t* seen) noexcept nogil:
+                           Scored* heap, Scored* held, row_t* seen) noexcept nogil:
     """Greedy MMR. The first pick scans every candidate; so does every pick when no similarity enters the
     objective (``lam`` = 1, or no dimensions). Otherwise every candidate's similarity to the first pick is
     computed, and later picks are *lazy*: a candidate's max-similarity only grows as picks are added, so
@@ -141,11 +108,11 @@ cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb
             best_any = -1
             n_held = 0
             while hn > 0:
-                i = heap[0].i
+                i = heap[0].row
                 if capped(i, creators, has_creators, max_per_creator, creator_count):
                     hn -= 1                         # its creator is full for good: out of the heap
                     heap[0] = heap[hn]
-                    sift_down(heap, hn, 0)
+                    sift_down(heap, hn, 0, True)
                     continue
                 if seen[i] < t:                     # bring it up to date and put it back by its objective
                     ci = &C[i * d]
@@ -154,18 +121,18 @@ cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb
                         if v > max_sim[i]:
                             max_sim[i] = v
                     seen[i] = <row_t>t
-                    heap[0].obj = lam * rel[i] - (1.0 - lam) * max_sim[i]
-                    sift_down(heap, hn, 0)
+                    heap[0].score = lam * rel[i] - (1.0 - lam) * max_sim[i]
+                    sift_down(heap, hn, 0, True)
                     continue
                 # up to date and on top: the best objective of the candidates left
                 if best_any < 0:
                     best_any = i
                 hn -= 1
                 heap[0] = heap[hn]
-                sift_down(heap, hn, 0)
+                sift_down(heap, hn, 0, True)
                 if no_adjacent and has_creators and creators[i] >= 0 and creators[i] == last_creator:
-                    held[n_held].obj = lam * rel[i] - (1.0 - lam) * max_sim[i]
-                    held[n_held].i = <row_t>i
+                    held[n_held].score = lam * rel[i] - (1.0 - lam) * max_sim[i]
+                    held[n_held].row = <row_t>i
                     n_held += 1
                     continue
                 best = i
@@ -173,9 +140,9 @@ cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb
             if best < 0:
                 best = best_any                     # only the last creator's items remain
             for j in range(n_held):
-                if held[j].i != best:
+                if held[j].row != best:
                     heap[hn] = held[j]
-                    sift_up(heap, hn)
+                    sift_up(heap, hn, True)
                     hn += 1
         if best < 0:
             break
@@ -198,11 +165,11 @@ cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb
                 if v > max_sim[i]:
                     max_sim[i] = v
                 seen[i] = 1
-                heap[hn].obj = lam * rel[i] - (1.0 - lam) * max_sim[i]
-                heap[hn].i = <row_t>i
+                heap[hn].score = lam * rel[i] - (1.0 - lam) * max_sim[i]
+                heap[hn].row = <row_t>i
                 hn += 1
             for j in range(hn // 2 - 1, -1, -1):
-                sift_down(heap, hn, j)
+                sift_down(heap, hn, j, True)
     return chosen
 
 
@@ -238,8 +205,8 @@ def mmr(const float32_t[::1] rel, const float32_t[:, ::1] emb, const row_t[::1] 
         log2_cap += 1
     cdef Py_ssize_t cap = (<Py_ssize_t>1 << log2_cap) if has_creators else 0
     cdef float32_t* C = <float32_t*>malloc((n * d + 1) * sizeof(float32_t))
-    cdef Entry* heap = <Entry*>malloc((n + 1) * sizeof(Entry))
-    cdef Entry* held = <Entry*>malloc((n + 1) * sizeof(Entry))
+    cdef Scored* heap = <Scored*>malloc((n + 1) * sizeof(Scored))
+    cdef Scored* held = <Scored*>malloc((n + 1) * sizeof(Scored))
     cdef row_t* seen = <row_t*>malloc((n + 1) * sizeof(row_t))
     cdef double* max_sim = <double*>malloc((n + 1) * sizeof(double))
     cdef uint8_t* used = <uint8_t*>malloc(n + 1)

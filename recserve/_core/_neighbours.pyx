@@ -4,34 +4,8 @@ from libc.stdlib cimport malloc, free
 from libc.stdint cimport uint32_t
 import numpy as np
 
+from recserve._core._heap cimport Scored, better, sift_down
 from recserve._core._typedefs cimport float32_t, float64_t, index_t, row_t
-
-
-cdef struct Entry:
-    float64_t total
-    row_t row
-
-
-cdef inline bint better(Entry a, Entry b) noexcept nogil:
-    """Best first: higher total, then the lower row (the reference's lexsort order)."""
-    return a.total > b.total or (a.total == b.total and a.row < b.row)
-
-
-cdef inline void sift_down(Entry* heap, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
-    """Restore the min-heap (the worst entry on top) below position i."""
-    cdef Py_ssize_t c
-    cdef Entry e = heap[i]
-    while True:
-        c = 2 * i + 1
-        if c >= n:
-            break
-        if c + 1 < n and better(heap[c], heap[c + 1]):
-            c += 1
-        if not better(e, heap[c]):
-            break
-        heap[i] = heap[c]
-        i = c
-    heap[i] = e
 
 
 cdef Py_ssize_t accumulate(const index_t[::1] seeds, const float32_t[::1] weights, const row_t[:, ::1] nb_rows,
@@ -60,33 +34,33 @@ cdef Py_ssize_t accumulate(const index_t[::1] seeds, const float32_t[::1] weight
     return u
 
 
-cdef Py_ssize_t top_k(row_t* keys, float64_t* sums, row_t* order, Py_ssize_t u, Py_ssize_t k, Entry* heap,
-                      row_t[::1] out_rows, float32_t[::1] out_scores) noexcept nogil:
-    """The best ``k`` of the ``u`` accumulated entries, best first, through a size-k heap."""
+cdef Py_ssize_t top_k(row_t* keys, float64_t* sums, row_t* order, Py_ssize_t u, Py_ssize_t k,
+                      Scored* heap, row_t[::1] out_rows, float32_t[::1] out_scores) noexcept nogil:
+    """The best ``k`` of the ``u`` accumulated entries, best first, through a size-k heap (the worst on top)."""
     cdef Py_ssize_t i, j, n = 0
-    cdef Entry e
+    cdef Scored e
     for i in range(u):
         e.row = keys[order[i]]
-        e.total = sums[order[i]]
+        e.score = sums[order[i]]
         if n < k:
             heap[n] = e
             n += 1
             if n == k:
                 for j in range(k // 2 - 1, -1, -1):
-                    sift_down(heap, k, j)
+                    sift_down(heap, k, j, False)
         elif better(e, heap[0]):
             heap[0] = e
-            sift_down(heap, k, 0)
+            sift_down(heap, k, 0, False)
     if n < k:
         for j in range(n // 2 - 1, -1, -1):
-            sift_down(heap, n, j)
+            sift_down(heap, n, j, False)
     cdef Py_ssize_t m = n
     while n > 0:                        # pop the worst first, filling the output from the back
         out_rows[n - 1] = heap[0].row
-        out_scores[n - 1] = <float32_t>heap[0].total
+        out_scores[n - 1] = <float32_t>heap[0].score
         n -= 1
         heap[0] = heap[n]
-        sift_down(heap, n, 0)
+        sift_down(heap, n, 0, False)
     return m
 
 
@@ -99,7 +73,7 @@ def neighbour_sum(const index_t[::1] seeds, const float32_t[::1] weights, const 
     cdef row_t* keys = <row_t*>malloc(size * sizeof(row_t))
     cdef float64_t* sums = <float64_t*>malloc(size * sizeof(float64_t))
     cdef row_t* order = <row_t*>malloc((n_in + 1) * sizeof(row_t))
-    cdef Entry* heap = <Entry*>malloc((k + 1) * sizeof(Entry))
+    cdef Scored* heap = <Scored*>malloc((k + 1) * sizeof(Scored))
     if keys == NULL or sums == NULL or order == NULL or heap == NULL:
         free(keys); free(sums); free(order); free(heap)
         raise MemoryError()

@@ -63,13 +63,11 @@ def exact_setup(seed, n, d=16, n_items=120):
     """Embeddings whose similarities are exact in float32 and float64 (four entries of 0.5 each: unit
     vectors, cosines in quarters) and relevance in 1/64ths: every objective is computed exactly by the
     kernel and the reference alike, so ties are real ties and both must break them the same way."""
-    rng = np.random.default_rng(seed)
-    E = np.zeros((n_items, d), np.float32)
+    rng, E, rows, _ = setup(seed, n, d, n_items)
+    E[:] = 0
     for i in range(n_items):
         E[i, rng.choice(d, 4, replace=False)] = 0.5
-    rows = rng.choice(n_items, n, replace=False).astype(np.int32)
-    rel = (rng.integers(0, 16, n) / 64.0).astype(np.float32)
-    return rng, E, rows, rel
+    return rng, E, rows, (rng.integers(0, 16, n) / 64.0).astype(np.float32)
 
 
 @settings(max_examples=300, deadline=None)
