@@ -82,6 +82,7 @@ cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb
     cdef float32_t* ci
     cdef const float32_t* er
     cdef float32_t vf
+    cdef Scored top
     # gather the candidates' unit vectors into one contiguous block: C[i] = emb[rows[i]] / |emb[rows[i]]|
     for i in range(n):
         if i + 4 < n:
@@ -127,12 +128,12 @@ cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb
                 # up to date and on top: the best objective of the candidates left
                 if best_any < 0:
                     best_any = i
+                top = heap[0]
                 hn -= 1
                 heap[0] = heap[hn]
                 sift_down(heap, hn, 0, True)
                 if no_adjacent and has_creators and creators[i] >= 0 and creators[i] == last_creator:
-                    held[n_held].score = lam * rel[i] - (1.0 - lam) * max_sim[i]
-                    held[n_held].row = <row_t>i
+                    held[n_held] = top              # set aside for this pick, back in the heap after it
                     n_held += 1
                     continue
                 best = i
