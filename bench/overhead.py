@@ -149,8 +149,10 @@ async def _drive(target, requests, rate, warm, secs, worker, stats_path):
     (w0, c0, s0), (w1, c1, s1) = marks["start"], marks["end"]
     n = len(lat)
     ms = np.array(lat) * 1000.0
-    return {"calls": n, "errors": sum(errors.values()), "errors_by_code": errors, "seconds": w1 - w0, "server_cpu_ms": 1000.0 * (c1 - c0) / n,
-            "pipeline_cpu_ms": 1000.0 * (s1[0] - s0[0]) / max(s1[1] - s0[1], 1), "pipeline_calls": s1[1] - s0[1],
+    return {"calls": n, "errors": sum(errors.values()), "errors_by_code": errors, "seconds": w1 - w0,
+            "server_cpu_ms": 1000.0 * (c1 - c0) / n,
+            "pipeline_cpu_ms": 1000.0 * (s1[0] - s0[0]) / max(s1[1] - s0[1], 1),
+            "pipeline_calls": s1[1] - s0[1],
             "p50_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99))}
 
 
