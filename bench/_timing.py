@@ -4,22 +4,34 @@ from __future__ import annotations
 import os
 import platform
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
+    """One line: CPUs, CPU model, kernel, whether a hypervisor is below (the cpuinfo flag) and the idle driver,
+    Python and numpy. Context switches, wake-ups and idle states cost far more in some virtual machines than
+    on bare metal, and a server's figures move with them."""
+    cpu, virt = "unknown CPU", "no hypervisor flag"
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith("model name") and cpu == "unknown CPU":
                     cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    if "hypervisor" in line.split(":", 1)[1].split():
+                        virt = "virtualized"
                     break
     except OSError:
         pass
-    return f"nproc={os.cpu_count()}, CPU={cpu}, python={platform.python_version()}, numpy={np.__version__}"
+    try:
+        idle = Path("/sys/devices/system/cpu/cpuidle/current_driver").read_text().strip() or "none"
+    except OSError:
+        idle = "none"
+    return (f"nproc={os.cpu_count()}, CPU={cpu}, kernel={platform.release()} ({virt}, cpuidle={idle}), "
+            f"python={platform.python_version()}, numpy={np.__version__}")
 
 
 def interleaved(funcs: dict[str, Callable[[], object]], repeats: int, warmup: int = 20) -> dict[str, np.ndarray]:

@@ -36,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
+from _inproc import RECOMMEND_ONLY, rec_requests, recommender  # noqa: E402
 from _proc import tree_stats  # noqa: E402
 from _servers import ServerProc, record_responses, start_ceiling, start_real  # noqa: E402
 from _timing import machine  # noqa: E402
@@ -194,19 +195,8 @@ def _start(mode, bundle, cpu, events, responses, stats_path) -> ServerProc:
 
 def tight_loop(bundle: str, requests: list, events: str) -> float:
     """The pipeline's CPU per Recommend, the same requests back to back in this process."""
-    from threadpoolctl import threadpool_limits
-
-    from recserve.bundle import Bundle
-    from recserve.events import EventStore
-    from recserve.pipeline.recommender import Recommender
-    from recserve.service import _rec_request
-    from recserve.v1 import recommender_pb2 as pb
-
-    reqs = [_rec_request(pb.RecommendRequest.FromString(body), None) for _, body in requests]
-    from recserve.config import load
-
-    with Bundle.open(bundle) as b, threadpool_limits(1):
-        rec = Recommender(b, EventStore(events), load({}, env=os.environ).pipeline_overrides())
+    reqs = rec_requests(requests)
+    with recommender(bundle, events) as rec:
         for r in reqs[:200]:
             rec.recommend(r)
         t = time.process_time()
@@ -231,9 +221,7 @@ def main(argv=None) -> int:
     server_cpu, client_cpu = cpus[0], cpus[1 % len(cpus)]
     print(f"machine: {machine()}; server worker on CPU {server_cpu}, client on CPU {client_cpu}"
           + ("" if server_cpu != client_cpu else " (one CPU: they share it)"), flush=True)
-    cfg = {"mix": {"Recommend": 1.0}, "k": 20, "zipf": 1.1, "unknown": 0.05, "anon": 0.05, "filter_share": 0.1,
-           "explain_share": 0.0, "events_batch": 3}
-    requests = L.build_requests(L.read_ids(a.bundle), cfg, 0, 4000)
+    requests = L.build_requests(L.read_ids(a.bundle), RECOMMEND_ONLY, 0, 4000)
     with tempfile.TemporaryDirectory(prefix="recserve-overhead-") as tmp:
         req_file, responses, stats_path = f"{tmp}/requests.pkl", f"{tmp}/responses.pkl", f"{tmp}/stats"
         Path(req_file).write_bytes(pickle.dumps(requests))

@@ -77,3 +77,20 @@ def test_overhead_quick(demo_bundle, tmp_path):
     # the worker counted the pipeline CPU of every Recommend answered in the measured window
     assert real["pipeline_calls"] >= real["calls"] and real["pipeline_cpu_ms"] > 0
     assert rec["pipeline_tight_loop_ms"] > 0
+
+
+def test_gaps_quick(demo_bundle, tmp_path):
+    out = tmp_path / "gaps.json"
+    text = _run(["bench/gaps.py", "--bundle", str(demo_bundle), "--gaps", "0.05", "--blocks", "2", "--block", "20",
+                 "--json", str(out)])
+    assert "spin ratio" in text and "kernel=" in text
+    g = json.loads(out.read_text())["gaps"]["0.05"]
+    assert min(g["back to back"], g["spin"], g["sleep"]) > 0
+    assert len(g["spin_ratio"]) == 3 and g["sleep_ratio"][0] <= g["sleep_ratio"][1] <= g["sleep_ratio"][2]
+
+
+def test_gaps_rejects_bad_gaps(demo_bundle):
+    p = subprocess.run([sys.executable, "bench/gaps.py", "--bundle", str(demo_bundle), "--gaps", "fast"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode != 0 and "--gaps" in p.stderr
