@@ -92,7 +92,8 @@ def main(argv=None) -> int:
             rec.recommend(r)
         print(f"thread CPU per Recommend, median over {a.blocks} blocks of {a.block} calls; "
               "ratio: per block to the back-to-back block beside it, median [quartiles]")
-        print(f"{'gap ms':>7}  {'back to back':>12}  {'spin':>7}  {'sleep':>7}  {'spin ratio':>17}  {'sleep ratio':>17}")
+        print(f"{'gap ms':>7}  {'back to back':>12}  {'spin':>7}  {'sleep':>7}  "
+              f"{'spin ratio':>17}  {'sleep ratio':>17}")
         for gap in gaps:
             t = measure(rec, reqs, gap / 1000.0, a.blocks, a.block)
             base = t["back to back"]
