@@ -86,11 +86,13 @@ class ServerProc:
                 self.proc.wait()
 
 
-def start_real(bundle: str, workers: int, events_dir: str, cpu_affinity: str = "auto") -> ServerProc:
+def start_real(bundle: str, workers: int, events_dir: str, cpu_affinity: str = "auto",
+               env: dict[str, str] | None = None) -> ServerProc:
+    """recserve serving ``bundle``, with this process's environment plus ``env``."""
     cmd = [sys.executable, "-m", "recserve.cli", "serve", "--bundle", bundle, "--host", "127.0.0.1",
            "--port", "0", "--workers", str(workers), "--reload-interval", "0", "--events-dir", events_dir,
            "--log-level", "WARNING", "--cpu-affinity", cpu_affinity]
-    return ServerProc(cmd, "recserve", env={**os.environ, "PYTHONPATH": str(REPO)})
+    return ServerProc(cmd, "recserve", env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
 
 
 def start_ceiling(responses_file: str, workers: int, cpu_affinity: str = "auto") -> ServerProc:

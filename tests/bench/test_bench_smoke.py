@@ -94,3 +94,26 @@ def test_gaps_rejects_bad_gaps(demo_bundle):
                        cwd=REPO, capture_output=True, text=True, timeout=60,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert p.returncode != 0 and "--gaps" in p.stderr
+
+
+def test_compare_quick(demo_bundle, tmp_path):
+    out = tmp_path / "compare.json"
+    # B's setting must reach B's server only: every Recommend there sleeps 40 ms (the drain tests' hook)
+    text = _run(["bench/compare.py", "--bundle", str(demo_bundle), "--b", "RECSERVE_DEBUG_DELAY_MS=40", "--rounds", "2",
+                 "--duration", "1", "--warmup", "0.2", "--workers", "1", "--clients", "1", "--concurrency", "2",
+                 "--pool", "100", "--json", str(out)])
+    assert "B / A per round" in text
+    rec = json.loads(out.read_text())
+    assert rec["settings"] == {"A": {}, "B": {"RECSERVE_DEBUG_DELAY_MS": "40"}} and len(rec["rounds"]) == 2
+    for row in rec["rounds"]:
+        assert row["A"]["throughput"] > 0 and row["B"]["throughput"] > 0 and row["A"]["errors"] == 0
+    tp = rec["summary"]["throughput"]
+    assert len(tp["ratios"]) == 2 and max(tp["ratios"]) < 0.5 and tp["b_better_rounds"] == 0
+
+
+def test_compare_rejects_bad_settings(demo_bundle):
+    for bad in (["--b", "RECSERVE_CANDIDATES"], ["--b", "X=1", "--a", "X=1"]):
+        p = subprocess.run([sys.executable, "bench/compare.py", "--bundle", str(demo_bundle), *bad],
+                           cwd=REPO, capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert p.returncode != 0 and ("NAME=VALUE" in p.stderr or "same settings" in p.stderr), p.stderr

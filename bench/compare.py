@@ -1,0 +1,145 @@
+"""Two settings of recserve against each other, in alternating rounds: is B faster than A on this machine?
+
+A shared machine's speed drifts by tens of per cent within minutes, so two load tests run one after the
+other compare the hours as much as the settings. This script starts two recserve servers on the same
+bundle, A with this process's environment plus ``--a`` and B with ``--b`` (``NAME=VALUE`` pairs: the
+server's ``RECSERVE_*`` settings, see the README's configuration table), and runs the same phase of
+``bench/load.py`` (the same pre-built requests, the same client processes) against A and B in turn,
+``--rounds`` times, the order swapped every round. Each round gives B's figures over A's from minutes
+apart at most; it prints every round and the median of those ratios, and in how many rounds B did better.
+
+    python bench/compare.py --bundle DIR --b RECSERVE_SHARE_WORK=0 [--a NAME=VALUE,...] [--rounds 4]
+                            [--rate R] [--duration 15] [--workers 2 --clients 2 --channels 16 --concurrency 16]
+                            [--mix recommend=0.8,similar=0.15,events=0.05] [--json OUT.json]
+
+Closed loop (``--concurrency`` calls in flight) unless ``--rate`` asks for an open loop at that rate.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+from _servers import start_real  # noqa: E402
+from _timing import machine  # noqa: E402
+
+# figures compared, and whether a higher value is better
+FIGURES = {"throughput": True, "p99 Recommend": False, "p99 SimilarItems": False, "p99 ALL": False,
+           "server CPU per call": False}
+
+
+def parse_settings(s: str, flag: str) -> dict[str, str]:
+    """``NAME=VALUE,NAME=VALUE`` -> dict; a one-line reason for anything else."""
+    out = {}
+    for part in (p.strip() for p in s.split(",")):
+        if not part:
+            continue
+        name, eq, value = part.partition("=")
+        if not eq or not name.strip() or not name.strip().replace("_", "").isalnum():
+            raise SystemExit(f"{flag}: settings are NAME=VALUE pairs separated by commas; got {part!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def figures(res: dict) -> dict[str, float]:
+    m = res["methods"]
+    return {"throughput": m["ALL"]["throughput"], "p99 Recommend": m.get("Recommend", {}).get("p99", float("nan")),
+            "p99 SimilarItems": m.get("SimilarItems", {}).get("p99", float("nan")), "p99 ALL": m["ALL"]["p99"],
+            "server CPU per call": res["server_cpu_ms_per_call"],
+            "errors": float(sum(m["ALL"]["errors"].values()))}
+
+
+def summary(rounds: list[dict]) -> dict[str, dict]:
+    """Per figure: B / A in each round, their median, and the rounds in which B did better."""
+    out = {}
+    for f, higher_better in FIGURES.items():
+        r = np.array([x["B"][f] / x["A"][f] if x["A"][f] else float("nan") for x in rounds])
+        ok = r[~np.isnan(r)]
+        better = int(np.sum(ok > 1.0)) if higher_better else int(np.sum(ok < 1.0))
+        out[f] = {"ratios": r.tolist(), "median": float(np.median(ok)) if len(ok) else float("nan"),
+                  "b_better_rounds": better, "rounds": len(ok)}
+    return out
+
+
+def main(argv=None) -> int:
+    import load as L
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--a", default="", help="settings of server A (NAME=VALUE,...), beside this environment")
+    ap.add_argument("--b", required=True, help="settings of server B (NAME=VALUE,...)")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rate", type=float, default=0.0, help="open loop at this rate; 0: closed loop")
+    ap.add_argument("--duration", type=float, default=15.0)
+    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--clients", type=int, default=2)
+    ap.add_argument("--channels", type=int, default=16)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--deadline", type=float, default=2.0)
+    ap.add_argument("--pool", type=int, default=20000, help="pre-built requests per client process")
+    ap.add_argument("--mix", default="recommend=0.8,similar=0.15,events=0.05")
+    ap.add_argument("--json")
+    a = ap.parse_args(argv)
+    sets = {"A": parse_settings(a.a, "--a"), "B": parse_settings(a.b, "--b")}
+    if sets["A"] == sets["B"]:
+        raise SystemExit("--a and --b are the same settings: nothing to compare")
+    if a.rounds < 1 or a.duration <= 0 or a.clients < 1 or a.concurrency < a.clients:
+        raise SystemExit("--rounds and --clients at least 1, --duration positive, --concurrency >= --clients")
+
+    cfg = {"mix": L.parse_mix(a.mix), "k": 20, "zipf": 1.1, "unknown": 0.05, "anon": 0.05, "filter_share": 0.1,
+           "explain_share": 0.0, "events_batch": 3}
+    pools = [L.build_requests(L.read_ids(a.bundle), cfg, seed=i, n=a.pool) for i in range(a.clients)]
+    mode = {"mode": "open", "rate": a.rate / a.clients} if a.rate > 0 else \
+        {"mode": "closed", "concurrency": max(1, a.concurrency // a.clients)}
+    phase = {"channels": a.channels, "duration": a.duration, "warmup": min(a.warmup, a.duration / 2),
+             "deadline": a.deadline, "max_inflight": 4096, "client_loop": "uvloop", **mode}
+    what = f"open loop at {a.rate:g}/s" if a.rate > 0 else f"closed loop, concurrency {a.concurrency}"
+    print(f"machine: {machine()}")
+    print(f"A: {sets['A'] or 'this environment'}; B: {sets['B']}; {what}, {a.duration:g} s per run, "
+          f"{a.rounds} rounds")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    servers, rounds = {}, []
+    with tempfile.TemporaryDirectory(prefix="recserve-compare-") as tmp:
+        try:
+            for name in ("A", "B"):
+                servers[name] = start_real(a.bundle, a.workers, f"{tmp}/events-{name}", env=sets[name])
+            for i in range(a.rounds):
+                row = {}
+                for name in (("A", "B") if i % 2 == 0 else ("B", "A")):
+                    s = servers[name]
+                    row[name] = figures(L.run_phase(f"127.0.0.1:{s.port}", pools, phase, s.proc.pid))
+                rounds.append(row)
+                print(f"round {i + 1}: " + "; ".join(
+                    f"{n} {row[n]['throughput']:,.1f} calls/s, p99 {row[n]['p99 ALL']:.2f} ms, "
+                    f"CPU {row[n]['server CPU per call']:.3f} ms/call, {row[n]['errors']:.0f} errors"
+                    for n in ("A", "B")), flush=True)
+        finally:
+            for s in servers.values():
+                s.stop()
+    summ = summary(rounds)
+    print(f"\nB / A per round (median; rounds where B did better of {a.rounds}):")
+    for f, v in summ.items():
+        print(f"  {f:20s} " + " ".join(f"{x:6.3f}" for x in v["ratios"])
+              + f"   median {v['median']:.3f}; B better in {v['b_better_rounds']} of {v['rounds']}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
+                                            "settings": sets, "phase": phase, "rounds": rounds,
+                                            "summary": summ, "server_env": {
+                                                k: v for k, v in sorted(os.environ.items())
+                                                if k.startswith("RECSERVE_")}}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
