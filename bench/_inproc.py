@@ -5,7 +5,8 @@ import contextlib
 import os
 from typing import Iterator
 
-# the Recommend-only workload of bench/overhead.py and bench/gaps.py (bench/load.py's defaults otherwise)
+# bench/load.py's default workload with Recommends only (bench/overhead.py, bench/gaps.py; bench/compare.py
+# with its own --mix)
 RECOMMEND_ONLY = {"mix": {"Recommend": 1.0}, "k": 20, "zipf": 1.1, "unknown": 0.05, "anon": 0.05,
                   "filter_share": 0.1, "explain_share": 0.0, "events_batch": 3}
 

@@ -30,6 +30,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+from _inproc import RECOMMEND_ONLY  # noqa: E402
 from _servers import start_real  # noqa: E402
 from _timing import machine  # noqa: E402
 
@@ -81,13 +82,13 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--rate", type=float, default=0.0, help="open loop at this rate; 0: closed loop")
     ap.add_argument("--duration", type=float, default=15.0)
-    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--warmup", type=float, default=1.0, help="seconds dropped at the start of each run")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--channels", type=int, default=16)
     ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--deadline", type=float, default=2.0)
-    ap.add_argument("--pool", type=int, default=20000, help="pre-built requests per client process")
+    ap.add_argument("--deadline", type=float, default=5.0, help="per-call deadline, seconds")
+    ap.add_argument("--pool", type=int, default=4000, help="pre-built requests per client process")
     ap.add_argument("--mix", default="recommend=0.8,similar=0.15,events=0.05")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
@@ -97,13 +98,12 @@ def main(argv=None) -> int:
     if a.rounds < 1 or a.duration <= 0 or a.clients < 1 or a.concurrency < a.clients:
         raise SystemExit("--rounds and --clients at least 1, --duration positive, --concurrency >= --clients")
 
-    cfg = {"mix": L.parse_mix(a.mix), "k": 20, "zipf": 1.1, "unknown": 0.05, "anon": 0.05, "filter_share": 0.1,
-           "explain_share": 0.0, "events_batch": 3}
+    cfg = {**RECOMMEND_ONLY, "mix": L.parse_mix(a.mix)}     # bench/load.py's defaults otherwise
     pools = [L.build_requests(L.read_ids(a.bundle), cfg, seed=i, n=a.pool) for i in range(a.clients)]
     mode = {"mode": "open", "rate": a.rate / a.clients} if a.rate > 0 else \
         {"mode": "closed", "concurrency": max(1, a.concurrency // a.clients)}
     phase = {"channels": a.channels, "duration": a.duration, "warmup": min(a.warmup, a.duration / 2),
-             "deadline": a.deadline, "max_inflight": 4096, "client_loop": "uvloop", **mode}
+             "deadline": a.deadline, "max_inflight": 256, "client_loop": "uvloop", **mode}
     what = f"open loop at {a.rate:g}/s" if a.rate > 0 else f"closed loop, concurrency {a.concurrency}"
     print(f"machine: {machine()}")
     print(f"A: {sets['A'] or 'this environment'}; B: {sets['B']}; {what}, {a.duration:g} s per run, "
