@@ -30,9 +30,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+from _clients import phase_config, run_phase  # noqa: E402
 from _inproc import RECOMMEND_ONLY  # noqa: E402
 from _servers import start_real  # noqa: E402
 from _timing import machine  # noqa: E402
+from _workload import build_requests, parse_mix, read_ids  # noqa: E402
 
 # figures compared, and whether a higher value is better
 FIGURES = {"throughput": True, "p99 Recommend": False, "p99 SimilarItems": False, "p99 ALL": False,
@@ -73,8 +75,6 @@ def summary(rounds: list[dict]) -> dict[str, dict]:
 
 
 def main(argv=None) -> int:
-    import load as L
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--a", default="", help="settings of server A (NAME=VALUE,...), beside this environment")
@@ -98,12 +98,12 @@ def main(argv=None) -> int:
     if a.rounds < 1 or a.duration <= 0 or a.clients < 1 or a.concurrency < a.clients:
         raise SystemExit("--rounds and --clients at least 1, --duration positive, --concurrency >= --clients")
 
-    cfg = {**RECOMMEND_ONLY, "mix": L.parse_mix(a.mix)}     # bench/load.py's defaults otherwise
-    pools = [L.build_requests(L.read_ids(a.bundle), cfg, seed=i, n=a.pool) for i in range(a.clients)]
-    mode = {"mode": "open", "rate": a.rate / a.clients} if a.rate > 0 else \
-        {"mode": "closed", "concurrency": max(1, a.concurrency // a.clients)}
-    phase = {"channels": a.channels, "duration": a.duration, "warmup": min(a.warmup, a.duration / 2),
-             "deadline": a.deadline, "max_inflight": 256, "client_loop": "uvloop", **mode}
+    cfg = {**RECOMMEND_ONLY, "mix": parse_mix(a.mix)}     # bench/load.py's defaults otherwise
+    ids = read_ids(a.bundle)
+    pools = [build_requests(ids, cfg, seed=i, n=a.pool) for i in range(a.clients)]
+    base = {"duration": a.duration, "channels": a.channels, "deadline": a.deadline, "warmup": a.warmup}
+    phase = phase_config("open", rate=a.rate / a.clients, **base) if a.rate > 0 else \
+        phase_config("closed", concurrency=max(1, a.concurrency // a.clients), **base)
     what = f"open loop at {a.rate:g}/s" if a.rate > 0 else f"closed loop, concurrency {a.concurrency}"
     print(f"machine: {machine()}")
     print(f"A: {sets['A'] or 'this environment'}; B: {sets['B']}; {what}, {a.duration:g} s per run, "
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
                 row = {}
                 for name in (("A", "B") if i % 2 == 0 else ("B", "A")):
                     s = servers[name]
-                    row[name] = figures(L.run_phase(f"127.0.0.1:{s.port}", pools, phase, s.proc.pid))
+                    row[name] = figures(run_phase(f"127.0.0.1:{s.port}", pools, phase, s.proc.pid))
                 rounds.append(row)
                 print(f"round {i + 1}: " + "; ".join(
                     f"{n} {row[n]['throughput']:,.1f} calls/s, p99 {row[n]['p99 ALL']:.2f} ms, "

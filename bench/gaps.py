@@ -35,6 +35,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from _inproc import RECOMMEND_ONLY, rec_requests, recommender  # noqa: E402
 from _timing import machine  # noqa: E402
+from _workload import build_requests, read_ids  # noqa: E402
 
 MODES = ("back to back", "spin", "sleep")
 
@@ -66,8 +67,6 @@ def measure(rec, reqs: list, gap_s: float, blocks: int, block: int) -> dict[str,
 
 
 def main(argv=None) -> int:
-    import load as L
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--gaps", default="0.1,0.3,1", help="milliseconds between two calls, comma-separated")
@@ -85,7 +84,7 @@ def main(argv=None) -> int:
     cpu = min(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpu})
     print(f"machine: {machine()}; pinned to CPU {cpu}", flush=True)
-    reqs = rec_requests(L.build_requests(L.read_ids(a.bundle), RECOMMEND_ONLY, 0, max(1000, 2 * a.block)))
+    reqs = rec_requests(build_requests(read_ids(a.bundle), RECOMMEND_ONLY, 0, max(1000, 2 * a.block)))
     result = {"machine": machine(), "bundle": a.bundle, "blocks": a.blocks, "block": a.block, "gaps": {}}
     with tempfile.TemporaryDirectory(prefix="recserve-gaps-") as tmp, recommender(a.bundle, f"{tmp}/ev") as rec:
         for r in reqs[:300]:

@@ -40,6 +40,7 @@ from _inproc import RECOMMEND_ONLY, rec_requests, recommender  # noqa: E402
 from _proc import tree_stats  # noqa: E402
 from _servers import ServerProc, record_responses, start_ceiling, start_real  # noqa: E402
 from _timing import machine  # noqa: E402
+from _workload import build_requests, read_ids  # noqa: E402
 
 MODES = ("ceiling", "service", "recserve")
 STATS_ENV = "RECSERVE_BENCH_PIPELINE_STATS"
@@ -206,8 +207,6 @@ def tight_loop(bundle: str, requests: list, events: str) -> float:
 
 
 def main(argv=None) -> int:
-    import load as L
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--rate", type=float, default=400.0, help="Recommends per second")
@@ -221,7 +220,7 @@ def main(argv=None) -> int:
     server_cpu, client_cpu = cpus[0], cpus[1 % len(cpus)]
     print(f"machine: {machine()}; server worker on CPU {server_cpu}, client on CPU {client_cpu}"
           + ("" if server_cpu != client_cpu else " (one CPU: they share it)"), flush=True)
-    requests = L.build_requests(L.read_ids(a.bundle), RECOMMEND_ONLY, 0, 4000)
+    requests = build_requests(read_ids(a.bundle), RECOMMEND_ONLY, 0, 4000)
     with tempfile.TemporaryDirectory(prefix="recserve-overhead-") as tmp:
         req_file, responses, stats_path = f"{tmp}/requests.pkl", f"{tmp}/responses.pkl", f"{tmp}/stats"
         Path(req_file).write_bytes(pickle.dumps(requests))

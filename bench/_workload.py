@@ -1,0 +1,80 @@
+"""The load generator's workload: pre-built requests drawn from a bundle's ids (``bench/load.py``)."""
+from __future__ import annotations
+
+import numpy as np
+
+MIX_KEYS = {"recommend": "Recommend", "similar": "SimilarItems", "events": "RecordEvents"}
+
+
+def read_ids(bundle: str, max_users: int = 50_000, max_items: int = 50_000) -> dict:
+    """User, item and category ids of a bundle (the first ``max_*`` rows in a seeded random order)."""
+    from recserve.bundle import resolve
+    from recserve._core.tables import TableReader
+
+    t = TableReader(resolve(bundle) / "tables.lmdb")
+    try:
+        rng = np.random.default_rng(12345)
+        out = {}
+        for ns, cap in (("user", max_users), ("item", max_items), ("category", 10_000)):
+            n = t.n_ids(ns)
+            rows = rng.permutation(n)[:cap]
+            out[ns] = [t.id_of(ns, int(r)) for r in rows]
+        return out
+    finally:
+        t.close()
+
+
+def zipf_index(rng, n: int, s: float, size: int) -> np.ndarray:
+    """Indices in [0, n) with P(rank r) ~ 1 / (r + 1)^s."""
+    p = 1.0 / np.arange(1, n + 1) ** s
+    return rng.choice(n, size=size, p=p / p.sum())
+
+
+def build_requests(ids: dict, cfg: dict, seed: int, n: int) -> list[tuple[str, bytes]]:
+    """``n`` pre-built (method, serialized request) pairs."""
+    from recserve.v1 import recommender_pb2 as pb
+
+    rng = np.random.default_rng(seed)
+    keys = list(cfg["mix"])
+    w = np.array([cfg["mix"][k] for k in keys], float)
+    methods = np.array(keys)[rng.choice(len(keys), size=n, p=w / w.sum())]
+    users, items, cats = ids["user"], ids["item"], ids["category"]
+    u_idx = zipf_index(rng, len(users), cfg["zipf"], n)
+    i_idx = zipf_index(rng, len(items), cfg["zipf"], n * 6)
+    out = []
+    for j, m in enumerate(methods):
+        if m == "Recommend":
+            r = rng.random()
+            if r < cfg["anon"]:
+                uid = ""
+            elif r < cfg["anon"] + cfg["unknown"]:
+                uid = f"bench-unknown-{rng.integers(1 << 40)}"
+            else:
+                uid = users[u_idx[j]]
+            req = pb.RecommendRequest(user_id=uid, k=cfg["k"], explain=bool(rng.random() < cfg["explain_share"]))
+            if uid == "" and rng.random() < 0.5:  # anonymous with a session
+                req.session_item_ids.extend(items[i] for i in i_idx[6 * j:6 * j + 3])
+            if cats and rng.random() < cfg["filter_share"]:
+                req.filters.include_categories.append(cats[int(rng.integers(len(cats)))])
+            out.append((m, req.SerializeToString()))
+        elif m == "SimilarItems":
+            out.append((m, pb.SimilarItemsRequest(item_id=items[i_idx[6 * j]], k=cfg["k"]).SerializeToString()))
+        else:
+            uid = users[u_idx[j]]
+            ev = [pb.Event(user_id=uid, item_id=items[i], type=pb.EVENT_TYPE_CLICK if rng.random() < 0.3
+                           else pb.EVENT_TYPE_VIEW) for i in i_idx[6 * j:6 * j + cfg["events_batch"]]]
+            out.append((m, pb.RecordEventsRequest(events=ev).SerializeToString()))
+    return out
+
+
+def parse_mix(s: str) -> dict:
+    out = {}
+    for part in s.split(","):
+        k, _, v = part.partition("=")
+        if k.strip() not in MIX_KEYS:
+            raise SystemExit(f"--mix: unknown method {k!r} (use {', '.join(MIX_KEYS)})")
+        if float(v) > 0:
+            out[MIX_KEYS[k.strip()]] = float(v)
+    if not out:
+        raise SystemExit("--mix: no method with a positive share")
+    return out
