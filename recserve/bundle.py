@@ -11,8 +11,6 @@ import os
 import struct
 from pathlib import Path
 
-import numpy as np
-
 FORMAT_VERSION = 1
 REQUIRED_FILES = ("tables.lmdb", "index.hnsw", "ranker.txt")
 REQUIRED_KEYS = ("format_version", "version", "created_at", "counts", "dim", "feature_schema", "index",

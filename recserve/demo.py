@@ -109,7 +109,7 @@ def _talk(port: int, bundle_dir: Path) -> int:
         except grpc.RpcError as exc:
             print(f"\nSimilarItems('no-such-item') -> {exc.code().name}: {exc.details()}")
 
-        n, t0 = 200, time.perf_counter()
+        n = 200
         lat = []
         for i in range(n):
             t1 = time.perf_counter()

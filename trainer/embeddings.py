@@ -8,7 +8,6 @@ sharing their category and creator (else category, else the global mean), then n
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import scipy.sparse as sp

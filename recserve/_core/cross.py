@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from recserve._core import _cross
-from recserve._core._validate import f32_1d, f32_2d, i64_1d, rows_1d
+from recserve._core._validate import f32_1d, f32_2d, rows_1d
 
 CROSSED = ["x.dot", "x.price_ratio", "x.cat_affinity", "x.item_age_days"]
 
