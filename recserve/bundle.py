@@ -39,6 +39,16 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def version_dir(root: str | os.PathLike, name: str) -> Path:
+    """The directory of version ``name`` (what CURRENT holds) under ``root``: a plain directory name,
+    never a path that leads elsewhere."""
+    if not name:
+        raise BundleError(f"{Path(root) / 'CURRENT'} is empty")
+    if "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
+        raise BundleError(f"{Path(root) / 'CURRENT'}: invalid version name {name!r} (a directory name in {root})")
+    return Path(root) / name
+
+
 def resolve(path: str | os.PathLike) -> Path:
     p = Path(path)
     if (p / "manifest.json").is_file():
@@ -46,9 +56,7 @@ def resolve(path: str | os.PathLike) -> Path:
     cur = p / "CURRENT"
     if cur.is_file():
         name = cur.read_text().strip()
-        if not name or "/" in name or name.startswith("."):
-            raise BundleError(f"{cur}: invalid version name {name!r}")
-        target = p / name
+        target = version_dir(p, name)
         if not (target / "manifest.json").is_file():
             raise BundleError(f"{cur} names {name!r} but {target} has no manifest.json")
         return target

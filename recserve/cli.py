@@ -73,7 +73,7 @@ def cmd_serve(args) -> int:
 
     flags = {k: v for k, v in vars(args).items() if k in {f for f in C.ServeConfig.__dataclass_fields__}}
     try:
-        cfg = C.load(flags, file=args.config)
+        cfg = C.validate(C.load(flags, file=args.config))
         worker_cpus(cfg.cpu_affinity, cfg.workers)
     except (OSError, ValueError) as exc:
         print(f"recserve serve: {exc}", file=sys.stderr)
@@ -81,7 +81,14 @@ def cmd_serve(args) -> int:
     if not cfg.bundle:
         print("recserve serve: --bundle DIR is required (or RECSERVE_BUNDLE / the config file)", file=sys.stderr)
         return 2
-    return serve_forever(cfg)
+    try:
+        return serve_forever(cfg)
+    except ValueError as exc:           # a bad bundle or setting (BundleError is one)
+        print(f"recserve serve: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError) as exc:  # the port is taken, a worker could not start
+        print(f"recserve serve: {exc}", file=sys.stderr)
+        return 1
 
 
 def _call(fn):
@@ -255,7 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except BrokenPipeError:             # the reader went away (`recserve recommend u1 | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Bundle defaults are the serving ``params`` of the bundle manifest (``mmr_lambda`
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass
@@ -89,6 +90,44 @@ def load(flags: dict | None = None, env: dict | None = None, file: str | os.Path
         if k in fields and v is not None:
             values[k] = _coerce(fields[k], v)
     return ServeConfig(**values)
+
+
+# (lowest, highest) allowed for the numeric settings; None = unbounded on that side
+RANGES = {
+    "port": (0, 65535), "metrics_port": (0, 65535), "workers": (0, 1024), "threads": (1, 256),
+    "max_concurrent_rpcs": (1, None), "share_work": (0, 1), "max_message_bytes": (1024, 1 << 31),
+    "reload_interval": (0, None), "grace": (0, None),
+    "mmr_lambda": (0, 1), "max_per_creator": (0, None), "cap": (1, None), "candidates": (1, None),
+    "ef": (1, None), "similar_ef": (1, None), "novelty_boost": (0, None), "new_item_days": (0, None),
+}
+RANKER_ENGINES = ("forest", "lightgbm")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def validate(cfg: ServeConfig) -> ServeConfig:
+    """Check every setting before anything starts; a bad one raises ``ValueError`` naming it."""
+    for name, (lo, hi) in RANGES.items():
+        v = getattr(cfg, name)
+        if v is None:
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{name}: must be a finite number, got {v}")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            span = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+            raise ValueError(f"{name}: must be {span}, got {v}")
+    if cfg.ranker_engine is not None and cfg.ranker_engine not in RANKER_ENGINES:
+        raise ValueError(f"ranker_engine: one of {', '.join(RANKER_ENGINES)}, got {cfg.ranker_engine!r}")
+    if cfg.log_level.upper() not in LOG_LEVELS:
+        raise ValueError(f"log_level: one of {', '.join(LOG_LEVELS)}, got {cfg.log_level!r}")
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        raise ValueError("tls_cert and tls_key go together (--tls-cert and --tls-key)")
+    if cfg.tls_client_ca and not cfg.tls_cert:
+        raise ValueError("client_ca (mutual TLS) needs TLS: set --tls-cert and --tls-key too")
+    for name in ("tls_cert", "tls_key", "tls_client_ca", "tokens_file"):
+        path = getattr(cfg, name)
+        if path and not os.access(path, os.R_OK):
+            raise ValueError(f"{name}: cannot read {path}")
+    return cfg
 
 
 def bundle_root(bundle: str | os.PathLike) -> Path:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -35,7 +34,8 @@ import time
 from concurrent import futures
 from pathlib import Path
 
-from recserve.config import ServeConfig, bundle_root
+from recserve.config import ServeConfig, bundle_root, validate
+from recserve.live import BundleHolder
 from recserve.metrics import Metrics
 
 log = logging.getLogger("recserve.server")
@@ -64,128 +64,6 @@ def configure_logging(level: str = "INFO") -> None:
     root.handlers[:] = [h]
     root.setLevel(level)
 
-
-# -- the live bundle -----------------------------------------------------------------------------------
-class BundleHolder:
-    """Holds the live :class:`Recommender`; loads, verifies, warms up and swaps new versions."""
-
-    def __init__(self, bundle_path: str, cfg: ServeConfig, store, metrics=None):
-        self.path = Path(bundle_path)
-        self.root = bundle_root(bundle_path)
-        self.cfg = cfg
-        self.store = store
-        self.metrics = metrics
-        self.current = None
-        self.current_key: str | None = None
-        self.last_error: str | None = None
-        self.attempts = 0                       # bundle loads tried (for tests and logs)
-        self._refused: tuple | None = None      # (key, stamp) of the last refused bundle
-        # leases: a retired pipeline is closed only once no request holds it any more
-        self._lease_lock = threading.Lock()
-        self._leases: dict[int, int] = {}
-        self._retired: dict[int, object] = {}
-
-    @contextlib.contextmanager
-    def lease(self):
-        """The live pipeline for the length of one request (None before a bundle is loaded)."""
-        with self._lease_lock:
-            rec = self.current
-            if rec is not None:
-                self._leases[id(rec)] = self._leases.get(id(rec), 0) + 1
-        try:
-            yield rec
-        finally:
-            if rec is not None:
-                self._release(rec)
-
-    def _release(self, rec) -> None:
-        with self._lease_lock:
-            left = self._leases[id(rec)] - 1
-            if left:
-                self._leases[id(rec)] = left
-                return
-            del self._leases[id(rec)]
-            retired = self._retired.pop(id(rec), None)
-        if retired is not None:
-            retired.bundle.close()
-
-    def _retire(self, rec) -> None:
-        """Close ``rec`` now if no request holds it, else when the last one lets go."""
-        with self._lease_lock:
-            if self._leases.get(id(rec)):
-                self._retired[id(rec)] = rec
-                return
-        rec.bundle.close()
-
-    def _key(self) -> str | None:
-        """The version CURRENT names (or the fixed bundle directory), None when there is none yet."""
-        cur = self.root / "CURRENT"
-        if (self.path / "manifest.json").exists() and not (self.path / "CURRENT").exists():
-            return str(self.path)
-        try:
-            return cur.read_text().strip() or None
-        except FileNotFoundError:
-            return None
-
-    def _stamp(self, key: str) -> tuple:
-        """What changes when a refused version directory is rewritten: its manifest's stat."""
-        path = Path(key) if os.path.isabs(key) else self.root / key
-        try:
-            st = (path / "manifest.json").stat()
-            return (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            return ()
-
-    def load(self, key: str):
-        from recserve import bundle as B
-        from recserve.pipeline.recommender import Recommender
-
-        path = Path(key) if os.path.isabs(key) else self.root / key
-        b = B.Bundle.open(path, verify=True)
-        try:
-            rec = Recommender(b, self.store, self.cfg.pipeline_overrides())
-            rec.warmup()
-        except Exception:
-            b.close()
-            raise
-        return rec
-
-    def try_reload(self) -> bool:
-        """Load the version CURRENT names if it differs from the live one. True when swapped."""
-        key = self._key()
-        if key is None or key == self.current_key:
-            return False
-        stamp = self._stamp(key)
-        if self._refused == (key, stamp):   # refused before and unchanged: not re-hashed every poll
-            return False
-        self.attempts += 1
-        try:
-            rec = self.load(key)
-        except Exception as exc:  # noqa: BLE001 -- any failure refuses the bundle
-            log.error("bundle refused, keeping %s", self.current.version if self.current else "none",
-                      extra={"event": "reload_refused", "version": key, "error": str(exc)})
-            self.last_error = f"{key}: {exc}"
-            self._refused = (key, stamp)
-            if self.metrics:
-                self.metrics.reloads.labels("refused").inc()
-            return False
-        with self._lease_lock:
-            old = self.current
-            self.current, self.current_key, self.last_error = rec, key, None  # the atomic swap
-        if self.metrics:
-            self.metrics.reloads.labels("loaded").inc()
-            if old is not None:
-                self.metrics.version.labels(old.version).set(0)
-            self.metrics.version.labels(rec.version).set(1)
-        log.info("bundle loaded", extra={"event": "bundle_loaded", "version": rec.version})
-        if old is not None:  # in-flight requests may still hold it: closed when the last lets go
-            self._retire(old)
-        # the long-lived objects of the new bundle leave the collector's generations, so the full
-        # collections that requests trigger stay short (unfrozen first: retired bundles can go)
-        gc.unfreeze()
-        gc.collect()
-        gc.freeze()
-        return True
 
 # -- one worker ----------------------------------------------------------------------------------------
 def _limit_threads() -> None:
@@ -359,7 +237,7 @@ class InProcessWorker(Worker):
 
 def _worker_main(cfg: ServeConfig, port: int, ready_fd: int, cpu: int | None = None, sharing=None) -> None:
     """Entry point of a forked worker process; never returns."""
-    code = 0
+    code, ready = 0, False
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if cpu is not None:
@@ -369,9 +247,11 @@ def _worker_main(cfg: ServeConfig, port: int, ready_fd: int, cpu: int | None = N
         w = Worker(cfg, port, metrics, sharing)
 
         async def main() -> None:
+            nonlocal ready
             stop = asyncio.Event()
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
             await w.start()
+            ready = True
             try:
                 os.write(ready_fd, b"1" if w.holder.current is not None else b"0")
             except OSError:            # the supervisor stopped listening: serve anyway
@@ -382,9 +262,13 @@ def _worker_main(cfg: ServeConfig, port: int, ready_fd: int, cpu: int | None = N
             await w.stop()
 
         run(main())
-    except BaseException:  # noqa: BLE001
+    except BaseException as exc:  # noqa: BLE001
         log.exception("worker failed")
         code = 1
+        if not ready:                  # tell the supervisor why, in one line
+            reason = (str(exc).splitlines() or [""])[0] or type(exc).__name__
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, b"E" + reason.encode(errors="replace")[:400])
     finally:
         logging.shutdown()
         os._exit(code)
@@ -392,8 +276,19 @@ def _worker_main(cfg: ServeConfig, port: int, ready_fd: int, cpu: int | None = N
 
 # -- the supervisor ------------------------------------------------------------------------------------
 def _reserve_port(host: str, port: int) -> socket.socket:
-    """Bind (not listen) with SO_REUSEPORT: picks the free port and keeps it ours while workers bind it."""
+    """Bind (not listen) with SO_REUSEPORT: picks the free port and keeps it ours while workers bind it.
+
+    SO_REUSEPORT would also let a second server (another ``recserve serve`` on the same port) bind beside
+    ours and take half of the connections: a bind without it first, which fails while any socket holds
+    the port (connections in TIME_WAIT aside), makes a port in use an error."""
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if port:
+        with socket.socket(fam, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
     s = socket.socket(fam, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     s.bind((host, port))
@@ -470,11 +365,17 @@ class Supervisor:
                 self._pending[pid] = r
             for pid, r in list(self._pending.items()):
                 if select.select([r], [], [], 0)[0]:
-                    ok = os.read(r, 1) == b"1"
+                    msg = os.read(r, 512)
                     os.close(r)
                     del self._pending[pid]
-                    log.info("worker respawned" if ok else "respawned worker has no bundle",
-                             extra={"event": "respawned", "error": None if ok else f"pid {pid}"})
+                    if msg[:1] == b"1":
+                        log.info("worker respawned", extra={"event": "respawned"})
+                    elif msg[:1] == b"0":
+                        log.warning("respawned worker has no bundle", extra={"event": "respawned",
+                                                                             "error": f"pid {pid}"})
+                    else:
+                        log.error("respawned worker failed to start", extra={
+                            "event": "respawn_failed", "error": msg[1:].decode(errors="replace")})
 
     def start(self, timeout: float = 120.0) -> None:
         if self.cfg.metrics_port:
@@ -488,11 +389,13 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         for r in pipes:
             left = deadline - time.monotonic()
-            ok = select.select([r], [], [], max(left, 0))[0] and os.read(r, 1)
+            msg = os.read(r, 512) if select.select([r], [], [], max(left, 0))[0] else None
             os.close(r)
-            if not ok:
+            if msg is None or msg[:1] not in (b"0", b"1"):
                 self.stop(0)
-                raise RuntimeError("a worker failed to start (see its log)")
+                why = (f"no answer within {timeout:g} s" if msg is None else
+                       msg[1:].decode(errors="replace") if msg[:1] == b"E" else "it exited")
+                raise RuntimeError(f"a worker failed to start: {why}")
         if self.cfg.metrics_port:
             from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
@@ -558,12 +461,22 @@ def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConf
     if not cfg.bundle:
         raise ValueError("a bundle directory is required")
     worker_cpus(cfg.cpu_affinity, cfg.workers)      # a bad setting fails here, before anything is forked
+    validate(cfg)
+    if cfg.tokens_file:
+        from recserve.service import load_tokens
+
+        load_tokens(cfg.tokens_file)                # a malformed file fails here, not in every worker
     holder = BundleHolder(cfg.bundle, cfg, None)
+    if not holder.root.is_dir():
+        raise ValueError(f"bundle: {holder.root} is not a directory")
     key = holder._key()
     if key is not None:  # fail fast on a bad bundle, before forking (sha256 only, no hnswlib/LightGBM)
         from recserve import bundle as B
 
-        B.verify(Path(key) if os.path.isabs(key) else holder.root / key)
+        B.verify(holder.directory(key))
+    else:
+        log.warning("no bundle yet: NOT_SERVING until %s/CURRENT names one", holder.root,
+                    extra={"event": "waiting_for_bundle"})
     if cfg.workers <= 0:
         metrics = None
         if cfg.metrics_port:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 
 from recserve.config import ServeConfig
-from recserve.server import BundleHolder
+from recserve.live import BundleHolder
 
 
 class _Bundle:

@@ -258,7 +258,7 @@ def test_refused_bundle_is_not_reloaded_every_poll(shared_root, tmp_path):
     import os
 
     from recserve.config import ServeConfig
-    from recserve.server import BundleHolder
+    from recserve.live import BundleHolder
 
     root = copy_root(shared_root, tmp_path / "root")
     good = (root / "CURRENT").read_text().strip()
@@ -273,4 +273,23 @@ def test_refused_bundle_is_not_reloaded_every_poll(shared_root, tmp_path):
     st = m.stat()
     os.utime(m, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))     # rewritten: try again
     assert not holder.try_reload() and holder.attempts == 3
+    holder.current.bundle.close()
+
+
+def test_current_naming_a_directory_outside_the_root_is_refused(shared_root, tmp_path):
+    """CURRENT holds a version name, never a path: a relative path out of the root, an absolute path and
+    an empty file are each refused (the live bundle stays), as ``recserve-train verify`` refuses them."""
+    from recserve.config import ServeConfig
+    from recserve.live import BundleHolder
+
+    root = copy_root(shared_root, tmp_path / "root")
+    other = copy_root(shared_root, tmp_path / "other")
+    good = (root / "CURRENT").read_text().strip()
+    holder = BundleHolder(str(root), ServeConfig(reload_interval=0), None)
+    assert holder.try_reload() and holder.current.version == good
+    for name, why in ((f"../other/{good}", "invalid version name"), (str(other / good), "invalid version name"),
+                      ("", "is empty")):
+        (root / "CURRENT").write_text(name + "\n")
+        assert not holder.try_reload()
+        assert holder.current.version == good and why in holder.last_error, holder.last_error
     holder.current.bundle.close()

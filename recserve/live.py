@@ -1,0 +1,141 @@
+"""The live bundle of one worker: loaded, verified and warmed up off the request path, swapped in
+atomically between requests, and closed only once the last request that leased it lets go."""
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import threading
+from pathlib import Path
+
+from recserve.config import ServeConfig, bundle_root
+
+log = logging.getLogger("recserve.server")
+
+
+class BundleHolder:
+    """Holds the live :class:`Recommender`; loads, verifies, warms up and swaps new versions."""
+
+    def __init__(self, bundle_path: str, cfg: ServeConfig, store, metrics=None):
+        self.path = Path(bundle_path)
+        self.root = bundle_root(bundle_path)
+        self.cfg = cfg
+        self.store = store
+        self.metrics = metrics
+        self.current = None
+        self.current_key: str | None = None
+        self.last_error: str | None = None
+        self.attempts = 0                       # bundle loads tried (for tests and logs)
+        self._refused: tuple | None = None      # (key, stamp) of the last refused bundle
+        # leases: a retired pipeline is closed only once no request holds it any more
+        self._lease_lock = threading.Lock()
+        self._leases: dict[int, int] = {}
+        self._retired: dict[int, object] = {}
+
+    @contextlib.contextmanager
+    def lease(self):
+        """The live pipeline for the length of one request (None before a bundle is loaded)."""
+        with self._lease_lock:
+            rec = self.current
+            if rec is not None:
+                self._leases[id(rec)] = self._leases.get(id(rec), 0) + 1
+        try:
+            yield rec
+        finally:
+            if rec is not None:
+                self._release(rec)
+
+    def _release(self, rec) -> None:
+        with self._lease_lock:
+            left = self._leases[id(rec)] - 1
+            if left:
+                self._leases[id(rec)] = left
+                return
+            del self._leases[id(rec)]
+            retired = self._retired.pop(id(rec), None)
+        if retired is not None:
+            retired.bundle.close()
+
+    def _retire(self, rec) -> None:
+        """Close ``rec`` now if no request holds it, else when the last one lets go."""
+        with self._lease_lock:
+            if self._leases.get(id(rec)):
+                self._retired[id(rec)] = rec
+                return
+        rec.bundle.close()
+
+    def _key(self) -> str | None:
+        """The version CURRENT names ("" when CURRENT is empty), or the fixed bundle directory; None when
+        there is none yet."""
+        cur = self.root / "CURRENT"
+        if (self.path / "manifest.json").exists() and not (self.path / "CURRENT").exists():
+            return str(self.path)
+        try:
+            return cur.read_text().strip()
+        except FileNotFoundError:
+            return None
+
+    def directory(self, key: str) -> Path:
+        """The version directory of ``key``: the fixed bundle directory, or a plain name under the root
+        (``BundleError`` for a name that is empty or leads outside it)."""
+        from recserve import bundle as B
+
+        return self.path if key == str(self.path) else B.version_dir(self.root, key)
+
+    def _stamp(self, key: str) -> tuple:
+        """What changes when a refused version directory is rewritten: its manifest's stat."""
+        try:
+            st = (self.directory(key) / "manifest.json").stat()
+            return (st.st_mtime_ns, st.st_size, st.st_ino)
+        except (OSError, ValueError):
+            return ()
+
+    def load(self, key: str):
+        from recserve import bundle as B
+        from recserve.pipeline.recommender import Recommender
+
+        b = B.Bundle.open(self.directory(key), verify=True)
+        try:
+            rec = Recommender(b, self.store, self.cfg.pipeline_overrides())
+            rec.warmup()
+        except Exception:
+            b.close()
+            raise
+        return rec
+
+    def try_reload(self) -> bool:
+        """Load the version CURRENT names if it differs from the live one. True when swapped."""
+        key = self._key()
+        if key is None or key == self.current_key:
+            return False
+        stamp = self._stamp(key)
+        if self._refused == (key, stamp):   # refused before and unchanged: not re-hashed every poll
+            return False
+        self.attempts += 1
+        try:
+            rec = self.load(key)
+        except Exception as exc:  # noqa: BLE001 -- any failure refuses the bundle
+            log.error("bundle refused, keeping %s", self.current.version if self.current else "none",
+                      extra={"event": "reload_refused", "version": key, "error": str(exc)})
+            self.last_error = f"{key}: {exc}"
+            self._refused = (key, stamp)
+            if self.metrics:
+                self.metrics.reloads.labels("refused").inc()
+            return False
+        with self._lease_lock:
+            old = self.current
+            self.current, self.current_key, self.last_error = rec, key, None  # the atomic swap
+        if self.metrics:
+            self.metrics.reloads.labels("loaded").inc()
+            if old is not None:
+                self.metrics.version.labels(old.version).set(0)
+            self.metrics.version.labels(rec.version).set(1)
+        log.info("bundle loaded", extra={"event": "bundle_loaded", "version": rec.version})
+        if old is not None:  # in-flight requests may still hold it: closed when the last lets go
+            self._retire(old)
+        # the long-lived objects of the new bundle leave the collector's generations, so the full
+        # collections that requests trigger stay short (unfrozen first: retired bundles can go)
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        return True

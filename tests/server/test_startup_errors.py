@@ -1,0 +1,75 @@
+"""``recserve serve`` refuses what it cannot serve with one line and an exit code, before it listens."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from srvutil import ROOT
+
+SERVE = [sys.executable, "-m", "recserve.cli", "serve"]
+
+
+def serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``recserve serve`` expecting it to exit by itself (a started server would hit the timeout)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([*SERVE, "--port", "0", "--log-level", "ERROR", *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=timeout)
+
+
+def reason(p: subprocess.CompletedProcess) -> str:
+    """The one line ``recserve serve:`` printed last (before it, JSON log lines only, no bare traceback)."""
+    lines = p.stderr.splitlines()
+    assert lines and lines[-1].startswith("recserve serve:"), p.stderr
+    assert all(ln.startswith("{") for ln in lines[:-1]), p.stderr
+    return lines[-1]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--client-ca", "CA"], "client_ca (mutual TLS) needs TLS"),
+    (["--tls-key", "CA"], "tls_cert and tls_key go together"),
+    (["--tls-cert", "/no/such.crt", "--tls-key", "/no/such.key"], "tls_cert: cannot read"),
+    (["--mmr-lambda", "3"], "mmr_lambda: must be in [0, 1]"),
+    (["--max-per-creator", "-1"], "max_per_creator: must be >= 0"),
+    (["--novelty-boost", "nan"], "novelty_boost: must be a finite number"),
+    (["--candidates", "-5"], "candidates: must be >= 1"),
+    (["--ef", "-1"], "ef: must be >= 1"),
+    (["--max-concurrent-rpcs", "0"], "max_concurrent_rpcs: must be >= 1"),
+    (["--workers", "-1"], "workers: must be in [0, 1024]"),
+    (["--port", "99999"], "port: must be in [0, 65535]"),
+    (["--tokens-file", "/no/such/tokens"], "tokens_file: cannot read"),
+])
+def test_bad_settings_are_refused_in_one_line(shared_root, args, says):
+    args = [str(shared_root / "CURRENT") if a == "CA" else a for a in args]      # any readable file
+    p = serve("--bundle", str(shared_root), *args)
+    assert p.returncode == 2 and says in reason(p), p.stderr
+
+
+def test_bad_tokens_file_and_missing_bundle_directory(shared_root, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("admin s3cret\n")
+    p = serve("--bundle", str(shared_root), "--tokens-file", str(tokens))
+    assert p.returncode == 2 and "expected 'read TOKEN' or 'write TOKEN'" in reason(p)
+    p = serve("--bundle", str(tmp_path / "no" / "such" / "root"))
+    assert p.returncode == 2 and "is not a directory" in reason(p)
+    assert not (tmp_path / "no").exists()       # nothing created on the way
+
+
+def test_a_port_in_use_is_an_error_even_for_a_second_server(shared_root, start_server, tmp_path):
+    """SO_REUSEPORT lets the workers of one server share the port; a second server must not join them."""
+    s = start_server(shared_root, "--workers", "1", "--events-dir", str(tmp_path / "ev"))
+    p = serve("--bundle", str(shared_root), "--port", str(s.port), "--workers", "1",
+              "--events-dir", str(tmp_path / "ev2"))
+    assert p.returncode == 1 and "Address already in use" in reason(p)
+    assert s.proc.poll() is None
+
+
+def test_a_worker_that_cannot_start_says_why(shared_root, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    p = serve("--bundle", str(shared_root), "--workers", "1", "--events-dir", str(blocker / "events"))
+    assert p.returncode == 1
+    line = reason(p)
+    assert "a worker failed to start" in line and "Not a directory" in line, line
