@@ -9,7 +9,7 @@ from recserve.pipeline.errors import InvalidArgument
 
 MAX_K = 500
 DEFAULT_K = 20
-MAX_ID_LEN = 256
+MAX_ID_BYTES = 256  # UTF-8 bytes; the trainer refuses longer ids too (trainer/io.py)
 MAX_BATCH = 1000
 MAX_LIST = 1000  # session items, exclude ids, categories
 MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z: later "unix seconds" are milliseconds or garbage
@@ -75,10 +75,12 @@ def check_id(value: str, field_name: str, allow_empty: bool = False) -> None:
         if allow_empty:
             return
         raise InvalidArgument(field_name, "must not be empty")
-    if len(value) > MAX_ID_LEN:
-        raise InvalidArgument(field_name, f"longer than {MAX_ID_LEN} characters")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    if len(value) > MAX_ID_BYTES or len(value.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+        raise InvalidArgument(field_name, f"longer than {MAX_ID_BYTES} bytes (UTF-8)")
+    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in value):
         raise InvalidArgument(field_name, f"malformed id {value[:40]!r} (control characters)")
+    if value.isspace():
+        raise InvalidArgument(field_name, "malformed id (only white space)")
 
 
 def check_k(k: int, field_name: str = "k") -> int:

@@ -534,8 +534,10 @@ class Recommender:
         if len(updates) > MAX_BATCH:
             raise InvalidArgument("items", f"batch of {len(updates)} updates exceeds {MAX_BATCH}")
         unknown = []
-        for i, (item_id, _, price) in enumerate(updates):
+        for i, (item_id, in_stock, price) in enumerate(updates):
             check_id(item_id, f"items[{i}].item_id")
+            if in_stock is None and price is None:
+                raise InvalidArgument(f"items[{i}]", "sets neither in_stock nor price")
             if price is not None and (not math.isfinite(price) or price < 0):
                 raise InvalidArgument(f"items[{i}].price", f"must be a finite price >= 0, got {price}")
             if self.tables.row_of("item", item_id) is None:

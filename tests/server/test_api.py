@@ -108,6 +108,9 @@ def test_similar_items(server, facts):
     (pb.RecommendRequest(filters=pb.Filters(min_price=-1)), "filters.min_price"),
     (pb.RecommendRequest(user_id="bad\x01id"), "user_id"),
     (pb.RecommendRequest(user_id="x" * 300), "user_id"),
+    (pb.RecommendRequest(user_id="é" * 200), "user_id"),         # 200 characters, 400 bytes of UTF-8
+    (pb.RecommendRequest(user_id="a\x85b"), "user_id"),          # a C1 control character
+    (pb.RecommendRequest(user_id="   "), "user_id"),
     (pb.RecommendRequest(session_item_ids=[""]), "session_item_ids"),
     (pb.RecommendRequest(context=pb.Context(hour=24)), "context.hour"),
     (pb.RecommendRequest(context=pb.Context(weekday=7)), "context.weekday"),
@@ -151,6 +154,8 @@ def test_record_events_bad_batches_write_nothing(server, facts):
                        (pb.RecordEventsRequest(events=[_ev(user, good, t=pb.EVENT_TYPE_UNSPECIFIED)]),
                         "events[0].type"),
                        (pb.RecordEventsRequest(events=[_ev("", good)]), "events[0].user_id"),
+                       (pb.RecordEventsRequest(events=[_ev("é" * 256, good)]), "events[0].user_id"),
+                       (pb.RecordEventsRequest(events=[_ev("😀" * 128, good)]), "events[0].user_id"),
                        (pb.RecordEventsRequest(events=[_ev(user, good, ts=-5)]), "events[0].timestamp"),
                        (pb.RecordEventsRequest(events=[_ev(user, good, ts=1.7e12)]),
                         "events[0].timestamp")]:
@@ -209,11 +214,13 @@ def test_update_items_stock_and_price(server, facts):
     ids = [i.item_id for i in stub.SimilarItems(pb.SimilarItemsRequest(
         item_id=facts["items"][7], k=5, filters=pb.Filters(max_price=50000)), timeout=10).items]
     assert victim not in ids
-    code, details = code_of(stub.UpdateItems, pb.UpdateItemsRequest(items=[pb.ItemUpdate(item_id="ghost")]))
+    code, details = code_of(stub.UpdateItems, pb.UpdateItemsRequest(items=[pb.ItemUpdate(item_id="ghost", in_stock=True)]))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "ghost" in details
     code, details = code_of(stub.UpdateItems, pb.UpdateItemsRequest(
         items=[pb.ItemUpdate(item_id=victim, price=-3)]))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("items[0].price")
+    code, details = code_of(stub.UpdateItems, pb.UpdateItemsRequest(items=[pb.ItemUpdate(item_id=victim)]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("items[0]:"), details
     code, details = code_of(stub.UpdateItems, pb.UpdateItemsRequest(
         items=[pb.ItemUpdate(item_id=victim, in_stock=True)] * 1001))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("items:"), details
