@@ -239,7 +239,9 @@ def tune_quotas(art, labels: dict, users, params: dict, grid: list, threads: int
 
 
 def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | None = None,
-          timer: Timer | None = None) -> Path:
+          timer: Timer | None = None, before_publish=None) -> Path:
+    """Train on ``ds`` and write a bundle version under ``out``; ``before_publish(dir)`` runs on the
+    complete version before it is renamed into place and CURRENT names it (the evaluation)."""
     cfg = {**DEFAULT_CFG, **(cfg or {})}
     params = copy.deepcopy(params or C.DEFAULT_PARAMS)
     timer = timer or Timer()
@@ -382,7 +384,7 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
     }
     manifest["training"]["timings"] = timer.as_dict()
     with timer("write"):
-        path = writer.write_bundle(out, ds, cat, art, ranker_text, manifest)
+        path = writer.write_bundle(out, ds, cat, art, ranker_text, manifest, before_publish=before_publish)
     return path
 
 

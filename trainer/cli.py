@@ -1,7 +1,7 @@
 """``recserve-train``: synth | import movielens | build | verify | evaluate.
 
 Errors print one line ``recserve-train: error: <reason>`` on stderr and exit non-zero (2 for bad input
-data or arguments, 3 for a bad bundle). ``build`` and ``evaluate`` show progress bars on stderr when it is a
+data or arguments, 3 for a bad bundle, 1 when the disk fails a write). ``build`` and ``evaluate`` show progress bars on stderr when it is a
 terminal (``--progress`` / ``--no-progress`` force them on / off).
 """
 from __future__ import annotations
@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), 3)
     except (ValueError, FileExistsError) as exc:
         return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 2)
+    except OSError as exc:              # the disk: cannot write, no space left, ...
+        return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 1)
 
 
 def _run(args) -> int:
@@ -124,10 +126,15 @@ def _run(args) -> int:
         print(f"import: {len(ds)} interactions, {ds.n_users} users, {ds.n_items} items -> {args.out} {written}")
         return 0
     if args.cmd == "build":
-        from trainer.build import build, evaluate_bundle, record_evaluation
+        from trainer import build as builder
         from trainer.evaluate import format_table
         from trainer.io import load_dataset
 
+        if args.evaluate and args.no_evaluate:
+            return _fail("--evaluate and --no-evaluate contradict each other", 2)
+        bad_out = _unwritable_root(args.out)
+        if bad_out:
+            return _fail(bad_out, 2)
         timer = Timer()
         with timer("load"):
             ds = load_dataset(args.data, drop_unknown=args.drop_unknown)
@@ -145,20 +152,25 @@ def _run(args) -> int:
                "holdout": args.holdout, "ranker_users": args.ranker_users, "label_windows": args.label_windows, "label_split": args.label_split,
                "tune": not args.no_tune, "ranker_trees": args.ranker_trees,
                "similar_lists": not args.no_similar_lists}
-        path = build(ds, args.out, cfg, timer=timer)
-        if args.evaluate and args.no_evaluate:
-            return _fail("--evaluate and --no-evaluate contradict each other", 2)
-        if not args.no_evaluate and args.holdout > 0:
+        results = []
+
+        def evaluate(staged):           # on the complete version, before CURRENT names it
             with timer("evaluate"):
-                res = evaluate_bundle(path, ds, max_users=args.eval_users, seed=args.seed, threads=args.threads)
-                record_evaluation(path, res)
+                res = builder.evaluate_bundle(staged, ds, max_users=args.eval_users, seed=args.seed,
+                                              threads=args.threads)
+                builder.record_evaluation(staged, res)
+            results.append(res)
+
+        path = builder.build(ds, args.out, cfg, timer=timer,
+                             before_publish=evaluate if not args.no_evaluate and args.holdout > 0 else None)
+        for res in results:
             print(format_table(res))
         m = json.loads((path / "manifest.json").read_text())
         print(timer.summary(), file=sys.stderr)
         tr = m["training"]
         print(f"built {path} ({m['counts']['users']} users, {m['counts']['items']} items, "
               f"{m['counts']['interactions']} training interactions; embedding {tr['embedding']}; "
-              f"index recall@10 {m['index']['recall_at_k']['recall']}; ranker {tr['ranker']}; "
+              f"index recall@10 {m['index']['recall_at_k']['recall']}; ranker {_ranker_line(tr['ranker'])}; "
               f"decay_short {m['params']['decay_short']} alpha {m['params']['alpha']})")
         return 0
     if args.cmd == "verify":
@@ -181,6 +193,29 @@ def _run(args) -> int:
         print(format_table(res))
         return 0
     return 1
+
+
+def _ranker_line(r: dict) -> str:
+    """The ranker's size and validation score (the full record is in the manifest's training.ranker)."""
+    trees = r.get("best_iteration", r.get("trees", "?"))
+    score = r.get("valid_ndcg@10")
+    return f"{trees} trees" + (f", validation ndcg@10 {score}" if score is not None else "")
+
+
+def _unwritable_root(out: str) -> str | None:
+    """Why a bundle root cannot be written at ``out`` (checked before any training), or None."""
+    import os
+    from pathlib import Path
+
+    p = Path(out)
+    if p.exists():
+        if not p.is_dir():
+            return f"{out}: exists and is not a directory (a bundle root is a directory)"
+        return None if os.access(p, os.W_OK | os.X_OK) else f"{out}: not writable"
+    parent = next((a for a in p.absolute().parents if a.exists()), None)
+    if parent is None or not parent.is_dir():
+        return f"{out}: {parent} is not a directory"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"{out}: cannot create it in {parent} (not writable)"
 
 
 def _seen(ds):

@@ -130,7 +130,12 @@ def _as_text(c: pa.ChunkedArray, path: Path, col: str) -> pa.ChunkedArray:
     return pc.cast(c, pa.string())
 
 
-def _strings(t: pa.Table, path: Path, col: str, allow_empty: bool = True) -> np.ndarray:
+MAX_ID_BYTES = 256     # the server's limit on a user or item id (recserve/pipeline/messages.py)
+
+
+def _strings(t: pa.Table, path: Path, col: str, allow_empty: bool = True, is_id: bool = False) -> np.ndarray:
+    """A text column; ``is_id``: ids as the server accepts them (at most MAX_ID_BYTES bytes of UTF-8, no
+    control characters, not only white space), so that every id in a bundle can be asked for."""
     c = t.column(col)
     if c.null_count:
         raise DataError(f"{path.name}: column {col} has {c.null_count} empty value(s)")
@@ -139,6 +144,14 @@ def _strings(t: pa.Table, path: Path, col: str, allow_empty: bool = True) -> np.
         n = int(pc.sum(pc.equal(s, "")).as_py() or 0)
         if n:
             raise DataError(f"{path.name}: column {col} has {n} empty value(s)")
+    if is_id:
+        for bad, why in ((pc.greater(pc.binary_length(s), MAX_ID_BYTES), f"longer than {MAX_ID_BYTES} bytes"),
+                         (pc.match_substring_regex(s, "[\\x00-\\x1f\\x7f-\\x9f]"), "with control characters"),
+                         (pc.utf8_is_space(s), "of white space only")):
+            n = int(pc.sum(bad).as_py() or 0)
+            if n:
+                e_g = pc.filter(s, bad)[0].as_py()
+                raise DataError(f"{path.name}: column {col} has {n} id(s) {why}, e.g. {e_g[:60]!r}")
     return np.asarray(s.to_numpy(zero_copy_only=False), dtype=object)
 
 
@@ -205,6 +218,7 @@ def _timestamps(t: pa.Table, path: Path, col: str) -> np.ndarray:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     try:
+        c = pc.utf8_trim_whitespace(pc.cast(c, pa.string()))
         ts = pc.strptime(c, format="%Y-%m-%dT%H:%M:%S", unit="s", error_is_null=True)
         if ts.null_count:
             ts2 = pc.strptime(c, format="%Y-%m-%d", unit="s", error_is_null=True)
@@ -214,10 +228,18 @@ def _timestamps(t: pa.Table, path: Path, col: str) -> np.ndarray:
                 ts = pc.coalesce(ts, ts3)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise DataError(f"{path.name}: column {col} has unparsable timestamps") from None
-    if ts.null_count:
-        bad = pc.filter(c, pc.is_null(ts))[0]
-        raise DataError(f"{path.name}: column {col} has {ts.null_count} unparsable timestamp(s), e.g. {bad!r}")
-    return pc.cast(ts, pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    out = pc.cast(ts, pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)   # NaN where null
+    # numbers (unix seconds or milliseconds) in a column that also holds text: read as text
+    numeric = pc.match_substring_regex(c, r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+    numeric_np = numeric.to_numpy(zero_copy_only=False).astype(bool)
+    if numeric_np.any():
+        a = pc.cast(pc.filter(c, numeric), pa.float64()).to_numpy(zero_copy_only=False)
+        out[numeric_np] = np.where(a > 1e11, a / 1000.0, a)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        e_g = c.take(pa.array(np.flatnonzero(bad)[:1]))[0].as_py()
+        raise DataError(f"{path.name}: column {col} has {int(bad.sum())} unparsable timestamp(s), e.g. {e_g!r}")
+    return out
 
 
 def _codes(values: np.ndarray, vocab: np.ndarray) -> np.ndarray:
@@ -241,7 +263,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
     ip = find_table(d, "items")
     it = read_table(ip)
     _need(it, ip, ["item_id", "category", "price"])
-    item_ids = _strings(it, ip, "item_id", allow_empty=False)
+    item_ids = _strings(it, ip, "item_id", allow_empty=False, is_id=True)
     uniq, counts = np.unique(item_ids, return_counts=True)
     if len(uniq) != len(item_ids):
         raise DataError(f"{ip.name}: {int((counts > 1).sum())} duplicate item_id(s), e.g. {uniq[counts > 1][0]!r}")
@@ -263,7 +285,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
     xp = find_table(d, "interactions")
     xt = read_table(xp)
     _need(xt, xp, ["user_id", "item_id", "timestamp", "event"])
-    x_user = _strings(xt, xp, "user_id", allow_empty=False)
+    x_user = _strings(xt, xp, "user_id", allow_empty=False, is_id=True)
     x_item = _strings(xt, xp, "item_id", allow_empty=False)
     ts = _timestamps(xt, xp, "timestamp")
     ev_str = _strings(xt, xp, "event")
@@ -298,7 +320,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
     if up is not None:
         ut = read_table(up)
         _need(ut, up, ["user_id"])
-        u_ids = _strings(ut, up, "user_id", allow_empty=False)
+        u_ids = _strings(ut, up, "user_id", allow_empty=False, is_id=True)
         if len(np.unique(u_ids)) != len(u_ids):
             raise DataError(f"{up.name}: duplicate user_id(s)")
         # users known from users.csv but without interactions are kept (cold users)

@@ -60,7 +60,10 @@ def write_tables(path: Path, ds, cat, art) -> None:
 
 
 def write_bundle(out_root: str | os.PathLike, ds, cat, art, ranker_text: str, manifest: dict,
-                 version: str | None = None) -> Path:
+                 version: str | None = None, before_publish=None) -> Path:
+    """Write the version in a temporary directory, call ``before_publish(tmp)`` on it (it may add reports
+    and manifest keys), then rename it into place and point CURRENT at it; any failure before the rename
+    leaves the root as it was (the temporary directory is removed)."""
     root = Path(out_root)
     root.mkdir(parents=True, exist_ok=True)
     version = version or new_version()
@@ -70,20 +73,26 @@ def write_bundle(out_root: str | os.PathLike, ds, cat, art, ranker_text: str, ma
     remove_stale_temporaries(root)
     tmp = root / f".tmp-{version}-{os.getpid()}"
     tmp.mkdir()
-    write_tables(tmp / "tables.lmdb", ds, cat, art)
-    art.index.save_index(str(tmp / "index.hnsw"))
-    (tmp / "ranker.txt").write_text(ranker_text)
-    for extra, content in manifest.pop("_extra_files", {}).items():
-        (tmp / extra).write_text(content)
-    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-    m = {"format_version": FORMAT_VERSION, "version": version,
-         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **manifest,
-         "files": files}
-    (tmp / "manifest.json").write_text(json.dumps(m, indent=1, sort_keys=False))
-    for p in tmp.iterdir():
-        _fsync_path(p)
-    _fsync_path(tmp)
-    os.rename(tmp, final)
+    try:
+        write_tables(tmp / "tables.lmdb", ds, cat, art)
+        art.index.save_index(str(tmp / "index.hnsw"))
+        (tmp / "ranker.txt").write_text(ranker_text)
+        for extra, content in manifest.pop("_extra_files", {}).items():
+            (tmp / extra).write_text(content)
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        m = {"format_version": FORMAT_VERSION, "version": version,
+             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **manifest,
+             "files": files}
+        (tmp / "manifest.json").write_text(json.dumps(m, indent=1, sort_keys=False))
+        if before_publish is not None:
+            before_publish(tmp)
+        for p in tmp.iterdir():
+            _fsync_path(p)
+        _fsync_path(tmp)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _fsync_path(root)
     set_current(root, version)
     return final

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from trainer.cli import main
-from trainer.io import load_dataset
+from trainer.io import DataError, load_dataset
 
 
 def _copy(small_data, tmp_path):
@@ -41,6 +41,9 @@ CASES = {
     "duplicate item": ("items.csv", lambda l: l + [l[1]], "duplicate item_id"),
     "NaN price": ("items.csv", lambda l: _replace_col(l, "price", "NaN"), "price has 1 NaN"),
     "unknown event": ("interactions.csv", lambda l: _replace_col(l, "event", "like"), "unknown event"),
+    "long item id": ("items.csv", lambda l: _replace_col(l, "item_id", "é" * 129), "longer than 256 bytes"),
+    "control user id": ("interactions.csv", lambda l: _replace_col(l, "user_id", "a\x01b"), "control characters"),
+    "blank user id": ("interactions.csv", lambda l: _replace_col(l, "user_id", "  "), "white space only"),
 }
 
 
@@ -107,6 +110,58 @@ def test_timestamp_formats(tmp_path):
     assert ds.item_creator.tolist() == ["", ""] and ds.item_in_stock.tolist() == [1, 1]
     (d / "interactions.csv").write_text("user_id,item_id,timestamp,event\n1,a,1735776000000,view\n")
     assert load_dataset(d).ts.tolist() == [1735776000.0]      # milliseconds are recognised
+    # numbers beside dates in one column (read as text): each value parsed as what it is
+    (d / "interactions.csv").write_text("user_id,item_id,timestamp,event\n"
+                                        "1,a,1735776000,view\n1,b,2025-01-02,view\n1,a,1735776000000,view\n")
+    assert load_dataset(d).ts.tolist() == [1735776000.0] * 3
+    # one bad value among numbers: counted once, and shown as it is in the file
+    (d / "interactions.csv").write_text("user_id,item_id,timestamp,event\n"
+                                        + "1,a,1735776000,view\n" * 5 + "1,b,yesterday,view\n")
+    with pytest.raises(DataError, match=r"has 1 unparsable timestamp\(s\), e.g. 'yesterday'$"):
+        load_dataset(d)
+
+
+def test_arguments_and_the_output_root_are_checked_before_any_work(small_data, tmp_path, capsys):
+    assert main(["build", "--data", str(tmp_path / "no-data"), "--evaluate", "--no-evaluate",
+                 str(tmp_path / "out")]) == 2          # refused before the (missing) data is read
+    assert "contradict each other" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "a-file").write_text("")
+    for out in (tmp_path / "a-file", tmp_path / "a-file" / "sub"):
+        assert main(["build", "--data", str(tmp_path / "no-data"), str(out)]) == 2
+        assert "directory" in capsys.readouterr().err
+
+
+def test_the_evaluation_runs_before_current_names_the_version(small_data, tmp_path, monkeypatch, capsys):
+    """The version is evaluated (reports written) while unpublished; a failed evaluation publishes
+    nothing and leaves no directory behind."""
+    import json
+
+    from trainer import build as B
+
+    out = tmp_path / "out"
+    real, seen = B.evaluate_bundle, []
+
+    def spy(staged, *a, **kw):
+        seen.append(((out / "CURRENT").exists(), staged.name))
+        return real(staged, *a, **kw)
+
+    monkeypatch.setattr(B, "evaluate_bundle", spy)
+    args = ["build", "--data", str(small_data), "--factors", "8", "--no-tune", "--label-windows", "1"]
+    assert main([*args, str(out)]) == 0
+    version = (out / "CURRENT").read_text().strip()
+    assert seen == [(False, seen[0][1])] and seen[0][1].startswith(".tmp-"), seen
+    m = json.loads((out / version / "manifest.json").read_text())
+    assert m["evaluation"]["methods"] and (out / version / "report.json").is_file()
+    assert "full+mmr" in capsys.readouterr().out
+
+    def broken(*a, **kw):
+        raise ValueError("no held-out user to evaluate")
+
+    monkeypatch.setattr(B, "evaluate_bundle", broken)
+    assert main([*args, str(out)]) == 2
+    assert (out / "CURRENT").read_text().strip() == version
+    assert sorted(p.name for p in out.iterdir()) == sorted(["CURRENT", version])
 
 
 def test_holdout_zero_trains_on_everything_and_cannot_evaluate(small_data, tmp_path, capsys):
