@@ -18,7 +18,7 @@ import numpy as np
 from recserve._core import candidates as C
 from trainer import artifacts, neighbours, progress, ranker as rk, retrieval, split, writer
 from trainer.ef import tune_ef
-from trainer.io import Dataset
+from trainer.io import Dataset, DataError
 from trainer.similar import similar_lists
 from trainer.timing import Timer
 
@@ -63,8 +63,12 @@ def _window(ds: Dataset, mask):
     return u, i, t, e, v, first
 
 
+MIN_TRAINING_INTERACTIONS = 100     # below it the tuning windows hold next to nothing to learn from
+
+
 def _active_with_history(art, users, rng, n):
-    users = np.array(sorted(u for u in set(users.tolist()) if art.hist_indptr[u + 1] > art.hist_indptr[u]))
+    users = np.array(sorted(u for u in set(users.tolist()) if art.hist_indptr[u + 1] > art.hist_indptr[u]),
+                     np.int64)
     if len(users) > n:
         users = np.sort(rng.choice(users, size=n, replace=False))
     return users
@@ -252,6 +256,10 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
         train_mask, test_mask = np.ones(len(ds), bool), np.zeros(len(ds), bool)
     else:
         train_mask, test_mask, cut = split.split_masks(ds.ts, cfg["holdout"])
+    n_train = int(train_mask.sum())
+    if n_train < MIN_TRAINING_INTERACTIONS:
+        raise DataError(f"too little training data: {n_train} interaction(s) before the held-out "
+                        f"{cfg['holdout']:g} (at least {MIN_TRAINING_INTERACTIONS}; lower --holdout or add data)")
     if cfg.get("history_len", "auto") == "auto":
         longest = int(np.bincount(ds.user[train_mask], minlength=ds.n_users).max()) if train_mask.any() else 0
         params["history_len"] = int(min(int(cfg["history_max"]), max(200, longest)))

@@ -80,10 +80,11 @@ def sha256_file(path: Path) -> str:
 
 
 def find_table(data_dir: Path, stem: str, required: bool = True) -> Path | None:
-    for ext in (".parquet", ".pq", ".csv"):
-        p = data_dir / f"{stem}{ext}"
-        if p.is_file():
-            return p
+    found = [p for p in (data_dir / f"{stem}{ext}" for ext in (".parquet", ".pq", ".csv")) if p.is_file()]
+    if len(found) > 1:
+        raise DataError(f"{data_dir}: both {' and '.join(p.name for p in found)}: keep one")
+    if found:
+        return found[0]
     if required:
         raise DataError(f"{data_dir}: no {stem}.csv or {stem}.parquet")
     return None
@@ -107,6 +108,9 @@ def read_table(path: Path) -> pa.Table:
         raise DataError(f"{path.name}: cannot parse: {str(exc).splitlines()[0]}") from None
     if t.num_rows == 0:
         raise DataError(f"{path.name}: empty file (no rows)")
+    twice = sorted(c for c in set(t.column_names) if t.column_names.count(c) > 1)
+    if twice:
+        raise DataError(f"{path.name}: duplicate column(s) {', '.join(twice)}")
     return t
 
 
@@ -131,6 +135,7 @@ def _as_text(c: pa.ChunkedArray, path: Path, col: str) -> pa.ChunkedArray:
 
 
 MAX_ID_BYTES = 256     # the server's limit on a user or item id (recserve/pipeline/messages.py)
+MAX_PRICE = 1e12       # and on a price: features are float32, and sums of prices must stay finite
 
 
 def _strings(t: pa.Table, path: Path, col: str, allow_empty: bool = True, is_id: bool = False) -> np.ndarray:
@@ -273,6 +278,9 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
         raise DataError(f"{ip.name}: column price has {int(np.isnan(price).sum())} NaN/empty value(s)")
     if (price < 0).any():
         raise DataError(f"{ip.name}: column price has negative values")
+    if not (price <= MAX_PRICE).all():
+        raise DataError(f"{ip.name}: column price has {int((~(price <= MAX_PRICE)).sum())} value(s) above "
+                        f"{MAX_PRICE:g} or infinite, e.g. {price[~(price <= MAX_PRICE)][0]:g}")
     creator = np.full(len(item_ids), "", object)
     if "creator" in it.column_names:     # optional per item: empty = unknown creator
         creator = _optional_strings(it, ip, "creator")

@@ -9,6 +9,7 @@ import numpy as np
 
 from recserve._core import candidates as C
 from recserve._core.embed import user_vectors
+from trainer.io import DataError
 
 
 def user_vecs(art, users: np.ndarray, params: dict) -> np.ndarray:
@@ -33,7 +34,11 @@ def ann_batch(art, vecs: np.ndarray, users: np.ndarray, params: dict, threads=2)
     def ask(ks, which):
         for k in np.unique(ks[which]):
             sel = np.flatnonzero(which & (ks == k))
-            labels, dist = art.index.knn_query(vecs[sel], k=int(k), num_threads=threads)
+            try:
+                labels, dist = art.index.knn_query(vecs[sel], k=int(k), num_threads=threads)
+            except RuntimeError as exc:     # hnswlib cannot reach k items from these vectors
+                raise DataError(f"the index returns fewer than {int(k)} neighbours ({exc}): too little "
+                                "training data for this catalogue?") from None
             for j, s in enumerate(sel):
                 out[s] = (labels[j].astype(np.int32), (1.0 - dist[j]).astype(np.float32))
 

@@ -43,6 +43,10 @@ CASES = {
     "unknown event": ("interactions.csv", lambda l: _replace_col(l, "event", "like"), "unknown event"),
     "long item id": ("items.csv", lambda l: _replace_col(l, "item_id", "é" * 129), "longer than 256 bytes"),
     "control user id": ("interactions.csv", lambda l: _replace_col(l, "user_id", "a\x01b"), "control characters"),
+    "duplicate column": ("items.csv", lambda l: [l[0] + ",price"] + [x + ",1" for x in l[1:]],
+                         "duplicate column(s) price"),
+    "huge price": ("items.csv", lambda l: _replace_col(l, "price", "1e300"), "above 1e+12 or infinite"),
+    "infinite price": ("items.csv", lambda l: _replace_col(l, "price", "inf"), "above 1e+12 or infinite"),
     "blank user id": ("interactions.csv", lambda l: _replace_col(l, "user_id", "  "), "white space only"),
 }
 
@@ -130,6 +134,19 @@ def test_arguments_and_the_output_root_are_checked_before_any_work(small_data, t
     for out in (tmp_path / "a-file", tmp_path / "a-file" / "sub"):
         assert main(["build", "--data", str(tmp_path / "no-data"), str(out)]) == 2
         assert "directory" in capsys.readouterr().err
+
+
+def test_two_files_for_one_table_and_too_little_training_data(small_data, tmp_path, capsys):
+    from trainer.io import write_dataset
+
+    d = _copy(small_data, tmp_path)
+    write_dataset(load_dataset(d), tmp_path / "pq", fmt="parquet")
+    shutil.copy(tmp_path / "pq" / "items.parquet", d / "items.parquet")
+    assert main(["build", "--data", str(d), str(tmp_path / "out")]) == 2
+    assert "both items.parquet and items.csv" in capsys.readouterr().err
+    assert main(["build", "--data", str(small_data), "--holdout", "0.995", str(tmp_path / "out")]) == 2
+    assert "too little training data" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_the_evaluation_runs_before_current_names_the_version(small_data, tmp_path, monkeypatch, capsys):
