@@ -10,6 +10,7 @@ from recserve.pipeline.errors import InvalidArgument
 MAX_K = 500
 DEFAULT_K = 20
 MAX_ID_BYTES = 256  # UTF-8 bytes; the trainer refuses longer ids too (trainer/io.py)
+MAX_PRICE = 1e12    # an item's price (UpdateItems), as the trainer's limit (trainer/io.py)
 MAX_BATCH = 1000
 MAX_LIST = 1000  # session items, exclude ids, categories
 MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z: later "unix seconds" are milliseconds or garbage

@@ -21,8 +21,8 @@ from recserve.pipeline import ranking as R
 from recserve.pipeline import rerank as RR
 from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument, NotFound
 from recserve.pipeline.items import ItemSnapshot, walk_allowed
-from recserve.pipeline.messages import (MAX_BATCH, MAX_LIST, Filters, Item, RecRequest, Result, check_id,
-                                        check_k, check_ts)
+from recserve.pipeline.messages import (MAX_BATCH, MAX_LIST, MAX_PRICE, Filters, Item, RecRequest, Result,
+                                        check_id, check_k, check_ts)
 
 
 def scaled_quotas(quotas: dict, n: int) -> dict:
@@ -184,7 +184,7 @@ class Recommender:
             if r is None:
                 raise InvalidArgument(field_name, f"unknown category {n!r}")
             codes.append(r)
-        return np.array(codes, np.int64)
+        return np.array(list(dict.fromkeys(codes)), np.int64)      # a category named twice counts once
 
     def _allowed(self, f: Filters, snap: ItemSnapshot, field_prefix: str = "filters"):
         """(mask of allowed item rows or None for everything, include category codes, number allowed).
@@ -538,8 +538,8 @@ class Recommender:
             check_id(item_id, f"items[{i}].item_id")
             if in_stock is None and price is None:
                 raise InvalidArgument(f"items[{i}]", "sets neither in_stock nor price")
-            if price is not None and (not math.isfinite(price) or price < 0):
-                raise InvalidArgument(f"items[{i}].price", f"must be a finite price >= 0, got {price}")
+            if price is not None and not 0 <= price <= MAX_PRICE:
+                raise InvalidArgument(f"items[{i}].price", f"must be in [0, {MAX_PRICE:g}], got {price}")
             if self.tables.row_of("item", item_id) is None:
                 unknown.append(item_id)
         if unknown:

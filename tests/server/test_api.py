@@ -81,6 +81,16 @@ def test_filters_category_price_and_selective_fill(server, facts):
     assert not set(excl) & {i.item_id for i in r.items}
 
 
+def test_a_category_named_twice_counts_once(server, facts):
+    stub = server.stub()
+    cat = facts["categories"][0]
+    for user in (facts["user"], ""):
+        once, twice = ([i.item_id for i in stub.Recommend(pb.RecommendRequest(
+            user_id=user, k=20, filters=pb.Filters(include_categories=cats)), timeout=10).items]
+            for cats in ([cat], [cat, cat, cat]))
+        assert once == twice and once
+
+
 def test_similar_items(server, facts):
     stub = server.stub()
     item = facts["items"][3]
@@ -219,6 +229,9 @@ def test_update_items_stock_and_price(server, facts):
     code, details = code_of(stub.UpdateItems, pb.UpdateItemsRequest(
         items=[pb.ItemUpdate(item_id=victim, price=-3)]))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("items[0].price")
+    code, details = code_of(stub.UpdateItems, pb.UpdateItemsRequest(
+        items=[pb.ItemUpdate(item_id=victim, price=1e300)]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("items[0].price"), details
     code, details = code_of(stub.UpdateItems, pb.UpdateItemsRequest(items=[pb.ItemUpdate(item_id=victim)]))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("items[0]:"), details
     code, details = code_of(stub.UpdateItems, pb.UpdateItemsRequest(
