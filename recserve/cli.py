@@ -194,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reload-interval", dest="reload_interval", type=float)
     s.add_argument("--grace", type=float)
     s.add_argument("--events-dir", dest="events_dir")
+    s.add_argument("--events-per-user", dest="events_per_user", type=int,
+                   help="real-time events kept per user, the oldest dropped beyond it (default 1000; keep it "
+                        "at or above the bundles' history_len)")
+    s.add_argument("--events-map-mb", dest="events_map_mb", type=int,
+                   help="the event store's LMDB map size in MiB (address space; the file grows as used; "
+                        "default 65536); the same in every process that opens the store")
     s.add_argument("--tls-cert", dest="tls_cert")
     s.add_argument("--tls-key", dest="tls_key")
     s.add_argument("--tls-client-ca", "--client-ca", dest="tls_client_ca",

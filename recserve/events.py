@@ -12,6 +12,11 @@ Databases:
 - ``ulast``: ``user_id`` -> the ``seq`` of the user's latest written event (a stamp: a reader that cached
   a user's events knows they are still current while it is unchanged, whatever the new event's timestamp).
 - ``meta``: ``seq`` (event counter), ``items_gen`` (bumped on every item update).
+- ``ucount``: ``user_id`` -> how many events the user has in ``ev``.
+
+Retention: a user keeps her newest ``per_user`` events; a write that takes her past it deletes the oldest
+in the same transaction, so the store grows with the number of users, not with time. A store written
+without ``ucount`` counts a user's events once, on her next write.
 """
 from __future__ import annotations
 
@@ -40,11 +45,18 @@ class Event:
 
 
 class EventStore:
-    def __init__(self, path: str | os.PathLike, map_size: int = 1 << 30):
+    def __init__(self, path: str | os.PathLike, map_size: int = 64 << 30, per_user: int = 1000):
+        """``map_size``: LMDB's map (address space; the file grows as it is used), the same in every process
+        that opens the store (LMDB's set_mapsize from several processes corrupts it); ``per_user``: events
+        kept per user."""
+        if per_user < 1:
+            raise ValueError(f"per_user must be >= 1, got {per_user}")
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=5, sync=True, metasync=True,
+        self.per_user = int(per_user)
+        self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=6, sync=True, metasync=True,
                              max_readers=1024, lock=True)
+        self._ucount = self.env.open_db(b"ucount")
         self._ulast = self.env.open_db(b"ulast")
         self._ev = self.env.open_db(b"ev")
         self._users = self.env.open_db(b"users")
@@ -66,6 +78,7 @@ class EventStore:
         with self.env.begin(write=True) as txn:
             seq = int.from_bytes(txn.get(b"seq", db=self._meta) or b"\0" * 8, "big")
             last: dict[bytes, int] = {}
+            added: dict[bytes, int] = {}
             for e in events:
                 u = e.user_id.encode()
                 if u not in last:
@@ -74,12 +87,35 @@ class EventStore:
                         new_users += 1
                 seq += 1
                 last[u] = seq
+                added[u] = added.get(u, 0) + 1
                 key = u + b"\0" + struct.pack(">dQ", e.timestamp, seq)
                 txn.put(key, struct.pack(">b", e.type) + e.item_id.encode(), db=self._ev)
             for u, s in last.items():
                 txn.put(u, s.to_bytes(8, "big"), db=self._ulast)
+                self._trim(txn, u, added[u])
             txn.put(b"seq", seq.to_bytes(8, "big"), db=self._meta)
         return len(events), new_users
+
+    def _trim(self, txn, u: bytes, added: int) -> None:
+        """Count the user's new events and delete her oldest beyond ``per_user`` (inside the write)."""
+        raw = txn.get(u, db=self._ucount)
+        prefix = u + b"\0"
+        cur = txn.cursor(db=self._ev)
+        if raw is None:         # a store written before counts were kept: count once
+            n = 0
+            if cur.set_range(prefix):
+                for k in cur.iternext(values=False):
+                    if not k.startswith(prefix):
+                        break
+                    n += 1
+        else:
+            n = int.from_bytes(raw, "big") + added
+        if n > self.per_user and cur.set_range(prefix):
+            for _ in range(n - self.per_user):       # the oldest first: keys sort by (user, time, seq)
+                if not cur.key().startswith(prefix) or not cur.delete():
+                    break
+            n = self.per_user
+        txn.put(u, n.to_bytes(8, "big"), db=self._ucount)
 
     def update_items(self, updates: Iterable[tuple[str, bool | None, float | None]]) -> int:
         """Apply (item_id, in_stock or None, price or None) updates in one fsynced transaction."""

@@ -132,7 +132,8 @@ class Worker:
         self.sharing = sharing          # recserve.sharing.Sharing of a forked worker, or None
         self.port = port                # the port asked for; the bound one once started
         root = bundle_root(cfg.bundle)
-        self.store = EventStore(cfg.events_dir or root / "events")
+        self.store = EventStore(cfg.events_dir or root / "events", map_size=cfg.events_map_mb << 20,
+                                per_user=cfg.events_per_user)
         self.holder = BundleHolder(cfg.bundle, cfg, self.store, metrics)
         # event-store writes (fsync) and bundle loads: blocking work that must not stall the event loop
         self.io = futures.ThreadPoolExecutor(max_workers=max(cfg.threads, 1), thread_name_prefix="recserve-io")

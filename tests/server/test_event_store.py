@@ -81,3 +81,45 @@ def test_long_event_histories_are_kept_until_the_user_writes_again(demo_bundle, 
         rec.record_events([Event("light-user", items[0], 0, 1000.0)])
         a1, a2 = rec._history("light-user", None), rec._history("light-user", None)
         assert a1[0] is not a2[0] and "light-user" not in rec._hist_cache
+
+
+def test_each_user_keeps_her_newest_events_up_to_the_cap(tmp_path):
+    """Beyond ``per_user`` events a write deletes the user's oldest (by time, then arrival), never another
+    user's; the count survives reopening, and a store without counts is counted on the next write."""
+    import lmdb
+
+    store = EventStore(tmp_path / "ev", per_user=5)
+    store.record([Event("u1", f"a{k}", 0, 100.0 + k) for k in range(4)], lambda u: True)
+    store.record([Event("u2", "b", 0, 1.0), Event("u10", "c", 0, 1.0)], lambda u: True)
+    store.record([Event("u1", f"a{k}", 0, 100.0 + k) for k in range(4, 9)], lambda u: True)
+    assert store.recent_columns("u1", 100)[0] == [f"a{k}" for k in range(4, 9)]
+    store.record([Event("u1", "old", 0, 1.0)], lambda u: True)         # older than all she has: dropped
+    assert store.recent_columns("u1", 100)[0] == [f"a{k}" for k in range(4, 9)]
+    assert store.recent_columns("u2", 100)[0] == ["b"] and store.recent_columns("u10", 100)[0] == ["c"]
+    assert store.stats()["events"] == 7
+    store.close()
+    # counts dropped, as in a store written before they were kept: the next write counts the user
+    env = lmdb.open(str(tmp_path / "ev"), max_dbs=6)
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(b"ucount", txn=txn), delete=False)
+    env.close()
+    store = EventStore(tmp_path / "ev", per_user=3)
+    store.record([Event("u1", "new", 0, 500.0)], lambda u: True)
+    assert store.recent_columns("u1", 100)[0] == ["a7", "a8", "new"]
+    store.record([Event("u1", f"n{k}", 0, 600.0 + k) for k in range(10)], lambda u: True)   # one batch
+    assert store.recent_columns("u1", 100)[0] == ["n7", "n8", "n9"]
+    store.close()
+
+
+def test_a_full_event_store_refuses_the_write_and_keeps_what_it_had(tmp_path):
+    import lmdb
+    import pytest
+
+    store = EventStore(tmp_path / "ev", map_size=1 << 20, per_user=100_000)
+    batch = 0
+    with pytest.raises(lmdb.MapFullError):
+        while batch < 10_000:
+            store.record([Event(f"user-{batch}-{k}", "item", 0, 1.0) for k in range(200)], lambda u: True)
+            batch += 1
+    assert batch > 0 and store.stats()["events"] == 200 * batch        # the failed batch left nothing
+    store.close()

@@ -40,6 +40,7 @@ def reason(p: subprocess.CompletedProcess) -> str:
     (["--workers", "-1"], "workers: must be in [0, 1024]"),
     (["--port", "99999"], "port: must be in [0, 65535]"),
     (["--tokens-file", "/no/such/tokens"], "tokens_file: cannot read"),
+    (["--events-per-user", "0"], "events_per_user: must be >= 1"),
 ])
 def test_bad_settings_are_refused_in_one_line(shared_root, args, says):
     args = [str(shared_root / "CURRENT") if a == "CA" else a for a in args]      # any readable file
