@@ -192,7 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1 (default): a Recommend that would wait for its busy worker runs on an idle "
                         "sibling worker; 0: each worker computes its own calls")
     s.add_argument("--reload-interval", dest="reload_interval", type=float)
-    s.add_argument("--grace", type=float)
+    s.add_argument("--grace", type=float, help="seconds in-flight calls get to finish after SIGTERM (10)")
+    s.add_argument("--drain-delay", dest="drain_delay", type=float,
+                   help="seconds to keep serving after SIGTERM with health NOT_SERVING, before new calls "
+                        "are refused (default 0)")
     s.add_argument("--events-dir", dest="events_dir")
     s.add_argument("--events-per-user", dest="events_per_user", type=int,
                    help="real-time events kept per user, the oldest dropped beyond it (default 1000; keep it "

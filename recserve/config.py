@@ -31,6 +31,8 @@ class ServeConfig:
     max_message_bytes: int = 4 << 20
     reload_interval: float = 1.0       # seconds between CURRENT polls; 0 disables hot reload
     grace: float = 10.0                # SIGTERM drain, seconds
+    drain_delay: float = 0.0           # SIGTERM: seconds still serving while health says NOT_SERVING, so
+                                       # that load balancers polling health stop routing here first
     events_dir: str = ""               # default: <bundle root>/events
     events_per_user: int = 1000        # real-time events kept per user (a Recommend reads history_len)
     events_map_mb: int = 65536         # the event store's LMDB map size (address space, not disk)
@@ -98,7 +100,7 @@ def load(flags: dict | None = None, env: dict | None = None, file: str | os.Path
 RANGES = {
     "port": (0, 65535), "metrics_port": (0, 65535), "workers": (0, 1024), "threads": (1, 256),
     "max_concurrent_rpcs": (1, None), "share_work": (0, 1), "max_message_bytes": (1024, 1 << 31),
-    "reload_interval": (0, None), "grace": (0, None), "events_per_user": (1, None),
+    "reload_interval": (0, None), "grace": (0, None), "drain_delay": (0, 3600), "events_per_user": (1, None),
     "events_map_mb": (1, 1 << 24),
     "mmr_lambda": (0, 1), "max_per_creator": (0, None), "cap": (1, None), "candidates": (1, None),
     "ef": (1, None), "similar_ef": (1, None), "novelty_boost": (0, None), "new_item_days": (0, None),

@@ -9,9 +9,9 @@ TLS/mTLS and bearer tokens). Requests compute on that one loop, one at a time, i
 there is one (:mod:`recserve.sharing`); event-store writes and bundle loads run in a small thread pool. The
 worker watches ``<root>/CURRENT``: a new version is loaded and verified in that pool, warmed up, then
 swapped in atomically; a bad bundle is refused and the old one keeps serving. Health is SERVING only while a
-valid bundle is loaded. SIGTERM drains: health goes NOT_SERVING, new calls are refused, in-flight calls
-finish within ``grace`` seconds. With ``workers=0`` the same worker runs inside the calling process (tests,
-tools).
+valid bundle is loaded. SIGTERM drains: health goes NOT_SERVING, the worker keeps serving for
+``drain_delay`` seconds (0 by default), then new calls are refused and in-flight calls finish within
+``grace`` seconds. With ``workers=0`` the same worker runs inside the calling process (tests, tools).
 
 Fork hazard: also call :func:`create_server` before the calling process has used OpenMP (LightGBM training,
 implicit ALS): a forked child that touches an inherited OpenMP pool can hang. Processes that train first
@@ -205,12 +205,15 @@ class Worker:
             await self._reload()
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: NOT_SERVING, refuse new calls, let in-flight ones finish within ``grace`` seconds."""
+        """Drain: NOT_SERVING, keep serving for ``drain_delay`` seconds (load balancers that poll health
+        stop routing here), then refuse new calls and let in-flight ones finish within ``grace`` seconds."""
         if self._watcher is not None:
             self._watcher.cancel()
         if self.sharing is not None:
             self.sharing.serving(False)     # siblings stop forwarding here; calls already taken finish
         await self.health.enter_graceful_shutdown()
+        if self.cfg.drain_delay > 0:
+            await asyncio.sleep(self.cfg.drain_delay)
         await self.server.stop(self.cfg.grace if grace is None else grace)
         if self.sharing is not None:
             await self.sharing.close()
@@ -417,7 +420,7 @@ class Supervisor:
                     os.kill(pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-        self.wait((self.cfg.grace if grace is None else grace) + 10)
+        self.wait((self.cfg.grace if grace is None else grace) + self.cfg.drain_delay + 10)
 
     def wait(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout

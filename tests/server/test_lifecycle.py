@@ -170,6 +170,20 @@ def test_graceful_shutdown_drains_in_flight_calls(shared_root, facts, start_serv
     assert e.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+def test_drain_delay_keeps_serving_while_health_says_not_serving(shared_root, facts, start_server, tmp_path):
+    s = start_server(shared_root, "--workers", "2", "--reload-interval", "0", "--drain-delay", "3",
+                     "--events-dir", str(tmp_path / "ev"))
+    assert health(s.addr) == SERVING
+    t0 = time.monotonic()
+    s.proc.send_signal(15)
+    assert wait_for(lambda: health(s.addr) == NOT_SERVING, 2.5, 0.05), "health did not turn NOT_SERVING"
+    # still answering on new connections, in both workers' turn
+    for _ in range(4):
+        assert len(s.stub().Recommend(pb.RecommendRequest(user_id=facts["user"], k=5), timeout=5).items) == 5
+    assert time.monotonic() - t0 < 3, "the checks above took the whole delay: nothing shown"
+    assert s.proc.wait(30) == 0 and time.monotonic() - t0 >= 3
+
+
 def test_auth_tokens(shared_root, facts, tmp_path, start_server):
     tokens = tmp_path / "tokens"
     tokens.write_text("# scope token\nread r-secret\nwrite w-secret\n")
