@@ -1,23 +1,12 @@
-"""Trainer test helpers: small synthetic data directories, CLI runner."""
+"""Trainer test fixtures: small synthetic data directories (helpers in cliutil.py)."""
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run_cli(*args, check=False, timeout=300):
-    env = dict(os.environ, PYTHONPATH=str(REPO), OPENBLAS_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-m", "trainer.cli", *map(str, args)], capture_output=True, text=True,
-                       env=env, timeout=timeout, cwd=REPO)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{args} failed ({p.returncode}): {p.stderr[-2000:]}")
-    return p
+sys.path.insert(0, str(Path(__file__).parent))      # the test modules import cliutil
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from tests.trainer.conftest import REPO, run_cli
+from cliutil import REPO, run_cli
 from trainer import baselines as bl
 
 

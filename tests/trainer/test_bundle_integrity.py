@@ -14,7 +14,7 @@ import pytest
 from recserve.bundle import Bundle, BundleError, resolve, verify
 from trainer.cli import main
 
-from conftest import REPO
+from cliutil import REPO
 
 
 @pytest.fixture()

@@ -5,7 +5,7 @@ import json
 
 from recserve.bundle import Bundle, resolve
 
-from conftest import run_cli
+from cliutil import run_cli
 
 
 def test_synth_build_verify_evaluate(tmp_path):
@@ -55,7 +55,7 @@ def test_synth_build_verify_evaluate(tmp_path):
 
 def test_import_movielens_100k(tmp_path):
     import pytest
-    from conftest import REPO
+    from cliutil import REPO
 
     src = REPO / ".." / "shared" / "datasets" / "ml-100k"
     if not (src / "u.data").is_file():
@@ -72,7 +72,7 @@ def test_import_movielens_100k(tmp_path):
 
 def test_import_movielens_latest_small(tmp_path):
     import pytest
-    from conftest import REPO
+    from cliutil import REPO
 
     src = REPO / ".." / "shared" / "datasets" / "ml-latest-small"
     if not (src / "ratings.csv").is_file():

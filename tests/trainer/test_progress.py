@@ -9,7 +9,7 @@ import pytest
 
 from trainer import progress
 
-from conftest import run_cli
+from cliutil import run_cli
 
 # the bars a tuned build on a small catalogue (EASE, one index chunk) shows, by their names
 STEPS = ["index (chunks)", "i2i top-M (items)", "i2i cosine (items)", "tune vector (grid)", "tune i2i (models)",
