@@ -140,7 +140,7 @@ class Worker:
         self._watcher: asyncio.Task | None = None
 
     async def start(self) -> int:
-        """Bind, start serving (NOT_SERVING until a bundle is live), load the current bundle."""
+        """Bind, load the bundle CURRENT names (if any), then serve; NOT_SERVING until one is live."""
         import grpc
         from grpc_health.v1 import health_pb2_grpc
         from grpc_health.v1._async import HealthServicer
@@ -177,10 +177,12 @@ class Worker:
         if bound == 0:
             raise RuntimeError(f"cannot bind {addr}")
         self.port = bound
+        # the bundle first: the port is bound but not listening yet, so a worker that joins a serving
+        # group (a respawn) takes no call before it can answer; its siblings forward none to it either
+        await self._reload()
         if self.sharing is not None:
             await self.sharing.start(self.service.compute_recommend)
         await self.server.start()
-        await self._reload()
         if cfg.reload_interval > 0:
             self._watcher = asyncio.ensure_future(self._watch())
         return bound
@@ -214,7 +216,17 @@ class Worker:
         await self.health.enter_graceful_shutdown()
         if self.cfg.drain_delay > 0:
             await asyncio.sleep(self.cfg.drain_delay)
-        await self.server.stop(self.cfg.grace if grace is None else grace)
+        grace = self.cfg.grace if grace is None else grace
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.ensure_future(self.server.stop(grace))     # no new calls from here on
+        # streams (a health Watch) end only when their client closes them: once none of our own calls
+        # is in flight, what is left is cancelled instead of holding the drain for the whole grace period
+        end = loop.time() + grace
+        while self.service.in_flight > 0 and loop.time() < end and not stopping.done():
+            await asyncio.sleep(0.01)
+        if not stopping.done():
+            await self.server.stop(0)
+        await stopping
         if self.sharing is not None:
             await self.sharing.close()
         self.io.shutdown(wait=True)
@@ -353,6 +365,10 @@ class Supervisor:
                 self.pids.remove(pid)
                 if self._group is not None:
                     self._group.gone(self._slot.get(pid, 0))
+                if self._metrics_dir:       # its live gauges (the bundle version) die with it
+                    from prometheus_client import multiprocess
+
+                    multiprocess.mark_process_dead(pid, self._metrics_dir)
                 lived = now - self._started.pop(pid, now)
                 self._backoff = (min(self._backoff * 2, self.RESPAWN_MAX_S) if lived < self.STABLE_S
                                  else self.RESPAWN_MIN_S)

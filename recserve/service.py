@@ -71,7 +71,11 @@ def rpc(method):
                 raise Overloaded()
             return await method(self, request, context, rid)
         except asyncio.CancelledError:          # the client cancelled or its deadline passed: gRPC's doing
-            code = grpc.StatusCode.CANCELLED
+            left = context.time_remaining()
+            late = left is not None and left <= 0
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
+            log.info("%s: %s", name, "the deadline passed" if late else "cancelled by the client",
+                     extra={"event": "rpc_failed", "request_id": rid, "method": name, "code": code.name})
             raise
         except Exception as exc:  # noqa: BLE001 -- mapped, never leaked
             code, msg = status_of(exc)

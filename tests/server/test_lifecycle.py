@@ -307,3 +307,66 @@ def test_current_naming_a_directory_outside_the_root_is_refused(shared_root, tmp
         assert not holder.try_reload()
         assert holder.current.version == good and why in holder.last_error, holder.last_error
     holder.current.bundle.close()
+
+
+def test_an_open_health_watch_does_not_hold_the_drain(shared_root, facts, start_server, tmp_path):
+    """A health Watch stream sees NOT_SERVING and is then closed: it does not keep the server for
+    the whole grace period, while a call in flight still finishes."""
+    s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--grace", "20",
+                     "--events-dir", str(tmp_path / "ev"), env={"RECSERVE_DEBUG_DELAY_MS": "1500"})
+    ch = grpc.insecure_channel(s.addr)
+    watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""))
+    assert next(watch).status == SERVING
+    slow = s.stub().Recommend.future(pb.RecommendRequest(user_id=facts["user"], k=5), timeout=20)
+    time.sleep(0.5)                      # the Recommend is in flight (1.5 s)
+    t0 = time.monotonic()
+    s.proc.send_signal(15)
+    seen = []
+    with pytest.raises(grpc.RpcError):
+        for msg in watch:
+            seen.append(msg.status)
+    assert NOT_SERVING in seen
+    assert len(slow.result(timeout=20).items) == 5
+    assert s.proc.wait(30) == 0
+    assert time.monotonic() - t0 < 10, "the drain waited for the Watch stream"
+    ch.close()
+
+
+def test_a_respawned_worker_takes_calls_only_with_a_bundle_and_its_gauge_dies_with_it(
+        shared_root, facts, tmp_path, start_server):
+    """A replacement worker loads the bundle before it listens (no UNAVAILABLE "no bundle" while its
+    sibling could answer), and the dead worker's bundle-version gauge is dropped with it."""
+    import os
+    import signal
+    import urllib.request
+
+    from srvutil import free_port, metric
+
+    root = copy_root(shared_root, tmp_path / "root")
+    good = (root / "CURRENT").read_text().strip()
+    mport = free_port()
+    s = start_server(root, "--workers", "2", "--metrics-port", str(mport), "--reload-interval", "0.2")
+    before = set()
+    assert wait_for(lambda: len(before.update(_worker_pids(s, facts["user"])) or before) == 2, 30)
+    os.kill(min(before), signal.SIGKILL)
+    codes: dict[str, int] = {}
+    end = time.monotonic() + 5
+    while time.monotonic() < end:
+        try:
+            pbg.RecommenderStub(s.channel()).Recommend(pb.RecommendRequest(user_id=facts["user"], k=5), timeout=5)
+            codes["OK"] = codes.get("OK", 0) + 1
+        except grpc.RpcError as e:
+            key = f"{e.code().name}: {e.details()[:30]}"
+            codes[key] = codes.get(key, 0) + 1
+    assert not [k for k in codes if "no bundle" in k], codes
+    seen: set[int] = set()
+    assert wait_for(lambda: len(seen.update(_worker_pids(s, facts["user"], 12)) or seen - before) >= 1, 30)
+    new_version(root, good, "v2")
+    set_current(root, "v2")
+
+    def only_v2() -> bool:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
+        return (metric(text, "recserve_bundle_loaded", version="v2") == 1
+                and metric(text, "recserve_bundle_loaded", version=good) == 0)
+
+    assert wait_for(only_v2, 30), "a version no worker serves is still reported as loaded"
