@@ -72,11 +72,12 @@ class ServerProc:
             if self.proc.poll() is not None:
                 break
         if self.port is None:
-            self.stop()
+            self.stop(keep_log=True)
             raise RuntimeError(f"{name} server did not start; log: {self.log.name}:\n"
                                + Path(self.log.name).read_text()[-2000:])
 
-    def stop(self) -> None:
+    def stop(self, keep_log: bool = False) -> None:
+        """Stop the server (SIGTERM, SIGKILL to its group after 30 s); its log is removed unless kept."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -84,6 +85,9 @@ class ServerProc:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)  # our own process group: the server and its workers
                 self.proc.wait()
+        self.log.close()
+        if not keep_log:
+            Path(self.log.name).unlink(missing_ok=True)
 
 
 def start_real(bundle: str, workers: int, events_dir: str, cpu_affinity: str = "auto",
@@ -207,7 +211,10 @@ def record_responses(target: str, requests: list, per_method: int = 50) -> dict:
 
     out = {m: [] for m in METHODS}
     with grpc.insecure_channel(target) as ch:
-        grpc.channel_ready_future(ch).result(timeout=30)
+        try:
+            grpc.channel_ready_future(ch).result(timeout=10)
+        except grpc.FutureTimeoutError:
+            raise SystemExit(f"cannot connect to {target} within 10 s") from None
         calls = {m: ch.unary_unary(f"/recserve.v1.Recommender/{m}", request_serializer=None,
                                    response_deserializer=None) for m in METHODS}
         for m, body in requests:

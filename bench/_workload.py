@@ -8,10 +8,13 @@ MIX_KEYS = {"recommend": "Recommend", "similar": "SimilarItems", "events": "Reco
 
 def read_ids(bundle: str, max_users: int = 50_000, max_items: int = 50_000) -> dict:
     """User, item and category ids of a bundle (the first ``max_*`` rows in a seeded random order)."""
-    from recserve.bundle import resolve
+    from recserve.bundle import BundleError, resolve
     from recserve._core.tables import TableReader
 
-    t = TableReader(resolve(bundle) / "tables.lmdb")
+    try:
+        t = TableReader(resolve(bundle) / "tables.lmdb")
+    except (BundleError, OSError) as exc:
+        raise SystemExit(f"--bundle: {exc}") from None
     try:
         rng = np.random.default_rng(12345)
         out = {}
@@ -73,8 +76,12 @@ def parse_mix(s: str) -> dict:
         k, _, v = part.partition("=")
         if k.strip() not in MIX_KEYS:
             raise SystemExit(f"--mix: unknown method {k!r} (use {', '.join(MIX_KEYS)})")
-        if float(v) > 0:
-            out[MIX_KEYS[k.strip()]] = float(v)
+        try:
+            share = float(v)
+        except ValueError:
+            raise SystemExit(f"--mix: {part!r} is not METHOD=SHARE with a number") from None
+        if share > 0:
+            out[MIX_KEYS[k.strip()]] = share
     if not out:
         raise SystemExit("--mix: no method with a positive share")
     return out

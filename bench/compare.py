@@ -35,6 +35,10 @@ from _inproc import RECOMMEND_ONLY  # noqa: E402
 from _servers import start_real  # noqa: E402
 from _timing import machine  # noqa: E402
 from _workload import build_requests, parse_mix, read_ids  # noqa: E402
+from recserve.config import ServeConfig  # noqa: E402
+
+# RECSERVE_* variables that are not `recserve serve` options but still change a server
+EXTRA_SETTINGS = {"RECSERVE_CONFIG", "RECSERVE_DEBUG_DELAY_MS"}
 
 # figures compared, and whether a higher value is better
 FIGURES = {"throughput": True, "p99 Recommend": False, "p99 SimilarItems": False, "p99 ALL": False,
@@ -50,7 +54,11 @@ def parse_settings(s: str, flag: str) -> dict[str, str]:
         name, eq, value = part.partition("=")
         if not eq or not name.strip() or not name.strip().replace("_", "").isalnum():
             raise SystemExit(f"{flag}: settings are NAME=VALUE pairs separated by commas; got {part!r}")
-        out[name.strip()] = value.strip()
+        name = name.strip()
+        known = {"RECSERVE_" + f.upper() for f in ServeConfig.__dataclass_fields__}
+        if name.startswith("RECSERVE_") and name not in known and name not in EXTRA_SETTINGS:
+            raise SystemExit(f"{flag}: {name} is not a recserve setting (RECSERVE_ + a `recserve serve` option)")
+        out[name] = value.strip()
     return out
 
 
@@ -95,7 +103,7 @@ def main(argv=None) -> int:
     sets = {"A": parse_settings(a.a, "--a"), "B": parse_settings(a.b, "--b")}
     if sets["A"] == sets["B"]:
         raise SystemExit("--a and --b are the same settings: nothing to compare")
-    if a.rounds < 1 or a.duration <= 0 or a.clients < 1 or a.concurrency < a.clients:
+    if a.rounds < 1 or a.duration <= 0 or a.clients < 1 or a.concurrency < a.clients or a.rate < 0:
         raise SystemExit("--rounds and --clients at least 1, --duration positive, --concurrency >= --clients")
 
     cfg = {**RECOMMEND_ONLY, "mix": parse_mix(a.mix)}     # bench/load.py's defaults otherwise

@@ -171,6 +171,17 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the JSON record here")
     ap.add_argument("--png", help="latency histogram PNG (needs matplotlib)")
     a = ap.parse_args(argv)
+    if a.duration <= 0 or a.warmup < 0 or a.rate < 0 or a.clients < 1 or a.channels < 1 or a.pool < 1:
+        raise SystemExit("--duration must be positive, --warmup and --rate >= 0, --clients, --channels and "
+                         "--pool >= 1")
+    if a.concurrency < a.clients:
+        raise SystemExit("--concurrency must be at least --clients (one call in flight per client process)")
+    try:
+        fractions = [float(f) for f in a.sweep_fractions.split(",")]
+    except ValueError:
+        raise SystemExit(f"--sweep-fractions: numbers separated by commas, not {a.sweep_fractions!r}") from None
+    if a.sweep and not all(f > 0 for f in fractions):
+        raise SystemExit("--sweep-fractions must all be positive")
     if a.open_only and (a.rate <= 0 or a.sweep):
         raise SystemExit("--open-only needs --rate R and no --sweep")
     if a.target:
@@ -235,7 +246,7 @@ def main(argv=None) -> int:
             both(f"open loop, {a.rate:g}/s", phase_config("open", rate=a.rate / a.clients, **base))
         if a.sweep:
             rows = []
-            for f in [float(x) for x in a.sweep_fractions.split(",")]:
+            for f in fractions:
                 rate = max(sat * f, 1.0)
                 r = both(f"sweep: open loop {rate:.0f}/s ({f:g} x closed-loop saturation)",
                          phase_config("open", rate=rate / a.clients, **base))

@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import tempfile
@@ -215,6 +216,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=2, help="rounds of the three servers, alternating")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
+    if a.rate <= 0 or a.duration <= 0 or a.warmup < 0 or a.repeats < 1:
+        raise SystemExit("--rate and --duration must be positive, --warmup >= 0, --repeats >= 1")
+    # a SIGTERM (a `timeout`, a cancelled job) unwinds like Ctrl-C: the servers are stopped, tmp removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     cpus = sorted(os.sched_getaffinity(0))
     server_cpu, client_cpu = cpus[0], cpus[1 % len(cpus)]

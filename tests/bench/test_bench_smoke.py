@@ -50,6 +50,31 @@ def test_load_rejects_non_loopback_target(demo_bundle):
     assert p.returncode != 0 and "loopback" in p.stderr
 
 
+def _refused(args, says):
+    p = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode != 0 and len(lines) == 1 and says in lines[0], p.stderr[-2000:]
+
+
+def test_bad_arguments_are_refused_in_one_line_before_any_server_starts(demo_bundle, tmp_path):
+    b = str(demo_bundle)
+    for extra, says in ((["--duration", "0"], "--duration must be positive"),
+                        (["--rate", "-5"], "--rate >= 0"),
+                        (["--clients", "0"], "--clients"),
+                        (["--mix", "recommend=abc"], "--mix: 'recommend=abc' is not METHOD=SHARE"),
+                        (["--sweep", "--sweep-fractions", "0.5,abc"], "--sweep-fractions")):
+        _refused(["bench/load.py", "--bundle", b, *extra], says)
+    _refused(["bench/load.py", "--bundle", str(tmp_path / "nothing")], "--bundle:")
+    _refused(["bench/overhead.py", "--bundle", b, "--rate", "-5"], "--rate and --duration must be positive")
+    _refused(["bench/compare.py", "--bundle", b, "--b", "RECSERVE_BOGUS=7"], "RECSERVE_BOGUS is not a recserve")
+
+
+def test_an_unreachable_target_is_one_line(demo_bundle):
+    _refused(["bench/load.py", "--bundle", str(demo_bundle), "--target", "127.0.0.1:1", "--duration", "1"],
+             "cannot connect to 127.0.0.1:1")
+
+
 def test_quality_quick():
     text = _run(["bench/quality.py", "--quick"])
     for m in ("implicit-als", "item-knn", "full+mmr", "ann+ranker"):
