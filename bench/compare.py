@@ -48,6 +48,7 @@ FIGURES = {"throughput": True, "p99 Recommend": False, "p99 SimilarItems": False
 def parse_settings(s: str, flag: str) -> dict[str, str]:
     """``NAME=VALUE,NAME=VALUE`` -> dict; a one-line reason for anything else."""
     out = {}
+    known = {"RECSERVE_" + f.upper() for f in ServeConfig.__dataclass_fields__} | EXTRA_SETTINGS
     for part in (p.strip() for p in s.split(",")):
         if not part:
             continue
@@ -55,8 +56,7 @@ def parse_settings(s: str, flag: str) -> dict[str, str]:
         if not eq or not name.strip() or not name.strip().replace("_", "").isalnum():
             raise SystemExit(f"{flag}: settings are NAME=VALUE pairs separated by commas; got {part!r}")
         name = name.strip()
-        known = {"RECSERVE_" + f.upper() for f in ServeConfig.__dataclass_fields__}
-        if name.startswith("RECSERVE_") and name not in known and name not in EXTRA_SETTINGS:
+        if name.startswith("RECSERVE_") and name not in known:
             raise SystemExit(f"{flag}: {name} is not a recserve setting (RECSERVE_ + a `recserve serve` option)")
         out[name] = value.strip()
     return out

@@ -73,7 +73,7 @@ def cmd_serve(args) -> int:
 
     flags = {k: v for k, v in vars(args).items() if k in {f for f in C.ServeConfig.__dataclass_fields__}}
     try:
-        cfg = C.validate(C.load(flags, file=args.config))
+        cfg = C.load(flags, file=args.config)       # checked in create_server, before anything starts
         worker_cpus(cfg.cpu_affinity, cfg.workers)
     except (OSError, ValueError) as exc:
         print(f"recserve serve: {exc}", file=sys.stderr)

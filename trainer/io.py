@@ -278,9 +278,10 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
         raise DataError(f"{ip.name}: column price has {int(np.isnan(price).sum())} NaN/empty value(s)")
     if (price < 0).any():
         raise DataError(f"{ip.name}: column price has negative values")
-    if not (price <= MAX_PRICE).all():
-        raise DataError(f"{ip.name}: column price has {int((~(price <= MAX_PRICE)).sum())} value(s) above "
-                        f"{MAX_PRICE:g} or infinite, e.g. {price[~(price <= MAX_PRICE)][0]:g}")
+    too_high = ~(price <= MAX_PRICE)
+    if too_high.any():
+        raise DataError(f"{ip.name}: column price has {int(too_high.sum())} value(s) above {MAX_PRICE:g} or "
+                        f"infinite, e.g. {price[too_high][0]:g}")
     creator = np.full(len(item_ids), "", object)
     if "creator" in it.column_names:     # optional per item: empty = unknown creator
         creator = _optional_strings(it, ip, "creator")
