@@ -22,6 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
+from _cli import positive_int, record, sizes, write_json  # noqa: E402
 from _timing import machine  # noqa: E402
 
 
@@ -41,26 +42,26 @@ def run_child(cmd: list[str]) -> tuple[float, float, int, str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="1000x500,4000x2000,16000x8000", help="USERSxITEMS, comma separated")
-    ap.add_argument("--factors", default="64")
-    ap.add_argument("--ranker-users", type=int, default=3000)
+    ap.add_argument("--sizes", type=sizes, default="1000x500,4000x2000,16000x8000", help="USERSxITEMS, comma separated")
+    ap.add_argument("--factors", type=positive_int, default=64)
+    ap.add_argument("--ranker-users", type=positive_int, default=3000)
     ap.add_argument("--tune", action="store_true")
     ap.add_argument("--json")
     ap.add_argument("--quick", action="store_true", help="tiny run for smoke tests")
     a = ap.parse_args(argv)
-    sizes = ["200x100", "400x200"] if a.quick else [s for s in a.sizes.split(",") if s]
+    runs = [(200, 100), (400, 200)] if a.quick else a.sizes
     print(f"machine: {machine()}; date {time.strftime('%Y-%m-%d')}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="recserve-buildtime-") as tmp:
-        for s in sizes:
-            nu, ni = (int(v) for v in s.lower().split("x"))
+        for nu, ni in runs:
+            s = f"{nu}x{ni}"
             data, out = Path(tmp) / f"data-{s}", Path(tmp) / f"bundle-{s}"
             subprocess.run([sys.executable, "-m", "trainer.cli", "synth", str(data), "--users", str(nu),
                             "--items", str(ni)], check=True, stdout=subprocess.DEVNULL,
                            env={**os.environ, "PYTHONPATH": str(REPO)})
             n_inter = sum(1 for _ in open(data / "interactions.csv")) - 1
             cmd = [sys.executable, "-m", "trainer.cli", "build", str(out), "--data", str(data),
-                   "--factors", "16" if a.quick else a.factors,
+                   "--factors", str(16 if a.quick else a.factors),
                    "--ranker-users", str(300 if a.quick else a.ranker_users)]
             if not a.tune:
                 cmd.append("--no-tune")
@@ -82,7 +83,8 @@ def main(argv=None) -> int:
               f"{r['wall_s'] / rows[0]['wall_s']:>8.2f}{r['peak_rss_mb'] / rows[0]['peak_rss_mb']:>7.2f}  "
               + ", ".join(f"{k} {v:.1f}" for k, v in top))
     if a.json:
-        Path(a.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+        write_json(a.json, record(a, rows=rows))
+        print(f"JSON: {a.json}")
     return 0
 
 

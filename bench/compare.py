@@ -17,12 +17,10 @@ Closed loop (``--concurrency`` calls in flight) unless ``--rate`` asks for an op
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+from _cli import record, write_json  # noqa: E402
 from _clients import phase_config, run_phase  # noqa: E402
 from _inproc import RECOMMEND_ONLY  # noqa: E402
 from _servers import start_real  # noqa: E402
@@ -141,11 +140,8 @@ def main(argv=None) -> int:
         print(f"  {f:20s} " + " ".join(f"{x:6.3f}" for x in v["ratios"])
               + f"   median {v['median']:.3f}; B better in {v['b_better_rounds']} of {v['rounds']}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
-                                            "settings": sets, "phase": phase, "rounds": rounds,
-                                            "summary": summ, "server_env": {
-                                                k: v for k, v in sorted(os.environ.items())
-                                                if k.startswith("RECSERVE_")}}, indent=1))
+        write_json(a.json, record(a, settings=sets, phase=phase, rounds=rounds, summary=summ, server_env={
+            k: v for k, v in sorted(os.environ.items()) if k.startswith("RECSERVE_")}))
     return 0
 
 

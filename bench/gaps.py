@@ -21,7 +21,6 @@ near 1; where they grow with the gap, a server at a low or moderate rate pays th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -34,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from _inproc import RECOMMEND_ONLY, rec_requests, recommender  # noqa: E402
+from _cli import positive_int, record, write_json  # noqa: E402
 from _timing import machine  # noqa: E402
 from _workload import build_requests, read_ids  # noqa: E402
 
@@ -70,22 +70,22 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--gaps", default="0.1,0.3,1", help="milliseconds between two calls, comma-separated")
-    ap.add_argument("--blocks", type=int, default=30, help="blocks per gap and mode")
-    ap.add_argument("--block", type=int, default=100, help="Recommends per block")
+    ap.add_argument("--blocks", type=positive_int, default=30, help="blocks per gap and mode")
+    ap.add_argument("--block", type=positive_int, default=100, help="Recommends per block")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     try:
         gaps = [float(g) for g in a.gaps.split(",") if g.strip()]
     except ValueError:
         raise SystemExit(f"--gaps: numbers in milliseconds, like 0.1,0.3,1; got {a.gaps!r}") from None
-    if not gaps or min(gaps) <= 0 or a.blocks < 1 or a.block < 1:
-        raise SystemExit("--gaps must be positive; --blocks and --block at least 1")
+    if not gaps or min(gaps) <= 0:
+        raise SystemExit("--gaps must be positive")
 
     cpu = min(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpu})
     print(f"machine: {machine()}; pinned to CPU {cpu}", flush=True)
     reqs = rec_requests(build_requests(read_ids(a.bundle), RECOMMEND_ONLY, 0, max(1000, 2 * a.block)))
-    result = {"machine": machine(), "bundle": a.bundle, "blocks": a.blocks, "block": a.block, "gaps": {}}
+    result = record(a, gaps={})
     with tempfile.TemporaryDirectory(prefix="recserve-gaps-") as tmp, recommender(a.bundle, f"{tmp}/ev") as rec:
         for r in reqs[:300]:
             rec.recommend(r)
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
                   f"{rec_gap['sleep']:7.3f}  {row[0]:>17}  {row[1]:>17}", flush=True)
             result["gaps"][str(gap)] = rec_gap
     if a.json:
-        Path(a.json).write_text(json.dumps(result, indent=1))
+        write_json(a.json, result)
     return 0
 
 

@@ -40,15 +40,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import pickle
-import platform
 import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +53,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
+from _cli import record as cli_record, write_json  # noqa: E402
 from _clients import phase_config, run_phase  # noqa: E402
 from _servers import record_responses, start_ceiling, start_real  # noqa: E402
 from _timing import machine  # noqa: E402
@@ -72,9 +69,12 @@ def print_phase(title: str, real: dict, ceil: dict | None) -> None:
     print(f"\n== {title} (window {real['window_s']:.1f} s; ratio = recserve / ceiling)")
     cc = (ceil or {}).get("server_cpu_ms_per_call", float("nan"))
     cs = (ceil or {}).get("server_switches_per_call", float("nan"))
-    print(f"server CPU per call (all workers, whole phase): recserve {real['server_cpu_ms_per_call']:.3f} ms, "
-          f"ceiling {cc:.3f} ms, ratio {real['server_cpu_ms_per_call'] / cc:.2f}; context switches per call "
-          f"(all threads): recserve {real.get('server_switches_per_call', float('nan')):.1f}, ceiling {cs:.1f}")
+    if not np.isfinite(real["server_cpu_ms_per_call"]):
+        print("server CPU per call: not measured (the server was not started by this script)")
+    else:
+        print(f"server CPU per call (all workers, whole phase): recserve {real['server_cpu_ms_per_call']:.3f} ms, "
+              f"ceiling {cc:.3f} ms, ratio {real['server_cpu_ms_per_call'] / cc:.2f}; context switches per call "
+              f"(all threads): recserve {real.get('server_switches_per_call', float('nan')):.1f}, ceiling {cs:.1f}")
     print(f"load generator CPU per call (all client processes): recserve's run "
           f"{real.get('client_cpu_ms_per_call', float('nan')):.3f} ms, ceiling's "
           f"{(ceil or {}).get('client_cpu_ms_per_call', float('nan')):.3f} ms")
@@ -119,19 +119,6 @@ def histogram_png(path: str, phases: dict) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     return f"latency histogram: {path}"
-
-
-def versions() -> dict:
-    import grpc
-
-    v = {"python": platform.python_version(), "grpcio": grpc.__version__, "numpy": np.__version__,
-         "platform": platform.platform()}
-    try:
-        v["git"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                  text=True, timeout=10).stdout.strip()
-    except Exception:  # noqa: BLE001
-        pass
-    return v
 
 
 def main(argv=None) -> int:
@@ -194,9 +181,7 @@ def main(argv=None) -> int:
     pools = [build_requests(ids, cfg, seed=i, n=a.pool) for i in range(a.clients)]
     # RECSERVE_* settings reach the servers this script starts (recserve's workers and the ceiling's)
     server_env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("RECSERVE_")}
-    record = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "nproc": os.cpu_count(),
-              "versions": versions(), "config": {k: v for k, v in vars(a).items()}, "workload": cfg,
-              "server_env": server_env, "phases": {}}
+    record = cli_record(a, workload=cfg, server_env=server_env, phases={})
     print(f"machine: {machine()}  grpcio {record['versions']['grpcio']}")
     print(f"workload: {cfg}; {a.clients} client processes; server workers {a.workers} (cpu affinity "
           f"{a.cpu_affinity}); server settings from the environment: {server_env or 'none'}")
@@ -268,9 +253,12 @@ def main(argv=None) -> int:
             for r in rows:
                 print(f"{r['offered']:>10.0f}{r['achieved']:>11.1f}{_fmt(r['p50'])}{_fmt(r['p99'])}{r['errors']:>8}"
                       f"{_fmt(r['ceiling_p99'], 10)}{_fmt(r['p99'] / r['ceiling_p99'], 10, 3)}")
+            def rate_or_none(v):
+                return "none" if v is None else f"{v:.0f}/s"
+
             print(f"highest offered rate with p99 < {a.p99_ms:g} ms and no errors: "
-                  f"{record['sweep']['max_rate_p99_under_bound']}; highest rate kept up with (>= 95 %): "
-                  f"{record['sweep']['max_rate_kept_up']}")
+                  f"{rate_or_none(record['sweep']['max_rate_p99_under_bound'])}; highest rate kept up with "
+                  f"(>= 95 %): {rate_or_none(record['sweep']['max_rate_kept_up'])}")
         if "ceiling" in closed:
             ratio = sat / closed["ceiling"]["methods"]["ALL"]["throughput"]
             rr = closed["recserve"]["methods"].get("Recommend", {}).get("throughput", float("nan"))
@@ -303,7 +291,7 @@ def main(argv=None) -> int:
     for ph in record["phases"].values():
         ph.pop("raw_ms", None)
     if a.json:
-        Path(a.json).write_text(json.dumps(record, indent=1, default=float))
+        write_json(a.json, record)
         print(f"JSON record: {a.json}")
     return 0
 

@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
+from _cli import record, write_json  # noqa: E402
 from _inproc import RECOMMEND_ONLY, rec_requests, recommender  # noqa: E402
 from _proc import tree_stats  # noqa: E402
 from _servers import ServerProc, record_responses, start_ceiling, start_real  # noqa: E402
@@ -271,11 +272,9 @@ def main(argv=None) -> int:
     print(f"pipeline CPU per Recommend: {pipe:.3f} ms inside the server (its own thread, stages only), "
           f"{loop_ms:.3f} ms in a tight loop in process: ratio {pipe / loop_ms:.2f}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"machine": machine(), "rate": a.rate, "duration": a.duration,
-                                            "runs": runs, "median_server_cpu_ms": med,
-                                            "pipeline_in_server_ms": pipe, "pipeline_tight_loop_ms": loop_ms,
-                                            "server_env": {k: v for k, v in sorted(os.environ.items())
-                                                           if k.startswith("RECSERVE_")}}, indent=1))
+        write_json(a.json, record(a, runs=runs, median_server_cpu_ms=med, pipeline_in_server_ms=pipe,
+                                  pipeline_tight_loop_ms=loop_ms, server_env={
+                                      k: v for k, v in sorted(os.environ.items()) if k.startswith("RECSERVE_")}))
     return 0
 
 

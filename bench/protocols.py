@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
+from _cli import int_list, positive_int  # noqa: E402
 
 SHOW = ["recall@10", "recall@20", "ndcg@10"]
 METHODS = ["popularity", "item-knn", "ease", "implicit-als", "recserve ann", "recserve ann-all",
@@ -168,21 +169,29 @@ def table(name: str, runs: list[dict], seeds) -> str:
     return "\n".join(lines)
 
 
+def protocol_list(text: str) -> list[str]:
+    """``"a,b"`` -> ["a", "b"]: (a) per-user random 80/20, (b) per-user newest 20 %."""
+    out = [x.strip() for x in text.split(",") if x.strip()]
+    if not out or any(x not in ("a", "b") for x in out):
+        raise argparse.ArgumentTypeError(f"a, b or a,b, not {text!r}")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "ml-100k"),
                     help="a MovieLens directory (read by trainer.movielens)")
     ap.add_argument("--data-dir", help="a directory in the trainer's input format (instead of --data)")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--protocols", default="a,b")
-    ap.add_argument("--factors", type=int, default=64)
-    ap.add_argument("--ranker-users", type=int, default=3000)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seeds", type=int_list(0), default="0,1,2")
+    ap.add_argument("--protocols", type=protocol_list, default="a,b", help="a, b or a,b")
+    ap.add_argument("--factors", type=positive_int, default=64)
+    ap.add_argument("--ranker-users", type=positive_int, default=3000)
+    ap.add_argument("--threads", type=positive_int, default=2)
     ap.add_argument("--quick", action="store_true", help="smoke run: builds with --no-tune")
     ap.add_argument("--label-split", default="auto", choices=["auto", "time", "user", "user-random"],
                     help="recserve's ranker labels (auto: user-random for protocol a, user for b)")
     a = ap.parse_args(argv)
-    seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+    seeds = a.seeds
     if a.data_dir:
         from trainer.io import load_dataset
         ds = load_dataset(a.data_dir)
@@ -196,7 +205,7 @@ def main(argv=None) -> int:
         ds = load_movielens(str(p))
         name = p.name
     print(f"{name}: {len(ds)} interactions, {ds.n_users} users, {ds.n_items} items; seeds {seeds}", flush=True)
-    for proto in [x.strip() for x in a.protocols.split(",") if x.strip()]:
+    for proto in a.protocols:
         runs = []
         for s in seeds:
             test = split_random(ds, s) if proto == "a" else split_newest(ds)

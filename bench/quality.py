@@ -23,7 +23,6 @@ and skipped with a message when the directory is absent.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
+from _cli import nonneg_int, positive_int, record, sizes, write_json  # noqa: E402
 from _timing import machine  # noqa: E402
 
 COLS = ["recall@10", "recall@20", "recall@50", "ndcg@10", "coverage@10", "ild@10", "novelty@10"]
@@ -137,26 +137,25 @@ def format_table(results: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--synth", default="2000x1000,8000x4000", help="USERSxITEMS sizes, comma separated")
+    ap.add_argument("--synth", type=sizes, default="2000x1000,8000x4000", help="USERSxITEMS sizes, comma separated")
     ap.add_argument("--movielens", default=str(REPO.parent / "shared" / "datasets" / "ml-100k"))
-    ap.add_argument("--eval-users", type=int, default=2000)
-    ap.add_argument("--factors", type=int, default=64)
-    ap.add_argument("--ranker-users", type=int, default=3000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eval-users", type=positive_int, default=2000)
+    ap.add_argument("--factors", type=positive_int, default=64)
+    ap.add_argument("--ranker-users", type=positive_int, default=3000)
+    ap.add_argument("--seed", type=nonneg_int, default=0)
+    ap.add_argument("--threads", type=positive_int, default=2)
     ap.add_argument("--json")
     ap.add_argument("--quick", action="store_true", help="tiny run for smoke tests (one 300x200 synth set)")
     a = ap.parse_args(argv)
     from trainer.synth import synth
 
     cfg = {"seed": a.seed, "factors": a.factors, "ranker_users": a.ranker_users, "threads": a.threads}
-    sizes = a.synth
+    synth_sizes = a.synth
     if a.quick:
-        sizes, cfg = "300x200", {**cfg, "factors": 16, "ranker_users": 300, "ranker_rounds": 60}
+        synth_sizes, cfg = [(300, 200)], {**cfg, "factors": 16, "ranker_users": 300, "ranker_rounds": 60}
     print(f"machine: {machine()}; date {time.strftime('%Y-%m-%d')}")
     results = []
-    for s in [x for x in sizes.split(",") if x]:
-        nu, ni = (int(v) for v in s.lower().split("x"))
+    for nu, ni in synth_sizes:
         ds, _ = synth(nu, ni, seed=a.seed)
         print(f"synth {nu}x{ni}: {len(ds)} interactions ...", flush=True)
         results.append(run_dataset(f"synth {nu}x{ni}", ds, cfg, a.eval_users, a.seed, a.threads))
@@ -171,7 +170,7 @@ def main(argv=None) -> int:
         print(f"MovieLens skipped: {ml} is not a directory (pass --movielens PATH)")
     print(format_table(results))
     if a.json:
-        Path(a.json).write_text(json.dumps({"machine": machine(), "config": cfg, "results": results}, indent=1))
+        write_json(a.json, record(a, trainer_config=cfg, results=results))
         print(f"JSON: {a.json}")
     return 0
 

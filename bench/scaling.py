@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
+from _cli import int_list, positive_int, record, write_json  # noqa: E402
 from _timing import interleaved, machine, summary  # noqa: E402
 
 
@@ -97,17 +97,17 @@ def measure(root: Path, cands: list[int], repeats: int, seed: int = 0) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="10000,100000")
+    ap.add_argument("--sizes", type=int_list(100), default="10000,100000", help="catalogue sizes, comma separated")
     ap.add_argument("--with-1m", action="store_true", help="add a 1,000,000-item catalogue (slow to build)")
-    ap.add_argument("--cands", default="100,500,2000")
-    ap.add_argument("--repeats", type=int, default=300)
+    ap.add_argument("--cands", type=int_list(1), default="100,500,2000", help="candidate caps, comma separated")
+    ap.add_argument("--repeats", type=positive_int, default=300)
     ap.add_argument("--cache", help="keep the trained bundles here (reused when present)")
     ap.add_argument("--png")
     ap.add_argument("--json")
     ap.add_argument("--quick", action="store_true", help="tiny run for smoke tests")
     a = ap.parse_args(argv)
-    sizes = [int(s) for s in a.sizes.split(",")] + ([1_000_000] if a.with_1m else [])
-    cands = [int(c) for c in a.cands.split(",")]
+    sizes = a.sizes + ([1_000_000] if a.with_1m else [])
+    cands = a.cands
     if a.quick:
         sizes, cands, a.repeats = [300, 600], [50, 100], 20
     print(f"machine: {machine()}; date {time.strftime('%Y-%m-%d')}")
@@ -153,9 +153,8 @@ def main(argv=None) -> int:
             fig.savefig(a.png, dpi=90)
             print(f"PNG: {a.png}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"machine": machine(), "results": {str(k): {str(c): v for c, v in
-                                                                                   r.items()} for k, r in res.items()}},
-                                           indent=1))
+        write_json(a.json, record(a, results={str(k): {str(c): v for c, v in r.items()} for k, r in res.items()}))
+        print(f"JSON: {a.json}")
     return 0
 
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -23,8 +25,7 @@ def test_load_closed_open_and_ceiling(demo_bundle, tmp_path):
                  "--concurrency", "2", "--rate", "20", "--duration", "1.5", "--warmup", "0.2",
                  "--pool", "200", "--json", str(out)], env={"RECSERVE_SHARE_WORK": "0"})
     assert "ceiling" in text and "ratio" in text
-    rec = json.loads(out.read_text())
-    assert rec["nproc"] == os.cpu_count() and "grpcio" in rec["versions"]
+    rec = _record(out)
     assert rec["server_env"]["RECSERVE_SHARE_WORK"] == "0"          # the servers' settings are recorded
     real = rec["phases"]["closed loop, concurrency 2 [recserve]"]["methods"]["ALL"]
     ceil = rec["phases"]["closed loop, concurrency 2 [ceiling]"]["methods"]["ALL"]
@@ -70,6 +71,24 @@ def test_bad_arguments_are_refused_in_one_line_before_any_server_starts(demo_bun
     _refused(["bench/compare.py", "--bundle", b, "--b", "RECSERVE_BOGUS=7"], "RECSERVE_BOGUS is not a recserve")
 
 
+def test_load_against_a_running_server(demo_bundle, tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    from _servers import start_real
+
+    server = start_real(str(demo_bundle), 1, str(tmp_path / "events"))
+    try:
+        out = tmp_path / "target.json"
+        text = _run(["bench/load.py", "--bundle", str(demo_bundle), "--target", f"127.0.0.1:{server.port}",
+                     "--clients", "1", "--concurrency", "2", "--duration", "1", "--warmup", "0.2", "--pool", "100",
+                     "--json", str(out)])
+    finally:
+        server.stop()
+    assert "server CPU per call: not measured" in text and "nan" not in text
+    rec = _record(out)
+    phase = rec["phases"]["closed loop, concurrency 2 [recserve]"]
+    assert phase["methods"]["ALL"]["ok"] > 0 and phase["server_cpu_ms_per_call"] is None
+
+
 def test_an_unreachable_target_is_one_line(demo_bundle):
     _refused(["bench/load.py", "--bundle", str(demo_bundle), "--target", "127.0.0.1:1", "--duration", "1"],
              "cannot connect to 127.0.0.1:1")
@@ -81,12 +100,42 @@ def test_quality_quick():
         assert m in text
 
 
-def test_scaling_quick():
-    assert "median ms" in _run(["bench/scaling.py", "--quick"])
+def _record(path: Path) -> dict:
+    """A JSON record: standard JSON (no NaN), with the machine, the versions and every argument."""
+    rec = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in {path.name}"))
+    assert rec["nproc"] == os.cpu_count() and "kernel=" in rec["machine"]
+    assert {"python", "grpcio", "numpy", "lightgbm"} <= set(rec["versions"])
+    return rec
 
 
-def test_build_time_quick():
-    assert "peak MB" in _run(["bench/build_time.py", "--quick"])
+def test_scaling_quick(tmp_path):
+    assert "median ms" in _run(["bench/scaling.py", "--quick", "--json", str(tmp_path / "s.json")])
+    rec = _record(tmp_path / "s.json")
+    assert rec["config"]["quick"] is True and rec["config"]["repeats"] == 20
+    assert rec["results"]["300"]["50"]["median_ms"] > 0
+
+
+def test_build_time_quick(tmp_path):
+    assert "peak MB" in _run(["bench/build_time.py", "--quick", "--json", str(tmp_path / "b.json")])
+    rec = _record(tmp_path / "b.json")
+    assert [r["size"] for r in rec["rows"]] == ["200x100", "400x200"] and rec["config"]["factors"] == 64
+
+
+@pytest.mark.parametrize("args, says", [
+    (["bench/core.py", "--repeats", "0"], "argument --repeats: must be at least 1, not 0"),
+    (["bench/core.py", "--items", "abc"], "argument --items: an integer, not 'abc'"),
+    (["bench/scaling.py", "--sizes", "10000,abc"], "argument --sizes: an integer, not 'abc'"),
+    (["bench/scaling.py", "--cands", ","], "argument --cands: at least one integer"),
+    (["bench/quality.py", "--synth", "2000"], "argument --synth: USERSxITEMS like 2000x1000"),
+    (["bench/build_time.py", "--sizes", "0x10"], "argument --sizes: USERSxITEMS like 2000x1000"),
+    (["bench/ranker.py", "--budget", "-1"], "argument --budget: must be above 0, not -1"),
+    (["bench/protocols.py", "--protocols", "c"], "argument --protocols: a, b or a,b, not 'c'"),
+    (["bench/gaps.py", "--bundle", "x", "--block", "0"], "argument --block: must be at least 1, not 0"),
+])
+def test_bad_numbers_are_refused_by_every_script(args, says):
+    p = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode == 2 and says in p.stderr.strip().splitlines()[-1], p.stderr[-2000:]
 
 
 def test_overhead_quick(demo_bundle, tmp_path):
@@ -94,7 +143,7 @@ def test_overhead_quick(demo_bundle, tmp_path):
     text = _run(["bench/overhead.py", "--bundle", str(demo_bundle), "--rate", "40", "--duration", "1",
                  "--warmup", "0.3", "--repeats", "1", "--json", str(out)])
     assert "= recserve" in text and "tight loop" in text
-    rec = json.loads(out.read_text())
+    rec = _record(out)
     for mode in ("ceiling", "service", "recserve"):
         r = rec["runs"][mode][0]
         assert r["calls"] > 20 and r["errors"] == 0 and r["server_cpu_ms"] > 0, (mode, r)
@@ -128,7 +177,7 @@ def test_compare_quick(demo_bundle, tmp_path):
                  "--duration", "1", "--warmup", "0.2", "--workers", "1", "--clients", "1", "--concurrency", "2",
                  "--pool", "100", "--json", str(out)])
     assert "B / A per round" in text
-    rec = json.loads(out.read_text())
+    rec = _record(out)
     assert rec["settings"] == {"A": {}, "B": {"RECSERVE_DEBUG_DELAY_MS": "40"}} and len(rec["rounds"]) == 2
     for row in rec["rounds"]:
         assert row["A"]["throughput"] > 0 and row["B"]["throughput"] > 0 and row["A"]["errors"] == 0

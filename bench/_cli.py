@@ -1,0 +1,119 @@
+"""What every bench script shares at its edges: argument types that refuse bad values in one line, and the
+header of a JSON record (date, machine, versions, the full configuration)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _timing import machine
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _number(kind, low: float, inclusive: bool):
+    word = "at least" if inclusive else "above"
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{'an integer' if kind is int else 'a number'}, not {text!r}") \
+                from None
+        if v != v or v in (float("inf"), float("-inf")) or (v < low if inclusive else v <= low):
+            raise argparse.ArgumentTypeError(f"must be {word} {low:g}, not {text}")
+        return v
+
+    return parse
+
+
+def int_at_least(low: int):
+    return _number(int, low, True)
+
+
+positive_int = _number(int, 1, True)
+nonneg_int = _number(int, 0, True)
+positive_float = _number(float, 0, False)
+nonneg_float = _number(float, 0, True)
+
+
+def int_list(low: int = 1):
+    """``"100,500,2000"`` -> [100, 500, 2000], each at least ``low``, at least one."""
+    one = _number(int, low, True)
+
+    def parse(text: str) -> list[int]:
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError("at least one integer, comma separated")
+        return [one(p) for p in parts]
+
+    return parse
+
+
+def sizes(text: str) -> list[tuple[int, int]]:
+    """``"2000x1000,8000x4000"`` -> [(2000, 1000), (8000, 4000)]: users x items, both at least 2."""
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        u, sep, i = part.lower().partition("x")
+        try:
+            nu, ni = int(u), int(i)
+        except ValueError:
+            nu = ni = 0
+        if not sep or nu < 2 or ni < 2:
+            raise argparse.ArgumentTypeError(f"USERSxITEMS like 2000x1000 (both at least 2), not {part!r}")
+        out.append((nu, ni))
+    if not out:
+        raise argparse.ArgumentTypeError("at least one USERSxITEMS size")
+    return out
+
+
+def versions() -> dict:
+    """The software a figure depends on, and the commit it was measured at."""
+    import grpc
+
+    v = {"python": platform.python_version(), "grpcio": grpc.__version__, "numpy": np.__version__,
+         "platform": platform.platform()}
+    for mod in ("lightgbm", "hnswlib", "implicit"):
+        try:
+            v[mod] = getattr(__import__(mod), "__version__", "installed")
+        except ImportError:
+            pass
+    try:
+        v["git"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                  text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return v
+
+
+def record(args: argparse.Namespace, **fields) -> dict:
+    """The head of a JSON record: when, where, with what, and every argument, then ``fields``."""
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "nproc": os.cpu_count(),
+            "versions": versions(), "config": dict(vars(args)), **fields}
+
+
+def _finite(v):
+    if isinstance(v, float):
+        return v if np.isfinite(v) else None
+    if isinstance(v, np.ndarray):
+        return _finite(v.tolist())
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    if isinstance(v, np.generic):
+        return _finite(v.item())
+    return v
+
+
+def write_json(path: str | os.PathLike, obj: dict) -> None:
+    """Standard JSON: a figure that was not measured (NaN) is written as null, never as NaN."""
+    Path(path).write_text(json.dumps(_finite(obj), indent=1, default=float))
