@@ -16,7 +16,12 @@ log = logging.getLogger("recserve.server")
 class BundleHolder:
     """Holds the live :class:`Recommender`; loads, verifies, warms up and swaps new versions."""
 
-    def __init__(self, bundle_path: str, cfg: ServeConfig, store, metrics=None):
+    def __init__(self, bundle_path: str, cfg: ServeConfig, store, metrics=None, report=None,
+                 inherit: tuple | None = None):
+        """``report(outcome, key, stamp)`` is told of every load ("loaded") and refusal ("refused").
+        ``inherit`` is ``(key, refused)`` from the workers a replacement joins: the version they serve,
+        loaded when CURRENT's cannot be, and the (key, stamp) they refused, not tried again here either,
+        so a replacement serves what its siblings serve."""
         self.path = Path(bundle_path)
         self.root = bundle_root(bundle_path)
         self.cfg = cfg
@@ -27,6 +32,11 @@ class BundleHolder:
         self.last_error: str | None = None
         self.attempts = 0                       # bundle loads tried (for tests and logs)
         self._refused: tuple | None = None      # (key, stamp) of the last refused bundle
+        self.fallback: str | None = None        # a replacement's siblings' version, tried once
+        if inherit is not None:
+            self.fallback, refused = inherit
+            self._refused = tuple(refused[:1]) + (tuple(refused[1]),) if refused else None
+        self.report = report
         # leases: a retired pipeline is closed only once no request holds it any more
         self._lease_lock = threading.Lock()
         self._leases: dict[int, int] = {}
@@ -104,13 +114,23 @@ class BundleHolder:
         return rec
 
     def try_reload(self) -> bool:
-        """Load the version CURRENT names if it differs from the live one. True when swapped."""
+        """Load the version CURRENT names if it differs from the live one. True when swapped.
+
+        With nothing live yet and CURRENT's version refused (now or by the siblings), a replacement
+        loads its siblings' version (``fallback``) instead, once."""
         key = self._key()
-        if key is None or key == self.current_key:
-            return False
-        stamp = self._stamp(key)
-        if self._refused == (key, stamp):   # refused before and unchanged: not re-hashed every poll
-            return False
+        if key is not None and key != self.current_key:
+            stamp = self._stamp(key)
+            # refused before and unchanged: not re-hashed every poll
+            if self._refused != (key, stamp) and self._swap(key, stamp):
+                return True
+        fallback, self.fallback = self.fallback, None
+        if self.current is None and fallback is not None and fallback != key:
+            return self._swap(fallback, self._stamp(fallback))
+        return False
+
+    def _swap(self, key: str, stamp: tuple) -> bool:
+        """Load ``key`` and make it the live pipeline; False (logged, remembered) when it is refused."""
         self.attempts += 1
         try:
             rec = self.load(key)
@@ -121,6 +141,8 @@ class BundleHolder:
             self._refused = (key, stamp)
             if self.metrics:
                 self.metrics.reloads.labels("refused").inc()
+            if self.report:
+                self.report("refused", key, stamp)
             return False
         with self._lease_lock:
             old = self.current
@@ -131,6 +153,8 @@ class BundleHolder:
                 self.metrics.version.labels(old.version).set(0)
             self.metrics.version.labels(rec.version).set(1)
         log.info("bundle loaded", extra={"event": "bundle_loaded", "version": rec.version})
+        if self.report:
+            self.report("loaded", key, stamp)
         if old is not None:  # in-flight requests may still hold it: closed when the last lets go
             self._retire(old)
         # the long-lived objects of the new bundle leave the collector's generations, so the full

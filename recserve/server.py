@@ -1,4 +1,5 @@
-"""The server: a supervisor forking N worker processes that share one port with SO_REUSEPORT.
+"""The server: one worker (a gRPC server on an event loop, over the live bundle), and ``create_server``,
+which starts N of them under a supervisor (:mod:`recserve.supervisor`) sharing one port with SO_REUSEPORT.
 
 Workers are forked BEFORE any gRPC object exists (call :func:`create_server` before creating channels or
 servers in the calling process). Each worker, after fork, limits native thread pools to one thread, opens
@@ -20,17 +21,12 @@ implicit ALS): a forked child that touches an inherited OpenMP pool can hang. Pr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import select
 import signal
-import socket
 import sys
-import tempfile
 import threading
-import time
 from concurrent import futures
 from pathlib import Path
 
@@ -124,7 +120,9 @@ class Worker:
     """One gRPC server over the shared port on the calling thread's asyncio event loop, with its own
     bundle, event store and reload watcher: ``await start()``, then ``await stop()``."""
 
-    def __init__(self, cfg: ServeConfig, port: int, metrics: Metrics | None = None, sharing=None):
+    def __init__(self, cfg: ServeConfig, port: int, metrics: Metrics | None = None, sharing=None, report=None,
+                 inherit: tuple | None = None):
+        """``report`` and ``inherit``: see :class:`BundleHolder` (a forked worker's link to its supervisor)."""
         from recserve.events import EventStore
 
         self.cfg = cfg
@@ -134,7 +132,8 @@ class Worker:
         root = bundle_root(cfg.bundle)
         self.store = EventStore(cfg.events_dir or root / "events", map_size=cfg.events_map_mb << 20,
                                 per_user=cfg.events_per_user)
-        self.holder = BundleHolder(cfg.bundle, cfg, self.store, metrics)
+        self.holder = BundleHolder(cfg.bundle, cfg, self.store, metrics, report, inherit)
+        self.replacement = inherit is not None and inherit[0] is not None
         # event-store writes (fsync) and bundle loads: blocking work that must not stall the event loop
         self.io = futures.ThreadPoolExecutor(max_workers=max(cfg.threads, 1), thread_name_prefix="recserve-io")
         self._watcher: asyncio.Task | None = None
@@ -180,6 +179,8 @@ class Worker:
         # the bundle first: the port is bound but not listening yet, so a worker that joins a serving
         # group (a respawn) takes no call before it can answer; its siblings forward none to it either
         await self._reload()
+        if self.replacement and self.holder.current is None:
+            raise RuntimeError(f"no bundle could be loaded ({self.holder.last_error}); not listening")
         if self.sharing is not None:
             await self.sharing.start(self.service.compute_recommend)
         await self.server.start()
@@ -200,6 +201,10 @@ class Worker:
             await self._set_health(True)
             if self.sharing is not None:
                 self.sharing.serving(True)
+
+    async def reload_now(self) -> None:
+        """Look at CURRENT now (SIGHUP), not at the next poll."""
+        await self._reload()
 
     async def _watch(self) -> None:
         while True:
@@ -243,225 +248,15 @@ class InProcessWorker(Worker):
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self.start(), self._loop).result()
 
+    def reload_now(self) -> None:     # type: ignore[override]
+        asyncio.run_coroutine_threadsafe(Worker.reload_now(self), self._loop).result()
+
     def stop(self, grace: float | None = None) -> None:     # type: ignore[override]
         try:
             asyncio.run_coroutine_threadsafe(Worker.stop(self, grace), self._loop).result()
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
-
-
-def _worker_main(cfg: ServeConfig, port: int, ready_fd: int, cpu: int | None = None, sharing=None) -> None:
-    """Entry point of a forked worker process; never returns."""
-    code, ready = 0, False
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})     # before any thread exists: every later thread inherits it
-        _limit_threads()
-        metrics = Metrics() if cfg.metrics_port else None
-        w = Worker(cfg, port, metrics, sharing)
-
-        async def main() -> None:
-            nonlocal ready
-            stop = asyncio.Event()
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-            await w.start()
-            ready = True
-            try:
-                os.write(ready_fd, b"1" if w.holder.current is not None else b"0")
-            except OSError:            # the supervisor stopped listening: serve anyway
-                pass
-            os.close(ready_fd)
-            await stop.wait()
-            log.info("draining", extra={"event": "drain"})
-            await w.stop()
-
-        run(main())
-    except BaseException as exc:  # noqa: BLE001
-        log.exception("worker failed")
-        code = 1
-        if not ready:                  # tell the supervisor why, in one line
-            reason = (str(exc).splitlines() or [""])[0] or type(exc).__name__
-            with contextlib.suppress(OSError):
-                os.write(ready_fd, b"E" + reason.encode(errors="replace")[:400])
-    finally:
-        logging.shutdown()
-        os._exit(code)
-
-
-# -- the supervisor ------------------------------------------------------------------------------------
-def _reserve_port(host: str, port: int) -> socket.socket:
-    """Bind (not listen) with SO_REUSEPORT: picks the free port and keeps it ours while workers bind it.
-
-    SO_REUSEPORT would also let a second server (another ``recserve serve`` on the same port) bind beside
-    ours and take half of the connections: a bind without it first, which fails while any socket holds
-    the port (connections in TIME_WAIT aside), makes a port in use an error."""
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    if port:
-        with socket.socket(fam, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-            except OSError as exc:
-                raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    s = socket.socket(fam, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    s.bind((host, port))
-    return s
-
-
-class Supervisor:
-    """Handle on the worker processes: ``stop()`` drains them (SIGTERM), ``wait()`` blocks until they exit."""
-
-    RESPAWN_MIN_S = 0.5     # delay before replacing a crashed worker; doubles while workers keep
-    RESPAWN_MAX_S = 30.0    # dying young (within STABLE_S of their start), up to this
-    STABLE_S = 10.0
-
-    def __init__(self, cfg: ServeConfig, port: int, sock: socket.socket):
-        self.cfg, self.port, self._sock = cfg, port, sock
-        self.pids: list[int] = []
-        self._started: dict[int, float] = {}
-        self._pending: dict[int, int] = {}      # respawned pid -> read end of its ready pipe
-        self._due: list[tuple[float, int]] = []  # (time, slot) at which to spawn a replacement
-        self._slot: dict[int, int] = {}          # pid -> worker slot (its CPU when pinned)
-        self._cpus = worker_cpus(cfg.cpu_affinity, cfg.workers)
-        self._backoff = self.RESPAWN_MIN_S
-        self._stopping = False
-        self._metrics_dir: str | None = None
-        self._lock = threading.Lock()
-        self._group = None                       # work sharing: a board and sockets, inherited by every fork
-        if cfg.share_work and cfg.workers >= 2:
-            from recserve.sharing import Group
-
-            self._group = Group(cfg.workers)
-
-    def _spawn(self, slot: int) -> tuple[int, int]:
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            sharing = None if self._group is None else self._group.member(slot)
-            _worker_main(self.cfg, self.port, w, None if self._cpus is None else self._cpus[slot], sharing)
-        os.close(w)
-        self._started[pid] = time.monotonic()
-        self._slot[pid] = slot
-        return pid, r
-
-    def monitor(self) -> None:
-        """Replace workers that died (never while stopping), with a growing delay while replacements
-        keep dying young, so a worker that cannot start does not spin the machine. Non-blocking."""
-        now = time.monotonic()
-        with self._lock:
-            if self._stopping:
-                return
-            for pid in list(self.pids):
-                try:
-                    done, status = os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    done, status = pid, -1
-                if not done:
-                    continue
-                self.pids.remove(pid)
-                if self._group is not None:
-                    self._group.gone(self._slot.get(pid, 0))
-                if self._metrics_dir:       # its live gauges (the bundle version) die with it
-                    from prometheus_client import multiprocess
-
-                    multiprocess.mark_process_dead(pid, self._metrics_dir)
-                lived = now - self._started.pop(pid, now)
-                self._backoff = (min(self._backoff * 2, self.RESPAWN_MAX_S) if lived < self.STABLE_S
-                                 else self.RESPAWN_MIN_S)
-                self._due.append((now + self._backoff, self._slot.pop(pid, 0)))
-                r = self._pending.pop(pid, None)
-                if r is not None:
-                    os.close(r)
-                log.error("worker exited, respawning", extra={"event": "respawn", "error": f"pid {pid} status "
-                          f"{status}, after {lived:.1f} s; replacement in {self._backoff:.1f} s"})
-            for due in [d for d in self._due if d[0] <= now]:
-                self._due.remove(due)
-                pid, r = self._spawn(due[1])
-                self.pids.append(pid)
-                self._pending[pid] = r
-            for pid, r in list(self._pending.items()):
-                if select.select([r], [], [], 0)[0]:
-                    msg = os.read(r, 512)
-                    os.close(r)
-                    del self._pending[pid]
-                    if msg[:1] == b"1":
-                        log.info("worker respawned", extra={"event": "respawned"})
-                    elif msg[:1] == b"0":
-                        log.warning("respawned worker has no bundle", extra={"event": "respawned",
-                                                                             "error": f"pid {pid}"})
-                    else:
-                        log.error("respawned worker failed to start", extra={
-                            "event": "respawn_failed", "error": msg[1:].decode(errors="replace")})
-
-    def start(self, timeout: float = 120.0) -> None:
-        if self.cfg.metrics_port:
-            self._metrics_dir = tempfile.mkdtemp(prefix="recserve-metrics-")
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir
-        pipes = []
-        for slot in range(self.cfg.workers):
-            pid, r = self._spawn(slot)
-            self.pids.append(pid)
-            pipes.append(r)
-        deadline = time.monotonic() + timeout
-        for r in pipes:
-            left = deadline - time.monotonic()
-            msg = os.read(r, 512) if select.select([r], [], [], max(left, 0))[0] else None
-            os.close(r)
-            if msg is None or msg[:1] not in (b"0", b"1"):
-                self.stop(0)
-                why = (f"no answer within {timeout:g} s" if msg is None else
-                       msg[1:].decode(errors="replace") if msg[:1] == b"E" else "it exited")
-                raise RuntimeError(f"a worker failed to start: {why}")
-        if self.cfg.metrics_port:
-            from prometheus_client import CollectorRegistry, multiprocess, start_http_server
-
-            reg = CollectorRegistry()
-            multiprocess.MultiProcessCollector(reg)
-            start_http_server(self.cfg.metrics_port, addr=self.cfg.host, registry=reg)
-        log.info("serving", extra={"event": "serving", "port": self.port, "workers": self.cfg.workers})
-
-    def stop(self, grace: float | None = None) -> None:
-        """SIGTERM every worker (each drains in-flight calls) and wait for them."""
-        with self._lock:
-            self._stopping = True
-            for r in self._pending.values():
-                os.close(r)
-            self._pending.clear()
-            for pid in self.pids:
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        self.wait((self.cfg.grace if grace is None else grace) + self.cfg.drain_delay + 10)
-
-    def wait(self, timeout: float | None = None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for pid in list(self.pids):
-            while True:
-                try:
-                    done, _ = os.waitpid(pid, os.WNOHANG if deadline else 0)
-                except ChildProcessError:
-                    break
-                if done:
-                    break
-                if deadline and time.monotonic() > deadline:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    break
-                time.sleep(0.05)
-            self.pids.remove(pid)
-        if not self.pids:
-            self._sock.close()
-            if self._group is not None:
-                self._group.remove()
-            if self._metrics_dir:
-                import shutil
-
-                shutil.rmtree(self._metrics_dir, ignore_errors=True)
 
 
 def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConfig | None = None, **kw):
@@ -497,6 +292,10 @@ def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConf
     else:
         log.warning("no bundle yet: NOT_SERVING until %s/CURRENT names one", holder.root,
                     extra={"event": "waiting_for_bundle"})
+    from recserve.supervisor import Supervisor, probe_port, reserve_port
+
+    if cfg.metrics_port:        # before anything starts: a taken port fails alone, with its number
+        probe_port(cfg.host, cfg.metrics_port, "serve metrics")
     if cfg.workers <= 0:
         metrics = None
         if cfg.metrics_port:
@@ -506,21 +305,28 @@ def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConf
             start_http_server(cfg.metrics_port, addr=cfg.host)
         w = InProcessWorker(cfg, cfg.port, metrics)
         return w, w.port
-    sock = _reserve_port(cfg.host, cfg.port)
+    sock = reserve_port(cfg.host, cfg.port)
     sup = Supervisor(cfg, sock.getsockname()[1], sock)
     sup.start()
     return sup, sup.port
 
 
 def serve_forever(cfg: ServeConfig) -> int:
-    """The ``recserve serve`` main loop: start, then drain on SIGTERM/SIGINT."""
+    """The ``recserve serve`` main loop: start, then drain on SIGTERM/SIGINT; SIGHUP: look at CURRENT now."""
+    from recserve.supervisor import Supervisor
+
     configure_logging(cfg.log_level)
-    stop = threading.Event()
+    stop, hup = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: hup.set())
     server, port = create_server(f"{cfg.host}:{cfg.port}", cfg=cfg)
     print(json.dumps({"event": "listening", "port": port, "pid": os.getpid()}), flush=True)
     while not stop.wait(0.25):
+        if hup.is_set():
+            hup.clear()
+            log.info("SIGHUP: looking at CURRENT now", extra={"event": "reload_signal"})
+            server.reload_now()
         if isinstance(server, Supervisor):
             server.monitor()
     server.stop()

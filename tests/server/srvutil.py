@@ -13,6 +13,8 @@ from pathlib import Path
 
 import grpc
 
+from recserve.bundle import sha256_file
+from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc as pbg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,3 +98,31 @@ def wait_for(pred, timeout=20.0, interval=0.1):
             return True
         time.sleep(interval)
     return False
+
+
+def new_version(root, src: str, name: str, corrupt: str | None = None):
+    """Copy version ``src`` to ``name`` (manifest version renamed); optionally corrupt it."""
+    shutil.copytree(root / src, root / name)
+    mpath = root / name / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["version"] = name
+    if corrupt == "sha":  # a flipped byte: checksum mismatch
+        p = root / name / "ranker.txt"
+        b = bytearray(p.read_bytes())
+        b[len(b) // 2] ^= 0x55
+        p.write_bytes(bytes(b))
+    elif corrupt == "model":  # checksums right, but the model is garbage
+        p = root / name / "ranker.txt"
+        p.write_text("this is not a LightGBM model\n")
+        m["files"]["ranker.txt"] = sha256_file(p)
+    mpath.write_text(json.dumps(m))
+
+
+def worker_pids(server: Server, user: str, calls: int = 24) -> set[int]:
+    """The worker pids that answered ``calls`` Recommends, each on a fresh connection."""
+    pids = set()
+    for _ in range(calls):
+        stub = pbg.RecommenderStub(server.channel())
+        _, call = stub.Recommend.with_call(pb.RecommendRequest(user_id=user, k=5), timeout=10)
+        pids.update(int(v) for k, v in call.trailing_metadata() if k == "recserve-worker")
+    return pids

@@ -43,10 +43,10 @@ def test_serve_refuses_a_bad_setting_with_one_line(shared_root):
 
 
 def test_off_leaves_workers_unpinned(start_server, shared_root, facts, tmp_path):
-    from test_lifecycle import _worker_pids
+    from srvutil import worker_pids
     from srvutil import wait_for
 
     s = start_server(shared_root, "--workers", "2", "--cpu-affinity", "off", "--events-dir", str(tmp_path / "ev"))
     pids: set[int] = set()
-    assert wait_for(lambda: len(pids.update(_worker_pids(s, facts["user"])) or pids) == 2, 30)
+    assert wait_for(lambda: len(pids.update(worker_pids(s, facts["user"])) or pids) == 2, 30)
     assert all(sorted(os.sched_getaffinity(p)) == ALLOWED for p in pids)

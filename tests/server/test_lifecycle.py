@@ -1,7 +1,6 @@
 """Hot reload, refusal of bad bundles, health transitions, graceful drain, auth tokens, startup failures."""
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 import time
@@ -10,32 +9,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from recserve.bundle import sha256_file
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc as pbg
 
-from srvutil import Server, copy_root, set_current, wait_for
+from srvutil import Server, copy_root, new_version, set_current, wait_for, worker_pids
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def new_version(root, src: str, name: str, corrupt: str | None = None):
-    """Copy version ``src`` to ``name`` (manifest version renamed); optionally corrupt it."""
-    shutil.copytree(root / src, root / name)
-    mpath = root / name / "manifest.json"
-    m = json.loads(mpath.read_text())
-    m["version"] = name
-    if corrupt == "sha":  # a flipped byte: checksum mismatch
-        p = root / name / "ranker.txt"
-        b = bytearray(p.read_bytes())
-        b[len(b) // 2] ^= 0x55
-        p.write_bytes(bytes(b))
-    elif corrupt == "model":  # checksums right, but the model is garbage
-        p = root / name / "ranker.txt"
-        p.write_text("this is not a LightGBM model\n")
-        m["files"]["ranker.txt"] = sha256_file(p)
-    mpath.write_text(json.dumps(m))
 
 
 def health(addr, service=""):
@@ -220,16 +200,6 @@ def test_startup_refuses_a_corrupt_current_bundle(demo_bundle, facts, tmp_path):
         Server(root, "--workers", "1")
 
 
-def _worker_pids(server: Server, user: str, calls: int = 24) -> set[int]:
-    """The worker pids that answered ``calls`` Recommends, each on a fresh connection."""
-    pids = set()
-    for _ in range(calls):
-        stub = pbg.RecommenderStub(server.channel())
-        _, call = stub.Recommend.with_call(pb.RecommendRequest(user_id=user, k=5), timeout=10)
-        pids.update(int(v) for k, v in call.trailing_metadata() if k == "recserve-worker")
-    return pids
-
-
 def test_crashed_worker_is_replaced_and_serves(start_server, shared_root, facts, tmp_path):
     """A worker killed with SIGKILL is replaced by a new one that serves, and stays (no restart
     loop): afterwards exactly the survivor and the replacement answer."""
@@ -238,7 +208,7 @@ def test_crashed_worker_is_replaced_and_serves(start_server, shared_root, facts,
 
     s = start_server(shared_root, "--workers", "2", "--events-dir", str(tmp_path / "ev"))
     before = set()
-    assert wait_for(lambda: len(before.update(_worker_pids(s, facts["user"])) or before) == 2, 30)
+    assert wait_for(lambda: len(before.update(worker_pids(s, facts["user"])) or before) == 2, 30)
     pinned = len(os.sched_getaffinity(0)) >= 2           # --cpu-affinity auto pins 2 workers on >= 2 CPUs
     if pinned:
         cpus = {pid: os.sched_getaffinity(pid) for pid in before}
@@ -250,7 +220,7 @@ def test_crashed_worker_is_replaced_and_serves(start_server, shared_root, facts,
 
     def replaced() -> bool:
         try:
-            seen.update(_worker_pids(s, facts["user"], 12))
+            seen.update(worker_pids(s, facts["user"], 12))
         except grpc.RpcError:       # a connection the kernel queued on the dead worker's socket
             return False
         return len(seen - before) >= 1
@@ -261,7 +231,7 @@ def test_crashed_worker_is_replaced_and_serves(start_server, shared_root, facts,
         assert [os.sched_getaffinity(pid) for pid in new] == [cpus[victim]]
     time.sleep(2.0)                                  # a restart loop would have replaced it again
     again: set[int] = set()
-    assert wait_for(lambda: len(again.update(_worker_pids(s, facts["user"], 12)) or again) == 2, 30)
+    assert wait_for(lambda: len(again.update(worker_pids(s, facts["user"], 12)) or again) == 2, 30)
     assert again == survivors | new, f"workers changed again: {before} -> {new} -> {again}"
     assert s.proc.poll() is None
 
@@ -347,7 +317,7 @@ def test_a_respawned_worker_takes_calls_only_with_a_bundle_and_its_gauge_dies_wi
     mport = free_port()
     s = start_server(root, "--workers", "2", "--metrics-port", str(mport), "--reload-interval", "0.2")
     before = set()
-    assert wait_for(lambda: len(before.update(_worker_pids(s, facts["user"])) or before) == 2, 30)
+    assert wait_for(lambda: len(before.update(worker_pids(s, facts["user"])) or before) == 2, 30)
     os.kill(min(before), signal.SIGKILL)
     codes: dict[str, int] = {}
     end = time.monotonic() + 5
@@ -360,7 +330,7 @@ def test_a_respawned_worker_takes_calls_only_with_a_bundle_and_its_gauge_dies_wi
             codes[key] = codes.get(key, 0) + 1
     assert not [k for k in codes if "no bundle" in k], codes
     seen: set[int] = set()
-    assert wait_for(lambda: len(seen.update(_worker_pids(s, facts["user"], 12)) or seen - before) >= 1, 30)
+    assert wait_for(lambda: len(seen.update(worker_pids(s, facts["user"], 12)) or seen - before) >= 1, 30)
     new_version(root, good, "v2")
     set_current(root, "v2")
 

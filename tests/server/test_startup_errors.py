@@ -67,6 +67,25 @@ def test_a_port_in_use_is_an_error_even_for_a_second_server(shared_root, start_s
     assert s.proc.poll() is None
 
 
+def test_a_metrics_port_in_use_fails_before_any_worker_starts(shared_root, tmp_path):
+    """A taken --metrics-port is one line naming it, exit 1, and no worker is left serving the gRPC port."""
+    import socket
+
+    from srvutil import free_port
+
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        mport = taken.getsockname()[1]
+        p = serve("--bundle", str(shared_root), "--port", str(port), "--workers", "2", "--metrics-port", str(mport),
+                  "--events-dir", str(tmp_path / "ev"))
+    assert p.returncode == 1
+    assert f"cannot serve metrics on 127.0.0.1:{mport}: Address already in use" in reason(p)
+    with socket.socket() as s:       # nothing holds the gRPC port
+        s.bind(("127.0.0.1", port))
+
+
 def test_a_worker_that_cannot_start_says_why(shared_root, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")

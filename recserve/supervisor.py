@@ -1,0 +1,344 @@
+"""The supervisor: N forked worker processes that share one port with SO_REUSEPORT, replaced when they die.
+
+Each worker reports to the supervisor over a pipe of its own, one JSON line per message: ``{"ready": B}``
+once it listens (B: a bundle is live), ``{"error": reason}`` when it cannot start, and ``{"loaded": key}``
+or ``{"refused": key, "stamp": [...]}`` for every bundle it loads or refuses. The supervisor keeps the
+version its workers serve and the last one they refused; a replacement worker inherits both, so it serves
+what its siblings serve: it does not load a version they refused (a bundle published while its files were
+still being copied, say), and when CURRENT names one, it loads theirs. A replacement that can load neither
+exits before it listens, and is retried with the usual back-off.
+
+Workers die with the supervisor (Linux's parent-death signal sends them SIGTERM, and they drain), so a
+supervisor killed by SIGKILL leaves no worker holding the port. SIGHUP asks every worker to look at
+CURRENT now, without waiting for the next poll.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import tempfile
+import threading
+import time
+
+from recserve.config import ServeConfig
+from recserve.metrics import Metrics
+from recserve.server import Worker, _limit_threads, run, worker_cpus
+
+log = logging.getLogger("recserve.server")
+_PR_SET_PDEATHSIG = 1
+
+
+# -- a worker's reports --------------------------------------------------------------------------------
+class _Reports:
+    """The worker's end of its pipe: one JSON line per message, never blocking the worker."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        os.set_blocking(fd, False)
+
+    def send(self, **msg) -> None:
+        try:        # a line under PIPE_BUF: written whole, even from the loading thread
+            os.write(self.fd, (json.dumps(msg) + "\n").encode()[:4000])
+        except OSError:             # the supervisor is gone or not reading: serve anyway
+            pass
+
+
+class _Inbox:
+    """The supervisor's end of one worker's pipe."""
+
+    def __init__(self, fd: int):
+        self.fd, self._buf, self.closed = fd, b"", False
+
+    def read(self, timeout: float = 0.0) -> list[dict]:
+        """The messages that arrived (waiting up to ``timeout`` for the first); sets ``closed`` at EOF."""
+        out: list[dict] = []
+        while not self.closed and select.select([self.fd], [], [], timeout)[0]:
+            data = os.read(self.fd, 65536)
+            if not data:
+                self.close()
+                break
+            *lines, self._buf = (self._buf + data).split(b"\n")
+            for line in lines:
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(line))
+            timeout = 0.0
+        return out
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.fd)
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM this process when ``parent`` dies (Linux; a no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if os.getppid() != parent:      # it died before the call above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker_main(cfg: ServeConfig, port: int, report_fd: int, cpu: int | None = None, sharing=None,
+                 inherit: tuple | None = None, parent: int = 0) -> None:
+    """Entry point of a forked worker process; never returns."""
+    code, ready = 0, False
+    reports = _Reports(report_fd)
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)    # until the event loop takes it over
+        if parent:
+            _die_with_parent(parent)
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})     # before any thread exists: every later thread inherits it
+        _limit_threads()
+        metrics = Metrics() if cfg.metrics_port else None
+        w = Worker(cfg, port, metrics, sharing, report=lambda outcome, key, stamp: reports.send(
+            **{outcome: key, "stamp": list(stamp)}), inherit=inherit)
+
+        async def main() -> None:
+            nonlocal ready
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(w.reload_now()))
+            await w.start()
+            ready = True
+            reports.send(ready=w.holder.current is not None)
+            await stop.wait()
+            log.info("draining", extra={"event": "drain"})
+            await w.stop()
+
+        run(main())
+    except BaseException as exc:  # noqa: BLE001
+        log.exception("worker failed")
+        code = 1
+        if not ready:                  # tell the supervisor why, in one line
+            reports.send(error=((str(exc).splitlines() or [""])[0] or type(exc).__name__)[:400])
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+# -- the supervisor ------------------------------------------------------------------------------------
+def probe_port(host: str, port: int, what: str) -> None:
+    """Raise ``OSError`` naming ``what`` when ``host:port`` is taken (a bind without SO_REUSEPORT fails while
+    any socket holds the port, connections in TIME_WAIT aside)."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot {what} on {host}:{port}: {exc.strerror}") from None
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Bind (not listen) with SO_REUSEPORT: picks the free port and keeps it ours while workers bind it.
+
+    SO_REUSEPORT would also let a second server (another ``recserve serve`` on the same port) bind beside
+    ours and take half of the connections: :func:`probe_port` first makes a port in use an error."""
+    if port:
+        probe_port(host, port, "listen")
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind((host, port))
+    return s
+
+
+class Supervisor:
+    """Handle on the worker processes: ``stop()`` drains them (SIGTERM), ``wait()`` blocks until they exit."""
+
+    RESPAWN_MIN_S = 0.5     # delay before replacing a crashed worker; doubles while workers keep
+    RESPAWN_MAX_S = 30.0    # dying young (within STABLE_S of their start), up to this
+    STABLE_S = 10.0
+
+    def __init__(self, cfg: ServeConfig, port: int, sock: socket.socket):
+        self.cfg, self.port, self._sock = cfg, port, sock
+        self.pids: list[int] = []
+        self._started: dict[int, float] = {}
+        self._inbox: dict[int, _Inbox] = {}     # pid -> the read end of its report pipe
+        self._replacements: set[int] = set()    # replacements that have not said "ready" yet
+        self._serving: str | None = None        # the version the workers last loaded
+        self._refused: tuple | None = None      # (key, stamp) they last refused
+        self._due: list[tuple[float, int]] = []  # (time, slot) at which to spawn a replacement
+        self._slot: dict[int, int] = {}          # pid -> worker slot (its CPU when pinned)
+        self._cpus = worker_cpus(cfg.cpu_affinity, cfg.workers)
+        self._backoff = self.RESPAWN_MIN_S
+        self._stopping = False
+        self._metrics_dir: str | None = None
+        self._lock = threading.Lock()
+        self._group = None                       # work sharing: a board and sockets, inherited by every fork
+        if cfg.share_work and cfg.workers >= 2:
+            from recserve.sharing import Group
+
+            self._group = Group(cfg.workers)
+
+    def _spawn(self, slot: int, replacement: bool = False) -> int:
+        r, w = os.pipe()
+        inherit = (self._serving, self._refused) if replacement else None
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            for inbox in self._inbox.values():      # the siblings' pipes are not this worker's
+                os.close(inbox.fd)
+            sharing = None if self._group is None else self._group.member(slot)
+            _worker_main(self.cfg, self.port, w, None if self._cpus is None else self._cpus[slot], sharing,
+                         inherit, parent)
+        os.close(w)
+        self._started[pid] = time.monotonic()
+        self._slot[pid] = slot
+        self._inbox[pid] = _Inbox(r)
+        self.pids.append(pid)
+        return pid
+
+    def _take(self, pid: int, msg: dict) -> None:
+        """One report of worker ``pid``."""
+        if "loaded" in msg:
+            self._serving = msg["loaded"]
+            if self._refused and self._refused[0] == self._serving:
+                self._refused = None
+        elif "refused" in msg:
+            self._refused = (msg["refused"], tuple(msg.get("stamp", ())))
+        elif pid in self._replacements and ("ready" in msg or "error" in msg):
+            self._replacements.discard(pid)
+            if msg.get("ready"):
+                log.info("worker respawned", extra={"event": "respawned"})
+            elif "ready" in msg:
+                log.warning("respawned worker has no bundle", extra={"event": "respawned",
+                                                                     "error": f"pid {pid}"})
+            else:
+                log.error("respawned worker failed to start", extra={
+                    "event": "respawn_failed", "error": msg["error"]})
+
+    def reload_now(self) -> None:
+        """Ask every worker to look at CURRENT now (SIGHUP)."""
+        with self._lock:
+            for pid in self.pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGHUP)
+
+    def monitor(self) -> None:
+        """Replace workers that died (never while stopping), with a growing delay while replacements
+        keep dying young, so a worker that cannot start does not spin the machine. Non-blocking."""
+        now = time.monotonic()
+        with self._lock:
+            if self._stopping:
+                return
+            for pid, inbox in list(self._inbox.items()):
+                for msg in inbox.read():
+                    self._take(pid, msg)
+            for pid in list(self.pids):
+                try:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    done, status = pid, -1
+                if not done:
+                    continue
+                self.pids.remove(pid)
+                if self._group is not None:
+                    self._group.gone(self._slot.get(pid, 0))
+                if self._metrics_dir:       # its live gauges (the bundle version) die with it
+                    from prometheus_client import multiprocess
+
+                    multiprocess.mark_process_dead(pid, self._metrics_dir)
+                lived = now - self._started.pop(pid, now)
+                self._backoff = (min(self._backoff * 2, self.RESPAWN_MAX_S) if lived < self.STABLE_S
+                                 else self.RESPAWN_MIN_S)
+                self._due.append((now + self._backoff, self._slot.pop(pid, 0)))
+                self._replacements.discard(pid)
+                inbox = self._inbox.pop(pid, None)
+                if inbox is not None:
+                    for msg in inbox.read():    # what it said before it died (why it could not start)
+                        self._take(pid, msg)
+                    inbox.close()
+                log.error("worker exited, respawning", extra={"event": "respawn", "error": f"pid {pid} status "
+                          f"{status}, after {lived:.1f} s; replacement in {self._backoff:.1f} s"})
+            for due in [d for d in self._due if d[0] <= now]:
+                self._due.remove(due)
+                self._replacements.add(self._spawn(due[1], replacement=True))
+
+    def start(self, timeout: float = 120.0) -> None:
+        if self.cfg.metrics_port:
+            self._metrics_dir = tempfile.mkdtemp(prefix="recserve-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir
+        for slot in range(self.cfg.workers):
+            self._spawn(slot)
+        deadline = time.monotonic() + timeout
+        for pid in list(self.pids):
+            inbox, why = self._inbox[pid], None
+            while why is None:
+                left = deadline - time.monotonic()
+                msgs = inbox.read(max(left, 0))
+                for msg in msgs:
+                    self._take(pid, msg)
+                    if "ready" in msg:
+                        why = ""
+                    elif "error" in msg:
+                        why = msg["error"]
+                if why is None and inbox.closed:
+                    why = "it exited"
+                elif why is None and not msgs and time.monotonic() >= deadline:
+                    why = f"no answer within {timeout:g} s"
+            if why:
+                self.stop(0)
+                raise RuntimeError(f"a worker failed to start: {why}")
+        if self.cfg.metrics_port:
+            from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+            reg = CollectorRegistry()
+            multiprocess.MultiProcessCollector(reg)
+            try:
+                start_http_server(self.cfg.metrics_port, addr=self.cfg.host, registry=reg)
+            except OSError as exc:
+                self.stop(0)
+                raise OSError(exc.errno, f"cannot serve metrics on {self.cfg.host}:{self.cfg.metrics_port}: "
+                                         f"{exc.strerror}") from None
+        log.info("serving", extra={"event": "serving", "port": self.port, "workers": self.cfg.workers})
+
+    def stop(self, grace: float | None = None) -> None:
+        """SIGTERM every worker (each drains in-flight calls) and wait for them."""
+        with self._lock:
+            self._stopping = True
+            for inbox in self._inbox.values():
+                inbox.close()
+            self._inbox.clear()
+            for pid in self.pids:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        self.wait((self.cfg.grace if grace is None else grace) + self.cfg.drain_delay + 10)
+
+    def wait(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for pid in list(self.pids):
+            while True:
+                try:
+                    done, _ = os.waitpid(pid, os.WNOHANG if deadline else 0)
+                except ChildProcessError:
+                    break
+                if done:
+                    break
+                if deadline and time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.05)
+            self.pids.remove(pid)
+        if not self.pids:
+            self._sock.close()
+            if self._group is not None:
+                self._group.remove()
+            if self._metrics_dir:
+                import shutil
+
+                shutil.rmtree(self._metrics_dir, ignore_errors=True)
+

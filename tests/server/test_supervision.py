@@ -1,0 +1,142 @@
+"""The supervisor and its workers: a replacement serves what its siblings serve, workers die with the
+supervisor, SIGHUP looks at CURRENT at once."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+
+from recserve.config import ServeConfig
+from recserve.live import BundleHolder
+from recserve.v1 import recommender_pb2 as pb
+from recserve.v1 import recommender_pb2_grpc as pbg
+
+from srvutil import copy_root, free_port, metric, new_version, set_current, wait_for, worker_pids
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (an orphan's zombie waits for PID 1 to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _answers(server, user: str, seconds: float) -> tuple[dict[str, int], dict[str, int]]:
+    """Recommends on fresh connections for ``seconds``: (versions that answered, errors by code and text)."""
+    versions: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            r = pbg.RecommenderStub(server.channel()).Recommend(pb.RecommendRequest(user_id=user, k=5), timeout=5)
+            versions[r.bundle_version] = versions.get(r.bundle_version, 0) + 1
+        except grpc.RpcError as e:
+            key = f"{e.code().name}: {e.details()[:40]}"
+            errors[key] = errors.get(key, 0) + 1
+    return versions, errors
+
+
+def test_a_replacement_loads_its_siblings_version_when_current_names_a_refused_one(shared_root, tmp_path):
+    """CURRENT names a bad version: a replacement (``inherit``) loads the one its siblings serve instead,
+    and does not try a version they refused whose files were repaired without a new manifest."""
+    root = copy_root(shared_root, tmp_path / "root")
+    good = (root / "CURRENT").read_text().strip()
+    new_version(root, good, "v-bad", corrupt="model")
+    set_current(root, "v-bad")
+    cfg = ServeConfig(reload_interval=0)
+    fresh = BundleHolder(str(root), cfg, None)                 # a first worker: nothing to fall back on
+    assert not fresh.try_reload() and fresh.current is None
+    reports = []
+    holder = BundleHolder(str(root), cfg, None, report=lambda *a: reports.append(a[:2]), inherit=(good, None))
+    assert holder.try_reload() and holder.current.version == good
+    assert reports == [("refused", "v-bad"), ("loaded", good)] and holder.attempts == 2
+    assert not holder.try_reload() and holder.attempts == 2    # refused and unchanged: not tried again
+    holder.current.bundle.close()
+
+    new_version(root, good, "v-late", corrupt="sha")           # refused while its files were being copied
+    set_current(root, "v-late")
+    sibling = BundleHolder(str(root), cfg, None)
+    assert not sibling.try_reload()
+    refused = sibling._refused
+    shutil.copy2(root / good / "ranker.txt", root / "v-late" / "ranker.txt")     # the copy finishes
+    late = BundleHolder(str(root), cfg, None, inherit=(good, refused))
+    assert late.try_reload() and late.current.version == good and late.attempts == 1
+    late.current.bundle.close()
+
+
+def test_a_replacement_worker_serves_what_its_sibling_serves(shared_root, facts, tmp_path, start_server):
+    """With CURRENT naming a refused version, a worker killed with SIGKILL is replaced by one that serves
+    the sibling's version (before: it listened without a bundle and failed its calls with UNAVAILABLE).
+    When no version can be loaded at all, the replacement exits before it listens and the sibling serves."""
+    root = copy_root(shared_root, tmp_path / "root")
+    good = (root / "CURRENT").read_text().strip()
+    mport = free_port()
+    s = start_server(root, "--workers", "2", "--reload-interval", "0.2", "--metrics-port", str(mport),
+                     "--events-dir", str(tmp_path / "ev"))
+    before: set[int] = set()
+    assert wait_for(lambda: len(before.update(worker_pids(s, facts["user"])) or before) == 2, 30)
+    new_version(root, good, "v-bad", corrupt="sha")
+    set_current(root, "v-bad")
+
+    def refused(n: int) -> bool:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
+        return metric(text, "recserve_reloads_total", outcome="refused") >= n
+
+    assert wait_for(lambda: refused(2), 30)
+    shutil.copy2(root / good / "ranker.txt", root / "v-bad" / "ranker.txt")   # repaired, manifest unchanged
+    os.kill(min(before), signal.SIGKILL)
+    seen: set[int] = set()
+    assert wait_for(lambda: len(seen.update(worker_pids(s, facts["user"], 12)) or seen - before) >= 1, 30)
+    versions, errors = _answers(s, facts["user"], 3)
+    assert set(versions) == {good} and not errors, (versions, errors)
+
+    shutil.rmtree(root / good)          # nothing loadable: the live workers keep their open bundle
+    shutil.rmtree(root / "v-bad")
+    replacement = (seen - before).pop()
+    os.kill(replacement, signal.SIGKILL)
+    versions, errors = _answers(s, facts["user"], 4)
+    assert not [k for k in errors if "no bundle" in k], errors
+    assert versions.get(good, 0) > 0 and s.proc.poll() is None
+
+
+def test_workers_exit_when_the_supervisor_dies(shared_root, facts, tmp_path, start_server):
+    """SIGKILL of the supervisor: its workers drain and exit (parent-death signal) and free the port."""
+    s = start_server(shared_root, "--workers", "2", "--events-dir", str(tmp_path / "ev"))
+    pids: set[int] = set()
+    assert wait_for(lambda: len(pids.update(worker_pids(s, facts["user"])) or pids) == 2, 30)
+    for ch in s.channels:
+        ch.close()
+    s.channels.clear()
+    s.proc.kill()
+    s.proc.wait(10)
+    assert wait_for(lambda: not any(_alive(p) for p in pids), 20), "workers outlived their supervisor"
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", s.port))
+
+
+def test_sighup_looks_at_current_at_once(shared_root, facts, tmp_path, start_server):
+    """With a poll interval of an hour, SIGHUP makes every worker load the version CURRENT names now;
+    the server keeps running."""
+    root = copy_root(shared_root, tmp_path / "root")
+    good = (root / "CURRENT").read_text().strip()
+    s = start_server(root, "--workers", "2", "--reload-interval", "3600", "--events-dir", str(tmp_path / "ev"))
+    new_version(root, good, "v2")
+    set_current(root, "v2")
+    versions, _ = _answers(s, facts["user"], 1)
+    assert set(versions) == {good}
+    s.proc.send_signal(signal.SIGHUP)
+
+    def all_v2() -> bool:
+        v, errors = _answers(s, facts["user"], 0.5)
+        return set(v) == {"v2"} and not errors
+
+    assert wait_for(all_v2, 30)
+    assert s.proc.poll() is None
