@@ -11,6 +11,8 @@ import json
 import sys
 import time
 
+from trainer.argtypes import number, number_list, positive_int, seed
+
 
 def _progress_switch(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -23,11 +25,11 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="generate synthetic data in the input format")
     s.add_argument("out")
-    s.add_argument("--users", type=int, default=1000)
-    s.add_argument("--items", type=int, default=500)
-    s.add_argument("--interactions", type=int, default=None, help="approximate total (default 20 per user)")
-    s.add_argument("--days", type=int, default=180)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--users", type=positive_int, default=1000)
+    s.add_argument("--items", type=positive_int, default=500)
+    s.add_argument("--interactions", type=positive_int, default=None, help="approximate total (default 20 per user)")
+    s.add_argument("--days", type=positive_int, default=180)
+    s.add_argument("--seed", type=seed, default=0)
     s.add_argument("--format", choices=["csv", "parquet"], default="csv")
 
     i = sub.add_parser("import", help="convert a public data set to the input format")
@@ -39,22 +41,23 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="train a bundle from a data directory")
     b.add_argument("out", help="bundle root (gets <version>/ and CURRENT)")
     b.add_argument("--data", required=True)
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--factors", default="64",
+    b.add_argument("--seed", type=seed, default=0)
+    b.add_argument("--factors", type=number_list(int, 1, 4096), default=[64],
                    help="embedding size, or a comma list (e.g. 16,32,64) to pick on the label window")
     b.add_argument("--embed", choices=["als", "svd"], default="als")
-    b.add_argument("--als-reg", type=float, default=20.0, help="ALS regularisation (implicit's units)")
-    b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--holdout", type=float, default=0.1,
+    b.add_argument("--als-reg", type=number(float, 0), default=20.0, help="ALS regularisation (implicit's units)")
+    b.add_argument("--threads", type=number(int, 1, 1024), default=2)
+    b.add_argument("--holdout", type=number(float, 0, 0.99), default=0.1,
                    help="newest share held out for evaluation; 0 trains the served bundle on everything")
-    b.add_argument("--ranker-users", type=int, default=3000)
-    b.add_argument("--ranker-trees", type=int, default=None,
+    b.add_argument("--ranker-users", type=positive_int, default=3000)
+    b.add_argument("--ranker-trees", type=positive_int, default=None,
                    help="exactly N trees, no early stopping (a ranker of known size for load tests)")
     b.add_argument("--no-tune", action="store_true")
     b.add_argument("--no-similar-lists", action="store_true",
                    help="do not store each item's SimilarItems neighbours (n_items x 85 int32); the server "
                         "then searches the index for every SimilarItems")
-    b.add_argument("--label-windows", type=int, default=2, help="successive label windows for ranker rows")
+    b.add_argument("--label-windows", type=number(int, 1, 100), default=2,
+                   help="successive label windows for ranker rows (fewer when the data runs out)")
     b.add_argument("--label-split", choices=["time", "user", "user-random"], default="time",
                    help="ranker labels: the newest time window (time), or each user's newest (user) or "
                         "random (user-random) share of her interactions")
@@ -62,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--evaluate", action="store_true",
                    help="evaluate on the held-out data after building (the default when --holdout > 0)")
     b.add_argument("--no-evaluate", action="store_true", help="skip the evaluation at the end of the build")
-    b.add_argument("--eval-users", type=int, default=2000)
+    b.add_argument("--eval-users", type=positive_int, default=2000)
     _progress_switch(b)
 
     v = sub.add_parser("verify", help="check a bundle (checksums, format, schema)")
@@ -72,8 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("bundle")
     e.add_argument("--data", required=True)
     e.add_argument("--drop-unknown", action="store_true")
-    e.add_argument("--eval-users", type=int, default=2000)
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--eval-users", type=positive_int, default=2000)
+    e.add_argument("--seed", type=seed, default=0)
     _progress_switch(e)
     return p
 
@@ -85,6 +88,8 @@ def _fail(msg: str, code: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    import lmdb
+
     from recserve.bundle import BundleError
     from trainer.io import DataError
 
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), 3)
     except (ValueError, FileExistsError) as exc:
         return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 2)
-    except OSError as exc:              # the disk: cannot write, no space left, ...
+    except (OSError, lmdb.Error) as exc:    # the disk: cannot write, no space left, ...
         return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 1)
 
 
@@ -132,6 +137,8 @@ def _run(args) -> int:
 
         if args.evaluate and args.no_evaluate:
             return _fail("--evaluate and --no-evaluate contradict each other", 2)
+        if args.evaluate and args.holdout == 0:
+            return _fail("--evaluate needs held-out data: --holdout 0 holds none out", 2)
         bad_out = _unwritable_root(args.out)
         if bad_out:
             return _fail(bad_out, 2)
@@ -140,14 +147,7 @@ def _run(args) -> int:
             ds = load_dataset(args.data, drop_unknown=args.drop_unknown)
         if ds.report.get("dropped_unknown_items"):
             print(f"dropped {ds.report['dropped_unknown_items']} interaction(s) with unknown items", file=sys.stderr)
-        try:
-            factors = [int(f) for f in str(args.factors).split(",")]
-            if min(factors) < 1:
-                raise ValueError
-        except ValueError:
-            return _fail(f"--factors: expected positive integers, got {args.factors!r}", 2)
-        if args.ranker_trees is not None and args.ranker_trees < 1:
-            return _fail(f"--ranker-trees: expected a positive integer, got {args.ranker_trees}", 2)
+        factors = args.factors
         cfg = {"seed": args.seed, "factors": factors if len(factors) > 1 else factors[0], "embed": args.embed, "als_reg": args.als_reg, "threads": args.threads,
                "holdout": args.holdout, "ranker_users": args.ranker_users, "label_windows": args.label_windows, "label_split": args.label_split,
                "tune": not args.no_tune, "ranker_trees": args.ranker_trees,
@@ -166,6 +166,10 @@ def _run(args) -> int:
         for res in results:
             print(format_table(res))
         m = json.loads((path / "manifest.json").read_text())
+        windows = len(m["training"]["ranker"].get("label_windows", [None] * args.label_windows))
+        if windows < args.label_windows:
+            print(f"label windows: {windows} of the {args.label_windows} asked for (the data ran out)",
+                  file=sys.stderr)
         print(timer.summary(), file=sys.stderr)
         tr = m["training"]
         print(f"built {path} ({m['counts']['users']} users, {m['counts']['items']} items, "
@@ -189,8 +193,13 @@ def _run(args) -> int:
         ds = load_dataset(args.data, drop_unknown=args.drop_unknown)
         path = resolve(args.bundle)
         res = evaluate_bundle(path, ds, max_users=args.eval_users, seed=args.seed)
-        record_evaluation(path, res)
         print(format_table(res))
+        built_from = json.loads((path / "manifest.json").read_text()).get("inputs")
+        if built_from == ds.files:
+            record_evaluation(path, res)
+        else:       # other data (next week's logs, say): a fair test, but not the bundle's own record
+            print(f"evaluate: {args.data} is not the data {path.name} was built from: its recorded evaluation "
+                  "and reports are left as they are", file=sys.stderr)
         return 0
     return 1
 

@@ -9,6 +9,7 @@ Input format (a directory):
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -80,13 +81,13 @@ def sha256_file(path: Path) -> str:
 
 
 def find_table(data_dir: Path, stem: str, required: bool = True) -> Path | None:
-    found = [p for p in (data_dir / f"{stem}{ext}" for ext in (".parquet", ".pq", ".csv")) if p.is_file()]
+    found = [p for p in (data_dir / f"{stem}{ext}" for ext in (".parquet", ".pq", ".csv", ".csv.gz")) if p.is_file()]
     if len(found) > 1:
         raise DataError(f"{data_dir}: both {' and '.join(p.name for p in found)}: keep one")
     if found:
         return found[0]
     if required:
-        raise DataError(f"{data_dir}: no {stem}.csv or {stem}.parquet")
+        raise DataError(f"{data_dir}: no {stem}.csv, {stem}.csv.gz or {stem}.parquet")
     return None
 
 
@@ -135,6 +136,7 @@ def _as_text(c: pa.ChunkedArray, path: Path, col: str) -> pa.ChunkedArray:
 
 
 MAX_ID_BYTES = 256     # the server's limit on a user or item id (recserve/pipeline/messages.py)
+MAX_TIMESTAMP = 253402300799.0       # 9999-12-31T23:59:59Z, the server's bound too
 MAX_PRICE = 1e12       # and on a price: features are float32, and sums of prices must stay finite
 
 
@@ -205,45 +207,83 @@ def _extra_columns(t: pa.Table, known, report: dict, what: str) -> dict[str, np.
     return out
 
 
-def _timestamps(t: pa.Table, path: Path, col: str) -> np.ndarray:
-    c = t.column(col)
-    if c.null_count:
-        raise DataError(f"{path.name}: column {col} has {c.null_count} empty timestamp(s)")
-    if pa.types.is_integer(c.type) or pa.types.is_floating(c.type):
-        a = c.to_numpy(zero_copy_only=False).astype(np.float64)
-        if not np.isfinite(a).all():
-            raise DataError(f"{path.name}: column {col} has unparsable timestamps")
-        return np.where(a > 1e11, a / 1000.0, a)
-    if pa.types.is_timestamp(c.type) or pa.types.is_date(c.type):
-        ts = pc.cast(c, pa.timestamp("s")) if pa.types.is_date(c.type) else c
-        return pc.cast(pc.cast(ts, pa.timestamp("s")), pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)
-    try:   # ISO 8601 with a zone (Z, +02:00) when every value has one
-        tz = pc.cast(c, pa.timestamp("s", tz="UTC"))
-        return pc.cast(pc.cast(tz, pa.timestamp("s")), pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)
+_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+_ZONE = r"\d\d:\d\d.*([Zz]|[+-]\d\d(:?\d\d)?)$"   # ISO 8601 with a time and a zone: Z, +02, +0200, +02:00
+_PER_SECOND = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+
+
+def _epoch(a: np.ndarray) -> np.ndarray:
+    """Numbers since 1970 in seconds, milliseconds, microseconds or nanoseconds, told apart by size (a
+    value above 1e11 s would be after the year 5138): as seconds."""
+    a = np.asarray(a, np.float64)
+    for _ in range(3):
+        a = np.where(np.abs(a) > 1e11, a / 1000.0, a)
+    return a
+
+
+def _parse_iso(part: pa.Array, zoned: bool) -> np.ndarray:
+    """ISO 8601 strings (fractions of a second allowed, beyond microseconds cut; with a zone when ``zoned``,
+    else read as UTC) as seconds; NaN where a value does not parse."""
+    typ = pa.timestamp("us", tz="UTC") if zoned else pa.timestamp("us")
+    part = pc.replace_substring_regex(part, r"(\.\d{6})\d+", r"\1")
+    try:
+        return pc.cast(pc.cast(part, typ), pa.int64()).to_numpy(zero_copy_only=False) / 1e6
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
-    try:
-        c = pc.utf8_trim_whitespace(pc.cast(c, pa.string()))
-        ts = pc.strptime(c, format="%Y-%m-%dT%H:%M:%S", unit="s", error_is_null=True)
-        if ts.null_count:
-            ts2 = pc.strptime(c, format="%Y-%m-%d", unit="s", error_is_null=True)
-            ts = pc.coalesce(ts, ts2)
-            if ts.null_count:
-                ts3 = pc.strptime(c, format="%Y-%m-%d %H:%M:%S", unit="s", error_is_null=True)
-                ts = pc.coalesce(ts, ts3)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        raise DataError(f"{path.name}: column {col} has unparsable timestamps") from None
-    out = pc.cast(ts, pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)   # NaN where null
-    # numbers (unix seconds or milliseconds) in a column that also holds text: read as text
-    numeric = pc.match_substring_regex(c, r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-    numeric_np = numeric.to_numpy(zero_copy_only=False).astype(bool)
-    if numeric_np.any():
-        a = pc.cast(pc.filter(c, numeric), pa.float64()).to_numpy(zero_copy_only=False)
-        out[numeric_np] = np.where(a > 1e11, a / 1000.0, a)
-    bad = ~np.isfinite(out)
+    out = np.full(len(part), np.nan)     # one value at a time, to find the bad ones
+    for i, v in enumerate(part.to_pylist()):
+        with contextlib.suppress(pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            out[i] = pa.scalar(v, pa.string()).cast(typ).value / 1e6
+    return out
+
+
+def _timestamps(t: pa.Table, path: Path, col: str, empty: float | None = None) -> np.ndarray:
+    """A column of times as unix seconds: numbers (seconds, ms, µs or ns), Arrow timestamps or dates of any
+    unit and zone, or text holding ISO 8601 (with or without a zone or fractions of a second) or numbers,
+    mixed freely. Empty cells are an error, or ``empty`` where given."""
+    c = t.column(col)
+    if c.null_count and empty is None:
+        raise DataError(f"{path.name}: column {col} has {c.null_count} empty timestamp(s)")
+    if pa.types.is_integer(c.type) or pa.types.is_floating(c.type):
+        out = _epoch(c.to_numpy(zero_copy_only=False).astype(np.float64))
+    elif pa.types.is_timestamp(c.type):
+        ticks, per = pc.cast(c, pa.int64()).to_numpy(zero_copy_only=False), int(_PER_SECOND[c.type.unit])
+        out = (ticks // per).astype(np.float64) + (ticks % per) / per       # whole seconds stay exact
+    elif pa.types.is_date(c.type):
+        out = pc.cast(pc.cast(c, pa.timestamp("s")), pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    else:
+        try:
+            c = pc.utf8_trim_whitespace(pc.cast(c, pa.string()))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise DataError(f"{path.name}: column {col} has unparsable timestamps") from None
+        c = c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+        blank = pc.equal(c, "")
+        if pc.any(blank).as_py():       # an empty CSV cell read as text: empty, not unparsable
+            if empty is None:
+                raise DataError(f"{path.name}: column {col} has {pc.sum(blank).as_py()} empty timestamp(s)")
+            c = pc.if_else(blank, pa.scalar(None, pa.string()), c)
+        out = np.full(len(c), np.nan)
+        numeric = pc.fill_null(pc.match_substring_regex(c, _NUMBER), False).to_numpy(zero_copy_only=False)
+        if numeric.any():
+            out[numeric] = _epoch(pc.cast(pc.filter(c, pa.array(numeric)), pa.float64())
+                                  .to_numpy(zero_copy_only=False))
+        zoned = pc.fill_null(pc.match_substring_regex(c, _ZONE), False).to_numpy(zero_copy_only=False) & ~numeric
+        for mask, has_zone in ((zoned, True), (~zoned & ~numeric, False)):
+            idx = np.flatnonzero(mask & ~pc.is_null(c).to_numpy(zero_copy_only=False))
+            if len(idx):
+                out[idx] = _parse_iso(c.take(pa.array(idx)), has_zone)
+    nulls = pc.is_null(c).to_numpy(zero_copy_only=False) if c.null_count else np.zeros(len(out), bool)
+    bad = ~np.isfinite(out) & ~nulls
     if bad.any():
         e_g = c.take(pa.array(np.flatnonzero(bad)[:1]))[0].as_py()
         raise DataError(f"{path.name}: column {col} has {int(bad.sum())} unparsable timestamp(s), e.g. {e_g!r}")
+    late = out > MAX_TIMESTAMP
+    if late.any():
+        e_g = c.take(pa.array(np.flatnonzero(late)[:1]))[0].as_py()
+        raise DataError(f"{path.name}: column {col} has {int(late.sum())} timestamp(s) after the year 9999, "
+                        f"e.g. {e_g!r}")
+    if nulls.any():
+        out[nulls] = empty
     return out
 
 
@@ -285,7 +325,9 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
     creator = np.full(len(item_ids), "", object)
     if "creator" in it.column_names:     # optional per item: empty = unknown creator
         creator = _optional_strings(it, ip, "creator")
-    created = _timestamps(it, ip, "created_at") if "created_at" in it.column_names else np.zeros(len(item_ids))
+    # optional per item: empty or absent = unknown, read as old (never "new")
+    created = _timestamps(it, ip, "created_at", empty=0.0) if "created_at" in it.column_names \
+        else np.zeros(len(item_ids))
     in_stock = (_numbers(it, ip, "in_stock") != 0).astype(np.int8) if "in_stock" in it.column_names \
         else np.ones(len(item_ids), np.int8)
     item_extra = _extra_columns(it, ITEM_KNOWN, report, "extra_item")
@@ -338,7 +380,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
         country = np.full(len(user_ids), "", object)
         r = _codes(u_ids, user_ids)
         if "signup_date" in ut.column_names:
-            signup[r] = _timestamps(ut, up, "signup_date")
+            signup[r] = _timestamps(ut, up, "signup_date", empty=np.nan)     # empty: unknown
         if "country" in ut.column_names:
             country[r] = _optional_strings(ut, up, "country")
         for name, a in _extra_columns(ut, USER_KNOWN, report, "extra_user").items():

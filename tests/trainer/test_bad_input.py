@@ -99,6 +99,20 @@ def test_parquet_equals_csv(small_data, tmp_path):
     assert list(a.item_ids) == list(b.item_ids)
 
 
+def test_gzipped_csv_reads_as_csv(small_data, tmp_path):
+    import gzip
+
+    import numpy as np
+
+    d = _copy(small_data, tmp_path)
+    raw = (d / "interactions.csv").read_bytes()
+    (d / "interactions.csv").unlink()
+    (d / "interactions.csv.gz").write_bytes(gzip.compress(raw))
+    a, b = load_dataset(small_data), load_dataset(d)
+    np.testing.assert_array_equal(a.ts, b.ts)
+    assert a.user_ids.tolist() == b.user_ids.tolist() and "interactions.csv.gz" in b.files
+
+
 def test_timestamp_formats(tmp_path):
     import numpy as np
 
@@ -118,6 +132,40 @@ def test_timestamp_formats(tmp_path):
     (d / "interactions.csv").write_text("user_id,item_id,timestamp,event\n"
                                         "1,a,1735776000,view\n1,b,2025-01-02,view\n1,a,1735776000000,view\n")
     assert load_dataset(d).ts.tolist() == [1735776000.0] * 3
+    # fractions of a second, zones, and numbers in any unit since 1970, mixed in one column
+    (d / "interactions.csv").write_text("user_id,item_id,timestamp,event\n"
+                                        "1,a,1735776000,view\n"
+                                        "1,a,2025-01-02T00:00:00.250Z,view\n"
+                                        "1,a,2025-01-02T02:00:00.5+02:00,view\n"
+                                        "1,a,2025-01-02 00:00:00.123456789,view\n"
+                                        "1,a,1735776000250000,view\n"
+                                        "1,a,1735776000250000000,view\n")
+    np.testing.assert_allclose(np.sort(load_dataset(d).ts),
+                               1735776000.0 + np.sort([0, .25, .5, .123456, .25, .25]), rtol=0, atol=1e-6)
+    # Parquet timestamps of any unit and zone, sub-second values included
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (d / "interactions.csv").unlink()
+    for typ in (pa.timestamp("ms", tz="UTC"), pa.timestamp("ns"), pa.timestamp("us", tz="Europe/Paris")):
+        ts = pa.array([1735776000123], pa.timestamp("ms", tz="UTC")).cast(typ)
+        pq.write_table(pa.table({"user_id": ["1"], "item_id": ["a"], "timestamp": ts, "event": ["view"]}),
+                       d / "interactions.parquet")
+        assert load_dataset(d).ts.tolist() == pytest.approx([1735776000.123], abs=1e-6), typ
+    (d / "interactions.parquet").unlink()
+    # empty optional dates: unknown (an item never "new", a user without a signup date)
+    (d / "items.csv").write_text("item_id,category,price,created_at\na,x,1.5,\nb,y,2,2025-01-01\n")
+    (d / "users.csv").write_text("user_id,signup_date\n1,\n2,2025-01-01\n")
+    (d / "interactions.csv").write_text("user_id,item_id,timestamp,event\n1,a,1735776000,view\n")
+    ds = load_dataset(d)
+    assert ds.item_created.tolist() == [0.0, base]
+    (d / "items.csv").write_text("item_id,category,price,created_at\na,x,1.5,\nb,y,2,1735689600\nc,y,2,2025-01-01\n")
+    assert load_dataset(d).item_created.tolist() == [0.0, base, base]    # read as text: empty is still empty
+    (d / "users.csv").unlink()
+    # after the year 9999 (the server's bound too)
+    (d / "interactions.csv").write_text("user_id,item_id,timestamp,event\n1,a,10000-01-01T00:00:00Z,view\n")
+    with pytest.raises(DataError, match="unparsable timestamp"):
+        load_dataset(d)
     # one bad value among numbers: counted once, and shown as it is in the file
     (d / "interactions.csv").write_text("user_id,item_id,timestamp,event\n"
                                         + "1,a,1735776000,view\n" * 5 + "1,b,yesterday,view\n")
@@ -144,7 +192,7 @@ def test_two_files_for_one_table_and_too_little_training_data(small_data, tmp_pa
     shutil.copy(tmp_path / "pq" / "items.parquet", d / "items.parquet")
     assert main(["build", "--data", str(d), str(tmp_path / "out")]) == 2
     assert "both items.parquet and items.csv" in capsys.readouterr().err
-    assert main(["build", "--data", str(small_data), "--holdout", "0.995", str(tmp_path / "out")]) == 2
+    assert main(["build", "--data", str(small_data), "--holdout", "0.99", str(tmp_path / "out")]) == 2
     assert "too little training data" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
@@ -194,5 +242,65 @@ def test_holdout_zero_trains_on_everything_and_cannot_evaluate(small_data, tmp_p
     capsys.readouterr()
     assert main(["evaluate", str(out), "--data", str(small_data)]) == 2
     assert "no held-out user" in capsys.readouterr().err
-    assert main(["build", "--data", str(small_data), str(out), "--holdout", "1.5"]) == 2
-    assert "holdout fraction must be in (0, 1)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["build", "--data", str(small_data), str(out), "--holdout", "1.5"])
+    assert exc.value.code == 2 and "argument --holdout: must be at most 0.99, not 1.5" in capsys.readouterr().err
+    assert main(["build", "--data", str(small_data), str(out), "--holdout", "0", "--evaluate"]) == 2
+    assert "--evaluate needs held-out data" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--threads", "-1"], "argument --threads: must be at least 1, not -1"),
+    (["--eval-users", "0"], "argument --eval-users: must be at least 1, not 0"),
+    (["--seed", "99999999999999999999"], "argument --seed: must be at most 2.14748e+09"),
+    (["--als-reg", "nan"], "argument --als-reg: must be a finite number, not nan"),
+    (["--als-reg", "-1"], "argument --als-reg: must be at least 0, not -1"),
+    (["--label-windows", "0"], "argument --label-windows: must be at least 1, not 0"),
+    (["--factors", "16,0"], "argument --factors: must be at least 1, not 0"),
+    (["--ranker-trees", "x"], "argument --ranker-trees: an integer, not 'x'"),
+])
+def test_bad_arguments_are_refused_before_the_data_is_read(args, says, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["build", "--data", str(tmp_path / "no-data"), str(tmp_path / "out"), *args])
+    assert exc.value.code == 2 and says in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failing_table_write_is_one_line_and_leaves_nothing(small_data, tmp_path, monkeypatch, capsys):
+    """An LMDB error while the tables are written (a full disk says ``mdb_txn_commit: Input/output
+    error``): exit 1 with one line, no version and no temporary directory left."""
+    import lmdb
+
+    from trainer import writer
+
+    def full(*a, **kw):
+        raise lmdb.Error("mdb_txn_commit: Input/output error")
+
+    monkeypatch.setattr(writer, "write_tables", full)
+    out = tmp_path / "out"
+    assert main(["build", "--data", str(small_data), str(out), "--factors", "8", "--no-tune",
+                 "--label-windows", "1", "--no-evaluate"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "recserve-train: error: mdb_txn_commit: Input/output error"
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_evaluating_on_other_data_leaves_the_bundles_record(small_data, tmp_path, capsys):
+    """``evaluate`` with the data a bundle was built from records its numbers in the bundle; with other
+    data (next week's logs) it prints them and leaves the bundle's manifest and reports alone."""
+    from recserve.bundle import resolve
+
+    out = tmp_path / "out"
+    assert main(["build", "--data", str(small_data), str(out), "--factors", "8", "--no-tune",
+                 "--label-windows", "1", "--no-evaluate"]) == 0
+    manifest = resolve(out) / "manifest.json"
+    other = _copy(small_data, tmp_path)
+    _edit(other / "interactions.csv", lambda lines: lines[:-50])
+    before = manifest.read_bytes()
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", str(other)]) == 0
+    text = capsys.readouterr()
+    assert "full+mmr" in text.out and "is not the data" in text.err
+    assert manifest.read_bytes() == before and not (resolve(out) / "report.json").exists()
+    assert main(["evaluate", str(out), "--data", str(small_data)]) == 0
+    assert manifest.read_bytes() != before and (resolve(out) / "report.json").is_file()
