@@ -269,6 +269,10 @@ def main(argv=None) -> int:
                   f"Recommend only {rr:.1f} vs {rc:.1f}/s, ratio {rr / rc:.3f}")
             cr = closed["recserve"]["server_cpu_ms_per_call"]
             cc = closed["ceiling"]["server_cpu_ms_per_call"]
+            if not np.isfinite(cr):
+                print("server CPU per call: not measured for recserve (the server was not started by this script)")
+                cr = None
+        if "ceiling" in closed and cr is not None:
             record["server_cpu_ratio_ceiling_to_recserve"] = cc / cr
             print(f"server CPU per call in that phase: recserve {cr:.3f} ms, ceiling {cc:.3f} ms: recserve does "
                   f"{cc / cr:.3f} of the ceiling's calls per CPU-second")

@@ -106,6 +106,7 @@ def index_header(path: str | os.PathLike) -> tuple[int, int]:
 
 def verify(path: str | os.PathLike) -> dict:
     """Check a bundle and return its manifest; raises :class:`BundleError` naming the first problem."""
+    from recserve._core.candidates import check_params
     from recserve._core.cross import FeatureSchema
     from recserve._core.tables import TableError, TableReader
 
@@ -131,6 +132,12 @@ def verify(path: str | os.PathLike) -> dict:
         schema = FeatureSchema.from_dict(m["feature_schema"])
     except (TypeError, ValueError) as exc:
         raise BundleError(f"manifest.json: bad feature_schema: {exc}") from None
+    try:
+        check_params(m["params"])
+        if not isinstance(m["index"].get("ef", 1), int) or m["index"].get("ef", 1) < 1:
+            raise ValueError(f"index.ef: an integer >= 1, not {m['index']['ef']!r}")
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise BundleError(f"manifest.json: {exc}") from None
     try:
         with TableReader(d / "tables.lmdb") as t:
             n_items = t.n_ids("item")

@@ -33,6 +33,28 @@ DEFAULT_PARAMS = {
 }
 
 
+def check_params(params: dict) -> None:
+    """``ValueError`` naming the first serving parameter of a bundle's manifest that no request could use
+    (a hand-edited manifest passes its hashes: the manifest itself is not hashed)."""
+    ew = params.get("event_weights", DEFAULT_PARAMS["event_weights"])
+    if (not isinstance(ew, list) or len(ew) != len(DEFAULT_PARAMS["event_weights"])
+            or not all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in ew)):
+        raise ValueError(f"params.event_weights: {len(DEFAULT_PARAMS['event_weights'])} finite weights >= 0 "
+                         f"(view, click, cart, purchase, rating), not {ew!r}")
+    for key in ("history_len", "cap", "ef", "similar_ef", "i2i_recent"):
+        v = params.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"params.{key}: an integer >= 1, not {v!r}")
+    quotas = params.get("quotas", DEFAULT_PARAMS["quotas"])
+    if (not isinstance(quotas, dict) or not quotas
+            or not all(isinstance(q, int) and not isinstance(q, bool) and q >= 0 for q in quotas.values())):
+        raise ValueError(f"params.quotas: a map of source -> integer >= 0, not {quotas!r}")
+    for key in ("i2i_decay", "session_gap"):
+        v = params.get(key)
+        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ValueError(f"params.{key}: a finite number >= 0, not {v!r}")
+
+
 def vector_params(params: dict) -> UserVectorParams:
     return UserVectorParams(decay_short=float(params["decay_short"]), decay_long=float(params["decay_long"]),
                             alpha=float(params["alpha"]), half_life=float(params["half_life_days"]))

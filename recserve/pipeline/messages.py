@@ -14,6 +14,7 @@ MAX_PRICE = 1e12    # an item's price (UpdateItems), as the trainer's limit (tra
 MAX_BATCH = 1000
 MAX_LIST = 1000  # session items, exclude ids, categories
 MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z: later "unix seconds" are milliseconds or garbage
+MAX_EVENT_AHEAD = 86400.0  # an event's time may run ahead of the server's clock by a day (clock skew), no more
 
 
 def check_ts(ts: float, field_name: str) -> None:

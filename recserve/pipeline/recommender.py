@@ -21,8 +21,8 @@ from recserve.pipeline import ranking as R
 from recserve.pipeline import rerank as RR
 from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument, NotFound
 from recserve.pipeline.items import ItemSnapshot, walk_allowed
-from recserve.pipeline.messages import (MAX_BATCH, MAX_LIST, MAX_PRICE, Filters, Item, RecRequest, Result,
-                                        check_id, check_k, check_ts)
+from recserve.pipeline.messages import (MAX_BATCH, MAX_EVENT_AHEAD, MAX_LIST, MAX_PRICE, Filters, Item, RecRequest,
+                                        Result, check_id, check_k, check_ts)
 
 
 def scaled_quotas(quotas: dict, n: int) -> dict:
@@ -115,6 +115,7 @@ class Recommender:
         # one consistent snapshot
         self._items = self._snapshot(self.base_feats)
         self.ranker = R.Ranker(bundle.ranker_text, list(self.schema.names), str(p.get("ranker_engine", "forest")))
+        CC.check_params(p)
         self.cparams = {**CC.DEFAULT_PARAMS, **p}
         self.uv_params = UserVectorParams(float(p.get("decay_short", 0.5)), float(p.get("decay_long", 0.02)),
                                           float(p.get("alpha", 0.5)), float(p.get("half_life_days", 0.0)))
@@ -513,6 +514,9 @@ class Recommender:
             if not 0 <= e.type <= 4:
                 raise InvalidArgument(f"events[{i}].type", "must be view, click, cart, purchase or rating")
             check_ts(e.timestamp, f"events[{i}].timestamp")
+            if e.timestamp > now + MAX_EVENT_AHEAD:     # it would outrank, and evict, the user's real events
+                raise InvalidArgument(f"events[{i}].timestamp", f"{e.timestamp:.0f} is more than a day after the "
+                                      f"server's clock ({now:.0f})")
             if self.tables.row_of("item", e.item_id) is None:
                 unknown.append(e.item_id)
             out.append(Event(e.user_id, e.item_id, e.type, e.timestamp or now))
@@ -551,5 +555,8 @@ class Recommender:
     def warmup(self) -> None:
         """One request through every stage, so a broken bundle fails before it is swapped in."""
         self.recommend(RecRequest(k=5))
+        lengths = np.diff(np.asarray(self.hist_indptr))
+        if len(lengths) and lengths.max() > 0:      # and the user with the longest history: its own stages
+            self.recommend(RecRequest(user_id=self.tables.id_of("user", int(lengths.argmax())), k=5))
         if self.n_items:
             self.similar(self.tables.id_of("item", 0), 5, Filters(in_stock_only=False))

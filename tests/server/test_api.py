@@ -1,6 +1,7 @@
 """Every RPC's happy path and every bad input's status code, against a real 2-worker server."""
 from __future__ import annotations
 
+import time
 import uuid
 
 import grpc
@@ -168,7 +169,9 @@ def test_record_events_bad_batches_write_nothing(server, facts):
                        (pb.RecordEventsRequest(events=[_ev("😀" * 128, good)]), "events[0].user_id"),
                        (pb.RecordEventsRequest(events=[_ev(user, good, ts=-5)]), "events[0].timestamp"),
                        (pb.RecordEventsRequest(events=[_ev(user, good, ts=1.7e12)]),
-                        "events[0].timestamp")]:
+                        "events[0].timestamp"),
+                       (pb.RecordEventsRequest(events=[_ev(user, good), _ev(user, good, ts=time.time() + 2 * 86400)]),
+                        "events[1].timestamp")]:       # two days ahead of the clock: would evict real events
         code, details = code_of(stub.RecordEvents, req)
         assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(field), details
 

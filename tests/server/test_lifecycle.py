@@ -340,3 +340,34 @@ def test_a_respawned_worker_takes_calls_only_with_a_bundle_and_its_gauge_dies_wi
                 and metric(text, "recserve_bundle_loaded", version=good) == 0)
 
     assert wait_for(only_v2, 30), "a version no worker serves is still reported as loaded"
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("event_weights", [1, 2], "params.event_weights"),
+    ("history_len", 0, "params.history_len"),
+    ("cap", -5, "params.cap"),
+    ("ef", "many", "params.ef"),
+    ("quotas", {}, "params.quotas"),
+    ("session_gap", -1, "params.session_gap"),
+])
+def test_a_hand_edited_manifest_with_unusable_params_is_refused(shared_root, tmp_path, key, value, says):
+    """The manifest is not hashed: serving parameters no request could use refuse the bundle at load
+    (before, event_weights of the wrong length loaded and failed every Recommend of a user with history)."""
+    import json
+
+    from recserve.config import ServeConfig
+    from recserve.live import BundleHolder
+
+    root = copy_root(shared_root, tmp_path / "root")
+    good = (root / "CURRENT").read_text().strip()
+    holder = BundleHolder(str(root), ServeConfig(reload_interval=0), None)
+    assert holder.try_reload()
+    new_version(root, good, "v-edited")
+    mpath = root / "v-edited" / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["params"][key] = value
+    mpath.write_text(json.dumps(m))
+    set_current(root, "v-edited")
+    assert not holder.try_reload()
+    assert holder.current.version == good and says in holder.last_error, holder.last_error
+    holder.current.bundle.close()
