@@ -13,47 +13,23 @@ from pathlib import Path
 import numpy as np
 
 from _timing import machine
+from trainer.argtypes import number, number_list
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _number(kind, low: float, inclusive: bool):
-    word = "at least" if inclusive else "above"
-
-    def parse(text: str):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{'an integer' if kind is int else 'a number'}, not {text!r}") \
-                from None
-        if v != v or v in (float("inf"), float("-inf")) or (v < low if inclusive else v <= low):
-            raise argparse.ArgumentTypeError(f"must be {word} {low:g}, not {text}")
-        return v
-
-    return parse
-
-
 def int_at_least(low: int):
-    return _number(int, low, True)
+    return number(int, low)
 
 
-positive_int = _number(int, 1, True)
-nonneg_int = _number(int, 0, True)
-positive_float = _number(float, 0, False)
-nonneg_float = _number(float, 0, True)
+positive_int = number(int, 1)
+nonneg_int = number(int, 0)
+positive_float = number(float, 0, above=True)
 
 
 def int_list(low: int = 1):
     """``"100,500,2000"`` -> [100, 500, 2000], each at least ``low``, at least one."""
-    one = _number(int, low, True)
-
-    def parse(text: str) -> list[int]:
-        parts = [p.strip() for p in text.split(",") if p.strip()]
-        if not parts:
-            raise argparse.ArgumentTypeError("at least one integer, comma separated")
-        return [one(p) for p in parts]
-
-    return parse
+    return number_list(int, low)
 
 
 def sizes(text: str) -> list[tuple[int, int]]:

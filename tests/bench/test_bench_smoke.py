@@ -125,7 +125,7 @@ def test_build_time_quick(tmp_path):
     (["bench/core.py", "--repeats", "0"], "argument --repeats: must be at least 1, not 0"),
     (["bench/core.py", "--items", "abc"], "argument --items: an integer, not 'abc'"),
     (["bench/scaling.py", "--sizes", "10000,abc"], "argument --sizes: an integer, not 'abc'"),
-    (["bench/scaling.py", "--cands", ","], "argument --cands: at least one integer"),
+    (["bench/scaling.py", "--cands", ","], "argument --cands: at least one value, comma separated"),
     (["bench/quality.py", "--synth", "2000"], "argument --synth: USERSxITEMS like 2000x1000"),
     (["bench/build_time.py", "--sizes", "0x10"], "argument --sizes: USERSxITEMS like 2000x1000"),
     (["bench/ranker.py", "--budget", "-1"], "argument --budget: must be above 0, not -1"),
