@@ -71,13 +71,16 @@ def print_phase(title: str, real: dict, ceil: dict | None) -> None:
     cs = (ceil or {}).get("server_switches_per_call", float("nan"))
     if not np.isfinite(real["server_cpu_ms_per_call"]):
         print("server CPU per call: not measured (the server was not started by this script)")
+    elif ceil is None:
+        print(f"server CPU per call (all workers, whole phase): {real['server_cpu_ms_per_call']:.3f} ms; context "
+              f"switches per call (all threads): {real.get('server_switches_per_call', float('nan')):.1f}")
     else:
         print(f"server CPU per call (all workers, whole phase): recserve {real['server_cpu_ms_per_call']:.3f} ms, "
               f"ceiling {cc:.3f} ms, ratio {real['server_cpu_ms_per_call'] / cc:.2f}; context switches per call "
               f"(all threads): recserve {real.get('server_switches_per_call', float('nan')):.1f}, ceiling {cs:.1f}")
     print(f"load generator CPU per call (all client processes): recserve's run "
-          f"{real.get('client_cpu_ms_per_call', float('nan')):.3f} ms, ceiling's "
-          f"{(ceil or {}).get('client_cpu_ms_per_call', float('nan')):.3f} ms")
+          f"{real.get('client_cpu_ms_per_call', float('nan')):.3f} ms"
+          + (f", ceiling's {ceil.get('client_cpu_ms_per_call', float('nan')):.3f} ms" if ceil else ""))
     hdr = (f"{'method':<13}{'calls':>8}{'ok/s':>9}{'p50 ms':>9}{'p90':>9}{'p99':>9}{'p99.9':>9}{'max':>9}"
            f"{'lag p99':>9}  errors")
     print(hdr)

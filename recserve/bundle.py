@@ -134,7 +134,8 @@ def verify(path: str | os.PathLike) -> dict:
         raise BundleError(f"manifest.json: bad feature_schema: {exc}") from None
     try:
         check_params(m["params"])
-        if not isinstance(m["index"].get("ef", 1), int) or m["index"].get("ef", 1) < 1:
+        ef = m["index"].get("ef", 1)
+        if isinstance(ef, bool) or not isinstance(ef, int) or ef < 1:
             raise ValueError(f"index.ef: an integer >= 1, not {m['index']['ef']!r}")
     except (TypeError, ValueError, AttributeError) as exc:
         raise BundleError(f"manifest.json: {exc}") from None

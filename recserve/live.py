@@ -118,14 +118,16 @@ class BundleHolder:
 
         With nothing live yet and CURRENT's version refused (now or by the siblings), a replacement
         loads its siblings' version (``fallback``) instead, once."""
-        key = self._key()
+        key, tried = self._key(), None
         if key is not None and key != self.current_key:
             stamp = self._stamp(key)
             # refused before and unchanged: not re-hashed every poll
-            if self._refused != (key, stamp) and self._swap(key, stamp):
-                return True
+            if self._refused != (key, stamp):
+                tried = key
+                if self._swap(key, stamp):
+                    return True
         fallback, self.fallback = self.fallback, None
-        if self.current is None and fallback is not None and fallback != key:
+        if self.current is None and fallback is not None and fallback != tried:
             return self._swap(fallback, self._stamp(fallback))
         return False
 

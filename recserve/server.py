@@ -137,6 +137,7 @@ class Worker:
         # event-store writes (fsync) and bundle loads: blocking work that must not stall the event loop
         self.io = futures.ThreadPoolExecutor(max_workers=max(cfg.threads, 1), thread_name_prefix="recserve-io")
         self._watcher: asyncio.Task | None = None
+        self._reload_lock = asyncio.Lock()
 
     async def start(self) -> int:
         """Bind, load the bundle CURRENT names (if any), then serve; NOT_SERVING until one is live."""
@@ -196,8 +197,11 @@ class Worker:
         await self.health.set(SERVICE_NAME, st)
 
     async def _reload(self) -> None:
-        """Load the version CURRENT names if it changed (in a thread); SERVING once one is live."""
-        if await asyncio.get_running_loop().run_in_executor(self.io, self.holder.try_reload):
+        """Load the version CURRENT names if it changed (in a thread); SERVING once one is live. One load
+        at a time: a poll and a SIGHUP that meet wait for each other."""
+        async with self._reload_lock:
+            swapped = await asyncio.get_running_loop().run_in_executor(self.io, self.holder.try_reload)
+        if swapped:
             await self._set_health(True)
             if self.sharing is not None:
                 self.sharing.serving(True)
@@ -264,7 +268,9 @@ def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConf
 
     Returns ``(server, port)``: a :class:`Supervisor` over ``cfg.workers`` forked processes, or with
     ``workers=0`` an :class:`InProcessWorker`. Both have ``stop(grace)``. A CURRENT naming an invalid
-    bundle fails here; a root without CURRENT starts NOT_SERVING and waits for one.
+    bundle fails here; a root without CURRENT starts NOT_SERVING and waits for one. Call it, and the
+    supervisor's ``monitor()``, from a thread that outlives the server (the main thread): workers get
+    SIGTERM when the thread that forked them ends (Linux's parent-death signal).
     """
     import dataclasses
 

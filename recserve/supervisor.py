@@ -44,9 +44,12 @@ class _Reports:
         os.set_blocking(fd, False)
 
     def send(self, **msg) -> None:
-        try:        # a line under PIPE_BUF: written whole, even from the loading thread
-            os.write(self.fd, (json.dumps(msg) + "\n").encode()[:4000])
-        except OSError:             # the supervisor is gone or not reading: serve anyway
+        """``msg``'s text values are cut to 400 characters: a line under PIPE_BUF is written whole, even from
+        the loading thread, and a reader never sees half of one."""
+        msg = {k: v[:400] if isinstance(v, str) else v for k, v in msg.items()}
+        try:
+            os.write(self.fd, (json.dumps(msg) + "\n").encode())
+        except OSError:             # the supervisor is gone or not reading (a full pipe): serve anyway
             pass
 
 
@@ -77,22 +80,40 @@ class _Inbox:
             os.close(self.fd)
 
 
+def _find_prctl():
+    """libc's ``prctl`` (Linux), looked up once in the supervisor, not after a fork; None elsewhere."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _find_prctl()
+
+
 def _die_with_parent(parent: int) -> None:
-    """SIGTERM this process when ``parent`` dies (Linux; a no-op elsewhere)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
-    if os.getppid() != parent:      # it died before the call above
-        os.kill(os.getpid(), signal.SIGTERM)
+    """SIGTERM this process when ``parent`` dies (Linux's parent-death signal; a no-op elsewhere). The
+    signal follows the *thread* that forked: the supervisor forks from the thread that called
+    ``create_server`` (``recserve serve``: the main thread)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if os.getppid() != parent:      # it died before the call above: nothing to serve for
+        os._exit(1)
 
 
 def _worker_main(cfg: ServeConfig, port: int, report_fd: int, cpu: int | None = None, sharing=None,
                  inherit: tuple | None = None, parent: int = 0) -> None:
     """Entry point of a forked worker process; never returns."""
     code, ready = 0, False
-    reports = _Reports(report_fd)
     try:
+        # the supervisor's handlers were inherited: SIGTERM kills until the event loop takes it over
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)    # until the event loop takes it over
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)    # until the worker listens
+        reports = _Reports(report_fd)
+    except BaseException:  # noqa: BLE001 -- never return into the supervisor's code
+        os._exit(1)
+    try:
         if parent:
             _die_with_parent(parent)
         if cpu is not None:
@@ -107,11 +128,17 @@ def _worker_main(cfg: ServeConfig, port: int, report_fd: int, cpu: int | None = 
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGTERM, stop.set)
-            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(w.reload_now()))
             await w.start()
             ready = True
             reports.send(ready=w.holder.current is not None)
+
+            def hup() -> None:
+                if not stop.is_set():
+                    asyncio.ensure_future(w.reload_now())
+
+            loop.add_signal_handler(signal.SIGHUP, hup)
             await stop.wait()
+            loop.remove_signal_handler(signal.SIGHUP)
             log.info("draining", extra={"event": "drain"})
             await w.stop()
 
@@ -173,6 +200,7 @@ class Supervisor:
         self._backoff = self.RESPAWN_MIN_S
         self._stopping = False
         self._metrics_dir: str | None = None
+        self._metrics_http = None                # the metrics HTTP server (its socket is closed in workers)
         self._lock = threading.Lock()
         self._group = None                       # work sharing: a board and sockets, inherited by every fork
         if cfg.share_work and cfg.workers >= 2:
@@ -186,10 +214,16 @@ class Supervisor:
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
-            os.close(r)
-            for inbox in self._inbox.values():      # the siblings' pipes are not this worker's
-                os.close(inbox.fd)
-            sharing = None if self._group is None else self._group.member(slot)
+            try:
+                os.close(r)
+                for inbox in self._inbox.values():      # the siblings' pipes are not this worker's
+                    if not inbox.closed:
+                        os.close(inbox.fd)
+                if self._metrics_http is not None:      # nor is the supervisor's metrics port
+                    self._metrics_http.socket.close()
+                sharing = None if self._group is None else self._group.member(slot)
+            except BaseException:  # noqa: BLE001 -- never return into the supervisor's code
+                os._exit(1)
             _worker_main(self.cfg, self.port, w, None if self._cpus is None else self._cpus[slot], sharing,
                          inherit, parent)
         os.close(w)
@@ -205,7 +239,9 @@ class Supervisor:
             self._serving = msg["loaded"]
             if self._refused and self._refused[0] == self._serving:
                 self._refused = None
-        elif "refused" in msg:
+        elif "refused" in msg and msg["refused"] != self._serving:
+            # (a refusal of the version a sibling serves, read after its "loaded" or one worker's
+            # passing failure, must not keep replacements from the version that works)
             self._refused = (msg["refused"], tuple(msg.get("stamp", ())))
         elif pid in self._replacements and ("ready" in msg or "error" in msg):
             self._replacements.discard(pid)
@@ -296,7 +332,7 @@ class Supervisor:
             reg = CollectorRegistry()
             multiprocess.MultiProcessCollector(reg)
             try:
-                start_http_server(self.cfg.metrics_port, addr=self.cfg.host, registry=reg)
+                self._metrics_http, _ = start_http_server(self.cfg.metrics_port, addr=self.cfg.host, registry=reg)
             except OSError as exc:
                 self.stop(0)
                 raise OSError(exc.errno, f"cannot serve metrics on {self.cfg.host}:{self.cfg.metrics_port}: "
@@ -334,6 +370,13 @@ class Supervisor:
                 time.sleep(0.05)
             self.pids.remove(pid)
         if not self.pids:
+            for inbox in self._inbox.values():
+                inbox.close()
+            self._inbox.clear()
+            if self._metrics_http is not None:
+                self._metrics_http.shutdown()
+                self._metrics_http.server_close()
+                self._metrics_http = None
             self._sock.close()
             if self._group is not None:
                 self._group.remove()

@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), 3)
     except (ValueError, FileExistsError) as exc:
         return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 2)
-    except (OSError, lmdb.Error) as exc:    # the disk: cannot write, no space left, ...
+    except lmdb.Error as exc:           # a build's table write (the disk), or a bundle's tables when read
+        return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 1 if args.cmd == "build" else 3)
+    except OSError as exc:              # the disk: cannot write, no space left, ...
         return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 1)
 
 

@@ -9,7 +9,6 @@ Input format (a directory):
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -208,7 +207,7 @@ def _extra_columns(t: pa.Table, known, report: dict, what: str) -> dict[str, np.
 
 
 _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
-_ZONE = r"\d\d:\d\d.*([Zz]|[+-]\d\d(:?\d\d)?)$"   # ISO 8601 with a time and a zone: Z, +02, +0200, +02:00
+_ZONE = r"\d\d:\d\d.*(Z|[+-]\d\d(:?\d\d)?)$"   # ISO 8601 with a time and a zone: Z, +02, +0200, +02:00
 _PER_SECOND = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 
 
@@ -225,15 +224,35 @@ def _parse_iso(part: pa.Array, zoned: bool) -> np.ndarray:
     """ISO 8601 strings (fractions of a second allowed, beyond microseconds cut; with a zone when ``zoned``,
     else read as UTC) as seconds; NaN where a value does not parse."""
     typ = pa.timestamp("us", tz="UTC") if zoned else pa.timestamp("us")
-    part = pc.replace_substring_regex(part, r"(\.\d{6})\d+", r"\1")
+    return _cast_halves(pc.replace_substring_regex(part, r"(\.\d{6})\d+", r"\1"), typ)
+
+
+def _cast_halves(part: pa.Array, typ: pa.DataType) -> np.ndarray:
+    """``part`` cast to ``typ`` as seconds; where the cast fails, the halves are cast apart, down to single
+    values (NaN): a few bad values among millions cost a few dozen casts, not a loop over the column."""
     try:
         return pc.cast(pc.cast(part, typ), pa.int64()).to_numpy(zero_copy_only=False) / 1e6
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        pass
-    out = np.full(len(part), np.nan)     # one value at a time, to find the bad ones
-    for i, v in enumerate(part.to_pylist()):
-        with contextlib.suppress(pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            out[i] = pa.scalar(v, pa.string()).cast(typ).value / 1e6
+        if len(part) == 1:
+            return np.array([np.nan])
+    half = len(part) // 2
+    return np.concatenate([_cast_halves(part.slice(0, half), typ), _cast_halves(part.slice(half), typ)])
+
+
+def _text_timestamps(c: pa.Array) -> np.ndarray:
+    """Trimmed text (empty cells null) as seconds, value by value: numbers since 1970, or ISO 8601 with or
+    without a zone; NaN where a value does not parse."""
+    c = pc.utf8_upper(c)                # 't', 'z' read as 'T', 'Z'
+    out = np.full(len(c), np.nan)
+    present = ~pc.is_null(c).to_numpy(zero_copy_only=False)
+    numeric = pc.fill_null(pc.match_substring_regex(c, _NUMBER), False).to_numpy(zero_copy_only=False)
+    if numeric.any():
+        out[numeric] = _epoch(pc.cast(pc.filter(c, pa.array(numeric)), pa.float64()).to_numpy(zero_copy_only=False))
+    zoned = pc.fill_null(pc.match_substring_regex(c, _ZONE), False).to_numpy(zero_copy_only=False) & ~numeric
+    for mask, has_zone in ((zoned, True), (present & ~zoned & ~numeric, False)):
+        idx = np.flatnonzero(mask)
+        if len(idx):
+            out[idx] = _parse_iso(c.take(pa.array(idx)), has_zone)
     return out
 
 
@@ -242,12 +261,12 @@ def _timestamps(t: pa.Table, path: Path, col: str, empty: float | None = None) -
     unit and zone, or text holding ISO 8601 (with or without a zone or fractions of a second) or numbers,
     mixed freely. Empty cells are an error, or ``empty`` where given."""
     c = t.column(col)
-    if c.null_count and empty is None:
-        raise DataError(f"{path.name}: column {col} has {c.null_count} empty timestamp(s)")
+    c = c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
     if pa.types.is_integer(c.type) or pa.types.is_floating(c.type):
         out = _epoch(c.to_numpy(zero_copy_only=False).astype(np.float64))
     elif pa.types.is_timestamp(c.type):
-        ticks, per = pc.cast(c, pa.int64()).to_numpy(zero_copy_only=False), int(_PER_SECOND[c.type.unit])
+        ticks = pc.fill_null(pc.cast(c, pa.int64()), 0).to_numpy(zero_copy_only=False)
+        per = int(_PER_SECOND[c.type.unit])
         out = (ticks // per).astype(np.float64) + (ticks % per) / per       # whole seconds stay exact
     elif pa.types.is_date(c.type):
         out = pc.cast(pc.cast(c, pa.timestamp("s")), pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -256,32 +275,17 @@ def _timestamps(t: pa.Table, path: Path, col: str, empty: float | None = None) -
             c = pc.utf8_trim_whitespace(pc.cast(c, pa.string()))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise DataError(f"{path.name}: column {col} has unparsable timestamps") from None
-        c = c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
-        blank = pc.equal(c, "")
-        if pc.any(blank).as_py():       # an empty CSV cell read as text: empty, not unparsable
-            if empty is None:
-                raise DataError(f"{path.name}: column {col} has {pc.sum(blank).as_py()} empty timestamp(s)")
-            c = pc.if_else(blank, pa.scalar(None, pa.string()), c)
-        out = np.full(len(c), np.nan)
-        numeric = pc.fill_null(pc.match_substring_regex(c, _NUMBER), False).to_numpy(zero_copy_only=False)
-        if numeric.any():
-            out[numeric] = _epoch(pc.cast(pc.filter(c, pa.array(numeric)), pa.float64())
-                                  .to_numpy(zero_copy_only=False))
-        zoned = pc.fill_null(pc.match_substring_regex(c, _ZONE), False).to_numpy(zero_copy_only=False) & ~numeric
-        for mask, has_zone in ((zoned, True), (~zoned & ~numeric, False)):
-            idx = np.flatnonzero(mask & ~pc.is_null(c).to_numpy(zero_copy_only=False))
-            if len(idx):
-                out[idx] = _parse_iso(c.take(pa.array(idx)), has_zone)
-    nulls = pc.is_null(c).to_numpy(zero_copy_only=False) if c.null_count else np.zeros(len(out), bool)
-    bad = ~np.isfinite(out) & ~nulls
-    if bad.any():
-        e_g = c.take(pa.array(np.flatnonzero(bad)[:1]))[0].as_py()
-        raise DataError(f"{path.name}: column {col} has {int(bad.sum())} unparsable timestamp(s), e.g. {e_g!r}")
-    late = out > MAX_TIMESTAMP
-    if late.any():
-        e_g = c.take(pa.array(np.flatnonzero(late)[:1]))[0].as_py()
-        raise DataError(f"{path.name}: column {col} has {int(late.sum())} timestamp(s) after the year 9999, "
-                        f"e.g. {e_g!r}")
+        c = pc.if_else(pc.equal(c, ""), pa.scalar(None, pa.string()), c)   # an empty CSV cell read as text
+        out = _text_timestamps(c)
+    nulls = pc.is_null(c).to_numpy(zero_copy_only=False)
+    if nulls.any() and empty is None:
+        raise DataError(f"{path.name}: column {col} has {int(nulls.sum())} empty timestamp(s)")
+    for bad, what in ((~np.isfinite(out) & ~nulls, "unparsable timestamp(s)"),
+                      (out > MAX_TIMESTAMP, "timestamp(s) after the year 9999")):
+        if bad.any():
+            e_g = c.take(pa.array(np.flatnonzero(bad)[:1]))
+            e_g = pc.cast(e_g, pa.string())[0].as_py() if pa.types.is_temporal(c.type) else e_g[0].as_py()
+            raise DataError(f"{path.name}: column {col} has {int(bad.sum())} {what}, e.g. {e_g!r}")
     if nulls.any():
         out[nulls] = empty
     return out

@@ -51,7 +51,7 @@ def check_params(params: dict) -> None:
         raise ValueError(f"params.quotas: a map of source -> integer >= 0, not {quotas!r}")
     for key in ("i2i_decay", "session_gap"):
         v = params.get(key)
-        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+        if v is not None and (isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0)):
             raise ValueError(f"params.{key}: a finite number >= 0, not {v!r}")
 
 

@@ -63,6 +63,7 @@ class Recommender:
         t = bundle.tables
         self.tables = t
         p = dict(bundle.params)
+        CC.check_params(p)          # the bundle's own (verify checks them too; Bundle.open may skip it)
         p.update({k: v for k, v in (defaults or {}).items() if v is not None})
         if p.get("candidates"):
             p.update(scaled_quotas(p.get("quotas") or CC.DEFAULT_PARAMS["quotas"], int(p["candidates"])))
@@ -115,11 +116,10 @@ class Recommender:
         # one consistent snapshot
         self._items = self._snapshot(self.base_feats)
         self.ranker = R.Ranker(bundle.ranker_text, list(self.schema.names), str(p.get("ranker_engine", "forest")))
-        CC.check_params(p)
         self.cparams = {**CC.DEFAULT_PARAMS, **p}
         self.uv_params = UserVectorParams(float(p.get("decay_short", 0.5)), float(p.get("decay_long", 0.02)),
                                           float(p.get("alpha", 0.5)), float(p.get("half_life_days", 0.0)))
-        self.event_weights = np.asarray(p.get("event_weights", [1, 2, 3, 4, 3]), np.float32)
+        self.event_weights = np.asarray(p.get("event_weights", CC.DEFAULT_PARAMS["event_weights"]), np.float32)
         self.quotas = dict(p.get("quotas", {}))
         self.cap = int(p.get("cap", 300))
         self.history_len = int(p.get("history_len", 200))

@@ -148,3 +148,28 @@ def test_sighup_looks_at_current_at_once(shared_root, facts, tmp_path, start_ser
 
     assert wait_for(all_v2, 30)
     assert s.proc.poll() is None
+
+
+def test_a_refusal_of_the_served_version_does_not_reach_replacements(shared_root, tmp_path):
+    """Reports read out of order (one worker refused v while its sibling loaded v, a file still being
+    copied): the supervisor keeps v as what replacements serve, and a replacement given v both as the
+    version to serve and as refused still loads it."""
+    from recserve.supervisor import Supervisor
+
+    sup = Supervisor(ServeConfig(workers=2), 0, socket.socket())
+    try:
+        sup._take(1, {"loaded": "v3", "stamp": [1, 2, 3]})
+        sup._take(2, {"refused": "v3", "stamp": [1, 2, 3]})
+        assert sup._serving == "v3" and sup._refused is None
+        sup._take(2, {"refused": "v4", "stamp": [4]})
+        assert sup._refused == ("v4", (4,))
+        sup._take(1, {"loaded": "v4", "stamp": [4]})
+        assert sup._serving == "v4" and sup._refused is None
+    finally:
+        sup._sock.close()
+    root = copy_root(shared_root, tmp_path / "root")
+    good = (root / "CURRENT").read_text().strip()
+    probe = BundleHolder(str(root), ServeConfig(reload_interval=0), None)
+    holder = BundleHolder(str(root), ServeConfig(reload_interval=0), None, inherit=(good, (good, probe._stamp(good))))
+    assert holder.try_reload() and holder.current.version == good and holder.attempts == 1
+    holder.current.bundle.close()

@@ -162,10 +162,16 @@ def test_timestamp_formats(tmp_path):
     (d / "items.csv").write_text("item_id,category,price,created_at\na,x,1.5,\nb,y,2,1735689600\nc,y,2,2025-01-01\n")
     assert load_dataset(d).item_created.tolist() == [0.0, base, base]    # read as text: empty is still empty
     (d / "users.csv").unlink()
-    # after the year 9999 (the server's bound too)
-    (d / "interactions.csv").write_text("user_id,item_id,timestamp,event\n1,a,10000-01-01T00:00:00Z,view\n")
-    with pytest.raises(DataError, match="unparsable timestamp"):
+    # after the year 9999 (the server's bound too), and text in any case
+    (d / "interactions.csv").unlink()
+    pq.write_table(pa.table({"user_id": ["1"], "item_id": ["a"], "event": ["view"],
+                             "timestamp": pa.array([253402300800], pa.int64()).cast(pa.timestamp("s"))}),
+                   d / "interactions.parquet")
+    with pytest.raises(DataError, match="1 timestamp\\(s\\) after the year 9999"):
         load_dataset(d)
+    (d / "interactions.parquet").unlink()
+    (d / "interactions.csv").write_text("user_id,item_id,timestamp,event\n1,a,2025-01-02t00:00:00z,view\n")
+    assert load_dataset(d).ts.tolist() == [1735776000.0]
     # one bad value among numbers: counted once, and shown as it is in the file
     (d / "interactions.csv").write_text("user_id,item_id,timestamp,event\n"
                                         + "1,a,1735776000,view\n" * 5 + "1,b,yesterday,view\n")
