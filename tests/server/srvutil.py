@@ -126,3 +126,18 @@ def worker_pids(server: Server, user: str, calls: int = 24) -> set[int]:
         _, call = stub.Recommend.with_call(pb.RecommendRequest(user_id=user, k=5), timeout=10)
         pids.update(int(v) for k, v in call.trailing_metadata() if k == "recserve-worker")
     return pids
+
+
+def replacement(server: Server, user: str, before: set[int], timeout: float = 30.0) -> set[int]:
+    """After a worker of ``before`` was killed: the worker pids seen answering once one outside ``before``
+    (its replacement) has answered, or an empty set after ``timeout`` seconds."""
+    seen: set[int] = set()
+
+    def replaced() -> bool:
+        try:
+            seen.update(worker_pids(server, user, 12))
+        except grpc.RpcError:       # a connection the kernel queued on the dead worker's socket
+            return False
+        return len(seen - before) >= 1
+
+    return seen if wait_for(replaced, timeout, 0.5) else set()

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc as pbg
 
-from srvutil import Server, copy_root, new_version, set_current, wait_for, worker_pids
+from srvutil import Server, copy_root, new_version, replacement, set_current, wait_for, worker_pids
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -216,16 +216,8 @@ def test_crashed_worker_is_replaced_and_serves(start_server, shared_root, facts,
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
     survivors = before - {victim}
-    seen: set[int] = set()
-
-    def replaced() -> bool:
-        try:
-            seen.update(worker_pids(s, facts["user"], 12))
-        except grpc.RpcError:       # a connection the kernel queued on the dead worker's socket
-            return False
-        return len(seen - before) >= 1
-
-    assert wait_for(replaced, 30, 0.5), f"no replacement worker answered (saw {seen})"
+    seen = replacement(s, facts["user"], before)
+    assert seen, "no replacement worker answered"
     new = seen - before
     if pinned:                                       # the replacement takes the dead worker's CPU
         assert [os.sched_getaffinity(pid) for pid in new] == [cpus[victim]]

@@ -182,8 +182,10 @@ def test_calls_the_client_gives_up_on_are_counted_by_why(shared_root, facts, sta
     mport = free_port()
     s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--metrics-port", str(mport),
                      env={"RECSERVE_DEBUG_DELAY_MS": "1500"})
+    stub = s.stub()       # connected first: on a busy machine the connection alone could outlast 0.3 s
+    stub.SimilarItems(pb.SimilarItemsRequest(item_id=facts["items"][0], k=3), timeout=30)
     with pytest.raises(grpc.RpcError) as e:
-        s.stub().Recommend(pb.RecommendRequest(user_id=facts["user"], k=3), timeout=0.3)
+        stub.Recommend(pb.RecommendRequest(user_id=facts["user"], k=3), timeout=0.3)
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     call = s.stub().Recommend.future(pb.RecommendRequest(user_id=facts["user"], k=3), timeout=20)
     time.sleep(0.3)

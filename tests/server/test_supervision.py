@@ -17,7 +17,7 @@ from recserve.live import BundleHolder
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc as pbg
 
-from srvutil import copy_root, free_port, metric, new_version, set_current, wait_for, worker_pids
+from srvutil import copy_root, free_port, metric, new_version, replacement, set_current, wait_for, worker_pids
 
 
 def _alive(pid: int) -> bool:
@@ -92,23 +92,15 @@ def test_a_replacement_worker_serves_what_its_sibling_serves(shared_root, facts,
     assert wait_for(lambda: refused(2), 30)
     shutil.copy2(root / good / "ranker.txt", root / "v-bad" / "ranker.txt")   # repaired, manifest unchanged
     os.kill(min(before), signal.SIGKILL)
-    seen: set[int] = set()
-
-    def replaced() -> bool:
-        try:
-            seen.update(worker_pids(s, facts["user"], 12))
-        except grpc.RpcError:       # a connection the kernel queued on the dead worker's socket
-            return False
-        return len(seen - before) >= 1
-
-    assert wait_for(replaced, 30, 0.5)
+    seen = replacement(s, facts["user"], before)
+    assert seen, "no replacement worker answered"
     versions, errors = _answers(s, facts["user"], 3)
     assert set(versions) == {good} and not errors, (versions, errors)
 
     shutil.rmtree(root / good)          # nothing loadable: the live workers keep their open bundle
     shutil.rmtree(root / "v-bad")
-    replacement = (seen - before).pop()
-    os.kill(replacement, signal.SIGKILL)
+    newcomer = (seen - before).pop()
+    os.kill(newcomer, signal.SIGKILL)
     versions, errors = _answers(s, facts["user"], 4)
     assert not [k for k in errors if "no bundle" in k], errors
     assert versions.get(good, 0) > 0 and s.proc.poll() is None
