@@ -19,6 +19,7 @@ from trainer.retrieval import candidates_for
 
 KS = (1, 5, 10, 20, 50)          # every method keeps its top 50
 DECILES = 10
+FEW_USERS = 200        # below this many evaluated users, the table says its figures are noisy
 METHODS = ["popularity", "i2i", "ann", "ann+ranker", "merged+ranker", "full+mmr"]
 
 
@@ -152,7 +153,9 @@ def evaluate(art, scorer, test_user, test_item, test_ts, params: dict, creators:
 def format_table(result: dict) -> str:
     cols = ["recall@10", "recall@20", "recall@50", "ndcg@10", "mrr@50", "coverage@10", "ild@10",
             "novelty@10", "cold_share@10"]
-    lines = [f"evaluated users: {result['users']}",
+    few = (f" (fewer than {FEW_USERS}: differences between methods may be noise; a larger --holdout holds out "
+           "more users)" if result["users"] < FEW_USERS else "")
+    lines = [f"evaluated users: {result['users']}{few}",
              f"{'method':<15}" + "".join(f"{c:>14}" for c in cols)]
     for m, v in result["methods"].items():
         lines.append(f"{m:<15}" + "".join(f"{v[c]:>14.4f}" for c in cols))

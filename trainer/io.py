@@ -185,7 +185,8 @@ USER_KNOWN = ("user_id", "signup_date", "country")
 
 
 def _extra_columns(t: pa.Table, known, report: dict, what: str) -> dict[str, np.ndarray]:
-    """The table's other numeric (or boolean) columns, in file order, as float64 (empty / inf -> NaN);
+    """The table's other numeric (integer, float, decimal or boolean) columns, in file order, as float64
+    (empty / inf -> NaN);
     the first :data:`EXTRA_MAX`. Text columns and any beyond are listed in ``report`` as not used."""
     out: dict[str, np.ndarray] = {}
     unused = []
@@ -193,7 +194,8 @@ def _extra_columns(t: pa.Table, known, report: dict, what: str) -> dict[str, np.
         if name in known:
             continue
         c = t.column(name)
-        numeric = pa.types.is_integer(c.type) or pa.types.is_floating(c.type) or pa.types.is_boolean(c.type)
+        numeric = (pa.types.is_integer(c.type) or pa.types.is_floating(c.type) or pa.types.is_boolean(c.type)
+                   or pa.types.is_decimal(c.type))
         if not numeric or len(out) >= EXTRA_MAX:
             unused.append(name)
             continue

@@ -77,3 +77,20 @@ def test_at_most_extra_max_columns_are_used(tmp_path):
     ds = load_dataset(data)
     assert list(ds.item_extra) == [f"f{j}" for j in range(EXTRA_MAX)]
     assert ds.report["extra_item_columns_not_used"] == [f"f{EXTRA_MAX}", f"f{EXTRA_MAX + 1}"]
+
+
+def test_a_decimal_parquet_column_is_a_feature(tmp_path):
+    """A Parquet decimal column (a price-like export type) is numeric: a feature, not 'not used'."""
+    import decimal
+
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data"
+    ds0, _ = synth(60, 40, seed=2)
+    write_dataset(ds0, data, fmt="parquet")
+    items = pq.read_table(data / "items.parquet")
+    margin = [decimal.Decimal(f"{i % 7}.25") for i in range(items.num_rows)]
+    pq.write_table(items.append_column("margin", pa.array(margin, pa.decimal128(9, 2))), data / "items.parquet")
+    ds = load_dataset(data)
+    assert list(ds.item_extra) == ["margin"] and "extra_item_columns_not_used" not in ds.report
+    np.testing.assert_array_equal(ds.item_extra["margin"], [float(m) for m in margin])

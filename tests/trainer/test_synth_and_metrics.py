@@ -111,3 +111,13 @@ def test_cold_items_sit_at_the_typical_distance_from_their_group():
     np.testing.assert_array_equal(out, fill_cold(emb.astype(np.float32), seen, cat, creator, seed=1))
     # item 63 is (category 0, creator 5): one seen member, cosine 1 -> exactly that member
     np.testing.assert_allclose(out[63], emb[5], atol=1e-3)   # sqrt(1 - c^2) amplifies float32 rounding
+
+
+def test_the_table_says_when_few_users_were_evaluated():
+    from trainer.evaluate import FEW_USERS, format_table
+
+    row = {c: 0.1 for c in ("recall@10", "recall@20", "recall@50", "ndcg@10", "mrr@50", "coverage@10", "ild@10",
+                            "novelty@10", "cold_share@10")}
+    few = format_table({"users": 22, "methods": {"full+mmr": row}}).splitlines()[0]
+    many = format_table({"users": FEW_USERS, "methods": {"full+mmr": row}}).splitlines()[0]
+    assert few.startswith("evaluated users: 22 (fewer than") and many == f"evaluated users: {FEW_USERS}"
