@@ -298,7 +298,7 @@ def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConf
     else:
         log.warning("no bundle yet: NOT_SERVING until %s/CURRENT names one", holder.root,
                     extra={"event": "waiting_for_bundle"})
-    from recserve.supervisor import Supervisor, probe_port, reserve_port
+    from recserve.supervisor import Supervisor, probe_port, remove_stale_dirs, reserve_port
 
     if cfg.metrics_port:        # before anything starts: a taken port fails alone, with its number
         probe_port(cfg.host, cfg.metrics_port, "serve metrics")
@@ -312,6 +312,9 @@ def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConf
         w = InProcessWorker(cfg, cfg.port, metrics)
         return w, w.port
     sock = reserve_port(cfg.host, cfg.port)
+    stale = remove_stale_dirs()
+    if stale:
+        log.info("removed the directories of killed servers: %s", ", ".join(stale), extra={"event": "cleanup"})
     sup = Supervisor(cfg, sock.getsockname()[1], sock)
     sup.start()
     return sup, sup.port

@@ -305,7 +305,9 @@ class Group:
 
     def __init__(self, n: int):
         self.board = Board(n)
-        self.directory = tempfile.mkdtemp(prefix="recserve-share-")      # mode 0700: this user only
+        # mode 0700: this user only; named after the supervisor, so a later one can remove it if this one is
+        # killed before it can (recserve.supervisor.remove_stale_dirs)
+        self.directory = tempfile.mkdtemp(prefix=f"recserve-share-{os.getpid()}-")
 
     def member(self, slot: int) -> Sharing:
         return Sharing(self.board, slot, self.directory)

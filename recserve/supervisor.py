@@ -154,6 +154,31 @@ def _worker_main(cfg: ServeConfig, port: int, report_fd: int, cpu: int | None = 
 
 
 # -- the supervisor ------------------------------------------------------------------------------------
+def remove_stale_dirs(tmp: str | None = None) -> list[str]:
+    """Remove the private directories (``recserve-share-<pid>-*``, ``recserve-metrics-<pid>-*``) of this
+    user's supervisors that were killed before they could (their pid is gone); returns what was removed."""
+    import re
+    import shutil
+
+    gone = []
+    tmp = tmp or tempfile.gettempdir()
+    for name in os.listdir(tmp):
+        m = re.fullmatch(r"recserve-(share|metrics)-(\d+)-\w+", name)
+        path = os.path.join(tmp, name)
+        if not m or not os.path.isdir(path) or os.stat(path).st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(m.group(2)), 0)
+            continue                            # its supervisor still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        gone.append(name)
+    return gone
+
+
 def probe_port(host: str, port: int, what: str) -> None:
     """Raise ``OSError`` naming ``what`` when ``host:port`` is taken (a bind without SO_REUSEPORT fails while
     any socket holds the port, connections in TIME_WAIT aside)."""
@@ -303,7 +328,7 @@ class Supervisor:
 
     def start(self, timeout: float = 120.0) -> None:
         if self.cfg.metrics_port:
-            self._metrics_dir = tempfile.mkdtemp(prefix="recserve-metrics-")
+            self._metrics_dir = tempfile.mkdtemp(prefix=f"recserve-metrics-{os.getpid()}-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir
         for slot in range(self.cfg.workers):
             self._spawn(slot)

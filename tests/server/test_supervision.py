@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -120,6 +121,15 @@ def test_workers_exit_when_the_supervisor_dies(shared_root, facts, tmp_path, sta
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", s.port))
+    # its private directory is left behind; the next server's start removes it (its pid is gone)
+    from recserve.supervisor import remove_stale_dirs
+
+    tmp = Path(tempfile.gettempdir())
+    left = [p.name for p in tmp.glob(f"recserve-share-{s.proc.pid}-*")]
+    assert left and remove_stale_dirs() and not list(tmp.glob(f"recserve-share-{s.proc.pid}-*"))
+    mine = tempfile.mkdtemp(prefix=f"recserve-share-{os.getpid()}-")       # a live server's: kept
+    assert mine.rsplit("/", 1)[1] not in remove_stale_dirs() and os.path.isdir(mine)
+    os.rmdir(mine)
 
 
 def test_sighup_looks_at_current_at_once(shared_root, facts, tmp_path, start_server):
