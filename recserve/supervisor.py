@@ -136,9 +136,8 @@ def _worker_main(cfg: ServeConfig, port: int, report_fd: int, cpu: int | None = 
                 if not stop.is_set():
                     asyncio.ensure_future(w.reload_now())
 
-            loop.add_signal_handler(signal.SIGHUP, hup)
+            loop.add_signal_handler(signal.SIGHUP, hup)    # kept while draining (removed, it would kill)
             await stop.wait()
-            loop.remove_signal_handler(signal.SIGHUP)
             log.info("draining", extra={"event": "drain"})
             await w.stop()
 
