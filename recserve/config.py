@@ -124,6 +124,8 @@ def validate(cfg: ServeConfig) -> ServeConfig:
         raise ValueError(f"ranker_engine: one of {', '.join(RANKER_ENGINES)}, got {cfg.ranker_engine!r}")
     if cfg.log_level.upper() not in LOG_LEVELS:
         raise ValueError(f"log_level: one of {', '.join(LOG_LEVELS)}, got {cfg.log_level!r}")
+    if cfg.metrics_port and cfg.metrics_port == cfg.port:
+        raise ValueError(f"metrics_port: {cfg.metrics_port} is the gRPC port too; give the metrics another")
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         raise ValueError("tls_cert and tls_key go together (--tls-cert and --tls-key)")
     if cfg.tls_client_ca and not cfg.tls_cert:

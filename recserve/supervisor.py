@@ -131,6 +131,7 @@ def _worker_main(cfg: ServeConfig, port: int, report_fd: int, cpu: int | None = 
             await w.start()
             ready = True
             reports.send(ready=w.holder.current is not None)
+            await w.reload_now()    # CURRENT once more: a SIGHUP sent while the bundle loaded was ignored
 
             def hup() -> None:
                 if not stop.is_set():
@@ -221,7 +222,7 @@ class Supervisor:
         self._due: list[tuple[float, int]] = []  # (time, slot) at which to spawn a replacement
         self._slot: dict[int, int] = {}          # pid -> worker slot (its CPU when pinned)
         self._cpus = worker_cpus(cfg.cpu_affinity, cfg.workers)
-        self._backoff = self.RESPAWN_MIN_S
+        self._backoff: dict[int, float] = {}    # slot -> the delay before its last replacement
         self._stopping = False
         self._metrics_dir: str | None = None
         self._metrics_http = None                # the metrics HTTP server (its socket is closed in workers)
@@ -309,10 +310,14 @@ class Supervisor:
                     from prometheus_client import multiprocess
 
                     multiprocess.mark_process_dead(pid, self._metrics_dir)
-                lived = now - self._started.pop(pid, now)
-                self._backoff = (min(self._backoff * 2, self.RESPAWN_MAX_S) if lived < self.STABLE_S
-                                 else self.RESPAWN_MIN_S)
-                self._due.append((now + self._backoff, self._slot.pop(pid, 0)))
+                lived, slot = now - self._started.pop(pid, now), self._slot.pop(pid, 0)
+                # per slot: a replacement that dies young waits twice as long as the one before it; the
+                # first death of a slot, or of a worker that lived STABLE_S, waits RESPAWN_MIN_S
+                last = self._backoff.get(slot)
+                delay = (min(last * 2, self.RESPAWN_MAX_S) if last is not None and lived < self.STABLE_S
+                         else self.RESPAWN_MIN_S)
+                self._backoff[slot] = delay
+                self._due.append((now + delay, slot))
                 self._replacements.discard(pid)
                 inbox = self._inbox.pop(pid, None)
                 if inbox is not None:
@@ -320,7 +325,7 @@ class Supervisor:
                         self._take(pid, msg)
                     inbox.close()
                 log.error("worker exited, respawning", extra={"event": "respawn", "error": f"pid {pid} status "
-                          f"{status}, after {lived:.1f} s; replacement in {self._backoff:.1f} s"})
+                          f"{status}, after {lived:.1f} s; replacement in {delay:.1f} s"})
             for due in [d for d in self._due if d[0] <= now]:
                 self._due.remove(due)
                 self._replacements.add(self._spawn(due[1], replacement=True))

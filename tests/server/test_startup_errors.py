@@ -32,6 +32,7 @@ def reason(p: subprocess.CompletedProcess) -> str:
     (["--tls-key", "CA"], "tls_cert and tls_key go together"),
     (["--tls-cert", "/no/such.crt", "--tls-key", "/no/such.key"], "tls_cert: cannot read"),
     (["--mmr-lambda", "3"], "mmr_lambda: must be in [0, 1]"),
+    (["--port", "56123", "--metrics-port", "56123"], "metrics_port: 56123 is the gRPC port too"),
     (["--max-per-creator", "-1"], "max_per_creator: must be >= 0"),
     (["--novelty-boost", "nan"], "novelty_boost: must be a finite number"),
     (["--candidates", "-5"], "candidates: must be >= 1"),

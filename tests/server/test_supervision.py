@@ -175,3 +175,38 @@ def test_a_refusal_of_the_served_version_does_not_reach_replacements(shared_root
     holder = BundleHolder(str(root), ServeConfig(reload_interval=0), None, inherit=(good, (good, probe._stamp(good))))
     assert holder.try_reload() and holder.current.version == good and holder.attempts == 1
     holder.current.bundle.close()
+
+
+def test_the_respawn_delay_doubles_per_slot(monkeypatch):
+    """Two workers killed at once are both replaced after RESPAWN_MIN_S (before, a delay shared by all
+    slots doubled for the second); only a slot whose replacements keep dying young waits longer."""
+    from recserve.supervisor import Supervisor
+
+    def dead_child() -> int:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        return pid
+
+    sup = Supervisor(ServeConfig(workers=2, share_work=0), 0, socket.socket())
+    monkeypatch.setattr(sup, "_spawn", lambda slot, replacement=False: -1)     # nothing is forked again
+    try:
+        now = time.monotonic()
+        for slot in (0, 1):
+            pid = dead_child()
+            sup.pids.append(pid)
+            sup._started[pid], sup._slot[pid] = now - 60, slot   # lived a minute: not young
+        time.sleep(0.2)
+        sup.monitor()
+        assert len(sup._due) == 2 and all(0.5 <= due - now < 1.5 for due, _ in sup._due)   # both in 0.5 s
+        assert sup._backoff == {0: sup.RESPAWN_MIN_S, 1: sup.RESPAWN_MIN_S}
+        sup._due.clear()
+        for _ in range(2):                      # slot 0's replacements die young, twice
+            pid = dead_child()
+            sup.pids.append(pid)
+            sup._started[pid], sup._slot[pid] = time.monotonic(), 0
+            time.sleep(0.2)
+            sup.monitor()
+        assert sup._backoff == {0: 4 * sup.RESPAWN_MIN_S, 1: sup.RESPAWN_MIN_S}
+    finally:
+        sup._sock.close()
