@@ -1,5 +1,5 @@
-"""What every bench script shares at its edges: argument types that refuse bad values in one line, and the
-header of a JSON record (date, machine, versions, the full configuration)."""
+"""What every bench script shares at its edges: the ``USERSxITEMS`` argument type (the numeric ones are
+:mod:`trainer.argtypes`'), and the header of a JSON record (date, machine, versions, the full configuration)."""
 from __future__ import annotations
 
 import argparse
@@ -13,23 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from _timing import machine
-from trainer.argtypes import number, number_list
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def int_at_least(low: int):
-    return number(int, low)
-
-
-positive_int = number(int, 1)
-nonneg_int = number(int, 0)
-positive_float = number(float, 0, above=True)
-
-
-def int_list(low: int = 1):
-    """``"100,500,2000"`` -> [100, 500, 2000], each at least ``low``, at least one."""
-    return number_list(int, low)
 
 
 def sizes(text: str) -> list[tuple[int, int]]:

@@ -22,7 +22,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from _cli import positive_int, record, sizes, write_json  # noqa: E402
+from _cli import record, sizes, write_json  # noqa: E402
+from trainer.argtypes import positive_int  # noqa: E402
 from _timing import machine  # noqa: E402
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import int_at_least, positive_int  # noqa: E402
+from trainer.argtypes import number, positive_int  # noqa: E402
 from _timing import interleaved, machine, summary  # noqa: E402
 
 from recserve._core.cross import Crosser, FeatureSchema, cross_reference  # noqa: E402
@@ -42,7 +42,7 @@ def clustered_embeddings(rng, n, d, n_clusters=200):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=positive_int, default=2000)
-    ap.add_argument("--items", type=int_at_least(1000), default=100_000)
+    ap.add_argument("--items", type=number(int, 1000), default=100_000)
     ap.add_argument("--quick", action="store_true", help="tiny run for smoke tests")
     args = ap.parse_args(argv)
     if args.quick:

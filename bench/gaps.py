@@ -33,7 +33,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from _inproc import RECOMMEND_ONLY, rec_requests, recommender  # noqa: E402
-from _cli import positive_int, record, write_json  # noqa: E402
+from _cli import record, write_json  # noqa: E402
+from trainer.argtypes import positive_int  # noqa: E402
 from _timing import machine  # noqa: E402
 from _workload import build_requests, read_ids  # noqa: E402
 

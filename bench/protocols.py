@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-from _cli import int_list, positive_int  # noqa: E402
+from trainer.argtypes import number_list, positive_int  # noqa: E402
 
 SHOW = ["recall@10", "recall@20", "ndcg@10"]
 METHODS = ["popularity", "item-knn", "ease", "implicit-als", "recserve ann", "recserve ann-all",
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "ml-100k"),
                     help="a MovieLens directory (read by trainer.movielens)")
     ap.add_argument("--data-dir", help="a directory in the trainer's input format (instead of --data)")
-    ap.add_argument("--seeds", type=int_list(0), default="0,1,2")
+    ap.add_argument("--seeds", type=number_list(int, 0), default="0,1,2")
     ap.add_argument("--protocols", type=protocol_list, default="a,b", help="a, b or a,b")
     ap.add_argument("--factors", type=positive_int, default=64)
     ap.add_argument("--ranker-users", type=positive_int, default=3000)

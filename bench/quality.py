@@ -35,7 +35,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-from _cli import nonneg_int, positive_int, record, sizes, write_json  # noqa: E402
+from _cli import record, sizes, write_json  # noqa: E402
+from trainer.argtypes import number, positive_int  # noqa: E402
 from _timing import machine  # noqa: E402
 
 COLS = ["recall@10", "recall@20", "recall@50", "ndcg@10", "coverage@10", "ild@10", "novelty@10"]
@@ -142,7 +143,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-users", type=positive_int, default=2000)
     ap.add_argument("--factors", type=positive_int, default=64)
     ap.add_argument("--ranker-users", type=positive_int, default=3000)
-    ap.add_argument("--seed", type=nonneg_int, default=0)
+    ap.add_argument("--seed", type=number(int, 0), default=0)
     ap.add_argument("--threads", type=positive_int, default=2)
     ap.add_argument("--json")
     ap.add_argument("--quick", action="store_true", help="tiny run for smoke tests (one 300x200 synth set)")

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import interleaved, summary  # noqa: E402
-from _cli import int_at_least, positive_float  # noqa: E402
+from trainer.argtypes import number  # noqa: E402
 from _timing import machine as _machine  # noqa: E402
 
 import lightgbm as lgb  # noqa: E402
@@ -77,8 +77,8 @@ def row(label: str, rows: int, t_forest: np.ndarray, t_lgb: np.ndarray) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--budget", type=positive_float, default=3.0, help="seconds of timing per table cell")
-    ap.add_argument("--train-rows", type=int_at_least(100), default=20_000)
+    ap.add_argument("--budget", type=number(float, 0, above=True), default=3.0, help="seconds of timing per table cell")
+    ap.add_argument("--train-rows", type=number(int, 100), default=20_000)
     ap.add_argument("--quick", action="store_true", help="tiny run for smoke tests")
     ap.add_argument("--compiled", action="store_true",
                     help="also time tl2cgen and lleaves (if installed) on the 200x63 model")

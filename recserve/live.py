@@ -34,8 +34,7 @@ class BundleHolder:
         self._refused: tuple | None = None      # (key, stamp) of the last refused bundle
         self.fallback: str | None = None        # a replacement's siblings' version, tried once
         if inherit is not None:
-            self.fallback, refused = inherit
-            self._refused = tuple(refused[:1]) + (tuple(refused[1]),) if refused else None
+            self.fallback, self._refused = inherit     # (key, stamp as a tuple) or None
         self.report = report
         # leases: a retired pipeline is closed only once no request holds it any more
         self._lease_lock = threading.Lock()

@@ -207,8 +207,8 @@ def reserve_port(host: str, port: int) -> socket.socket:
 class Supervisor:
     """Handle on the worker processes: ``stop()`` drains them (SIGTERM), ``wait()`` blocks until they exit."""
 
-    RESPAWN_MIN_S = 0.5     # delay before replacing a crashed worker; doubles while workers keep
-    RESPAWN_MAX_S = 30.0    # dying young (within STABLE_S of their start), up to this
+    RESPAWN_MIN_S = 0.5     # delay before replacing a crashed worker; doubles while one slot's replacements
+    RESPAWN_MAX_S = 30.0    # keep dying young (within STABLE_S of their start), up to this
     STABLE_S = 10.0
 
     def __init__(self, cfg: ServeConfig, port: int, sock: socket.socket):

@@ -81,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _reason(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def _fail(msg: str, code: int) -> int:
     print(f"recserve-train: error: {msg}", file=sys.stderr)
     return code
@@ -100,11 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     except BundleError as exc:
         return _fail(str(exc), 3)
     except (ValueError, FileExistsError) as exc:
-        return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 2)
+        return _fail(_reason(exc), 2)
     except lmdb.Error as exc:           # a build's table write (the disk), or a bundle's tables when read
-        return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 1 if args.cmd == "build" else 3)
+        return _fail(_reason(exc), 1 if args.cmd == "build" else 3)
     except OSError as exc:              # the disk: cannot write, no space left, ...
-        return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 1)
+        return _fail(_reason(exc), 1)
 
 
 def _run(args) -> int:

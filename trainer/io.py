@@ -20,6 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from recserve.pipeline.messages import MAX_TS as MAX_TIMESTAMP   # 9999-12-31T23:59:59Z: the server's bound
+
 EVENTS = ["view", "click", "cart", "purchase", "rating"]
 EVENT_CODE = {e: k for k, e in enumerate(EVENTS)}
 # columns holding identifiers or category codes: always text, never numbers ("007" stays "007")
@@ -135,7 +137,6 @@ def _as_text(c: pa.ChunkedArray, path: Path, col: str) -> pa.ChunkedArray:
 
 
 MAX_ID_BYTES = 256     # the server's limit on a user or item id (recserve/pipeline/messages.py)
-MAX_TIMESTAMP = 253402300799.0       # 9999-12-31T23:59:59Z, the server's bound too
 MAX_PRICE = 1e12       # and on a price: features are float32, and sums of prices must stay finite
 
 
