@@ -126,7 +126,7 @@ def cmd_similar(args) -> int:
         r = _call(lambda: pbg.RecommenderStub(ch).SimilarItems(
             pb.SimilarItemsRequest(item_id=args.item, k=args.k, filters=_filters(args)),
             metadata=_meta(args), timeout=args.timeout))
-    print(f"similar to {args.item}  bundle {r.bundle_version}")
+    print(f"similar to {args.item}  bundle {r.bundle_version}  request {r.request_id}")
     print_items(r.items)
     return 0
 
@@ -142,7 +142,7 @@ def cmd_events(args) -> int:
         ev = pb.Event(user_id=args.user, item_id=args.item, type=EVENT_TYPES[args.type], timestamp=args.timestamp)
         r = _call(lambda: pbg.RecommenderStub(ch).RecordEvents(pb.RecordEventsRequest(events=[ev]),
                                                                metadata=_meta(args), timeout=args.timeout))
-    print(_table(["accepted", "new users"], [[r.accepted, r.new_users]]))
+    print(_table(["accepted", "new users", "request"], [[r.accepted, r.new_users, r.request_id]]))
     return 0
 
 
@@ -158,7 +158,7 @@ def cmd_items(args) -> int:
     with _channel(args) as ch:
         r = _call(lambda: pbg.RecommenderStub(ch).UpdateItems(pb.UpdateItemsRequest(items=[u]),
                                                               metadata=_meta(args), timeout=args.timeout))
-    print(_table(["updated"], [[r.updated]]))
+    print(_table(["updated", "request"], [[r.updated, r.request_id]]))
     return 0
 
 

@@ -196,12 +196,14 @@ class RecordEventsRequest(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
 
 class RecordEventsResponse(_message.Message):
-    __slots__ = ("accepted", "new_users")
+    __slots__ = ("accepted", "new_users", "request_id")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     NEW_USERS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     new_users: int
-    def __init__(self, accepted: _Optional[int] = ..., new_users: _Optional[int] = ...) -> None: ...
+    request_id: str
+    def __init__(self, accepted: _Optional[int] = ..., new_users: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ItemUpdate(_message.Message):
     __slots__ = ("item_id", "in_stock", "price")
@@ -220,7 +222,9 @@ class UpdateItemsRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ItemUpdate, _Mapping]]] = ...) -> None: ...
 
 class UpdateItemsResponse(_message.Message):
-    __slots__ = ("updated",)
+    __slots__ = ("updated", "request_id")
     UPDATED_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     updated: int
-    def __init__(self, updated: _Optional[int] = ...) -> None: ...
+    request_id: str
+    def __init__(self, updated: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
