@@ -148,8 +148,8 @@ class BundleHolder:
         with self._lease_lock:
             old = self.current
             self.current, self.current_key, self.last_error = rec, key, None  # the atomic swap
-        if self.metrics:
-            self.metrics.reloads.labels("loaded").inc()
+        if self.metrics:   # a worker's first bundle (start or respawn) is not a reload
+            self.metrics.reloads.labels("loaded" if old is not None else "started").inc()
             if old is not None:
                 self.metrics.version.labels(old.version).set(0)
             self.metrics.version.labels(rec.version).set(1)

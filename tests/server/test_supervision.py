@@ -97,6 +97,9 @@ def test_a_replacement_worker_serves_what_its_sibling_serves(shared_root, facts,
     assert seen, "no replacement worker answered"
     versions, errors = _answers(s, facts["user"], 3)
     assert set(versions) == {good} and not errors, (versions, errors)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
+    assert metric(text, "recserve_reloads_total", outcome="started") == 3           # two workers, one respawn
+    assert metric(text, "recserve_reloads_total", outcome="loaded") == 0            # no swap happened
 
     shutil.rmtree(root / good)          # nothing loadable: the live workers keep their open bundle
     shutil.rmtree(root / "v-bad")
@@ -137,7 +140,9 @@ def test_sighup_looks_at_current_at_once(shared_root, facts, tmp_path, start_ser
     the server keeps running."""
     root = copy_root(shared_root, tmp_path / "root")
     good = (root / "CURRENT").read_text().strip()
-    s = start_server(root, "--workers", "2", "--reload-interval", "3600", "--events-dir", str(tmp_path / "ev"))
+    mport = free_port()
+    s = start_server(root, "--workers", "2", "--reload-interval", "3600", "--events-dir", str(tmp_path / "ev"),
+                     "--metrics-port", str(mport))
     new_version(root, good, "v2")
     set_current(root, "v2")
     versions, _ = _answers(s, facts["user"], 1)
@@ -150,6 +155,11 @@ def test_sighup_looks_at_current_at_once(shared_root, facts, tmp_path, start_ser
 
     assert wait_for(all_v2, 30)
     assert s.proc.poll() is None
+    text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
+    assert metric(text, "recserve_reloads_total", outcome="loaded") == 2
+    assert metric(text, "recserve_reloads_total", outcome="started") == 2
+    assert metric(text, "recserve_bundle_loaded", version="v2") == 1          # max over live workers
+    assert metric(text, "recserve_bundle_loaded", version=good) == 0
 
 
 def test_a_refusal_of_the_served_version_does_not_reach_replacements(shared_root, tmp_path):
