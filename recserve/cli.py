@@ -33,10 +33,37 @@ def _channel(args):
     if bool(args.cert) != bool(args.key):
         raise SystemExit("--cert and --key go together (the client certificate for mutual TLS)")
     if args.ca or args.cert:
-        read = lambda p: open(p, "rb").read() if p else None  # noqa: E731
-        creds = grpc.ssl_channel_credentials(read(args.ca), read(args.key), read(args.cert))
+        def read(flag, path):
+            if not path:
+                return None
+            try:
+                with open(path, "rb") as fh:
+                    return fh.read()
+            except OSError as exc:
+                raise SystemExit(f"error: {flag} {path}: {exc.strerror}") from None
+
+        creds = grpc.ssl_channel_credentials(read("--ca", args.ca), read("--key", args.key),
+                                             read("--cert", args.cert))
         return grpc.secure_channel(args.addr, creds)
     return grpc.insecure_channel(args.addr)
+
+
+def address(text: str) -> str:
+    """``HOST:PORT`` with a port in 1..65535 (gRPC would wrap 116587 around to 51051)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port in 1..65535, got {text!r}")
+    return text
+
+
+def seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0 < v < 1e6:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return v
 
 
 def _meta(args):
@@ -69,6 +96,9 @@ def print_items(items, explain: bool = False, out=sys.stdout) -> None:
 
 
 def cmd_serve(args) -> int:
+    # gRPC core writes its own plain-text lines to stderr (a failed TLS handshake is one per connection at
+    # its default level): errors only, unless the operator sets GRPC_VERBOSITY; read when grpc loads
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     from recserve.server import serve_forever, worker_cpus
 
     flags = {k: v for k, v in vars(args).items() if k in {f for f in C.ServeConfig.__dataclass_fields__}}
@@ -91,13 +121,18 @@ def cmd_serve(args) -> int:
         return 1
 
 
-def _call(fn):
+def _call(fn, args=None):
     import grpc
 
     try:
         return fn()
     except grpc.RpcError as e:
-        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+        hint = ""
+        if e.code() == grpc.StatusCode.UNAVAILABLE and args is not None and "Socket closed" in (e.details() or ""):
+            hint = (" (if the server uses TLS, pass its CA certificate with --ca)" if not args.ca else
+                    " (if the server asks for client certificates, pass --cert and --key)" if not args.cert
+                    else "")
+        print(f"error: {e.code().name}: {e.details()}{hint}", file=sys.stderr)
         raise SystemExit(1)
 
 
@@ -110,7 +145,8 @@ def cmd_recommend(args) -> int:
                                   filters=_filters(args), explain=args.explain, timings=True)
         if args.mmr_lambda is not None:
             setattr(req.diversity, "lambda", args.mmr_lambda)
-        r = _call(lambda: pbg.RecommenderStub(ch).Recommend(req, metadata=_meta(args), timeout=args.timeout))
+        r = _call(lambda: pbg.RecommenderStub(ch).Recommend(req, metadata=_meta(args), timeout=args.timeout),
+                  args)
     print(f"user {args.user or '(anonymous)'}{' (cold start)' if r.cold_start else ''}  "
           f"bundle {r.bundle_version}  request {r.request_id}")
     print_items(r.items, args.explain)
@@ -125,7 +161,7 @@ def cmd_similar(args) -> int:
     with _channel(args) as ch:
         r = _call(lambda: pbg.RecommenderStub(ch).SimilarItems(
             pb.SimilarItemsRequest(item_id=args.item, k=args.k, filters=_filters(args)),
-            metadata=_meta(args), timeout=args.timeout))
+            metadata=_meta(args), timeout=args.timeout), args)
     print(f"similar to {args.item}  bundle {r.bundle_version}  request {r.request_id}")
     print_items(r.items)
     return 0
@@ -141,7 +177,7 @@ def cmd_events(args) -> int:
     with _channel(args) as ch:
         ev = pb.Event(user_id=args.user, item_id=args.item, type=EVENT_TYPES[args.type], timestamp=args.timestamp)
         r = _call(lambda: pbg.RecommenderStub(ch).RecordEvents(pb.RecordEventsRequest(events=[ev]),
-                                                               metadata=_meta(args), timeout=args.timeout))
+                                                               metadata=_meta(args), timeout=args.timeout), args)
     print(_table(["accepted", "new users", "request"], [[r.accepted, r.new_users, r.request_id]]))
     return 0
 
@@ -157,7 +193,7 @@ def cmd_items(args) -> int:
         u.price = args.price
     with _channel(args) as ch:
         r = _call(lambda: pbg.RecommenderStub(ch).UpdateItems(pb.UpdateItemsRequest(items=[u]),
-                                                              metadata=_meta(args), timeout=args.timeout))
+                                                              metadata=_meta(args), timeout=args.timeout), args)
     print(_table(["updated", "request"], [[r.updated, r.request_id]]))
     return 0
 
@@ -167,7 +203,7 @@ def cmd_health(args) -> int:
 
     with _channel(args) as ch:
         r = _call(lambda: health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""),
-                                                                timeout=args.timeout))
+                                                                timeout=args.timeout), args)
     name = health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
     print(name)
     return 0 if name == "SERVING" else 1
@@ -226,12 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client(name, fn, help):
         p = sub.add_parser(name, help=help)
-        p.add_argument("--addr", default=os.environ.get("RECSERVE_ADDR", "127.0.0.1:50051"))
-        p.add_argument("--token", default=os.environ.get("RECSERVE_TOKEN"))
+        p.add_argument("--addr", type=address, default=os.environ.get("RECSERVE_ADDR", "127.0.0.1:50051"),
+                       help="server HOST:PORT (env RECSERVE_ADDR; default 127.0.0.1:50051)")
+        p.add_argument("--token", default=os.environ.get("RECSERVE_TOKEN"),
+                       help="bearer token (env RECSERVE_TOKEN)")
         p.add_argument("--ca", help="CA certificate for TLS")
         p.add_argument("--cert", help="client certificate (mutual TLS), with --key")
         p.add_argument("--key", help="client private key (mutual TLS)")
-        p.add_argument("--timeout", type=float, default=10.0)
+        p.add_argument("--timeout", type=seconds, default=10.0, help="deadline of the call, seconds")
         p.set_defaults(fn=fn)
         return p
 

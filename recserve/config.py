@@ -56,44 +56,93 @@ class ServeConfig:
         return {k: getattr(self, k) for k in PIPELINE_KEYS if getattr(self, k) is not None}
 
 
-def _coerce(f: dataclasses.Field, value):
+def _coerce(f: dataclasses.Field, value, typed: bool = False):
+    """``value`` as the field's type. Text (environment, flags) is parsed; a TOML value (``typed``) must
+    already have the type: ``workers = 1.9`` or ``tls_cert = false`` is an error, not 1 or "False"."""
     if value is None:
         return None
     t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    t = t.split(" ")[0]
+    if typed:
+        ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              "str": lambda v: isinstance(v, str)}[t](value)
+        if not ok:
+            raise ValueError(f"{f.name}: expected {_TYPE_NAMES[t]}, got {value!r}")
+        return float(value) if t == "float" else value
     try:
-        if t.startswith("int"):
+        if t == "int":
             return int(value)
-        if t.startswith("float"):
+        if t == "float":
             return float(value)
         return str(value)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"config {f.name}: cannot read {value!r} as {t.split(' ')[0]}") from exc
+        raise ValueError(f"{f.name}: cannot read {value!r} as {_TYPE_NAMES[t]}") from exc
+
+
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string"}
+
+# RECSERVE_* variables that are not `recserve serve` settings but are read elsewhere: the CLI client's
+# address and token, the config file, a test hook, the build's debug checks and a bench hook
+OTHER_ENV = frozenset({"RECSERVE_CONFIG", "RECSERVE_ADDR", "RECSERVE_TOKEN", "RECSERVE_DEBUG_DELAY_MS",
+                       "RECSERVE_DEBUG_CYTHON", "RECSERVE_BENCH_PIPELINE_STATS"})
+
+
+def env_name(field: str) -> str:
+    return "RECSERVE_" + field.upper()
+
+
+def _check_env(env) -> None:
+    """An unknown RECSERVE_* variable is a typo (``RECSERVE_WORKRES``) that would pass silently."""
+    import difflib
+
+    known = {env_name(f.name) for f in dataclasses.fields(ServeConfig)} | OTHER_ENV
+    for name in sorted(env):
+        if name.startswith("RECSERVE_") and name not in known:
+            near = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise ValueError(f"environment: {name} is not a recserve setting{hint}")
 
 
 def load(flags: dict | None = None, env: dict | None = None, file: str | os.PathLike | None = None
          ) -> ServeConfig:
-    """Merge the levels; unknown keys in the TOML file are an error (typos should not pass silently)."""
+    """Merge the levels. Typos and wrong types do not pass silently: unknown keys in the TOML file,
+    top-level keys beside a ``[serve]`` table and unknown RECSERVE_* variables are errors."""
     env = os.environ if env is None else env
+    _check_env(env)
     fields = {f.name: f for f in dataclasses.fields(ServeConfig)}
     values: dict = {}
     path = file or (flags or {}).get("config") or env.get("RECSERVE_CONFIG")
     if path:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
-        data = data.get("serve", data)
+        if "serve" in data:
+            others = sorted(k for k in data if k != "serve")
+            if others or not isinstance(data["serve"], dict):
+                raise ValueError(f"config file {path}: settings go either in a [serve] table or at the top "
+                                 f"level, not both ({', '.join(others) or 'serve'} outside the table)")
+            data = data["serve"]
         for k, v in data.items():
             k = k.replace("-", "_")
             if k not in fields:
                 raise ValueError(f"config file {path}: unknown key {k!r}")
-            values[k] = _coerce(fields[k], v)
+            try:
+                values[k] = _coerce(fields[k], v, typed=True)
+            except ValueError as exc:
+                raise ValueError(f"config file {path}: {exc}") from None
     for name, f in fields.items():
-        v = env.get("RECSERVE_" + name.upper())
+        v = env.get(env_name(name))
         if v is not None and v != "":
-            values[name] = _coerce(f, v)
+            try:
+                values[name] = _coerce(f, v)
+            except ValueError as exc:
+                raise ValueError(f"environment {env_name(name)}: {exc}") from None
     for k, v in (flags or {}).items():
         if k in fields and v is not None:
             values[k] = _coerce(fields[k], v)
-    return ServeConfig(**values)
+    cfg = ServeConfig(**values)
+    cfg.log_level = cfg.log_level.upper()
+    return cfg
 
 
 # (lowest, highest) allowed for the numeric settings; None = unbounded on that side
@@ -132,9 +181,32 @@ def validate(cfg: ServeConfig) -> ServeConfig:
         raise ValueError("client_ca (mutual TLS) needs TLS: set --tls-cert and --tls-key too")
     for name in ("tls_cert", "tls_key", "tls_client_ca", "tokens_file"):
         path = getattr(cfg, name)
-        if path and not os.access(path, os.R_OK):
-            raise ValueError(f"{name}: cannot read {path}")
+        if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+            raise ValueError(f"{name}: cannot read {path}" + (" (a directory)" if os.path.isdir(path) else ""))
+    if cfg.tls_cert:
+        check_tls(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
     return cfg
+
+
+def check_tls(cert: str, key: str, client_ca: str = "") -> None:
+    """Load the certificate chain, its key and the client CA as a TLS server would, so that a key of
+    another certificate or a file that is not PEM is refused with its reason before a worker starts
+    (gRPC itself only says that it could not bind the port)."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(cert, key, password=lambda: b"")   # an encrypted key fails, never prompts
+    except ssl.SSLError as exc:
+        why = ("the key does not belong to the certificate" if "KEY_VALUES_MISMATCH" in str(exc)
+               else f"not a PEM certificate and private key ({exc.reason or exc})")
+        raise ValueError(f"tls_cert / tls_key ({cert}, {key}): {why}") from None
+    if client_ca:
+        try:
+            ctx.load_verify_locations(cafile=client_ca)
+        except ssl.SSLError as exc:
+            raise ValueError(f"tls_client_ca ({client_ca}): not a PEM CA certificate ({exc.reason or exc})"
+                             ) from None
 
 
 def bundle_root(bundle: str | os.PathLike) -> Path:

@@ -58,7 +58,7 @@ def configure_logging(level: str = "INFO") -> None:
     h = logging.StreamHandler(sys.stderr)
     h.setFormatter(JsonFormatter())
     root.handlers[:] = [h]
-    root.setLevel(level)
+    root.setLevel(level.upper())
 
 
 # -- one worker ----------------------------------------------------------------------------------------
@@ -324,6 +324,7 @@ def serve_forever(cfg: ServeConfig) -> int:
     """The ``recserve serve`` main loop: start, then drain on SIGTERM/SIGINT; SIGHUP: look at CURRENT now."""
     from recserve.supervisor import Supervisor
 
+    validate(cfg)                       # before logging is set up with its level
     configure_logging(cfg.log_level)
     stop, hup = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

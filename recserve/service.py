@@ -237,28 +237,49 @@ OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 
 def load_tokens(path) -> dict[str, str]:
-    """Token file: one ``read TOKEN`` or ``write TOKEN`` per line (write implies read); # comments."""
+    """Token file: one ``read TOKEN`` or ``write TOKEN`` per line (write implies read). A line whose first
+    character other than white space is ``#`` is a comment; a ``#`` inside a token is part of it."""
     tokens: dict[str, str] = {}
-    with open(path) as fh:
-        for n, line in enumerate(fh, 1):
-            line = line.split("#", 1)[0].strip()
-            if not line:
-                continue
-            parts = line.split()
-            if len(parts) != 2 or parts[0] not in ("read", "write"):
-                raise ValueError(f"{path}:{n}: expected 'read TOKEN' or 'write TOKEN'")
-            tokens[parts[1]] = parts[0]
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"tokens file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2 or parts[0] not in ("read", "write"):
+            raise ValueError(f"tokens file {path}:{n}: expected 'read TOKEN' or 'write TOKEN'")
+        if tokens.get(parts[1], parts[0]) != parts[0]:
+            raise ValueError(f"tokens file {path}:{n}: this token is listed as both read and write")
+        tokens[parts[1]] = parts[0]
+    if not tokens:
+        raise ValueError(f"tokens file {path}: no tokens (every call would be refused)")
     return tokens
 
 
-def _abort_handler(code, msg, method: str, metrics=None):
-    name = method.rsplit("/", 1)[-1]
+SERVICE_PREFIX = "/recserve.v1.Recommender/"
+METHOD_NAMES = frozenset(pb.DESCRIPTOR.services_by_name["Recommender"].methods_by_name)
+
+
+def _abort_handler(code, msg, method: str, pid: str, metrics=None):
+    """A call refused before its method runs: a request id and a log line as for any failed call, and
+    counted under its method's name (``other`` for a name the service does not have: a client's
+    made-up names must not add metric series)."""
+    name = method[len(SERVICE_PREFIX):] if method.startswith(SERVICE_PREFIX) else ""
+    name = name if name in METHOD_NAMES else "other"
 
     async def fn(request, context):
+        rid = uuid.uuid4().hex
+        context.set_trailing_metadata(_trailing(pid, rid))
+        log.info("%s: %s", name, msg, extra={"event": "rpc_failed", "request_id": rid, "method": name,
+                                            "code": code.name})
         if metrics is not None:
             metrics.observe(name, code.name, 0.0)
             metrics.flush()
-        await context.abort(code, msg)
+        await context.abort(code, f"{msg} (request {rid})")
 
     return grpc.unary_unary_rpc_method_handler(fn)
 
@@ -270,6 +291,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, tokens: dict[str, str], metrics=None):
         self.tokens = tokens
         self.metrics = metrics
+        self.pid = str(os.getpid())
 
     async def intercept_service(self, continuation, details):
         method = details.method
@@ -279,8 +301,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         scope = self.tokens.get(auth[7:]) if auth.lower().startswith("bearer ") else None
         if scope is None:
             return _abort_handler(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token", method,
-                                  self.metrics)
+                                  self.pid, self.metrics)
         if method in WRITE_METHODS and scope != "write":
             return _abort_handler(grpc.StatusCode.PERMISSION_DENIED, "this token may only read", method,
-                                  self.metrics)
+                                  self.pid, self.metrics)
         return await continuation(details)

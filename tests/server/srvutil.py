@@ -141,3 +141,19 @@ def replacement(server: Server, user: str, before: set[int], timeout: float = 30
         return len(seen - before) >= 1
 
     return seen if wait_for(replaced, timeout, 0.5) else set()
+
+
+def make_certs(d) -> None:
+    """A CA (``ca.pem``) and a server and a client certificate it signed (``server.pem/.key``,
+    ``client.pem/.key``) for localhost / 127.0.0.1, written into ``d`` with the openssl command."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+            "-days", "1", "-subj", "/CN=test-ca")
+    (Path(d) / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.pem", "-days", "1", "-extfile", "san.cnf")

@@ -1,6 +1,7 @@
 """Generated stubs are current, config precedence, reflection, metrics, TLS and mTLS."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import urllib.request
@@ -12,7 +13,7 @@ from recserve import config as C
 from recserve import protogen
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc as pbg
-from srvutil import free_port, metric, wait_for
+from srvutil import free_port, make_certs, metric, wait_for
 
 
 def test_checked_in_stubs_are_current(tmp_path, monkeypatch):
@@ -36,8 +37,57 @@ def test_config_precedence(tmp_path):
     f.write_text('[serve]\nprot = 1\n')
     with pytest.raises(ValueError, match="prot"):
         C.load({}, env={}, file=f)
-    with pytest.raises(ValueError, match="workers"):
+    with pytest.raises(ValueError, match="RECSERVE_WORKERS: workers: cannot read 'many' as an integer"):
         C.load({}, env={"RECSERVE_WORKERS": "many"})
+    assert C.load({}, env={"RECSERVE_LOG_LEVEL": "debug"}).log_level == "DEBUG"
+
+
+@pytest.mark.parametrize("toml, says", [
+    ("workers = 1.9", "workers: expected an integer, got 1.9"),
+    ("port = true", "port: expected an integer, got True"),
+    ("mmr_lambda = true", "mmr_lambda: expected a number, got True"),
+    ('tls_cert = false', "tls_cert: expected a string, got False"),
+    ('grace = "10"', "grace: expected a number, got '10'"),
+    ("port = 1\n[serve]\nworkers = 1", "not both (port outside the table)"),
+    ("serve = 3", "not both (serve outside the table)"),
+])
+def test_config_file_values_must_have_their_type(tmp_path, toml, says):
+    """TOML values are typed: a float where an integer goes, or a boolean where a path goes, is refused
+    (before: 1.9 workers ran 1, ``tls_cert = false`` became the path "False"); so are keys beside [serve]."""
+    f = tmp_path / "c.toml"
+    f.write_text(toml + "\n")
+    with pytest.raises(ValueError, match="config file .*" + re.escape(says)):
+        C.load({}, env={}, file=f)
+    f.write_text("mmr_lambda = 1\nworkers = 3\n")                 # an integer is a number
+    assert (C.load({}, env={}, file=f).mmr_lambda, C.load({}, env={}, file=f).workers) == (1.0, 3)
+
+
+def test_unknown_recserve_variables_are_refused():
+    with pytest.raises(ValueError, match=r"RECSERVE_WORKRES is not a recserve setting \(did you mean RECSERVE_WORKERS"):
+        C.load({}, env={"RECSERVE_WORKRES": "3"})
+    cfg = C.load({}, env={"RECSERVE_ADDR": "h:1", "RECSERVE_TOKEN": "t", "RECSERVE_WORKERS": "3", "OTHER": "x"})
+    assert cfg.workers == 3
+
+
+def test_tokens_file_lines():
+    import tempfile
+
+    from recserve.service import load_tokens
+
+    def tokens(text: bytes | str):
+        with tempfile.NamedTemporaryFile("wb", suffix=".tokens", delete=False) as fh:
+            fh.write(text.encode() if isinstance(text, str) else text)
+        return load_tokens(fh.name)
+
+    assert tokens("# readers\n  read r1\nwrite abc#def\n\n   # end\n") == {"r1": "read", "abc#def": "write"}
+    with pytest.raises(ValueError, match="no tokens"):
+        tokens("# nothing here\n\n")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        tokens(b"read \xff\xfe\n")
+    with pytest.raises(ValueError, match=":2: this token is listed as both"):
+        tokens("read t1\nwrite t1\n")
+    with pytest.raises(ValueError, match=":1: expected"):
+        tokens("write abc # a comment after a token\n")
 
 
 def test_reflection_lists_services(server):
@@ -69,6 +119,15 @@ def test_metrics_endpoint_aggregates_workers(shared_root, facts, start_server, t
     with pytest.raises(grpc.RpcError) as e:
         s.stub().Recommend(pb.RecommendRequest(k=5), timeout=10)              # no token
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    rid = dict(e.value.trailing_metadata())["recserve-request-id"]          # a request id like any failure
+    assert e.value.details() == f"missing or unknown bearer token (request {rid})"
+    with grpc.insecure_channel(s.addr) as ch:      # made-up method names: one "other" series, not one each
+        for name in ("Made1", "Made2", "Recommend2"):
+            call = ch.unary_unary(f"/recserve.v1.Recommender/{name}", request_serializer=lambda b: b,
+                                  response_deserializer=lambda b: b)
+            with pytest.raises(grpc.RpcError) as e:
+                call(b"", timeout=10)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
     r, call = s.stub().RecordEvents.with_call(pb.RecordEventsRequest(events=[
         pb.Event(user_id="m-user", item_id=facts["items"][0], type=pb.EVENT_TYPE_CLICK)] * 3),
         timeout=10, metadata=auth)
@@ -77,6 +136,8 @@ def test_metrics_endpoint_aggregates_workers(shared_root, facts, start_server, t
         pb.ItemUpdate(item_id=facts["items"][0], in_stock=True)]), timeout=10, metadata=auth)
     assert dict(call.trailing_metadata())["recserve-request-id"] == r.request_id not in ids
     text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
+    assert metric(text, "recserve_requests_total", method="other", code="UNAUTHENTICATED") == 3
+    assert "Made1" not in text and "Recommend2" not in text
     assert metric(text, "recserve_requests_total", method="Recommend", code="OK") == 6.0
     assert metric(text, "recserve_requests_total", method="Recommend", code="INVALID_ARGUMENT") == 1.0
     assert metric(text, "recserve_requests_total", method="Recommend", code="UNAUTHENTICATED") == 1.0
@@ -88,21 +149,10 @@ def test_metrics_endpoint_aggregates_workers(shared_root, facts, start_server, t
     assert metric(text, "recserve_events_written_total") == 3.0
 
 
-def _openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_tls_and_mtls(shared_root, facts, tmp_path, start_server):
     d = tmp_path
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-             "-days", "1", "-subj", "/CN=test-ca", cwd=d)
-    (d / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    for name in ("server", "client"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                 "-subj", f"/CN={name}", cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", f"{name}.pem", "-days", "1", "-extfile", "san.cnf", cwd=d)
+    make_certs(d)
     s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--tls-cert", str(d / "server.pem"),
                      "--tls-key", str(d / "server.key"), "--client-ca", str(d / "ca.pem"))
     ca = (d / "ca.pem").read_bytes()
@@ -135,6 +185,12 @@ def test_tls_and_mtls(shared_root, facts, tmp_path, start_server):
     r = cli("--cert", str(d / "client.pem"), "--key", str(d / "client.key"))
     assert r.returncode == 0 and len(r.stdout.strip().splitlines()) >= 3 + 2, r.stdout + r.stderr
     assert cli().returncode != 0
+    r = subprocess.run([sys.executable, "-m", "recserve.cli", "health", "--addr", f"localhost:{s.port}"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 1 and "if the server uses TLS, pass its CA certificate with --ca" in r.stderr, r.stderr
+    assert s.terminate() == 0                       # refused handshakes added no plain-text line to the log
+    lines = [ln for ln in s.proc.stderr.read().splitlines() if ln.strip()]
+    assert all(ln.startswith("{") for ln in lines), lines
 
 
 def _burst(s, user: str, n: int) -> list[str]:
@@ -229,6 +285,25 @@ def test_cli_client_commands_print_tables(server, facts):
     assert rc == 0 and out.strip() == "SERVING"
     rc, _, err = run("similar", "no-such-item")
     assert rc == 1 and "NOT_FOUND" in err
+
+
+def test_cli_client_refuses_bad_addresses_and_files_in_one_line(tmp_path):
+    import os
+    import sys
+
+    from srvutil import ROOT
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "recserve.cli", *args], capture_output=True, text=True,
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+
+    r = run("recommend", "u1", "--addr", "127.0.0.1:116587")       # gRPC would wrap it to port 51051
+    assert r.returncode == 2 and "expected HOST:PORT with a port in 1..65535" in r.stderr, r.stderr
+    r = run("health", "--timeout", "0")
+    assert r.returncode == 2 and "--timeout" in r.stderr
+    r = run("recommend", "u1", "--addr", f"127.0.0.1:{free_port()}", "--ca", str(tmp_path / "nosuch.crt"))
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        f"error: --ca {tmp_path / 'nosuch.crt'}: No such file or directory"], r.stderr
 
 
 def test_in_process_worker(shared_root, facts):

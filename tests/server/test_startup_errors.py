@@ -2,19 +2,20 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-from srvutil import ROOT
+from srvutil import ROOT, make_certs
 
 SERVE = [sys.executable, "-m", "recserve.cli", "serve"]
 
 
-def serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def serve(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``recserve serve`` expecting it to exit by itself (a started server would hit the timeout)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([*SERVE, "--port", "0", "--log-level", "ERROR", *args], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=timeout)
 
@@ -42,9 +43,13 @@ def reason(p: subprocess.CompletedProcess) -> str:
     (["--port", "99999"], "port: must be in [0, 65535]"),
     (["--tokens-file", "/no/such/tokens"], "tokens_file: cannot read"),
     (["--events-per-user", "0"], "events_per_user: must be >= 1"),
+    (["--tokens-file", "DIR"], "tokens_file: cannot read"),
+    (["--log-level", "verbose"], "log_level: one of DEBUG"),
+    (["--log-level", "debug", "--ef", "0"], "ef: must be >= 1"),      # a lowercase level is a level
 ])
 def test_bad_settings_are_refused_in_one_line(shared_root, args, says):
-    args = [str(shared_root / "CURRENT") if a == "CA" else a for a in args]      # any readable file
+    args = [str(shared_root / "CURRENT") if a == "CA" else str(shared_root) if a == "DIR" else a
+            for a in args]      # any readable file; a directory
     p = serve("--bundle", str(shared_root), *args)
     assert p.returncode == 2 and says in reason(p), p.stderr
 
@@ -57,6 +62,35 @@ def test_bad_tokens_file_and_missing_bundle_directory(shared_root, tmp_path):
     p = serve("--bundle", str(tmp_path / "no" / "such" / "root"))
     assert p.returncode == 2 and "is not a directory" in reason(p)
     assert not (tmp_path / "no").exists()       # nothing created on the way
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls_files_are_loaded_and_matched_before_a_worker_starts(shared_root, tmp_path):
+    """A key of another certificate, or a file that is no certificate, is refused with that reason
+    (before: a worker failed to bind the port, and the line named the port)."""
+    make_certs(tmp_path)
+    d = tmp_path
+    p = serve("--bundle", str(shared_root), "--tls-cert", str(d / "server.pem"), "--tls-key", str(d / "client.key"))
+    assert p.returncode == 2 and "the key does not belong to the certificate" in reason(p)
+    p = serve("--bundle", str(shared_root), "--tls-cert", str(shared_root / "CURRENT"), "--tls-key",
+              str(d / "server.key"))
+    assert p.returncode == 2 and "not a PEM certificate and private key" in reason(p)
+    p = serve("--bundle", str(shared_root), "--tls-cert", str(d / "server.pem"), "--tls-key", str(d / "server.key"),
+              "--client-ca", str(shared_root / "CURRENT"))
+    assert p.returncode == 2 and "tls_client_ca" in reason(p) and "not a PEM CA certificate" in reason(p)
+
+
+def test_bad_environment_and_config_file(shared_root, tmp_path):
+    p = serve("--bundle", str(shared_root), env={"RECSERVE_WORKRES": "3"})
+    assert p.returncode == 2 and "RECSERVE_WORKRES is not a recserve setting" in reason(p)
+    f = tmp_path / "c.toml"
+    f.write_text("workers = 1.9\n")
+    p = serve("--bundle", str(shared_root), "--config", str(f))
+    assert p.returncode == 2 and "workers: expected an integer, got 1.9" in reason(p)
+    empty = tmp_path / "tokens"
+    empty.write_text("# no tokens yet\n")
+    p = serve("--bundle", str(shared_root), "--tokens-file", str(empty))
+    assert p.returncode == 2 and "no tokens (every call would be refused)" in reason(p)
 
 
 def test_a_port_in_use_is_an_error_even_for_a_second_server(shared_root, start_server, tmp_path):
