@@ -173,6 +173,11 @@ def verify(path: str | os.PathLike) -> dict:
             if t.array_meta("pop_cat_indptr")["shape"] != [n_cat + 1]:
                 raise BundleError(f"tables.lmdb: pop_cat_indptr must have {n_cat + 1} entries")
             ranged = [("hist_items", 0), ("i2i_rows", -1), ("pop_rows", 0), ("trend_rows", 0), ("pop_cat_rows", 0)]
+            if t.has_array("item_price"):           # optional: bundles without it filter on the feature
+                meta = t.array_meta("item_price")
+                if meta["dtype"] != "float64" or tuple(meta["shape"]) != (n_items,):
+                    raise BundleError(f"tables.lmdb: item_price must be float64 with {n_items} entries, got "
+                                      f"{meta['dtype']} {tuple(meta['shape'])}")
             if t.has_array("sim_rows"):             # optional: bundles without it search SimilarItems live
                 meta = t.array_meta("sim_rows")
                 if meta["dtype"] != "int32" or len(meta["shape"]) != 2 or meta["shape"][0] != n_items:

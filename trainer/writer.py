@@ -41,6 +41,8 @@ def write_tables(path: Path, ds, cat, art) -> None:
         # NaN = missing (an empty cell of an extra input column): the ranker's missing-value branch
         w.write_array("item_feats", art.item_feats, columns=list(art.schema.item_columns), allow_nan=True)
         w.write_array("user_feats", art.user_feats, columns=list(art.schema.user_columns), allow_nan=True)
+        # the prices as given, for the price filters (the feature column is float32: 20,000,001 is 2e7 there)
+        w.write_array("item_price", np.asarray(ds.item_price, np.float64))
         w.write_array("hist_indptr", art.hist_indptr.astype(np.int64))
         w.write_array("hist_items", art.hist_items.astype(np.int32))
         w.write_array("hist_ts", art.hist_ts.astype(np.float64))

@@ -40,7 +40,7 @@ class ItemSnapshot:
     """Item features (with overlay), their :class:`Crosser`, and the catalogue-wide derived structures."""
 
     def __init__(self, feats: np.ndarray, schema, emb: np.ndarray, columns: dict[str, int],
-                 trend_rows: np.ndarray, trend_scores: np.ndarray):
+                 trend_rows: np.ndarray, trend_scores: np.ndarray, price: np.ndarray | None = None):
         self.feats = _frozen(feats)
         self.crosser = Crosser(schema, feats, emb)
         n = len(feats)
@@ -60,8 +60,12 @@ class ItemSnapshot:
                                    _frozen(np.asarray(trend_scores[keep], np.float32)))
         c_cat = columns.get("category")
         self.category = None if c_cat is None else _frozen(np.ascontiguousarray(feats[:, c_cat], np.int64))
+        # what the price filters compare: the exact (float64) prices with the live overlay, or, for a
+        # bundle without them, the float32 feature column
         c_price = columns.get("price")
-        self.price = None if c_price is None else _frozen(np.ascontiguousarray(feats[:, c_price]))
+        if price is None and c_price is not None:
+            price = np.ascontiguousarray(feats[:, c_price])
+        self.price = None if price is None else _frozen(price)
 
     def exclusion_bits(self, rows: np.ndarray, allowed: np.ndarray | None) -> np.ndarray | None:
         """The merge's exclusion bitset: ``rows`` plus every item ``allowed`` rules out."""

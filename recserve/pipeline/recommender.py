@@ -103,6 +103,8 @@ class Recommender:
         # each item's neighbours as a SimilarItems search would return them, stored by the trainer (None in
         # bundles built without them: every SimilarItems searches the index)
         self.sim_rows = t.array("sim_rows") if t.has_array("sim_rows") else None
+        # the exact prices for the price filters (bundles before them filter on the float32 feature)
+        self.base_price = t.array("item_price") if t.has_array("item_price") else None
         if self.sim_rows is not None:
             # the trainer searched with max(its similar_ef, row width): a broader similar_ef set at serve
             # time (--similar-ef) is honoured by searching live
@@ -114,7 +116,7 @@ class Recommender:
         self.sources = list(self.schema.sources)
         # the item table with the stock/price overlay: replaced whole, never mutated, so a request reads
         # one consistent snapshot
-        self._items = self._snapshot(self.base_feats)
+        self._items = self._snapshot(self.base_feats, self.base_price)
         self.ranker = R.Ranker(bundle.ranker_text, list(self.schema.names), str(p.get("ranker_engine", "forest")))
         self.cparams = {**CC.DEFAULT_PARAMS, **p}
         self.uv_params = UserVectorParams(float(p.get("decay_short", 0.5)), float(p.get("decay_long", 0.02)),
@@ -149,8 +151,9 @@ class Recommender:
     def feats(self) -> np.ndarray:
         return self._items.feats
 
-    def _snapshot(self, feats: np.ndarray) -> ItemSnapshot:
-        return ItemSnapshot(feats, self.schema, self.emb, self.columns, self.trend_rows, self.trend_scores)
+    def _snapshot(self, feats: np.ndarray, price: np.ndarray | None) -> ItemSnapshot:
+        return ItemSnapshot(feats, self.schema, self.emb, self.columns, self.trend_rows, self.trend_scores,
+                            price)
 
     def _refresh_items(self) -> ItemSnapshot:
         """The current item snapshot, rebuilt when the event store's item state changed."""
@@ -164,6 +167,7 @@ class Recommender:
             if gen == self._items_gen:
                 return self._items
             feats = np.array(self.base_feats)
+            price = None if self.base_price is None else np.array(self.base_price)
             for item_id, st in states.items():
                 r = self.tables.row_of("item", item_id)
                 if r is None:
@@ -172,7 +176,9 @@ class Recommender:
                     feats[r, self.c_stock] = 1.0 if st["in_stock"] else 0.0
                 if "price" in st and self.c_price is not None:
                     feats[r, self.c_price] = st["price"]
-            self._items = self._snapshot(feats)
+                    if price is not None:
+                        price[r] = st["price"]
+            self._items = self._snapshot(feats, price)
             self._items_gen = gen
             return self._items
 
