@@ -248,11 +248,13 @@ class Recommender:
     HIST_CACHE_MIN_EVENTS = 32  # real-time events below which reading them again is as cheap as a lookup
 
     def _history(self, user_id: str, user_row: int | None):
-        """(rows, event codes, timestamps), oldest first, bundle history + recent events (read-only
-        arrays). A long event history is kept per user while the event store's stamp for the user is
+        """(rows, event codes, timestamps, consumed): the newest ``history_len`` events, oldest first,
+        from the bundle history and the event store (what the user vector and the sources read), and the
+        sorted rows of every item in either, however old (what "exclude consumed" drops). Read-only
+        arrays. A long event history is kept per user while the event store's stamp for the user is
         unchanged; the stamp is read before the events, so a write in between only costs a re-read."""
         if self.store is None or not user_id:
-            return self._read_history(user_id, user_row)[:3]
+            return self._read_history(user_id, user_row)[:4]
         stamp = self.store.user_stamp(user_id)
         if stamp is not None:
             with self._hist_lock:
@@ -261,18 +263,20 @@ class Recommender:
                     self._hist_cache.move_to_end(user_id)
                     return hit[1]
         out = self._read_history(user_id, user_row)
-        for a in out[:3]:
+        for a in out[:4]:
             a.flags.writeable = False
-        if stamp is not None and out[3] >= self.HIST_CACHE_MIN_EVENTS:
+        if stamp is not None and out[4] >= self.HIST_CACHE_MIN_EVENTS:
             with self._hist_lock:
-                self._hist_cache[user_id] = (stamp, out[:3])
+                self._hist_cache[user_id] = (stamp, out[:4])
                 self._hist_cache.move_to_end(user_id)
                 while len(self._hist_cache) > self.HIST_CACHE_USERS:
                     self._hist_cache.popitem(last=False)
-        return out[:3]
+        return out[:4]
 
     def _read_history(self, user_id: str, user_row: int | None):
-        """(rows, events, timestamps, number of real-time events) from the bundle and the event store."""
+        """(rows, events, timestamps, consumed, number of real-time events) from the bundle and the event
+        store: every event the store keeps for the user (``--events-per-user``) counts as consumed, while
+        the first three hold only the newest ``history_len``."""
         rows, ev, ts = [], [], []
         n_events = 0
         if user_row is not None:
@@ -281,7 +285,7 @@ class Recommender:
             ev.append(np.asarray(self.hist_event[a:b], np.int8))
             ts.append(np.asarray(self.hist_ts[a:b], np.float64))
         if self.store is not None and user_id:
-            items, types, times = self.store.recent_columns(user_id, self.history_len)
+            items, types, times = self.store.recent_columns(user_id, max(self.store.per_user, self.history_len))
             n_events = len(items)
             if items:
                 r = self._event_item_rows(items)
@@ -290,12 +294,15 @@ class Recommender:
                 ev.append(types[keep])
                 ts.append(times[keep])
         if not rows:
-            return np.zeros(0, np.int32), np.zeros(0, np.int8), np.zeros(0, np.float64), 0
+            return (np.zeros(0, np.int32), np.zeros(0, np.int8), np.zeros(0, np.float64), np.zeros(0, np.int32),
+                    0)
         rows, ev, ts = np.concatenate(rows), np.concatenate(ev), np.concatenate(ts)
+        consumed = CC.sorted_unique(rows)
         if len(rows) > 1 and np.any(np.diff(ts) < 0):
             o = np.argsort(ts, kind="stable")
             rows, ev, ts = rows[o], ev[o], ts[o]
-        return rows[-self.history_len:], ev[-self.history_len:], ts[-self.history_len:], n_events
+        n = self.history_len
+        return rows[-n:], ev[-n:], ts[-n:], consumed, n_events
 
     # -- Recommend ---------------------------------------------------------------------------------
     def recommend(self, req: RecRequest) -> Result:
@@ -370,7 +377,7 @@ class Recommender:
         weekday = req.weekday if req.weekday is not None else tm.tm_wday
 
         user_row = self.tables.row_of("user", req.user_id) if req.user_id else None
-        h_rows, h_ev, h_ts = self._history(req.user_id, user_row)
+        h_rows, h_ev, h_ts, h_consumed = self._history(req.user_id, user_row)
         sess = self.tables.rows_of("item", req.session_item_ids)
         sess = sess[sess >= 0]
         cold = user_row is None and len(h_rows) == 0 and len(sess) == 0
@@ -390,7 +397,12 @@ class Recommender:
         frac = n_allowed / max(self.n_items, 1)
         brute = allowed is not None and (frac < C.BRUTE_FRACTION or n_allowed <= C.BRUTE_MAX and frac < 0.5)
         q = {s: int(self.quotas.get(s, 50)) for s in self.sources}
-        consumed = CC.sorted_unique(all_rows) if req.exclude_consumed else np.zeros(0, np.int32)
+        if not req.exclude_consumed:
+            consumed = np.zeros(0, np.int32)
+        elif len(sess):
+            consumed = CC.sorted_unique(np.concatenate([h_consumed, sess]))
+        else:
+            consumed = h_consumed
         # the trainer's lists (same recency rules, so the ranker sees what it was trained on)
         over = 1.0 / max(frac, 0.05)        # a filter drops items after the ANN query: over-fetch
         ann = CC.ann_lists(lambda n: self.ann.query(uvec, int(n * over) + 1, allowed, brute, self.ef),

@@ -123,3 +123,40 @@ def test_a_full_event_store_refuses_the_write_and_keeps_what_it_had(tmp_path):
             batch += 1
     assert batch > 0 and store.stats()["events"] == 200 * batch        # the failed batch left nothing
     store.close()
+
+
+def test_consumed_items_stay_excluded_past_the_history_window(demo_bundle, tmp_path):
+    """The user vector reads the newest ``history_len`` events, but "exclude consumed" drops every item
+    the bundle history or the event store holds for the user: before, a user at the window's size saw
+    her oldest consumed items again after new events, and a back-dated purchase was not excluded."""
+    import time
+
+    import numpy as np
+
+    from recserve.bundle import Bundle
+    from recserve.pipeline.messages import Filters, RecRequest
+    from recserve.pipeline.recommender import Recommender
+
+    with Bundle.open(demo_bundle) as b:
+        indptr = np.asarray(b.tables.array("hist_indptr"))
+        user_row = int(np.argmax(np.diff(indptr)))
+        user = b.tables.id_of("user", user_row)
+        trained = {b.tables.id_of("item", int(r))
+                   for r in b.tables.array("hist_items")[indptr[user_row]:indptr[user_row + 1]]}
+        n = len(trained)
+        rec = Recommender(b, EventStore(tmp_path / "ev"), {"history_len": n})     # she fills the window
+        others = [b.tables.id_of("item", r) for r in range(b.n_items) if b.tables.id_of("item", r) not in trained]
+        now = time.time()
+
+        def answer() -> list[str]:
+            req = RecRequest(user_id=user, k=b.n_items, filters=Filters(in_stock_only=False), timestamp=now)
+            return [i.item_id for i in rec.recommend(req).items]
+
+        assert not trained & set(answer())
+        rec.record_events([Event(user, i, 0, now - 100 + k) for k, i in enumerate(others[:30])])
+        got = answer()
+        assert not trained & set(got) and not set(others[:30]) & set(got)
+        assert len(rec._history(user, user_row)[0]) == n                # the vector's window did not grow
+        back = [i for i in got if i not in trained][0]
+        rec.record_events([Event(user, back, 3, 1.0)])                  # a purchase dated 1970
+        assert back not in answer()
