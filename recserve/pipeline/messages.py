@@ -13,6 +13,8 @@ MAX_ID_BYTES = 256  # UTF-8 bytes; the trainer refuses longer ids too (trainer/i
 MAX_PRICE = 1e12    # an item's price (UpdateItems), as the trainer's limit (trainer/io.py)
 MAX_BATCH = 1000
 MAX_LIST = 1000  # session items, exclude ids, categories
+MAX_DEVICE = 4   # the proto's Device enum: unspecified, desktop, mobile, tablet, TV
+MAX_CONTEXT_EXTRA = 64  # entries of the context's free string map
 MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z: later "unix seconds" are milliseconds or garbage
 MAX_EVENT_AHEAD = 86400.0  # an event's time may run ahead of the server's clock by a day (clock skew), no more
 

@@ -21,8 +21,8 @@ from recserve.pipeline import ranking as R
 from recserve.pipeline import rerank as RR
 from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument, NotFound
 from recserve.pipeline.items import ItemSnapshot, walk_allowed
-from recserve.pipeline.messages import (MAX_BATCH, MAX_EVENT_AHEAD, MAX_LIST, MAX_PRICE, Filters, Item, RecRequest,
-                                        Result, check_id, check_k, check_ts)
+from recserve.pipeline.messages import (MAX_BATCH, MAX_CONTEXT_EXTRA, MAX_DEVICE, MAX_EVENT_AHEAD, MAX_LIST, MAX_PRICE,
+                                        Filters, Item, RecRequest, Result, check_id, check_k, check_ts)
 
 
 def scaled_quotas(quotas: dict, n: int) -> dict:
@@ -367,7 +367,16 @@ class Recommender:
             raise InvalidArgument("context.hour", f"must be in 0..23, got {req.hour}")
         if req.weekday is not None and not 0 <= req.weekday <= 6:
             raise InvalidArgument("context.weekday", f"must be in 0..6, got {req.weekday}")
+        if not 0 <= req.device <= MAX_DEVICE:
+            raise InvalidArgument("context.device", f"must be a Device value, 0..{MAX_DEVICE}, got {req.device}")
         check_ts(req.timestamp, "context.timestamp")
+        check_id(req.country, "context.country", allow_empty=True)
+        if req.extra:
+            if len(req.extra) > MAX_CONTEXT_EXTRA:
+                raise InvalidArgument("context.extra", f"more than {MAX_CONTEXT_EXTRA} entries")
+            for key, value in req.extra.items():
+                check_id(key, "context.extra")
+                check_id(value, f"context.extra[{key!r}]", allow_empty=True)
         snap = self._refresh_items()
         feats = snap.feats
         allowed, include, n_allowed = self._allowed(req.filters, snap)
@@ -412,7 +421,10 @@ class Recommender:
                                self.trend_rows, self.trend_scores, self.cparams,
                                drop_history=req.exclude_consumed)
         lists = dict(zip(CC.SOURCES, base))
-        q["popular"] = max(q.get("popular", 50), k)
+        # a cold user has no other source: popular items fill the candidate budget, so that the ranker
+        # and the creator rules have room (k candidates left max_per_creator no choice)
+        budget = max(self.cap, 2 * k) if cold else max(self.cap, k)
+        q["popular"] = max(q.get("popular", 50), budget if cold else k)
         limit = q["popular"] + len(consumed) + 1
         pop = lists["popular"]          # as trained: trending without the history's items
         if len(include):
@@ -430,7 +442,7 @@ class Recommender:
         lists["popular"] = pop
         bits = snap.exclusion_bits(consumed, allowed)
         merged = merge_candidates([lists.get(s, C.EMPTY) for s in self.sources],
-                                  [q.get(s, 50) for s in self.sources], max(self.cap, k),
+                                  [q.get(s, 50) for s in self.sources], budget,
                                   self.n_items, bits)
         counts = {s: int(np.count_nonzero(merged.sources & (1 << i))) for i, s in enumerate(self.sources)}
         yield from done("candidates")
@@ -457,6 +469,8 @@ class Recommender:
         yield from done("rerank")
 
         contribs = self.ranker.contributions(X[pos]) if req.explain else [[] for _ in pos]
+        if req.explain:
+            pen = RR.penalties(self.emb, merged.rows[pos], lam)
         ids = self.tables.ids_of("item", merged.rows[pos])
         names = self._source_names
         items = [Item(i, s, names(m), c, pe, r) for i, s, m, c, pe, r in

@@ -18,6 +18,22 @@ def minmax(scores: np.ndarray) -> np.ndarray:
     return ((s - lo) / (hi - lo)).astype(np.float32)
 
 
+def penalties(item_emb: np.ndarray, rows: np.ndarray, lam: float) -> np.ndarray:
+    """What MMR subtracts from each answer item's relevance, in the answer's final order:
+    ``(1 - lam) * max cosine similarity to the items above it``; 0 for the first item and when lam = 1."""
+    n = len(rows)
+    out = np.zeros(n, np.float32)
+    if n < 2 or lam >= 1.0:
+        return out
+    e = np.asarray(item_emb[np.asarray(rows, np.int64)], np.float64)
+    norms = np.linalg.norm(e, axis=1)
+    e /= np.where(norms > 0, norms, 1.0)[:, None]
+    sim = e @ e.T
+    sim[np.triu_indices(n)] = -np.inf                  # only the items above
+    out[1:] = (1.0 - lam) * sim[1:].max(axis=1)
+    return out
+
+
 def diversify(relevance: np.ndarray, item_emb: np.ndarray, rows: np.ndarray, k: int, lam: float,
               creators: np.ndarray | None, max_per_creator: int, novelty: np.ndarray | None = None,
               novelty_weight: float = 0.0):
@@ -43,11 +59,12 @@ def diversify(relevance: np.ndarray, item_emb: np.ndarray, rows: np.ndarray, k: 
         p2, pen2 = mmr(relevance[rest], item_emb, rows[rest], min(len(rest), k - len(pos) + extra), lam,
                        creators=None if creators is None else creators[rest], no_adjacent=adjacent_rule,
                        novelty=None if novelty is None else novelty[rest], novelty_weight=novelty_weight)
-        start = len(pos)
         pos = np.concatenate([pos, rest[p2].astype(pos.dtype)])
         pen = np.concatenate([pen, pen2])
         if adjacent_rule:
-            _separate_creators(pos, pen, creators, start, k)
+            # from the top: the capped pass ends with one creator back to back when only she is under the
+            # cap, and the uncapped items now offer others
+            _separate_creators(pos, pen, creators, 1, k)
         pos, pen = pos[:k], pen[:k]
     return pos, pen
 

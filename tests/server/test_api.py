@@ -125,6 +125,11 @@ def test_similar_items(server, facts):
     (pb.RecommendRequest(session_item_ids=[""]), "session_item_ids"),
     (pb.RecommendRequest(context=pb.Context(hour=24)), "context.hour"),
     (pb.RecommendRequest(context=pb.Context(weekday=7)), "context.weekday"),
+    (pb.RecommendRequest(context=pb.Context(device=99)), "context.device"),
+    (pb.RecommendRequest(context=pb.Context(device=-3)), "context.device"),
+    (pb.RecommendRequest(context=pb.Context(country="P\x00L")), "context.country"),
+    (pb.RecommendRequest(context=pb.Context(extra={f"k{i}": "v" for i in range(65)})), "context.extra"),
+    (pb.RecommendRequest(context=pb.Context(extra={"": "v"})), "context.extra"),
     (pb.RecommendRequest(context=pb.Context(timestamp=-1)), "context.timestamp"),
     (pb.RecommendRequest(context=pb.Context(timestamp=1.7e12)), "context.timestamp"),   # milliseconds
     (pb.RecommendRequest(context=pb.Context(timestamp=1e17)), "context.timestamp"),

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recserve.events import EventStore
 from recserve.pipeline.recommender import Recommender, RecRequest
@@ -136,3 +138,60 @@ def test_deadline_stops_the_pipeline(bundle):
     later = time.monotonic() + 60
     assert len(rec.recommend(RecRequest(user_id=user, k=10, deadline=later)).items) == 10
     assert len(rec.similar(item, 5, Filters(), deadline=later).items) == 5
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(2, 40), st.integers(1, 4), st.integers(1, 3), st.floats(0.0, 1.0), st.integers(0, 10_000))
+def test_no_creator_back_to_back_while_the_answer_holds_another(n, n_creators, mpc, lam, seed):
+    """Whatever the cap leaves to the uncapped fill: two items by one creator are adjacent only where
+    every later item of the answer is hers too (before: the capped part could end with a pair that
+    the fill's items could have separated)."""
+    from recserve.pipeline.rerank import diversify
+
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(n, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    creators = rng.integers(0, n_creators, n)
+    rel = rng.random(n).astype(np.float32)
+    k = int(rng.integers(1, n + 1))
+    pos, pen = diversify(rel, emb, np.arange(n, dtype=np.int32), k, lam, creators, mpc)
+    assert len(pos) == k == len(pen) and len(set(pos.tolist())) == k
+    c = creators[pos]
+    for j in range(1, k):
+        if c[j] == c[j - 1]:
+            assert set(c[j + 1:].tolist()) <= {c[j]}, (j, c.tolist())
+
+
+def test_cold_users_get_the_creator_cap_too(bundle):
+    """An anonymous or unknown user has only popular candidates: they fill the candidate budget, so the
+    cap holds (before: about k candidates, and the uncapped fill put some creators in more than the cap)."""
+    from collections import Counter
+
+    rec = Recommender(bundle, None)
+    cols = bundle.tables.columns("item_feats")
+    feats = np.asarray(bundle.item_feats)
+    stock = feats[:, cols.index("in_stock")] > 0.5
+    n_creators = len(set(feats[stock, cols.index("creator")].astype(int).tolist()) - {-1})
+    assert n_creators >= 5
+    for user, cap in (("", 1), ("nobody-we-know", 2)):
+        k = cap * n_creators                       # room for exactly `cap` items of every creator
+        res = rec.recommend(RecRequest(user_id=user, k=k, max_per_creator=cap))
+        assert res.cold_start and len(res.items) == k
+        c = Counter(_creators(bundle, [i.item_id for i in res.items]).tolist())
+        assert -1 not in c and max(c.values()) == cap, c
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.5, 0.0])
+def test_explained_mmr_penalty_is_what_mmr_subtracts(bundle, lam):
+    """(1 - λ) x the largest cosine similarity to the items above, in the answer's order (before: -inf
+    at λ = 1, and the bare similarity otherwise)."""
+    rec = Recommender(bundle, None)
+    u = _users(bundle, 1)[0]
+    res = rec.recommend(RecRequest(user_id=u, k=15, mmr_lambda=lam, explain=True))
+    rows = bundle.tables.rows_of("item", [i.item_id for i in res.items])
+    e = np.asarray(bundle.item_emb, np.float64)[rows]
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    want = [0.0] + [(1 - lam) * max(float(e[j] @ e[i]) for i in range(j)) for j in range(1, len(rows))]
+    got = [i.mmr_penalty for i in res.items]
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, atol=1e-5)
