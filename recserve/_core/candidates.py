@@ -49,10 +49,18 @@ def check_params(params: dict) -> None:
     if (not isinstance(quotas, dict) or not quotas
             or not all(isinstance(q, int) and not isinstance(q, bool) and q >= 0 for q in quotas.values())):
         raise ValueError(f"params.quotas: a map of source -> integer >= 0, not {quotas!r}")
-    for key in ("i2i_decay", "session_gap"):
+    for key in ("i2i_decay", "session_gap", "decay_short", "decay_long", "half_life_days", "novelty_boost",
+                "new_item_days"):
         v = params.get(key)
         if v is not None and (isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0)):
             raise ValueError(f"params.{key}: a finite number >= 0, not {v!r}")
+    for key in ("alpha", "mmr_lambda"):
+        v = params.get(key)
+        if v is not None and (isinstance(v, bool) or not (isinstance(v, (int, float)) and 0 <= v <= 1)):
+            raise ValueError(f"params.{key}: a number in [0, 1], not {v!r}")
+    v = params.get("max_per_creator")
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+        raise ValueError(f"params.max_per_creator: an integer >= 0, not {v!r}")
 
 
 def vector_params(params: dict) -> UserVectorParams:

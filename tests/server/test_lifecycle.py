@@ -1,6 +1,7 @@
 """Hot reload, refusal of bad bundles, health transitions, graceful drain, auth tokens, startup failures."""
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
@@ -341,6 +342,11 @@ def test_a_respawned_worker_takes_calls_only_with_a_bundle_and_its_gauge_dies_wi
     ("ef", "many", "params.ef"),
     ("quotas", {}, "params.quotas"),
     ("session_gap", -1, "params.session_gap"),
+    ("mmr_lambda", 3, "params.mmr_lambda"),
+    ("max_per_creator", -1, "params.max_per_creator"),
+    ("decay_short", -1, "params.decay_short"),
+    ("half_life_days", -5, "params.half_life_days"),
+    ("alpha", 7, "params.alpha"),
 ])
 def test_a_hand_edited_manifest_with_unusable_params_is_refused(shared_root, tmp_path, key, value, says):
     """The manifest is not hashed: serving parameters no request could use refuse the bundle at load
@@ -363,3 +369,7 @@ def test_a_hand_edited_manifest_with_unusable_params_is_refused(shared_root, tmp
     assert not holder.try_reload()
     assert holder.current.version == good and says in holder.last_error, holder.last_error
     holder.current.bundle.close()
+    from recserve.bundle import BundleError, verify
+
+    with pytest.raises(BundleError, match=re.escape(says)):        # and `recserve-train verify` says so
+        verify(root / "v-edited")
