@@ -413,8 +413,11 @@ class Recommender:
         else:
             consumed = h_consumed
         # the trainer's lists (same recency rules, so the ranker sees what it was trained on)
-        over = 1.0 / max(frac, 0.05)        # a filter drops items after the ANN query: over-fetch
-        ann = CC.ann_lists(lambda n: self.ann.query(uvec, int(n * over) + 1, allowed, brute, self.ef),
+        # a filter drops items after the ANN query: over-fetch; with none, ask for n as the trainer does
+        # (hnswlib searches with max(ef, k): one more changes the answer, and the ranker's features)
+        over = 1.0 / max(frac, 0.05)
+        fetch = (lambda n: n) if allowed is None else (lambda n: int(n * over) + 1)
+        ann = CC.ann_lists(lambda n: self.ann.query(uvec, fetch(n), allowed, brute, self.ef),
                            self.cparams, all_rows, self.n_items, req.exclude_consumed, allowed)
         yield from within("ann")
         base = CC.source_lists(all_rows, all_ts, ann[0], ann[1], self.i2i_rows, self.i2i_scores,

@@ -52,8 +52,10 @@ def test_training_rows_equal_numpy_reference(demo_bundle):
             np.testing.assert_allclose(X, ref, rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
-def test_training_rows_equal_server_rows(demo_bundle, monkeypatch):
-    """Through the server's Recommender (the serving code path), when it is present."""
+@pytest.mark.parametrize("ef", [None, 3])
+def test_training_rows_equal_server_rows(demo_bundle, monkeypatch, ef):
+    """Through the server's Recommender (the serving code path), when it is present; also with a search
+    breadth below the ANN quota, where hnswlib's answer depends on k (the server once asked for one more)."""
     try:
         from recserve.pipeline import ranking as R
         from recserve.pipeline.recommender import Filters, RecRequest, Recommender
@@ -70,15 +72,23 @@ def test_training_rows_equal_server_rows(demo_bundle, monkeypatch):
     monkeypatch.setattr(R, "features", spy)
     with Bundle.open(demo_bundle) as b:
         art = artifacts_from_bundle(b)
-        groups = _training_groups(art, b.params, np.arange(0, b.n_users, 11))
-        rec = Recommender(b, None)
+        params = dict(b.params, **({} if ef is None else {"ef": ef}))
+        groups = _training_groups(art, params, np.arange(0, b.n_users, 11))
+        rec = Recommender(b, None, {"ef": ef})
+        asked = []
+        query = rec.ann.query
+        monkeypatch.setattr(rec.ann, "query", lambda vec, k, *a: asked.append(k) or query(vec, k, *a))
         now = art.now
         ctx = C.context_vector(now)
+        ip = np.asarray(b.tables.array("hist_indptr"))
         checked = 0
         for u, (X, merged) in groups.items():
             req = RecRequest(user_id=b.tables.id_of("user", u), k=10, timestamp=now, hour=int(ctx[0]),
                              weekday=int(ctx[1]), device=0, filters=Filters(in_stock_only=False))
+            asked.clear()
             rec.recommend(req)
+            n = int(ip[u + 1] - ip[u])          # the index is asked for the trainer's k (ef <= k: it matters)
+            assert set(asked) <= {C.ann_first_k(params, n, b.n_items), C.ann_k(params, n, b.n_items)}, asked
             np.testing.assert_array_equal(captured["rows"], merged.rows)
             np.testing.assert_allclose(captured["X"], X, rtol=1e-6, atol=1e-6, equal_nan=True)
             checked += 1
