@@ -17,6 +17,17 @@ from _timing import machine
 REPO = Path(__file__).resolve().parent.parent
 
 
+class UsageError(SystemExit):
+    """A bad argument found after parsing (a bundle that does not exist, a malformed --mix): its reason on
+    stderr and exit code 2, as argparse does for the ones it checks."""
+
+    def __init__(self, reason: str):
+        import sys
+
+        print(reason, file=sys.stderr)
+        super().__init__(2)
+
+
 def sizes(text: str) -> list[tuple[int, int]]:
     """``"2000x1000,8000x4000"`` -> [(2000, 1000), (8000, 4000)]: users x items, both at least 2."""
     out = []
@@ -42,10 +53,12 @@ def versions() -> dict:
 
     v = {"python": platform.python_version(), "grpcio": grpc.__version__, "numpy": np.__version__,
          "platform": platform.platform()}
+    from importlib import metadata
+
     for mod in ("lightgbm", "hnswlib", "implicit"):
         try:
-            v[mod] = getattr(__import__(mod), "__version__", "installed")
-        except ImportError:
+            v[mod] = metadata.version(mod)      # hnswlib's module has no __version__
+        except metadata.PackageNotFoundError:
             pass
     try:
         v["git"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,

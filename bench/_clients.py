@@ -109,7 +109,9 @@ async def _drive(idx, per_chan, requests, phase, ready_q, go, start_at):
         done = time.monotonic()
         rec_m.append(meth_ix[m])
         rec_t.append(intended)
-        rec_lat.append(done - intended)
+        # from the intended time when the send was late (queueing is latency), from the send when a timer
+        # fired early (uvloop's can, by up to about a millisecond): never a latency shorter than the call
+        rec_lat.append(done - max(intended, sent))
         rec_lag.append(sent - intended)
         rec_code.append(code_of(c))
 
@@ -210,28 +212,37 @@ def run_phase(target: str, pools: list, phase: dict, server_pid: int | None = No
     rec = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
     t0 = min(r["t0"] for r in results.values())
     out = summarize(rec, codes, t0, phase)
-    # the server's CPU per completed call over the whole phase: unlike throughput, hardly moved by
-    # other jobs on a shared machine
-    n = int(np.sum(rec["code"] == codes.index("OK"))) if "OK" in codes else 0
+    # the server's CPU per call it was sent (answered or failed: a refused call costs CPU too) over the
+    # whole phase: unlike throughput, hardly moved by other jobs on a shared machine
+    n_all = int(np.sum(~np.isnan(rec["lat"])))          # client-side backlog drops were never sent
+    n = n_all
     out["server_cpu_ms_per_call"] = ((cpu1 - cpu0) * 1e3 / n) if (cpu0 is not None and n) else float("nan")
     # every thread's context switches per call: gRPC's threads hand each call over several times
     out["server_switches_per_call"] = ((sw1 - sw0) / n) if (cpu0 is not None and n) else float("nan")
     # the load generator's own CPU per call (its processes share the machine with the server)
-    n_all = int(np.sum(~np.isnan(rec["lat"])))
     out["client_cpu_ms_per_call"] = sum(r["cpu_s"] for r in results.values()) * 1e3 / n_all if n_all \
         else float("nan")
     return out
 
 
 def summarize(rec: dict, codes: list[str], t0: float, phase: dict) -> dict:
-    """Drops the first ``warmup`` seconds (by intended send time) and computes the figures."""
+    """The figures of the window after the first ``warmup`` seconds.
+
+    Calls, errors and latencies are those of the calls *due* in the window (by intended send time; the
+    percentiles are of the calls answered OK, failed calls are counted by status instead); throughput is
+    the calls answered OK that *finished* in the window, per second, so that a server falling behind an
+    open loop's rate shows as a throughput below it."""
     w0, w1 = t0 + phase["warmup"], t0 + phase["duration"]
     keep = (rec["t"] >= w0) & (rec["t"] < w1)
+    with np.errstate(invalid="ignore"):
+        done = rec["t"] + rec["lat"]                       # NaN: never sent
+        finished = (done >= w0) & (done < w1)
     window = w1 - w0
     ok_code = codes.index("OK") if "OK" in codes else -1
     out = {"window_s": window, "methods": {}, "raw_ms": {}}
     for mi, m in enumerate(METHODS + ["ALL"]):
-        sel = keep & (rec["method"] == mi) if m != "ALL" else keep
+        of_m = (rec["method"] == mi) if m != "ALL" else np.ones(len(rec["t"]), bool)
+        sel = keep & of_m
         if not sel.any():
             continue
         ok = sel & (rec["code"] == ok_code)
@@ -245,7 +256,8 @@ def summarize(rec: dict, codes: list[str], t0: float, phase: dict) -> dict:
                     errors[c] = n
         q = (lambda p: float(np.percentile(lat, p))) if len(lat) else (lambda p: float("nan"))
         out["methods"][m] = {
-            "calls": int(sel.sum()), "ok": int(ok.sum()), "throughput": float(ok.sum() / window),
+            "calls": int(sel.sum()), "ok": int(ok.sum()),
+            "throughput": float(np.sum(finished & of_m & (rec["code"] == ok_code)) / window),
             "p50": q(50), "p90": q(90), "p99": q(99), "p99.9": q(99.9),
             "max": float(lat.max()) if len(lat) else float("nan"),
             "send_lag_p99": float(np.nanpercentile(lag, 99)) if np.isfinite(lag).any() else float("nan"),

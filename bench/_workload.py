@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from _cli import UsageError
+
 MIX_KEYS = {"recommend": "Recommend", "similar": "SimilarItems", "events": "RecordEvents"}
 
 
@@ -14,7 +16,7 @@ def read_ids(bundle: str, max_users: int = 50_000, max_items: int = 50_000) -> d
     try:
         t = TableReader(resolve(bundle) / "tables.lmdb")
     except (BundleError, OSError) as exc:
-        raise SystemExit(f"--bundle: {exc}") from None
+        raise UsageError(f"--bundle: {exc}") from None
     try:
         rng = np.random.default_rng(12345)
         out = {}
@@ -75,13 +77,13 @@ def parse_mix(s: str) -> dict:
     for part in s.split(","):
         k, _, v = part.partition("=")
         if k.strip() not in MIX_KEYS:
-            raise SystemExit(f"--mix: unknown method {k!r} (use {', '.join(MIX_KEYS)})")
+            raise UsageError(f"--mix: unknown method {k!r} (use {', '.join(MIX_KEYS)})")
         try:
             share = float(v)
         except ValueError:
-            raise SystemExit(f"--mix: {part!r} is not METHOD=SHARE with a number") from None
+            raise UsageError(f"--mix: {part!r} is not METHOD=SHARE with a number") from None
         if share > 0:
             out[MIX_KEYS[k.strip()]] = share
     if not out:
-        raise SystemExit("--mix: no method with a positive share")
+        raise UsageError("--mix: no method with a positive share")
     return out

@@ -50,7 +50,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json")
     ap.add_argument("--quick", action="store_true", help="tiny run for smoke tests")
     a = ap.parse_args(argv)
-    runs = [(200, 100), (400, 200)] if a.quick else a.sizes
+    if a.quick:             # the settings the run uses are the ones its record holds
+        a.sizes, a.factors, a.ranker_users = [(200, 100), (400, 200)], 16, 300
+    runs = a.sizes
     print(f"machine: {machine()}; date {time.strftime('%Y-%m-%d')}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="recserve-buildtime-") as tmp:
@@ -62,8 +64,7 @@ def main(argv=None) -> int:
                            env={**os.environ, "PYTHONPATH": str(REPO)})
             n_inter = sum(1 for _ in open(data / "interactions.csv")) - 1
             cmd = [sys.executable, "-m", "trainer.cli", "build", str(out), "--data", str(data),
-                   "--factors", str(16 if a.quick else a.factors),
-                   "--ranker-users", str(300 if a.quick else a.ranker_users)]
+                   "--factors", str(a.factors), "--ranker-users", str(a.ranker_users)]
             if not a.tune:
                 cmd.append("--no-tune")
             wall, rss, code, tail = run_child(cmd)

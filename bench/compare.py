@@ -28,7 +28,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from _cli import record, write_json  # noqa: E402
+from _cli import UsageError, record, write_json  # noqa: E402
 from _clients import phase_config, run_phase  # noqa: E402
 from _inproc import RECOMMEND_ONLY  # noqa: E402
 from _servers import start_real  # noqa: E402
@@ -53,10 +53,10 @@ def parse_settings(s: str, flag: str) -> dict[str, str]:
             continue
         name, eq, value = part.partition("=")
         if not eq or not name.strip() or not name.strip().replace("_", "").isalnum():
-            raise SystemExit(f"{flag}: settings are NAME=VALUE pairs separated by commas; got {part!r}")
+            raise UsageError(f"{flag}: settings are NAME=VALUE pairs separated by commas; got {part!r}")
         name = name.strip()
         if name.startswith("RECSERVE_") and name not in known:
-            raise SystemExit(f"{flag}: {name} is not a recserve setting (RECSERVE_ + a `recserve serve` option)")
+            raise UsageError(f"{flag}: {name} is not a recserve setting (RECSERVE_ + a `recserve serve` option)")
         out[name] = value.strip()
     return out
 
@@ -101,9 +101,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     sets = {"A": parse_settings(a.a, "--a"), "B": parse_settings(a.b, "--b")}
     if sets["A"] == sets["B"]:
-        raise SystemExit("--a and --b are the same settings: nothing to compare")
+        ap.error("--a and --b are the same settings: nothing to compare")
     if a.rounds < 1 or a.duration <= 0 or a.clients < 1 or a.concurrency < a.clients or a.rate < 0:
-        raise SystemExit("--rounds and --clients at least 1, --duration positive, --concurrency >= --clients")
+        ap.error("--rounds and --clients at least 1, --duration positive, --concurrency >= --clients")
 
     cfg = {**RECOMMEND_ONLY, "mix": parse_mix(a.mix)}     # bench/load.py's defaults otherwise
     ids = read_ids(a.bundle)

@@ -78,9 +78,9 @@ def main(argv=None) -> int:
     try:
         gaps = [float(g) for g in a.gaps.split(",") if g.strip()]
     except ValueError:
-        raise SystemExit(f"--gaps: numbers in milliseconds, like 0.1,0.3,1; got {a.gaps!r}") from None
+        ap.error(f"--gaps: numbers in milliseconds, like 0.1,0.3,1; got {a.gaps!r}")
     if not gaps or min(gaps) <= 0:
-        raise SystemExit("--gaps must be positive")
+        ap.error("--gaps must be positive")
 
     cpu = min(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpu})

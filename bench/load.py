@@ -83,6 +83,7 @@ def print_phase(title: str, real: dict, ceil: dict | None) -> None:
           + (f", ceiling's {ceil.get('client_cpu_ms_per_call', float('nan')):.3f} ms" if ceil else ""))
     hdr = (f"{'method':<13}{'calls':>8}{'ok/s':>9}{'p50 ms':>9}{'p90':>9}{'p99':>9}{'p99.9':>9}{'max':>9}"
            f"{'lag p99':>9}  errors")
+    print("(ok/s: OK answers finished in the window per second; latency: of the calls answered OK)")
     print(hdr)
     for m, v in real["methods"].items():
         err = ",".join(f"{k}={n}" for k, n in v["errors"].items()) or "0"
@@ -162,22 +163,22 @@ def main(argv=None) -> int:
     ap.add_argument("--png", help="latency histogram PNG (needs matplotlib)")
     a = ap.parse_args(argv)
     if a.duration <= 0 or a.warmup < 0 or a.rate < 0 or a.clients < 1 or a.channels < 1 or a.pool < 1:
-        raise SystemExit("--duration must be positive, --warmup and --rate >= 0, --clients, --channels and "
+        ap.error("--duration must be positive, --warmup and --rate >= 0, --clients, --channels and "
                          "--pool >= 1")
     if a.concurrency < a.clients:
-        raise SystemExit("--concurrency must be at least --clients (one call in flight per client process)")
+        ap.error("--concurrency must be at least --clients (one call in flight per client process)")
     try:
         fractions = [float(f) for f in a.sweep_fractions.split(",")]
     except ValueError:
-        raise SystemExit(f"--sweep-fractions: numbers separated by commas, not {a.sweep_fractions!r}") from None
+        ap.error(f"--sweep-fractions: numbers separated by commas, not {a.sweep_fractions!r}")
     if a.sweep and not all(f > 0 for f in fractions):
-        raise SystemExit("--sweep-fractions must all be positive")
+        ap.error("--sweep-fractions must all be positive")
     if a.open_only and (a.rate <= 0 or a.sweep):
-        raise SystemExit("--open-only needs --rate R and no --sweep")
+        ap.error("--open-only needs --rate R and no --sweep")
     if a.target:
         host = a.target.rpartition(":")[0].strip("[]")
         if host not in ("127.0.0.1", "localhost", "::1"):
-            raise SystemExit("--target must be a loopback address")
+            ap.error("--target must be a loopback address")
     cfg = {"mix": parse_mix(a.mix), "k": a.k, "zipf": a.zipf, "unknown": a.unknown, "anon": a.anon,
            "filter_share": a.filter_share, "explain_share": a.explain_share, "events_batch": a.events_batch}
     ids = read_ids(a.bundle)

@@ -51,11 +51,12 @@ def test_load_rejects_non_loopback_target(demo_bundle):
     assert p.returncode != 0 and "loopback" in p.stderr
 
 
-def _refused(args, says):
+def _refused(args, says, code=2):
+    """A bad argument: exit 2 with the reason on the last line; a failure at run time: exit 1, one line."""
     p = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     lines = p.stderr.strip().splitlines()
-    assert p.returncode != 0 and len(lines) == 1 and says in lines[0], p.stderr[-2000:]
+    assert p.returncode == code and says in lines[-1] and (code == 2 or len(lines) == 1), p.stderr[-2000:]
 
 
 def test_bad_arguments_are_refused_in_one_line_before_any_server_starts(demo_bundle, tmp_path):
@@ -91,7 +92,7 @@ def test_load_against_a_running_server(demo_bundle, tmp_path):
 
 def test_an_unreachable_target_is_one_line(demo_bundle):
     _refused(["bench/load.py", "--bundle", str(demo_bundle), "--target", "127.0.0.1:1", "--duration", "1"],
-             "cannot connect to 127.0.0.1:1")
+             "cannot connect to 127.0.0.1:1", code=1)
 
 
 def test_quality_quick():
@@ -104,7 +105,8 @@ def _record(path: Path) -> dict:
     """A JSON record: standard JSON (no NaN), with the machine, the versions and every argument."""
     rec = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in {path.name}"))
     assert rec["nproc"] == os.cpu_count() and "kernel=" in rec["machine"]
-    assert {"python", "grpcio", "numpy", "lightgbm"} <= set(rec["versions"])
+    assert {"python", "grpcio", "numpy", "lightgbm", "hnswlib"} <= set(rec["versions"])
+    assert rec["versions"]["hnswlib"][0].isdigit()
     return rec
 
 
@@ -118,7 +120,8 @@ def test_scaling_quick(tmp_path):
 def test_build_time_quick(tmp_path):
     assert "peak MB" in _run(["bench/build_time.py", "--quick", "--json", str(tmp_path / "b.json")])
     rec = _record(tmp_path / "b.json")
-    assert [r["size"] for r in rec["rows"]] == ["200x100", "400x200"] and rec["config"]["factors"] == 64
+    assert [r["size"] for r in rec["rows"]] == ["200x100", "400x200"] and rec["config"]["factors"] == 16
+    assert rec["config"]["ranker_users"] == 300 and rec["config"]["sizes"] == [[200, 100], [400, 200]]
 
 
 @pytest.mark.parametrize("args, says", [
@@ -131,6 +134,8 @@ def test_build_time_quick(tmp_path):
     (["bench/ranker.py", "--budget", "-1"], "argument --budget: must be above 0, not -1"),
     (["bench/protocols.py", "--protocols", "c"], "argument --protocols: a, b or a,b, not 'c'"),
     (["bench/gaps.py", "--bundle", "x", "--block", "0"], "argument --block: must be at least 1, not 0"),
+    (["bench/overhead.py", "--bundle", "x", "--repeats", "0"], "error: --rate and --duration must be positive"),
+    (["bench/compare.py", "--bundle", "x", "--rounds", "0", "--b", "RECSERVE_SHARE_WORK=0"], "error: --rounds"),
 ])
 def test_bad_numbers_are_refused_by_every_script(args, says):
     p = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120,
