@@ -39,7 +39,7 @@ from _cli import record, sizes, write_json  # noqa: E402
 from trainer.argtypes import number, positive_int  # noqa: E402
 from _timing import machine  # noqa: E402
 
-COLS = ["recall@10", "recall@20", "recall@50", "ndcg@10", "coverage@10", "ild@10", "novelty@10"]
+COLS = ["recall@10", "recall@20", "recall@50", "ndcg@10", "coverage@10", "ild@10", "novelty@10", "mean_len"]
 
 
 def item_knn(train: sp.csr_matrix, users: np.ndarray, n: int = 50):

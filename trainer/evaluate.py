@@ -2,7 +2,12 @@
 
 Methods: ``popularity`` (trending), ``i2i``, ``ann`` (user vector -> HNSW), ``ann+ranker`` (ANN candidates
 ordered by the ranker), ``merged+ranker`` (all sources merged, ranked), ``full+mmr`` (that, re-ranked by
-MMR with the creator cap). For each user with a training history and new items in the held-out window:
+the server's own re-rank code: MMR, the creator cap with its uncapped fill, no creator back to back).
+Candidates are merged as the server merges them for k = 50 (the popular quota and the candidate budget at
+least 50). Stock is not applied: every method may recommend an item the items file says is out of stock,
+which the server's default request would not. The stage rows (``i2i``, ``ann``, ``ann+ranker``) hold what
+their source supplies, which may be fewer than 50 items (``mean_len`` in the table): their recall@50 is at
+that length. For each user with a training history and new items in the held-out window:
 truth = the distinct held-out items not already in the history (history items are excluded as served).
 Recall is reported at every cut-off in ``KS`` (the report plots it as a curve), and the popularity profile
 of each method's top 10 against the catalogue's (:func:`popularity_deciles`).
@@ -14,10 +19,11 @@ import math
 import numpy as np
 
 from recserve._core.candidates import context_vector
-from recserve._core.mmr import mmr
+from recserve._core import rerank as RR
 from trainer.retrieval import candidates_for
 
-KS = (1, 5, 10, 20, 50)          # every method keeps its top 50
+KS = (1, 5, 10, 20, 50)
+EVAL_K = KS[-1]                   # every method keeps its top 50 (the stage rows: at most 50)
 DECILES = 10
 FEW_USERS = 200        # below this many evaluated users, the table says its figures are noisy
 METHODS = ["popularity", "i2i", "ann", "ann+ranker", "merged+ranker", "full+mmr"]
@@ -50,6 +56,7 @@ def _metrics(rec: list[np.ndarray], truths: list[set], item_emb, pop_share, cold
     out["ild@10"] = float(np.mean(ild)) if ild else 0.0
     out["novelty@10"] = float(np.mean(-np.log2(pop_share[allrec]))) if len(allrec) else 0.0
     out["cold_share@10"] = float(np.mean(cold_items[allrec])) if len(allrec) else 0.0
+    out["mean_len"] = float(np.mean([len(r) for r in rec])) if rec else 0.0
     return out
 
 
@@ -115,12 +122,15 @@ def evaluate(art, scorer, test_user, test_item, test_ts, params: dict, creators:
     truths = []
     lam = float(params["mmr_lambda"])
     cap = int(params["max_per_creator"])
-    it = candidates_for(art, users, params, threads)
+    q = dict(params["quotas"])
+    q["popular"] = max(int(q.get("popular", 50)), EVAL_K)          # as the server raises it to k
+    served = dict(params, quotas=q, cap=max(int(params["cap"]), EVAL_K))
+    it = candidates_for(art, users, served, threads)
     for u, vec, lists, merged in (progress(it, total=len(users)) if progress else it):
         h = set(art.hist_items[art.hist_indptr[u]:art.hist_indptr[u + 1]].tolist())
 
         def fresh(rows):
-            return np.array([r for r in rows.tolist() if r not in h][:50], np.int64)
+            return np.array([r for r in rows.tolist() if r not in h][:EVAL_K], np.int64)
 
         recs["popularity"].append(fresh(lists[3][0]))
         recs["i2i"].append(fresh(lists[1][0]))
@@ -136,11 +146,9 @@ def evaluate(art, scorer, test_user, test_item, test_ts, params: dict, creators:
         order = np.lexsort((np.arange(len(s)), -s))
         ann_mask = merged.rank[:, 0] >= 0
         o_ann = order[ann_mask[order]]
-        recs["ann+ranker"].append(merged.rows[o_ann][:50].astype(np.int64))
-        recs["merged+ranker"].append(merged.rows[order][:50].astype(np.int64))
-        rel = (s - s.min()) / (s.max() - s.min()) if s.max() > s.min() else np.ones_like(s)
-        pos, _ = mmr(rel.astype(np.float32), art.item_emb, merged.rows, min(50, len(s)), lam,
-                     creators=creators[merged.rows], max_per_creator=cap)
+        recs["ann+ranker"].append(merged.rows[o_ann][:EVAL_K].astype(np.int64))
+        recs["merged+ranker"].append(merged.rows[order][:EVAL_K].astype(np.int64))
+        pos, _ = RR.diversify(RR.minmax(s), art.item_emb, merged.rows, EVAL_K, lam, creators[merged.rows], cap)
         recs["full+mmr"].append(merged.rows[np.asarray(pos)].astype(np.int64))
     pop = np.expm1(art.pop_scores[np.argsort(art.pop_rows)].astype(np.float64)) + 1.0
     pop_share = pop / pop.sum()
@@ -152,11 +160,11 @@ def evaluate(art, scorer, test_user, test_item, test_ts, params: dict, creators:
 
 def format_table(result: dict) -> str:
     cols = ["recall@10", "recall@20", "recall@50", "ndcg@10", "mrr@50", "coverage@10", "ild@10",
-            "novelty@10", "cold_share@10"]
+            "novelty@10", "cold_share@10", "mean_len"]
     few = (f" (fewer than {FEW_USERS}: differences between methods may be noise; a larger --holdout holds out "
            "more users)" if result["users"] < FEW_USERS else "")
     lines = [f"evaluated users: {result['users']}{few}",
              f"{'method':<15}" + "".join(f"{c:>14}" for c in cols)]
     for m, v in result["methods"].items():
-        lines.append(f"{m:<15}" + "".join(f"{v[c]:>14.4f}" for c in cols))
+        lines.append(f"{m:<15}" + "".join(f"{v.get(c, float('nan')):>14.4f}" for c in cols))
     return "\n".join(lines)

@@ -13,12 +13,12 @@ from collections import OrderedDict
 import numpy as np
 
 from recserve._core import candidates as CC
+from recserve._core import rerank as RR
 from recserve._core.embed import UserVectorParams
 from recserve._core.merge import merge_candidates
 from recserve.events import Event, EventStore
 from recserve.pipeline import candidates as C
 from recserve.pipeline import ranking as R
-from recserve.pipeline import rerank as RR
 from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument, NotFound
 from recserve.pipeline.items import ItemSnapshot, walk_allowed
 from recserve.pipeline.messages import (MAX_BATCH, MAX_CONTEXT_EXTRA, MAX_DEVICE, MAX_EVENT_AHEAD, MAX_LIST, MAX_PRICE,

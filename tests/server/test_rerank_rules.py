@@ -87,7 +87,7 @@ def test_candidates_setting_scales_quotas_and_cap(bundle):
 
 def test_fill_pass_keeps_creators_apart():
     """The creator cap runs out, the uncapped fill starts after an item by the same creator: reordered."""
-    from recserve.pipeline.rerank import diversify
+    from recserve._core.rerank import diversify
 
     emb = np.eye(6, dtype=np.float32)
     rows = np.arange(6, dtype=np.int32)
@@ -101,7 +101,7 @@ def test_fill_pass_keeps_creators_apart():
 
 
 def test_last_item_moves_up_when_nothing_later_separates():
-    from recserve.pipeline.rerank import diversify
+    from recserve._core.rerank import diversify
 
     emb = np.eye(5, dtype=np.float32)
     creators = np.array([0, 1, 2, 0, 0])
@@ -146,7 +146,7 @@ def test_no_creator_back_to_back_while_the_answer_holds_another(n, n_creators, m
     """Whatever the cap leaves to the uncapped fill: two items by one creator are adjacent only where
     every later item of the answer is hers too (before: the capped part could end with a pair that
     the fill's items could have separated)."""
-    from recserve.pipeline.rerank import diversify
+    from recserve._core.rerank import diversify
 
     rng = np.random.default_rng(seed)
     emb = rng.normal(size=(n, 8)).astype(np.float32)

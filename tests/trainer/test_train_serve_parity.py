@@ -108,3 +108,36 @@ def test_user_emb_is_the_long_term_history_vector(demo_bundle):
             ref = user_vector_reference(b.item_emb, hi[a:e], lt,
                                         event_weights=np.asarray(p["event_weights"])[hev[a:e]])
             np.testing.assert_allclose(ue[u], ref, atol=1e-5)
+
+
+def test_the_evaluated_full_pipeline_is_what_the_server_answers(demo_bundle, monkeypatch):
+    """``full+mmr`` in the offline table is the server's answer to k = 50 (stock not applied, the same
+    time): the same candidates, ranker and re-rank code, creator fill and back-to-back rule included."""
+    from recserve.pipeline.recommender import Filters, RecRequest, Recommender
+    from trainer import evaluate as ev
+
+    captured = {}
+    real = ev._metrics
+
+    def spy(rec, truths, *a):
+        captured.setdefault("lists", []).append(rec)
+        return real(rec, truths, *a)
+
+    monkeypatch.setattr(ev, "_metrics", spy)
+    with Bundle.open(demo_bundle) as b:
+        art = artifacts_from_bundle(b)
+        users = np.arange(0, b.n_users, 9)
+        fresh = [next(i for i in range(b.n_items) if i not in set(art.history(int(u))[0].tolist())) for u in users]
+        creators = b.item_feats[:, b.schema.item_columns.index("creator")].astype(np.int64)
+        res = ev.evaluate(art, rk.Scorer(b.ranker_text), users, np.array(fresh), np.full(len(users), art.now),
+                          b.params, creators)
+        full = captured["lists"][ev.METHODS.index("full+mmr")]
+        evaluated, _ = ev.eval_users(art, users, np.array(fresh), 2000, 0)       # those with a history
+        assert res["users"] == len(evaluated) == len(full) >= 20
+        rec = Recommender(b, None)
+        ctx = C.context_vector(art.now)
+        for u, mine in zip(evaluated.tolist(), full):
+            req = RecRequest(user_id=b.tables.id_of("user", u), k=50, timestamp=art.now, hour=int(ctx[0]),
+                             weekday=int(ctx[1]), filters=Filters(in_stock_only=False))
+            served = b.tables.rows_of("item", [i.item_id for i in rec.recommend(req).items])
+            np.testing.assert_array_equal(served, mine)

@@ -1,4 +1,5 @@
-"""Re-ranking: min-max scaled relevance, then MMR with creator rules."""
+"""Re-ranking: min-max scaled relevance, then MMR with creator rules (the server's re-rank stage and the
+trainer's evaluation of it run this same code)."""
 from __future__ import annotations
 
 import numpy as np
