@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,9 @@ def write_bundle(out_root: str | os.PathLike, ds, cat, art, ranker_text: str, ma
     final = root / version
     if final.exists():
         raise FileExistsError(f"{final} exists already")
-    remove_stale_temporaries(root)
+    gone = remove_stale_temporaries(root)
+    if gone:
+        print(f"removed what killed builds left in {root}: {', '.join(sorted(gone))}", file=sys.stderr)
     tmp = root / f".tmp-{version}-{os.getpid()}"
     tmp.mkdir()
     try:

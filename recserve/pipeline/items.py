@@ -50,14 +50,13 @@ class ItemSnapshot:
             self.in_stock = None                       # no stock column: everything is in stock
             self.n_in_stock = n
             self.out_of_stock_bits = None
-            self.trend_in_stock = (np.asarray(trend_rows, np.int32), np.asarray(trend_scores, np.float32))
+            self.trend_in_stock_count = None
         else:
             self.in_stock = _frozen(np.ascontiguousarray(feats[:, c_stock] > 0.5))
             self.n_in_stock = int(self.in_stock.sum())
             self.out_of_stock_bits = _frozen(np.packbits(~self.in_stock, bitorder="little"))
-            keep = self.in_stock[trend_rows]
-            self.trend_in_stock = (_frozen(np.asarray(trend_rows[keep], np.int32)),
-                                   _frozen(np.asarray(trend_scores[keep], np.float32)))
+            # in-stock items among the first i + 1 of the trending list: how far to read it for n of them
+            self.trend_in_stock_count = _frozen(np.cumsum(self.in_stock[trend_rows], dtype=np.int64))
         c_cat = columns.get("category")
         self.category = None if c_cat is None else _frozen(np.ascontiguousarray(feats[:, c_cat], np.int64))
         # what the price filters compare: the exact (float64) prices with the live overlay, or, for a
@@ -66,6 +65,12 @@ class ItemSnapshot:
         if price is None and c_price is not None:
             price = np.ascontiguousarray(feats[:, c_price])
         self.price = None if price is None else _frozen(price)
+
+    def trend_prefix(self, n_in_stock: int) -> int:
+        """The length of the trending list's prefix holding ``n_in_stock`` in-stock items (or all of it)."""
+        if self.trend_in_stock_count is None:
+            return n_in_stock
+        return int(np.searchsorted(self.trend_in_stock_count, n_in_stock)) + 1
 
     def exclusion_bits(self, rows: np.ndarray, allowed: np.ndarray | None) -> np.ndarray | None:
         """The merge's exclusion bitset: ``rows`` plus every item ``allowed`` rules out."""

@@ -435,11 +435,12 @@ class Recommender:
                                                        include, allowed, limit), consumed)
         elif allowed is None or allowed is snap.in_stock:
             # the shared list, whose out-of-stock entries the merge skips; refilled only when it cannot
-            # fill the popular quota (k above the quota, or much of it out of stock)
+            # fill the popular quota (k above the quota, or much of it out of stock), from the whole
+            # trending list as trained, so that an item's rank in it is its rank in training
             servable = len(pop[0]) if allowed is None else int(np.count_nonzero(allowed[pop[0]]))
             if servable < q["popular"]:
-                r_, s_ = (self.trend_rows, self.trend_scores) if allowed is None else snap.trend_in_stock
-                pop = C.drop_rows(r_[:limit], s_[:limit], consumed)
+                n = limit if allowed is None else snap.trend_prefix(limit)
+                pop = C.drop_rows(self.trend_rows[:n], self.trend_scores[:n], consumed)
         else:
             pop = C.drop_rows(*walk_allowed(self.trend_rows, self.trend_scores, allowed, limit), consumed)
         lists["popular"] = pop

@@ -40,8 +40,10 @@ def test_synth_build_verify_evaluate(tmp_path):
 
     # a second build (a ranker of exactly 7 trees, no stored SimilarItems rows) switches CURRENT, keeps
     # the first version on disk
+    (out / ".tmp-20260101T000000-abcdef-4194305").mkdir()      # a killed build's (no such pid)
     p = run_cli("build", "--data", data, out, "--factors", 16, "--ranker-users", 100, "--no-tune",
                 "--ranker-trees", 7, "--no-evaluate", "--no-similar-lists", check=True)
+    assert f"removed what killed builds left in {out}: .tmp-20260101T000000-abcdef-4194305" in p.stderr
     assert "full+mmr" not in p.stdout
     assert resolve(out).name != m["version"]
     assert json.loads((resolve(out) / "manifest.json").read_text())["evaluation"] == {}

@@ -141,3 +141,33 @@ def test_the_evaluated_full_pipeline_is_what_the_server_answers(demo_bundle, mon
                              weekday=int(ctx[1]), filters=Filters(in_stock_only=False))
             served = b.tables.rows_of("item", [i.item_id for i in rec.recommend(req).items])
             np.testing.assert_array_equal(served, mine)
+
+
+def test_popular_ranks_are_the_trained_ones_when_out_of_stock_items_are_skipped(demo_bundle, monkeypatch):
+    """With the default in-stock filter and k above the popular quota, the popular list is refilled from
+    the whole trending list: an item's rank there (a ranker feature) is the one it has unfiltered, as in
+    training (before: its rank among in-stock items only)."""
+    from recserve.pipeline import ranking as R
+    from recserve.pipeline.recommender import Filters, RecRequest, Recommender
+
+    seen = []
+    real = R.features
+    monkeypatch.setattr(R, "features", lambda c, u, v, merged, *a: seen.append(merged) or real(c, u, v, merged, *a))
+    with Bundle.open(demo_bundle) as b:
+        rec = Recommender(b, None)
+        s = list(b.schema.sources).index("popular")
+        stock = np.asarray(b.item_feats)[:, b.schema.item_columns.index("in_stock")] > 0.5
+        assert not stock.all()
+        k = 150                                 # above the popular list the sources give: refilled
+        compared = 0
+        for u in range(0, b.n_users, 25):
+            uid = b.tables.id_of("user", u)
+            rec.recommend(RecRequest(user_id=uid, k=k, filters=Filters(in_stock_only=False)))
+            rec.recommend(RecRequest(user_id=uid, k=k))
+            every, in_stock = seen[-2], seen[-1]
+            rank_of = {int(r): int(x) for r, x in zip(every.rows, every.rank[:, s]) if x >= 0}
+            for r, x in zip(in_stock.rows, in_stock.rank[:, s]):
+                if x >= 0 and int(r) in rank_of:
+                    assert rank_of[int(r)] == int(x), (uid, int(r))
+                    compared += 1
+        assert compared > 50
