@@ -17,6 +17,13 @@ from _proc import tree_stats
 from _servers import METHODS, _decoders
 
 
+def call_latency(intended: float, sent: float, done: float) -> float:
+    """A call's latency in an open loop: from its intended send time when it was sent late (the client's
+    own queueing is latency: coordinated omission), from its send when a timer fired early (uvloop's can,
+    by up to about a millisecond), so never shorter than the call itself."""
+    return done - min(intended, sent)
+
+
 def phase_config(mode: str, *, duration: float, channels: int, deadline: float = 5.0, warmup: float = 1.0,
                  concurrency: int = 0, rate: float = 0.0, max_inflight: int = 256,
                  client_loop: str = "uvloop") -> dict:
@@ -109,9 +116,7 @@ async def _drive(idx, per_chan, requests, phase, ready_q, go, start_at):
         done = time.monotonic()
         rec_m.append(meth_ix[m])
         rec_t.append(intended)
-        # from the intended time when the send was late (queueing is latency), from the send when a timer
-        # fired early (uvloop's can, by up to about a millisecond): never a latency shorter than the call
-        rec_lat.append(done - max(intended, sent))
+        rec_lat.append(call_latency(intended, sent, done))
         rec_lag.append(sent - intended)
         rec_code.append(code_of(c))
 
@@ -235,7 +240,7 @@ def summarize(rec: dict, codes: list[str], t0: float, phase: dict) -> dict:
     w0, w1 = t0 + phase["warmup"], t0 + phase["duration"]
     keep = (rec["t"] >= w0) & (rec["t"] < w1)
     with np.errstate(invalid="ignore"):
-        done = rec["t"] + rec["lat"]                       # NaN: never sent
+        done = rec["t"] + np.minimum(rec["lag"], 0.0) + rec["lat"]     # NaN: never sent
         finished = (done >= w0) & (done < w1)
     window = w1 - w0
     ok_code = codes.index("OK") if "OK" in codes else -1

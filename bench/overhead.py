@@ -38,6 +38,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 from _cli import record, write_json  # noqa: E402
+from _clients import call_latency  # noqa: E402
 from _inproc import RECOMMEND_ONLY, rec_requests, recommender  # noqa: E402
 from _proc import tree_stats  # noqa: E402
 from _servers import ServerProc, record_responses, start_ceiling, start_real  # noqa: E402
@@ -130,7 +131,7 @@ async def _drive(target, requests, rate, warm, secs, worker, stats_path):
                 errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
             return                      # as bench/load.py: latency of the calls answered OK
         if measured:
-            lat.append(time.perf_counter() - max(intended, sent))
+            lat.append(call_latency(intended, sent, time.perf_counter()))
 
     def mark(key):
         marks[key] = (time.perf_counter(), tree_stats(worker)[0],

@@ -34,7 +34,7 @@ class ServeConfig:
     drain_delay: float = 0.0           # SIGTERM: seconds still serving while health says NOT_SERVING, so
                                        # that load balancers polling health stop routing here first
     events_dir: str = ""               # default: <bundle root>/events
-    events_per_user: int = 1000        # real-time events kept per user (a Recommend reads history_len)
+    events_per_user: int = 1000        # real-time events kept per user (a Recommend reads them all)
     events_map_mb: int = 65536         # the event store's LMDB map size (address space, not disk)
     tls_cert: str = ""
     tls_key: str = ""

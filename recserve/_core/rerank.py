@@ -73,8 +73,11 @@ def diversify(relevance: np.ndarray, item_emb: np.ndarray, rows: np.ndarray, k: 
 def _separate_creators(pos: np.ndarray, pen: np.ndarray, creators: np.ndarray, start: int, k: int) -> None:
     """In place, over the first ``k`` from ``start`` on: where an item follows one by its creator, pull up
     the next item by another creator (the fill pass does not know the creator its first pick follows);
-    when no later item can, move the item up to the latest earlier slot between two other creators'."""
-    c = creators[pos]
+    when no later item can, move the item up to the latest earlier slot between two other creators'.
+    An unknown creator (< 0) is nobody's: as in the MMR kernel, such items never count as a pair."""
+    c = np.asarray(creators[pos], np.int64).copy()
+    unknown = c < 0
+    c[unknown] = -1 - np.arange(int(unknown.sum()))          # each its own creator
     j = max(start, 1)
     while j < min(k, len(pos)):
         if c[j] != c[j - 1]:

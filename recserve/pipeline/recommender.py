@@ -424,10 +424,15 @@ class Recommender:
                                self.trend_rows, self.trend_scores, self.cparams,
                                drop_history=req.exclude_consumed)
         lists = dict(zip(CC.SOURCES, base))
-        # a cold user has no other source: popular items fill the candidate budget, so that the ranker
-        # and the creator rules have room (k candidates left max_per_creator no choice)
-        budget = max(self.cap, 2 * k) if cold else max(self.cap, k)
-        q["popular"] = max(q.get("popular", 50), budget if cold else k)
+        # with no history and no session (an unknown, anonymous or new user) popular items are the only
+        # source: four times k of them (within the budget), so that the ranker and the creator rules
+        # have room (k candidates left max_per_creator no choice)
+        budget = max(self.cap, k)
+        if len(all_rows) == 0:
+            budget = max(self.cap, 2 * k)
+            q["popular"] = max(q.get("popular", 50), min(4 * k, budget))
+        else:
+            q["popular"] = max(q.get("popular", 50), k)
         limit = q["popular"] + len(consumed) + 1
         pop = lists["popular"]          # as trained: trending without the history's items
         if len(include):

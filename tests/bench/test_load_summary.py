@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from _clients import summarize  # noqa: E402
+from _clients import call_latency, summarize  # noqa: E402
 from _servers import METHODS  # noqa: E402
 
 PHASE = {"warmup": 1.0, "duration": 11.0}
@@ -46,3 +46,28 @@ def test_percentiles_are_numpys_over_the_ok_calls_and_errors_are_counted_apart()
     assert m["max"] == lat[ok].max() * 1e3
     assert m["errors"] == {"DEADLINE_EXCEEDED": int((due & (code == 1)).sum())}
     assert m["ok"] == int(ok.sum()) and m["calls"] == int(due.sum())
+
+
+def test_a_late_send_counts_its_wait_and_an_early_one_does_not_shorten_the_call():
+    """The client's own backlog is latency (coordinated omission): ``lat`` runs from the intended time
+    of a late send. An early timer's call is timed from its send. Throughput counts when calls finish."""
+    t = np.arange(0, 11, 0.01)                               # 100/s intended
+    lag = np.arange(len(t)) * 0.005                          # the client falls behind 5 ms per call
+    call = 0.002
+    lat = lag + call                                         # as _drive records a late send
+    rec = _records(t, lat, np.zeros(len(t)))
+    rec["lag"] = lag
+    m = summarize(rec, ["OK"], 0.0, PHASE)["methods"]["ALL"]
+    due = (t >= 1) & (t < 11)
+    assert m["p50"] == np.percentile(lat[due] * 1e3, 50) > 1000         # seconds of backlog, not 2 ms
+    finished = t + lag + call
+    assert m["throughput"] == np.sum((finished >= 1) & (finished < 11)) / 10.0 < 70
+    early = _records(t, np.full(len(t), call), np.zeros(len(t)))       # sent 1 ms early: timed from the send
+    early["lag"] = np.full(len(t), -0.001)
+    m = summarize(early, ["OK"], 0.0, PHASE)["methods"]["ALL"]
+    assert m["p50"] == call * 1e3
+
+
+def test_call_latency_runs_from_the_earlier_of_the_intended_and_the_actual_send():
+    assert abs(call_latency(intended=10.0, sent=10.5, done=10.6) - 0.6) < 1e-12       # late: its wait counts
+    assert abs(call_latency(intended=10.0, sent=9.999, done=10.002) - 0.003) < 1e-12   # early: from the send

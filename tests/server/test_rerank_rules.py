@@ -140,6 +140,20 @@ def test_deadline_stops_the_pipeline(bundle):
     assert len(rec.similar(item, 5, Filters(), deadline=later).items) == 5
 
 
+def test_unknown_creators_are_nobodys_in_the_fill():
+    """Items of unknown creator (-1) are exempt from the cap and the back-to-back rule, in the fill too:
+    they are not moved out of the answer to separate them (before: three items by creator 7 at cap 1)."""
+    from recserve._core.rerank import diversify
+
+    emb = np.eye(8, dtype=np.float32)
+    creators = np.array([-1, -1, -1, -1, 7, 7, 7, 7])
+    rel = np.linspace(1.0, 0.3, 8).astype(np.float32)
+    pos, _ = diversify(rel, emb, np.arange(8, dtype=np.int32), 6, 1.0, creators, 1)
+    assert sorted(pos.tolist()) == [0, 1, 2, 3, 4, 5]        # the four unknown ones and the fewest 7s
+    c = creators[pos]
+    assert not any(c[j] == c[j + 1] == 7 for j in range(5)), c.tolist()
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.integers(2, 40), st.integers(1, 4), st.integers(1, 3), st.floats(0.0, 1.0), st.integers(0, 10_000))
 def test_no_creator_back_to_back_while_the_answer_holds_another(n, n_creators, mpc, lam, seed):
@@ -151,20 +165,25 @@ def test_no_creator_back_to_back_while_the_answer_holds_another(n, n_creators, m
     rng = np.random.default_rng(seed)
     emb = rng.normal(size=(n, 8)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    creators = rng.integers(0, n_creators, n)
+    creators = rng.integers(-1, n_creators, n)                # -1: unknown, nobody's
     rel = rng.random(n).astype(np.float32)
     k = int(rng.integers(1, n + 1))
     pos, pen = diversify(rel, emb, np.arange(n, dtype=np.int32), k, lam, creators, mpc)
     assert len(pos) == k == len(pen) and len(set(pos.tolist())) == k
     c = creators[pos]
     for j in range(1, k):
-        if c[j] == c[j - 1]:
-            assert set(c[j + 1:].tolist()) <= {c[j]}, (j, c.tolist())
+        if c[j] == c[j - 1] >= 0:
+            assert set(c[j + 1:].tolist()) <= {c[j], -1} and -1 not in c[j + 1:], (j, c.tolist())
+    # the cap is broken only as far as the fill must: no more over-cap items than k minus what fits
+    known = c[c >= 0]
+    fits = int((creators < 0).sum()) + sum(min(mpc, int((creators == x).sum())) for x in set(creators.tolist()) - {-1})
+    over = sum(max(0, int((known == x).sum()) - mpc) for x in set(known.tolist()))
+    assert over <= max(0, k - fits), (c.tolist(), over, fits)
 
 
 def test_cold_users_get_the_creator_cap_too(bundle):
-    """An anonymous or unknown user has only popular candidates: they fill the candidate budget, so the
-    cap holds (before: about k candidates, and the uncapped fill put some creators in more than the cap)."""
+    """An anonymous, unknown or history-less user has only popular candidates: four times k of them, so
+    the cap holds (before: about k candidates, and the uncapped fill put some creators in more than the cap)."""
     from collections import Counter
 
     rec = Recommender(bundle, None)
@@ -173,10 +192,12 @@ def test_cold_users_get_the_creator_cap_too(bundle):
     stock = feats[:, cols.index("in_stock")] > 0.5
     n_creators = len(set(feats[stock, cols.index("creator")].astype(int).tolist()) - {-1})
     assert n_creators >= 5
-    for user, cap in (("", 1), ("nobody-we-know", 2)):
+    ip = np.asarray(bundle.tables.array("hist_indptr"))
+    known_without_history = bundle.tables.id_of("user", int(np.flatnonzero(np.diff(ip) == 0)[0]))
+    for user, cap in (("", 1), ("nobody-we-know", 2), (known_without_history, 1)):
         k = cap * n_creators                       # room for exactly `cap` items of every creator
         res = rec.recommend(RecRequest(user_id=user, k=k, max_per_creator=cap))
-        assert res.cold_start and len(res.items) == k
+        assert len(res.items) == k
         c = Counter(_creators(bundle, [i.item_id for i in res.items]).tolist())
         assert -1 not in c and max(c.values()) == cap, c
 

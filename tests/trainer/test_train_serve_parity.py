@@ -83,6 +83,8 @@ def test_training_rows_equal_server_rows(demo_bundle, monkeypatch, ef):
         ip = np.asarray(b.tables.array("hist_indptr"))
         checked = 0
         for u, (X, merged) in groups.items():
+            if ip[u + 1] == ip[u]:          # no history: served four times k popular items, by design
+                continue
             req = RecRequest(user_id=b.tables.id_of("user", u), k=10, timestamp=now, hour=int(ctx[0]),
                              weekday=int(ctx[1]), device=0, filters=Filters(in_stock_only=False))
             asked.clear()
