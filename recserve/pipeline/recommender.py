@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import OrderedDict
 
 import numpy as np
 
@@ -20,6 +19,7 @@ from recserve.events import Event, EventStore
 from recserve.pipeline import candidates as C
 from recserve.pipeline import ranking as R
 from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument, NotFound
+from recserve.pipeline.history import Histories
 from recserve.pipeline.items import ItemSnapshot, walk_allowed
 from recserve.pipeline.messages import (MAX_BATCH, MAX_CONTEXT_EXTRA, MAX_DEVICE, MAX_EVENT_AHEAD, MAX_LIST, MAX_PRICE,
                                         Filters, Item, RecRequest, Result, check_id, check_k, check_ts)
@@ -80,10 +80,6 @@ class Recommender:
         self.c_created = col.get("created_days")
         self.user_feats = np.asarray(bundle.user_feats, np.float32)
         self.user_mean = _column_means(self.user_feats)      # the features of a user the bundle lacks
-        self.hist_indptr = t.array("hist_indptr")
-        self.hist_items = t.array("hist_items")
-        self.hist_ts = t.array("hist_ts")
-        self.hist_event = t.array("hist_event")
         self.i2i_rows = t.array("i2i_rows")
         self.i2i_scores = t.array("i2i_scores")
         self.pop_rows = t.array("pop_rows")
@@ -125,12 +121,7 @@ class Recommender:
         self.quotas = dict(p.get("quotas", {}))
         self.cap = int(p.get("cap", 300))
         self.history_len = int(p.get("history_len", 200))
-        # item id -> row of the ids met in real-time events (a user's events are read on every request)
-        self._event_rows: dict[str, int] = {}
-        # user -> (event stamp, history arrays) for users with long event histories, current while the
-        # store's stamp for the user is unchanged (any worker's write changes it)
-        self._hist_cache: OrderedDict[str, tuple] = OrderedDict()
-        self._hist_lock = threading.Lock()
+        self.histories = Histories(t, store, self.history_len)
         self._items_gen = -1
         masks = range(1 << len(self.sources))
         self._source_lists = {m: [s for i, s in enumerate(self.sources) if m >> i & 1] for m in masks} \
@@ -228,82 +219,6 @@ class Recommender:
             mask[rows[rows >= 0]] = False
         return mask, include, int(np.count_nonzero(mask))
 
-    EVENT_ROWS_MAX = 1 << 18     # entries of the id -> row memo before it starts over
-
-    def _event_item_rows(self, items: list[str]) -> np.ndarray:
-        """int32 rows of event item ids (-1 unknown): a memo of this bundle's id map, so a long event
-        history costs a dict lookup per event rather than an LMDB lookup."""
-        memo = self._event_rows
-        got = [memo.get(i, -2) for i in items]
-        miss = [i for i, g in zip(items, got) if g == -2]
-        if not miss:
-            return np.array(got, np.int32)
-        if len(memo) + len(miss) > self.EVENT_ROWS_MAX:
-            memo.clear()
-        found = self.tables.rows_of("item", miss)
-        memo.update(zip(miss, found.tolist()))
-        return np.array([memo.get(i, -1) if g == -2 else g for i, g in zip(items, got)], np.int32)
-
-    HIST_CACHE_USERS = 4096     # users whose histories are kept
-    HIST_CACHE_MIN_EVENTS = 32  # real-time events below which reading them again is as cheap as a lookup
-
-    def _history(self, user_id: str, user_row: int | None):
-        """(rows, event codes, timestamps, consumed): the newest ``history_len`` events, oldest first,
-        from the bundle history and the event store (what the user vector and the sources read), and the
-        sorted rows of every item in either, however old (what "exclude consumed" drops). Read-only
-        arrays. A long event history is kept per user while the event store's stamp for the user is
-        unchanged; the stamp is read before the events, so a write in between only costs a re-read."""
-        if self.store is None or not user_id:
-            return self._read_history(user_id, user_row)[:4]
-        stamp = self.store.user_stamp(user_id)
-        if stamp is not None:
-            with self._hist_lock:
-                hit = self._hist_cache.get(user_id)
-                if hit is not None and hit[0] == stamp:
-                    self._hist_cache.move_to_end(user_id)
-                    return hit[1]
-        out = self._read_history(user_id, user_row)
-        for a in out[:4]:
-            a.flags.writeable = False
-        if stamp is not None and out[4] >= self.HIST_CACHE_MIN_EVENTS:
-            with self._hist_lock:
-                self._hist_cache[user_id] = (stamp, out[:4])
-                self._hist_cache.move_to_end(user_id)
-                while len(self._hist_cache) > self.HIST_CACHE_USERS:
-                    self._hist_cache.popitem(last=False)
-        return out[:4]
-
-    def _read_history(self, user_id: str, user_row: int | None):
-        """(rows, events, timestamps, consumed, number of real-time events) from the bundle and the event
-        store: every event the store keeps for the user (``--events-per-user``) counts as consumed, while
-        the first three hold only the newest ``history_len``."""
-        rows, ev, ts = [], [], []
-        n_events = 0
-        if user_row is not None:
-            a, b = int(self.hist_indptr[user_row]), int(self.hist_indptr[user_row + 1])
-            rows.append(np.asarray(self.hist_items[a:b], np.int32))
-            ev.append(np.asarray(self.hist_event[a:b], np.int8))
-            ts.append(np.asarray(self.hist_ts[a:b], np.float64))
-        if self.store is not None and user_id:
-            items, types, times = self.store.recent_columns(user_id, max(self.store.per_user, self.history_len))
-            n_events = len(items)
-            if items:
-                r = self._event_item_rows(items)
-                keep = r >= 0
-                rows.append(r[keep])
-                ev.append(types[keep])
-                ts.append(times[keep])
-        if not rows:
-            return (np.zeros(0, np.int32), np.zeros(0, np.int8), np.zeros(0, np.float64), np.zeros(0, np.int32),
-                    0)
-        rows, ev, ts = np.concatenate(rows), np.concatenate(ev), np.concatenate(ts)
-        consumed = CC.sorted_unique(rows)
-        if len(rows) > 1 and np.any(np.diff(ts) < 0):
-            o = np.argsort(ts, kind="stable")
-            rows, ev, ts = rows[o], ev[o], ts[o]
-        n = self.history_len
-        return rows[-n:], ev[-n:], ts[-n:], consumed, n_events
-
     # -- Recommend ---------------------------------------------------------------------------------
     def recommend(self, req: RecRequest) -> Result:
         """Recommend, start to finish (:meth:`recommend_steps` without pauses)."""
@@ -386,7 +301,7 @@ class Recommender:
         weekday = req.weekday if req.weekday is not None else tm.tm_wday
 
         user_row = self.tables.row_of("user", req.user_id) if req.user_id else None
-        h_rows, h_ev, h_ts, h_consumed = self._history(req.user_id, user_row)
+        h_rows, h_ev, h_ts, h_consumed = self.histories.of(req.user_id, user_row)
         sess = self.tables.rows_of("item", req.session_item_ids)
         sess = sess[sess >= 0]
         cold = user_row is None and len(h_rows) == 0 and len(sess) == 0
@@ -596,7 +511,7 @@ class Recommender:
     def warmup(self) -> None:
         """One request through every stage, so a broken bundle fails before it is swapped in."""
         self.recommend(RecRequest(k=5))
-        lengths = np.diff(np.asarray(self.hist_indptr))
+        lengths = np.diff(np.asarray(self.histories.indptr))
         if len(lengths) and lengths.max() > 0:      # and the user with the longest history: its own stages
             self.recommend(RecRequest(user_id=self.tables.id_of("user", int(lengths.argmax())), k=5))
         if self.n_items:

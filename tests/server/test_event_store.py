@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from recserve.events import Event, EventStore
+from recserve.pipeline.history import Histories
 
 
 def test_recent_columns_last_n_oldest_first(tmp_path):
@@ -32,15 +33,15 @@ def test_event_item_rows_memo_matches_the_id_map_and_stays_bounded(demo_bundle, 
         ids = [b.tables.id_of("item", r) for r in range(0, min(b.n_items, 60))]
         items = ids + ["no-such-item"] + ids[:10]
         want = b.tables.rows_of("item", items)
-        np.testing.assert_array_equal(rec._event_item_rows(items), want)
-        np.testing.assert_array_equal(rec._event_item_rows(items), want)    # from the memo
-        assert rec._event_rows["no-such-item"] == -1
-        rec._event_rows.clear()
-        monkeypatch.setattr(Recommender, "EVENT_ROWS_MAX", 40)
-        rec._event_item_rows(ids[:30])
-        assert len(rec._event_rows) == 30
-        np.testing.assert_array_equal(rec._event_item_rows(ids[30:60][::-1]), want[30:60][::-1])
-        assert sorted(rec._event_rows) == sorted(ids[30:60])     # 30 + 30 > 40: started over
+        np.testing.assert_array_equal(rec.histories.event_item_rows(items), want)
+        np.testing.assert_array_equal(rec.histories.event_item_rows(items), want)    # from the memo
+        assert rec.histories._event_rows["no-such-item"] == -1
+        rec.histories._event_rows.clear()
+        monkeypatch.setattr(Histories, "EVENT_ROWS_MAX", 40)
+        rec.histories.event_item_rows(ids[:30])
+        assert len(rec.histories._event_rows) == 30
+        np.testing.assert_array_equal(rec.histories.event_item_rows(ids[30:60][::-1]), want[30:60][::-1])
+        assert sorted(rec.histories._event_rows) == sorted(ids[30:60])     # 30 + 30 > 40: started over
 
 
 def test_user_stamp_changes_with_every_write_of_the_user(tmp_path):
@@ -65,22 +66,22 @@ def test_long_event_histories_are_kept_until_the_user_writes_again(demo_bundle, 
         rec = Recommender(b, store)
         items = [b.tables.id_of("item", r) for r in range(0, min(b.n_items, 50))]
         user = "heavy-user"
-        n = Recommender.HIST_CACHE_MIN_EVENTS + 8
+        n = Histories.CACHE_MIN_EVENTS + 8
         rec.record_events([Event(user, items[k % len(items)], 0, 1000.0 + k) for k in range(n)])
-        first = rec._history(user, None)
-        again = rec._history(user, None)
+        first = rec.histories.of(user, None)
+        again = rec.histories.of(user, None)
         assert all(a is b_ for a, b_ in zip(first, again))                  # kept: the same arrays
         assert not first[0].flags.writeable
         np.testing.assert_array_equal(first[2], 1000.0 + np.arange(n))
         # a write of the user -- even one dated before the newest event -- makes the next read fresh
         rec.record_events([Event(user, items[7], 2, 500.0)])
-        fresh = rec._history(user, None)
+        fresh = rec.histories.of(user, None)
         assert fresh[0] is not first[0] and len(fresh[0]) == n + 1
         assert fresh[2][0] == 500.0 and fresh[1][0] == 2
         # a short history is read every time (nothing kept)
         rec.record_events([Event("light-user", items[0], 0, 1000.0)])
-        a1, a2 = rec._history("light-user", None), rec._history("light-user", None)
-        assert a1[0] is not a2[0] and "light-user" not in rec._hist_cache
+        a1, a2 = rec.histories.of("light-user", None), rec.histories.of("light-user", None)
+        assert a1[0] is not a2[0] and "light-user" not in rec.histories._cache
 
 
 def test_each_user_keeps_her_newest_events_up_to_the_cap(tmp_path):
@@ -156,7 +157,7 @@ def test_consumed_items_stay_excluded_past_the_history_window(demo_bundle, tmp_p
         rec.record_events([Event(user, i, 0, now - 100 + k) for k, i in enumerate(others[:30])])
         got = answer()
         assert not trained & set(got) and not set(others[:30]) & set(got)
-        assert len(rec._history(user, user_row)[0]) == n                # the vector's window did not grow
+        assert len(rec.histories.of(user, user_row)[0]) == n                # the vector's window did not grow
         back = [i for i in got if i not in trained][0]
         rec.record_events([Event(user, back, 3, 1.0)])                  # a purchase dated 1970
         assert back not in answer()
