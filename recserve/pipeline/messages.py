@@ -15,6 +15,8 @@ MAX_BATCH = 1000
 MAX_LIST = 1000  # session items, exclude ids, categories
 MAX_DEVICE = 4   # the proto's Device enum: unspecified, desktop, mobile, tablet, TV
 MAX_CONTEXT_EXTRA = 64  # entries of the context's free string map
+MAX_EXPLAIN = 100  # items a Recommend with explain may ask for (pred_contrib: about 0.5 ms each)
+EXPLAIN_CHUNK = 4  # items explained between two pauses of the compute slot
 MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z: later "unix seconds" are milliseconds or garbage
 MAX_EVENT_AHEAD = 86400.0  # an event's time may run ahead of the server's clock by a day (clock skew), no more
 

@@ -130,6 +130,7 @@ def test_similar_items(server, facts):
     (pb.RecommendRequest(context=pb.Context(country="P\x00L")), "context.country"),
     (pb.RecommendRequest(context=pb.Context(extra={f"k{i}": "v" for i in range(65)})), "context.extra"),
     (pb.RecommendRequest(context=pb.Context(extra={"": "v"})), "context.extra"),
+    (pb.RecommendRequest(k=101, explain=True), "explain"),
     (pb.RecommendRequest(context=pb.Context(timestamp=-1)), "context.timestamp"),
     (pb.RecommendRequest(context=pb.Context(timestamp=1.7e12)), "context.timestamp"),   # milliseconds
     (pb.RecommendRequest(context=pb.Context(timestamp=1e17)), "context.timestamp"),

@@ -216,3 +216,29 @@ def test_explained_mmr_penalty_is_what_mmr_subtracts(bundle, lam):
     got = [i.mmr_penalty for i in res.items]
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_explanations_are_computed_a_few_items_between_pauses(bundle):
+    """LightGBM's pred_contrib is the costliest step of an explained Recommend: it runs a few items at a
+    time with a pause point (and a deadline check) between, so a cheap call waits for a few items only."""
+    from recserve.pipeline.errors import DeadlineExceeded
+    from recserve.pipeline.messages import EXPLAIN_CHUNK
+
+    rec = Recommender(bundle, None)
+    u = _users(bundle, 1)[0]
+    steps = rec.recommend_steps(RecRequest(user_id=u, k=20, explain=True))
+    points = []
+    try:
+        while True:
+            points.append(next(steps))
+    except StopIteration as stop:
+        res = stop.value
+    assert points.count("explain") == -(-20 // EXPLAIN_CHUNK) and all(i.contributions for i in res.items)
+    req = RecRequest(user_id=u, k=20, explain=True, deadline=float("inf"))
+    steps = rec.recommend_steps(req)
+    while next(steps) != "explain":
+        pass
+    req.deadline = 0.0                                     # the deadline passes during the explanations
+    with pytest.raises(DeadlineExceeded, match="explain"):
+        while True:
+            next(steps)
