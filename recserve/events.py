@@ -12,6 +12,8 @@ Databases:
 - ``ulast``: ``user_id`` -> the ``seq`` of the user's latest written event (a stamp: a reader that cached
   a user's events knows they are still current while it is unchanged, whatever the new event's timestamp).
 - ``meta``: ``seq`` (event counter), ``items_gen`` (bumped on every item update).
+- ``ichanges``: ``items_gen(>Q)`` -> the item ids that update changed, one per line (the newest
+  :data:`ITEM_CHANGES_KEPT`), so that a reader only re-reads what changed since the generation it has.
 - ``ucount``: ``user_id`` -> how many events the user has in ``ev``.
 
 Retention: a user keeps her newest ``per_user`` events; a write that takes her past it deletes the oldest
@@ -36,6 +38,9 @@ VIEW, CLICK, CART, PURCHASE, RATING = range(5)
 EVENT_NAMES = ["view", "click", "cart", "purchase", "rating"]
 
 
+ITEM_CHANGES_KEPT = 4096      # item updates whose changed ids are kept for readers that are behind
+
+
 @dataclass(frozen=True)
 class Event:
     user_id: str
@@ -54,8 +59,9 @@ class EventStore:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.per_user = int(per_user)
-        self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=6, sync=True, metasync=True,
+        self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=7, sync=True, metasync=True,
                              max_readers=1024, lock=True)
+        self._ichanges = self.env.open_db(b"ichanges")
         self._ucount = self.env.open_db(b"ucount")
         self._ulast = self.env.open_db(b"ulast")
         self._ev = self.env.open_db(b"ev")
@@ -120,6 +126,7 @@ class EventStore:
     def update_items(self, updates: Iterable[tuple[str, bool | None, float | None]]) -> int:
         """Apply (item_id, in_stock or None, price or None) updates in one fsynced transaction."""
         self._check_pid()
+        updates = list(updates)
         n = 0
         with self.env.begin(write=True) as txn:
             for item_id, in_stock, price in updates:
@@ -134,6 +141,11 @@ class EventStore:
                 n += 1
             gen = int.from_bytes(txn.get(b"items_gen", db=self._meta) or b"\0" * 8, "big") + 1
             txn.put(b"items_gen", gen.to_bytes(8, "big"), db=self._meta)
+            txn.put(gen.to_bytes(8, "big"), "\n".join(item_id for item_id, _, _ in updates).encode(),
+                    db=self._ichanges)
+            cur = txn.cursor(db=self._ichanges)
+            while cur.first() and int.from_bytes(cur.key(), "big") <= gen - ITEM_CHANGES_KEPT:
+                cur.delete()
         return n
 
     # -- reads -------------------------------------------------------------------------------------
@@ -189,6 +201,25 @@ class EventStore:
         with self.env.begin() as txn:
             gen = int.from_bytes(txn.get(b"items_gen", db=self._meta) or b"\0" * 8, "big")
             states = {bytes(k).decode(): json.loads(bytes(v)) for k, v in txn.cursor(db=self._items)}
+        return gen, states
+
+    def item_changes(self, since: int) -> tuple[int, dict[str, dict] | None]:
+        """(generation, {item_id: state} of the items updated after generation ``since``), read in one
+        transaction; None instead of the dict when the store no longer holds (or never held) the list of
+        every update since then: read :meth:`item_states` whole."""
+        with self.env.begin() as txn:
+            gen = int.from_bytes(txn.get(b"items_gen", db=self._meta) or b"\0" * 8, "big")
+            ids: set[str] = set()
+            for g in range(since + 1, gen + 1):
+                raw = txn.get(g.to_bytes(8, "big"), db=self._ichanges)
+                if raw is None:
+                    return gen, None
+                ids.update(bytes(raw).decode().split("\n"))
+            states = {}
+            for i in ids:
+                raw = txn.get(i.encode(), db=self._items)
+                if raw is not None:
+                    states[i] = json.loads(bytes(raw))
         return gen, states
 
     def stats(self) -> dict:

@@ -155,11 +155,18 @@ class Recommender:
         if gen == self._items_gen:
             return self._items
         with self._items_lock:
-            gen, states = self.store.item_states()
+            # the items updated since this snapshot's generation, on top of it; everything from the
+            # bundle's own state when the store no longer lists every update since (or at first)
+            gen, states = self.store.item_changes(self._items_gen) if self._items_gen >= 0 else (gen, None)
             if gen == self._items_gen:
                 return self._items
-            feats = np.array(self.base_feats)
-            price = None if self.base_price is None else np.array(self.base_price)
+            if states is None:
+                gen, states = self.store.item_states()
+                feats = np.array(self.base_feats)
+                price = None if self.base_price is None else np.array(self.base_price)
+            else:
+                feats = np.array(self._items.feats)
+                price = None if self.base_price is None else np.array(self._items.price)
             for item_id, st in states.items():
                 r = self.tables.row_of("item", item_id)
                 if r is None:

@@ -196,3 +196,8 @@ def test_compare_rejects_bad_settings(demo_bundle):
                            cwd=REPO, capture_output=True, text=True, timeout=60,
                            env={**os.environ, "PYTHONPATH": str(REPO)})
         assert p.returncode != 0 and ("NAME=VALUE" in p.stderr or "same settings" in p.stderr), p.stderr
+
+
+def test_item_updates(demo_bundle):
+    text = _run(["bench/item_updates.py", "--bundle", str(demo_bundle), "--repeats", "3"])
+    assert "from the changed items" in text and "from every item state" in text

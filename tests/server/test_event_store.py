@@ -161,3 +161,49 @@ def test_consumed_items_stay_excluded_past_the_history_window(demo_bundle, tmp_p
         back = [i for i in got if i not in trained][0]
         rec.record_events([Event(user, back, 3, 1.0)])                  # a purchase dated 1970
         assert back not in answer()
+
+
+def test_item_changes_list_what_each_update_changed_while_kept(tmp_path, monkeypatch):
+    import recserve.events as E
+
+    monkeypatch.setattr(E, "ITEM_CHANGES_KEPT", 5)
+    store = EventStore(tmp_path / "ev")
+    assert store.item_changes(0) == (0, {})
+    store.update_items([("a", False, None), ("b", None, 3.0)])
+    store.update_items([("a", True, 2.5)])
+    assert store.item_changes(0) == (2, {"a": {"in_stock": True, "price": 2.5}, "b": {"price": 3.0}})
+    assert store.item_changes(1) == (2, {"a": {"in_stock": True, "price": 2.5}})
+    assert store.item_changes(2) == (2, {})
+    for g in range(8):
+        store.update_items([(f"i{g}", False, None)])
+    assert store.item_changes(4) == (10, None)         # updates 5.. are no longer all listed: read it whole
+    assert store.item_changes(6)[1] == {f"i{g}": {"in_stock": False} for g in range(4, 8)}
+
+
+def test_an_item_snapshot_built_from_changes_equals_one_built_whole(demo_bundle, tmp_path):
+    """A worker applies only the items updated since its snapshot: the same snapshot as reading every
+    item state (before: every update re-read and re-parsed the state of every item ever updated)."""
+    import numpy as np
+
+    from recserve.bundle import Bundle
+    from recserve.pipeline.recommender import Recommender
+
+    rng = np.random.default_rng(0)
+    with Bundle.open(demo_bundle) as b:
+        store = EventStore(tmp_path / "ev")
+        live = Recommender(b, store)
+        whole = store.item_states
+        reads = []
+        store.item_states = lambda: reads.append(1) or whole()
+        ids = [b.tables.id_of("item", r) for r in range(b.n_items)]
+        for _ in range(30):
+            picks = rng.choice(len(ids), 5, replace=False)
+            live.update_items([(ids[i], bool(rng.random() < 0.5), float(rng.integers(1, 100))) for i in picks])
+            live._refresh_items()
+        assert len(reads) == 1                      # the first snapshot only; then the changes
+        fresh = Recommender(b, store)._refresh_items()
+        snap = live._refresh_items()
+        np.testing.assert_array_equal(snap.feats, fresh.feats)
+        np.testing.assert_array_equal(snap.price, fresh.price)
+        np.testing.assert_array_equal(snap.in_stock, fresh.in_stock)
+        assert live._items_gen == 30

@@ -1,0 +1,67 @@
+"""What an UpdateItems costs the next request: the item snapshot refreshed from the items that changed
+against one rebuilt from every stored item state, in process.
+
+    python bench/item_updates.py --bundle DIR [--repeats 20]
+
+Every item of the bundle first gets a stored state (the worst case for the whole rebuild); then, in
+alternating rounds, one item is updated and the snapshot refreshed either way. Prints the medians and the
+machine.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _timing import machine  # noqa: E402
+from trainer.argtypes import positive_int  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--repeats", type=positive_int, default=20)
+    a = ap.parse_args(argv)
+    from recserve.bundle import Bundle
+    from recserve.events import EventStore
+    from recserve.pipeline.recommender import Recommender
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="recserve-items-") as tmp, Bundle.open(a.bundle) as b:
+        store = EventStore(tmp)
+        rec = Recommender(b, store)
+        ids = [b.tables.id_of("item", r) for r in range(b.n_items)]
+        for s in range(0, len(ids), 1000):
+            store.update_items([(i, True, None) for i in ids[s:s + 1000]])
+        rec._refresh_items()
+        changes = store.item_changes
+
+        def one(whole: bool) -> float:
+            store.update_items([(ids[int(rng.integers(len(ids)))], bool(rng.random() < 0.5), None)])
+            store.item_changes = (lambda since: (changes(since)[0], None)) if whole else changes
+            t = time.perf_counter()
+            rec._refresh_items()
+            return (time.perf_counter() - t) * 1e3
+
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(a.repeats):
+            for whole in (False, True):
+                times[whole].append(one(whole))
+        store.close()
+    print(f"machine: {machine()}")
+    print(f"{b.n_items} items, each with a stored state; one item updated, then the snapshot refreshed "
+          f"({a.repeats} alternating rounds, median / p99 ms):")
+    for whole, name in ((False, "from the changed items"), (True, "from every item state")):
+        t = np.array(times[whole])
+        print(f"  {name:24s} {np.median(t):9.2f} {np.percentile(t, 99):9.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
