@@ -10,8 +10,15 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-install: $(BIN)/python
+# reinstalled only when the package's metadata or a Cython source changed since the last install
+STAMP := $(VENV)/.installed
+CORE_SOURCES := $(wildcard recserve/_core/*.pyx recserve/_core/*.pxd recserve/_core/*.h)
+
+$(STAMP): $(BIN)/python pyproject.toml setup.py $(CORE_SOURCES)
 	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+install: $(STAMP)
 
 test: install
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc

@@ -209,6 +209,20 @@ def cmd_health(args) -> int:
     return 0 if name == "SERVING" else 1
 
 
+def _with_defaults(parser: argparse.ArgumentParser) -> None:
+    """Each serve flag's help names its built-in default (from :class:`ServeConfig`) unless it says one;
+    settings with no built-in default come from the bundle."""
+    from recserve.config import ServeConfig
+
+    base = ServeConfig()
+    for action in parser._actions:
+        if not hasattr(base, action.dest) or "default" in (action.help or ""):
+            continue
+        value = getattr(base, action.dest)
+        said = "the bundle's" if value is None else ("none" if value == "" else str(value))
+        action.help = f"{action.help} (default: {said})" if action.help else f"default: {said}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="recserve", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -216,41 +230,50 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve a bundle directory")
     s.add_argument("--bundle", help="bundle root (holding CURRENT) or one bundle version directory")
     s.add_argument("--config", help="TOML file (flags > RECSERVE_* env > file > bundle defaults)")
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
-    s.add_argument("--workers", type=int)
-    s.add_argument("--threads", type=int)
+    s.add_argument("--host", help="address to listen on (0.0.0.0 for every interface)")
+    s.add_argument("--port", type=int, help="gRPC port (0: a free one, printed)")
+    s.add_argument("--workers", type=int, help="worker processes sharing the port")
+    s.add_argument("--threads", type=int, help="threads per worker for event-store writes and bundle loads")
     s.add_argument("--cpu-affinity", dest="cpu_affinity",
                    help="auto (default: worker i on the i-th CPU when workers <= CPUs), off, or a list 0,1")
-    s.add_argument("--max-concurrent-rpcs", dest="max_concurrent_rpcs", type=int)
-    s.add_argument("--max-message-bytes", dest="max_message_bytes", type=int)
+    s.add_argument("--max-concurrent-rpcs", dest="max_concurrent_rpcs", type=int,
+                   help="calls in flight per worker; beyond it RESOURCE_EXHAUSTED")
+    s.add_argument("--max-message-bytes", dest="max_message_bytes", type=int,
+                   help="largest request or response message")
     s.add_argument("--share-work", dest="share_work", type=int, choices=[0, 1],
                    help="1 (default): a Recommend that would wait for its busy worker runs on an idle "
                         "sibling worker; 0: each worker computes its own calls")
-    s.add_argument("--reload-interval", dest="reload_interval", type=float)
-    s.add_argument("--grace", type=float, help="seconds in-flight calls get to finish after SIGTERM (10)")
+    s.add_argument("--reload-interval", dest="reload_interval", type=float,
+                   help="seconds between polls of CURRENT; 0 turns hot reload off (SIGHUP still reloads)")
+    s.add_argument("--grace", type=float, help="seconds in-flight calls get to finish after SIGTERM")
     s.add_argument("--drain-delay", dest="drain_delay", type=float,
                    help="seconds to keep serving after SIGTERM with health NOT_SERVING, before new calls "
                         "are refused (default 0)")
-    s.add_argument("--events-dir", dest="events_dir")
+    s.add_argument("--events-dir", dest="events_dir",
+                   help="the real-time event store's directory (default: <bundle root>/events)")
     s.add_argument("--events-per-user", dest="events_per_user", type=int,
                    help="real-time events kept per user, the oldest dropped beyond it (default 1000; keep it "
                         "at or above the bundles' history_len)")
     s.add_argument("--events-map-mb", dest="events_map_mb", type=int,
                    help="the event store's LMDB map size in MiB (address space; the file grows as used; "
                         "default 65536); the same in every process that opens the store")
-    s.add_argument("--tls-cert", dest="tls_cert")
-    s.add_argument("--tls-key", dest="tls_key")
+    s.add_argument("--tls-cert", dest="tls_cert", help="PEM certificate chain: turns on TLS, with --tls-key")
+    s.add_argument("--tls-key", dest="tls_key", help="PEM private key of --tls-cert")
     s.add_argument("--tls-client-ca", "--client-ca", dest="tls_client_ca",
                    help="CA of the client certificates: turns on mutual TLS")
-    s.add_argument("--tokens-file", dest="tokens_file")
-    s.add_argument("--metrics-port", dest="metrics_port", type=int)
-    s.add_argument("--log-level", dest="log_level")
-    s.add_argument("--mmr-lambda", dest="mmr_lambda", type=float)
-    s.add_argument("--max-per-creator", dest="max_per_creator", type=int)
+    s.add_argument("--tokens-file", dest="tokens_file",
+                   help="bearer tokens, one 'read|write TOKEN' per line (default: no auth)")
+    s.add_argument("--metrics-port", dest="metrics_port", type=int,
+                   help="Prometheus metrics port (0: no metrics endpoint)")
+    s.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    s.add_argument("--mmr-lambda", dest="mmr_lambda", type=float,
+                   help="default MMR relevance weight in [0, 1] of calls that do not set one")
+    s.add_argument("--max-per-creator", dest="max_per_creator", type=int,
+                   help="default cap of items per creator in one answer (0: no cap)")
     s.add_argument("--novelty-boost", dest="novelty_boost", type=float,
                    help="added to the [0, 1] relevance of items created within --new-item-days (default off)")
-    s.add_argument("--new-item-days", dest="new_item_days", type=float)
+    s.add_argument("--new-item-days", dest="new_item_days", type=float,
+                   help="an item counts as new for this many days after its created_at")
     s.add_argument("--candidates", type=int,
                    help="candidates ranked per request (the bundle's source quotas scaled to sum to it)")
     s.add_argument("--ef", type=int, help="HNSW search breadth of Recommend (default: the bundle's tuned ef)")
@@ -258,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HNSW search breadth of SimilarItems (default: the bundle's tuned similar_ef)")
     s.add_argument("--ranker-engine", dest="ranker_engine", choices=["forest", "lightgbm"],
                    help="ranker evaluator: the Cython forest (default) or LightGBM's Booster.predict")
+    _with_defaults(s)
     s.set_defaults(fn=cmd_serve)
 
     def client(name, fn, help):

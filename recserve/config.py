@@ -125,7 +125,10 @@ def load(flags: dict | None = None, env: dict | None = None, file: str | os.Path
         for k, v in data.items():
             k = k.replace("-", "_")
             if k not in fields:
-                raise ValueError(f"config file {path}: unknown key {k!r}")
+                import difflib
+                near = difflib.get_close_matches(k, sorted(fields), n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise ValueError(f"config file {path}: unknown key {k!r}{hint}")
             try:
                 values[k] = _coerce(fields[k], v, typed=True)
             except ValueError as exc:

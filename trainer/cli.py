@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -219,18 +220,29 @@ def _ranker_line(r: dict) -> str:
 
 def _unwritable_root(out: str) -> str | None:
     """Why a bundle root cannot be written at ``out`` (checked before any training), or None."""
-    import os
     from pathlib import Path
 
     p = Path(out)
     if p.exists():
         if not p.is_dir():
             return f"{out}: exists and is not a directory (a bundle root is a directory)"
-        return None if os.access(p, os.W_OK | os.X_OK) else f"{out}: not writable"
+        return None if _can_create_in(p) else f"{out}: not writable"
     parent = next((a for a in p.absolute().parents if a.exists()), None)
     if parent is None or not parent.is_dir():
         return f"{out}: {parent} is not a directory"
-    return None if os.access(parent, os.W_OK | os.X_OK) else f"{out}: cannot create it in {parent} (not writable)"
+    return None if _can_create_in(parent) else f"{out}: cannot create it in {parent} (not writable)"
+
+
+def _can_create_in(directory) -> bool:
+    """Whether a directory can be made in ``directory``: tried, not guessed from its mode bits (root may
+    write anywhere by the bits, yet not in /proc or on a read-only mount)."""
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".recserve-probe-", dir=directory))
+    except OSError:
+        return False
+    return True
 
 
 def _seen(ds):

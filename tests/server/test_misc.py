@@ -50,6 +50,8 @@ def test_config_precedence(tmp_path):
     ('grace = "10"', "grace: expected a number, got '10'"),
     ("port = 1\n[serve]\nworkers = 1", "not both (port outside the table)"),
     ("serve = 3", "not both (serve outside the table)"),
+    ("wokers = 2", "unknown key 'wokers' (did you mean 'workers'?)"),
+    ("zzz = 2", "unknown key 'zzz'"),
 ])
 def test_config_file_values_must_have_their_type(tmp_path, toml, says):
     """TOML values are typed: a float where an integer goes, or a boolean where a path goes, is refused

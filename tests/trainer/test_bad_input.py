@@ -188,6 +188,10 @@ def test_arguments_and_the_output_root_are_checked_before_any_work(small_data, t
     for out in (tmp_path / "a-file", tmp_path / "a-file" / "sub"):
         assert main(["build", "--data", str(tmp_path / "no-data"), str(out)]) == 2
         assert "directory" in capsys.readouterr().err
+    # a directory no one can create in, root included (mode bits would say root may write to /proc)
+    assert main(["build", "--data", str(tmp_path / "no-data"), "/proc/recserve-bundles"]) == 2
+    assert "cannot create it in /proc" in capsys.readouterr().err
+    assert not any(tmp_path.glob("**/.recserve-probe-*"))
 
 
 def test_two_files_for_one_table_and_too_little_training_data(small_data, tmp_path, capsys):
