@@ -238,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default: worker i on the i-th CPU when workers <= CPUs), off, or a list 0,1")
     s.add_argument("--max-concurrent-rpcs", dest="max_concurrent_rpcs", type=int,
                    help="calls in flight per worker; beyond it RESOURCE_EXHAUSTED")
+    s.add_argument("--max-health-watches", dest="max_health_watches", type=int,
+                   help="open health Watch streams per worker; beyond it RESOURCE_EXHAUSTED")
     s.add_argument("--max-message-bytes", dest="max_message_bytes", type=int,
                    help="largest request or response message")
     s.add_argument("--share-work", dest="share_work", type=int, choices=[0, 1],

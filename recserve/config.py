@@ -26,6 +26,7 @@ class ServeConfig:
     cpu_affinity: str = "auto"         # "auto": worker i on the i-th allowed CPU when workers <= CPUs; "off";
                                        # or a CPU list "0,2,4" (worker i on the (i mod n)-th)
     max_concurrent_rpcs: int = 64      # calls in flight per worker; beyond -> RESOURCE_EXHAUSTED
+    max_health_watches: int = 256      # open health Watch streams per worker; beyond -> RESOURCE_EXHAUSTED
     share_work: int = 1                # 1: a Recommend that would wait for its worker's busy compute slot
                                        # runs on an idle sibling worker (recserve.sharing); 0: off
     max_message_bytes: int = 4 << 20
@@ -151,7 +152,7 @@ def load(flags: dict | None = None, env: dict | None = None, file: str | os.Path
 # (lowest, highest) allowed for the numeric settings; None = unbounded on that side
 RANGES = {
     "port": (0, 65535), "metrics_port": (0, 65535), "workers": (0, 1024), "threads": (1, 256),
-    "max_concurrent_rpcs": (1, None), "share_work": (0, 1), "max_message_bytes": (1024, 1 << 31),
+    "max_concurrent_rpcs": (1, None), "max_health_watches": (1, None), "share_work": (0, 1), "max_message_bytes": (1024, 1 << 31),
     "reload_interval": (0, None), "grace": (0, None), "drain_delay": (0, 3600), "events_per_user": (1, None),
     "events_map_mb": (1, 1 << 24),
     "mmr_lambda": (0, 1), "max_per_creator": (0, None), "cap": (1, None), "candidates": (1, None),

@@ -36,6 +36,9 @@ from recserve.metrics import Metrics
 
 log = logging.getLogger("recserve.server")
 SERVICE_NAME = "recserve.v1.Recommender"
+# calls and streams beyond the Recommender's bound and the health Watches' that gRPC still lets in
+# (reflection streams, calls refused by the token check): past the sum, gRPC answers RESOURCE_EXHAUSTED
+STREAM_ALLOWANCE = 64
 
 
 # -- logging -------------------------------------------------------------------------------------------
@@ -143,20 +146,25 @@ class Worker:
         """Bind, load the bundle CURRENT names (if any), then serve; NOT_SERVING until one is live."""
         import grpc
         from grpc_health.v1 import health_pb2_grpc
-        from grpc_health.v1._async import HealthServicer
         from grpc_reflection.v1alpha import reflection
+
+        from recserve.health import BoundedHealthServicer
 
         from recserve.service import AuthInterceptor, RecommenderService, load_tokens
         from recserve.v1 import recommender_pb2, recommender_pb2_grpc
 
         cfg = self.cfg
-        self.health = HealthServicer()
+        self.health = BoundedHealthServicer(cfg.max_health_watches)
         await self._set_health(False)
         interceptors = [AuthInterceptor(load_tokens(cfg.tokens_file), self.metrics)] if cfg.tokens_file else []
         opts = [("grpc.so_reuseport", 1),
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes)]
-        self.server = grpc.aio.server(interceptors=interceptors, options=opts)
+        # gRPC's own bound covers every call and stream, reflection's included: ours (the servicer's, with
+        # its metrics and messages) and the health Watch bound come first; this one is the backstop
+        self.server = grpc.aio.server(interceptors=interceptors, options=opts,
+                                      maximum_concurrent_rpcs=cfg.max_concurrent_rpcs + cfg.max_health_watches
+                                      + STREAM_ALLOWANCE)
         self.service = RecommenderService(self.holder, self.metrics, self.io, cfg.max_concurrent_rpcs,
                                           self.sharing)
         recommender_pb2_grpc.add_RecommenderServicer_to_server(self.service, self.server)

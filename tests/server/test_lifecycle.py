@@ -295,6 +295,39 @@ def test_an_open_health_watch_does_not_hold_the_drain(shared_root, facts, start_
     ch.close()
 
 
+def test_open_health_watches_are_bounded_per_worker(shared_root, facts, start_server, tmp_path):
+    """Watch streams stay open until their client closes them and are not Recommender calls: beyond
+    --max-health-watches a new one is refused, Check and Recommend still answer, and a closed stream
+    frees its place."""
+    s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--max-health-watches", "3",
+                     "--events-dir", str(tmp_path / "ev"))
+    ch = grpc.insecure_channel(s.addr)
+    stub = health_pb2_grpc.HealthStub(ch)
+    watches = [stub.Watch(health_pb2.HealthCheckRequest(service="")) for _ in range(3)]
+    assert [next(w).status for w in watches] == [SERVING] * 3
+    with pytest.raises(grpc.RpcError) as exc:
+        next(stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5))
+    assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--max-health-watches" in exc.value.details()
+    assert health(s.addr) == SERVING
+    assert len(s.stub().Recommend(pb.RecommendRequest(user_id=facts["user"], k=5), timeout=10).items) == 5
+    watches[0].cancel()
+    assert wait_for(lambda: _watch_opens(stub), 10), "a closed Watch did not free its place"
+    for w in watches[1:]:
+        w.cancel()
+    ch.close()
+
+
+def _watch_opens(stub) -> bool:
+    w = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    try:
+        return next(w).status == SERVING
+    except grpc.RpcError:
+        return False
+    finally:
+        w.cancel()
+
+
 def test_a_respawned_worker_takes_calls_only_with_a_bundle_and_its_gauge_dies_with_it(
         shared_root, facts, tmp_path, start_server):
     """A replacement worker loads the bundle before it listens (no UNAVAILABLE "no bundle" while its

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import threading
 import urllib.request
 
 import grpc
@@ -98,6 +99,53 @@ def test_reflection_lists_services(server):
     db = ProtoReflectionDescriptorDatabase(server.channel())
     services = set(db.get_services())
     assert {"recserve.v1.Recommender", "grpc.health.v1.Health"} <= services
+
+
+def test_streams_outside_the_recommender_are_bounded_too(shared_root, start_server, tmp_path):
+    """Reflection streams are neither Recommender calls nor health Watches: gRPC's own bound (the two
+    bounds plus an allowance of 64) refuses the stream past it, and one closed frees a place."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--max-concurrent-rpcs", "1",
+                     "--max-health-watches", "1", "--events-dir", str(tmp_path / "ev"))
+    ch = grpc.insecure_channel(s.addr)
+    stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+    ask = reflection_pb2.ServerReflectionRequest(list_services="")
+    held = []
+
+    def open_stream():
+        release = threading.Event()
+
+        def requests():
+            yield ask
+            release.wait(30)
+        call = stub.ServerReflectionInfo(requests(), timeout=30)
+        next(call)                                     # answered: the stream is open on the server
+        held.append((call, release))
+
+    try:
+        for _ in range(1 + 1 + 64):
+            open_stream()
+        with pytest.raises(grpc.RpcError) as exc:
+            open_stream()
+        assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        call, release = held.pop(0)
+        release.set()
+        call.cancel()
+        assert wait_for(lambda: _opens(open_stream), 10)
+    finally:
+        for call, release in held:
+            release.set()
+            call.cancel()
+        ch.close()
+
+
+def _opens(open_stream) -> bool:
+    try:
+        open_stream()
+    except grpc.RpcError:
+        return False
+    return True
 
 
 def test_metrics_endpoint_aggregates_workers(shared_root, facts, start_server, tmp_path):
