@@ -112,7 +112,11 @@ def test_a_replacement_worker_serves_what_its_sibling_serves(shared_root, facts,
 
 def test_workers_exit_when_the_supervisor_dies(shared_root, facts, tmp_path, start_server):
     """SIGKILL of the supervisor: its workers drain and exit (parent-death signal) and free the port."""
-    s = start_server(shared_root, "--workers", "2", "--events-dir", str(tmp_path / "ev"))
+    # a temporary directory of its own: any other recserve server this user starts meanwhile on the
+    # machine would remove the dead supervisor's directory first (as it should)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    s = start_server(shared_root, "--workers", "2", "--events-dir", str(tmp_path / "ev"), env={"TMPDIR": str(tmp)})
     pids: set[int] = set()
     assert wait_for(lambda: len(pids.update(worker_pids(s, facts["user"])) or pids) == 2, 30)
     for ch in s.channels:
@@ -127,11 +131,11 @@ def test_workers_exit_when_the_supervisor_dies(shared_root, facts, tmp_path, sta
     # its private directory is left behind; the next server's start removes it (its pid is gone)
     from recserve.supervisor import remove_stale_dirs
 
-    tmp = Path(tempfile.gettempdir())
     left = [p.name for p in tmp.glob(f"recserve-share-{s.proc.pid}-*")]
-    assert left and remove_stale_dirs() and not list(tmp.glob(f"recserve-share-{s.proc.pid}-*"))
-    mine = tempfile.mkdtemp(prefix=f"recserve-share-{os.getpid()}-")       # a live server's: kept
-    assert mine.rsplit("/", 1)[1] not in remove_stale_dirs() and os.path.isdir(mine)
+    assert left and set(left) <= set(remove_stale_dirs(str(tmp)))
+    assert not list(tmp.glob(f"recserve-share-{s.proc.pid}-*"))
+    mine = tempfile.mkdtemp(prefix=f"recserve-share-{os.getpid()}-", dir=tmp)       # a live server's: kept
+    assert mine.rsplit("/", 1)[1] not in remove_stale_dirs(str(tmp)) and os.path.isdir(mine)
     os.rmdir(mine)
 
 
