@@ -106,6 +106,8 @@ def index_header(path: str | os.PathLike) -> tuple[int, int]:
 
 def verify(path: str | os.PathLike) -> dict:
     """Check a bundle and return its manifest; raises :class:`BundleError` naming the first problem."""
+    import numpy as np
+
     from recserve._core.candidates import check_params
     from recserve._core.cross import FeatureSchema
     from recserve._core.tables import TableError, TableReader
@@ -143,7 +145,10 @@ def verify(path: str | os.PathLike) -> dict:
         with TableReader(d / "tables.lmdb") as t:
             n_items = t.n_ids("item")
             n_users = t.n_ids("user")
-            dim = int(m["dim"])
+            try:
+                dim = int(m["dim"])
+            except (TypeError, ValueError):
+                raise BundleError(f"manifest.json: dim must be an integer, not {m['dim']!r}") from None
             checks = [("item_emb", "float32", (n_items, dim)), ("user_emb", "float32", (n_users, dim)),
                       ("item_feats", "float32", (n_items, len(schema.item_columns))),
                       ("user_feats", "float32", (n_users, len(schema.user_columns))),
@@ -190,10 +195,15 @@ def verify(path: str | os.PathLike) -> dict:
                     raise BundleError(f"tables.lmdb: {name} has item rows outside [{lo}, {n_items})")
             if schema.n_categories != n_cat:
                 raise BundleError(f"feature_schema has {schema.n_categories} categories, tables {n_cat}")
+            for name in ("item_feats", "user_feats"):       # NaN is a missing value; an infinity no request uses
+                bad = np.isinf(t.array(name)).any(axis=0)
+                if bad.any():
+                    col = t.columns(name)[int(np.flatnonzero(bad)[0])]
+                    raise BundleError(f"tables.lmdb: {name} column {col!r} holds infinite values")
     except TableError as exc:
         raise BundleError(f"tables.lmdb: {exc}") from None
     counts = m["counts"]
-    if counts.get("items") != n_items or counts.get("users") != n_users:
+    if not isinstance(counts, dict) or counts.get("items") != n_items or counts.get("users") != n_users:
         raise BundleError(f"manifest counts {counts} differ from tables ({n_users} users, {n_items} items)")
     n_index, index_dim = index_header(d / "index.hnsw")
     if n_index != n_items:

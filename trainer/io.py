@@ -22,6 +22,9 @@ import pyarrow.parquet as pq
 
 from recserve.pipeline.messages import MAX_TS as MAX_TIMESTAMP   # 9999-12-31T23:59:59Z: the server's bound
 
+MIN_TIMESTAMP = -62135596800.0      # 0001-01-01T00:00:00Z: ages in days stay finite in float32
+F32_MAX = float(np.finfo(np.float32).max)
+
 EVENTS = ["view", "click", "cart", "purchase", "rating"]
 EVENT_CODE = {e: k for k, e in enumerate(EVENTS)}
 # columns holding identifiers or category codes: always text, never numbers ("007" stays "007")
@@ -187,7 +190,7 @@ USER_KNOWN = ("user_id", "signup_date", "country")
 
 def _extra_columns(t: pa.Table, known, report: dict, what: str) -> dict[str, np.ndarray]:
     """The table's other numeric (integer, float, decimal or boolean) columns, in file order, as float64
-    (empty / inf -> NaN);
+    (empty, infinite or beyond float32 -> NaN: missing);
     the first :data:`EXTRA_MAX`. Text columns and any beyond are listed in ``report`` as not used."""
     out: dict[str, np.ndarray] = {}
     unused = []
@@ -201,7 +204,7 @@ def _extra_columns(t: pa.Table, known, report: dict, what: str) -> dict[str, np.
             unused.append(name)
             continue
         a = pc.cast(c, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
-        a[~np.isfinite(a)] = np.nan
+        a[~(np.abs(a) <= F32_MAX)] = np.nan     # beyond float32 (the ranker's type) is missing too, not inf
         out[name] = a
     report[f"{what}_feature_columns"] = list(out)
     if unused:
@@ -284,7 +287,8 @@ def _timestamps(t: pa.Table, path: Path, col: str, empty: float | None = None) -
     if nulls.any() and empty is None:
         raise DataError(f"{path.name}: column {col} has {int(nulls.sum())} empty timestamp(s)")
     for bad, what in ((~np.isfinite(out) & ~nulls, "unparsable timestamp(s)"),
-                      (out > MAX_TIMESTAMP, "timestamp(s) after the year 9999")):
+                      (out > MAX_TIMESTAMP, "timestamp(s) after the year 9999"),
+                      (out < MIN_TIMESTAMP, "timestamp(s) before the year 1")):
         if bad.any():
             e_g = c.take(pa.array(np.flatnonzero(bad)[:1]))
             e_g = pc.cast(e_g, pa.string())[0].as_py() if pa.types.is_temporal(c.type) else e_g[0].as_py()

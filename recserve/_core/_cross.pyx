@@ -7,7 +7,7 @@ Row layout (F = U + I + C + 2*S + 4), named by ``recserve._core.cross.FeatureSch
   | user.item dot | item price / user average spend (NaN when unknown) | user affinity for the item's
     category (NaN when unknown) | item age in days (NaN when unknown)
 """
-from libc.math cimport isfinite, NAN
+from libc.math cimport isfinite, isinf, NAN
 import numpy as np
 
 from recserve._core._linalg cimport dot as dot_f32
@@ -89,6 +89,15 @@ cdef int check_finite(const float32_t[::1] x, str name) except -1:
     return 0
 
 
+cdef int check_no_inf(const float32_t[::1] x, str name) except -1:
+    """NaN passes (a missing value: the ranker sends it down its missing branch); infinities do not."""
+    cdef Py_ssize_t j
+    for j in range(x.shape[0]):
+        if isinf(x[j]):
+            raise ValueError(f"{name}[{j}] is infinite")
+    return 0
+
+
 def cross(const float32_t[::1] user, const float32_t[::1] uvec, const float32_t[:, ::1] items,
           const float32_t[:, ::1] emb, const row_t[::1] rows, const float32_t[::1] ctx,
           const row_t[:, ::1] rank, const float32_t[:, ::1] score, const index_t[::1] spec,
@@ -111,7 +120,7 @@ def cross(const float32_t[::1] user, const float32_t[::1] uvec, const float32_t[
         raise ValueError(f"spend column {spec[SPEND]} is not a user column")
     if spec[CAT_OFFSET] >= 0 and (spec[N_CAT] < 0 or spec[CAT_OFFSET] + spec[N_CAT] > user.shape[0]):
         raise ValueError("category shares do not fit in the user row")
-    check_finite(user, "user_features")
+    check_no_inf(user, "user_features")     # an empty cell of a users-file column is NaN
     check_finite(uvec, "user_vector")
     check_finite(ctx, "context")
     for i in range(n):

@@ -57,8 +57,11 @@ class TableWriter:
         arr = np.ascontiguousarray(array)
         if arr.dtype.name not in _ALLOWED_DTYPES:
             raise TableError(f"array {name!r}: dtype {arr.dtype} is not supported")
-        if arr.dtype.kind == "f" and not allow_nan and arr.size and not np.isfinite(arr).all():
-            raise TableError(f"array {name!r} contains NaN or inf")
+        if arr.dtype.kind == "f" and arr.size:      # NaN may mean missing (allow_nan); inf never does
+            if not allow_nan and not np.isfinite(arr).all():
+                raise TableError(f"array {name!r} contains NaN or inf")
+            if allow_nan and np.isinf(arr).any():
+                raise TableError(f"array {name!r} contains inf")
         if columns is not None:
             if arr.ndim != 2 or len(columns) != arr.shape[1]:
                 raise TableError(f"array {name!r}: {len(columns)} column names for shape {arr.shape}")

@@ -71,6 +71,9 @@ def test_writer_rejects_bad_data(tmp_path):
     with TableWriter(tmp_path / "a.lmdb") as w:
         with pytest.raises(TableError, match="NaN"):
             w.write_array("x", np.array([[1.0, np.nan]], np.float32))
+        w.write_array("missing", np.array([[1.0, np.nan]], np.float32), allow_nan=True)     # NaN: missing
+        with pytest.raises(TableError, match="'inf' contains inf"):
+            w.write_array("inf", np.array([[1.0, -np.inf]], np.float32), allow_nan=True)
         with pytest.raises(TableError, match="duplicate"):
             w.write_ids("item", ["a", "a"])
         with pytest.raises(TableError, match="column names"):

@@ -170,6 +170,10 @@ def test_timestamp_formats(tmp_path):
     with pytest.raises(DataError, match="1 timestamp\\(s\\) after the year 9999"):
         load_dataset(d)
     (d / "interactions.parquet").unlink()
+    (d / "interactions.csv").write_text("user_id,item_id,timestamp,event\n1,a,1735776000,view\n1,a,-1e300,view\n")
+    with pytest.raises(DataError, match="1 timestamp\\(s\\) before the year 1, e.g. -1e\\+300"):
+        load_dataset(d)
+    (d / "interactions.csv").unlink()
     (d / "interactions.csv").write_text("user_id,item_id,timestamp,event\n1,a,2025-01-02t00:00:00z,view\n")
     assert load_dataset(d).ts.tolist() == [1735776000.0]
     # one bad value among numbers: counted once, and shown as it is in the file

@@ -57,6 +57,10 @@ def test_manifest_problems(bundle_copy):
     (d / "manifest.json").write_text(json.dumps(dict(m, dim=m["dim"] + 1)))
     with pytest.raises(BundleError, match="item_emb has shape"):
         verify(bundle_copy)
+    for field, value, msg in (("dim", "x", "dim must be an integer, not 'x'"), ("counts", None, "counts None")):
+        (d / "manifest.json").write_text(json.dumps(dict(m, **{field: value})))
+        with pytest.raises(BundleError, match=msg):
+            verify(bundle_copy)
     (d / "ranker.txt").unlink()
     (d / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="ranker.txt: missing"):

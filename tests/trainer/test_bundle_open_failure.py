@@ -76,3 +76,24 @@ def test_failed_open_closes_the_tables(bundle_dir, bad):
             Bundle.open(bundle_dir, verify=check)
         refused.append(exc)
     assert _open_fds_to(tables) == 0, f"{_open_fds_to(tables)} LMDB environment(s) left open"
+
+
+def test_infinite_features_refused(bundle_dir):
+    """A feature table holding an infinity (which the trainer's writer refuses, but a table written by
+    hand can hold) fails verify naming the column: every anonymous user's mean features would be inf."""
+    import lmdb
+    import numpy as np
+
+    from recserve._core.tables import TableReader
+
+    with TableReader(bundle_dir / "tables.lmdb") as t:
+        feats = np.array(t.array("user_feats"))
+        col = t.columns("user_feats")[1]
+    feats[3, 1] = np.inf
+    env = lmdb.open(str(bundle_dir / "tables.lmdb"), subdir=False, lock=False)
+    with env.begin(write=True) as txn:
+        txn.put(b"arr:user_feats", feats.tobytes())
+    env.close()
+    _rewrite(bundle_dir, "tables.lmdb", (bundle_dir / "tables.lmdb").read_bytes())
+    with pytest.raises(BundleError, match=f"user_feats column '{col}' holds infinite values"):
+        verify(bundle_dir)

@@ -23,7 +23,9 @@ def _with_extras(d, rng):
     pacsv.write_csv(items, d / "items.csv")
     users = pacsv.read_csv(d / "users.csv")
     age = rng.integers(18, 80, users.num_rows).astype(np.float64)
-    users = users.append_column("age", pa.array(age))
+    age[::5] = np.nan                                           # empty cells of a user column: missing too
+    age[1] = 1e39                                               # beyond float32: missing, not infinite
+    users = users.append_column("age", pa.array(age, mask=np.isnan(age)))
     pacsv.write_csv(users, d / "users.csv")
     return items, users
 
@@ -49,16 +51,18 @@ def test_extra_numeric_columns_are_ranker_features(tmp_path):
         np.testing.assert_array_equal(feats[rows, cols.index("x_quality")], want)      # NaN where empty
         ucols = b.tables.columns("user_feats")
         urows = b.tables.rows_of("user", [str(u) for u in users.column("user_id").to_pylist()])
-        np.testing.assert_array_equal(np.asarray(b.user_feats)[urows, ucols.index("x_age")],
-                                      users.column("age").to_numpy().astype(np.float32))
+        age = users.column("age").to_numpy(zero_copy_only=False).astype(np.float64)
+        age[1] = np.nan
+        np.testing.assert_array_equal(np.asarray(b.user_feats)[urows, ucols.index("x_age")], age.astype(np.float32))
         # served: the crossed rows carry the extra columns, and an unknown user gets their means
         from recserve.pipeline.recommender import Recommender, RecRequest
 
         rec = Recommender(b, None)
-        res = rec.recommend(RecRequest(user_id=str(users.column("user_id")[0]), k=5))
-        assert len(res.items) == 5
+        for u in (0, 1, 2):         # an empty age, a value beyond float32, a known one
+            res = rec.recommend(RecRequest(user_id=str(users.column("user_id")[u]), k=5))
+            assert len(res.items) == 5
         assert len(rec.recommend(RecRequest(user_id="someone-new", k=5)).items) == 5
-        assert rec.user_mean[ucols.index("x_age")] == pytest.approx(float(np.mean(users.column("age"))), rel=1e-5)
+        assert rec.user_mean[ucols.index("x_age")] == pytest.approx(float(np.nanmean(age)), rel=1e-5)
     # written back out, the extra columns survive
     out = tmp_path / "again"
     write_dataset(ds, out, fmt="parquet")
