@@ -436,21 +436,22 @@ class Recommender:
         nb, nb_score = self.i2i_rows[row], self.i2i_scores[row]
         nb_ok = nb >= 0
         nb, nb_score = nb[nb_ok].astype(np.int64), nb_score[nb_ok].astype(np.float32)
-        parts = [nb]
-        if frac >= C.BRUTE_FRACTION:
+        rows = None
+        if frac >= C.BRUTE_FRACTION:     # the neighbours and the embedding search hold the answer
             n_ask = CC.similar_k(k, frac, self.ann.count)
             if self.sim_rows is not None and n_ask <= self.sim_rows.shape[1]:
                 r = self.sim_rows[row, :n_ask]       # the stored answer of a search at least as broad
                 r = r[r >= 0]
             else:
                 r, _ = self.ann.query(vec, n_ask, None, False, self.similar_ef)
-            parts.append(r.astype(np.int64))
-        rows = CC.sorted_unique(np.concatenate(parts))
-        keep = rows != row
-        if allowed is not None:
-            keep &= allowed[rows]
-        rows = rows[keep]
-        if len(rows) < want:  # selective filter: search the allowed subset exhaustively
+            rows = CC.sorted_unique(np.concatenate([nb, r.astype(np.int64)]))
+            keep = rows != row
+            if allowed is not None:
+                keep &= allowed[rows]
+            rows = rows[keep]
+        if rows is None or len(rows) < want:
+            # a selective filter (or an answer short of k): every allowed item is scored, so the best
+            # allowed ones are found whether or not they are among the neighbours the search returned
             ok = np.ones(self.n_items, bool) if allowed is None else allowed.copy()
             ok[row] = False
             rows = np.flatnonzero(ok)
@@ -460,7 +461,8 @@ class Recommender:
             pos = np.searchsorted(rows, nb)
             hit = pos < len(rows)
             hit[hit] = rows[pos[hit]] == nb[hit]
-            i2i_part[pos[hit]] = nb_score[hit] / (float(nb_score.max()) or 1.0)
+            # scaled by the largest magnitude: a negative weight (EASE) stays a penalty, whatever the signs
+            i2i_part[pos[hit]] = nb_score[hit] / (float(np.abs(nb_score).max()) or 1.0)
         blend = 0.7 * cos + 0.3 * i2i_part
         order = np.argsort(-blend, kind="stable")[:want]
         ids = self.tables.ids_of("item", rows[order])

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from recserve._core import candidates as C
+from recserve.pipeline.candidates import BRUTE_FRACTION
 from recserve.pipeline.recommender import Filters, Recommender
 
 
@@ -77,3 +78,37 @@ def test_a_bundle_without_stored_lists_searches_the_index(tmp_path_factory):
         rec.ann._ef = 50
         res = rec.similar(b.tables.id_of("item", 0), 5, Filters())
         assert len(res.items) == 5 and b.index.ef == 9
+
+
+def _exhaustive_blend(rec, row, allowed, k):
+    """The SimilarItems blend computed over every allowed item (the reference a selective filter must give)."""
+    nb, w = rec.i2i_rows[row], rec.i2i_scores[row]
+    nb, w = nb[nb >= 0], w[nb >= 0]
+    part = np.zeros(rec.n_items, np.float64)
+    part[nb] = w / (np.abs(w).max() if len(w) else 1.0)
+    blend = 0.7 * (rec.emb @ rec.emb[row]).astype(np.float64) + 0.3 * part
+    ok = allowed.copy()
+    ok[row] = False
+    cand = np.flatnonzero(ok)
+    return set(cand[np.argsort(-blend[cand], kind="stable")[:k]].tolist()), blend
+
+
+@pytest.mark.parametrize("k", [5, 20])
+def test_a_selective_filter_scores_every_allowed_item(bundle, k):
+    """With a filter keeping under a quarter of the catalogue, the answer is the best allowed items by the
+    blend, not the best of the neighbours that happen to pass the filter."""
+    rec = Recommender(bundle, None, None)
+    price = np.asarray(rec._items.price, np.float64)
+    cut = float(np.quantile(price, 0.12))
+    f = Filters(in_stock_only=False, max_price=cut)
+    allowed = price <= cut
+    assert 0 < allowed.mean() < BRUTE_FRACTION
+    for row in range(0, bundle.n_items, 11):
+        want, blend = _exhaustive_blend(rec, row, allowed, k)
+        got = rec.similar(bundle.tables.id_of("item", row), k, f)
+        got_rows = bundle.tables.rows_of("item", [i.item_id for i in got.items])
+        assert len(got_rows) == min(k, int(allowed.sum()) - bool(allowed[row]))
+        # the same items up to ties at the k-th score (float32 cosines)
+        kth = np.sort(blend[list(want)])[0]
+        assert all(blend[r] >= kth - 1e-5 for r in got_rows), bundle.tables.id_of("item", row)
+
