@@ -55,7 +55,10 @@ def resolve(path: str | os.PathLike) -> Path:
         return p
     cur = p / "CURRENT"
     if cur.is_file():
-        name = cur.read_text().strip()
+        try:
+            name = cur.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{cur} cannot be read as a version name: {exc}") from None
         target = version_dir(p, name)
         if not (target / "manifest.json").is_file():
             raise BundleError(f"{cur} names {name!r} but {target} has no manifest.json")

@@ -32,6 +32,7 @@ class BundleHolder:
         self.last_error: str | None = None
         self.attempts = 0                       # bundle loads tried (for tests and logs)
         self._refused: tuple | None = None      # (key, stamp) of the last refused bundle
+        self._current_error: str | None = None  # why CURRENT itself could not be read, at the last poll
         self.fallback: str | None = None        # a replacement's siblings' version, tried once
         if inherit is not None:
             self.fallback, self._refused = inherit     # (key, stamp as a tuple) or None
@@ -75,14 +76,30 @@ class BundleHolder:
 
     def _key(self) -> str | None:
         """The version CURRENT names ("" when CURRENT is empty), or the fixed bundle directory; None when
-        there is none yet."""
+        there is none yet. ``BundleError`` when CURRENT exists but cannot be read as a name (a directory or
+        a symlink to one, no permission, bytes that are not UTF-8)."""
+        from recserve.bundle import BundleError
+
         cur = self.root / "CURRENT"
         if (self.path / "manifest.json").exists() and not (self.path / "CURRENT").exists():
             return str(self.path)
         try:
-            return cur.read_text().strip()
+            return cur.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             return None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{cur} cannot be read as a version name: {exc}") from None
+
+    def _refuse_current(self, reason: str) -> None:
+        """CURRENT itself is unreadable: logged (once per distinct reason), the live bundle kept."""
+        if self._current_error == reason:
+            return
+        self._current_error = reason
+        self.last_error = reason
+        log.error("bundle refused, keeping %s", self.current.version if self.current else "none",
+                  extra={"event": "reload_refused", "version": None, "error": reason})
+        if self.metrics:
+            self.metrics.reloads.labels("refused").inc()
 
     def directory(self, key: str) -> Path:
         """The version directory of ``key``: the fixed bundle directory, or a plain name under the root
@@ -117,7 +134,15 @@ class BundleHolder:
 
         With nothing live yet and CURRENT's version refused (now or by the siblings), a replacement
         loads its siblings' version (``fallback``) instead, once."""
-        key, tried = self._key(), None
+        from recserve.bundle import BundleError
+
+        tried = None
+        try:
+            key = self._key()
+            self._current_error = None
+        except BundleError as exc:
+            self._refuse_current(str(exc))
+            key = None
         if key is not None and key != self.current_key:
             stamp = self._stamp(key)
             # refused before and unchanged: not re-hashed every poll

@@ -221,7 +221,10 @@ class Worker:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.reload_interval)
-            await self._reload()
+            try:
+                await self._reload()
+            except Exception:   # noqa: BLE001 -- the poller must outlive any one failed poll
+                log.exception("reload poll failed", extra={"event": "reload_error"})
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, keep serving for ``drain_delay`` seconds (load balancers that poll health

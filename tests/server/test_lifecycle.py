@@ -201,6 +201,45 @@ def test_startup_refuses_a_corrupt_current_bundle(demo_bundle, facts, tmp_path):
         Server(root, "--workers", "1")
 
 
+def test_an_unreadable_current_is_refused_and_polling_goes_on(demo_bundle, facts, tmp_path, start_server):
+    """CURRENT replaced by a symlink to a version directory, or by bytes that are not UTF-8: refused (the
+    live bundle keeps serving) and the poller carries on, so a good CURRENT written next is loaded without
+    a SIGHUP. At start, such a CURRENT is a bad bundle: one line, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    root = copy_root(demo_bundle, tmp_path / "root")
+    v1 = facts["version"]
+    s = start_server(root, "--workers", "1", "--reload-interval", "0.2")
+
+    def version():
+        r = pbg.RecommenderStub(s.channels[0] if s.channels else s.channel()).Recommend(
+            pb.RecommendRequest(user_id=facts["user"], k=5), timeout=10)
+        return r.bundle_version
+
+    live = v1
+    for n, bad in enumerate(("symlink", "bytes")):
+        tmp = root / ".CURRENT.bad"
+        if bad == "symlink":
+            os.symlink(v1, tmp)
+        else:
+            tmp.write_bytes(b"\xff\xfe\n")
+        os.replace(tmp, root / "CURRENT")
+        time.sleep(0.6)                     # a few polls meet it
+        assert version() == live and health(s.addr) == SERVING
+        live = f"v-next-{n}"
+        new_version(root, v1, live)
+        set_current(root, live)
+        assert wait_for(lambda: version() == live, 15), f"not reloaded after an unreadable CURRENT ({bad})"
+    os.symlink(v1, root / ".CURRENT.bad")
+    os.replace(root / ".CURRENT.bad", root / "CURRENT")
+    out = subprocess.run([sys.executable, "-m", "recserve.cli", "serve", "--bundle", str(root), "--port", "0"],
+                         capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    assert out.returncode == 2, out.stderr
+    assert re.search(r"recserve serve: .*CURRENT cannot be read as a version name", out.stderr), out.stderr
+
+
 def test_crashed_worker_is_replaced_and_serves(start_server, shared_root, facts, tmp_path):
     """A worker killed with SIGKILL is replaced by a new one that serves, and stays (no restart
     loop): afterwards exactly the survivor and the replacement answer."""
