@@ -150,8 +150,8 @@ class Worker:
 
         from recserve.health import BoundedHealthServicer
 
-        from recserve.service import AuthInterceptor, RecommenderService, load_tokens
-        from recserve.v1 import recommender_pb2, recommender_pb2_grpc
+        from recserve.service import AuthInterceptor, RecommenderService, add_to_server, load_tokens
+        from recserve.v1 import recommender_pb2
 
         cfg = self.cfg
         self.health = BoundedHealthServicer(cfg.max_health_watches)
@@ -167,7 +167,7 @@ class Worker:
                                       + STREAM_ALLOWANCE)
         self.service = RecommenderService(self.holder, self.metrics, self.io, cfg.max_concurrent_rpcs,
                                           self.sharing)
-        recommender_pb2_grpc.add_RecommenderServicer_to_server(self.service, self.server)
+        add_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name,
                  "grpc.health.v1.Health", reflection.SERVICE_NAME)

@@ -252,3 +252,14 @@ def test_message_size_limit(server):
     big = pb.RecommendRequest(session_item_ids=["x" * 200] * 30000)  # ~6 MB > 4 MB default
     code, _ = code_of(server.stub().Recommend, big)
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@pytest.mark.parametrize("method", ["Recommend", "SimilarItems", "RecordEvents", "UpdateItems"])
+@pytest.mark.parametrize("body", [b"\x0a\x02\xff\xfe", b"\xff\xff\xff"])   # text not UTF-8; not protobuf
+def test_a_request_that_does_not_parse_is_invalid_argument(server, method, body):
+    ch = server.channel()
+    call = ch.unary_unary(f"/recserve.v1.Recommender/{method}")     # bytes in, bytes out
+    code, details = code_of(call, body)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
+    assert details.startswith("the request is not a valid message") and "(request " in details, details
+    ch.close()
