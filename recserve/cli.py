@@ -66,6 +66,17 @@ def seconds(text: str) -> float:
     return v
 
 
+def int32(text: str) -> int:
+    """A whole number the request's int32 field can carry (the server says whether it is in range)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not -(1 << 31) <= v < 1 << 31:
+        raise argparse.ArgumentTypeError(f"expected a number below 2^31, got {text!r}")
+    return v
+
+
 def _meta(args):
     return [("authorization", f"Bearer {args.token}")] if args.token else None
 
@@ -300,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     def filters(p):
-        p.add_argument("--k", type=int, default=10)
+        p.add_argument("--k", type=int32, default=10)
         p.add_argument("--category", action="append")
         p.add_argument("--exclude", action="append")
         p.add_argument("--min-price", dest="min_price", type=float)

@@ -152,12 +152,13 @@ def load(flags: dict | None = None, env: dict | None = None, file: str | os.Path
 # (lowest, highest) allowed for the numeric settings; None = unbounded on that side
 RANGES = {
     "port": (0, 65535), "metrics_port": (0, 65535), "workers": (0, 1024), "threads": (1, 256),
-    "max_concurrent_rpcs": (1, None), "max_health_watches": (1, None), "share_work": (0, 1),
-    "max_message_bytes": (1024, 1 << 31),
-    "reload_interval": (0, None), "grace": (0, None), "drain_delay": (0, 3600), "events_per_user": (1, None),
-    "events_map_mb": (1, 1 << 24),
-    "mmr_lambda": (0, 1), "max_per_creator": (0, None), "cap": (1, None), "candidates": (1, None),
-    "ef": (1, None), "similar_ef": (1, None), "novelty_boost": (0, None), "new_item_days": (0, None),
+    # gRPC takes the bounds below as C ints: the two bounds on calls plus 64 must stay under 2^31
+    "max_concurrent_rpcs": (1, 1 << 24), "max_health_watches": (1, 1 << 24), "share_work": (0, 1),
+    "max_message_bytes": (1024, (1 << 31) - 1),
+    "reload_interval": (0, 86400), "grace": (0, 86400), "drain_delay": (0, 3600),
+    "events_per_user": (1, 1 << 24), "events_map_mb": (1, 1 << 24),
+    "mmr_lambda": (0, 1), "max_per_creator": (0, None), "cap": (1, 100_000), "candidates": (1, 100_000),
+    "ef": (1, 1 << 20), "similar_ef": (1, 1 << 20), "novelty_boost": (0, 1000), "new_item_days": (0, 1e6),
 }
 RANKER_ENGINES = ("forest", "lightgbm")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -172,7 +172,7 @@ class Worker:
         names = (recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name,
                  "grpc.health.v1.Health", reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self.server)
-        addr = f"{cfg.host}:{self.port}"
+        addr = f"[{cfg.host}]:{self.port}" if ":" in cfg.host else f"{cfg.host}:{self.port}"     # IPv6 bracketed
         if cfg.tls_cert:
             key = Path(cfg.tls_key).read_bytes()
             cert = Path(cfg.tls_cert).read_bytes()
@@ -327,7 +327,7 @@ def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConf
     if stale:
         log.info("removed the directories of killed servers: %s", ", ".join(stale), extra={"event": "cleanup"})
     sup = Supervisor(cfg, sock.getsockname()[1], sock)
-    sup.start()
+    sup.start(require_bundle=key is not None)
     return sup, sup.port
 
 

@@ -130,7 +130,7 @@ def _worker_main(cfg: ServeConfig, port: int, report_fd: int, cpu: int | None = 
             loop.add_signal_handler(signal.SIGTERM, stop.set)
             await w.start()
             ready = True
-            reports.send(ready=w.holder.current is not None)
+            reports.send(ready=w.holder.current is not None, reason=w.holder.last_error)
             await w.reload_now()    # CURRENT once more: a SIGHUP sent while the bundle loaded was ignored
 
             def hup() -> None:
@@ -330,7 +330,10 @@ class Supervisor:
                 self._due.remove(due)
                 self._replacements.add(self._spawn(due[1], replacement=True))
 
-    def start(self, timeout: float = 120.0) -> None:
+    def start(self, timeout: float = 120.0, require_bundle: bool = False) -> None:
+        """Start the workers and wait until each listens. ``require_bundle`` (CURRENT named a version that
+        verified): a worker that could not load it (it failed at load or warm-up) fails the start with
+        ``ValueError`` and its reason, rather than a server that listens NOT_SERVING."""
         if self.cfg.metrics_port:
             self._metrics_dir = tempfile.mkdtemp(prefix=f"recserve-metrics-{os.getpid()}-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir
@@ -338,7 +341,7 @@ class Supervisor:
             self._spawn(slot)
         deadline = time.monotonic() + timeout
         for pid in list(self.pids):
-            inbox, why = self._inbox[pid], None
+            inbox, why, refused = self._inbox[pid], None, None
             while why is None:
                 left = deadline - time.monotonic()
                 msgs = inbox.read(max(left, 0))
@@ -346,6 +349,8 @@ class Supervisor:
                     self._take(pid, msg)
                     if "ready" in msg:
                         why = ""
+                        if require_bundle and not msg["ready"]:
+                            refused = msg.get("reason") or "no reason given"
                     elif "error" in msg:
                         why = msg["error"]
                 if why is None and inbox.closed:
@@ -355,6 +360,9 @@ class Supervisor:
             if why:
                 self.stop(0)
                 raise RuntimeError(f"a worker failed to start: {why}")
+            if refused:
+                self.stop(0)
+                raise ValueError(f"bundle refused: {refused}")
         if self.cfg.metrics_port:
             from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 

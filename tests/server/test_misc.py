@@ -351,6 +351,10 @@ def test_cli_client_refuses_bad_addresses_and_files_in_one_line(tmp_path):
     assert r.returncode == 2 and "expected HOST:PORT with a port in 1..65535" in r.stderr, r.stderr
     r = run("health", "--timeout", "0")
     assert r.returncode == 2 and "--timeout" in r.stderr
+    for cmd in ("recommend", "similar"):                             # an int32 field cannot carry it
+        r = run(cmd, "x", "--k", "99999999999")
+        assert r.returncode == 2 and "argument --k: expected a number below 2^31" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
     r = run("recommend", "u1", "--addr", f"127.0.0.1:{free_port()}", "--ca", str(tmp_path / "nosuch.crt"))
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         f"error: --ca {tmp_path / 'nosuch.crt'}: No such file or directory"], r.stderr

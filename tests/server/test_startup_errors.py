@@ -36,16 +36,22 @@ def reason(p: subprocess.CompletedProcess) -> str:
     (["--port", "56123", "--metrics-port", "56123"], "metrics_port: 56123 is the gRPC port too"),
     (["--max-per-creator", "-1"], "max_per_creator: must be >= 0"),
     (["--novelty-boost", "nan"], "novelty_boost: must be a finite number"),
-    (["--candidates", "-5"], "candidates: must be >= 1"),
-    (["--ef", "-1"], "ef: must be >= 1"),
-    (["--max-concurrent-rpcs", "0"], "max_concurrent_rpcs: must be >= 1"),
+    (["--candidates", "-5"], "candidates: must be in [1, 100000]"),
+    (["--ef", "-1"], "ef: must be in [1, 1048576]"),
+    (["--max-concurrent-rpcs", "0"], "max_concurrent_rpcs: must be in [1, 16777216]"),
     (["--workers", "-1"], "workers: must be in [0, 1024]"),
     (["--port", "99999"], "port: must be in [0, 65535]"),
     (["--tokens-file", "/no/such/tokens"], "tokens_file: cannot read"),
-    (["--events-per-user", "0"], "events_per_user: must be >= 1"),
+    (["--events-per-user", "0"], "events_per_user: must be in [1, 16777216]"),
     (["--tokens-file", "DIR"], "tokens_file: cannot read"),
     (["--log-level", "verbose"], "log_level: one of DEBUG"),
-    (["--log-level", "debug", "--ef", "0"], "ef: must be >= 1"),      # a lowercase level is a level
+    (["--log-level", "debug", "--ef", "0"], "ef: must be in [1, 1048576]"),      # a lowercase level is a level
+    # values gRPC takes as C ints, or that no worker could load with, fail here, not in every worker
+    (["--max-message-bytes", "2147483648"], "max_message_bytes: must be in [1024, 2147483647]"),
+    (["--max-concurrent-rpcs", "3000000000"], "max_concurrent_rpcs: must be in [1, 16777216]"),
+    (["--max-health-watches", "2147483600"], "max_health_watches: must be in [1, 16777216]"),
+    (["--novelty-boost", "1e39"], "novelty_boost: must be in [0, 1000]"),
+    (["--candidates", "1000000000000"], "candidates: must be in [1, 100000]"),
 ])
 def test_bad_settings_are_refused_in_one_line(shared_root, args, says):
     args = [str(shared_root / "CURRENT") if a == "CA" else str(shared_root) if a == "DIR" else a
@@ -128,3 +134,50 @@ def test_a_worker_that_cannot_start_says_why(shared_root, tmp_path):
     assert p.returncode == 1
     line = reason(p)
     assert "a worker failed to start" in line and "Not a directory" in line, line
+
+
+def test_a_bundle_that_verifies_but_cannot_load_fails_the_start(shared_root, tmp_path):
+    """An index whose header and checksum are right but whose body hnswlib cannot load passes verify (it
+    reads the header only): the first worker's refusal fails the start, exit 2 with the reason, instead
+    of a server that listens NOT_SERVING."""
+    import json
+
+    from recserve.bundle import sha256_file
+
+    root = tmp_path / "root"
+    shutil.copytree(shared_root, root)
+    d = root / (root / "CURRENT").read_text().strip()
+    raw = (d / "index.hnsw").read_bytes()
+    (d / "index.hnsw").write_bytes(raw[:96] + bytes([0xFF]) * (len(raw) - 96))
+    m = json.loads((d / "manifest.json").read_text())
+    m["files"]["index.hnsw"] = sha256_file(d / "index.hnsw")
+    (d / "manifest.json").write_text(json.dumps(m))
+    p = serve("--bundle", str(root), "--workers", "1")
+    assert p.returncode == 2, p.stderr
+    line = reason(p)
+    assert "bundle refused" in line and "index.hnsw" in line, line
+
+
+def test_an_ipv6_host_is_served(shared_root, facts, start_server):
+    """``--host ::1`` (bare or in brackets) listens on IPv6 loopback; skipped where the machine has none."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    import grpc
+
+    from recserve.v1 import recommender_pb2 as pb
+    from recserve.v1 import recommender_pb2_grpc as pbg
+
+    for host in ("::1", "[::1]"):
+        s = start_server(shared_root, "--workers", "1", "--host", host)
+        s.addr = f"[::1]:{s.port}"
+        r = pbg.RecommenderStub(s.channel()).Recommend(pb.RecommendRequest(user_id=facts["user"], k=3), timeout=10)
+        assert len(r.items) == 3
+        with pytest.raises(grpc.RpcError):      # and not on IPv4 loopback
+            with grpc.insecure_channel(f"127.0.0.1:{s.port}") as ch:
+                pbg.RecommenderStub(ch).Recommend(pb.RecommendRequest(k=1), timeout=2)
+        s.terminate()
