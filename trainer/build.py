@@ -108,6 +108,16 @@ def _label_windows(ds: Dataset, train_mask, cfg: dict):
         yield fit_mask, label_mask, float(ds.ts[fit_mask].max()) + 1.0
 
 
+def _evaluable(ds: Dataset, train_mask, test_mask) -> bool:
+    """Whether some held-out interaction's user has training interactions and its item is new to her (what
+    the evaluation scores; ``trainer.evaluate.eval_users``)."""
+    n = np.int64(ds.n_items)
+    train_keys = np.unique(ds.user[train_mask].astype(np.int64) * n + ds.item[train_mask])
+    tu, ti = ds.user[test_mask].astype(np.int64), ds.item[test_mask].astype(np.int64)
+    known = np.isin(tu, np.unique(ds.user[train_mask]))
+    return bool(np.any(known & ~np.isin(tu * n + ti, train_keys)))
+
+
 def tune_vector_params(art, labels: dict, users: np.ndarray, params: dict, grid: dict, threads: int):
     """ANN-only recall@50 of new label-window items for each (decay_short, alpha) in ``grid``."""
     results = []
@@ -243,9 +253,10 @@ def tune_quotas(art, labels: dict, users, params: dict, grid: list, threads: int
 
 
 def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | None = None,
-          timer: Timer | None = None, before_publish=None) -> Path:
+          timer: Timer | None = None, before_publish=None, evaluated: bool = False) -> Path:
     """Train on ``ds`` and write a bundle version under ``out``; ``before_publish(dir)`` runs on the
-    complete version before it is renamed into place and CURRENT names it (the evaluation)."""
+    complete version before it is renamed into place and CURRENT names it (the evaluation). ``evaluated``:
+    the held-out data must hold something to evaluate, checked before any training."""
     cfg = {**DEFAULT_CFG, **(cfg or {})}
     params = copy.deepcopy(params or C.DEFAULT_PARAMS)
     timer = timer or Timer()
@@ -260,13 +271,21 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
     if n_train < MIN_TRAINING_INTERACTIONS:
         raise DataError(f"too little training data: {n_train} interaction(s) before the held-out "
                         f"{cfg['holdout']:g} (at least {MIN_TRAINING_INTERACTIONS}; lower --holdout or add data)")
+    if evaluated and not _evaluable(ds, train_mask, test_mask):
+        raise DataError(f"nothing to evaluate: no user of the held-out {cfg['holdout']:g} has training "
+                        "interactions and an item new to her (raise --holdout, or build with --no-evaluate)")
     if cfg.get("history_len", "auto") == "auto":
         longest = int(np.bincount(ds.user[train_mask], minlength=ds.n_users).max()) if train_mask.any() else 0
         params["history_len"] = int(min(int(cfg["history_max"]), max(200, longest)))
     elif cfg.get("history_len") is not None:
         params["history_len"] = int(cfg["history_len"])
     label_windows = _label_windows(ds, train_mask, cfg)
-    fit_mask, label_mask, label_cut = next(label_windows)
+    first = next(label_windows, None)
+    if first is None:       # nothing is both older than a label and a label: no ranker can be fitted
+        raise DataError(f"no label window for the ranker (--label-split {cfg.get('label_split', 'time')}): "
+                        "it leaves nothing to fit on or nothing to label (a user needs two training "
+                        "interactions or more)")
+    fit_mask, label_mask, label_cut = first
 
     lu, li, lt, le, lv, lfirst = _window(ds, label_mask)
     labels = rk.label_map(lu, li, rk.relevance(le, lv))

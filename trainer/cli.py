@@ -168,8 +168,9 @@ def _run(args) -> int:
                 builder.record_evaluation(staged, res)
             results.append(res)
 
-        path = builder.build(ds, args.out, cfg, timer=timer,
-                             before_publish=evaluate if not args.no_evaluate and args.holdout > 0 else None)
+        evaluated = not args.no_evaluate and args.holdout > 0
+        path = builder.build(ds, args.out, cfg, timer=timer, before_publish=evaluate if evaluated else None,
+                             evaluated=evaluated)
         for res in results:
             print(format_table(res))
         m = json.loads((path / "manifest.json").read_text())

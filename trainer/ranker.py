@@ -8,6 +8,8 @@ positive candidate are dropped (they carry no lambdarank gradient).
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from recserve._core.candidates import context_vector
@@ -219,8 +221,17 @@ def train(X, y, groups, names, seed=0, threads=2, rounds=300, group_users=None,
 
 
 def _safe(names):
-    """LightGBM forbids some characters in feature names; the text model keeps positions anyway."""
-    return [n.replace(".", "__") for n in names]
+    """Feature names LightGBM accepts: letters, digits and ``_`` only (it refuses JSON's special characters,
+    and an extra column may be called ``size[cm]``), each unique (``a.b`` and ``a__b`` would meet); the
+    text model keeps positions anyway, the names are for people reading it."""
+    out, seen = [], set()
+    for j, n in enumerate(names):
+        s = re.sub(r"[^0-9A-Za-z_]", "_", n.replace(".", "__"))
+        if s in seen:
+            s = f"{s}_{j}"
+        seen.add(s)
+        out.append(s)
+    return out
 
 
 class Scorer:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 
 from trainer.cli import main
@@ -209,6 +210,50 @@ def test_two_files_for_one_table_and_too_little_training_data(small_data, tmp_pa
     assert main(["build", "--data", str(small_data), "--holdout", "0.99", str(tmp_path / "out")]) == 2
     assert "too little training data" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_users_with_one_training_interaction_each_leave_no_label_window(small_data, tmp_path, capsys):
+    """Session-style logs, every user once: a per-user label split has nothing to fit on; one line, exit 2
+    (a bare StopIteration before)."""
+    d = _copy(small_data, tmp_path)
+    lines = (d / "interactions.csv").read_text().splitlines()
+    u = [h.strip('"') for h in lines[0].split(",")].index("user_id")
+    seen, keep = set(), [lines[0]]
+    for ln in lines[1:]:
+        if ln.split(",")[u] not in seen:
+            seen.add(ln.split(",")[u])
+            keep.append(ln)
+    (d / "interactions.csv").write_text("\n".join(keep) + "\n")
+    for split in ("user", "user-random"):
+        assert main(["build", "--data", str(d), "--label-split", split, "--no-tune", "--no-evaluate",
+                     str(tmp_path / "out")]) == 2
+        err = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("[")]    # not progress
+        assert len(err) == 1 and err[0].startswith(f"recserve-train: error: no label window for the ranker "
+                                                   f"(--label-split {split})"), err
+
+
+def test_held_out_data_with_nothing_to_evaluate_fails_before_training(small_data, tmp_path, capsys, monkeypatch):
+    """Every held-out interaction by a user new to the training data: refused at once (not after the whole
+    build), and built with --no-evaluate."""
+    import trainer.artifacts
+
+    d = _copy(small_data, tmp_path)
+    lines = (d / "interactions.csv").read_text().splitlines()
+    from trainer.split import time_cut
+
+    cut = time_cut(np.array([float(ln.split(",")[2]) for ln in lines[1:]]), 0.1)     # build's own split
+    out = [lines[0]] + [('"new-' + ln[1:]) if float(ln.split(",")[2]) >= cut else ln for ln in lines[1:]]
+    (d / "interactions.csv").write_text("\n".join(out) + "\n")
+    fits = []
+    real_fit = trainer.artifacts.fit
+    monkeypatch.setattr(trainer.artifacts, "fit", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    assert main(["build", "--data", str(d), "--holdout", "0.1", "--no-tune", str(tmp_path / "out")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("[")]
+    assert err == ["recserve-train: error: nothing to evaluate: no user of the held-out 0.1 has training "
+                   "interactions and an item new to her (raise --holdout, or build with --no-evaluate)"], err
+    assert not fits, "the refusal came after training"
+    assert main(["build", "--data", str(d), "--holdout", "0.1", "--no-tune", "--no-evaluate",
+                 str(tmp_path / "out")]) == 0
 
 
 def test_the_evaluation_runs_before_current_names_the_version(small_data, tmp_path, monkeypatch, capsys):

@@ -98,3 +98,25 @@ def test_a_decimal_parquet_column_is_a_feature(tmp_path):
     ds = load_dataset(data)
     assert list(ds.item_extra) == ["margin"] and "extra_item_columns_not_used" not in ds.report
     np.testing.assert_array_equal(ds.item_extra["margin"], [float(m) for m in margin])
+
+
+def test_column_names_lightgbm_refuses_still_build(tmp_path):
+    """Extra columns named with JSON's special characters, or two names that meet once '.' is spelled
+    '__', build and serve: the names LightGBM is given are its own, the schema keeps the files' names."""
+    data = tmp_path / "data"
+    ds0, _ = synth(200, 120, seed=6)
+    write_dataset(ds0, data)
+    items = pacsv.read_csv(data / "items.csv")
+    rng = np.random.default_rng(1)
+    for name in ("size[cm]", 'w:h{"x"}', "a.b", "a__b"):
+        items = items.append_column(name, pa.array(rng.random(items.num_rows)))
+    pacsv.write_csv(items, data / "items.csv")
+    ds = load_dataset(data)
+    root = build(ds, tmp_path / "out", {"factors": 8, "tune": False, "label_windows": 1, "ranker_users": 200,
+                                        "ranker_rounds": 10}, timer=Timer(verbose=False))
+    with Bundle.open(root) as b:
+        assert {"item.x_size[cm]", 'item.x_w:h{"x"}', "item.x_a.b", "item.x_a__b"} <= set(b.schema.names)
+        from recserve.pipeline.recommender import Recommender, RecRequest
+
+        res = Recommender(b, None).recommend(RecRequest(k=5, explain=True))
+        assert len(res.items) == 5 and all(len(i.contributions) == 5 for i in res.items)
