@@ -141,6 +141,7 @@ class Worker:
         self.io = futures.ThreadPoolExecutor(max_workers=max(cfg.threads, 1), thread_name_prefix="recserve-io")
         self._watcher: asyncio.Task | None = None
         self._reload_lock = asyncio.Lock()
+        self._draining = False                  # set by stop(): health and work sharing stay withdrawn
 
     async def start(self) -> int:
         """Bind, load the bundle CURRENT names (if any), then serve; NOT_SERVING until one is live."""
@@ -209,7 +210,7 @@ class Worker:
         at a time: a poll and a SIGHUP that meet wait for each other."""
         async with self._reload_lock:
             swapped = await asyncio.get_running_loop().run_in_executor(self.io, self.holder.try_reload)
-        if swapped:
+        if swapped and not self._draining:
             await self._set_health(True)
             if self.sharing is not None:
                 self.sharing.serving(True)
@@ -229,6 +230,7 @@ class Worker:
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, keep serving for ``drain_delay`` seconds (load balancers that poll health
         stop routing here), then refuse new calls and let in-flight ones finish within ``grace`` seconds."""
+        self._draining = True               # a reload that finishes from here on changes nothing visible
         if self._watcher is not None:
             self._watcher.cancel()
         if self.sharing is not None:

@@ -45,7 +45,14 @@ class AnnSource:
             if ef is not None and ef != self._ef:
                 self.index.set_ef(int(ef))
                 self._ef = int(ef)
-            labels, dist = self.index.knn_query(vec.reshape(1, -1), k=k, num_threads=1)
+            try:
+                labels, dist = self.index.knn_query(vec.reshape(1, -1), k=k, num_threads=1)
+            except RuntimeError:
+                # hnswlib found fewer than k (a graph that reaches only part of the catalogue from its
+                # entry point): the exact answer instead of a failed request
+                labels = None
+        if labels is None:
+            return brute_force(self.emb, vec, np.arange(self.count), k)
         return labels[0].astype(np.int32), (1.0 - dist[0]).astype(np.float32)
 
 

@@ -408,6 +408,7 @@ class Recommender:
                 yield from within("explain")
                 contribs[a:a + EXPLAIN_CHUNK] = self.ranker.contributions(X[pos[a:a + EXPLAIN_CHUNK]])
             pen = RR.penalties(self.emb, merged.rows[pos], lam)
+            lap("explain")                  # its own stage: pred_contrib is the costliest step of such a call
         ids = self.tables.ids_of("item", merged.rows[pos])
         names = self._source_names
         items = [Item(i, s, names(m), c, pe, r) for i, s, m, c, pe, r in

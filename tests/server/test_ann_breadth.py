@@ -1,6 +1,8 @@
 """Per-query HNSW search breadth: Recommend with the bundle's ef, SimilarItems with its similar_ef."""
 from __future__ import annotations
 
+import pytest
+
 from recserve.pipeline.recommender import Filters, Recommender, RecRequest
 
 
@@ -31,3 +33,27 @@ def test_a_bundle_without_similar_ef_searches_items_with_its_ef(bundle):
 
 def test_the_demo_bundle_records_its_similar_ef(bundle):
     assert int(bundle.params["similar_ef"]) > 0
+
+
+def test_a_short_index_answer_falls_back_to_the_exact_one():
+    """hnswlib raises when it reaches fewer than k items (here: items marked deleted); the query answers
+    exactly instead of failing the request."""
+    import hnswlib
+    import numpy as np
+
+    from recserve.pipeline.candidates import AnnSource, brute_force
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(50, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    index = hnswlib.Index(space="cosine", dim=8)
+    index.init_index(max_elements=50, M=4, ef_construction=20)
+    index.add_items(emb, np.arange(50), num_threads=1)
+    for r in range(10):
+        index.mark_deleted(r)
+    with pytest.raises(RuntimeError):           # hnswlib's own answer: the case the fallback is for
+        index.knn_query(emb[:1], k=45, num_threads=1)
+    rows, scores = AnnSource(index, emb).query(emb[0], 45, None, False, 20)
+    want_rows, want_scores = brute_force(emb, emb[0], np.arange(50), 45)
+    assert rows.tolist() == want_rows.tolist()
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-6)

@@ -172,3 +172,14 @@ def test_recommend_steps_pause_points_and_stage_times(tiny_recommender):
     t = dict(res.timings)
     assert [k for k in t] == ["validate", "user", "candidates", "ranking", "rerank", "assemble", "total"]
     assert sum(v for k, v in t.items() if k != "total") < 20.0 and t["total"] > 20.0 * len(names), res.timings
+
+
+def test_explanations_are_a_stage_of_their_own(tiny_recommender):
+    """With ``explain``, pred_contrib's time is the ``explain`` stage, not part of ``assemble``."""
+    from recserve.pipeline.recommender import RecRequest
+
+    rec, user = tiny_recommender
+    res = rec.recommend(RecRequest(user_id=user, k=10, explain=True))
+    t = dict(res.timings)
+    assert [k for k in t] == ["validate", "user", "candidates", "ranking", "rerank", "explain", "assemble", "total"]
+    assert t["explain"] > t["assemble"], res.timings
