@@ -29,6 +29,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _answers(server, user: str, seconds: float) -> tuple[dict[str, int], dict[str, int]]:
     """Recommends on fresh connections for ``seconds``: (versions that answered, errors by code and text)."""
     versions: dict[str, int] = {}
@@ -125,9 +135,9 @@ def test_workers_exit_when_the_supervisor_dies(shared_root, facts, tmp_path, sta
     s.proc.kill()
     s.proc.wait(10)
     assert wait_for(lambda: not any(_alive(p) for p in pids), 20), "workers outlived their supervisor"
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(("127.0.0.1", s.port))
+    # the port is free once the last thread of each worker is gone (a process whose main thread has exited
+    # shows as a zombie while its other threads finish exiting and still hold its sockets)
+    assert wait_for(lambda: _bindable(s.port), 10), f"port {s.port} still held after the workers exited"
     # its private directory is left behind; the next server's start removes it (its pid is gone)
     from recserve.supervisor import remove_stale_dirs
 
