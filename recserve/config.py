@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import socket
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +192,11 @@ def validate(cfg: ServeConfig) -> ServeConfig:
             raise ValueError(f"{name}: cannot read {path}" + (" (a directory)" if os.path.isdir(path) else ""))
     if cfg.tls_cert:
         check_tls(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+    host = cfg.host.strip("[]")
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise ValueError(f"host: cannot listen on {cfg.host!r}: {getattr(exc, 'strerror', None) or exc}") from None
     return cfg
 
 

@@ -52,6 +52,7 @@ def reason(p: subprocess.CompletedProcess) -> str:
     (["--max-health-watches", "2147483600"], "max_health_watches: must be in [1, 16777216]"),
     (["--novelty-boost", "1e39"], "novelty_boost: must be in [0, 1000]"),
     (["--candidates", "1000000000000"], "candidates: must be in [1, 100000]"),
+    (["--host", "nosuchhost.invalid"], "host: cannot listen on 'nosuchhost.invalid'"),
 ])
 def test_bad_settings_are_refused_in_one_line(shared_root, args, says):
     args = [str(shared_root / "CURRENT") if a == "CA" else str(shared_root) if a == "DIR" else a
