@@ -192,7 +192,7 @@ def validate(cfg: ServeConfig) -> ServeConfig:
             raise ValueError(f"{name}: cannot read {path}" + (" (a directory)" if os.path.isdir(path) else ""))
     if cfg.tls_cert:
         check_tls(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
-    host = cfg.host.strip("[]")
+    host = cfg.host.strip("[]") or "127.0.0.1"       # empty: the default, as create_server reads it
     try:
         socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:

@@ -323,6 +323,10 @@ def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConf
             metrics = Metrics()
             start_http_server(cfg.metrics_port, addr=cfg.host)
         w = InProcessWorker(cfg, cfg.port, metrics)
+        if key is not None and w.holder.current is None:      # as the supervisor's start: no NOT_SERVING
+            reason = w.holder.last_error or "no reason given"
+            w.stop(0)
+            raise ValueError(f"bundle refused: {reason}")
         return w, w.port
     sock = reserve_port(cfg.host, cfg.port)
     stale = remove_stale_dirs()

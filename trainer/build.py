@@ -108,14 +108,20 @@ def _label_windows(ds: Dataset, train_mask, cfg: dict):
         yield fit_mask, label_mask, float(ds.ts[fit_mask].max()) + 1.0
 
 
-def _evaluable(ds: Dataset, train_mask, test_mask) -> bool:
-    """Whether some held-out interaction's user has training interactions and its item is new to her (what
-    the evaluation scores; ``trainer.evaluate.eval_users``)."""
+def _evaluable(ds: Dataset, train_mask, test_mask, history_len: int) -> bool:
+    """Whether some held-out interaction's user has training interactions and its item is new to her
+    stored history (the newest ``history_len`` of them, as the bundle keeps it): what the evaluation scores
+    (``trainer.evaluate.eval_users``)."""
+    from trainer import features
+
+    indptr, items, _, _ = features.histories(ds.user[train_mask], ds.item[train_mask], ds.ts[train_mask],
+                                             ds.event[train_mask], ds.n_users, history_len)
     n = np.int64(ds.n_items)
-    train_keys = np.unique(ds.user[train_mask].astype(np.int64) * n + ds.item[train_mask])
+    owner = np.repeat(np.arange(ds.n_users, dtype=np.int64), np.diff(indptr))
+    kept = np.unique(owner * n + items)
     tu, ti = ds.user[test_mask].astype(np.int64), ds.item[test_mask].astype(np.int64)
-    known = np.isin(tu, np.unique(ds.user[train_mask]))
-    return bool(np.any(known & ~np.isin(tu * n + ti, train_keys)))
+    known = np.diff(indptr)[tu] > 0
+    return bool(np.any(known & ~np.isin(tu * n + ti, kept)))
 
 
 def tune_vector_params(art, labels: dict, users: np.ndarray, params: dict, grid: dict, threads: int):
@@ -271,14 +277,14 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
     if n_train < MIN_TRAINING_INTERACTIONS:
         raise DataError(f"too little training data: {n_train} interaction(s) before the held-out "
                         f"{cfg['holdout']:g} (at least {MIN_TRAINING_INTERACTIONS}; lower --holdout or add data)")
-    if evaluated and not _evaluable(ds, train_mask, test_mask):
-        raise DataError(f"nothing to evaluate: no user of the held-out {cfg['holdout']:g} has training "
-                        "interactions and an item new to her (raise --holdout, or build with --no-evaluate)")
     if cfg.get("history_len", "auto") == "auto":
         longest = int(np.bincount(ds.user[train_mask], minlength=ds.n_users).max()) if train_mask.any() else 0
         params["history_len"] = int(min(int(cfg["history_max"]), max(200, longest)))
     elif cfg.get("history_len") is not None:
         params["history_len"] = int(cfg["history_len"])
+    if evaluated and not _evaluable(ds, train_mask, test_mask, int(params.get("history_len", 200))):
+        raise DataError(f"nothing to evaluate: no user of the held-out {cfg['holdout']:g} has training "
+                        "interactions and an item new to her (raise --holdout, or build with --no-evaluate)")
     label_windows = _label_windows(ds, train_mask, cfg)
     first = next(label_windows, None)
     if first is None:       # nothing is both older than a label and a label: no ranker can be fitted

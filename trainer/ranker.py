@@ -226,9 +226,10 @@ def _safe(names):
     text model keeps positions anyway, the names are for people reading it."""
     out, seen = [], set()
     for j, n in enumerate(names):
-        s = re.sub(r"[^0-9A-Za-z_]", "_", n.replace(".", "__"))
-        if s in seen:
-            s = f"{s}_{j}"
+        base = s = re.sub(r"[^0-9A-Za-z_]", "_", n.replace(".", "__"))
+        while s in seen:
+            s = f"{base}_{j}"
+            j += len(names)             # another suffix, never one of the positions still to come
         seen.add(s)
         out.append(s)
     return out

@@ -438,7 +438,9 @@ class Recommender:
         nb_ok = nb >= 0
         nb, nb_score = nb[nb_ok].astype(np.int64), nb_score[nb_ok].astype(np.float32)
         rows = None
-        if frac >= C.BRUTE_FRACTION:     # the neighbours and the embedding search hold the answer
+        # a filter that keeps few items (under a quarter of the catalogue, and at most BRUTE_MAX): every one
+        # is scored; otherwise the neighbours and a search broad enough for the filter hold the answer
+        if not (frac < C.BRUTE_FRACTION and n_ok <= C.BRUTE_MAX):
             n_ask = CC.similar_k(k, frac, self.ann.count)
             if self.sim_rows is not None and n_ask <= self.sim_rows.shape[1]:
                 r = self.sim_rows[row, :n_ask]       # the stored answer of a search at least as broad
@@ -451,8 +453,8 @@ class Recommender:
                 keep &= allowed[rows]
             rows = rows[keep]
         if rows is None or len(rows) < want:
-            # a selective filter (or an answer short of k): every allowed item is scored, so the best
-            # allowed ones are found whether or not they are among the neighbours the search returned
+            # every allowed item scored: the best allowed ones are found whether or not they are among the
+            # neighbours a search returned
             ok = np.ones(self.n_items, bool) if allowed is None else allowed.copy()
             ok[row] = False
             rows = np.flatnonzero(ok)
@@ -465,7 +467,11 @@ class Recommender:
             # scaled by the largest magnitude: a negative weight (EASE) stays a penalty, whatever the signs
             i2i_part[pos[hit]] = nb_score[hit] / (float(np.abs(nb_score).max()) or 1.0)
         blend = 0.7 * cos + 0.3 * i2i_part
-        order = np.argsort(-blend, kind="stable")[:want]
+        if len(blend) > max(4 * want, 4096):     # an exhaustive scoring: the top want first, then their order
+            top = np.argpartition(-blend, want - 1)[:want] if want > 0 else np.zeros(0, np.int64)
+            order = top[np.argsort(-blend[top], kind="stable")]
+        else:
+            order = np.argsort(-blend, kind="stable")[:want]
         ids = self.tables.ids_of("item", rows[order])
         items = [Item(i, b, ["ann", "i2i"] if hit else ["ann"])
                  for i, b, hit in zip(ids, blend[order].tolist(), (i2i_part[order] > 0).tolist())]

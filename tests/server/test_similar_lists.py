@@ -112,3 +112,23 @@ def test_a_selective_filter_scores_every_allowed_item(bundle, k):
         kth = np.sort(blend[list(want)])[0]
         assert all(blend[r] >= kth - 1e-5 for r in got_rows), bundle.tables.id_of("item", row)
 
+
+
+def test_a_selective_filter_over_a_large_allowed_set_searches(bundle, monkeypatch):
+    """Above BRUTE_MAX allowed items a selective filter is answered from a search broad enough for it
+    (scoring every allowed item of a large catalogue would hold the worker), still full and filtered."""
+    import recserve.pipeline.candidates as PC
+
+    rec = Recommender(bundle, None, None)
+    price = np.asarray(rec._items.price, np.float64)
+    cut = float(np.quantile(price, 0.2))
+    allowed = price <= cut
+    monkeypatch.setattr(PC, "BRUTE_MAX", 10)
+    scored = []
+    real = np.flatnonzero
+    monkeypatch.setattr(np, "flatnonzero", lambda a: scored.append(len(a)) or real(a))
+    for row in range(0, bundle.n_items, 13):
+        res = rec.similar(bundle.tables.id_of("item", row), 10, Filters(in_stock_only=False, max_price=cut))
+        got = bundle.tables.rows_of("item", [i.item_id for i in res.items])
+        assert len(got) == 10 and allowed[got].all() and row not in got
+    assert len(scored) < len(range(0, bundle.n_items, 13)), "every call scored the whole allowed set"

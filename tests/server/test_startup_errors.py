@@ -157,6 +157,10 @@ def test_a_bundle_that_verifies_but_cannot_load_fails_the_start(shared_root, tmp
     assert p.returncode == 2, p.stderr
     line = reason(p)
     assert "bundle refused" in line and "index.hnsw" in line, line
+    from recserve.server import create_server          # workers=0: the same refusal, in this process
+
+    with pytest.raises(ValueError, match="bundle refused: .*index.hnsw"):
+        create_server("127.0.0.1:0", bundle=str(root), workers=0, reload_interval=0, grace=1)
 
 
 def test_an_ipv6_host_is_served(shared_root, facts, start_server):
@@ -182,3 +186,9 @@ def test_an_ipv6_host_is_served(shared_root, facts, start_server):
             with grpc.insecure_channel(f"127.0.0.1:{s.port}") as ch:
                 pbg.RecommenderStub(ch).Recommend(pb.RecommendRequest(k=1), timeout=2)
         s.terminate()
+
+
+def test_an_empty_host_is_the_default():
+    from recserve.config import ServeConfig, validate
+
+    assert validate(ServeConfig(host="")).host == ""            # listened on as 127.0.0.1 by create_server

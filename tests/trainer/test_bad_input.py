@@ -363,3 +363,29 @@ def test_evaluating_on_other_data_leaves_the_bundles_record(small_data, tmp_path
     assert manifest.read_bytes() == before and not (resolve(out) / "report.json").exists()
     assert main(["evaluate", str(out), "--data", str(small_data)]) == 0
     assert manifest.read_bytes() != before and (resolve(out) / "report.json").is_file()
+
+
+def test_what_counts_as_evaluable_follows_the_stored_history():
+    """A held-out purchase of an item the user viewed long ago is new to her *stored* history (the newest
+    ``history_len`` events), as the evaluation sees it: evaluable with a short history, not a long one."""
+    from types import SimpleNamespace
+
+    from trainer.build import _evaluable
+
+    n_train = 1100
+    user = np.zeros(n_train + 50, np.int32)
+    item = np.r_[np.arange(n_train), np.arange(50)].astype(np.int32)       # then her 50 oldest items again
+    ts = np.arange(n_train + 50, dtype=np.float64)
+    ds = SimpleNamespace(user=user, item=item, ts=ts, event=np.zeros(n_train + 50, np.int8), n_users=1,
+                         n_items=n_train)
+    train = ts < n_train
+    assert _evaluable(ds, train, ~train, history_len=1000)
+    assert not _evaluable(ds, train, ~train, history_len=2000)
+
+
+def test_lightgbm_feature_names_stay_unique():
+    from trainer.ranker import _safe
+
+    names = ["item.x_w_h_2", "item.x_w:h", "item.x_w_h", "a.b", "a__b"]
+    safe = _safe(names)
+    assert len(set(safe)) == len(safe) and all(ch.isalnum() or ch == "_" for s in safe for ch in s), safe
