@@ -47,9 +47,11 @@ class AnnSource:
                 self._ef = int(ef)
             try:
                 labels, dist = self.index.knn_query(vec.reshape(1, -1), k=k, num_threads=1)
-            except RuntimeError:
+            except RuntimeError as exc:
                 # hnswlib found fewer than k (a graph that reaches only part of the catalogue from its
-                # entry point): the exact answer instead of a failed request
+                # entry point): the exact answer instead of a failed request; any other error stands
+                if "contiguous 2D array" not in str(exc):
+                    raise
                 labels = None
         if labels is None:
             return brute_force(self.emb, vec, np.arange(self.count), k)
