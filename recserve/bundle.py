@@ -49,16 +49,26 @@ def version_dir(root: str | os.PathLike, name: str) -> Path:
     return Path(root) / name
 
 
+def read_current(root: str | os.PathLike) -> str | None:
+    """The version name ``root/CURRENT`` holds ("" when it is empty), None when there is no CURRENT;
+    ``BundleError`` when it cannot be read as a name (a directory or a symlink to one, no permission, bytes
+    that are not UTF-8)."""
+    cur = Path(root) / "CURRENT"
+    try:
+        return cur.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{cur} cannot be read as a version name: {exc}") from None
+
+
 def resolve(path: str | os.PathLike) -> Path:
     p = Path(path)
     if (p / "manifest.json").is_file():
         return p
     cur = p / "CURRENT"
     if cur.is_file():
-        try:
-            name = cur.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BundleError(f"{cur} cannot be read as a version name: {exc}") from None
+        name = read_current(p) or ""
         target = version_dir(p, name)
         if not (target / "manifest.json").is_file():
             raise BundleError(f"{cur} names {name!r} but {target} has no manifest.json")

@@ -8,6 +8,7 @@ import logging
 import threading
 from pathlib import Path
 
+from recserve.bundle import BundleError, read_current
 from recserve.config import ServeConfig, bundle_root
 
 log = logging.getLogger("recserve.server")
@@ -76,19 +77,10 @@ class BundleHolder:
 
     def _key(self) -> str | None:
         """The version CURRENT names ("" when CURRENT is empty), or the fixed bundle directory; None when
-        there is none yet. ``BundleError`` when CURRENT exists but cannot be read as a name (a directory or
-        a symlink to one, no permission, bytes that are not UTF-8)."""
-        from recserve.bundle import BundleError
-
-        cur = self.root / "CURRENT"
+        there is none yet (``BundleError`` when CURRENT cannot be read: :func:`recserve.bundle.read_current`)."""
         if (self.path / "manifest.json").exists() and not (self.path / "CURRENT").exists():
             return str(self.path)
-        try:
-            return cur.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            return None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BundleError(f"{cur} cannot be read as a version name: {exc}") from None
+        return read_current(self.root)
 
     def _refuse_current(self, reason: str) -> None:
         """CURRENT itself is unreadable: logged (once per distinct reason), the live bundle kept."""
@@ -134,8 +126,6 @@ class BundleHolder:
 
         With nothing live yet and CURRENT's version refused (now or by the siblings), a replacement
         loads its siblings' version (``fallback``) instead, once."""
-        from recserve.bundle import BundleError
-
         tried = None
         try:
             key = self._key()

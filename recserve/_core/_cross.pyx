@@ -81,18 +81,13 @@ cdef void cross_rows(const float32_t[::1] user, const float32_t[::1] uvec, const
             o[c + 3] = NAN
 
 
-cdef int check_finite(const float32_t[::1] x, str name) except -1:
+cdef int check_finite(const float32_t[::1] x, str name, bint allow_nan=False) except -1:
+    """Every value finite; with ``allow_nan`` NaN passes (a missing value: the ranker sends it down its
+    missing branch), infinities still do not."""
     cdef Py_ssize_t j
     for j in range(x.shape[0]):
-        if not isfinite(x[j]):
+        if not allow_nan and not isfinite(x[j]):
             raise ValueError(f"{name}[{j}] is not finite")
-    return 0
-
-
-cdef int check_no_inf(const float32_t[::1] x, str name) except -1:
-    """NaN passes (a missing value: the ranker sends it down its missing branch); infinities do not."""
-    cdef Py_ssize_t j
-    for j in range(x.shape[0]):
         if isinf(x[j]):
             raise ValueError(f"{name}[{j}] is infinite")
     return 0
@@ -120,7 +115,7 @@ def cross(const float32_t[::1] user, const float32_t[::1] uvec, const float32_t[
         raise ValueError(f"spend column {spec[SPEND]} is not a user column")
     if spec[CAT_OFFSET] >= 0 and (spec[N_CAT] < 0 or spec[CAT_OFFSET] + spec[N_CAT] > user.shape[0]):
         raise ValueError("category shares do not fit in the user row")
-    check_no_inf(user, "user_features")     # an empty cell of a users-file column is NaN
+    check_finite(user, "user_features", allow_nan=True)     # an empty cell of a users-file column is NaN
     check_finite(uvec, "user_vector")
     check_finite(ctx, "context")
     for i in range(n):
