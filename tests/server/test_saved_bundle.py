@@ -1,0 +1,56 @@
+"""A bundle written by an earlier trainer (``tests/fixtures/bundle_v1``, format version 1, built on
+2026-12-05 from ``synth(60, 40, seed=0)``) must keep verifying, loading and answering: a format change that
+breaks bundles already on disk fails here. The fixture is never regenerated; a new format version adds a
+fixture of its own beside it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from recserve._core.tables import TableReader
+from recserve.bundle import Bundle, verify
+from recserve.v1 import recommender_pb2 as pb
+from srvutil import copy_root
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "bundle_v1"
+VERSION = "20261205T091139-1667b3"
+
+
+def test_the_saved_bundle_verifies_and_opens():
+    m = verify(FIXTURE)
+    assert m["format_version"] == 1 and m["version"] == VERSION
+    with Bundle.open(FIXTURE) as b:
+        assert (b.n_users, b.n_items) == (60, 40)
+        labels, dist = b.index.knn_query(b.item_emb[:5], k=1)
+        assert abs(dist[:, 0]).max() < 1e-4
+
+
+def test_a_server_answers_from_the_saved_bundle(tmp_path, start_server):
+    root = copy_root(FIXTURE, tmp_path / "root")
+    with TableReader(root / VERSION / "tables.lmdb") as t:
+        items = [t.id_of("item", r) for r in range(t.n_ids("item"))]
+        users = [t.id_of("user", r) for r in range(t.n_ids("user"))]
+        indptr = t.array("hist_indptr").copy()
+        hist = t.array("hist_items").copy()
+        emb = t.array("item_emb").copy()
+    srv = start_server(root, "--workers", "1")
+    stub = srv.stub()
+    for row in (0, 17, 59):
+        r = stub.Recommend(pb.RecommendRequest(user_id=users[row], k=10), timeout=20)
+        ids = [i.item_id for i in r.items]
+        assert r.bundle_version == VERSION and not r.cold_start
+        assert len(ids) == len(set(ids)) and 0 < len(ids) <= 10 and set(ids) <= set(items)
+        consumed = {items[i] for i in hist[indptr[row]:indptr[row + 1]]}
+        assert not set(ids) & consumed
+        assert all(np.isfinite(i.score) for i in r.items)
+    s = stub.SimilarItems(pb.SimilarItemsRequest(item_id=items[3], k=5, filters=pb.Filters(in_stock_only=False)),
+                          timeout=20)
+    got = [i.item_id for i in s.items]
+    assert len(got) == 5 and items[3] not in got and set(got) <= set(items)
+    e = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    sims = e @ e[3]
+    sims[3] = -np.inf
+    assert items[int(sims.argmax())] in got, "the nearest item by embedding is among the answers"
+    cold = stub.Recommend(pb.RecommendRequest(user_id="someone-new", k=5), timeout=20)
+    assert cold.cold_start and len(cold.items) == 5
