@@ -206,8 +206,9 @@ def verify(path: str | os.PathLike) -> dict:
                 a = t.array(name)
                 if a.size and (int(a.min()) < lo or int(a.max()) >= n_items):
                     raise BundleError(f"tables.lmdb: {name} has item rows outside [{lo}, {n_items})")
-            if schema.n_categories != n_cat:
-                raise BundleError(f"feature_schema has {schema.n_categories} categories, tables {n_cat}")
+            if schema.n_categories > n_cat:       # share columns for the first n_categories codes
+                raise BundleError(f"feature_schema has share columns for {schema.n_categories} categories, "
+                                  f"tables {n_cat} categories")
             for name in ("item_feats", "user_feats"):       # NaN is a missing value; an infinity no request uses
                 bad = np.isinf(t.array(name)).any(axis=0)
                 if bad.any():

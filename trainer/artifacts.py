@@ -58,8 +58,16 @@ class Catalogue:
     creator_codes: np.ndarray
 
 
-def catalogue(ds) -> Catalogue:
+def catalogue(ds, share_categories: int | None = None) -> Catalogue:
+    """Category and creator vocabularies. Categories are coded in name order; a catalogue with more than
+    ``share_categories`` of them codes them by number of items instead (most first, ties by name), so
+    that the ``share_categories`` with a user share feature are codes 0..n-1."""
     cats, cc = features.vocab(ds.item_category)
+    if share_categories is not None and len(cats) > share_categories:
+        order = np.lexsort((np.arange(len(cats)), -np.bincount(cc, minlength=len(cats))))
+        code = np.empty(len(cats), np.int64)
+        code[order] = np.arange(len(cats))
+        cats, cc = cats[order], code[cc]
     crs, crc = features.vocab(ds.item_creator, unknown="")
     return Catalogue(cats, cc, crs, crc)
 
@@ -88,10 +96,11 @@ def fit(ds, mask: np.ndarray, now: float, cat: Catalogue, params: dict, cfg: dic
         pop_rows, pop_scores = features.ranked(pop)
         trend_rows, trend_scores = features.ranked(trend)
         n_cat = len(cat.categories)
+        n_share = min(n_cat, int(cfg.get("share_categories", n_cat)))
         pci, pcr = features.per_category(pop_rows, cat.cat_codes, n_cat)
         item_feats = features.item_features(ds, item, ts, event, value, now, cat.cat_codes, cat.creator_codes,
                                             pop, trend)
-        user_feats = features.user_features(ds, user, item, ts, event, now, cat.cat_codes, n_cat)
+        user_feats = features.user_features(ds, user, item, ts, event, now, cat.cat_codes, n_share)
         hi, hit, hts, hev = features.histories(user, item, ts, event, ds.n_users, params["history_len"])
         # the long-term user vector, in the item space (comparable with item_emb, unlike ALS user factors)
         long_term = UserVectorParams(decay_short=float(params["decay_long"]), decay_long=float(params["decay_long"]),
@@ -99,7 +108,7 @@ def fit(ds, mask: np.ndarray, now: float, cat: Catalogue, params: dict, cfg: dic
         user_emb = user_vectors(item_emb, hi, hit, long_term,
                                 event_weights=np.asarray(ew, np.float32)[hev.astype(np.int64)])
     return Artifacts(now=now, item_emb=item_emb, user_emb=user_emb, item_feats=item_feats, user_feats=user_feats,
-                     schema=features.make_schema(n_cat, list(ds.item_extra), list(ds.user_extra)),
+                     schema=features.make_schema(n_share, list(ds.item_extra), list(ds.user_extra)),
                      i2i_rows=i2i_rows, i2i_scores=i2i_scores,
                      pop_rows=pop_rows, pop_scores=pop_scores, trend_rows=trend_rows, trend_scores=trend_scores,
                      pop_cat_indptr=pci, pop_cat_rows=pcr, hist_indptr=hi, hist_items=hit, hist_ts=hts,

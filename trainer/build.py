@@ -43,6 +43,9 @@ DEFAULT_CFG = {
     # users' bounded histories (what is excluded as consumed and seeds the i2i source): "auto" = the
     # longest training history, between 200 and history_max events
     "history_len": "auto", "history_max": 1000,
+    # a user feature per category (her share of events in it) for at most this many categories, the ones
+    # with the most items: every one is a column of the user table and of every ranker row
+    "share_categories": 32,
     "grid": {"decay_short": [0.0, 0.2, 0.5, 1.0], "alpha": [0.2, 0.5, 0.8],
              "ease_lambda": [100.0, 250.0, 500.0, 1000.0], "ease_dropout": [0.25, 0.5, 1.0],
              "i2i_recent": [20, 50, "all"], "i2i_decay": [0.0, 0.03, 0.1],
@@ -267,7 +270,7 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
     params = copy.deepcopy(params or C.DEFAULT_PARAMS)
     timer = timer or Timer()
     rng = np.random.default_rng(cfg["seed"])
-    cat = artifacts.catalogue(ds)
+    cat = artifacts.catalogue(ds, int(cfg["share_categories"]))
     if cfg["holdout"] == 0:      # production: serve everything, nothing held out (no evaluation possible)
         cut = float(ds.ts.max()) + 1.0
         train_mask, test_mask = np.ones(len(ds), bool), np.zeros(len(ds), bool)

@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--ranker-users", type=positive_int, default=3000)
     b.add_argument("--ranker-trees", type=positive_int, default=None,
                    help="exactly N trees, no early stopping (a ranker of known size for load tests)")
+    b.add_argument("--share-categories", type=number(int, 0, 4096), default=32,
+                   help="category share features for at most N categories, those with the most items "
+                        "(each is a user-table column and a column of every ranker row)")
     b.add_argument("--no-tune", action="store_true")
     b.add_argument("--no-similar-lists", action="store_true",
                    help="do not store each item's SimilarItems neighbours (n_items x 85 int32); the server "
@@ -158,6 +161,7 @@ def _run(args) -> int:
         cfg = {"seed": args.seed, "factors": factors if len(factors) > 1 else factors[0], "embed": args.embed, "als_reg": args.als_reg, "threads": args.threads,
                "holdout": args.holdout, "ranker_users": args.ranker_users, "label_windows": args.label_windows, "label_split": args.label_split,
                "tune": not args.no_tune, "ranker_trees": args.ranker_trees,
+               "share_categories": args.share_categories,
                "similar_lists": not args.no_similar_lists}
         results = []
 

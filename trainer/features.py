@@ -32,14 +32,15 @@ def vocab(values: np.ndarray, unknown: str | None = None):
 EXTRA_PREFIX = "x_"     # extra input columns become item.x_<name> / user.x_<name> features
 
 
-def make_schema(n_categories: int, item_extra=(), user_extra=()) -> FeatureSchema:
-    users = (USER_BASE_COLUMNS + [f"cat_share_{k}" for k in range(n_categories)]
+def make_schema(n_share: int, item_extra=(), user_extra=()) -> FeatureSchema:
+    """``n_share``: the categories coded 0..n_share-1 get a user share column (``cat_share_<code>``)."""
+    users = (USER_BASE_COLUMNS + [f"cat_share_{k}" for k in range(n_share)]
              + [EXTRA_PREFIX + c for c in user_extra])
     items = list(ITEM_COLUMNS) + [EXTRA_PREFIX + c for c in item_extra]
     return FeatureSchema(user_columns=users, item_columns=items, context_columns=CONTEXT_COLUMNS,
                          sources=list(SOURCES), price_column="price", spend_column="avg_spend",
                          category_column="category", category_share_prefix="cat_share_",
-                         n_categories=n_categories, created_column="created_days")
+                         n_categories=n_share, created_column="created_days")
 
 
 def popularity(item, ts, event, n_items, now, event_weights, half_life_days):
@@ -91,7 +92,8 @@ def item_features(ds, item, ts, event, value, now, cat_codes, creator_codes, pop
     return np.column_stack([np.asarray(cols[c], np.float64) for c in ITEM_COLUMNS] + extra).astype(np.float32)
 
 
-def user_features(ds, user, item, ts, event, now, cat_codes, n_cat) -> np.ndarray:
+def user_features(ds, user, item, ts, event, now, cat_codes, n_share) -> np.ndarray:
+    """One row per user; ``cat_share_k`` (k < ``n_share``) is the share of her events in category k."""
     n = ds.n_users
     signup = np.where(np.isfinite(ds.user_signup), ds.user_signup, np.nan)
     first = np.full(n, np.inf)
@@ -108,8 +110,10 @@ def user_features(ds, user, item, ts, event, now, cat_codes, n_cat) -> np.ndarra
     since = np.where(np.isfinite(last), (now - last) / DAY, -1.0)
     key = np.unique(user.astype(np.int64) * ds.n_items + item)
     distinct = np.bincount((key // ds.n_items).astype(np.int64), minlength=n)
-    shares = np.zeros((n, n_cat))
-    np.add.at(shares, (user, cat_codes[item]), 1.0)
+    shares = np.zeros((n, n_share))
+    ic = cat_codes[item]
+    tracked = ic < n_share
+    np.add.at(shares, (user[tracked], ic[tracked]), 1.0)
     shares /= np.maximum(counts, 1)[:, None]
     base = np.column_stack([age, counts, *by_ev, avg_spend, since, distinct])
     extra = [np.asarray(v, np.float64)[:, None] for v in ds.user_extra.values()]

@@ -29,7 +29,7 @@ class FeatureSchema:
     spend_column: str | None = None         # user column: average spend
     category_column: str | None = None      # item column holding the category code 0..n-1
     category_share_prefix: str | None = None  # user columns "<prefix>0".."<prefix>{n-1}"
-    n_categories: int = 0
+    n_categories: int = 0                   # n: categories with a share column (codes >= n: affinity NaN)
     created_column: str | None = None       # item column: creation time in days since the epoch
     names: list[str] = field(init=False, default_factory=list)
 
