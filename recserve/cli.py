@@ -6,6 +6,7 @@
     recserve events record USER ITEM [--type click] [--timestamp T]
     recserve items update ITEM [--in-stock | --out-of-stock] [--price P]
     recserve health
+    recserve store stats|prune|forget --bundle ROOT | --events-dir DIR   (the event store, server running or not)
 
 Client commands read ``--addr`` (env RECSERVE_ADDR, default 127.0.0.1:50051) and ``--token`` (env
 RECSERVE_TOKEN) and print readable tables; a failed call prints its status code and exits 1.
@@ -15,6 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+from pathlib import Path
 
 from recserve import config as C
 
@@ -220,6 +223,68 @@ def cmd_health(args) -> int:
     return 0 if name == "SERVING" else 1
 
 
+def _open_store(args):
+    """The event store the server of these settings uses (same precedence: flags > RECSERVE_* env > config
+    file), or a one-line reason it cannot be opened. An absent store is not created."""
+    from recserve.events import EventStore
+
+    flags = {k: getattr(args, k) for k in ("bundle", "events_dir", "events_map_mb")}
+    cfg = C.load({k: v for k, v in flags.items() if v is not None}, file=args.config)
+    if not cfg.events_dir and not cfg.bundle:
+        raise ValueError("--bundle ROOT or --events-dir DIR is required (or RECSERVE_BUNDLE / the config file)")
+    path = Path(cfg.events_dir) if cfg.events_dir else C.bundle_root(cfg.bundle) / "events"
+    if not (path / "data.mdb").is_file():
+        raise ValueError(f"no event store at {path}")
+    return EventStore(path, map_size=cfg.events_map_mb << 20)
+
+
+def cmd_store(args) -> int:
+    import lmdb
+
+    try:
+        store = _open_store(args)
+    except (OSError, ValueError, lmdb.Error) as exc:
+        print(f"recserve store: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.action == "prune":
+            before = time.time() - args.older_than_days * 86400.0
+            deleted, emptied = store.prune(before, batch=args.batch)
+            print(f"deleted {deleted} events older than {args.older_than_days:g} days; {emptied} users left "
+                  f"with none were removed")
+        elif args.action == "forget":
+            deleted, users = store.forget(args.users)
+            print(f"forgot {len(set(args.users))} users: {deleted} events deleted ({users} had records in the "
+                  f"store)")
+        stats = store.stats()
+        print(_table(["store", "events", "users with events", "new users", "item states"],
+                     [[str(store.path), stats["events"], stats["users_with_events"], stats["users"],
+                       stats["items"]]]))
+    except lmdb.Error as exc:
+        print(f"recserve store: {store.path}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+def days(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= v <= 1e6:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1e6] days, got {text}")
+    return v
+
+
+def positive(text: str) -> int:
+    v = int32(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return v
+
+
 def _with_defaults(parser: argparse.ArgumentParser) -> None:
     """Each serve flag's help names its built-in default (from :class:`ServeConfig`) unless it says one;
     settings with no built-in default come from the bundle."""
@@ -341,6 +406,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out-of-stock", dest="in_stock", action="store_const", const=False)
     p.add_argument("--price", type=float)
     client("health", cmd_health, "the server's health status")
+    p = sub.add_parser("store", help="the real-time event store: stats, prune old events, forget users")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, help in [("stats", "events, users and items the store holds"),
+                       ("prune", "delete events older than --older-than-days, and users left with none"),
+                       ("forget", "delete everything the store keeps about the users named")]:
+        a = actions.add_parser(name, help=help)
+        a.add_argument("--bundle", help="bundle root: the store is <root>/events unless --events-dir says")
+        a.add_argument("--events-dir", dest="events_dir", help="the event store's directory")
+        a.add_argument("--events-map-mb", dest="events_map_mb", type=positive,
+                       help="the LMDB map size in MiB: the same as the server's (default 65536)")
+        a.add_argument("--config", help="the server's TOML file, read for bundle / events_dir / events_map_mb")
+        a.set_defaults(fn=cmd_store)
+        if name == "prune":
+            a.add_argument("--older-than-days", dest="older_than_days", type=days, required=True,
+                           help="delete events with a timestamp more than this many days ago")
+            a.add_argument("--batch", type=positive, default=10_000,
+                           help="deletions per write transaction (the server's writes wait for one)")
+        if name == "forget":
+            a.add_argument("users", nargs="+", help="user ids")
     return ap
 
 

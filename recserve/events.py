@@ -18,7 +18,10 @@ Databases:
 
 Retention: a user keeps her newest ``per_user`` events; a write that takes her past it deletes the oldest
 in the same transaction, so the store grows with the number of users, not with time. A store written
-without ``ucount`` counts a user's events once, on her next write.
+without ``ucount`` counts a user's events once, on her next write. :meth:`EventStore.prune` deletes events
+older than a time (and users left with none), :meth:`EventStore.forget` everything about given users
+(``recserve store prune`` / ``recserve store forget``, safe beside a running server: LMDB serialises
+writers across processes).
 """
 from __future__ import annotations
 
@@ -123,6 +126,74 @@ class EventStore:
             n = self.per_user
         txn.put(u, n.to_bytes(8, "big"), db=self._ucount)
 
+    def forget(self, user_ids: Iterable[str]) -> tuple[int, int]:
+        """Delete everything the store keeps about these users (events, counts, stamps, first-seen), in one
+        fsynced transaction: (events deleted, users who had anything). A worker that kept a user's long
+        history sees her stamp gone and reads the store again. The bundle's own history of a user is not
+        touched: it goes with the next bundle built without her data."""
+        self._check_pid()
+        n_events = n_users = 0
+        with self.env.begin(write=True) as txn:
+            cur = txn.cursor(db=self._ev)
+            for uid in dict.fromkeys(user_ids):
+                u = uid.encode()
+                prefix = u + b"\0"
+                n = 0
+                if cur.set_range(prefix):
+                    while cur.key().startswith(prefix) and cur.delete():
+                        n += 1
+                had = [txn.delete(u, db=db) for db in (self._users, self._ulast, self._ucount)]
+                n_events += n
+                n_users += bool(n or any(had))
+        return n_events, n_users
+
+    def prune(self, before: float, batch: int = 10_000) -> tuple[int, int]:
+        """Delete every event with a timestamp before ``before`` (unix seconds), in fsynced transactions
+        of at most ``batch`` deletions (writers wait for one transaction, not for the whole pass):
+        (events deleted, users left with none, whose records are removed as :meth:`forget` does). A user
+        whose events were deleted gets a new stamp, so no worker keeps serving them from its cache."""
+        self._check_pid()
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        deleted = emptied = 0
+        resume = b""
+        while resume is not None:
+            with self.env.begin(write=True) as txn:
+                seq = int.from_bytes(txn.get(b"seq", db=self._meta) or b"\0" * 8, "big")
+                cur = txn.cursor(db=self._ev)
+                budget = batch
+                found = cur.set_range(resume)
+                resume = None
+                while found:
+                    key = cur.key()
+                    u = key[:key.index(b"\0")]
+                    prefix = u + b"\0"
+                    n = 0
+                    while (budget > 0 and key.startswith(prefix)
+                           and struct.unpack_from(">d", key, len(prefix))[0] < before):
+                        cur.delete()                    # the cursor moves to the next key
+                        n += 1
+                        budget -= 1
+                        key = cur.key()
+                    if n:
+                        deleted += n
+                        if key.startswith(prefix):      # she keeps newer events
+                            seq += 1
+                            txn.put(u, seq.to_bytes(8, "big"), db=self._ulast)
+                            raw = txn.get(u, db=self._ucount)
+                            if raw is not None:
+                                txn.put(u, (int.from_bytes(raw, "big") - n).to_bytes(8, "big"), db=self._ucount)
+                        else:
+                            for db in (self._users, self._ulast, self._ucount):
+                                txn.delete(u, db=db)
+                            emptied += 1
+                    if budget == 0:
+                        resume = key if key.startswith(prefix) else u + b"\1"
+                        break
+                    found = cur.set_range(u + b"\1")   # her newer events stay: the next user
+                txn.put(b"seq", seq.to_bytes(8, "big"), db=self._meta)
+        return deleted, emptied
+
     def update_items(self, updates: Iterable[tuple[str, bool | None, float | None]]) -> int:
         """Apply (item_id, in_stock or None, price or None) updates in one fsynced transaction."""
         self._check_pid()
@@ -223,9 +294,10 @@ class EventStore:
         return gen, states
 
     def stats(self) -> dict:
+        """events; users created by events (not in a bundle); users with events (stamped); item states."""
         with self.env.begin() as txn:
             return {"events": txn.stat(self._ev)["entries"], "users": txn.stat(self._users)["entries"],
-                    "items": txn.stat(self._items)["entries"]}
+                    "users_with_events": txn.stat(self._ulast)["entries"], "items": txn.stat(self._items)["entries"]}
 
     def close(self) -> None:
         self.env.close()

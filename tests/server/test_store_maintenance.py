@@ -1,0 +1,157 @@
+"""Event-store maintenance: ``prune`` (events older than a time) and ``forget`` (everything about users), as
+methods and as ``recserve store``, beside a process that keeps the store open and serving."""
+from __future__ import annotations
+
+import random
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from recserve.events import Event, EventStore
+
+
+def _raw(store: EventStore) -> dict:
+    """The store's user databases, read with plain LMDB calls: {name: {key: value}}."""
+    out = {}
+    with store.env.begin() as txn:
+        for name in (b"ev", b"users", b"ulast", b"ucount"):
+            db = store.env.open_db(name, txn=txn, create=False)
+            out[name.decode()] = {bytes(k): bytes(v) for k, v in txn.cursor(db=db)}
+    return out
+
+
+def _written(seed: int):
+    rng = random.Random(seed)
+    users = ["u1", "u10", "u1\x01", "u2", "ü", "v"] + [f"x{k}" for k in range(rng.randint(0, 6))]
+    events = [Event(rng.choice(users), f"i{rng.randint(0, 9)}", rng.randint(0, 4), float(rng.randint(1, 1000)))
+              for _ in range(rng.randint(1, 120))]
+    return users, events
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_prune_deletes_exactly_the_old_events_in_any_batch_size(tmp_path, seed):
+    users, events = _written(seed)
+    rng = random.Random(seed + 100)
+    before = float(rng.randint(0, 1001))
+    batch = rng.choice([1, 2, 3, 7, 50, 10_000])
+    store = EventStore(tmp_path / "ev", map_size=1 << 26, per_user=1000)
+    store.record(events, known_user=lambda u: u.startswith("u"))       # other users are created
+    stamps = {u: store.user_stamp(u) for u in users}
+    deleted, emptied = store.prune(before, batch=batch)
+    keep = {u: sorted((e.timestamp, e.item_id) for e in events if e.user_id == u and e.timestamp >= before)
+            for u in users}
+    had = {e.user_id for e in events}
+    assert deleted == sum(e.timestamp < before for e in events)
+    assert emptied == sum(1 for u in had if not keep[u])
+    for u in users:
+        items, _, ts = store.recent_columns(u, 10_000)
+        assert sorted(zip(ts.tolist(), items)) == keep[u]
+        lost = any(e.user_id == u and e.timestamp < before for e in events)
+        if not keep[u]:
+            assert store.user_stamp(u) is None and not store.has_user(u)
+        elif lost:
+            assert store.user_stamp(u) > stamps[u]           # a worker's cached history is stale now
+        else:
+            assert store.user_stamp(u) == stamps[u]
+    raw = _raw(store)
+    counts = {}
+    for k in raw["ev"]:
+        u = k[:k.index(b"\0")]
+        counts[u] = counts.get(u, 0) + 1
+    assert {u: int.from_bytes(v, "big") for u, v in raw["ucount"].items()} == counts
+    assert set(raw["ulast"]) == set(counts)
+    assert set(raw["users"]) <= set(counts)
+    assert store.prune(before, batch=batch) == (0, 0)
+    store.close()
+
+
+def test_the_count_stays_right_after_a_prune_so_the_cap_keeps_the_newest(tmp_path):
+    store = EventStore(tmp_path / "ev", per_user=4)
+    store.record([Event("u", f"a{k}", 0, 100.0 + k) for k in range(4)], lambda u: True)
+    assert store.prune(102.0) == (2, 0)
+    store.record([Event("u", "b0", 0, 200.0), Event("u", "b1", 0, 201.0)], lambda u: True)
+    assert store.recent_columns("u", 10)[0] == ["a2", "a3", "b0", "b1"]         # 4 kept: none evicted
+    store.record([Event("u", "b2", 0, 202.0)], lambda u: True)
+    assert store.recent_columns("u", 10)[0] == ["a3", "b0", "b1", "b2"]
+    with pytest.raises(ValueError, match="batch"):
+        store.prune(1.0, batch=0)
+    store.close()
+
+
+def test_forget_deletes_the_named_users_only(tmp_path):
+    store = EventStore(tmp_path / "ev")
+    store.record([Event(u, "i", 1, 10.0 + k) for k, u in enumerate(["u1", "u1", "u10", "u1\x01", "u", "u2"])],
+                 known_user=lambda u: u == "u2")
+    assert store.forget(["u1", "u2", "u1", "nobody"]) == (3, 2)
+    assert store.recent_columns("u1", 10)[0] == [] and store.user_stamp("u1") is None
+    assert not store.has_user("u1") and store.user_stamp("u2") is None
+    for other in ["u10", "u1\x01", "u"]:
+        assert store.recent_columns(other, 10)[0] == ["i"] and store.has_user(other)
+    assert store.forget([]) == (0, 0) and store.forget(["nobody"]) == (0, 0)
+    store.record([Event("u1", "j", 1, 5.0)], lambda u: False)               # she may come back
+    assert store.recent_columns("u1", 10)[0] == ["j"] and store.has_user("u1")
+    raw = _raw(store)
+    assert int.from_bytes(raw["ucount"][b"u1"], "big") == 1
+    store.close()
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "recserve.cli", "store", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_store_cli_forgets_and_prunes_beside_an_open_store_that_keeps_serving(demo_bundle, tmp_path):
+    """The CLI writes from another process while a Recommender holds the store open: its next request
+    reads the store again (a forgotten user's consumed items are recommendable again)."""
+    import time
+
+    from recserve.bundle import Bundle
+    from recserve.pipeline.messages import RecRequest
+    from recserve.pipeline.recommender import Recommender
+
+    ev = tmp_path / "ev"
+    with Bundle.open(demo_bundle) as b:
+        store = EventStore(ev, map_size=1 << 30)
+        rec = Recommender(b, store)
+        user = "walk-in"
+        first = [i.item_id for i in rec.recommend(RecRequest(user_id=user, k=5)).items]
+        now = time.time()
+        rec.record_events([Event(user, first[0], 3, now - 40 * 86400), Event(user, first[1], 3, now)])
+        rec.record_events([Event("other", first[2], 3, now - 40 * 86400)])
+        after = [i.item_id for i in rec.recommend(RecRequest(user_id=user, k=5)).items]
+        assert first[0] not in after and first[1] not in after                   # consumed: excluded
+
+        r = _cli("prune", "--events-dir", str(ev), "--events-map-mb", "1024", "--older-than-days", "30")
+        assert r.returncode == 0, r.stderr
+        assert "deleted 2 events older than 30 days; 1 users left with none were removed" in r.stdout
+        assert rec.store.recent_columns(user, 10)[0] == [first[1]] and not rec.store.has_user("other")
+        after = [i.item_id for i in rec.recommend(RecRequest(user_id=user, k=5)).items]
+        assert first[0] in after and first[1] not in after
+
+        r = _cli("forget", "--events-dir", str(ev), "--events-map-mb", "1024", user, "nobody")
+        assert r.returncode == 0, r.stderr
+        assert "forgot 2 users: 1 events deleted (1 had records in the store)" in r.stdout
+        assert [i.item_id for i in rec.recommend(RecRequest(user_id=user, k=5)).items] == first
+        r = _cli("stats", "--events-dir", str(ev), "--events-map-mb", "1024")
+        assert r.returncode == 0 and str(ev) in r.stdout
+        store.close()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["stats", "--events-dir", "{missing}"], "no event store at"),
+    (["stats"], "--bundle ROOT or --events-dir DIR is required"),
+    (["prune", "--events-dir", "{missing}"], "--older-than-days"),
+    (["prune", "--events-dir", "{missing}", "--older-than-days", "-1"], "must be in [0, 1e6]"),
+    (["forget", "--events-dir", "{missing}"], "users"),
+    (["stats", "--config", "{missing}/recserve.toml"], "No such file"),
+])
+def test_store_cli_refuses_with_exit_2_and_creates_nothing(tmp_path, args, says, monkeypatch):
+    for k in ("RECSERVE_BUNDLE", "RECSERVE_EVENTS_DIR", "RECSERVE_CONFIG"):
+        monkeypatch.delenv(k, raising=False)
+    missing = tmp_path / "nowhere"
+    r = _cli(*[a.format(missing=missing) for a in args])
+    assert r.returncode == 2 and says in r.stderr.strip().splitlines()[-1], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not missing.exists()
