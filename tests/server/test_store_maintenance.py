@@ -3,7 +3,6 @@ methods and as ``recserve store``, beside a process that keeps the store open an
 from __future__ import annotations
 
 import random
-import struct
 import subprocess
 import sys
 
