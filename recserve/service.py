@@ -25,8 +25,27 @@ log = logging.getLogger("recserve.service")
 DEBUG_DELAY_S = float(os.environ.get("RECSERVE_DEBUG_DELAY_MS", "0") or 0) / 1000.0
 
 
+MAX_DETAILS_BYTES = 1024     # a status message's UTF-8 bytes: it travels in a header a client caps (8 KiB)
+
+
+def clip(msg: str, limit: int = MAX_DETAILS_BYTES) -> str:
+    """``msg`` cut to ``limit`` bytes of UTF-8 (on a character boundary), saying so: a message that echoes
+    the request (unknown ids, category names) must not outgrow the client's metadata limit, which would
+    turn the status into RESOURCE_EXHAUSTED."""
+    raw = msg.encode("utf-8", "backslashreplace")
+    if len(raw) <= limit:
+        return msg
+    return raw[:limit - 40].decode("utf-8", "ignore") + f"... ({len(raw)} bytes, cut)"
+
+
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The one mapping from exceptions to gRPC status codes."""
+    """The one mapping from exceptions to gRPC status codes, with messages of at most
+    :data:`MAX_DETAILS_BYTES`."""
+    code, msg = _status_of(exc)
+    return code, clip(msg)
+
+
+def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     import lmdb
 
     from google.protobuf.message import DecodeError

@@ -263,3 +263,22 @@ def test_a_request_that_does_not_parse_is_invalid_argument(server, method, body)
     assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
     assert details.startswith("the request is not a valid message") and "(request " in details, details
     ch.close()
+
+
+def test_messages_that_echo_long_input_stay_readable(server, facts):
+    """An error that names what the request sent (unknown ids, category names) is cut to a size every
+    client accepts: the caller sees INVALID_ARGUMENT naming the field, not a metadata-size failure."""
+    stub = server.stub()
+    ghosts = [f"{k:02d}" + "ż" * 127 for k in range(20)]           # 20 unknown ids of 256 bytes each
+    code, details = code_of(stub.RecordEvents, pb.RecordEventsRequest(
+        events=[_ev("someone", g) for g in ghosts]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("events.item_id:"), details
+    assert ghosts[0] in details and len(details.encode()) < 1200 and "(request " in details
+    for req in [pb.RecommendRequest(filters=pb.Filters(include_categories=["c" * 20_000])),
+                pb.RecommendRequest(filters=pb.Filters(exclude_categories=["ü" * 20_000]))]:
+        code, details = code_of(stub.Recommend, req)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("filters."), details
+        assert len(details.encode()) < 1200
+    code, details = code_of(stub.UpdateItems, pb.UpdateItemsRequest(
+        items=[pb.ItemUpdate(item_id=g, in_stock=True) for g in ghosts]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("items.item_id:"), details
