@@ -41,9 +41,12 @@ def _channel(args):
                 return None
             try:
                 with open(path, "rb") as fh:
-                    return fh.read()
+                    data = fh.read()
             except OSError as exc:
                 raise SystemExit(f"error: {flag} {path}: {exc.strerror}") from None
+            if b"-----BEGIN " not in data:       # gRPC would only log its failure, then fail each call
+                raise SystemExit(f"error: {flag} {path}: not a PEM file")
+            return data
 
         creds = grpc.ssl_channel_credentials(read("--ca", args.ca), read("--key", args.key),
                                              read("--cert", args.cert))
@@ -109,10 +112,15 @@ def print_items(items, explain: bool = False, out=sys.stdout) -> None:
     print(_table(headers, rows), file=out)
 
 
+def _not_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:      # undecodable bytes of argv arrive as lone surrogates
+        return True
+    return False
+
+
 def cmd_serve(args) -> int:
-    # gRPC core writes its own plain-text lines to stderr (a failed TLS handshake is one per connection at
-    # its default level): errors only, unless the operator sets GRPC_VERBOSITY; read when grpc loads
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     from recserve.server import serve_forever, worker_cpus
 
     flags = {k: v for k, v in vars(args).items() if k in {f for f in C.ServeConfig.__dataclass_fields__}}
@@ -428,8 +436,21 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+# arguments that travel as protobuf strings or LMDB keys: UTF-8 only (a file name may be any bytes)
+TEXT_ARGS = ("user", "item", "session", "category", "exclude", "token", "users")
+
+
 def main(argv=None) -> int:
+    # gRPC core writes its own plain-text lines to stderr (a failed TLS handshake is one per connection at
+    # its default level): errors only, unless the operator sets GRPC_VERBOSITY; read when grpc loads
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     args = build_parser().parse_args(argv)
+    for name in TEXT_ARGS:
+        values = getattr(args, name, None)
+        for v in values if isinstance(values, list) else [values]:
+            if isinstance(v, str) and not v.isprintable() and _not_utf8(v):
+                print(f"recserve: {name} {os.fsencode(v)[:60]!r} is not valid UTF-8", file=sys.stderr)
+                return 2
     try:
         return args.fn(args)
     except BrokenPipeError:             # the reader went away (`recserve recommend u1 | head`): stop quietly

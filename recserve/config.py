@@ -117,7 +117,10 @@ def load(flags: dict | None = None, env: dict | None = None, file: str | os.Path
     path = file or (flags or {}).get("config") or env.get("RECSERVE_CONFIG")
     if path:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            try:
+                data = tomllib.load(fh)
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"config file {path}: not valid TOML: {exc}") from None
         if "serve" in data:
             others = sorted(k for k in data if k != "serve")
             if others or not isinstance(data["serve"], dict):

@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
 
 from recserve.config import ServeConfig, bundle_root, validate
@@ -39,6 +40,26 @@ SERVICE_NAME = "recserve.v1.Recommender"
 # calls and streams beyond the Recommender's bound and the health Watches' that gRPC still lets in
 # (reflection streams, calls refused by the token check): past the sum, gRPC answers RESOURCE_EXHAUSTED
 STREAM_ALLOWANCE = 64
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """What the server reads from files once, at start: the bearer tokens and the TLS key, certificate and
+    client CA. Every worker serves with these, a replacement of a crashed worker included, so workers never
+    disagree on who may call; a file edited or removed afterwards changes nothing until a restart."""
+    tokens: dict | None = None
+    tls: tuple[bytes, bytes, bytes | None] | None = None        # (key, certificate chain, client CA)
+
+    @classmethod
+    def read(cls, cfg: ServeConfig) -> "Secrets":
+        from recserve.service import load_tokens
+
+        tokens = load_tokens(cfg.tokens_file) if cfg.tokens_file else None
+        tls = None
+        if cfg.tls_cert:
+            tls = (Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes(),
+                   Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None)
+        return cls(tokens, tls)
 
 
 # -- logging -------------------------------------------------------------------------------------------
@@ -124,11 +145,13 @@ class Worker:
     bundle, event store and reload watcher: ``await start()``, then ``await stop()``."""
 
     def __init__(self, cfg: ServeConfig, port: int, metrics: Metrics | None = None, sharing=None, report=None,
-                 inherit: tuple | None = None):
-        """``report`` and ``inherit``: see :class:`BundleHolder` (a forked worker's link to its supervisor)."""
+                 inherit: tuple | None = None, secrets: Secrets | None = None):
+        """``report`` and ``inherit``: see :class:`BundleHolder` (a forked worker's link to its supervisor);
+        ``secrets``: read by :func:`create_server` (read here when not given)."""
         from recserve.events import EventStore
 
         self.cfg = cfg
+        self.secrets = secrets if secrets is not None else Secrets.read(cfg)
         self.metrics = metrics
         self.sharing = sharing          # recserve.sharing.Sharing of a forked worker, or None
         self.port = port                # the port asked for; the bound one once started
@@ -151,14 +174,15 @@ class Worker:
 
         from recserve.health import BoundedHealthServicer
 
-        from recserve.service import AuthInterceptor, RecommenderService, add_to_server, load_tokens
+        from recserve.service import AuthInterceptor, RecommenderService, add_to_server
         from recserve.v1 import recommender_pb2
 
         cfg = self.cfg
         self.health = BoundedHealthServicer(cfg.max_health_watches)
         await self._set_health(False)
-        interceptors = [AuthInterceptor(load_tokens(cfg.tokens_file), self.metrics)] if cfg.tokens_file else []
-        opts = [("grpc.so_reuseport", 1),
+        tokens = self.secrets.tokens
+        interceptors = [AuthInterceptor(tokens, self.metrics)] if tokens is not None else []
+        opts = [("grpc.so_reuseport", 1 if cfg.workers > 0 else 0),      # in-process: the port is its alone
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes)]
         # gRPC's own bound covers every call and stream, reflection's included: ours (the servicer's, with
@@ -168,16 +192,15 @@ class Worker:
                                       + STREAM_ALLOWANCE)
         self.service = RecommenderService(self.holder, self.metrics, self.io, cfg.max_concurrent_rpcs,
                                           self.sharing)
+        self.service.max_response_bytes = cfg.max_message_bytes
         add_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name,
                  "grpc.health.v1.Health", reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self.server)
         addr = f"[{cfg.host}]:{self.port}" if ":" in cfg.host else f"{cfg.host}:{self.port}"     # IPv6 bracketed
-        if cfg.tls_cert:
-            key = Path(cfg.tls_key).read_bytes()
-            cert = Path(cfg.tls_cert).read_bytes()
-            ca = Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None
+        if self.secrets.tls is not None:
+            key, cert, ca = self.secrets.tls
             creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
                                                 require_client_auth=ca is not None)
             bound = self.server.add_secure_port(addr, creds)
@@ -239,6 +262,7 @@ class Worker:
         if self.cfg.drain_delay > 0:
             await asyncio.sleep(self.cfg.drain_delay)
         grace = self.cfg.grace if grace is None else grace
+        self.service.shutting_down = True   # a call cut off from here on was cut by the server, not its client
         loop = asyncio.get_running_loop()
         stopping = asyncio.ensure_future(self.server.stop(grace))     # no new calls from here on
         # streams (a health Watch) end only when their client closes them: once none of our own calls
@@ -258,8 +282,9 @@ class InProcessWorker(Worker):
     """A :class:`Worker` on an event loop in a thread of the calling process (``create_server`` with
     ``workers=0``); ``stop()`` is called from any other thread."""
 
-    def __init__(self, cfg: ServeConfig, port: int, metrics: Metrics | None = None):
-        super().__init__(cfg, port, metrics)
+    def __init__(self, cfg: ServeConfig, port: int, metrics: Metrics | None = None,
+                 secrets: Secrets | None = None):
+        super().__init__(cfg, port, metrics, secrets=secrets)
         self._loop = new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="recserve-grpc", daemon=True)
         self._thread.start()
@@ -296,10 +321,10 @@ def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConf
         raise ValueError("a bundle directory is required")
     worker_cpus(cfg.cpu_affinity, cfg.workers)      # a bad setting fails here, before anything is forked
     validate(cfg)
-    if cfg.tokens_file:
-        from recserve.service import load_tokens
-
-        load_tokens(cfg.tokens_file)                # a malformed file fails here, not in every worker
+    try:
+        secrets = Secrets.read(cfg)                 # a malformed tokens file fails here, not in every worker
+    except OSError as exc:
+        raise ValueError(f"cannot read a tokens or TLS file: {exc}") from None
     holder = BundleHolder(cfg.bundle, cfg, None)
     if not holder.root.is_dir():
         raise ValueError(f"bundle: {holder.root} is not a directory")
@@ -316,13 +341,15 @@ def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConf
     if cfg.metrics_port:        # before anything starts: a taken port fails alone, with its number
         probe_port(cfg.host, cfg.metrics_port, "serve metrics")
     if cfg.workers <= 0:
+        if cfg.port:
+            probe_port(cfg.host, cfg.port, "listen")
         metrics = None
         if cfg.metrics_port:
             from prometheus_client import start_http_server
 
             metrics = Metrics()
             start_http_server(cfg.metrics_port, addr=cfg.host)
-        w = InProcessWorker(cfg, cfg.port, metrics)
+        w = InProcessWorker(cfg, cfg.port, metrics, secrets)
         if key is not None and w.holder.current is None:      # as the supervisor's start: no NOT_SERVING
             reason = w.holder.last_error or "no reason given"
             w.stop(0)
@@ -332,7 +359,7 @@ def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConf
     stale = remove_stale_dirs()
     if stale:
         log.info("removed the directories of killed servers: %s", ", ".join(stale), extra={"event": "cleanup"})
-    sup = Supervisor(cfg, sock.getsockname()[1], sock)
+    sup = Supervisor(cfg, sock.getsockname()[1], sock, secrets)
     sup.start(require_bundle=key is not None)
     return sup, sup.port
 

@@ -64,11 +64,19 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in flight in this worker; retry later"
     if isinstance(exc, lmdb.MapFullError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "the event store is full"
+    if isinstance(exc, ResponseTooLarge):
+        size, limit = exc.args
+        return (grpc.StatusCode.RESOURCE_EXHAUSTED, f"the response ({size} bytes) exceeds the server's message "
+                f"size limit ({limit} bytes, --max-message-bytes): ask for fewer items or no explanation")
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__})"
 
 
 class Overloaded(Exception):
     """More calls in flight in this worker than its bound (``max_concurrent_rpcs``)."""
+
+
+class ResponseTooLarge(Exception):
+    """(size, limit): a response gRPC would refuse to send; refused here, so it is counted and says why."""
 
 
 def _trailing(pid: str, rid: str, *extra: tuple[str, str]) -> tuple:
@@ -112,12 +120,17 @@ def rpc(method):
                 raise Overloaded()
             if isinstance(request, bytes):
                 request = parse(request)
-            return await method(self, request, context, rid)
+            response = await method(self, request, context, rid)
+            if self.max_response_bytes and response.ByteSize() > self.max_response_bytes:
+                raise ResponseTooLarge(response.ByteSize(), self.max_response_bytes)
+            return response
         except asyncio.CancelledError:          # the client cancelled or its deadline passed: gRPC's doing
             left = context.time_remaining()
             late = left is not None and left <= 0
             code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
-            log.info("%s: %s", name, "the deadline passed" if late else "cancelled by the client",
+            why = ("the deadline passed" if late else "cut off by the shutdown's grace period"
+                   if self.shutting_down else "cancelled by the client")
+            log.info("%s: %s", name, why,
                      extra={"event": "rpc_failed", "request_id": rid, "method": name, "code": code.name})
             raise
         except Exception as exc:  # noqa: BLE001 -- mapped, never leaked
@@ -191,6 +204,8 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         self.io = io
         self.max_in_flight = max_in_flight
         self.in_flight = 0
+        self.shutting_down = False      # set by the worker's stop
+        self.max_response_bytes = 0     # the server's send limit (0: none)
         self.sharing = sharing          # recserve.sharing.Sharing, or None: every call computes here
         self.slot = ComputeSlot(None if sharing is None else sharing.publish)
         self.pid = str(os.getpid())

@@ -102,7 +102,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _worker_main(cfg: ServeConfig, port: int, report_fd: int, cpu: int | None = None, sharing=None,
-                 inherit: tuple | None = None, parent: int = 0) -> None:
+                 inherit: tuple | None = None, parent: int = 0, secrets=None) -> None:
     """Entry point of a forked worker process; never returns."""
     code, ready = 0, False
     try:
@@ -121,7 +121,7 @@ def _worker_main(cfg: ServeConfig, port: int, report_fd: int, cpu: int | None = 
         _limit_threads()
         metrics = Metrics() if cfg.metrics_port else None
         w = Worker(cfg, port, metrics, sharing, report=lambda outcome, key, stamp: reports.send(
-            **{outcome: key, "stamp": list(stamp)}), inherit=inherit)
+            **{outcome: key, "stamp": list(stamp)}), inherit=inherit, secrets=secrets)
 
         async def main() -> None:
             nonlocal ready
@@ -165,7 +165,10 @@ def remove_stale_dirs(tmp: str | None = None) -> list[str]:
     for name in os.listdir(tmp):
         m = re.fullmatch(r"recserve-(share|metrics)-(\d+)-\w+", name)
         path = os.path.join(tmp, name)
-        if not m or not os.path.isdir(path) or os.stat(path).st_uid != os.getuid():
+        try:
+            if not m or not os.path.isdir(path) or os.stat(path).st_uid != os.getuid():
+                continue
+        except OSError:                         # removed meanwhile (by its own supervisor, or another start)
             continue
         try:
             os.kill(int(m.group(2)), 0)
@@ -211,8 +214,9 @@ class Supervisor:
     RESPAWN_MAX_S = 30.0    # keep dying young (within STABLE_S of their start), up to this
     STABLE_S = 10.0
 
-    def __init__(self, cfg: ServeConfig, port: int, sock: socket.socket):
-        self.cfg, self.port, self._sock = cfg, port, sock
+    def __init__(self, cfg: ServeConfig, port: int, sock: socket.socket, secrets=None):
+        """``secrets``: :class:`recserve.server.Secrets`, read once and handed to every worker."""
+        self.cfg, self.port, self._sock, self._secrets = cfg, port, sock, secrets
         self.pids: list[int] = []
         self._started: dict[int, float] = {}
         self._inbox: dict[int, _Inbox] = {}     # pid -> the read end of its report pipe
@@ -250,7 +254,7 @@ class Supervisor:
             except BaseException:  # noqa: BLE001 -- never return into the supervisor's code
                 os._exit(1)
             _worker_main(self.cfg, self.port, w, None if self._cpus is None else self._cpus[slot], sharing,
-                         inherit, parent)
+                         inherit, parent, self._secrets)
         os.close(w)
         self._started[pid] = time.monotonic()
         self._slot[pid] = slot

@@ -1,6 +1,7 @@
 """Hot reload, refusal of bad bundles, health transitions, graceful drain, auth tokens, startup failures."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import threading
@@ -149,6 +150,29 @@ def test_graceful_shutdown_drains_in_flight_calls(shared_root, facts, start_serv
     with pytest.raises(grpc.RpcError) as e:  # and then it is gone
         s.stub().Recommend(pb.RecommendRequest(k=5), timeout=2)
     assert e.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def test_calls_cut_by_the_grace_period_are_logged_as_such(shared_root, facts, start_server):
+    s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--grace", "0.5",
+                     "--log-level", "INFO", env={"RECSERVE_DEBUG_DELAY_MS": "5000"})
+    errors = []
+
+    def call():
+        try:
+            s.stub().Recommend(pb.RecommendRequest(user_id=facts["user"], k=10), timeout=20)
+        except grpc.RpcError as e:
+            errors.append(e.code())
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(0.7)
+    s.proc.send_signal(15)
+    t.join(30)
+    assert s.proc.wait(30) == 0 and len(errors) == 1
+    failed = [json.loads(line) for line in s.proc.stderr.read().splitlines()
+              if line.startswith("{") and '"rpc_failed"' in line]
+    assert [(f["method"], f["msg"]) for f in failed] == [
+        ("Recommend", "Recommend: cut off by the shutdown's grace period")], failed
 
 
 def test_drain_delay_keeps_serving_while_health_says_not_serving(shared_root, facts, start_server, tmp_path):

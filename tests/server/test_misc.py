@@ -358,6 +358,14 @@ def test_cli_client_refuses_bad_addresses_and_files_in_one_line(tmp_path):
     r = run("recommend", "u1", "--addr", f"127.0.0.1:{free_port()}", "--ca", str(tmp_path / "nosuch.crt"))
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         f"error: --ca {tmp_path / 'nosuch.crt'}: No such file or directory"], r.stderr
+    (tmp_path / "ca.txt").write_text("not a certificate\n")
+    r = run("recommend", "u1", "--addr", f"127.0.0.1:{free_port()}", "--ca", str(tmp_path / "ca.txt"))
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        f"error: --ca {tmp_path / 'ca.txt'}: not a PEM file"], r.stderr
+    for args in (["recommend", b"\xff\xfeuser"], ["events", "record", "u1", b"it\xe9m"],
+                 ["recommend", "u1", "--session", b"\xc3"]):
+        r = run(*args, "--addr", f"127.0.0.1:{free_port()}")
+        assert r.returncode == 2 and "is not valid UTF-8" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_in_process_worker(shared_root, facts):
@@ -372,3 +380,18 @@ def test_in_process_worker(shared_root, facts):
         assert len(r.items) == 7 and r.bundle_version == facts["version"]
     finally:
         w.stop(1)
+
+
+def test_a_response_past_the_message_limit_is_refused_and_counted(shared_root, facts, start_server, tmp_path):
+    mport = free_port()
+    s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--max-message-bytes", "1024",
+                     "--metrics-port", str(mport), "--events-dir", str(tmp_path / "ev"))
+    small = s.stub().Recommend(pb.RecommendRequest(user_id=facts["user"], k=2), timeout=10)
+    assert len(small.items) == 2
+    with pytest.raises(grpc.RpcError) as e:
+        s.stub().Recommend(pb.RecommendRequest(user_id=facts["user"], k=60, explain=True), timeout=10)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "exceeds the server's message size limit (1024 bytes" in e.value.details(), e.value.details()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
+    assert metric(text, "recserve_requests_total", method="Recommend", code="RESOURCE_EXHAUSTED") == 1
+    assert metric(text, "recserve_requests_total", method="Recommend", code="OK") == 1

@@ -94,6 +94,9 @@ def test_bad_environment_and_config_file(shared_root, tmp_path):
     f.write_text("workers = 1.9\n")
     p = serve("--bundle", str(shared_root), "--config", str(f))
     assert p.returncode == 2 and "workers: expected an integer, got 1.9" in reason(p)
+    f.write_text("workers = [\n")
+    p = serve("--bundle", str(shared_root), "--config", str(f))
+    assert p.returncode == 2 and f"config file {f}: not valid TOML" in reason(p)
     empty = tmp_path / "tokens"
     empty.write_text("# no tokens yet\n")
     p = serve("--bundle", str(shared_root), "--tokens-file", str(empty))
@@ -103,9 +106,10 @@ def test_bad_environment_and_config_file(shared_root, tmp_path):
 def test_a_port_in_use_is_an_error_even_for_a_second_server(shared_root, start_server, tmp_path):
     """SO_REUSEPORT lets the workers of one server share the port; a second server must not join them."""
     s = start_server(shared_root, "--workers", "1", "--events-dir", str(tmp_path / "ev"))
-    p = serve("--bundle", str(shared_root), "--port", str(s.port), "--workers", "1",
-              "--events-dir", str(tmp_path / "ev2"))
-    assert p.returncode == 1 and "Address already in use" in reason(p)
+    for workers in ("1", "0"):                  # 0: the in-process worker
+        p = serve("--bundle", str(shared_root), "--port", str(s.port), "--workers", workers,
+                  "--events-dir", str(tmp_path / "ev2"))
+        assert p.returncode == 1 and "Address already in use" in reason(p), workers
     assert s.proc.poll() is None
 
 

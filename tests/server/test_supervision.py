@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import pytest
 
 from recserve.config import ServeConfig
 from recserve.live import BundleHolder
@@ -234,3 +235,45 @@ def test_the_respawn_delay_doubles_per_slot(monkeypatch):
         assert sup._backoff == {0: 4 * sup.RESPAWN_MIN_S, 1: sup.RESPAWN_MIN_S}
     finally:
         sup._sock.close()
+
+
+def test_a_replacement_serves_with_the_tokens_read_at_start(shared_root, facts, tmp_path, start_server):
+    """The tokens file is read once: rewritten (or gone) while the server runs, a replacement worker still
+    accepts the tokens its siblings accept, so whether a call passes never depends on the worker."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("read r-old\n")
+    s = start_server(shared_root, "--workers", "2", "--reload-interval", "0", "--tokens-file", str(tokens),
+                     "--events-dir", str(tmp_path / "ev"))
+    auth = (("authorization", "Bearer r-old"),)
+
+    def pids(calls: int) -> set[int]:
+        seen = set()
+        for _ in range(calls):
+            with s.channel() as ch:
+                _, call = pbg.RecommenderStub(ch).Recommend.with_call(
+                    pb.RecommendRequest(user_id=facts["user"], k=3), timeout=10, metadata=auth)
+            seen.update(int(v) for k, v in call.trailing_metadata() if k == "recserve-worker")
+        return seen
+
+    before: set[int] = set()
+    assert wait_for(lambda: len(before.update(pids(12)) or before) == 2, 30)
+    tokens.write_text("read r-new\n")
+    os.kill(min(before), signal.SIGKILL)
+    seen: set[int] = set()
+
+    def replaced() -> bool:
+        try:
+            seen.update(pids(12))
+        except grpc.RpcError as exc:
+            # the dead worker's queued connection (UNAVAILABLE), a slow start on a busy machine; never a
+            # refused token
+            assert exc.code() != grpc.StatusCode.UNAUTHENTICATED, exc
+            return False
+        return bool(seen - before)
+
+    assert wait_for(replaced, 30, 0.5), "no replacement answered with the token read at start"
+    tokens.unlink()
+    assert len(pids(16)) == 2
+    with pytest.raises(grpc.RpcError) as e:
+        s.stub().Recommend(pb.RecommendRequest(k=3), timeout=10, metadata=(("authorization", "Bearer r-new"),))
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
