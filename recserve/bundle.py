@@ -14,7 +14,7 @@ from pathlib import Path
 FORMAT_VERSION = 1
 REQUIRED_FILES = ("tables.lmdb", "index.hnsw", "ranker.txt")
 REQUIRED_KEYS = ("format_version", "version", "created_at", "counts", "dim", "feature_schema", "index",
-                 "params", "files")
+                 "params", "training", "files")
 # report files written after the build (evaluation) are not checksummed
 UNCHECKED = {"manifest.json", "report.json", "report.html"}
 
@@ -90,7 +90,35 @@ def _load_manifest(d: Path) -> dict:
         raise BundleError(f"manifest.json: missing key(s) {', '.join(missing)}")
     if m["format_version"] != FORMAT_VERSION:
         raise BundleError(f"manifest.json: format_version {m['format_version']} (expected {FORMAT_VERSION})")
+    _check_structure(m)
     return m
+
+
+def _check_structure(m: dict) -> None:
+    """The manifest's entries that the server, ``recserve-train verify`` and ``evaluate`` read, each of the
+    type they read it as (``BundleError`` naming the first that is not)."""
+    from recserve._core.candidates import MAX_EF, finite_number
+
+    def bad(what: str) -> BundleError:
+        return BundleError(f"manifest.json: {what}")
+
+    if not isinstance(m["version"], str) or not m["version"]:
+        raise bad(f"version: a non-empty string, not {m['version']!r}")
+    files = m["files"]
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise bad(f"files: a map of file name -> sha256 (hex string), not {str(files)[:80]!r}")
+    for key in ("index", "feature_schema", "training"):
+        if not isinstance(m[key], dict):
+            raise bad(f"{key}: a JSON object, not {str(m[key])[:80]!r}")
+    ef = m["index"].get("ef", 1)
+    if isinstance(ef, bool) or not isinstance(ef, int) or not 1 <= ef <= MAX_EF:
+        raise bad(f"index.ef: an integer in [1, {MAX_EF}], not {ef!r}")
+    names = m["feature_schema"].get("feature_names")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise bad(f"feature_schema.feature_names: a list of the ranker's feature names, not {str(names)[:80]!r}")
+    cut = m["training"].get("cut")
+    if finite_number(cut) is None:
+        raise bad(f"training.cut: the test cut (finite unix seconds), not {cut!r}")
 
 
 def index_header(path: str | os.PathLike) -> tuple[int, int]:
@@ -149,10 +177,7 @@ def verify(path: str | os.PathLike) -> dict:
         raise BundleError(f"manifest.json: bad feature_schema: {exc}") from None
     try:
         check_params(m["params"])
-        ef = m["index"].get("ef", 1)
-        if isinstance(ef, bool) or not isinstance(ef, int) or ef < 1:
-            raise ValueError(f"index.ef: an integer >= 1, not {m['index']['ef']!r}")
-    except (TypeError, ValueError, AttributeError) as exc:
+    except ValueError as exc:
         raise BundleError(f"manifest.json: {exc}") from None
     try:
         with TableReader(d / "tables.lmdb") as t:

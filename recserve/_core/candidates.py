@@ -33,34 +33,86 @@ DEFAULT_PARAMS = {
 }
 
 
+# the bounds of a bundle's serving parameters: those the server's settings of the same names have
+# (recserve.config.RANGES), or tighter
+MAX_CANDIDATES = 100_000        # cap, candidates and each source's quota
+MAX_EF = 1 << 20                # ef, similar_ef (the manifest's index.ef too)
+MAX_HISTORY = 1 << 24           # history_len, i2i_recent: the event store keeps at most this many per user
+MAX_PER_CREATOR = 10_000        # far above any k a request may ask for (0 = unlimited)
+MAX_EVENT_WEIGHT = float(np.finfo(np.float32).max)      # the weights are applied as float32
+RANKER_ENGINES = ("forest", "lightgbm")                 # recserve.pipeline.ranking.Ranker.ENGINES
+# integer parameters: (lowest, highest)
+INT_PARAMS = {"cap": (1, MAX_CANDIDATES), "candidates": (1, MAX_CANDIDATES), "ef": (1, MAX_EF),
+              "similar_ef": (1, MAX_EF), "history_len": (1, MAX_HISTORY), "i2i_recent": (1, MAX_HISTORY),
+              "max_per_creator": (0, MAX_PER_CREATOR)}
+# number parameters: (lowest, highest or None for any finite number)
+NUMBER_PARAMS = {"alpha": (0, 1), "mmr_lambda": (0, 1), "novelty_boost": (0, 1000), "new_item_days": (0, 1e6),
+                 "i2i_decay": (0, None), "session_gap": (0, None), "decay_short": (0, None),
+                 "decay_long": (0, None), "half_life_days": (0, None)}
+PARAM_RANGES = {**INT_PARAMS, **NUMBER_PARAMS}
+
+
+def finite_number(v) -> float | None:
+    """``v`` as a finite float; None when it is not a finite JSON number (a bool is not one, nor an
+    integer beyond the float range)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _int_in(v, lo: int, hi: int) -> bool:
+    """Whether ``v`` is an integer (not a bool) in ``[lo, hi]``."""
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
 def check_params(params: dict) -> None:
-    """``ValueError`` naming the first serving parameter of a bundle's manifest that no request could use
-    (a hand-edited manifest passes its hashes: the manifest itself is not hashed)."""
-    ew = params.get("event_weights", DEFAULT_PARAMS["event_weights"])
-    if (not isinstance(ew, list) or len(ew) != len(DEFAULT_PARAMS["event_weights"])
-            or not all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in ew)):
-        raise ValueError(f"params.event_weights: {len(DEFAULT_PARAMS['event_weights'])} finite weights >= 0 "
-                         f"(view, click, cart, purchase, rating), not {ew!r}")
-    for key in ("history_len", "cap", "ef", "similar_ef", "i2i_recent"):
-        v = params.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError(f"params.{key}: an integer >= 1, not {v!r}")
-    quotas = params.get("quotas", DEFAULT_PARAMS["quotas"])
-    if (not isinstance(quotas, dict) or not quotas
-            or not all(isinstance(q, int) and not isinstance(q, bool) and q >= 0 for q in quotas.values())):
-        raise ValueError(f"params.quotas: a map of source -> integer >= 0, not {quotas!r}")
-    for key in ("i2i_decay", "session_gap", "decay_short", "decay_long", "half_life_days", "novelty_boost",
-                "new_item_days"):
-        v = params.get(key)
-        if v is not None and (isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0)):
-            raise ValueError(f"params.{key}: a finite number >= 0, not {v!r}")
-    for key in ("alpha", "mmr_lambda"):
-        v = params.get(key)
-        if v is not None and (isinstance(v, bool) or not (isinstance(v, (int, float)) and 0 <= v <= 1)):
-            raise ValueError(f"params.{key}: a number in [0, 1], not {v!r}")
-    v = params.get("max_per_creator")
-    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-        raise ValueError(f"params.max_per_creator: an integer >= 0, not {v!r}")
+    """``ValueError`` naming the first serving parameter of a bundle's manifest that no request could use,
+    and what it may be (a hand-edited manifest passes its hashes: the manifest itself is not hashed).
+
+    Every parameter the pipeline reads is optional (it has a default) but, when present, must be usable:
+    null is refused as any other wrong type. Keys the pipeline does not read are left alone."""
+    if not isinstance(params, dict):
+        raise ValueError(f"params: a JSON object of serving parameters, not {type(params).__name__}")
+    n_ew = len(DEFAULT_PARAMS["event_weights"])
+    if "event_weights" in params:
+        ew = params["event_weights"]
+        if (not isinstance(ew, list) or len(ew) != n_ew
+                or not all(finite_number(w) is not None and 0 <= w <= MAX_EVENT_WEIGHT for w in ew)):
+            raise ValueError(f"params.event_weights: {n_ew} numbers in [0, {MAX_EVENT_WEIGHT:.4g}] (view, click, "
+                             f"cart, purchase, rating), not {ew!r}")
+    for key, (lo, hi) in INT_PARAMS.items():
+        if key in params and not _int_in(params[key], lo, hi):
+            raise ValueError(f"params.{key}: an integer in [{lo}, {hi}], not {params[key]!r}")
+    for key, (lo, hi) in NUMBER_PARAMS.items():
+        if key not in params:
+            continue
+        v = finite_number(params[key])
+        if v is None or v < lo or (hi is not None and v > hi):
+            span = f"a number in [{lo}, {hi}]" if hi is not None else f"a finite number >= {lo}"
+            raise ValueError(f"params.{key}: {span}, not {params[key]!r}")
+    if "ranker_engine" in params and params["ranker_engine"] not in RANKER_ENGINES:
+        raise ValueError(f"params.ranker_engine: one of {', '.join(RANKER_ENGINES)}, not {params['ranker_engine']!r}")
+    if "quotas" in params:
+        _check_quotas(params["quotas"])
+
+
+def _check_quotas(quotas) -> None:
+    what = f"a map of each source ({', '.join(SOURCES)}) -> an integer in [0, {MAX_CANDIDATES}]"
+    if not isinstance(quotas, dict):
+        raise ValueError(f"params.quotas: {what}, not {quotas!r}")
+    unknown = [s for s in quotas if s not in SOURCES]
+    if unknown:
+        raise ValueError(f"params.quotas: unknown source {unknown[0]!r} ({what})")
+    missing = [s for s in SOURCES if s not in quotas]
+    if missing:
+        raise ValueError(f"params.quotas: no quota for {', '.join(missing)} ({what})")
+    for s in SOURCES:
+        if not _int_in(quotas[s], 0, MAX_CANDIDATES):
+            raise ValueError(f"params.quotas: {s} must be an integer in [0, {MAX_CANDIDATES}], not {quotas[s]!r}")
 
 
 def vector_params(params: dict) -> UserVectorParams:
@@ -118,9 +170,8 @@ def i2i_seed_count(params: dict) -> int:
 
 @functools.lru_cache(maxsize=64)
 def _seed_count(recent: int, decay: float) -> int:
-    if decay > 0:
-        return min(recent, int(math.floor(-math.log(I2I_MIN_WEIGHT) / decay)) + 1)
-    return recent
+    reach = -math.log(I2I_MIN_WEIGHT) / decay if decay > 0 else math.inf    # inf too for a tiny decay
+    return min(recent, int(math.floor(reach)) + 1) if reach < recent else recent
 
 
 def source_lists(hist_items, hist_ts, ann_rows, ann_scores, i2i_rows, i2i_scores, trend_rows, trend_scores,

@@ -22,6 +22,8 @@ def test_i2i_seed_count_drops_only_negligible_weights():
         n = C.i2i_seed_count(p)
         assert np.exp(-decay * (n - 1)) >= C.I2I_MIN_WEIGHT > np.exp(-decay * n)
     assert C.i2i_seed_count(dict(p, i2i_recent=20, i2i_decay=0.03)) == 20
+    # a decay so small that the reach of the weights overflows a float: every recent item (was OverflowError)
+    assert C.i2i_seed_count(dict(p, i2i_recent=20, i2i_decay=5e-324)) == 20
 
 
 def _index(n=2000, d=16, seed=0):

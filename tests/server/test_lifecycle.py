@@ -443,10 +443,24 @@ def test_a_respawned_worker_takes_calls_only_with_a_bundle_and_its_gauge_dies_wi
     ("decay_short", -1, "params.decay_short"),
     ("half_life_days", -5, "params.half_life_days"),
     ("alpha", 7, "params.alpha"),
+    # each below passed verify, then failed Recommender.__init__ or every Recommend
+    ("quotas", {"ann": 100, "i2i": 80, "popular": 40}, "params.quotas: no quota for session"),
+    ("quotas", {"ann": 100, "i2i": 80, "session": 40, "popular": 40, "video": 5}, "unknown source 'video'"),
+    ("quotas", {"ann": 10**12, "i2i": 80, "session": 40, "popular": 40}, "params.quotas: ann must be an integer "
+                                                                            "in [0, 100000]"),
+    ("ranker_engine", "turbo", "params.ranker_engine: one of forest, lightgbm"),
+    ("candidates", -5, "params.candidates: an integer in [1, 100000]"),
+    ("novelty_boost", None, "params.novelty_boost: a number in [0, 1000]"),
+    ("max_per_creator", 10**12, "params.max_per_creator: an integer in [0, 10000]"),
+    ("event_weights", [1e39, 2.0, 3.0, 5.0, 4.0], "params.event_weights"),
+    ("history_len", 10**30, "params.history_len"),
+    ("ef", None, "params.ef"),
+    pytest.param("decay_long", 10**400, "params.decay_long", id="decay_long-int-beyond-float"),
 ])
 def test_a_hand_edited_manifest_with_unusable_params_is_refused(shared_root, tmp_path, key, value, says):
     """The manifest is not hashed: serving parameters no request could use refuse the bundle at load
-    (before, event_weights of the wrong length loaded and failed every Recommend of a user with history)."""
+    (before, event_weights of the wrong length loaded and failed every Recommend of a user with history;
+    a quotas map without ``session`` loaded and failed every Recommend with ``KeyError: 'session'``)."""
     import json
 
     from recserve.config import ServeConfig
@@ -469,3 +483,9 @@ def test_a_hand_edited_manifest_with_unusable_params_is_refused(shared_root, tmp
 
     with pytest.raises(BundleError, match=re.escape(says)):        # and `recserve-train verify` says so
         verify(root / "v-edited")
+    from recserve.bundle import Bundle
+    from recserve.pipeline.recommender import Recommender
+
+    with Bundle.open(root / "v-edited", verify=False) as b:       # unverified: the pipeline refuses it too
+        with pytest.raises(ValueError, match=re.escape(says)):
+            Recommender(b, None)
