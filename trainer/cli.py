@@ -1,8 +1,9 @@
 """``recserve-train``: synth | import movielens | build | verify | evaluate.
 
 Errors print one line ``recserve-train: error: <reason>`` on stderr and exit non-zero (2 for bad input
-data or arguments, 3 for a bad bundle, 1 when the disk fails a write). ``build`` and ``evaluate`` show progress bars on stderr when it is a
-terminal (``--progress`` / ``--no-progress`` force them on / off).
+data or arguments, 3 for a bad bundle, 1 when the disk fails a write, 130 when interrupted by Ctrl-C).
+``build`` and ``evaluate`` show progress bars on stderr when it is a terminal (``--progress`` /
+``--no-progress`` force them on / off).
 """
 from __future__ import annotations
 
@@ -96,6 +97,15 @@ def _fail(msg: str, code: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    published = _current(args.out) if args.cmd == "build" else None
+    try:
+        return _checked(args)
+    except KeyboardInterrupt:           # Ctrl-C: one line saying what was left, not a traceback
+        return _fail(_interrupted(args, published), 130)
+
+
+def _checked(args) -> int:
+    """``_run``, its errors as one line and an exit code."""
     import lmdb
 
     from recserve.bundle import BundleError
@@ -115,12 +125,35 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(_reason(exc), 1)
 
 
+def _current(root: str) -> str | None:
+    """What ``root/CURRENT`` says (None when there is none or it cannot be read)."""
+    try:
+        with open(os.path.join(root, "CURRENT"), encoding="utf-8") as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _interrupted(args, published: str | None) -> str:
+    """What an interrupted command left behind, as one line."""
+    if args.cmd == "build":
+        now = _current(args.out)
+        if now != published:
+            return f"interrupted; {args.out}/CURRENT names the new version {now} already"
+        return "interrupted; nothing was published"
+    if args.cmd in ("synth", "import"):
+        return f"interrupted; {args.out} may hold partly written files"
+    return "interrupted"
+
+
 def _run(args) -> int:
     from trainer import progress
     from trainer.timing import Timer
 
     progress.configure(getattr(args, "progress", None))
 
+    if args.cmd in ("synth", "import") and _is_version(args.out):
+        return _fail(f"{args.out} is a bundle version, not a data directory", 2)
     if args.cmd == "synth":
         from trainer.io import write_dataset
         from trainer.synth import synth
@@ -231,11 +264,18 @@ def _unwritable_root(out: str) -> str | None:
     if p.exists():
         if not p.is_dir():
             return f"{out}: exists and is not a directory (a bundle root is a directory)"
+        if _is_version(out):     # a root here would put CURRENT beside its manifest: verify refuses both
+            return f"{out} is a bundle version, not a bundle root"
         return None if _can_create_in(p) else f"{out}: not writable"
     parent = next((a for a in p.absolute().parents if a.exists()), None)
     if parent is None or not parent.is_dir():
         return f"{out}: {parent} is not a directory"
     return None if _can_create_in(parent) else f"{out}: cannot create it in {parent} (not writable)"
+
+
+def _is_version(out: str) -> bool:
+    """Whether ``out`` is a bundle version directory (holds manifest.json)."""
+    return os.path.exists(os.path.join(out, "manifest.json"))
 
 
 def _can_create_in(directory) -> bool:

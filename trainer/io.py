@@ -119,7 +119,7 @@ def read_table(path: Path) -> pa.Table:
     return t
 
 
-def _need(t: pa.Table, path: Path, cols: list[str]) -> None:
+def need_columns(t: pa.Table, path: Path, cols: list[str]) -> None:
     missing = [c for c in cols if c not in t.column_names]
     if missing:
         raise DataError(f"{path.name}: missing column(s) {', '.join(missing)} (has {', '.join(t.column_names)})")
@@ -136,7 +136,28 @@ def _as_text(c: pa.ChunkedArray, path: Path, col: str) -> pa.ChunkedArray:
             c = None
         if c is None:
             raise DataError(f"{path.name}: column {col} has non-integer numbers (ids must be text or integers)")
-    return pc.cast(c, pa.string())
+    try:
+        return pc.cast(c, pa.string())
+    except pa.ArrowNotImplementedError:     # a list, struct, map, ... (Parquet): no text form
+        raise DataError(f"{path.name}: column {col} is not text (type {c.type})") from None
+    except pa.ArrowInvalid as exc:          # binary values that are not UTF-8
+        why = _not_utf8(c) if pa.types.is_binary(c.type) or pa.types.is_large_binary(c.type) else None
+        raise DataError(f"{path.name}: column {col} {why or f'is not text: {_reason(exc)}'}") from None
+
+
+def _not_utf8(c: pa.ChunkedArray) -> str | None:
+    """Where a binary column first holds bytes that are not UTF-8 (rows counted from 1)."""
+    for row, v in enumerate(c.to_pylist(), 1):
+        try:
+            if v is not None:
+                v.decode("utf-8")
+        except UnicodeDecodeError:
+            return f"is not UTF-8 text: row {row} holds {v[:60]!r}"
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 MAX_ID_BYTES = 256     # the server's limit on a user or item id (recserve/pipeline/messages.py)
@@ -318,7 +339,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
 
     ip = find_table(d, "items")
     it = read_table(ip)
-    _need(it, ip, ["item_id", "category", "price"])
+    need_columns(it, ip, ["item_id", "category", "price"])
     item_ids = _strings(it, ip, "item_id", allow_empty=False, is_id=True)
     uniq, counts = np.unique(item_ids, return_counts=True)
     if len(uniq) != len(item_ids):
@@ -346,7 +367,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
 
     xp = find_table(d, "interactions")
     xt = read_table(xp)
-    _need(xt, xp, ["user_id", "item_id", "timestamp", "event"])
+    need_columns(xt, xp, ["user_id", "item_id", "timestamp", "event"])
     x_user = _strings(xt, xp, "user_id", allow_empty=False, is_id=True)
     x_item = _strings(xt, xp, "item_id", allow_empty=False)
     ts = _timestamps(xt, xp, "timestamp")
@@ -381,7 +402,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
     up = find_table(d, "users", required=False)
     if up is not None:
         ut = read_table(up)
-        _need(ut, up, ["user_id"])
+        need_columns(ut, up, ["user_id"])
         u_ids = _strings(ut, up, "user_id", allow_empty=False, is_id=True)
         if len(np.unique(u_ids)) != len(u_ids):
             raise DataError(f"{up.name}: duplicate user_id(s)")
@@ -415,6 +436,8 @@ def _iso(seconds: np.ndarray) -> pa.Array:
 
 def write_dataset(ds: Dataset, out_dir: str | os.PathLike, fmt: str = "csv") -> dict:
     """Write ``ds`` in the input format. Returns {file name: rows}."""
+    if not np.isfinite(ds.ts).all():        # as int64 they would be -2**63, a date in 1677
+        raise DataError(f"{int((~np.isfinite(ds.ts)).sum())} interaction(s) without a time (NaN or infinite)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     value = pa.array(ds.value.astype(np.float64), mask=np.isnan(ds.value))

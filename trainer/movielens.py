@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from trainer.io import Dataset, DataError
+from trainer.io import MAX_TIMESTAMP, MIN_TIMESTAMP, Dataset, DataError, need_columns
 
 ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
@@ -21,6 +22,8 @@ ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "C
 
 
 def _finish(users, items, ts, stars, item_ids, category, created) -> Dataset:
+    if not len(ts):
+        raise DataError("no ratings")
     user_ids, user_row = np.unique(users, return_inverse=True)
     item_index = {k: r for r, k in enumerate(item_ids)}
     rows = np.array([item_index.get(i, -1) for i in items], np.int64)
@@ -45,27 +48,113 @@ def _year_ts(year: int | None) -> float:
     return _dt.datetime(int(year), 1, 1, tzinfo=_dt.timezone.utc).timestamp()
 
 
+def _read_csv(path: Path, ids: tuple[str, ...], **options) -> pa.Table:
+    """A CSV file as a table, the ``ids`` columns as text; a file that does not parse is a DataError."""
+    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in ids})
+    try:
+        t = pacsv.read_csv(path, convert_options=convert, **options)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path.name}: cannot parse: {str(exc).splitlines()[0]}") from None
+    twice = sorted(c for c in set(t.column_names) if t.column_names.count(c) > 1)
+    if twice:
+        raise DataError(f"{path.name}: duplicate column(s) {', '.join(twice)}")
+    return t
+
+
+def _line(path: Path, row: int, header: bool) -> int | str:
+    """The line of the file holding data row ``row`` (from 0), as pyarrow counts rows: empty lines skipped
+    (a value spanning lines in quotes is not expected in these files)."""
+    k = row + int(header)
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip(b"\r\n"):
+                if k == 0:
+                    return n
+                k -= 1
+    return f"row {row + 1}"
+
+
+def _refuse(path: Path, col: str, bad: np.ndarray, what: str, header: bool, shown=None) -> None:
+    """A DataError naming the file, the column and the line of the first ``bad`` row."""
+    n, row = int(bad.sum()), int(np.flatnonzero(bad)[0])
+    value = "" if shown is None else f" {shown[row]!r}"
+    where = _line(path, row, header)
+    raise DataError(f"{path.name}: column {col} has {n} {what}, the first{value} on line {where}")
+
+
+def _ids(t: pa.Table, path: Path, col: str, header: bool = True) -> np.ndarray:
+    """A column of ids (read as text): none may be empty."""
+    c = t.column(col)
+    empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(c), ""), True).to_numpy(zero_copy_only=False)
+    if empty.any():
+        _refuse(path, col, empty, "empty id(s)", header)
+    return c.to_numpy(zero_copy_only=False).astype(str)
+
+
+def _finite(t: pa.Table, path: Path, col: str, header: bool = True, times: bool = False) -> np.ndarray:
+    """A column of numbers as float64: none empty, unparsable or infinite; ``times``: unix seconds from the
+    year 1 to 9999."""
+    c = t.column(col)
+    if pa.types.is_integer(c.type) or pa.types.is_floating(c.type):
+        a = c.to_numpy(zero_copy_only=False).astype(np.float64)      # empty cells are NaN
+    else:                               # text: some value is not a number
+        a = np.array([_float(v) for v in c.to_pylist()], np.float64)
+    empty = pc.is_null(c).to_numpy(zero_copy_only=False)
+    if pa.types.is_string(c.type):
+        empty |= pc.fill_null(pc.equal(pc.utf8_trim_whitespace(c), ""), True).to_numpy(zero_copy_only=False)
+    if empty.any():
+        _refuse(path, col, empty, "empty value(s)", header)
+    bad = ~np.isfinite(a)
+    if bad.any():
+        _refuse(path, col, bad, "value(s) that are not finite numbers", header, c.to_pylist())
+    bad = times & ((a < MIN_TIMESTAMP) | (a > MAX_TIMESTAMP))
+    if bad.any():
+        _refuse(path, col, bad, "time(s) before the year 1 or after 9999", header, c.to_pylist())
+    return a
+
+
+def _float(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return np.nan
+
+
+def _unique(path: Path, col: str, ids: list[str]) -> None:
+    _, first = np.unique(np.asarray(ids, str), return_index=True)
+    if len(first) < len(ids):
+        twice = np.ones(len(ids), bool)
+        twice[first] = False
+        _refuse(path, col, twice, "duplicate id(s)", True, ids)
+
+
 def load_ml100k(path: Path) -> Dataset:
     data, item = path / "u.data", path / "u.item"
     for p in (data, item):
         if not p.is_file():
             raise DataError(f"{path}: not ml-100k (no {p.name})")
-    t = pacsv.read_csv(data, read_options=pacsv.ReadOptions(column_names=["u", "i", "r", "t"]),
-                       parse_options=pacsv.ParseOptions(delimiter="\t"))
-    item_ids, cats, created = [], [], []
-    for line in item.read_bytes().decode("latin-1").splitlines():
+    names = ["user id", "item id", "rating", "timestamp"]        # u.data has no header
+    t = _read_csv(data, tuple(names[:2]), read_options=pacsv.ReadOptions(column_names=names),
+                  parse_options=pacsv.ParseOptions(delimiter="\t"))
+    item_ids, cats, created, line_of = [], [], [], {}
+    for n, line in enumerate(item.read_bytes().decode("latin-1").splitlines(), 1):
         if not line.strip():
             continue
         f = line.split("|")
+        flags = [x.strip() for x in f[5:5 + 19]]
+        if len(f) < 3 or not f[0].strip() or any(x not in ("0", "1") for x in flags):
+            raise DataError(f"{item.name}: line {n} is not 'id|title|release date|...|19 genre flags (0 or 1)'")
+        if f[0] in line_of:
+            raise DataError(f"{item.name}: movie id {f[0]!r} on line {n} is on line {line_of[f[0]]} already")
+        line_of[f[0]] = n
         item_ids.append(f[0])
-        flags = [int(x) for x in f[5:5 + 19]]
-        g = [ML100K_GENRES[k] for k, v in enumerate(flags) if v]
+        g = [ML100K_GENRES[k] for k, v in enumerate(flags) if v == "1"]
         cats.append(g[0] if g else "unknown")
         m = re.search(r"(\d{4})$", f[2].strip())
         created.append(_year_ts(int(m.group(1)) if m else None))
-    return _finish(t.column("u").to_numpy().astype(str), t.column("i").to_numpy().astype(str),
-                   t.column("t").to_numpy().astype(np.float64), t.column("r").to_numpy().astype(np.float64),
-                   item_ids, cats, created)
+    return _finish(_ids(t, data, "user id", False), _ids(t, data, "item id", False),
+                   _finite(t, data, "timestamp", False, times=True),
+                   _finite(t, data, "rating", False), item_ids, cats, created)
 
 
 def load_ml_latest(path: Path) -> Dataset:
@@ -73,18 +162,21 @@ def load_ml_latest(path: Path) -> Dataset:
     for p in (ratings, movies):
         if not p.is_file():
             raise DataError(f"{path}: not ml-latest(-small) (no {p.name})")
-    r = pacsv.read_csv(ratings)
-    m = pacsv.read_csv(movies, convert_options=pacsv.ConvertOptions(column_types={"movieId": pa.string()}))
-    item_ids = m.column("movieId").to_pylist()
+    r = _read_csv(ratings, ("userId", "movieId"))
+    need_columns(r, ratings, ["userId", "movieId", "rating", "timestamp"])
+    m = _read_csv(movies, ("movieId",))
+    need_columns(m, movies, ["movieId", "title", "genres"])
+    item_ids = _ids(m, movies, "movieId").tolist()
+    _unique(movies, "movieId", item_ids)
     cats, created = [], []
     for title, genres in zip(m.column("title").to_pylist(), m.column("genres").to_pylist()):
-        g = (genres or "").split("|")[0]
+        g = str(genres or "").split("|")[0]
         cats.append(g if g and g != "(no genres listed)" else "unknown")
-        y = re.search(r"\((\d{4})\)\s*$", title or "")
+        y = re.search(r"\((\d{4})\)\s*$", str(title or ""))
         created.append(_year_ts(int(y.group(1)) if y else None))
-    return _finish(r.column("userId").to_numpy().astype(str), r.column("movieId").to_numpy().astype(str),
-                   r.column("timestamp").to_numpy().astype(np.float64),
-                   r.column("rating").to_numpy().astype(np.float64), item_ids, cats, created)
+    return _finish(_ids(r, ratings, "userId"), _ids(r, ratings, "movieId"),
+                   _finite(r, ratings, "timestamp", times=True),
+                   _finite(r, ratings, "rating"), item_ids, cats, created)
 
 
 def load_movielens(path: str) -> Dataset:

@@ -389,3 +389,21 @@ def test_lightgbm_feature_names_stay_unique():
     names = ["item.x_w_h_2", "item.x_w:h", "item.x_w_h", "a.b", "a__b"]
     safe = _safe(names)
     assert len(set(safe)) == len(safe) and all(ch.isalnum() or ch == "_" for s in safe for ch in s), safe
+
+
+def test_a_bundle_version_is_refused_as_an_output_root(demo_bundle, small_data, tmp_path, capsys):
+    """``build --out root/<version>`` would put CURRENT and a nested version inside a published version
+    (which then fails to verify); ``synth`` and ``import`` would add their files to it."""
+    root = tmp_path / "root"
+    shutil.copytree(demo_bundle, root)
+    version = root / (root / "CURRENT").read_text().strip()
+    before = sorted(p.name for p in version.iterdir())
+    assert main(["build", "--data", str(small_data), "--factors", "8", "--no-tune", "--label-windows", "1",
+                 "--no-evaluate", str(version)]) == 2
+    assert capsys.readouterr().err == f"recserve-train: error: {version} is a bundle version, not a bundle root\n"
+    assert main(["synth", "--users", "20", "--items", "10", str(version)]) == 2
+    assert capsys.readouterr().err == f"recserve-train: error: {version} is a bundle version, not a data directory\n"
+    assert main(["import", "movielens", str(small_data), str(version)]) == 2
+    assert "is a bundle version, not a data directory" in capsys.readouterr().err
+    assert sorted(p.name for p in version.iterdir()) == before
+    assert main(["verify", str(root)]) == 0

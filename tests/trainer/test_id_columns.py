@@ -1,6 +1,8 @@
 """Ids are text: leading zeros survive CSV, Parquet integers become their decimal form."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -73,3 +75,39 @@ def test_fractional_or_empty_ids_are_refused(tmp_path):
     (c / "interactions.csv").write_text("user_id,item_id,timestamp,event\n,007,1700000000,view\n")
     with pytest.raises(DataError, match="interactions.csv: column user_id has 1 empty value"):
         load_dataset(c)
+
+
+def _items_with(d, **columns):
+    d.mkdir(exist_ok=True)
+    t = {"item_id": pa.array(["a", "b"]), "category": pa.array(["x", "y"]), "price": [1.0, 2.0]}
+    t.update(columns)
+    pq.write_table(pa.table(t), d / "items.parquet")
+    pq.write_table(pa.table({"user_id": ["u", "u"], "item_id": ["a", "b"], "timestamp": [1_700_000_000] * 2,
+                             "event": ["view", "click"]}), d / "interactions.parquet")
+    return d
+
+
+@pytest.mark.parametrize("col, values, says", [
+    ("category", pa.array([["x"], ["y", "z"]]), "column category is not text (type list<"),
+    ("item_id", pa.array([{"k": 1}, {"k": 2}]), "column item_id is not text (type struct<k: int64>)"),
+    ("creator", pa.array([["x"], None]), "column creator is not text (type list<"),
+    ("item_id", pa.array([b"a", b"\xff\xfeb"], pa.binary()), "column item_id is not UTF-8 text: row 2 holds "
+                                                             "b'\\xff\\xfeb'"),
+    ("category", pa.array([b"\xe9t\xe9", b"y"], pa.large_binary()), "column category is not UTF-8 text: row 1"),
+])
+def test_id_and_text_columns_of_other_types_are_refused_naming_file_and_column(tmp_path, capsys, col, values,
+                                                                                  says):
+    from trainer.cli import main
+
+    d = _items_with(tmp_path / "pq", **{col: values})
+    with pytest.raises(DataError, match="^items.parquet: " + re.escape(says)):
+        load_dataset(d)
+    assert main(["build", "--data", str(d), str(tmp_path / "out")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("[")]
+    assert len(err) == 1 and err[0].startswith("recserve-train: error: items.parquet: " + says), err
+
+
+def test_utf8_binary_ids_are_text(tmp_path):
+    ds = load_dataset(_items_with(tmp_path / "pq", item_id=pa.array([b"a", b"b"], pa.binary()),
+                                  category=pa.array([b"x", "\u00e9".encode()], pa.large_binary())))
+    assert ds.item_ids.tolist() == ["a", "b"] and ds.item_category.tolist() == ["x", "\u00e9"]

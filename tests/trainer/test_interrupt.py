@@ -1,0 +1,84 @@
+"""Ctrl-C during a build: one line, exit 130, nothing published and no temporary directory left."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from recserve.bundle import verify
+
+from cliutil import REPO
+
+
+@pytest.fixture(scope="module")
+def build_data(tmp_path_factory):
+    """Enough data for a build of several seconds, so that a signal lands inside a step."""
+    from trainer.io import write_dataset
+    from trainer.synth import synth
+
+    d = tmp_path_factory.mktemp("interrupt_data")
+    ds, _ = synth(1000, 500, seed=5)
+    write_dataset(ds, d)
+    return d
+
+
+def _interrupt(data, root, marker: str):
+    """Start a build into ``root``, send SIGINT once stderr shows ``marker``; (exit code, stderr after
+    the signal, whole stderr, names in ``root`` when the signal was sent)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "trainer.cli", "build", "--data", str(data), str(root),
+                             "--factors", "16", "--no-tune", "--no-progress"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    seen, at_signal = [], None
+    deadline = time.time() + 240
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith(marker):
+                at_signal = sorted(p.name for p in root.iterdir()) if root.exists() else []
+                proc.send_signal(signal.SIGINT)
+                break
+            if time.time() > deadline:
+                break
+        after = proc.stderr.read()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    if at_signal is None:
+        pytest.fail(f"the build never reached {marker} (exit {proc.returncode}): {''.join(seen)[-500:]}")
+    return proc.returncode, after, "".join(seen) + after, at_signal
+
+
+def test_ctrl_c_while_training_publishes_nothing(build_data, tmp_path):
+    root = tmp_path / "bundles"
+    rc, after, err, _ = _interrupt(build_data, root, "[ranker_train] ...")
+    assert rc == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert after.splitlines() == ["recserve-train: error: interrupted; nothing was published"], err
+    assert not (root / "CURRENT").exists()
+    assert not root.exists() or not list(root.iterdir())
+
+
+def test_ctrl_c_while_evaluating_the_staged_version_keeps_current(build_data, demo_bundle, tmp_path):
+    """The evaluation runs on the staged temporary directory: an interrupt there removes it and leaves
+    the published version as it was."""
+    root = tmp_path / "bundles"
+    shutil.copytree(demo_bundle, root)
+    before = sorted(p.name for p in root.iterdir())
+    current = (root / "CURRENT").read_text()
+    rc, after, err, at_signal = _interrupt(build_data, root, "[evaluate] ...")
+    assert any(n.startswith(".tmp-") for n in at_signal), at_signal     # the signal came while staged
+    assert rc == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert after.splitlines() == ["recserve-train: error: interrupted; nothing was published"], err
+    assert (root / "CURRENT").read_text() == current
+    assert sorted(p.name for p in root.iterdir()) == before         # no temporary directory, no new version
+    verify(root)

@@ -1,0 +1,118 @@
+"""``import movielens`` on damaged files: exit 2 and one line naming the file, the column and the line;
+nothing written (an empty timestamp cell became -2**63, a date in 1677, before)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainer.cli import main
+from trainer.io import DataError, load_dataset, write_dataset
+
+RATINGS = ["userId,movieId,rating,timestamp", "1,10,4.0,1260759144", "1,20,3.5,1260759179",
+           "2,10,5.0,1260759182", "2,30,2.0,1260759185"]
+MOVIES = ["movieId,title,genres", "10,Heat (1995),Action|Crime", "20,Babe (1995),Children|Drama",
+          "30,Up (2009),(no genres listed)"]
+U_DATA = ["1\t10\t4\t881250949", "1\t20\t3\t881250950", "2\t10\t5\t881250951", "2\t30\t2\t881250952"]
+U_ITEM = [f"{k}|Movie {k} (1995)|01-Jan-1995||http://x|" + "|".join("1" if g == k % 19 else "0" for g in range(19))
+          for k in (10, 20, 30)]
+
+
+def _dir(tmp_path, files: dict[str, list[str]]):
+    d = tmp_path / "ml"
+    d.mkdir(parents=True, exist_ok=True)
+    for name, lines in files.items():
+        (d / name).write_text("\n".join(lines) + "\n")
+    return d
+
+
+def _edit(lines, row, col, value, sep=","):
+    lines = list(lines)
+    f = lines[row].split(sep)
+    f[col] = value
+    lines[row] = sep.join(f)
+    return lines
+
+
+def _refused(d, tmp_path, capsys) -> str:
+    out = tmp_path / "out"
+    assert main(["import", "movielens", str(d), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("recserve-train: error: "), err
+    assert not out.exists()
+    return err.strip()[len("recserve-train: error: "):]
+
+
+def test_the_good_files_import(tmp_path, capsys):
+    for files in ({"ratings.csv": RATINGS, "movies.csv": MOVIES}, {"u.data": U_DATA, "u.item": U_ITEM}):
+        d = _dir(tmp_path / next(iter(files)), files)
+        assert main(["import", "movielens", str(d), str(tmp_path / "out" / d.parent.name)]) == 0
+        ds = load_dataset(tmp_path / "out" / d.parent.name)
+        assert len(ds) == 4 and ds.n_users == 2 and ds.n_items == 3
+        assert ds.ts.min() > 8e8 and ds.item_ids.tolist() == ["10", "20", "30"]
+
+
+@pytest.mark.parametrize("row, col, value, says", [
+    (3, 3, "", "ratings.csv: column timestamp has 1 empty value(s), the first on line 4"),
+    (2, 3, "soon", "ratings.csv: column timestamp has 1 value(s) that are not finite numbers, the first 'soon' "
+                   "on line 3"),
+    (1, 3, "1e300", "ratings.csv: column timestamp has 1 time(s) before the year 1 or after 9999, the first "
+                    "1e+300 on line 2"),
+    (4, 2, "", "ratings.csv: column rating has 1 empty value(s), the first on line 5"),
+    (2, 2, "good", "ratings.csv: column rating has 1 value(s) that are not finite numbers, the first 'good' "
+                   "on line 3"),
+    (2, 2, "inf", "ratings.csv: column rating has 1 value(s) that are not finite numbers, the first inf on line 3"),
+    (3, 0, "", "ratings.csv: column userId has 1 empty id(s), the first on line 4"),
+    (1, 1, " ", "ratings.csv: column movieId has 1 empty id(s), the first on line 2"),
+])
+def test_bad_ratings_cells_name_file_column_and_line(tmp_path, capsys, row, col, value, says):
+    d = _dir(tmp_path, {"ratings.csv": _edit(RATINGS, row, col, value), "movies.csv": MOVIES})
+    assert _refused(d, tmp_path, capsys) == says
+
+
+def test_lines_count_the_empty_lines_pyarrow_skips(tmp_path, capsys):
+    lines = _edit(RATINGS, 4, 3, "")
+    d = _dir(tmp_path, {"ratings.csv": lines[:2] + ["", ""] + lines[2:], "movies.csv": MOVIES})
+    assert _refused(d, tmp_path, capsys) == "ratings.csv: column timestamp has 1 empty value(s), the first on line 7"
+
+
+@pytest.mark.parametrize("row, col, value, says", [
+    (3, 3, "", "u.data: column timestamp has 1 empty value(s), the first on line 4"),
+    (0, 2, "x", "u.data: column rating has 1 value(s) that are not finite numbers, the first 'x' on line 1"),
+    (1, 0, "", "u.data: column user id has 1 empty id(s), the first on line 2"),
+])
+def test_bad_u_data_cells_name_file_column_and_line(tmp_path, capsys, row, col, value, says):
+    d = _dir(tmp_path, {"u.data": _edit(U_DATA, row, col, value, "\t"), "u.item": U_ITEM})
+    assert _refused(d, tmp_path, capsys) == says
+
+
+@pytest.mark.parametrize("files, says", [
+    ({"ratings.csv": [RATINGS[0].replace("userId", "user")] + RATINGS[1:], "movies.csv": MOVIES},
+     "ratings.csv: missing column(s) userId (has user, movieId, rating, timestamp)"),
+    ({"ratings.csv": [",".join(x.split(",")[:3]) for x in RATINGS], "movies.csv": MOVIES},
+     "ratings.csv: missing column(s) timestamp (has userId, movieId, rating)"),
+    ({"ratings.csv": RATINGS, "movies.csv": [",".join(x.split(",")[::2]) for x in MOVIES]},
+     "movies.csv: missing column(s) title (has movieId, genres)"),
+    ({"ratings.csv": RATINGS, "movies.csv": MOVIES + [MOVIES[2]]},
+     "movies.csv: column movieId has 1 duplicate id(s), the first '20' on line 5"),
+    ({"ratings.csv": [RATINGS[0] + ",userId"] + [x + ",9" for x in RATINGS[1:]], "movies.csv": MOVIES},
+     "ratings.csv: duplicate column(s) userId"),
+    ({"ratings.csv": RATINGS[:1], "movies.csv": MOVIES}, "no ratings"),
+    ({"u.data": U_DATA[:2] + ["1\t30\t4"], "u.item": U_ITEM}, "u.data: cannot parse: CSV parse error: Expected 4 "
+                                                             "columns, got 3: 1\t30\t4"),
+    ({"u.data": U_DATA, "u.item": U_ITEM[:2] + ["30|Short"]},
+     "u.item: line 3 is not 'id|title|release date|...|19 genre flags (0 or 1)'"),
+    ({"u.data": U_DATA, "u.item": U_ITEM + [U_ITEM[0]]}, "u.item: movie id '10' on line 4 is on line 1 already"),
+])
+def test_missing_columns_and_malformed_files_are_one_line(tmp_path, capsys, files, says):
+    assert _refused(_dir(tmp_path, files), tmp_path, capsys) == says
+
+
+def test_a_data_set_without_times_is_not_written(tmp_path):
+    from trainer.synth import synth
+
+    ds, _ = synth(20, 10, seed=0)
+    ds.ts = ds.ts.copy()
+    ds.ts[3] = np.nan
+    with pytest.raises(DataError, match=r"^1 interaction\(s\) without a time"):
+        write_dataset(ds, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
