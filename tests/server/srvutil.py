@@ -118,6 +118,24 @@ def new_version(root, src: str, name: str, corrupt: str | None = None):
     mpath.write_text(json.dumps(m))
 
 
+def edited_version(shared_root: Path, dst: Path, edit, name: str = "v-edited"):
+    """A copy of ``shared_root`` at ``dst`` with a loaded :class:`BundleHolder` and a new version ``name``
+    whose manifest ``edit(manifest dict)`` changed (CURRENT not moved yet): (root, holder, good version)."""
+    from recserve.config import ServeConfig
+    from recserve.live import BundleHolder
+
+    root = copy_root(shared_root, dst)
+    good = (root / "CURRENT").read_text().strip()
+    holder = BundleHolder(str(root), ServeConfig(reload_interval=0), None)
+    assert holder.try_reload()
+    new_version(root, good, name)
+    mpath = root / name / "manifest.json"
+    m = json.loads(mpath.read_text())
+    edit(m)
+    mpath.write_text(json.dumps(m))
+    return root, holder, good
+
+
 def worker_pids(server: Server, user: str, calls: int = 24) -> set[int]:
     """The worker pids that answered ``calls`` Recommends, each on a fresh connection."""
     pids = set()

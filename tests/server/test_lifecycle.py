@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc as pbg
 
-from srvutil import Server, copy_root, new_version, replacement, set_current, wait_for, worker_pids
+from srvutil import Server, copy_root, edited_version, new_version, replacement, set_current, wait_for, worker_pids
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -461,20 +461,7 @@ def test_a_hand_edited_manifest_with_unusable_params_is_refused(shared_root, tmp
     """The manifest is not hashed: serving parameters no request could use refuse the bundle at load
     (before, event_weights of the wrong length loaded and failed every Recommend of a user with history;
     a quotas map without ``session`` loaded and failed every Recommend with ``KeyError: 'session'``)."""
-    import json
-
-    from recserve.config import ServeConfig
-    from recserve.live import BundleHolder
-
-    root = copy_root(shared_root, tmp_path / "root")
-    good = (root / "CURRENT").read_text().strip()
-    holder = BundleHolder(str(root), ServeConfig(reload_interval=0), None)
-    assert holder.try_reload()
-    new_version(root, good, "v-edited")
-    mpath = root / "v-edited" / "manifest.json"
-    m = json.loads(mpath.read_text())
-    m["params"][key] = value
-    mpath.write_text(json.dumps(m))
+    root, holder, good = edited_version(shared_root, tmp_path / "root", lambda m: m["params"].update({key: value}))
     set_current(root, "v-edited")
     assert not holder.try_reload()
     assert holder.current.version == good and says in holder.last_error, holder.last_error

@@ -3,12 +3,11 @@
 the live bundle; never a bare ``KeyError`` or ``AttributeError`` later."""
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
 
-from srvutil import copy_root, new_version, set_current
+from srvutil import edited_version, set_current
 
 EDITS = {
     "files_string": (lambda m: m.update(files="tables.lmdb index.hnsw ranker.txt"),
@@ -26,20 +25,10 @@ EDITS = {
 @pytest.mark.parametrize("what", sorted(EDITS))
 def test_a_hand_edited_manifest_with_a_broken_structure_is_refused(shared_root, tmp_path, capsys, what):
     from recserve.bundle import BundleError, verify
-    from recserve.config import ServeConfig
-    from recserve.live import BundleHolder
     from trainer.cli import main
 
     edit, says = EDITS[what]
-    root = copy_root(shared_root, tmp_path / "root")
-    good = (root / "CURRENT").read_text().strip()
-    holder = BundleHolder(str(root), ServeConfig(reload_interval=0), None)
-    assert holder.try_reload()
-    new_version(root, good, "v-edited")
-    mpath = root / "v-edited" / "manifest.json"
-    m = json.loads(mpath.read_text())
-    edit(m)
-    mpath.write_text(json.dumps(m))
+    root, holder, good = edited_version(shared_root, tmp_path / "root", edit)
     with pytest.raises(BundleError, match=re.escape(says)):
         verify(root / "v-edited")
     capsys.readouterr()
