@@ -192,7 +192,8 @@ def main(argv=None) -> int:
     fm, fp = summary(t["fast"])
     rm, rp = summary(t["rows"])
     print(f"\n{'':40s} {'gather med':>10s} {'p99':>8s} {'txn.get med':>11s} {'p99':>7s} {'speed-up':>9s}")
-    print(f"{'gather vs per-row txn.get (500 rows)':40s} {fm:9.1f}µ {fp:7.1f}µ {rm:9.1f}µ {rp:7.1f}µ {rm / fm:8.1f}×")
+    print(f"{'gather vs per-row txn.get (500 rows)':40s} {fm:9.1f}µ {fp:7.1f}µ {rm:9.1f}µ {rp:7.1f}µ "
+          f"{rm / fm:8.1f}×")
 
     def whole_request():
         v = user_vector(E, hist, p, ev_w)

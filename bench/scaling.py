@@ -98,7 +98,8 @@ def measure(root: Path, cands: list[int], repeats: int, seed: int = 0) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=number_list(int, 100), default="10000,100000", help="catalogue sizes, comma separated")
+    ap.add_argument("--sizes", type=number_list(int, 100), default="10000,100000",
+                    help="catalogue sizes, comma separated")
     ap.add_argument("--with-1m", action="store_true", help="add a 1,000,000-item catalogue (slow to build)")
     ap.add_argument("--cands", type=number_list(int, 1), default="100,500,2000", help="candidate caps, comma separated")
     ap.add_argument("--repeats", type=positive_int, default=300)

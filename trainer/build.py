@@ -25,8 +25,9 @@ from trainer.timing import Timer
 log = logging.getLogger(__name__)
 
 DEFAULT_CFG = {
-    "factors": 64, "seed": 0, "embed": "als", "threads": 2, "als_iterations": 15, "als_reg": 20.0, "als_alpha": 20.0, "hnsw_M": 16,
-    "hnsw_ef_construction": 200, "index_serial_max_items": 50000, "i2i_M": 50, "holdout": 0.1, "label_frac": 0.15, "ranker_users": 3000,
+    "factors": 64, "seed": 0, "embed": "als", "threads": 2, "als_iterations": 15, "als_reg": 20.0, "als_alpha": 20.0,
+    "hnsw_M": 16, "hnsw_ef_construction": 200, "index_serial_max_items": 50000, "i2i_M": 50, "holdout": 0.1,
+    "label_frac": 0.15, "ranker_users": 3000,
     "tune_users": 1000, "ranker_rounds": 300, "tune": True,
     # the serving ef: the smallest whose ANN recall against brute force at the served k reaches this
     "ef_recall": 0.95,
@@ -413,7 +414,8 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
         "index": art.index_info,
         "params": params,
         "training": {"cut": cut, "label_cut": label_cut, "now": cut, "holdout": cfg["holdout"],
-                     "label_frac": cfg["label_frac"], "label_split": cfg["label_split"], "embedding": art.embed_method, "factors": cfg["factors"],
+                     "label_frac": cfg["label_frac"], "label_split": cfg["label_split"], "embedding": art.embed_method,
+                     "factors": cfg["factors"],
                      "seed": cfg["seed"], "ranker": rinfo, "tuning": tuning, "data_report": ds.report,
                      "config": {k: v for k, v in cfg.items() if k != "grid"}},
         "evaluation": {},

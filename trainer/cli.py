@@ -191,8 +191,9 @@ def _run(args) -> int:
         if ds.report.get("dropped_unknown_items"):
             print(f"dropped {ds.report['dropped_unknown_items']} interaction(s) with unknown items", file=sys.stderr)
         factors = args.factors
-        cfg = {"seed": args.seed, "factors": factors if len(factors) > 1 else factors[0], "embed": args.embed, "als_reg": args.als_reg, "threads": args.threads,
-               "holdout": args.holdout, "ranker_users": args.ranker_users, "label_windows": args.label_windows, "label_split": args.label_split,
+        cfg = {"seed": args.seed, "factors": factors if len(factors) > 1 else factors[0], "embed": args.embed,
+               "als_reg": args.als_reg, "threads": args.threads, "holdout": args.holdout,
+               "ranker_users": args.ranker_users, "label_windows": args.label_windows, "label_split": args.label_split,
                "tune": not args.no_tune, "ranker_trees": args.ranker_trees,
                "share_categories": args.share_categories,
                "similar_lists": not args.no_similar_lists}

@@ -2,7 +2,8 @@
 
 Embeddings are L2-normalised. The regularisation is strong by default (20, in implicit's absolute units):
 items with few interactions otherwise get noisy factors that, once normalised, crowd the cosine neighbours
-of every user (measured on synth 20k users x 10k items, 64 factors: ANN recall@50 0.012 at 0.05, 0.041 at 20). Items without any training interaction get the mean embedding of the items
+of every user (measured on synth 20k users x 10k items, 64 factors: ANN recall@50 0.012 at 0.05, 0.041 at
+20). Items without any training interaction get the mean embedding of the items
 sharing their category and creator (else category, else the global mean), then normalised.
 """
 from __future__ import annotations

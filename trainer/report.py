@@ -49,11 +49,12 @@ def render(manifest: dict, result: dict) -> str:
         "params": manifest.get("params"), "ranker": tr.get("ranker"), "tuning": tr.get("tuning"),
         "timings_s": tr.get("timings"),
     }
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>recserve bundle {html.escape(str(manifest.get('version')))}</title>
-<style>body{{font:14px system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
-padding:4px 8px;text-align:right}}th{{text-align:left}}.best{{background:#d8f0d8;font-weight:bold}}pre{{background:#f6f6f6;
-padding:1em;overflow:auto}}</style></head><body>
-<h1>Bundle {html.escape(str(manifest.get('version')))}</h1>
+    version = html.escape(str(manifest.get('version')))
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>recserve bundle {version}</title>
+<style>body{{font:14px system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{text-align:left}}
+.best{{background:#d8f0d8;font-weight:bold}}pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style></head><body>
+<h1>Bundle {version}</h1>
 <p>Held-out newest interactions after {result.get('cut')} (unix s); {result['users']} users evaluated,
 {result.get('held_out_interactions', '?')} held-out interactions. History items are excluded from recommendations
 and from the truth.</p>

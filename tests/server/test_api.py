@@ -233,7 +233,8 @@ def test_update_items_stock_and_price(server, facts):
     ids = [i.item_id for i in stub.SimilarItems(pb.SimilarItemsRequest(
         item_id=facts["items"][7], k=5, filters=pb.Filters(max_price=50000)), timeout=10).items]
     assert victim not in ids
-    code, details = code_of(stub.UpdateItems, pb.UpdateItemsRequest(items=[pb.ItemUpdate(item_id="ghost", in_stock=True)]))
+    code, details = code_of(stub.UpdateItems,
+                            pb.UpdateItemsRequest(items=[pb.ItemUpdate(item_id="ghost", in_stock=True)]))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "ghost" in details
     code, details = code_of(stub.UpdateItems, pb.UpdateItemsRequest(
         items=[pb.ItemUpdate(item_id=victim, price=-3)]))

@@ -236,7 +236,8 @@ def test_tls_and_mtls(shared_root, facts, tmp_path, start_server):
     assert r.returncode == 0 and len(r.stdout.strip().splitlines()) >= 3 + 2, r.stdout + r.stderr
     assert cli().returncode != 0
     r = subprocess.run([sys.executable, "-m", "recserve.cli", "health", "--addr", f"localhost:{s.port}"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       capture_output=True, text=True, cwd=ROOT, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 1 and "if the server uses TLS, pass its CA certificate with --ca" in r.stderr, r.stderr
     assert s.terminate() == 0                       # refused handshakes added no plain-text line to the log
     lines = [ln for ln in s.proc.stderr.read().splitlines() if ln.strip()]
