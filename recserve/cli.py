@@ -233,17 +233,19 @@ def cmd_health(args) -> int:
 
 def _open_store(args):
     """The event store the server of these settings uses (same precedence: flags > RECSERVE_* env > config
-    file), or a one-line reason it cannot be opened. An absent store is not created."""
+    file), or a one-line reason it cannot be opened. An absent store is not created. It is opened with the
+    map size the store records (the largest any server gave it): a larger one here could grow the file past
+    a running server's map, whose every read would then fail."""
     from recserve.events import EventStore
 
-    flags = {k: getattr(args, k) for k in ("bundle", "events_dir", "events_map_mb")}
+    flags = {k: getattr(args, k) for k in ("bundle", "events_dir")}
     cfg = C.load({k: v for k, v in flags.items() if v is not None}, file=args.config)
     if not cfg.events_dir and not cfg.bundle:
         raise ValueError("--bundle ROOT or --events-dir DIR is required (or RECSERVE_BUNDLE / the config file)")
     path = Path(cfg.events_dir) if cfg.events_dir else C.bundle_root(cfg.bundle) / "events"
     if not (path / "data.mdb").is_file():
         raise ValueError(f"no event store at {path}")
-    return EventStore(path, map_size=cfg.events_map_mb << 20)
+    return EventStore(path, map_size=0)
 
 
 def cmd_store(args) -> int:
@@ -254,10 +256,25 @@ def cmd_store(args) -> int:
     except (OSError, ValueError, lmdb.Error) as exc:
         print(f"recserve store: {exc}", file=sys.stderr)
         return 2
+    import signal
+
+    interrupted = []
+
+    def stop(signum, frame) -> None:        # Ctrl-C during a prune: stop after the transaction in hand
+        interrupted.append(signum)
+
     try:
         if args.action == "prune":
             before = time.time() - args.older_than_days * 86400.0
-            deleted, emptied = store.prune(before, batch=args.batch)
+            previous = signal.signal(signal.SIGINT, stop)
+            try:
+                deleted, emptied = store.prune(before, batch=args.batch, committed=lambda d, e: not interrupted)
+            finally:
+                signal.signal(signal.SIGINT, previous)
+            if interrupted:
+                print(f"recserve store: interrupted; {deleted} events were deleted and {emptied} users removed "
+                      f"before (committed), the rest is as it was", file=sys.stderr)
+                return 130
             print(f"deleted {deleted} events older than {args.older_than_days:g} days; {emptied} users left "
                   f"with none were removed")
         elif args.action == "forget":
@@ -268,6 +285,13 @@ def cmd_store(args) -> int:
         print(_table(["store", "events", "users with events", "new users", "item states"],
                      [[str(store.path), stats["events"], stats["users_with_events"], stats["users"],
                        stats["items"]]]))
+    except KeyboardInterrupt:       # forget and stats: one transaction, rolled back
+        print("recserve store: interrupted; nothing was changed", file=sys.stderr)
+        return 130
+    except lmdb.MapFullError:
+        print(f"recserve store: {store.path} is full, and deleting needs free pages too: restart the server with "
+              f"a larger --events-map-mb, then run this again", file=sys.stderr)
+        return 1
     except lmdb.Error as exc:
         print(f"recserve store: {store.path}: {exc}", file=sys.stderr)
         return 1
@@ -422,9 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         a = actions.add_parser(name, help=help)
         a.add_argument("--bundle", help="bundle root: the store is <root>/events unless --events-dir says")
         a.add_argument("--events-dir", dest="events_dir", help="the event store's directory")
-        a.add_argument("--events-map-mb", dest="events_map_mb", type=positive,
-                       help="the LMDB map size in MiB: the same as the server's (default 65536)")
-        a.add_argument("--config", help="the server's TOML file, read for bundle / events_dir / events_map_mb")
+        a.add_argument("--config", help="the server's TOML file, read for bundle and events_dir")
         a.set_defaults(fn=cmd_store)
         if name == "prune":
             a.add_argument("--older-than-days", dest="older_than_days", type=days, required=True,

@@ -55,8 +55,8 @@ class Event:
 class EventStore:
     def __init__(self, path: str | os.PathLike, map_size: int = 64 << 30, per_user: int = 1000):
         """``map_size``: LMDB's map (address space; the file grows as it is used), the same in every process
-        that opens the store (LMDB's set_mapsize from several processes corrupts it); ``per_user``: events
-        kept per user."""
+        that opens the store (LMDB's set_mapsize from several processes corrupts it; 0: the size the store
+        records, the largest any process gave it); ``per_user``: events kept per user."""
         if per_user < 1:
             raise ValueError(f"per_user must be >= 1, got {per_user}")
         self.path = Path(path)
@@ -147,11 +147,13 @@ class EventStore:
                 n_users += bool(n or any(had))
         return n_events, n_users
 
-    def prune(self, before: float, batch: int = 10_000) -> tuple[int, int]:
+    def prune(self, before: float, batch: int = 10_000, committed=None) -> tuple[int, int]:
         """Delete every event with a timestamp before ``before`` (unix seconds), in fsynced transactions
         of at most ``batch`` deletions (writers wait for one transaction, not for the whole pass):
         (events deleted, users left with none, whose records are removed as :meth:`forget` does). A user
-        whose events were deleted gets a new stamp, so no worker keeps serving them from its cache."""
+        whose events were deleted gets a new stamp, so no worker keeps serving them from its cache.
+        ``committed(deleted, emptied)``, when given, hears the totals after each transaction commits; when
+        it returns False the pass stops there (the counts returned are what was committed)."""
         self._check_pid()
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
@@ -192,6 +194,8 @@ class EventStore:
                         break
                     found = cur.set_range(u + b"\1")   # her newer events stay: the next user
                 txn.put(b"seq", seq.to_bytes(8, "big"), db=self._meta)
+            if committed is not None and committed(deleted, emptied) is False:
+                break
         return deleted, emptied
 
     def update_items(self, updates: Iterable[tuple[str, bool | None, float | None]]) -> int:

@@ -122,18 +122,18 @@ def test_store_cli_forgets_and_prunes_beside_an_open_store_that_keeps_serving(de
         after = [i.item_id for i in rec.recommend(RecRequest(user_id=user, k=5)).items]
         assert first[0] not in after and first[1] not in after                   # consumed: excluded
 
-        r = _cli("prune", "--events-dir", str(ev), "--events-map-mb", "1024", "--older-than-days", "30")
+        r = _cli("prune", "--events-dir", str(ev), "--older-than-days", "30")
         assert r.returncode == 0, r.stderr
         assert "deleted 2 events older than 30 days; 1 users left with none were removed" in r.stdout
         assert rec.store.recent_columns(user, 10)[0] == [first[1]] and not rec.store.has_user("other")
         after = [i.item_id for i in rec.recommend(RecRequest(user_id=user, k=5)).items]
         assert first[0] in after and first[1] not in after
 
-        r = _cli("forget", "--events-dir", str(ev), "--events-map-mb", "1024", user, "nobody")
+        r = _cli("forget", "--events-dir", str(ev), user, "nobody")
         assert r.returncode == 0, r.stderr
         assert "forgot 2 users: 1 events deleted (1 had records in the store)" in r.stdout
         assert [i.item_id for i in rec.recommend(RecRequest(user_id=user, k=5)).items] == first
-        r = _cli("stats", "--events-dir", str(ev), "--events-map-mb", "1024")
+        r = _cli("stats", "--events-dir", str(ev))
         assert r.returncode == 0 and str(ev) in r.stdout
         store.close()
 
@@ -154,3 +154,54 @@ def test_store_cli_refuses_with_exit_2_and_creates_nothing(tmp_path, args, says,
     assert r.returncode == 2 and says in r.stderr.strip().splitlines()[-1], r.stderr
     assert "Traceback" not in r.stderr
     assert not missing.exists()
+
+
+def test_store_cli_keeps_the_servers_map_size_and_says_when_the_store_is_full(tmp_path):
+    """The CLI opens the store with the map size it records: it never grows the file past the map of the
+    process serving it (whose every read would then fail), and a full store is one line saying what to do."""
+    import time
+
+    import lmdb
+
+    ev = tmp_path / "ev"
+    store = EventStore(ev, map_size=1 << 20)                           # a server with a 1 MiB map
+    old = time.time() - 40 * 86400
+    with pytest.raises(lmdb.MapFullError):                             # filled with 40-day-old events
+        for b in range(2000):
+            store.record([Event(f"f{b % 300}", f"i{k}", 1, old + b) for k in range(50)], lambda u: False)
+    held = store.stats()["events"]
+    r = _cli("prune", "--events-dir", str(ev), "--older-than-days", "30")
+    assert r.returncode == 1 and r.stderr.strip() == (
+        f"recserve store: {ev} is full, and deleting needs free pages too: restart the server with a larger "
+        f"--events-map-mb, then run this again"), r.stderr
+    assert store.stats()["events"] == held and len(store.recent_columns("f0", 5)[0]) == 5     # still reads
+    store.close()
+    store = EventStore(ev, map_size=4 << 20, per_user=100_000)         # restarted with a larger map
+    r = _cli("prune", "--events-dir", str(ev), "--older-than-days", "30", "--batch", "1000")
+    assert r.returncode == 0, r.stderr
+    assert store.stats()["events"] == 0 and store.env.info()["map_size"] == 4 << 20
+    store.record([Event("back", "item", 0, 1.0)], lambda u: True)      # the server still reads and writes
+    assert store.recent_columns("back", 5)[0] == ["item"]
+    store.close()
+
+
+def test_ctrl_c_during_prune_says_what_was_committed(tmp_path):
+    import signal
+    import time
+
+    ev = tmp_path / "ev"
+    store = EventStore(ev, map_size=1 << 30)
+    store.record([Event(f"u{k % 500}", "item", 0, 1.0 + k) for k in range(20_000)], lambda u: True)
+    p = subprocess.Popen([sys.executable, "-m", "recserve.cli", "store", "prune", "--events-dir", str(ev),
+                          "--older-than-days", "1", "--batch", "1"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while store.stats()["events"] == 20_000 and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=60)[1]
+    gone = 20_000 - store.stats()["events"]
+    assert p.returncode == 130 and "Traceback" not in err, err
+    assert 0 < gone < 20_000 and err.strip() == (
+        f"recserve store: interrupted; {gone} events were deleted and {gone // 40} users removed before "
+        f"(committed), the rest is as it was"), (gone, err)
+    store.close()
