@@ -314,7 +314,7 @@ class Recommender:
         h_rows, h_ev, h_ts, h_consumed = self.histories.of(req.user_id, user_row)
         sess = self.tables.rows_of("item", req.session_item_ids)
         sess = sess[sess >= 0]
-        cold = user_row is None and len(h_rows) == 0 and len(sess) == 0
+        cold = len(h_rows) == 0 and len(sess) == 0     # nothing of hers to go on, known id or not
         yield from done("validate")
 
         # the history with the request's session appended as the newest session (as clicks, now)

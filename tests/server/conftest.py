@@ -44,6 +44,8 @@ def facts(demo_bundle):
         f = {
             "version": version,
             "user": t.id_of("user", urow),
+            # a user of the bundle without any interaction before its cut (all of hers were held out)
+            "user_without_history": t.id_of("user", int((counts == 0).argmax())) if (counts == 0).any() else None,
             "user_history": set(t.ids_of("item", t.array("hist_items")[indptr[urow]:indptr[urow + 1]])),
             "items": [t.id_of("item", r) for r in range(t.n_ids("item"))],
             "categories": [t.id_of("category", r) for r in range(t.n_ids("category"))],

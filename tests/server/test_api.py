@@ -42,11 +42,15 @@ def test_recommend_known_user(server, facts):
     assert set(i.item_id for i in r2.items) & facts["user_history"]
 
 
-def test_recommend_unknown_and_anonymous_users_get_cold_start(server):
+def test_recommend_unknown_and_anonymous_users_get_cold_start(server, facts):
+    """cold_start: nothing of the user to go on (no history, no session), whether or not the bundle knows
+    her id."""
     stub = server.stub()
-    for uid in ("nobody-" + uuid.uuid4().hex, ""):
+    assert facts["user_without_history"] is not None
+    for uid in ("nobody-" + uuid.uuid4().hex, "", facts["user_without_history"]):
         r = stub.Recommend(pb.RecommendRequest(user_id=uid, k=10), timeout=10)
-        assert r.cold_start and len(r.items) == 10
+        assert r.cold_start and len(r.items) == 10, uid
+        assert all(i.sources == ["popular"] for i in r.items), uid
 
 
 def test_session_items_steer_and_are_excluded(server, facts):
