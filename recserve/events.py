@@ -297,6 +297,12 @@ class EventStore:
                     states[i] = json.loads(bytes(raw))
         return gen, states
 
+    def usage(self) -> tuple[int, int]:
+        """(bytes of the pages ever used, the map's bytes): the store cannot grow past the map, and LMDB
+        reuses freed pages before it takes new ones."""
+        info, stat = self.env.info(), self.env.stat()
+        return (info["last_pgno"] + 1) * stat["psize"], info["map_size"]
+
     def stats(self) -> dict:
         """events; users created by events (not in a bundle); users with events (stamped); item states."""
         with self.env.begin() as txn:

@@ -1,5 +1,6 @@
 """The server's Prometheus metrics: requests and errors by method and status code, latency per method and
-per Recommend stage, merged candidates per source, bundle loads and the loaded version, events written.
+per Recommend stage, merged candidates per source, bundle loads and the loaded version, events written,
+the event store's size.
 With several workers they are kept in prometheus_client's multiprocess files and served by the supervisor.
 
 A Recommend makes a dozen observations. Written one by one to the multiprocess files they cost about
@@ -72,6 +73,13 @@ class Metrics:
                               registry=r)
         self.forwarded = Counter("recserve_forwarded_total", "Recommends computed by an idle sibling worker",
                                  registry=r)
+        # the event store's file, shared by the workers (the same value from each: the largest is current)
+        self.store_used = Gauge("recserve_event_store_used_bytes", "the event store's high-water mark: pages "
+                                "ever used, freed ones included (LMDB reuses them)", multiprocess_mode="max",
+                                registry=r)
+        self.store_map = Gauge("recserve_event_store_map_bytes", "the event store's map (--events-map-mb): "
+                               "writes fail once the used pages reach it and none is free",
+                               multiprocess_mode="max", registry=r)
         # per label set, looked up once: the pending observations of a histogram child, the pending count
         # of a counter child
         self._hists: dict[tuple, _Pending] = {}
@@ -101,6 +109,11 @@ class Metrics:
                 self._hist(self.stage, stage).add(ms / 1000.0)
         for source, n in source_counts.items():
             self._hist(self.candidates, source).add(n)
+
+    def store_usage(self, used: int, map_size: int) -> None:
+        """The event store's size (:meth:`recserve.events.EventStore.usage`), after a write."""
+        self.store_used.set(used)
+        self.store_map.set(map_size)
 
     def settle(self, idle: bool) -> None:
         """Write the pending observations when the worker is ``idle`` (no call in flight) or the last write

@@ -158,6 +158,8 @@ class Worker:
         root = bundle_root(cfg.bundle)
         self.store = EventStore(cfg.events_dir or root / "events", map_size=cfg.events_map_mb << 20,
                                 per_user=cfg.events_per_user)
+        if metrics is not None:
+            metrics.store_usage(*self.store.usage())
         self.holder = BundleHolder(cfg.bundle, cfg, self.store, metrics, report, inherit)
         self.replacement = inherit is not None and inherit[0] is not None
         # event-store writes (fsync) and bundle loads: blocking work that must not stall the event loop

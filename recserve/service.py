@@ -280,6 +280,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             accepted, new_users = await self._in_io(rec.record_events, events)
         if self.metrics is not None:
             self.metrics.events.inc(accepted)
+            self.metrics.store_usage(*rec.store.usage())
         return pb.RecordEventsResponse(accepted=accepted, new_users=new_users, request_id=rid)
 
     @rpc
@@ -287,7 +288,10 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         ups = [(u.item_id, u.in_stock if u.HasField("in_stock") else None,
                 u.price if u.HasField("price") else None) for u in request.items]
         with self._rec() as rec:
-            return pb.UpdateItemsResponse(updated=await self._in_io(rec.update_items, ups), request_id=rid)
+            updated = await self._in_io(rec.update_items, ups)
+            if self.metrics is not None:
+                self.metrics.store_usage(*rec.store.usage())
+        return pb.UpdateItemsResponse(updated=updated, request_id=rid)
 
 
 WRITE_METHODS = {"/recserve.v1.Recommender/RecordEvents", "/recserve.v1.Recommender/UpdateItems"}

@@ -197,6 +197,8 @@ def test_metrics_endpoint_aggregates_workers(shared_root, facts, start_server, t
     assert metric(text, "recserve_candidates_count", source="ann") == 6.0
     assert metric(text, "recserve_candidates_sum") > 0
     assert metric(text, "recserve_events_written_total") == 3.0
+    used, mapped = metric(text, "recserve_event_store_used_bytes"), metric(text, "recserve_event_store_map_bytes")
+    assert mapped == 65536 << 20 and 4096 * 4 <= used < 1 << 20, (used, mapped)
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
