@@ -97,7 +97,7 @@ def _load_manifest(d: Path) -> dict:
 def _check_structure(m: dict) -> None:
     """The manifest's entries that the server, ``recserve-train verify`` and ``evaluate`` read, each of the
     type they read it as (``BundleError`` naming the first that is not)."""
-    from recserve._core.candidates import MAX_EF, finite_number
+    from recserve._core.candidates import MAX_EF, finite_number, int_in
 
     def bad(what: str) -> BundleError:
         return BundleError(f"manifest.json: {what}")
@@ -111,7 +111,7 @@ def _check_structure(m: dict) -> None:
         if not isinstance(m[key], dict):
             raise bad(f"{key}: a JSON object, not {str(m[key])[:80]!r}")
     ef = m["index"].get("ef", 1)
-    if isinstance(ef, bool) or not isinstance(ef, int) or not 1 <= ef <= MAX_EF:
+    if not int_in(ef, 1, MAX_EF):
         raise bad(f"index.ef: an integer in [1, {MAX_EF}], not {ef!r}")
     names = m["feature_schema"].get("feature_names")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):

@@ -90,21 +90,21 @@ _MESSAGES = {m.name: (getattr(pb, m.input_type.name), getattr(pb, m.output_type.
 
 
 def add_to_server(service, server) -> None:
-    """Register ``service``'s methods on ``server`` with the request bytes handed over as they came, so that
-    a request that does not parse is an ``INVALID_ARGUMENT`` of :func:`rpc` (counted, logged in one line,
-    with a request id) and not gRPC's own ``UNKNOWN`` with a traceback."""
-    handlers = {name: grpc.unary_unary_rpc_method_handler(getattr(service, name),
-                                                          response_serializer=out.SerializeToString)
-                for name, (_, out) in _MESSAGES.items()}
+    """Register ``service``'s methods on ``server`` with bytes in and out: the request handed over as it came,
+    so that a request that does not parse is an ``INVALID_ARGUMENT`` of :func:`rpc` (counted, logged in one
+    line, with a request id) and not gRPC's own ``UNKNOWN`` with a traceback; the response serialized by
+    :func:`rpc`, which refuses one past the size limit the same way."""
+    handlers = {name: grpc.unary_unary_rpc_method_handler(getattr(service, name)) for name in _MESSAGES}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers),))
     if hasattr(server, "add_registered_method_handlers"):       # grpcio >= 1.62: no generic lookup per call
         server.add_registered_method_handlers(_SERVICE.full_name, handlers)
 
 
 def rpc(method):
-    """Every RPC: the request parsed (it arrives as bytes, see :func:`add_to_server`), a request id (in the
-    response, the trailing metadata and any log line about the call), the worker's bound on calls in
-    flight, errors mapped by :func:`status_of` (failed calls are logged, successful ones are not), metrics."""
+    """Every RPC: the request parsed and the response serialized (bytes both ways, see :func:`add_to_server`),
+    a request id (in the response, the trailing metadata and any log line about the call), the worker's
+    bound on calls in flight, errors mapped by :func:`status_of` (failed calls are logged, successful ones
+    are not), metrics."""
     name = method.__name__
     parse = _MESSAGES[name][0].FromString
 
@@ -120,10 +120,10 @@ def rpc(method):
                 raise Overloaded()
             if isinstance(request, bytes):
                 request = parse(request)
-            response = await method(self, request, context, rid)
-            if self.max_response_bytes and response.ByteSize() > self.max_response_bytes:
-                raise ResponseTooLarge(response.ByteSize(), self.max_response_bytes)
-            return response
+            data = (await method(self, request, context, rid)).SerializeToString()
+            if self.max_response_bytes and len(data) > self.max_response_bytes:
+                raise ResponseTooLarge(len(data), self.max_response_bytes)
+            return data
         except asyncio.CancelledError:          # the client cancelled or its deadline passed: gRPC's doing
             left = context.time_remaining()
             late = left is not None and left <= 0

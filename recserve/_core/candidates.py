@@ -64,7 +64,7 @@ def finite_number(v) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _int_in(v, lo: int, hi: int) -> bool:
+def int_in(v, lo: int, hi: int) -> bool:
     """Whether ``v`` is an integer (not a bool) in ``[lo, hi]``."""
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
@@ -85,7 +85,7 @@ def check_params(params: dict) -> None:
             raise ValueError(f"params.event_weights: {n_ew} numbers in [0, {MAX_EVENT_WEIGHT:.4g}] (view, click, "
                              f"cart, purchase, rating), not {ew!r}")
     for key, (lo, hi) in INT_PARAMS.items():
-        if key in params and not _int_in(params[key], lo, hi):
+        if key in params and not int_in(params[key], lo, hi):
             raise ValueError(f"params.{key}: an integer in [{lo}, {hi}], not {params[key]!r}")
     for key, (lo, hi) in NUMBER_PARAMS.items():
         if key not in params:
@@ -111,7 +111,7 @@ def _check_quotas(quotas) -> None:
     if missing:
         raise ValueError(f"params.quotas: no quota for {', '.join(missing)} ({what})")
     for s in SOURCES:
-        if not _int_in(quotas[s], 0, MAX_CANDIDATES):
+        if not int_in(quotas[s], 0, MAX_CANDIDATES):
             raise ValueError(f"params.quotas: {s} must be an integer in [0, {MAX_CANDIDATES}], not {quotas[s]!r}")
 
 
