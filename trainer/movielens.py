@@ -6,6 +6,9 @@ release year stands in for ``created_at``; there is no creator or price (price 0
 from __future__ import annotations
 
 import datetime as _dt
+import functools
+import mmap
+import os
 import re
 from pathlib import Path
 
@@ -48,9 +51,11 @@ def _year_ts(year: int | None) -> float:
     return _dt.datetime(int(year), 1, 1, tzinfo=_dt.timezone.utc).timestamp()
 
 
-def _read_csv(path: Path, ids: tuple[str, ...], **options) -> pa.Table:
-    """A CSV file as a table, the ``ids`` columns as text; a file that does not parse is a DataError."""
-    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in ids})
+def _read_csv(path: Path, text: tuple[str, ...], header: bool = True, **options) -> pa.Table:
+    """A CSV file as a table, the ``text`` columns as UTF-8 text (a cell that is not names its line), only
+    empty cells null (``NA`` or ``nan`` are values, refused where a number is wanted); a file that does not
+    parse is a DataError."""
+    convert = pacsv.ConvertOptions(column_types={c: pa.binary() for c in text}, null_values=[""])
     try:
         t = pacsv.read_csv(path, convert_options=convert, **options)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -58,66 +63,108 @@ def _read_csv(path: Path, ids: tuple[str, ...], **options) -> pa.Table:
     twice = sorted(c for c in set(t.column_names) if t.column_names.count(c) > 1)
     if twice:
         raise DataError(f"{path.name}: duplicate column(s) {', '.join(twice)}")
+    for col in text:
+        if col in t.column_names:
+            t = t.set_column(t.column_names.index(col), col, _utf8(t.column(col), path, col, header))
     return t
 
 
-def _line(path: Path, row: int, header: bool) -> int | str:
-    """The line of the file holding data row ``row`` (from 0), as pyarrow counts rows: empty lines skipped
-    (a value spanning lines in quotes is not expected in these files)."""
+def _utf8(c: pa.ChunkedArray, path: Path, col: str, header: bool) -> pa.ChunkedArray:
+    try:
+        return pc.cast(c, pa.string())
+    except pa.ArrowInvalid:
+        bad = np.zeros(len(c), bool)
+        for row, v in enumerate(c.to_pylist()):
+            try:
+                v is None or v.decode("utf-8")
+            except UnicodeDecodeError:
+                bad[row] = True
+        _refuse(path, col, bad, "value(s) that are not UTF-8 text", header)
+        raise                           # not reached: _refuse raises
+
+
+def _record_starts(delimiter: bytes) -> re.Pattern:
+    """Tokens of a CSV file as pyarrow reads it: a quoted value (which may hold line breaks; a quote opens
+    one only at the start of a value), or a line break (\\n, \\r\\n or \\r)."""
+    d = re.escape(delimiter)
+    return re.compile(rb'(?:(?<=' + d + rb')|(?<=[\r\n])|\A)"(?:[^"]|"")*(?:"|\Z)|\r\n|\r|\n')
+
+
+_BREAK = re.compile(rb"\r\n|\r|\n")
+
+
+def _line(path: Path, row: int, header: bool, delimiter: bytes = b",") -> int | None:
+    """The line of the file on which data row ``row`` (from 0) starts, counting rows as pyarrow does: empty
+    lines skipped, line breaks in quoted values kept in the value. None if the file has fewer rows."""
     k = row + int(header)
     with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip(b"\r\n"):
-                if k == 0:
-                    return n
-                k -= 1
-    return f"row {row + 1}"
+        if os.fstat(f.fileno()).st_size == 0:
+            return None
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            n, line, start = 1, 1, 0        # the physical line; the line and offset where this record began
+            for t in _record_starts(delimiter).finditer(m):
+                if t.group()[:1] == b'"':
+                    n += len(_BREAK.findall(t.group()))
+                    continue
+                if t.start() > start:       # a record that is not an empty line ends here
+                    if k == 0:
+                        return line
+                    k -= 1
+                n += 1
+                start, line = t.end(), n
+            return line if k == 0 and len(m) > start else None
 
 
-def _refuse(path: Path, col: str, bad: np.ndarray, what: str, header: bool, shown=None) -> None:
+def _refuse(path: Path, col: str, bad: np.ndarray, what: str, header: bool, shown=None,
+            delimiter: bytes = b",") -> None:
     """A DataError naming the file, the column and the line of the first ``bad`` row."""
     n, row = int(bad.sum()), int(np.flatnonzero(bad)[0])
     value = "" if shown is None else f" {shown[row]!r}"
-    where = _line(path, row, header)
-    raise DataError(f"{path.name}: column {col} has {n} {what}, the first{value} on line {where}")
+    line = _line(path, row, header, delimiter)
+    where = f"on line {line}" if line else f"in data row {row + 1}"
+    raise DataError(f"{path.name}: column {col} has {n} {what}, the first{value} {where}")
 
 
-def _ids(t: pa.Table, path: Path, col: str, header: bool = True) -> np.ndarray:
+def _ids(t: pa.Table, path: Path, col: str, header: bool = True, delimiter: bytes = b",") -> np.ndarray:
     """A column of ids (read as text): none may be empty."""
     c = t.column(col)
     empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(c), ""), True).to_numpy(zero_copy_only=False)
     if empty.any():
-        _refuse(path, col, empty, "empty id(s)", header)
+        _refuse(path, col, empty, "empty id(s)", header, delimiter=delimiter)
     return c.to_numpy(zero_copy_only=False).astype(str)
 
 
-def _finite(t: pa.Table, path: Path, col: str, header: bool = True, times: bool = False) -> np.ndarray:
+# a decimal number as a person writes one: no "inf", "nan", "true", "1_0" or digits of other scripts
+_NUMBER = r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
+
+
+def _finite(t: pa.Table, path: Path, col: str, header: bool = True, times: bool = False,
+            delimiter: bytes = b",") -> np.ndarray:
     """A column of numbers as float64: none empty, unparsable or infinite; ``times``: unix seconds from the
     year 1 to 9999."""
     c = t.column(col)
-    if pa.types.is_integer(c.type) or pa.types.is_floating(c.type):
-        a = c.to_numpy(zero_copy_only=False).astype(np.float64)      # empty cells are NaN
-    else:                               # text: some value is not a number
-        a = np.array([_float(v) for v in c.to_pylist()], np.float64)
+    refuse = functools.partial(_refuse, path, col, header=header, delimiter=delimiter)
     empty = pc.is_null(c).to_numpy(zero_copy_only=False)
-    if pa.types.is_string(c.type):
+    if pa.types.is_string(c.type):      # white space only
         empty |= pc.fill_null(pc.equal(pc.utf8_trim_whitespace(c), ""), True).to_numpy(zero_copy_only=False)
     if empty.any():
-        _refuse(path, col, empty, "empty value(s)", header)
+        refuse(empty, "empty value(s)")
+    if pa.types.is_integer(c.type) or pa.types.is_floating(c.type):
+        a = c.to_numpy(zero_copy_only=False).astype(np.float64)
+    else:                               # text (some cell is not a number), true/false, dates
+        try:
+            s = pc.utf8_trim_whitespace(pc.cast(c, pa.string()))
+            number = pc.if_else(pc.match_substring_regex(s, _NUMBER), s, pa.scalar(None, pa.string()))
+            a = pc.cast(number, pa.float64()).to_numpy(zero_copy_only=False)        # not a number: NaN
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            a = np.full(len(c), np.nan)
     bad = ~np.isfinite(a)
     if bad.any():
-        _refuse(path, col, bad, "value(s) that are not finite numbers", header, c.to_pylist())
+        refuse(bad, "value(s) that are not finite numbers", shown=c.to_pylist())
     bad = times & ((a < MIN_TIMESTAMP) | (a > MAX_TIMESTAMP))
     if bad.any():
-        _refuse(path, col, bad, "time(s) before the year 1 or after 9999", header, c.to_pylist())
+        refuse(bad, "time(s) before the year 1 or after 9999", shown=c.to_pylist())
     return a
-
-
-def _float(v) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return np.nan
 
 
 def _unique(path: Path, col: str, ids: list[str]) -> None:
@@ -134,16 +181,20 @@ def load_ml100k(path: Path) -> Dataset:
         if not p.is_file():
             raise DataError(f"{path}: not ml-100k (no {p.name})")
     names = ["user id", "item id", "rating", "timestamp"]        # u.data has no header
-    t = _read_csv(data, tuple(names[:2]), read_options=pacsv.ReadOptions(column_names=names),
+    t = _read_csv(data, tuple(names[:2]), False, read_options=pacsv.ReadOptions(column_names=names),
                   parse_options=pacsv.ParseOptions(delimiter="\t"))
     item_ids, cats, created, line_of = [], [], [], {}
-    for n, line in enumerate(item.read_bytes().decode("latin-1").splitlines(), 1):
+    # lines end in \n or \r\n; latin-1 titles may hold bytes str.splitlines() would also break at (0x85)
+    for n, line in enumerate(re.split(r"\r?\n", item.read_bytes().decode("latin-1")), 1):
         if not line.strip():
             continue
         f = line.split("|")
-        flags = [x.strip() for x in f[5:5 + 19]]
-        if len(f) < 3 or not f[0].strip() or any(x not in ("0", "1") for x in flags):
-            raise DataError(f"{item.name}: line {n} is not 'id|title|release date|...|19 genre flags (0 or 1)'")
+        if len(f) != 5 + len(ML100K_GENRES) or not f[0].strip():
+            raise DataError(f"{item.name}: line {n} has {len(f)} field(s), not 24 (id|title|release date|"
+                            "video release date|IMDb URL|19 genre flags)")
+        flags = [x.strip() for x in f[5:]]
+        if any(x not in ("0", "1") for x in flags):
+            raise DataError(f"{item.name}: line {n} has a genre flag that is not 0 or 1")
         if f[0] in line_of:
             raise DataError(f"{item.name}: movie id {f[0]!r} on line {n} is on line {line_of[f[0]]} already")
         line_of[f[0]] = n
@@ -152,9 +203,10 @@ def load_ml100k(path: Path) -> Dataset:
         cats.append(g[0] if g else "unknown")
         m = re.search(r"(\d{4})$", f[2].strip())
         created.append(_year_ts(int(m.group(1)) if m else None))
-    return _finish(_ids(t, data, "user id", False), _ids(t, data, "item id", False),
-                   _finite(t, data, "timestamp", False, times=True),
-                   _finite(t, data, "rating", False), item_ids, cats, created)
+    tab = {"header": False, "delimiter": b"\t"}
+    return _finish(_ids(t, data, "user id", **tab), _ids(t, data, "item id", **tab),
+                   _finite(t, data, "timestamp", times=True, **tab),
+                   _finite(t, data, "rating", **tab), item_ids, cats, created)
 
 
 def load_ml_latest(path: Path) -> Dataset:
@@ -164,7 +216,7 @@ def load_ml_latest(path: Path) -> Dataset:
             raise DataError(f"{path}: not ml-latest(-small) (no {p.name})")
     r = _read_csv(ratings, ("userId", "movieId"))
     need_columns(r, ratings, ["userId", "movieId", "rating", "timestamp"])
-    m = _read_csv(movies, ("movieId",))
+    m = _read_csv(movies, ("movieId", "title", "genres"))
     need_columns(m, movies, ["movieId", "title", "genres"])
     item_ids = _ids(m, movies, "movieId").tolist()
     _unique(movies, "movieId", item_ids)

@@ -7,6 +7,7 @@ import pytest
 
 from trainer.cli import main
 from trainer.io import DataError, load_dataset, write_dataset
+from trainer.movielens import ML100K_GENRES
 
 RATINGS = ["userId,movieId,rating,timestamp", "1,10,4.0,1260759144", "1,20,3.5,1260759179",
            "2,10,5.0,1260759182", "2,30,2.0,1260759185"]
@@ -100,7 +101,7 @@ def test_bad_u_data_cells_name_file_column_and_line(tmp_path, capsys, row, col, 
     ({"u.data": U_DATA[:2] + ["1\t30\t4"], "u.item": U_ITEM}, "u.data: cannot parse: CSV parse error: Expected 4 "
                                                              "columns, got 3: 1\t30\t4"),
     ({"u.data": U_DATA, "u.item": U_ITEM[:2] + ["30|Short"]},
-     "u.item: line 3 is not 'id|title|release date|...|19 genre flags (0 or 1)'"),
+     "u.item: line 3 has 2 field(s), not 24 (id|title|release date|video release date|IMDb URL|19 genre flags)"),
     ({"u.data": U_DATA, "u.item": U_ITEM + [U_ITEM[0]]}, "u.item: movie id '10' on line 4 is on line 1 already"),
 ])
 def test_missing_columns_and_malformed_files_are_one_line(tmp_path, capsys, files, says):
@@ -116,3 +117,78 @@ def test_a_data_set_without_times_is_not_written(tmp_path):
     with pytest.raises(DataError, match=r"^1 interaction\(s\) without a time"):
         write_dataset(ds, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _write_bytes(tmp_path, files: dict[str, bytes]):
+    d = tmp_path / "ml"
+    d.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    return d
+
+
+def _csv(lines, end="\n") -> bytes:
+    return (end.join(lines) + end).encode()
+
+
+@pytest.mark.parametrize("end", ["\r", "\r\n"])
+def test_lines_are_counted_with_any_line_ending(tmp_path, capsys, end):
+    lines = _edit(RATINGS, 4, 3, "")
+    d = _write_bytes(tmp_path, {"ratings.csv": _csv(lines[:2] + [""] + lines[2:], end), "movies.csv": _csv(MOVIES)})
+    assert _refused(d, tmp_path, capsys) == "ratings.csv: column timestamp has 1 empty value(s), the first on line 6"
+
+
+def test_lines_are_counted_past_titles_that_span_lines_or_hold_quotes(tmp_path, capsys):
+    movies = [MOVIES[0], '10,"Heat\nthe long\r\ncut (1995)",Action', '20,Say "Hi" (1995),Drama',
+              '30,"A ""B"", C (2009)",Drama', MOVIES[2]]
+    d = _write_bytes(tmp_path, {"ratings.csv": _csv(RATINGS), "movies.csv": _csv(movies)})
+    assert _refused(d, tmp_path, capsys) == "movies.csv: column movieId has 1 duplicate id(s), the first '20' on line 7"
+
+
+@pytest.mark.parametrize("file, good, bad, says", [
+    ("movies.csv", b"Babe (1995)", b"B\xe9b\xe9 (1995)", "movies.csv: column title has 1 value(s) that are not "
+                                                         "UTF-8 text, the first on line 3"),
+    ("movies.csv", b"Children|Drama", b"Enfants|Dram\xe9", "movies.csv: column genres has 1 value(s) that are "
+                                                           "not UTF-8 text, the first on line 3"),
+    ("ratings.csv", b"2,30,", b"\xff2,30,", "ratings.csv: column userId has 1 value(s) that are not UTF-8 text, "
+                                            "the first on line 5"),
+])
+def test_text_that_is_not_utf8_is_refused_with_its_line(tmp_path, capsys, file, good, bad, says):
+    files = {"ratings.csv": _csv(RATINGS), "movies.csv": _csv(MOVIES)}
+    assert good in files[file]
+    files[file] = files[file].replace(good, bad)
+    assert _refused(_write_bytes(tmp_path, files), tmp_path, capsys) == says
+
+
+@pytest.mark.parametrize("value", ["true", "1_0", "\u0663", "NA", "nan", "0x10", "4 stars"])
+def test_ratings_must_be_plain_decimal_numbers(tmp_path, capsys, value):
+    d = _dir(tmp_path, {"ratings.csv": _edit(RATINGS, 3, 2, value), "movies.csv": MOVIES})
+    shown = "nan" if value == "nan" else repr(value)      # a column of numbers shows the number pyarrow read
+    assert _refused(d, tmp_path, capsys) == ("ratings.csv: column rating has 1 value(s) that are not finite "
+                                             f"numbers, the first {shown} on line 4")
+
+
+def test_a_column_of_true_and_false_is_not_ratings(tmp_path, capsys):
+    ratings = [RATINGS[0]] + [",".join(x.split(",")[:2] + ["true", x.split(",")[3]]) for x in RATINGS[1:]]
+    d = _dir(tmp_path, {"ratings.csv": ratings, "movies.csv": MOVIES})
+    assert _refused(d, tmp_path, capsys) == ("ratings.csv: column rating has 4 value(s) that are not finite "
+                                             "numbers, the first True on line 2")
+
+
+@pytest.mark.parametrize("flags", [18, 20])
+def test_u_item_needs_exactly_19_genre_flags(tmp_path, capsys, flags):
+    item = list(U_ITEM)
+    item[1] = "|".join(item[1].split("|")[:5] + ["0"] * (flags - 1) + ["1"])
+    d = _dir(tmp_path, {"u.data": U_DATA, "u.item": item})
+    assert _refused(d, tmp_path, capsys) == (f"u.item: line 2 has {5 + flags} field(s), not 24 (id|title|release "
+                                             "date|video release date|IMDb URL|19 genre flags)")
+
+
+def test_u_item_titles_may_hold_bytes_that_are_line_breaks_to_python(tmp_path):
+    item = [x.replace("Movie", "Mo\x85vie\x0b\x0c\x1c\x1d\x1e") for x in U_ITEM]
+    d = _write_bytes(tmp_path, {"u.data": _csv(U_DATA), "u.item": _csv(item, "\r\n").decode().encode("latin-1")})
+    assert main(["import", "movielens", str(d), str(tmp_path / "out")]) == 0
+    ds = load_dataset(tmp_path / "out")
+    assert ds.item_ids.tolist() == ["10", "20", "30"] and len(ds) == 4
+    assert ds.item_category.tolist() == [ML100K_GENRES[k % 19] for k in (10, 20, 30)]
+    assert (ds.item_created > 7.8e8).all()        # the year 1995 was read from each title's line
