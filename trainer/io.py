@@ -126,8 +126,14 @@ def need_columns(t: pa.Table, path: Path, cols: list[str]) -> None:
 
 
 def _as_text(c: pa.ChunkedArray, path: Path, col: str) -> pa.ChunkedArray:
-    """A column as strings; integers (Parquet ids) in decimal form, so 7, 7.0 and "7" are one id."""
-    if pa.types.is_floating(c.type):
+    """A column as strings; integers (Parquet ids) in decimal form, so 7, 7.0, decimal 7.0 and "7" are one id."""
+    if pa.types.is_decimal(c.type):
+        try:
+            c = pc.cast(c, pa.int64())      # refuses a fraction or a value beyond int64
+        except pa.ArrowInvalid:
+            raise DataError(f"{path.name}: column {col} has non-integer numbers (ids must be text or integers)") \
+                from None
+    elif pa.types.is_floating(c.type):
         valid = pc.drop_null(c)
         try:
             whole = not len(valid) or pc.all(pc.equal(pc.floor(valid), valid)).as_py()

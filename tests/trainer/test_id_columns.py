@@ -1,6 +1,7 @@
 """Ids are text: leading zeros survive CSV, Parquet integers become their decimal form."""
 from __future__ import annotations
 
+import decimal
 import re
 
 import numpy as np
@@ -56,6 +57,23 @@ def test_parquet_integer_ids_are_decimal_strings(tmp_path):
     assert ds.item_creator.tolist() == ["5", ""]
     assert ds.user_ids.tolist() == ["3"]                       # 3.0 is the integer id 3, not "3.0"
     assert ds.item_ids[ds.item].tolist() == ["7", "42"]         # uint16 and int64 columns join
+
+
+def test_parquet_decimal_ids_are_their_integer_or_refused(tmp_path):
+    d = tmp_path / "pq"
+    d.mkdir()
+    dec = pa.array([decimal.Decimal("14.0"), decimal.Decimal("7")], pa.decimal128(10, 1))
+    pq.write_table(pa.table({"item_id": dec, "category": ["a", "b"], "price": [1.0, 2.0]}), d / "items.parquet")
+    pq.write_table(pa.table({"user_id": ["u", "u"], "item_id": pa.array([14, 7], pa.int32()),
+                             "timestamp": [1_700_000_000] * 2, "event": ["view", "click"]}),
+                   d / "interactions.parquet")
+    ds = load_dataset(d)
+    assert ds.item_ids.tolist() == ["14", "7"] and ds.item_ids[ds.item].tolist() == ["14", "7"]
+    pq.write_table(pa.table({"item_id": pa.array([decimal.Decimal("14.5"), decimal.Decimal("7")],
+                                                 pa.decimal128(10, 1)), "category": ["a", "b"], "price": [1.0, 2.0]}),
+                   d / "items.parquet")
+    with pytest.raises(DataError, match="items.parquet: column item_id has non-integer numbers"):
+        load_dataset(d)
 
 
 def test_fractional_or_empty_ids_are_refused(tmp_path):
