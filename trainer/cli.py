@@ -142,7 +142,7 @@ def _interrupted(args, published: str | None) -> str:
             return f"interrupted; {args.out}/CURRENT names the new version {now} already"
         return "interrupted; nothing was published"
     if args.cmd in ("synth", "import"):
-        return f"interrupted; {args.out} may hold partly written files"
+        return f"interrupted; nothing partly written in {args.out}"
     return "interrupted"
 
 

@@ -9,8 +9,12 @@ Input format (a directory):
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -441,11 +445,12 @@ def _iso(seconds: np.ndarray) -> pa.Array:
 
 
 def write_dataset(ds: Dataset, out_dir: str | os.PathLike, fmt: str = "csv") -> dict:
-    """Write ``ds`` in the input format. Returns {file name: rows}."""
+    """Write ``ds`` in the input format to ``out_dir``, all or nothing: the files are written and fsynced in a
+    temporary directory beside it, then moved in with Ctrl-C held off, replacing the data set there (in either
+    format; other files are left alone). Returns {file name: rows}."""
     if not np.isfinite(ds.ts).all():        # as int64 they would be -2**63, a date in 1677
         raise DataError(f"{int((~np.isfinite(ds.ts)).sum())} interaction(s) without a time (NaN or infinite)")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     value = pa.array(ds.value.astype(np.float64), mask=np.isnan(ds.value))
     tables = {
         "interactions": pa.table({
@@ -468,13 +473,70 @@ def write_dataset(ds: Dataset, out_dir: str | os.PathLike, fmt: str = "csv") -> 
             **{k: pa.array(v, mask=np.isnan(v)) for k, v in ds.user_extra.items()},
         }),
     }
-    written = {}
-    for stem, t in tables.items():
-        if fmt == "parquet":
-            p = out / f"{stem}.parquet"
-            pq.write_table(t, p)
-        else:
-            p = out / f"{stem}.csv"
-            pacsv.write_csv(t, p, pacsv.WriteOptions(quoting_style="needed"))
-        written[p.name] = t.num_rows
-    return written
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        written = {}
+        for stem, t in tables.items():
+            if fmt == "parquet":
+                p = tmp / f"{stem}.parquet"
+                pq.write_table(t, p)
+            else:
+                p = tmp / f"{stem}.csv"
+                pacsv.write_csv(t, p, pacsv.WriteOptions(quoting_style="needed"))
+            _fsync(p)
+            written[p.name] = t.num_rows
+        with _signals_held():
+            _move_in(tmp, out, list(written))
+        return written
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync(p: Path) -> None:
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _move_in(tmp: Path, out: Path, names: list[str]) -> None:
+    """``tmp``'s files into ``out``: a rename of the directory when ``out`` does not exist; otherwise file by
+    file, after removing the other forms of the same tables (a CSV and a Parquet file of one table would make
+    ``out`` unreadable)."""
+    if not out.exists():
+        os.rename(tmp, out)
+        _fsync(out.parent)
+        return
+    for name in names:
+        stem = name.split(".")[0]
+        for ext in (".parquet", ".pq", ".csv", ".csv.gz"):
+            if stem + ext != name:
+                (out / (stem + ext)).unlink(missing_ok=True)
+        os.replace(tmp / name, out / name)
+    _fsync(out)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Ctrl-C and SIGTERM wait until the block is done, then act as usual (main thread only: elsewhere
+    Python cannot set handlers). Handlers, not a signal mask: a blocked signal still reaches Python through
+    any other thread, such as a BLAS pool's."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: h for s, h in old.items() if h is not None}           # None: set outside Python; left alone
+    for s in old:
+        signal.signal(s, lambda n, _frame: got.append(n))
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        for n in dict.fromkeys(got):
+            signal.raise_signal(n)
