@@ -25,6 +25,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from recserve.pipeline.messages import MAX_TS as MAX_TIMESTAMP   # 9999-12-31T23:59:59Z: the server's bound
+from trainer.writer import fsync_path
 
 MIN_TIMESTAMP = -62135596800.0      # 0001-01-01T00:00:00Z: ages in days stay finite in float32
 F32_MAX = float(np.finfo(np.float32).max)
@@ -486,7 +487,7 @@ def write_dataset(ds: Dataset, out_dir: str | os.PathLike, fmt: str = "csv") -> 
             else:
                 p = tmp / f"{stem}.csv"
                 pacsv.write_csv(t, p, pacsv.WriteOptions(quoting_style="needed"))
-            _fsync(p)
+            fsync_path(p)
             written[p.name] = t.num_rows
         with _signals_held():
             _move_in(tmp, out, list(written))
@@ -495,21 +496,13 @@ def write_dataset(ds: Dataset, out_dir: str | os.PathLike, fmt: str = "csv") -> 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _fsync(p: Path) -> None:
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _move_in(tmp: Path, out: Path, names: list[str]) -> None:
     """``tmp``'s files into ``out``: a rename of the directory when ``out`` does not exist; otherwise file by
     file, after removing the other forms of the same tables (a CSV and a Parquet file of one table would make
     ``out`` unreadable)."""
     if not out.exists():
         os.rename(tmp, out)
-        _fsync(out.parent)
+        fsync_path(out.parent)
         return
     for name in names:
         stem = name.split(".")[0]
@@ -517,7 +510,7 @@ def _move_in(tmp: Path, out: Path, names: list[str]) -> None:
             if stem + ext != name:
                 (out / (stem + ext)).unlink(missing_ok=True)
         os.replace(tmp / name, out / name)
-    _fsync(out)
+    fsync_path(out)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,8 @@ from trainer import features
 BIG_MAP = 1 << 34
 
 
-def _fsync_path(p: Path) -> None:
+def fsync_path(p: Path) -> None:
+    """fsync a file or a directory (so that a rename in it is on disk)."""
     fd = os.open(p, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -92,13 +93,13 @@ def write_bundle(out_root: str | os.PathLike, ds, cat, art, ranker_text: str, ma
         if before_publish is not None:
             before_publish(tmp)
         for p in tmp.iterdir():
-            _fsync_path(p)
-        _fsync_path(tmp)
+            fsync_path(p)
+        fsync_path(tmp)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_path(root)
+    fsync_path(root)
     set_current(root, version)
     return final
 
@@ -142,7 +143,7 @@ def set_current(root: Path, version: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, root / "CURRENT")
-    _fsync_path(root)
+    fsync_path(root)
 
 
 def update_manifest(bundle_dir: Path, key: str, value) -> None:
