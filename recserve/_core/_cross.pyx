@@ -39,17 +39,22 @@ cdef void cross_rows(const float32_t[::1] user, const float32_t[::1] uvec, const
     cdef const float32_t* it
     cdef const float32_t* e
     spend = user[spec[SPEND]] if spec[SPEND] >= 0 else 0.0
+    # (no pointer into a table without columns: a zero-width row has no element 0)
     for i in range(min(n, 4)):
-        RS_PREFETCH(&items[rows[i], 0])
-        RS_PREFETCH(&emb[rows[i], 0])
+        if I > 0:
+            RS_PREFETCH(&items[rows[i], 0])
+        if d > 0:
+            RS_PREFETCH(&emb[rows[i], 0])
     for i in range(n):
         if i + 4 < n:
-            RS_PREFETCH(&items[rows[i + 4], 0])
-            RS_PREFETCH(&emb[rows[i + 4], 0])
-            RS_PREFETCH(&emb[rows[i + 4], 0] + 32)
+            if I > 0:
+                RS_PREFETCH(&items[rows[i + 4], 0])
+            if d > 0:
+                RS_PREFETCH(&emb[rows[i + 4], 0])
+                RS_PREFETCH(&emb[rows[i + 4], 0] + 32)
         r = rows[i]
         o = &out[i, 0]
-        it = &items[r, 0]
+        it = &items[r, 0] if I > 0 else NULL
         for j in range(U):
             o[j] = user[j]
         c = U

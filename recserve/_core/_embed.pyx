@@ -21,6 +21,8 @@ cdef int weighted_average(const float32_t[:, ::1] emb, const row_t* rows, Py_ssi
     cdef double* out_s = out + d
     for j in range(2 * d):
         out[j] = 0.0
+    if d == 0:                              # no dimensions: nothing to average (and no row to point at)
+        return 0
     for t in range(min(L, 4)):
         RS_PREFETCH(&emb[rows[t], 0])
     for t in range(L):
@@ -120,12 +122,12 @@ def user_vector(const float32_t[:, ::1] emb, const row_t[::1] rows, ev_w, ages,
     cdef Py_ssize_t j
     cdef const float32_t* wp
     cdef const float32_t* ap
-    cdef double* buf = <double*>malloc(2 * d * sizeof(double))
+    cdef double* buf = <double*>malloc((2 * d + 1) * sizeof(double))
     if buf == NULL:
         raise MemoryError()
     try:
         with nogil:
-            if L > 0:
+            if L > 0 and d > 0:
                 wp = &w_view[0] if has_w else NULL
                 ap = &a_view[0] if has_a else NULL
                 weighted_average(emb, &rows[0], L, wp, ap, decay_long, decay_short, half_life, buf)
@@ -171,7 +173,7 @@ def user_vectors_csr(const float32_t[:, ::1] emb, const index_t[::1] indptr, con
     cdef float32_t[:, ::1] o = out
     cdef const float32_t* wp
     cdef const float32_t* ap
-    cdef double* buf = <double*>malloc(2 * d * sizeof(double))
+    cdef double* buf = <double*>malloc((2 * d + 1) * sizeof(double))
     if buf == NULL:
         raise MemoryError()
     try:
@@ -179,7 +181,7 @@ def user_vectors_csr(const float32_t[:, ::1] emb, const index_t[::1] indptr, con
             for u in range(U):
                 s = indptr[u]
                 e = indptr[u + 1]
-                if e == s:
+                if e == s or d == 0:
                     continue
                 wp = &w_view[s] if has_w else NULL
                 ap = &a_view[s] if has_a else NULL

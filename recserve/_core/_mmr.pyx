@@ -6,7 +6,7 @@ from libc.stdint cimport int64_t, uint8_t, uint64_t
 import numpy as np
 
 from recserve._core._heap cimport Scored, sift_down, sift_up
-from recserve._core._linalg cimport sdot
+from recserve._core._linalg cimport dot, sdot
 from recserve._core._typedefs cimport float32_t, row_t, index_t, RS_PREFETCH
 
 
@@ -81,20 +81,21 @@ cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb
     cdef row_t last_creator = -1, c
     cdef float32_t* ci
     cdef const float32_t* er
-    cdef float32_t vf
+    cdef double vd
     cdef Scored top
     # gather the candidates' unit vectors into one contiguous block: C[i] = emb[rows[i]] / |emb[rows[i]]|
+    # (the norm in double: a float32 sum of squares overflows above |e| ~ 1.8e19 and underflows below ~1e-23)
     for i in range(n):
-        if i + 4 < n:
+        if i + 4 < n and d > 0:
             RS_PREFETCH(&emb[rows[i + 4], 0])
             RS_PREFETCH(&emb[rows[i + 4], 0] + 32)
         er = &emb[rows[i], 0] if d > 0 else NULL
         ci = &C[i * d]
-        v = sdot(er, er, d) if d > 0 else 0.0
-        vf = <float32_t>(1.0 / sqrt(v)) if v > 0 else 0.0
+        v = dot(er, er, d) if d > 0 else 0.0
+        vd = 1.0 / sqrt(v) if v > 0 else 0.0
         for j in range(d):
-            ci[j] = er[j] * vf
-        max_sim[i] = -INFINITY
+            ci[j] = <float32_t>(er[j] * vd)
+        max_sim[i] = -INFINITY if d > 0 else 0.0  # no dimensions: every similarity is 0, as in the reference
         used[i] = 0
         if has_creators:
             creator_count[i] = 0
