@@ -1,6 +1,8 @@
 """Input conversion shared by the Python layers: dtype, contiguity and shape, with the GIL held."""
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 
@@ -38,7 +40,30 @@ def rows_1d(x, name: str) -> np.ndarray:
 
 
 def i64_1d(x, name: str) -> np.ndarray:
-    a = np.ascontiguousarray(x, dtype=np.int64)
+    """Integers as int64 (a float array is refused, not truncated)."""
+    a = np.asarray(x)
+    if a.size and a.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integers, got dtype {a.dtype}")
+    a = np.ascontiguousarray(a, dtype=np.int64)
     if a.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
     return a
+
+
+def integer(x, name: str, lo: int | None = None) -> int:
+    """A Python or numpy integer (a float such as 2.9 is refused, not truncated), at least ``lo``."""
+    try:
+        v = operator.index(x)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {x!r}") from None
+    if lo is not None and v < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {v}")
+    return v
+
+
+def integers(x, name: str) -> np.ndarray:
+    """An array of integers as int64 (of any shape; floats refused, not truncated)."""
+    a = np.asarray(x)
+    if a.size and a.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integers, got dtype {a.dtype}")
+    return a.astype(np.int64, copy=False)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from recserve._core import _cross
-from recserve._core._validate import f32_1d, f32_2d, rows_1d
+from recserve._core._validate import f32_1d, f32_2d, integers, rows_1d, to_int32
 
 CROSSED = ["x.dot", "x.price_ratio", "x.cat_affinity", "x.item_age_days"]
 
@@ -108,8 +108,13 @@ class Crosser:
         if len(ctx) != len(s.context_columns):
             raise ValueError(f"context has {len(ctx)} values, schema {len(s.context_columns)}")
         r = rows_1d(rows, "rows")
-        rk = np.ascontiguousarray(rank, np.int32).reshape(len(r), len(s.sources))
-        sc = np.ascontiguousarray(score, np.float32).reshape(len(r), len(s.sources))
+        shape = (len(r), len(s.sources))
+        rk, sc = np.asarray(rank), np.asarray(score)
+        if rk.shape != shape or sc.shape != shape:
+            raise ValueError(f"rank and score must have shape {shape} (candidates, sources), got {rk.shape} "
+                             f"and {sc.shape}")
+        rk = rk if rk.dtype == np.int32 else to_int32(integers(rk, "rank"), "rank")
+        rk, sc = np.ascontiguousarray(rk), np.ascontiguousarray(sc, np.float32)
         return _cross.cross(user, f32_1d(user_vec, "user_vec"), self.items, self.emb, r, ctx, rk, sc,
                             self._spec, float(now_days))
 

@@ -37,7 +37,10 @@ def drop_seen(rows, scores, seen_sorted):
     s = f32_1d(scores, "scores")
     if len(s) != len(r):
         raise ValueError(f"{len(r)} rows but {len(s)} scores")
-    return _history.drop_seen(r, s, rows_1d(seen_sorted, "seen rows"))
+    seen = rows_1d(seen_sorted, "seen rows")
+    if len(seen) > 1 and not (seen[1:] > seen[:-1]).all():    # the kernel binary-searches it
+        raise ValueError("seen rows must be sorted and unique")
+    return _history.drop_seen(r, s, seen)
 
 
 # -- numpy references ------------------------------------------------------------------------------------

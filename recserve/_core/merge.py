@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from recserve._core import _merge
-from recserve._core._validate import rows_1d, to_int32
+from recserve._core._validate import integer, integers, rows_1d, to_int32
 
 
 @dataclass
@@ -60,12 +60,18 @@ def merge_candidates(lists: Sequence[tuple[np.ndarray, np.ndarray]], quotas: Seq
         rows.append(r)
         scores.append(sc)
         offsets[i + 1] = offsets[i] + len(r)
-    bits = None if excluded is None else np.ascontiguousarray(excluded, np.uint8)
+    bits = None
+    if excluded is not None:                # an exclusion_bitset, not rows or a bool mask
+        bits = np.asarray(excluded)
+        if bits.dtype != np.uint8 or bits.ndim != 1:
+            raise ValueError(f"excluded must be a 1-D uint8 bitset (exclusion_bitset), got {bits.dtype} "
+                             f"of shape {bits.shape}")
+        bits = np.ascontiguousarray(bits)
     # one conversion each (int32 rows, float32 scores); the kernel range-checks rows before its loop
     all_rows = np.concatenate(rows)
     out = _merge.merge(all_rows if all_rows.dtype == np.int32 else to_int32(all_rows, "candidate rows"),
                        np.concatenate(scores).astype(np.float32, copy=False), offsets,
-                       np.asarray(quotas, np.int64), int(cap), int(n_items), bits)
+                       integers(quotas, "quotas"), integer(cap, "cap"), integer(n_items, "n_items"), bits)
     return Merged(*out)
 
 

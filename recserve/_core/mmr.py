@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from recserve._core import _mmr
-from recserve._core._validate import f32_1d, f32_2d, rows_1d
+from recserve._core._validate import f32_1d, f32_2d, integer, integers, rows_1d
 
 
 def dense_codes(creators) -> np.ndarray:
@@ -46,9 +46,9 @@ def mmr(relevance, item_emb, rows, k: int, lam: float, creators=None, max_per_cr
         no_adjacent: bool = False, novelty=None, novelty_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Returns (positions into the candidate arrays, the max-similarity penalty of each pick)."""
     rel = _boosted(relevance, novelty, novelty_weight)
-    cr = None if creators is None else np.ascontiguousarray(creators, np.int64)
-    return _mmr.mmr(rel, f32_2d(item_emb, "item_emb"), rows_1d(rows, "rows"), int(k), float(lam), cr,
-                    int(max_per_creator), bool(no_adjacent))
+    cr = None if creators is None else np.ascontiguousarray(integers(creators, "creators"))
+    return _mmr.mmr(rel, f32_2d(item_emb, "item_emb"), rows_1d(rows, "rows"), integer(k, "k"), float(lam), cr,
+                    integer(max_per_creator, "max_per_creator", lo=0), bool(no_adjacent))
 
 
 def mmr_reference(relevance, item_emb, rows, k, lam, creators=None, max_per_creator=0, no_adjacent=False,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from recserve._core import _neighbours
-from recserve._core._validate import f32_1d, i64_1d
+from recserve._core._validate import f32_1d, i64_1d, integer
 
 _EMPTY = (np.zeros(0, np.int32), np.zeros(0, np.float32))
 
@@ -32,14 +32,16 @@ def neighbour_sum(seed_rows, seed_weights, i2i_rows: np.ndarray, i2i_scores: np.
     w = f32_1d(seed_weights, "seed weights")
     if len(w) != len(seeds):
         raise ValueError(f"{len(seeds)} seeds but {len(w)} weights")
+    k = integer(k, "k")
     if len(seeds) == 0 or k <= 0:
         return _EMPTY
     nb, sc = _table(i2i_rows, i2i_scores)
+    k = min(k, len(seeds) * nb.shape[1])            # no more distinct neighbours than that
     if seeds.min() < 0 or seeds.max() >= len(nb):
         raise ValueError(f"seed row out of range [0, {len(nb)})")
     if not np.isfinite(w).all():
         raise ValueError("seed weights must be finite")
-    return _neighbours.neighbour_sum(seeds, w, nb, sc, int(k))
+    return _neighbours.neighbour_sum(seeds, w, nb, sc, k)
 
 
 def neighbour_sum_reference(seed_rows, seed_weights, i2i_rows, i2i_scores, k: int):

@@ -73,3 +73,20 @@ def test_bad_input_rejected():
         c.cross(user, uvec, [0], np.zeros(5, np.float32), rank, score, 0.0)
     with pytest.raises(ValueError, match="columns"):
         Crosser(schema, items[:, :2], emb)
+
+
+def test_rank_and_score_must_be_candidates_by_sources():
+    """Transposed (sources, candidates) arrays were reshaped into the wrong features; a rank past int32
+    wrapped to 0. Both are refused."""
+    _, schema, items, emb = make(2)
+    c = Crosser(schema, items, emb)
+    user, uvec, ctx = np.ones(5, np.float32), np.ones(emb.shape[1], np.float32), np.zeros(2, np.float32)
+    rows = [0, 1]
+    rank, score = np.zeros((2, 3), np.int32), np.ones((2, 3), np.float32)
+    assert c.cross(user, uvec, rows, ctx, rank, score, 0.0).shape[0] == 2
+    with pytest.raises(ValueError, match=r"shape \(2, 3\)"):
+        c.cross(user, uvec, rows, ctx, rank.T, score.T, 0.0)
+    with pytest.raises(ValueError, match="out of range"):
+        c.cross(user, uvec, rows, ctx, np.full((2, 3), 2**32, np.int64), score, 0.0)
+    with pytest.raises(ValueError, match="rank must hold integers"):
+        c.cross(user, uvec, rows, ctx, np.full((2, 3), 0.5), score, 0.0)

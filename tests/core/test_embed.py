@@ -92,3 +92,9 @@ def test_one_average_vanishing_leaves_the_other():
     got = user_vector(E, [1, 2], p, event_weights=[1, 0])
     np.testing.assert_allclose(got, user_vector_reference(E, [1, 2], p, event_weights=[1, 0]), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got, E[1] / np.linalg.norm(E[1]), rtol=1e-5, atol=1e-6)
+
+
+def test_indptr_must_be_integers():
+    emb = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match="indptr must hold integers"):
+        user_vectors(emb, [0, 1.5, 2], np.array([0, 1], np.int32), UserVectorParams())

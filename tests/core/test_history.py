@@ -53,3 +53,11 @@ def test_empty_and_bad_input():
         drop_seen(np.arange(3), np.zeros(2), np.zeros(0, np.int32))
     r, s = drop_seen(np.zeros(0, np.int32), np.zeros(0, np.float32), np.arange(3))
     assert len(r) == 0 and len(s) == 0
+
+
+def test_drop_seen_refuses_seen_rows_out_of_order():
+    """The kernel binary-searches ``seen``: unsorted or repeated rows would give wrong answers."""
+    for seen in ([5, 1, 3], [1, 1, 3]):
+        with pytest.raises(ValueError, match="sorted and unique"):
+            drop_seen([1, 2, 3, 4, 5], np.ones(5), seen)
+    assert drop_seen([1, 2, 3, 4, 5], np.ones(5), [1, 3, 5])[0].tolist() == [2, 4]

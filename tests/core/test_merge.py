@@ -81,3 +81,20 @@ def test_wide_rows_never_wrap_into_range():
         merge_candidates([(np.array([2**32], np.int64), np.array([1.0]))], [1], 1, 10)
     with pytest.raises(ValueError, match="out of range"):
         exclusion_bitset(10, np.array([2**32 + 1], np.int64))
+
+
+def test_excluded_must_be_a_bitset_not_rows_or_a_mask():
+    """Rows [2] or a bool mask would be read as bits (row 1 dropped, row 2 kept): refused instead."""
+    lists = [(np.array([0, 1, 2]), np.array([3.0, 2.0, 1.0]))]
+    for excluded in (np.array([2]), np.array([False, True, False])):
+        with pytest.raises(ValueError, match="uint8 bitset"):
+            merge_candidates(lists, [3], 5, 3, excluded)
+    assert merge_candidates(lists, [3], 5, 3, exclusion_bitset(3, [2])).rows.tolist() == [0, 1]
+
+
+def test_fractional_quotas_and_caps_are_refused_not_truncated():
+    lists = [(np.array([0, 1, 2]), np.array([3.0, 2.0, 1.0]))]
+    with pytest.raises(ValueError, match="quotas must hold integers"):
+        merge_candidates(lists, [1.9], 5, 3)
+    with pytest.raises(TypeError, match="cap must be an integer"):
+        merge_candidates(lists, [3], 2.5, 3)

@@ -164,3 +164,36 @@ def test_dense_codes_are_the_rank_of_each_known_creator(creators):
     if known.any():
         expected[known] = np.unique(c[known], return_inverse=True)[1]
     np.testing.assert_array_equal(dense_codes(c), expected)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5, 0.9])
+def test_zero_dimensions_pick_by_relevance(lam):
+    """No dimensions: every similarity is 0, so relevance decides (it picked in index order, penalties -inf)."""
+    rel = np.array([0.2, 0.9, 0.5, 0.7], np.float32)
+    E = np.zeros((4, 0), np.float32)
+    rows = np.arange(4, dtype=np.int32)
+    got, want = mmr(rel, E, rows, 4, lam), mmr_reference(rel, E, rows, 4, lam)
+    assert got[0].tolist() == want[0].tolist() == ([0, 1, 2, 3] if lam == 0 else [1, 3, 2, 0])   # 0: all tie
+    assert np.array_equal(got[1], want[1]) and (got[1] == 0).all()
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e30, 1e-24, 1e-30])
+def test_very_large_or_small_embeddings_are_not_zero_vectors(scale):
+    """Norms are summed in double: a float32 sum of squares overflowed (or underflowed) and the rows counted
+    as zero vectors, with no similarity at all."""
+    E = (np.array([[1, 0], [1, 0.01], [0, 1]], np.float64) * scale).astype(np.float32)
+    rel = np.array([1.0, 0.9, 0.8], np.float32)
+    rows = np.arange(3, dtype=np.int32)
+    got, want = mmr(rel, E, rows, 3, 0.5), mmr_reference(rel, E, rows, 3, 0.5)
+    assert got[0].tolist() == want[0].tolist() == [0, 2, 1]
+    assert np.allclose(got[1], want[1], atol=1e-5) and got[1][2] > 0.99
+
+
+def test_fractional_counts_and_creators_are_refused_not_truncated():
+    _, E, rows, rel = setup(5, 6)
+    with pytest.raises(TypeError, match="k must be an integer"):
+        mmr(rel, E, rows, 2.9, 0.5)
+    with pytest.raises(ValueError, match="creators must hold integers"):
+        mmr(rel, E, rows, 3, 0.5, creators=[1.5, 1.2, 0, 0, 1, 1])
+    with pytest.raises(ValueError, match="max_per_creator must be >= 0"):
+        mmr(rel, E, rows, 3, 0.5, creators=np.arange(6), max_per_creator=-1)

@@ -66,3 +66,24 @@ def test_other_dtypes_are_converted():
                                    scores.astype(np.float32), 20)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_a_k_beyond_every_neighbour_is_all_of_them():
+    """k is capped by the seeds' neighbour lists (a huge k once overflowed the kernel's heap size)."""
+    rng = np.random.default_rng(3)
+    rows = rng.integers(-1, 50, size=(50, 6)).astype(np.int32)
+    scores = rng.random((50, 6)).astype(np.float32)
+    seeds, w = [1, 7, 7, 30], [1.0, 0.5, 0.5, 2.0]
+    want = neighbour_sum_reference(seeds, w, rows, scores, 10**6)
+    for k in (10**6, 2**59 + 1, 2**60, 2**63 - 1):
+        got = neighbour_sum(seeds, w, rows, scores, k)
+        assert np.array_equal(got[0], want[0]) and np.allclose(got[1], want[1], rtol=1e-6)
+
+
+def test_fractional_seeds_or_k_are_refused_not_truncated():
+    rows = np.zeros((5, 3), np.int32)
+    scores = np.ones((5, 3), np.float32)
+    with pytest.raises(ValueError, match="seed rows must hold integers"):
+        neighbour_sum([1.7], [1.0], rows, scores, 3)
+    with pytest.raises(TypeError, match="k must be an integer"):
+        neighbour_sum([1], [1.0], rows, scores, 2.9)
