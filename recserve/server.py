@@ -11,8 +11,8 @@ there is one (:mod:`recserve.sharing`); event-store writes and bundle loads run 
 worker watches ``<root>/CURRENT``: a new version is loaded and verified in that pool, warmed up, then
 swapped in atomically; a bad bundle is refused and the old one keeps serving. Health is SERVING only while a
 valid bundle is loaded. SIGTERM drains: health goes NOT_SERVING, the worker keeps serving for
-``drain_delay`` seconds (0 by default), then new calls are refused and in-flight calls finish within
-``grace`` seconds. With ``workers=0`` the same worker runs inside the calling process (tests, tools).
+``drain_delay`` seconds (0 by default), takes the calls gRPC has already received, then new calls are
+refused and in-flight calls finish within ``grace`` seconds. With ``workers=0`` the same worker runs inside the calling process (tests, tools).
 
 Fork hazard: also call :func:`create_server` before the calling process has used OpenMP (LightGBM training,
 implicit ALS): a forked child that touches an inherited OpenMP pool can hang. Processes that train first
@@ -40,6 +40,10 @@ SERVICE_NAME = "recserve.v1.Recommender"
 # calls and streams beyond the Recommender's bound and the health Watches' that gRPC still lets in
 # (reflection streams, calls refused by the token check): past the sum, gRPC answers RESOURCE_EXHAUSTED
 STREAM_ALLOWANCE = 64
+# SIGTERM: before gRPC stops taking calls, the worker takes those already received until none has arrived
+# for SETTLE_QUIET seconds (at most SETTLE_MAX, and at most half the grace period)
+SETTLE_QUIET = 0.05
+SETTLE_MAX = 2.0
 
 
 @dataclass(frozen=True)
@@ -264,8 +268,9 @@ class Worker:
         if self.cfg.drain_delay > 0:
             await asyncio.sleep(self.cfg.drain_delay)
         grace = self.cfg.grace if grace is None else grace
-        self.service.shutting_down = True   # a call cut off from here on was cut by the server, not its client
         loop = asyncio.get_running_loop()
+        await self._settle(loop.time() + min(grace / 2, SETTLE_MAX))
+        self.service.shutting_down = True   # a call cut off from here on was cut by the server, not its client
         stopping = asyncio.ensure_future(self.server.stop(grace))     # no new calls from here on
         # streams (a health Watch) end only when their client closes them: once none of our own calls
         # is in flight, what is left is cancelled instead of holding the drain for the whole grace period
@@ -278,6 +283,20 @@ class Worker:
         if self.sharing is not None:
             await self.sharing.close()
         self.io.shutdown(wait=True)
+
+
+    async def _settle(self, until: float) -> None:
+        """Take the calls gRPC has already received before it stops taking calls: while the loop was busy
+        computing, calls queue in gRPC without a handler, and ``server.stop`` would cancel them. Returns
+        once no call has started for SETTLE_QUIET seconds and none is in flight, or at ``until``."""
+        loop = asyncio.get_running_loop()
+        seen, last = self.service.started, loop.time()
+        while loop.time() < until:
+            await asyncio.sleep(0.005)
+            if self.service.started != seen:
+                seen, last = self.service.started, loop.time()
+            elif self.service.in_flight == 0 and loop.time() - last >= SETTLE_QUIET:
+                return
 
 
 class InProcessWorker(Worker):

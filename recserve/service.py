@@ -115,6 +115,7 @@ def rpc(method):
         rid = uuid.uuid4().hex
         context.set_trailing_metadata(_trailing(self.pid, rid))
         self.in_flight += 1
+        self.started += 1
         try:
             if self.in_flight > self.max_in_flight:
                 raise Overloaded()
@@ -204,6 +205,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         self.io = io
         self.max_in_flight = max_in_flight
         self.in_flight = 0
+        self.started = 0                # calls handed to a handler so far (the worker's drain watches it)
         self.shutting_down = False      # set by the worker's stop
         self.max_response_bytes = 0     # the server's send limit (0: none)
         self.sharing = sharing          # recserve.sharing.Sharing, or None: every call computes here

@@ -152,6 +152,30 @@ def test_graceful_shutdown_drains_in_flight_calls(shared_root, facts, start_serv
     assert e.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+def test_sigterm_serves_the_calls_already_received(shared_root, facts, start_server):
+    """A burst on one connection, then SIGTERM: calls that gRPC had received while the worker was busy
+    computing (no handler yet) are served, not cancelled by the server's stop."""
+    s = start_server(shared_root, "--workers", "2", "--reload-interval", "0", "--grace", "20",
+                     "--max-concurrent-rpcs", "500")
+    ch = s.channel()
+    stub = pbg.RecommenderStub(ch)
+    stub.Recommend(pb.RecommendRequest(user_id=facts["user"], k=5), timeout=10)     # connected, warm
+    calls = [stub.Recommend.future(pb.RecommendRequest(user_id=f"u{i}", k=100, explain=i % 2 == 0), timeout=60)
+             for i in range(300)]
+    time.sleep(0.03)
+    s.proc.send_signal(15)
+    codes = []
+    for c in calls:
+        try:
+            c.result()
+            codes.append("OK")
+        except grpc.RpcError as e:
+            codes.append(e.code().name)
+    ch.close()
+    assert s.proc.wait(30) == 0
+    assert codes == ["OK"] * 300, {c: codes.count(c) for c in set(codes)}
+
+
 def test_calls_cut_by_the_grace_period_are_logged_as_such(shared_root, facts, start_server):
     s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--grace", "0.5",
                      "--log-level", "INFO", env={"RECSERVE_DEBUG_DELAY_MS": "5000"})
