@@ -21,12 +21,12 @@ USER_BASE_COLUMNS = ["account_age_days", "n_events", "n_views", "n_clicks", "n_c
 
 def vocab(values: np.ndarray, unknown: str | None = None):
     """(sorted vocabulary, codes); ``unknown`` values get code -1 and stay out of the vocabulary."""
-    v = np.asarray(values, object).astype(str)
+    v = np.asarray(values, object)      # not .astype(str): a fixed-width copy costs rows x the longest value
     known = v != unknown if unknown is not None else np.ones(len(v), bool)
     voc, inv = np.unique(v[known], return_inverse=True)
     codes = np.full(len(v), -1, np.int64)
     codes[known] = inv
-    return voc, codes
+    return voc.astype(str), codes
 
 
 EXTRA_PREFIX = "x_"     # extra input columns become item.x_<name> / user.x_<name> features

@@ -175,9 +175,11 @@ MAX_ID_BYTES = 256     # the server's limit on a user or item id (recserve/pipel
 MAX_PRICE = 1e12       # and on a price: features are float32, and sums of prices must stay finite
 
 
-def _strings(t: pa.Table, path: Path, col: str, allow_empty: bool = True, is_id: bool = False) -> np.ndarray:
+def _strings(t: pa.Table, path: Path, col: str, allow_empty: bool = True, is_id: bool = False,
+             names: bool = False) -> np.ndarray:
     """A text column; ``is_id``: ids as the server accepts them (at most MAX_ID_BYTES bytes of UTF-8, no
-    control characters, not only white space), so that every id in a bundle can be asked for."""
+    control characters, not only white space), so that every id in a bundle can be asked for; ``names``:
+    the same checks for names (categories)."""
     c = t.column(col)
     if c.null_count:
         raise DataError(f"{path.name}: column {col} has {c.null_count} empty value(s)")
@@ -186,20 +188,29 @@ def _strings(t: pa.Table, path: Path, col: str, allow_empty: bool = True, is_id:
         n = int(pc.sum(pc.equal(s, "")).as_py() or 0)
         if n:
             raise DataError(f"{path.name}: column {col} has {n} empty value(s)")
-    if is_id:
-        for bad, why in ((pc.greater(pc.binary_length(s), MAX_ID_BYTES), f"longer than {MAX_ID_BYTES} bytes"),
-                         (pc.match_substring_regex(s, "[\\x00-\\x1f\\x7f-\\x9f]"), "with control characters"),
-                         (pc.utf8_is_space(s), "of white space only")):
-            n = int(pc.sum(bad).as_py() or 0)
-            if n:
-                e_g = pc.filter(s, bad)[0].as_py()
-                raise DataError(f"{path.name}: column {col} has {n} id(s) {why}, e.g. {e_g[:60]!r}")
+    if is_id or names:
+        _check_names(s, path, col, "id(s)" if is_id else "name(s)")
     return np.asarray(s.to_numpy(zero_copy_only=False), dtype=object)
 
 
-def _optional_strings(t: pa.Table, path: Path, col: str) -> np.ndarray:
-    """An optional text column, empty (null) values as ""."""
-    return np.asarray(pc.fill_null(_as_text(t.column(col), path, col), "").to_numpy(zero_copy_only=False), object)
+def _check_names(s: pa.ChunkedArray, path: Path, col: str, what: str) -> None:
+    """Ids, category and creator names as the server takes them: at most MAX_ID_BYTES bytes of UTF-8 (they
+    are LMDB keys, and a request names them), no control characters, not only white space."""
+    for bad, why in ((pc.greater(pc.binary_length(s), MAX_ID_BYTES), f"longer than {MAX_ID_BYTES} bytes"),
+                     (pc.match_substring_regex(s, "[\\x00-\\x1f\\x7f-\\x9f]"), "with control characters"),
+                     (pc.utf8_is_space(s), "of white space only")):
+        n = int(pc.sum(bad).as_py() or 0)
+        if n:
+            e_g = pc.filter(s, bad)[0].as_py()
+            raise DataError(f"{path.name}: column {col} has {n} {what} {why}, e.g. {e_g[:60]!r}")
+
+
+def _optional_strings(t: pa.Table, path: Path, col: str, names: bool = False) -> np.ndarray:
+    """An optional text column, empty (null) values as ""; ``names``: checked as :func:`_check_names`."""
+    s = pc.fill_null(_as_text(t.column(col), path, col), "")
+    if names:
+        _check_names(s, path, col, "name(s)")
+    return np.asarray(s.to_numpy(zero_copy_only=False), object)
 
 
 def _numbers(t: pa.Table, path: Path, col: str, allow_nan=False) -> np.ndarray:
@@ -355,7 +366,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
     uniq, counts = np.unique(item_ids, return_counts=True)
     if len(uniq) != len(item_ids):
         raise DataError(f"{ip.name}: {int((counts > 1).sum())} duplicate item_id(s), e.g. {uniq[counts > 1][0]!r}")
-    category = _strings(it, ip, "category")
+    category = _strings(it, ip, "category", names=True)
     price = _numbers(it, ip, "price", allow_nan=True)
     if np.isnan(price).any():
         raise DataError(f"{ip.name}: column price has {int(np.isnan(price).sum())} NaN/empty value(s)")
@@ -367,7 +378,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
                         f"infinite, e.g. {price[too_high][0]:g}")
     creator = np.full(len(item_ids), "", object)
     if "creator" in it.column_names:     # optional per item: empty = unknown creator
-        creator = _optional_strings(it, ip, "creator")
+        creator = _optional_strings(it, ip, "creator", names=True)
     # optional per item: empty or absent = unknown, read as old (never "new")
     created = _timestamps(it, ip, "created_at", empty=0.0) if "created_at" in it.column_names \
         else np.zeros(len(item_ids))

@@ -49,6 +49,11 @@ CASES = {
     "huge price": ("items.csv", lambda l: _replace_col(l, "price", "1e300"), "above 1e+12 or infinite"),
     "infinite price": ("items.csv", lambda l: _replace_col(l, "price", "inf"), "above 1e+12 or infinite"),
     "blank user id": ("interactions.csv", lambda l: _replace_col(l, "user_id", "  "), "white space only"),
+    # a 500,000-character category once ran the build out of memory (a fixed-width copy of every item's)
+    "long category": ("items.csv", lambda l: _replace_col(l, "category", "c" * 500_000),
+                      "column category has 1 name(s) longer than 256 bytes"),
+    "control creator": ("items.csv", lambda l: _replace_col(l, "creator", "a\x7fb"),
+                        "column creator has 1 name(s) with control characters"),
 }
 
 
