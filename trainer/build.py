@@ -89,7 +89,10 @@ def _label_windows(ds: Dataset, train_mask, cfg: dict):
         prev = None
         while True:
             before = train_mask if prev is None else ds.ts < prev
-            label_cut = split.time_cut(ds.ts[before], frac)
+            ts = ds.ts[before]
+            if not len(ts) or ts.min() == ts.max():     # one time (dates without hours): no older part to fit
+                return
+            label_cut = split.time_cut(ts, frac)
             label_mask = before & (ds.ts >= label_cut)
             fit_mask = ds.ts < label_cut
             if not fit_mask.any() or not label_mask.any():
@@ -294,7 +297,8 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
     if first is None:       # nothing is both older than a label and a label: no ranker can be fitted
         raise DataError(f"no label window for the ranker (--label-split {cfg.get('label_split', 'time')}): "
                         "it leaves nothing to fit on or nothing to label (a user needs two training "
-                        "interactions or more)")
+                        "interactions or more; a time window needs training interactions at two times "
+                        "or more: try --label-split user)")
     fit_mask, label_mask, label_cut = first
 
     lu, li, lt, le, lv, lfirst = _window(ds, label_mask)

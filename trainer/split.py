@@ -10,7 +10,8 @@ def time_cut(ts: np.ndarray, holdout: float) -> float:
         raise ValueError(f"holdout fraction must be in (0, 1), got {holdout}")
     cut = float(np.quantile(ts, 1.0 - holdout))
     if not (ts < cut).any():
-        raise ValueError("the time split leaves no training interaction (all timestamps equal?)")
+        raise ValueError(f"the time split leaves no training interaction: every interaction is at or after "
+                         f"{cut:.0f} (unix seconds; build with --holdout 0, or with data over a longer time)")
     return cut
 
 

@@ -37,3 +37,21 @@ def test_build_with_per_user_labels_trains_on_more_groups(tmp_path):
                          + manifest["training"]["ranker"]["valid_groups"])
     # the time window holds only the users active last; per-user labels reach more users
     assert groups["user"] > groups["time"]
+
+
+def test_training_data_at_one_time_names_the_label_split_not_equal_timestamps(tmp_path):
+    """Two days of dates without hours: the held-out day splits off, the training day has one time. The
+    time label split has no window (it raised 'all timestamps equal?' before); per-user labels build."""
+    import pytest
+
+    from trainer.io import DataError
+
+    ds, _ = synth(200, 120, seed=3)
+    day = 1_700_000_000.0
+    ds.ts = np.where(ds.ts < np.quantile(ds.ts, 0.8), day, day + 86400.0)
+    cfg = {"seed": 0, "factors": 8, "ranker_users": 200, "ranker_rounds": 20, "holdout": 0.2, "tune": False}
+    with pytest.raises(DataError, match=r"no label window for the ranker \(--label-split time\).*--label-split user"):
+        build(ds, tmp_path / "time", dict(cfg, label_split="time"), timer=Timer(verbose=False))
+    assert not (tmp_path / "time" / "CURRENT").exists()
+    build(ds, tmp_path / "user", dict(cfg, label_split="user"), timer=Timer(verbose=False))
+    assert (tmp_path / "user" / "CURRENT").exists()
