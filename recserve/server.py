@@ -12,7 +12,8 @@ worker watches ``<root>/CURRENT``: a new version is loaded and verified in that 
 swapped in atomically; a bad bundle is refused and the old one keeps serving. Health is SERVING only while a
 valid bundle is loaded. SIGTERM drains: health goes NOT_SERVING, the worker keeps serving for
 ``drain_delay`` seconds (0 by default), takes the calls gRPC has already received, then new calls are
-refused and in-flight calls finish within ``grace`` seconds. With ``workers=0`` the same worker runs inside the calling process (tests, tools).
+refused and in-flight calls finish within ``grace`` seconds. With ``workers=0`` the same worker runs inside
+the calling process (tests, tools).
 
 Fork hazard: also call :func:`create_server` before the calling process has used OpenMP (LightGBM training,
 implicit ALS): a forked child that touches an inherited OpenMP pool can hang. Processes that train first
