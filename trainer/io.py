@@ -104,6 +104,7 @@ def read_table(path: Path) -> pa.Table:
     """A CSV or Parquet file as an Arrow table; CSV id columns (:data:`ID_COLUMNS`) are read as text."""
     try:
         if path.suffix in (".parquet", ".pq"):
+            _no_duplicate_columns(path, pq.read_schema(path).names)     # pyarrow's read fails on them
             t = pq.read_table(path)
         else:
             if path.stat().st_size == 0:
@@ -118,10 +119,14 @@ def read_table(path: Path) -> pa.Table:
         raise DataError(f"{path.name}: cannot parse: {str(exc).splitlines()[0]}") from None
     if t.num_rows == 0:
         raise DataError(f"{path.name}: empty file (no rows)")
-    twice = sorted(c for c in set(t.column_names) if t.column_names.count(c) > 1)
+    _no_duplicate_columns(path, t.column_names)
+    return t
+
+
+def _no_duplicate_columns(path: Path, names: list[str]) -> None:
+    twice = sorted(c for c in set(names) if names.count(c) > 1)
     if twice:
         raise DataError(f"{path.name}: duplicate column(s) {', '.join(twice)}")
-    return t
 
 
 def need_columns(t: pa.Table, path: Path, cols: list[str]) -> None:

@@ -129,3 +129,12 @@ def test_utf8_binary_ids_are_text(tmp_path):
     ds = load_dataset(_items_with(tmp_path / "pq", item_id=pa.array([b"a", b"b"], pa.binary()),
                                   category=pa.array([b"x", "\u00e9".encode()], pa.large_binary())))
     assert ds.item_ids.tolist() == ["a", "b"] and ds.item_category.tolist() == ["x", "\u00e9"]
+
+
+def test_a_parquet_file_with_a_column_twice_is_named(tmp_path):
+    d = _items_with(tmp_path / "pq")
+    t = pa.Table.from_arrays([pa.array(["a", "b"]), pa.array(["a", "b"]), pa.array(["x", "y"]),
+                              pa.array([1.0, 2.0])], names=["item_id", "item_id", "category", "price"])
+    pq.write_table(t, d / "items.parquet")
+    with pytest.raises(DataError, match=r"^items.parquet: duplicate column\(s\) item_id$"):
+        load_dataset(d)
