@@ -40,11 +40,8 @@ def rows_1d(x, name: str) -> np.ndarray:
 
 
 def i64_1d(x, name: str) -> np.ndarray:
-    """Integers as int64 (a float array is refused, not truncated)."""
-    a = np.asarray(x)
-    if a.size and a.dtype.kind not in "iu":
-        raise ValueError(f"{name} must hold integers, got dtype {a.dtype}")
-    a = np.ascontiguousarray(a, dtype=np.int64)
+    """Integers as a contiguous 1-D int64 array (a float array is refused, not truncated)."""
+    a = np.ascontiguousarray(integers(x, name))
     if a.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
     return a
