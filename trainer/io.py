@@ -10,6 +10,7 @@ Input format (a directory):
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import os
 import shutil
@@ -25,7 +26,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from recserve.pipeline.messages import MAX_TS as MAX_TIMESTAMP   # 9999-12-31T23:59:59Z: the server's bound
-from trainer.writer import fsync_path
+from trainer.writer import fsync_path, process_alive
 
 MIN_TIMESTAMP = -62135596800.0      # 0001-01-01T00:00:00Z: ages in days stay finite in float32
 F32_MAX = float(np.finfo(np.float32).max)
@@ -491,6 +492,10 @@ def write_dataset(ds: Dataset, out_dir: str | os.PathLike, fmt: str = "csv") -> 
         }),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):    # left by a writer that was killed
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

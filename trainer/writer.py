@@ -104,7 +104,7 @@ def write_bundle(out_root: str | os.PathLike, ds, cat, art, ranker_text: str, ma
     return final
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, OverflowError):     # no such process (or no such pid at all)
@@ -126,7 +126,7 @@ def remove_stale_temporaries(root: Path) -> list[str]:
             pid = name[len(".CURRENT."):-len(".tmp")]
         else:
             continue
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or process_alive(int(pid)):
             continue
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)

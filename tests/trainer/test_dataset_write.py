@@ -91,3 +91,24 @@ def test_ctrl_c_in_synth_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys)
     assert main(["synth", "--users", "60", "--items", "30", "--seed", "3", str(out)]) == 130
     assert capsys.readouterr().err == f"recserve-train: error: interrupted; nothing partly written in {out}\n"
     assert {n: (out / n).read_bytes() for n in _names(out)} == before
+
+
+def test_a_killed_writers_temporary_directory_is_removed_by_the_next_write(tmp_path):
+    """A directory of a writer that is gone is removed; one of a writer still running is left alone."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f".data.tmp-{int(dead.stdout)}"
+    left.mkdir()
+    (left / "interactions.csv").write_text("half")
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        busy = tmp_path / f".data.tmp-{running.pid}"
+        busy.mkdir()
+        write_dataset(synth(40, 20, seed=1)[0], tmp_path / "data")
+        assert not left.exists() and busy.exists()
+        assert _names(tmp_path) == [busy.name, "data"]
+    finally:
+        running.kill()
+        running.wait()
