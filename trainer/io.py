@@ -90,8 +90,11 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+TABLE_EXTENSIONS = (".parquet", ".pq", ".csv", ".csv.gz")     # the forms a table's file may take
+
+
 def find_table(data_dir: Path, stem: str, required: bool = True) -> Path | None:
-    found = [p for p in (data_dir / f"{stem}{ext}" for ext in (".parquet", ".pq", ".csv", ".csv.gz")) if p.is_file()]
+    found = [p for p in (data_dir / f"{stem}{ext}" for ext in TABLE_EXTENSIONS) if p.is_file()]
     if len(found) > 1:
         raise DataError(f"{data_dir}: both {' and '.join(p.name for p in found)}: keep one")
     if found:
@@ -527,7 +530,7 @@ def _move_in(tmp: Path, out: Path, names: list[str]) -> None:
         return
     for name in names:
         stem = name.split(".")[0]
-        for ext in (".parquet", ".pq", ".csv", ".csv.gz"):
+        for ext in TABLE_EXTENSIONS:
             if stem + ext != name:
                 (out / (stem + ext)).unlink(missing_ok=True)
         os.replace(tmp / name, out / name)
