@@ -200,7 +200,8 @@ def cmd_events(args) -> int:
         ev = pb.Event(user_id=args.user, item_id=args.item, type=EVENT_TYPES[args.type], timestamp=args.timestamp)
         r = _call(lambda: pbg.RecommenderStub(ch).RecordEvents(pb.RecordEventsRequest(events=[ev]),
                                                                metadata=_meta(args), timeout=args.timeout), args)
-    print(_table(["accepted", "new users", "request"], [[r.accepted, r.new_users, r.request_id]]))
+    print(_table(["accepted", "duplicates", "not kept", "new users", "request"],
+                 [[r.accepted, r.duplicates, r.not_kept, r.new_users, r.request_id]]))
     return 0
 
 

@@ -31,7 +31,7 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import lmdb
 import numpy as np
@@ -50,6 +50,27 @@ class Event:
     item_id: str
     type: int        # 0..4
     timestamp: float  # unix seconds
+    server_time: bool = False   # the timestamp is the server's clock (the client sent none): never a retry
+
+
+class Recorded(NamedTuple):
+    """What :meth:`EventStore.record` did with a batch."""
+    accepted: int       # the batch's events (all valid: a bad batch writes nothing)
+    new_users: int      # users the batch created
+    duplicates: int     # exact repeats of an event the store holds (or of one earlier in the batch): kept once
+    not_kept: int       # older than the newest ``per_user`` events of their user: deleted by retention
+
+
+def _holds(cur, at: bytes, value: bytes) -> bool:
+    """Whether the store holds ``value`` under a key starting ``at`` (user, timestamp): at most a few keys."""
+    if not cur.set_range(at):
+        return False
+    for k, v in cur:
+        if not k.startswith(at) or len(k) != len(at) + 8:
+            return False
+        if v == value:
+            return True
+    return False
 
 
 class EventStore:
@@ -78,35 +99,48 @@ class EventStore:
             raise RuntimeError("an EventStore cannot cross a fork: open it in each worker process")
 
     # -- writes ------------------------------------------------------------------------------------
-    def record(self, events: Iterable[Event], known_user) -> tuple[int, int]:
+    def record(self, events: Iterable[Event], known_user, before_commit=None) -> Recorded:
         """Append ``events`` in one fsynced transaction. ``known_user(id)`` says whether the bundle has
-        the user; other users are created here. Returns (accepted, new users)."""
+        the user; other users are created here. An exact repeat of an event the store holds (same user,
+        item, type and timestamp, a client's retry) is kept once, unless its time is the server's. ``before_commit()``, when given, runs
+        just before the commit and may raise to write nothing (a deadline that passed while waiting for
+        the write lock)."""
         self._check_pid()
         events = list(events)
-        new_users = 0
+        new_users = duplicates = not_kept = 0
         with self.env.begin(write=True) as txn:
-            seq = int.from_bytes(txn.get(b"seq", db=self._meta) or b"\0" * 8, "big")
+            seq0 = seq = int.from_bytes(txn.get(b"seq", db=self._meta) or b"\0" * 8, "big")
+            cur = txn.cursor(db=self._ev)
+            seen: set[bytes] = set()
             last: dict[bytes, int] = {}
             added: dict[bytes, int] = {}
             for e in events:
                 u = e.user_id.encode()
-                if u not in last:
+                if u not in seen:
+                    seen.add(u)
                     if not known_user(e.user_id) and txn.get(u, db=self._users) is None:
                         txn.put(u, struct.pack(">d", time.time()), db=self._users)
                         new_users += 1
+                at = u + b"\0" + struct.pack(">d", e.timestamp)
+                value = struct.pack(">b", e.type) + e.item_id.encode()
+                if not e.server_time and _holds(cur, at, value):
+                    duplicates += 1
+                    continue
                 seq += 1
                 last[u] = seq
                 added[u] = added.get(u, 0) + 1
-                key = u + b"\0" + struct.pack(">dQ", e.timestamp, seq)
-                txn.put(key, struct.pack(">b", e.type) + e.item_id.encode(), db=self._ev)
+                txn.put(at + struct.pack(">Q", seq), value, db=self._ev)
             for u, s in last.items():
                 txn.put(u, s.to_bytes(8, "big"), db=self._ulast)
-                self._trim(txn, u, added[u])
+                not_kept += self._trim(txn, u, added[u], seq0)
             txn.put(b"seq", seq.to_bytes(8, "big"), db=self._meta)
-        return len(events), new_users
+            if before_commit is not None:
+                before_commit()
+        return Recorded(len(events), new_users, duplicates, not_kept)
 
-    def _trim(self, txn, u: bytes, added: int) -> None:
-        """Count the user's new events and delete her oldest beyond ``per_user`` (inside the write)."""
+    def _trim(self, txn, u: bytes, added: int, seq0: int = 0) -> int:
+        """Count the user's new events and delete her oldest beyond ``per_user`` (inside the write).
+        Returns how many of the deleted were written after ``seq0`` (this write's, older than all she keeps)."""
         raw = txn.get(u, db=self._ucount)
         prefix = u + b"\0"
         cur = txn.cursor(db=self._ev)
@@ -119,12 +153,18 @@ class EventStore:
                     n += 1
         else:
             n = int.from_bytes(raw, "big") + added
+        mine = 0
         if n > self.per_user and cur.set_range(prefix):
             for _ in range(n - self.per_user):       # the oldest first: keys sort by (user, time, seq)
-                if not cur.key().startswith(prefix) or not cur.delete():
+                key = cur.key()
+                if not key.startswith(prefix):
+                    break
+                mine += int.from_bytes(key[-8:], "big") > seq0
+                if not cur.delete():
                     break
             n = self.per_user
         txn.put(u, n.to_bytes(8, "big"), db=self._ucount)
+        return mine
 
     def forget(self, user_ids: Iterable[str]) -> tuple[int, int]:
         """Delete everything the store keeps about these users (events, counts, stamps, first-seen), in one

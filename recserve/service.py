@@ -279,11 +279,11 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 raise InvalidArgument(f"events[{i}].type", "must be set")
             events.append(Event(e.user_id, e.item_id, int(e.type) - 1, e.timestamp))
         with self._rec() as rec:
-            accepted, new_users = await self._in_io(rec.record_events, events)
+            done = await self._in_io(rec.record_events, events, _deadline(context))
         if self.metrics is not None:
-            self.metrics.events.inc(accepted)
+            self.metrics.events.inc(done.accepted - done.duplicates - done.not_kept)
             self.metrics.store_usage(*rec.store.usage())
-        return pb.RecordEventsResponse(accepted=accepted, new_users=new_users, request_id=rid)
+        return pb.RecordEventsResponse(request_id=rid, **done._asdict())
 
     @rpc
     async def UpdateItems(self, request, context, rid):

@@ -15,7 +15,7 @@ from recserve._core import candidates as CC
 from recserve._core import rerank as RR
 from recserve._core.embed import UserVectorParams
 from recserve._core.merge import merge_candidates
-from recserve.events import Event, EventStore
+from recserve.events import Event, EventStore, Recorded
 from recserve.pipeline import candidates as C
 from recserve.pipeline import ranking as R
 from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument, NotFound
@@ -497,16 +497,23 @@ class Recommender:
                                       f"server's clock ({now:.0f})")
             if self.tables.row_of("item", e.item_id) is None:
                 unknown.append(e.item_id)
-            out.append(Event(e.user_id, e.item_id, e.type, e.timestamp or now))
+            out.append(Event(e.user_id, e.item_id, e.type, e.timestamp or now, server_time=not e.timestamp))
         if unknown:
             names = ", ".join(sorted(set(unknown))[:20])
             raise InvalidArgument("events.item_id", f"unknown item ids: {names}")
         return out
 
-    def record_events(self, events: list[Event]) -> tuple[int, int]:
+    def record_events(self, events: list[Event], deadline: float | None = None) -> Recorded:
+        """Validate and write a batch; nothing is written when ``deadline`` (monotonic) passes before the
+        commit (the client has given up: its retry will not count the events twice)."""
         if self.store is None:
             raise RuntimeError("no event store")
-        return self.store.record(self.validate_events(events), self.known_user)
+
+        def before_commit():
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExceeded("write")
+
+        return self.store.record(self.validate_events(events), self.known_user, before_commit)
 
     def update_items(self, updates: list[tuple[str, bool | None, float | None]]) -> int:
         if self.store is None:

@@ -196,14 +196,18 @@ class RecordEventsRequest(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
 
 class RecordEventsResponse(_message.Message):
-    __slots__ = ("accepted", "new_users", "request_id")
+    __slots__ = ("accepted", "new_users", "request_id", "duplicates", "not_kept")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     NEW_USERS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    NOT_KEPT_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     new_users: int
     request_id: str
-    def __init__(self, accepted: _Optional[int] = ..., new_users: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    duplicates: int
+    not_kept: int
+    def __init__(self, accepted: _Optional[int] = ..., new_users: _Optional[int] = ..., request_id: _Optional[str] = ..., duplicates: _Optional[int] = ..., not_kept: _Optional[int] = ...) -> None: ...
 
 class ItemUpdate(_message.Message):
     __slots__ = ("item_id", "in_stock", "price")

@@ -186,6 +186,34 @@ def test_record_events_bad_batches_write_nothing(server, facts):
         assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(field), details
 
 
+def test_a_retried_batch_counts_once_and_a_write_past_its_deadline_writes_nothing(server, shared_root, facts):
+    """A client's retry of a batch (the same events) is kept once and the reply says so; a write whose
+    deadline passes while it waits for the store (here: another process holds its write lock) is not
+    committed, so the client's retry is the one that counts."""
+    from recserve.events import EventStore
+
+    stub = server.stub()
+    user, late = "retry-" + uuid.uuid4().hex, "late-" + uuid.uuid4().hex
+    ts = time.time() - 60
+    batch = pb.RecordEventsRequest(events=[_ev(user, facts["items"][1], ts=ts), _ev(user, facts["items"][2], ts=ts)])
+    r = stub.RecordEvents(batch, timeout=10)
+    assert (r.accepted, r.duplicates, r.not_kept, r.new_users) == (2, 0, 0, 1)
+    r = stub.RecordEvents(batch, timeout=10)
+    assert (r.accepted, r.duplicates, r.not_kept, r.new_users) == (2, 2, 0, 0)
+
+    batch = pb.RecordEventsRequest(events=[_ev(late, facts["items"][3], ts=ts)])
+    store = EventStore(shared_root / "events", map_size=0)
+    try:
+        with store.env.begin(write=True):
+            call = stub.RecordEvents.future(batch, timeout=0.5)
+            assert call.exception(timeout=10).code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(1.0)                     # the server's write has the lock now, and gives up
+    finally:
+        store.close()
+    r = stub.RecordEvents(batch, timeout=10)
+    assert (r.accepted, r.duplicates, r.new_users) == (1, 0, 1), "the late write must not have been committed"
+
+
 def test_read_your_writes_across_worker_processes(server, facts):
     """Write through one connection, read through fresh connections spread over both workers."""
     user = "rw-" + uuid.uuid4().hex

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from recserve.events import Event, EventStore
 from recserve.pipeline.history import Histories
@@ -94,7 +95,8 @@ def test_each_user_keeps_her_newest_events_up_to_the_cap(tmp_path):
     store.record([Event("u2", "b", 0, 1.0), Event("u10", "c", 0, 1.0)], lambda u: True)
     store.record([Event("u1", f"a{k}", 0, 100.0 + k) for k in range(4, 9)], lambda u: True)
     assert store.recent_columns("u1", 100)[0] == [f"a{k}" for k in range(4, 9)]
-    store.record([Event("u1", "old", 0, 1.0)], lambda u: True)         # older than all she has: dropped
+    done = store.record([Event("u1", "old", 0, 1.0)], lambda u: True)  # older than all she has: dropped
+    assert done == (1, 0, 0, 1)                                        # ... and the reply says so
     assert store.recent_columns("u1", 100)[0] == [f"a{k}" for k in range(4, 9)]
     assert store.recent_columns("u2", 100)[0] == ["b"] and store.recent_columns("u10", 100)[0] == ["c"]
     assert store.stats()["events"] == 7
@@ -107,8 +109,46 @@ def test_each_user_keeps_her_newest_events_up_to_the_cap(tmp_path):
     store = EventStore(tmp_path / "ev", per_user=3)
     store.record([Event("u1", "new", 0, 500.0)], lambda u: True)
     assert store.recent_columns("u1", 100)[0] == ["a7", "a8", "new"]
-    store.record([Event("u1", f"n{k}", 0, 600.0 + k) for k in range(10)], lambda u: True)   # one batch
+    done = store.record([Event("u1", f"n{k}", 0, 600.0 + k) for k in range(10)], lambda u: True)  # one batch
     assert store.recent_columns("u1", 100)[0] == ["n7", "n8", "n9"]
+    assert done.not_kept == 7                                          # her older ones were not this batch's
+    store.close()
+
+
+def test_an_exact_repeat_of_a_stored_event_is_kept_once(tmp_path):
+    """A retried batch (same user, item, type and timestamp) does not count its events twice, within a batch
+    or across batches; events differing in any of the four are all kept."""
+    store = EventStore(tmp_path / "ev")
+    batch = [Event("u1", "a", 0, 100.0), Event("u1", "b", 0, 100.0), Event("u2", "a", 0, 100.0)]
+    assert store.record(batch, lambda u: False) == (3, 2, 0, 0)
+    assert store.record(batch + [Event("u1", "a", 0, 100.0)], lambda u: False) == (4, 0, 4, 0)
+    assert store.stats()["events"] == 3
+    stamp = store.user_stamp("u1")
+    differ = [Event("u1", "a", 1, 100.0), Event("u1", "a", 0, 100.5), Event("u1", "c", 0, 100.0),
+              Event("u1", "c", 0, 100.0)]
+    assert store.record(differ, lambda u: False) == (4, 0, 1, 0)
+    assert store.stats()["events"] == 6 and store.user_stamp("u1") != stamp
+    stamp = store.user_stamp("u1")
+    store.record([Event("u1", "c", 0, 100.0)], lambda u: False)       # nothing new: her stamp stays
+    assert store.user_stamp("u1") == stamp
+    assert sorted(store.recent_columns("u1", 100)[0]) == ["a", "a", "a", "b", "c"]
+    now = Event("u1", "c", 0, 100.0, server_time=True)                # stamped by the server: not a retry
+    assert store.record([now, now], lambda u: False) == (2, 0, 0, 0)
+    store.close()
+
+
+def test_a_write_aborted_before_its_commit_writes_nothing(tmp_path):
+    """``before_commit`` raising (a deadline that passed while the write waited) leaves the store as it was."""
+    store = EventStore(tmp_path / "ev")
+    store.record([Event("u1", "a", 0, 100.0)], lambda u: False)
+
+    def late():
+        raise TimeoutError("late")
+
+    with pytest.raises(TimeoutError):
+        store.record([Event("u1", "b", 0, 101.0), Event("new", "a", 0, 1.0)], lambda u: False, late)
+    assert store.stats() == {"events": 1, "users": 1, "users_with_events": 1, "items": 0}
+    assert store.recent_columns("u1", 10)[0] == ["a"]
     store.close()
 
 

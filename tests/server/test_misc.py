@@ -331,7 +331,7 @@ def test_cli_client_commands_print_tables(server, facts):
     rc, out, _ = run("similar", facts["items"][2], "--k", "3")
     assert rc == 0 and len(out.splitlines()) == 6, out
     rc, out, _ = run("events", "record", "cli-user", facts["items"][2], "--type", "purchase")
-    assert rc == 0 and out.split()[-3:-1] == ["1", "1"] and len(out.split()[-1]) > 8, out
+    assert rc == 0 and out.split()[-5:-1] == ["1", "0", "0", "1"] and len(out.split()[-1]) > 8, out
     rc, out, _ = run("items", "update", facts["items"][2], "--price", "12.5")
     assert rc == 0 and out.split()[-2] == "1", out
     rc, out, _ = run("health")
