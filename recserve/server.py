@@ -323,6 +323,17 @@ class InProcessWorker(Worker):
             self._thread.join(10)
 
 
+def check_events_dir(path: Path) -> None:
+    """The event store's directory exists (made here, as the store would) and is writable, or a one-line
+    reason: before a worker is forked to open it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"events_dir: cannot create {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"events_dir: {path} is not writable")
+
+
 def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConfig | None = None, **kw):
     """Start serving ``bundle`` (a bundle root holding CURRENT, or one version directory) on ``address``.
 
@@ -350,6 +361,7 @@ def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConf
     holder = BundleHolder(cfg.bundle, cfg, None)
     if not holder.root.is_dir():
         raise ValueError(f"bundle: {holder.root} is not a directory")
+    check_events_dir(Path(cfg.events_dir or bundle_root(cfg.bundle) / "events"))
     key = holder._key()
     if key is not None:  # fail fast on a bad bundle, before forking (sha256 only, no hnswlib/LightGBM)
         from recserve import bundle as B
