@@ -30,11 +30,17 @@ def _table(headers: list[str], rows: list[list]) -> str:
     return "\n".join([line(cells[0]), line(["-" * w for w in widths])] + [line(r) for r in cells[1:]])
 
 
+def _bad_argument(message: str):
+    """A client argument that cannot work: one line and exit 2, as argparse's own checks."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _channel(args):
     import grpc
 
     if bool(args.cert) != bool(args.key):
-        raise SystemExit("--cert and --key go together (the client certificate for mutual TLS)")
+        _bad_argument("--cert and --key go together (the client certificate for mutual TLS)")
     if args.ca or args.cert:
         def read(flag, path):
             if not path:
@@ -43,9 +49,9 @@ def _channel(args):
                 with open(path, "rb") as fh:
                     data = fh.read()
             except OSError as exc:
-                raise SystemExit(f"error: {flag} {path}: {exc.strerror}") from None
+                _bad_argument(f"{flag} {path}: {exc.strerror}")
             if b"-----BEGIN " not in data:       # gRPC would only log its failure, then fail each call
-                raise SystemExit(f"error: {flag} {path}: not a PEM file")
+                _bad_argument(f"{flag} {path}: not a PEM file")
             return data
 
         creds = grpc.ssl_channel_credentials(read("--ca", args.ca), read("--key", args.key),
@@ -59,6 +65,8 @@ def address(text: str) -> str:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port in 1..65535, got {text!r}")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise argparse.ArgumentTypeError(f"an IPv6 address goes in brackets: [{host}]:{port}, got {text!r}")
     return text
 
 
@@ -325,7 +333,7 @@ def _with_defaults(parser: argparse.ArgumentParser) -> None:
 
     base = ServeConfig()
     for action in parser._actions:
-        if not hasattr(base, action.dest) or "default" in (action.help or ""):
+        if not hasattr(base, action.dest) or "(default" in (action.help or ""):
             continue
         value = getattr(base, action.dest)
         said = "the bundle's" if value is None else ("none" if value == "" else str(value))
@@ -338,10 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="serve a bundle directory")
     s.add_argument("--bundle", help="bundle root (holding CURRENT) or one bundle version directory")
-    s.add_argument("--config", help="TOML file (flags > RECSERVE_* env > file > bundle defaults)")
+    s.add_argument("--config", help="TOML file (flags > RECSERVE_* env > file > bundle defaults; default: none)")
     s.add_argument("--host", help="address to listen on (0.0.0.0 for every interface)")
     s.add_argument("--port", type=int, help="gRPC port (0: a free one, printed)")
-    s.add_argument("--workers", type=int, help="worker processes sharing the port")
+    s.add_argument("--workers", type=int, help="worker processes sharing the port (0: serve in this one process, "
+                                                "no supervisor, for debugging)")
     s.add_argument("--threads", type=int, help="threads per worker for event-store writes and bundle loads")
     s.add_argument("--cpu-affinity", dest="cpu_affinity",
                    help="auto (default: worker i on the i-th CPU when workers <= CPUs), off, or a list 0,1")
@@ -409,9 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     def filters(p):
-        p.add_argument("--k", type=int32, default=10)
-        p.add_argument("--category", action="append")
-        p.add_argument("--exclude", action="append")
+        p.add_argument("--k", type=positive, default=10, help="items to return (default 10)")
+        p.add_argument("--category", action="extend", nargs="+", metavar="NAME",
+                       help="only these categories (one or more names; the flag may repeat)")
+        p.add_argument("--exclude", action="extend", nargs="+", metavar="ITEM",
+                       help="never these items (one or more ids; ids the bundle does not know are ignored)")
         p.add_argument("--min-price", dest="min_price", type=float)
         p.add_argument("--max-price", dest="max_price", type=float)
         p.add_argument("--any-stock", dest="any_stock", action="store_true")
@@ -419,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = client("recommend", cmd_recommend, "recommendations for a user ('' = anonymous)")
     p.add_argument("user")
     filters(p)
-    p.add_argument("--session", action="append")
+    p.add_argument("--session", action="extend", nargs="+", metavar="ITEM",
+                   help="this visit's items, oldest first (one or more ids; unknown ids are ignored)")
     p.add_argument("--explain", action="store_true")
     p.add_argument("--mmr-lambda", dest="mmr_lambda", type=float)
     p = client("similar", cmd_similar, "items similar to an item")
@@ -474,6 +486,10 @@ def main(argv=None) -> int:
             if isinstance(v, str) and not v.isprintable() and _not_utf8(v):
                 print(f"recserve: {name} {os.fsencode(v)[:60]!r} is not valid UTF-8", file=sys.stderr)
                 return 2
+    for name in ("session", "exclude", "category"):
+        for v in getattr(args, name, None) or []:
+            if "," in v:        # an id may hold a comma: said, not split
+                print(f"note: --{name} {v!r} is one id; give several as --{name} A B", file=sys.stderr)
     try:
         return args.fn(args)
     except BrokenPipeError:             # the reader went away (`recserve recommend u1 | head`): stop quietly

@@ -328,6 +328,10 @@ def test_cli_client_commands_print_tables(server, facts):
     rc, out, _ = run("recommend", facts["user"], "--k", "4", "--explain")
     lines = out.splitlines()
     assert rc == 0 and lines[1].split()[:4] == ["#", "item", "score", "sources"] and len(lines) == 8, out
+    top = [line.split()[1] for line in lines[3:5]]
+    rc, out, err = run("recommend", facts["user"], "--k", "4", "--exclude", *top, "--session", ",".join(top))
+    assert rc == 0 and not set(top) & {line.split()[1] for line in out.splitlines()[3:7]}, out
+    assert f"note: --session '{','.join(top)}' is one id; give several as --session A B" in err, err
     rc, out, _ = run("similar", facts["items"][2], "--k", "3")
     assert rc == 0 and len(out.splitlines()) == 6, out
     rc, out, _ = run("events", "record", "cli-user", facts["items"][2], "--type", "purchase")
@@ -359,12 +363,20 @@ def test_cli_client_refuses_bad_addresses_and_files_in_one_line(tmp_path):
         assert r.returncode == 2 and "argument --k: expected a number below 2^31" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
     r = run("recommend", "u1", "--addr", f"127.0.0.1:{free_port()}", "--ca", str(tmp_path / "nosuch.crt"))
-    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         f"error: --ca {tmp_path / 'nosuch.crt'}: No such file or directory"], r.stderr
     (tmp_path / "ca.txt").write_text("not a certificate\n")
     r = run("recommend", "u1", "--addr", f"127.0.0.1:{free_port()}", "--ca", str(tmp_path / "ca.txt"))
-    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         f"error: --ca {tmp_path / 'ca.txt'}: not a PEM file"], r.stderr
+    r = run("health", "--addr", f"127.0.0.1:{free_port()}", "--cert", str(tmp_path / "ca.txt"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: --cert and --key go together (the client certificate for mutual TLS)"], r.stderr
+    r = run("health", "--addr", "::1:50051")                          # gRPC would say "Misformatted domain name"
+    assert r.returncode == 2 and "an IPv6 address goes in brackets: [::1]:50051" in r.stderr, r.stderr
+    for cmd in ("recommend", "similar"):                             # 0 would be the server's default of 20
+        r = run(cmd, "x", "--k", "0")
+        assert r.returncode == 2 and "argument --k: must be >= 1, got 0" in r.stderr, r.stderr
     for args in (["recommend", b"\xff\xfeuser"], ["events", "record", "u1", b"it\xe9m"],
                  ["recommend", "u1", "--session", b"\xc3"]):
         r = run(*args, "--addr", f"127.0.0.1:{free_port()}")
