@@ -6,7 +6,7 @@
     recserve events record USER ITEM [--type click] [--timestamp T]
     recserve items update ITEM [--in-stock | --out-of-stock] [--price P]
     recserve health
-    recserve store stats|prune|forget --bundle ROOT | --events-dir DIR   (the event store, server running or not)
+    recserve store stats|prune|forget|clear-items --bundle ROOT | --events-dir DIR   (server running or not)
 
 Client commands read ``--addr`` (env RECSERVE_ADDR, default 127.0.0.1:50051) and ``--token`` (env
 RECSERVE_TOKEN) and print readable tables; a failed call prints its status code and exits 1.
@@ -286,6 +286,12 @@ def cmd_store(args) -> int:
                 return 130
             print(f"deleted {deleted} events older than {args.older_than_days:g} days; {emptied} users left "
                   f"with none were removed")
+        elif args.action == "clear-items":
+            if bool(args.all) == bool(args.items):
+                print("recserve store: clear-items takes item ids or --all (not both)", file=sys.stderr)
+                return 2
+            n = store.clear_items(None if args.all else args.items)
+            print(f"cleared {n} item states: those items take stock and price from the bundle again")
         elif args.action == "forget":
             deleted, users = store.forget(args.users)
             print(f"forgot {len(set(args.users))} users: {deleted} events deleted ({users} had records in the "
@@ -451,11 +457,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out-of-stock", dest="in_stock", action="store_const", const=False)
     p.add_argument("--price", type=float)
     client("health", cmd_health, "the server's health status")
-    p = sub.add_parser("store", help="the real-time event store: stats, prune old events, forget users")
+    p = sub.add_parser("store", help="the real-time event store: stats, prune old events, forget users, "
+                                     "clear item states")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, help in [("stats", "events, users and items the store holds"),
                        ("prune", "delete events older than --older-than-days, and users left with none"),
-                       ("forget", "delete everything the store keeps about the users named")]:
+                       ("forget", "delete everything the store keeps about the users named"),
+                       ("clear-items", "delete the stock and price UpdateItems set, of the items named or --all")]:
         a = actions.add_parser(name, help=help)
         a.add_argument("--bundle", help="bundle root: the store is <root>/events unless --events-dir says")
         a.add_argument("--events-dir", dest="events_dir", help="the event store's directory")
@@ -468,11 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
                            help="deletions per write transaction (the server's writes wait for one)")
         if name == "forget":
             a.add_argument("users", nargs="+", help="user ids")
+        if name == "clear-items":
+            a.add_argument("items", nargs="*", help="item ids")
+            a.add_argument("--all", action="store_true", help="every item's state")
     return ap
 
 
 # arguments that travel as protobuf strings or LMDB keys: UTF-8 only (a file name may be any bytes)
-TEXT_ARGS = ("user", "item", "session", "category", "exclude", "token", "users")
+TEXT_ARGS = ("user", "item", "session", "category", "exclude", "token", "users", "items")
 
 
 def main(argv=None) -> int:

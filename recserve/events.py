@@ -8,7 +8,8 @@ request in any worker. Keys are bundle-independent (string ids), so a hot reload
 Databases:
 - ``ev``: ``user_id \\0 ts(>d) seq(>Q)`` -> ``type(b) item_id`` ; per user in time order.
 - ``users``: ``user_id`` -> first-seen unix seconds (users created by events).
-- ``items``: ``item_id`` -> JSON ``{"in_stock": bool, "price": float}`` (latest state overrides).
+- ``items``: ``item_id`` -> JSON ``{"in_stock": bool, "price": float}`` (the latest update; it overrides
+  every bundle's value until :meth:`EventStore.clear_items` deletes it).
 - ``ulast``: ``user_id`` -> the ``seq`` of the user's latest written event (a stamp: a reader that cached
   a user's events knows they are still current while it is unchanged, whatever the new event's timestamp).
 - ``meta``: ``seq`` (event counter), ``items_gen`` (bumped on every item update).
@@ -102,9 +103,9 @@ class EventStore:
     def record(self, events: Iterable[Event], known_user, before_commit=None) -> Recorded:
         """Append ``events`` in one fsynced transaction. ``known_user(id)`` says whether the bundle has
         the user; other users are created here. An exact repeat of an event the store holds (same user,
-        item, type and timestamp, a client's retry) is kept once, unless its time is the server's. ``before_commit()``, when given, runs
-        just before the commit and may raise to write nothing (a deadline that passed while waiting for
-        the write lock)."""
+        item, type and timestamp, a client's retry) is kept once, unless its time is the server's.
+        ``before_commit()``, when given, runs just before the commit and may raise to write nothing (a
+        deadline that passed while waiting for the write lock)."""
         self._check_pid()
         events = list(events)
         new_users = duplicates = not_kept = 0
@@ -261,6 +262,24 @@ class EventStore:
             cur = txn.cursor(db=self._ichanges)
             while cur.first() and int.from_bytes(cur.key(), "big") <= gen - ITEM_CHANGES_KEPT:
                 cur.delete()
+        return n
+
+    def clear_items(self, item_ids: Iterable[str] | None) -> int:
+        """Delete the stored state of these items (None: of every item), in one fsynced transaction, so
+        that they take their stock and price from the bundle again (after a catalogue refresh). Returns the
+        number of states deleted. The generation moves without a list of changes: readers re-read the whole
+        item state over their bundle's."""
+        self._check_pid()
+        n = 0
+        with self.env.begin(write=True) as txn:
+            if item_ids is None:
+                n = txn.stat(self._items)["entries"]
+                txn.drop(self._items, delete=False)
+            else:
+                n = sum(bool(txn.delete(i.encode(), db=self._items)) for i in dict.fromkeys(item_ids))
+            if n:
+                gen = int.from_bytes(txn.get(b"items_gen", db=self._meta) or b"\0" * 8, "big") + 1
+                txn.put(b"items_gen", gen.to_bytes(8, "big"), db=self._meta)
         return n
 
     # -- reads -------------------------------------------------------------------------------------

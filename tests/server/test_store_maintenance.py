@@ -138,6 +138,38 @@ def test_store_cli_forgets_and_prunes_beside_an_open_store_that_keeps_serving(de
         store.close()
 
 
+def test_store_cli_clears_item_states_so_the_bundle_values_return(demo_bundle, tmp_path):
+    """Stock and price set by UpdateItems override every bundle until cleared: a Recommender holding the
+    store open serves the bundle's values again after ``recserve store clear-items`` in another process."""
+    from recserve.bundle import Bundle
+    from recserve.pipeline.messages import RecRequest
+    from recserve.pipeline.recommender import Recommender
+
+    ev = tmp_path / "ev"
+    with Bundle.open(demo_bundle) as b:
+        store = EventStore(ev, map_size=1 << 30)
+        rec = Recommender(b, store)
+        first = [i.item_id for i in rec.recommend(RecRequest(k=5)).items]
+        rec.update_items([(first[0], False, None), (first[1], False, None), (first[2], None, 1.0)])
+        after = [i.item_id for i in rec.recommend(RecRequest(k=5)).items]
+        assert first[0] not in after and first[1] not in after
+
+        r = _cli("clear-items", "--events-dir", str(ev))
+        assert r.returncode == 2 and "item ids or --all" in r.stderr, r.stderr
+        r = _cli("clear-items", "--events-dir", str(ev), first[0], "--all")
+        assert r.returncode == 2 and "item ids or --all" in r.stderr, r.stderr
+        r = _cli("clear-items", "--events-dir", str(ev), first[0], first[0], "nosuch")
+        assert r.returncode == 0 and "cleared 1 item states" in r.stdout, r.stderr
+        after = [i.item_id for i in rec.recommend(RecRequest(k=5)).items]
+        assert first[0] in after and first[1] not in after
+        assert store.stats()["items"] == 2
+        r = _cli("clear-items", "--events-dir", str(ev), "--all")
+        assert r.returncode == 0 and "cleared 2 item states" in r.stdout, r.stderr
+        assert [i.item_id for i in rec.recommend(RecRequest(k=5)).items] == first
+        assert store.stats()["items"] == 0
+        store.close()
+
+
 @pytest.mark.parametrize("args, says", [
     (["stats", "--events-dir", "{missing}"], "no event store at"),
     (["stats"], "--bundle ROOT or --events-dir DIR is required"),
