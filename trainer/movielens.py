@@ -24,14 +24,18 @@ ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "C
                  "Thriller", "War", "Western"]
 
 
-def _finish(users, items, ts, stars, item_ids, category, created) -> Dataset:
+def _finish(users, items, ts, stars, item_ids, category, created, ratings: Path, movies: Path, col: str,
+            header: bool = True, delimiter: bytes = b",") -> Dataset:
+    """The data set of the ratings (``users``, ``items``, ... read from ``ratings``, its movie ids in column
+    ``col``) of the movies listed in ``movies`` (``item_ids``, ``category``, ``created``)."""
     if not len(ts):
         raise DataError("no ratings")
     user_ids, user_row = np.unique(users, return_inverse=True)
     item_index = {k: r for r, k in enumerate(item_ids)}
     rows = np.array([item_index.get(i, -1) for i in items], np.int64)
     if (rows < 0).any():
-        raise DataError(f"{int((rows < 0).sum())} rating(s) of movies missing from the movie list")
+        _refuse(ratings, col, rows < 0, f"id(s) of movies missing from {movies.name}", header, items.tolist(),
+                delimiter)
     order = np.lexsort((ts, user_row))
     n = len(item_ids)
     first_ts = np.full(len(user_ids), np.inf)
@@ -125,12 +129,20 @@ def _refuse(path: Path, col: str, bad: np.ndarray, what: str, header: bool, show
     raise DataError(f"{path.name}: column {col} has {n} {what}, the first{value} {where}")
 
 
+# a MovieLens id: a non-negative decimal integer, digits only (no sign, point, exponent or white space)
+_ID = r"^[0-9]+$"
+
+
 def _ids(t: pa.Table, path: Path, col: str, header: bool = True, delimiter: bytes = b",") -> np.ndarray:
-    """A column of ids (read as text): none may be empty."""
+    """A column of ids (read as text): none may be empty, each a plain decimal integer (:data:`_ID`)."""
     c = t.column(col)
+    refuse = functools.partial(_refuse, path, col, header=header, delimiter=delimiter)
     empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(c), ""), True).to_numpy(zero_copy_only=False)
     if empty.any():
-        _refuse(path, col, empty, "empty id(s)", header, delimiter=delimiter)
+        refuse(empty, "empty id(s)")
+    bad = pc.invert(pc.match_substring_regex(c, _ID)).to_numpy(zero_copy_only=False)
+    if bad.any():
+        refuse(bad, "id(s) that are not plain decimal integers", shown=c.to_pylist())
     return c.to_numpy(zero_copy_only=False).astype(str)
 
 
@@ -189,9 +201,11 @@ def load_ml100k(path: Path) -> Dataset:
         if not line.strip():
             continue
         f = line.split("|")
-        if len(f) != 5 + len(ML100K_GENRES) or not f[0].strip():
+        if len(f) != 5 + len(ML100K_GENRES):
             raise DataError(f"{item.name}: line {n} has {len(f)} field(s), not 24 (id|title|release date|"
                             "video release date|IMDb URL|19 genre flags)")
+        if not re.match(_ID, f[0]):
+            raise DataError(f"{item.name}: movie id {f[0]!r} on line {n} is not a plain decimal integer")
         flags = [x.strip() for x in f[5:]]
         if any(x not in ("0", "1") for x in flags):
             raise DataError(f"{item.name}: line {n} has a genre flag that is not 0 or 1")
@@ -206,7 +220,7 @@ def load_ml100k(path: Path) -> Dataset:
     tab = {"header": False, "delimiter": b"\t"}
     return _finish(_ids(t, data, "user id", **tab), _ids(t, data, "item id", **tab),
                    _finite(t, data, "timestamp", times=True, **tab),
-                   _finite(t, data, "rating", **tab), item_ids, cats, created)
+                   _finite(t, data, "rating", **tab), item_ids, cats, created, data, item, "item id", **tab)
 
 
 def load_ml_latest(path: Path) -> Dataset:
@@ -228,7 +242,7 @@ def load_ml_latest(path: Path) -> Dataset:
         created.append(_year_ts(int(y.group(1)) if y else None))
     return _finish(_ids(r, ratings, "userId"), _ids(r, ratings, "movieId"),
                    _finite(r, ratings, "timestamp", times=True),
-                   _finite(r, ratings, "rating"), item_ids, cats, created)
+                   _finite(r, ratings, "rating"), item_ids, cats, created, ratings, movies, "movieId")
 
 
 def load_movielens(path: str) -> Dataset:

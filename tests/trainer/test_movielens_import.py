@@ -192,3 +192,38 @@ def test_u_item_titles_may_hold_bytes_that_are_line_breaks_to_python(tmp_path):
     assert ds.item_ids.tolist() == ["10", "20", "30"] and len(ds) == 4
     assert ds.item_category.tolist() == [ML100K_GENRES[k % 19] for k in (10, 20, 30)]
     assert (ds.item_created > 7.8e8).all()        # the year 1995 was read from each title's line
+
+
+@pytest.mark.parametrize("col, value", [(1, "NA"), (1, "x1"), (1, "1.5"), (1, "-3"), (1, "1e3"), (1, " 10"),
+                                        (1, "\u0661\u0660"), (0, "x"), (0, "NA")])
+def test_ratings_ids_must_be_plain_decimal_integers(tmp_path, capsys, col, value):
+    d = _dir(tmp_path, {"ratings.csv": _edit(RATINGS, 3, col, value), "movies.csv": MOVIES})
+    name = ["userId", "movieId"][col]
+    assert _refused(d, tmp_path, capsys) == (f"ratings.csv: column {name} has 1 id(s) that are not plain decimal "
+                                             f"integers, the first {value!r} on line 4")
+
+
+@pytest.mark.parametrize("col, value", [(1, "NA"), (1, "1.5"), (0, "x")])
+def test_u_data_ids_must_be_plain_decimal_integers(tmp_path, capsys, col, value):
+    d = _dir(tmp_path, {"u.data": _edit(U_DATA, 2, col, value, "\t"), "u.item": U_ITEM})
+    name = ["user id", "item id"][col]
+    assert _refused(d, tmp_path, capsys) == (f"u.data: column {name} has 1 id(s) that are not plain decimal "
+                                             f"integers, the first {value!r} on line 3")
+
+
+def test_movie_list_ids_must_be_plain_decimal_integers(tmp_path, capsys):
+    d = _dir(tmp_path, {"ratings.csv": RATINGS, "movies.csv": _edit(MOVIES, 2, 0, "m20")})
+    assert _refused(d, tmp_path, capsys) == ("movies.csv: column movieId has 1 id(s) that are not plain decimal "
+                                             "integers, the first 'm20' on line 3")
+    d = _dir(tmp_path / "100k", {"u.data": U_DATA, "u.item": _edit(U_ITEM, 1, 0, "NA", "|")})
+    assert _refused(d, tmp_path / "100k", capsys) == "u.item: movie id 'NA' on line 2 is not a plain decimal integer"
+
+
+def test_ratings_of_movies_not_in_the_movie_list_name_the_line_and_the_id(tmp_path, capsys):
+    ratings = _edit(_edit(RATINGS, 2, 1, "99999999"), 4, 1, "40")
+    d = _dir(tmp_path, {"ratings.csv": ratings, "movies.csv": MOVIES})
+    assert _refused(d, tmp_path, capsys) == ("ratings.csv: column movieId has 2 id(s) of movies missing from "
+                                             "movies.csv, the first '99999999' on line 3")
+    d = _dir(tmp_path / "100k", {"u.data": _edit(U_DATA, 3, 1, "99999", "\t"), "u.item": U_ITEM})
+    assert _refused(d, tmp_path / "100k", capsys) == ("u.data: column item id has 1 id(s) of movies missing "
+                                                      "from u.item, the first '99999' on line 4")
