@@ -152,8 +152,10 @@ def _run(args) -> int:
 
     progress.configure(getattr(args, "progress", None))
 
-    if args.cmd in ("synth", "import") and _is_version(args.out):
-        return _fail(f"{args.out} is a bundle version, not a data directory", 2)
+    if args.cmd in ("synth", "import"):     # written beside the output first, then moved in
+        bad_out = _unwritable_out(args.out, "data directory", beside=True)
+        if bad_out:
+            return _fail(bad_out, 2)
     if args.cmd == "synth":
         from trainer.io import write_dataset
         from trainer.synth import synth
@@ -182,7 +184,7 @@ def _run(args) -> int:
             return _fail("--evaluate and --no-evaluate contradict each other", 2)
         if args.evaluate and args.holdout == 0:
             return _fail("--evaluate needs held-out data: --holdout 0 holds none out", 2)
-        bad_out = _unwritable_root(args.out)
+        bad_out = _unwritable_out(args.out, "bundle root")
         if bad_out:
             return _fail(bad_out, 2)
         timer = Timer()
@@ -257,17 +259,23 @@ def _ranker_line(r: dict) -> str:
     return f"{trees} trees" + (f", validation ndcg@10 {score}" if score is not None else "")
 
 
-def _unwritable_root(out: str) -> str | None:
-    """Why a bundle root cannot be written at ``out`` (checked before any training), or None."""
+def _unwritable_out(out: str, what: str, beside: bool = False) -> str | None:
+    """Why ``what`` (a bundle root, a data directory) cannot be written at ``out``, or None: checked before
+    any work. ``beside``: the writer also makes a temporary directory beside ``out``."""
     from pathlib import Path
 
     p = Path(out)
     if p.exists():
         if not p.is_dir():
-            return f"{out}: exists and is not a directory (a bundle root is a directory)"
+            return f"{out}: exists and is not a directory (a {what} is one)"
         if _is_version(out):     # a root here would put CURRENT beside its manifest: verify refuses both
-            return f"{out} is a bundle version, not a bundle root"
-        return None if _can_create_in(p) else f"{out}: not writable"
+            return f"{out} is a bundle version, not a {what}"
+        if not _can_create_in(p):
+            return f"{out}: not writable"
+        parent = p.absolute().parent
+        if beside and not _can_create_in(parent):
+            return f"{out}: cannot write beside it in {parent} (not writable)"
+        return None
     parent = next((a for a in p.absolute().parents if a.exists()), None)
     if parent is None or not parent.is_dir():
         return f"{out}: {parent} is not a directory"
