@@ -8,6 +8,14 @@ import math
 SEED_MAX = 2**31 - 1        # LightGBM's and hnswlib's seeds are 32-bit
 
 
+def _limit(x: float) -> str:
+    """A bound as the message shows it, exactly: 2147483647 (not 2.14748e+09), 0.99, 1e+12."""
+    if isinstance(x, int):
+        return str(x)
+    short = f"{x:g}"
+    return short if float(short) == x else repr(x)
+
+
 def number(kind: type = int, low: float | None = None, high: float | None = None, above: bool = False):
     """An argparse type: ``kind`` (int or float), finite, at least ``low`` (above it when ``above``) and at
     most ``high``."""
@@ -20,9 +28,10 @@ def number(kind: type = int, low: float | None = None, high: float | None = None
         if isinstance(v, float) and not math.isfinite(v):
             raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
         if low is not None and (v <= low if above else v < low):
-            raise argparse.ArgumentTypeError(f"must be {'above' if above else 'at least'} {low:g}, not {text}")
+            raise argparse.ArgumentTypeError(
+                f"must be {'above' if above else 'at least'} {_limit(low)}, not {text}")
         if high is not None and v > high:
-            raise argparse.ArgumentTypeError(f"must be at most {high:g}, not {text}")
+            raise argparse.ArgumentTypeError(f"must be at most {_limit(high)}, not {text}")
         return v
 
     return parse

@@ -1,6 +1,8 @@
 """Bad input data: exit code != 0 and a one-line reason naming the problem."""
 from __future__ import annotations
 
+import argparse
+import re
 import shutil
 
 import numpy as np
@@ -316,7 +318,8 @@ def test_holdout_zero_trains_on_everything_and_cannot_evaluate(small_data, tmp_p
 @pytest.mark.parametrize("args, says", [
     (["--threads", "-1"], "argument --threads: must be at least 1, not -1"),
     (["--eval-users", "0"], "argument --eval-users: must be at least 1, not 0"),
-    (["--seed", "99999999999999999999"], "argument --seed: must be at most 2.14748e+09"),
+    (["--seed", "99999999999999999999"], "argument --seed: must be at most 2147483647, not 99999999999999999999"),
+    (["--seed", "2147483648"], "argument --seed: must be at most 2147483647, not 2147483648"),
     (["--als-reg", "nan"], "argument --als-reg: must be a finite number, not nan"),
     (["--als-reg", "-1"], "argument --als-reg: must be at least 0, not -1"),
     (["--label-windows", "0"], "argument --label-windows: must be at least 1, not 0"),
@@ -328,6 +331,18 @@ def test_bad_arguments_are_refused_before_the_data_is_read(args, says, tmp_path,
         main(["build", "--data", str(tmp_path / "no-data"), str(tmp_path / "out"), *args])
     assert exc.value.code == 2 and says in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind, low, high, text, says", [
+    (int, -10**7, None, "-10000001", "must be at least -10000000, not -10000001"),
+    (float, 0, 1234567.5, "2e6", "must be at most 1234567.5, not 2e6"),
+    (float, 0, 1e12, "2e12", "must be at most 1e+12, not 2e12"),
+])
+def test_argument_limits_are_shown_exactly(kind, low, high, text, says):
+    from trainer.argtypes import number
+
+    with pytest.raises(argparse.ArgumentTypeError, match=f"^{re.escape(says)}$"):
+        number(kind, low, high)(text)
 
 
 def test_a_failing_table_write_is_one_line_and_leaves_nothing(small_data, tmp_path, monkeypatch, capsys):
