@@ -476,6 +476,7 @@ def record_evaluation(bundle_dir: Path, result: dict) -> None:
     from trainer import report
 
     writer.update_manifest(bundle_dir, "evaluation", result)
-    writer.write_report(bundle_dir, "report.json", json.dumps(result, indent=1))
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    unused = report.columns_not_used(manifest.get("training", {}).get("data_report", {}))
+    writer.write_report(bundle_dir, "report.json", json.dumps({**result, "columns_not_used": unused}, indent=1))
     writer.write_report(bundle_dir, "report.html", report.render(manifest, result))

@@ -177,6 +177,7 @@ def _run(args) -> int:
         return 0
     if args.cmd == "build":
         from trainer import build as builder
+        from trainer import report
         from trainer.evaluate import format_table
         from trainer.io import load_dataset
 
@@ -192,6 +193,9 @@ def _run(args) -> int:
             ds = load_dataset(args.data, drop_unknown=args.drop_unknown)
         if ds.report.get("dropped_unknown_items"):
             print(f"dropped {ds.report['dropped_unknown_items']} interaction(s) with unknown items", file=sys.stderr)
+        unused = report.columns_not_used(ds.report)
+        if unused:
+            print(f"columns {report.NOT_USED}: {report.not_used_text(unused)}", file=sys.stderr)
         factors = args.factors
         cfg = {"seed": args.seed, "factors": factors if len(factors) > 1 else factors[0], "embed": args.embed,
                "als_reg": args.als_reg, "threads": args.threads, "holdout": args.holdout,

@@ -6,10 +6,30 @@ import html
 import json
 import re
 
+from trainer.io import EXTRA_MAX
 from trainer.plots import line_chart
 
 COLS = ["recall@10", "recall@20", "recall@50", "ndcg@10", "mrr@50", "coverage@10", "ild@10", "novelty@10",
         "cold_share@10"]
+
+
+def columns_not_used(data_report: dict) -> dict[str, list[str]]:
+    """The input columns a build did not use, {table: [column, ...]} (tables with none left out): text
+    columns, and numeric ones past a table's first :data:`EXTRA_MAX`."""
+    out = {}
+    for table in ("items", "users"):
+        names = data_report.get(f"extra_{table[:-1]}_columns_not_used")
+        if names:
+            out[table] = list(names)
+    return out
+
+
+def not_used_text(unused: dict[str, list[str]]) -> str:
+    """``columns_not_used`` as one line: 'items: title, tags; users: bio'."""
+    return "; ".join(f"{table}: {', '.join(names)}" for table, names in unused.items())
+
+
+NOT_USED = f"not used as features (text, or numeric past the first {EXTRA_MAX} of a table)"
 
 
 def recall_chart(methods: dict) -> str:
@@ -50,6 +70,9 @@ def render(manifest: dict, result: dict) -> str:
         "timings_s": tr.get("timings"),
     }
     version = html.escape(str(manifest.get('version')))
+    unused = columns_not_used(tr.get("data_report", {}))
+    unused_html = (f"<h2>Input columns not used</h2><p>Columns {NOT_USED}: {html.escape(not_used_text(unused))}"
+                   "</p>\n" if unused else "")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>recserve bundle {version}</title>
 <style>body{{font:14px system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{text-align:left}}
@@ -59,7 +82,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{text-align:le
 {result.get('held_out_interactions', '?')} held-out interactions. History items are excluded from recommendations
 and from the truth.</p>
 <table><tr><th>method</th>{''.join(f'<th>{c}</th>' for c in COLS)}</tr>{''.join(rows)}</table>
-<h2>Plots</h2>
+{unused_html}<h2>Plots</h2>
 {''.join(f'<figure>{p}</figure>' for p in plots)}
 <h2>Build</h2><pre>{html.escape(json.dumps(summary, indent=1))}</pre></body></html>
 """

@@ -120,3 +120,38 @@ def test_column_names_lightgbm_refuses_still_build(tmp_path):
 
         res = Recommender(b, None).recommend(RecRequest(k=5, explain=True))
         assert len(res.items) == 5 and all(len(i.contributions) == 5 for i in res.items)
+
+
+def test_columns_not_used_are_in_the_build_output_and_its_reports(tmp_path, capsys):
+    """Text columns (and numeric ones past the first EXTRA_MAX) are named where the build is read: its printed
+    output, report.json and report.html, not only the manifest."""
+    import json
+
+    from recserve.bundle import resolve
+    from trainer.cli import main
+
+    data = tmp_path / "data"
+    ds0, _ = synth(300, 200, seed=4)
+    write_dataset(ds0, data)
+    _with_extras(data, np.random.default_rng(0))
+    users = pacsv.read_csv(data / "users.csv")
+    pacsv.write_csv(users.append_column("bio", pa.array(["likes <films>"] * users.num_rows)), data / "users.csv")
+    assert main(["build", "--data", str(data), str(tmp_path / "out"), "--factors", "8", "--no-tune",
+                 "--label-windows", "1", "--no-progress"]) == 0
+    line = (f"columns not used as features (text, or numeric past the first {EXTRA_MAX} of a table): "
+            "items: colour; users: bio")
+    assert line in capsys.readouterr().err.splitlines()
+    version = resolve(tmp_path / "out")
+    assert json.loads((version / "report.json").read_text())["columns_not_used"] == {"items": ["colour"],
+                                                                                   "users": ["bio"]}
+    page = (version / "report.html").read_text()
+    assert "<h2>Input columns not used</h2>" in page and "items: colour; users: bio" in page
+    # data without such columns: nothing printed, an empty list in report.json, no section in report.html
+    write_dataset(ds0, tmp_path / "plain")
+    capsys.readouterr()
+    assert main(["build", "--data", str(tmp_path / "plain"), str(tmp_path / "out2"), "--factors", "8",
+                 "--no-tune", "--label-windows", "1", "--no-progress"]) == 0
+    assert "not used" not in capsys.readouterr().err
+    version = resolve(tmp_path / "out2")
+    assert json.loads((version / "report.json").read_text())["columns_not_used"] == {}
+    assert "Input columns not used" not in (version / "report.html").read_text()
