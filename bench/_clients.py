@@ -233,8 +233,10 @@ def run_phase(target: str, pools: list, phase: dict, server_pid: int | None = No
 def summarize(rec: dict, codes: list[str], t0: float, phase: dict) -> dict:
     """The figures of the window after the first ``warmup`` seconds.
 
-    Calls, errors and latencies are those of the calls *due* in the window (by intended send time; the
-    percentiles are of the calls answered OK, failed calls are counted by status instead); throughput is
+    A method with no call due in the window is left out; "ALL" is always there, with 0 calls when none was
+    due (a server slower than the window: its figures are then NaN). Calls, errors and latencies are those
+    of the calls *due* in the window (by intended send time; the percentiles are of the calls answered OK,
+    failed calls are counted by status instead); throughput is
     the calls answered OK that *finished* in the window, per second, so that a server falling behind an
     open loop's rate shows as a throughput below it."""
     w0, w1 = t0 + phase["warmup"], t0 + phase["duration"]
@@ -248,7 +250,7 @@ def summarize(rec: dict, codes: list[str], t0: float, phase: dict) -> dict:
     for mi, m in enumerate(METHODS + ["ALL"]):
         of_m = (rec["method"] == mi) if m != "ALL" else np.ones(len(rec["t"]), bool)
         sel = keep & of_m
-        if not sel.any():
+        if m != "ALL" and not sel.any():
             continue
         ok = sel & (rec["code"] == ok_code)
         lat = rec["lat"][ok] * 1e3

@@ -65,6 +65,11 @@ def _fmt(v, w=9, d=2):
     return f"{v:>{w}.{d}f}" if isinstance(v, float) and np.isfinite(v) else f"{'-':>{w}}"
 
 
+def _ratio(a: float, b: float) -> float:
+    """a / b, NaN when b is 0 or either is not finite (a phase with no OK answer has no ratio)."""
+    return a / b if (np.isfinite(a) and np.isfinite(b) and b != 0) else float("nan")
+
+
 def print_phase(title: str, real: dict, ceil: dict | None) -> None:
     print(f"\n== {title} (window {real['window_s']:.1f} s; ratio = recserve / ceiling)")
     cc = (ceil or {}).get("server_cpu_ms_per_call", float("nan"))
@@ -76,7 +81,7 @@ def print_phase(title: str, real: dict, ceil: dict | None) -> None:
               f"switches per call (all threads): {real.get('server_switches_per_call', float('nan')):.1f}")
     else:
         print(f"server CPU per call (all workers, whole phase): recserve {real['server_cpu_ms_per_call']:.3f} ms, "
-              f"ceiling {cc:.3f} ms, ratio {real['server_cpu_ms_per_call'] / cc:.2f}; context switches per call "
+              f"ceiling {cc:.3f} ms, ratio {_ratio(real['server_cpu_ms_per_call'], cc):.2f}; context switches per call "
               f"(all threads): recserve {real.get('server_switches_per_call', float('nan')):.1f}, ceiling {cs:.1f}")
     print(f"load generator CPU per call (all client processes): recserve's run "
           f"{real.get('client_cpu_ms_per_call', float('nan')):.3f} ms"
@@ -97,7 +102,7 @@ def print_phase(title: str, real: dict, ceil: dict | None) -> None:
                 _fmt(c[k]) for k in ("throughput", "p50", "p90", "p99", "p99.9", "max", "send_lag_p99"))
                 + f"  {cerr}")
             print(f"{'  ratio':<13}{'':>8}" + "".join(
-                _fmt(v[k] / c[k] if c[k] else float("nan"), d=3)
+                _fmt(_ratio(v[k], c[k]), d=3)
                 for k in ("throughput", "p50", "p90", "p99", "p99.9", "max")))
 
 
@@ -256,7 +261,7 @@ def main(argv=None) -> int:
                   f"{'ceil p99':>10}{'p99 ratio':>10}")
             for r in rows:
                 print(f"{r['offered']:>10.0f}{r['achieved']:>11.1f}{_fmt(r['p50'])}{_fmt(r['p99'])}{r['errors']:>8}"
-                      f"{_fmt(r['ceiling_p99'], 10)}{_fmt(r['p99'] / r['ceiling_p99'], 10, 3)}")
+                      f"{_fmt(r['ceiling_p99'], 10)}{_fmt(_ratio(r['p99'], r['ceiling_p99']), 10, 3)}")
             def rate_or_none(v):
                 return "none" if v is None else f"{v:.0f}/s"
 
@@ -264,29 +269,29 @@ def main(argv=None) -> int:
                   f"{rate_or_none(record['sweep']['max_rate_p99_under_bound'])}; highest rate kept up with "
                   f"(>= 95 %): {rate_or_none(record['sweep']['max_rate_kept_up'])}")
         if "ceiling" in closed:
-            ratio = sat / closed["ceiling"]["methods"]["ALL"]["throughput"]
+            ratio = _ratio(sat, closed["ceiling"]["methods"]["ALL"]["throughput"])
             rr = closed["recserve"]["methods"].get("Recommend", {}).get("throughput", float("nan"))
             rc = closed["ceiling"]["methods"].get("Recommend", {}).get("throughput", float("nan"))
             record["throughput_ratio_to_ceiling"] = ratio
             print(f"\nclosed-loop throughput: recserve {sat:.1f}/s, ceiling "
                   f"{closed['ceiling']['methods']['ALL']['throughput']:.1f}/s, ratio {ratio:.3f}; "
-                  f"Recommend only {rr:.1f} vs {rc:.1f}/s, ratio {rr / rc:.3f}")
+                  f"Recommend only {rr:.1f} vs {rc:.1f}/s, ratio {_ratio(rr, rc):.3f}")
             cr = closed["recserve"]["server_cpu_ms_per_call"]
             cc = closed["ceiling"]["server_cpu_ms_per_call"]
             if not np.isfinite(cr):
                 print("server CPU per call: not measured for recserve (the server was not started by this script)")
                 cr = None
         if "ceiling" in closed and cr is not None:
-            record["server_cpu_ratio_ceiling_to_recserve"] = cc / cr
+            record["server_cpu_ratio_ceiling_to_recserve"] = _ratio(cc, cr)
             print(f"server CPU per call in that phase: recserve {cr:.3f} ms, ceiling {cc:.3f} ms: recserve does "
-                  f"{cc / cr:.3f} of the ceiling's calls per CPU-second")
+                  f"{_ratio(cc, cr):.3f} of the ceiling's calls per CPU-second")
             # server and load generator share the cores: when both runs keep them busy, the throughput ratio
             # is the ratio of the machine's CPU per call (server + load generator)
             tr = cr + closed["recserve"].get("client_cpu_ms_per_call", float("nan"))
             tc = cc + closed["ceiling"].get("client_cpu_ms_per_call", float("nan"))
             record["machine_cpu_ms_per_call"] = {"recserve": tr, "ceiling": tc}
             print(f"CPU per call, server + load generator: recserve {tr:.3f} ms, ceiling {tc:.3f} ms "
-                  f"(ratio {tc / tr:.3f}; it equals the throughput ratio when both runs keep every core busy)")
+                  f"(ratio {_ratio(tc, tr):.3f}; it equals the throughput ratio when both runs keep every core busy)")
     finally:
         for s in servers:
             s.stop()

@@ -71,3 +71,15 @@ def test_a_late_send_counts_its_wait_and_an_early_one_does_not_shorten_the_call(
 def test_call_latency_runs_from_the_earlier_of_the_intended_and_the_actual_send():
     assert abs(call_latency(intended=10.0, sent=10.5, done=10.6) - 0.6) < 1e-12       # late: its wait counts
     assert abs(call_latency(intended=10.0, sent=9.999, done=10.002) - 0.003) < 1e-12   # early: from the send
+
+
+def test_a_window_with_no_call_due_still_has_ALL_with_0_calls():
+    """A server slower than the window: the only call was due before it. "ALL" is there with 0 calls (it was
+    missing, and the report failed with KeyError: 'ALL')."""
+    phase = {"warmup": 1.0, "duration": 2.0}                 # window [1, 2); the call answers at 3 s
+    out = summarize(_records([0.0], [3.0], [0]), ["OK"], 0.0, phase)["methods"]
+    assert list(out) == ["ALL"]
+    assert out["ALL"]["calls"] == 0 and out["ALL"]["throughput"] == 0.0 and out["ALL"]["errors"] == {}
+    assert np.isnan(out["ALL"]["p99"])
+    out = summarize(_records([], [], []), [], 0.0, phase)["methods"]          # no call at all
+    assert out["ALL"]["calls"] == 0
