@@ -9,12 +9,19 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import pickle
+import queue
 import time
 
 import numpy as np
 
 from _proc import tree_stats
-from _servers import METHODS, _decoders
+from _servers import CONNECT_TIMEOUT_S, METHODS, _decoders
+
+READY_TIMEOUT_S = 60.0      # every client process connected and its connections warmed
+
+
+class ClientFailure(RuntimeError):
+    """A client process failed or did not finish: the phase has no figures (its reason in one line)."""
 
 
 def call_latency(intended: float, sent: float, done: float) -> float:
@@ -52,7 +59,7 @@ def _client_main(idx, target, requests, phase, ready_q, go, start_at, result_q):
     try:
         res = runner(_client(idx, target, requests, phase, ready_q, go, start_at))
     except BaseException as exc:  # noqa: BLE001
-        res = {"error": repr(exc)}
+        res = {"error": f"{type(exc).__name__}: {exc}"}
     result_q.put((idx, pickle.dumps(res)))
 
 
@@ -66,7 +73,10 @@ async def _client(idx, target, requests, phase, ready_q, go, start_at):
     chans = [grpc.aio.insecure_channel(target, options=opts) for _ in range(max(phase["channels"], 1))]
     try:
         for ch in chans:
-            await asyncio.wait_for(ch.channel_ready(), 30)
+            try:
+                await asyncio.wait_for(ch.channel_ready(), CONNECT_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                raise ConnectionError(f"cannot connect to {target} within {CONNECT_TIMEOUT_S:g} s") from None
         per_chan = [{m: ch.unary_unary(f"/recserve.v1.Recommender/{m}", request_serializer=None,
                                        response_deserializer=dec[m][1].FromString) for m in METHODS}
                     for ch in chans]
@@ -173,24 +183,32 @@ def run_phase(target: str, pools: list, phase: dict, server_pid: int | None = No
         p.start()
     results = {}
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + READY_TIMEOUT_S
         got = 0
-        while got < len(procs):
+        while got < len(procs):     # short waits: a client that fails before being ready is seen at once
             try:
-                ready_q.get(timeout=max(deadline - time.monotonic(), 0.1))
+                i, r = result_q.get_nowait()
+            except queue.Empty:
+                pass
+            else:
+                raise ClientFailure(f"client {i} failed: {pickle.loads(r).get('error')}")
+            if time.monotonic() > deadline:
+                raise ClientFailure(f"client processes were not ready within {READY_TIMEOUT_S:g} s")
+            try:
+                ready_q.get(timeout=0.2)
                 got += 1
-            except Exception:  # noqa: BLE001
-                if time.monotonic() > deadline:
-                    raise RuntimeError("client processes did not connect within 60 s")
-                if not result_q.empty():  # a client failed before being ready
-                    i, r = result_q.get()
-                    raise RuntimeError(f"client {i} failed: {pickle.loads(r).get('error')}")
+            except queue.Empty:
+                pass
         start_at.value = time.monotonic() + 0.3
         cpu0, sw0 = tree_stats(server_pid) if server_pid else (None, 0)
         go.set()
-        limit = time.monotonic() + 0.3 + phase["duration"] + phase["deadline"] + 30
+        wait_s = 0.3 + phase["duration"] + phase["deadline"] + 30
+        limit = time.monotonic() + wait_s
         while len(results) < len(procs):
-            i, r = result_q.get(timeout=max(limit - time.monotonic(), 0.1))
+            try:
+                i, r = result_q.get(timeout=max(limit - time.monotonic(), 0.1))
+            except queue.Empty:
+                raise ClientFailure(f"client processes did not finish the phase within {wait_s:.0f} s") from None
             results[i] = pickle.loads(r)
         cpu1, sw1 = tree_stats(server_pid) if server_pid else (None, 0)
     finally:
@@ -201,7 +219,7 @@ def run_phase(target: str, pools: list, phase: dict, server_pid: int | None = No
                 p.join()
     errs = [r["error"] for r in results.values() if "error" in r]
     if errs:
-        raise RuntimeError(f"client failed: {errs[0]}")
+        raise ClientFailure(f"client failed: {errs[0]}")
     codes: list[str] = []
     parts = {k: [] for k in ("method", "t", "lat", "lag", "code")}
     for r in results.values():

@@ -205,16 +205,33 @@ def _ceiling_worker(port: int, canned: dict, cfg) -> None:
         os._exit(code)
 
 
+CONNECT_TIMEOUT_S = 10.0     # a server that does not accept a connection within this is unreachable
+
+
+def _ready(ch, target: str) -> None:
+    import grpc
+
+    try:
+        grpc.channel_ready_future(ch).result(timeout=CONNECT_TIMEOUT_S)
+    except grpc.FutureTimeoutError:
+        raise SystemExit(f"cannot connect to {target} within {CONNECT_TIMEOUT_S:g} s") from None
+
+
+def check_reachable(target: str) -> None:
+    """Exit (one line, code 1) unless ``target`` accepts a gRPC connection within ``CONNECT_TIMEOUT_S``."""
+    import grpc
+
+    with grpc.insecure_channel(target) as ch:
+        _ready(ch, target)
+
+
 def record_responses(target: str, requests: list, per_method: int = 50) -> dict:
     """Calls the real server with requests from the pool; keeps the serialized OK responses per method."""
     import grpc
 
     out = {m: [] for m in METHODS}
     with grpc.insecure_channel(target) as ch:
-        try:
-            grpc.channel_ready_future(ch).result(timeout=10)
-        except grpc.FutureTimeoutError:
-            raise SystemExit(f"cannot connect to {target} within 10 s") from None
+        _ready(ch, target)
         calls = {m: ch.unary_unary(f"/recserve.v1.Recommender/{m}", request_serializer=None,
                                    response_deserializer=None) for m in METHODS}
         for m, body in requests:

@@ -34,7 +34,9 @@ What it does
     the highest rate whose p99 is under ``--p99-ms`` and the rate where achieved throughput falls below
     95 % of the offered rate.
 Everything is bounded: each phase runs ``--duration`` seconds (+ deadline), client processes are joined
-with a timeout and killed if they hang, servers are stopped at the end.
+with a timeout and killed if they hang, servers are stopped at the end. A ``--target`` that accepts no
+connection within 10 s, or a client process that cannot connect or fails, ends the run with one line on
+stderr and exit code 1.
 """
 from __future__ import annotations
 
@@ -54,8 +56,8 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 from _cli import record as cli_record, write_json  # noqa: E402
-from _clients import phase_config, run_phase  # noqa: E402
-from _servers import record_responses, start_ceiling, start_real  # noqa: E402
+from _clients import ClientFailure, phase_config, run_phase  # noqa: E402
+from _servers import check_reachable, record_responses, start_ceiling, start_real  # noqa: E402
 from _timing import machine  # noqa: E402
 from _workload import build_requests, parse_mix, read_ids  # noqa: E402
 
@@ -200,6 +202,7 @@ def main(argv=None) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="recserve-load-")
     try:
         if a.target:
+            check_reachable(a.target)       # one line and exit 1 after 10 s, ceiling or not
             real_t = a.target
         else:
             s = start_real(a.bundle, a.workers, os.path.join(tmp.name, "events"), a.cpu_affinity)
@@ -292,6 +295,9 @@ def main(argv=None) -> int:
             record["machine_cpu_ms_per_call"] = {"recserve": tr, "ceiling": tc}
             print(f"CPU per call, server + load generator: recserve {tr:.3f} ms, ceiling {tc:.3f} ms "
                   f"(ratio {_ratio(tc, tr):.3f}; it equals the throughput ratio when both runs keep every core busy)")
+    except ClientFailure as exc:        # a phase without figures: its reason in one line, servers stopped
+        print(f"load.py: {exc}", file=sys.stderr)
+        return 1
     finally:
         for s in servers:
             s.stop()
