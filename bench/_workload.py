@@ -1,6 +1,8 @@
 """The load generator's workload: pre-built requests drawn from a bundle's ids (``bench/load.py``)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from _cli import UsageError
@@ -82,6 +84,8 @@ def parse_mix(s: str) -> dict:
             share = float(v)
         except ValueError:
             raise UsageError(f"--mix: {part!r} is not METHOD=SHARE with a number") from None
+        if not math.isfinite(share) or share < 0:
+            raise UsageError(f"--mix: {part!r}: a share is a finite number >= 0")
         if share > 0:
             out[MIX_KEYS[k.strip()]] = share
     if not out:

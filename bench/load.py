@@ -60,6 +60,7 @@ from _clients import ClientFailure, phase_config, run_phase  # noqa: E402
 from _servers import check_reachable, record_responses, start_ceiling, start_real  # noqa: E402
 from _timing import machine  # noqa: E402
 from _workload import build_requests, parse_mix, read_ids  # noqa: E402
+from trainer.argtypes import number, number_list  # noqa: E402
 
 
 # -- reporting --------------------------------------------------------------------------------------------
@@ -132,53 +133,71 @@ def histogram_png(path: str, phases: dict) -> str:
     return f"latency histogram: {path}"
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _writable(ap: argparse.ArgumentParser, flag: str, path: str | None) -> None:
+    """Refuse an output file that could not be written, before anything runs (not after the whole run)."""
+    if path is None:
+        return
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        ap.error(f"{flag}: {path} is a directory")
+    if not parent.is_dir():
+        ap.error(f"{flag}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        ap.error(f"{flag}: {path} is not writable")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, its errors in one line (the usage is long: --help shows it)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The arguments, every one checked here (exit 2, the reason on the last line) before any server starts."""
+    positive, at_least_0, share = number(float, 0, above=True), number(float, 0), number(float, 0, 1)
+    count = number(int, 1)
+    ap = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", required=True, help="bundle root or version dir (ids; served unless --target)")
     ap.add_argument("--target", help="host:port of a running server (loopback only)")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=number(int, 0), default=2,
+                    help="recserve's worker processes (0: in process), and the ceiling's")
     ap.add_argument("--cpu-affinity", default="auto",
                     help="server workers' pinning, the same for recserve and the ceiling (auto, off, 0,1)")
-    ap.add_argument("--clients", type=int, default=2, help="client processes")
-    ap.add_argument("--channels", type=int, default=4,
+    ap.add_argument("--clients", type=count, default=2, help="client processes")
+    ap.add_argument("--channels", type=count, default=4,
                     help="connections per client process (calls round-robin over them)")
-    ap.add_argument("--concurrency", type=int, default=16, help="closed loop: outstanding calls in total")
-    ap.add_argument("--rate", type=float, default=0.0, help="open loop: calls/s in total (0: closed loop only)")
-    ap.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
-    ap.add_argument("--warmup", type=float, default=1.0, help="seconds dropped at the start of each phase")
-    ap.add_argument("--deadline", type=float, default=5.0, help="per-call deadline, seconds")
-    ap.add_argument("--max-inflight", type=int, default=256, help="open loop: per client process")
+    ap.add_argument("--concurrency", type=count, default=16, help="closed loop: outstanding calls in total")
+    ap.add_argument("--rate", type=at_least_0, default=0.0, help="open loop: calls/s in total (0: closed loop only)")
+    ap.add_argument("--duration", type=positive, default=10.0, help="seconds per phase")
+    ap.add_argument("--warmup", type=at_least_0, default=1.0,
+                    help="seconds dropped at the start of each phase (at most half of --duration)")
+    ap.add_argument("--deadline", type=positive, default=5.0, help="per-call deadline, seconds")
+    ap.add_argument("--max-inflight", type=count, default=256, help="open loop: per client process")
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--open-only", action="store_true",
                     help="skip the closed loop: only the open loop at --rate (a sustained run)")
-    ap.add_argument("--sweep-fractions", default="0.25,0.5,0.7,0.85,1.0,1.2")
-    ap.add_argument("--p99-ms", type=float, default=15.0)
+    ap.add_argument("--sweep-fractions", type=number_list(float, 0), default="0.25,0.5,0.7,0.85,1.0,1.2")
+    ap.add_argument("--p99-ms", type=positive, default=15.0)
     ap.add_argument("--mix", default="recommend=0.8,similar=0.15,events=0.05")
-    ap.add_argument("--k", type=int, default=20)
-    ap.add_argument("--zipf", type=float, default=1.1)
-    ap.add_argument("--unknown", type=float, default=0.05, help="share of Recommend calls for unknown users")
-    ap.add_argument("--anon", type=float, default=0.05, help="share of Recommend calls with an empty user id")
-    ap.add_argument("--filter-share", type=float, default=0.1, help="share with a category filter")
-    ap.add_argument("--explain-share", type=float, default=0.0)
-    ap.add_argument("--events-batch", type=int, default=3)
-    ap.add_argument("--pool", type=int, default=4000, help="pre-built requests per client")
+    ap.add_argument("--k", type=count, default=20)
+    ap.add_argument("--zipf", type=at_least_0, default=1.1)
+    ap.add_argument("--unknown", type=share, default=0.05, help="share of Recommend calls for unknown users")
+    ap.add_argument("--anon", type=share, default=0.05, help="share of Recommend calls with an empty user id")
+    ap.add_argument("--filter-share", type=share, default=0.1, help="share with a category filter")
+    ap.add_argument("--explain-share", type=share, default=0.0)
+    ap.add_argument("--events-batch", type=count, default=3)
+    ap.add_argument("--pool", type=count, default=4000, help="pre-built requests per client")
     ap.add_argument("--client-loop", choices=("uvloop", "asyncio"), default="uvloop",
                     help="the client processes' event loop (uvloop: asyncio's where uvloop is not installed)")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the transport ceiling (not recommended)")
     ap.add_argument("--json", help="write the JSON record here")
     ap.add_argument("--png", help="latency histogram PNG (needs matplotlib)")
     a = ap.parse_args(argv)
-    if a.duration <= 0 or a.warmup < 0 or a.rate < 0 or a.clients < 1 or a.channels < 1 or a.pool < 1:
-        ap.error("--duration must be positive, --warmup and --rate >= 0, --clients, --channels and "
-                         "--pool >= 1")
     if a.concurrency < a.clients:
         ap.error("--concurrency must be at least --clients (one call in flight per client process)")
-    try:
-        fractions = [float(f) for f in a.sweep_fractions.split(",")]
-    except ValueError:
-        ap.error(f"--sweep-fractions: numbers separated by commas, not {a.sweep_fractions!r}")
-    if a.sweep and not all(f > 0 for f in fractions):
+    if not all(f > 0 for f in a.sweep_fractions):
         ap.error("--sweep-fractions must all be positive")
     if a.open_only and (a.rate <= 0 or a.sweep):
         ap.error("--open-only needs --rate R and no --sweep")
@@ -186,6 +205,19 @@ def main(argv=None) -> int:
         host = a.target.rpartition(":")[0].strip("[]")
         if host not in ("127.0.0.1", "localhost", "::1"):
             ap.error("--target must be a loopback address")
+    from recserve.server import worker_cpus
+
+    try:
+        worker_cpus(a.cpu_affinity, a.workers)      # as recserve checks it, before anything is started
+    except ValueError as exc:
+        ap.error(f"--cpu-affinity: {exc}")
+    _writable(ap, "--json", a.json)
+    _writable(ap, "--png", a.png)
+    return a
+
+
+def main(argv=None) -> int:
+    a = parse_args(sys.argv[1:] if argv is None else argv)
     cfg = {"mix": parse_mix(a.mix), "k": a.k, "zipf": a.zipf, "unknown": a.unknown, "anon": a.anon,
            "filter_share": a.filter_share, "explain_share": a.explain_share, "events_batch": a.events_batch}
     ids = read_ids(a.bundle)
@@ -243,7 +275,7 @@ def main(argv=None) -> int:
             both(f"open loop, {a.rate:g}/s", phase_config("open", rate=a.rate / a.clients, **base))
         if a.sweep:
             rows = []
-            for f in fractions:
+            for f in a.sweep_fractions:
                 rate = max(sat * f, 1.0)
                 r = both(f"sweep: open loop {rate:.0f}/s ({f:g} x closed-loop saturation)",
                          phase_config("open", rate=rate / a.clients, **base))

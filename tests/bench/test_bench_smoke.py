@@ -57,16 +57,30 @@ def _refused(args, says, code=2):
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     lines = p.stderr.strip().splitlines()
     assert p.returncode == code and says in lines[-1] and (code == 2 or len(lines) == 1), p.stderr[-2000:]
+    return p
 
 
 def test_bad_arguments_are_refused_in_one_line_before_any_server_starts(demo_bundle, tmp_path):
     b = str(demo_bundle)
-    for extra, says in ((["--duration", "0"], "--duration must be positive"),
-                        (["--rate", "-5"], "--rate >= 0"),
-                        (["--clients", "0"], "--clients"),
+    for extra, says in ((["--duration", "0"], "argument --duration: must be above 0"),
+                        (["--duration", "nan"], "argument --duration: must be a finite number"),
+                        (["--rate", "-5"], "argument --rate: must be at least 0"),
+                        (["--rate", "inf", "--open-only"], "argument --rate: must be a finite number"),
+                        (["--clients", "0"], "argument --clients: must be at least 1"),
+                        (["--deadline", "0"], "argument --deadline: must be above 0"),
+                        (["--deadline", "-1"], "argument --deadline: must be above 0"),
+                        (["--max-inflight", "0"], "argument --max-inflight: must be at least 1"),
+                        (["--workers", "-3"], "argument --workers: must be at least 0"),
+                        (["--cpu-affinity", "bogus"], "--cpu-affinity: cpu_affinity must be auto, off or"),
                         (["--mix", "recommend=abc"], "--mix: 'recommend=abc' is not METHOD=SHARE"),
-                        (["--sweep", "--sweep-fractions", "0.5,abc"], "--sweep-fractions")):
-        _refused(["bench/load.py", "--bundle", b, *extra], says)
+                        (["--mix", "recommend=inf"], "--mix: 'recommend=inf': a share is a finite number"),
+                        (["--sweep", "--sweep-fractions", "0.5,abc"], "--sweep-fractions"),
+                        (["--sweep", "--sweep-fractions", "0.5,inf"], "--sweep-fractions: must be a finite"),
+                        (["--json", str(tmp_path / "no" / "x.json")], "--json: directory"),
+                        (["--png", str(tmp_path / "no" / "x.png")], "--png: directory"),
+                        (["--json", str(tmp_path)], "is a directory")):
+        p = _refused(["bench/load.py", "--bundle", b, *extra], says)
+        assert p.stdout == "" and len(p.stderr.strip().splitlines()) == 1, (extra, p.stdout, p.stderr)
     _refused(["bench/load.py", "--bundle", str(tmp_path / "nothing")], "--bundle:")
     _refused(["bench/overhead.py", "--bundle", b, "--rate", "-5"], "--rate and --duration must be positive")
     _refused(["bench/compare.py", "--bundle", b, "--b", "RECSERVE_BOGUS=7"], "RECSERVE_BOGUS is not a recserve")
