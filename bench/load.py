@@ -30,9 +30,13 @@ What it does
     reported "send lag" is how late calls actually left the client; if it is large the client, not the
     server, is the bottleneck. At most ``--max-inflight`` calls are outstanding per client; arrivals
     beyond that are counted as errors ``CLIENT_BACKLOG`` (never silently dropped).
-  * ``--sweep``: closed loop finds the saturation throughput X; then open loop at fractions of X; reports
-    the highest rate whose p99 is under ``--p99-ms`` and the rate where achieved throughput falls below
-    95 % of the offered rate.
+  * ``--sweep``: closed loop finds the saturation throughput X; then open loop at fractions of X. It reports
+    the highest rate swept such that it and every lower rate swept had a p99 under ``--p99-ms`` and no
+    errors, and the highest such that it and every lower rate were kept up with (the OK answers finished in
+    the window at least 95 % of the calls due, by their scheduled send times, in it); the rates that failed
+    are listed, and a bound that held at every rate swept is reported as "the limit is above" the highest
+    (see ``_sweep.py``). A closed loop with no OK answer (saturation 0) has nothing to sweep: the sweep is
+    refused in one line and the exit code is 1.
 Everything is bounded: each phase runs ``--duration`` seconds (+ deadline), client processes are joined
 with a timeout and killed if they hang, servers are stopped at the end. A ``--target`` that accepts no
 connection within 10 s, or a client process that cannot connect or fails, ends the run with one line on
@@ -57,6 +61,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 from _cli import record as cli_record, write_json  # noqa: E402
 from _clients import ClientFailure, phase_config, run_phase  # noqa: E402
+from _sweep import KEEP_UP, describe, summarize_sweep, sweep_row  # noqa: E402
 from _servers import check_reachable, record_responses, start_ceiling, start_real  # noqa: E402
 from _timing import machine  # noqa: E402
 from _workload import build_requests, parse_mix, read_ids  # noqa: E402
@@ -266,43 +271,40 @@ def main(argv=None) -> int:
             print_phase(name, res["recserve"], res.get("ceiling"))
             return res
 
-        closed, sat = {}, float("nan")
+        closed, sat, status = {}, float("nan"), 0
         if not a.open_only:
             closed = both(f"closed loop, concurrency {per * a.clients}",
                           phase_config("closed", concurrency=per, **base))
             sat = closed["recserve"]["methods"]["ALL"]["throughput"]
         if a.rate > 0:
             both(f"open loop, {a.rate:g}/s", phase_config("open", rate=a.rate / a.clients, **base))
-        if a.sweep:
+        if a.sweep and not sat > 0:
+            status = 1
+            record["sweep"] = {"refused": "the closed loop had no OK answer", "closed_loop_saturation": sat}
+            print(f"sweep refused: the closed loop had no OK answer (saturation {sat:.0f}/s), so there is no "
+                  f"rate to sweep", file=sys.stderr)
+        elif a.sweep:
             rows = []
             for f in a.sweep_fractions:
-                rate = max(sat * f, 1.0)
+                rate = sat * f
                 r = both(f"sweep: open loop {rate:.0f}/s ({f:g} x closed-loop saturation)",
                          phase_config("open", rate=rate / a.clients, **base))
-                v = r["recserve"]["methods"]["ALL"]
-                cv = r.get("ceiling", {}).get("methods", {}).get("ALL", {})
-                errs = sum(v["errors"].values())
-                rows.append({"offered": rate, "achieved": v["throughput"], "p50": v["p50"], "p99": v["p99"],
-                             "errors": errs, "ceiling_p99": cv.get("p99", float("nan")),
-                             "ceiling_achieved": cv.get("throughput", float("nan"))})
-            ok = [r for r in rows if r["p99"] < a.p99_ms and r["errors"] == 0]
-            keeps = [r for r in rows if r["achieved"] >= 0.95 * r["offered"]]
-            record["sweep"] = {"rows": rows, "closed_loop_saturation": sat,
-                               "max_rate_p99_under_bound": max((r["offered"] for r in ok), default=None),
-                               "max_rate_kept_up": max((r["offered"] for r in keeps), default=None),
-                               "p99_bound_ms": a.p99_ms}
+                rows.append(sweep_row(rate, r["recserve"], r.get("ceiling"), a.p99_ms))
+            summary = summarize_sweep(rows)
+            record["sweep"] = {"rows": rows, "closed_loop_saturation": sat, "p99_bound_ms": a.p99_ms,
+                               "keep_up_share": KEEP_UP, **summary,
+                               "max_rate_p99_under_bound": summary["p99_bound"]["max_rate"],
+                               "max_rate_kept_up": summary["kept_up"]["max_rate"]}
             print(f"\n== sweep summary (closed-loop saturation {sat:.0f}/s)")
-            print(f"{'offered/s':>10}{'achieved/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+            print(f"{'offered/s':>10}{'due/s':>9}{'achieved/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
                   f"{'ceil p99':>10}{'p99 ratio':>10}")
             for r in rows:
-                print(f"{r['offered']:>10.0f}{r['achieved']:>11.1f}{_fmt(r['p50'])}{_fmt(r['p99'])}{r['errors']:>8}"
-                      f"{_fmt(r['ceiling_p99'], 10)}{_fmt(_ratio(r['p99'], r['ceiling_p99']), 10, 3)}")
-            def rate_or_none(v):
-                return "none" if v is None else f"{v:.0f}/s"
-
-            print(f"highest offered rate with p99 < {a.p99_ms:g} ms and no errors: "
-                  f"{rate_or_none(record['sweep']['max_rate_p99_under_bound'])}; highest rate kept up with "
-                  f"(>= 95 %): {rate_or_none(record['sweep']['max_rate_kept_up'])}")
+                print(f"{r['offered']:>10.0f}{r['due_per_s']:>9.1f}{r['achieved']:>11.1f}{_fmt(r['p50'])}"
+                      f"{_fmt(r['p99'])}{r['errors']:>8}{_fmt(r['ceiling_p99'], 10)}"
+                      f"{_fmt(_ratio(r['p99'], r['ceiling_p99']), 10, 3)}")
+            print(f"p99 < {a.p99_ms:g} ms and no errors: {describe(summary['p99_bound'])}")
+            print(f"kept up (OK answers finished in the window >= {KEEP_UP:.0%} of the calls due in it): "
+                  f"{describe(summary['kept_up'])}")
         if "ceiling" in closed:
             ratio = _ratio(sat, closed["ceiling"]["methods"]["ALL"]["throughput"])
             rr = closed["recserve"]["methods"].get("Recommend", {}).get("throughput", float("nan"))
@@ -344,7 +346,7 @@ def main(argv=None) -> int:
     if a.json:
         write_json(a.json, record)
         print(f"JSON record: {a.json}")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -217,3 +217,28 @@ def test_compare_rejects_bad_settings(demo_bundle):
 def test_item_updates(demo_bundle):
     text = _run(["bench/item_updates.py", "--bundle", str(demo_bundle), "--repeats", "3"])
     assert "from the changed items" in text and "from every item state" in text
+
+
+@pytest.fixture
+def refusing_server():
+    """A gRPC server on a free loopback port with no service: every call fails with UNIMPLEMENTED."""
+    from concurrent import futures
+
+    import grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(0)
+
+
+def test_a_sweep_with_no_ok_answer_in_the_closed_loop_is_refused_in_one_line(demo_bundle, refusing_server):
+    p = subprocess.run([sys.executable, "bench/load.py", "--bundle", str(demo_bundle), "--target", refusing_server,
+                        "--no-ceiling", "--clients", "1", "--channels", "1", "--concurrency", "1", "--duration", "1",
+                        "--pool", "50", "--sweep"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
+    assert p.stderr.strip().splitlines() == ["sweep refused: the closed loop had no OK answer (saturation 0/s), "
+                                             "so there is no rate to sweep"]
+    assert "UNIMPLEMENTED" in p.stdout and "sweep: open loop" not in p.stdout

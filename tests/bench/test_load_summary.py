@@ -83,3 +83,41 @@ def test_a_window_with_no_call_due_still_has_ALL_with_0_calls():
     assert np.isnan(out["ALL"]["p99"])
     out = summarize(_records([], [], []), [], 0.0, phase)["methods"]          # no call at all
     assert out["ALL"]["calls"] == 0
+
+
+def _row(offered, p99, errors=0, due=None, ok_done=None):
+    """A sweep row from a made-up phase summary: ``due`` calls due in a 10 s window, ``ok_done`` OK answers."""
+    from _sweep import sweep_row
+
+    due = int(offered * 10) if due is None else due
+    ok_done = due if ok_done is None else ok_done
+    real = {"window_s": 10.0, "methods": {"ALL": {"calls": due, "throughput": ok_done / 10.0, "p50": p99 / 2,
+                                                  "p99": p99, "errors": {"UNAVAILABLE": errors} if errors else {}}}}
+    return sweep_row(offered, real, None, p99_ms=15.0)
+
+
+def test_sweep_takes_the_last_rate_before_the_first_failure_not_the_highest_passing():
+    from _sweep import describe, summarize_sweep
+
+    rows = [_row(100, 5.0), _row(200, 20.0), _row(300, 9.0), _row(400, 30.0, errors=3)]
+    s = summarize_sweep(rows)["p99_bound"]
+    assert s["max_rate"] == 100 and s["failed_at"] == [200, 400] and not s["held_at_every_rate"]
+    assert "up to 100/s" in describe(s) and "200, 400" in describe(s)
+    rows = [_row(300, 5.0), _row(100, 5.0), _row(200, 5.0)]                      # any order
+    s = summarize_sweep(rows)["p99_bound"]
+    assert s["held_at_every_rate"] and s["max_rate"] == 300
+    assert describe(s) == "held at every rate swept (the limit is above 300/s)"
+    s = summarize_sweep([_row(100, 50.0), _row(200, 5.0)])["p99_bound"]
+    assert s["max_rate"] is None and "lowest rate swept, 100/s" in describe(s)
+
+
+def test_kept_up_compares_the_ok_answers_with_the_calls_actually_due():
+    """A Poisson schedule due 930 calls in the window at a nominal 100/s: 900 answers keep up with it (they
+    would not against the nominal 1,000); 850 do not."""
+    from _sweep import summarize_sweep
+
+    assert _row(100, 5.0, due=930, ok_done=900)["kept_up"]
+    assert not _row(100, 5.0, due=930, ok_done=850)["kept_up"]
+    assert not _row(100, float("nan"), due=0, ok_done=0)["kept_up"]           # nothing due: nothing shown
+    s = summarize_sweep([_row(100, 5.0), _row(200, 5.0, due=2000, ok_done=1000), _row(300, 5.0)])["kept_up"]
+    assert s["max_rate"] == 100 and s["failed_at"] == [200]
