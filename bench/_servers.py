@@ -2,9 +2,9 @@
 
 The ceiling is a trivial server implementing the same ``recserve.v1.Recommender`` service with the same
 worker model (forked SO_REUSEPORT workers, pinned alike, each a ``grpc.aio`` server on the same event
-loop) and gRPC options as
-recserve's, answering every call with a response recorded from the real
-server (so the messages have the same sizes) without doing any work. It runs as
+loop; with ``--workers 0``, as recserve's, one server in the process itself), gRPC options and bounds on
+calls in flight as recserve's, answering every call with a response recorded from the real server (so
+the messages have the same sizes) without doing any work. It runs as
 ``python bench/_servers.py ceiling-serve --responses FILE --workers N``.
 """
 from __future__ import annotations
@@ -115,16 +115,19 @@ def ceiling_serve(argv) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cpu-affinity", default=cfg.cpu_affinity)
     a = ap.parse_args(argv)
+    canned = pickle.loads(Path(a.responses).read_bytes())
+    from recserve.server import run, worker_cpus
+
+    if a.workers <= 0:      # as recserve's --workers 0: one server in this process, nothing forked
+        run(_ceiling_server(canned, cfg, "127.0.0.1:0", reuseport=False, announce=True))
+        return 0
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-    canned = pickle.loads(Path(a.responses).read_bytes())
     pids = []
-    from recserve.server import worker_cpus
-
-    cpus = worker_cpus(a.cpu_affinity, max(a.workers, 1))        # pinned as recserve's workers are
-    for slot in range(max(a.workers, 1)):  # forked before any gRPC object exists, as recserve's supervisor does
+    cpus = worker_cpus(a.cpu_affinity, a.workers)        # pinned as recserve's workers are
+    for slot in range(a.workers):  # forked before any gRPC object exists, as recserve's supervisor does
         pid = os.fork()
         if pid == 0:
             if cpus is not None:
@@ -145,57 +148,13 @@ def ceiling_serve(argv) -> int:
 
 
 def _ceiling_worker(port: int, canned: dict, cfg) -> None:
-    """One trivial worker: a ``grpc.aio`` server on its own event loop, as recserve's workers, with the same
-    options and the same bound on calls in flight; every call answered at once with a recorded response."""
+    """One forked trivial worker on the supervisor's SO_REUSEPORT port; it exits when its server stops."""
     code = 0
     try:
-        import asyncio
-
-        import grpc
-
-        from recserve.v1 import recommender_pb2_grpc as pbg
-
-        dec = _decoders()
-        msgs = {m: [dec[m][1].FromString(b) for b in canned[m]] or [dec[m][1]()] for m in METHODS}
-        counters = {m: 0 for m in METHODS}
-        in_flight = [0]
-
-        async def answer(m, context):
-            in_flight[0] += 1
-            try:
-                if in_flight[0] > cfg.max_concurrent_rpcs:
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in flight")
-                counters[m] += 1
-                return msgs[m][counters[m] % len(msgs[m])]
-            finally:
-                in_flight[0] -= 1
-
-        class Trivial(pbg.RecommenderServicer):
-            async def Recommend(self, request, context):
-                return await answer("Recommend", context)
-
-            async def SimilarItems(self, request, context):
-                return await answer("SimilarItems", context)
-
-            async def RecordEvents(self, request, context):
-                return await answer("RecordEvents", context)
-
-        async def serve():
-            opts = [("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", cfg.max_message_bytes),
-                    ("grpc.max_send_message_length", cfg.max_message_bytes)]
-            srv = grpc.aio.server(options=opts)
-            pbg.add_RecommenderServicer_to_server(Trivial(), srv)
-            srv.add_insecure_port(f"127.0.0.1:{port}")
-            await srv.start()
-            stop = asyncio.Event()
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            await stop.wait()
-            await srv.stop(2)
-
         from recserve.server import run
 
-        run(serve())
+        signal.signal(signal.SIGINT, signal.SIG_IGN)        # the supervisor stops its workers
+        run(_ceiling_server(canned, cfg, f"127.0.0.1:{port}", reuseport=True, announce=False))
     except BaseException:  # noqa: BLE001
         import traceback
 
@@ -203,6 +162,60 @@ def _ceiling_worker(port: int, canned: dict, cfg) -> None:
         code = 1
     finally:
         os._exit(code)
+
+
+async def _ceiling_server(canned: dict, cfg, address: str, reuseport: bool, announce: bool) -> None:
+    """A ``grpc.aio`` server as recserve's workers run it, with the same options and the same bounds on calls
+    in flight (the servicer's, and gRPC's backstop); every call answered at once with a recorded response.
+    Serves until SIGTERM (or SIGINT, in process)."""
+    import asyncio
+
+    import grpc
+
+    from recserve.server import STREAM_ALLOWANCE
+    from recserve.v1 import recommender_pb2_grpc as pbg
+
+    dec = _decoders()
+    msgs = {m: [dec[m][1].FromString(b) for b in canned[m]] or [dec[m][1]()] for m in METHODS}
+    counters = {m: 0 for m in METHODS}
+    in_flight = [0]
+
+    async def answer(m, context):
+        in_flight[0] += 1
+        try:
+            if in_flight[0] > cfg.max_concurrent_rpcs:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in flight")
+            counters[m] += 1
+            return msgs[m][counters[m] % len(msgs[m])]
+        finally:
+            in_flight[0] -= 1
+
+    class Trivial(pbg.RecommenderServicer):
+        async def Recommend(self, request, context):
+            return await answer("Recommend", context)
+
+        async def SimilarItems(self, request, context):
+            return await answer("SimilarItems", context)
+
+        async def RecordEvents(self, request, context):
+            return await answer("RecordEvents", context)
+
+    opts = [("grpc.so_reuseport", 1 if reuseport else 0),
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes)]
+    srv = grpc.aio.server(options=opts, maximum_concurrent_rpcs=cfg.max_concurrent_rpcs + cfg.max_health_watches
+                          + STREAM_ALLOWANCE)
+    pbg.add_RecommenderServicer_to_server(Trivial(), srv)
+    port = srv.add_insecure_port(address)
+    await srv.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if announce:
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        print(json.dumps({"event": "listening", "port": port, "pid": os.getpid()}), flush=True)
+    await stop.wait()
+    await srv.stop(2)
 
 
 CONNECT_TIMEOUT_S = 10.0     # a server that does not accept a connection within this is unreachable

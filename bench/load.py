@@ -13,10 +13,13 @@ What it does
   * The **transport ceiling**: this script also starts a trivial server (``_servers.py ceiling-serve``) that
     implements the same ``recserve.v1.Recommender`` service the same way as recserve's workers (N forked
     SO_REUSEPORT workers, pinned alike, each a ``grpc.aio`` server on the same event loop, the same options
-    and bound on calls in flight), and answers every call with a response *recorded from the
-    real server* in this run (so the response messages have the same sizes) without doing any work. Every
-    phase runs against both servers, alternately, with the same client and the same request pool; every
-    figure is printed with its ratio to the ceiling.
+    and bounds on calls in flight; with ``--workers 0`` one server in its own process, as recserve's), and
+    answers every call with a response *recorded from the real server* in this run (so the response
+    messages have the same sizes) without doing any work; a method recserve answered no call of OK is
+    answered with an empty message, with a warning. Every phase runs against both servers, alternately,
+    with the same client and the same request pool; every figure is printed with its ratio to the ceiling.
+    Under ``--target`` the ceiling runs ``--workers`` workers whatever the target runs: a warning says its
+    ratios assume the target runs as many.
   * Clients are separate processes (``multiprocessing`` spawn), each with a grpc.aio event loop (uvloop's,
     like the server's; ``--client-loop asyncio`` for asyncio's own, whose millisecond timer makes open-loop
     sends up to 1-2 ms late) and ``--channels`` connections of its own, calls round-robin over them: the
@@ -249,10 +252,18 @@ def main(argv=None) -> int:
         pids = {"recserve": servers[0].proc.pid if servers else None}
         if not a.no_ceiling:
             canned = record_responses(real_t, pools[0])
-            sizes = {m: (float(np.mean([len(b) for b in v])) if v else 0.0) for m, v in canned.items()}
-            record["ceiling_response_bytes_mean"] = sizes
+            sizes = {m: (float(np.mean([len(b) for b in v])) if v else None) for m, v in canned.items()}
+            record["ceiling_response_bytes_mean"] = sizes       # null: no OK answer recorded, size unknown
             print("ceiling answers with recorded responses, mean bytes: "
-                  + ", ".join(f"{m} {v:.0f}" for m, v in sizes.items()))
+                  + ", ".join(f"{m} {'unknown' if v is None else f'{v:.0f}'}" for m, v in sizes.items()))
+            for m in cfg["mix"]:
+                if not canned[m]:
+                    print(f"warning: recserve answered no {m} call OK while its responses were recorded: the "
+                          f"ceiling answers {m} with an empty message (recserve's message size unknown)",
+                          file=sys.stderr)
+            if a.target:
+                print(f"warning: the ceiling runs {a.workers} worker(s) (--workers); its ratios assume the target "
+                      f"runs as many", file=sys.stderr)
             rf = os.path.join(tmp.name, "responses.pkl")
             Path(rf).write_bytes(pickle.dumps(canned))
             c = start_ceiling(rf, a.workers, a.cpu_affinity)

@@ -242,3 +242,52 @@ def test_a_sweep_with_no_ok_answer_in_the_closed_loop_is_refused_in_one_line(dem
     assert p.stderr.strip().splitlines() == ["sweep refused: the closed loop had no OK answer (saturation 0/s), "
                                              "so there is no rate to sweep"]
     assert "UNIMPLEMENTED" in p.stdout and "sweep: open loop" not in p.stdout
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
+            for c in (t / "children").read_text().split()]
+
+
+def test_the_ceiling_is_started_as_recserve_is_in_process_with_0_workers(demo_bundle, tmp_path):
+    """--workers 0: recserve serves in its own process, and so does the ceiling (it forked one worker)."""
+    import pickle
+
+    import grpc
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from _servers import start_ceiling
+
+    from recserve.v1 import recommender_pb2 as pb
+
+    body = pb.RecommendResponse(items=[pb.ScoredItem(item_id="i1", score=1.0)]).SerializeToString()
+    rf = tmp_path / "responses.pkl"
+    rf.write_bytes(pickle.dumps({"Recommend": [body], "SimilarItems": [], "RecordEvents": []}))
+    for workers, forked in ((0, 0), (1, 1)):
+        c = start_ceiling(str(rf), workers, "off")
+        try:
+            assert len(_children(c.proc.pid)) == forked
+            with grpc.insecure_channel(f"127.0.0.1:{c.port}") as ch:
+                call = ch.unary_unary("/recserve.v1.Recommender/Recommend")
+                req = pb.RecommendRequest(user_id="u").SerializeToString()
+                assert call(req, timeout=10, wait_for_ready=True) == body     # forked: may not listen yet
+        finally:
+            c.stop()
+
+
+def test_the_ceiling_warns_of_what_it_cannot_copy_from_the_target(demo_bundle, refusing_server, tmp_path):
+    """No OK answer to record: the ceiling's messages for that method are empty, and said to be; under
+    --target the ceiling's worker count is an assumption about the target, and said to be."""
+    out = tmp_path / "w.json"
+    p = subprocess.run([sys.executable, "bench/load.py", "--bundle", str(demo_bundle), "--target", refusing_server,
+                        "--clients", "1", "--channels", "1", "--concurrency", "1", "--duration", "1", "--pool", "50",
+                        "--mix", "recommend=1", "--workers", "1", "--json", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert p.stderr.strip().splitlines() == [
+        "warning: recserve answered no Recommend call OK while its responses were recorded: the ceiling answers "
+        "Recommend with an empty message (recserve's message size unknown)",
+        "warning: the ceiling runs 1 worker(s) (--workers); its ratios assume the target runs as many"]
+    rec = _record(out)
+    assert rec["ceiling_response_bytes_mean"]["Recommend"] is None
