@@ -48,14 +48,15 @@ def sizes(text: str) -> list[tuple[int, int]]:
 
 
 def versions() -> dict:
-    """The software a figure depends on, and the commit it was measured at."""
+    """The software a figure depends on, the commit it was measured at and whether tracked files differed
+    from it (``git_dirty``)."""
     import grpc
 
     v = {"python": platform.python_version(), "grpcio": grpc.__version__, "numpy": np.__version__,
          "platform": platform.platform()}
     from importlib import metadata
 
-    for mod in ("lightgbm", "hnswlib", "implicit"):
+    for mod in ("lightgbm", "hnswlib", "implicit", "uvloop"):
         try:
             v[mod] = metadata.version(mod)      # hnswlib's module has no __version__
         except metadata.PackageNotFoundError:
@@ -63,6 +64,11 @@ def versions() -> dict:
     try:
         v["git"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                                   text=True, timeout=10).stdout.strip()
+        # tracked files changed since that commit: the figures are not the commit's alone
+        st = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                            capture_output=True, text=True, timeout=10)
+        if st.returncode == 0:
+            v["git_dirty"] = bool(st.stdout.strip())
     except (OSError, subprocess.SubprocessError):
         pass
     return v

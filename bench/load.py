@@ -232,10 +232,22 @@ def main(argv=None) -> int:
     pools = [build_requests(ids, cfg, seed=i, n=a.pool) for i in range(a.clients)]
     # RECSERVE_* settings reach the servers this script starts (recserve's workers and the ceiling's)
     server_env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("RECSERVE_")}
-    record = cli_record(a, workload=cfg, server_env=server_env, phases={})
-    print(f"machine: {machine()}  grpcio {record['versions']['grpcio']}")
-    print(f"workload: {cfg}; {a.clients} client processes; server workers {a.workers} (cpu affinity "
+    # what was run, not only what was asked: the warm-up is capped at half of each phase (phase_config)
+    warmup = phase_config("closed", duration=a.duration, channels=a.channels, warmup=a.warmup)["warmup"]
+    record = cli_record(a, workload=cfg, server_env=server_env, phases={},
+                        server_workers=None if a.target else a.workers,      # null: the target's, unknown
+                        ceiling_workers=None if a.no_ceiling else a.workers)
+    record["config"]["warmup"] = warmup
+    if warmup != a.warmup:
+        record["config"]["warmup_given"] = a.warmup
+    print(f"machine: {machine()}  grpcio {record['versions']['grpcio']}  uvloop "
+          f"{record['versions'].get('uvloop', 'not installed')}")
+    workers = f"{a.workers}" if not a.target else \
+        "unknown (--target)" if a.no_ceiling else f"unknown (--target; the ceiling runs {a.workers})"
+    print(f"workload: {cfg}; {a.clients} client processes; server workers {workers} (cpu affinity "
           f"{a.cpu_affinity}); server settings from the environment: {server_env or 'none'}")
+    if warmup != a.warmup:
+        print(f"warm-up {warmup:g} s: --warmup {a.warmup:g} capped at half of --duration")
     servers = []
     # a SIGTERM (a `timeout`, a CI job being cancelled) still stops the servers this run started
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

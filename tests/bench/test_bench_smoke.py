@@ -27,6 +27,7 @@ def test_load_closed_open_and_ceiling(demo_bundle, tmp_path):
     assert "ceiling" in text and "ratio" in text
     rec = _record(out)
     assert rec["server_env"]["RECSERVE_SHARE_WORK"] == "0"          # the servers' settings are recorded
+    assert rec["server_workers"] == rec["ceiling_workers"] == 1 and rec["config"]["warmup"] == 0.2
     real = rec["phases"]["closed loop, concurrency 2 [recserve]"]["methods"]["ALL"]
     ceil = rec["phases"]["closed loop, concurrency 2 [ceiling]"]["methods"]["ALL"]
     assert real["ok"] > 0 and ceil["ok"] > 0
@@ -121,7 +122,8 @@ def _record(path: Path) -> dict:
     """A JSON record: standard JSON (no NaN), with the machine, the versions and every argument."""
     rec = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in {path.name}"))
     assert rec["nproc"] == os.cpu_count() and "kernel=" in rec["machine"]
-    assert {"python", "grpcio", "numpy", "lightgbm", "hnswlib"} <= set(rec["versions"])
+    assert {"python", "grpcio", "numpy", "lightgbm", "hnswlib", "uvloop", "git"} <= set(rec["versions"])
+    assert rec["versions"]["git_dirty"] in (True, False)
     assert rec["versions"]["hnswlib"][0].isdigit()
     return rec
 
@@ -281,7 +283,7 @@ def test_the_ceiling_warns_of_what_it_cannot_copy_from_the_target(demo_bundle, r
     out = tmp_path / "w.json"
     p = subprocess.run([sys.executable, "bench/load.py", "--bundle", str(demo_bundle), "--target", refusing_server,
                         "--clients", "1", "--channels", "1", "--concurrency", "1", "--duration", "1", "--pool", "50",
-                        "--mix", "recommend=1", "--workers", "1", "--json", str(out)],
+                        "--mix", "recommend=1", "--workers", "1", "--warmup", "5", "--json", str(out)],
                        cwd=REPO, capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
@@ -289,5 +291,9 @@ def test_the_ceiling_warns_of_what_it_cannot_copy_from_the_target(demo_bundle, r
         "warning: recserve answered no Recommend call OK while its responses were recorded: the ceiling answers "
         "Recommend with an empty message (recserve's message size unknown)",
         "warning: the ceiling runs 1 worker(s) (--workers); its ratios assume the target runs as many"]
+    assert "server workers unknown (--target; the ceiling runs 1)" in p.stdout
+    assert "warm-up 0.5 s: --warmup 5 capped at half of --duration" in p.stdout
     rec = _record(out)
     assert rec["ceiling_response_bytes_mean"]["Recommend"] is None
+    assert rec["server_workers"] is None and rec["ceiling_workers"] == 1       # the target's: not known
+    assert rec["config"]["warmup"] == 0.5 and rec["config"]["warmup_given"] == 5     # the warm-up used
