@@ -18,6 +18,7 @@ from _proc import tree_stats
 from _servers import CONNECT_TIMEOUT_S, METHODS, _decoders
 
 READY_TIMEOUT_S = 60.0      # every client process connected and its connections warmed
+DRAIN_GRACE_S = 5.0         # open loop: calls still unanswered this long after their deadline are CLIENT_TIMEOUT
 
 
 class ClientFailure(RuntimeError):
@@ -115,6 +116,13 @@ async def _drive(idx, per_chan, requests, phase, ready_q, go, start_at):
             codes.append(name)
         return code_ix[name]
 
+    def note(m, intended, sent, c):
+        rec_m.append(meth_ix[m])
+        rec_t.append(intended)
+        rec_lat.append(call_latency(intended, sent, time.monotonic()))
+        rec_lag.append(sent - intended)
+        rec_code.append(code_of(c))
+
     async def one(j, intended):
         m, body = requests[j % n]
         sent = time.monotonic()
@@ -123,12 +131,12 @@ async def _drive(idx, per_chan, requests, phase, ready_q, go, start_at):
             c = "OK"
         except grpc.aio.AioRpcError as e:
             c = e.code().name
-        done = time.monotonic()
-        rec_m.append(meth_ix[m])
-        rec_t.append(intended)
-        rec_lat.append(call_latency(intended, sent, done))
-        rec_lag.append(sent - intended)
-        rec_code.append(code_of(c))
+        except asyncio.CancelledError:      # unanswered DRAIN_GRACE_S after its deadline: counted, not dropped
+            note(m, intended, sent, "CLIENT_TIMEOUT")
+            raise
+        except Exception as e:  # noqa: BLE001 - a failure in the client is a failed call, named by its type
+            c = f"CLIENT_EXCEPTION:{type(e).__name__}"
+        note(m, intended, sent, c)
 
     if phase["mode"] == "closed":
         counter = [idx * 7919]
@@ -165,7 +173,10 @@ async def _drive(idx, per_chan, requests, phase, ready_q, go, start_at):
             inflight.add(task)
             task.add_done_callback(inflight.discard)
         if inflight:
-            await asyncio.wait(inflight, timeout=phase["deadline"] + 5)
+            _, pending = await asyncio.wait(inflight, timeout=phase["deadline"] + DRAIN_GRACE_S)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)     # each records its CLIENT_TIMEOUT
     return {"t0": t0, "cpu_s": time.process_time() - cpu0, "method": np.array(rec_m, np.int8),
             "t": np.array(rec_t), "lat": np.array(rec_lat), "lag": np.array(rec_lag),
             "code": np.array(rec_code, np.int16), "codes": codes}

@@ -32,7 +32,9 @@ What it does
     time, so a client or server that falls behind shows up as latency (no coordinated omission). The
     reported "send lag" is how late calls actually left the client; if it is large the client, not the
     server, is the bottleneck. At most ``--max-inflight`` calls are outstanding per client; arrivals
-    beyond that are counted as errors ``CLIENT_BACKLOG`` (never silently dropped).
+    beyond that are counted as errors ``CLIENT_BACKLOG`` (never silently dropped). A call that fails in
+    the client with anything but a gRPC status is counted as ``CLIENT_EXCEPTION:<type>``, and one still
+    unanswered 5 s after its deadline when the phase ends as ``CLIENT_TIMEOUT``.
   * ``--sweep``: closed loop finds the saturation throughput X; then open loop at fractions of X. It reports
     the highest rate swept such that it and every lower rate swept had a p99 under ``--p99-ms`` and no
     errors, and the highest such that it and every lower rate were kept up with (the OK answers finished in

@@ -121,3 +121,50 @@ def test_kept_up_compares_the_ok_answers_with_the_calls_actually_due():
     assert not _row(100, float("nan"), due=0, ok_done=0)["kept_up"]           # nothing due: nothing shown
     s = summarize_sweep([_row(100, 5.0), _row(200, 5.0, due=2000, ok_done=1000), _row(300, 5.0)])["kept_up"]
     assert s["max_rate"] == 100 and s["failed_at"] == [200]
+
+
+class _Flag:
+    def is_set(self):
+        return True
+
+
+class _Queue:
+    def put(self, _):
+        pass
+
+
+def test_the_open_loop_counts_client_exceptions_and_calls_left_unanswered(monkeypatch):
+    """A call that raises something other than a gRPC error is CLIENT_EXCEPTION:<type>, and one still
+    unanswered after its deadline and the grace is CLIENT_TIMEOUT: every scheduled call has a record (they
+    were lost: the exception in its task, the pending task dropped)."""
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    import _clients
+
+    monkeypatch.setattr(_clients, "DRAIN_GRACE_S", 0.2)
+    n_calls = [0]
+
+    async def fake_call(body, timeout):
+        n_calls[0] += 1
+        if n_calls[0] <= 20:                # the connection's warm-up calls: answered
+            return None
+        if body == b"boom":
+            raise ValueError("a bug in the client")
+        if body == b"hang":
+            await asyncio.sleep(3600)
+        return None
+
+    requests = [("Recommend", b"ok"), ("Recommend", b"boom"), ("Recommend", b"hang")] * 100
+    phase = _clients.phase_config("open", duration=0.5, channels=1, deadline=0.1, warmup=0.0, rate=40.0)
+    res = asyncio.run(_clients._drive(0, [{m: fake_call for m in METHODS}], requests, phase, _Queue(), _Flag(),
+                                      SimpleNamespace(value=time.monotonic())))
+    due = len(res["t"])
+    assert due > 0
+    codes = [res["codes"][c] for c in res["code"]]
+    expected = {"OK": 0, "CLIENT_EXCEPTION:ValueError": 0, "CLIENT_TIMEOUT": 0}
+    for j in range(due):                    # the j-th scheduled call sends requests[j]
+        expected[["OK", "CLIENT_EXCEPTION:ValueError", "CLIENT_TIMEOUT"][j % 3]] += 1
+    assert {c: codes.count(c) for c in expected} == expected
+    assert np.all(np.isfinite(res["lat"]))     # every one of them was sent
