@@ -76,42 +76,58 @@ def merge_candidates(lists: Sequence[tuple[np.ndarray, np.ndarray]], quotas: Seq
 
 
 def merge_reference(lists, quotas, cap, n_items, excluded=None) -> Merged:
-    """Plain numpy/Python reference of :func:`merge_candidates`."""
+    """Plain numpy reference of :func:`merge_candidates`, vectorised per source.
+
+    Each source's picks are, in order, its distinct non-excluded entries, one per round. Until the cap
+    fills, no source affects another: the picks are each source's first ``quota`` such entries, in (round,
+    source) order, and the first appearances of their items give the merged order. The cap fills at the
+    pick that adds the cap-th item (never when cap >= sum(quotas)); from then on the items are fixed, and
+    each source only takes, up to its quota, its later entries that are among them (adding their rank and
+    score)."""
     S = len(lists)
+    if S == 0:
+        return Merged(np.zeros(0, np.int32), np.zeros(0, np.uint32), np.zeros((0, 0), np.int32),
+                      np.zeros((0, 0), np.float32))
     ex = np.zeros(n_items, bool) if excluded is None else np.unpackbits(
         np.asarray(excluded, np.uint8), bitorder="little")[:n_items].astype(bool)
-    pos = [0] * S
-    taken = [0] * S
-    order: list[int] = []
-    where: dict[int, int] = {}
-    rank: list[list[int]] = []
-    score: list[list[float]] = []
-    progress = True
-    while progress:
-        progress = False
-        for s, (r, sc) in enumerate(lists):
-            while pos[s] < len(r) and taken[s] < quotas[s]:
-                i = pos[s]
-                pos[s] += 1
-                item = int(r[i])
-                if ex[item]:
-                    continue
-                if item in where:
-                    j = where[item]
-                    if rank[j][s] >= 0:
-                        continue
-                elif len(order) >= cap:
-                    continue
-                else:
-                    j = where[item] = len(order)
-                    order.append(item)
-                    rank.append([-1] * S)
-                    score.append([0.0] * S)
-                rank[j][s] = i
-                score[j][s] = float(sc[i])
-                taken[s] += 1
-                progress = True
-                break
-    rk = np.array(rank, np.int32).reshape(len(order), S)
-    srcs = np.array([sum(1 << s for s in range(S) if rk[j, s] >= 0) for j in range(len(order))], np.uint32)
-    return Merged(np.array(order, np.int32), srcs, rk, np.array(score, np.float32).reshape(len(order), S))
+    rows = [np.asarray(r, np.int64) for r, _ in lists]
+    quota = [max(int(q), 0) for q in quotas]
+    firsts = []                             # per source: positions of its distinct, non-excluded entries
+    for r in rows:
+        keep = np.flatnonzero(~ex[r])
+        firsts.append(np.sort(keep[np.unique(r[keep], return_index=True)[1]]))
+    # the picks as if there were no cap, in (round, source) order
+    src = np.concatenate([np.full(min(len(f), q), s) for s, (f, q) in enumerate(zip(firsts, quota))])
+    rnd = np.concatenate([np.arange(min(len(f), q)) for f, q in zip(firsts, quota)])
+    pos = np.concatenate([f[:q] for f, q in zip(firsts, quota)])
+    o = np.lexsort((src, rnd))
+    src, pos = src[o], pos[o]
+    offsets = np.cumsum([0] + [len(r) for r in rows])
+    all_rows = np.concatenate(rows)
+    item = all_rows[offsets[src] + pos]
+    new = np.zeros(len(item), bool)         # the pick that brings in an item
+    new[np.unique(item, return_index=True)[1]] = True
+    n_new = np.cumsum(new)
+    if len(item) and n_new[-1] > cap:       # the cap binds: the picks up to the one adding the cap-th item,
+        n_kept = int(np.searchsorted(n_new, cap)) + 1 if cap > 0 else 0
+        src, pos, new = src[:n_kept], pos[:n_kept], new[:n_kept]
+        fixed = item[:n_kept][new]
+        more_src, more_pos = [src], [pos]   # then each source's later entries among the items so far
+        for s, (r, f) in enumerate(zip(rows, firsts)):
+            done = int((src == s).sum())
+            later = f[done:]
+            later = later[np.isin(r[later], fixed)][:quota[s] - done]
+            more_src.append(np.full(len(later), s))
+            more_pos.append(later)
+        src, pos = np.concatenate(more_src), np.concatenate(more_pos)
+        item = all_rows[offsets[src] + pos]
+        new = np.concatenate([new, np.zeros(len(item) - len(new), bool)])
+    order = item[new]
+    by_item = np.argsort(order)
+    slot = by_item[np.searchsorted(order[by_item], item)]
+    rank = np.full((len(order), S), -1, np.int32)
+    rank[slot, src] = pos
+    score = np.zeros((len(order), S), np.float32)
+    score[slot, src] = np.concatenate([np.asarray(sc, np.float64) for _, sc in lists])[offsets[src] + pos]
+    sources = ((rank >= 0).astype(np.uint32) << np.arange(S, dtype=np.uint32)).sum(axis=1, dtype=np.uint32)
+    return Merged(order.astype(np.int32), sources, rank, score)

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from recserve._core.merge import exclusion_bitset, merge_candidates, merge_reference
 
@@ -35,6 +35,23 @@ def test_matches_reference(src, cap, excluded):
     assert not set(got.rows.tolist()) & set(excluded)
     for s, q in enumerate(quotas):
         assert (got.rank[:, s] >= 0).sum() <= q
+
+
+@settings(max_examples=200, deadline=None)
+@given(src=sources(), data=st.data(), excluded=st.lists(st.integers(0, N - 1), max_size=N // 2))
+def test_matches_reference_when_the_cap_binds(src, data, excluded):
+    """A cap below the items the quotas would bring in: the round-robin decides which items get in, and the
+    sources then only add their ranks to those (the reference's second phase)."""
+    lists, quotas = src
+    bits = exclusion_bitset(N, excluded) if excluded else None
+    uncapped = len(merge_reference(lists, quotas, sum(quotas), N, bits))
+    assume(uncapped > 0)
+    cap = data.draw(st.integers(0, uncapped - 1))
+    got = merge_candidates(lists, quotas, cap, N, bits)
+    want = merge_reference(lists, quotas, cap, N, bits)
+    for field in ("rows", "rank", "score", "sources"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
+    assert len(got) == cap
 
 
 def test_duplicates_keep_every_source():
