@@ -53,7 +53,8 @@ def mmr(relevance, item_emb, rows, k: int, lam: float, creators=None, max_per_cr
 
 def mmr_reference(relevance, item_emb, rows, k, lam, creators=None, max_per_creator=0, no_adjacent=False,
                   novelty=None, novelty_weight=0.0):
-    """numpy reference: the same greedy, with the incremental update done by a BLAS matrix-vector product."""
+    """numpy reference: the same greedy as a full scan at every pick, in whole-array operations per pick (the
+    similarity update is a BLAS matrix-vector product; the creator rules are masks from per-creator counts)."""
     rel = np.asarray(relevance, np.float32).astype(np.float64)
     if novelty is not None and novelty_weight != 0.0:
         rel = (np.asarray(relevance, np.float32) + np.float32(novelty_weight) * np.asarray(novelty, np.float32)
@@ -64,30 +65,32 @@ def mmr_reference(relevance, item_emb, rows, k, lam, creators=None, max_per_crea
     E[norms == 0] = 0
     n = len(rel)
     cr = None if creators is None else dense_codes(creators)
+    # picks per creator code; code -1 (unknown) reads the last slot, which stays 0
+    count = np.zeros(0 if cr is None else int(cr.max(initial=-1)) + 2, np.int64)
     max_sim = np.full(n, -np.inf)
     used = np.zeros(n, bool)
-    count: dict[int, int] = {}
     last = -1
     picks, pens = [], []
     for t in range(min(k, n)):
         obj = lam * rel - ((1 - lam) * max_sim if (t > 0 and lam < 1) else 0.0)
         ok = ~used
         if cr is not None and max_per_creator > 0:
-            ok &= np.array([c < 0 or count.get(int(c), 0) < max_per_creator for c in cr])
+            ok &= (cr < 0) | (count[cr] < max_per_creator)
         if not ok.any():
             break
-        cand = ok.copy()
-        if cr is not None and no_adjacent:
-            cand &= ~((cr >= 0) & (cr == last))
-        pool = cand if cand.any() else ok
-        best = int(np.flatnonzero(pool)[np.argmax(np.where(pool, obj, -np.inf)[pool])])
+        pool = ok
+        if cr is not None and no_adjacent and last >= 0:
+            cand = ok & (cr != last)
+            pool = cand if cand.any() else ok
+        idx = np.flatnonzero(pool)
+        best = int(idx[np.argmax(obj[idx])])
         picks.append(best)
         pens.append(max_sim[best] if t > 0 else 0.0)
         used[best] = True
         if cr is not None:
             last = int(cr[best])
             if last >= 0:
-                count[last] = count.get(last, 0) + 1
+                count[last] += 1
         if lam < 1:
             max_sim = np.maximum(max_sim, E @ E[best])
     return np.array(picks, np.int32), np.array(pens, np.float32)
