@@ -28,6 +28,30 @@ class UsageError(SystemExit):
         super().__init__(2)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, its errors in one line (the usage is long: --help shows it), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def check_bundle(ap: argparse.ArgumentParser, path: str, flag: str = "--bundle") -> None:
+    """A named bundle that is not one (a missing path, no manifest.json, no CURRENT): exit 2 with the reason
+    in one line, before any work or server starts."""
+    from recserve.bundle import BundleError, resolve
+
+    try:
+        resolve(path)
+    except BundleError as exc:
+        ap.error(f"{flag}: {exc}")
+
+
+def check_dir(ap: argparse.ArgumentParser, path: str, flag: str) -> None:
+    """A directory named on the command line that is not one: exit 2, one line."""
+    if not Path(path).is_dir():
+        ap.error(f"{flag}: {path} is not a directory" if Path(path).exists() else f"{flag}: {path} does not exist")
+
+
 def sizes(text: str) -> list[tuple[int, int]]:
     """``"2000x1000,8000x4000"`` -> [(2000, 1000), (8000, 4000)]: users x items, both at least 2."""
     out = []

@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from _cli import record, sizes, write_json  # noqa: E402
+from _cli import Parser, record, sizes, write_json  # noqa: E402
 from trainer.argtypes import positive_int  # noqa: E402
 from _timing import machine  # noqa: E402
 
@@ -42,7 +42,7 @@ def run_child(cmd: list[str]) -> tuple[float, float, int, str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=sizes, default="1000x500,4000x2000,16000x8000", help="USERSxITEMS, comma separated")
     ap.add_argument("--factors", type=positive_int, default=64)
     ap.add_argument("--ranker-users", type=positive_int, default=3000)

@@ -16,7 +16,6 @@ Closed loop (``--concurrency`` calls in flight) unless ``--rate`` asks for an op
 """
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
@@ -28,13 +27,14 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from _cli import UsageError, record, write_json  # noqa: E402
+from _cli import Parser, UsageError, check_bundle, record, write_json  # noqa: E402
 from _clients import phase_config, run_phase  # noqa: E402
 from _inproc import RECOMMEND_ONLY  # noqa: E402
 from _servers import start_real  # noqa: E402
 from _timing import machine  # noqa: E402
 from _workload import build_requests, parse_mix, read_ids  # noqa: E402
 from recserve.config import ServeConfig  # noqa: E402
+from trainer.argtypes import number  # noqa: E402
 
 # RECSERVE_* variables that are not `recserve serve` options but still change a server
 EXTRA_SETTINGS = {"RECSERVE_CONFIG", "RECSERVE_DEBUG_DELAY_MS"}
@@ -82,30 +82,34 @@ def summary(rounds: list[dict]) -> dict[str, dict]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    positive, at_least_0, count = number(float, 0, above=True), number(float, 0), number(int, 1)
+    ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--a", default="", help="settings of server A (NAME=VALUE,...), beside this environment")
     ap.add_argument("--b", required=True, help="settings of server B (NAME=VALUE,...)")
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--rate", type=float, default=0.0, help="open loop at this rate; 0: closed loop")
-    ap.add_argument("--duration", type=float, default=15.0)
-    ap.add_argument("--warmup", type=float, default=1.0, help="seconds dropped at the start of each run")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--clients", type=int, default=2)
-    ap.add_argument("--channels", type=int, default=16)
-    ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--deadline", type=float, default=5.0, help="per-call deadline, seconds")
-    ap.add_argument("--pool", type=int, default=4000, help="pre-built requests per client process")
+    ap.add_argument("--rounds", type=count, default=4)
+    ap.add_argument("--rate", type=at_least_0, default=0.0, help="open loop at this rate; 0: closed loop")
+    ap.add_argument("--duration", type=positive, default=15.0)
+    ap.add_argument("--warmup", type=at_least_0, default=1.0,
+                    help="seconds dropped at the start of each run (at most half of --duration)")
+    ap.add_argument("--workers", type=number(int, 0), default=2, help="worker processes (0: in process)")
+    ap.add_argument("--clients", type=count, default=2)
+    ap.add_argument("--channels", type=count, default=16)
+    ap.add_argument("--concurrency", type=count, default=16)
+    ap.add_argument("--deadline", type=positive, default=5.0, help="per-call deadline, seconds")
+    ap.add_argument("--pool", type=count, default=4000, help="pre-built requests per client process")
     ap.add_argument("--mix", default="recommend=0.8,similar=0.15,events=0.05")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     sets = {"A": parse_settings(a.a, "--a"), "B": parse_settings(a.b, "--b")}
     if sets["A"] == sets["B"]:
         ap.error("--a and --b are the same settings: nothing to compare")
-    if a.rounds < 1 or a.duration <= 0 or a.clients < 1 or a.concurrency < a.clients or a.rate < 0:
-        ap.error("--rounds and --clients at least 1, --duration positive, --concurrency >= --clients")
+    if a.concurrency < a.clients:
+        ap.error("--concurrency must be at least --clients (one call in flight per client process)")
+    mix = parse_mix(a.mix)                  # a bad one: exit 2, its reason in one line
+    check_bundle(ap, a.bundle)
 
-    cfg = {**RECOMMEND_ONLY, "mix": parse_mix(a.mix)}     # bench/load.py's defaults otherwise
+    cfg = {**RECOMMEND_ONLY, "mix": mix}     # bench/load.py's defaults otherwise
     ids = read_ids(a.bundle)
     pools = [build_requests(ids, cfg, seed=i, n=a.pool) for i in range(a.clients)]
     base = {"duration": a.duration, "channels": a.channels, "deadline": a.deadline, "warmup": a.warmup}

@@ -20,7 +20,6 @@ near 1; where they grow with the gap, a server at a low or moderate rate pays th
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -33,12 +32,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from _inproc import RECOMMEND_ONLY, rec_requests, recommender  # noqa: E402
-from _cli import record, write_json  # noqa: E402
-from trainer.argtypes import positive_int  # noqa: E402
+from _cli import Parser, check_bundle, record, write_json  # noqa: E402
+from trainer.argtypes import number_list, positive_int  # noqa: E402
 from _timing import machine  # noqa: E402
 from _workload import build_requests, read_ids  # noqa: E402
 
 MODES = ("back to back", "spin", "sleep")
+MAX_GAP_MS = 1000.0         # a second between two calls: far beyond any gap this script is for
 
 
 def _wait(mode: str, gap_s: float) -> None:
@@ -68,19 +68,18 @@ def measure(rec, reqs: list, gap_s: float, blocks: int, block: int) -> dict[str,
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", required=True)
-    ap.add_argument("--gaps", default="0.1,0.3,1", help="milliseconds between two calls, comma-separated")
+    ap.add_argument("--gaps", type=number_list(float, 0, MAX_GAP_MS), default="0.1,0.3,1",
+                    help=f"milliseconds between two calls, comma-separated (above 0, at most {MAX_GAP_MS:g})")
     ap.add_argument("--blocks", type=positive_int, default=30, help="blocks per gap and mode")
     ap.add_argument("--block", type=positive_int, default=100, help="Recommends per block")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
-    try:
-        gaps = [float(g) for g in a.gaps.split(",") if g.strip()]
-    except ValueError:
-        ap.error(f"--gaps: numbers in milliseconds, like 0.1,0.3,1; got {a.gaps!r}")
-    if not gaps or min(gaps) <= 0:
-        ap.error("--gaps must be positive")
+    gaps = a.gaps
+    if min(gaps) <= 0:
+        ap.error("argument --gaps: each must be above 0")
+    check_bundle(ap, a.bundle)
 
     cpu = min(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpu})

@@ -9,7 +9,6 @@ machine.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -19,21 +18,27 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _cli import Parser, UsageError, check_bundle  # noqa: E402
 from _timing import machine  # noqa: E402
 from trainer.argtypes import positive_int  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--repeats", type=positive_int, default=20)
     a = ap.parse_args(argv)
-    from recserve.bundle import Bundle
+    check_bundle(ap, a.bundle)
+    from recserve.bundle import Bundle, BundleError
     from recserve.events import EventStore
     from recserve.pipeline.recommender import Recommender
 
     rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory(prefix="recserve-items-") as tmp, Bundle.open(a.bundle) as b:
+    try:
+        b = Bundle.open(a.bundle)
+    except BundleError as exc:
+        raise UsageError(f"--bundle: {exc}") from None
+    with tempfile.TemporaryDirectory(prefix="recserve-items-") as tmp, b:
         store = EventStore(tmp)
         rec = Recommender(b, store)
         ids = [b.tables.id_of("item", r) for r in range(b.n_items)]

@@ -64,7 +64,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-from _cli import record as cli_record, write_json  # noqa: E402
+from _cli import Parser, record as cli_record, write_json  # noqa: E402
 from _clients import ClientFailure, phase_config, run_phase  # noqa: E402
 from _sweep import KEEP_UP, describe, summarize_sweep, sweep_row  # noqa: E402
 from _servers import check_reachable, record_responses, start_ceiling, start_real  # noqa: E402
@@ -157,18 +157,11 @@ def _writable(ap: argparse.ArgumentParser, flag: str, path: str | None) -> None:
         ap.error(f"{flag}: {path} is not writable")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse's parser, its errors in one line (the usage is long: --help shows it)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The arguments, every one checked here (exit 2, the reason on the last line) before any server starts."""
     positive, at_least_0, share = number(float, 0, above=True), number(float, 0), number(float, 0, 1)
     count = number(int, 1)
-    ap = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", required=True, help="bundle root or version dir (ids; served unless --target)")
     ap.add_argument("--target", help="host:port of a running server (loopback only)")
     ap.add_argument("--workers", type=number(int, 0), default=2,

@@ -20,7 +20,6 @@ and the event loop's work runs between its calls, which no in-process benchmark 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pickle
@@ -37,13 +36,14 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-from _cli import record, write_json  # noqa: E402
+from _cli import Parser, check_bundle, record, write_json  # noqa: E402
 from _clients import call_latency  # noqa: E402
 from _inproc import RECOMMEND_ONLY, rec_requests, recommender  # noqa: E402
 from _proc import tree_stats  # noqa: E402
 from _servers import ServerProc, record_responses, start_ceiling, start_real  # noqa: E402
 from _timing import machine  # noqa: E402
 from _workload import build_requests, read_ids  # noqa: E402
+from trainer.argtypes import number  # noqa: E402
 
 MODES = ("ceiling", "service", "recserve")
 STATS_ENV = "RECSERVE_BENCH_PIPELINE_STATS"
@@ -212,16 +212,16 @@ def tight_loop(bundle: str, requests: list, events: str) -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    positive, at_least_0 = number(float, 0, above=True), number(float, 0)
+    ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", required=True)
-    ap.add_argument("--rate", type=float, default=400.0, help="Recommends per second")
-    ap.add_argument("--duration", type=float, default=8.0, help="measured seconds per server")
-    ap.add_argument("--warmup", type=float, default=2.0)
-    ap.add_argument("--repeats", type=int, default=2, help="rounds of the three servers, alternating")
+    ap.add_argument("--rate", type=positive, default=400.0, help="Recommends per second")
+    ap.add_argument("--duration", type=positive, default=8.0, help="measured seconds per server")
+    ap.add_argument("--warmup", type=at_least_0, default=2.0)
+    ap.add_argument("--repeats", type=number(int, 1), default=2, help="rounds of the three servers, alternating")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
-    if a.rate <= 0 or a.duration <= 0 or a.warmup < 0 or a.repeats < 1:
-        ap.error("--rate and --duration must be positive, --warmup >= 0, --repeats >= 1")
+    check_bundle(ap, a.bundle)
     # a SIGTERM (a `timeout`, a cancelled job) unwinds like Ctrl-C: the servers are stopped, tmp removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 

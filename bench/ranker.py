@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cli import Parser  # noqa: E402
 from _timing import interleaved, summary  # noqa: E402
 from trainer.argtypes import number  # noqa: E402
 from _timing import machine as _machine  # noqa: E402
@@ -75,7 +76,7 @@ def row(label: str, rows: int, t_forest: np.ndarray, t_lgb: np.ndarray) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
+    ap = Parser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", type=number(float, 0, above=True), default=3.0, help="seconds of timing per table cell")
     ap.add_argument("--train-rows", type=number(int, 100), default=20_000)

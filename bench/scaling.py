@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-from _cli import record, write_json  # noqa: E402
+from _cli import Parser, record, write_json  # noqa: E402
 from trainer.argtypes import number_list, positive_int  # noqa: E402
 from _timing import interleaved, machine, summary  # noqa: E402
 
@@ -97,7 +97,7 @@ def measure(root: Path, cands: list[int], repeats: int, seed: int = 0) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=number_list(int, 100), default="10000,100000",
                     help="catalogue sizes, comma separated")
     ap.add_argument("--with-1m", action="store_true", help="add a 1,000,000-item catalogue (slow to build)")
