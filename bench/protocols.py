@@ -38,7 +38,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
+from _cli import Parser, check_dir  # noqa: E402
 from trainer.argtypes import number_list, positive_int  # noqa: E402
+
+DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "ml-100k"
 
 SHOW = ["recall@10", "recall@20", "ndcg@10"]
 METHODS = ["popularity", "item-knn", "ease", "implicit-als", "recserve ann", "recserve ann-all",
@@ -178,9 +181,9 @@ def protocol_list(text: str) -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "ml-100k"),
-                    help="a MovieLens directory (read by trainer.movielens)")
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", help=f"a MovieLens directory (read by trainer.movielens; default {DEFAULT_DATA}, "
+                    "the run skipped when that is absent)")
     ap.add_argument("--data-dir", help="a directory in the trainer's input format (instead of --data)")
     ap.add_argument("--seeds", type=number_list(int, 0), default="0,1,2")
     ap.add_argument("--protocols", type=protocol_list, default="a,b", help="a, b or a,b")
@@ -192,15 +195,26 @@ def main(argv=None) -> int:
                     help="recserve's ranker labels (auto: user-random for protocol a, user for b)")
     a = ap.parse_args(argv)
     seeds = a.seeds
-    if a.data_dir:
-        from trainer.io import load_dataset
-        ds = load_dataset(a.data_dir)
+    if a.data_dir is not None and a.data is not None:
+        ap.error("--data and --data-dir: one or the other")
+    if a.data_dir is not None:
+        check_dir(ap, a.data_dir, "--data-dir")
+    elif a.data is not None:
+        check_dir(ap, a.data, "--data")     # a directory named on the command line must be there
+    elif not DEFAULT_DATA.is_dir():
+        print(f"protocols: skipped: the default {DEFAULT_DATA} is not a directory "
+              "(pass --data MOVIELENS_DIR or --data-dir DIR)")
+        return 0
+    if a.data_dir is not None:
+        from trainer.io import DataError, load_dataset
+
+        try:
+            ds = load_dataset(a.data_dir)
+        except DataError as exc:
+            ap.error(f"--data-dir: {exc}")
         name = Path(a.data_dir).name
     else:
-        p = Path(a.data)
-        if not p.is_dir():
-            print(f"protocols: skipped: {p} is not a directory (pass --data MOVIELENS_DIR or --data-dir DIR)")
-            return 0
+        p = Path(a.data if a.data is not None else DEFAULT_DATA)
         from trainer.movielens import load_movielens
         ds = load_movielens(str(p))
         name = p.name

@@ -18,7 +18,8 @@ Columns: Recall@10/20/50, NDCG@10, coverage@10 (share of the catalogue in anyone
 (ild@10, mean pairwise 1 - cosine of the bundle's item embeddings in a top 10), novelty@10 (mean
 -log2 popularity share), and training time (recserve: the whole bundle build, shared by its stages).
 MovieLens-100K is read from ``--movielens`` (default ``../shared/datasets/ml-100k`` relative to the repo)
-and skipped with a message when the directory is absent.
+and skipped with a message when that default directory is absent; a directory named with ``--movielens``
+must exist (``--movielens ""`` skips MovieLens).
 """
 from __future__ import annotations
 
@@ -35,9 +36,11 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-from _cli import record, sizes, write_json  # noqa: E402
+from _cli import Parser, check_dir, record, sizes, write_json  # noqa: E402
 from trainer.argtypes import number, positive_int  # noqa: E402
 from _timing import machine  # noqa: E402
+
+DEFAULT_ML = REPO.parent / "shared" / "datasets" / "ml-100k"
 
 COLS = ["recall@10", "recall@20", "recall@50", "ndcg@10", "coverage@10", "ild@10", "novelty@10", "mean_len"]
 
@@ -137,9 +140,10 @@ def format_table(results: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--synth", type=sizes, default="2000x1000,8000x4000", help="USERSxITEMS sizes, comma separated")
-    ap.add_argument("--movielens", default=str(REPO.parent / "shared" / "datasets" / "ml-100k"))
+    ap.add_argument("--movielens", help=f"a MovieLens directory (default {DEFAULT_ML}, skipped when absent; "
+                    "'' skips it)")
     ap.add_argument("--eval-users", type=positive_int, default=2000)
     ap.add_argument("--factors", type=positive_int, default=64)
     ap.add_argument("--ranker-users", type=positive_int, default=3000)
@@ -148,6 +152,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json")
     ap.add_argument("--quick", action="store_true", help="tiny run for smoke tests (one 300x200 synth set)")
     a = ap.parse_args(argv)
+    if a.movielens:
+        check_dir(ap, a.movielens, "--movielens")       # named on the command line: it must be there
     from trainer.synth import synth
 
     cfg = {"seed": a.seed, "factors": a.factors, "ranker_users": a.ranker_users, "threads": a.threads}
@@ -160,15 +166,17 @@ def main(argv=None) -> int:
         ds, _ = synth(nu, ni, seed=a.seed)
         print(f"synth {nu}x{ni}: {len(ds)} interactions ...", flush=True)
         results.append(run_dataset(f"synth {nu}x{ni}", ds, cfg, a.eval_users, a.seed, a.threads))
-    ml = Path(a.movielens)
-    if a.movielens and ml.is_dir() and not a.quick:
+    ml = Path(a.movielens) if a.movielens else DEFAULT_ML
+    if a.movielens != "" and ml.is_dir() and not a.quick:
         from trainer.movielens import load_movielens
 
         ds = load_movielens(str(ml))
         print(f"{ml.name}: {len(ds)} interactions ...", flush=True)
         results.append(run_dataset(ml.name, ds, cfg, a.eval_users, a.seed, a.threads))
+    elif a.movielens == "":
+        print("MovieLens skipped (--movielens '')")
     elif not a.quick:
-        print(f"MovieLens skipped: {ml} is not a directory (pass --movielens PATH)")
+        print(f"MovieLens skipped: the default {ml} is not a directory (pass --movielens PATH)")
     print(format_table(results))
     if a.json:
         write_json(a.json, record(a, trainer_config=cfg, results=results))

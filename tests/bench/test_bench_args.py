@@ -1,5 +1,5 @@
 """Every bench script refuses a bad argument in one line with exit code 2, before any server starts or any
-work is done."""
+work is done; a path named on the command line that does not exist is such an argument."""
 from __future__ import annotations
 
 import os
@@ -21,6 +21,9 @@ def _run(args):
 
 @pytest.mark.parametrize("args, says", [
     (["bench/item_updates.py", "--bundle", MISSING], f"--bundle: {MISSING} does not exist"),
+    (["bench/protocols.py", "--data-dir", MISSING], f"--data-dir: {MISSING} does not exist"),
+    (["bench/protocols.py", "--data", MISSING], f"--data: {MISSING} does not exist"),
+    (["bench/quality.py", "--quick", "--movielens", MISSING], f"--movielens: {MISSING} does not exist"),
     (["bench/overhead.py", "--bundle", MISSING], f"--bundle: {MISSING} does not exist"),
     (["bench/overhead.py", "--bundle", MISSING, "--rate", "nan"], "argument --rate: must be a finite number"),
     (["bench/overhead.py", "--bundle", MISSING, "--rate", "inf"], "argument --rate: must be a finite number"),
@@ -43,3 +46,8 @@ def test_a_bad_argument_is_one_line_and_exit_2(args, says):
     assert p.returncode == 2 and len(lines) == 1 and says in lines[0], p.stderr[-2000:]
     assert "Traceback" not in p.stderr and p.stdout == ""       # refused before any work: nothing printed
 
+
+def test_a_user_named_data_dir_that_is_not_trainer_data_is_one_line(tmp_path):
+    p = _run(["bench/protocols.py", "--data-dir", str(tmp_path)])
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("protocols.py: error: --data-dir:"), p.stderr
