@@ -8,9 +8,12 @@ Per catalogue size a bundle is trained on synthetic data (``trainer.build.build`
 ``cap = N`` and the source quotas scaled by N / 260 (the default quotas sum to 260); the actual mean
 number of merged candidates is measured in one untimed pass and printed next to N (short i2i / session
 lists can make it smaller than N). The timed call is ``Recommender.recommend`` for a known user with a
-history, k = 20, one BLAS thread as in a server worker; the Recommenders are timed interleaved
-(``bench/_timing.interleaved``), so machine noise hits all of them alike. Ratios: to N = 100 at the same
-size, and to the smallest catalogue at the same N.
+history, k = 20, one BLAS thread as in a server worker. Every bundle is built (or found in ``--cache``)
+before any timing; then all of them are open at once (about 13 MB resident for the 10k-item bundle with
+its three Recommenders, so some 1.3 GB for the 1M-item one: its HNSW index in memory, its tables
+memory-mapped) and every (size, N) cell is timed in one interleaved pass (``bench/_timing.interleaved``:
+each round calls every cell once), so machine noise hits all of them alike. Ratios: to the first N at the
+same size, and to the smallest catalogue at the same N -- both within the one pass.
 """
 from __future__ import annotations
 
@@ -51,49 +54,69 @@ def bundle_for(n_items: int, cache: Path, quick: bool) -> Path:
     return root
 
 
-def measure(root: Path, cands: list[int], repeats: int, seed: int = 0) -> dict:
+def prepare(b, cands: list[int], seed: int = 0) -> tuple[dict, dict]:
+    """Over one open bundle: per candidate count N, a warmed-up ``Recommender`` with ``cap = N`` and the call
+    that times it (a known user with a history, k = 20), and the mean number of candidates actually merged
+    (one untimed pass over 50 users, by wrapping the merge the pipeline calls)."""
     import recserve.pipeline.recommender as RM
-    from recserve.bundle import Bundle
     from recserve.pipeline.recommender import Recommender, RecRequest
 
-    b = Bundle.open(root)
+    recs = {}
+    for n in cands:
+        recs[n] = Recommender(b, None, {"candidates": n})
+        recs[n].warmup()
+    t = b.tables
+    hist = np.asarray(t.array("hist_indptr"))
+    rng = np.random.default_rng(seed)
+    with_hist = np.flatnonzero(np.diff(hist) > 0)
+    users = [t.id_of("user", int(r)) for r in rng.choice(with_hist, size=min(200, len(with_hist)), replace=False)]
+    counts = {n: [] for n in cands}
+    orig = RM.merge_candidates
+    for n in cands:
+        def wrapped(*a, _n=n, **kw):
+            m = orig(*a, **kw)
+            counts[_n].append(len(m))
+            return m
+        RM.merge_candidates = wrapped
+        try:
+            for u in users[:50]:
+                recs[n].recommend(RecRequest(user_id=u, k=20))
+        finally:
+            RM.merge_candidates = orig
+
+    def call(n):
+        it = iter(range(10 ** 9))
+        return lambda: recs[n].recommend(RecRequest(user_id=users[next(it) % len(users)], k=20))
+
+    return ({n: call(n) for n in cands},
+            {n: float(np.mean(counts[n])) if counts[n] else 0.0 for n in cands})
+
+
+def measure(roots: dict[int, Path], cands: list[int], repeats: int) -> dict:
+    """Every bundle open at once and every (size, N) cell timed in one interleaved pass (``repeats`` rounds,
+    each calling every cell once, the order reversed every other round), so the ratios across sizes are as
+    much within one run as those across N."""
+    from threadpoolctl import threadpool_limits
+
+    from recserve.bundle import Bundle
+
+    opened, funcs, counts = [], {}, {}
     try:
-        recs = {}
-        for n in cands:
-            recs[n] = Recommender(b, None, {"candidates": n})
-            recs[n].warmup()
-        t = b.tables
-        hist = np.asarray(t.array("hist_indptr"))
-        rng = np.random.default_rng(seed)
-        with_hist = np.flatnonzero(np.diff(hist) > 0)
-        users = [t.id_of("user", int(r)) for r in rng.choice(with_hist, size=min(200, len(with_hist)), replace=False)]
-        # actual merged candidate counts (untimed, by wrapping the merge the pipeline calls)
-        counts = {n: [] for n in cands}
-        orig = RM.merge_candidates
-        for n in cands:
-            def wrapped(*a, _n=n, **kw):
-                m = orig(*a, **kw)
-                counts[_n].append(len(m))
-                return m
-            RM.merge_candidates = wrapped
-            try:
-                for u in users[:50]:
-                    recs[n].recommend(RecRequest(user_id=u, k=20))
-            finally:
-                RM.merge_candidates = orig
-        it = {n: iter(range(10 ** 9)) for n in cands}
-
-        def call(n):
-            return lambda: recs[n].recommend(RecRequest(user_id=users[next(it[n]) % len(users)], k=20))
-
-        from threadpoolctl import threadpool_limits
-
+        for size, root in roots.items():
+            b = Bundle.open(root)
+            opened.append(b)
+            calls, counts[size] = prepare(b, cands)
+            funcs.update({(size, n): f for n, f in calls.items()})
         with threadpool_limits(1):
-            times = interleaved({n: call(n) for n in cands}, repeats, warmup=10)
-        return {n: {"median_ms": summary(times[n])[0] / 1e3, "p99_ms": summary(times[n])[1] / 1e3,
-                    "candidates": float(np.mean(counts[n])) if counts[n] else 0.0} for n in cands}
+            times = interleaved(funcs, repeats, warmup=10)
     finally:
-        b.close()
+        for b in opened:
+            b.close()
+    out = {}
+    for (size, n), t in times.items():
+        med, p99 = summary(t)
+        out.setdefault(size, {})[n] = {"median_ms": med / 1e3, "p99_ms": p99 / 1e3, "candidates": counts[size][n]}
+    return out
 
 
 def main(argv=None) -> int:
@@ -120,15 +143,14 @@ def main(argv=None) -> int:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="recserve-scaling-")
         cache = Path(tmp.name)
-    res = {}
     try:
-        for n in sizes:
-            root = bundle_for(n, cache, a.quick)
-            res[n] = measure(root, cands, a.repeats)
+        roots = {n: bundle_for(n, cache, a.quick) for n in sizes}     # every bundle built before any timing
+        res = measure(roots, cands, a.repeats)
     finally:
         if tmp:
             tmp.cleanup()
-    print(f"\nRecommend (in process, k=20), {a.repeats} calls per cell, interleaved")
+    print(f"\nRecommend (in process, k=20), {a.repeats} calls per cell, all {len(sizes) * len(cands)} cells "
+          "(every size and N) interleaved in one pass")
     print(f"{'items':>9}{'N':>7}{'cands':>8}{'median ms':>11}{'p99 ms':>9}{'x N=' + str(cands[0]):>10}"
           f"{'x ' + str(sizes[0]):>10}")
     for n in sizes:
@@ -155,7 +177,8 @@ def main(argv=None) -> int:
             fig.savefig(a.png, dpi=90)
             print(f"PNG: {a.png}")
     if a.json:
-        write_json(a.json, record(a, results={str(k): {str(c): v for c, v in r.items()} for k, r in res.items()}))
+        write_json(a.json, record(a, timing="every (size, N) cell interleaved in one pass",
+                                  results={str(k): {str(c): v for c, v in r.items()} for k, r in res.items()}))
         print(f"JSON: {a.json}")
     return 0
 

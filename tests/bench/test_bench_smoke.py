@@ -298,3 +298,19 @@ def test_the_ceiling_warns_of_what_it_cannot_copy_from_the_target(demo_bundle, r
     assert rec["ceiling_response_bytes_mean"]["Recommend"] is None
     assert rec["server_workers"] is None and rec["ceiling_workers"] == 1       # the target's: not known
     assert rec["config"]["warmup"] == 0.5 and rec["config"]["warmup_given"] == 5     # the warm-up used
+
+
+def test_scaling_times_every_size_and_candidate_count_in_one_interleaved_pass(tmp_path, monkeypatch):
+    """The ratio across catalogue sizes is within one run, as the one across candidate counts is."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import scaling
+
+    passes = []
+
+    def interleaved(funcs, repeats, warmup=20):
+        passes.append(sorted(funcs))
+        return {k: [1000.0] * repeats for k in funcs}
+
+    monkeypatch.setattr(scaling, "interleaved", interleaved)
+    assert scaling.main(["--quick", "--cache", str(tmp_path)]) == 0
+    assert passes == [[(300, 50), (300, 100), (600, 50), (600, 100)]]
