@@ -5,11 +5,12 @@
 For models of 100x31, 200x63 and 500x127 (trees x leaves), trained on synthetic data with 40 features
 (num_threads=1, small min_data_in_leaf so the trees use their leaves), and batches of 1, 100, 500 and
 2000 rows, prints the median and p99 time per batch of both, measured interleaved in one run (calls
-alternate), and the ratio of medians. Scores are checked to be identical before timing. Then, for the
-200x63 model at 500 rows: the same with 1% NaN in the rows (the missing-value step), and the kernel's
-walk strategies side by side: the shipped pair layout (siblings adjacent, fixed depth, no leaf
-checks), the previous lanes on 16-byte nodes with child indices and leaf checks, and one row at a
-time as LightGBM walks.
+alternate), the ratio of medians and the number of samples behind each p99 (about ``--budget`` seconds per
+cell, at least 30: the largest cells get few, and their p99 is then near the maximum). Scores are checked
+to be identical before timing. Then, for the 200x63 model at 500 rows: the same with 1% NaN in the rows
+(the missing-value step), and the kernel's walk strategies side by side: the shipped pair layout
+(siblings adjacent, fixed depth, no leaf checks), the previous lanes on 16-byte nodes with child indices
+and leaf checks, and one row at a time as LightGBM walks.
 
 ``--compiled`` adds, for the 200x63 model at 500 rows, the two compile-to-native alternatives where
 they are installed (they are not dependencies of recserve): treelite + tl2cgen (C code compiled by
@@ -72,7 +73,7 @@ def row(label: str, rows: int, t_forest: np.ndarray, t_lgb: np.ndarray) -> str:
     fm, fp = summary(t_forest)
     lm, lp = summary(t_lgb)
     return (f"{label:>9} {rows:>6} {fm:>11.1f} {fp:>11.1f} {lm:>11.1f} {lp:>11.1f} {lm / fm:>7.1f}x "
-            f"{fm / rows:>9.3f} {lm / rows:>9.3f}")
+            f"{fm / rows:>9.3f} {lm / rows:>9.3f} {len(t_forest):>6}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,9 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             2000, 5, 50
     print(machine())
     print("times in microseconds per batch (median / p99), interleaved; ratio = LightGBM / Forest "
-          "medians; both single-threaded\n")
+          f"medians; both single-threaded; n = samples per median and p99 (at least {lo}: --budget seconds "
+          "per cell; with a few dozen, the p99 is near the maximum)\n")
     header = (f"{'model':>9} {'rows':>6} {'forest med':>11} {'forest p99':>11} {'lgb med':>11} "
-              f"{'lgb p99':>11} {'ratio':>8} {'fst us/row':>9} {'lgb us/row':>9}")
+              f"{'lgb p99':>11} {'ratio':>8} {'fst us/row':>9} {'lgb us/row':>9} {'n':>6}")
     print(header)
     print("-" * len(header))
     rng = np.random.default_rng(1)
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     X, _ = synth(rng, n)
     Xn = X.copy()
     Xn[rng.random(Xn.shape) < 0.01] = np.nan
-    print(f"\n{key[0]}x{key[1]} at {n} rows, median / p99 us per batch, interleaved:")
+    print(f"\n{key[0]}x{key[1]} at {n} rows, median / p99 us per batch and n samples, interleaved:")
     funcs = {"forest (1% NaN rows)": lambda: forest.predict(Xn),
              "lgb (1% NaN rows)": lambda: booster.predict(Xn, raw_score=True, num_threads=1),
              "forest keyed pair layout (shipped)": lambda: forest._predict(X, 0),
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     t = interleaved(funcs, repeats_for(funcs, args.budget, lo, hi), warmup=3)
     for name, v in t.items():
         med, p99 = summary(v)
-        print(f"  {name:<34} {med:>10.1f} {p99:>10.1f}")
+        print(f"  {name:<34} {med:>10.1f} {p99:>10.1f} {len(v):>6}")
     if args.compiled:
         compiled(booster, forest, X, args.budget, lo, hi)
     return 0
@@ -183,7 +185,7 @@ def compiled(booster, forest, X, budget: float, lo: int, hi: int) -> None:
     t = interleaved(funcs, repeats_for(funcs, budget, lo, hi), warmup=3)
     for name, v in t.items():
         med, p99 = summary(v)
-        print(f"  {name:<34} {med:>10.1f} {p99:>10.1f}")
+        print(f"  {name:<34} {med:>10.1f} {p99:>10.1f} {len(v):>6}")
 
 
 if __name__ == "__main__":

@@ -314,3 +314,13 @@ def test_scaling_times_every_size_and_candidate_count_in_one_interleaved_pass(tm
     monkeypatch.setattr(scaling, "interleaved", interleaved)
     assert scaling.main(["--quick", "--cache", str(tmp_path)]) == 0
     assert passes == [[(300, 50), (300, 100), (600, 50), (600, 100)]]
+
+
+def test_item_updates_and_ranker_print_the_samples_behind_each_p99(demo_bundle):
+    text = _run(["bench/item_updates.py", "--bundle", str(demo_bundle), "--repeats", "3"])
+    assert text.count("n = 3") == 2                 # one sample per round, for either refresh
+    text = _run(["bench/ranker.py", "--quick"])
+    rows = [ln.split() for ln in text.splitlines() if ln.strip().startswith(("10x7 ", "20x15 "))
+            and ln.split()[1].isdigit()]
+    assert len(rows) == 4 and all(r[-1].isdigit() and int(r[-1]) >= 5 for r in rows)
+    assert "n = samples per median and p99" in text
