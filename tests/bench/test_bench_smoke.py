@@ -136,8 +136,11 @@ def test_scaling_quick(tmp_path):
 
 
 def test_build_time_quick(tmp_path):
-    assert "peak MB" in _run(["bench/build_time.py", "--quick", "--json", str(tmp_path / "b.json")])
+    text = _run(["bench/build_time.py", "--quick", "--json", str(tmp_path / "b.json")])
+    assert "peak MB" in text and "start-up, evaluation and bundle write included" in text
     rec = _record(tmp_path / "b.json")
+    for r in rec["rows"]:       # the wall time not in the manifest's stages, as its own figure
+        assert 0 < r["stages_s"] < r["wall_s"] and abs(r["other_s"] - (r["wall_s"] - r["stages_s"])) < 1e-9
     assert [r["size"] for r in rec["rows"]] == ["200x100", "400x200"] and rec["config"]["factors"] == 16
     assert rec["config"]["ranker_users"] == 300 and rec["config"]["sizes"] == [[200, 100], [400, 200]]
 
