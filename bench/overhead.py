@@ -8,9 +8,12 @@ Recommends at a fixed rate (the requests of ``bench/load.py``, Recommend only) t
 * ``service``: recserve with its pipeline replaced by one precomputed result, paused at the same points:
   gRPC, request conversion, the compute slot and its pauses, response building, without the pipeline;
 * ``recserve``: recserve itself. Its worker also adds up the CPU of its own thread inside the pipeline's
-  stages (``time.thread_time`` around each one; the pauses between them not counted).
+  steps (``time.thread_time`` around each step of ``Recommender.recommend_steps``; the pauses between them
+  not counted).
 
-Then, in this process, the same requests run through the pipeline back to back in a tight loop.
+Then, in this process, the same requests run through the pipeline back to back in a tight loop, timed the
+same way: the same call boundary (the steps of ``recommend_steps``) on the same clock (``time.thread_time``
+of the calling thread), so the two figures differ only in what runs around the calls.
 
 It prints each server's CPU per call (all its threads, read from /proc over the measured window) and the
 pipeline's CPU per Recommend inside the server against the tight loop: the same code is slower when gRPC's
@@ -60,6 +63,26 @@ def _drain(steps):
             return names, done.value
 
 
+def timed_steps(steps, add):
+    """Run a ``Recommender.recommend_steps`` generator, yielding what it yields and returning its result;
+    ``add`` gets the thread CPU (``time.thread_time``) spent inside its steps, the pauses between them not
+    counted. The server's worker and :func:`tight_loop` both time a Recommend with this, so the two figures
+    cover the same calls on the same clock."""
+    cpu = 0.0
+    try:
+        while True:
+            t = time.thread_time()
+            try:
+                name = next(steps)
+            except StopIteration as done:
+                return done.value
+            finally:
+                cpu += time.thread_time() - t
+            yield name
+    finally:
+        add(cpu)
+
+
 def _patch(mode: str, stats_path: str) -> None:
     from recserve.pipeline import recommender as RM
 
@@ -79,25 +102,16 @@ def _patch(mode: str, stats_path: str) -> None:
     else:
         acc = None
 
-        def steps(self, req):
-            """The real pipeline; its thread's CPU inside the stages added to the shared stats."""
+        def add(cpu: float) -> None:
             nonlocal acc
             if acc is None:
                 acc = np.memmap(stats_path, np.float64, "r+", shape=(2,))
-            g, cpu = real(self, req), 0.0
-            try:
-                while True:
-                    t = time.thread_time()
-                    try:
-                        name = next(g)
-                    except StopIteration as done:
-                        return done.value
-                    finally:
-                        cpu += time.thread_time() - t
-                    yield name
-            finally:
-                acc[0] += cpu
-                acc[1] += 1
+            acc[0] += cpu
+            acc[1] += 1
+
+        def steps(self, req):
+            """The real pipeline; its thread's CPU inside the steps added to the shared stats."""
+            return (yield from timed_steps(real(self, req), add))
 
     RM.Recommender.recommend_steps = steps
 
@@ -200,15 +214,16 @@ def _start(mode, bundle, cpu, events, responses, stats_path) -> ServerProc:
 
 
 def tight_loop(bundle: str, requests: list, events: str) -> float:
-    """The pipeline's CPU per Recommend, the same requests back to back in this process."""
+    """The pipeline's CPU per Recommend, the same requests back to back in this process, timed as the
+    server's worker times them (:func:`timed_steps`: ``recommend_steps``, this thread's CPU inside the steps)."""
     reqs = rec_requests(requests)
+    cpu = []
     with recommender(bundle, events) as rec:
         for r in reqs[:200]:
             rec.recommend(r)
-        t = time.process_time()
         for r in reqs:
-            rec.recommend(r)
-        return 1000.0 * (time.process_time() - t) / len(reqs)
+            _drain(timed_steps(rec.recommend_steps(r), cpu.append))
+    return 1000.0 * sum(cpu) / len(reqs)
 
 
 def main(argv=None) -> int:
@@ -272,8 +287,8 @@ def main(argv=None) -> int:
     print(f"  + the servicer (service - ceiling)            {med['service'] - med['ceiling']:+.3f} ms")
     print(f"  + the pipeline (recserve - service)           {med['recserve'] - med['service']:+.3f} ms")
     print(f"  = recserve                                    {med['recserve']:.3f} ms")
-    print(f"pipeline CPU per Recommend: {pipe:.3f} ms inside the server (its own thread, stages only), "
-          f"{loop_ms:.3f} ms in a tight loop in process: ratio {pipe / loop_ms:.2f}")
+    print(f"pipeline CPU per Recommend: {pipe:.3f} ms inside the server (its thread, inside the steps), "
+          f"{loop_ms:.3f} ms in a tight loop in process (the same steps, the same clock): ratio {pipe / loop_ms:.2f}")
     if a.json:
         write_json(a.json, record(a, runs=runs, median_server_cpu_ms=med, pipeline_in_server_ms=pipe,
                                   pipeline_tight_loop_ms=loop_ms, server_env={

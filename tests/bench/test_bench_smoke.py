@@ -327,3 +327,26 @@ def test_item_updates_and_ranker_print_the_samples_behind_each_p99(demo_bundle):
             and ln.split()[1].isdigit()]
     assert len(rows) == 4 and all(r[-1].isdigit() and int(r[-1]) >= 5 for r in rows)
     assert "n = samples per median and p99" in text
+
+
+def test_overhead_times_the_tight_loop_as_the_server_worker_does(demo_bundle, tmp_path, monkeypatch):
+    """Both sides: the steps of recommend_steps, this thread's CPU (not the process's) around each one."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import time
+
+    import overhead
+    from _inproc import RECOMMEND_ONLY
+    from _workload import build_requests, read_ids
+
+    requests = build_requests(read_ids(str(demo_bundle)), RECOMMEND_ONLY, 0, 20)
+    ticks = []
+    real = time.thread_time
+
+    def thread_time():
+        ticks.append(1)
+        return real()
+
+    monkeypatch.setattr(time, "process_time", lambda: pytest.fail("the tight loop read the process's CPU"))
+    monkeypatch.setattr(time, "thread_time", thread_time)
+    assert overhead.tight_loop(str(demo_bundle), requests, str(tmp_path / "ev")) > 0
+    assert len(ticks) >= 2 * 2 * len(requests)     # around each of at least two steps per Recommend
