@@ -83,7 +83,7 @@ def test_bad_arguments_are_refused_in_one_line_before_any_server_starts(demo_bun
         p = _refused(["bench/load.py", "--bundle", b, *extra], says)
         assert p.stdout == "" and len(p.stderr.strip().splitlines()) == 1, (extra, p.stdout, p.stderr)
     _refused(["bench/load.py", "--bundle", str(tmp_path / "nothing")], "--bundle:")
-    _refused(["bench/overhead.py", "--bundle", b, "--rate", "-5"], "--rate and --duration must be positive")
+    _refused(["bench/overhead.py", "--bundle", b, "--rate", "-5"], "argument --rate: must be above 0, not -5")
     _refused(["bench/compare.py", "--bundle", b, "--b", "RECSERVE_BOGUS=7"], "RECSERVE_BOGUS is not a recserve")
 
 
