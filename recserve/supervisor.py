@@ -207,6 +207,19 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return s
 
 
+def how_it_ended(status: int) -> str:
+    """A child's wait status in words: "exit code 1", "killed by SIGKILL" (-1: already reaped elsewhere)."""
+    if status < 0:
+        return "ended (status unknown)"
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            return f"killed by {signal.Signals(sig).name}"
+        except ValueError:
+            return f"killed by signal {sig}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
 class Supervisor:
     """Handle on the worker processes: ``stop()`` drains them (SIGTERM), ``wait()`` blocks until they exit."""
 
@@ -328,8 +341,8 @@ class Supervisor:
                     for msg in inbox.read():    # what it said before it died (why it could not start)
                         self._take(pid, msg)
                     inbox.close()
-                log.error("worker exited, respawning", extra={"event": "respawn", "error": f"pid {pid} status "
-                          f"{status}, after {lived:.1f} s; replacement in {delay:.1f} s"})
+                log.error("worker exited, respawning", extra={"event": "respawn", "error": f"pid {pid} "
+                          f"{how_it_ended(status)}, after {lived:.1f} s; replacement in {delay:.1f} s"})
             for due in [d for d in self._due if d[0] <= now]:
                 self._due.remove(due)
                 self._replacements.add(self._spawn(due[1], replacement=True))

@@ -277,3 +277,20 @@ def test_a_replacement_serves_with_the_tokens_read_at_start(shared_root, facts, 
     with pytest.raises(grpc.RpcError) as e:
         s.stub().Recommend(pb.RecommendRequest(k=3), timeout=10, metadata=(("authorization", "Bearer r-new"),))
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_workers_end_is_said_in_words():
+    """The respawn log line says "exit code 3" or "killed by SIGKILL", not the raw wait status."""
+    from recserve.supervisor import how_it_ended
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(3)
+    assert how_it_ended(os.waitpid(pid, 0)[1]) == "exit code 3"
+    pid = os.fork()
+    if pid == 0:
+        signal.pause()
+        os._exit(0)
+    os.kill(pid, signal.SIGKILL)
+    assert how_it_ended(os.waitpid(pid, 0)[1]) == "killed by SIGKILL"
+    assert how_it_ended(-1) == "ended (status unknown)"
