@@ -93,14 +93,16 @@ class Metrics:
             p = self._hists[key] = _Pending(metric.labels(*labels))
         return p
 
-    def observe(self, method: str, code: str, seconds: float) -> None:
-        """One finished RPC (pending until :meth:`settle` writes it)."""
+    def observe(self, method: str, code: str, seconds: float | None) -> None:
+        """One finished RPC (pending until :meth:`settle` writes it); ``seconds`` None: counted, no latency
+        (a call refused before its method ran)."""
         key = (method, code)
         c = self._counts.get(key)
         if c is None:
             c = self._counts[key] = [self.requests.labels(method, code), 0]
         c[1] += 1
-        self._hist(self.latency, method).add(seconds)
+        if seconds is not None:
+            self._hist(self.latency, method).add(seconds)
 
     def observe_recommend(self, timings, source_counts) -> None:
         """A Recommend's stage times (ms) and merged candidates per source (pending until :meth:`settle`)."""

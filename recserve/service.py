@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import os
+import threading
 import time
 import uuid
 
@@ -278,12 +279,29 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             if e.type == pb.EVENT_TYPE_UNSPECIFIED:
                 raise InvalidArgument(f"events[{i}].type", "must be set")
             events.append(Event(e.user_id, e.item_id, int(e.type) - 1, e.timestamp))
+        abandoned = threading.Event()
         with self._rec() as rec:
-            done = await self._in_io(rec.record_events, events, _deadline(context))
-        if self.metrics is not None:
-            self.metrics.events.inc(done.accepted - done.duplicates - done.not_kept)
-            self.metrics.store_usage(*rec.store.usage())
+            write = asyncio.get_running_loop().run_in_executor(
+                self.io, rec.record_events, events, _deadline(context), abandoned.is_set)
+            try:
+                done = await asyncio.shield(write)
+            except asyncio.CancelledError:
+                # the deadline passed or the client went away while the write ran: a write that has not
+                # committed yet gives up; one that has is waited for, so what it kept is counted and said
+                abandoned.set()
+                done = await _settled(write)
+                if done is not None:
+                    self._count_events(done, rec)
+                    log.info("RecordEvents: the call ended after its write committed (%d events kept)",
+                             _kept(done), extra={"event": "write_after_cancel", "request_id": rid})
+                raise
+        self._count_events(done, rec)
         return pb.RecordEventsResponse(request_id=rid, **done._asdict())
+
+    def _count_events(self, done, rec) -> None:
+        if self.metrics is not None:
+            self.metrics.events.inc(_kept(done))
+            self.metrics.store_usage(*rec.store.usage())
 
     @rpc
     async def UpdateItems(self, request, context, rid):
@@ -294,6 +312,19 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             if self.metrics is not None:
                 self.metrics.store_usage(*rec.store.usage())
         return pb.UpdateItemsResponse(updated=updated, request_id=rid)
+
+
+def _kept(done) -> int:
+    """The events of a RecordEvents write that the store kept."""
+    return done.accepted - done.duplicates - done.not_kept
+
+
+async def _settled(future):
+    """The result of an executor future once it finishes, None when it raised (nothing was written)."""
+    try:
+        return await future
+    except Exception:  # noqa: BLE001 -- a write that gave up or failed: there is nothing to account for
+        return None
 
 
 WRITE_METHODS = {"/recserve.v1.Recommender/RecordEvents", "/recserve.v1.Recommender/UpdateItems"}
@@ -341,7 +372,7 @@ def _abort_handler(code, msg, method: str, pid: str, metrics=None):
         log.info("%s: %s", name, msg, extra={"event": "rpc_failed", "request_id": rid, "method": name,
                                             "code": code.name})
         if metrics is not None:
-            metrics.observe(name, code.name, 0.0)
+            metrics.observe(name, code.name, None)      # counted; no latency: nothing ran
             metrics.flush()
         await context.abort(code, f"{msg} (request {rid})")
 

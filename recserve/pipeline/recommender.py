@@ -503,14 +503,15 @@ class Recommender:
             raise InvalidArgument("events.item_id", f"unknown item ids: {names}")
         return out
 
-    def record_events(self, events: list[Event], deadline: float | None = None) -> Recorded:
-        """Validate and write a batch; nothing is written when ``deadline`` (monotonic) passes before the
-        commit (the client has given up: its retry will not count the events twice)."""
+    def record_events(self, events: list[Event], deadline: float | None = None, abandoned=None) -> Recorded:
+        """Validate and write a batch; nothing is written when ``deadline`` (monotonic) passes, or
+        ``abandoned()`` turns true (the call was cancelled), before the commit: the client has given up,
+        and its retry will not count the events twice."""
         if self.store is None:
             raise RuntimeError("no event store")
 
         def before_commit():
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() > deadline or abandoned is not None and abandoned():
                 raise DeadlineExceeded("write")
 
         return self.store.record(self.validate_events(events), self.known_user, before_commit)
