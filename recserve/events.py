@@ -61,6 +61,11 @@ class Recorded(NamedTuple):
     duplicates: int     # exact repeats of an event the store holds (or of one earlier in the batch): kept once
     not_kept: int       # older than the newest ``per_user`` events of their user: deleted by retention
 
+    @property
+    def kept(self) -> int:
+        """The batch's events the store now holds."""
+        return self.accepted - self.duplicates - self.not_kept
+
 
 def _holds(cur, at: bytes, value: bytes) -> bool:
     """Whether the store holds ``value`` under a key starting ``at`` (user, timestamp): at most a few keys."""

@@ -293,14 +293,14 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 if done is not None:
                     self._count_events(done, rec)
                     log.info("RecordEvents: the call ended after its write committed (%d events kept)",
-                             _kept(done), extra={"event": "write_after_cancel", "request_id": rid})
+                             done.kept, extra={"event": "write_after_cancel", "request_id": rid})
                 raise
         self._count_events(done, rec)
         return pb.RecordEventsResponse(request_id=rid, **done._asdict())
 
     def _count_events(self, done, rec) -> None:
         if self.metrics is not None:
-            self.metrics.events.inc(_kept(done))
+            self.metrics.events.inc(done.kept)
             self.metrics.store_usage(*rec.store.usage())
 
     @rpc
@@ -312,11 +312,6 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             if self.metrics is not None:
                 self.metrics.store_usage(*rec.store.usage())
         return pb.UpdateItemsResponse(updated=updated, request_id=rid)
-
-
-def _kept(done) -> int:
-    """The events of a RecordEvents write that the store kept."""
-    return done.accepted - done.duplicates - done.not_kept
 
 
 async def _settled(future):
