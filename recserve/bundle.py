@@ -306,6 +306,9 @@ class Bundle:
         if self.index.get_current_count() != self.n_items:
             raise BundleError(f"index.hnsw holds {self.index.get_current_count()} items, tables {self.n_items}")
         self.index.set_ef(int(manifest["index"].get("ef", self.params.get("ef", 100))))
+        # the end of the data the bundle was built from: it holds its users' events dated before this
+        # (the trainer's ``now``: the test cut, or one second after the newest interaction with no holdout)
+        self.data_end = float(self.tables.meta("now", manifest["training"]["cut"]))
         try:
             self.ranker_text = (path / "ranker.txt").read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:

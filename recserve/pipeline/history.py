@@ -4,9 +4,18 @@
 seeds read) and every item she consumed, however old (what "exclude consumed" drops). A long event
 history is kept per user while the event store's stamp for her is unchanged, and event item ids map to
 rows through a bounded memo, so that a heavy user costs a lookup rather than a re-read per request.
+
+The bundle holds every event of its users dated before its data end (``Bundle.data_end``, the trainer's
+``now``), the events recorded in real time and logged since included. So the history reads the store's
+events from the data end on: an event of the store dated before it is taken to be in the bundle already
+(read twice, it would weigh double and push older events out of the window), a back-dated event that never
+reached the logs included. Every stored event still counts as consumed: a set cannot hold an item twice.
+The boundary is the bundle's, so it moves with a reload: a :class:`Histories`, and the histories it keeps,
+belong to one bundle's pipeline.
 """
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 
@@ -20,11 +29,14 @@ class Histories:
     CACHE_USERS = 4096           # users whose histories are kept
     CACHE_MIN_EVENTS = 32        # real-time events below which reading them again is as cheap as a lookup
 
-    def __init__(self, tables, store, history_len: int):
-        """``tables``: the bundle's (``hist_*`` arrays, the item id map); ``store``: the event store or None."""
+    def __init__(self, tables, store, history_len: int, data_end: float = -math.inf):
+        """``tables``: the bundle's (``hist_*`` arrays, the item id map); ``store``: the event store or None;
+        ``data_end``: the bundle's data end (unix seconds): the store's events dated before it are in the
+        bundle's history already, only the later ones join it."""
         self.tables = tables
         self.store = store
         self.history_len = int(history_len)
+        self.data_end = float(data_end)
         self.indptr = tables.array("hist_indptr")
         self.items = tables.array("hist_items")
         self.ts = tables.array("hist_ts")
@@ -38,8 +50,9 @@ class Histories:
 
     def of(self, user_id: str, user_row: int | None):
         """(rows, event codes, timestamps, consumed): the newest ``history_len`` events, oldest first, from
-        the bundle history and the event store, and the sorted rows of every item in either. Read-only
-        arrays. The stamp is read before the events, so a write in between only costs a re-read."""
+        the bundle history and the store's events dated from the data end on, and the sorted rows of every
+        item in the bundle history or the store. Read-only arrays. The stamp is read before the events, so a
+        write in between only costs a re-read."""
         if self.store is None or not user_id:
             return self._read(user_id, user_row)[:4]
         stamp = self.store.user_stamp(user_id)
@@ -75,10 +88,12 @@ class Histories:
         return np.array([memo.get(i, -1) if g == -2 else g for i, g in zip(items, got)], np.int32)
 
     def _read(self, user_id: str, user_row: int | None):
-        """(rows, events, timestamps, consumed, number of real-time events) from the bundle and the event
-        store: every event the store keeps for the user (``--events-per-user``) counts as consumed, while
-        the first three hold only the newest ``history_len``."""
+        """(rows, events, timestamps, consumed, number of real-time events read) from the bundle and the
+        event store: every event the store keeps for the user (``--events-per-user``) counts as consumed,
+        while the first three hold the newest ``history_len`` of the bundle's and of the store's dated from
+        the data end on."""
         rows, ev, ts = [], [], []
+        earlier = None          # rows of the store's events dated before the data end: consumed only
         n_events = 0
         if user_row is not None:
             a, b = int(self.indptr[user_row]), int(self.indptr[user_row + 1])
@@ -91,13 +106,17 @@ class Histories:
             if items:
                 r = self.event_item_rows(items)
                 keep = r >= 0
+                before = times < self.data_end
+                if before.any():
+                    earlier = r[keep & before]
+                    keep &= ~before
                 rows.append(r[keep])
                 ev.append(types[keep])
                 ts.append(times[keep])
         if not rows:
             return (np.zeros(0, np.int32), np.zeros(0, np.int8), np.zeros(0, np.float64), np.zeros(0, np.int32), 0)
         rows, ev, ts = np.concatenate(rows), np.concatenate(ev), np.concatenate(ts)
-        consumed = CC.sorted_unique(rows)
+        consumed = CC.sorted_unique(rows if earlier is None else np.concatenate([rows, earlier]))
         if len(rows) > 1 and np.any(np.diff(ts) < 0):
             o = np.argsort(ts, kind="stable")
             rows, ev, ts = rows[o], ev[o], ts[o]

@@ -122,7 +122,7 @@ class Recommender:
         self.quotas = dict(p.get("quotas", {}))
         self.cap = int(p.get("cap", 300))
         self.history_len = int(p.get("history_len", 200))
-        self.histories = Histories(t, store, self.history_len)
+        self.histories = Histories(t, store, self.history_len, bundle.data_end)
         self._items_gen = -1
         masks = range(1 << len(self.sources))
         self._source_lists = {m: [s for i, s in enumerate(self.sources) if m >> i & 1] for m in masks} \

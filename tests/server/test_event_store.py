@@ -68,19 +68,20 @@ def test_long_event_histories_are_kept_until_the_user_writes_again(demo_bundle, 
         items = [b.tables.id_of("item", r) for r in range(0, min(b.n_items, 50))]
         user = "heavy-user"
         n = Histories.CACHE_MIN_EVENTS + 8
-        rec.record_events([Event(user, items[k % len(items)], 0, 1000.0 + k) for k in range(n)])
+        t0 = b.data_end + 1000.0           # after the bundle's data: in the history
+        rec.record_events([Event(user, items[k % len(items)], 0, t0 + k) for k in range(n)])
         first = rec.histories.of(user, None)
         again = rec.histories.of(user, None)
         assert all(a is b_ for a, b_ in zip(first, again))                  # kept: the same arrays
         assert not first[0].flags.writeable
-        np.testing.assert_array_equal(first[2], 1000.0 + np.arange(n))
+        np.testing.assert_array_equal(first[2], t0 + np.arange(n))
         # a write of the user -- even one dated before the newest event -- makes the next read fresh
-        rec.record_events([Event(user, items[7], 2, 500.0)])
+        rec.record_events([Event(user, items[7], 2, t0 - 500.0)])
         fresh = rec.histories.of(user, None)
         assert fresh[0] is not first[0] and len(fresh[0]) == n + 1
-        assert fresh[2][0] == 500.0 and fresh[1][0] == 2
+        assert fresh[2][0] == t0 - 500.0 and fresh[1][0] == 2
         # a short history is read every time (nothing kept)
-        rec.record_events([Event("light-user", items[0], 0, 1000.0)])
+        rec.record_events([Event("light-user", items[0], 0, t0)])
         a1, a2 = rec.histories.of("light-user", None), rec.histories.of("light-user", None)
         assert a1[0] is not a2[0] and "light-user" not in rec.histories._cache
 
