@@ -71,6 +71,10 @@ class Metrics:
                                     buckets=(0, 5, 10, 25, 50, 100, 200, 500, 1000, 2000), registry=r)
         self.events = Counter("recserve_events_written_total", "events made durable by RecordEvents",
                               registry=r)
+        self.events_before_data_end = Counter(
+            "recserve_events_before_data_end_total", "events of written RecordEvents batches dated before the "
+            "served bundle's data end: taken to be in the bundle, they exclude their items but move no user vector",
+            registry=r)
         self.forwarded = Counter("recserve_forwarded_total", "Recommends computed by an idle sibling worker",
                                  registry=r)
         # the event store's file, shared by the workers (the same value from each: the largest is current)

@@ -291,16 +291,22 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 abandoned.set()
                 done = await _settled(write)
                 if done is not None:
-                    self._count_events(done, rec)
+                    self._count_events(done, rec, events)
                     log.info("RecordEvents: the call ended after its write committed (%d events kept)",
                              done.kept, extra={"event": "write_after_cancel", "request_id": rid})
                 raise
-        self._count_events(done, rec)
+        self._count_events(done, rec, events)
         return pb.RecordEventsResponse(request_id=rid, **done._asdict())
 
-    def _count_events(self, done, rec) -> None:
+    def _count_events(self, done, rec, events) -> None:
         if self.metrics is not None:
             self.metrics.events.inc(done.kept)
+            # dated before the served bundle's data end: taken to be in the bundle, so they exclude their
+            # items but the user vector does not read them (a client that back-dates events sees it here)
+            end = rec.bundle.data_end
+            early = sum(0 < e.timestamp < end for e in events)
+            if early:
+                self.metrics.events_before_data_end.inc(early)
             self.metrics.store_usage(*rec.store.usage())
 
     @rpc
