@@ -240,9 +240,9 @@ ITEM_KNOWN = ("item_id", "category", "creator", "price", "created_at", "in_stock
 USER_KNOWN = ("user_id", "signup_date", "country")
 
 
-def _extra_columns(t: pa.Table, known, report: dict, what: str) -> dict[str, np.ndarray]:
+def _extra_columns(t: pa.Table, path: Path, known, report: dict, what: str) -> dict[str, np.ndarray]:
     """The table's other numeric (integer, float, decimal or boolean) columns, in file order, as float64
-    (empty, infinite or beyond float32 -> NaN: missing);
+    (integers beyond 2^53 rounded to the nearest float64; empty, infinite or beyond float32 -> NaN: missing);
     the first :data:`EXTRA_MAX`. Text columns and any beyond are listed in ``report`` as not used."""
     out: dict[str, np.ndarray] = {}
     unused = []
@@ -255,7 +255,12 @@ def _extra_columns(t: pa.Table, known, report: dict, what: str) -> dict[str, np.
         if not numeric or len(out) >= EXTRA_MAX:
             unused.append(name)
             continue
-        a = pc.cast(c, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+        try:
+            # integers through numpy: Arrow's cast refuses those beyond 2^53 (hashes, snowflake ids, ns times)
+            a = (c.to_numpy(zero_copy_only=False) if pa.types.is_integer(c.type)
+                 else pc.cast(c, pa.float64()).to_numpy(zero_copy_only=False)).astype(np.float64)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, TypeError) as exc:
+            raise DataError(f"{path.name}: column {name} cannot be read as numbers: {_reason(exc)}") from None
         a[~(np.abs(a) <= F32_MAX)] = np.nan     # beyond float32 (the ranker's type) is missing too, not inf
         out[name] = a
     report[f"{what}_feature_columns"] = list(out)
@@ -393,7 +398,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
         else np.zeros(len(item_ids))
     in_stock = (_numbers(it, ip, "in_stock") != 0).astype(np.int8) if "in_stock" in it.column_names \
         else np.ones(len(item_ids), np.int8)
-    item_extra = _extra_columns(it, ITEM_KNOWN, report, "extra_item")
+    item_extra = _extra_columns(it, ip, ITEM_KNOWN, report, "extra_item")
     files[ip.name] = {"size": ip.stat().st_size, "sha256": sha256_file(ip)}
 
     xp = find_table(d, "interactions")
@@ -446,7 +451,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
             signup[r] = _timestamps(ut, up, "signup_date", empty=np.nan)     # empty: unknown
         if "country" in ut.column_names:
             country[r] = _optional_strings(ut, up, "country")
-        for name, a in _extra_columns(ut, USER_KNOWN, report, "extra_user").items():
+        for name, a in _extra_columns(ut, up, USER_KNOWN, report, "extra_user").items():
             user_extra[name] = np.full(len(user_ids), np.nan)
             user_extra[name][r] = a
         files[up.name] = {"size": up.stat().st_size, "sha256": sha256_file(up)}

@@ -155,3 +155,32 @@ def test_columns_not_used_are_in_the_build_output_and_its_reports(tmp_path, caps
     version = resolve(tmp_path / "out2")
     assert json.loads((version / "report.json").read_text())["columns_not_used"] == {}
     assert "Input columns not used" not in (version / "report.html").read_text()
+
+
+def test_integers_beyond_two_to_the_53_are_features_not_errors(tmp_path):
+    """Hashes, snowflake ids and nanosecond times as extra columns: CSV int64 and Parquet uint64 values
+    beyond 2^53 (which Arrow's float cast refuses) are read, rounded to the nearest float64, and a build
+    of such data succeeds."""
+    import pyarrow.parquet as pq
+
+    from trainer.cli import main
+
+    data = tmp_path / "data"
+    ds0, _ = synth(60, 40, seed=7)
+    write_dataset(ds0, data)
+    users = pacsv.read_csv(data / "users.csv")
+    big = [-(2**62), 2**63 - 1] + [None] + list(range(users.num_rows - 3))
+    pacsv.write_csv(users.append_column("phone_hash", pa.array(big, pa.int64())), data / "users.csv")
+    items = pacsv.read_csv(data / "items.csv")
+    (data / "items.csv").unlink()
+    huge = [2**64 - 1, 2**53 + 1] + list(range(items.num_rows - 2))
+    pq.write_table(items.append_column("snowflake", pa.array(huge, pa.uint64())), data / "items.parquet")
+    ds = load_dataset(data)
+    rows = {u: r for r, u in enumerate(ds.user_ids)}
+    uid = users.column("user_id").to_pylist()
+    got = ds.user_extra["phone_hash"]
+    assert got[rows[str(uid[0])]] == float(-(2**62)) and got[rows[str(uid[1])]] == float(2**63 - 1)
+    assert np.isnan(got[rows[str(uid[2])]])
+    assert ds.item_extra["snowflake"][:2].tolist() == [float(2**64 - 1), float(2**53)]
+    assert main(["build", "--data", str(data), str(tmp_path / "out"), "--factors", "8", "--no-tune",
+                 "--no-evaluate", "--threads", "1", "--no-progress"]) == 0
