@@ -13,6 +13,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+# settings that name files or directories: ``~`` expanded at every level; relative ones from a config file are
+# read against the file's directory, those from flags and the environment against the working directory
+PATH_KEYS = ("bundle", "events_dir", "tls_cert", "tls_key", "tls_client_ca", "tokens_file")
 PIPELINE_KEYS = ("mmr_lambda", "max_per_creator", "cap", "candidates", "ef", "similar_ef", "ranker_engine",
                  "novelty_boost", "new_item_days")
 
@@ -106,6 +109,16 @@ def _check_env(env) -> None:
             raise ValueError(f"environment: {name} is not a recserve setting{hint}")
 
 
+def _path(name: str, value: str, base: str | None = None) -> str:
+    """A path setting as given (``~`` and ``~user`` expanded), joined to ``base`` when relative."""
+    if not value:
+        return value
+    p = os.path.expanduser(value)
+    if p.startswith("~"):
+        raise ValueError(f"{name}: cannot expand {value!r} (no such user)")
+    return os.path.join(base, p) if base is not None else p
+
+
 def load(flags: dict | None = None, env: dict | None = None, file: str | os.PathLike | None = None
          ) -> ServeConfig:
     """Merge the levels. Typos and wrong types do not pass silently: unknown keys in the TOML file,
@@ -116,6 +129,7 @@ def load(flags: dict | None = None, env: dict | None = None, file: str | os.Path
     values: dict = {}
     path = file or (flags or {}).get("config") or env.get("RECSERVE_CONFIG")
     if path:
+        path = _path("config", os.fspath(path))
         with open(path, "rb") as fh:
             try:
                 data = tomllib.load(fh)
@@ -136,18 +150,20 @@ def load(flags: dict | None = None, env: dict | None = None, file: str | os.Path
                 raise ValueError(f"config file {path}: unknown key {k!r}{hint}")
             try:
                 values[k] = _coerce(fields[k], v, typed=True)
+                if k in PATH_KEYS:
+                    values[k] = _path(k, values[k], base=os.path.dirname(os.path.abspath(path)))
             except ValueError as exc:
                 raise ValueError(f"config file {path}: {exc}") from None
     for name, f in fields.items():
         v = env.get(env_name(name))
         if v is not None and v != "":
             try:
-                values[name] = _coerce(f, v)
+                values[name] = _path(name, _coerce(f, v)) if name in PATH_KEYS else _coerce(f, v)
             except ValueError as exc:
                 raise ValueError(f"environment {env_name(name)}: {exc}") from None
     for k, v in (flags or {}).items():
         if k in fields and v is not None:
-            values[k] = _coerce(fields[k], v)
+            values[k] = _path(k, _coerce(fields[k], v)) if k in PATH_KEYS else _coerce(fields[k], v)
     cfg = ServeConfig(**values)
     cfg.log_level = cfg.log_level.upper()
     return cfg

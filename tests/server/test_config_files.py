@@ -1,0 +1,67 @@
+"""Serve settings from a TOML file, the environment and flags: paths, cap and candidates, bounds, errors."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from recserve import config as C
+from recserve.events import EventStore
+from srvutil import ROOT
+
+
+def _recserve(*args, cwd, env=None) -> subprocess.CompletedProcess:
+    """``python -m recserve.cli ARGS`` run from ``cwd`` with only the RECSERVE_* variables given."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RECSERVE_")}
+    return subprocess.run([sys.executable, "-m", "recserve.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120, env={**base, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+def test_relative_paths_in_a_config_file_are_read_from_its_directory(tmp_path):
+    """``events_dir = "../store"`` in /x/cfg/serve.toml is /x/store whatever the working directory (a
+    systemd unit runs in /); relative flags and environment values stay relative to the working directory."""
+    (tmp_path / "cfg").mkdir()
+    f = tmp_path / "cfg" / "serve.toml"
+    f.write_text('bundle = "../root"\nevents_dir = "../store"\ntls_cert = "tls/c.pem"\ntls_key = "/abs/k.pem"\n'
+                 'tls_client_ca = ""\ntokens_file = "./tokens"\n')
+    cfg = C.load({}, env={}, file=f)
+    here = str(tmp_path / "cfg")
+    assert cfg.bundle == os.path.join(here, "../root") and cfg.events_dir == os.path.join(here, "../store")
+    assert cfg.tls_cert == os.path.join(here, "tls/c.pem") and cfg.tls_key == "/abs/k.pem"
+    assert cfg.tokens_file == os.path.join(here, "./tokens") and cfg.tls_client_ca == ""
+    cfg = C.load({"events_dir": "ev"}, env={"RECSERVE_BUNDLE": "b"}, file=f)
+    assert (cfg.bundle, cfg.events_dir) == ("b", "ev")
+    EventStore(tmp_path / "store").close()
+    r = _recserve("store", "stats", "--config", str(f), cwd="/")
+    assert r.returncode == 0 and str(tmp_path / "cfg" / "../store") in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("how", ["file", "env", "flag"])
+def test_a_tilde_is_the_home_directory_not_a_directory_named_tilde(tmp_path, how):
+    """``events_dir = "~/ev"`` once opened (or created) ./~/ev in the working directory: the server ran with
+    an empty store in the wrong place."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    EventStore(home / "ev").close()
+    f = tmp_path / "serve.toml"
+    f.write_text('events_dir = "~/ev"\n')
+    args = {"file": ["--config", str(f)], "env": [], "flag": ["--events-dir=~/ev"]}[how]
+    env = {"HOME": str(home), **({"RECSERVE_EVENTS_DIR": "~/ev"} if how == "env" else {})}
+    r = _recserve("store", "stats", *args, cwd=work, env=env)
+    assert r.returncode == 0 and str(home / "ev") in r.stdout, r.stderr
+    assert not (work / "~").exists()
+    f.write_text('events_dir = "~nosuchuser-rs/ev"\n')
+    with pytest.raises(ValueError, match="events_dir: cannot expand '~nosuchuser-rs/ev' .no such user."):
+        C.load({}, env={}, file=f)
+
+
+def test_a_config_file_named_with_a_tilde_is_found(tmp_path):
+    """RECSERVE_CONFIG=~/serve.toml (no shell expands a tilde inside a variable's value)."""
+    (tmp_path / "serve.toml").write_text("workers = 3\n")
+    r = subprocess.run([sys.executable, "-c", "from recserve import config as C; print(C.load({}).workers)"],
+                       capture_output=True, text=True, cwd="/", timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path),
+                            "RECSERVE_CONFIG": "~/serve.toml"})
+    assert r.stdout.strip() == "3", r.stderr
