@@ -402,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an item counts as new for this many days after its created_at")
     s.add_argument("--candidates", type=int,
                    help="candidates ranked per request (the bundle's source quotas scaled to sum to it)")
+    s.add_argument("--cap", type=int,
+                   help="at most this many merged candidates ranked per request, the bundle's source quotas "
+                        "unchanged (--candidates sets it too; of the two, the one set at the higher level wins)")
     s.add_argument("--ef", type=int, help="HNSW search breadth of Recommend (default: the bundle's tuned ef)")
     s.add_argument("--similar-ef", dest="similar_ef", type=int,
                    help="HNSW search breadth of SimilarItems (default: the bundle's tuned similar_ef)")

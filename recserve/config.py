@@ -49,7 +49,7 @@ class ServeConfig:
     log_level: str = "INFO"
     mmr_lambda: float | None = None
     max_per_creator: int | None = None
-    cap: int | None = None
+    cap: int | None = None             # merged candidates ranked per request, the source quotas unchanged
     candidates: int | None = None      # candidates ranked per request: sets cap, source quotas scaled to it
     ef: int | None = None              # HNSW search breadth of Recommend's ANN source
     similar_ef: int | None = None      # ... and of SimilarItems (default: the bundle's tuned similar_ef)
@@ -127,6 +127,7 @@ def load(flags: dict | None = None, env: dict | None = None, file: str | os.Path
     _check_env(env)
     fields = {f.name: f for f in dataclasses.fields(ServeConfig)}
     values: dict = {}
+    level: dict = {}                    # setting -> where its value came from (_LEVELS)
     path = file or (flags or {}).get("config") or env.get("RECSERVE_CONFIG")
     if path:
         path = _path("config", os.fspath(path))
@@ -149,7 +150,7 @@ def load(flags: dict | None = None, env: dict | None = None, file: str | os.Path
                 hint = f" (did you mean {near[0]!r}?)" if near else ""
                 raise ValueError(f"config file {path}: unknown key {k!r}{hint}")
             try:
-                values[k] = _coerce(fields[k], v, typed=True)
+                values[k], level[k] = _coerce(fields[k], v, typed=True), 1
                 if k in PATH_KEYS:
                     values[k] = _path(k, values[k], base=os.path.dirname(os.path.abspath(path)))
             except ValueError as exc:
@@ -159,14 +160,31 @@ def load(flags: dict | None = None, env: dict | None = None, file: str | os.Path
         if v is not None and v != "":
             try:
                 values[name] = _path(name, _coerce(f, v)) if name in PATH_KEYS else _coerce(f, v)
+                level[name] = 2
             except ValueError as exc:
                 raise ValueError(f"environment {env_name(name)}: {exc}") from None
     for k, v in (flags or {}).items():
         if k in fields and v is not None:
             values[k] = _path(k, _coerce(fields[k], v)) if k in PATH_KEYS else _coerce(fields[k], v)
+            level[k] = 3
+    _cap_or_candidates(values, level, path)
     cfg = ServeConfig(**values)
     cfg.log_level = cfg.log_level.upper()
     return cfg
+
+
+def _cap_or_candidates(values: dict, level: dict, path) -> None:
+    """``candidates`` N sets the cap to N (and scales the source quotas to it), so ``cap`` and ``candidates``
+    are one setting for the precedence order: the one given at the higher level is kept, the other dropped;
+    both at one level contradict each other."""
+    if values.get("cap") is None or values.get("candidates") is None:
+        return
+    if level["cap"] == level["candidates"]:
+        where = {1: f"in config file {path}", 2: "in the environment (RECSERVE_CAP, RECSERVE_CANDIDATES)",
+                 3: "as flags (--cap, --candidates)"}[level["cap"]]
+        raise ValueError(f"cap and candidates are both set {where}: candidates N sets the cap to N too (with "
+                         "the source quotas scaled to it); give one")
+    del values["candidates" if level["cap"] > level["candidates"] else "cap"]
 
 
 # (lowest, highest) allowed for the numeric settings; None = unbounded on that side

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -65,3 +66,42 @@ def test_a_config_file_named_with_a_tilde_is_found(tmp_path):
                        env={**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path),
                             "RECSERVE_CONFIG": "~/serve.toml"})
     assert r.stdout.strip() == "3", r.stderr
+
+
+@pytest.mark.parametrize("flags, env, toml, kept", [
+    ({"cap": 50}, {}, "candidates = 120", {"cap": 50}),
+    ({}, {"RECSERVE_CAP": "50"}, "candidates = 120", {"cap": 50}),
+    ({"candidates": 120}, {"RECSERVE_CAP": "50"}, "", {"candidates": 120}),
+    ({}, {"RECSERVE_CANDIDATES": "120"}, "cap = 50", {"candidates": 120}),
+    ({"cap": 50}, {}, "", {"cap": 50}),
+])
+def test_cap_and_candidates_follow_the_precedence_order(bundle, tmp_path, flags, env, toml, kept):
+    """``candidates`` N sets the cap to N, so the two are one setting for the precedence order (before, a
+    ``candidates`` in the file overrode a ``cap`` flag or variable)."""
+    from recserve.pipeline.recommender import Recommender
+
+    f = tmp_path / "serve.toml"
+    f.write_text(toml + "\n")
+    overrides = C.load(flags, env=env, file=f).pipeline_overrides()
+    assert overrides == kept
+    assert Recommender(bundle, None, overrides).cap == next(iter(kept.values()))
+
+
+@pytest.mark.parametrize("flags, env, toml, says", [
+    ({}, {}, "cap = 50\ncandidates = 120", "both set in config file {f}"),
+    ({}, {"RECSERVE_CAP": "50", "RECSERVE_CANDIDATES": "120"}, "", "both set in the environment"),
+    ({"cap": 50, "candidates": 120}, {}, "", "both set as flags (--cap, --candidates)"),
+])
+def test_cap_and_candidates_at_one_level_are_refused(tmp_path, flags, env, toml, says):
+    f = tmp_path / "serve.toml"
+    f.write_text(toml + "\n")
+    with pytest.raises(ValueError, match=re.escape("cap and candidates are " + says.format(f=f))):
+        C.load(flags, env=env, file=f)
+
+
+def test_cap_is_a_serve_flag(shared_root, tmp_path):
+    r = _recserve("serve", "--help", cwd=tmp_path)
+    assert "--cap CAP" in r.stdout and "(default: the bundle's)" in r.stdout.split("--cap CAP", 1)[1]
+    r = _recserve("serve", "--bundle", str(shared_root), "--port", "0", "--cap", "0", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == \
+        "recserve serve: cap: must be in [1, 100000], got 0", r.stderr
