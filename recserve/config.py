@@ -187,7 +187,8 @@ def _cap_or_candidates(values: dict, level: dict, path) -> None:
     del values["candidates" if level["cap"] > level["candidates"] else "cap"]
 
 
-# (lowest, highest) allowed for the numeric settings; None = unbounded on that side
+# (lowest, highest) allowed for the numeric settings; None = unbounded on that side. The pipeline settings have
+# the bounds recserve._core.candidates gives a bundle's parameters of the same names (MAX_PER_CREATOR, ...)
 RANGES = {
     "port": (0, 65535), "metrics_port": (0, 65535), "workers": (0, 1024), "threads": (1, 256),
     # gRPC takes the bounds below as C ints: the two bounds on calls plus 64 must stay under 2^31
@@ -195,7 +196,7 @@ RANGES = {
     "max_message_bytes": (1024, (1 << 31) - 1),
     "reload_interval": (0, 86400), "grace": (0, 86400), "drain_delay": (0, 3600),
     "events_per_user": (1, 1 << 24), "events_map_mb": (1, 1 << 24),
-    "mmr_lambda": (0, 1), "max_per_creator": (0, None), "cap": (1, 100_000), "candidates": (1, 100_000),
+    "mmr_lambda": (0, 1), "max_per_creator": (0, 10_000), "cap": (1, 100_000), "candidates": (1, 100_000),
     "ef": (1, 1 << 20), "similar_ef": (1, 1 << 20), "novelty_boost": (0, 1000), "new_item_days": (0, 1e6),
 }
 RANKER_ENGINES = ("forest", "lightgbm")

@@ -105,3 +105,12 @@ def test_cap_is_a_serve_flag(shared_root, tmp_path):
     r = _recserve("serve", "--bundle", str(shared_root), "--port", "0", "--cap", "0", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == \
         "recserve serve: cap: must be in [1, 100000], got 0", r.stderr
+
+
+def test_max_per_creator_has_an_upper_bound(shared_root, tmp_path):
+    """A huge --max-per-creator was blamed on the bundle ("bundle refused: ... Python int too large")."""
+    r = _recserve("serve", "--bundle", str(shared_root), "--port", "0", "--max-per-creator",
+                  "99999999999999999999", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == \
+        "recserve serve: max_per_creator: must be in [0, 10000], got 99999999999999999999", r.stderr
+    assert C.validate(C.load({"max_per_creator": 10_000}, env={})).max_per_creator == 10_000
