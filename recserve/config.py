@@ -119,6 +119,47 @@ def _path(name: str, value: str, base: str | None = None) -> str:
     return os.path.join(base, p) if base is not None else p
 
 
+def _file_settings(path: str, label: str) -> dict:
+    """The settings a TOML file holds, {setting: value}, or a ValueError naming the file (``label``)."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise ValueError(f"{label}: cannot read it: {exc.strerror or exc}") from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise ValueError(f"{label}: starts with a byte order mark (BOM), which TOML does not allow: save it as "
+                         "UTF-8 without one")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ValueError(f"{label}: not UTF-8 text (byte {raw[exc.start]:#04x} on line {line})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{label}: not valid TOML: {exc}") from None
+    if "serve" in data:
+        others = sorted(k for k in data if k != "serve")
+        if others or not isinstance(data["serve"], dict):
+            raise ValueError(f"{label}: settings go either in a [serve] table or at the top "
+                             f"level, not both ({', '.join(others) or 'serve'} outside the table)")
+        data = data["serve"]
+    fields = {f.name for f in dataclasses.fields(ServeConfig)}
+    out: dict = {}
+    spelled: dict = {}
+    for key, v in data.items():
+        k = key.replace("-", "_")
+        if k not in fields:
+            import difflib
+            near = difflib.get_close_matches(k, sorted(fields), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ValueError(f"{label}: unknown key {k!r}{hint}")
+        if k in spelled:
+            raise ValueError(f"{label}: {spelled[k]!r} and {key!r} are one setting: keep one")
+        out[k], spelled[k] = v, key
+    return out
+
+
 def load(flags: dict | None = None, env: dict | None = None, file: str | os.PathLike | None = None
          ) -> ServeConfig:
     """Merge the levels. Typos and wrong types do not pass silently: unknown keys in the TOML file,
@@ -127,34 +168,23 @@ def load(flags: dict | None = None, env: dict | None = None, file: str | os.Path
     _check_env(env)
     fields = {f.name: f for f in dataclasses.fields(ServeConfig)}
     values: dict = {}
-    level: dict = {}                    # setting -> where its value came from (_LEVELS)
-    path = file or (flags or {}).get("config") or env.get("RECSERVE_CONFIG")
+    level: dict = {}                    # setting -> where its value came from: 1 file, 2 environment, 3 flag
+    path = file or (flags or {}).get("config")
+    label = f"config file {path}"
+    if not path and env.get("RECSERVE_CONFIG"):
+        path = env["RECSERVE_CONFIG"]
+        label = f"config file {path} (from RECSERVE_CONFIG)"
     if path:
-        path = _path("config", os.fspath(path))
-        with open(path, "rb") as fh:
-            try:
-                data = tomllib.load(fh)
-            except tomllib.TOMLDecodeError as exc:
-                raise ValueError(f"config file {path}: not valid TOML: {exc}") from None
-        if "serve" in data:
-            others = sorted(k for k in data if k != "serve")
-            if others or not isinstance(data["serve"], dict):
-                raise ValueError(f"config file {path}: settings go either in a [serve] table or at the top "
-                                 f"level, not both ({', '.join(others) or 'serve'} outside the table)")
-            data = data["serve"]
-        for k, v in data.items():
-            k = k.replace("-", "_")
-            if k not in fields:
-                import difflib
-                near = difflib.get_close_matches(k, sorted(fields), n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
-                raise ValueError(f"config file {path}: unknown key {k!r}{hint}")
+        path = os.path.expanduser(os.fspath(path))
+        if path.startswith("~"):
+            raise ValueError(f"{label}: cannot expand {path!r} (no such user)")
+        for k, v in _file_settings(path, label).items():
             try:
                 values[k], level[k] = _coerce(fields[k], v, typed=True), 1
                 if k in PATH_KEYS:
                     values[k] = _path(k, values[k], base=os.path.dirname(os.path.abspath(path)))
             except ValueError as exc:
-                raise ValueError(f"config file {path}: {exc}") from None
+                raise ValueError(f"{label}: {exc}") from None
     for name, f in fields.items():
         v = env.get(env_name(name))
         if v is not None and v != "":

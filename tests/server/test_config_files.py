@@ -114,3 +114,26 @@ def test_max_per_creator_has_an_upper_bound(shared_root, tmp_path):
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == \
         "recserve serve: max_per_creator: must be in [0, 10000], got 99999999999999999999", r.stderr
     assert C.validate(C.load({"max_per_creator": 10_000}, env={})).max_per_creator == 10_000
+
+
+@pytest.mark.parametrize("content, how, says", [
+    (None, "flag", "config file {f}: cannot read it: No such file or directory"),
+    (None, "env", "config file {f} (from RECSERVE_CONFIG): cannot read it: No such file or directory"),
+    ("dir", "env", "config file {f} (from RECSERVE_CONFIG): cannot read it: Is a directory"),
+    (b"workers = 1\n# caf\xe9\n", "flag", "config file {f}: not UTF-8 text (byte 0xe9 on line 2)"),
+    (b"\xef\xbb\xbfworkers = 1\n", "env", "config file {f} (from RECSERVE_CONFIG): starts with a byte order mark"),
+    (b"cpu-affinity = 'off'\ncpu_affinity = 'auto'\n", "flag",
+     "config file {f}: 'cpu-affinity' and 'cpu_affinity' are one setting: keep one"),
+])
+def test_config_file_errors_name_the_file(shared_root, tmp_path, content, how, says):
+    """Each is one line naming the file and where its name came from (before: a bare "[Errno 2] ...", or a
+    codec error naming no file); a key spelled both ways was read, the last one winning."""
+    f = tmp_path / "serve.toml"
+    if content == "dir":
+        f.mkdir()
+    elif content is not None:
+        f.write_bytes(content)
+    args, env = (["--config", str(f)], {}) if how == "flag" else ([], {"RECSERVE_CONFIG": str(f)})
+    r = _recserve("serve", "--bundle", str(shared_root), "--port", "0", *args, cwd=tmp_path, env=env)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and last.startswith("recserve serve: " + says.format(f=f)), r.stderr
