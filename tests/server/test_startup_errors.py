@@ -34,7 +34,7 @@ def reason(p: subprocess.CompletedProcess) -> str:
     (["--tls-cert", "/no/such.crt", "--tls-key", "/no/such.key"], "tls_cert: cannot read"),
     (["--mmr-lambda", "3"], "mmr_lambda: must be in [0, 1]"),
     (["--port", "56123", "--metrics-port", "56123"], "metrics_port: 56123 is the gRPC port too"),
-    (["--max-per-creator", "-1"], "max_per_creator: must be >= 0"),
+    (["--max-per-creator", "-1"], "max_per_creator: must be in [0, 10000]"),
     (["--novelty-boost", "nan"], "novelty_boost: must be a finite number"),
     (["--candidates", "-5"], "candidates: must be in [1, 100000]"),
     (["--ef", "-1"], "ef: must be in [1, 1048576]"),
