@@ -105,17 +105,18 @@ def find_table(data_dir: Path, stem: str, required: bool = True) -> Path | None:
 
 
 def read_table(path: Path) -> pa.Table:
-    """A CSV or Parquet file as an Arrow table; CSV id columns (:data:`ID_COLUMNS`) are read as text."""
+    """A CSV or Parquet file as an Arrow table; CSV id columns (:data:`ID_COLUMNS`) are read as bytes, so that
+    text that is not UTF-8 is refused naming its column and row (:func:`_as_text`), never parsed as numbers."""
     try:
         if path.suffix in (".parquet", ".pq"):
-            _no_duplicate_columns(path, pq.read_schema(path).names)     # pyarrow's read fails on them
+            _no_duplicate_columns(path, _names(pq.read_schema(path), path))     # pyarrow's read fails on them
             t = pq.read_table(path)
         else:
             if path.stat().st_size == 0:
                 raise DataError(f"{path.name}: empty file")
             # pyarrow ignores column_types entries for columns the file does not have
             opts = pacsv.ConvertOptions(strings_can_be_null=False,
-                                        column_types={c: pa.string() for c in ID_COLUMNS})
+                                        column_types={c: pa.binary() for c in ID_COLUMNS})
             t = pacsv.read_csv(path, convert_options=opts)
     except DataError:
         raise
@@ -123,8 +124,20 @@ def read_table(path: Path) -> pa.Table:
         raise DataError(f"{path.name}: cannot parse: {str(exc).splitlines()[0]}") from None
     if t.num_rows == 0:
         raise DataError(f"{path.name}: empty file (no rows)")
-    _no_duplicate_columns(path, t.column_names)
+    _no_duplicate_columns(path, _names(t.schema, path))
     return t
+
+
+def _names(schema: pa.Schema, path: Path) -> list[str]:
+    """The column names; one that is not UTF-8 is refused with its place in the header."""
+    names = []
+    for i in range(len(schema)):
+        try:
+            names.append(schema.field(i).name)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path.name}: the name of column {i + 1} is not UTF-8 text: {exc.object[:60]!r}") \
+                from None
+    return names
 
 
 def _no_duplicate_columns(path: Path, names: list[str]) -> None:
@@ -337,7 +350,8 @@ def _timestamps(t: pa.Table, path: Path, col: str, empty: float | None = None) -
         try:
             c = pc.utf8_trim_whitespace(pc.cast(c, pa.string()))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise DataError(f"{path.name}: column {col} has unparsable timestamps") from None
+            why = _not_utf8(c) if pa.types.is_binary(c.type) else None
+            raise DataError(f"{path.name}: column {col} {why or 'has unparsable timestamps'}") from None
         c = pc.if_else(pc.equal(c, ""), pa.scalar(None, pa.string()), c)   # an empty CSV cell read as text
         out = _text_timestamps(c)
     nulls = pc.is_null(c).to_numpy(zero_copy_only=False)

@@ -427,3 +427,34 @@ def test_a_bundle_version_is_refused_as_an_output_root(demo_bundle, small_data, 
     assert "is a bundle version, not a data directory" in capsys.readouterr().err
     assert sorted(p.name for p in version.iterdir()) == before
     assert main(["verify", str(root)]) == 0
+
+
+@pytest.mark.parametrize("fname, col, bad, says", [
+    ("items.csv", None, b"t\xe9tle", "items.csv: the name of column {n} is not UTF-8 text: b't\\xe9tle'"),
+    ("items.csv", "item_id", b"i\xff0", "items.csv: column item_id is not UTF-8 text: row 1 holds b'i\\xff0'"),
+    ("interactions.csv", "item_id", b"i\xff0",
+     "interactions.csv: column item_id is not UTF-8 text: row 1 holds b'i\\xff0'"),
+    ("items.csv", "category", b"caf\xe9", "items.csv: column category is not UTF-8 text: row 1 holds b'caf\\xe9'"),
+    ("interactions.csv", "event", b"vi\xe9w",
+     "interactions.csv: column event is not UTF-8 text: row 1 holds b'vi\\xe9w'"),
+    ("items.csv", "created_at", b"2024\xe9-01-01",
+     "items.csv: column created_at is not UTF-8 text: row 1 holds b'2024\\xe9-01-01'"),
+])
+def test_csv_text_that_is_not_utf8_is_named_by_file_column_and_row(small_data, tmp_path, capsys, fname, col, bad,
+                                                                    says):
+    """Latin-1 bytes in a CSV header or in an id or name column: one line naming the file, the column and the
+    row (before: a bare codec error naming no file, or pyarrow's "CSV column #0" with no row)."""
+    d = _copy(small_data, tmp_path)
+    lines = (d / fname).read_bytes().split(b"\n")
+    head = lines[0].split(b",")
+    if col is None:                     # a new column whose name is not UTF-8
+        lines = [lines[0] + b"," + bad] + [x + b",1" if x else x for x in lines[1:]]
+    else:
+        k = [h.strip(b'"') for h in head].index(col.encode())
+        row = lines[1].split(b",")
+        row[k] = bad
+        lines[1] = b",".join(row)
+    (d / fname).write_bytes(b"\n".join(lines))
+    assert main(["build", "--data", str(d), "--no-progress", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "recserve-train: error: " + says.format(n=len(head) + 1), err
