@@ -94,6 +94,13 @@ TABLE_EXTENSIONS = (".parquet", ".pq", ".csv", ".csv.gz")     # the forms a tabl
 
 
 def find_table(data_dir: Path, stem: str, required: bool = True) -> Path | None:
+    """The file of table ``stem`` in ``data_dir``; a directory or a broken link under a table's name is an
+    error, not an absent table (an optional table would be skipped without a word)."""
+    for p in (data_dir / f"{stem}{ext}" for ext in TABLE_EXTENSIONS):
+        if os.path.lexists(p) and not p.is_file():
+            what = ("a directory" if p.is_dir() else "a symbolic link to nothing" if not p.exists()
+                    else "not a regular file")
+            raise DataError(f"{data_dir}: {p.name} is {what}, not a data file")
     found = [p for p in (data_dir / f"{stem}{ext}" for ext in TABLE_EXTENSIONS) if p.is_file()]
     if len(found) > 1:
         raise DataError(f"{data_dir}: both {' and '.join(p.name for p in found)}: keep one")

@@ -458,3 +458,34 @@ def test_csv_text_that_is_not_utf8_is_named_by_file_column_and_row(small_data, t
     assert main(["build", "--data", str(d), "--no-progress", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "recserve-train: error: " + says.format(n=len(head) + 1), err
+
+
+@pytest.mark.parametrize("name, make, says", [
+    ("users.csv", "dir", "users.csv is a directory, not a data file"),
+    ("items.csv", "dir", "items.csv is a directory, not a data file"),
+    ("items.csv.gz", "dangling", "items.csv.gz is a symbolic link to nothing, not a data file"),
+    ("users.parquet", "dangling", "users.parquet is a symbolic link to nothing, not a data file"),
+    ("interactions.pq", "fifo", "interactions.pq is not a regular file, not a data file"),
+])
+def test_a_table_name_that_is_not_a_file_is_refused(small_data, tmp_path, capsys, name, make, says):
+    """Before: a users.csv directory was skipped (a bundle without user metadata, no word said), an items.csv
+    directory was "no items.csv" and one beside items.parquet let the Parquet file be read."""
+    import os
+
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    d = _copy(small_data, tmp_path)
+    p = d / name
+    if name == "items.csv":             # the table as a readable Parquet file beside the directory
+        pq.write_table(pacsv.read_csv(p), d / "items.parquet")
+    if name.endswith(".csv"):
+        p.unlink()
+    if make == "dir":
+        p.mkdir()
+    elif make == "dangling":
+        p.symlink_to(d / "nowhere")
+    else:
+        os.mkfifo(p)
+    assert main(["build", "--data", str(d), "--no-progress", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"recserve-train: error: {d}: {says}"
