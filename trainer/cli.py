@@ -189,7 +189,10 @@ def _run(args) -> int:
         if bad_out:
             return _fail(bad_out, 2)
         timer = Timer()
-        with timer("load"):
+        # without progress bars (not a terminal, --no-progress), a build that fails on its data prints only the
+        # reason: the load step's lines (in the summary anyway) would come before it; the checks that follow
+        # in build() run before its first step line
+        with timer("load", quiet=not progress.enabled()):
             ds = load_dataset(args.data, drop_unknown=args.drop_unknown)
         if ds.report.get("dropped_unknown_items"):
             print(f"dropped {ds.report['dropped_unknown_items']} interaction(s) with unknown items", file=sys.stderr)

@@ -14,15 +14,17 @@ class Timer:
         self._prefix = ""
 
     @contextmanager
-    def __call__(self, name: str):
+    def __call__(self, name: str, quiet: bool = False):
+        """Time the block as step ``name``; ``quiet``: only in the summary, no lines as it starts and ends."""
         t = time.perf_counter()
         full = self._prefix + name
-        if self.verbose:
+        verbose = self.verbose and not quiet
+        if verbose:
             print(f"[{full}] ...", file=self.stream or sys.stderr, flush=True)
         yield
         dt = time.perf_counter() - t
         self.steps.append((full, dt))
-        if self.verbose:
+        if verbose:
             print(f"[{full}] {dt:.2f}s", file=self.stream or sys.stderr, flush=True)
 
     @contextmanager

@@ -489,3 +489,23 @@ def test_a_table_name_that_is_not_a_file_is_refused(small_data, tmp_path, capsys
         os.mkfifo(p)
     assert main(["build", "--data", str(d), "--no-progress", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"recserve-train: error: {d}: {says}"
+
+
+def test_a_build_that_fails_on_its_data_prints_only_the_reason(small_data, tmp_path):
+    """Without progress (a pipe, --no-progress) the one line is the whole of stderr: no "[load] ..." first.
+    With --progress the step line still shows what is running."""
+    from cliutil import run_cli
+
+    d = _copy(small_data, tmp_path)
+    _edit(d / "items.csv", lambda l: _replace_col(l, "price", "cheap"))
+    for flags in ([], ["--no-progress"]):
+        p = run_cli("build", "--data", d, *flags, tmp_path / "out")
+        assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+        assert p.stderr.startswith("recserve-train: error: items.csv: column price is not numeric"), p.stderr
+    p = run_cli("build", "--data", d, "--progress", tmp_path / "out")
+    assert p.returncode == 2 and p.stderr.splitlines()[0] == "[load] ...", p.stderr
+    tiny = tmp_path / "tiny"             # refused after loading, by the build's own checks
+    shutil.copytree(small_data, tiny)
+    _edit(tiny / "interactions.csv", lambda l: l[:40])
+    p = run_cli("build", "--data", tiny, tmp_path / "out")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "too little training data" in p.stderr, p.stderr
