@@ -137,3 +137,30 @@ def test_config_file_errors_name_the_file(shared_root, tmp_path, content, how, s
     r = _recserve("serve", "--bundle", str(shared_root), "--port", "0", *args, cwd=tmp_path, env=env)
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 2 and last.startswith("recserve serve: " + says.format(f=f)), r.stderr
+
+
+def test_every_setting_has_a_flag_a_variable_and_a_file_key_named_alike(tmp_path):
+    """The naming rule the README gives: setting ``max_per_creator`` is flag ``--max-per-creator``, variable
+    ``RECSERVE_MAX_PER_CREATOR`` and key ``max_per_creator`` or ``max-per-creator`` in the file."""
+    import dataclasses
+
+    from recserve.cli import build_parser
+
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    flags = {opt: a.dest for a in serve._actions for opt in a.option_strings}
+    for f in dataclasses.fields(C.ServeConfig):
+        flag = "--" + f.name.replace("_", "-")
+        assert flags.get(flag) == f.name, flag
+        assert C.env_name(f.name) == "RECSERVE_" + f.name.upper()
+    (tmp_path / "a.toml").write_text("max-per-creator = 2\n")
+    (tmp_path / "b.toml").write_text("[serve]\nmax_per_creator = 2\n")
+    for name in ("a.toml", "b.toml"):
+        assert C.load({}, env={}, file=tmp_path / name).max_per_creator == 2
+
+
+def test_an_empty_value_is_unset_in_the_environment_but_clears_as_a_flag(tmp_path):
+    f = tmp_path / "serve.toml"
+    f.write_text('tokens_file = "/etc/tokens"\n')
+    assert C.load({}, env={"RECSERVE_TOKENS_FILE": ""}, file=f).tokens_file == "/etc/tokens"
+    assert C.load({"tokens_file": ""}, env={}, file=f).tokens_file == ""
+    assert C.load({"config": ""}, env={"RECSERVE_CONFIG": str(f)}).tokens_file == "/etc/tokens"
