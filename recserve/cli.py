@@ -354,33 +354,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bundle", help="bundle root (holding CURRENT) or one bundle version directory")
     s.add_argument("--config", help="TOML file (flags > RECSERVE_* env > file > bundle defaults; default: none)")
     s.add_argument("--host", help="address to listen on (0.0.0.0 for every interface)")
-    s.add_argument("--port", type=int, help="gRPC port (0: a free one, printed)")
-    s.add_argument("--workers", type=int, help="worker processes sharing the port (0: serve in this one process, "
+    s.add_argument("--port", type=C.integer, help="gRPC port (0: a free one, printed)")
+    s.add_argument("--workers", type=C.integer, help="worker processes sharing the port (0: serve in this one process, "
                                                 "no supervisor, for debugging)")
-    s.add_argument("--threads", type=int, help="threads per worker for event-store writes and bundle loads")
+    s.add_argument("--threads", type=C.integer, help="threads per worker for event-store writes and bundle loads")
     s.add_argument("--cpu-affinity", dest="cpu_affinity",
                    help="auto (default: worker i on the i-th CPU when workers <= CPUs), off, or a list 0,1")
-    s.add_argument("--max-concurrent-rpcs", dest="max_concurrent_rpcs", type=int,
+    s.add_argument("--max-concurrent-rpcs", dest="max_concurrent_rpcs", type=C.integer,
                    help="calls in flight per worker; beyond it RESOURCE_EXHAUSTED")
-    s.add_argument("--max-health-watches", dest="max_health_watches", type=int,
+    s.add_argument("--max-health-watches", dest="max_health_watches", type=C.integer,
                    help="open health Watch streams per worker; beyond it RESOURCE_EXHAUSTED")
-    s.add_argument("--max-message-bytes", dest="max_message_bytes", type=int,
+    s.add_argument("--max-message-bytes", dest="max_message_bytes", type=C.integer,
                    help="largest request or response message")
-    s.add_argument("--share-work", dest="share_work", type=int, choices=[0, 1],
+    s.add_argument("--share-work", dest="share_work", type=C.integer, choices=[0, 1],
                    help="1 (default): a Recommend that would wait for its busy worker runs on an idle "
                         "sibling worker; 0: each worker computes its own calls")
-    s.add_argument("--reload-interval", dest="reload_interval", type=float,
+    s.add_argument("--reload-interval", dest="reload_interval", type=C.number,
                    help="seconds between polls of CURRENT; 0 turns hot reload off (SIGHUP still reloads)")
-    s.add_argument("--grace", type=float, help="seconds in-flight calls get to finish after SIGTERM")
-    s.add_argument("--drain-delay", dest="drain_delay", type=float,
+    s.add_argument("--grace", type=C.number, help="seconds in-flight calls get to finish after SIGTERM")
+    s.add_argument("--drain-delay", dest="drain_delay", type=C.number,
                    help="seconds to keep serving after SIGTERM with health NOT_SERVING, before new calls "
                         "are refused (default 0)")
     s.add_argument("--events-dir", dest="events_dir",
                    help="the real-time event store's directory (default: <bundle root>/events)")
-    s.add_argument("--events-per-user", dest="events_per_user", type=int,
+    s.add_argument("--events-per-user", dest="events_per_user", type=C.integer,
                    help="real-time events kept per user, the oldest dropped beyond it (default 1000; keep it "
                         "at or above the bundles' history_len)")
-    s.add_argument("--events-map-mb", dest="events_map_mb", type=int,
+    s.add_argument("--events-map-mb", dest="events_map_mb", type=C.integer,
                    help="the event store's LMDB map size in MiB (address space; the file grows as used; "
                         "default 65536); the same in every process that opens the store")
     s.add_argument("--tls-cert", dest="tls_cert", help="PEM certificate chain: turns on TLS, with --tls-key")
@@ -389,24 +389,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CA of the client certificates: turns on mutual TLS")
     s.add_argument("--tokens-file", dest="tokens_file",
                    help="bearer tokens, one 'read|write TOKEN' per line (default: no auth)")
-    s.add_argument("--metrics-port", dest="metrics_port", type=int,
+    s.add_argument("--metrics-port", dest="metrics_port", type=C.integer,
                    help="Prometheus metrics port (0: no metrics endpoint)")
     s.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL")
-    s.add_argument("--mmr-lambda", dest="mmr_lambda", type=float,
+    s.add_argument("--mmr-lambda", dest="mmr_lambda", type=C.number,
                    help="default MMR relevance weight in [0, 1] of calls that do not set one")
-    s.add_argument("--max-per-creator", dest="max_per_creator", type=int,
+    s.add_argument("--max-per-creator", dest="max_per_creator", type=C.integer,
                    help="default cap of items per creator in one answer (0: no cap)")
-    s.add_argument("--novelty-boost", dest="novelty_boost", type=float,
+    s.add_argument("--novelty-boost", dest="novelty_boost", type=C.number,
                    help="added to the [0, 1] relevance of items created within --new-item-days (default off)")
-    s.add_argument("--new-item-days", dest="new_item_days", type=float,
+    s.add_argument("--new-item-days", dest="new_item_days", type=C.number,
                    help="an item counts as new for this many days after its created_at")
-    s.add_argument("--candidates", type=int,
+    s.add_argument("--candidates", type=C.integer,
                    help="candidates ranked per request (the bundle's source quotas scaled to sum to it)")
-    s.add_argument("--cap", type=int,
+    s.add_argument("--cap", type=C.integer,
                    help="at most this many merged candidates ranked per request, the bundle's source quotas "
                         "unchanged (--candidates sets it too; of the two, the one set at the higher level wins)")
-    s.add_argument("--ef", type=int, help="HNSW search breadth of Recommend (default: the bundle's tuned ef)")
-    s.add_argument("--similar-ef", dest="similar_ef", type=int,
+    s.add_argument("--ef", type=C.integer, help="HNSW search breadth of Recommend (default: the bundle's tuned ef)")
+    s.add_argument("--similar-ef", dest="similar_ef", type=C.integer,
                    help="HNSW search breadth of SimilarItems (default: the bundle's tuned similar_ef)")
     s.add_argument("--ranker-engine", dest="ranker_engine", choices=["forest", "lightgbm"],
                    help="ranker evaluator: the Cython forest (default) or LightGBM's Booster.predict")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import socket
 import tomllib
 from dataclasses import dataclass
@@ -61,6 +62,28 @@ class ServeConfig:
         return {k: getattr(self, k) for k in PIPELINE_KEYS if getattr(self, k) is not None}
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(inf|infinity|nan)", re.IGNORECASE)
+
+
+def integer(text) -> int:
+    """A decimal integer in ASCII digits, blanks around it allowed: not ``1_0``, ``0x10`` or ``٣`` (int()
+    takes the first and the last). The type of the serve flags and environment variables that are integers."""
+    s = str(text).strip()
+    if not _INTEGER.fullmatch(s):
+        raise ValueError(f"not a decimal integer: {text!r}")
+    return int(s)
+
+
+def number(text) -> float:
+    """A decimal number in ASCII digits (``1.5``, ``-2``, ``1e-3``; ``inf`` and ``nan`` are read, and refused
+    by :func:`validate` where a setting must be finite): not ``1_0`` or ``0x1p3``."""
+    s = str(text).strip()
+    if not _NUMBER.fullmatch(s):
+        raise ValueError(f"not a decimal number: {text!r}")
+    return float(s)
+
+
 def _coerce(f: dataclasses.Field, value, typed: bool = False):
     """``value`` as the field's type. Text (environment, flags) is parsed; a TOML value (``typed``) must
     already have the type: ``workers = 1.9`` or ``tls_cert = false`` is an error, not 1 or "False"."""
@@ -77,9 +100,9 @@ def _coerce(f: dataclasses.Field, value, typed: bool = False):
         return float(value) if t == "float" else value
     try:
         if t == "int":
-            return int(value)
+            return integer(value)
         if t == "float":
-            return float(value)
+            return number(value)
         return str(value)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{f.name}: cannot read {value!r} as {_TYPE_NAMES[t]}") from exc

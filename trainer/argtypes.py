@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from recserve.config import integer, number as decimal_number
+
 SEED_MAX = 2**31 - 1        # LightGBM's and hnswlib's seeds are 32-bit
 
 
@@ -21,7 +23,7 @@ def number(kind: type = int, low: float | None = None, high: float | None = None
     most ``high``."""
     def parse(text: str):
         try:
-            v = kind(text)
+            v = (integer if kind is int else decimal_number)(text)      # decimal only: not 1_0, 0x10 or ٣
         except ValueError:
             raise argparse.ArgumentTypeError(f"{'an integer' if kind is int else 'a number'}, not {text!r}") \
                 from None

@@ -363,7 +363,8 @@ def _timestamps(t: pa.Table, path: Path, col: str, empty: float | None = None) -
         out = _text_timestamps(c)
     nulls = pc.is_null(c).to_numpy(zero_copy_only=False)
     if nulls.any() and empty is None:
-        raise DataError(f"{path.name}: column {col} has {int(nulls.sum())} empty timestamp(s)")
+        raise DataError(f"{path.name}: column {col} has {int(nulls.sum())} missing timestamp(s) (empty, or a null "
+                        f"such as NA, NaN or null), first in row {int(np.argmax(nulls)) + 1}")
     for bad, what in ((~np.isfinite(out) & ~nulls, "unparsable timestamp(s)"),
                       (out > MAX_TIMESTAMP, "timestamp(s) after the year 9999"),
                       (out < MIN_TIMESTAMP, "timestamp(s) before the year 1")):

@@ -164,3 +164,23 @@ def test_an_empty_value_is_unset_in_the_environment_but_clears_as_a_flag(tmp_pat
     assert C.load({}, env={"RECSERVE_TOKENS_FILE": ""}, file=f).tokens_file == "/etc/tokens"
     assert C.load({"tokens_file": ""}, env={}, file=f).tokens_file == ""
     assert C.load({"config": ""}, env={"RECSERVE_CONFIG": str(f)}).tokens_file == "/etc/tokens"
+
+
+@pytest.mark.parametrize("text", ["1_0", "\u0663", "0x10", "1e1", "+", " 1 2 "])
+def test_integer_settings_are_decimal_ascii_digits(text):
+    """int() read RECSERVE_WORKERS=1_0 as 10 and an Arabic-Indic 3 as 3."""
+    says = f"environment RECSERVE_WORKERS: workers: cannot read {text!r} as an integer"
+    with pytest.raises(ValueError, match=re.escape(says)):
+        C.load({}, env={"RECSERVE_WORKERS": text})
+
+
+def test_number_settings_are_decimal_ascii_digits(tmp_path):
+    for good, v in (("3", 3), (" -2 ", -2), ("+7", 7)):
+        assert C.load({}, env={"RECSERVE_PORT": good}).port == v
+    for good, v in (("1.5", 1.5), (".5", 0.5), ("1e-3", 1e-3), ("2.", 2.0)):
+        assert C.load({}, env={"RECSERVE_GRACE": good}).grace == v
+    for bad in ("1_0.5", "0x1p3", "\u0663.5", "1,5"):
+        with pytest.raises(ValueError, match="RECSERVE_GRACE: grace: cannot read"):
+            C.load({}, env={"RECSERVE_GRACE": bad})
+    r = _recserve("serve", "--workers", "1_0", cwd=tmp_path)
+    assert r.returncode == 2 and "argument --workers: invalid integer value: '1_0'" in r.stderr, r.stderr

@@ -509,3 +509,22 @@ def test_a_build_that_fails_on_its_data_prints_only_the_reason(small_data, tmp_p
     _edit(tiny / "interactions.csv", lambda l: l[:40])
     p = run_cli("build", "--data", tiny, tmp_path / "out")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "too little training data" in p.stderr, p.stderr
+
+
+def test_a_null_timestamp_is_not_called_empty(small_data, tmp_path, capsys):
+    """pyarrow reads NA, NaN and null in a CSV as nulls: the message said "1 empty timestamp(s)" of a cell
+    that was not empty."""
+    d = _copy(small_data, tmp_path)
+    _edit(d / "interactions.csv", lambda l: _replace_col(l, "timestamp", "NaN", row=3))
+    assert main(["build", "--data", str(d), "--no-progress", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "recserve-train: error: interactions.csv: column timestamp has 1 missing timestamp(s) (empty, or a null "
+        "such as NA, NaN or null), first in row 3")
+
+
+@pytest.mark.parametrize("flag, value", [("--threads", "1_0"), ("--seed", "\u0663"), ("--holdout", "0.0_5"),
+                                         ("--factors", "1_6")])
+def test_numeric_arguments_are_decimal(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["build", "--data", str(tmp_path), flag, value, str(tmp_path / "out")])
+    assert exc.value.code == 2 and f"argument {flag}: " in capsys.readouterr().err
