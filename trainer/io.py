@@ -107,7 +107,7 @@ def find_table(data_dir: Path, stem: str, required: bool = True) -> Path | None:
     if found:
         return found[0]
     if required:
-        raise DataError(f"{data_dir}: no {stem}.csv, {stem}.csv.gz or {stem}.parquet")
+        raise DataError(f"{data_dir}: no {stem}.csv, {stem}.csv.gz, {stem}.parquet or {stem}.pq")
     return None
 
 
@@ -150,13 +150,18 @@ def _names(schema: pa.Schema, path: Path) -> list[str]:
 def _no_duplicate_columns(path: Path, names: list[str]) -> None:
     twice = sorted(c for c in set(names) if names.count(c) > 1)
     if twice:
-        raise DataError(f"{path.name}: duplicate column(s) {', '.join(twice)}")
+        raise DataError(f"{path.name}: duplicate column(s) {_quoted(twice)}")
 
 
 def need_columns(t: pa.Table, path: Path, cols: list[str]) -> None:
     missing = [c for c in cols if c not in t.column_names]
     if missing:
-        raise DataError(f"{path.name}: missing column(s) {', '.join(missing)} (has {', '.join(t.column_names)})")
+        raise DataError(f"{path.name}: missing column(s) {_quoted(missing)} (has {_quoted(t.column_names)})")
+
+
+def _quoted(names) -> str:
+    """Names as a message lists them, each quoted: 'view ', '' and 'a, b' are told apart."""
+    return ", ".join(repr(str(n)) for n in names)
 
 
 def _as_text(c: pa.ChunkedArray, path: Path, col: str) -> pa.ChunkedArray:
@@ -258,6 +263,7 @@ def _numbers(t: pa.Table, path: Path, col: str, allow_nan=False) -> np.ndarray:
 EXTRA_MAX = 32     # extra numeric columns per table that become ranker features
 ITEM_KNOWN = ("item_id", "category", "creator", "price", "created_at", "in_stock")
 USER_KNOWN = ("user_id", "signup_date", "country")
+INTERACTION_KNOWN = ("user_id", "item_id", "timestamp", "event", "value")     # any other column is not used
 
 
 def _extra_columns(t: pa.Table, path: Path, known, report: dict, what: str) -> dict[str, np.ndarray]:
@@ -280,7 +286,7 @@ def _extra_columns(t: pa.Table, path: Path, known, report: dict, what: str) -> d
             a = (c.to_numpy(zero_copy_only=False) if pa.types.is_integer(c.type)
                  else pc.cast(c, pa.float64()).to_numpy(zero_copy_only=False)).astype(np.float64)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, TypeError) as exc:
-            raise DataError(f"{path.name}: column {name} cannot be read as numbers: {_reason(exc)}") from None
+            raise DataError(f"{path.name}: column {name!r} cannot be read as numbers: {_reason(exc)}") from None
         a[~(np.abs(a) <= F32_MAX)] = np.nan     # beyond float32 (the ranker's type) is missing too, not inf
         out[name] = a
     report[f"{what}_feature_columns"] = list(out)
@@ -391,7 +397,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
     """Read and validate a data directory. Raises :class:`DataError` with a one-line reason."""
     d = Path(data_dir)
     if not d.is_dir():
-        raise DataError(f"{d}: not a directory")
+        raise DataError(f"{d}: " + ("not a directory" if d.exists() else "does not exist"))
     report: dict = {}
     files: dict = {}
 
@@ -426,6 +432,9 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
     xp = find_table(d, "interactions")
     xt = read_table(xp)
     need_columns(xt, xp, ["user_id", "item_id", "timestamp", "event"])
+    others = [c for c in xt.column_names if c not in INTERACTION_KNOWN]
+    if others:          # kept in the report as the item and user tables' unused columns are
+        report["extra_interaction_columns_not_used"] = others
     x_user = _strings(xt, xp, "user_id", allow_empty=False, is_id=True)
     x_item = _strings(xt, xp, "item_id", allow_empty=False)
     ts = _timestamps(xt, xp, "timestamp")
@@ -434,7 +443,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
     ev = _codes(ev_str, ev_vocab)
     if (ev < 0).any():
         bad = np.unique(ev_str[ev < 0])
-        raise DataError(f"{xp.name}: unknown event(s) {', '.join(map(str, bad[:5]))} (expected {'/'.join(EVENTS)})")
+        raise DataError(f"{xp.name}: unknown event(s) {_quoted(bad[:5])} (expected {'/'.join(EVENTS)})")
     value = _numbers(xt, xp, "value", allow_nan=True).astype(np.float32) if "value" in xt.column_names \
         else np.full(len(ts), np.nan, np.float32)
     item_row = _codes(x_item, item_ids)

@@ -66,7 +66,7 @@ def _read_csv(path: Path, text: tuple[str, ...], header: bool = True, **options)
         raise DataError(f"{path.name}: cannot parse: {str(exc).splitlines()[0]}") from None
     twice = sorted(c for c in set(t.column_names) if t.column_names.count(c) > 1)
     if twice:
-        raise DataError(f"{path.name}: duplicate column(s) {', '.join(twice)}")
+        raise DataError(f"{path.name}: duplicate column(s) {', '.join(map(repr, twice))}")
     for col in text:
         if col in t.column_names:
             t = t.set_column(t.column_names.index(col), col, _utf8(t.column(col), path, col, header))

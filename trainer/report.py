@@ -15,9 +15,9 @@ COLS = ["recall@10", "recall@20", "recall@50", "ndcg@10", "mrr@50", "coverage@10
 
 def columns_not_used(data_report: dict) -> dict[str, list[str]]:
     """The input columns a build did not use, {table: [column, ...]} (tables with none left out): text
-    columns, and numeric ones past a table's first :data:`EXTRA_MAX`."""
+    columns, numeric ones past a table's first :data:`EXTRA_MAX`, and any other column of interactions."""
     out = {}
-    for table in ("items", "users"):
+    for table in ("items", "users", "interactions"):
         names = data_report.get(f"extra_{table[:-1]}_columns_not_used")
         if names:
             out[table] = list(names)
@@ -25,11 +25,12 @@ def columns_not_used(data_report: dict) -> dict[str, list[str]]:
 
 
 def not_used_text(unused: dict[str, list[str]]) -> str:
-    """``columns_not_used`` as one line: 'items: title, tags; users: bio'."""
-    return "; ".join(f"{table}: {', '.join(names)}" for table, names in unused.items())
+    """``columns_not_used`` as one line, each name quoted: "items: 'title', 'tags'; users: 'bio'"."""
+    return "; ".join(f"{table}: {', '.join(map(repr, names))}" for table, names in unused.items())
 
 
-NOT_USED = f"not used as features (text, or numeric past the first {EXTRA_MAX} of a table)"
+NOT_USED = (f"not used as features (text, numeric past the first {EXTRA_MAX} of the items or users table, "
+            "any other column of interactions)")
 
 
 def recall_chart(methods: dict) -> str:

@@ -34,7 +34,7 @@ def _replace_col(lines, col, value, row=1):
 
 CASES = {
     "missing column": ("interactions.csv", lambda l: [",".join(x.split(",")[:2] + x.split(",")[3:]) for x in l],
-                       "missing column(s) timestamp"),
+                       "missing column(s) 'timestamp'"),
     "mistyped price": ("items.csv", lambda l: _replace_col(l, "price", "cheap"), "price"),
     "empty file": ("interactions.csv", lambda l: [], "empty file"),
     "header only": ("items.csv", lambda l: l[:1], "empty file"),
@@ -47,7 +47,7 @@ CASES = {
     "long item id": ("items.csv", lambda l: _replace_col(l, "item_id", "é" * 129), "longer than 256 bytes"),
     "control user id": ("interactions.csv", lambda l: _replace_col(l, "user_id", "a\x01b"), "control characters"),
     "duplicate column": ("items.csv", lambda l: [l[0] + ",price"] + [x + ",1" for x in l[1:]],
-                         "duplicate column(s) price"),
+                         "duplicate column(s) 'price'"),
     "huge price": ("items.csv", lambda l: _replace_col(l, "price", "1e300"), "above 1e+12 or infinite"),
     "infinite price": ("items.csv", lambda l: _replace_col(l, "price", "inf"), "above 1e+12 or infinite"),
     "blank user id": ("interactions.csv", lambda l: _replace_col(l, "user_id", "  "), "white space only"),
@@ -80,7 +80,10 @@ def test_bad_input(case, small_data, tmp_path, capsys):
 
 def test_missing_dir_and_bad_bundle(tmp_path, capsys):
     assert main(["build", "--data", str(tmp_path / "none"), str(tmp_path / "out")]) == 2
-    assert "not a directory" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().endswith(f"{tmp_path / 'none'}: does not exist")
+    (tmp_path / "f").write_text("")
+    assert main(["build", "--data", str(tmp_path / "f"), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"{tmp_path / 'f'}: not a directory")
     assert main(["verify", str(tmp_path)]) == 3
     assert "neither a bundle" in capsys.readouterr().err
 
@@ -528,3 +531,41 @@ def test_numeric_arguments_are_decimal(flag, value, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["build", "--data", str(tmp_path), flag, value, str(tmp_path / "out")])
     assert exc.value.code == 2 and f"argument {flag}: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fname, fn, says", [
+    ("interactions.csv", lambda l: _replace_col(l, "event", "view "),
+     "interactions.csv: unknown event(s) 'view ' (expected view/click/cart/purchase/rating)"),
+    ("items.csv", lambda l: [l[0] + ",,"] + [x + ",1,2" for x in l[1:]], "items.csv: duplicate column(s) ''"),
+])
+def test_names_in_messages_are_quoted(small_data, tmp_path, capsys, fname, fn, says):
+    """A trailing space or an empty name shows (before: "unknown event(s) view " and "duplicate column(s) ")."""
+    d = _copy(small_data, tmp_path)
+    _edit(d / fname, fn)
+    assert main(["build", "--data", str(d), "--no-progress", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "recserve-train: error: " + says
+
+
+def test_a_missing_table_names_every_form_it_may_take(small_data, tmp_path):
+    d = _copy(small_data, tmp_path)
+    (d / "items.csv").rename(d / "items.pq.bak")
+    with pytest.raises(DataError, match=re.escape("no items.csv, items.csv.gz, items.parquet or items.pq")):
+        load_dataset(d)
+
+
+def test_interaction_columns_not_used_are_named(small_data, tmp_path, capsys):
+    """The items and users tables' unused columns were named in the build output, the interactions' not."""
+    import json
+
+    from recserve.bundle import resolve
+
+    d = _copy(small_data, tmp_path)
+    _edit(d / "interactions.csv", lambda l: [l[0] + ",session,"] + [x + ",s1,7" for x in l[1:]])
+    ds = load_dataset(d)
+    assert ds.report["extra_interaction_columns_not_used"] == ["session", ""]
+    assert main(["build", "--data", str(d), str(tmp_path / "out"), "--factors", "8", "--no-tune",
+                 "--no-evaluate", "--threads", "1", "--no-progress"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [x for x in err if x.startswith("columns not used")][0].endswith(": interactions: 'session', ''"), err
+    manifest = json.loads((resolve(tmp_path / "out") / "manifest.json").read_text())
+    assert manifest["training"]["data_report"]["extra_interaction_columns_not_used"] == ["session", ""]

@@ -138,14 +138,14 @@ def test_columns_not_used_are_in_the_build_output_and_its_reports(tmp_path, caps
     pacsv.write_csv(users.append_column("bio", pa.array(["likes <films>"] * users.num_rows)), data / "users.csv")
     assert main(["build", "--data", str(data), str(tmp_path / "out"), "--factors", "8", "--no-tune",
                  "--label-windows", "1", "--no-progress"]) == 0
-    line = (f"columns not used as features (text, or numeric past the first {EXTRA_MAX} of a table): "
-            "items: colour; users: bio")
+    line = (f"columns not used as features (text, numeric past the first {EXTRA_MAX} of the items or users "
+            "table, any other column of interactions): items: 'colour'; users: 'bio'")
     assert line in capsys.readouterr().err.splitlines()
     version = resolve(tmp_path / "out")
     assert json.loads((version / "report.json").read_text())["columns_not_used"] == {"items": ["colour"],
                                                                                    "users": ["bio"]}
     page = (version / "report.html").read_text()
-    assert "<h2>Input columns not used</h2>" in page and "items: colour; users: bio" in page
+    assert "<h2>Input columns not used</h2>" in page and "items: &#x27;colour&#x27;; users: &#x27;bio&#x27;" in page
     # data without such columns: nothing printed, an empty list in report.json, no section in report.html
     write_dataset(ds0, tmp_path / "plain")
     capsys.readouterr()

@@ -136,5 +136,5 @@ def test_a_parquet_file_with_a_column_twice_is_named(tmp_path):
     t = pa.Table.from_arrays([pa.array(["a", "b"]), pa.array(["a", "b"]), pa.array(["x", "y"]),
                               pa.array([1.0, 2.0])], names=["item_id", "item_id", "category", "price"])
     pq.write_table(t, d / "items.parquet")
-    with pytest.raises(DataError, match=r"^items.parquet: duplicate column\(s\) item_id$"):
+    with pytest.raises(DataError, match=r"^items.parquet: duplicate column\(s\) 'item_id'$"):
         load_dataset(d)
