@@ -167,8 +167,10 @@ class Worker:
             metrics.store_usage(*self.store.usage())
         self.holder = BundleHolder(cfg.bundle, cfg, self.store, metrics, report, inherit)
         self.replacement = inherit is not None and inherit[0] is not None
-        # event-store writes (fsync) and bundle loads: blocking work that must not stall the event loop
+        # event-store writes (fsync): blocking work that must not stall the event loop
         self.io = futures.ThreadPoolExecutor(max_workers=max(cfg.threads, 1), thread_name_prefix="recserve-io")
+        # bundle loads, in a thread of their own: never queued behind writes that wait for the store's lock
+        self.loader = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="recserve-load")
         self._watcher: asyncio.Task | None = None
         self._reload_lock = asyncio.Lock()
         self._draining = False                  # set by stop(): health and work sharing stay withdrawn
@@ -193,12 +195,13 @@ class Worker:
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes)]
         # gRPC's own bound covers every call and stream, reflection's included: ours (the servicer's, with
-        # its metrics and messages) and the health Watch bound come first; this one is the backstop
+        # its metrics and messages: reads and writes apart) and the health Watch bound come first; this one
+        # is the backstop
         self.server = grpc.aio.server(interceptors=interceptors, options=opts,
-                                      maximum_concurrent_rpcs=cfg.max_concurrent_rpcs + cfg.max_health_watches
-                                      + STREAM_ALLOWANCE)
+                                      maximum_concurrent_rpcs=2 * cfg.max_concurrent_rpcs
+                                      + cfg.max_health_watches + STREAM_ALLOWANCE)
         self.service = RecommenderService(self.holder, self.metrics, self.io, cfg.max_concurrent_rpcs,
-                                          self.sharing)
+                                          self.sharing, max_orphans=cfg.threads)
         self.service.max_response_bytes = cfg.max_message_bytes
         add_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -239,7 +242,7 @@ class Worker:
         """Load the version CURRENT names if it changed (in a thread); SERVING once one is live. One load
         at a time: a poll and a SIGHUP that meet wait for each other."""
         async with self._reload_lock:
-            swapped = await asyncio.get_running_loop().run_in_executor(self.io, self.holder.try_reload)
+            swapped = await asyncio.get_running_loop().run_in_executor(self.loader, self.holder.try_reload)
         if swapped and not self._draining:
             await self._set_health(True)
             if self.sharing is not None:
@@ -283,7 +286,14 @@ class Worker:
         await stopping
         if self.sharing is not None:
             await self.sharing.close()
-        self.io.shutdown(wait=True)
+        # writes whose calls ended but which still wait for the event store's write lock: waited for within
+        # the grace period, then left behind (a RecordEvents among them commits nothing: its call has ended)
+        left = await self.service.orphans_settled(end - loop.time())
+        if left:
+            log.warning("%d writes whose calls had ended still waited for the event store at exit; abandoned",
+                        left, extra={"event": "writes_abandoned"})
+        self.io.shutdown(wait=not left, cancel_futures=True)
+        self.loader.shutdown(wait=True)
 
 
     async def _settle(self, until: float) -> None:

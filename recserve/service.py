@@ -62,7 +62,11 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, NoBundle):
         return grpc.StatusCode.UNAVAILABLE, "no bundle is loaded yet"
     if isinstance(exc, Overloaded):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in flight in this worker; retry later"
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, f"too many {exc.args[0]} in flight in this worker; retry later"
+    if isinstance(exc, WritesStuck):
+        return (grpc.StatusCode.UNAVAILABLE, f"{exc.args[0]} earlier writes of this worker, whose calls have "
+                "ended, still wait for the event store (another process holding its write lock, such as "
+                "`recserve store prune`, or a slow disk); retry later")
     if isinstance(exc, lmdb.MapFullError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "the event store is full"
     if isinstance(exc, ResponseTooLarge):
@@ -73,7 +77,13 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 
 class Overloaded(Exception):
-    """More calls in flight in this worker than its bound (``max_concurrent_rpcs``)."""
+    """("reads" or "writes"): more calls of that kind in flight in this worker than its bound
+    (``max_concurrent_rpcs``, for each kind apart)."""
+
+
+class WritesStuck(Exception):
+    """(n): a write refused because ``n`` orphaned writes (see :meth:`RecommenderService._orphan`) fill
+    their bound."""
 
 
 class ResponseTooLarge(Exception):
@@ -101,13 +111,17 @@ def add_to_server(service, server) -> None:
         server.add_registered_method_handlers(_SERVICE.full_name, handlers)
 
 
+WRITE_NAMES = frozenset(("RecordEvents", "UpdateItems"))
+
+
 def rpc(method):
     """Every RPC: the request parsed and the response serialized (bytes both ways, see :func:`add_to_server`),
     a request id (in the response, the trailing metadata and any log line about the call), the worker's
-    bound on calls in flight, errors mapped by :func:`status_of` (failed calls are logged, successful ones
-    are not), metrics."""
+    bounds on calls in flight (reads and writes apart: writes waiting for the event store never crowd out
+    reads), errors mapped by :func:`status_of` (failed calls are logged, successful ones are not), metrics."""
     name = method.__name__
     parse = _MESSAGES[name][0].FromString
+    write = name in WRITE_NAMES
 
     @functools.wraps(method)
     async def wrapper(self, request, context):
@@ -116,10 +130,16 @@ def rpc(method):
         rid = uuid.uuid4().hex
         context.set_trailing_metadata(_trailing(self.pid, rid))
         self.in_flight += 1
+        self.writes_in_flight += write
         self.started += 1
         try:
-            if self.in_flight > self.max_in_flight:
-                raise Overloaded()
+            if write:
+                if self.writes_in_flight > self.max_in_flight:
+                    raise Overloaded("writes")
+                if self.orphans >= self.max_orphans:
+                    raise WritesStuck(self.orphans)
+            elif self.in_flight - self.writes_in_flight > self.max_in_flight:
+                raise Overloaded("reads")
             if isinstance(request, bytes):
                 request = parse(request)
             data = (await method(self, request, context, rid)).SerializeToString()
@@ -145,6 +165,7 @@ def rpc(method):
             await context.abort(code, f"{msg} (request {rid})")
         finally:
             self.in_flight -= 1
+            self.writes_in_flight -= write
             if self.metrics is not None:
                 self.metrics.observe(name, code.name, time.perf_counter() - t0)
                 self.metrics.settle(idle=self.in_flight == 0)
@@ -200,12 +221,20 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     UpdateItems wait on the event store's fsync: they run in ``io`` (a thread pool) and do not take the slot.
     """
 
-    def __init__(self, holder, metrics=None, io=None, max_in_flight: int = 64, sharing=None):
+    def __init__(self, holder, metrics=None, io=None, max_in_flight: int = 64, sharing=None,
+                 max_orphans: int = 4):
+        """``max_in_flight`` bounds the reads in flight and, apart, the writes; ``max_orphans`` the writes
+        whose calls have ended but whose thread still runs (the ``io`` pool's size: beyond it new writes
+        would only queue behind them), past which new writes are refused (UNAVAILABLE)."""
         self.holder = holder
         self.metrics = metrics
         self.io = io
         self.max_in_flight = max_in_flight
-        self.in_flight = 0
+        self.max_orphans = max(max_orphans, 1)
+        self.in_flight = 0              # calls in flight, reads and writes
+        self.writes_in_flight = 0       # RecordEvents and UpdateItems among them
+        self.orphans = 0                # writes whose call has ended, still running in ``io``
+        self._orphans_done: asyncio.Event | None = None
         self.started = 0                # calls handed to a handler so far (the worker's drain watches it)
         self.shutting_down = False      # set by the worker's stop
         self.max_response_bytes = 0     # the server's send limit (0: none)
@@ -272,6 +301,57 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             _add_items(resp.items, res, False)
             return resp
 
+    async def _write(self, rid: str, work, late):
+        """``work(rec, abandoned)`` in ``io`` on a lease of the live pipeline; its result. When the call
+        ends first (its deadline passed, or the client cancelled) the write is orphaned: ``abandoned()``
+        turns true, the call ends at once (it leaves the bound on calls in flight, its client is answered)
+        and the write is tracked apart until its thread ends, keeping the lease; ``late(result, rec)`` then
+        runs if it succeeded (it committed after its call ended)."""
+        abandoned = threading.Event()
+
+        def run(rec):
+            if abandoned.is_set():      # orphaned before a thread took it: nothing to do
+                raise DeadlineExceeded("write")
+            return work(rec, abandoned.is_set)
+
+        with contextlib.ExitStack() as lease:
+            rec = lease.enter_context(self._rec())
+            write = asyncio.get_running_loop().run_in_executor(self.io, run, rec)
+            try:
+                return rec, await asyncio.shield(write)
+            except asyncio.CancelledError:
+                abandoned.set()
+                self._orphan(write, lease.pop_all(), functools.partial(late, rec=rec), rid)
+                raise
+
+    def _orphan(self, write, lease, late, rid: str) -> None:
+        """Track ``write``, whose call has ended, until its thread ends; then let the lease go and, if it
+        succeeded, account for it with ``late(result)``."""
+        self.orphans += 1
+
+        def done(fut) -> None:
+            self.orphans -= 1
+            try:
+                if not fut.cancelled() and fut.exception() is None:
+                    late(fut.result())
+            except Exception:  # noqa: BLE001 -- accounting must not leak the lease
+                log.exception("accounting for a write whose call ended failed", extra={"request_id": rid})
+            finally:
+                lease.close()
+                if self.orphans == 0 and self._orphans_done is not None:
+                    self._orphans_done.set()
+
+        write.add_done_callback(done)
+
+    async def orphans_settled(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for the orphaned writes to end (the worker's stop); how many are
+        left."""
+        if self.orphans:
+            self._orphans_done = asyncio.Event()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._orphans_done.wait(), max(timeout, 0))
+        return self.orphans
+
     @rpc
     async def RecordEvents(self, request, context, rid):
         events = []
@@ -279,22 +359,17 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             if e.type == pb.EVENT_TYPE_UNSPECIFIED:
                 raise InvalidArgument(f"events[{i}].type", "must be set")
             events.append(Event(e.user_id, e.item_id, int(e.type) - 1, e.timestamp))
-        abandoned = threading.Event()
-        with self._rec() as rec:
-            write = asyncio.get_running_loop().run_in_executor(
-                self.io, rec.record_events, events, _deadline(context), abandoned.is_set)
-            try:
-                done = await asyncio.shield(write)
-            except asyncio.CancelledError:
-                # the deadline passed or the client went away while the write ran: a write that has not
-                # committed yet gives up; one that has is waited for, so what it kept is counted and said
-                abandoned.set()
-                done = await _settled(write)
-                if done is not None:
-                    self._count_events(done, rec, events)
-                    log.info("RecordEvents: the call ended after its write committed (%d events kept)",
-                             done.kept, extra={"event": "write_after_cancel", "request_id": rid})
-                raise
+        deadline = _deadline(context)
+
+        def late(done, rec):
+            # the call ended while its write was already committing: what it kept is counted and said
+            self._count_events(done, rec, events)
+            log.info("RecordEvents: the call ended after its write committed (%d events kept)", done.kept,
+                     extra={"event": "write_after_cancel", "request_id": rid})
+
+        # a write whose call ends before it commits (waiting for the store's write lock) gives up
+        rec, done = await self._write(rid, lambda rec, abandoned: rec.record_events(events, deadline, abandoned),
+                                      late)
         self._count_events(done, rec, events)
         return pb.RecordEventsResponse(request_id=rid, **done._asdict())
 
@@ -313,19 +388,17 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     async def UpdateItems(self, request, context, rid):
         ups = [(u.item_id, u.in_stock if u.HasField("in_stock") else None,
                 u.price if u.HasField("price") else None) for u in request.items]
-        with self._rec() as rec:
-            updated = await self._in_io(rec.update_items, ups)
+
+        def late(updated, rec):
             if self.metrics is not None:
                 self.metrics.store_usage(*rec.store.usage())
+            log.info("UpdateItems: the call ended before its update was written (%d items updated)", updated,
+                     extra={"event": "write_after_cancel", "request_id": rid})
+
+        rec, updated = await self._write(rid, lambda rec, abandoned: rec.update_items(ups), late)
+        if self.metrics is not None:
+            self.metrics.store_usage(*rec.store.usage())
         return pb.UpdateItemsResponse(updated=updated, request_id=rid)
-
-
-async def _settled(future):
-    """The result of an executor future once it finishes, None when it raised (nothing was written)."""
-    try:
-        return await future
-    except Exception:  # noqa: BLE001 -- a write that gave up or failed: there is nothing to account for
-        return None
 
 
 WRITE_METHODS = {"/recserve.v1.Recommender/RecordEvents", "/recserve.v1.Recommender/UpdateItems"}

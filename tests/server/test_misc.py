@@ -102,8 +102,9 @@ def test_reflection_lists_services(server):
 
 
 def test_streams_outside_the_recommender_are_bounded_too(shared_root, start_server, tmp_path):
-    """Reflection streams are neither Recommender calls nor health Watches: gRPC's own bound (the two
-    bounds plus an allowance of 64) refuses the stream past it, and one closed frees a place."""
+    """Reflection streams are neither Recommender calls nor health Watches: gRPC's own bound (the bounds
+    on reads and on writes, the one on Watches, plus an allowance of 64) refuses the stream past it, and
+    one closed frees a place."""
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--max-concurrent-rpcs", "1",
@@ -124,7 +125,7 @@ def test_streams_outside_the_recommender_are_bounded_too(shared_root, start_serv
         held.append((call, release))
 
     try:
-        for _ in range(1 + 1 + 64):
+        for _ in range(1 + 1 + 1 + 64):
             open_stream()
         with pytest.raises(grpc.RpcError) as exc:
             open_stream()
