@@ -13,11 +13,18 @@ Lifetime of views: :meth:`TableReader.array` returns a numpy view straight into 
 immutable (written once by the trainer), so the long transaction does not make the file grow. Copy
 (``np.array(view)``) anything that must outlive the reader. Open a reader in each worker process after
 ``fork``: an LMDB environment cannot cross a fork.
+
+One environment per file: LMDB (and py-lmdb) refuse to open a file twice in one process, so readers of the
+same file (the same device and inode: one path, a hard link, a symlink) share one environment and its read
+transaction, counted, and the last reader to close closes it. A server that rolls back to a version a
+request still holds, or loads a version directory whose tables are hard links of the live one's, thus
+opens it as any other.
 """
 from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -108,6 +115,55 @@ class TableWriter:
             self.abort()
 
 
+class _Shared:
+    """The environment of one table file and its read transaction, shared by every open reader of it."""
+
+    def __init__(self, key: tuple[int, int], env, txn):
+        self.key, self.env, self.txn, self.readers = key, env, txn, 0
+
+
+_open: dict[tuple[int, int], _Shared] = {}      # (st_dev, st_ino) -> the file's environment, while read
+_open_lock = threading.Lock()
+_open_pid = os.getpid()
+
+
+def _acquire(path: Path) -> _Shared:
+    global _open_pid
+    with _open_lock:
+        if _open_pid != os.getpid():        # inherited across a fork: the parent's, not to be used here
+            _open.clear()
+            _open_pid = os.getpid()
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise TableError(f"cannot open table file {path}: {exc}") from exc
+        shared = _open.get((st.st_dev, st.st_ino))
+        if shared is None:
+            try:
+                env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, max_dbs=0, readahead=False)
+            except lmdb.Error as exc:
+                raise TableError(f"cannot open table file {path}: {exc}") from exc
+            try:
+                txn = env.begin(buffers=True)
+            except BaseException:
+                env.close()
+                raise
+            shared = _open[(st.st_dev, st.st_ino)] = _Shared((st.st_dev, st.st_ino), env, txn)
+        shared.readers += 1
+        return shared
+
+
+def _release(shared: _Shared) -> None:
+    with _open_lock:
+        shared.readers -= 1
+        if shared.readers:
+            return
+        if _open.get(shared.key) is shared:
+            del _open[shared.key]
+    shared.txn.abort()
+    shared.env.close()
+
+
 class TableReader:
     """Read-only, zero-copy access to a table file written by :class:`TableWriter`."""
 
@@ -115,12 +171,8 @@ class TableReader:
         self.path = Path(path)
         if not self.path.is_file():
             raise TableError(f"table file {self.path} does not exist")
-        try:
-            self._env = lmdb.open(str(self.path), subdir=False, readonly=True, lock=False,
-                                  max_dbs=0, readahead=False)
-        except lmdb.Error as exc:
-            raise TableError(f"cannot open table file {self.path}: {exc}") from exc
-        self._txn = self._env.begin(buffers=True)
+        self._shared: _Shared | None = _acquire(self.path)
+        self._txn = self._shared.txn
         self._arrays: dict[str, np.ndarray] = {}
         self._offsets: dict[str, np.ndarray] = {}
         self._blobs: dict[str, memoryview] = {}
@@ -215,14 +267,15 @@ class TableReader:
         return [str(blob[a:b], "utf-8") for a, b in zip(off[r].tolist(), off[r + 1].tolist())]
 
     def close(self) -> None:
-        """Ends the read transaction: every view returned by :meth:`array` is invalid afterwards."""
+        """Ends this reader: every view returned by :meth:`array` is invalid afterwards (the read
+        transaction ends with the last open reader of the same file)."""
         if self._txn is not None:
             self._arrays.clear()
             self._offsets.clear()
             self._blobs.clear()
-            self._txn.abort()
             self._txn = None
-            self._env.close()
+            shared, self._shared = self._shared, None
+            _release(shared)
 
     def __enter__(self) -> "TableReader":
         return self

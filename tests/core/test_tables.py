@@ -105,3 +105,27 @@ def test_gather_wide_rows_never_wrap():
     table = np.ones((4, 2), np.float32)
     with pytest.raises(ValueError, match="out of range"):
         gather(table, np.array([2**32], np.int64))
+
+
+def test_readers_of_one_file_share_its_environment(table_file, tmp_path):
+    """LMDB opens a file once per process: readers of the same file (a hard link, a symlink, the same path)
+    share its environment, each reads until it closes, and the last one closes the environment."""
+    import os
+
+    import lmdb
+
+    path, feats = table_file
+    os.link(path, tmp_path / "hard.lmdb")
+    (tmp_path / "sym.lmdb").symlink_to(path)
+    readers = [TableReader(p) for p in (path, tmp_path / "hard.lmdb", tmp_path / "sym.lmdb", path)]
+    for r in readers[:-1]:
+        r.close()
+        with pytest.raises(TableError, match="closed"):
+            r.array("feats")
+    np.testing.assert_array_equal(readers[-1].array("feats"), feats)    # the others' closes left it open
+    assert readers[-1].row_of("item", "item-9") == 9
+    readers[-1].close()
+    env = lmdb.open(str(path), subdir=False, readonly=True, lock=False)    # closed: this process may open it
+    env.close()
+    with TableReader(tmp_path / "hard.lmdb") as r:
+        np.testing.assert_array_equal(r.array("feats"), feats)
