@@ -12,7 +12,8 @@ makes the order explicit:
   waits for at most one stage of a Recommend, not for every Recommend queued before it;
 * the slot passes directly from the releasing call to the next waiter, so no call can cut in;
 * a waiting call whose deadline passes leaves the queue with ``DeadlineExceeded`` without doing any
-  work, and a cancelled call (the client went away) leaves it too.
+  work, and a cancelled call (the client went away) leaves it too; so does, with :class:`Withdrawn`, one
+  that a sibling worker started first (``unless``: :mod:`recserve.sharing`).
 
 Work that mostly waits on I/O (the event store's fsync) runs in a thread and does not take the slot:
 the CPU would idle under it.
@@ -33,6 +34,11 @@ HEAVY = 1       # Recommend: a few stages of a fraction of a millisecond each
 # bundle at 400 calls/s, two runs each: SimilarItems p99 7.76 / 7.74 ms with 1 turn, 7.08 / 6.81 with 2,
 # 6.63 / 6.89 with 3; Recommend p99 13.45 / 12.96, 15.61 / 13.27, 14.05 / 14.02 ms
 PAUSE_TURNS = 2
+
+
+class Withdrawn(Exception):
+    """A call left the queue for the slot because its ``unless`` future completed first (a sibling worker
+    started computing it)."""
 
 
 class ComputeSlot:
@@ -56,7 +62,9 @@ class ComputeSlot:
         if self._on_load is not None:
             self._on_load(self.load())
 
-    async def _acquire(self, priority: int, arrival: int, deadline: float | None) -> None:
+    async def _acquire(self, priority: int, arrival: int, deadline: float | None, unless=None) -> None:
+        if unless is not None and unless.done():
+            raise Withdrawn()
         if not self._busy and not self._waiting:
             self._busy = True
             self._changed()
@@ -67,6 +75,12 @@ class ComputeSlot:
         heapq.heappush(self._waiting, entry)
         self._changed()
         timer = None if deadline is None else loop.call_at(deadline, self._expire, entry)
+
+        def withdraw(_unless) -> None:
+            self._expire(entry, Withdrawn())
+
+        if unless is not None:
+            unless.add_done_callback(withdraw)
         try:
             await fut
         except BaseException:
@@ -80,14 +94,17 @@ class ComputeSlot:
         finally:
             if timer is not None:
                 timer.cancel()
+            if unless is not None:
+                unless.remove_done_callback(withdraw)
 
-    def _expire(self, entry) -> None:
-        """A waiter's deadline passed: it leaves the queue without having computed anything."""
+    def _expire(self, entry, exc: Exception | None = None) -> None:
+        """A waiter's deadline passed (or ``exc``: it was withdrawn): it leaves the queue without having
+        computed anything."""
         if not entry[2].done():
             self._waiting.remove(entry)
             heapq.heapify(self._waiting)
             self._changed()
-            entry[2].set_exception(DeadlineExceeded("start"))
+            entry[2].set_exception(exc or DeadlineExceeded("start"))
 
     def _release(self) -> None:
         while self._waiting:
@@ -100,11 +117,12 @@ class ComputeSlot:
         self._changed()
 
     @contextlib.asynccontextmanager
-    async def hold(self, priority: int, deadline: float | None = None):
+    async def hold(self, priority: int, deadline: float | None = None, unless=None):
         """Hold the slot for the body; yields the ``pause`` coroutine function the body awaits between
-        its stages. ``deadline`` is on the event loop's clock (``time.monotonic``)."""
+        its stages. ``deadline`` is on the event loop's clock (``time.monotonic``); ``unless``, a future:
+        :class:`Withdrawn` is raised, with the slot not taken, when it completes before the slot is ours."""
         arrival = next(self._arrivals)
-        await self._acquire(priority, arrival, deadline)
+        await self._acquire(priority, arrival, deadline, unless)
 
         held = True
 

@@ -253,10 +253,13 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     async def _in_io(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
 
-    async def compute_recommend(self, req: RecRequest):
+    async def compute_recommend(self, req: RecRequest, started=None, unless=None):
         """One Recommend through this worker's compute slot, yielding to cheaper calls between stages:
-        the calls of this worker's clients and those its siblings forward (``recserve.sharing``)."""
-        async with self.slot.hold(HEAVY, req.deadline) as pause:
+        the calls of this worker's clients and those its siblings forward (``recserve.sharing``).
+        ``started()`` runs once it holds the slot; ``unless``: see :meth:`ComputeSlot.hold`."""
+        async with self.slot.hold(HEAVY, req.deadline, unless) as pause:
+            if started is not None:
+                started()
             with self._rec() as rec:
                 steps = rec.recommend_steps(req)
                 while True:
@@ -272,15 +275,14 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         if DEBUG_DELAY_S:
             await asyncio.sleep(DEBUG_DELAY_S)
         req = _rec_request(request, deadline)
-        res = None
-        if self.sharing is not None and self.slot.load():   # it would wait here: an idle sibling takes it
-            fwd = await self.sharing.forward(req)
-            if fwd is not None:
-                res = fwd[0]
-                context.set_trailing_metadata(_trailing(self.pid, rid, ("recserve-computed-by", str(fwd[1]))))
+        if self.sharing is not None and self.slot.load():
+            # it would wait here: an idle sibling may start it first (and computes it then)
+            res, by = await self.sharing.forward(req, self.compute_recommend)
+            if by is not None:
+                context.set_trailing_metadata(_trailing(self.pid, rid, ("recserve-computed-by", str(by))))
                 if self.metrics is not None:
                     self.metrics.forwarded.inc()
-        if res is None:
+        else:
             res = await self.compute_recommend(req)
         if self.metrics is not None:
             self.metrics.observe_recommend(res.timings, res.source_counts)
