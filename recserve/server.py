@@ -242,7 +242,16 @@ class Worker:
         """Load the version CURRENT names if it changed (in a thread); SERVING once one is live. One load
         at a time: a poll and a SIGHUP that meet wait for each other."""
         async with self._reload_lock:
-            swapped = await asyncio.get_running_loop().run_in_executor(self.loader, self.holder.try_reload)
+            # a load pauses this worker's loop (hnswlib's index load holds the GIL): siblings forward
+            # nothing here meanwhile
+            loading = self.sharing is not None and self.holder.pending()
+            if loading:
+                self.sharing.loading(True)
+            try:
+                swapped = await asyncio.get_running_loop().run_in_executor(self.loader, self.holder.try_reload)
+            finally:
+                if loading:
+                    self.sharing.loading(False)
         if swapped and not self._draining:
             await self._set_health(True)
             if self.sharing is not None:

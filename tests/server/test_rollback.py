@@ -3,9 +3,11 @@ request still leases (A -> B -> A), and a version directory whose tables.lmdb is
 one's (``cp -al``, ``rsync --link-dest``). Real bundles, real LMDB, hnswlib and ranker."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
+import weakref
 from pathlib import Path
 
 from recserve.config import ServeConfig
@@ -75,3 +77,28 @@ def test_a_version_hard_linking_the_live_tables_is_served(shared_root, facts, tm
     set_current(root, a)                    # and back: the first version's tables are the same file again
     assert wait_for(lambda: serving(facts["version"]), 30)
     shutil.rmtree(root / "linked")
+
+
+def test_a_retired_pipeline_goes_with_its_last_reference_frozen_or_not(demo_bundle, tmp_path):
+    """A reload freezes the new bundle's objects and leaves those an earlier load froze frozen (a full
+    collection over them would pause the worker's loop): a retired pipeline must therefore hold no
+    reference cycle, and go as soon as nothing refers to it."""
+    root = copy_root(Path(demo_bundle), tmp_path / "root")
+    new_version(root, (root / "CURRENT").read_text().strip(), "b")
+    store = EventStore(tmp_path / "ev", map_size=1 << 26)
+    holder = BundleHolder(str(root), ServeConfig(), store)
+    try:
+        assert holder.pending() and holder.try_reload() and not holder.pending()
+        old, old_bundle = weakref.ref(holder.current), weakref.ref(holder.current.bundle)
+        set_current(root, "b")
+        assert holder.pending()
+        gc.disable()                    # no collection but the reload's own
+        try:
+            assert holder.try_reload()
+            assert old() is None and old_bundle() is None
+        finally:
+            gc.enable()
+    finally:
+        if holder.current is not None:
+            holder.current.bundle.close()
+        store.close()
