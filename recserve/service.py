@@ -250,9 +250,6 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 raise NoBundle()
             yield rec
 
-    async def _in_io(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
-
     async def compute_recommend(self, req: RecRequest, started=None, unless=None):
         """One Recommend through this worker's compute slot, yielding to cheaper calls between stages:
         the calls of this worker's clients and those its siblings forward (``recserve.sharing``).
