@@ -27,10 +27,10 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     workers: int = 2
-    threads: int = 4                   # per worker: threads for event-store writes (fsync) and bundle loads
+    threads: int = 4                   # per worker: threads for event-store writes (fsync); bundle loads have their own
     cpu_affinity: str = "auto"         # "auto": worker i on the i-th allowed CPU when workers <= CPUs; "off";
                                        # or a CPU list "0,2,4" (worker i on the (i mod n)-th)
-    max_concurrent_rpcs: int = 64      # calls in flight per worker; beyond -> RESOURCE_EXHAUSTED
+    max_concurrent_rpcs: int = 64      # per worker, reads and writes each; beyond -> RESOURCE_EXHAUSTED
     max_health_watches: int = 256      # open health Watch streams per worker; beyond -> RESOURCE_EXHAUSTED
     share_work: int = 1                # 1: a Recommend that would wait for its worker's busy compute slot
                                        # runs on an idle sibling worker (recserve.sharing); 0: off
