@@ -357,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=C.integer, help="gRPC port (0: a free one, printed)")
     s.add_argument("--workers", type=C.integer, help="worker processes sharing the port (0: serve in this one process, "
                                                 "no supervisor, for debugging)")
-    s.add_argument("--threads", type=C.integer, help="threads per worker for event-store writes (bundle loads have their own)")
+    s.add_argument("--threads", type=C.integer,
+                   help="threads per worker for event-store writes (bundle loads have their own)")
     s.add_argument("--cpu-affinity", dest="cpu_affinity",
                    help="auto (default: worker i on the i-th CPU when workers <= CPUs), off, or a list 0,1")
     s.add_argument("--max-concurrent-rpcs", dest="max_concurrent_rpcs", type=C.integer,
