@@ -30,6 +30,8 @@ DEFAULT_PARAMS = {
     "quotas": {"ann": 100, "i2i": 80, "session": 40, "popular": 40}, "cap": 200, "ef": 200,
     "mmr_lambda": 0.8, "max_per_creator": 3, "history_len": 200, "i2i_recent": 20, "i2i_decay": 0.1,
     "session_gap": 1800.0,
+    # re-ranking: off unless a bundle or the server sets a boost for items created within new_item_days
+    "novelty_boost": 0.0, "new_item_days": 14.0,
 }
 
 

@@ -13,7 +13,6 @@ import numpy as np
 
 from recserve._core import candidates as CC
 from recserve._core import rerank as RR
-from recserve._core.embed import UserVectorParams
 from recserve._core.merge import merge_candidates
 from recserve.events import Event, EventStore, Recorded
 from recserve.pipeline import candidates as C
@@ -115,13 +114,12 @@ class Recommender:
         # one consistent snapshot
         self._items = self._snapshot(self.base_feats, self.base_price)
         self.ranker = R.Ranker(bundle.ranker_text, list(self.schema.names), str(p.get("ranker_engine", "forest")))
+        # every parameter the manifest leaves out takes the trainer's default (``CC.DEFAULT_PARAMS``), so the
+        # shared retrieval and the rest of the pipeline read one set of values
         self.cparams = {**CC.DEFAULT_PARAMS, **p}
-        self.uv_params = UserVectorParams(float(p.get("decay_short", 0.5)), float(p.get("decay_long", 0.02)),
-                                          float(p.get("alpha", 0.5)), float(p.get("half_life_days", 0.0)))
-        self.event_weights = np.asarray(p.get("event_weights", CC.DEFAULT_PARAMS["event_weights"]), np.float32)
-        self.quotas = dict(p.get("quotas", {}))
-        self.cap = int(p.get("cap", 300))
-        self.history_len = int(p.get("history_len", 200))
+        self.quotas = {**{s: 0 for s in self.sources}, **{s: int(v) for s, v in self.cparams["quotas"].items()}}
+        self.cap = int(self.cparams["cap"])
+        self.history_len = int(self.cparams["history_len"])
         self.histories = Histories(t, store, self.history_len, bundle.data_end)
         self._items_gen = -1
         masks = range(1 << len(self.sources))
@@ -282,10 +280,10 @@ class Recommender:
             raise InvalidArgument("session_item_ids", f"more than {MAX_LIST} ids")
         for s in req.session_item_ids:
             check_id(s, "session_item_ids")
-        lam = float(self.params.get("mmr_lambda", 0.7)) if req.mmr_lambda is None else req.mmr_lambda
+        lam = float(self.cparams["mmr_lambda"]) if req.mmr_lambda is None else req.mmr_lambda
         if not (math.isfinite(lam) and 0.0 <= lam <= 1.0):
             raise InvalidArgument("diversity.lambda", f"must be in [0, 1], got {lam}")
-        mpc = int(self.params.get("max_per_creator", 0)) if req.max_per_creator is None else req.max_per_creator
+        mpc = int(self.cparams["max_per_creator"]) if req.max_per_creator is None else req.max_per_creator
         if mpc < 0:
             raise InvalidArgument("diversity.max_per_creator", f"must be >= 0, got {mpc}")
         if req.hour is not None and not 0 <= req.hour <= 23:
@@ -330,7 +328,7 @@ class Recommender:
 
         frac = n_allowed / max(self.n_items, 1)
         brute = allowed is not None and (frac < C.BRUTE_FRACTION or n_allowed <= C.BRUTE_MAX and frac < 0.5)
-        q = {s: int(self.quotas.get(s, 50)) for s in self.sources}
+        q = dict(self.quotas)
         if not req.exclude_consumed:
             consumed = np.zeros(0, np.int32)
         elif len(sess):
@@ -355,9 +353,9 @@ class Recommender:
         budget = max(self.cap, k)
         if len(all_rows) == 0:
             budget = max(self.cap, 2 * k)
-            q["popular"] = max(q.get("popular", 50), min(4 * k, budget))
+            q["popular"] = max(q["popular"], min(4 * k, budget))
         else:
-            q["popular"] = max(q.get("popular", 50), k)
+            q["popular"] = max(q["popular"], k)
         limit = q["popular"] + len(consumed) + 1
         pop = lists["popular"]          # as trained: trending without the history's items
         if len(include):
@@ -376,7 +374,7 @@ class Recommender:
         lists["popular"] = pop
         bits = snap.exclusion_bits(consumed, allowed)
         merged = merge_candidates([lists.get(s, C.EMPTY) for s in self.sources],
-                                  [q.get(s, 50) for s in self.sources], budget,
+                                  [q[s] for s in self.sources], budget,
                                   self.n_items, bits)
         counts = {s: int(np.count_nonzero(merged.sources & (1 << i))) for i, s in enumerate(self.sources)}
         yield from done("candidates")
@@ -394,11 +392,11 @@ class Recommender:
         rel = RR.minmax(scores)
         creators = (feats[merged.rows, self.c_creator].astype(np.int64)
                     if self.c_creator is not None else None)
-        boost = float(self.params.get("novelty_boost", 0.0))
+        boost = float(self.cparams["novelty_boost"])
         novelty = None
         if boost and self.c_created is not None:   # new in the catalogue: created within new_item_days
             age_days = now / 86400.0 - feats[merged.rows, self.c_created].astype(np.float64)
-            novelty = (age_days <= float(self.params.get("new_item_days", 14.0))).astype(np.float32)
+            novelty = (age_days <= float(self.cparams["new_item_days"])).astype(np.float32)
         pos, pen = RR.diversify(rel, self.emb, merged.rows, k, lam, creators, mpc, novelty, boost)
         yield from done("rerank")
 
