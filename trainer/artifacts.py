@@ -97,7 +97,8 @@ def fit(ds, mask: np.ndarray, now: float, cat: Catalogue, params: dict, cfg: dic
         trend_rows, trend_scores = features.ranked(trend)
         n_cat = len(cat.categories)
         n_share = min(n_cat, int(cfg.get("share_categories", n_cat)))
-        pci, pcr = features.per_category(pop_rows, cat.cat_codes, n_cat)
+        # the category-filtered popular source: trending within each category, as the unfiltered one
+        pci, pcr = features.per_category(trend_rows, cat.cat_codes, n_cat)
         item_feats = features.item_features(ds, item, ts, event, value, now, cat.cat_codes, cat.creator_codes,
                                             pop, trend)
         user_feats = features.user_features(ds, user, item, ts, event, now, cat.cat_codes, n_share)

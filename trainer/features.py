@@ -56,12 +56,13 @@ def ranked(scores: np.ndarray):
     return order, scores[order].astype(np.float32)
 
 
-def per_category(pop_rows: np.ndarray, category: np.ndarray, n_cat: int):
-    cats = category[pop_rows]
+def per_category(ranked_rows: np.ndarray, category: np.ndarray, n_cat: int):
+    """CSR lists of each category's items in the order of ``ranked_rows`` (a ranked list of every item)."""
+    cats = category[ranked_rows]
     order = np.argsort(cats, kind="stable")
     indptr = np.zeros(n_cat + 1, np.int64)
     np.cumsum(np.bincount(cats, minlength=n_cat), out=indptr[1:])
-    return indptr, pop_rows[order].astype(np.int32)
+    return indptr, ranked_rows[order].astype(np.int32)
 
 
 def item_features(ds, item, ts, event, value, now, cat_codes, creator_codes, pop, trend) -> np.ndarray:

@@ -57,6 +57,7 @@ def write_tables(path: Path, ds, cat, art) -> None:
         w.write_array("pop_scores", art.pop_scores)
         w.write_array("trend_rows", art.trend_rows)
         w.write_array("trend_scores", art.trend_scores)
+        # each category's items by trending (the name is older than that order: by all-time popularity before)
         w.write_array("pop_cat_indptr", art.pop_cat_indptr)
         w.write_array("pop_cat_rows", art.pop_cat_rows)
         w.set_meta("now", art.now)
