@@ -6,6 +6,10 @@ on another schema. Layout of a row (see ``_cross.pyx``)::
 
     user.* | item.* | ctx.* | src.<s>.rrank, src.<s>.score for each source | x.dot, x.price_ratio,
     x.cat_affinity, x.item_age_days
+
+``item.*`` holds the item table's columns but its ``unranked_item_columns`` (read by the crossing only:
+the creation time, which enters the row as the item's age). ``x.item_age_days`` is ``now_days`` minus
+the creation day, never below 0 (an item created after ``now`` is as old as one created at ``now``).
 """
 from __future__ import annotations
 
@@ -31,10 +35,16 @@ class FeatureSchema:
     category_share_prefix: str | None = None  # user columns "<prefix>0".."<prefix>{n-1}"
     n_categories: int = 0                   # n: categories with a share column (codes >= n: affinity NaN)
     created_column: str | None = None       # item column: creation time in days since the epoch
+    # item columns that are no ranker feature (a bundle's manifest without this key: none)
+    unranked_item_columns: list[str] = field(default_factory=list)
     names: list[str] = field(init=False, default_factory=list)
 
     def __post_init__(self):
-        names = ([f"user.{c}" for c in self.user_columns] + [f"item.{c}" for c in self.item_columns]
+        unknown = [c for c in self.unranked_item_columns if c not in self.item_columns]
+        if unknown:
+            raise ValueError(f"unranked item column {unknown[0]!r} is not in the schema")
+        names = ([f"user.{c}" for c in self.user_columns]
+                 + [f"item.{self.item_columns[j]}" for j in self.ranked_item_index()]
                  + [f"ctx.{c}" for c in self.context_columns])
         for s in self.sources:
             names += [f"src.{s}.rrank", f"src.{s}.score"]
@@ -44,6 +54,11 @@ class FeatureSchema:
     @property
     def n_features(self) -> int:
         return len(self.names)
+
+    def ranked_item_index(self) -> np.ndarray:
+        """The item table's columns that are ranker features (``item.*``, in this order)."""
+        skip = set(self.unranked_item_columns)
+        return np.array([j for j, c in enumerate(self.item_columns) if c not in skip], np.int64)
 
     def spec(self) -> np.ndarray:
         def col(cols, name, what):
@@ -97,6 +112,7 @@ class Crosser:
         if self.items.shape[0] != self.emb.shape[0]:
             raise ValueError("item table and embeddings differ in rows")
         self._spec = schema.spec()
+        self._item_cols = schema.ranked_item_index()
 
     def cross(self, user_row, user_vec, rows, context, rank, score, now_days: float) -> np.ndarray:
         """float32 [len(rows), n_features]. ``rank``/``score`` come from :func:`merge_candidates`."""
@@ -116,7 +132,7 @@ class Crosser:
         rk = rk if rk.dtype == np.int32 else to_int32(integers(rk, "rank"), "rank")
         rk, sc = np.ascontiguousarray(rk), np.ascontiguousarray(sc, np.float32)
         return _cross.cross(user, f32_1d(user_vec, "user_vec"), self.items, self.emb, r, ctx, rk, sc,
-                            self._spec, float(now_days))
+                            self._spec, self._item_cols, float(now_days))
 
 
 def cross_reference(schema: FeatureSchema, item_table, item_emb, user_row, user_vec, rows, context,
@@ -129,7 +145,7 @@ def cross_reference(schema: FeatureSchema, item_table, item_emb, user_row, user_
     it = items[rows]
     rank = np.asarray(rank).reshape(n, len(schema.sources))
     score = np.asarray(score, np.float32).reshape(n, len(schema.sources))
-    parts = [np.broadcast_to(user, (n, len(user))), it,
+    parts = [np.broadcast_to(user, (n, len(user))), it[:, schema.ranked_item_index()],
              np.broadcast_to(np.asarray(context, np.float32), (n, len(schema.context_columns)))]
     for si in range(len(schema.sources)):
         present = rank[:, si] >= 0
@@ -144,6 +160,7 @@ def cross_reference(schema: FeatureSchema, item_table, item_emb, user_row, user_
         c = it[:, spec[2]].astype(np.float64)
         ok = (c >= 0) & (c < spec[4])
         aff[ok] = user[spec[3] + c[ok].astype(np.int64)]
-    age = now_days - it[:, spec[5]].astype(np.float64) if spec[5] >= 0 and np.isfinite(now_days) else nan
+    age = np.maximum(now_days - it[:, spec[5]].astype(np.float64), 0.0) if spec[5] >= 0 and np.isfinite(now_days) \
+        else nan
     parts += [dot[:, None], np.asarray(price)[:, None], aff[:, None], np.asarray(age)[:, None]]
     return np.hstack(parts).astype(np.float32)

@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 from recserve._core.cross import Crosser, FeatureSchema, cross_reference
 
 
-def make(seed, n_items=40, d=6, n_cat=3):
+def make(seed, n_items=40, d=6, n_cat=3, unranked=()):
     rng = np.random.default_rng(seed)
     schema = FeatureSchema(
         user_columns=["age_days", "avg_spend"] + [f"cat_share_{i}" for i in range(n_cat)],
@@ -13,7 +13,8 @@ def make(seed, n_items=40, d=6, n_cat=3):
         context_columns=["hour", "weekday"],
         sources=["ann", "i2i", "popular"],
         price_column="price", spend_column="avg_spend", category_column="category",
-        category_share_prefix="cat_share_", n_categories=n_cat, created_column="created_days")
+        category_share_prefix="cat_share_", n_categories=n_cat, created_column="created_days",
+        unranked_item_columns=list(unranked))
     items = np.column_stack([rng.uniform(1, 100, n_items), rng.integers(-1, n_cat + 1, n_items),
                              rng.uniform(18000, 20000, n_items), rng.random(n_items)]).astype(np.float32)
     emb = rng.normal(size=(n_items, d)).astype(np.float32)
@@ -22,10 +23,12 @@ def make(seed, n_items=40, d=6, n_cat=3):
 
 @settings(max_examples=150, deadline=None)
 @given(seed=st.integers(0, 10**6), n=st.integers(0, 50), spend=st.sampled_from([0.0, 25.0, float("nan")]),
-       now=st.sampled_from([20100.0, float("nan")]), missing_share=st.booleans())
-def test_matches_reference(seed, n, spend, now, missing_share):
-    """Missing user values (NaN: an empty cell of a users-file column) cross like any other value."""
-    rng, schema, items, emb = make(seed)
+       now=st.sampled_from([20100.0, 19000.0, float("nan")]), missing_share=st.booleans(),
+       unranked=st.sampled_from([(), ("created_days",), ("price", "popularity")]))
+def test_matches_reference(seed, n, spend, now, missing_share, unranked):
+    """Missing user values (NaN: an empty cell of a users-file column) cross like any other value; items
+    created after ``now`` (at 19000 about half of them) and item columns that are no feature too."""
+    rng, schema, items, emb = make(seed, unranked=unranked)
     user = np.concatenate([[300.0, spend], rng.dirichlet(np.ones(3))]).astype(np.float32)
     if missing_share:
         user[3] = np.nan
@@ -90,3 +93,32 @@ def test_rank_and_score_must_be_candidates_by_sources():
         c.cross(user, uvec, rows, ctx, np.full((2, 3), 2**32, np.int64), score, 0.0)
     with pytest.raises(ValueError, match="rank must hold integers"):
         c.cross(user, uvec, rows, ctx, np.full((2, 3), 0.5), score, 0.0)
+
+
+def test_item_age_is_never_negative_and_unranked_columns_are_no_features():
+    """An item created after ``now`` is 0 days old (the ranker never sees a negative age); an unranked
+    item column (the creation day) still gives the age but is not a feature of its own."""
+    _, plain, items, emb = make(3)
+    _, schema, _, _ = make(3, unranked=("created_days",))
+    assert "item.created_days" in plain.names and "item.created_days" not in schema.names
+    assert schema.n_features == plain.n_features - 1
+    assert FeatureSchema.from_dict(schema.to_dict()) == schema
+    old = plain.to_dict()
+    old.pop("unranked_item_columns")            # a manifest written before the key existed: every column
+    assert FeatureSchema.from_dict(old) == plain
+    with pytest.raises(ValueError, match="unranked item column 'nope'"):
+        make(3, unranked=("nope",))
+    created = items[:, 2].astype(np.float64)
+    now = float(np.median(created))
+    rows = np.arange(len(items), dtype=np.int32)
+    rank, score = np.zeros((len(rows), 3), np.int32), np.ones((len(rows), 3), np.float32)
+    user, uvec, ctx = np.ones(5, np.float32), np.ones(emb.shape[1], np.float32), np.zeros(2, np.float32)
+    X = Crosser(schema, items, emb).cross(user, uvec, rows, ctx, rank, score, now)
+    P = Crosser(plain, items, emb).cross(user, uvec, rows, ctx, rank, score, now)
+    age = X[:, schema.names.index("x.item_age_days")]
+    future = created > now
+    assert future.any() and (~future).any()
+    assert np.all(age[future] == 0.0)
+    np.testing.assert_allclose(age[~future], (now - created)[~future], rtol=1e-5, atol=1e-2)
+    keep = [plain.names.index(n) for n in schema.names]
+    np.testing.assert_array_equal(X, P[:, keep])
