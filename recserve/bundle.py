@@ -221,6 +221,11 @@ def verify(path: str | os.PathLike) -> dict:
                 if meta["dtype"] != "float64" or tuple(meta["shape"]) != (n_items,):
                     raise BundleError(f"tables.lmdb: item_price must be float64 with {n_items} entries, got "
                                       f"{meta['dtype']} {tuple(meta['shape'])}")
+            if t.has_array("item_created"):         # optional: bundles without it read the created_days feature
+                meta = t.array_meta("item_created")
+                if meta["dtype"] != "float64" or tuple(meta["shape"]) != (n_items,):
+                    raise BundleError(f"tables.lmdb: item_created must be float64 with {n_items} entries, got "
+                                      f"{meta['dtype']} {tuple(meta['shape'])}")
             if t.has_array("sim_rows"):             # optional: bundles without it search SimilarItems live
                 meta = t.array_meta("sim_rows")
                 if meta["dtype"] != "int32" or len(meta["shape"]) != 2 or meta["shape"][0] != n_items:
@@ -313,6 +318,18 @@ class Bundle:
             self.ranker_text = (path / "ranker.txt").read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
             raise BundleError(f"ranker.txt: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+    def item_created(self):
+        """float64 creation time of each item (unix seconds), or None when the bundle does not know them:
+        the exact times where the bundle stores them, else its float32 ``created_days`` feature."""
+        import numpy as np
+
+        if self.tables.has_array("item_created"):
+            return np.asarray(self.tables.array("item_created"), np.float64)
+        cols = self.tables.columns("item_feats") or list(self.schema.item_columns)
+        if "created_days" not in cols:
+            return None
+        return np.asarray(self.item_feats[:, cols.index("created_days")], np.float64) * 86400.0
 
     @classmethod
     def open(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":

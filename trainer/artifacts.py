@@ -6,10 +6,11 @@ bundle that is served).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from recserve._core.candidates import Releases
 from recserve._core.cross import Crosser, FeatureSchema
 from recserve._core.embed import UserVectorParams, user_vectors
 from trainer import embeddings, features, index as hnsw, neighbours
@@ -41,6 +42,8 @@ class Artifacts:
     embed_method: str
     # each item's nearest items by embedding as SimilarItems asks the index (set for the bundle's build)
     sim_rows: np.ndarray | None = None
+    # sorted rows of the items created after ``now``: not in the catalogue yet, so in no candidate list
+    unreleased: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def crosser(self) -> Crosser:
         return Crosser(self.schema, self.item_feats, self.item_emb)
@@ -73,6 +76,9 @@ def catalogue(ds, share_categories: int | None = None) -> Catalogue:
 
 
 def fit(ds, mask: np.ndarray, now: float, cat: Catalogue, params: dict, cfg: dict, timer=None) -> Artifacts:
+    """The artifacts of the interactions ``mask`` at ``now``. Every item keeps its row (and its embedding,
+    placed from its category and creator when nobody interacted with it); those created after ``now`` are
+    marked ``unreleased``, and the candidates computed from these artifacts leave them out."""
     user, item, ts, event, value = ds.user[mask], ds.item[mask], ds.ts[mask], ds.event[mask], ds.value[mask]
     step = timer or (lambda name: _Null())
     ew = params["event_weights"]
@@ -117,7 +123,7 @@ def fit(ds, mask: np.ndarray, now: float, cat: Catalogue, params: dict, cfg: dic
                      index_info={"space": "cosine", "M": cfg["hnsw_M"],
                                  "ef_construction": cfg["hnsw_ef_construction"], "ef": params["ef"],
                                  "recall_at_k": {"k": 10, "recall": round(rec, 4)}},
-                     embed_method=method)
+                     embed_method=method, unreleased=Releases(ds.item_created).hidden(now))
 
 
 def i2i_model(cfg: dict, n_items: int) -> str:

@@ -115,10 +115,10 @@ def _label_windows(ds: Dataset, train_mask, cfg: dict):
         yield fit_mask, label_mask, float(ds.ts[fit_mask].max()) + 1.0
 
 
-def _evaluable(ds: Dataset, train_mask, test_mask, history_len: int) -> bool:
+def _evaluable(ds: Dataset, train_mask, test_mask, history_len: int, cut: float = float("inf")) -> bool:
     """Whether some held-out interaction's user has training interactions and its item is new to her
-    stored history (the newest ``history_len`` of them, as the bundle keeps it): what the evaluation scores
-    (``trainer.evaluate.eval_users``)."""
+    stored history (the newest ``history_len`` of them, as the bundle keeps it) and created by the ``cut``:
+    what the evaluation scores (``trainer.evaluate.eval_users``)."""
     from trainer import features
 
     indptr, items, _, _ = features.histories(ds.user[train_mask], ds.item[train_mask], ds.ts[train_mask],
@@ -128,6 +128,8 @@ def _evaluable(ds: Dataset, train_mask, test_mask, history_len: int) -> bool:
     kept = np.unique(owner * n + items)
     tu, ti = ds.user[test_mask].astype(np.int64), ds.item[test_mask].astype(np.int64)
     known = np.diff(indptr)[tu] > 0
+    if np.isfinite(cut):                # an item created after the cut is not in the evaluated catalogue
+        known &= ~(ds.item_created[ti] > cut)
     return bool(np.any(known & ~np.isin(tu * n + ti, kept)))
 
 
@@ -140,9 +142,10 @@ def tune_vector_params(art, labels: dict, users: np.ndarray, params: dict, grid:
         vecs = retrieval.user_vecs(art, users, p)
         anns = retrieval.ann_batch(art, vecs, users, p, threads)
         rec = []
+        hidden = set(art.unreleased.tolist())      # not in the catalogue at art.now: in no list
         for k, u in enumerate(users):
             hist = set(art.hist_items[art.hist_indptr[u]:art.hist_indptr[u + 1]].tolist())
-            new = set(labels[int(u)]) - hist
+            new = set(labels[int(u)]) - hist - hidden
             if not new:
                 continue
             got = [r for r in anns[k][0].tolist() if r not in hist][:50]
@@ -154,10 +157,12 @@ def tune_vector_params(art, labels: dict, users: np.ndarray, params: dict, grid:
 
 
 def _new_label_items(art, labels: dict, users) -> list[set]:
+    """Per user, her label items that are neither in her history nor created after ``art.now``."""
     out = []
+    hidden = set(art.unreleased.tolist())
     for u in users:
         hist = set(art.hist_items[art.hist_indptr[u]:art.hist_indptr[u + 1]].tolist())
-        out.append(set(labels.get(int(u), {})) - hist)
+        out.append(set(labels.get(int(u), {})) - hist - hidden)
     return out
 
 
@@ -178,13 +183,14 @@ def i2i_quality(art, truths: list[set], users, params: dict, i2i_rows, i2i_score
     """NDCG@10 and recall@50 of the served i2i source alone (history excluded) on new label items."""
     rec = []
     n, decay = C.i2i_seed_count(params), float(params["i2i_decay"])
+    hidden = set(art.unreleased.tolist())
     for u in users:
         h_items, _, _ = art.history(int(u))
         recent = C.recent_distinct(h_items, n)        # the i2i list of C.source_lists
         rows, _ = C.neighbour_sum(recent, np.exp(-decay * np.arange(len(recent))), i2i_rows, i2i_scores,
                                   50 + len(recent))
         hist = set(h_items.tolist())
-        rec.append([r for r in rows.tolist() if r not in hist][:50])
+        rec.append([r for r in rows.tolist() if r not in hist and r not in hidden][:50])
     return _rank_quality(rec, truths)
 
 
@@ -289,7 +295,7 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
         params["history_len"] = int(min(int(cfg["history_max"]), max(200, longest)))
     elif cfg.get("history_len") is not None:
         params["history_len"] = int(cfg["history_len"])
-    if evaluated and not _evaluable(ds, train_mask, test_mask, int(params.get("history_len", 200))):
+    if evaluated and not _evaluable(ds, train_mask, test_mask, int(params.get("history_len", 200)), cut):
         raise DataError(f"nothing to evaluate: no user of the held-out {cfg['holdout']:g} has training "
                         "interactions and an item new to her (raise --holdout, or build with --no-evaluate)")
     label_windows = _label_windows(ds, train_mask, cfg)
@@ -466,10 +472,14 @@ def artifacts_from_bundle(b) -> artifacts.Artifacts:
                                            "pop_cat_indptr", "pop_cat_rows", "user_emb")}
     seen = np.zeros(b.n_items, bool)
     seen[a["pop_rows"]] = a["pop_scores"] > 0
-    return artifacts.Artifacts(now=float(t.meta("now")), item_emb=np.array(b.item_emb),
+    now = float(t.meta("now"))
+    created = b.item_created()
+    unreleased = C.Releases(created).hidden(now) if created is not None else np.zeros(0, np.int64)
+    return artifacts.Artifacts(now=now, item_emb=np.array(b.item_emb),
                                item_feats=np.array(b.item_feats), user_feats=np.array(b.user_feats),
                                schema=b.schema, seen_items=seen, index=b.index, index_info=b.manifest["index"],
-                               embed_method=b.manifest["training"].get("embedding", "?"), **a)
+                               embed_method=b.manifest["training"].get("embedding", "?"), unreleased=unreleased,
+                               **a)
 
 
 def record_evaluation(bundle_dir: Path, result: dict) -> None:

@@ -8,7 +8,11 @@ least 50). Stock is not applied: every method may recommend an item the items fi
 which the server's default request would not. The stage rows (``i2i``, ``ann``, ``ann+ranker``) hold what
 their source supplies, which may be fewer than 50 items (``mean_len`` in the table): their recall@50 is at
 that length. For each user with a training history and new items in the held-out window:
-truth = the distinct held-out items not already in the history (history items are excluded as served).
+truth = the distinct held-out items not already in the history (history items are excluded as served)
+and in the bundle's catalogue at its ``now`` (the cut): an item created after the cut is in no method's
+candidates, as the server leaves out items created after a request's time, so it is left out of the truth
+too (``truth_not_released`` counts those held-out (user, item) pairs; a user left with no truth item is not
+evaluated).
 Recall is reported at every cut-off in ``KS`` (the report plots it as a curve), and the popularity profile
 of each method's top 10 against the catalogue's (:func:`popularity_deciles`).
 """
@@ -85,17 +89,18 @@ def popularity_deciles(pop_rows: np.ndarray, pop_scores: np.ndarray, recs: dict[
 
 
 def eval_users(art, test_user, test_item, max_users: int, seed: int) -> tuple[np.ndarray, list[set]]:
-    """The evaluated users (with a training history and a held-out item not in it, sampled down to
-    ``max_users`` with ``seed``) and each one's held-out new items."""
+    """The evaluated users (with a training history and a held-out item not in it and created by
+    ``art.now``, sampled down to ``max_users`` with ``seed``) and each one's held-out new items."""
     truth: dict[int, set] = {}
     for u, i in zip(test_user.tolist(), test_item.tolist()):
         truth.setdefault(u, set()).add(i)
+    hidden = set(art.unreleased.tolist())
     users = []
     for u, items in truth.items():
         a, b = art.hist_indptr[u], art.hist_indptr[u + 1]
         if b == a:
             continue
-        new = items - set(art.hist_items[a:b].tolist())
+        new = items - set(art.hist_items[a:b].tolist()) - hidden
         if new:
             truth[u] = new
             users.append(u)
@@ -107,7 +112,8 @@ def eval_users(art, test_user, test_item, max_users: int, seed: int) -> tuple[np
 
 def evaluate(art, scorer, test_user, test_item, test_ts, params: dict, creators: np.ndarray,
              max_users=2000, seed=0, threads=2, progress=None) -> dict:
-    """Returns {"users": n, "methods": {method: metrics}}."""
+    """Returns {"users": n, "methods": {method: metrics}, "truth_not_released": held-out (user, item) pairs
+    left out of the truth because the item was created after the cut, "popularity_deciles": ...}."""
     first_ts: dict[int, float] = {}
     for u, t in zip(test_user.tolist(), test_ts.tolist()):
         if u not in first_ts or t < first_ts[u]:
@@ -153,7 +159,10 @@ def evaluate(art, scorer, test_user, test_item, test_ts, params: dict, creators:
     pop = np.expm1(art.pop_scores[np.argsort(art.pop_rows)].astype(np.float64)) + 1.0
     pop_share = pop / pop.sum()
     cold = ~art.seen_items
+    hidden = set(art.unreleased.tolist())
+    not_released = len({(u, i) for u, i in zip(test_user.tolist(), test_item.tolist()) if i in hidden})
     return {"users": int(len(users)),
+            "truth_not_released": not_released,
             "methods": {m: _metrics(recs[m], truths, art.item_emb, pop_share, cold) for m in METHODS},
             "popularity_deciles": popularity_deciles(art.pop_rows, art.pop_scores, recs)}
 
@@ -163,8 +172,11 @@ def format_table(result: dict) -> str:
             "novelty@10", "cold_share@10", "mean_len"]
     few = (f" (fewer than {FEW_USERS}: differences between methods may be noise; a larger --holdout holds out "
            "more users)" if result["users"] < FEW_USERS else "")
-    lines = [f"evaluated users: {result['users']}{few}",
-             f"{'method':<15}" + "".join(f"{c:>14}" for c in cols)]
+    lines = [f"evaluated users: {result['users']}{few}"]
+    if result.get("truth_not_released"):
+        lines.append(f"held-out (user, item) pairs left out of the truth: {result['truth_not_released']} "
+                     "(the item was created after the cut, so the bundle's catalogue did not hold it yet)")
+    lines.append(f"{'method':<15}" + "".join(f"{c:>14}" for c in cols))
     for m, v in result["methods"].items():
         lines.append(f"{m:<15}" + "".join(f"{v.get(c, float('nan')):>14.4f}" for c in cols))
     return "\n".join(lines)

@@ -40,7 +40,11 @@ def make_schema(n_share: int, item_extra=(), user_extra=()) -> FeatureSchema:
     return FeatureSchema(user_columns=users, item_columns=items, context_columns=CONTEXT_COLUMNS,
                          sources=list(SOURCES), price_column="price", spend_column="avg_spend",
                          category_column="category", category_share_prefix="cat_share_",
-                         n_categories=n_share, created_column="created_days")
+                         n_categories=n_share, created_column="created_days",
+                         # the creation day gives the item's age (x.item_age_days); as a day number of its
+                         # own it would let the ranker tell the label window's new items from the items new
+                         # when it serves, long after
+                         unranked_item_columns=["created_days"])
 
 
 def popularity(item, ts, event, n_items, now, event_weights, half_life_days):

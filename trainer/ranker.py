@@ -41,11 +41,13 @@ def training_rows(art, users, labels: dict, first_ts: dict, params: dict, thread
     now_days = art.now / 86400.0
     xs, ys, groups, gusers = [], [], [], []
     found = total = 0
+    hidden = set(art.unreleased.tolist())       # created after art.now: no candidate, no reachable label
     it = candidates_for(art, users, params, threads)
     for u, vec, _lists, merged in (progress(it, total=len(users)) if progress else it):
         lab = labels.get(u, {})
         y = np.array([lab.get(int(r), 0) for r in merged.rows], np.int32)
-        new = [i for i in lab if i not in set(art.hist_items[art.hist_indptr[u]:art.hist_indptr[u + 1]].tolist())]
+        hist = set(art.hist_items[art.hist_indptr[u]:art.hist_indptr[u + 1]].tolist())
+        new = [i for i in lab if i not in hist and i not in hidden]
         total += len(new)
         found += int((y > 0).sum())
         if len(merged) == 0 or not (y > 0).any() or (y > 0).all():

@@ -81,7 +81,8 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{text-align:le
 <h1>Bundle {version}</h1>
 <p>Held-out newest interactions after {result.get('cut')} (unix s); {result['users']} users evaluated,
 {result.get('held_out_interactions', '?')} held-out interactions. History items are excluded from recommendations
-and from the truth.</p>
+and from the truth, and so are items created after the cut (not in the bundle's catalogue yet:
+{result.get('truth_not_released', 0)} held-out (user, item) pairs).</p>
 <table><tr><th>method</th>{''.join(f'<th>{c}</th>' for c in COLS)}</tr>{''.join(rows)}</table>
 {unused_html}<h2>Plots</h2>
 {''.join(f'<figure>{p}</figure>' for p in plots)}

@@ -1,7 +1,8 @@
 """Candidates for many users at once, through the server's own retrieval (`recserve._core.candidates`).
 
 Only the ANN query is batched here (hnswlib gives the same neighbours for a query alone or in a batch);
-every other step runs the shared per-user functions.
+every other step runs the shared per-user functions. The catalogue is the one at ``art.now``: the items
+created after it (``art.unreleased``) are in no list, as the server leaves them out at a request's time.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def user_vecs(art, users: np.ndarray, params: dict) -> np.ndarray:
 def ann_batch(art, vecs: np.ndarray, users: np.ndarray, params: dict, threads=2):
     """Per user: (rows, scores) from the index, asked as the server asks (``C.ann_lists``: ``ann_first_k``
     neighbours, then ``ann_k`` for the users whose first answer is short once their history is dropped)."""
-    n_items = len(art.item_emb)
+    n_items = len(art.item_emb) - len(art.unreleased)      # the catalogue at art.now
+    flt = C.ann_filter(art.unreleased)
     out = [None] * len(users)
     lens = np.array([art.hist_indptr[u + 1] - art.hist_indptr[u] for u in users])
     first = np.array([C.ann_first_k(params, int(n), n_items) for n in lens])
@@ -35,7 +37,7 @@ def ann_batch(art, vecs: np.ndarray, users: np.ndarray, params: dict, threads=2)
         for k in np.unique(ks[which]):
             sel = np.flatnonzero(which & (ks == k))
             try:
-                labels, dist = art.index.knn_query(vecs[sel], k=int(k), num_threads=threads)
+                labels, dist = art.index.knn_query(vecs[sel], k=int(k), num_threads=threads, filter=flt)
             except RuntimeError as exc:     # hnswlib cannot reach k items from these vectors
                 raise DataError(f"the index returns fewer than {int(k)} neighbours ({exc}): too little "
                                 "training data for this catalogue?") from None
@@ -59,11 +61,12 @@ def candidates_for(art, users: np.ndarray, params: dict, threads=2):
     vecs = user_vecs(art, users, params)
     anns = ann_batch(art, vecs, users, params, threads)
     n_items = len(art.item_emb)
+    hidden = art.unreleased
     for k, u in enumerate(users):
         h_items, h_ts, _ = art.history(int(u))
         lists = C.source_lists(h_items, h_ts, anns[k][0], anns[k][1], art.i2i_rows, art.i2i_scores,
-                               art.trend_rows, art.trend_scores, params)
-        merged = C.merge_for_user(lists, h_items, n_items, params)
+                               art.trend_rows, art.trend_scores, params, hidden=hidden)
+        merged = C.merge_for_user(lists, h_items, n_items, params, extra_excluded=hidden)
         yield int(u), vecs[k], lists, merged
 
 

@@ -45,6 +45,8 @@ def write_tables(path: Path, ds, cat, art) -> None:
         w.write_array("user_feats", art.user_feats, columns=list(art.schema.user_columns), allow_nan=True)
         # the prices as given, for the price filters (the feature column is float32: 20,000,001 is 2e7 there)
         w.write_array("item_price", np.asarray(ds.item_price, np.float64))
+        # the creation times as given (unix seconds): which items the catalogue holds at a request's time
+        w.write_array("item_created", np.asarray(ds.item_created, np.float64))
         w.write_array("hist_indptr", art.hist_indptr.astype(np.int64))
         w.write_array("hist_items", art.hist_items.astype(np.int32))
         w.write_array("hist_ts", art.hist_ts.astype(np.float64))

@@ -4,6 +4,10 @@ Pure functions over arrays (no I/O, no index object): the caller runs the ANN qu
 (``labels, dist = index.knn_query(vec, k)``; score ``1 - dist``) and passes the result in, so the trainer
 can batch its queries while producing exactly the lists the server produces for the same user.
 
+The catalogue at a time ``t`` is the items created at or before ``t`` (:class:`Releases`): the others
+(``hidden``) are left out of every list, the ANN search included (hnswlib skips them while it searches, so
+its answer still holds ``k`` items), and out of the merge.
+
 Sources, in this order (the ranker's ``src.<s>.*`` features follow it): ``ann`` (user vector -> HNSW),
 ``i2i`` (item-item neighbours of the last ``i2i_recent`` distinct history items, a sum of neighbour weights
 with recency decay ``i2i_decay`` per step back; with ``i2i_recent`` >= the history and no decay it is the
@@ -177,25 +181,55 @@ def _seed_count(recent: int, decay: float) -> int:
 
 
 def source_lists(hist_items, hist_ts, ann_rows, ann_scores, i2i_rows, i2i_scores, trend_rows, trend_scores,
-                 params: dict, drop_history: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+                 params: dict, drop_history: bool = True, hidden=None) -> list[tuple[np.ndarray, np.ndarray]]:
     """The four candidate lists (``SOURCES`` order), each ``(int32 rows, float32 scores)`` best first, without
     the history's items (the merge excludes them anyway; dropped here so ranks count servable items).
-    ``drop_history=False`` keeps them (a request that allows already-consumed items)."""
+    ``drop_history=False`` keeps them (a request that allows already-consumed items). ``hidden`` (sorted,
+    unique rows: the items not in the catalogue yet, :meth:`Releases.hidden`) are dropped from every list."""
     q = params["quotas"]
     seen, recent, sess = history_seeds(hist_items, hist_ts, i2i_seed_count(params), SESSION_SEEDS,
                                        float(params["session_gap"]))
     if not drop_history:
         seen = seen[:0]
+    n_seen = len(seen)
+    if hidden is not None and len(hidden):
+        seen = sorted_unique(np.concatenate([np.asarray(seen, np.int64), np.asarray(hidden, np.int64)]))
     w = np.exp(-float(params["i2i_decay"]) * np.arange(len(recent)))
-    i2i = drop_seen(*neighbour_sum(recent, w, i2i_rows, i2i_scores, 3 * int(q["i2i"]) + len(seen)), seen)
+    i2i = drop_seen(*neighbour_sum(recent, w, i2i_rows, i2i_scores, 3 * int(q["i2i"]) + n_seen), seen)
     session = drop_seen(*neighbour_sum(sess, np.ones(len(sess)), i2i_rows, i2i_scores,
-                                       3 * int(q["session"]) + len(seen)), seen)
+                                       3 * int(q["session"]) + n_seen), seen)
     ann = drop_seen(np.asarray(ann_rows).ravel(), np.asarray(ann_scores).ravel(), seen)
     # long enough that, history dropped, it still holds quota + history + 1 items (the server refills a
     # shorter popular list from the full trending list)
-    n_pop = 3 * int(q["popular"]) + 2 * len(seen) + 1
+    n_pop = 3 * int(q["popular"]) + 2 * n_seen + 1
     pop = drop_seen(trend_rows[:n_pop], trend_scores[:n_pop], seen)
     return [ann, i2i, session, pop]
+
+
+class Releases:
+    """The items' creation times (unix seconds; NaN or absent: always there), to tell which items are not in
+    the catalogue yet at a time ``t``: those created after it. The trainer leaves them out of every list at
+    its ``now``, and the server at the request's time."""
+
+    def __init__(self, created):
+        c = np.asarray(created, np.float64).ravel()
+        c = np.where(np.isnan(c), -np.inf, c)
+        self.order = np.argsort(c, kind="stable").astype(np.int64)
+        self.times = c[self.order]
+
+    def hidden(self, t: float) -> np.ndarray:
+        """Sorted int64 rows of the items created after ``t``; costs their number, not the catalogue's."""
+        at = int(np.searchsorted(self.times, float(t), side="right"))
+        return np.sort(self.order[at:])
+
+
+def ann_filter(hidden):
+    """hnswlib's ``knn_query(filter=...)`` that skips the ``hidden`` rows, or None when there are none (the
+    search is then the same as with a filter that keeps everything)."""
+    if hidden is None or len(hidden) == 0:
+        return None
+    skip = frozenset(np.asarray(hidden).tolist())
+    return lambda label: label not in skip
 
 
 def merge_for_user(lists, hist_items, n_items: int, params: dict, extra_excluded=None) -> Merged:

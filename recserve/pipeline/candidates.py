@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 
-from recserve._core.candidates import not_in_sorted
+from recserve._core.candidates import ann_filter, not_in_sorted
 
 # when the allowed subset is at most this fraction of the items (or this many), search it exhaustively
 BRUTE_FRACTION = 0.25
@@ -31,22 +31,27 @@ class AnnSource:
         self.lock = threading.Lock()  # held by add_items callers too (none in serving today)
         self._ef = int(index.ef)
 
-    def query(self, vec: np.ndarray, k: int, allowed: np.ndarray | None, brute: bool, ef: int | None = None):
+    def query(self, vec: np.ndarray, k: int, allowed: np.ndarray | None, brute: bool, ef: int | None = None,
+              hidden: np.ndarray | None = None):
         """The ``k`` nearest items by cosine, searching with breadth ``max(ef, k)`` (``ef`` None: the
-        index's current one); by brute force over ``allowed`` when ``brute``."""
+        index's current one); by brute force over ``allowed`` when ``brute``. ``hidden`` (sorted rows: items
+        not in the catalogue yet) are skipped by the search itself, as the trainer's search skips them."""
         if vec.shape != (self.dim,) or not np.any(vec):
             return EMPTY
+        n_hidden = 0 if hidden is None else len(hidden)
         if brute and allowed is not None:
-            return brute_force(self.emb, vec, np.flatnonzero(allowed), k)
-        k = min(k, self.count)
+            subset = np.flatnonzero(allowed)
+            return brute_force(self.emb, vec, subset[not_in_sorted(subset, hidden)] if n_hidden else subset, k)
+        k = min(k, self.count - n_hidden)
         if k <= 0:
             return EMPTY
+        flt = ann_filter(hidden)
         with self.lock:
             if ef is not None and ef != self._ef:
                 self.index.set_ef(int(ef))
                 self._ef = int(ef)
             try:
-                labels, dist = self.index.knn_query(vec.reshape(1, -1), k=k, num_threads=1)
+                labels, dist = self.index.knn_query(vec.reshape(1, -1), k=k, num_threads=1, filter=flt)
             except RuntimeError as exc:
                 # hnswlib found fewer than k (a graph that reaches only part of the catalogue from its
                 # entry point): the exact answer instead of a failed request; any other error stands
@@ -54,7 +59,8 @@ class AnnSource:
                     raise
                 labels = None
         if labels is None:
-            return brute_force(self.emb, vec, np.arange(self.count), k)
+            every = np.arange(self.count)
+            return brute_force(self.emb, vec, every[not_in_sorted(every, hidden)] if n_hidden else every, k)
         return labels[0].astype(np.int32), (1.0 - dist[0]).astype(np.float32)
 
 

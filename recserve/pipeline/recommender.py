@@ -78,6 +78,10 @@ class Recommender:
         self.c_price, self.c_cat = col.get("price"), col.get("category")
         self.c_creator, self.c_stock = col.get("creator"), col.get("in_stock")
         self.c_created = col.get("created_days")
+        self.now = float(t.meta("now"))         # the bundle's fit time: every feature is a snapshot at it
+        created = bundle.item_created()
+        # an item created after a request's time is not in the catalogue yet at that time: never recommended
+        self.releases = CC.Releases(created) if created is not None else None
         self.user_feats = np.asarray(bundle.user_feats, np.float32)
         self.user_mean = _column_means(self.user_feats)      # the features of a user the bundle lacks
         self.i2i_rows = t.array("i2i_rows")
@@ -178,6 +182,11 @@ class Recommender:
             self._items = self._snapshot(feats, price)
             self._items_gen = gen
             return self._items
+
+    def _hidden(self, t: float) -> np.ndarray:
+        """Sorted rows of the items created after unix time ``t`` (not released yet): none, at no cost that
+        grows with the catalogue, once ``t`` is past every creation time."""
+        return self.releases.hidden(t) if self.releases is not None else np.zeros(0, np.int64)
 
     def _category_codes(self, names: list[str], field_name: str) -> np.ndarray:
         if len(names) > MAX_LIST:
@@ -304,6 +313,7 @@ class Recommender:
         feats = snap.feats
         allowed, include, n_allowed = self._allowed(req.filters, snap)
         now = req.timestamp or time.time()
+        hidden = self._hidden(now)
         tm = time.gmtime(now)
         hour = req.hour if req.hour is not None else tm.tm_hour
         weekday = req.weekday if req.weekday is not None else tm.tm_wday
@@ -340,12 +350,14 @@ class Recommender:
         # (hnswlib searches with max(ef, k): one more changes the answer, and the ranker's features)
         over = 1.0 / max(frac, 0.05)
         fetch = (lambda n: n) if allowed is None else (lambda n: int(n * over) + 1)
-        ann = CC.ann_lists(lambda n: self.ann.query(uvec, fetch(n), allowed, brute, self.ef),
-                           self.cparams, all_rows, self.n_items, req.exclude_consumed, allowed)
+        ann = CC.ann_lists(lambda n: self.ann.query(uvec, fetch(n), allowed, brute, self.ef, hidden),
+                           self.cparams, all_rows, self.n_items - len(hidden), req.exclude_consumed, allowed)
         yield from within("ann")
         base = CC.source_lists(all_rows, all_ts, ann[0], ann[1], self.i2i_rows, self.i2i_scores,
                                self.trend_rows, self.trend_scores, self.cparams,
-                               drop_history=req.exclude_consumed)
+                               drop_history=req.exclude_consumed, hidden=hidden)
+        # what no list may hold: the consumed items and those not created yet
+        gone = CC.sorted_unique(np.concatenate([consumed, hidden])) if len(hidden) else consumed
         lists = dict(zip(CC.SOURCES, base))
         # with no history and no session (an unknown, anonymous or new user) popular items are the only
         # source: four times k of them (within the budget), so that the ranker and the creator rules
@@ -356,11 +368,11 @@ class Recommender:
             q["popular"] = max(q["popular"], min(4 * k, budget))
         else:
             q["popular"] = max(q["popular"], k)
-        limit = q["popular"] + len(consumed) + 1
+        limit = q["popular"] + len(gone) + 1
         pop = lists["popular"]          # as trained: trending without the history's items
         if len(include):
             pop = C.drop_rows(*C.popular_in_categories(self.cat_indptr, self.cat_rows, self.trend_of_row,
-                                                       include, allowed, limit), consumed)
+                                                       include, allowed, limit), gone)
         elif allowed is None or allowed is snap.in_stock:
             # the shared list, whose out-of-stock entries the merge skips; refilled only when it cannot
             # fill the popular quota (k above the quota, or much of it out of stock), from the whole
@@ -368,11 +380,11 @@ class Recommender:
             servable = len(pop[0]) if allowed is None else int(np.count_nonzero(allowed[pop[0]]))
             if servable < q["popular"]:
                 n = limit if allowed is None else snap.trend_prefix(limit)
-                pop = C.drop_rows(self.trend_rows[:n], self.trend_scores[:n], consumed)
+                pop = C.drop_rows(self.trend_rows[:n], self.trend_scores[:n], gone)
         else:
-            pop = C.drop_rows(*walk_allowed(self.trend_rows, self.trend_scores, allowed, limit), consumed)
+            pop = C.drop_rows(*walk_allowed(self.trend_rows, self.trend_scores, allowed, limit), gone)
         lists["popular"] = pop
-        bits = snap.exclusion_bits(consumed, allowed)
+        bits = snap.exclusion_bits(gone, allowed)
         merged = merge_candidates([lists.get(s, C.EMPTY) for s in self.sources],
                                   [q[s] for s in self.sources], budget,
                                   self.n_items, bits)
@@ -428,6 +440,11 @@ class Recommender:
         if row is None:
             raise NotFound("item_id", f"unknown item {item_id!r}")
         allowed, _, n_allowed = self._allowed(filters, snap)
+        hidden = self._hidden(time.time())          # items not released yet are no answer either
+        if len(hidden):
+            allowed = np.ones(self.n_items, bool) if allowed is None else allowed.copy()
+            allowed[hidden] = False
+            n_allowed = int(np.count_nonzero(allowed))
         n_ok = n_allowed - (1 if allowed is None or allowed[row] else 0)
         want = min(k, n_ok)
         frac = n_ok / max(self.n_items, 1)
