@@ -396,7 +396,9 @@ class Recommender:
 
         dev = float(req.device)
         ctx = R.context_vector(self.schema, float(hour), float(weekday), dev, req.extra)
-        X = R.features(snap.crosser, user_row_vals, uvec, merged, ctx, now / 86400.0)
+        # every feature is a snapshot at the bundle's now (the user's, the items' popularity, the item age,
+        # as in training); the request's time gives the context (hour, weekday) and the release cut only
+        X = R.features(snap.crosser, user_row_vals, uvec, merged, ctx, self.now / 86400.0)
         yield from within("features")
         scores = self.ranker.predict(X)
         yield from done("ranking")

@@ -13,7 +13,7 @@ import pytest
 from recserve._core.tables import TableReader
 
 sys.path.insert(0, str(Path(__file__).parent))
-from srvutil import Server, copy_root  # noqa: E402
+from srvutil import RELEASE, Server, copy_root  # noqa: E402
 
 
 @pytest.fixture
@@ -55,6 +55,25 @@ def facts(demo_bundle):
             "i2i_rows": t.array("i2i_rows").copy(),
         }
     return f
+
+
+@pytest.fixture(scope="session")
+def prelisted(tmp_path_factory):
+    """(root, ids) of a bundle built without held-out data (its now: after the last interaction) whose
+    catalogue lists 15 items, the ``ids``, to be released at ``RELEASE`` (their interactions kept)."""
+    import numpy as np
+
+    from trainer.build import build
+    from trainer.synth import synth
+    from trainer.timing import Timer
+
+    ds, _ = synth(300, 200, seed=2)
+    rows = np.sort(np.random.default_rng(0).choice(ds.n_items, 15, replace=False))
+    ds.item_created[rows] = RELEASE
+    root = tmp_path_factory.mktemp("prelisted")
+    build(ds, root, {"seed": 0, "factors": 16, "ranker_users": 300, "ranker_rounds": 30, "holdout": 0},
+          timer=Timer(verbose=False))
+    return root, {str(ds.item_ids[r]) for r in rows}
 
 
 @pytest.fixture(scope="module")

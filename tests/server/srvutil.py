@@ -18,6 +18,7 @@ from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc as pbg
 
 ROOT = Path(__file__).resolve().parents[2]
+RELEASE = 4102444800.0          # 2100-01-01T00:00:00Z: a release time after any clock the tests run under
 
 
 def copy_root(src: Path, dst: Path) -> Path:

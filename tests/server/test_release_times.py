@@ -9,26 +9,14 @@ import pytest
 from recserve.bundle import Bundle
 from recserve.pipeline.messages import Filters
 from recserve.pipeline.recommender import Recommender, RecRequest
-
-RELEASE = 4102444800.0          # 2100-01-01T00:00:00Z: after any clock these tests run under
+from srvutil import RELEASE
 
 
 @pytest.fixture(scope="module")
-def prelisted(tmp_path_factory):
-    """A bundle whose catalogue lists 15 items to be released in 2100 (their interactions kept), and their
-    ids."""
-    from trainer.build import build
-    from trainer.synth import synth
-    from trainer.timing import Timer
-
-    ds, _ = synth(300, 200, seed=2)
-    rows = np.sort(np.random.default_rng(0).choice(ds.n_items, 15, replace=False))
-    ds.item_created[rows] = RELEASE
-    root = tmp_path_factory.mktemp("prelisted")
-    build(ds, root, {"seed": 0, "factors": 16, "ranker_users": 300, "ranker_rounds": 30, "holdout": 0},
-          timer=Timer(verbose=False))
+def prelisted_bundle(prelisted):
+    root, later = prelisted
     with Bundle.open(root) as b:
-        yield b, {str(ds.item_ids[r]) for r in rows}
+        yield b, later
 
 
 def _answers(rec, b, ts, users):
@@ -39,8 +27,8 @@ def _answers(rec, b, ts, users):
     return out
 
 
-def test_recommend_leaves_out_items_not_released_at_the_requests_time(prelisted):
-    b, later = prelisted
+def test_recommend_leaves_out_items_not_released_at_the_requests_time(prelisted_bundle):
+    b, later = prelisted_bundle
     rec = Recommender(b, None)
     users = [b.tables.id_of("user", r) for r in range(0, b.n_users, 6)] + ["someone-new"]
     for ts in (0.0, float(b.tables.meta("now")), RELEASE - 1.0):
@@ -50,8 +38,8 @@ def test_recommend_leaves_out_items_not_released_at_the_requests_time(prelisted)
     assert sum(len(set(ids) & later) for ids in released) > 0
 
 
-def test_similar_items_leaves_out_items_not_released_yet(prelisted):
-    b, later = prelisted
+def test_similar_items_leaves_out_items_not_released_yet(prelisted_bundle):
+    b, later = prelisted_bundle
     rec = Recommender(b, None)
     rows = b.tables.rows_of("item", sorted(later))
     emb = np.asarray(b.item_emb)
