@@ -214,11 +214,11 @@ class Releases:
     def __init__(self, created):
         c = np.asarray(created, np.float64).ravel()
         c = np.where(np.isnan(c), -np.inf, c)
-        self.order = np.argsort(c, kind="stable").astype(np.int64)
+        self.order = np.argsort(c, kind="stable").astype(np.int32 if len(c) < 2**31 else np.int64)
         self.times = c[self.order]
 
     def hidden(self, t: float) -> np.ndarray:
-        """Sorted int64 rows of the items created after ``t``; costs their number, not the catalogue's."""
+        """Sorted rows of the items created after ``t``; costs their number, not the catalogue's."""
         at = int(np.searchsorted(self.times, float(t), side="right"))
         return np.sort(self.order[at:])
 

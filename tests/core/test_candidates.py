@@ -124,3 +124,19 @@ def test_source_lists_match_the_references(seed, n_hist, drop_history, decay):
     for (gr, gs), (wr, ws) in zip(got, want):
         np.testing.assert_array_equal(gr, wr)
         np.testing.assert_allclose(gs, ws, rtol=1e-6)
+
+
+def test_releases_hide_the_items_created_after_a_time():
+    """An item is in the catalogue from its creation time on (created at t: there at t); an unknown time
+    (NaN) is always there."""
+    from recserve._core.candidates import Releases, ann_filter
+
+    created = np.array([100.0, np.nan, 300.0, 200.0, 300.0, 0.0])
+    r = Releases(created)
+    assert r.hidden(0.0).tolist() == [0, 2, 3, 4] and r.hidden(-1.0).tolist() == [0, 2, 3, 4, 5]
+    assert r.hidden(100.0).tolist() == [2, 3, 4]
+    assert r.hidden(250.0).tolist() == [2, 4]
+    assert r.hidden(300.0).tolist() == [] and r.hidden(1e12).tolist() == []
+    assert ann_filter(r.hidden(300.0)) is None
+    keep = ann_filter(r.hidden(250.0))
+    assert [keep(i) for i in range(6)] == [True, True, False, True, False, True]
