@@ -112,8 +112,9 @@ def eval_users(art, test_user, test_item, max_users: int, seed: int) -> tuple[np
 
 def evaluate(art, scorer, test_user, test_item, test_ts, params: dict, creators: np.ndarray,
              max_users=2000, seed=0, threads=2, progress=None) -> dict:
-    """Returns {"users": n, "methods": {method: metrics}, "truth_not_released": held-out (user, item) pairs
-    left out of the truth because the item was created after the cut, "popularity_deciles": ...}."""
+    """Returns {"users": n, "methods": {method: metrics}, "truth_not_released": the held-out (user, item)
+    pairs (a user with a training history, an item not in it) left out of the truth because the item was
+    created after the cut, "popularity_deciles": ...}."""
     first_ts: dict[int, float] = {}
     for u, t in zip(test_user.tolist(), test_ts.tolist()):
         if u not in first_ts or t < first_ts[u]:
@@ -160,9 +161,11 @@ def evaluate(art, scorer, test_user, test_item, test_ts, params: dict, creators:
     pop_share = pop / pop.sum()
     cold = ~art.seen_items
     hidden = set(art.unreleased.tolist())
-    not_released = len({(u, i) for u, i in zip(test_user.tolist(), test_item.tolist()) if i in hidden})
+    not_released = {(u, i) for u, i in zip(test_user.tolist(), test_item.tolist()) if i in hidden
+                    and i not in set(art.hist_items[art.hist_indptr[u]:art.hist_indptr[u + 1]].tolist())
+                    and art.hist_indptr[u + 1] > art.hist_indptr[u]}
     return {"users": int(len(users)),
-            "truth_not_released": not_released,
+            "truth_not_released": len(not_released),
             "methods": {m: _metrics(recs[m], truths, art.item_emb, pop_share, cold) for m in METHODS},
             "popularity_deciles": popularity_deciles(art.pop_rows, art.pop_scores, recs)}
 
