@@ -119,14 +119,18 @@ def test_store_cli_forgets_and_prunes_beside_an_open_store_that_keeps_serving(de
         now = time.time()
         rec.record_events([Event(user, first[0], 3, now - 40 * 86400), Event(user, first[1], 3, now)])
         rec.record_events([Event("other", first[2], 3, now - 40 * 86400)])
-        after = [i.item_id for i in rec.recommend(RecRequest(user_id=user, k=5)).items]
+
+        def servable():     # every item the answer may hold (k = the catalogue: nothing left out by rank)
+            return [i.item_id for i in rec.recommend(RecRequest(user_id=user, k=b.n_items)).items]
+
+        after = servable()
         assert first[0] not in after and first[1] not in after                   # consumed: excluded
 
         r = _cli("prune", "--events-dir", str(ev), "--older-than-days", "30")
         assert r.returncode == 0, r.stderr
         assert "deleted 2 events older than 30 days; 1 users left with none were removed" in r.stdout
         assert rec.store.recent_columns(user, 10)[0] == [first[1]] and not rec.store.has_user("other")
-        after = [i.item_id for i in rec.recommend(RecRequest(user_id=user, k=5)).items]
+        after = servable()
         assert first[0] in after and first[1] not in after
 
         r = _cli("forget", "--events-dir", str(ev), user, "nobody")

@@ -3,12 +3,17 @@ from types import SimpleNamespace
 
 import hnswlib
 import numpy as np
+import pytest
 
 from recserve._core import candidates as C
+from recserve.pipeline.candidates import AnnSource
 from trainer.retrieval import ann_batch
 
 
-def test_ann_batch_equals_per_user_two_step_queries():
+@pytest.mark.parametrize("n_hidden", [0, 150])
+def test_ann_batch_equals_per_user_two_step_queries(n_hidden):
+    """Also with items not in the catalogue at the artifacts' now (``unreleased``): the search skips them
+    (the server's ``AnnSource.query`` with ``hidden``) and asks for k out of the catalogue that is left."""
     rng = np.random.default_rng(3)
     n, d = 1500, 16
     emb = rng.standard_normal((n, d)).astype(np.float32)
@@ -31,10 +36,12 @@ def test_ann_batch_equals_per_user_two_step_queries():
             hists.append(order[:10])                      # short
     indptr = np.r_[0, np.cumsum([len(h) for h in hists])]
     items = np.concatenate(hists).astype(np.int32)
-    art = SimpleNamespace(item_emb=emb, index=idx, hist_indptr=indptr,
+    hidden = np.sort(rng.choice(n, n_hidden, replace=False)).astype(np.int64)
+    art = SimpleNamespace(item_emb=emb, index=idx, hist_indptr=indptr, unreleased=hidden,
                           history=lambda u: (items[indptr[u]:indptr[u + 1]], None, None))
     got = ann_batch(art, vecs.astype(np.float32), np.arange(12), p, threads=1)
     idx.set_ef(48)
+    served = AnnSource(idx, emb)
     asked_twice = 0
     for u, v in enumerate(vecs):
         if u == 5:
@@ -44,10 +51,10 @@ def test_ann_batch_equals_per_user_two_step_queries():
 
         def query(k):
             asked.append(k)
-            labels, dist = idx.knn_query(v.reshape(1, -1), k=k, num_threads=1)
-            return labels[0].astype(np.int32), (1.0 - dist[0]).astype(np.float32)
+            return served.query(v, k, None, False, 48, hidden)        # the server's search
 
-        want = C.ann_lists(query, p, hists[u], n)
+        want = C.ann_lists(query, p, hists[u], n - n_hidden)
+        assert not np.isin(got[u][0], hidden).any()
         np.testing.assert_array_equal(got[u][0], want[0])
         np.testing.assert_allclose(got[u][1], want[1], rtol=1e-6)
         asked_twice += len(asked) == 2
