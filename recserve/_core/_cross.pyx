@@ -2,7 +2,8 @@
 """Feature crossing: the ranker's float32 matrix, shared by the trainer and the server.
 
 Row layout (F = U + I + C + 2*S + 4), named by ``recserve._core.cross.FeatureSchema``:
-  user features (U) | item features (I: the table's columns ``item_cols``, gathered) | context (C)
+  user features (U) | item features (I: the table's columns in ``runs`` of consecutive columns, each
+  (first, length), gathered) | context (C)
   | per source s: 1/(1+rank) (0 if absent), source score (0 if absent)
   | user.item dot | item price / user average spend (NaN when unknown) | user affinity for the item's
     category (NaN when unknown) | item age in days, at least 0 (NaN when unknown)
@@ -29,9 +30,11 @@ SPEC_LEN = N_SPEC
 cdef void cross_rows(const float32_t[::1] user, const float32_t[::1] uvec, const float32_t[:, ::1] items,
                      const float32_t[:, ::1] emb, const row_t[::1] rows, const float32_t[::1] ctx,
                      const row_t[:, ::1] rank, const float32_t[:, ::1] score, const index_t[::1] spec,
-                     const index_t[::1] item_cols, double now_days, float32_t[:, ::1] out) noexcept nogil:
+                     const index_t[:, ::1] runs, double now_days, float32_t[:, ::1] out) noexcept nogil:
     cdef Py_ssize_t n = rows.shape[0], U = user.shape[0], I = items.shape[1], C = ctx.shape[0]
-    cdef Py_ssize_t NI = item_cols.shape[0]
+    cdef Py_ssize_t R = runs.shape[0], q, length
+    cdef const index_t* rp = &runs[0, 0] if R > 0 else NULL
+    cdef const float32_t* src
     cdef Py_ssize_t S = rank.shape[1], d = uvec.shape[0], i, j, s, c
     cdef row_t r
     cdef double dot, v, spend
@@ -59,9 +62,11 @@ cdef void cross_rows(const float32_t[::1] user, const float32_t[::1] uvec, const
         for j in range(U):
             o[j] = user[j]
         c = U
-        for j in range(NI):
-            o[c + j] = it[item_cols[j]]
-        c += NI
+        for q in range(R):             # the item columns in runs of consecutive ones: plain copies
+            src, length = it + rp[2 * q], rp[2 * q + 1]
+            for j in range(length):
+                o[c + j] = src[j]
+            c += length
         for j in range(C):
             o[c + j] = ctx[j]
         c += C
@@ -103,10 +108,17 @@ cdef int check_finite(const float32_t[::1] x, str name, bint allow_nan=False) ex
 def cross(const float32_t[::1] user, const float32_t[::1] uvec, const float32_t[:, ::1] items,
           const float32_t[:, ::1] emb, const row_t[::1] rows, const float32_t[::1] ctx,
           const row_t[:, ::1] rank, const float32_t[:, ::1] score, const index_t[::1] spec,
-          const index_t[::1] item_cols, double now_days):
+          const index_t[:, ::1] runs, double now_days):
     """Build the float32 [n, F] feature matrix for one user's candidates (see the module docstring)."""
     cdef Py_ssize_t n = rows.shape[0], i, S = rank.shape[1]
-    cdef Py_ssize_t F = user.shape[0] + item_cols.shape[0] + ctx.shape[0] + 2 * S + 4
+    cdef Py_ssize_t NI = 0
+    if runs.shape[1] != 2:
+        raise ValueError("runs must have shape (R, 2): first item column, length")
+    for i in range(runs.shape[0]):
+        if runs[i, 0] < 0 or runs[i, 1] < 0 or runs[i, 0] + runs[i, 1] > items.shape[1]:
+            raise ValueError(f"item column run {i} ({runs[i, 0]}, {runs[i, 1]}) is outside the item table")
+        NI += runs[i, 1]
+    cdef Py_ssize_t F = user.shape[0] + NI + ctx.shape[0] + 2 * S + 4
     if spec.shape[0] != SPEC_LEN:
         raise ValueError(f"spec must have {SPEC_LEN} entries")
     if items.shape[0] != emb.shape[0]:
@@ -118,9 +130,6 @@ def cross(const float32_t[::1] user, const float32_t[::1] uvec, const float32_t[
     for i in (PRICE, CAT, CREATED):
         if spec[i] >= items.shape[1]:
             raise ValueError(f"spec[{i}] = {spec[i]} is not an item column")
-    for i in range(item_cols.shape[0]):
-        if item_cols[i] < 0 or item_cols[i] >= items.shape[1]:
-            raise ValueError(f"item_cols[{i}] = {item_cols[i]} is not an item column")
     if spec[SPEND] >= user.shape[0]:
         raise ValueError(f"spend column {spec[SPEND]} is not a user column")
     if spec[CAT_OFFSET] >= 0 and (spec[N_CAT] < 0 or spec[CAT_OFFSET] + spec[N_CAT] > user.shape[0]):
@@ -134,5 +143,5 @@ def cross(const float32_t[::1] user, const float32_t[::1] uvec, const float32_t[
     out = np.empty((n, F), np.float32)
     cdef float32_t[:, ::1] o = out
     with nogil:
-        cross_rows(user, uvec, items, emb, rows, ctx, rank, score, spec, item_cols, now_days, o)
+        cross_rows(user, uvec, items, emb, rows, ctx, rank, score, spec, runs, now_days, o)
     return out

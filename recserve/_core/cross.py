@@ -112,7 +112,7 @@ class Crosser:
         if self.items.shape[0] != self.emb.shape[0]:
             raise ValueError("item table and embeddings differ in rows")
         self._spec = schema.spec()
-        self._item_cols = schema.ranked_item_index()
+        self._runs = column_runs(schema.ranked_item_index())
 
     def cross(self, user_row, user_vec, rows, context, rank, score, now_days: float) -> np.ndarray:
         """float32 [len(rows), n_features]. ``rank``/``score`` come from :func:`merge_candidates`."""
@@ -132,7 +132,19 @@ class Crosser:
         rk = rk if rk.dtype == np.int32 else to_int32(integers(rk, "rank"), "rank")
         rk, sc = np.ascontiguousarray(rk), np.ascontiguousarray(sc, np.float32)
         return _cross.cross(user, f32_1d(user_vec, "user_vec"), self.items, self.emb, r, ctx, rk, sc,
-                            self._spec, self._item_cols, float(now_days))
+                            self._spec, self._runs, float(now_days))
+
+
+def column_runs(cols) -> np.ndarray:
+    """int64 [R, 2]: (first column, length) of each run of consecutive columns in ``cols``, in order: the
+    kernel copies each run as a block (no index load per value)."""
+    out: list[list[int]] = []
+    for c in np.asarray(cols, np.int64).tolist():
+        if out and c == out[-1][0] + out[-1][1]:
+            out[-1][1] += 1
+        else:
+            out.append([c, 1])
+    return np.array(out, np.int64).reshape(len(out), 2)
 
 
 def cross_reference(schema: FeatureSchema, item_table, item_emb, user_row, user_vec, rows, context,

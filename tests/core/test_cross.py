@@ -122,3 +122,10 @@ def test_item_age_is_never_negative_and_unranked_columns_are_no_features():
     np.testing.assert_allclose(age[~future], (now - created)[~future], rtol=1e-5, atol=1e-2)
     keep = [plain.names.index(n) for n in schema.names]
     np.testing.assert_array_equal(X, P[:, keep])
+
+
+def test_column_runs():
+    from recserve._core.cross import column_runs
+
+    assert column_runs([0, 1, 2, 4, 5, 7]).tolist() == [[0, 3], [4, 2], [7, 1]]
+    assert column_runs([]).shape == (0, 2)
