@@ -64,7 +64,10 @@ class Recommender:
         self.tables = t
         p = dict(bundle.params)
         CC.check_params(p)          # the bundle's own (verify checks them too; Bundle.open may skip it)
-        p.update({k: v for k, v in (defaults or {}).items() if v is not None})
+        given = {k: v for k, v in (defaults or {}).items() if v is not None}
+        if "cap" in given:
+            p.pop("candidates", None)     # the server's cap outranks the bundle's own candidates (one precedence)
+        p.update(given)
         if p.get("candidates"):
             p.update(scaled_quotas(p.get("quotas") or CC.DEFAULT_PARAMS["quotas"], int(p["candidates"])))
         self.params = p

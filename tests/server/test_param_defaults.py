@@ -49,3 +49,14 @@ def test_parameters_a_manifest_leaves_out_are_the_trainers_defaults(demo_bundle,
             assert got.source_counts == want.source_counts
             compared += 1
         assert compared >= 20
+
+
+def test_a_served_cap_outranks_the_bundles_own_candidates(demo_bundle, tmp_path):
+    """``candidates`` N sets the cap to N, so a manifest's ``candidates`` must not undo the server's ``cap``."""
+    def with_candidates(p):
+        p["candidates"] = 150
+
+    with Bundle.open(_version_with_params(demo_bundle, tmp_path / "cand", with_candidates)) as b:
+        assert Recommender(b, None).cap == 150
+        assert Recommender(b, None, {"cap": 40}).cap == 40
+        assert Recommender(b, None, {"candidates": 90}).cap == 90
