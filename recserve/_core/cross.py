@@ -149,30 +149,36 @@ def column_runs(cols) -> np.ndarray:
 
 def cross_reference(schema: FeatureSchema, item_table, item_emb, user_row, user_vec, rows, context,
                     rank, score, now_days) -> np.ndarray:
-    """Plain numpy reference of :meth:`Crosser.cross`."""
+    """Plain numpy reference of :meth:`Crosser.cross`. It finds each role's column by its name in the
+    schema (not through :meth:`FeatureSchema.spec` or :func:`column_runs`, what the kernel is given), and a
+    role without its column (or without a known value) gives NaN."""
     items = np.asarray(item_table, np.float32)
     rows = np.asarray(rows, np.int64)
     n = len(rows)
     user = np.asarray(user_row, np.float32)
     it = items[rows]
+    ucol, icol = schema.user_columns.index, schema.item_columns.index
     rank = np.asarray(rank).reshape(n, len(schema.sources))
     score = np.asarray(score, np.float32).reshape(n, len(schema.sources))
-    parts = [np.broadcast_to(user, (n, len(user))), it[:, schema.ranked_item_index()],
+    ranked = [j for j, c in enumerate(schema.item_columns) if c not in schema.unranked_item_columns]
+    parts = [np.broadcast_to(user, (n, len(user))), it[:, ranked],
              np.broadcast_to(np.asarray(context, np.float32), (n, len(schema.context_columns)))]
     for si in range(len(schema.sources)):
         present = rank[:, si] >= 0
         parts.append(np.where(present, 1.0 / (1.0 + np.maximum(rank[:, si], 0)), 0.0)[:, None])
         parts.append(np.where(present, score[:, si], 0.0)[:, None])
-    spec = schema.spec()
     dot = np.asarray(item_emb[rows], np.float64) @ np.asarray(user_vec, np.float64)
-    nan = np.full(n, np.nan)
-    price = it[:, spec[0]] / user[spec[1]] if spec[0] >= 0 and spec[1] >= 0 and user[spec[1]] > 0 else nan
-    aff = nan.copy()
-    if spec[2] >= 0 and spec[3] >= 0:
-        c = it[:, spec[2]].astype(np.float64)
-        ok = (c >= 0) & (c < spec[4])
-        aff[ok] = user[spec[3] + c[ok].astype(np.int64)]
-    age = np.maximum(now_days - it[:, spec[5]].astype(np.float64), 0.0) if spec[5] >= 0 and np.isfinite(now_days) \
-        else nan
-    parts += [dot[:, None], np.asarray(price)[:, None], aff[:, None], np.asarray(age)[:, None]]
+    price, aff, age = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    if schema.price_column is not None and schema.spend_column is not None:
+        spend = float(user[ucol(schema.spend_column)])
+        if spend > 0:                                   # NaN, 0 or a negative spend: no ratio
+            price = it[:, icol(schema.price_column)].astype(np.float64) / spend
+    if schema.category_column is not None and schema.category_share_prefix is not None:
+        shares = user[[ucol(f"{schema.category_share_prefix}{k}") for k in range(schema.n_categories)]]
+        code = it[:, icol(schema.category_column)].astype(np.float64)
+        ok = (code >= 0) & (code < schema.n_categories)  # NaN or a code without a share column: NaN
+        aff[ok] = shares[code[ok].astype(np.int64)]
+    if schema.created_column is not None and np.isfinite(now_days):
+        age = np.maximum(now_days - it[:, icol(schema.created_column)].astype(np.float64), 0.0)  # NaN stays
+    parts += [dot[:, None], price[:, None], aff[:, None], age[:, None]]
     return np.hstack(parts).astype(np.float32)

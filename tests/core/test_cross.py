@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
 
 from recserve._core.cross import Crosser, FeatureSchema, cross_reference
 
@@ -21,26 +22,82 @@ def make(seed, n_items=40, d=6, n_cat=3, unranked=()):
     return rng, schema, items, emb
 
 
-@settings(max_examples=150, deadline=None)
-@given(seed=st.integers(0, 10**6), n=st.integers(0, 50), spend=st.sampled_from([0.0, 25.0, float("nan")]),
-       now=st.sampled_from([20100.0, 19000.0, float("nan")]), missing_share=st.booleans(),
-       unranked=st.sampled_from([(), ("created_days",), ("price", "popularity")]))
-def test_matches_reference(seed, n, spend, now, missing_share, unranked):
-    """Missing user values (NaN: an empty cell of a users-file column) cross like any other value; items
-    created after ``now`` (at 19000 about half of them) and item columns that are no feature too."""
-    rng, schema, items, emb = make(seed, unranked=unranked)
-    user = np.concatenate([[300.0, spend], rng.dirichlet(np.ones(3))]).astype(np.float32)
-    if missing_share:
-        user[3] = np.nan
-    uvec = rng.normal(size=emb.shape[1]).astype(np.float32)
-    rows = rng.integers(0, len(items), n).astype(np.int32)
-    rank = rng.integers(-1, 20, (n, 3)).astype(np.int32)
-    score = rng.normal(size=(n, 3)).astype(np.float32)
-    ctx = np.array([13, 2], np.float32)
+# per output dtype: the kernel works in double and rounds once, the reference in numpy float64
+TOL = {np.float32: dict(rtol=1e-5, atol=1e-5)}
+# item cells: category codes in and out of range (and between codes), prices, creation days before and
+# after the ``NOW`` values, unknown (NaN)
+ITEM_VALUES = [-1.0, 0.0, 1.0, 2.0, 2.5, 3.0, 40.0, 19000.0, 20500.0, float("nan")]
+# user cells: a spend that gives no price ratio (NaN, 0, negative) or one that does; shares, NaN ones too
+USER_VALUES = [-5.0, 0.0, 0.25, 1.0, 25.0, float("nan")]
+NOW = [19500.0, 20100.25, 0.0, float("nan"), float("inf"), float("-inf")]
+small = st.floats(-2, 2, width=32)
+
+
+@st.composite
+def schemas(draw, item_columns=True):
+    """A schema in which each optional role column (price, spend, category, category shares, created) is
+    present or absent, anywhere among the plain columns, and ranked or not; zero to three of the user, item,
+    context and source columns besides. ``item_columns``: at least one item column, else none."""
+    flag = st.booleans()
+    n_shares = draw(st.integers(0, 3))
+    prefix = draw(flag)
+    # shares declared (the first 0..n of them), or codes without share columns: an unknown affinity
+    n_categories = draw(st.integers(0, n_shares if prefix else 3))
+    users = draw(st.permutations([f"u{k}" for k in range(draw(st.integers(0, 2)))] + ["spend"] * draw(flag)))
+    at = draw(st.integers(0, len(users)))
+    users = users[:at] + [f"share_{k}" for k in range(n_shares)] + users[at:]
+    items = []
+    if item_columns:
+        items = [c for c in ("price", "category", "created") if draw(flag)]
+        items = draw(st.permutations(items + [f"i{k}" for k in range(draw(st.integers(0 if items else 1, 2)))]))
+    return FeatureSchema(
+        user_columns=users, item_columns=items,
+        context_columns=[f"c{k}" for k in range(draw(st.integers(0, 2)))],
+        sources=[f"s{k}" for k in range(draw(st.integers(0, 3)))],
+        price_column="price" if "price" in items else None,
+        spend_column="spend" if "spend" in users else None,
+        category_column="category" if "category" in items else None,
+        category_share_prefix="share_" if prefix else None, n_categories=n_categories,
+        created_column="created" if "created" in items else None,
+        unranked_item_columns=[c for c in items if draw(flag)])
+
+
+def check_crossing(data, schema):
+    n_items, n, d = data.draw(st.integers(1, 6)), data.draw(st.integers(0, 8)), data.draw(st.integers(0, 5))
+    S = len(schema.sources)
+    items = data.draw(hnp.arrays(np.float32, (n_items, len(schema.item_columns)),
+                                 elements=st.sampled_from(ITEM_VALUES) | st.floats(-2, 21000, width=32)))
+    user = data.draw(hnp.arrays(np.float32, len(schema.user_columns), elements=st.sampled_from(USER_VALUES)))
+    emb = data.draw(hnp.arrays(np.float32, (n_items, d), elements=small))
+    uvec = data.draw(hnp.arrays(np.float32, d, elements=small))
+    ctx = data.draw(hnp.arrays(np.float32, len(schema.context_columns), elements=small))
+    rows = data.draw(hnp.arrays(np.int32, n, elements=st.integers(0, n_items - 1)))
+    rank = data.draw(hnp.arrays(np.int32, (n, S), elements=st.integers(-1, 4)))    # -1: not in that source
+    score = data.draw(hnp.arrays(np.float32, (n, S), elements=small))
+    now = data.draw(st.sampled_from(NOW))
     got = Crosser(schema, items, emb).cross(user, uvec, rows, ctx, rank, score, now)
     want = cross_reference(schema, items, emb, user, uvec, rows, ctx, rank, score, now)
-    assert got.shape == (n, schema.n_features)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert got.shape == (n, schema.n_features) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, equal_nan=True, **TOL[np.float32])
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_matches_reference(data):
+    """Any schema: a role whose column is absent gives NaN (the kernel reads no item or user cell for it),
+    like an unknown value (NaN spend or share, a spend <= 0, a category code without a share, an unknown
+    creation day, a non-finite ``now``); items created after ``now`` are 0 days old; missing user values
+    (NaN: an empty cell of a users-file column) cross like any other value. (A read outside the item row
+    lands in the table and gives a number where the reference has NaN.)"""
+    check_crossing(data, data.draw(schemas(), "schema"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_item_table_without_columns_matches_reference(data):
+    """No item column at all: the kernel has no item row to point into, so it must read none (a role
+    whose column is absent read through that missing row would crash)."""
+    check_crossing(data, data.draw(schemas(item_columns=False), "schema"))
 
 
 def test_schema_names_and_roundtrip():
