@@ -114,6 +114,18 @@ def add_to_server(service, server) -> None:
 WRITE_NAMES = frozenset(("RecordEvents", "UpdateItems"))
 
 
+# A call cut off with at most this much of its deadline left here is taken to have run out of time: the
+# server's deadline starts when the call reaches it, later than the client's, so the client's cancel at its
+# own deadline can arrive while the server still has a little time left.
+DEADLINE_SLACK_S = 0.1
+
+
+def deadline_passed(left: float | None) -> bool:
+    """Whether a call cut off with ``left`` seconds of its deadline remaining here (``time_remaining()``,
+    None: no deadline) ended because its deadline passed, not because the client cancelled it."""
+    return left is not None and left <= DEADLINE_SLACK_S
+
+
 def rpc(method):
     """Every RPC: the request parsed and the response serialized (bytes both ways, see :func:`add_to_server`),
     a request id (in the response, the trailing metadata and any log line about the call), the worker's
@@ -147,8 +159,7 @@ def rpc(method):
                 raise ResponseTooLarge(len(data), self.max_response_bytes)
             return data
         except asyncio.CancelledError:          # the client cancelled or its deadline passed: gRPC's doing
-            left = context.time_remaining()
-            late = left is not None and left <= 0
+            late = deadline_passed(context.time_remaining())
             code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
             why = ("the deadline passed" if late else "cut off by the shutdown's grace period"
                    if self.shutting_down else "cancelled by the client")
