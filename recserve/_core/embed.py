@@ -78,3 +78,18 @@ def user_vector_reference(item_emb, rows, params: UserVectorParams, event_weight
         v = params.alpha * avg(params.decay_long) + (1 - params.alpha) * avg(params.decay_short)
     n = np.linalg.norm(v)
     return (v / n if n > 0 else np.zeros(d)).astype(np.float32)
+
+
+def user_vectors_reference(item_emb, indptr, rows, params: UserVectorParams, event_weights=None, ages=None):
+    """Plain numpy reference of :func:`user_vectors`: user u is :func:`user_vector_reference` of
+    ``rows[indptr[u]:indptr[u+1]]`` with that slice of ``event_weights`` and ``ages``. float32[U, d]."""
+    indptr = np.asarray(indptr, np.int64)
+    rows = np.asarray(rows, np.int64)
+    if len(indptr) < 1 or indptr[0] != 0 or indptr[-1] != len(rows) or (np.diff(indptr) < 0).any():
+        raise ValueError("indptr must start at 0, not decrease and end at len(rows)")
+    out = np.zeros((len(indptr) - 1, item_emb.shape[1]), np.float32)
+    for u, (s, e) in enumerate(zip(indptr[:-1], indptr[1:])):
+        out[u] = user_vector_reference(item_emb, rows[s:e], params,
+                                       None if event_weights is None else np.asarray(event_weights)[s:e],
+                                       None if ages is None else np.asarray(ages)[s:e])
+    return out

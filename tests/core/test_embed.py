@@ -3,9 +3,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from recserve._core.embed import UserVectorParams, user_vector, user_vector_reference, user_vectors
+from recserve._core.embed import (UserVectorParams, user_vector, user_vector_reference, user_vectors,
+                                  user_vectors_reference)
 
-TOL = {np.float32: dict(rtol=1e-4, atol=1e-5)}
+# by the dtype of the item embeddings given: the kernel computes on their float32 copy, the reference in float64
+TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-4, atol=1e-5)}
 
 
 def emb_matrix(n=50, d=16, seed=0):
@@ -41,6 +43,27 @@ def test_batch_equals_single(lengths, params, seed):
     for u in range(len(lengths)):
         s, e = indptr[u], indptr[u + 1]
         np.testing.assert_allclose(batch[u], user_vector(E, rows[s:e], params, w[s:e]), rtol=1e-6, atol=1e-7)
+
+
+@settings(max_examples=150, deadline=None)
+@given(lengths=st.lists(st.integers(0, 12), min_size=1, max_size=8), dtype=st.sampled_from([np.float32, np.float64]),
+       params=st.builds(UserVectorParams, decay_short=st.floats(0, 3), decay_long=st.floats(0, 0.5),
+                        alpha=st.floats(0, 1), half_life=st.floats(1, 100)),
+       data=st.data())
+def test_batch_matches_reference_with_weights_and_ages(lengths, dtype, params, data):
+    """The batch kernel, user by user, against the numpy reference, with event weights and ages (half-life on):
+    every user reads her own slice of both. Ages / half_life stay below 500, so no weight is subnormal."""
+    E = np.random.default_rng(data.draw(st.integers(0, 9), label="seed")).normal(size=(30, 8)).astype(dtype)
+    n = sum(lengths)
+    rows = data.draw(hnp.arrays(np.int64, n, elements=st.integers(0, len(E) - 1)), label="rows")
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    w = data.draw(st.none() | hnp.arrays(np.float32, n, elements=st.floats(0.125, 5, width=32)), label="w")
+    ages = data.draw(hnp.arrays(np.float32, n, elements=st.floats(0, 500, width=32)), label="ages")
+    got = user_vectors(E, indptr, rows, params, w, ages)
+    want = user_vectors_reference(E, indptr, rows, params, w, ages)
+    assert got.shape == (len(lengths), E.shape[1]) and got.dtype == np.float32
+    for u in range(len(lengths)):
+        np.testing.assert_allclose(got[u], want[u], **TOL[dtype], err_msg=f"user {u}")
 
 
 def test_newest_item_weighs_most():
