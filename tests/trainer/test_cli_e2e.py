@@ -21,7 +21,11 @@ def test_synth_build_verify_evaluate(tmp_path):
     assert set(m["files"]) == {"tables.lmdb", "index.hnsw", "ranker.txt"}
     assert set(m["inputs"]) == {"interactions.csv", "items.csv", "users.csv"}
     assert m["evaluation"]["methods"]["popularity"]["recall@10"] >= 0
-    assert m["params"]["decay_short"] in m["training"]["tuning"]["grid"][0].values() or m["training"]["tuning"]
+    tuning = m["training"]["tuning"]                   # the served vector params are the best of the grid tried
+    assert len(tuning["grid"]) > 1 and tuning["chosen"] in tuning["grid"]
+    assert tuning["chosen"]["ann_recall@50"] == max(g["ann_recall@50"] for g in tuning["grid"])
+    assert (m["params"]["decay_short"], m["params"]["alpha"]) == (tuning["chosen"]["decay_short"],
+                                                                  tuning["chosen"]["alpha"])
     assert 0.8 <= m["index"]["recall_at_k"]["recall"] <= 1.0
     ef = m["training"]["tuning"]["ef"]                 # the serving ef, tuned against brute force
     assert m["params"]["ef"] == m["index"]["ef"] == ef["chosen"]["ef"]
