@@ -208,8 +208,15 @@ def test_compare_quick(demo_bundle, tmp_path):
     assert rec["settings"] == {"A": {}, "B": {"RECSERVE_DEBUG_DELAY_MS": "40"}} and len(rec["rounds"]) == 2
     for row in rec["rounds"]:
         assert row["A"]["throughput"] > 0 and row["B"]["throughput"] > 0 and row["A"]["errors"] == 0
+        assert row["B"]["p99 Recommend"] >= 39.0, row        # B's Recommends each slept 40 ms: the setting reached B
+    # the summary is B / A of each round's figures, and counts the rounds in which B did better
     tp = rec["summary"]["throughput"]
-    assert len(tp["ratios"]) == 2 and max(tp["ratios"]) < 0.5 and tp["b_better_rounds"] == 0
+    ratios = [row["B"]["throughput"] / row["A"]["throughput"] for row in rec["rounds"]]
+    assert tp["ratios"] == pytest.approx(ratios) and tp["rounds"] == 2
+    assert tp["b_better_rounds"] == sum(r > 1.0 for r in ratios)
+    lat = rec["summary"]["p99 Recommend"]
+    ratios = [row["B"]["p99 Recommend"] / row["A"]["p99 Recommend"] for row in rec["rounds"]]
+    assert lat["ratios"] == pytest.approx(ratios) and lat["b_better_rounds"] == sum(r < 1.0 for r in ratios)
 
 
 def test_compare_rejects_bad_settings(demo_bundle):
