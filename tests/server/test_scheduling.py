@@ -171,7 +171,8 @@ def test_recommend_steps_pause_points_and_stage_times(tiny_recommender):
     assert [i.item_id for i in res.items] == [i.item_id for i in direct.items]
     t = dict(res.timings)
     assert [k for k in t] == ["validate", "user", "candidates", "ranking", "rerank", "assemble", "total"]
-    assert sum(v for k, v in t.items() if k != "total") < 20.0 and t["total"] > 20.0 * len(names), res.timings
+    # every pause (>= 20 ms each) is in the total and in no stage
+    assert t["total"] - sum(v for k, v in t.items() if k != "total") >= 0.9 * 20.0 * len(names), res.timings
 
 
 def test_explanations_are_a_stage_of_their_own(tiny_recommender):
