@@ -213,24 +213,30 @@ def test_the_respawn_delay_doubles_per_slot(monkeypatch):
             os._exit(0)
         return pid
 
+    def exited(pid: int) -> None:           # wait until the child is a zombie, leaving it to monitor() to reap
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+
     sup = Supervisor(ServeConfig(workers=2, share_work=0), 0, socket.socket())
     monkeypatch.setattr(sup, "_spawn", lambda slot, replacement=False: -1)     # nothing is forked again
     try:
-        now = time.monotonic()
         for slot in (0, 1):
             pid = dead_child()
             sup.pids.append(pid)
-            sup._started[pid], sup._slot[pid] = now - 60, slot   # lived a minute: not young
-        time.sleep(0.2)
+            sup._started[pid], sup._slot[pid] = time.monotonic() - 60, slot   # lived a minute: not young
+            exited(pid)
+        before = time.monotonic()
         sup.monitor()
-        assert len(sup._due) == 2 and all(0.5 <= due - now < 1.5 for due, _ in sup._due)   # both in 0.5 s
+        after = time.monotonic()
+        # both replacements due RESPAWN_MIN_S after the monitor saw the deaths
+        assert sorted(slot for _, slot in sup._due) == [0, 1], sup._due
+        assert all(before + sup.RESPAWN_MIN_S <= due <= after + sup.RESPAWN_MIN_S for due, _ in sup._due), sup._due
         assert sup._backoff == {0: sup.RESPAWN_MIN_S, 1: sup.RESPAWN_MIN_S}
         sup._due.clear()
         for _ in range(2):                      # slot 0's replacements die young, twice
             pid = dead_child()
             sup.pids.append(pid)
             sup._started[pid], sup._slot[pid] = time.monotonic(), 0
-            time.sleep(0.2)
+            exited(pid)
             sup.monitor()
         assert sup._backoff == {0: 4 * sup.RESPAWN_MIN_S, 1: sup.RESPAWN_MIN_S}
     finally:
