@@ -1,7 +1,16 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the hypothesis profile: with CI set (CI runs ``.ci/run`` with CI=true), property tests
+draw the same examples every run and keep no example database, so a CI run is reproducible from the commit
+alone; elsewhere they draw new examples each run. HYPOTHESIS_PROFILE (``ci`` or ``default``) picks one."""
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if CI else "default"))
 
 
 @pytest.fixture(scope="session")
