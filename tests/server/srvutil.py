@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -40,16 +41,58 @@ def set_current(root: Path, version: str) -> None:
     os.replace(tmp, root / "CURRENT")
 
 
+def _pending(pipe, limit: int = 3000) -> str:
+    """The last ``limit`` characters a pipe holds now, without waiting for its end (a hung server's workers
+    may keep it open)."""
+    fd = pipe.fileno()
+    os.set_blocking(fd, False)
+    chunks = []
+    try:
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    except BlockingIOError:
+        pass
+    return b"".join(chunks).decode("utf-8", "replace")[-limit:]
+
+
+def first_line(proc: subprocess.Popen, timeout: float) -> str:
+    """``proc``'s first line of output ("" if it exited first); a process that prints none within
+    ``timeout`` seconds is stopped and the caller's test fails, instead of the suite hanging."""
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if got:
+        return got[0]
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    raise RuntimeError(f"server printed no startup line in {timeout:.0f} s: " + _pending(proc.stderr))
+
+
 class Server:
-    def __init__(self, root: Path, *args: str, env: dict | None = None, wait_line: bool = True):
-        cmd = [sys.executable, "-m", "recserve.cli", "serve", "--bundle", str(root), "--port", "0",
-               "--log-level", "WARNING", *args]
+    def __init__(self, root: Path, *args: str, env: dict | None = None, wait_line: bool = True,
+                 metrics: bool = False, start_timeout: float = 120.0):
+        """``recserve serve`` on ``root`` with ``args``; ``metrics``: with a metrics endpoint on a free port
+        (``metrics_port``), picked again should another process take it before the server binds it."""
         e = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e,
-                                     cwd=ROOT)
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("server failed to start: " + self.proc.stderr.read()[-3000:])
+        self.metrics_port: int | None = None
+        for attempt in range(3):
+            if metrics:
+                self.metrics_port = free_port()
+            cmd = [sys.executable, "-m", "recserve.cli", "serve", "--bundle", str(root), "--port", "0",
+                   "--log-level", "WARNING", *args, *(("--metrics-port", str(self.metrics_port)) if metrics else ())]
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e,
+                                         cwd=ROOT)
+            line = first_line(self.proc, start_timeout)
+            if line:
+                break
+            err = self.proc.stderr.read()
+            if not (metrics and attempt < 2 and f":{self.metrics_port}: Address already in use" in err):
+                raise RuntimeError("server failed to start: " + err[-3000:])
         self.port = json.loads(line)["port"]
         self.addr = f"127.0.0.1:{self.port}"
         self.channels: list[grpc.Channel] = []
@@ -73,7 +116,6 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
-
 
 
 def free_port() -> int:

@@ -423,12 +423,12 @@ def test_a_respawned_worker_takes_calls_only_with_a_bundle_and_its_gauge_dies_wi
     import signal
     import urllib.request
 
-    from srvutil import free_port, metric
+    from srvutil import metric
 
     root = copy_root(shared_root, tmp_path / "root")
     good = (root / "CURRENT").read_text().strip()
-    mport = free_port()
-    s = start_server(root, "--workers", "2", "--metrics-port", str(mport), "--reload-interval", "0.2")
+    s = start_server(root, "--workers", "2", "--reload-interval", "0.2", metrics=True)
+    mport = s.metrics_port
     before = set()
     assert wait_for(lambda: len(before.update(worker_pids(s, facts["user"])) or before) == 2, 30)
     os.kill(min(before), signal.SIGKILL)

@@ -150,11 +150,11 @@ def _opens(open_stream) -> bool:
 
 
 def test_metrics_endpoint_aggregates_workers(shared_root, facts, start_server, tmp_path):
-    mport = free_port()
     tokens = tmp_path / "tokens"
     tokens.write_text("write w-secret\n")
-    s = start_server(shared_root, "--workers", "2", "--metrics-port", str(mport), "--reload-interval", "0",
-                     "--tokens-file", str(tokens), "--events-dir", str(tmp_path / "ev"))
+    s = start_server(shared_root, "--workers", "2", "--reload-interval", "0",
+                     "--tokens-file", str(tokens), "--events-dir", str(tmp_path / "ev"), metrics=True)
+    mport = s.metrics_port
     auth = (("authorization", "Bearer w-secret"),)
     ids = set()
     for _ in range(6):
@@ -214,10 +214,9 @@ def test_events_counted_are_the_events_kept_when_deadlines_end_writes(shared_roo
 
     from recserve.events import EventStore
 
-    mport = free_port()
     ev = tmp_path / "ev"
-    s = start_server(shared_root, "--workers", "2", "--metrics-port", str(mport), "--reload-interval", "0",
-                     "--events-dir", str(ev))
+    s = start_server(shared_root, "--workers", "2", "--reload-interval", "0", "--events-dir", str(ev), metrics=True)
+    mport = s.metrics_port
     outcomes = []
     for b in range(60):
         events = [pb.Event(user_id=f"dl-{b}-{k % 50}", item_id=facts["items"][k % 40], type=pb.EVENT_TYPE_VIEW,
@@ -314,9 +313,9 @@ def test_maximum_concurrent_rpcs(shared_root, facts, start_server):
 
 def test_shed_calls_are_counted_in_the_metrics(shared_root, facts, start_server):
     """Calls refused at the bound on calls in flight are counted in the metrics like any other."""
-    mport = free_port()
     s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--max-concurrent-rpcs", "2",
-                     "--threads", "4", "--metrics-port", str(mport), env={"RECSERVE_DEBUG_DELAY_MS": "1500"})
+                     "--threads", "4", env={"RECSERVE_DEBUG_DELAY_MS": "1500"}, metrics=True)
+    mport = s.metrics_port
     codes = _burst(s, facts["user"], 6)
     assert codes.count("RESOURCE_EXHAUSTED") >= 1, codes
     text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
@@ -327,10 +326,10 @@ def test_shed_calls_are_counted_in_the_metrics(shared_root, facts, start_server)
 def test_calls_the_client_gives_up_on_are_counted_by_why(shared_root, facts, start_server):
     """A call whose deadline passes is stopped in the worker and counted as DEADLINE_EXCEEDED; one the
     client cancels, as CANCELLED."""
-    mport = free_port()
     # one call in flight at most: a second call refused with RESOURCE_EXHAUSTED shows the first is in its handler
-    s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--metrics-port", str(mport),
-                     "--max-concurrent-rpcs", "1", env={"RECSERVE_DEBUG_DELAY_MS": "5000"})
+    s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--max-concurrent-rpcs", "1",
+                     env={"RECSERVE_DEBUG_DELAY_MS": "5000"}, metrics=True)
+    mport = s.metrics_port
     stub = s.stub()       # connected first: on a busy machine the connection alone could outlast 0.3 s
     probe = pb.SimilarItemsRequest(item_id=facts["items"][0], k=3)
     stub.SimilarItems(probe, timeout=30)
@@ -455,9 +454,9 @@ def test_in_process_worker(shared_root, facts):
 
 
 def test_a_response_past_the_message_limit_is_refused_and_counted(shared_root, facts, start_server, tmp_path):
-    mport = free_port()
     s = start_server(shared_root, "--workers", "1", "--reload-interval", "0", "--max-message-bytes", "1024",
-                     "--metrics-port", str(mport), "--events-dir", str(tmp_path / "ev"))
+                     "--events-dir", str(tmp_path / "ev"), metrics=True)
+    mport = s.metrics_port
     small = s.stub().Recommend(pb.RecommendRequest(user_id=facts["user"], k=2), timeout=10)
     assert len(small.items) == 2
     with pytest.raises(grpc.RpcError) as e:

@@ -20,7 +20,7 @@ from recserve.scheduling import HEAVY, ComputeSlot
 from recserve.sharing import RETRY_S, STALE_S, UNAVAILABLE, Board, Group, Sharing
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc as pbg
-from srvutil import free_port, metric
+from srvutil import metric
 
 NOW = 1_700_000_000.0
 
@@ -151,9 +151,8 @@ def _burst(stub, user, n):
 
 @pytest.mark.parametrize("share", ["1", "0"])
 def test_one_connection_loads_both_workers_only_with_work_sharing(start_server, shared_root, facts, share):
-    mport = free_port()
-    s = start_server(shared_root, "--workers", "2", "--reload-interval", "0", "--share-work", share,
-                     "--metrics-port", str(mport))
+    s = start_server(shared_root, "--workers", "2", "--reload-interval", "0", "--share-work", share, metrics=True)
+    mport = s.metrics_port
     stub = pbg.RecommenderStub(s.channel())          # one channel: one connection, one worker
     got = _burst(stub, facts["user"], 8) + _burst(stub, facts["user"], 64) + _burst(stub, facts["user"], 64)
     fronts = {g[1] for g in got}

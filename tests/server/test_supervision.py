@@ -19,7 +19,7 @@ from recserve.live import BundleHolder
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc as pbg
 
-from srvutil import copy_root, free_port, metric, new_version, replacement, set_current, wait_for, worker_pids
+from srvutil import copy_root, metric, new_version, replacement, set_current, wait_for, worker_pids
 
 
 def _alive(pid: int) -> bool:
@@ -89,9 +89,9 @@ def test_a_replacement_worker_serves_what_its_sibling_serves(shared_root, facts,
     When no version can be loaded at all, the replacement exits before it listens and the sibling serves."""
     root = copy_root(shared_root, tmp_path / "root")
     good = (root / "CURRENT").read_text().strip()
-    mport = free_port()
-    s = start_server(root, "--workers", "2", "--reload-interval", "0.2", "--metrics-port", str(mport),
-                     "--events-dir", str(tmp_path / "ev"))
+    s = start_server(root, "--workers", "2", "--reload-interval", "0.2", "--events-dir", str(tmp_path / "ev"),
+                     metrics=True)
+    mport = s.metrics_port
     before: set[int] = set()
     assert wait_for(lambda: len(before.update(worker_pids(s, facts["user"])) or before) == 2, 30)
     new_version(root, good, "v-bad", corrupt="sha")
@@ -155,9 +155,9 @@ def test_sighup_looks_at_current_at_once(shared_root, facts, tmp_path, start_ser
     the server keeps running."""
     root = copy_root(shared_root, tmp_path / "root")
     good = (root / "CURRENT").read_text().strip()
-    mport = free_port()
     s = start_server(root, "--workers", "2", "--reload-interval", "3600", "--events-dir", str(tmp_path / "ev"),
-                     "--metrics-port", str(mport))
+                     metrics=True)
+    mport = s.metrics_port
     new_version(root, good, "v2")
     set_current(root, "v2")
     versions, _ = _answers(s, facts["user"], 1)
