@@ -7,7 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+import threading
 
 import pytest
 
@@ -84,18 +84,23 @@ def test_killed_build_keeps_previous_current(bundle_copy, tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "trainer.cli", "build", "--data", str(data), str(bundle_copy),
                                  "--factors", "16", "--no-tune"], stderr=subprocess.PIPE, text=True, env=env,
                                 cwd=REPO)
-        seen = []
-        deadline = time.time() + 120
-        for line in proc.stderr:
-            seen.append(line)
-            if line.startswith(marker) or time.time() > deadline:
-                proc.send_signal(signal.SIGKILL)
-                break
+        seen, reached = [], False
+        watchdog = threading.Timer(120, proc.kill)      # a build stuck before the marker ends too (and fails)
+        watchdog.start()
+        try:
+            for line in proc.stderr:
+                seen.append(line)
+                if line.startswith(marker):
+                    reached = True
+                    proc.send_signal(signal.SIGKILL)
+                    break
+        finally:
+            watchdog.cancel()
         proc.wait()
         proc.stderr.close()
-        if proc.returncode == 0:
-            # the build finished before the marker: nothing was interrupted; that is a test bug
-            pytest.fail(f"build ended before {marker}: {''.join(seen)[-500:]}")
+        if not reached:
+            # the build ended, or was stopped, before the marker: nothing was interrupted there
+            pytest.fail(f"build never reached {marker} (exit {proc.returncode}): {''.join(seen)[-500:]}")
         assert proc.returncode == -signal.SIGKILL
         assert (bundle_copy / "CURRENT").read_text() == old, marker
         verify(bundle_copy)
