@@ -88,7 +88,6 @@ def test_bad_arguments_are_refused_in_one_line_before_any_server_starts(demo_bun
 
 
 def test_load_against_a_running_server(demo_bundle, tmp_path):
-    sys.path.insert(0, str(REPO / "bench"))
     from _servers import start_real
 
     server = start_real(str(demo_bundle), 1, str(tmp_path / "events"))
@@ -268,7 +267,6 @@ def test_the_ceiling_is_started_as_recserve_is_in_process_with_0_workers(demo_bu
 
     import grpc
 
-    sys.path.insert(0, str(REPO / "bench"))
     from _servers import start_ceiling
 
     from recserve.v1 import recommender_pb2 as pb
@@ -312,7 +310,6 @@ def test_the_ceiling_warns_of_what_it_cannot_copy_from_the_target(demo_bundle, r
 
 def test_scaling_times_every_size_and_candidate_count_in_one_interleaved_pass(tmp_path, monkeypatch):
     """The ratio across catalogue sizes is within one run, as the one across candidate counts is."""
-    sys.path.insert(0, str(REPO / "bench"))
     import scaling
 
     passes = []
@@ -338,7 +335,6 @@ def test_item_updates_and_ranker_print_the_samples_behind_each_p99(demo_bundle):
 
 def test_overhead_times_the_tight_loop_as_the_server_worker_does(demo_bundle, tmp_path, monkeypatch):
     """Both sides: the steps of recommend_steps, this thread's CPU (not the process's) around each one."""
-    sys.path.insert(0, str(REPO / "bench"))
     import time
 
     import overhead

@@ -1,16 +1,11 @@
 """bench/core.py times a kernel only when its answer equals its numpy reference's."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from core import _differs  # noqa: E402
 
 
 def test_answers_are_compared_part_by_part():
+    from core import _differs
     from recserve._core.merge import merge_candidates
 
     rng = np.random.default_rng(0)

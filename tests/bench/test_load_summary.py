@@ -1,27 +1,24 @@
 """bench/_clients.py's summary of one phase, on synthetic call records (no server)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from _clients import call_latency, summarize  # noqa: E402
-from _servers import METHODS  # noqa: E402
-
 PHASE = {"warmup": 1.0, "duration": 11.0}
-REC = METHODS.index("Recommend")
 
 
 def _records(t, lat, code):
-    return {"t": np.asarray(t, float), "lat": np.asarray(lat, float), "method": np.full(len(t), REC, np.int8),
+    from _servers import METHODS
+
+    rec = METHODS.index("Recommend")
+    return {"t": np.asarray(t, float), "lat": np.asarray(lat, float), "method": np.full(len(t), rec, np.int8),
             "lag": np.zeros(len(t)), "code": np.asarray(code, np.int16)}
 
 
 def test_throughput_counts_calls_finished_in_the_window():
     """An open loop offers 100 calls/s to a server that answers 50/s: its queue grows, and the throughput
     says 50/s (before: the calls *due* in the window, 100/s, as if it kept up)."""
+    from _clients import summarize
+
     t = np.arange(0, 11, 0.01)                              # offered 100/s for 11 s
     done = np.arange(len(t)) * 0.02 + 0.01                  # one answer every 20 ms, in order
     m = summarize(_records(t, done - t, np.zeros(len(t))), ["OK"], 0.0, PHASE)["methods"]["ALL"]
@@ -33,6 +30,8 @@ def test_throughput_counts_calls_finished_in_the_window():
 
 
 def test_percentiles_are_numpys_over_the_ok_calls_and_errors_are_counted_apart():
+    from _clients import summarize
+
     rng = np.random.default_rng(0)
     t = np.sort(rng.uniform(0, 11, 5000))
     lat = rng.lognormal(-6, 1, len(t))
@@ -51,6 +50,8 @@ def test_percentiles_are_numpys_over_the_ok_calls_and_errors_are_counted_apart()
 def test_a_late_send_counts_its_wait_and_an_early_one_does_not_shorten_the_call():
     """The client's own backlog is latency (coordinated omission): ``lat`` runs from the intended time
     of a late send. An early timer's call is timed from its send. Throughput counts when calls finish."""
+    from _clients import summarize
+
     t = np.arange(0, 11, 0.01)                               # 100/s intended
     lag = np.arange(len(t)) * 0.005                          # the client falls behind 5 ms per call
     call = 0.002
@@ -69,6 +70,8 @@ def test_a_late_send_counts_its_wait_and_an_early_one_does_not_shorten_the_call(
 
 
 def test_call_latency_runs_from_the_earlier_of_the_intended_and_the_actual_send():
+    from _clients import call_latency
+
     assert abs(call_latency(intended=10.0, sent=10.5, done=10.6) - 0.6) < 1e-12       # late: its wait counts
     assert abs(call_latency(intended=10.0, sent=9.999, done=10.002) - 0.003) < 1e-12   # early: from the send
 
@@ -76,6 +79,8 @@ def test_call_latency_runs_from_the_earlier_of_the_intended_and_the_actual_send(
 def test_a_window_with_no_call_due_still_has_ALL_with_0_calls():
     """A server slower than the window: the only call was due before it. "ALL" is there with 0 calls (it was
     missing, and the report failed with KeyError: 'ALL')."""
+    from _clients import summarize
+
     phase = {"warmup": 1.0, "duration": 2.0}                 # window [1, 2); the call answers at 3 s
     out = summarize(_records([0.0], [3.0], [0]), ["OK"], 0.0, phase)["methods"]
     assert list(out) == ["ALL"]
@@ -142,6 +147,7 @@ def test_the_open_loop_counts_client_exceptions_and_calls_left_unanswered(monkey
     from types import SimpleNamespace
 
     import _clients
+    from _servers import METHODS
 
     monkeypatch.setattr(_clients, "DRAIN_GRACE_S", 0.2)
     n_calls = [0]

@@ -8,9 +8,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from _proc import tree_stats  # noqa: E402
-
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 
 # a parent that starts a child; the child burns CPU, then sleeps in short steps (each sleep a switch)
@@ -20,6 +17,8 @@ PARENT = f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c',
 
 
 def test_tree_stats_counts_the_children_cpu_and_switches():
+    from _proc import tree_stats
+
     p = subprocess.Popen([sys.executable, "-c", PARENT])
     try:
         time.sleep(0.3)                       # the child exists and has started burning
