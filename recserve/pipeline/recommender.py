@@ -81,7 +81,7 @@ class Recommender:
         self.c_price, self.c_cat = col.get("price"), col.get("category")
         self.c_creator, self.c_stock = col.get("creator"), col.get("in_stock")
         self.c_created = col.get("created_days")
-        self.now = float(t.meta("now"))         # the bundle's fit time: every feature is a snapshot at it
+        self.now = bundle.data_end              # the bundle's fit time: every feature is a snapshot at it
         created = bundle.item_created()
         # an item created after a request's time is not in the catalogue yet at that time: never recommended
         self.releases = CC.Releases(created) if created is not None else None
