@@ -1,9 +1,13 @@
 """Trainer build time and peak memory at several data sizes.
 
     python bench/build_time.py [--sizes 1000x500,4000x2000,16000x8000] [--factors 64] [--json OUT] [--quick]
+    python bench/build_time.py --sizes 5000x2000x100000,50000x20000x1000000,250000x100000x5000000 --cli-defaults
 
+A size is USERSxITEMS (the generator's 20 interactions per user) or USERSxITEMSxINTERACTIONS (about that many).
 Per size: ``recserve-train synth`` writes the data (not timed), then ``recserve-train build`` runs as a
-child process (``python -m trainer.cli build``, default options, ``--no-tune`` unless ``--tune``); its
+child process (``python -m trainer.cli build``: ``--factors``, ``--ranker-users`` and ``--no-tune`` unless
+``--tune``; with ``--cli-defaults``, no options at all, the build as ``recserve-train build --data D B`` runs
+it: tuning, every default); its
 wall time is measured around the child and its peak resident memory is the child's own ``ru_maxrss`` from
 ``os.wait4`` (that process only, not the sum over children). "wall s" is that process's whole wall time:
 Python start-up and imports, reading the data, the build, the build's default evaluation and the bundle
@@ -25,9 +29,30 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from _cli import Parser, record, sizes, write_json  # noqa: E402
+from _cli import Parser, record, write_json  # noqa: E402
 from trainer.argtypes import positive_int  # noqa: E402
 from _timing import machine  # noqa: E402
+
+
+def build_sizes(text: str) -> list[tuple[int, int, int | None]]:
+    """``"2000x1000,50000x20000x1000000"`` -> [(2000, 1000, None), (50000, 20000, 1000000)]: users x items
+    [x interactions], users and items at least 2, interactions at least 1."""
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        bits = part.lower().split("x")
+        try:
+            nums = [int(b) for b in bits]
+        except ValueError:
+            nums = []
+        if len(nums) not in (2, 3) or min(nums[:2]) < 2 or (len(nums) == 3 and nums[2] < 1):
+            raise argparse.ArgumentTypeError(f"USERSxITEMS like 2000x1000 (both at least 2), or "
+                                             f"USERSxITEMSxINTERACTIONS, not {part!r}")
+        out.append((nums[0], nums[1], nums[2] if len(nums) == 3 else None))
+    if not out:
+        raise argparse.ArgumentTypeError("at least one USERSxITEMS size")
+    return out
 
 
 def run_child(cmd: list[str]) -> tuple[float, float, int, str]:
@@ -52,30 +77,38 @@ def top_stages(timings: dict) -> list[tuple[str, float]]:
 
 def main(argv=None) -> int:
     ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=sizes, default="1000x500,4000x2000,16000x8000", help="USERSxITEMS, comma separated")
+    ap.add_argument("--sizes", type=build_sizes, default="1000x500,4000x2000,16000x8000",
+                    help="USERSxITEMS or USERSxITEMSxINTERACTIONS, comma separated")
     ap.add_argument("--factors", type=positive_int, default=64)
     ap.add_argument("--ranker-users", type=positive_int, default=3000)
     ap.add_argument("--tune", action="store_true")
+    ap.add_argument("--cli-defaults", action="store_true",
+                    help="build with no options, as `recserve-train build --data D B` (ignores --factors, "
+                         "--ranker-users, --tune)")
     ap.add_argument("--json")
     ap.add_argument("--quick", action="store_true", help="tiny run for smoke tests")
     a = ap.parse_args(argv)
     if a.quick:             # the settings the run uses are the ones its record holds
-        a.sizes, a.factors, a.ranker_users = [(200, 100), (400, 200)], 16, 300
+        a.sizes, a.factors, a.ranker_users = [(200, 100, None), (400, 200, None)], 16, 300
     runs = a.sizes
     print(f"machine: {machine()}; date {time.strftime('%Y-%m-%d')}")
+    print("build options: " + ("none (the CLI's defaults)" if a.cli_defaults else
+                               f"--factors {a.factors} --ranker-users {a.ranker_users}"
+                               + ("" if a.tune else " --no-tune")))
     rows = []
     with tempfile.TemporaryDirectory(prefix="recserve-buildtime-") as tmp:
-        for nu, ni in runs:
-            s = f"{nu}x{ni}"
+        for nu, ni, nx in runs:
+            s = f"{nu}x{ni}" + (f"x{nx}" if nx else "")
             data, out = Path(tmp) / f"data-{s}", Path(tmp) / f"bundle-{s}"
-            subprocess.run([sys.executable, "-m", "trainer.cli", "synth", str(data), "--users", str(nu),
-                            "--items", str(ni)], check=True, stdout=subprocess.DEVNULL,
-                           env={**os.environ, "PYTHONPATH": str(REPO)})
+            synth = [sys.executable, "-m", "trainer.cli", "synth", str(data), "--users", str(nu), "--items", str(ni)]
+            subprocess.run(synth + (["--interactions", str(nx)] if nx else []), check=True,
+                           stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
             n_inter = sum(1 for _ in open(data / "interactions.csv")) - 1
-            cmd = [sys.executable, "-m", "trainer.cli", "build", str(out), "--data", str(data),
-                   "--factors", str(a.factors), "--ranker-users", str(a.ranker_users)]
-            if not a.tune:
-                cmd.append("--no-tune")
+            cmd = [sys.executable, "-m", "trainer.cli", "build", str(out), "--data", str(data), "--no-progress"]
+            if not a.cli_defaults:
+                cmd += ["--factors", str(a.factors), "--ranker-users", str(a.ranker_users)]
+                if not a.tune:
+                    cmd.append("--no-tune")
             wall, rss, code, tail = run_child(cmd)
             if code != 0:
                 print(f"build failed for {s} (exit {code}):\n{tail}", file=sys.stderr)
@@ -88,10 +121,10 @@ def main(argv=None) -> int:
             print(f"  {s}: {wall:.1f} s, {rss:.0f} MB", flush=True)
     print("\nwall s: the `recserve-train build` process, start-up, evaluation and bundle write included; "
           "stages s: the manifest's top-level stages; other s: wall - stages")
-    print(f"{'users x items':>15}{'interactions':>14}{'wall s':>9}{'stages s':>10}{'other s':>9}{'peak MB':>9}"
+    print(f"{'users x items':>24}{'interactions':>14}{'wall s':>9}{'stages s':>10}{'other s':>9}{'peak MB':>9}"
           f"{'x time':>8}{'x mem':>7}  top stages (s)")
     for r in rows:
-        print(f"{r['size']:>15}{r['interactions']:>14}{r['wall_s']:>9.1f}{r['stages_s']:>10.1f}"
+        print(f"{r['size']:>24}{r['interactions']:>14}{r['wall_s']:>9.1f}{r['stages_s']:>10.1f}"
               f"{r['wall_s'] - r['stages_s']:>9.1f}{r['peak_rss_mb']:>9.0f}"
               f"{r['wall_s'] / rows[0]['wall_s']:>8.2f}{r['peak_rss_mb'] / rows[0]['peak_rss_mb']:>7.2f}  "
               + ", ".join(f"{k} {v:.1f}" for k, v in top_stages(r["stages"])[:4]))

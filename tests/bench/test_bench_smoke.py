@@ -134,6 +134,16 @@ def test_scaling_quick(tmp_path):
     assert rec["results"]["300"]["50"]["median_ms"] > 0
 
 
+def test_build_time_interactions_and_cli_defaults(tmp_path):
+    """A size with an interaction count gets about that many, and --cli-defaults builds with no options."""
+    text = _run(["bench/build_time.py", "--sizes", "150x80x6000", "--cli-defaults", "--json", str(tmp_path / "b.json")])
+    assert "build options: none (the CLI's defaults)" in text
+    rec = _record(tmp_path / "b.json")
+    (row,) = rec["rows"]
+    assert row["size"] == "150x80x6000" and 5000 <= row["interactions"] <= 7000     # 20 per user would be 3,000
+    assert rec["config"]["cli_defaults"] is True
+
+
 def test_build_time_quick(tmp_path):
     text = _run(["bench/build_time.py", "--quick", "--json", str(tmp_path / "b.json")])
     assert "peak MB" in text and "start-up, evaluation and bundle write included" in text
@@ -141,7 +151,7 @@ def test_build_time_quick(tmp_path):
     for r in rec["rows"]:       # the wall time not in the manifest's stages, as its own figure
         assert 0 < r["stages_s"] < r["wall_s"] and abs(r["other_s"] - (r["wall_s"] - r["stages_s"])) < 1e-9
     assert [r["size"] for r in rec["rows"]] == ["200x100", "400x200"] and rec["config"]["factors"] == 16
-    assert rec["config"]["ranker_users"] == 300 and rec["config"]["sizes"] == [[200, 100], [400, 200]]
+    assert rec["config"]["ranker_users"] == 300 and rec["config"]["sizes"] == [[200, 100, None], [400, 200, None]]
 
 
 @pytest.mark.parametrize("args, says", [
@@ -151,6 +161,8 @@ def test_build_time_quick(tmp_path):
     (["bench/scaling.py", "--cands", ","], "argument --cands: at least one value, comma separated"),
     (["bench/quality.py", "--synth", "2000"], "argument --synth: USERSxITEMS like 2000x1000"),
     (["bench/build_time.py", "--sizes", "0x10"], "argument --sizes: USERSxITEMS like 2000x1000"),
+    (["bench/build_time.py", "--sizes", "20x10x0"], "or USERSxITEMSxINTERACTIONS, not '20x10x0'"),
+    (["bench/build_time.py", "--sizes", "20x10x5x1"], "or USERSxITEMSxINTERACTIONS, not '20x10x5x1'"),
     (["bench/ranker.py", "--budget", "-1"], "argument --budget: must be above 0, not -1"),
     (["bench/protocols.py", "--protocols", "c"], "argument --protocols: a, b or a,b, not 'c'"),
     (["bench/gaps.py", "--bundle", "x", "--block", "0"], "argument --block: must be at least 1, not 0"),
