@@ -151,6 +151,28 @@ def test_events_after_the_data_end_still_move_the_history(loop, tmp_path):
         store.close()
 
 
+def test_a_user_the_bundle_does_not_know_has_every_event_read(loop, tmp_path):
+    """A new user's events back-filled through RecordEvents, all dated before the bundle's data end: the bundle
+    holds none of them (it does not know her), so they are her history and she is no cold start."""
+    from recserve.pipeline.recommender import Recommender
+
+    root, early, rebuilt, ds = loop
+    with _open(root, rebuilt) as b:
+        store = EventStore(tmp_path / "ev")
+        rec = Recommender(b, store)
+        uid = "backfilled-new-user"
+        assert b.tables.row_of("user", uid) is None
+        items = [b.tables.id_of("item", r) for r in range(4)]
+        rec.record_events([Event(uid, i, 3, b.data_end - 86400.0 * (5 - n)) for n, i in enumerate(items)])
+        h = rec.histories.of(uid, None)
+        assert [b.tables.id_of("item", int(r)) for r in h[0]] == items
+        now = b.data_end + 3600.0
+        answer = rec.recommend(RecRequest(user_id=uid, k=10, filters=Filters(in_stock_only=False), timestamp=now))
+        assert not answer.cold_start and answer.items
+        assert not {i.item_id for i in answer.items} & set(items)
+        store.close()
+
+
 def test_a_reload_moves_the_boundary_with_the_bundle_each_request_leased(loop, tmp_path, monkeypatch):
     """The store is shared across a hot reload, the boundary is not: a request leased before the reload reads
     the store with the early bundle's data end, one leased after with the rebuilt bundle's, and a history

@@ -184,6 +184,8 @@ def test_metrics_endpoint_aggregates_workers(shared_root, facts, start_server, t
         timeout=10, metadata=auth)
     assert dict(call.trailing_metadata())["recserve-request-id"] == r.request_id not in ids
     s.stub().RecordEvents(pb.RecordEventsRequest(events=[            # dated 2001: before the bundle's data end
+        pb.Event(user_id=facts["user"], item_id=facts["items"][1], type=pb.EVENT_TYPE_VIEW, timestamp=1e9),
+        # a user the bundle does not know: none of her events are in it, whatever their date
         pb.Event(user_id="m-user", item_id=facts["items"][1], type=pb.EVENT_TYPE_VIEW, timestamp=1e9)]),
         timeout=10, metadata=auth)
     r, call = s.stub().UpdateItems.with_call(pb.UpdateItemsRequest(items=[
@@ -201,7 +203,7 @@ def test_metrics_endpoint_aggregates_workers(shared_root, facts, start_server, t
         assert metric(text, "recserve_stage_seconds_count", stage=stage) == 6.0, stage
     assert metric(text, "recserve_candidates_count", source="ann") == 6.0
     assert metric(text, "recserve_candidates_sum") > 0
-    assert metric(text, "recserve_events_written_total") == 4.0
+    assert metric(text, "recserve_events_written_total") == 5.0
     assert metric(text, "recserve_events_before_data_end_total") == 1.0
     used, mapped = metric(text, "recserve_event_store_used_bytes"), metric(text, "recserve_event_store_map_bytes")
     assert mapped == 65536 << 20 and 4096 * 4 <= used < 1 << 20, (used, mapped)
