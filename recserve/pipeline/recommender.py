@@ -362,15 +362,15 @@ class Recommender:
         # what no list may hold: the consumed items and those not created yet
         gone = CC.sorted_unique(np.concatenate([consumed, hidden])) if len(hidden) else consumed
         lists = dict(zip(CC.SOURCES, base))
-        # with no history and no session (an unknown, anonymous or new user) popular items are the only
-        # source: four times k of them (within the budget), so that the ranker and the creator rules
-        # have room (k candidates left max_per_creator no choice)
-        budget = max(self.cap, k)
+        # at least four times k candidates, so that the ranker and the creator rules have room (k, or twice
+        # k, candidates left max_per_creator no choice when k neared the cap); a k above a quarter of the cap
+        # takes the extra from the popular source, every other source keeping its quota. With no history
+        # and no session (an unknown, anonymous or new user) popular items are the only source
+        budget = max(self.cap, 4 * k)
         if len(all_rows) == 0:
-            budget = max(self.cap, 2 * k)
             q["popular"] = max(q["popular"], min(4 * k, budget))
         else:
-            q["popular"] = max(q["popular"], k)
+            q["popular"] = max(q["popular"], k, q["popular"] + budget - self.cap)
         limit = q["popular"] + len(gone) + 1
         pop = lists["popular"]          # as trained: trending without the history's items
         if len(include):

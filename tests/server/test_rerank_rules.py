@@ -202,6 +202,24 @@ def test_cold_users_get_the_creator_cap_too(bundle):
         assert -1 not in c and max(c.values()) == cap, c
 
 
+@pytest.mark.parametrize("k, cap", [(30, 3), (40, 4), (24, 2)])
+def test_the_creator_cap_holds_for_users_with_history_when_k_nears_the_candidate_cap(bundle, k, cap):
+    """Users with a history, k near the server's candidate cap (40): the candidates are four times k, so the
+    creator cap holds where the catalogue allows it (before: at most k candidates, and up to 14 items of one
+    creator in 40)."""
+    from collections import Counter
+
+    rec = Recommender(bundle, None, {"cap": 40})
+    ip = np.diff(np.asarray(bundle.tables.array("hist_indptr")))
+    users = [bundle.tables.id_of("user", int(r)) for r in np.flatnonzero(ip > 0)[:40]]
+    for user in users:
+        res = rec.recommend(RecRequest(user_id=user, k=k, max_per_creator=cap))
+        assert len(res.items) == k
+        c = Counter(_creators(bundle, [i.item_id for i in res.items]).tolist())
+        c.pop(-1, None)
+        assert max(c.values()) <= cap, (user, c)
+
+
 @pytest.mark.parametrize("lam", [1.0, 0.5, 0.0])
 def test_explained_mmr_penalty_is_what_mmr_subtracts(bundle, lam):
     """(1 - λ) x the largest cosine similarity to the items above, in the answer's order (before: -inf
