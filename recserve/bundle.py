@@ -15,8 +15,10 @@ FORMAT_VERSION = 1
 REQUIRED_FILES = ("tables.lmdb", "index.hnsw", "ranker.txt")
 REQUIRED_KEYS = ("format_version", "version", "created_at", "counts", "dim", "feature_schema", "index",
                  "params", "training", "files")
-# report files written after the build (evaluation) are not checksummed
+# the manifest carries its own digest (MANIFEST_DIGEST); the report files written after the build
+# (evaluation) are not checksummed
 UNCHECKED = {"manifest.json", "report.json", "report.html"}
+MANIFEST_DIGEST = "manifest_sha256"
 
 
 # hnswlib's (0.8) saveIndex header: offsetLevel0, max_elements, cur_element_count, size_data_per_element,
@@ -37,6 +39,18 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def manifest_digest(m: dict) -> str:
+    """sha256 of the manifest's content, every key but the digest itself, in one canonical JSON form (sorted
+    keys, no spaces): a changed value changes it, a change of layout does not."""
+    body = {k: v for k, v in m.items() if k != MANIFEST_DIGEST}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def seal_manifest(m: dict) -> dict:
+    """``m`` with its digest set (the trainer's writes of a manifest)."""
+    return {**{k: v for k, v in m.items() if k != MANIFEST_DIGEST}, MANIFEST_DIGEST: manifest_digest(m)}
 
 
 def version_dir(root: str | os.PathLike, name: str) -> Path:
@@ -85,6 +99,9 @@ def _load_manifest(d: Path) -> dict:
         raise BundleError(f"{d / 'manifest.json'}: unreadable: {exc}") from None
     if not isinstance(m, dict):
         raise BundleError(f"{d / 'manifest.json'}: not a JSON object")
+    # a bundle written before manifests carried a digest has none (the saved-format fixture)
+    if MANIFEST_DIGEST in m and m[MANIFEST_DIGEST] != manifest_digest(m):
+        raise BundleError("manifest.json: sha256 mismatch (its content changed since the build)")
     missing = [k for k in REQUIRED_KEYS if k not in m]
     if missing:
         raise BundleError(f"manifest.json: missing key(s) {', '.join(missing)}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from recserve._core.tables import TableWriter
-from recserve.bundle import FORMAT_VERSION, sha256_file
+from recserve.bundle import FORMAT_VERSION, MANIFEST_DIGEST, BundleError, manifest_digest, seal_manifest, sha256_file
 from trainer import features
 
 BIG_MAP = 1 << 34
@@ -92,7 +92,7 @@ def write_bundle(out_root: str | os.PathLike, ds, cat, art, ranker_text: str, ma
         m = {"format_version": FORMAT_VERSION, "version": version,
              "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **manifest,
              "files": files}
-        (tmp / "manifest.json").write_text(json.dumps(m, indent=1, sort_keys=False))
+        (tmp / "manifest.json").write_text(json.dumps(seal_manifest(m), indent=1, sort_keys=False))
         if before_publish is not None:
             before_publish(tmp)
         for p in tmp.iterdir():
@@ -150,10 +150,13 @@ def set_current(root: Path, version: str) -> None:
 
 
 def update_manifest(bundle_dir: Path, key: str, value) -> None:
-    """Add a key to a written bundle's manifest (atomically; the manifest is not in ``files``)."""
+    """Add a key to a written bundle's manifest, atomically, and seal it again with its new digest; a
+    manifest whose digest does not match its content is refused, not sealed."""
     p = bundle_dir / "manifest.json"
     m = json.loads(p.read_text())
-    m[key] = value
+    if MANIFEST_DIGEST in m and m[MANIFEST_DIGEST] != manifest_digest(m):
+        raise BundleError(f"{p}: sha256 mismatch (its content changed since the build); not updated")
+    m = seal_manifest({**m, key: value})
     tmp = bundle_dir / ".manifest.json.tmp"
     with open(tmp, "w") as f:
         f.write(json.dumps(m, indent=1))

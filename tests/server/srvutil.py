@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from recserve.bundle import sha256_file
+from recserve.bundle import seal_manifest, sha256_file
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc as pbg
 
@@ -158,7 +158,7 @@ def new_version(root, src: str, name: str, corrupt: str | None = None):
         p = root / name / "ranker.txt"
         p.write_text("this is not a LightGBM model\n")
         m["files"]["ranker.txt"] = sha256_file(p)
-    mpath.write_text(json.dumps(m))
+    mpath.write_text(json.dumps(seal_manifest(m)))
 
 
 def edited_version(shared_root: Path, dst: Path, edit, name: str = "v-edited"):
@@ -175,7 +175,7 @@ def edited_version(shared_root: Path, dst: Path, edit, name: str = "v-edited"):
     mpath = root / name / "manifest.json"
     m = json.loads(mpath.read_text())
     edit(m)
-    mpath.write_text(json.dumps(m))
+    mpath.write_text(json.dumps(seal_manifest(m)))
     return root, holder, good
 
 

@@ -482,7 +482,8 @@ def test_a_respawned_worker_takes_calls_only_with_a_bundle_and_its_gauge_dies_wi
     pytest.param("decay_long", 10**400, "params.decay_long", id="decay_long-int-beyond-float"),
 ])
 def test_a_hand_edited_manifest_with_unusable_params_is_refused(shared_root, tmp_path, key, value, says):
-    """The manifest is not hashed: serving parameters no request could use refuse the bundle at load
+    """A manifest edited and sealed again (its digest matches): serving parameters no request could use refuse
+    the bundle at load
     (before, event_weights of the wrong length loaded and failed every Recommend of a user with history;
     a quotas map without ``session`` loaded and failed every Recommend with ``KeyError: 'session'``)."""
     root, holder, good = edited_version(shared_root, tmp_path / "root", lambda m: m["params"].update({key: value}))

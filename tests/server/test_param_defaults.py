@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 
 from recserve._core import candidates as CC
-from recserve.bundle import Bundle, resolve
+from recserve.bundle import Bundle, resolve, seal_manifest
 from recserve.pipeline.recommender import Recommender, RecRequest
 
 LEFT_OUT = ("cap", "mmr_lambda", "max_per_creator", "quotas", "history_len", "novelty_boost", "new_item_days")
@@ -20,7 +20,7 @@ def _version_with_params(demo_bundle, dst, edit):
     shutil.copytree(src, dst)
     m = json.loads((dst / "manifest.json").read_text())
     edit(m["params"])
-    (dst / "manifest.json").write_text(json.dumps(m))      # the manifest is not among the hashed files
+    (dst / "manifest.json").write_text(json.dumps(seal_manifest(m)))      # sealed again, as a tool would
     return dst
 
 

@@ -10,6 +10,7 @@ import shutil
 import weakref
 from pathlib import Path
 
+from recserve.bundle import seal_manifest
 from recserve.config import ServeConfig
 from recserve.events import EventStore
 from recserve.live import BundleHolder
@@ -55,7 +56,7 @@ def _linked_version(root: Path, src: str, name: str) -> None:
         if f.name == "manifest.json":
             m = json.loads(f.read_text())
             m["version"] = name
-            (root / name / f.name).write_text(json.dumps(m))
+            (root / name / f.name).write_text(json.dumps(seal_manifest(m)))
         else:
             os.link(f, root / name / f.name)
 

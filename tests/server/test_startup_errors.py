@@ -149,7 +149,7 @@ def test_a_bundle_that_verifies_but_cannot_load_fails_the_start(shared_root, tmp
     of a server that listens NOT_SERVING."""
     import json
 
-    from recserve.bundle import sha256_file
+    from recserve.bundle import seal_manifest, sha256_file
 
     root = tmp_path / "root"
     shutil.copytree(shared_root, root)
@@ -158,7 +158,7 @@ def test_a_bundle_that_verifies_but_cannot_load_fails_the_start(shared_root, tmp
     (d / "index.hnsw").write_bytes(raw[:96] + bytes([0xFF]) * (len(raw) - 96))
     m = json.loads((d / "manifest.json").read_text())
     m["files"]["index.hnsw"] = sha256_file(d / "index.hnsw")
-    (d / "manifest.json").write_text(json.dumps(m))
+    (d / "manifest.json").write_text(json.dumps(seal_manifest(m)))
     p = serve("--bundle", str(root), "--workers", "1")
     assert p.returncode == 2, p.stderr
     line = reason(p)

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from recserve.bundle import Bundle, BundleError, resolve, verify
+from recserve.bundle import Bundle, BundleError, resolve, seal_manifest, verify
 from trainer.cli import main
 
 from cliutil import REPO
@@ -47,27 +47,65 @@ def test_manifest_problems(bundle_copy):
         verify(bundle_copy)
     (d / "stray.bin").unlink()
     bad = dict(m, format_version=99)
-    (d / "manifest.json").write_text(json.dumps(bad))
+    (d / "manifest.json").write_text(json.dumps(seal_manifest(bad)))
     with pytest.raises(BundleError, match="format_version 99"):
         verify(bundle_copy)
     names = dict(m["feature_schema"], feature_names=m["feature_schema"]["feature_names"][::-1])
-    (d / "manifest.json").write_text(json.dumps(dict(m, feature_schema=names)))
+    (d / "manifest.json").write_text(json.dumps(seal_manifest(dict(m, feature_schema=names))))
     with pytest.raises(BundleError, match="feature_schema"):
         verify(bundle_copy)
-    (d / "manifest.json").write_text(json.dumps(dict(m, dim=m["dim"] + 1)))
+    (d / "manifest.json").write_text(json.dumps(seal_manifest(dict(m, dim=m["dim"] + 1))))
     with pytest.raises(BundleError, match="item_emb has shape"):
         verify(bundle_copy)
     for field, value, msg in (("dim", "x", "dim must be an integer, not 'x'"), ("counts", None, "counts None")):
-        (d / "manifest.json").write_text(json.dumps(dict(m, **{field: value})))
+        (d / "manifest.json").write_text(json.dumps(seal_manifest(dict(m, **{field: value}))))
         with pytest.raises(BundleError, match=msg):
             verify(bundle_copy)
     (d / "ranker.txt").unlink()
-    (d / "manifest.json").write_text(json.dumps(m))
+    (d / "manifest.json").write_text(json.dumps(seal_manifest(m)))
     with pytest.raises(BundleError, match="ranker.txt: missing"):
         verify(bundle_copy)
     (bundle_copy / "CURRENT").write_text("../etc\n")
     with pytest.raises(BundleError, match="invalid version name"):
         resolve(bundle_copy)
+
+
+@pytest.mark.parametrize("path, value", [(("params", "decay_short"), 1.0), (("training", "cut"), 1.0),
+                                         (("feature_schema", "n_categories"), 1), (("evaluation",), {"x": 1})])
+def test_an_edited_manifest_value_fails_verify_and_the_load(bundle_copy, path, value, capsys):
+    """The manifest's digest covers its content: a changed value (as one flipped digit makes it) is refused by
+    verify and by the server's load, with the manifest named; a change of layout only is not a change."""
+    d = resolve(bundle_copy)
+    text = (d / "manifest.json").read_text()
+    m = json.loads(text)
+    (d / "manifest.json").write_text(json.dumps(m, indent=4))           # the same content, another layout
+    assert verify(bundle_copy)["version"] == m["version"]
+    *parents, key = path
+    node = m
+    for p in parents:
+        node = node[p]
+    node[key] = value if key not in node or node[key] != value else value + 1
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="manifest.json: sha256 mismatch"):
+        verify(bundle_copy)
+    with pytest.raises(BundleError, match="manifest.json: sha256 mismatch"):
+        Bundle.open(bundle_copy, verify=False)
+    assert main(["verify", str(bundle_copy)]) != 0
+    assert "manifest.json: sha256 mismatch" in capsys.readouterr().err
+
+
+def test_an_evaluation_seals_the_manifest_again_and_refuses_an_edited_one(bundle_copy):
+    from trainer.writer import update_manifest
+
+    d = resolve(bundle_copy)
+    update_manifest(d, "evaluation", {"note": 1})
+    assert verify(bundle_copy)["evaluation"] == {"note": 1}
+    m = json.loads((d / "manifest.json").read_text())
+    m["params"]["mmr_lambda"] = 0.1
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="not updated"):
+        update_manifest(d, "evaluation", {"note": 2})
+    assert json.loads((d / "manifest.json").read_text())["evaluation"] == {"note": 1}
 
 
 def test_killed_build_keeps_previous_current(bundle_copy, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from recserve.bundle import Bundle, BundleError, resolve, sha256_file, verify
+from recserve.bundle import Bundle, BundleError, resolve, seal_manifest, sha256_file, verify
 
 POLLS = 5
 
@@ -35,7 +35,7 @@ def _rewrite(d: Path, name: str, data: bytes) -> None:
     (d / name).write_bytes(data)
     m = json.loads((d / "manifest.json").read_text())
     m["files"][name] = sha256_file(d / name)
-    (d / "manifest.json").write_text(json.dumps(m))
+    (d / "manifest.json").write_text(json.dumps(seal_manifest(m)))
 
 
 @pytest.fixture()
