@@ -136,7 +136,7 @@ def cross(const float32_t[::1] user, const float32_t[::1] uvec, const float32_t[
         raise ValueError("category shares do not fit in the user row")
     check_finite(user, "user_features", allow_nan=True)     # an empty cell of a users-file column is NaN
     check_finite(uvec, "user_vector")
-    check_finite(ctx, "context")
+    check_finite(ctx, "context", allow_nan=True)            # a context column the request did not give
     for i in range(n):
         if rows[i] < 0 or rows[i] >= items.shape[0]:
             raise ValueError(f"candidate row {rows[i]} is out of range [0, {items.shape[0]})")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from recserve._core.cross import Crosser, FeatureSchema
+from recserve.pipeline.errors import InvalidArgument
 
 DEVICE_CODES = {"unspecified": 0, "desktop": 1, "mobile": 2, "tablet": 3, "tv": 4}
 
@@ -54,10 +55,14 @@ class Ranker:
         return out
 
 
+REQUEST_CONTEXT = ("hour", "weekday", "device")    # context columns the request's own fields give
+
+
 def context_vector(schema: FeatureSchema, hour: float, weekday: float, device: float,
                    extra: dict | None = None) -> np.ndarray:
-    """The ``ctx.*`` values in schema order; unknown context columns are NaN (missing for the ranker)."""
-    vals = {"hour": hour, "weekday": weekday, "device": device}
+    """The ``ctx.*`` values in schema order; unknown context columns are NaN (missing for the ranker), and so
+    are ``extra`` values that are not numbers (:func:`check_context_extra` refuses non-finite ones first)."""
+    vals = dict(zip(REQUEST_CONTEXT, (hour, weekday, device)))
     if extra:
         for k, v in extra.items():
             try:
@@ -65,6 +70,23 @@ def context_vector(schema: FeatureSchema, hour: float, weekday: float, device: f
             except ValueError:
                 pass
     return np.array([vals.get(c, np.nan) for c in schema.context_columns], np.float32)
+
+
+def check_context_extra(schema: FeatureSchema, extra: dict) -> None:
+    """Refuse an ``extra`` value that the ranker reads (its key is one of the schema's context columns, other
+    than those of ``REQUEST_CONTEXT``) and that is a number but not a finite float32 one: inf, NaN, or a
+    number beyond float32's range (inf once converted). ``InvalidArgument`` names ``context.extra[key]``."""
+    for key, value in extra.items():
+        if key not in schema.context_columns or key in REQUEST_CONTEXT:
+            continue
+        try:
+            v = float(value)
+        except ValueError:
+            continue                                # not a number: missing for the ranker
+        with np.errstate(over="ignore"):
+            finite = bool(np.isfinite(np.float32(v)))
+        if not finite:
+            raise InvalidArgument(f"context.extra[{key!r}]", f"must be a finite float32 number, got {value!r}")
 
 
 def features(crosser: Crosser, user_row, user_vec, merged, context, now_days: float) -> np.ndarray:

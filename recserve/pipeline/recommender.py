@@ -312,6 +312,7 @@ class Recommender:
             for key, value in req.extra.items():
                 check_id(key, "context.extra")
                 check_id(value, f"context.extra[{key!r}]", allow_empty=True)
+            R.check_context_extra(self.schema, req.extra)
         snap = self._refresh_items()
         feats = snap.feats
         allowed, include, n_allowed = self._allowed(req.filters, snap)

@@ -70,7 +70,8 @@ def check_crossing(data, schema):
     user = data.draw(hnp.arrays(np.float32, len(schema.user_columns), elements=st.sampled_from(USER_VALUES)))
     emb = data.draw(hnp.arrays(np.float32, (n_items, d), elements=small))
     uvec = data.draw(hnp.arrays(np.float32, d, elements=small))
-    ctx = data.draw(hnp.arrays(np.float32, len(schema.context_columns), elements=small))
+    ctx = data.draw(hnp.arrays(np.float32, len(schema.context_columns),
+                               elements=small | st.just(float("nan"))))        # NaN: not given
     rows = data.draw(hnp.arrays(np.int32, n, elements=st.integers(0, n_items - 1)))
     rank = data.draw(hnp.arrays(np.int32, (n, S), elements=st.integers(-1, 4)))    # -1: not in that source
     score = data.draw(hnp.arrays(np.float32, (n, S), elements=small))
@@ -87,7 +88,8 @@ def test_matches_reference(data):
     """Any schema: a role whose column is absent gives NaN (the kernel reads no item or user cell for it),
     like an unknown value (NaN spend or share, a spend <= 0, a category code without a share, an unknown
     creation day, a non-finite ``now``); items created after ``now`` are 0 days old; missing user values
-    (NaN: an empty cell of a users-file column) cross like any other value. (A read outside the item row
+    (NaN: an empty cell of a users-file column) and missing context values (NaN: a context column the
+    request did not give) cross like any other value. (A read outside the item row
     lands in the table and gives a number where the reference has NaN.)"""
     check_crossing(data, data.draw(schemas(), "schema"))
 
@@ -131,6 +133,8 @@ def test_bad_input_rejected():
         c.cross(user, np.ones(3, np.float32), [0], ctx, rank, score, 0.0)
     with pytest.raises(ValueError, match="context"):
         c.cross(user, uvec, [0], np.zeros(5, np.float32), rank, score, 0.0)
+    with pytest.raises(ValueError, match="context.1. is infinite"):
+        c.cross(user, uvec, [0], np.array([0, -np.inf], np.float32), rank, score, 0.0)
     with pytest.raises(ValueError, match="columns"):
         Crosser(schema, items[:, :2], emb)
 

@@ -7,7 +7,11 @@ import re
 import time
 
 import numpy as np
+import pytest
 
+from recserve._core.cross import Crosser, FeatureSchema
+from recserve.pipeline.errors import InvalidArgument
+from recserve.pipeline.ranking import check_context_extra, context_vector
 from recserve.pipeline.recommender import Recommender, RecRequest
 from srvutil import ROOT
 
@@ -48,3 +52,44 @@ def test_the_api_documents_utc_and_the_unused_device():
     assert re.search(r"hour = 2;.*UTC", context) and re.search(r"weekday = 3;.*UTC", context)
     device_doc = context[:context.index("Device device = 4;")].rsplit(";", 1)[-1]
     assert "changes no score" in device_doc
+
+
+def _with_region(schema: FeatureSchema) -> FeatureSchema:
+    d = schema.to_dict()
+    d.pop("feature_names")
+    return FeatureSchema(**{**d, "context_columns": list(schema.context_columns) + ["region"]})
+
+
+def test_a_context_column_the_request_does_not_give_is_missing_for_the_ranker():
+    """A schema's context column other than hour, weekday and device is read from ``extra``; without it (or
+    with a value that is not a number) it is NaN, which the crossing passes on as a missing value."""
+    s = FeatureSchema(user_columns=["u"], item_columns=["i"], context_columns=["hour", "weekday", "device",
+                                                                               "region"], sources=["a"])
+    c = Crosser(s, np.zeros((3, 1), np.float32), np.zeros((3, 2), np.float32))
+    for extra, region in ((None, np.nan), ({"region": "lisbon"}, np.nan), ({"region": "2"}, 2.0)):
+        ctx = context_vector(s, 10.0, 2.0, 1.0, extra)
+        np.testing.assert_array_equal(ctx, np.array([10, 2, 1, region], np.float32))
+        X = c.cross([1.0], [0.0, 0.0], [0, 1], ctx, np.zeros((2, 1), np.int32), np.zeros((2, 1)), 100.0)
+        np.testing.assert_array_equal(X[:, s.names.index("ctx.region")], [region, region])
+
+
+@pytest.mark.parametrize("value", ["inf", "-Infinity", "nan", "1e39", "-3.5e38"])
+def test_a_non_finite_context_value_is_an_invalid_argument(bundle, value):
+    """A number the ranker would read that float32 cannot hold is refused at validation, naming the field
+    (a gRPC client gets INVALID_ARGUMENT, not the crossing's error as INTERNAL); keys the ranker does not
+    read stay free text."""
+    rec = Recommender(bundle, None)
+    assert "region" not in bundle.schema.context_columns
+    assert _answer(rec, extra={"region": value}) == _answer(rec)
+    rec.schema = _with_region(bundle.schema)
+    with pytest.raises(InvalidArgument, match=r"^context\.extra\['region'\]: must be a finite float32"):
+        rec.recommend(RecRequest(k=20, extra={"region": value}))
+    check_context_extra(rec.schema, {"region": "3.4e38", "hour": value, "note": value})
+
+
+def test_a_context_value_in_float32_range_is_accepted():
+    s = _with_region(FeatureSchema(["u"], ["i"], ["hour"], ["a"]))
+    for value in ("0", "-2.5", "3.4e38", "1e-50", "lisbon", ""):
+        check_context_extra(s, {"region": value})
+        assert np.isfinite(context_vector(s, 1.0, 2.0, 0.0, {"region": value})[1]) or \
+            value in ("lisbon", "")
