@@ -1,5 +1,6 @@
 # cython: language_level=3
 """Item-to-item candidates: neighbours of seed items, scored by the weighted sum of their i2i scores."""
+from libc.math cimport isfinite
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport uint32_t
 import numpy as np
@@ -11,7 +12,8 @@ from recserve._core._typedefs cimport float32_t, float64_t, index_t, row_t
 cdef Py_ssize_t accumulate(const index_t[::1] seeds, const float32_t[::1] weights, const row_t[:, ::1] nb_rows,
                            const float32_t[:, ::1] nb_scores, row_t* keys, float64_t* sums, row_t* order,
                            Py_ssize_t mask) noexcept nogil:
-    """Sum ``weight * score`` per neighbour row in input order (seed by seed); returns the distinct count."""
+    """Sum ``weight * score`` per neighbour row in input order (seed by seed); returns the distinct count, or
+    ``-1 - (i * M + j)`` at the first score (seed ``i``, entry ``j``) that is not finite."""
     cdef Py_ssize_t i, j, h, u = 0, M = nb_rows.shape[1]
     cdef row_t r
     cdef float32_t w, p
@@ -21,6 +23,8 @@ cdef Py_ssize_t accumulate(const index_t[::1] seeds, const float32_t[::1] weight
             r = nb_rows[seeds[i], j]
             if r < 0:
                 continue
+            if not isfinite(nb_scores[seeds[i], j]):
+                return -1 - (i * M + j)
             p = nb_scores[seeds[i], j] * w          # float32 product, as the reference computes it
             h = (<uint32_t>r * 2654435761u) & mask
             while keys[h] != -1 and keys[h] != r:
@@ -66,8 +70,9 @@ cdef Py_ssize_t top_k(row_t* keys, float64_t* sums, row_t* order, Py_ssize_t u, 
 
 def neighbour_sum(const index_t[::1] seeds, const float32_t[::1] weights, const row_t[:, ::1] nb_rows,
                   const float32_t[:, ::1] nb_scores, Py_ssize_t k):
-    """(int32 rows, float32 scores) of the best ``k`` neighbours; inputs are checked by the caller."""
-    cdef Py_ssize_t n_in = seeds.shape[0] * nb_rows.shape[1], size = 16, u, m, i
+    """(int32 rows, float32 scores) of the best ``k`` neighbours; inputs are checked by the caller, but for the
+    scores of the seeds' lists, which are checked as they are read (ValueError if one is not finite)."""
+    cdef Py_ssize_t n_in = seeds.shape[0] * nb_rows.shape[1], size = 16, u = 0, m = 0, i, M = nb_rows.shape[1]
     while size < 2 * n_in:
         size *= 2
     cdef row_t* keys = <row_t*>malloc(size * sizeof(row_t))
@@ -86,7 +91,11 @@ def neighbour_sum(const index_t[::1] seeds, const float32_t[::1] weights, const 
             for i in range(size):
                 keys[i] = -1
             u = accumulate(seeds, weights, nb_rows, nb_scores, keys, sums, order, size - 1)
-            m = top_k(keys, sums, order, u, k, heap, out_rows, out_scores)
+            if u >= 0:
+                m = top_k(keys, sums, order, u, k, heap, out_rows, out_scores)
     finally:
         free(keys); free(sums); free(order); free(heap)
+    if u < 0:
+        i = -1 - u
+        raise ValueError(f"i2i score {i % M} of row {seeds[i // M]} is not finite (NaN or inf)")
     return rows_np[:m], scores_np[:m]

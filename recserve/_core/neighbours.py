@@ -4,13 +4,17 @@ scores (``sum over seeds s of weight[s] * score(s -> item)``), best first.
 The i2i table is ``rows int32[n_items, M]`` (-1 pads short lists) with ``scores float32[n_items, M]``. The
 kernel accumulates in a hash table sized by the seeds' neighbour lists, so its cost does not grow with the
 catalogue, and keeps the best ``k`` with a heap; ties go to the lower row.
+
+The table is the bundle's, the same for every call: its rows are refused when they are not integers or do not
+fit int32 (a dtype test; an int32 table, the bundle's, is used as it is), and a score that is not finite is
+refused as the kernel reads it (only the seeds' lists, no pass over the table per call).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from recserve._core import _neighbours
-from recserve._core._validate import f32_1d, i64_1d, integer
+from recserve._core._validate import f32_1d, i64_1d, integer, to_int32
 
 _EMPTY = (np.zeros(0, np.int32), np.zeros(0, np.float32))
 
@@ -19,8 +23,12 @@ def _table(rows, scores) -> tuple[np.ndarray, np.ndarray]:
     r, s = np.asarray(rows), np.asarray(scores)
     if r.ndim != 2 or s.shape != r.shape:
         raise ValueError(f"i2i rows and scores must be 2-D of one shape, got {r.shape} and {s.shape}")
-    if r.dtype != np.int32 or not r.flags.c_contiguous:
-        r = np.ascontiguousarray(r, np.int32)
+    if r.dtype != np.int32:
+        if r.size and r.dtype.kind not in "iu":
+            raise ValueError(f"i2i rows must hold integers, got dtype {r.dtype}")
+        r = to_int32(r, "i2i rows")
+    if not r.flags.c_contiguous:
+        r = np.ascontiguousarray(r)
     if s.dtype != np.float32 or not s.flags.c_contiguous:
         s = np.ascontiguousarray(s, np.float32)
     return r, s

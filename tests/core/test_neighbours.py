@@ -34,6 +34,29 @@ def test_matches_reference(tab, data, k):
     assert len(got[0]) <= k
 
 
+@settings(max_examples=300, deadline=None)
+@given(tab=tables(), data=st.data(), k=st.integers(1, 50))
+def test_a_score_that_is_not_finite_is_refused_where_it_is_read(tab, data, k):
+    """NaN or inf in a seed's list is refused (a NaN sum never left the kernel's heap, while the reference
+    sorts it last); elsewhere in the table, or under a -1 pad, it is never read and the answer is the
+    reference's."""
+    rows, scores = tab
+    n, M = rows.shape
+    bad = data.draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, M - 1)), min_size=1, max_size=5))
+    for i, j in bad:
+        scores[i, j] = data.draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+    seeds = data.draw(st.lists(st.integers(0, n - 1), max_size=10))
+    weights = np.ones(len(seeds), np.float32)
+    if any(i in seeds and rows[i, j] >= 0 for i, j in bad):
+        with pytest.raises(ValueError, match="i2i score .* is not finite"):
+            neighbour_sum(seeds, weights, rows, scores, k)
+    else:
+        got = neighbour_sum(seeds, weights, rows, scores, k)
+        want = neighbour_sum_reference(seeds, weights, rows, scores, k)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_empty_and_all_padding():
     rows = np.full((5, 3), -1, np.int32)
     scores = np.ones((5, 3), np.float32)
@@ -83,6 +106,12 @@ def test_a_k_beyond_every_neighbour_is_all_of_them():
 def test_fractional_seeds_or_k_are_refused_not_truncated():
     rows = np.zeros((5, 3), np.int32)
     scores = np.ones((5, 3), np.float32)
+    with pytest.raises(ValueError, match="i2i rows must hold integers"):
+        neighbour_sum([1], [1.0], np.full((5, 3), 2.7), scores, 3)            # was truncated to 2
+    with pytest.raises(ValueError, match="i2i rows: row 4294967301 is out of range"):
+        neighbour_sum([1], [1.0], np.full((5, 3), 2**32 + 5), scores, 3)      # was wrapped to 5
+    got = neighbour_sum([1], [1.0], np.arange(15, dtype=np.uint64).reshape(5, 3) % 5, scores, 3)
+    assert got[0].tolist() == [0, 3, 4]                                         # row 1: 3, 4, 5 % 5
     with pytest.raises(ValueError, match="seed rows must hold integers"):
         neighbour_sum([1.7], [1.0], rows, scores, 3)
     with pytest.raises(TypeError, match="k must be an integer"):
