@@ -59,8 +59,11 @@ def integer(x, name: str, lo: int | None = None) -> int:
 
 
 def integers(x, name: str) -> np.ndarray:
-    """An array of integers as int64 (of any shape; floats refused, not truncated)."""
+    """An array of integers as int64 (of any shape; floats refused, not truncated; unsigned values above
+    int64's range refused, not wrapped to negative ones)."""
     a = np.asarray(x)
     if a.size and a.dtype.kind not in "iu":
         raise ValueError(f"{name} must hold integers, got dtype {a.dtype}")
+    if a.size and a.dtype.kind == "u" and a.dtype.itemsize == 8 and a.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name}: {a.max()} does not fit int64")
     return a.astype(np.int64, copy=False)

@@ -15,20 +15,21 @@ from __future__ import annotations
 import numpy as np
 
 from recserve._core import _history
-from recserve._core._validate import f32_1d, rows_1d
+from recserve._core._validate import f32_1d, integer, rows_1d
 
 _EMPTY32 = np.zeros(0, np.int32)
 
 
 def history_seeds(hist_items, hist_ts, n_recent: int, n_session: int, session_gap: float):
-    """(seen, recent, session): int32 arrays, see the module docstring."""
+    """(seen, recent, session): int32 arrays, see the module docstring (a negative count: none)."""
+    n_recent, n_session = integer(n_recent, "n_recent"), integer(n_session, "n_session")
     rows = rows_1d(hist_items, "history rows")
     ts = np.ascontiguousarray(hist_ts, np.float64)
     if ts.shape != rows.shape:
         raise ValueError(f"{len(rows)} history rows but timestamps of shape {ts.shape}")
     if len(rows) == 0:
         return _EMPTY32, _EMPTY32, _EMPTY32
-    return _history.history_seeds(rows, ts, max(int(n_recent), 0), max(int(n_session), 0), float(session_gap))
+    return _history.history_seeds(rows, ts, max(n_recent, 0), max(n_session, 0), float(session_gap))
 
 
 def drop_seen(rows, scores, seen_sorted):

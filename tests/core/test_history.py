@@ -61,3 +61,18 @@ def test_drop_seen_refuses_seen_rows_out_of_order():
         with pytest.raises(ValueError, match="sorted and unique"):
             drop_seen([1, 2, 3, 4, 5], np.ones(5), seen)
     assert drop_seen([1, 2, 3, 4, 5], np.ones(5), [1, 3, 5])[0].tolist() == [2, 4]
+
+
+@settings(max_examples=100, deadline=None)
+@given(histories, st.integers(-3, 40), st.integers(-3, 12), st.sampled_from([0.25, 0.5, 0.9, 1.9]))
+def test_fractional_counts_are_refused_not_truncated(h, n_recent, n_session, frac):
+    """Counts must be integers (Python or numpy); 1.9 was truncated to 1. Negative counts: no seeds."""
+    rows, ts = np.array(h[0], np.int32), np.sort(np.array(h[1], np.float64))
+    with pytest.raises(TypeError, match="n_recent must be an integer"):
+        history_seeds(rows, ts, n_recent + frac, n_session, 1800.0)
+    with pytest.raises(TypeError, match="n_session must be an integer"):
+        history_seeds(rows, ts, n_recent, float(n_session), 1800.0)
+    got = history_seeds(rows, ts, np.int64(n_recent), np.int32(n_session), 1800.0)
+    want = history_seeds_reference(rows, ts, n_recent, n_session, 1800.0)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)

@@ -189,6 +189,26 @@ def test_very_large_or_small_embeddings_are_not_zero_vectors(scale):
     assert np.allclose(got[1], want[1], atol=1e-5) and got[1][2] > 0.99
 
 
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 30), high=st.booleans(), max_per=st.integers(1, 3))
+def test_unsigned_creator_ids_are_refused_not_wrapped_beyond_int64(seed, n, high, max_per):
+    """uint64 ids up to 2**63 - 1 pick as the same int64 ids; one at 2**63 or above was wrapped to a negative
+    id, an unknown creator to whom ``max_per_creator`` does not apply, and is refused."""
+    rng, E, rows, rel = setup(seed, n)
+    ids = rng.integers(0, 2**63 - 4, 4, dtype=np.uint64) + np.uint64(3)
+    ids[0] = np.uint64(2**63 - 1)
+    creators = rng.choice(ids, n)
+    if high:
+        creators[rng.integers(0, n)] = np.uint64(2**63) + rng.integers(0, 2**63, dtype=np.uint64)
+        with pytest.raises(ValueError, match="creators: .* does not fit int64"):
+            mmr(rel, E, rows, n, 0.5, creators, max_per)
+    else:
+        got = mmr(rel, E, rows, n, 0.5, creators, max_per)
+        want = mmr(rel, E, rows, n, 0.5, creators.astype(np.int64), max_per)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_fractional_counts_and_creators_are_refused_not_truncated():
     _, E, rows, rel = setup(5, 6)
     with pytest.raises(TypeError, match="k must be an integer"):
