@@ -150,7 +150,8 @@ cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb
             break
         used[best] = 1
         out_idx[chosen] = <row_t>best
-        out_pen[chosen] = <float32_t>(max_sim[best] if t > 0 else 0.0)
+        # no similarity enters the objective at the first pick or with lam = 1: no penalty
+        out_pen[chosen] = <float32_t>(max_sim[best] if t > 0 and lam < 1.0 else 0.0)
         chosen += 1
         if has_creators:
             c = creators[best]
@@ -177,7 +178,8 @@ cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb
 
 def mmr(const float32_t[::1] rel, const float32_t[:, ::1] emb, const row_t[::1] rows, Py_ssize_t k,
         double lam, creators, Py_ssize_t max_per_creator, bint no_adjacent):
-    """Select up to k candidate positions; returns (positions int32[m], max-sim penalty float32[m]).
+    """Select up to k candidate positions; returns (positions int32[m], max-sim penalty float32[m]: each
+    pick's max similarity to the picks before it, 0 for the first and when ``lam`` = 1).
 
     ``creators``: int64[n] creator ids (negative = unknown) or None; re-coded densely inside the kernel."""
     cdef Py_ssize_t n = rel.shape[0], i

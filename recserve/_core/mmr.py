@@ -44,7 +44,8 @@ def _boosted(relevance, novelty, novelty_weight: float) -> np.ndarray:
 
 def mmr(relevance, item_emb, rows, k: int, lam: float, creators=None, max_per_creator: int = 0,
         no_adjacent: bool = False, novelty=None, novelty_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (positions into the candidate arrays, the max-similarity penalty of each pick)."""
+    """Returns (positions into the candidate arrays, the max-similarity penalty of each pick: its max cosine
+    similarity to the picks before it; 0 for the first pick and when ``lam`` = 1, where none is computed)."""
     rel = _boosted(relevance, novelty, novelty_weight)
     cr = None if creators is None else np.ascontiguousarray(integers(creators, "creators"))
     return _mmr.mmr(rel, f32_2d(item_emb, "item_emb"), rows_1d(rows, "rows"), integer(k, "k"), float(lam), cr,
@@ -85,7 +86,7 @@ def mmr_reference(relevance, item_emb, rows, k, lam, creators=None, max_per_crea
         idx = np.flatnonzero(pool)
         best = int(idx[np.argmax(obj[idx])])
         picks.append(best)
-        pens.append(max_sim[best] if t > 0 else 0.0)
+        pens.append(max_sim[best] if t > 0 and lam < 1 else 0.0)
         used[best] = True
         if cr is not None:
             last = int(cr[best])

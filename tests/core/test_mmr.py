@@ -29,6 +29,7 @@ def test_matches_reference(seed, n, k, lam, n_creators, max_per, adj):
     else:
         # with creator rules the same greedy runs; compare the first picks exactly
         np.testing.assert_array_equal(got[:3], want[:3])
+    assert np.isfinite(pen).all() and (lam < 1.0 or (pen == 0).all())
     assert len(set(got.tolist())) == len(got) <= min(k, n)
     if creators is not None and max_per > 0:
         c = creators[got]
