@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -101,10 +102,17 @@ class BundleHolder:
         return self.path if key == str(self.path) else B.version_dir(self.root, key)
 
     def _stamp(self, key: str) -> tuple:
-        """What changes when a refused version directory is rewritten: its manifest's stat."""
+        """What changes when a refused version directory is rewritten or still being written: the name, size,
+        mtime and inode of every file in it (a flat tuple, as it travels to the supervisor as JSON). A
+        version refused while its files were being copied is tried again once the copy changed them,
+        whichever file the copy wrote last."""
         try:
-            st = (self.directory(key) / "manifest.json").stat()
-            return (st.st_mtime_ns, st.st_size, st.st_ino)
+            out = []
+            with os.scandir(self.directory(key)) as it:
+                for e in sorted(it, key=lambda e: e.name):
+                    st = e.stat(follow_symlinks=True)
+                    out += [e.name, st.st_size, st.st_mtime_ns, st.st_ino]
+            return tuple(out)
         except (OSError, ValueError):
             return ()
 

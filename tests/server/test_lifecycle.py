@@ -340,6 +340,35 @@ def test_refused_bundle_is_not_reloaded_every_poll(shared_root, tmp_path):
     holder.current.bundle.close()
 
 
+def test_a_version_refused_while_its_files_were_copied_loads_once_they_are(shared_root, tmp_path):
+    """CURRENT moved before the copy of its version finished (the manifest copied first, the index last): the
+    version is refused, then loaded at the first poll after the index lands, with the manifest untouched
+    (before: the refusal was remembered by the manifest's stat alone, and this worker kept the old bundle
+    while a sibling that polled later served the new one)."""
+    import shutil
+
+    from recserve.config import ServeConfig
+    from recserve.live import BundleHolder
+
+    root = copy_root(shared_root, tmp_path / "root")
+    good = (root / "CURRENT").read_text().strip()
+    holder = BundleHolder(str(root), ServeConfig(reload_interval=0), None)
+    assert holder.try_reload() and holder.current.version == good
+    new_version(root, good, "v-copied")
+    index = root / "v-copied" / "index.hnsw"
+    held = tmp_path / "index.hnsw"
+    shutil.move(index, held)
+    index.write_bytes(held.read_bytes()[:4096])           # the copy is under way
+    set_current(root, "v-copied")
+    assert not holder.try_reload() and holder.current.version == good
+    assert not holder.try_reload() and holder.attempts == 2         # unchanged: not tried again
+    manifest = (root / "v-copied" / "manifest.json").stat()
+    shutil.copyfile(held, index)                                     # the copy is done
+    assert (root / "v-copied" / "manifest.json").stat().st_mtime_ns == manifest.st_mtime_ns
+    assert holder.try_reload() and holder.current.version == "v-copied"
+    holder.current.bundle.close()
+
+
 def test_current_naming_a_directory_outside_the_root_is_refused(shared_root, tmp_path):
     """CURRENT holds a version name, never a path: a relative path out of the root, an absolute path and
     an empty file are each refused (the live bundle stays), as ``recserve-train verify`` refuses them."""
