@@ -510,6 +510,9 @@ def main(argv=None) -> int:
     except BrokenPipeError:             # the reader went away (`recserve recommend u1 | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:           # Ctrl-C while a client command waits on the server
+        print("recserve: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

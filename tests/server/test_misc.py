@@ -402,6 +402,34 @@ def test_cli_client_commands_print_tables(server, facts):
     assert rc == 1 and "NOT_FOUND" in err
 
 
+def test_cli_client_interrupted_while_it_waits_exits_130_without_a_traceback():
+    """Ctrl-C while a client command waits on a server that never answers (a socket that accepts and is
+    silent): one line and exit 130, as `recserve store` and `recserve-train` do."""
+    import os
+    import signal
+    import socket
+    import sys
+
+    from srvutil import ROOT
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        addr = f"127.0.0.1:{silent.getsockname()[1]}"
+        for cmd in (["recommend", "u1"], ["similar", "i1"], ["health"]):
+            p = subprocess.Popen([sys.executable, "-m", "recserve.cli", *cmd, "--addr", addr, "--timeout", "60"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+            try:
+                conn, _ = silent.accept()           # the client has connected and waits for the answer
+                with conn:
+                    p.send_signal(signal.SIGINT)
+                    out, err = p.communicate(timeout=60)
+            finally:
+                p.kill()
+            assert p.returncode == 130 and "Traceback" not in err and "interrupted" in err, (cmd, err)
+
+
 def test_cli_client_refuses_bad_addresses_and_files_in_one_line(tmp_path):
     import os
     import sys
