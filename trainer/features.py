@@ -127,7 +127,7 @@ def user_features(ds, user, item, ts, event, now, cat_codes, n_share) -> np.ndar
 
 def histories(user, item, ts, event, n_users, history_len=200):
     """CSR histories, oldest first, each bounded to its last ``history_len`` events."""
-    order = np.lexsort((event, ts, user))
+    order = np.lexsort((item, event, ts, user))      # the item breaks ties: the input's row order does not matter
     u, i, t, e = user[order], item[order], ts[order], event[order]
     counts = np.bincount(u, minlength=n_users)
     starts = np.zeros(n_users + 1, np.int64)

@@ -487,7 +487,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
             user_extra[name][r] = a
         files[up.name] = {"size": up.stat().st_size, "sha256": sha256_file(up)}
     user_row = _codes(x_user, user_ids)
-    order = np.lexsort((ev, ts, user_row))
+    order = np.lexsort((value, item_row, ev, ts, user_row))     # ties by item and value, not by file order
     report.update(interactions=int(len(ts)), users=int(len(user_ids)), items=int(len(item_ids)))
     return Dataset(user=user_row[order].astype(np.int32), item=item_row[order].astype(np.int32),
                    ts=ts[order], event=ev[order].astype(np.int8), value=value[order],

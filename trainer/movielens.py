@@ -36,7 +36,7 @@ def _finish(users, items, ts, stars, item_ids, category, created, ratings: Path,
     if (rows < 0).any():
         _refuse(ratings, col, rows < 0, f"id(s) of movies missing from {movies.name}", header, items.tolist(),
                 delimiter)
-    order = np.lexsort((ts, user_row))
+    order = np.lexsort((stars, rows, ts, user_row))
     n = len(item_ids)
     first_ts = np.full(len(user_ids), np.inf)
     np.minimum.at(first_ts, user_row, ts)
