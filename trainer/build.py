@@ -35,6 +35,8 @@ DEFAULT_CFG = {
     "similar_lists": True,
     # LightGBM's OpenMP threads spin; on a shared 2-core box 2 threads were 3x slower than 1
     "ranker_threads": 1, "label_windows": 2, "label_split": "time",
+    # the evaluation's users: at most this many, drawn with the seed (recserve-train evaluate's defaults too)
+    "eval_users": 2000,
     # item-item model: "auto" = EASE up to ease_max_items items (lambda and recency tuned on the label
     # window against co-occurrence cosine), cosine above; "ease" / "cosine" force one
     "i2i_model": "auto", "ease_max_items": 6000, "ease_lambda": 500.0, "ease_dropout": 0.0, "ease_M": 400,
@@ -436,13 +438,19 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
     return path
 
 
-def evaluate_bundle(bundle_dir: Path, ds: Dataset, max_users=2000, seed=0, threads=2) -> dict:
-    """Evaluate the bundle on disk on ``ds``'s interactions at/after the bundle's test cut."""
+def evaluate_bundle(bundle_dir: Path, ds: Dataset, max_users=None, seed=None, threads=2) -> dict:
+    """Evaluate the bundle on disk on ``ds``'s interactions at/after the bundle's test cut, on at most
+    ``max_users`` users drawn with ``seed`` (None: the build's, so that its own data reproduces its record)."""
     from recserve.bundle import Bundle
     from trainer import evaluate as ev
 
     b = Bundle.open(bundle_dir)
     try:
+        training = b.manifest.get("training", {})
+        if seed is None:
+            seed = int(training.get("seed", DEFAULT_CFG["seed"]))
+        if max_users is None:
+            max_users = int(training.get("config", {}).get("eval_users", DEFAULT_CFG["eval_users"]))
         art = artifacts_from_bundle(b)
         ids = [b.tables.id_of("user", r) for r in range(b.n_users)]
         row = {u: k for k, u in enumerate(ids)}
@@ -460,6 +468,7 @@ def evaluate_bundle(bundle_dir: Path, ds: Dataset, max_users=2000, seed=0, threa
                           seed=seed, threads=threads, progress=progress.labelled("evaluate"))
         res["held_out_interactions"] = int(ok.sum())
         res["cut"] = cut
+        res["seed"], res["eval_users"] = int(seed), int(max_users)     # the user sample: reproducible from these
         return res
     finally:
         b.close()

@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--evaluate", action="store_true",
                    help="evaluate on the held-out data after building (the default when --holdout > 0)")
     b.add_argument("--no-evaluate", action="store_true", help="skip the evaluation at the end of the build")
-    b.add_argument("--eval-users", type=positive_int, default=2000)
+    b.add_argument("--eval-users", type=positive_int, default=2000,
+                   help="evaluate at most N held-out users, drawn with --seed")
     _progress_switch(b)
 
     v = sub.add_parser("verify", help="check a bundle (checksums, format, schema)")
@@ -80,8 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("bundle")
     e.add_argument("--data", required=True)
     e.add_argument("--drop-unknown", action="store_true")
-    e.add_argument("--eval-users", type=positive_int, default=2000)
-    e.add_argument("--seed", type=seed, default=0)
+    e.add_argument("--eval-users", type=positive_int, default=None,
+                   help="evaluate at most N held-out users (default: the build's --eval-users)")
+    e.add_argument("--seed", type=seed, default=None,
+                   help="the seed that draws them (default: the bundle's build seed)")
     _progress_switch(e)
     return p
 
@@ -205,7 +208,7 @@ def _run(args) -> int:
                "ranker_users": args.ranker_users, "label_windows": args.label_windows, "label_split": args.label_split,
                "tune": not args.no_tune, "ranker_trees": args.ranker_trees,
                "share_categories": args.share_categories,
-               "similar_lists": not args.no_similar_lists}
+               "similar_lists": not args.no_similar_lists, "eval_users": args.eval_users}
         results = []
 
         def evaluate(staged):           # on the complete version, before CURRENT names it
@@ -247,7 +250,7 @@ def _run(args) -> int:
 
         ds = load_dataset(args.data, drop_unknown=args.drop_unknown)
         path = resolve(args.bundle)
-        res = evaluate_bundle(path, ds, max_users=args.eval_users, seed=args.seed)
+        res = evaluate_bundle(path, ds, max_users=args.eval_users, seed=args.seed)     # None: the build's
         print(format_table(res))
         built_from = json.loads((path / "manifest.json").read_text()).get("inputs")
         if built_from == ds.files:

@@ -173,9 +173,13 @@ def evaluate(art, scorer, test_user, test_item, test_ts, params: dict, creators:
 def format_table(result: dict) -> str:
     cols = ["recall@10", "recall@20", "recall@50", "ndcg@10", "mrr@50", "coverage@10", "ild@10",
             "novelty@10", "cold_share@10", "mean_len"]
-    few = (f" (fewer than {FEW_USERS}: differences between methods may be noise; a larger --holdout holds out "
-           "more users)" if result["users"] < FEW_USERS else "")
-    lines = [f"evaluated users: {result['users']}{few}"]
+    notes = []
+    if "eval_users" in result and "seed" in result:     # the sample: --eval-users and --seed reproduce it
+        notes.append(f"at most {result['eval_users']}, drawn with seed {result['seed']}")
+    if result["users"] < FEW_USERS:
+        notes.append(f"fewer than {FEW_USERS}: differences between methods may be noise; a larger --holdout "
+                     "holds out more users")
+    lines = [f"evaluated users: {result['users']}" + (f" ({'; '.join(notes)})" if notes else "")]
     if result.get("truth_not_released"):
         lines.append(f"held-out (user, item) pairs left out of the truth: {result['truth_not_released']} "
                      "(the item was created after the cut, so the bundle's catalogue did not hold it yet)")

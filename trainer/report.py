@@ -72,6 +72,8 @@ def render(manifest: dict, result: dict) -> str:
     }
     version = html.escape(str(manifest.get('version')))
     unused = columns_not_used(tr.get("data_report", {}))
+    sample = (f" (at most {result['eval_users']}, drawn with seed {result['seed']})"
+              if "eval_users" in result and "seed" in result else "")
     unused_html = (f"<h2>Input columns not used</h2><p>Columns {NOT_USED}: {html.escape(not_used_text(unused))}"
                    "</p>\n" if unused else "")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>recserve bundle {version}</title>
@@ -79,7 +81,7 @@ def render(manifest: dict, result: dict) -> str:
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{text-align:left}}
 .best{{background:#d8f0d8;font-weight:bold}}pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style></head><body>
 <h1>Bundle {version}</h1>
-<p>Held-out newest interactions after {result.get('cut')} (unix s); {result['users']} users evaluated,
+<p>Held-out newest interactions after {result.get('cut')} (unix s); {result['users']} users evaluated{sample},
 {result.get('held_out_interactions', '?')} held-out interactions. History items are excluded from recommendations
 and from the truth, and so are items created after the cut (not in the bundle's catalogue yet:
 {result.get('truth_not_released', 0)} held-out (user, item) pairs).</p>
