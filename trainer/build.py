@@ -462,11 +462,19 @@ def evaluate_bundle(bundle_dir: Path, ds: Dataset, max_users=None, seed=None, th
         i_map = np.array([irow.get(str(x), -1) for x in ds.item_ids], np.int64)
         tu, ti = u_map[ds.user[m]], i_map[ds.item[m]]
         ok = (tu >= 0) & (ti >= 0)
+        # held-out pairs the bundle cannot score (next week's logs: items and users newer than it), counted
+        # as distinct (user, item) pairs like truth_not_released; an unknown item only for a user with a history
+        pair = ds.user[m].astype(np.int64) * ds.n_items + ds.item[m]
+        with_history = np.zeros(len(tu), bool)
+        with_history[tu >= 0] = np.diff(art.hist_indptr)[tu[tu >= 0]] > 0
+        unknown_users = len(np.unique(pair[tu < 0]))
+        unknown_items = len(np.unique(pair[with_history & (ti < 0)]))
         scorer = rk.Scorer(b.ranker_text)
         creators = b.item_feats[:, b.schema.item_columns.index("creator")].astype(np.int64)
         res = ev.evaluate(art, scorer, tu[ok], ti[ok], ds.ts[m][ok], b.params, creators, max_users=max_users,
                           seed=seed, threads=threads, progress=progress.labelled("evaluate"))
         res["held_out_interactions"] = int(ok.sum())
+        res["truth_unknown_items"], res["truth_unknown_users"] = unknown_items, unknown_users
         res["cut"] = cut
         res["seed"], res["eval_users"] = int(seed), int(max_users)     # the user sample: reproducible from these
         return res

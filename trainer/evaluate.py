@@ -183,6 +183,12 @@ def format_table(result: dict) -> str:
     if result.get("truth_not_released"):
         lines.append(f"held-out (user, item) pairs left out of the truth: {result['truth_not_released']} "
                      "(the item was created after the cut, so the bundle's catalogue did not hold it yet)")
+    if result.get("truth_unknown_items"):
+        lines.append(f"held-out (user, item) pairs left out of the truth: {result['truth_unknown_items']} "
+                     "(the bundle does not know the item: newer than the bundle's data, it cannot recommend it)")
+    if result.get("truth_unknown_users"):
+        lines.append(f"held-out (user, item) pairs not evaluated: {result['truth_unknown_users']} "
+                     "(the bundle does not know the user: no history to recommend from)")
     lines.append(f"{'method':<15}" + "".join(f"{c:>14}" for c in cols))
     for m, v in result["methods"].items():
         lines.append(f"{m:<15}" + "".join(f"{v.get(c, float('nan')):>14.4f}" for c in cols))

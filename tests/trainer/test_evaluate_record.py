@@ -1,11 +1,18 @@
-"""``recserve-train evaluate`` on the bundle's own data reproduces the recorded evaluation: the build's user
-sample, which the record states."""
+"""``recserve-train evaluate``: on the bundle's own data it reproduces the recorded evaluation (the build's
+user sample, which the record states); on newer logs it counts the held-out pairs the bundle cannot score."""
 from __future__ import annotations
 
 import json
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
 from recserve.bundle import resolve
+from trainer.build import evaluate_bundle
 from trainer.cli import main
+from trainer.io import load_dataset
 
 FAST = ["--factors", "8", "--no-tune", "--label-windows", "1", "--no-progress"]
 
@@ -28,3 +35,53 @@ def test_evaluate_on_the_own_data_reproduces_the_record(small_data, tmp_path, ca
     other = json.loads(manifest.read_text())["evaluation"]
     assert (other["users"], other["seed"], other["eval_users"]) == (30, 4, 30)
     assert other["methods"] != built["methods"]
+
+
+def _read(path):
+    ids = {c: pa.string() for c in ("user_id", "item_id", "category", "creator", "country")}
+    return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=ids))
+
+
+def test_newer_logs_count_what_the_bundle_does_not_know(small_data, tmp_path, capsys):
+    """Held-out pairs of items the bundle has never heard of (for users with a history) and of users it does
+    not know are counted and printed, not silently dropped; the evaluation itself is that of the known pairs."""
+    x, items, users = (_read(small_data / f"{n}.csv") for n in ("interactions", "items", "users"))
+    cut = float(np.quantile(x["timestamp"].to_numpy(), 0.9))
+    old, new, newer = tmp_path / "old", tmp_path / "new", tmp_path / "newer"
+    for d, inter in ((old, x.filter(pc.less(x["timestamp"], cut))), (new, x)):
+        d.mkdir()
+        pacsv.write_csv(inter, d / "interactions.csv")
+        pacsv.write_csv(items, d / "items.csv")
+        pacsv.write_csv(users, d / "users.csv")
+
+    # next week's logs: 5 new items, bought by 10 known users (20 distinct pairs, one row twice), and 4 new
+    # users, who buy 3 known items each and one new item
+    newer.mkdir()
+    new_items = items.slice(0, 5).set_column(0, "item_id", pa.array([f"new{k}" for k in range(5)]))
+    known = x.filter(pc.less(x["timestamp"], cut))["user_id"].unique().to_pylist()[:10]
+    t = int(x["timestamp"].to_numpy().max())
+    rows = [(u, f"new{(k + j) % 5}") for k, u in enumerate(known) for j in range(2)]
+    rows.append(rows[0])
+    rows += [(f"newuser{k}", items["item_id"][j].as_py()) for k in range(4) for j in range(3)]
+    rows += [(f"newuser{k}", "new0") for k in range(4)]
+    extra = pa.table({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows],
+                      "timestamp": [t] * len(rows), "event": ["purchase"] * len(rows),
+                      "value": pa.nulls(len(rows), pa.float64())}).cast(x.schema)
+    pacsv.write_csv(pa.concat_tables([x, extra]), newer / "interactions.csv")
+    pacsv.write_csv(pa.concat_tables([items, new_items]), newer / "items.csv")
+    pacsv.write_csv(users, newer / "users.csv")
+
+    out = tmp_path / "out"
+    assert main(["build", "--data", str(old), str(out), "--holdout", "0", *FAST]) == 0
+    base = evaluate_bundle(resolve(out), load_dataset(new))
+    res = evaluate_bundle(resolve(out), load_dataset(newer))
+    assert (base["truth_unknown_items"], base["truth_unknown_users"]) == (0, 0)
+    assert (res["truth_unknown_items"], res["truth_unknown_users"]) == (20, 16)
+    assert res["users"] == base["users"] and res["methods"] == base["methods"]
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", str(newer), "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "held-out (user, item) pairs left out of the truth: 20 (the bundle does not know the item: newer " \
+           "than the bundle's data, it cannot recommend it)" in lines
+    assert "held-out (user, item) pairs not evaluated: 16 (the bundle does not know the user: no history to " \
+           "recommend from)" in lines
