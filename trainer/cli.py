@@ -1,16 +1,20 @@
 """``recserve-train``: synth | import movielens | build | verify | evaluate.
 
 Errors print one line ``recserve-train: error: <reason>`` on stderr and exit non-zero (2 for bad input
-data or arguments, 3 for a bad bundle, 1 when the disk fails a write, 130 when interrupted by Ctrl-C).
+data or arguments, 3 for a bad bundle, 1 when the disk fails a write, 128 + the signal when interrupted: 130
+for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP, each handled as Ctrl-C is).
 ``build`` and ``evaluate`` show progress bars on stderr when it is a terminal (``--progress`` /
 ``--no-progress`` force them on / off).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 
 from trainer.argtypes import number, number_list, positive_int, seed
@@ -98,13 +102,46 @@ def _fail(msg: str, code: int) -> int:
     return code
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where Ctrl-C raises KeyboardInterrupt: the same clean-up runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum, _frame):
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def _stop_signals_as_ctrl_c():
+    """SIGTERM (``timeout``, systemd, Kubernetes) and SIGHUP (the terminal closed) raise :class:`Stopped`
+    while the block runs, unless they are ignored (``nohup``) or handled already; main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stops = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    old = {s: signal.getsignal(s) for s in stops}
+    old = {s: h for s, h in old.items() if h is signal.SIG_DFL}
+    for s in old:
+        signal.signal(s, _raise_stopped)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     published = _current(args.out) if args.cmd == "build" else None
-    try:
-        return _checked(args)
-    except KeyboardInterrupt:           # Ctrl-C: one line saying what was left, not a traceback
-        return _fail(_interrupted(args, published), 130)
+    with _stop_signals_as_ctrl_c():
+        try:
+            return _checked(args)
+        except KeyboardInterrupt as exc:    # Ctrl-C, SIGTERM, SIGHUP: one line saying what was left, no traceback
+            signum = getattr(exc, "signum", signal.SIGINT)
+            return _fail(_interrupted(args, published, signum), 128 + int(signum))
 
 
 def _checked(args) -> int:
@@ -137,16 +174,17 @@ def _current(root: str) -> str | None:
         return None
 
 
-def _interrupted(args, published: str | None) -> str:
+def _interrupted(args, published: str | None, signum: int = signal.SIGINT) -> str:
     """What an interrupted command left behind, as one line."""
+    what = "interrupted" if signum == signal.SIGINT else f"interrupted by {signal.Signals(signum).name}"
     if args.cmd == "build":
         now = _current(args.out)
         if now != published:
-            return f"interrupted; {args.out}/CURRENT names the new version {now} already"
-        return "interrupted; nothing was published"
+            return f"{what}; {args.out}/CURRENT names the new version {now} already"
+        return f"{what}; nothing was published"
     if args.cmd in ("synth", "import"):
-        return f"interrupted; nothing partly written in {args.out}"
-    return "interrupted"
+        return f"{what}; nothing partly written in {args.out}"
+    return what
 
 
 def _run(args) -> int:

@@ -575,14 +575,15 @@ def _move_in(tmp: Path, out: Path, names: list[str]) -> None:
 
 @contextlib.contextmanager
 def _signals_held():
-    """Ctrl-C and SIGTERM wait until the block is done, then act as usual (main thread only: elsewhere
-    Python cannot set handlers). Handlers, not a signal mask: a blocked signal still reaches Python through
-    any other thread, such as a BLAS pool's."""
+    """Ctrl-C, SIGTERM and SIGHUP wait until the block is done, then act as usual (main thread only:
+    elsewhere Python cannot set handlers). Handlers, not a signal mask: a blocked signal still reaches Python
+    through any other thread, such as a BLAS pool's."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     got: list[int] = []
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    held = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    old = {s: signal.getsignal(s) for s in held}
     old = {s: h for s, h in old.items() if h is not None}           # None: set outside Python; left alone
     for s in old:
         signal.signal(s, lambda n, _frame: got.append(n))

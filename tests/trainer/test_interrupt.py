@@ -1,4 +1,5 @@
-"""Ctrl-C during a build: one line, exit 130, nothing published and no temporary directory left."""
+"""Ctrl-C during a build: one line, exit 130, nothing published and no temporary directory left; SIGTERM
+(exit 143) and SIGHUP (exit 129) alike."""
 from __future__ import annotations
 
 import os
@@ -27,13 +28,14 @@ def build_data(tmp_path_factory):
     return d
 
 
-def _interrupt(data, root, marker: str):
-    """Start a build into ``root``, send SIGINT once stderr shows ``marker``; (exit code, stderr after
+def _interrupt(data, root, marker: str, sig: int = signal.SIGINT):
+    """Start a build into ``root``, send ``sig`` once stderr shows ``marker``; (exit code, stderr after
     the signal, whole stderr, names in ``root`` when the signal was sent)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OPENBLAS_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "trainer.cli", "build", "--data", str(data), str(root),
                              "--factors", "16", "--no-tune", "--no-progress"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+                            preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL))     # not ignored (nohup)
     seen, at_signal = [], None
     deadline = time.time() + 240
     try:
@@ -41,7 +43,7 @@ def _interrupt(data, root, marker: str):
             seen.append(line)
             if line.startswith(marker):
                 at_signal = sorted(p.name for p in root.iterdir()) if root.exists() else []
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(sig)
                 break
             if time.time() > deadline:
                 break
@@ -82,3 +84,35 @@ def test_ctrl_c_while_evaluating_the_staged_version_keeps_current(build_data, de
     assert (root / "CURRENT").read_text() == current
     assert sorted(p.name for p in root.iterdir()) == before         # no temporary directory, no new version
     verify(root)
+
+
+def test_sigterm_while_evaluating_the_staged_version_is_handled_as_ctrl_c(build_data, demo_bundle, tmp_path):
+    """What ``timeout``, systemd and Kubernetes send: the staged version is removed, CURRENT kept, one line,
+    exit 128 + 15."""
+    root = tmp_path / "bundles"
+    shutil.copytree(demo_bundle, root)
+    before = sorted(p.name for p in root.iterdir())
+    current = (root / "CURRENT").read_text()
+    rc, after, err, at_signal = _interrupt(build_data, root, "[evaluate] ...", signal.SIGTERM)
+    assert any(n.startswith(".tmp-") for n in at_signal), at_signal
+    assert rc == 143, err
+    assert after.splitlines() == ["recserve-train: error: interrupted by SIGTERM; nothing was published"], err
+    assert (root / "CURRENT").read_text() == current
+    assert sorted(p.name for p in root.iterdir()) == before
+    verify(root)
+
+
+def test_sighup_while_training_publishes_nothing(build_data, tmp_path):
+    root = tmp_path / "bundles"
+    rc, after, err, _ = _interrupt(build_data, root, "[ranker_train] ...", signal.SIGHUP)
+    assert rc == 129, err
+    assert after.splitlines() == ["recserve-train: error: interrupted by SIGHUP; nothing was published"], err
+    assert not root.exists() or not list(root.iterdir())
+
+
+def test_main_leaves_the_signal_handlers_as_it_found_them(tmp_path):
+    from trainer.cli import main
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    assert main(["verify", str(tmp_path)]) == 3
+    assert {s: signal.getsignal(s) for s in before} == before
