@@ -83,8 +83,9 @@ def _active_with_history(art, users, rng, n):
 def _label_windows(ds: Dataset, train_mask, cfg: dict):
     """Yields (fit mask, label mask, label cut) of the ranker's label windows, the first one also the
     tuning window. ``time``: the newest ``label_frac`` of the training time, then earlier non-overlapping
-    windows; ``user``: every user's own newest share, then her next-newest share (fit on what is older);
-    ``user-random``: a random share of every user's interactions, then other random draws (other seeds)."""
+    windows; ``user``: every user's own newest share, then her next-newest share; ``user-random``: a random
+    share of every user's interactions, then other random draws (other seeds). ``user`` and ``user-random``
+    fit on the other training interactions at the test cut: for a label, some of that data is later than it."""
     mode = cfg.get("label_split", "time")
     frac = cfg["label_frac"]
     if mode == "time":

@@ -68,8 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--label-windows", type=number(int, 1, 100), default=2,
                    help="successive label windows for ranker rows (fewer when the data runs out)")
     b.add_argument("--label-split", choices=["time", "user", "user-random"], default="time",
-                   help="ranker labels: the newest time window (time), or each user's newest (user) or "
-                        "random (user-random) share of her interactions")
+                   help="ranker labels: the newest time window, features fitted on what is older (time); or "
+                        "each user's newest (user) or random (user-random) share of her interactions, features "
+                        "fitted on the rest at the test cut, partly later than the labels")
     b.add_argument("--drop-unknown", action="store_true", help="drop interactions with unknown items")
     b.add_argument("--evaluate", action="store_true",
                    help="evaluate on the held-out data after building (the default when --holdout > 0)")
