@@ -249,6 +249,8 @@ def verify(path: str | os.PathLike) -> dict:
                     raise BundleError(f"tables.lmdb: sim_rows must be int32 with {n_items} rows, got "
                                       f"{meta['dtype']} {tuple(meta['shape'])}")
                 ranged.append(("sim_rows", -1))
+            if _check_consumed(t, n_users):     # optional: bundles without them take consumed from hist_items
+                ranged.append(("consumed_items", 0))
             for name, lo in ranged:
                 a = t.array(name)
                 if a.size and (int(a.min()) < lo or int(a.max()) >= n_items):
@@ -273,6 +275,37 @@ def verify(path: str | os.PathLike) -> dict:
         raise BundleError(f"index.hnsw has dim {index_dim}, manifest {dim}")
     _check_ranker(d / "ranker.txt", len(schema.names))
     return m
+
+
+CONSUMED = ("consumed_users", "consumed_indptr", "consumed_items")
+
+
+def _check_consumed(t, n_users: int) -> bool:
+    """The consumed-item tables (``trainer.features.consumed``), when the bundle has them (True): sorted
+    distinct user rows, an indptr over them ending at the item count, each user's rows sorted and distinct."""
+    import numpy as np
+
+    have = [t.has_array(n) for n in CONSUMED]
+    if not any(have):
+        return False
+    if not all(have):
+        raise BundleError(f"tables.lmdb: {', '.join(CONSUMED)} come together; "
+                          f"{CONSUMED[have.index(False)]} is missing")
+    for name, dtype in zip(CONSUMED, ("int32", "int64", "int32")):
+        meta = t.array_meta(name)
+        if meta["dtype"] != dtype or len(meta["shape"]) != 1:
+            raise BundleError(f"tables.lmdb: {name} must be a 1-D {dtype} array, got {meta['dtype']} "
+                              f"{tuple(meta['shape'])}")
+    users, indptr, items = (np.asarray(t.array(n), np.int64) for n in CONSUMED)
+    if len(users) and (users[0] < 0 or users[-1] >= n_users or np.any(np.diff(users) <= 0)):
+        raise BundleError(f"tables.lmdb: consumed_users must be increasing user rows in [0, {n_users})")
+    if len(indptr) != len(users) + 1 or indptr[0] != 0 or indptr[-1] != len(items) or np.any(np.diff(indptr) < 0):
+        raise BundleError("tables.lmdb: consumed_indptr must rise from 0 to len(consumed_items), one step per user")
+    rising = np.diff(items) > 0
+    rising[indptr[1:-1][(indptr[1:-1] > 0) & (indptr[1:-1] < len(items))] - 1] = True     # a new user's first row
+    if not rising.all():
+        raise BundleError("tables.lmdb: consumed_items must hold each user's rows sorted and distinct")
+    return True
 
 
 def _check_ranker(path: Path, n_features: int) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from recserve._core.candidates import Releases
+from recserve._core.candidates import Releases, sorted_unique, stored_consumed
 from recserve._core.cross import Crosser, FeatureSchema
 from recserve._core.embed import UserVectorParams, user_vectors
 from trainer import embeddings, features, index as hnsw, neighbours
@@ -44,6 +44,11 @@ class Artifacts:
     sim_rows: np.ndarray | None = None
     # sorted rows of the items created after ``now``: not in the catalogue yet, so in no candidate list
     unreleased: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # the distinct items of the users whose bounded history misses some (``features.consumed``): sorted user
+    # rows and the CSR of their sets; every other user's consumed items are her history's
+    consumed_users: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    consumed_indptr: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+    consumed_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
 
     def crosser(self) -> Crosser:
         return Crosser(self.schema, self.item_feats, self.item_emb)
@@ -51,6 +56,12 @@ class Artifacts:
     def history(self, u: int):
         a, b = self.hist_indptr[u], self.hist_indptr[u + 1]
         return self.hist_items[a:b], self.hist_ts[a:b], self.hist_event[a:b]
+
+    def consumed(self, u: int) -> np.ndarray:
+        """Sorted distinct rows of every item user ``u`` interacted with, however old: what the server
+        excludes as consumed (her history holds only the newest ``history_len`` events)."""
+        rows = stored_consumed(self.consumed_users, self.consumed_indptr, self.consumed_items, int(u))
+        return rows if rows is not None else sorted_unique(self.history(u)[0])
 
 
 @dataclass
@@ -109,6 +120,7 @@ def fit(ds, mask: np.ndarray, now: float, cat: Catalogue, params: dict, cfg: dic
                                             pop, trend)
         user_feats = features.user_features(ds, user, item, ts, event, now, cat.cat_codes, n_share)
         hi, hit, hts, hev = features.histories(user, item, ts, event, ds.n_users, params["history_len"])
+        cu, cip, cit = features.consumed(user, item, ds.n_users, ds.n_items, hi, hit)
         # the long-term user vector, in the item space (comparable with item_emb, unlike ALS user factors)
         long_term = UserVectorParams(decay_short=float(params["decay_long"]), decay_long=float(params["decay_long"]),
                                      alpha=1.0, half_life=0.0)
@@ -123,7 +135,8 @@ def fit(ds, mask: np.ndarray, now: float, cat: Catalogue, params: dict, cfg: dic
                      index_info={"space": "cosine", "M": cfg["hnsw_M"],
                                  "ef_construction": cfg["hnsw_ef_construction"], "ef": params["ef"],
                                  "recall_at_k": {"k": 10, "recall": round(rec, 4)}},
-                     embed_method=method, unreleased=Releases(ds.item_created).hidden(now))
+                     embed_method=method, unreleased=Releases(ds.item_created).hidden(now),
+                     consumed_users=cu, consumed_indptr=cip, consumed_items=cit)
 
 
 def i2i_model(cfg: dict, n_items: int) -> str:

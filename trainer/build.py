@@ -488,6 +488,8 @@ def artifacts_from_bundle(b) -> artifacts.Artifacts:
     a = {n: np.array(t.array(n)) for n in ("hist_indptr", "hist_items", "hist_ts", "hist_event", "i2i_rows",
                                            "i2i_scores", "pop_rows", "pop_scores", "trend_rows", "trend_scores",
                                            "pop_cat_indptr", "pop_cat_rows", "user_emb")}
+    if t.has_array("consumed_users"):       # a bundle without them: every user's consumed items are her history's
+        a.update({n: np.array(t.array(n)) for n in ("consumed_users", "consumed_indptr", "consumed_items")})
     seen = np.zeros(b.n_items, bool)
     seen[a["pop_rows"]] = a["pop_scores"] > 0
     now = float(t.meta("now"))

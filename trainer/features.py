@@ -137,3 +137,19 @@ def histories(user, item, ts, event, n_users, history_len=200):
     indptr = np.zeros(n_users + 1, np.int64)
     np.cumsum(np.minimum(counts, history_len), out=indptr[1:])
     return indptr, i[keep].astype(np.int32), t[keep].astype(np.float64), e[keep].astype(np.int8)
+
+
+def consumed(user, item, n_users: int, n_items: int, hist_indptr, hist_items):
+    """The distinct items of the users whose bounded history (``histories``) misses some of them: (sorted
+    user rows, CSR indptr over them, each one's sorted distinct item rows over all her interactions). Every
+    other user's distinct items are her history's, so they are not stored twice."""
+    n = np.int64(n_items)
+    pairs = np.unique(user.astype(np.int64) * n + item)
+    owner = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(hist_indptr))
+    kept = np.unique(owner * n + np.asarray(hist_items, np.int64))
+    # a history is a subset of the interactions: its distinct items are all of them when they number as many
+    users = np.flatnonzero(np.bincount(pairs // n, minlength=n_users) != np.bincount(kept // n, minlength=n_users))
+    rows = pairs[np.isin(pairs // n, users)]
+    indptr = np.zeros(len(users) + 1, np.int64)
+    np.cumsum(np.bincount(np.searchsorted(users, rows // n), minlength=len(users)), out=indptr[1:])
+    return users.astype(np.int32), indptr, (rows % n).astype(np.int32)

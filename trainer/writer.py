@@ -51,6 +51,10 @@ def write_tables(path: Path, ds, cat, art) -> None:
         w.write_array("hist_items", art.hist_items.astype(np.int32))
         w.write_array("hist_ts", art.hist_ts.astype(np.float64))
         w.write_array("hist_event", art.hist_event.astype(np.int8))
+        # every item a user consumed, for the users whose bounded history misses some (the others': hist_items)
+        w.write_array("consumed_users", art.consumed_users.astype(np.int32))
+        w.write_array("consumed_indptr", art.consumed_indptr.astype(np.int64))
+        w.write_array("consumed_items", art.consumed_items.astype(np.int32))
         w.write_array("i2i_rows", art.i2i_rows.astype(np.int32))
         w.write_array("i2i_scores", art.i2i_scores.astype(np.float32))
         if art.sim_rows is not None:

@@ -156,6 +156,20 @@ def not_in_sorted(rows: np.ndarray, sorted_rows: np.ndarray) -> np.ndarray:
     return sorted_rows[at] != rows
 
 
+def stored_consumed(users, indptr, items, row: int) -> np.ndarray | None:
+    """The sorted distinct rows of every item user ``row`` consumed in the bundle's data, however old, when
+    the bundle stores them: ``users`` are the sorted rows of the users whose history, cut to the newest
+    ``history_len`` events, misses some of their items, ``indptr`` / ``items`` the CSR of their sets (see
+    ``trainer.features.consumed``). None for any other user (her history's distinct rows are all of them)
+    and for a bundle without these tables (``users`` None)."""
+    if users is None or not len(users):
+        return None
+    k = int(np.searchsorted(users, row))
+    if k == len(users) or int(users[k]) != row:
+        return None
+    return np.asarray(items[int(indptr[k]):int(indptr[k + 1])])
+
+
 def recent_distinct(hist_items, n: int) -> np.ndarray:
     """The last ``n`` distinct items of a history, newest first (int32): the i2i seeds of
     :func:`source_lists`, by the same kernel (its numpy reference: ``history.recent_distinct_reference``)."""
@@ -267,13 +281,19 @@ def ann_filled(rows, seen_sorted: np.ndarray, params: dict, allowed=None) -> boo
     return int(np.count_nonzero(keep)) >= int(params["quotas"]["ann"])
 
 
-def ann_lists(query, params: dict, hist_items, n_items: int, drop_history: bool = True, allowed=None):
+def ann_lists(query, params: dict, hist_items, n_items: int, drop_history: bool = True, allowed=None,
+              consumed=None):
     """The ANN answer for one user, as served and as trained: ``query(k) -> (rows, scores)`` with
-    :func:`ann_first_k`, then with :func:`ann_k` when that answer is short (see :func:`ann_filled`)."""
+    :func:`ann_first_k`, then with :func:`ann_k` when that answer is short once ``consumed`` (sorted unique
+    rows; by default the history's distinct rows) are dropped (see :func:`ann_filled`)."""
     hist = np.asarray(hist_items, np.int64)
     first, full = ann_first_k(params, len(hist), n_items), ann_k(params, len(hist), n_items)
     ans = query(first)
-    if full > first and not ann_filled(ans[0], sorted_unique(hist) if drop_history else hist[:0], params, allowed):
+    if not drop_history:
+        consumed = hist[:0]
+    elif consumed is None:
+        consumed = sorted_unique(hist)
+    if full > first and not ann_filled(ans[0], consumed, params, allowed):
         ans = query(full)
     return ans
 

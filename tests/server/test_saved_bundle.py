@@ -54,3 +54,20 @@ def test_a_server_answers_from_the_saved_bundle(tmp_path, start_server):
     assert items[int(sims.argmax())] in got, "the nearest item by embedding is among the answers"
     cold = stub.Recommend(pb.RecommendRequest(user_id="someone-new", k=5), timeout=20)
     assert cold.cold_start and len(cold.items) == 5
+
+
+def test_the_saved_bundle_without_consumed_tables_takes_them_from_the_histories():
+    """Written before the ``consumed_*`` tables: every user's consumed items are her history's, in the server
+    and in the trainer's evaluation of the bundle."""
+    from recserve.pipeline.recommender import Recommender
+    from trainer.build import artifacts_from_bundle
+
+    with Bundle.open(FIXTURE) as b:
+        assert not b.tables.has_array("consumed_users")
+        rec = Recommender(b, None)
+        art = artifacts_from_bundle(b)
+        indptr, hist = b.tables.array("hist_indptr"), b.tables.array("hist_items")
+        for row in range(b.n_users):
+            want = np.unique(hist[indptr[row]:indptr[row + 1]])
+            np.testing.assert_array_equal(rec.histories.of(b.tables.id_of("user", row), row)[3], want)
+            np.testing.assert_array_equal(art.consumed(row), want)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -188,7 +189,8 @@ def test_crash_inside_write_keeps_previous_current(bundle_copy, monkeypatch, cra
 
 
 @pytest.mark.parametrize("what", ["i2i_range", "sim_range", "sim_shape", "hist_len", "index_size", "index_dim",
-                                  "ranker_text", "ranker_width"])
+                                  "ranker_text", "ranker_width", "consumed_range", "consumed_order",
+                                  "consumed_indptr", "consumed_users"])
 def test_consistently_hashed_but_wrong_bundle_is_refused(demo_bundle, tmp_path, what, capsys):
     """Checksums only prove the files are the ones written; the structure checks catch a bad writer."""
     import numpy as np
@@ -214,6 +216,17 @@ def test_consistently_hashed_but_wrong_bundle_is_refused(demo_bundle, tmp_path, 
             art.sim_rows = np.array(b.tables.array("sim_rows"))[:-1]
         elif what == "hist_len":
             art.hist_ts = art.hist_ts[:-1]
+        elif what == "consumed_range":
+            art.consumed_items = art.consumed_items.copy()
+            art.consumed_items[-1] = b.n_items
+        elif what == "consumed_order":
+            art.consumed_items = art.consumed_items.copy()
+            art.consumed_items[:2] = art.consumed_items[1::-1]
+        elif what == "consumed_indptr":
+            art.consumed_indptr = art.consumed_indptr[:-1]
+        elif what.startswith("consumed"):
+            art.consumed_users = np.r_[art.consumed_users, b.n_users].astype(np.int32)
+            art.consumed_indptr = np.r_[art.consumed_indptr, art.consumed_indptr[-1]]
         elif what == "index_size":
             art.index = build_index(art.item_emb[:-1])
         elif what == "index_dim":
@@ -233,17 +246,21 @@ def test_consistently_hashed_but_wrong_bundle_is_refused(demo_bundle, tmp_path, 
               "index_size": "index.hnsw holds 199 items, tables 200",
               "index_dim": f"index.hnsw has dim {manifest['dim'] - 1}, manifest {manifest['dim']}",
               "ranker_text": "ranker.txt: not a usable LightGBM model",
-              "ranker_width": "ranker.txt: the model reads"}[what]
-    with pytest.raises(BundleError, match=reason):
+              "ranker_width": "ranker.txt: the model reads",
+              "consumed_range": "tables.lmdb: consumed_items has item rows outside",
+              "consumed_order": "tables.lmdb: consumed_items must hold each user's rows sorted and distinct",
+              "consumed_indptr": "tables.lmdb: consumed_indptr must rise from 0 to len(consumed_items)",
+              "consumed_users": "tables.lmdb: consumed_users must be increasing user rows in [0, 300)"}[what]
+    with pytest.raises(BundleError, match=re.escape(reason)):
         verify(root)
-    with pytest.raises(BundleError, match=reason):
+    with pytest.raises(BundleError, match=re.escape(reason)):
         Bundle.open(root)
     capsys.readouterr()
     assert main(["verify", str(root)]) == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"recserve-train: error: {reason}"), err
     if what == "index_size":               # without verification, opening still refuses the index
-        with pytest.raises(BundleError, match=reason):
+        with pytest.raises(BundleError, match=re.escape(reason)):
             Bundle.open(root, verify=False)
 
 
