@@ -1,9 +1,12 @@
 """A user's history as a request reads it: the bundle's training history and her real-time events.
 
 :meth:`Histories.of` gives the newest ``history_len`` events (what the user vector and the item-to-item
-seeds read) and every item she consumed, however old (what "exclude consumed" drops). A long event
-history is kept per user while the event store's stamp for her is unchanged, and event item ids map to
-rows through a bounded memo, so that a heavy user costs a lookup rather than a re-read per request.
+seeds read) and every item she consumed, however old (what "exclude consumed" drops): the bundle's
+history of a user is cut to her newest ``history_len`` events, so the bundle also stores the distinct
+items of the users whose history misses some (the ``consumed_*`` tables; a bundle without them: the
+history's). A long event history is kept per user while the event store's stamp for her is unchanged, and
+event item ids map to rows through a bounded memo, so that a heavy user costs a lookup rather than a
+re-read per request.
 
 The bundle holds every event of its users dated before its data end (``Bundle.data_end``, the trainer's
 ``now``), the events recorded in real time and logged since included. So the history reads the store's
@@ -42,6 +45,12 @@ class Histories:
         self.items = tables.array("hist_items")
         self.ts = tables.array("hist_ts")
         self.event = tables.array("hist_event")
+        # the consumed items of the users whose bounded history misses some; a bundle built before these
+        # tables were written has none, and its users' consumed items are their histories'
+        have = tables.has_array("consumed_users")
+        self.consumed_users, self.consumed_indptr, self.consumed_items = (
+            (tables.array(n) for n in ("consumed_users", "consumed_indptr", "consumed_items")) if have
+            else (None, None, None))
         # item id -> row of the ids met in real-time events (a user's events are read on every request)
         self._event_rows: dict[str, int] = {}
         # user -> (event stamp, history arrays) for users with long event histories, current while the
@@ -90,17 +99,21 @@ class Histories:
 
     def _read(self, user_id: str, user_row: int | None):
         """(rows, events, timestamps, consumed, number of real-time events read) from the bundle and the
-        event store: every event the store keeps for the user (``--events-per-user``) counts as consumed,
-        while the first three hold the newest ``history_len`` of the bundle's and of the store's dated from
-        the data end on."""
+        event store: every item of her bundle data (the bundle's stored set when her history, bounded, misses
+        some) and every event the store keeps for the user (``--events-per-user``) count as consumed, while
+        the first three hold the newest ``history_len`` of the bundle's and of the store's dated from the data
+        end on."""
         rows, ev, ts = [], [], []
         earlier = None          # rows of the store's events dated before the data end: consumed only
-        n_events = 0
+        stored = None           # her bundle's consumed rows, when her bundle history misses some
+        n_bundle = n_events = 0
         if user_row is not None:
             a, b = int(self.indptr[user_row]), int(self.indptr[user_row + 1])
+            n_bundle = b - a
             rows.append(np.asarray(self.items[a:b], np.int32))
             ev.append(np.asarray(self.event[a:b], np.int8))
             ts.append(np.asarray(self.ts[a:b], np.float64))
+            stored = CC.stored_consumed(self.consumed_users, self.consumed_indptr, self.consumed_items, user_row)
         if self.store is not None and user_id:
             items, types, times = self.store.recent_columns(user_id, max(self.store.per_user, self.history_len))
             n_events = len(items)
@@ -119,7 +132,9 @@ class Histories:
         if not rows:
             return (np.zeros(0, np.int32), np.zeros(0, np.int8), np.zeros(0, np.float64), np.zeros(0, np.int32), 0)
         rows, ev, ts = np.concatenate(rows), np.concatenate(ev), np.concatenate(ts)
-        consumed = CC.sorted_unique(rows if earlier is None else np.concatenate([rows, earlier]))
+        # the stored set holds every row of her bundle history: only the store's rows join it
+        own = rows if stored is None else np.concatenate([stored, rows[n_bundle:]])
+        consumed = CC.sorted_unique(own if earlier is None else np.concatenate([own, earlier]))
         if len(rows) > 1 and np.any(np.diff(ts) < 0):
             o = np.argsort(ts, kind="stable")
             rows, ev, ts = rows[o], ev[o], ts[o]

@@ -355,7 +355,8 @@ class Recommender:
         over = 1.0 / max(frac, 0.05)
         fetch = (lambda n: n) if allowed is None else (lambda n: int(n * over) + 1)
         ann = CC.ann_lists(lambda n: self.ann.query(uvec, fetch(n), allowed, brute, self.ef, hidden),
-                           self.cparams, all_rows, self.n_items - len(hidden), req.exclude_consumed, allowed)
+                           self.cparams, all_rows, self.n_items - len(hidden), req.exclude_consumed, allowed,
+                           consumed)
         yield from within("ann")
         base = CC.source_lists(all_rows, all_ts, ann[0], ann[1], self.i2i_rows, self.i2i_scores,
                                self.trend_rows, self.trend_scores, self.cparams,
