@@ -131,7 +131,7 @@ def run_once(ds, test: np.ndarray, seed: int, args, label_split: str = "time") -
             anns = ann_batch(art, user_vecs(art, users, p_all), users, p_all, args.threads)
             recs = []
             for u, (rows, _) in zip(users.tolist(), anns):
-                h = set(art.hist_items[art.hist_indptr[u]:art.hist_indptr[u + 1]].tolist())
+                h = set(art.consumed(u).tolist())
                 recs.append(np.array([r for r in rows.tolist() if r not in h][:50], np.int64))
             out["recserve ann-all"] = ev._metrics(recs, truths, *extra)
             tc = b.manifest["training"]["config"]

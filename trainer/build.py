@@ -43,8 +43,8 @@ DEFAULT_CFG = {
     # the M kept EASE weights re-solved with the others fixed at zero (a few CG steps, each about one dense
     # n x n product), for catalogues up to ease_refit_max_items items
     "ease_refit_iters": 3, "ease_refit_max_items": 2000,
-    # users' bounded histories (what is excluded as consumed and seeds the i2i source): "auto" = the
-    # longest training history, between 200 and history_max events
+    # users' bounded histories (what the user vector and the i2i source read; every item of a user counts as
+    # consumed, however old): "auto" = the longest training history, between 200 and history_max events
     "history_len": "auto", "history_max": 1000,
     # a user feature per category (her share of events in it) for at most this many categories, the ones
     # with the most items: every one is a column of the user table and of every ranker row
@@ -118,19 +118,14 @@ def _label_windows(ds: Dataset, train_mask, cfg: dict):
         yield fit_mask, label_mask, float(ds.ts[fit_mask].max()) + 1.0
 
 
-def _evaluable(ds: Dataset, train_mask, test_mask, history_len: int, cut: float = float("inf")) -> bool:
-    """Whether some held-out interaction's user has training interactions and its item is new to her
-    stored history (the newest ``history_len`` of them, as the bundle keeps it) and created by the ``cut``:
-    what the evaluation scores (``trainer.evaluate.eval_users``)."""
-    from trainer import features
-
-    indptr, items, _, _ = features.histories(ds.user[train_mask], ds.item[train_mask], ds.ts[train_mask],
-                                             ds.event[train_mask], ds.n_users, history_len)
+def _evaluable(ds: Dataset, train_mask, test_mask, cut: float = float("inf")) -> bool:
+    """Whether some held-out interaction's user has training interactions and its item is new to her (in
+    none of them, however old: what the server excludes as consumed) and created by the ``cut``: what the
+    evaluation scores (``trainer.evaluate.eval_users``)."""
     n = np.int64(ds.n_items)
-    owner = np.repeat(np.arange(ds.n_users, dtype=np.int64), np.diff(indptr))
-    kept = np.unique(owner * n + items)
+    kept = np.unique(ds.user[train_mask].astype(np.int64) * n + ds.item[train_mask])
     tu, ti = ds.user[test_mask].astype(np.int64), ds.item[test_mask].astype(np.int64)
-    known = np.diff(indptr)[tu] > 0
+    known = np.bincount(ds.user[train_mask], minlength=ds.n_users)[tu] > 0
     if np.isfinite(cut):                # an item created after the cut is not in the evaluated catalogue
         known &= ~(ds.item_created[ti] > cut)
     return bool(np.any(known & ~np.isin(tu * n + ti, kept)))
@@ -147,11 +142,11 @@ def tune_vector_params(art, labels: dict, users: np.ndarray, params: dict, grid:
         rec = []
         hidden = set(art.unreleased.tolist())      # not in the catalogue at art.now: in no list
         for k, u in enumerate(users):
-            hist = set(art.hist_items[art.hist_indptr[u]:art.hist_indptr[u + 1]].tolist())
-            new = set(labels[int(u)]) - hist - hidden
+            consumed = set(art.consumed(u).tolist())
+            new = set(labels[int(u)]) - consumed - hidden
             if not new:
                 continue
-            got = [r for r in anns[k][0].tolist() if r not in hist][:50]
+            got = [r for r in anns[k][0].tolist() if r not in consumed][:50]
             rec.append(len(new & set(got)) / len(new))
         results.append({"decay_short": ds_, "alpha": al, "ann_recall@50": round(float(np.mean(rec)), 5)
                         if rec else 0.0})
@@ -160,12 +155,11 @@ def tune_vector_params(art, labels: dict, users: np.ndarray, params: dict, grid:
 
 
 def _new_label_items(art, labels: dict, users) -> list[set]:
-    """Per user, her label items that are neither in her history nor created after ``art.now``."""
+    """Per user, her label items that she had not consumed by ``art.now`` and not created after it."""
     out = []
     hidden = set(art.unreleased.tolist())
     for u in users:
-        hist = set(art.hist_items[art.hist_indptr[u]:art.hist_indptr[u + 1]].tolist())
-        out.append(set(labels.get(int(u), {})) - hist - hidden)
+        out.append(set(labels.get(int(u), {})) - set(art.consumed(u).tolist()) - hidden)
     return out
 
 
@@ -183,7 +177,8 @@ def _rank_quality(rec: list, truths: list[set]) -> dict:
 
 
 def i2i_quality(art, truths: list[set], users, params: dict, i2i_rows, i2i_scores) -> dict:
-    """NDCG@10 and recall@50 of the served i2i source alone (history excluded) on new label items."""
+    """NDCG@10 and recall@50 of the served i2i source alone (seeded by the history, consumed items
+    excluded) on new label items."""
     rec = []
     n, decay = C.i2i_seed_count(params), float(params["i2i_decay"])
     hidden = set(art.unreleased.tolist())
@@ -192,8 +187,8 @@ def i2i_quality(art, truths: list[set], users, params: dict, i2i_rows, i2i_score
         recent = C.recent_distinct(h_items, n)        # the i2i list of C.source_lists
         rows, _ = C.neighbour_sum(recent, np.exp(-decay * np.arange(len(recent))), i2i_rows, i2i_scores,
                                   50 + len(recent))
-        hist = set(h_items.tolist())
-        rec.append([r for r in rows.tolist() if r not in hist and r not in hidden][:50])
+        consumed = set(art.consumed(int(u)).tolist())
+        rec.append([r for r in rows.tolist() if r not in consumed and r not in hidden][:50])
     return _rank_quality(rec, truths)
 
 
@@ -298,7 +293,7 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
         params["history_len"] = int(min(int(cfg["history_max"]), max(200, longest)))
     elif cfg.get("history_len") is not None:
         params["history_len"] = int(cfg["history_len"])
-    if evaluated and not _evaluable(ds, train_mask, test_mask, int(params.get("history_len", 200)), cut):
+    if evaluated and not _evaluable(ds, train_mask, test_mask, cut):
         raise DataError(f"nothing to evaluate: no user of the held-out {cfg['holdout']:g} has training "
                         "interactions and an item new to her (raise --holdout, or build with --no-evaluate)")
     label_windows = _label_windows(ds, train_mask, cfg)

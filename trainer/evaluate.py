@@ -8,8 +8,9 @@ least 50). Stock is not applied: every method may recommend an item the items fi
 which the server's default request would not. The stage rows (``i2i``, ``ann``, ``ann+ranker``) hold what
 their source supplies, which may be fewer than 50 items (``mean_len`` in the table): their recall@50 is at
 that length. For each user with a training history and new items in the held-out window:
-truth = the distinct held-out items not already in the history (history items are excluded as served)
-and in the bundle's catalogue at its ``now`` (the cut): an item created after the cut is in no method's
+truth = the distinct held-out items she had not consumed before the cut (however long ago: the server
+excludes every consumed item, not only those of the bounded history the sources read) and in the bundle's
+catalogue at its ``now`` (the cut): an item created after the cut is in no method's
 candidates, as the server leaves out items created after a request's time, so it is left out of the truth
 too (``truth_not_released`` counts those held-out (user, item) pairs; a user left with no truth item is not
 evaluated).
@@ -89,8 +90,9 @@ def popularity_deciles(pop_rows: np.ndarray, pop_scores: np.ndarray, recs: dict[
 
 
 def eval_users(art, test_user, test_item, max_users: int, seed: int) -> tuple[np.ndarray, list[set]]:
-    """The evaluated users (with a training history and a held-out item not in it and created by
-    ``art.now``, sampled down to ``max_users`` with ``seed``) and each one's held-out new items."""
+    """The evaluated users (with a training history and a held-out item she had not consumed before
+    ``art.now`` and created by then, sampled down to ``max_users`` with ``seed``) and each one's held-out new
+    items."""
     truth: dict[int, set] = {}
     for u, i in zip(test_user.tolist(), test_item.tolist()):
         truth.setdefault(u, set()).add(i)
@@ -100,7 +102,7 @@ def eval_users(art, test_user, test_item, max_users: int, seed: int) -> tuple[np
         a, b = art.hist_indptr[u], art.hist_indptr[u + 1]
         if b == a:
             continue
-        new = items - set(art.hist_items[a:b].tolist()) - hidden
+        new = items - set(art.consumed(u).tolist()) - hidden
         if new:
             truth[u] = new
             users.append(u)
@@ -134,7 +136,7 @@ def evaluate(art, scorer, test_user, test_item, test_ts, params: dict, creators:
     served = dict(params, quotas=q, cap=max(int(params["cap"]), EVAL_K))
     it = candidates_for(art, users, served, threads)
     for u, vec, lists, merged in (progress(it, total=len(users)) if progress else it):
-        h = set(art.hist_items[art.hist_indptr[u]:art.hist_indptr[u + 1]].tolist())
+        h = set(art.consumed(u).tolist())
 
         def fresh(rows):
             return np.array([r for r in rows.tolist() if r not in h][:EVAL_K], np.int64)
@@ -162,8 +164,7 @@ def evaluate(art, scorer, test_user, test_item, test_ts, params: dict, creators:
     cold = ~art.seen_items
     hidden = set(art.unreleased.tolist())
     not_released = {(u, i) for u, i in zip(test_user.tolist(), test_item.tolist()) if i in hidden
-                    and i not in set(art.hist_items[art.hist_indptr[u]:art.hist_indptr[u + 1]].tolist())
-                    and art.hist_indptr[u + 1] > art.hist_indptr[u]}
+                    and art.hist_indptr[u + 1] > art.hist_indptr[u] and i not in set(art.consumed(u).tolist())}
     return {"users": int(len(users)),
             "truth_not_released": len(not_released),
             "methods": {m: _metrics(recs[m], truths, art.item_emb, pop_share, cold) for m in METHODS},

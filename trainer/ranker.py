@@ -46,8 +46,8 @@ def training_rows(art, users, labels: dict, first_ts: dict, params: dict, thread
     for u, vec, _lists, merged in (progress(it, total=len(users)) if progress else it):
         lab = labels.get(u, {})
         y = np.array([lab.get(int(r), 0) for r in merged.rows], np.int32)
-        hist = set(art.hist_items[art.hist_indptr[u]:art.hist_indptr[u + 1]].tolist())
-        new = [i for i in lab if i not in hist and i not in hidden]
+        consumed = set(art.consumed(u).tolist())
+        new = [i for i in lab if i not in consumed and i not in hidden]
         total += len(new)
         found += int((y > 0).sum())
         if len(merged) == 0 or not (y > 0).any() or (y > 0).all():

@@ -43,7 +43,8 @@ def hidden_from(index, rows):
 
 def ann_batch(art, vecs: np.ndarray, users: np.ndarray, params: dict, threads=2):
     """Per user: (rows, scores) from the index, asked as the server asks (``C.ann_lists``: ``ann_first_k``
-    neighbours, then ``ann_k`` for the users whose first answer is short once their history is dropped)."""
+    neighbours, then ``ann_k`` for the users whose first answer is short once their consumed items are
+    dropped)."""
     n_items = len(art.item_emb) - len(art.unreleased)      # the catalogue at art.now
     out = [None] * len(users)
     lens = np.array([art.hist_indptr[u + 1] - art.hist_indptr[u] for u in users])
@@ -67,8 +68,7 @@ def ann_batch(art, vecs: np.ndarray, users: np.ndarray, params: dict, threads=2)
         ask(first, live)
         short = np.zeros(len(users), bool)
         for s in np.flatnonzero(live & (full > first)):
-            h_items, _, _ = art.history(int(users[s]))
-            short[s] = not C.ann_filled(out[s][0], C.sorted_unique(np.asarray(h_items, np.int64)), params)
+            short[s] = not C.ann_filled(out[s][0], art.consumed(int(users[s])), params)
         ask(full, short)
     empty = (np.zeros(0, np.int32), np.zeros(0, np.float32))
     art.index.set_ef(int(params["ef"]))
@@ -76,7 +76,8 @@ def ann_batch(art, vecs: np.ndarray, users: np.ndarray, params: dict, threads=2)
 
 
 def candidates_for(art, users: np.ndarray, params: dict, threads=2):
-    """Yields (user, user_vec, lists, merged) for each user, exactly as served."""
+    """Yields (user, user_vec, lists, merged) for each user, exactly as served: the history (the newest
+    ``history_len`` events) seeds the sources, and every item she consumed, however old, is excluded."""
     vecs = user_vecs(art, users, params)
     anns = ann_batch(art, vecs, users, params, threads)
     n_items = len(art.item_emb)
@@ -85,7 +86,7 @@ def candidates_for(art, users: np.ndarray, params: dict, threads=2):
         h_items, h_ts, _ = art.history(int(u))
         lists = C.source_lists(h_items, h_ts, anns[k][0], anns[k][1], art.i2i_rows, art.i2i_scores,
                                art.trend_rows, art.trend_scores, params, hidden=hidden)
-        merged = C.merge_for_user(lists, h_items, n_items, params, extra_excluded=hidden)
+        merged = C.merge_for_user(lists, art.consumed(int(u)), n_items, params, extra_excluded=hidden)
         yield int(u), vecs[k], lists, merged
 
 

@@ -38,7 +38,8 @@ def test_ann_batch_equals_per_user_two_step_queries(n_hidden):
     items = np.concatenate(hists).astype(np.int32)
     hidden = np.sort(rng.choice(n, n_hidden, replace=False)).astype(np.int64)
     art = SimpleNamespace(item_emb=emb, index=idx, hist_indptr=indptr, unreleased=hidden,
-                          history=lambda u: (items[indptr[u]:indptr[u + 1]], None, None))
+                          history=lambda u: (items[indptr[u]:indptr[u + 1]], None, None),
+                          consumed=lambda u: C.sorted_unique(items[indptr[u]:indptr[u + 1]]))
     got = ann_batch(art, vecs.astype(np.float32), np.arange(12), p, threads=1)
     idx.set_ef(48)
     served = AnnSource(idx, emb)

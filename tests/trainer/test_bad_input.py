@@ -388,9 +388,10 @@ def test_evaluating_on_other_data_leaves_the_bundles_record(small_data, tmp_path
     assert manifest.read_bytes() != before and (resolve(out) / "report.json").is_file()
 
 
-def test_what_counts_as_evaluable_follows_the_stored_history():
-    """A held-out purchase of an item the user viewed long ago is new to her *stored* history (the newest
-    ``history_len`` events), as the evaluation sees it: evaluable with a short history, not a long one."""
+def test_what_counts_as_evaluable_follows_every_consumed_item():
+    """A held-out purchase of an item the user viewed long ago, before the newest ``history_len`` events the
+    bundle keeps of her, is no new item: the server excludes it as consumed, and so does the evaluation. An
+    item she never had is new."""
     from types import SimpleNamespace
 
     from trainer.build import _evaluable
@@ -400,10 +401,11 @@ def test_what_counts_as_evaluable_follows_the_stored_history():
     item = np.r_[np.arange(n_train), np.arange(50)].astype(np.int32)       # then her 50 oldest items again
     ts = np.arange(n_train + 50, dtype=np.float64)
     ds = SimpleNamespace(user=user, item=item, ts=ts, event=np.zeros(n_train + 50, np.int8), n_users=1,
-                         n_items=n_train)
+                         n_items=n_train + 1)
     train = ts < n_train
-    assert _evaluable(ds, train, ~train, history_len=1000)
-    assert not _evaluable(ds, train, ~train, history_len=2000)
+    assert not _evaluable(ds, train, ~train)
+    ds.item[-1] = n_train
+    assert _evaluable(ds, train, ~train)
 
 
 def test_lightgbm_feature_names_stay_unique():

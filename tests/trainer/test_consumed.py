@@ -62,6 +62,24 @@ def test_every_users_consumed_items_are_her_training_items(heavy):
     assert all(len(mine[v]) > len(set(art.history(v)[0].tolist())) for v in art.consumed_users.tolist())
 
 
+def test_the_evaluation_excludes_every_consumed_item(heavy):
+    """A held-out item she had long ago is no new item: not in her truth, and she is not evaluated for it alone;
+    no method recommends it (the candidates exclude it as the server does)."""
+    from trainer import evaluate as ev
+    from trainer.retrieval import candidates_for
+
+    art, params, mine, u, early = heavy
+    users, truths = ev.eval_users(art, np.full(len(early), u), np.array(early), 2000, 0)
+    assert u not in users.tolist()
+    fresh = next(i for i in range(len(art.item_emb)) if i not in mine[u] and i not in set(art.unreleased.tolist()))
+    users, truths = ev.eval_users(art, np.full(len(early) + 1, u), np.array(early + [fresh]), 2000, 0)
+    assert users.tolist() == [u] and truths == [{fresh}]
+    wide = dict(params, cap=len(art.item_emb), quotas=dict(params["quotas"], popular=len(art.item_emb)))
+    (_, _, lists, merged), = candidates_for(art, np.array([u]), wide, threads=1)
+    assert len(merged) and not set(merged.rows.tolist()) & mine[u]
+    assert set(early) & set(lists[3][0].tolist()), "the popular list holds some of them before the merge"
+
+
 def test_verify_catches_a_flipped_byte_in_the_consumed_tables(demo_bundle, tmp_path, capsys):
     import shutil
 

@@ -26,11 +26,13 @@ def test_training_rows_equal_numpy_reference(demo_bundle):
     with Bundle.open(demo_bundle) as b:
         art = artifacts_from_bundle(b)
         params = b.params
-        users = np.arange(0, b.n_users, 7)
-        groups = _training_groups(art, params, users)
-        assert len(groups) >= 10
         t = b.tables
         ip, hi, hts, hev = (np.array(t.array(n)) for n in ("hist_indptr", "hist_items", "hist_ts", "hist_event"))
+        stored = [np.array(t.array(n)) for n in ("consumed_users", "consumed_indptr", "consumed_items")]
+        # with the users whose history, bounded, misses some of their items
+        users = np.union1d(np.arange(0, b.n_users, 7), stored[0])
+        groups = _training_groups(art, params, users)
+        assert len(groups) >= 10 and set(groups) & set(stored[0].tolist())
         # the catalogue at the bundle's now: the items created after it are in no list
         hidden = np.flatnonzero(np.asarray(t.array("item_created")) > art.now)
         assert len(hidden) > 0
@@ -38,18 +40,20 @@ def test_training_rows_equal_numpy_reference(demo_bundle):
         for u, (X, merged) in groups.items():
             # independently: history straight from the tables, one-user ANN query, shared merge, numpy crossing
             a, e = ip[u], ip[u + 1]
+            consumed = C.stored_consumed(*stored, u)
+            consumed = C.sorted_unique(hi[a:e]) if consumed is None else consumed
             vec = C.history_vector(b.item_emb, hi[a:e], hev[a:e], hts[a:e], art.now, params)
             if np.linalg.norm(vec) > 0:
                 def query(k):
                     labels, dist = b.index.knn_query(vec, k=k, filter=lambda r: r not in skip)
                     return labels[0], 1 - dist[0]
-                ann = C.ann_lists(query, params, hi[a:e], b.n_items - len(hidden))
+                ann = C.ann_lists(query, params, hi[a:e], b.n_items - len(hidden), consumed=consumed)
             else:                      # no history: a cold user, no ANN list
                 ann = np.zeros(0, np.int64), np.zeros(0, np.float32)
             lists = C.source_lists(hi[a:e], hts[a:e], ann[0], ann[1], np.array(t.array("i2i_rows")),
                                    np.array(t.array("i2i_scores")), np.array(t.array("trend_rows")),
                                    np.array(t.array("trend_scores")), params, hidden=hidden)
-            m2 = C.merge_for_user(lists, hi[a:e], b.n_items, params, extra_excluded=hidden)
+            m2 = C.merge_for_user(lists, consumed, b.n_items, params, extra_excluded=hidden)
             np.testing.assert_array_equal(m2.rows, merged.rows)
             assert not set(m2.rows.tolist()) & skip
             ref = cross_reference(b.schema, b.item_feats, b.item_emb, b.user_feats[u], vec, m2.rows,
@@ -78,7 +82,8 @@ def test_training_rows_equal_server_rows(demo_bundle, monkeypatch, ef):
     with Bundle.open(demo_bundle) as b:
         art = artifacts_from_bundle(b)
         params = dict(b.params, **({} if ef is None else {"ef": ef}))
-        groups = _training_groups(art, params, np.arange(0, b.n_users, 11))
+        # with the users whose history, bounded, misses some of their items
+        groups = _training_groups(art, params, np.union1d(np.arange(0, b.n_users, 11), art.consumed_users))
         rec = Recommender(b, None, {"ef": ef})
         asked = []
         query = rec.ann.query
@@ -95,7 +100,8 @@ def test_training_rows_equal_server_rows(demo_bundle, monkeypatch, ef):
             asked.clear()
             rec.recommend(req)
             n = int(ip[u + 1] - ip[u])          # the index is asked for the trainer's k (ef <= k: it matters)
-            assert set(asked) <= {C.ann_first_k(params, n, b.n_items), C.ann_k(params, n, b.n_items)}, asked
+            m = b.n_items - len(art.unreleased)     # the catalogue at now
+            assert set(asked) <= {C.ann_first_k(params, n, m), C.ann_k(params, n, m)}, asked
             np.testing.assert_array_equal(captured["rows"], merged.rows)
             np.testing.assert_allclose(captured["X"], X, rtol=1e-6, atol=1e-6, equal_nan=True)
             checked += 1
@@ -134,7 +140,7 @@ def test_the_evaluated_full_pipeline_is_what_the_server_answers(demo_bundle, mon
     with Bundle.open(demo_bundle) as b:
         art = artifacts_from_bundle(b)
         users = np.arange(0, b.n_users, 9)
-        fresh = [next(i for i in range(b.n_items) if i not in set(art.history(int(u))[0].tolist())) for u in users]
+        fresh = [next(i for i in range(b.n_items) if i not in set(art.consumed(u).tolist())) for u in users]
         creators = b.item_feats[:, b.schema.item_columns.index("creator")].astype(np.int64)
         res = ev.evaluate(art, rk.Scorer(b.ranker_text), users, np.array(fresh), np.full(len(users), art.now),
                           b.params, creators)
