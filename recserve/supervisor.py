@@ -4,8 +4,9 @@ Each worker reports to the supervisor over a pipe of its own, one JSON line per 
 once it listens (B: a bundle is live), ``{"error": reason}`` when it cannot start, and ``{"loaded": key}``
 or ``{"refused": key, "stamp": [...]}`` for every bundle it loads or refuses. The supervisor keeps the
 version its workers serve and the last one they refused; a replacement worker inherits both, so it serves
-what its siblings serve: it does not load a version they refused (a bundle published while its files were
-still being copied, say), and when CURRENT names one, it loads theirs. A replacement that can load neither
+what its siblings serve: it does not load a version they refused while its files are unchanged (a bundle
+published while its files were still being copied, say), and when CURRENT names one, it loads theirs. Once
+the version's files change (the copy finished), every worker tries it again at its next poll. A replacement that can load neither
 exits before it listens, and is retried with the usual back-off.
 
 Workers die with the supervisor (Linux's parent-death signal sends them SIGTERM, and they drain), so a

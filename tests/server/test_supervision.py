@@ -56,8 +56,9 @@ def _answers(server, user: str, seconds: float) -> tuple[dict[str, int], dict[st
 
 
 def test_a_replacement_loads_its_siblings_version_when_current_names_a_refused_one(shared_root, tmp_path):
-    """CURRENT names a bad version: a replacement (``inherit``) loads the one its siblings serve instead,
-    and does not try a version they refused whose files were repaired without a new manifest."""
+    """CURRENT names a bad version: a replacement (``inherit``) loads the one its siblings serve instead, and
+    does not try again a version they refused whose files are unchanged; once its files change (a copy that
+    was under way finishes, the manifest untouched), the siblings and the replacement all load it."""
     root = copy_root(shared_root, tmp_path / "root")
     good = (root / "CURRENT").read_text().strip()
     new_version(root, good, "v-bad", corrupt="model")
@@ -74,13 +75,21 @@ def test_a_replacement_loads_its_siblings_version_when_current_names_a_refused_o
 
     new_version(root, good, "v-late", corrupt="sha")           # refused while its files were being copied
     set_current(root, "v-late")
-    sibling = BundleHolder(str(root), cfg, None)
-    assert not sibling.try_reload()
+    sibling = BundleHolder(str(root), cfg, None, inherit=(good, None))
+    assert sibling.try_reload() and sibling.current.version == good        # v-late refused, the fallback
     refused = sibling._refused
+    assert refused[0] == "v-late"
+    early = BundleHolder(str(root), cfg, None, inherit=(good, refused))
+    assert early.try_reload() and early.current.version == good and early.attempts == 1     # not tried
+    early.current.bundle.close()
+    manifest = (root / "v-late" / "manifest.json").stat().st_mtime_ns
     shutil.copy2(root / good / "ranker.txt", root / "v-late" / "ranker.txt")     # the copy finishes
+    assert (root / "v-late" / "manifest.json").stat().st_mtime_ns == manifest
     late = BundleHolder(str(root), cfg, None, inherit=(good, refused))
-    assert late.try_reload() and late.current.version == good and late.attempts == 1
+    assert late.try_reload() and late.current.version == "v-late" and late.attempts == 1
+    assert sibling.try_reload() and sibling.current.version == "v-late"     # the sibling's next poll
     late.current.bundle.close()
+    sibling.current.bundle.close()
 
 
 def test_a_replacement_worker_serves_what_its_sibling_serves(shared_root, facts, tmp_path, start_server):
@@ -102,7 +111,6 @@ def test_a_replacement_worker_serves_what_its_sibling_serves(shared_root, facts,
         return metric(text, "recserve_reloads_total", outcome="refused") >= n
 
     assert wait_for(lambda: refused(2), 30)
-    shutil.copy2(root / good / "ranker.txt", root / "v-bad" / "ranker.txt")   # repaired, manifest unchanged
     os.kill(min(before), signal.SIGKILL)
     seen = replacement(s, facts["user"], before)
     assert seen, "no replacement worker answered"
@@ -112,13 +120,24 @@ def test_a_replacement_worker_serves_what_its_sibling_serves(shared_root, facts,
     assert metric(text, "recserve_reloads_total", outcome="started") == 3           # two workers, one respawn
     assert metric(text, "recserve_reloads_total", outcome="loaded") == 0            # no swap happened
 
+    # repaired, the manifest unchanged: every worker, the replacement included, loads it at its next poll
+    shutil.copy2(root / good / "ranker.txt", root / "v-bad" / "ranker.txt")
+
+    def loaded(n: int) -> bool:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
+        return metric(text, "recserve_reloads_total", outcome="loaded") >= n
+
+    assert wait_for(lambda: loaded(2), 30)
+    versions, errors = _answers(s, facts["user"], 2)
+    assert set(versions) == {"v-bad"} and not errors, (versions, errors)
+
     shutil.rmtree(root / good)          # nothing loadable: the live workers keep their open bundle
     shutil.rmtree(root / "v-bad")
     newcomer = (seen - before).pop()
     os.kill(newcomer, signal.SIGKILL)
     versions, errors = _answers(s, facts["user"], 4)
     assert not [k for k in errors if "no bundle" in k], errors
-    assert versions.get(good, 0) > 0 and s.proc.poll() is None
+    assert versions.get("v-bad", 0) > 0 and s.proc.poll() is None
 
 
 def test_workers_exit_when_the_supervisor_dies(shared_root, facts, tmp_path, start_server):
