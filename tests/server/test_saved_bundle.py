@@ -71,3 +71,48 @@ def test_the_saved_bundle_without_consumed_tables_takes_them_from_the_histories(
             want = np.unique(hist[indptr[row]:indptr[row + 1]])
             np.testing.assert_array_equal(rec.histories.of(b.tables.id_of("user", row), row)[3], want)
             np.testing.assert_array_equal(art.consumed(row), want)
+
+
+# a bundle written by the trainer of 2026-12-06 (``synth(60, 40, seed=0)``, ``history_len`` 12): its manifest
+# sealed with ``manifest_sha256`` and the ``consumed_*`` tables of the users whose histories it cut; never
+# regenerated, so a change to the digest's canonical form or to those tables' layout fails here
+SEALED = Path(__file__).resolve().parents[1] / "fixtures" / "bundle_v1_sealed"
+SEALED_VERSION = "20261206T061801-013897"
+
+
+def test_the_sealed_bundle_verifies_and_its_digest_is_still_computed_alike():
+    import json
+
+    from recserve.bundle import MANIFEST_DIGEST, manifest_digest
+
+    m = verify(SEALED)
+    assert m["format_version"] == 1 and m["version"] == SEALED_VERSION
+    raw = json.loads((SEALED / SEALED_VERSION / "manifest.json").read_text())
+    assert raw[MANIFEST_DIGEST] == manifest_digest(raw)
+
+
+def test_the_sealed_bundle_excludes_every_consumed_item_of_a_cut_history():
+    from recserve.pipeline.messages import Filters, RecRequest
+    from recserve.pipeline.recommender import Recommender
+
+    with Bundle.open(SEALED) as b:
+        users = np.asarray(b.tables.array("consumed_users"))
+        indptr, items = b.tables.array("consumed_indptr"), b.tables.array("consumed_items")
+        hist_ptr, hist = b.tables.array("hist_indptr"), b.tables.array("hist_items")
+        assert len(users) > 0 and int(b.params["history_len"]) == 12
+        rec = Recommender(b, None)
+        checked = 0
+        for j, row in enumerate(users.tolist()):
+            consumed = np.asarray(items[indptr[j]:indptr[j + 1]])
+            older = set(consumed.tolist()) - set(np.asarray(hist[hist_ptr[row]:hist_ptr[row + 1]]).tolist())
+            assert older, "a stored set holds items beyond the cut history"
+            uid = b.tables.id_of("user", row)
+            np.testing.assert_array_equal(rec.histories.of(uid, row)[3], consumed)
+            free = b.n_items - len(consumed)
+            if free < 3:
+                continue
+            r = rec.recommend(RecRequest(user_id=uid, k=min(10, free), filters=Filters(in_stock_only=False)))
+            got = set(b.tables.rows_of("item", [i.item_id for i in r.items]).tolist())
+            assert got and not got & set(consumed.tolist())
+            checked += 1
+        assert checked > 0
