@@ -308,7 +308,7 @@ def test_holdout_zero_trains_on_everything_and_cannot_evaluate(small_data, tmp_p
                  "--no-tune", "--label-windows", "1"]) == 0
     m = json.loads((resolve(out) / "manifest.json").read_text())
     assert m["counts"]["held_out"] == 0 and m["counts"]["interactions"] == m["counts"]["interactions_total"]
-    capsys.readouterr()
+    assert "held out of this bundle" not in capsys.readouterr().err
     assert main(["evaluate", str(out), "--data", str(small_data)]) == 2
     assert "no held-out user" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:

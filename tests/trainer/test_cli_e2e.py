@@ -16,6 +16,7 @@ def test_synth_build_verify_evaluate(tmp_path):
     p = run_cli("build", "--data", data, out, "--factors", 16, "--ranker-users", 250, check=True)  # evaluates
     assert "built" in p.stdout and "full+mmr" in p.stdout
     assert "total (top-level)" in p.stderr            # the timing summary
+    assert "the newest 10% of the interactions were held out of this bundle" in p.stderr
     bundle = resolve(out)
     m = json.loads((bundle / "manifest.json").read_text())
     assert set(m["files"]) == {"tables.lmdb", "index.hnsw", "ranker.txt"}
