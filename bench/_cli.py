@@ -92,7 +92,9 @@ def versions() -> dict:
         st = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
                             capture_output=True, text=True, timeout=10)
         if st.returncode == 0:
-            v["git_dirty"] = bool(st.stdout.strip())
+            changed = [line[3:] for line in st.stdout.splitlines() if line.strip()]
+            v["git_dirty"] = bool(changed)
+            v["git_changed"] = changed[:50]      # which files: a changed RESULTS.md is not changed code
     except (OSError, subprocess.SubprocessError):
         pass
     return v

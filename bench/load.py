@@ -12,8 +12,8 @@ What it does
     only; ``--bundle`` is then still read for user / item / category ids).
   * The **transport ceiling**: this script also starts a trivial server (``_servers.py ceiling-serve``) that
     implements the same ``recserve.v1.Recommender`` service the same way as recserve's workers (N forked
-    SO_REUSEPORT workers, pinned alike, each a ``grpc.aio`` server on the same event loop, the same options
-    and bounds on calls in flight; with ``--workers 0`` one server in its own process, as recserve's), and
+    SO_REUSEPORT workers, pinned alike, each a ``grpc.aio`` server on the same event loop, the same options,
+    gRPC's bound on calls in flight included; with ``--workers 0`` one server in its own process, as recserve's), and
     answers every call with a response *recorded from the real server* in this run (so the response
     messages have the same sizes) without doing any work; a method recserve answered no call of OK is
     answered with an empty message, with a warning. Every phase runs against both servers, alternately,

@@ -123,6 +123,7 @@ def _record(path: Path) -> dict:
     assert rec["nproc"] == os.cpu_count() and "kernel=" in rec["machine"]
     assert {"python", "grpcio", "numpy", "lightgbm", "hnswlib", "uvloop", "git"} <= set(rec["versions"])
     assert rec["versions"]["git_dirty"] in (True, False)
+    assert rec["versions"]["git_dirty"] == bool(rec["versions"]["git_changed"])     # and which files
     assert rec["versions"]["hnswlib"][0].isdigit()
     return rec
 
