@@ -386,11 +386,11 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     def _count_events(self, done, rec, events) -> None:
         if self.metrics is not None:
             self.metrics.events.inc(done.kept)
-            # dated before the served bundle's data end, of a user it knows: taken to be in the bundle, so
+            # dated before the served bundle's data end, of a user it has a history of: taken to be in it, so
             # they exclude their items but the user vector does not read them (a client that back-dates
             # events sees it here)
             end = rec.bundle.data_end
-            early = sum(0 < e.timestamp < end and rec.known_user(e.user_id) for e in events)
+            early = sum(0 < e.timestamp < end and rec.has_history(e.user_id) for e in events)
             if early:
                 self.metrics.events_before_data_end.inc(early)
             self.metrics.store_usage(*rec.store.usage())

@@ -12,8 +12,8 @@ The bundle holds every event of its users dated before its data end (``Bundle.da
 ``now``), the events recorded in real time and logged since included. So the history reads the store's
 events from the data end on: an event of the store dated before it is taken to be in the bundle already
 (read twice, it would weigh double and push older events out of the window), a back-dated event that never
-reached the logs included; a user the bundle does not know has none of her events in it, so all of them
-are read. Every stored event still counts as consumed: a set cannot hold an item twice.
+reached the logs included; a user with no history in the bundle (unknown to it, or in its user table
+without interactions) has none of her events in it, so all of them are read. Every stored event still counts as consumed: a set cannot hold an item twice.
 The boundary is the bundle's, so it moves with a reload: a :class:`Histories`, and the histories it keeps,
 belong to one bundle's pipeline.
 """
@@ -120,9 +120,10 @@ class Histories:
             if items:
                 r = self.event_item_rows(items)
                 keep = r >= 0
-                # only a user of the bundle has her events before its data end in it: a user it does not
-                # know (new since, or back-filled through RecordEvents) has all of hers read here
-                before = times < self.data_end if user_row is not None else None
+                # only a user with a history in the bundle has her events before its data end in it: one it
+                # does not know, or knows from the user table alone (new since, or back-filled through
+                # RecordEvents), has all of hers read here
+                before = times < self.data_end if n_bundle else None
                 if before is not None and before.any():
                     earlier = r[keep & before]
                     keep &= ~before

@@ -144,6 +144,11 @@ class Recommender:
     def known_user(self, user_id: str) -> bool:
         return self.tables.row_of("user", user_id) is not None
 
+    def has_history(self, user_id: str) -> bool:
+        """Whether the bundle holds any interaction of the user (its events before the data end are hers)."""
+        r = self.tables.row_of("user", user_id)
+        return r is not None and int(self.histories.indptr[r + 1]) > int(self.histories.indptr[r])
+
     @property
     def feats(self) -> np.ndarray:
         return self._items.feats
@@ -495,8 +500,11 @@ class Recommender:
         else:
             order = np.argsort(-blend, kind="stable")[:want]
         ids = self.tables.ids_of("item", rows[order])
+        from_i2i = np.zeros(len(rows), bool)       # a neighbour whatever its weight's sign (EASE's may be < 0)
+        if len(nb):
+            from_i2i[pos[hit]] = True
         items = [Item(i, b, ["ann", "i2i"] if hit else ["ann"])
-                 for i, b, hit in zip(ids, blend[order].tolist(), (i2i_part[order] > 0).tolist())]
+                 for i, b, hit in zip(ids, blend[order].tolist(), from_i2i[order].tolist())]
         return Result(items, self.version, [("total", (time.perf_counter() - t0) * 1000.0)])
 
     # -- writes ------------------------------------------------------------------------------------

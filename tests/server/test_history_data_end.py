@@ -151,20 +151,29 @@ def test_events_after_the_data_end_still_move_the_history(loop, tmp_path):
         store.close()
 
 
-def test_a_user_the_bundle_does_not_know_has_every_event_read(loop, tmp_path):
-    """A new user's events back-filled through RecordEvents, all dated before the bundle's data end: the bundle
-    holds none of them (it does not know her), so they are her history and she is no cold start."""
+@pytest.mark.parametrize("who", ["unknown", "in the user table, no interactions"])
+def test_a_user_the_bundle_holds_no_history_of_has_every_event_read(loop, tmp_path, who):
+    """A user's events back-filled through RecordEvents, all dated before the bundle's data end: the bundle
+    holds none of them (it does not know her, or knows her from its user table alone), so they are her
+    history and she is no cold start."""
     from recserve.pipeline.recommender import Recommender
 
     root, early, rebuilt, ds = loop
-    with _open(root, rebuilt) as b:
+    with _open(root, early) as b:          # its users whose interactions are all held out have none in it
         store = EventStore(tmp_path / "ev")
         rec = Recommender(b, store)
-        uid = "backfilled-new-user"
-        assert b.tables.row_of("user", uid) is None
+        if who == "unknown":
+            uid = "backfilled-new-user"
+            assert b.tables.row_of("user", uid) is None
+        else:
+            empty = np.flatnonzero(np.diff(np.asarray(b.tables.array("hist_indptr"))) == 0)
+            assert len(empty), "the demo data has no user without interactions"
+            uid = b.tables.id_of("user", int(empty[0]))
+        row = b.tables.row_of("user", uid)
+        assert not rec.has_history(uid)
         items = [b.tables.id_of("item", r) for r in range(4)]
         rec.record_events([Event(uid, i, 3, b.data_end - 86400.0 * (5 - n)) for n, i in enumerate(items)])
-        h = rec.histories.of(uid, None)
+        h = rec.histories.of(uid, row)
         assert [b.tables.id_of("item", int(r)) for r in h[0]] == items
         now = b.data_end + 3600.0
         answer = rec.recommend(RecRequest(user_id=uid, k=10, filters=Filters(in_stock_only=False), timestamp=now))

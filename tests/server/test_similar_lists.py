@@ -132,3 +132,20 @@ def test_a_selective_filter_over_a_large_allowed_set_searches(bundle, monkeypatc
         got = bundle.tables.rows_of("item", [i.item_id for i in res.items])
         assert len(got) == 10 and allowed[got].all() and row not in got
     assert len(scored) < len(range(0, bundle.n_items, 13)), "every call scored the whole allowed set"
+
+
+def test_an_item_from_the_neighbour_lists_says_so_whatever_its_weights_sign(bundle):
+    """A SimilarItems answer among the item's co-occurrence neighbours lists the ``i2i`` source, a negative
+    weight (EASE's) included, since that weight is in its score (before: only positive weights said so)."""
+    rec = Recommender(bundle, None)
+    nb_rows, nb_scores = np.asarray(bundle.tables.array("i2i_rows")), np.asarray(bundle.tables.array("i2i_scores"))
+    assert (nb_scores[nb_rows >= 0] < 0).any(), "the demo bundle's neighbour lists have no negative weight"
+    negative = 0
+    for row in range(bundle.n_items):
+        nb = {int(r): float(w) for r, w in zip(nb_rows[row], nb_scores[row]) if r >= 0}
+        res = rec.similar(bundle.tables.id_of("item", row), 20, Filters(in_stock_only=False))
+        for it in res.items:
+            r = bundle.tables.row_of("item", it.item_id)
+            assert ("i2i" in it.sources) == (r in nb), (row, r, it.sources)
+            negative += r in nb and nb[r] < 0
+    assert negative > 0
