@@ -73,8 +73,8 @@ class Metrics:
                               registry=r)
         self.events_before_data_end = Counter(
             "recserve_events_before_data_end_total", "events of written RecordEvents batches dated before the "
-            "served bundle's data end, of users it holds a history of: taken to be in the bundle, they exclude their items but "
-            "move no user vector",
+            "served bundle's data end, of users it holds a history of: taken to be in the bundle, they exclude "
+            "their items but move no user vector",
             registry=r)
         self.forwarded = Counter("recserve_forwarded_total", "Recommends computed by an idle sibling worker",
                                  registry=r)

@@ -6,8 +6,8 @@ or ``{"refused": key, "stamp": [...]}`` for every bundle it loads or refuses. Th
 version its workers serve and the last one they refused; a replacement worker inherits both, so it serves
 what its siblings serve: it does not load a version they refused while its files are unchanged (a bundle
 published while its files were still being copied, say), and when CURRENT names one, it loads theirs. Once
-the version's files change (the copy finished), every worker tries it again at its next poll. A replacement that can load neither
-exits before it listens, and is retried with the usual back-off.
+the version's files change (the copy finished), every worker tries it again at its next poll. A
+replacement that can load neither exits before it listens, and is retried with the usual back-off.
 
 Workers die with the supervisor (Linux's parent-death signal sends them SIGTERM, and they drain), so a
 supervisor killed by SIGKILL leaves no worker holding the port. SIGHUP asks every worker to look at

@@ -13,7 +13,8 @@ The bundle holds every event of its users dated before its data end (``Bundle.da
 events from the data end on: an event of the store dated before it is taken to be in the bundle already
 (read twice, it would weigh double and push older events out of the window), a back-dated event that never
 reached the logs included; a user with no history in the bundle (unknown to it, or in its user table
-without interactions) has none of her events in it, so all of them are read. Every stored event still counts as consumed: a set cannot hold an item twice.
+without interactions) has none of her events in it, so all of them are read. Every stored event still
+counts as consumed: a set cannot hold an item twice.
 The boundary is the bundle's, so it moves with a reload: a :class:`Histories`, and the histories it keeps,
 belong to one bundle's pipeline.
 """
