@@ -52,20 +52,23 @@ def check_dir(ap: argparse.ArgumentParser, path: str, flag: str) -> None:
         ap.error(f"{flag}: {path} is not a directory" if Path(path).exists() else f"{flag}: {path} does not exist")
 
 
-def sizes(text: str) -> list[tuple[int, int]]:
-    """``"2000x1000,8000x4000"`` -> [(2000, 1000), (8000, 4000)]: users x items, both at least 2."""
+def sizes(text: str, interactions: bool = False) -> list[tuple]:
+    """``"2000x1000,8000x4000"`` -> [(2000, 1000), (8000, 4000)]: users x items, both at least 2. With
+    ``interactions``, a size may add an interaction count (at least 1): ``"50000x20000x1000000"`` ->
+    (50000, 20000, 1000000), and a size without one gets None."""
     out = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
-        u, sep, i = part.lower().partition("x")
         try:
-            nu, ni = int(u), int(i)
+            nums = [int(b) for b in part.lower().split("x")]
         except ValueError:
-            nu = ni = 0
-        if not sep or nu < 2 or ni < 2:
-            raise argparse.ArgumentTypeError(f"USERSxITEMS like 2000x1000 (both at least 2), not {part!r}")
-        out.append((nu, ni))
+            nums = []
+        lengths = (2, 3) if interactions else (2,)
+        if len(nums) not in lengths or min(nums[:2]) < 2 or (len(nums) == 3 and nums[2] < 1):
+            more = ", or USERSxITEMSxINTERACTIONS" if interactions else ""
+            raise argparse.ArgumentTypeError(f"USERSxITEMS like 2000x1000 (both at least 2){more}, not {part!r}")
+        out.append((*nums, None) if interactions and len(nums) == 2 else tuple(nums))
     if not out:
         raise argparse.ArgumentTypeError("at least one USERSxITEMS size")
     return out

@@ -29,30 +29,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from _cli import Parser, record, write_json  # noqa: E402
+from _cli import Parser, record, sizes, write_json  # noqa: E402
 from trainer.argtypes import positive_int  # noqa: E402
 from _timing import machine  # noqa: E402
 
 
 def build_sizes(text: str) -> list[tuple[int, int, int | None]]:
-    """``"2000x1000,50000x20000x1000000"`` -> [(2000, 1000, None), (50000, 20000, 1000000)]: users x items
-    [x interactions], users and items at least 2, interactions at least 1."""
-    out = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        bits = part.lower().split("x")
-        try:
-            nums = [int(b) for b in bits]
-        except ValueError:
-            nums = []
-        if len(nums) not in (2, 3) or min(nums[:2]) < 2 or (len(nums) == 3 and nums[2] < 1):
-            raise argparse.ArgumentTypeError(f"USERSxITEMS like 2000x1000 (both at least 2), or "
-                                             f"USERSxITEMSxINTERACTIONS, not {part!r}")
-        out.append((nums[0], nums[1], nums[2] if len(nums) == 3 else None))
-    if not out:
-        raise argparse.ArgumentTypeError("at least one USERSxITEMS size")
-    return out
+    """USERSxITEMS[xINTERACTIONS] sizes (:func:`_cli.sizes`)."""
+    return sizes(text, interactions=True)
 
 
 def run_child(cmd: list[str]) -> tuple[float, float, int, str]:

@@ -48,6 +48,11 @@ def manifest_digest(m: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def manifest_intact(m: dict) -> bool:
+    """Whether the manifest's content is what its digest says (a manifest written before digests has none)."""
+    return MANIFEST_DIGEST not in m or m[MANIFEST_DIGEST] == manifest_digest(m)
+
+
 def seal_manifest(m: dict) -> dict:
     """``m`` with its digest set (the trainer's writes of a manifest)."""
     return {**{k: v for k, v in m.items() if k != MANIFEST_DIGEST}, MANIFEST_DIGEST: manifest_digest(m)}
@@ -100,7 +105,7 @@ def _load_manifest(d: Path) -> dict:
     if not isinstance(m, dict):
         raise BundleError(f"{d / 'manifest.json'}: not a JSON object")
     # a bundle written before manifests carried a digest has none (the saved-format fixture)
-    if MANIFEST_DIGEST in m and m[MANIFEST_DIGEST] != manifest_digest(m):
+    if not manifest_intact(m):
         raise BundleError("manifest.json: sha256 mismatch (its content changed since the build)")
     missing = [k for k in REQUIRED_KEYS if k not in m]
     if missing:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from recserve._core.tables import TableWriter
-from recserve.bundle import FORMAT_VERSION, MANIFEST_DIGEST, BundleError, manifest_digest, seal_manifest, sha256_file
+from recserve.bundle import FORMAT_VERSION, BundleError, manifest_intact, seal_manifest, sha256_file
 from trainer import features
 
 BIG_MAP = 1 << 34
@@ -158,7 +158,7 @@ def update_manifest(bundle_dir: Path, key: str, value) -> None:
     manifest whose digest does not match its content is refused, not sealed."""
     p = bundle_dir / "manifest.json"
     m = json.loads(p.read_text())
-    if MANIFEST_DIGEST in m and m[MANIFEST_DIGEST] != manifest_digest(m):
+    if not manifest_intact(m):
         raise BundleError(f"{p}: sha256 mismatch (its content changed since the build); not updated")
     m = seal_manifest({**m, key: value})
     tmp = bundle_dir / ".manifest.json.tmp"

@@ -487,10 +487,12 @@ class Recommender:
             rows = np.flatnonzero(ok)
         cos = self.emb[rows] @ vec
         i2i_part = np.zeros(len(rows), np.float32)
+        from_i2i = np.zeros(len(rows), bool)       # a neighbour whatever its weight's sign (EASE's may be < 0)
         if len(nb):
             pos = np.searchsorted(rows, nb)
             hit = pos < len(rows)
             hit[hit] = rows[pos[hit]] == nb[hit]
+            from_i2i[pos[hit]] = True
             # scaled by the largest magnitude: a negative weight (EASE) stays a penalty, whatever the signs
             i2i_part[pos[hit]] = nb_score[hit] / (float(np.abs(nb_score).max()) or 1.0)
         blend = 0.7 * cos + 0.3 * i2i_part
@@ -500,9 +502,6 @@ class Recommender:
         else:
             order = np.argsort(-blend, kind="stable")[:want]
         ids = self.tables.ids_of("item", rows[order])
-        from_i2i = np.zeros(len(rows), bool)       # a neighbour whatever its weight's sign (EASE's may be < 0)
-        if len(nb):
-            from_i2i[pos[hit]] = True
         items = [Item(i, b, ["ann", "i2i"] if hit else ["ann"])
                  for i, b, hit in zip(ids, blend[order].tolist(), from_i2i[order].tolist())]
         return Result(items, self.version, [("total", (time.perf_counter() - t0) * 1000.0)])
