@@ -34,6 +34,19 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """The arguments, then the environment: a RECSERVE_* variable that the servers this script starts
+        would refuse (an unknown name, a value of the wrong type, a bad RECSERVE_CONFIG file) is a bad
+        argument too, refused before any work."""
+        from recserve import config
+
+        out = super().parse_args(args, namespace)
+        try:
+            config.load({}, env=os.environ)
+        except ValueError as exc:
+            self.error(str(exc))
+        return out
+
 
 def check_bundle(ap: argparse.ArgumentParser, path: str, flag: str = "--bundle") -> None:
     """A named bundle that is not one (a missing path, no manifest.json, no CURRENT): exit 2 with the reason

@@ -37,6 +37,11 @@ def _decoders():
             "RecordEvents": (pb.RecordEventsRequest, pb.RecordEventsResponse)}
 
 
+class ServerStartError(SystemExit):
+    """A server this script started exited or never listened: one line (the last line of its log, and where
+    the whole log was kept) and exit code 1."""
+
+
 class ServerProc:
     """A server subprocess that prints ``{"event": "listening", "port": P}`` on stdout.
 
@@ -75,8 +80,9 @@ class ServerProc:
                 break
         if self.port is None:
             self.stop(keep_log=True)
-            raise RuntimeError(f"{name} server did not start; log: {self.log.name}:\n"
-                               + Path(self.log.name).read_text()[-2000:])
+            last = [ln for ln in Path(self.log.name).read_text(errors="replace").splitlines() if ln.strip()]
+            why = last[-1].strip() if last else f"exit code {self.proc.returncode}"
+            raise ServerStartError(f"{name} server did not start: {why} (its log: {self.log.name})")
 
     def stop(self, keep_log: bool = False) -> None:
         """Stop the server (SIGTERM, SIGKILL to its group after 30 s); its log is removed unless kept."""

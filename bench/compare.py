@@ -33,11 +33,8 @@ from _inproc import RECOMMEND_ONLY  # noqa: E402
 from _servers import start_real  # noqa: E402
 from _timing import machine  # noqa: E402
 from _workload import build_requests, parse_mix, read_ids  # noqa: E402
-from recserve.config import ServeConfig  # noqa: E402
+from recserve.config import check_env  # noqa: E402
 from trainer.argtypes import number  # noqa: E402
-
-# RECSERVE_* variables that are not `recserve serve` options but still change a server
-EXTRA_SETTINGS = {"RECSERVE_CONFIG", "RECSERVE_DEBUG_DELAY_MS"}
 
 # figures compared, and whether a higher value is better
 FIGURES = {"throughput": True, "p99 Recommend": False, "p99 SimilarItems": False, "p99 ALL": False,
@@ -47,7 +44,6 @@ FIGURES = {"throughput": True, "p99 Recommend": False, "p99 SimilarItems": False
 def parse_settings(s: str, flag: str) -> dict[str, str]:
     """``NAME=VALUE,NAME=VALUE`` -> dict; a one-line reason for anything else."""
     out = {}
-    known = {"RECSERVE_" + f.upper() for f in ServeConfig.__dataclass_fields__} | EXTRA_SETTINGS
     for part in (p.strip() for p in s.split(",")):
         if not part:
             continue
@@ -55,8 +51,10 @@ def parse_settings(s: str, flag: str) -> dict[str, str]:
         if not eq or not name.strip() or not name.strip().replace("_", "").isalnum():
             raise UsageError(f"{flag}: settings are NAME=VALUE pairs separated by commas; got {part!r}")
         name = name.strip()
-        if name.startswith("RECSERVE_") and name not in known:
-            raise UsageError(f"{flag}: {name} is not a recserve setting (RECSERVE_ + a `recserve serve` option)")
+        try:
+            check_env({name: value}, where=flag)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         out[name] = value.strip()
     return out
 

@@ -120,8 +120,9 @@ def env_name(field: str) -> str:
     return "RECSERVE_" + field.upper()
 
 
-def _check_env(env) -> None:
-    """An unknown RECSERVE_* variable is a typo (``RECSERVE_WORKRES``) that would pass silently."""
+def check_env(env, where: str = "environment") -> None:
+    """An unknown RECSERVE_* variable is a typo (``RECSERVE_WORKRES``) that would pass silently: ValueError
+    naming it (and the nearest known name)."""
     import difflib
 
     known = {env_name(f.name) for f in dataclasses.fields(ServeConfig)} | OTHER_ENV
@@ -129,7 +130,7 @@ def _check_env(env) -> None:
         if name.startswith("RECSERVE_") and name not in known:
             near = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f" (did you mean {near[0]}?)" if near else ""
-            raise ValueError(f"environment: {name} is not a recserve setting{hint}")
+            raise ValueError(f"{where}: {name} is not a recserve setting{hint}")
 
 
 def _path(name: str, value: str, base: str | None = None) -> str:
@@ -188,7 +189,7 @@ def load(flags: dict | None = None, env: dict | None = None, file: str | os.Path
     """Merge the levels. Typos and wrong types do not pass silently: unknown keys in the TOML file,
     top-level keys beside a ``[serve]`` table and unknown RECSERVE_* variables are errors."""
     env = os.environ if env is None else env
-    _check_env(env)
+    check_env(env)
     fields = {f.name: f for f in dataclasses.fields(ServeConfig)}
     values: dict = {}
     level: dict = {}                    # setting -> where its value came from: 1 file, 2 environment, 3 flag

@@ -52,10 +52,10 @@ def test_load_rejects_non_loopback_target(demo_bundle):
     assert p.returncode != 0 and "loopback" in p.stderr
 
 
-def _refused(args, says, code=2):
+def _refused(args, says, code=2, env=None):
     """A bad argument: exit 2 with the reason on the last line; a failure at run time: exit 1, one line."""
     p = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
+                       env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
     lines = p.stderr.strip().splitlines()
     assert p.returncode == code and says in lines[-1] and (code == 2 or len(lines) == 1), p.stderr[-2000:]
     return p
@@ -85,6 +85,27 @@ def test_bad_arguments_are_refused_in_one_line_before_any_server_starts(demo_bun
     _refused(["bench/load.py", "--bundle", str(tmp_path / "nothing")], "--bundle:")
     _refused(["bench/overhead.py", "--bundle", b, "--rate", "-5"], "argument --rate: must be above 0, not -5")
     _refused(["bench/compare.py", "--bundle", b, "--b", "RECSERVE_BOGUS=7"], "RECSERVE_BOGUS is not a recserve")
+    for script in ("load", "compare", "overhead", "gaps", "item_updates"):
+        for env, says in (({"RECSERVE_WORKRES": "2"}, "RECSERVE_WORKRES is not a recserve setting (did you mean "
+                                                      "RECSERVE_WORKERS?)"),
+                          ({"RECSERVE_CANDIDATES": "many"}, "RECSERVE_CANDIDATES: candidates: cannot read 'many'")):
+            extra = ["--b", "RECSERVE_SHARE_WORK=0"] if script == "compare" else []
+            p = _refused([f"bench/{script}.py", "--bundle", b, *extra], says, env=env)
+            assert p.stdout == "" and len(p.stderr.strip().splitlines()) == 1, (script, env, p.stderr)
+
+
+def test_a_server_that_cannot_start_is_one_line_and_exit_1(demo_bundle, tmp_path):
+    import shutil
+
+    from recserve.bundle import resolve
+
+    root = tmp_path / "bundle"
+    shutil.copytree(demo_bundle, root)
+    ranker = next(p for p in resolve(str(root)).iterdir() if p.name.startswith("ranker"))
+    ranker.write_bytes(ranker.read_bytes()[:-10] + b"0123456789")       # its hash no longer verifies
+    p = _refused(["bench/load.py", "--bundle", str(root), "--duration", "1", "--no-ceiling"],
+                 "recserve server did not start:", code=1)
+    assert "sha256" in p.stderr and "its log: " in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
 def test_load_against_a_running_server(demo_bundle, tmp_path):
