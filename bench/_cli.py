@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from _timing import machine
+from recserve import cliparser
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,11 +29,8 @@ class UsageError(SystemExit):
         super().__init__(2)
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse's parser, its errors in one line (the usage is long: --help shows it), exit code 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+class Parser(cliparser.Parser):
+    """recserve's parser (errors in one line, exit code 2) that also refuses a bad RECSERVE_* environment."""
 
     def parse_args(self, args=None, namespace=None):
         """The arguments, then the environment: a RECSERVE_* variable that the servers this script starts

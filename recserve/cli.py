@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from recserve import config as C
+from recserve.cliparser import Parser
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
@@ -347,8 +348,8 @@ def _with_defaults(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="recserve", description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap = Parser(prog="recserve", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="serve a bundle directory")
     s.add_argument("--bundle", help="bundle root (holding CURRENT) or one bundle version directory")

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 
+from recserve.cliparser import Parser
 from trainer.argtypes import number, number_list, positive_int, seed
 
 
@@ -26,8 +27,8 @@ def _progress_switch(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="recserve-train", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = Parser(prog="recserve-train", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     s = sub.add_parser("synth", help="generate synthetic data in the input format")
     s.add_argument("out")

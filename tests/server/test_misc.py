@@ -462,7 +462,8 @@ def test_cli_client_refuses_bad_addresses_and_files_in_one_line(tmp_path):
     assert r.returncode == 2 and "an IPv6 address goes in brackets: [::1]:50051" in r.stderr, r.stderr
     for cmd in ("recommend", "similar"):                             # 0 would be the server's default of 20
         r = run(cmd, "x", "--k", "0")
-        assert r.returncode == 2 and "argument --k: must be >= 1, got 0" in r.stderr, r.stderr
+        assert r.returncode == 2 and r.stderr.strip().splitlines() == [          # one line, not the usage block
+            f"recserve {cmd}: error: argument --k: must be >= 1, got 0 (--help for usage)"], r.stderr
     for args in (["recommend", b"\xff\xfeuser"], ["events", "record", "u1", b"it\xe9m"],
                  ["recommend", "u1", "--session", b"\xc3"]):
         r = run(*args, "--addr", f"127.0.0.1:{free_port()}")

@@ -571,3 +571,11 @@ def test_interaction_columns_not_used_are_named(small_data, tmp_path, capsys):
     assert [x for x in err if x.startswith("columns not used")][0].endswith(": interactions: 'session', ''"), err
     manifest = json.loads((resolve(tmp_path / "out") / "manifest.json").read_text())
     assert manifest["training"]["data_report"]["extra_interaction_columns_not_used"] == ["session", ""]
+
+
+def test_a_bad_argument_is_one_line_not_the_usage(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["build"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "recserve-train build: error: the following arguments are required: out, --data (--help for usage)"]
