@@ -277,7 +277,7 @@ def validate(cfg: ServeConfig) -> ServeConfig:
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         raise ValueError("tls_cert and tls_key go together (--tls-cert and --tls-key)")
     if cfg.tls_client_ca and not cfg.tls_cert:
-        raise ValueError("client_ca (mutual TLS) needs TLS: set --tls-cert and --tls-key too")
+        raise ValueError("tls_client_ca (--client-ca, mutual TLS) needs TLS: set --tls-cert and --tls-key too")
     for name in ("tls_cert", "tls_key", "tls_client_ca", "tokens_file"):
         path = getattr(cfg, name)
         if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):

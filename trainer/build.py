@@ -11,6 +11,7 @@ import copy
 import itertools
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -454,6 +455,11 @@ def evaluate_bundle(bundle_dir: Path, ds: Dataset, max_users=None, seed=None, th
         irow = {u: k for k, u in enumerate(item_ids)}
         cut = float(b.manifest["training"]["cut"])
         m = ds.ts >= cut
+        if not m.any():
+            whole = " (built with --holdout 0, it trained on all of its data: evaluate it on newer logs)" \
+                if float(training.get("holdout", 1)) == 0 else ""
+            raise DataError(f"nothing to evaluate: no interaction at or after the bundle's cut "
+                            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(cut))} UTC{whole}")
         u_map = np.array([row.get(str(x), -1) for x in ds.user_ids], np.int64)
         i_map = np.array([irow.get(str(x), -1) for x in ds.item_ids], np.int64)
         tu, ti = u_map[ds.user[m]], i_map[ds.item[m]]

@@ -275,8 +275,9 @@ def _run(args) -> int:
               f"index recall@10 {m['index']['recall_at_k']['recall']}; ranker {_ranker_line(tr['ranker'])}; "
               f"decay_short {m['params']['decay_short']} alpha {m['params']['alpha']})")
         if args.holdout > 0:
-            print(f"note: the newest {args.holdout:.0%} of the interactions were held out of this bundle for its "
-                  f"evaluation; build the bundle to serve with --holdout 0", file=sys.stderr)
+            why = "for its evaluation" if evaluated else "(not evaluated: --no-evaluate)"
+            print(f"note: the newest {args.holdout:.0%} of the interactions were held out of this bundle {why}; "
+                  f"build the bundle to serve with --holdout 0", file=sys.stderr)
         return 0
     if args.cmd == "verify":
         from recserve.bundle import verify

@@ -29,7 +29,7 @@ def reason(p: subprocess.CompletedProcess) -> str:
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--client-ca", "CA"], "client_ca (mutual TLS) needs TLS"),
+    (["--client-ca", "CA"], "tls_client_ca (--client-ca, mutual TLS) needs TLS"),
     (["--tls-key", "CA"], "tls_cert and tls_key go together"),
     (["--tls-cert", "/no/such.crt", "--tls-key", "/no/such.key"], "tls_cert: cannot read"),
     (["--mmr-lambda", "3"], "mmr_lambda: must be in [0, 1]"),

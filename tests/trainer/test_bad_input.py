@@ -264,6 +264,8 @@ def test_held_out_data_with_nothing_to_evaluate_fails_before_training(small_data
     assert not fits, "the refusal came after training"
     assert main(["build", "--data", str(d), "--holdout", "0.1", "--no-tune", "--no-evaluate",
                  str(tmp_path / "out")]) == 0
+    assert ("the newest 10% of the interactions were held out of this bundle (not evaluated: --no-evaluate); "
+            "build the bundle to serve with --holdout 0") in capsys.readouterr().err
 
 
 def test_the_evaluation_runs_before_current_names_the_version(small_data, tmp_path, monkeypatch, capsys):
@@ -310,7 +312,10 @@ def test_holdout_zero_trains_on_everything_and_cannot_evaluate(small_data, tmp_p
     assert m["counts"]["held_out"] == 0 and m["counts"]["interactions"] == m["counts"]["interactions_total"]
     assert "held out of this bundle" not in capsys.readouterr().err
     assert main(["evaluate", str(out), "--data", str(small_data)]) == 2
-    assert "no held-out user" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("recserve-train: error: nothing to evaluate: no interaction at or "
+                                               "after the bundle's cut ") and err[0].endswith(
+        "UTC (built with --holdout 0, it trained on all of its data: evaluate it on newer logs)"), err
     with pytest.raises(SystemExit) as exc:
         main(["build", "--data", str(small_data), str(out), "--holdout", "1.5"])
     assert exc.value.code == 2 and "argument --holdout: must be at most 0.99, not 1.5" in capsys.readouterr().err
