@@ -89,6 +89,14 @@ def check_id(value: str, field_name: str, allow_empty: bool = False) -> None:
         raise InvalidArgument(field_name, "malformed id (only white space)")
 
 
+def unknown_ids(field_name: str, ids: list[str], shown: int = 20) -> InvalidArgument:
+    """The error naming the ids a batch refers to that the bundle does not know: the first ``shown`` of
+    them in order, and how many more there are."""
+    distinct = sorted(set(ids))
+    more = f" and {len(distinct) - shown} more" if len(distinct) > shown else ""
+    return InvalidArgument(field_name, f"{len(distinct)} unknown item id(s): {', '.join(distinct[:shown])}{more}")
+
+
 def check_k(k: int, field_name: str = "k") -> int:
     if k == 0:
         return DEFAULT_K

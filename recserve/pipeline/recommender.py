@@ -22,7 +22,7 @@ from recserve.pipeline.history import Histories
 from recserve.pipeline.items import ItemSnapshot, walk_allowed
 from recserve.pipeline.messages import (EXPLAIN_CHUNK, MAX_BATCH, MAX_CONTEXT_EXTRA, MAX_DEVICE, MAX_EVENT_AHEAD,
                                         MAX_EXPLAIN, MAX_LIST, MAX_PRICE, Filters, Item, RecRequest, Result, check_id,
-                                        check_k, check_ts)
+                                        check_k, check_ts, unknown_ids)
 
 
 def scaled_quotas(quotas: dict, n: int) -> dict:
@@ -528,8 +528,7 @@ class Recommender:
                 unknown.append(e.item_id)
             out.append(Event(e.user_id, e.item_id, e.type, e.timestamp or now, server_time=not e.timestamp))
         if unknown:
-            names = ", ".join(sorted(set(unknown))[:20])
-            raise InvalidArgument("events.item_id", f"unknown item ids: {names}")
+            raise unknown_ids("events.item_id", unknown)
         return out
 
     def record_events(self, events: list[Event], deadline: float | None = None, abandoned=None) -> Recorded:
@@ -562,7 +561,7 @@ class Recommender:
             if self.tables.row_of("item", item_id) is None:
                 unknown.append(item_id)
         if unknown:
-            raise InvalidArgument("items.item_id", "unknown item ids: " + ", ".join(sorted(set(unknown))[:20]))
+            raise unknown_ids("items.item_id", unknown)
         n = self.store.update_items(updates)
         self._refresh_items()
         return n

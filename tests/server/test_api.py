@@ -298,6 +298,18 @@ def test_a_request_that_does_not_parse_is_invalid_argument(server, method, body)
     ch.close()
 
 
+def test_unknown_ids_are_counted_past_the_ones_named(server, facts):
+    stub = server.stub()
+    ghosts = [f"ghost-{k:02d}" for k in range(25)]
+    code, details = code_of(stub.RecordEvents, pb.RecordEventsRequest(events=[_ev("someone", g) for g in ghosts * 2]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert details.startswith("events.item_id: 25 unknown item id(s): ghost-00, ") and "ghost-19 and 5 more" in details
+    assert "ghost-20" not in details, details
+    code, details = code_of(stub.UpdateItems, pb.UpdateItemsRequest(
+        items=[pb.ItemUpdate(item_id=g, in_stock=True) for g in ghosts[:3]]))
+    assert details.startswith("items.item_id: 3 unknown item id(s): ghost-00, ghost-01, ghost-02 (request "), details
+
+
 def test_messages_that_echo_long_input_stay_readable(server, facts):
     """An error that names what the request sent (unknown ids, category names) is cut to a size every
     client accepts: the caller sees INVALID_ARGUMENT naming the field, not a metadata-size failure."""
