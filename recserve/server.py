@@ -342,15 +342,23 @@ class InProcessWorker(Worker):
             self._thread.join(10)
 
 
-def check_events_dir(path: Path) -> None:
-    """The event store's directory exists (made here, as the store would) and is writable, or a one-line
-    reason: before a worker is forked to open it."""
+def check_events_dir(path: Path, map_mb: int) -> None:
+    """The event store's directory exists (made here, as the store would) and is writable, and a store
+    already in it fits in ``map_mb``, or a one-line reason: before a worker is forked to open it (LMDB
+    would stretch a smaller map to the pages in use and then refuse every write as full). The file's size
+    is the pages in use: LMDB grows it as it takes pages, and it is not opened here, before the fork."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(f"events_dir: cannot create {path}: {exc.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise ValueError(f"events_dir: {path} is not writable")
+    data = path / "data.mdb"
+    used = data.stat().st_size if data.is_file() else 0
+    if used >= map_mb << 20:
+        raise ValueError(f"events_map_mb: {map_mb} MiB cannot hold the event store in {path}, which already takes "
+                         f"{used / (1 << 20):.0f} MiB: give a larger map (the default is "
+                         f"{ServeConfig.events_map_mb}; pruning frees pages for reuse but does not shrink the file)")
 
 
 def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConfig | None = None, **kw):
@@ -380,7 +388,7 @@ def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConf
     holder = BundleHolder(cfg.bundle, cfg, None)
     if not holder.root.is_dir():
         raise ValueError(f"bundle: {holder.root} is not a directory")
-    check_events_dir(Path(cfg.events_dir or bundle_root(cfg.bundle) / "events"))
+    check_events_dir(Path(cfg.events_dir or bundle_root(cfg.bundle) / "events"), cfg.events_map_mb)
     key = holder._key()
     if key is not None:  # fail fast on a bad bundle, before forking (sha256 only, no hnswlib/LightGBM)
         from recserve import bundle as B

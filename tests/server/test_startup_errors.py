@@ -198,3 +198,19 @@ def test_an_empty_host_is_the_default():
     from recserve.config import ServeConfig, validate
 
     assert validate(ServeConfig(host="")).host == ""            # listened on as 127.0.0.1 by create_server
+
+
+def test_a_map_smaller_than_the_event_store_is_refused_at_start(shared_root, tmp_path):
+    """LMDB stretches a map below the pages in use to exactly those pages: every write would then fail as
+    "the event store is full". A store of about 3 MiB and --events-map-mb 2: refused, naming both."""
+    from recserve.events import Event, EventStore
+
+    store = EventStore(tmp_path / "events", map_size=64 << 20)
+    for b in range(12):
+        store.record([Event(f"u{b}-{k}", "i1", 1, 1.7e9 + k) for k in range(1000)], lambda u: False)
+    used = (tmp_path / "events" / "data.mdb").stat().st_size
+    store.env.close()
+    assert used > 2 << 20, used
+    p = serve("--bundle", str(shared_root), "--events-dir", str(tmp_path / "events"), "--events-map-mb", "2")
+    assert p.returncode == 2 and (f"events_map_mb: 2 MiB cannot hold the event store in {tmp_path / 'events'}, "
+                                  f"which already takes {used / (1 << 20):.0f} MiB") in reason(p), p.stderr
