@@ -85,5 +85,6 @@ def test_protocols_refuses_a_missing_path_it_was_given(tmp_path):
     """Only the absent default data set is skipped; a path named on the command line must exist."""
     p = subprocess.run([sys.executable, str(REPO / "bench" / "protocols.py"), "--data", str(tmp_path / "nope")],
                        capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith("does not exist"), p.stderr
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith(
+        f"--data: {tmp_path / 'nope'} does not exist (--help for usage)"), p.stderr
     assert "Traceback" not in p.stderr
