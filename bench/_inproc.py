@@ -20,9 +20,10 @@ def rec_requests(requests: list[tuple[str, bytes]]) -> list:
 
 
 @contextlib.contextmanager
-def recommender(bundle: str, events: str) -> Iterator:
+def recommender(bundle: str, events: str, overrides: dict | None = None) -> Iterator:
     """The server's ``Recommender`` over ``bundle`` with an empty event store at ``events``, its settings
-    from the environment as the server reads them, one numeric thread (as in a worker)."""
+    from the environment as the server reads them (``overrides`` over them), one numeric thread (as in a
+    worker)."""
     from threadpoolctl import threadpool_limits
 
     from recserve.bundle import Bundle
@@ -31,4 +32,4 @@ def recommender(bundle: str, events: str) -> Iterator:
     from recserve.pipeline.recommender import Recommender
 
     with Bundle.open(bundle) as b, threadpool_limits(1):
-        yield Recommender(b, EventStore(events), load({}, env=os.environ).pipeline_overrides())
+        yield Recommender(b, EventStore(events), {**load({}, env=os.environ).pipeline_overrides(), **(overrides or {})})

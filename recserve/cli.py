@@ -412,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HNSW search breadth of SimilarItems (default: the bundle's tuned similar_ef)")
     s.add_argument("--ranker-engine", dest="ranker_engine", choices=["forest", "lightgbm"],
                    help="ranker evaluator: the Cython forest (default) or LightGBM's Booster.predict")
+    s.add_argument("--cold-order", dest="cold_order", choices=["trending", "ranker"],
+                   help="order of a cold request's answer (no history, no session): the trending score "
+                        "(the bundle's default) or the ranker")
     _with_defaults(s)
     s.set_defaults(fn=cmd_serve)
 

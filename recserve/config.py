@@ -18,7 +18,7 @@ from pathlib import Path
 # read against the file's directory, those from flags and the environment against the working directory
 PATH_KEYS = ("bundle", "events_dir", "tls_cert", "tls_key", "tls_client_ca", "tokens_file")
 PIPELINE_KEYS = ("mmr_lambda", "max_per_creator", "cap", "candidates", "ef", "similar_ef", "ranker_engine",
-                 "novelty_boost", "new_item_days")
+                 "novelty_boost", "new_item_days", "cold_order")
 
 
 @dataclass
@@ -57,6 +57,7 @@ class ServeConfig:
     ranker_engine: str | None = None   # "forest" (default, the Cython evaluator) or "lightgbm"
     novelty_boost: float | None = None  # added to the [0, 1] relevance of new items (0 = off)
     new_item_days: float | None = None  # an item is new for this many days after created_at (14)
+    cold_order: str | None = None      # a cold request's order: "trending" (the bundle's default) or "ranker"
 
     def pipeline_overrides(self) -> dict:
         return {k: getattr(self, k) for k in PIPELINE_KEYS if getattr(self, k) is not None}
@@ -254,6 +255,7 @@ RANGES = {
     "ef": (1, 1 << 20), "similar_ef": (1, 1 << 20), "novelty_boost": (0, 1000), "new_item_days": (0, 1e6),
 }
 RANKER_ENGINES = ("forest", "lightgbm")
+COLD_ORDERS = ("trending", "ranker")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -270,6 +272,8 @@ def validate(cfg: ServeConfig) -> ServeConfig:
             raise ValueError(f"{name}: must be {span}, got {v}")
     if cfg.ranker_engine is not None and cfg.ranker_engine not in RANKER_ENGINES:
         raise ValueError(f"ranker_engine: one of {', '.join(RANKER_ENGINES)}, got {cfg.ranker_engine!r}")
+    if cfg.cold_order is not None and cfg.cold_order not in COLD_ORDERS:
+        raise ValueError(f"cold_order: one of {', '.join(COLD_ORDERS)}, got {cfg.cold_order!r}")
     if cfg.log_level.upper() not in LOG_LEVELS:
         raise ValueError(f"log_level: one of {', '.join(LOG_LEVELS)}, got {cfg.log_level!r}")
     if cfg.metrics_port and cfg.metrics_port == cfg.port:

@@ -36,6 +36,9 @@ DEFAULT_PARAMS = {
     "session_gap": 1800.0,
     # re-ranking: off unless a bundle or the server sets a boost for items created within new_item_days
     "novelty_boost": 0.0, "new_item_days": 14.0,
+    # a cold request (no history, no session) ordered by the trending score ("trending") or by the ranker
+    # ("ranker"), which was trained on users with a history: bench/cold_users.py measures the two
+    "cold_order": "trending",
 }
 
 
@@ -47,6 +50,7 @@ MAX_HISTORY = 1 << 24           # history_len, i2i_recent: the event store keeps
 MAX_PER_CREATOR = 10_000        # far above any k a request may ask for (0 = unlimited)
 MAX_EVENT_WEIGHT = float(np.finfo(np.float32).max)      # the weights are applied as float32
 RANKER_ENGINES = ("forest", "lightgbm")                 # recserve.pipeline.ranking.Ranker.ENGINES
+COLD_ORDERS = ("trending", "ranker")
 # integer parameters: (lowest, highest)
 INT_PARAMS = {"cap": (1, MAX_CANDIDATES), "candidates": (1, MAX_CANDIDATES), "ef": (1, MAX_EF),
               "similar_ef": (1, MAX_EF), "history_len": (1, MAX_HISTORY), "i2i_recent": (1, MAX_HISTORY),
@@ -102,6 +106,8 @@ def check_params(params: dict) -> None:
             raise ValueError(f"params.{key}: {span}, not {params[key]!r}")
     if "ranker_engine" in params and params["ranker_engine"] not in RANKER_ENGINES:
         raise ValueError(f"params.ranker_engine: one of {', '.join(RANKER_ENGINES)}, not {params['ranker_engine']!r}")
+    if "cold_order" in params and params["cold_order"] not in COLD_ORDERS:
+        raise ValueError(f"params.cold_order: one of {', '.join(COLD_ORDERS)}, not {params['cold_order']!r}")
     if "quotas" in params:
         _check_quotas(params["quotas"])
 

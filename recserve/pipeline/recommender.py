@@ -127,6 +127,7 @@ class Recommender:
         self.quotas = {**{s: 0 for s in self.sources}, **{s: int(v) for s, v in self.cparams["quotas"].items()}}
         self.cap = int(self.cparams["cap"])
         self.history_len = int(self.cparams["history_len"])
+        self.cold_by_ranker = self.cparams["cold_order"] == "ranker"
         self.histories = Histories(t, store, self.history_len, bundle.data_end)
         self._items_gen = -1
         masks = range(1 << len(self.sources))
@@ -404,13 +405,17 @@ class Recommender:
             return Result([], self.version, timings + [("total", (time.perf_counter() - t0) * 1000)], cold,
                           counts)
 
-        dev = float(req.device)
-        ctx = R.context_vector(self.schema, float(hour), float(weekday), dev, req.extra)
-        # every feature is a snapshot at the bundle's now (the user's, the items' popularity, the item age,
-        # as in training); the request's time gives the context (hour, weekday) and the release cut only
-        X = R.features(snap.crosser, user_row_vals, uvec, merged, ctx, self.now / 86400.0)
-        yield from within("features")
-        scores = self.ranker.predict(X)
+        by_ranker = not cold or self.cold_by_ranker
+        if by_ranker:
+            dev = float(req.device)
+            ctx = R.context_vector(self.schema, float(hour), float(weekday), dev, req.extra)
+            # every feature is a snapshot at the bundle's now (the user's, the items' popularity, the item
+            # age, as in training); the request's time gives the context (hour, weekday) and the release cut
+            X = R.features(snap.crosser, user_row_vals, uvec, merged, ctx, self.now / 86400.0)
+            yield from within("features")
+            scores = self.ranker.predict(X)
+        else:   # cold: the trending score (the ranker never saw a user without history; cold_order)
+            scores = self.trend_of_row[merged.rows].astype(np.float64)
         yield from done("ranking")
 
         rel = RR.minmax(scores)
@@ -426,7 +431,7 @@ class Recommender:
 
         contribs: list = [[] for _ in pos]
         if req.explain:     # LightGBM's pred_contrib costs about 0.5 ms a row: a few rows between pauses
-            for a in range(0, len(pos), EXPLAIN_CHUNK):
+            for a in range(0, len(pos) if by_ranker else 0, EXPLAIN_CHUNK):
                 yield from within("explain")
                 contribs[a:a + EXPLAIN_CHUNK] = self.ranker.contributions(X[pos[a:a + EXPLAIN_CHUNK]])
             pen = RR.penalties(self.emb, merged.rows[pos], lam)

@@ -387,3 +387,38 @@ def test_overhead_times_the_tight_loop_as_the_server_worker_does(demo_bundle, tm
     monkeypatch.setattr(time, "thread_time", thread_time)
     assert overhead.tight_loop(str(demo_bundle), requests, str(tmp_path / "ev")) > 0
     assert len(ticks) >= 2 * 2 * len(requests)     # around each of at least two steps per Recommend
+
+
+def test_cold_users_quick(demo_bundle, tmp_path):
+    """The demo bundle holds out its newest 10%: the users who arrive after its cut are measured under both
+    cold orders, against the trending list, from the data the bundle was built from."""
+    from trainer.io import write_dataset
+    from trainer.synth import synth
+
+    write_dataset(synth(300, 200, seed=0)[0], tmp_path / "data")
+    out = _run([str(REPO / "bench" / "cold_users.py"), "--bundle", str(demo_bundle), "--data",
+                str(tmp_path / "data"), "--k", "20", "--json", str(tmp_path / "c.json")])
+    rec = _record(tmp_path / "c.json")
+    assert rec["evaluated_users"] > 0 and rec["cold_start_answers"] == rec["calls"] == 4 * rec["evaluated_users"]
+    assert list(rec["methods"]) == ["trending order, own id", "trending order, anonymous", "ranker order, own id",
+                                    "ranker order, anonymous", "trending list"]
+    for m, v in rec["methods"].items():
+        assert v["mean_len"] == 20 and 0.0 <= v["recall@10"] <= v["recall@20"] <= 1.0, m
+        assert m in out
+
+
+def test_cold_users_needs_held_out_data(tmp_path):
+    """A bundle built on all of its data has no new user to measure: exit 2 and the reason in one line."""
+    from trainer.build import build
+    from trainer.io import write_dataset
+    from trainer.synth import synth
+    from trainer.timing import Timer
+
+    ds = synth(200, 100, seed=1)[0]
+    write_dataset(ds, tmp_path / "data")
+    build(ds, tmp_path / "b", {"seed": 0, "factors": 8, "holdout": 0.0, "ranker_rounds": 10, "tune": False},
+          timer=Timer(verbose=False))
+    _refused([str(REPO / "bench" / "cold_users.py"), "--bundle", str(tmp_path / "b"), "--data",
+              str(tmp_path / "data")], "build the bundle with held-out data (--holdout above 0)")
+    _refused([str(REPO / "bench" / "cold_users.py"), "--bundle", str(tmp_path / "b"), "--data",
+              str(tmp_path / "none")], "does not exist")

@@ -44,10 +44,10 @@ def test_a_hand_edited_manifest_with_a_broken_structure_is_refused(shared_root, 
 def test_the_manifest_bounds_are_within_the_servers_own():
     """A bundle's serving parameters are bounded as the server's settings of the same names (or tighter)."""
     from recserve._core import candidates as CC
-    from recserve.config import RANGES, RANKER_ENGINES
+    from recserve.config import COLD_ORDERS, RANGES, RANKER_ENGINES
     from recserve.pipeline.ranking import Ranker
 
-    assert CC.RANKER_ENGINES == RANKER_ENGINES == Ranker.ENGINES
+    assert CC.RANKER_ENGINES == RANKER_ENGINES == Ranker.ENGINES and CC.COLD_ORDERS == COLD_ORDERS
     shared = sorted(set(CC.PARAM_RANGES) & set(RANGES))
     assert {"cap", "candidates", "ef", "similar_ef", "max_per_creator", "mmr_lambda", "novelty_boost",
             "new_item_days"} <= set(shared)
