@@ -9,8 +9,8 @@ candidates, ordered by their trending score (``cold_order = "trending"``, the de
 ranker for the request's context and her user features (``"ranker"``), then re-ranked by MMR and the
 creator rules. The trainer's evaluation leaves these users out (it needs a training history); this script
 measures them. For each new user (at most ``--max-users``, drawn with ``--seed``), in process through the
-server's own ``Recommender``, one Recommend of k items at the time of her first held-out interaction, with
-the in-stock filter off as in the trainer's evaluation, under each order and twice:
+server's own ``Recommender``, one Recommend of k items at the time (on the device) of her first held-out
+interaction, with the in-stock filter off as in the trainer's evaluation, under each order and twice:
 
   * ``own id``: under her id, so a user the bundle knows from users.csv brings her user features;
   * ``anonymous``: with an empty user id (no user features at all);
@@ -44,20 +44,22 @@ SERVED = [(f"{o} order, {w}", o, w) for o in ORDERS for w in ("own id", "anonymo
 METHODS = [m for m, _, _ in SERVED] + ["trending list"]
 
 
-def new_users(ds, cut: float, item_row) -> dict[str, tuple[float, set[int]]]:
-    """user id -> (time of her first interaction at or after ``cut``, the bundle rows of her items), for
-    every user of ``ds`` with no interaction before ``cut`` and at least one item the bundle holds."""
+def new_users(ds, cut: float, item_row) -> dict[str, tuple[tuple[float, int], set[int]]]:
+    """user id -> ((time, device) of her first interaction at or after ``cut``, the bundle rows of her
+    items), for every user of ``ds`` with no interaction before ``cut`` and at least one item the bundle
+    holds."""
     warm = np.zeros(ds.n_users, bool)
     warm[ds.user[ds.ts < cut]] = True
-    out: dict[str, tuple[float, set[int]]] = {}
+    out: dict[str, tuple[tuple[float, int], set[int]]] = {}
     late = np.flatnonzero((ds.ts >= cut) & ~warm[ds.user])
-    for u, i, t in zip(ds.user[late].tolist(), ds.item[late].tolist(), ds.ts[late].tolist()):
+    for u, i, t, d in zip(ds.user[late].tolist(), ds.item[late].tolist(), ds.ts[late].tolist(),
+                          ds.device[late].tolist()):
         uid = str(ds.user_ids[u])
-        first, items = out.get(uid, (t, set()))
+        first, items = out.get(uid, ((t, d), set()))
         row = item_row(str(ds.item_ids[i]))
         if row is not None:
             items.add(int(row))
-        out[uid] = (min(first, t), items)
+        out[uid] = (min(first, (t, d)), items)
     return {u: v for u, v in out.items() if v[1]}
 
 
@@ -90,9 +92,9 @@ def evaluate(bundle: str, data: str, k: int, max_users: int, seed: int) -> dict:
         cold_answers = 0
         ms = {o: 0.0 for o in ORDERS}
         for uid in ids:
-            first = users[uid][0]
+            first, device = users[uid][0]
             for m, order, who in SERVED:
-                req = RecRequest(user_id=uid if who == "own id" else "", k=k, timestamp=first,
+                req = RecRequest(user_id=uid if who == "own id" else "", k=k, timestamp=first, device=device,
                                  filters=Filters(in_stock_only=False))
                 t0 = time.perf_counter()
                 r = (rec if order == "trending" else ranked).recommend(req)

@@ -117,7 +117,7 @@ def run_once(ds, test: np.ndarray, seed: int, args, label_split: str = "time") -
             scorer = rk.Scorer(b.ranker_text)
             creators = b.item_feats[:, b.schema.item_columns.index("creator")].astype(np.int64)
             res = ev.evaluate(art, scorer, uu[te], ii[te], ds.ts[te], params, creators, max_users=10 ** 9,
-                              seed=seed, threads=args.threads)
+                              seed=seed, threads=args.threads, test_device=ds.device[te])
             if res["users"] != len(users):
                 raise RuntimeError(f"user selection differs ({res['users']} vs {len(users)})")
             for m, name in (("ann", "recserve ann"), ("ann+ranker", "recserve ann+ranker"),

@@ -62,11 +62,12 @@ DEFAULT_CFG = {
 
 
 def _window(ds: Dataset, mask):
+    """The window's interactions, and each user's first one's (time, device): the context of her rows."""
     u, i, t, e, v = ds.user[mask], ds.item[mask], ds.ts[mask], ds.event[mask], ds.value[mask]
-    first: dict[int, float] = {}
-    for uu, tt in zip(u.tolist(), t.tolist()):
+    first: dict[int, tuple[float, int]] = {}
+    for uu, tt, dd in zip(u.tolist(), t.tolist(), ds.device[mask].tolist()):
         if uu not in first:
-            first[uu] = tt            # interactions are sorted by (user, ts)
+            first[uu] = (tt, dd)      # interactions are sorted by (user, ts)
     return u, i, t, e, v, first
 
 
@@ -474,7 +475,8 @@ def evaluate_bundle(bundle_dir: Path, ds: Dataset, max_users=None, seed=None, th
         scorer = rk.Scorer(b.ranker_text)
         creators = b.item_feats[:, b.schema.item_columns.index("creator")].astype(np.int64)
         res = ev.evaluate(art, scorer, tu[ok], ti[ok], ds.ts[m][ok], b.params, creators, max_users=max_users,
-                          seed=seed, threads=threads, progress=progress.labelled("evaluate"))
+                          seed=seed, threads=threads, progress=progress.labelled("evaluate"),
+                          test_device=ds.device[m][ok])
         res["held_out_interactions"] = int(ok.sum())
         res["truth_unknown_items"], res["truth_unknown_users"] = unknown_items, unknown_users
         res["cut"] = cut

@@ -113,14 +113,17 @@ def eval_users(art, test_user, test_item, max_users: int, seed: int) -> tuple[np
 
 
 def evaluate(art, scorer, test_user, test_item, test_ts, params: dict, creators: np.ndarray,
-             max_users=2000, seed=0, threads=2, progress=None) -> dict:
+             max_users=2000, seed=0, threads=2, progress=None, test_device=None) -> dict:
     """Returns {"users": n, "methods": {method: metrics}, "truth_not_released": the held-out (user, item)
     pairs (a user with a training history, an item not in it) left out of the truth because the item was
-    created after the cut, "popularity_deciles": ...}."""
-    first_ts: dict[int, float] = {}
-    for u, t in zip(test_user.tolist(), test_ts.tolist()):
-        if u not in first_ts or t < first_ts[u]:
-            first_ts[u] = t
+    created after the cut, "popularity_deciles": ...}. The ranker's context is the time and device
+    (``test_device``, codes; None: unspecified) of each user's first held-out interaction."""
+    if test_device is None:
+        test_device = np.zeros(len(test_user), np.int8)
+    first: dict[int, tuple[float, int]] = {}
+    for u, t, d in zip(test_user.tolist(), test_ts.tolist(), test_device.tolist()):
+        if u not in first or t < first[u][0]:
+            first[u] = (t, d)
     users, truths = eval_users(art, test_user, test_item, max_users, seed)
     truth = dict(zip(users.tolist(), truths))
     if len(users) == 0:
@@ -149,7 +152,7 @@ def evaluate(art, scorer, test_user, test_item, test_ts, params: dict, creators:
             for m in ("ann+ranker", "merged+ranker", "full+mmr"):
                 recs[m].append(np.zeros(0, np.int64))
             continue
-        X = crosser.cross(art.user_feats[u], vec, merged.rows, context_vector(first_ts[u]), merged.rank,
+        X = crosser.cross(art.user_feats[u], vec, merged.rows, context_vector(*first[u]), merged.rank,
                           merged.score, now_days)
         s = scorer(X)
         order = np.lexsort((np.arange(len(s)), -s))

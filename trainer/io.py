@@ -2,8 +2,8 @@
 
 Input format (a directory):
 
-- ``interactions.(csv|parquet)``: ``user_id, item_id, timestamp, event[, value]``; event in
-  view/click/cart/purchase/rating; timestamp as unix seconds (or ms) or an ISO-8601 string.
+- ``interactions.(csv|parquet)``: ``user_id, item_id, timestamp, event[, value][, device]``; event in
+  view/click/cart/purchase/rating; timestamp as unix seconds (or ms) or ISO-8601; device: trainer.devices.
 - ``items.(csv|parquet)``: ``item_id, category, creator, price, created_at, in_stock``.
 - ``users.(csv|parquet)`` (optional): ``user_id, signup_date, country``.
 """
@@ -25,7 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from recserve.pipeline.messages import MAX_TS as MAX_TIMESTAMP   # 9999-12-31T23:59:59Z: the server's bound
+from recserve.pipeline.messages import DEVICES, MAX_TS as MAX_TIMESTAMP   # 9999-12-31: the server's bound
+from trainer.devices import device_codes
 from trainer.writer import fsync_path, process_alive
 
 MIN_TIMESTAMP = -62135596800.0      # 0001-01-01T00:00:00Z: ages in days stay finite in float32
@@ -57,6 +58,7 @@ class Dataset:
     item_in_stock: np.ndarray   # int8
     user_signup: np.ndarray     # float64 unix seconds (NaN unknown)
     user_country: np.ndarray    # object
+    device: np.ndarray | None = None    # int8 device code per interaction (DEVICES); None: all unspecified
     # extra numeric columns of the item / user tables (name -> float64 per row, NaN missing): ranker features
     item_extra: dict = field(default_factory=dict)
     user_extra: dict = field(default_factory=dict)
@@ -71,13 +73,17 @@ class Dataset:
     def n_items(self) -> int:
         return len(self.item_ids)
 
+    def __post_init__(self):
+        if self.device is None:
+            self.device = np.zeros(len(self.user), np.int8)
+
     def __len__(self) -> int:
         return len(self.user)
 
     def subset(self, mask: np.ndarray) -> "Dataset":
         """The same catalogue and users with only the interactions where ``mask`` holds."""
         d = Dataset(**{k: getattr(self, k) for k in self.__dataclass_fields__})
-        for k in ("user", "item", "ts", "event", "value"):
+        for k in ("user", "item", "ts", "event", "value", "device"):
             setattr(d, k, getattr(self, k)[mask])
         return d
 
@@ -111,9 +117,10 @@ def find_table(data_dir: Path, stem: str, required: bool = True) -> Path | None:
     return None
 
 
-def read_table(path: Path) -> pa.Table:
+def read_table(path: Path, text: tuple = ()) -> pa.Table:
     """A CSV or Parquet file as an Arrow table; CSV id columns (:data:`ID_COLUMNS`) are read as bytes, so that
-    text that is not UTF-8 is refused naming its column and row (:func:`_as_text`), never parsed as numbers."""
+    text that is not UTF-8 is refused naming its column and row (:func:`_as_text`), never parsed as numbers;
+    so are the CSV columns ``text`` names (no "NA" read as a null)."""
     try:
         if path.suffix in (".parquet", ".pq"):
             _no_duplicate_columns(path, _names(pq.read_schema(path), path))     # pyarrow's read fails on them
@@ -123,7 +130,7 @@ def read_table(path: Path) -> pa.Table:
                 raise DataError(f"{path.name}: empty file")
             # pyarrow ignores column_types entries for columns the file does not have
             opts = pacsv.ConvertOptions(strings_can_be_null=False,
-                                        column_types={c: pa.binary() for c in ID_COLUMNS})
+                                        column_types={c: pa.binary() for c in ID_COLUMNS + tuple(text)})
             t = pacsv.read_csv(path, convert_options=opts)
     except DataError:
         raise
@@ -263,7 +270,7 @@ def _numbers(t: pa.Table, path: Path, col: str, allow_nan=False) -> np.ndarray:
 EXTRA_MAX = 32     # extra numeric columns per table that become ranker features
 ITEM_KNOWN = ("item_id", "category", "creator", "price", "created_at", "in_stock")
 USER_KNOWN = ("user_id", "signup_date", "country")
-INTERACTION_KNOWN = ("user_id", "item_id", "timestamp", "event", "value")     # any other column is not used
+INTERACTION_KNOWN = ("user_id", "item_id", "timestamp", "event", "value", "device")     # any other column is not used
 
 
 def _extra_columns(t: pa.Table, path: Path, known, report: dict, what: str) -> dict[str, np.ndarray]:
@@ -430,7 +437,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
     files[ip.name] = {"size": ip.stat().st_size, "sha256": sha256_file(ip)}
 
     xp = find_table(d, "interactions")
-    xt = read_table(xp)
+    xt = read_table(xp, text=("device",))
     need_columns(xt, xp, ["user_id", "item_id", "timestamp", "event"])
     others = [c for c in xt.column_names if c not in INTERACTION_KNOWN]
     if others:          # kept in the report as the item and user tables' unused columns are
@@ -446,6 +453,9 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
         raise DataError(f"{xp.name}: unknown event(s) {_quoted(bad[:5])} (expected {'/'.join(EVENTS)})")
     value = _numbers(xt, xp, "value", allow_nan=True).astype(np.float32) if "value" in xt.column_names \
         else np.full(len(ts), np.nan, np.float32)
+    device, why = device_codes(xt)
+    if why:
+        raise DataError(f"{xp.name}: column device {why}")
     item_row = _codes(x_item, item_ids)
     unknown = item_row < 0
     if unknown.any():
@@ -455,7 +465,8 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
                             "(use --drop-unknown to drop them)")
         report["dropped_unknown_items"] = n
         keep = ~unknown
-        x_user, item_row, ts, ev, value = x_user[keep], item_row[keep], ts[keep], ev[keep], value[keep]
+        x_user, item_row, ts, ev, value, device = (x_user[keep], item_row[keep], ts[keep], ev[keep], value[keep],
+                                                   device[keep])
         if len(ts) == 0:
             raise DataError(f"{xp.name}: no interaction left after dropping unknown items")
     else:
@@ -487,10 +498,10 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
             user_extra[name][r] = a
         files[up.name] = {"size": up.stat().st_size, "sha256": sha256_file(up)}
     user_row = _codes(x_user, user_ids)
-    order = np.lexsort((value, item_row, ev, ts, user_row))     # ties by item and value, not by file order
+    order = np.lexsort((device, value, item_row, ev, ts, user_row))     # ties by item, value, device: not file order
     report.update(interactions=int(len(ts)), users=int(len(user_ids)), items=int(len(item_ids)))
     return Dataset(user=user_row[order].astype(np.int32), item=item_row[order].astype(np.int32),
-                   ts=ts[order], event=ev[order].astype(np.int8), value=value[order],
+                   ts=ts[order], event=ev[order].astype(np.int8), value=value[order], device=device[order],
                    user_ids=user_ids, item_ids=item_ids, item_category=category, item_creator=creator,
                    item_price=price, item_created=created, item_in_stock=in_stock, user_signup=signup,
                    user_country=country, item_extra=item_extra, user_extra=user_extra, report=report, files=files)
@@ -516,6 +527,8 @@ def write_dataset(ds: Dataset, out_dir: str | os.PathLike, fmt: str = "csv") -> 
             "timestamp": pa.array(ds.ts.astype(np.int64)),
             "event": pa.array(np.array(EVENTS, dtype=object)[ds.event].astype(str)),
             "value": value,
+            **({"device": pa.array(np.array(DEVICES, dtype=object)[ds.device].astype(str))} if ds.device.any()
+               else {}),
         }),
         "items": pa.table({
             "item_id": pa.array(ds.item_ids.astype(str)), "category": pa.array(ds.item_category.astype(str)),

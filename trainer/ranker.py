@@ -2,7 +2,7 @@
 
 Rows: for each user active in the label window, the merged candidates of the bundle as it was at the label
 cut (``recserve._core.candidates`` + ``merge_candidates``), crossed by ``Crosser`` (the serving code) with
-the context of the user's first label-window event; label = graded relevance of what the user did next
+the context (time, device) of the user's first label-window event; label = graded relevance of what the user did next
 (0 none, 1 view, 2 click / low rating, 3 cart / good rating, 4 purchase). Groups are users; users with no
 positive candidate are dropped (they carry no lambdarank gradient).
 """
@@ -35,8 +35,9 @@ def label_map(user, item, rel):
     return out
 
 
-def training_rows(art, users, labels: dict, first_ts: dict, params: dict, threads=2, progress=None):
-    """(X float32, y int32, group sizes, user of each group, candidate recall) over ``users``."""
+def training_rows(art, users, labels: dict, first: dict, params: dict, threads=2, progress=None):
+    """(X float32, y int32, group sizes, user of each group, candidate recall) over ``users``; ``first``:
+    user -> (time, device code) of her first label event, the context of her rows."""
     crosser = art.crosser()
     now_days = art.now / 86400.0
     xs, ys, groups, gusers = [], [], [], []
@@ -52,7 +53,7 @@ def training_rows(art, users, labels: dict, first_ts: dict, params: dict, thread
         found += int((y > 0).sum())
         if len(merged) == 0 or not (y > 0).any() or (y > 0).all():
             continue
-        ctx = context_vector(first_ts[u])
+        ctx = context_vector(*first[u])
         X = crosser.cross(art.user_feats[u], vec, merged.rows, ctx, merged.rank, merged.score, now_days)
         xs.append(X)
         ys.append(y)

@@ -12,8 +12,6 @@ import numpy as np
 from recserve._core.cross import Crosser, FeatureSchema
 from recserve.pipeline.errors import InvalidArgument
 
-DEVICE_CODES = {"unspecified": 0, "desktop": 1, "mobile": 2, "tablet": 3, "tv": 4}
-
 
 class Ranker:
     ENGINES = ("forest", "lightgbm")

@@ -1,6 +1,7 @@
 """The request context as the ranker sees it: hour and weekday in UTC (from the timestamp when not given,
-as the trainer reads them from the logs), and a device that changes no score (the logs carry none, so the
-ranker was trained with the unspecified device only). The API's comments say both."""
+as the trainer reads them from the logs), and a device that changes no score of a bundle whose logs carry
+none (its ranker was trained with the unspecified device only; tests/trainer/test_devices.py trains one on
+logs with devices). The API's comments say both."""
 from __future__ import annotations
 
 import re
@@ -32,7 +33,7 @@ def test_hour_and_weekday_default_to_the_timestamps_utc_ones(bundle):
                 _answer(rec, user_id=uid, timestamp=ts, hour=tm.tm_hour, weekday=tm.tm_wday)
 
 
-def test_the_device_changes_no_score(bundle):
+def test_the_device_changes_no_score_of_a_bundle_trained_without_devices(bundle):
     rec = Recommender(bundle, None)
     now = float(bundle.tables.meta("now"))
     names = list(bundle.schema.names)
@@ -46,12 +47,12 @@ def test_the_device_changes_no_score(bundle):
             np.testing.assert_array_equal(got[1], base[1])
 
 
-def test_the_api_documents_utc_and_the_unused_device():
+def test_the_api_documents_utc_and_where_the_device_comes_from():
     proto = (ROOT / "proto" / "recserve" / "v1" / "recommender.proto").read_text()
     context = re.search(r"message Context \{(.*?)\n\}", proto, re.S).group(1)
     assert re.search(r"hour = 2;.*UTC", context) and re.search(r"weekday = 3;.*UTC", context)
     device_doc = context[:context.index("Device device = 4;")].rsplit(";", 1)[-1]
-    assert "changes no score" in device_doc
+    assert "the interaction logs' device column" in device_doc and "changes none of its scores" in device_doc
 
 
 def _with_region(schema: FeatureSchema) -> FeatureSchema:

@@ -119,7 +119,8 @@ def test_column_names_lightgbm_refuses_still_build(tmp_path):
         assert {"item.x_size[cm]", 'item.x_w:h{"x"}', "item.x_a.b", "item.x_a__b"} <= set(b.schema.names)
         from recserve.pipeline.recommender import Recommender, RecRequest
 
-        res = Recommender(b, None).recommend(RecRequest(k=5, explain=True))
+        # a session item: ranked (a cold request is ordered by trending score, with nothing to explain)
+        res = Recommender(b, None).recommend(RecRequest(k=5, explain=True, session_item_ids=[str(ds.item_ids[0])]))
         assert len(res.items) == 5 and all(len(i.contributions) == 5 for i in res.items)
 
 

@@ -16,7 +16,7 @@ def _training_groups(art, params, users):
     """Label the top candidate of each user as positive and run the trainer's own row builder."""
     cands = {u: m for u, _v, _l, m in candidates_for(art, users, params)}
     labels = {u: {int(m.rows[0]): 1} for u, m in cands.items() if len(m) > 1}
-    first = {u: art.now for u in labels}
+    first = {u: (art.now, 0) for u in labels}
     X, y, groups, gusers, _ = rk.training_rows(art, np.array(sorted(labels)), labels, first, params)
     starts = np.r_[0, np.cumsum(groups)]
     return {int(u): (X[starts[k]:starts[k + 1]], cands[int(u)]) for k, u in enumerate(gusers)}
