@@ -23,6 +23,7 @@ from recserve.pipeline.items import ItemSnapshot, walk_allowed
 from recserve.pipeline.messages import (EXPLAIN_CHUNK, MAX_BATCH, MAX_CONTEXT_EXTRA, MAX_DEVICE, MAX_EVENT_AHEAD,
                                         MAX_EXPLAIN, MAX_LIST, MAX_PRICE, Filters, Item, RecRequest, Result, check_id,
                                         check_k, check_ts, unknown_ids)
+from recserve.pipeline.novelty import NEW_SOURCE, NewItems
 
 
 def scaled_quotas(quotas: dict, n: int) -> dict:
@@ -128,6 +129,10 @@ class Recommender:
         self.cap = int(self.cparams["cap"])
         self.history_len = int(self.cparams["history_len"])
         self.cold_by_ranker = self.cparams["cold_order"] == "ranker"
+        # the new items a cold answer in trending order adds when the novelty boost is on
+        self.new_items = (NewItems(self.base_feats[:, self.c_created], self.trend_of_row)
+                          if self.c_created is not None and not self.cold_by_ranker else None)
+        self._new_bit = 1 << len(self.sources)
         self.histories = Histories(t, store, self.history_len, bundle.data_end)
         self._items_gen = -1
         masks = range(1 << len(self.sources))
@@ -137,6 +142,8 @@ class Recommender:
 
     def _source_names(self, mask: int) -> list[str]:
         """The names of the sources in a candidate's bitmask (a fresh list: the caller may keep it)."""
+        if mask == self._new_bit:
+            return [NEW_SOURCE]
         if self._source_lists is not None:
             return list(self._source_lists[mask])
         return [s for i, s in enumerate(self.sources) if mask >> i & 1]
@@ -400,12 +407,22 @@ class Recommender:
                                   [q[s] for s in self.sources], budget,
                                   self.n_items, bits)
         counts = {s: int(np.count_nonzero(merged.sources & (1 << i))) for i, s in enumerate(self.sources)}
+        rows, srcs = merged.rows, merged.sources
+        boost = float(self.cparams["novelty_boost"])
+        by_ranker = not cold or self.cold_by_ranker
+        if not by_ranker and boost and self.new_items is not None:
+            # new items, which have had little time to trend, for the novelty boost to weigh (cold only)
+            new = self.new_items.rows(now, float(self.cparams["new_item_days"]), k, allowed,
+                                      np.concatenate([gone, rows]))
+            if len(new):
+                rows = np.concatenate([rows, new.astype(rows.dtype)])
+                srcs = np.concatenate([srcs, np.full(len(new), self._new_bit, srcs.dtype)])
+                counts[NEW_SOURCE] = len(new)
         yield from done("candidates")
-        if len(merged) == 0:
+        if len(rows) == 0:
             return Result([], self.version, timings + [("total", (time.perf_counter() - t0) * 1000)], cold,
                           counts)
 
-        by_ranker = not cold or self.cold_by_ranker
         if by_ranker:
             dev = float(req.device)
             ctx = R.context_vector(self.schema, float(hour), float(weekday), dev, req.extra)
@@ -415,18 +432,17 @@ class Recommender:
             yield from within("features")
             scores = self.ranker.predict(X)
         else:   # cold: the trending score (the ranker never saw a user without history; cold_order)
-            scores = self.trend_of_row[merged.rows].astype(np.float64)
+            scores = self.trend_of_row[rows].astype(np.float64)
         yield from done("ranking")
 
         rel = RR.minmax(scores)
-        creators = (feats[merged.rows, self.c_creator].astype(np.int64)
+        creators = (feats[rows, self.c_creator].astype(np.int64)
                     if self.c_creator is not None else None)
-        boost = float(self.cparams["novelty_boost"])
         novelty = None
         if boost and self.c_created is not None:   # new in the catalogue: created within new_item_days
-            age_days = now / 86400.0 - feats[merged.rows, self.c_created].astype(np.float64)
+            age_days = now / 86400.0 - feats[rows, self.c_created].astype(np.float64)
             novelty = (age_days <= float(self.cparams["new_item_days"])).astype(np.float32)
-        pos, pen = RR.diversify(rel, self.emb, merged.rows, k, lam, creators, mpc, novelty, boost)
+        pos, pen = RR.diversify(rel, self.emb, rows, k, lam, creators, mpc, novelty, boost)
         yield from done("rerank")
 
         contribs: list = [[] for _ in pos]
@@ -434,12 +450,12 @@ class Recommender:
             for a in range(0, len(pos) if by_ranker else 0, EXPLAIN_CHUNK):
                 yield from within("explain")
                 contribs[a:a + EXPLAIN_CHUNK] = self.ranker.contributions(X[pos[a:a + EXPLAIN_CHUNK]])
-            pen = RR.penalties(self.emb, merged.rows[pos], lam)
+            pen = RR.penalties(self.emb, rows[pos], lam)
             lap("explain")                  # its own stage: pred_contrib is the costliest step of such a call
-        ids = self.tables.ids_of("item", merged.rows[pos])
+        ids = self.tables.ids_of("item", rows[pos])
         names = self._source_names
         items = [Item(i, s, names(m), c, pe, r) for i, s, m, c, pe, r in
-                 zip(ids, scores[pos].tolist(), merged.sources[pos].tolist(), contribs, pen.tolist(),
+                 zip(ids, scores[pos].tolist(), srcs[pos].tolist(), contribs, pen.tolist(),
                      rel[pos].tolist())]
         lap("assemble")
         timings.append(("total", (time.perf_counter() - t0) * 1000.0))
