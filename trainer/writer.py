@@ -167,10 +167,16 @@ def update_manifest(bundle_dir: Path, key: str, value) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, p)
+    fsync_path(bundle_dir)
 
 
 def write_report(bundle_dir: Path, name: str, text: str) -> None:
-    """Reports written after the build (evaluation) live outside ``files`` and are not checksummed."""
+    """Reports written after the build (evaluation) live outside ``files`` and are not checksummed; written
+    whole and on disk before the rename, as the manifest is."""
     tmp = bundle_dir / f".{name}.tmp"
-    tmp.write_text(text)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, bundle_dir / name)
+    fsync_path(bundle_dir)
