@@ -130,8 +130,9 @@ class Recommender:
         self.history_len = int(self.cparams["history_len"])
         self.cold_by_ranker = self.cparams["cold_order"] == "ranker"
         # the new items a cold answer in trending order adds when the novelty boost is on
-        self.new_items = (NewItems(self.base_feats[:, self.c_created], self.trend_of_row)
-                          if self.c_created is not None and not self.cold_by_ranker else None)
+        self.new_items = (NewItems(created / 86400.0, self.trend_of_row)
+                          if created is not None and float(self.cparams["novelty_boost"]) > 0
+                          and self.c_created is not None and not self.cold_by_ranker else None)
         self._new_bit = 1 << len(self.sources)
         self.histories = Histories(t, store, self.history_len, bundle.data_end)
         self._items_gen = -1
@@ -412,12 +413,12 @@ class Recommender:
         by_ranker = not cold or self.cold_by_ranker
         if not by_ranker and boost and self.new_items is not None:
             # new items, which have had little time to trend, for the novelty boost to weigh (cold only)
+            # (created by the request's time: released; the unreleased ones are outside the window)
             new = self.new_items.rows(now, float(self.cparams["new_item_days"]), k, allowed,
-                                      np.concatenate([gone, rows]))
-            if len(new):
-                rows = np.concatenate([rows, new.astype(rows.dtype)])
-                srcs = np.concatenate([srcs, np.full(len(new), self._new_bit, srcs.dtype)])
-                counts[NEW_SOURCE] = len(new)
+                                      np.concatenate([consumed, rows]))
+            rows = np.concatenate([rows, new.astype(rows.dtype)])
+            srcs = np.concatenate([srcs, np.full(len(new), self._new_bit, srcs.dtype)])
+            counts[NEW_SOURCE] = len(new)
         yield from done("candidates")
         if len(rows) == 0:
             return Result([], self.version, timings + [("total", (time.perf_counter() - t0) * 1000)], cold,
