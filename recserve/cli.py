@@ -21,6 +21,7 @@ from pathlib import Path
 
 from recserve import config as C
 from recserve.cliparser import Parser
+from recserve.pipeline.messages import DEVICES
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
@@ -176,6 +177,9 @@ def cmd_recommend(args) -> int:
                                   filters=_filters(args), explain=args.explain, timings=True)
         if args.mmr_lambda is not None:
             setattr(req.diversity, "lambda", args.mmr_lambda)
+        if args.device:
+            req.context.device = DEVICES.index(args.device)
+        req.context.timestamp = args.at
         r = _call(lambda: pbg.RecommenderStub(ch).Recommend(req, metadata=_meta(args), timeout=args.timeout),
                   args)
     print(f"user {args.user or '(anonymous)'}{' (cold start)' if r.cold_start else ''}  "
@@ -448,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this visit's items, oldest first (one or more ids; unknown ids are ignored)")
     p.add_argument("--explain", action="store_true")
     p.add_argument("--mmr-lambda", dest="mmr_lambda", type=float)
+    p.add_argument("--device", choices=list(DEVICES[1:]), help="the request's device (context)")
+    p.add_argument("--at", type=float, default=0.0, metavar="UNIX_SECONDS",
+                   help="the request's time (context: hour, weekday, releases); default: the server's clock")
     p = client("similar", cmd_similar, "items similar to an item")
     p.add_argument("item")
     filters(p)

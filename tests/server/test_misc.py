@@ -400,6 +400,13 @@ def test_cli_client_commands_print_tables(server, facts):
     assert rc == 0 and out.strip() == "SERVING"
     rc, _, err = run("similar", "no-such-item")
     assert rc == 1 and "NOT_FOUND" in err
+    # the request's context: a device and a time (sent: a time past the year 9999 is the server's refusal)
+    rc, out, _ = run("recommend", "", "--k", "4", "--device", "tv", "--at", "1700000000")
+    assert rc == 0 and "(cold start)" in out.splitlines()[0] and len(out.splitlines()) == 8, out
+    rc, _, err = run("recommend", "", "--at", "1e13")
+    assert rc == 1 and "INVALID_ARGUMENT" in err and "context.timestamp" in err, err
+    rc, _, err = run("recommend", "", "--device", "phone")
+    assert rc == 2 and "--device: invalid choice: 'phone'" in err.strip().splitlines()[-1], err
 
 
 def test_cli_client_interrupted_while_it_waits_exits_130_without_a_traceback():
