@@ -81,11 +81,11 @@ class Recommender:
         self.columns = col
         self.c_price, self.c_cat = col.get("price"), col.get("category")
         self.c_creator, self.c_stock = col.get("creator"), col.get("in_stock")
-        self.c_created = col.get("created_days")
         self.now = bundle.data_end              # the bundle's fit time: every feature is a snapshot at it
         created = bundle.item_created()
         # an item created after a request's time is not in the catalogue yet at that time: never recommended
         self.releases = CC.Releases(created) if created is not None else None
+        self.created = created                  # and the novelty boost's age of an item (None: unknown)
         self.user_feats = np.asarray(bundle.user_feats, np.float32)
         self.user_mean = _column_means(self.user_feats)      # the features of a user the bundle lacks
         self.i2i_rows = t.array("i2i_rows")
@@ -132,7 +132,7 @@ class Recommender:
         # the new items a cold answer in trending order adds when the novelty boost is on
         self.new_items = (NewItems(created / 86400.0, self.trend_of_row)
                           if created is not None and float(self.cparams["novelty_boost"]) > 0
-                          and self.c_created is not None and not self.cold_by_ranker else None)
+                          and not self.cold_by_ranker else None)
         self._new_bit = 1 << len(self.sources)
         self.histories = Histories(t, store, self.history_len, bundle.data_end)
         self._items_gen = -1
@@ -440,8 +440,8 @@ class Recommender:
         creators = (feats[rows, self.c_creator].astype(np.int64)
                     if self.c_creator is not None else None)
         novelty = None
-        if boost and self.c_created is not None:   # new in the catalogue: created within new_item_days
-            age_days = now / 86400.0 - feats[rows, self.c_created].astype(np.float64)
+        if boost and self.created is not None:     # new in the catalogue: created within new_item_days
+            age_days = (now - self.created[rows]) / 86400.0     # NaN (unknown) is never new
             novelty = (age_days <= float(self.cparams["new_item_days"])).astype(np.float32)
         pos, pen = RR.diversify(rel, self.emb, rows, k, lam, creators, mpc, novelty, boost)
         yield from done("rerank")

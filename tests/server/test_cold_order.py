@@ -60,8 +60,7 @@ def test_an_unknown_cold_order_is_refused():
 
 def _new_rows(rec, ts, days=14.0):
     """Rows created within ``days`` before ``ts`` and released at it (the novelty boost's new items)."""
-    created = rec.base_feats[:, rec.c_created].astype(np.float64)
-    age = ts / 86400.0 - created
+    age = (ts - rec.created) / 86400.0
     return set(np.flatnonzero((age >= 0) & (age <= days)).tolist()) - set(rec._hidden(ts).tolist())
 
 
