@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--days", type=positive_int, default=180)
     s.add_argument("--seed", type=seed, default=0)
     s.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    s.add_argument("--devices", type=number(float, 0, 10), default=0.0, metavar="WEIGHT",
+                   help="give each session a device whose own taste leans its intent by WEIGHT (e.g. 0.5), "
+                        "written as the interactions' device column (default 0: no devices)")
 
     i = sub.add_parser("import", help="convert a public data set to the input format")
     i.add_argument("kind", choices=["movielens"])
@@ -204,7 +207,8 @@ def _run(args) -> int:
         from trainer.synth import synth
 
         t = time.perf_counter()
-        ds, _ = synth(args.users, args.items, seed=args.seed, interactions=args.interactions, days=args.days)
+        ds, _ = synth(args.users, args.items, seed=args.seed, interactions=args.interactions, days=args.days,
+                      device_effect=args.devices)
         written = write_dataset(ds, args.out, args.format)
         print(f"synth: {len(ds)} interactions, {ds.n_users} users, {ds.n_items} items "
               f"({int((~_seen(ds)).sum())} never interacted) -> {args.out} "

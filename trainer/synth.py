@@ -7,6 +7,10 @@ items are never shown (cold start) and are among the newest. Interactions come i
 has an intent (the user's taste at that time plus noise); each impression picks the best of ``K`` items
 drawn by popularity under a Gumbel-perturbed affinity. Each view may turn into click -> cart -> purchase
 (probabilities rise with affinity and fall with price) and some purchases get a 1-5 rating.
+With ``device_effect`` above 0 each session also has a device (desktop, mobile, tablet, TV), and the
+session's intent leans towards a direction of that device's own, by that weight: the interactions then
+carry a ``device`` column whose context the ranker can learn (0, the default, draws nothing more: a seed
+gives the data it gave before devices were added).
 Everything is vectorised in chunks: 1M interactions take a few seconds.
 """
 from __future__ import annotations
@@ -28,9 +32,11 @@ class SynthTruth:
 
 
 def synth(n_users: int, n_items: int, seed: int = 0, interactions: int | None = None, days: int = 180,
-          dim: int = 16, cold_frac: float = 0.03) -> tuple[Dataset, SynthTruth]:
+          dim: int = 16, cold_frac: float = 0.03, device_effect: float = 0.0) -> tuple[Dataset, SynthTruth]:
     if n_users < 1 or n_items < 2:
         raise ValueError("need at least 1 user and 2 items")
+    if not device_effect >= 0.0:
+        raise ValueError(f"device_effect must be >= 0, got {device_effect}")
     rng = np.random.default_rng(seed)
     target = int(interactions if interactions is not None else 20 * n_users)
     n_cat = int(np.clip(n_items // 40, 3, 24))
@@ -97,6 +103,13 @@ def synth(n_users: int, n_items: int, seed: int = 0, interactions: int | None = 
     frac = ((s_start - t_start) / (t_end - t_start)).astype(np.float32)[:, None]
     intent = user_vec[s_user] + frac * drift[s_user] \
         + 0.35 * rng.normal(size=(n_sess, dim)).astype(np.float32) / np.sqrt(dim)
+    s_device = None
+    if device_effect > 0:       # from a generator of its own: the seed's other draws stay as they are
+        drng = np.random.default_rng([seed, 1])
+        s_device = drng.choice(np.arange(1, 5), size=n_sess, p=[0.35, 0.45, 0.12, 0.08]).astype(np.int8)
+        lean = drng.normal(size=(5, dim)).astype(np.float32)
+        lean /= np.linalg.norm(lean, axis=1, keepdims=True)
+        intent += np.float32(device_effect) * lean[s_device]
     intent /= np.linalg.norm(intent, axis=1, keepdims=True)
 
     K = 24
@@ -134,8 +147,8 @@ def synth(n_users: int, n_items: int, seed: int = 0, interactions: int | None = 
         elif ev == 4:
             val = stars[idx]
         parts.append((v_user[idx], v_item[idx], np.minimum(v_ts[idx] + gap * (1 + rng.random(len(idx))), t_end - 1),
-                      np.full(len(idx), ev, np.int8), val))
-    u, i, t, e, v = (np.concatenate(x) for x in zip(*parts))
+                      np.full(len(idx), ev, np.int8), val, sess[idx]))
+    u, i, t, e, v, ss = (np.concatenate(x) for x in zip(*parts))
     order = np.lexsort((e, t, u))
     ds = Dataset(
         user=u[order].astype(np.int32), item=i[order].astype(np.int32), ts=np.floor(t[order]),
@@ -146,5 +159,6 @@ def synth(n_users: int, n_items: int, seed: int = 0, interactions: int | None = 
         item_creator=np.array([f"cr{c}" for c in item_creator], dtype=object),
         item_price=price, item_created=np.floor(created), item_in_stock=in_stock,
         user_signup=np.floor(signup), user_country=country.astype(object),
+        device=None if s_device is None else s_device[ss[order]],
     )
     return ds, SynthTruth(item_vec, user_vec)

@@ -140,3 +140,34 @@ def test_the_ranker_learns_the_device_and_the_server_answers_by_it(tmp_path):
                 shares[name, dev] = float(np.mean(s))
     assert shares["plain", 2] == shares["plain", 4], shares
     assert shares["devices", 4] > shares["devices", 2] + 0.05, shares
+
+
+def test_synth_gives_devices_only_when_asked(tmp_path):
+    """``device_effect`` 0 draws no device; above it every interaction has one of the four, each device's
+    sessions lean to their own items, and the column is written and read back."""
+    plain = synth(400, 150, seed=5)[0]
+    assert not plain.device.any()
+    ds = synth(400, 150, seed=5, device_effect=1.0)[0]
+    assert set(np.unique(ds.device).tolist()) == {1, 2, 3, 4}
+    # the devices lean to items of their own: each device's item distribution differs from the others'
+    shares = np.array([np.bincount(ds.item[ds.device == d], minlength=ds.n_items) / (ds.device == d).sum()
+                       for d in (1, 2)])
+    assert 0.5 * np.abs(shares[0] - shares[1]).sum() > 0.2
+    write_dataset(ds, tmp_path / "d")
+    back = load_dataset(tmp_path / "d")
+
+    def rows(d):
+        return sorted(zip(d.user_ids[d.user], d.item_ids[d.item], d.ts.tolist(), d.event.tolist(), d.device.tolist()))
+    assert rows(back) == rows(ds)
+    with pytest.raises(ValueError, match="device_effect must be >= 0"):
+        synth(10, 10, device_effect=-1.0)
+
+
+def test_synth_cli_devices_flag(tmp_path, capsys):
+    from trainer.cli import main
+
+    assert main(["synth", str(tmp_path / "d"), "--users", "50", "--items", "30", "--devices", "0.5"]) == 0
+    assert load_dataset(tmp_path / "d").device.all()
+    with pytest.raises(SystemExit) as e:
+        main(["synth", str(tmp_path / "e"), "--devices", "-1"])
+    assert e.value.code == 2 and "--devices: must be at least 0, not -1" in capsys.readouterr().err
