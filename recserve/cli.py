@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HNSW search breadth of SimilarItems (default: the bundle's tuned similar_ef)")
     s.add_argument("--ranker-engine", dest="ranker_engine", choices=["forest", "lightgbm"],
                    help="ranker evaluator: the Cython forest (default) or LightGBM's Booster.predict")
-    s.add_argument("--cold-order", dest="cold_order", choices=["trending", "ranker"],
+    s.add_argument("--cold-order", dest="cold_order", choices=list(C.COLD_ORDERS),
                    help="order of a cold request's answer (no history, no session): the trending score "
                         "(the bundle's default) or the ranker")
     _with_defaults(s)

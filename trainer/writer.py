@@ -143,14 +143,19 @@ def remove_stale_temporaries(root: Path) -> list[str]:
     return gone
 
 
-def set_current(root: Path, version: str) -> None:
-    tmp = root / f".CURRENT.{os.getpid()}.tmp"
+def replace_file(path: Path, text: str, tmp: Path) -> None:
+    """``path`` replaced by ``text`` whole: written to ``tmp`` beside it and on disk before the rename, and the
+    rename on disk too (fsync of the directory)."""
     with open(tmp, "w") as f:
-        f.write(version + "\n")
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, root / "CURRENT")
-    fsync_path(root)
+    os.replace(tmp, path)
+    fsync_path(path.parent)
+
+
+def set_current(root: Path, version: str) -> None:
+    replace_file(root / "CURRENT", version + "\n", root / f".CURRENT.{os.getpid()}.tmp")
 
 
 def update_manifest(bundle_dir: Path, key: str, value) -> None:
@@ -161,22 +166,10 @@ def update_manifest(bundle_dir: Path, key: str, value) -> None:
     if not manifest_intact(m):
         raise BundleError(f"{p}: sha256 mismatch (its content changed since the build); not updated")
     m = seal_manifest({**m, key: value})
-    tmp = bundle_dir / ".manifest.json.tmp"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(m, indent=1))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
-    fsync_path(bundle_dir)
+    replace_file(p, json.dumps(m, indent=1), bundle_dir / ".manifest.json.tmp")
 
 
 def write_report(bundle_dir: Path, name: str, text: str) -> None:
     """Reports written after the build (evaluation) live outside ``files`` and are not checksummed; written
     whole and on disk before the rename, as the manifest is."""
-    tmp = bundle_dir / f".{name}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, bundle_dir / name)
-    fsync_path(bundle_dir)
+    replace_file(bundle_dir / name, text, bundle_dir / f".{name}.tmp")

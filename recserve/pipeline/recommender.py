@@ -409,9 +409,8 @@ class Recommender:
                                   self.n_items, bits)
         counts = {s: int(np.count_nonzero(merged.sources & (1 << i))) for i, s in enumerate(self.sources)}
         rows, srcs = merged.rows, merged.sources
-        boost = float(self.cparams["novelty_boost"])
         by_ranker = not cold or self.cold_by_ranker
-        if not by_ranker and boost and self.new_items is not None:
+        if cold and self.new_items is not None:     # built only for the trending order with the boost on
             # new items, which have had little time to trend, for the novelty boost to weigh (cold only)
             # (created by the request's time: released; the unreleased ones are outside the window)
             new = self.new_items.rows(now, float(self.cparams["new_item_days"]), k, allowed,
@@ -439,6 +438,7 @@ class Recommender:
         rel = RR.minmax(scores)
         creators = (feats[rows, self.c_creator].astype(np.int64)
                     if self.c_creator is not None else None)
+        boost = float(self.cparams["novelty_boost"])
         novelty = None
         if boost and self.created is not None:     # new in the catalogue: created within new_item_days
             age_days = (now - self.created[rows]) / 86400.0     # NaN (unknown) is never new
