@@ -7,13 +7,19 @@ from, or newer logs. A *new user* is one whose first interaction in DATA is at o
 the bundle has no history of hers, so the server answers her from its cold-start path: trending
 candidates, ordered by their trending score (``cold_order = "trending"``, the default) or by the LightGBM
 ranker for the request's context and her user features (``"ranker"``), then re-ranked by MMR and the
-creator rules. The trainer's evaluation leaves these users out (it needs a training history); this script
-measures them. For each new user (at most ``--max-users``, drawn with ``--seed``), in process through the
-server's own ``Recommender``, one Recommend of k items at the time (on the device) of her first held-out
-interaction, with the in-stock filter off as in the trainer's evaluation, under each order and twice:
+creator rules. In trending order the candidates and their scores are those of the request's country (its
+``context.country``, else the user's country from users.csv) where the bundle holds a trending list for it
+(``cold_trending = "country"``, the default), else the global trending list. The trainer's evaluation
+leaves these users out (it needs a training history); this script measures them. For each new user (at most
+``--max-users``, drawn with ``--seed``), in process through the server's own ``Recommender``, one Recommend
+of k items at the time (on the device) of her first held-out interaction, with the in-stock filter off as in
+the trainer's evaluation:
 
-  * ``own id``: under her id, so a user the bundle knows from users.csv brings her user features;
-  * ``anonymous``: with an empty user id (no user features at all);
+  * ``own id``: under her id, so a user the bundle knows from users.csv brings her user features and her
+    country;
+  * ``anonymous``: with an empty user id (no user features, no country: the global trending list);
+  * ``anonymous + country`` (trending order only): an empty user id and her country from DATA's users file
+    as ``context.country``, as a backend that knows a visitor's country but not her would ask;
 
 and ``trending list``: the bundle's trending list, its first k items, as the server would answer with
 neither the ranker nor the re-ranking. Truth: the distinct items of her held-out interactions that the
@@ -40,7 +46,9 @@ from trainer.argtypes import positive_int, seed as seed_type  # noqa: E402
 
 COLS = ["recall@10", "recall@20", "recall@50", "ndcg@10", "coverage@10", "ild@10", "novelty@10", "mean_len"]
 ORDERS = ("trending", "ranker")
-SERVED = [(f"{o} order, {w}", o, w) for o in ORDERS for w in ("own id", "anonymous")]
+SERVED = [(f"{o} order, {w}", o, w) for o, w in (("trending", "own id"), ("trending", "anonymous"),
+                                                  ("trending", "anonymous + country"), ("ranker", "own id"),
+                                                  ("ranker", "anonymous"))]
 METHODS = [m for m, _, _ in SERVED] + ["trending list"]
 
 
@@ -91,17 +99,21 @@ def evaluate(bundle: str, data: str, k: int, max_users: int, seed: int) -> dict:
         recs: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
         cold_answers = 0
         ms = {o: 0.0 for o in ORDERS}
+        country = dict(zip(map(str, ds.user_ids), map(str, ds.user_country)))
         for uid in ids:
             first, device = users[uid][0]
             for m, order, who in SERVED:
                 req = RecRequest(user_id=uid if who == "own id" else "", k=k, timestamp=first, device=device,
+                                 country=country[uid] if who == "anonymous + country" else "",
                                  filters=Filters(in_stock_only=False))
                 t0 = time.perf_counter()
                 r = (rec if order == "trending" else ranked).recommend(req)
                 ms[order] += time.perf_counter() - t0
                 cold_answers += bool(r.cold_start)
                 recs[m].append(np.array([rec.tables.row_of("item", it.item_id) for it in r.items], np.int64))
-        per_call_ms = {o: ms[o] / (2 * len(ids)) * 1e3 for o in ORDERS}
+        per_call_ms = {o: ms[o] / (sum(s[1] == o for s in SERVED) * len(ids)) * 1e3 for o in ORDERS}
+        with_list = 0 if rec.countries is None else sum(rec.countries.code(country[u], None) is not None
+                                                        for u in ids)
         trend = np.asarray(rec.trend_rows[:k], np.int64)
         known = sum(rec.tables.row_of("user", u) is not None for u in ids)
     recs["trending list"] = [trend] * len(ids)
@@ -109,14 +121,15 @@ def evaluate(bundle: str, data: str, k: int, max_users: int, seed: int) -> dict:
     pop = np.expm1(art.pop_scores[np.argsort(art.pop_rows)].astype(np.float64)) + 1.0
     methods = {m: ev._metrics(recs[m], truths, art.item_emb, pop / pop.sum(), ~art.seen_items) for m in METHODS}
     return {"new_users": len(users), "evaluated_users": len(ids), "users_with_features": int(known),
+            "users_with_country_list": int(with_list),
             "cold_start_answers": cold_answers, "calls": len(SERVED) * len(ids), "ms_per_call": per_call_ms,
             "cut": cut, "k": k, "methods": methods}
 
 
 def table(res: dict) -> str:
-    lines = [f"{'method':<26}" + "".join(f"{c:>13}" for c in COLS)]
+    lines = [f"{'method':<36}" + "".join(f"{c:>13}" for c in COLS)]
     for m, v in res["methods"].items():
-        lines.append(f"{m:<26}" + "".join(f"{v[c]:>13.4f}" for c in COLS))
+        lines.append(f"{m:<36}" + "".join(f"{v[c]:>13.4f}" for c in COLS))
     return "\n".join(lines)
 
 
@@ -134,7 +147,8 @@ def main(argv=None) -> int:
     print(f"machine: {machine()}")
     res = evaluate(a.bundle, a.data, a.k, a.max_users, a.seed)
     print(f"new users: {res['new_users']} (first interaction at or after the cut), evaluated {res['evaluated_users']}"
-          f" (seed {a.seed}), {res['users_with_features']} of them known to the bundle from users.csv; "
+          f" (seed {a.seed}), {res['users_with_features']} of them known to the bundle from users.csv, "
+          f"{res['users_with_country_list']} from a country the bundle holds a trending list of; "
           f"{res['cold_start_answers']} of {res['calls']} answers on the cold-start path; ms per Recommend in "
           f"process: " + ", ".join(f"{o} order {v:.2f}" for o, v in res["ms_per_call"].items()))
     print(table(res))

@@ -180,6 +180,7 @@ def cmd_recommend(args) -> int:
         if args.device:
             req.context.device = DEVICES.index(args.device)
         req.context.timestamp = args.at
+        req.context.country = args.country
         r = _call(lambda: pbg.RecommenderStub(ch).Recommend(req, metadata=_meta(args), timeout=args.timeout),
                   args)
     print(f"user {args.user or '(anonymous)'}{' (cold start)' if r.cold_start else ''}  "
@@ -419,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cold-order", dest="cold_order", choices=list(C.COLD_ORDERS),
                    help="order of a cold request's answer (no history, no session): the trending score "
                         "(the bundle's default) or the ranker")
+    s.add_argument("--cold-trending", dest="cold_trending", choices=list(C.COLD_TRENDINGS),
+                   help="a cold request's trending list in trending order: its country's (context.country, else "
+                        "the user's; the default, where the bundle has one) or the global one")
     _with_defaults(s)
     s.set_defaults(fn=cmd_serve)
 
@@ -455,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=list(DEVICES[1:]), help="the request's device (context)")
     p.add_argument("--at", type=float, default=0.0, metavar="UNIX_SECONDS",
                    help="the request's time (context: hour, weekday, releases); default: the server's clock")
+    p.add_argument("--country", default="", help="the request's country (context: a cold request's trending list)")
     p = client("similar", cmd_similar, "items similar to an item")
     p.add_argument("item")
     filters(p)

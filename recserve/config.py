@@ -18,7 +18,7 @@ from pathlib import Path
 # read against the file's directory, those from flags and the environment against the working directory
 PATH_KEYS = ("bundle", "events_dir", "tls_cert", "tls_key", "tls_client_ca", "tokens_file")
 PIPELINE_KEYS = ("mmr_lambda", "max_per_creator", "cap", "candidates", "ef", "similar_ef", "ranker_engine",
-                 "novelty_boost", "new_item_days", "cold_order")
+                 "novelty_boost", "new_item_days", "cold_order", "cold_trending")
 
 
 @dataclass
@@ -58,6 +58,7 @@ class ServeConfig:
     novelty_boost: float | None = None  # added to the [0, 1] relevance of new items (0 = off)
     new_item_days: float | None = None  # an item is new for this many days after created_at (14)
     cold_order: str | None = None      # a cold request's order: "trending" (the bundle's default) or "ranker"
+    cold_trending: str | None = None   # its trending list: the request's "country" (default) or "global"
 
     def pipeline_overrides(self) -> dict:
         return {k: getattr(self, k) for k in PIPELINE_KEYS if getattr(self, k) is not None}
@@ -256,6 +257,7 @@ RANGES = {
 }
 RANKER_ENGINES = ("forest", "lightgbm")
 COLD_ORDERS = ("trending", "ranker")
+COLD_TRENDINGS = ("country", "global")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -274,6 +276,8 @@ def validate(cfg: ServeConfig) -> ServeConfig:
         raise ValueError(f"ranker_engine: one of {', '.join(RANKER_ENGINES)}, got {cfg.ranker_engine!r}")
     if cfg.cold_order is not None and cfg.cold_order not in COLD_ORDERS:
         raise ValueError(f"cold_order: one of {', '.join(COLD_ORDERS)}, got {cfg.cold_order!r}")
+    if cfg.cold_trending is not None and cfg.cold_trending not in COLD_TRENDINGS:
+        raise ValueError(f"cold_trending: one of {', '.join(COLD_TRENDINGS)}, got {cfg.cold_trending!r}")
     if cfg.log_level.upper() not in LOG_LEVELS:
         raise ValueError(f"log_level: one of {', '.join(LOG_LEVELS)}, got {cfg.log_level!r}")
     if cfg.metrics_port and cfg.metrics_port == cfg.port:

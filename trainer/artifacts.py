@@ -14,6 +14,7 @@ from recserve._core.candidates import Releases, sorted_unique, stored_consumed
 from recserve._core.cross import Crosser, FeatureSchema
 from recserve._core.embed import UserVectorParams, user_vectors
 from trainer import embeddings, features, index as hnsw, neighbours
+from trainer.countries import CountryLists, country_lists
 
 
 @dataclass
@@ -49,6 +50,8 @@ class Artifacts:
     consumed_users: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     consumed_indptr: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
     consumed_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    # trending per users' country, for cold requests (trainer/countries.py)
+    countries: CountryLists = field(default_factory=CountryLists)
 
     def crosser(self) -> Crosser:
         return Crosser(self.schema, self.item_feats, self.item_emb)
@@ -112,6 +115,9 @@ def fit(ds, mask: np.ndarray, now: float, cat: Catalogue, params: dict, cfg: dic
         pop, trend = features.popularity(item, ts, event, ds.n_items, now, ew, params["half_life_days"])
         pop_rows, pop_scores = features.ranked(pop)
         trend_rows, trend_scores = features.ranked(trend)
+        countries = country_lists(user, item, ts, event, ds.user_country, ds.n_items, now, ew,
+                                  params["half_life_days"], int(cfg.get("country_min_users", 0)),
+                                  cfg.get("country_prior", 100.0))
         n_cat = len(cat.categories)
         n_share = min(n_cat, int(cfg.get("share_categories", n_cat)))
         # the category-filtered popular source: trending within each category, as the unfiltered one
@@ -136,7 +142,7 @@ def fit(ds, mask: np.ndarray, now: float, cat: Catalogue, params: dict, cfg: dic
                                  "ef_construction": cfg["hnsw_ef_construction"], "ef": params["ef"],
                                  "recall_at_k": {"k": 10, "recall": round(rec, 4)}},
                      embed_method=method, unreleased=Releases(ds.item_created).hidden(now),
-                     consumed_users=cu, consumed_indptr=cip, consumed_items=cit)
+                     consumed_users=cu, consumed_indptr=cip, consumed_items=cit, countries=countries)
 
 
 def i2i_model(cfg: dict, n_items: int) -> str:

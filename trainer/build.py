@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from recserve._core import candidates as C
-from trainer import artifacts, neighbours, progress, ranker as rk, retrieval, split, writer
+from trainer import artifacts, countries, neighbours, progress, ranker as rk, retrieval, split, writer
 from trainer.ef import tune_ef
 from trainer.io import Dataset, DataError
 from trainer.similar import similar_lists
@@ -50,6 +50,10 @@ DEFAULT_CFG = {
     # a user feature per category (her share of events in it) for at most this many categories, the ones
     # with the most items: every one is a column of the user table and of every ranker row
     "share_categories": 32,
+    # trending per users' country for cold requests (trainer/countries.py): a list for every country with at
+    # least this many users who interacted (0: none), shrunk toward the global list by a prior of this many
+    # decayed events; tuned on the label window's new users (countries.tune_prior) unless too few or no tuning
+    "country_min_users": 20, "country_prior": 100.0,
     "grid": {"decay_short": [0.0, 0.2, 0.5, 1.0], "alpha": [0.2, 0.5, 0.8],
              "ease_lambda": [100.0, 250.0, 500.0, 1000.0], "ease_dropout": [0.25, 0.5, 1.0],
              "i2i_recent": [20, 50, "all"], "i2i_decay": [0.0, 0.03, 0.1],
@@ -344,6 +348,11 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
             params["quotas"] = dict(qbest["quotas"])
             tuning["quotas"] = {"metric": "share of new label items among the merged candidates",
                                 "cap": int(params["cap"]), "grid": qgrid, "chosen": qbest}
+        with timer("tune_country"):
+            prior, tuning["country_prior"] = countries.tune_prior(
+                ds, fit_mask, label_mask, label_cut, ds.n_items, params["event_weights"], params["half_life_days"],
+                int(cfg["country_min_users"]), cfg["country_prior"], seed=cfg["seed"])
+            cfg = {**cfg, "country_prior": prior}
         with timer("tune_ef"):
             vecs = retrieval.user_vecs(art_fit, users, params)
             n_hist = np.diff(art_fit.hist_indptr)[users]

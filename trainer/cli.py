@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--devices", type=number(float, 0, 10), default=0.0, metavar="WEIGHT",
                    help="give each session a device whose own taste leans its intent by WEIGHT (e.g. 0.5), "
                         "written as the interactions' device column (default 0: no devices)")
+    s.add_argument("--countries", type=number(float, 0, 10), default=0.0, metavar="WEIGHT",
+                   help="give each users' country favourites of its own: every item's popularity there is "
+                        "tilted by exp(WEIGHT * N(0, 1)) (e.g. 1; default 0: one popularity everywhere)")
 
     i = sub.add_parser("import", help="convert a public data set to the input format")
     i.add_argument("kind", choices=["movielens"])
@@ -65,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--share-categories", type=number(int, 0, 4096), default=32,
                    help="category share features for at most N categories, those with the most items "
                         "(each is a user-table column and a column of every ranker row)")
+    b.add_argument("--country-min-users", type=number(int, 0, 1 << 30), default=20, metavar="N",
+                   help="trending per country (a cold request's order) for every country of the users file "
+                        "with at least N users who interacted (0: the global trending list only)")
     b.add_argument("--no-tune", action="store_true")
     b.add_argument("--no-similar-lists", action="store_true",
                    help="do not store each item's SimilarItems neighbours (n_items x 85 int32); the server "
@@ -208,7 +214,7 @@ def _run(args) -> int:
 
         t = time.perf_counter()
         ds, _ = synth(args.users, args.items, seed=args.seed, interactions=args.interactions, days=args.days,
-                      device_effect=args.devices)
+                      device_effect=args.devices, country_effect=args.countries)
         written = write_dataset(ds, args.out, args.format)
         print(f"synth: {len(ds)} interactions, {ds.n_users} users, {ds.n_items} items "
               f"({int((~_seen(ds)).sum())} never interacted) -> {args.out} "
@@ -251,7 +257,7 @@ def _run(args) -> int:
                "als_reg": args.als_reg, "threads": args.threads, "holdout": args.holdout,
                "ranker_users": args.ranker_users, "label_windows": args.label_windows, "label_split": args.label_split,
                "tune": not args.no_tune, "ranker_trees": args.ranker_trees,
-               "share_categories": args.share_categories,
+               "share_categories": args.share_categories, "country_min_users": args.country_min_users,
                "similar_lists": not args.no_similar_lists, "eval_users": args.eval_users}
         results = []
 

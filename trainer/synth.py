@@ -32,11 +32,14 @@ class SynthTruth:
 
 
 def synth(n_users: int, n_items: int, seed: int = 0, interactions: int | None = None, days: int = 180,
-          dim: int = 16, cold_frac: float = 0.03, device_effect: float = 0.0) -> tuple[Dataset, SynthTruth]:
+          dim: int = 16, cold_frac: float = 0.03, device_effect: float = 0.0,
+          country_effect: float = 0.0) -> tuple[Dataset, SynthTruth]:
     if n_users < 1 or n_items < 2:
         raise ValueError("need at least 1 user and 2 items")
     if not device_effect >= 0.0:
         raise ValueError(f"device_effect must be >= 0, got {device_effect}")
+    if not country_effect >= 0.0:
+        raise ValueError(f"country_effect must be >= 0, got {country_effect}")
     rng = np.random.default_rng(seed)
     target = int(interactions if interactions is not None else 20 * n_users)
     n_cat = int(np.clip(n_items // 40, 3, 24))
@@ -83,7 +86,8 @@ def synth(n_users: int, n_items: int, seed: int = 0, interactions: int | None = 
     late = rng.random(n_users) < 0.15
     signup[late] = rng.uniform(t_start, t_end - 7 * DAY, size=late.sum())
     countries = np.array(["US", "DE", "FR", "GB", "PL", "ES", "IT", "NL", "SE", "BR"])
-    country = countries[rng.choice(len(countries), size=n_users, p=[.3, .15, .1, .1, .08, .08, .07, .05, .04, .03])]
+    user_cc = rng.choice(len(countries), size=n_users, p=[.3, .15, .1, .1, .08, .08, .07, .05, .04, .03])
+    country = countries[user_cc]
 
     # impressions (views): heavy-tailed activity, sessions of geometric length
     n_views = max(n_users, int(target / 1.48))
@@ -116,9 +120,23 @@ def synth(n_users: int, n_items: int, seed: int = 0, interactions: int | None = 
     v_item = np.empty(n_views, np.int64)
     v_aff = np.empty(n_views, np.float32)
     cdf = np.cumsum(pop)
+    cdfs = None
+    if country_effect > 0:      # local favourites: each country tilts the popularity by exp(W * N(0, 1)) per item
+        crng = np.random.default_rng([seed, 2])
+        local = pop[None, :] * np.exp(country_effect * crng.normal(size=(len(countries), n_items)))
+        cdfs = np.cumsum(local / local.sum(axis=1, keepdims=True), axis=1)
+        sess_cc = user_cc[s_user]
     for a in range(0, n_views, 50_000):
         b = min(n_views, a + 50_000)
-        cand = np.minimum(np.searchsorted(cdf, rng.random((b - a, K))), n_items - 1)
+        u01 = rng.random((b - a, K))
+        if cdfs is None:
+            cand = np.minimum(np.searchsorted(cdf, u01), n_items - 1)
+        else:
+            cand = np.empty((b - a, K), np.int64)
+            cc = sess_cc[sess[a:b]]
+            for c in np.unique(cc):
+                m = cc == c
+                cand[m] = np.minimum(np.searchsorted(cdfs[c], u01[m]), n_items - 1)
         aff = np.einsum("nkd,nd->nk", item_vec[cand], intent[sess[a:b]])
         g = aff * 6.0 + rng.gumbel(size=aff.shape)
         best = g.argmax(1)

@@ -66,6 +66,14 @@ def write_tables(path: Path, ds, cat, art) -> None:
         # each category's items by trending (the name is older than that order: by all-time popularity before)
         w.write_array("pop_cat_indptr", art.pop_cat_indptr)
         w.write_array("pop_cat_rows", art.pop_cat_rows)
+        cl = art.countries
+        if cl.ids:      # the users' countries, and trending per country for cold requests (trainer/countries.py)
+            w.write_ids("country", cl.ids)
+            w.write_array("user_country", cl.user_code.astype(np.int32))
+            w.write_array("country_indptr", cl.indptr.astype(np.int64))
+            w.write_array("country_rows", cl.rows.astype(np.int32))
+            w.write_array("country_scores", cl.scores.astype(np.float32))
+            w.write_array("country_weight", cl.weight.astype(np.float64))
         w.set_meta("now", art.now)
         w.set_meta("context_columns", features.CONTEXT_COLUMNS)
 

@@ -39,6 +39,9 @@ DEFAULT_PARAMS = {
     # a cold request (no history, no session) ordered by the trending score ("trending") or by the ranker
     # ("ranker"), which was trained on users with a history: bench/cold_users.py measures the two
     "cold_order": "trending",
+    # in trending order, the trending list of the request's country (context.country, else the user's), where
+    # the bundle has one ("country"), or the global list for every request ("global")
+    "cold_trending": "country",
 }
 
 
@@ -51,6 +54,7 @@ MAX_PER_CREATOR = 10_000        # far above any k a request may ask for (0 = unl
 MAX_EVENT_WEIGHT = float(np.finfo(np.float32).max)      # the weights are applied as float32
 RANKER_ENGINES = ("forest", "lightgbm")                 # recserve.pipeline.ranking.Ranker.ENGINES
 COLD_ORDERS = ("trending", "ranker")
+COLD_TRENDINGS = ("country", "global")
 # integer parameters: (lowest, highest)
 INT_PARAMS = {"cap": (1, MAX_CANDIDATES), "candidates": (1, MAX_CANDIDATES), "ef": (1, MAX_EF),
               "similar_ef": (1, MAX_EF), "history_len": (1, MAX_HISTORY), "i2i_recent": (1, MAX_HISTORY),
@@ -108,6 +112,9 @@ def check_params(params: dict) -> None:
         raise ValueError(f"params.ranker_engine: one of {', '.join(RANKER_ENGINES)}, not {params['ranker_engine']!r}")
     if "cold_order" in params and params["cold_order"] not in COLD_ORDERS:
         raise ValueError(f"params.cold_order: one of {', '.join(COLD_ORDERS)}, not {params['cold_order']!r}")
+    if "cold_trending" in params and params["cold_trending"] not in COLD_TRENDINGS:
+        raise ValueError(f"params.cold_trending: one of {', '.join(COLD_TRENDINGS)}, "
+                         f"not {params['cold_trending']!r}")
     if "quotas" in params:
         _check_quotas(params["quotas"])
 

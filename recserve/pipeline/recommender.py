@@ -18,12 +18,14 @@ from recserve.events import Event, EventStore, Recorded
 from recserve.pipeline import candidates as C
 from recserve.pipeline import ranking as R
 from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument, NotFound
+from recserve.pipeline.filters import allowed_items
 from recserve.pipeline.history import Histories
 from recserve.pipeline.items import ItemSnapshot, walk_allowed
 from recserve.pipeline.messages import (EXPLAIN_CHUNK, MAX_BATCH, MAX_CONTEXT_EXTRA, MAX_DEVICE, MAX_EVENT_AHEAD,
                                         MAX_EXPLAIN, MAX_LIST, MAX_PRICE, Filters, Item, RecRequest, Result, check_id,
                                         check_k, check_ts, unknown_ids)
 from recserve.pipeline.novelty import NEW_SOURCE, NewItems
+from recserve.pipeline.regional import CountryTrending
 
 
 def scaled_quotas(quotas: dict, n: int) -> dict:
@@ -32,17 +34,6 @@ def scaled_quotas(quotas: dict, n: int) -> dict:
         raise ValueError(f"candidates must be >= 1, got {n}")
     total = max(sum(int(v) for v in quotas.values()), 1)
     return {"cap": n, "quotas": {s: max(1, math.ceil(int(v) * n / total)) for s, v in quotas.items()}}
-
-
-def _in_codes(codes: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """``np.isin(codes, wanted)``: for a few wanted codes one comparison each, ten times faster over a
-    large catalogue than ``isin``'s general method."""
-    if len(wanted) > 4:
-        return np.isin(codes, wanted)
-    out = codes == wanted[0]
-    for c in wanted[1:]:
-        out |= codes == c
-    return out
 
 
 def _column_means(a: np.ndarray) -> np.ndarray:
@@ -129,6 +120,9 @@ class Recommender:
         self.cap = int(self.cparams["cap"])
         self.history_len = int(self.cparams["history_len"])
         self.cold_by_ranker = self.cparams["cold_order"] == "ranker"
+        # trending per country for cold requests in trending order (None: the global list for every one)
+        self.countries = (CountryTrending.load(t, self.trend_of_row)
+                          if self.cparams["cold_trending"] == "country" and not self.cold_by_ranker else None)
         # the new items a cold answer in trending order adds when the novelty boost is on
         self.new_items = (NewItems(created / 86400.0, self.trend_of_row)
                           if created is not None and float(self.cparams["novelty_boost"]) > 0
@@ -204,52 +198,6 @@ class Recommender:
         """Sorted rows of the items created after unix time ``t`` (not released yet): none, at no cost that
         grows with the catalogue, once ``t`` is past every creation time."""
         return self.releases.hidden(t) if self.releases is not None else np.zeros(0, np.int64)
-
-    def _category_codes(self, names: list[str], field_name: str) -> np.ndarray:
-        if len(names) > MAX_LIST:
-            raise InvalidArgument(field_name, f"more than {MAX_LIST} categories")
-        codes = []
-        for n in names:
-            r = self.tables.row_of("category", n)
-            if r is None:
-                raise InvalidArgument(field_name, f"unknown category {n!r}")
-            codes.append(r)
-        return np.array(list(dict.fromkeys(codes)), np.int64)      # a category named twice counts once
-
-    def _allowed(self, f: Filters, snap: ItemSnapshot, field_prefix: str = "filters"):
-        """(mask of allowed item rows or None for everything, include category codes, number allowed).
-
-        The in-stock-only default returns the snapshot's shared read-only mask: no per-request work.
-        """
-        include = self._category_codes(f.include_categories, f"{field_prefix}.include_categories")
-        exclude = self._category_codes(f.exclude_categories, f"{field_prefix}.exclude_categories")
-        for name, v in (("min_price", f.min_price), ("max_price", f.max_price)):
-            if v is not None and (not math.isfinite(v) or v < 0):
-                raise InvalidArgument(f"{field_prefix}.{name}", f"must be a finite price >= 0, got {v}")
-        if f.min_price is not None and f.max_price is not None and f.min_price > f.max_price:
-            raise InvalidArgument(f"{field_prefix}.min_price", "is greater than max_price")
-        if len(f.exclude_item_ids) > MAX_LIST:
-            raise InvalidArgument(f"{field_prefix}.exclude_item_ids", f"more than {MAX_LIST} ids")
-        for i in f.exclude_item_ids:
-            check_id(i, f"{field_prefix}.exclude_item_ids")
-        base = snap.in_stock if f.in_stock_only else None
-        cat = snap.category if (len(include) or len(exclude)) else None
-        price = snap.price if (f.min_price is not None or f.max_price is not None) else None
-        if cat is None and price is None and not f.exclude_item_ids:
-            return base, include, (self.n_items if base is None else snap.n_in_stock)
-        mask = np.ones(self.n_items, bool) if base is None else base.copy()
-        if cat is not None and len(include):
-            mask &= _in_codes(cat, include)
-        if cat is not None and len(exclude):
-            mask &= ~_in_codes(cat, exclude)
-        if price is not None and f.min_price is not None:
-            mask &= price >= f.min_price
-        if price is not None and f.max_price is not None:
-            mask &= price <= f.max_price
-        if f.exclude_item_ids:
-            rows = self.tables.rows_of("item", f.exclude_item_ids)
-            mask[rows[rows >= 0]] = False
-        return mask, include, int(np.count_nonzero(mask))
 
     # -- Recommend ---------------------------------------------------------------------------------
     def recommend(self, req: RecRequest) -> Result:
@@ -329,7 +277,7 @@ class Recommender:
             R.check_context_extra(self.schema, req.extra)
         snap = self._refresh_items()
         feats = snap.feats
-        allowed, include, n_allowed = self._allowed(req.filters, snap)
+        allowed, include, n_allowed = allowed_items(self.tables, self.n_items, req.filters, snap)
         now = req.timestamp or time.time()
         hidden = self._hidden(now)
         tm = time.gmtime(now)
@@ -389,7 +337,11 @@ class Recommender:
             q["popular"] = max(q["popular"], k, q["popular"] + budget - self.cap)
         limit = q["popular"] + len(gone) + 1
         pop = lists["popular"]          # as trained: trending without the history's items
-        if len(include):
+        region = self.countries.code(req.country, user_row) if cold and self.countries is not None else None
+        if region is not None:          # a cold request from a country with a trending list of its own
+            pop = self.countries.top(region, self.trend_rows, self.trend_scores, allowed, gone,
+                                     q["popular"])
+        elif len(include):
             pop = C.drop_rows(*C.popular_in_categories(self.cat_indptr, self.cat_rows, self.trend_of_row,
                                                        include, allowed, limit), gone)
         elif allowed is None or allowed is snap.in_stock:
@@ -432,7 +384,8 @@ class Recommender:
             yield from within("features")
             scores = self.ranker.predict(X)
         else:   # cold: the trending score (the ranker never saw a user without history; cold_order)
-            scores = self.trend_of_row[rows].astype(np.float64)
+            scores = (self.trend_of_row[rows].astype(np.float64) if region is None
+                      else self.countries.score_of(region, rows))
         yield from done("ranking")
 
         rel = RR.minmax(scores)
@@ -473,7 +426,7 @@ class Recommender:
         row = self.tables.row_of("item", item_id)
         if row is None:
             raise NotFound("item_id", f"unknown item {item_id!r}")
-        allowed, _, n_allowed = self._allowed(filters, snap)
+        allowed, _, n_allowed = allowed_items(self.tables, self.n_items, filters, snap)
         hidden = self._hidden(time.time())          # items not released yet are no answer either
         if len(hidden):
             allowed = np.ones(self.n_items, bool) if allowed is None else allowed.copy()

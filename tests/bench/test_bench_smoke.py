@@ -391,7 +391,8 @@ def test_overhead_times_the_tight_loop_as_the_server_worker_does(demo_bundle, tm
 
 def test_cold_users_quick(demo_bundle, tmp_path):
     """The demo bundle holds out its newest 10%: the users who arrive after its cut are measured under both
-    cold orders, against the trending list, from the data the bundle was built from."""
+    cold orders (trending also with the country as context), against the trending list, from the data the
+    bundle was built from."""
     from trainer.io import write_dataset
     from trainer.synth import synth
 
@@ -399,8 +400,10 @@ def test_cold_users_quick(demo_bundle, tmp_path):
     out = _run([str(REPO / "bench" / "cold_users.py"), "--bundle", str(demo_bundle), "--data",
                 str(tmp_path / "data"), "--k", "20", "--json", str(tmp_path / "c.json")])
     rec = _record(tmp_path / "c.json")
-    assert rec["evaluated_users"] > 0 and rec["cold_start_answers"] == rec["calls"] == 4 * rec["evaluated_users"]
-    assert list(rec["methods"]) == ["trending order, own id", "trending order, anonymous", "ranker order, own id",
+    assert rec["evaluated_users"] > 0 and rec["cold_start_answers"] == rec["calls"] == 5 * rec["evaluated_users"]
+    assert 0 < rec["users_with_country_list"] <= rec["evaluated_users"]
+    assert list(rec["methods"]) == ["trending order, own id", "trending order, anonymous",
+                                    "trending order, anonymous + country", "ranker order, own id",
                                     "ranker order, anonymous", "trending list"]
     for m, v in rec["methods"].items():
         assert v["mean_len"] == 20 and 0.0 <= v["recall@10"] <= v["recall@20"] <= 1.0, m

@@ -5,12 +5,14 @@ import numpy as np
 
 from recserve.bundle import Bundle
 from recserve.events import EventStore
+from recserve.pipeline.filters import allowed_items
 from recserve.pipeline.messages import Filters
 from recserve.pipeline.recommender import Recommender
 
 
 def _allowed(rec, **bounds) -> np.ndarray:
-    mask, _, _ = rec._allowed(Filters(in_stock_only=False, **bounds), rec._refresh_items())
+    mask, _, _ = allowed_items(rec.tables, rec.n_items, Filters(in_stock_only=False, **bounds),
+                               rec._refresh_items())
     return np.ones(rec.n_items, bool) if mask is None else mask
 
 

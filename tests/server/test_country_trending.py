@@ -1,0 +1,157 @@
+"""A cold request in trending order takes its country's trending list (``context.country``, else the user's
+country from the users file) where the bundle holds one, and the global list otherwise."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recserve._core.candidates import not_in_sorted
+from recserve.pipeline.messages import Filters
+from recserve.pipeline.recommender import Recommender, RecRequest
+from recserve.pipeline.regional import CountryTrending
+from recserve.v1 import recommender_pb2 as pb
+
+
+def _ask(rec, uid="", country="", k=20, filters=None):
+    now = float(rec.tables.meta("now"))
+    return rec.recommend(RecRequest(user_id=uid, k=k, timestamp=now, country=country, mmr_lambda=1.0,
+                                    max_per_creator=0, filters=filters or Filters(in_stock_only=False)))
+
+
+def _ids(r):
+    return [i.item_id for i in r.items]
+
+
+def _with_lists(rec):
+    t = rec.tables
+    return [t.id_of("country", c) for c in range(t.n_ids("country")) if rec.countries.code(t.id_of("country", c),
+                                                                                           None) is not None]
+
+
+def _reference(rec, code, allowed=None):
+    """Every released item allowed, scored as the country scores it, best first (stable on ties)."""
+    rows = np.arange(rec.n_items)
+    keep = np.ones(rec.n_items, bool)
+    keep[rec._hidden(float(rec.tables.meta("now")))] = False
+    if allowed is not None:
+        keep &= allowed
+    rows = rows[keep]
+    scores = rec.countries.score_of(code, rows)
+    order = np.argsort(-scores, kind="stable")
+    return rows[order], scores[order]
+
+
+def test_the_demo_bundle_holds_lists_for_its_larger_countries(bundle):
+    rec = Recommender(bundle, None)
+    assert rec.countries is not None and len(_with_lists(rec)) >= 2
+    assert rec.countries.code("XX", None) is None and rec.countries.code("", None) is None
+
+
+def test_a_country_answer_follows_its_list(bundle):
+    rec = Recommender(bundle, None)
+    glob = _ids(_ask(rec))
+    differs = 0
+    for c in _with_lists(rec):
+        r = _ask(rec, country=c)
+        code = rec.countries.code(c, None)
+        rows, scores = _reference(rec, code)
+        rank = {rec.tables.id_of("item", int(x)): j for j, x in enumerate(rows)}
+        got = [rank[i] for i in _ids(r)]
+        # scores are the country's; with MMR off and no creator cap the answer is the head of the country's
+        # order, but for the swaps that keep a creator from following herself
+        assert [i.score for i in r.items] == pytest.approx([float(scores[j]) for j in got])
+        assert r.cold_start and got[0] == 0 and max(got) < 25, (c, got)
+        assert all(i.sources == ["popular"] for i in r.items)
+        differs += _ids(r) != glob
+    assert differs, "no country's answer differs from the global one"
+
+
+def test_no_list_means_the_global_answer(bundle):
+    rec = Recommender(bundle, None)
+    glob = _ids(_ask(rec))
+    assert _ids(_ask(rec, country="XX")) == glob
+    assert _ids(_ask(rec, uid="nobody-at-all", country="")) == glob
+    c = _with_lists(rec)[0]
+    off = Recommender(bundle, None, {"cold_trending": "global"})
+    assert _ids(_ask(off, country=c)) == glob
+    ranked = Recommender(bundle, None, {"cold_order": "ranker"})
+    assert ranked.countries is None
+
+
+def test_a_known_user_without_history_takes_her_own_country(bundle):
+    rec = Recommender(bundle, None)
+    t = rec.tables
+    lists = set(_with_lists(rec))
+    codes = t.array("user_country")
+    users = [t.id_of("user", u) for u in range(t.n_ids("user"))
+             if not rec.has_history(t.id_of("user", u)) and codes[u] >= 0
+             and t.id_of("country", int(codes[u])) in lists]
+    assert users, "the demo bundle has users with no history before its cut"
+    uid = users[0]
+    own = t.id_of("country", int(codes[t.row_of("user", uid)]))
+    other = next(c for c in sorted(lists) if c != own)
+    assert _ids(_ask(rec, uid=uid)) == _ids(_ask(rec, country=own))
+    # the request's context wins over the users file
+    assert _ids(_ask(rec, uid=uid, country=other)) == _ids(_ask(rec, country=other))
+
+
+def test_filters_hold_on_the_country_path(bundle):
+    rec = Recommender(bundle, None)
+    c = _with_lists(rec)[0]
+    cats = [rec.tables.id_of("category", 0)]
+    r = _ask(rec, country=c, k=10, filters=Filters(in_stock_only=True, include_categories=cats, max_price=50.0))
+    feats, col = rec.feats, rec.columns
+    for it in r.items:
+        row = rec.tables.row_of("item", it.item_id)
+        assert feats[row, col["category"]] == 0 and feats[row, col["in_stock"]] == 1
+        assert rec.base_price[row] <= 50.0
+    assert len(r.items) > 0
+
+
+def test_top_is_the_head_of_the_full_order(bundle):
+    """``top`` reads the country's list and the global list only as far as needed: the same rows and scores
+    as scoring every item and sorting, for random filters and exclusions; half of the draws with a weight
+    on the global list large enough that items the country never took enter its answer."""
+    rec = Recommender(bundle, None)
+    countries = _with_lists(rec)
+    unlisted_in = 0
+    for seed in range(40):
+        ct = CountryTrending(rec.tables, rec.trend_of_row)
+        rng = np.random.default_rng(seed)
+        code = ct.code(countries[seed % len(countries)], None)
+        if seed % 2:
+            ct.weight = np.array(ct.weight) * 200.0
+        allowed = None if seed % 3 == 0 else rng.random(rec.n_items) < rng.uniform(0.05, 0.9)
+        gone = np.unique(rng.choice(rec.n_items, size=rng.integers(0, 60), replace=True)).astype(np.int32)
+        limit = int(rng.integers(1, 120))
+        rows, scores = ct.top(code, rec.trend_rows, rec.trend_scores, allowed, gone, limit)
+        keep = np.ones(rec.n_items, bool) if allowed is None else allowed.copy()
+        keep[gone] = False
+        every = np.flatnonzero(keep)
+        want = np.sort(ct.score_of(code, every))[::-1][:limit]
+        np.testing.assert_allclose(scores, want.astype(np.float32), rtol=1e-6, err_msg=str(seed))
+        assert len(set(rows.tolist())) == len(rows) and keep[rows].all()
+        np.testing.assert_allclose(ct.score_of(code, rows), scores, rtol=1e-6)
+        unlisted_in += int(np.count_nonzero(not_in_sorted(rows, ct._listed(code)[0])))
+    assert unlisted_in > 0, "no draw put an item the country never took into its answer"
+
+
+def test_context_country_over_grpc(server, bundle):
+    rec = Recommender(bundle, None)
+    c = _with_lists(rec)[0]
+    stub = server.stub()
+
+    def ask(country):
+        r = stub.Recommend(pb.RecommendRequest(k=10, context=pb.Context(country=country)), timeout=10)
+        assert r.cold_start
+        return [i.item_id for i in r.items]
+
+    assert ask(c) == _ids(rec.recommend(RecRequest(user_id="", k=10, country=c)))
+    assert ask("XX") == ask("")
+
+
+def test_an_unknown_cold_trending_is_refused():
+    from recserve.config import ServeConfig, validate
+
+    with pytest.raises(ValueError, match="cold_trending: one of country, global, got 'city'"):
+        validate(ServeConfig(cold_trending="city"))

@@ -1,0 +1,142 @@
+"""Trending per country: what a cold request from a country is ordered by.
+
+A user's country comes from ``users.(csv|parquet)``. For every country with at least ``min_users`` users who
+interacted in the fit's window, the items those users interacted with are scored by their time-decayed,
+event-weighted count ``D_c(i)`` (the global trending score's count, restricted to the country's users),
+shrunk toward the global count ``D_g(i)`` so that a small country is mostly the global list::
+
+    score_c(i) = log1p( S_c / (S_c + prior) * (D_c(i) + prior * D_g(i) / S_g) )
+
+``S_c`` and ``S_g`` are the country's and the whole window's total decayed counts and ``prior`` is in the
+same units (events, decayed). An item no user of the country interacted with has ``D_c(i) = 0``, so its
+score is ``log1p(weight_c * D_g(i))`` with ``weight_c = S_c * prior / ((S_c + prior) * S_g)``: the lists hold
+only the items with ``D_c(i) > 0`` and the server scores every other item from the global trending score.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DAY = 86400.0
+
+
+@dataclass
+class CountryLists:
+    ids: list[str] = field(default_factory=list)        # every country named in the users file, sorted
+    user_code: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))   # per user, -1 = none
+    indptr: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))      # CSR over the codes
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))        # best first per country
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    weight: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))    # weight_c; 0 = no list
+
+    @property
+    def n_lists(self) -> int:
+        return int(np.count_nonzero(np.diff(self.indptr)))
+
+
+def user_codes(user_country: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """The sorted distinct non-empty countries and each user's code in them (-1: none given)."""
+    names = np.asarray(user_country, dtype=object).astype(str)
+    ids = sorted(set(names.tolist()) - {""})
+    lookup = {c: k for k, c in enumerate(ids)}
+    return ids, np.array([lookup.get(c, -1) for c in names.tolist()], np.int32)
+
+
+def country_lists(user, item, ts, event, user_country, n_items: int, now: float, event_weights,
+                  half_life_days: float, min_users: int, prior: float | None) -> CountryLists:
+    """The per-country trending lists of the interactions ``(user, item, ts, event)`` at ``now`` (none for
+    ``prior`` None: every request takes the global list)."""
+    ids, code = user_codes(user_country)
+    n_c = len(ids)
+    indptr = np.zeros(n_c + 1, np.int64)
+    weight = np.zeros(n_c, np.float64)
+    empty = CountryLists(ids, code, indptr, np.zeros(0, np.int32), np.zeros(0, np.float32), weight)
+    if n_c == 0 or min_users <= 0 or prior is None or len(item) == 0:
+        return empty
+    w = np.asarray(event_weights, np.float64)[event] * 0.5 ** (np.maximum(0.0, now - ts) / (half_life_days * DAY))
+    d_g = np.bincount(item, weights=w, minlength=n_items)
+    s_g = float(d_g.sum())
+    uc = code[user].astype(np.int64)
+    # the countries with enough users who interacted
+    active = np.unique(user)
+    users_in = np.bincount(code[active][code[active] >= 0], minlength=n_c)
+    keep = (uc >= 0) & (users_in[np.maximum(uc, 0)] >= min_users) & (w > 0)
+    if s_g <= 0 or not keep.any():
+        return empty
+    # the decayed count of every (country, item) pair with one
+    pair, inv = np.unique(uc[keep] * n_items + item[keep], return_inverse=True)
+    d = np.bincount(inv.ravel(), weights=w[keep])
+    pc, pi = pair // n_items, (pair % n_items).astype(np.int32)
+    s_c = np.bincount(pc, weights=d, minlength=n_c)
+    shrink = s_c / (s_c + prior)
+    score = np.log1p(shrink[pc] * (d + prior * d_g[pi] / s_g))
+    # per country, best first; ties by the global count (the global list's order), then by row
+    order = np.lexsort((pi, -d_g[pi], -score, pc))
+    np.cumsum(np.bincount(pc, minlength=n_c), out=indptr[1:])
+    has = s_c > 0
+    weight[has] = s_c[has] * prior / ((s_c[has] + prior) * s_g)
+    return CountryLists(ids, code, indptr, pi[order], score[order].astype(np.float32), weight)
+
+
+PRIOR_GRID = (10.0, 100.0, 1000.0, 10000.0, 100000.0)
+MIN_TUNE_USERS = 50
+
+
+def tune_prior(ds, fit_mask: np.ndarray, label_mask: np.ndarray, label_cut: float, n_items: int, event_weights,
+               half_life_days: float, min_users: int, default: float | None, k: int = 50, max_users: int = 5000,
+               seed: int = 0) -> tuple[float | None, dict]:
+    """The ``prior`` (None: no country lists, the global list for everyone) whose lists, fitted before
+    ``label_cut``, give the users who are new in the label window (no interaction before it) the best
+    recall@k of their label items, a new user ranked by her country's list. ``default`` is kept when fewer
+    than ``MIN_TUNE_USERS`` new users come from a country with a list; the global list wins ties."""
+    fu, fi, ft, fe = ds.user[fit_mask], ds.item[fit_mask], ds.ts[fit_mask], ds.event[fit_mask]
+    warm = np.zeros(ds.n_users, bool)
+    warm[fu] = True
+    lm = label_mask & ~warm[ds.user]
+    lists = {p: country_lists(fu, fi, ft, fe, ds.user_country, n_items, label_cut, event_weights,
+                              half_life_days, min_users, p) for p in PRIOR_GRID}
+    some = lists[PRIOR_GRID[0]]
+    has_list = np.diff(some.indptr) > 0
+    users = np.unique(ds.user[lm])
+    users = users[(some.user_code[users] >= 0) & has_list[np.maximum(some.user_code[users], 0)]] \
+        if len(users) else users
+    info: dict = {"metric": f"recall@{k} of the label window's new users, by their country's list",
+                  "users": int(len(users)), "grid": []}
+    if len(users) < MIN_TUNE_USERS:
+        info["chosen"] = default
+        info["kept_default"] = f"fewer than {MIN_TUNE_USERS} new users from a country with a list"
+        return default, info
+    if len(users) > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
+    truth_of = {}
+    for u, i in zip(ds.user[lm].tolist(), ds.item[lm].tolist()):
+        truth_of.setdefault(u, set()).add(i)
+    w = np.asarray(event_weights, np.float64)[fe] * 0.5 ** (np.maximum(0.0, label_cut - ft) / (half_life_days * DAY))
+    d_g = np.bincount(fi, weights=w, minlength=n_items)
+    k = min(k, n_items)
+
+    def recall(top_of) -> float:
+        got = []
+        for u in users.tolist():
+            top = set(top_of(int(some.user_code[u])).tolist())
+            truth = truth_of[u]
+            got.append(len(top & truth) / min(len(truth), k))
+        return float(np.mean(got))
+
+    glob = np.argsort(-d_g, kind="stable")[:k]
+    results = {None: recall(lambda c: glob)}
+    for p, cl in lists.items():
+        tops = {}
+        for c in range(len(cl.ids)):
+            a, b = int(cl.indptr[c]), int(cl.indptr[c + 1])
+            if a == b:
+                continue
+            score = np.log1p(cl.weight[c] * d_g)
+            score[cl.rows[a:b]] = cl.scores[a:b]
+            tops[c] = np.argsort(-score, kind="stable")[:k]
+        results[p] = recall(tops.__getitem__)
+    info["grid"] = [{"prior": p, f"recall@{k}": round(r, 4)} for p, r in results.items()]
+    best = max(results.items(), key=lambda pr: (pr[1], pr[0] is None))[0]
+    info["chosen"] = best
+    return best, info
