@@ -43,6 +43,7 @@ from _cli import Parser, UsageError, check_bundle, check_dir, record, write_json
 from _inproc import recommender  # noqa: E402
 from _timing import machine  # noqa: E402
 from trainer.argtypes import positive_int, seed as seed_type  # noqa: E402
+from trainer.cold import new_users  # noqa: E402
 
 COLS = ["recall@10", "recall@20", "recall@50", "ndcg@10", "coverage@10", "ild@10", "novelty@10", "mean_len"]
 ORDERS = ("trending", "ranker")
@@ -50,25 +51,6 @@ SERVED = [(f"{o} order, {w}", o, w) for o, w in (("trending", "own id"), ("trend
                                                   ("trending", "anonymous + country"), ("ranker", "own id"),
                                                   ("ranker", "anonymous"))]
 METHODS = [m for m, _, _ in SERVED] + ["trending list"]
-
-
-def new_users(ds, cut: float, item_row) -> dict[str, tuple[tuple[float, int], set[int]]]:
-    """user id -> ((time, device) of her first interaction at or after ``cut``, the bundle rows of her
-    items), for every user of ``ds`` with no interaction before ``cut`` and at least one item the bundle
-    holds."""
-    warm = np.zeros(ds.n_users, bool)
-    warm[ds.user[ds.ts < cut]] = True
-    out: dict[str, tuple[tuple[float, int], set[int]]] = {}
-    late = np.flatnonzero((ds.ts >= cut) & ~warm[ds.user])
-    for u, i, t, d in zip(ds.user[late].tolist(), ds.item[late].tolist(), ds.ts[late].tolist(),
-                          ds.device[late].tolist()):
-        uid = str(ds.user_ids[u])
-        first, items = out.get(uid, ((t, d), set()))
-        row = item_row(str(ds.item_ids[i]))
-        if row is not None:
-            items.add(int(row))
-        out[uid] = (min(first, (t, d)), items)
-    return {u: v for u, v in out.items() if v[1]}
 
 
 def evaluate(bundle: str, data: str, k: int, max_users: int, seed: int) -> dict:

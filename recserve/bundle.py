@@ -256,6 +256,8 @@ def verify(path: str | os.PathLike) -> dict:
                 ranged.append(("sim_rows", -1))
             if _check_consumed(t, n_users):     # optional: bundles without them take consumed from hist_items
                 ranged.append(("consumed_items", 0))
+            if _check_countries(t, n_users):    # optional: bundles without them serve the global trending list
+                ranged.append(("country_rows", 0))
             for name, lo in ranged:
                 a = t.array(name)
                 if a.size and (int(a.min()) < lo or int(a.max()) >= n_items):
@@ -310,6 +312,41 @@ def _check_consumed(t, n_users: int) -> bool:
     rising[indptr[1:-1][(indptr[1:-1] > 0) & (indptr[1:-1] < len(items))] - 1] = True     # a new user's first row
     if not rising.all():
         raise BundleError("tables.lmdb: consumed_items must hold each user's rows sorted and distinct")
+    return True
+
+
+COUNTRIES = {"user_country": "int32", "country_indptr": "int64", "country_rows": "int32",
+             "country_scores": "float32", "country_weight": "float64"}
+
+
+def _check_countries(t, n_users: int) -> bool:
+    """The per-country trending lists (``trainer.countries``), when the bundle has them (True): a country code
+    per user (-1: none) among the ``country`` ids, an indptr over the codes ending at the list's length, a
+    score per listed row and a finite weight >= 0 per country."""
+    import numpy as np
+
+    have = [t.has_array(n) for n in COUNTRIES]
+    if not any(have):
+        return False
+    if not all(have) or not t.has_ids("country"):
+        missing = [n for n, h in zip(COUNTRIES, have) if not h] or ["the country ids"]
+        raise BundleError(f"tables.lmdb: {', '.join(COUNTRIES)} and the country ids come together; "
+                          f"{missing[0]} is missing")
+    for name, dtype in COUNTRIES.items():
+        meta = t.array_meta(name)
+        if meta["dtype"] != dtype or len(meta["shape"]) != 1:
+            raise BundleError(f"tables.lmdb: {name} must be a 1-D {dtype} array, got {meta['dtype']} "
+                              f"{tuple(meta['shape'])}")
+    n_c = t.n_ids("country")
+    code, indptr, rows, scores, weight = (np.asarray(t.array(n)) for n in COUNTRIES)
+    if len(code) != n_users or (len(code) and (code.min() < -1 or code.max() >= n_c)):
+        raise BundleError(f"tables.lmdb: user_country must hold a code in [-1, {n_c}) for each of {n_users} users")
+    if len(indptr) != n_c + 1 or indptr[0] != 0 or indptr[-1] != len(rows) or np.any(np.diff(indptr) < 0):
+        raise BundleError("tables.lmdb: country_indptr must rise from 0 to len(country_rows), one step per country")
+    if len(scores) != len(rows) or not np.isfinite(scores).all():
+        raise BundleError("tables.lmdb: country_scores must hold a finite score per row of country_rows")
+    if len(weight) != n_c or not (np.isfinite(weight) & (weight >= 0)).all():
+        raise BundleError(f"tables.lmdb: country_weight must hold a finite weight >= 0 for each of {n_c} countries")
     return True
 
 

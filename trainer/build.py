@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from recserve._core import candidates as C
-from trainer import artifacts, countries, neighbours, progress, ranker as rk, retrieval, split, writer
+from trainer import artifacts, cold, countries, neighbours, progress, ranker as rk, retrieval, split, writer
 from trainer.ef import tune_ef
 from trainer.io import Dataset, DataError
 from trainer.similar import similar_lists
@@ -487,6 +487,8 @@ def evaluate_bundle(bundle_dir: Path, ds: Dataset, max_users=None, seed=None, th
                           seed=seed, threads=threads, progress=progress.labelled("evaluate"),
                           test_device=ds.device[m][ok])
         res["held_out_interactions"] = int(ok.sum())
+        # the users new after the cut, whom the methods above leave out: the server's cold-start answers
+        res["cold_users"] = cold.evaluate_cold(b, ds, art, max_users=max_users, seed=seed)
         res["truth_unknown_items"], res["truth_unknown_users"] = unknown_items, unknown_users
         res["cut"] = cut
         res["seed"], res["eval_users"] = int(seed), int(max_users)     # the user sample: reproducible from these
@@ -502,6 +504,11 @@ def artifacts_from_bundle(b) -> artifacts.Artifacts:
                                            "pop_cat_indptr", "pop_cat_rows", "user_emb")}
     if t.has_array("consumed_users"):       # a bundle without them: every user's consumed items are her history's
         a.update({n: np.array(t.array(n)) for n in ("consumed_users", "consumed_indptr", "consumed_items")})
+    if t.has_array("country_indptr"):      # the per-country trending lists (trainer/countries.py)
+        a["countries"] = countries.CountryLists(
+            [t.id_of("country", c) for c in range(t.n_ids("country"))],
+            *(np.array(t.array(n)) for n in ("user_country", "country_indptr", "country_rows", "country_scores",
+                                             "country_weight")))
     seen = np.zeros(b.n_items, bool)
     seen[a["pop_rows"]] = a["pop_scores"] > 0
     now = float(t.meta("now"))

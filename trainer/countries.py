@@ -35,6 +35,12 @@ class CountryLists:
         return int(np.count_nonzero(np.diff(self.indptr)))
 
 
+def decayed_weights(ts, event, now: float, event_weights, half_life_days: float) -> np.ndarray:
+    """Each interaction's event weight, halved every ``half_life_days`` before ``now``: what a trending
+    count sums (``trainer.features.popularity``'s decayed count)."""
+    return np.asarray(event_weights, np.float64)[event] * 0.5 ** (np.maximum(0.0, now - ts) / (half_life_days * DAY))
+
+
 def user_codes(user_country: np.ndarray) -> tuple[list[str], np.ndarray]:
     """The sorted distinct non-empty countries and each user's code in them (-1: none given)."""
     names = np.asarray(user_country, dtype=object).astype(str)
@@ -54,7 +60,7 @@ def country_lists(user, item, ts, event, user_country, n_items: int, now: float,
     empty = CountryLists(ids, code, indptr, np.zeros(0, np.int32), np.zeros(0, np.float32), weight)
     if n_c == 0 or min_users <= 0 or prior is None or len(item) == 0:
         return empty
-    w = np.asarray(event_weights, np.float64)[event] * 0.5 ** (np.maximum(0.0, now - ts) / (half_life_days * DAY))
+    w = decayed_weights(ts, event, now, event_weights, half_life_days)
     d_g = np.bincount(item, weights=w, minlength=n_items)
     s_g = float(d_g.sum())
     uc = code[user].astype(np.int64)
@@ -99,8 +105,10 @@ def tune_prior(ds, fit_mask: np.ndarray, label_mask: np.ndarray, label_cut: floa
     some = lists[PRIOR_GRID[0]]
     has_list = np.diff(some.indptr) > 0
     users = np.unique(ds.user[lm])
-    users = users[(some.user_code[users] >= 0) & has_list[np.maximum(some.user_code[users], 0)]] \
-        if len(users) else users
+    if has_list.any() and len(users):
+        users = users[(some.user_code[users] >= 0) & has_list[np.maximum(some.user_code[users], 0)]]
+    else:       # no country has a list (no users file, no country column, too few users): nothing to tune
+        users = users[:0]
     info: dict = {"metric": f"recall@{k} of the label window's new users, by their country's list",
                   "users": int(len(users)), "grid": []}
     if len(users) < MIN_TUNE_USERS:
@@ -112,8 +120,8 @@ def tune_prior(ds, fit_mask: np.ndarray, label_mask: np.ndarray, label_cut: floa
     truth_of = {}
     for u, i in zip(ds.user[lm].tolist(), ds.item[lm].tolist()):
         truth_of.setdefault(u, set()).add(i)
-    w = np.asarray(event_weights, np.float64)[fe] * 0.5 ** (np.maximum(0.0, label_cut - ft) / (half_life_days * DAY))
-    d_g = np.bincount(fi, weights=w, minlength=n_items)
+    d_g = np.bincount(fi, weights=decayed_weights(ft, fe, label_cut, event_weights, half_life_days),
+                      minlength=n_items)
     k = min(k, n_items)
 
     def recall(top_of) -> float:

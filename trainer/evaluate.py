@@ -193,7 +193,14 @@ def format_table(result: dict) -> str:
     if result.get("truth_unknown_users"):
         lines.append(f"held-out (user, item) pairs not evaluated: {result['truth_unknown_users']} "
                      "(the bundle does not know the user: no history to recommend from)")
-    lines.append(f"{'method':<15}" + "".join(f"{c:>14}" for c in cols))
+    lines.append(f"{'method':<20}" + "".join(f"{c:>14}" for c in cols))
     for m, v in result["methods"].items():
-        lines.append(f"{m:<15}" + "".join(f"{v.get(c, float('nan')):>14.4f}" for c in cols))
+        lines.append(f"{m:<20}" + "".join(f"{v.get(c, float('nan')):>14.4f}" for c in cols))
+    cold = result.get("cold_users")
+    if cold:        # trainer/cold.py: the users new after the cut, answered from the cold-start path
+        lines.append(f"new users (no interaction before the cut): {cold['users']} evaluated of {cold['new_users']}, "
+                     f"{cold['users_with_country_list']} from a country with a trending list; cold order "
+                     f"{cold['cold_order']}, trending {cold['cold_trending']}")
+        for m, v in cold["methods"].items():
+            lines.append(f"{m:<20}" + "".join(f"{v.get(c, float('nan')):>14.4f}" for c in cols))
     return "\n".join(lines)

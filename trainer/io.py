@@ -492,7 +492,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
         if "signup_date" in ut.column_names:
             signup[r] = _timestamps(ut, up, "signup_date", empty=np.nan)     # empty: unknown
         if "country" in ut.column_names:
-            country[r] = _optional_strings(ut, up, "country")
+            country[r] = _optional_strings(ut, up, "country", names=True)    # a request names them
         for name, a in _extra_columns(ut, up, USER_KNOWN, report, "extra_user").items():
             user_extra[name] = np.full(len(user_ids), np.nan)
             user_extra[name][r] = a

@@ -74,6 +74,16 @@ def render(manifest: dict, result: dict) -> str:
     unused = columns_not_used(tr.get("data_report", {}))
     sample = (f" (at most {result['eval_users']}, drawn with seed {result['seed']})"
               if "eval_users" in result and "seed" in result else "")
+    cold = result.get("cold_users")
+    cold_html = ""
+    if cold:        # the users new after the cut (trainer/cold.py), answered from the cold-start path
+        crow = "".join(f"<tr><th>{html.escape(m)}</th>{''.join(f'<td>{v[c]:.4f}</td>' for c in COLS)}</tr>"
+                       for m, v in cold["methods"].items())
+        cold_html = (f"<h2>New users</h2><p>{cold['users']} of the {cold['new_users']} users with no interaction "
+                     f"before the cut, answered from the cold-start path ({cold['users_with_country_list']} from "
+                     f"a country with a trending list; cold order {html.escape(cold['cold_order'])}, trending "
+                     f"{html.escape(cold['cold_trending'])}), against the global trending list's head.</p>\n"
+                     f"<table><tr><th>method</th>{''.join(f'<th>{c}</th>' for c in COLS)}</tr>{crow}</table>\n")
     unused_html = (f"<h2>Input columns not used</h2><p>Columns {NOT_USED}: {html.escape(not_used_text(unused))}"
                    "</p>\n" if unused else "")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>recserve bundle {version}</title>
@@ -86,7 +96,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{text-align:le
 and from the truth, and so are items created after the cut (not in the bundle's catalogue yet:
 {result.get('truth_not_released', 0)} held-out (user, item) pairs).</p>
 <table><tr><th>method</th>{''.join(f'<th>{c}</th>' for c in COLS)}</tr>{''.join(rows)}</table>
-{unused_html}<h2>Plots</h2>
+{cold_html}{unused_html}<h2>Plots</h2>
 {''.join(f'<figure>{p}</figure>' for p in plots)}
 <h2>Build</h2><pre>{html.escape(json.dumps(summary, indent=1))}</pre></body></html>
 """

@@ -185,6 +185,9 @@ class TableReader:
     def has_array(self, name: str) -> bool:
         return self._get(f"arr:{name}:meta") is not None
 
+    def has_ids(self, ns: str) -> bool:
+        return self._get(f"ids:{ns}:offsets") is not None
+
     def array_meta(self, name: str) -> dict:
         raw = self._get(f"arr:{name}:meta")
         if raw is None:

@@ -121,7 +121,7 @@ class Recommender:
         self.history_len = int(self.cparams["history_len"])
         self.cold_by_ranker = self.cparams["cold_order"] == "ranker"
         # trending per country for cold requests in trending order (None: the global list for every one)
-        self.countries = (CountryTrending.load(t, self.trend_of_row)
+        self.countries = (CountryTrending.load(t, self.trend_of_row, self.trend_scores)
                           if self.cparams["cold_trending"] == "country" and not self.cold_by_ranker else None)
         # the new items a cold answer in trending order adds when the novelty boost is on
         self.new_items = (NewItems(created / 86400.0, self.trend_of_row)
@@ -339,8 +339,7 @@ class Recommender:
         pop = lists["popular"]          # as trained: trending without the history's items
         region = self.countries.code(req.country, user_row) if cold and self.countries is not None else None
         if region is not None:          # a cold request from a country with a trending list of its own
-            pop = self.countries.top(region, self.trend_rows, self.trend_scores, allowed, gone,
-                                     q["popular"])
+            pop = self.countries.top(region, self.trend_rows, allowed, gone, q["popular"])
         elif len(include):
             pop = C.drop_rows(*C.popular_in_categories(self.cat_indptr, self.cat_rows, self.trend_of_row,
                                                        include, allowed, limit), gone)

@@ -16,7 +16,7 @@ from recserve.pipeline.candidates import EMPTY
 class CountryTrending:
     """The per-country trending lists of one bundle (``None`` from :meth:`load` for a bundle without)."""
 
-    def __init__(self, tables, trend_of_row: np.ndarray):
+    def __init__(self, tables, trend_of_row: np.ndarray, trend_scores: np.ndarray):
         self.tables = tables
         self.user_code = tables.array("user_country")
         self.indptr = tables.array("country_indptr")
@@ -24,11 +24,13 @@ class CountryTrending:
         self.scores = tables.array("country_scores")
         self.weight = tables.array("country_weight")
         self.trend_of_row = trend_of_row
+        self._neg_trend = -np.asarray(trend_scores, np.float32)     # ascending, for the cut of the global list
         self._sorted: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     @classmethod
-    def load(cls, tables, trend_of_row: np.ndarray) -> "CountryTrending | None":
-        return cls(tables, trend_of_row) if tables.has_array("country_indptr") else None
+    def load(cls, tables, trend_of_row: np.ndarray, trend_scores: np.ndarray) -> "CountryTrending | None":
+        """``trend_of_row``: each row's global trending score; ``trend_scores``: the global list's, best first."""
+        return cls(tables, trend_of_row, trend_scores) if tables.has_array("country_indptr") else None
 
     def code(self, country: str, user_row: int | None) -> int | None:
         """The code of the request's country (``context.country``, else the user's) if it has a list."""
@@ -62,11 +64,11 @@ class CountryTrending:
             out[hit] = scores[at[hit]]
         return out
 
-    def top(self, c: int, trend_rows: np.ndarray, trend_scores: np.ndarray, allowed: np.ndarray | None,
-            gone: np.ndarray, limit: int):
+    def top(self, c: int, trend_rows: np.ndarray, allowed: np.ndarray | None, gone: np.ndarray, limit: int):
         """The ``limit`` best items for country ``c`` that ``allowed`` keeps (None: all) and ``gone`` (sorted)
         does not hold: ``(rows int32, scores float32)`` best first. Reads the country's list and the global
-        trending list (``trend_rows``, ``trend_scores``: best first) only as far as needed."""
+        trending list (``trend_rows``, best first, the list of the scores given at load) only as far as
+        needed."""
         if limit <= 0:
             return EMPTY
         a, b = int(self.indptr[c]), int(self.indptr[c + 1])
@@ -77,7 +79,7 @@ class CountryTrending:
             # list's head scores as high as the last of ``own``, and nothing below it can enter the answer
             floor = float(self.score_of(c, own[-1:])[0])
             need = np.log1p(np.expm1(floor) / self.weight[c]) * (1.0 - 1e-6)
-            n = int(np.searchsorted(-trend_scores, -need, side="right"))
+            n = int(np.searchsorted(self._neg_trend, -need, side="right"))
         listed, _ = self._listed(c)
         other = _first(trend_rows[:n], allowed, gone, limit, lambda r: not_in_sorted(r, listed))
         rows = np.concatenate([own, other])

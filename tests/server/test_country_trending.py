@@ -116,7 +116,7 @@ def test_top_is_the_head_of_the_full_order(bundle):
     countries = _with_lists(rec)
     unlisted_in = 0
     for seed in range(40):
-        ct = CountryTrending(rec.tables, rec.trend_of_row)
+        ct = CountryTrending(rec.tables, rec.trend_of_row, rec.trend_scores)
         rng = np.random.default_rng(seed)
         code = ct.code(countries[seed % len(countries)], None)
         if seed % 2:
@@ -124,7 +124,7 @@ def test_top_is_the_head_of_the_full_order(bundle):
         allowed = None if seed % 3 == 0 else rng.random(rec.n_items) < rng.uniform(0.05, 0.9)
         gone = np.unique(rng.choice(rec.n_items, size=rng.integers(0, 60), replace=True)).astype(np.int32)
         limit = int(rng.integers(1, 120))
-        rows, scores = ct.top(code, rec.trend_rows, rec.trend_scores, allowed, gone, limit)
+        rows, scores = ct.top(code, rec.trend_rows, allowed, gone, limit)
         keep = np.ones(rec.n_items, bool) if allowed is None else allowed.copy()
         keep[gone] = False
         every = np.flatnonzero(keep)

@@ -190,7 +190,8 @@ def test_crash_inside_write_keeps_previous_current(bundle_copy, monkeypatch, cra
 
 @pytest.mark.parametrize("what", ["i2i_range", "sim_range", "sim_shape", "hist_len", "index_size", "index_dim",
                                   "ranker_text", "ranker_width", "consumed_range", "consumed_order",
-                                  "consumed_indptr", "consumed_users"])
+                                  "consumed_indptr", "consumed_users", "country_range", "country_users",
+                                  "country_indptr", "country_weight"])
 def test_consistently_hashed_but_wrong_bundle_is_refused(demo_bundle, tmp_path, what, capsys):
     """Checksums only prove the files are the ones written; the structure checks catch a bad writer."""
     import numpy as np
@@ -227,6 +228,17 @@ def test_consistently_hashed_but_wrong_bundle_is_refused(demo_bundle, tmp_path, 
         elif what.startswith("consumed"):
             art.consumed_users = np.r_[art.consumed_users, b.n_users].astype(np.int32)
             art.consumed_indptr = np.r_[art.consumed_indptr, art.consumed_indptr[-1]]
+        elif what.startswith("country"):
+            cl = art.countries
+            assert cl.n_lists, "the demo bundle has country lists"
+            if what == "country_range":
+                cl.rows[-1] = b.n_items
+            elif what == "country_users":
+                cl.user_code = cl.user_code[:5]
+            elif what == "country_indptr":
+                cl.indptr[-1] -= 1
+            else:
+                cl.weight[0] = -1.0
         elif what == "index_size":
             art.index = build_index(art.item_emb[:-1])
         elif what == "index_dim":
@@ -250,7 +262,11 @@ def test_consistently_hashed_but_wrong_bundle_is_refused(demo_bundle, tmp_path, 
               "consumed_range": "tables.lmdb: consumed_items has item rows outside",
               "consumed_order": "tables.lmdb: consumed_items must hold each user's rows sorted and distinct",
               "consumed_indptr": "tables.lmdb: consumed_indptr must rise from 0 to len(consumed_items)",
-              "consumed_users": "tables.lmdb: consumed_users must be increasing user rows in [0, 300)"}[what]
+              "consumed_users": "tables.lmdb: consumed_users must be increasing user rows in [0, 300)",
+              "country_range": "tables.lmdb: country_rows has item rows outside [0, 200)",
+              "country_users": "tables.lmdb: user_country must hold a code in [-1, 10) for each of 300 users",
+              "country_indptr": "tables.lmdb: country_indptr must rise from 0 to len(country_rows)",
+              "country_weight": "tables.lmdb: country_weight must hold a finite weight >= 0"}[what]
     with pytest.raises(BundleError, match=re.escape(reason)):
         verify(root)
     with pytest.raises(BundleError, match=re.escape(reason)):

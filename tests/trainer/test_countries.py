@@ -172,3 +172,43 @@ def test_cli_countries_and_min_users_flags(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             main(["synth" if flag == "--countries" else "build", str(tmp_path / "e"), flag, "-1"])
         assert e.value.code == 2 and f"{flag}: must be at least 0, not -1" in capsys.readouterr().err
+
+
+def test_a_tuned_build_without_countries_serves_the_global_list(tmp_path):
+    """Logs with no country at all (MovieLens, or no users file): the tuning has nothing to tune and keeps
+    its default; the bundle has no list, and every cold request takes the global one."""
+    from recserve.bundle import Bundle
+    from recserve.pipeline.recommender import Recommender
+    from trainer.build import build
+    from trainer.synth import synth
+    from trainer.timing import Timer
+
+    ds, _ = synth(1500, 300, seed=0)
+    ds.user_country = np.full(ds.n_users, "", object)
+    build(ds, tmp_path / "b", {"seed": 0, "factors": 8, "holdout": 0.0, "ranker_rounds": 10},
+          timer=Timer(verbose=False))
+    with Bundle.open(tmp_path / "b") as b:
+        tuned = b.manifest["training"]["tuning"]["country_prior"]
+        assert tuned["users"] == 0 and "fewer than 50" in tuned["kept_default"], tuned
+        assert not b.tables.has_array("country_rows")
+        assert Recommender(b, None).countries is None
+
+
+def test_a_country_is_checked_as_an_id(tmp_path):
+    """The server takes a country as an id (context.country): the users file's are held to the same rules,
+    refused when read rather than at the end of a build."""
+    from trainer.io import DataError, load_dataset, write_dataset
+    from trainer.synth import synth
+
+    ds, _ = synth(50, 30, seed=0)
+    for bad, why in (("Z" * 300, "longer than 256 bytes"), ("S\x01E", "with control characters"),
+                     ("  ", "of white space only")):
+        d = synth(50, 30, seed=0)[0]
+        d.user_country = d.user_country.copy()
+        d.user_country[3] = bad
+        write_dataset(d, tmp_path / why[:4])
+        with pytest.raises(DataError, match=f"users.csv: column country has 1 name.s. {why}"):
+            load_dataset(tmp_path / why[:4])
+    write_dataset(ds, tmp_path / "ok")
+    back = load_dataset(tmp_path / "ok")
+    assert dict(zip(map(str, back.user_ids), back.user_country)) == dict(zip(map(str, ds.user_ids), ds.user_country))

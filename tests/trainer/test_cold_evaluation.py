@@ -1,0 +1,74 @@
+"""The build's evaluation of the users new after its cut (trainer/cold.py): who they are, what they were
+answered, and where the figures are recorded."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from trainer.cold import COLD_METHODS, new_users
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from trainer.build import build, evaluate_bundle, record_evaluation
+    from trainer.synth import synth
+    from trainer.timing import Timer
+
+    ds, _ = synth(1200, 300, seed=3, country_effect=1.0)
+    root = tmp_path_factory.mktemp("cold") / "b"
+    path = build(ds, root, {"seed": 0, "factors": 8, "ranker_rounds": 10, "tune": False},
+                 timer=Timer(verbose=False))
+    res = evaluate_bundle(path, ds)
+    record_evaluation(path, res)
+    return ds, path, res
+
+
+def test_new_users_are_those_with_nothing_before_the_cut():
+    from trainer.synth import synth
+
+    ds, _ = synth(400, 120, seed=1)
+    cut = float(np.quantile(ds.ts, 0.8))
+    row = {str(i): k for k, i in enumerate(ds.item_ids) if k % 7}        # a bundle missing some items
+    got = new_users(ds, cut, row.get)
+    want = {}
+    for u, i, t, d in zip(ds.user, ds.item, ds.ts, ds.device):
+        if (ds.user == u)[ds.ts < cut].any():
+            continue
+        uid = str(ds.user_ids[u])
+        first, items = want.get(uid, ((np.inf, 0), set()))
+        if str(ds.item_ids[i]) in row:
+            items.add(row[str(ds.item_ids[i])])
+        want[uid] = (min(first, (float(t), int(d))), items)
+    assert got == {u: v for u, v in want.items() if v[1]} and got
+
+
+def test_the_evaluation_records_the_new_users_cold_answers(built):
+    ds, path, res = built
+    cold = res["cold_users"]
+    cut = res["cut"]
+    first = np.full(ds.n_users, np.inf)
+    np.minimum.at(first, ds.user, ds.ts)
+    assert cold["new_users"] == cold["users"] == int(((first >= cut) & np.isfinite(first)).sum()) > 0
+    assert cold["cold_start_answers"] == cold["users"] and cold["users_with_country_list"] > 0
+    assert list(cold["methods"]) == list(COLD_METHODS)
+    for v in cold["methods"].values():
+        assert v["mean_len"] == 50 and 0.0 <= v["recall@10"] <= v["recall@50"] <= 1.0
+    # the country lists of data with favourites per country beat the global head for these users
+    served, trend = (cold["methods"][m] for m in COLD_METHODS)
+    assert served["ndcg@10"] > trend["ndcg@10"] and served["recall@50"] > trend["recall@50"]
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["evaluation"]["cold_users"] == json.loads(json.dumps(cold))
+    assert "<h2>New users</h2>" in (path / "report.html").read_text()
+
+
+def test_the_table_prints_them(built):
+    from trainer.evaluate import format_table
+
+    _, _, res = built
+    text = format_table(res)
+    assert "new users (no interaction before the cut)" in text
+    assert all(any(line.startswith(m) for line in text.splitlines()) for m in COLD_METHODS)
+    res = {**res, "cold_users": None}
+    assert "new users" not in format_table(res)
