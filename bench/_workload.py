@@ -26,6 +26,9 @@ def read_ids(bundle: str, max_users: int = 50_000, max_items: int = 50_000) -> d
             n = t.n_ids(ns)
             rows = rng.permutation(n)[:cap]
             out[ns] = [t.id_of(ns, int(r)) for r in rows]
+        # the users' countries, each as often as among the users (a bundle without: none)
+        out["country"] = ([t.id_of("country", int(c)) for c in t.array("user_country") if c >= 0]
+                          if t.has_array("user_country") else [])
         return out
     finally:
         t.close()
@@ -48,6 +51,8 @@ def build_requests(ids: dict, cfg: dict, seed: int, n: int) -> list[tuple[str, b
     users, items, cats = ids["user"], ids["item"], ids["category"]
     u_idx = zipf_index(rng, len(users), cfg["zipf"], n)
     i_idx = zipf_index(rng, len(items), cfg["zipf"], n * 6)
+    countries = ids.get("country") or []
+    crng = np.random.default_rng([seed, 7])     # its own draws: the rest of the workload stays as it was
     out = []
     for j, m in enumerate(methods):
         if m == "Recommend":
@@ -59,6 +64,9 @@ def build_requests(ids: dict, cfg: dict, seed: int, n: int) -> list[tuple[str, b
             else:
                 uid = users[u_idx[j]]
             req = pb.RecommendRequest(user_id=uid, k=cfg["k"], explain=bool(rng.random() < cfg["explain_share"]))
+            if countries and (uid == "" or uid.startswith("bench-unknown-")):
+                # a visitor the backend does not know, but whose country it does (GeoIP)
+                req.context.country = countries[int(crng.integers(len(countries)))]
             if uid == "" and rng.random() < 0.5:  # anonymous with a session
                 req.session_item_ids.extend(items[i] for i in i_idx[6 * j:6 * j + 3])
             if cats and rng.random() < cfg["filter_share"]:

@@ -25,8 +25,8 @@ What it does
     sends up to 1-2 ms late) and ``--channels`` connections of its own, calls round-robin over them: the
     kernel's SO_REUSEPORT balances *connections* over the server's workers, so a client with one connection
     loads one worker only. Requests are pre-built before timing (users drawn from the bundle's users with
-    Zipf skew, plus unknown and anonymous users; category filters; explain) so request building is not
-    timed.
+    Zipf skew, plus unknown and anonymous users, who carry a country drawn from the bundle's users' countries
+    as ``context.country``; category filters; explain) so request building is not timed.
   * Closed loop: ``--concurrency`` outstanding calls in total, split over the clients.
     Open loop: Poisson arrivals at ``--rate`` calls/s in total; latency is measured from the *intended* send
     time, so a client or server that falls behind shows up as latency (no coordinated omission). The

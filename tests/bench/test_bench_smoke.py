@@ -425,3 +425,25 @@ def test_cold_users_needs_held_out_data(tmp_path):
               str(tmp_path / "data")], "build the bundle with held-out data (--holdout above 0)")
     _refused([str(REPO / "bench" / "cold_users.py"), "--bundle", str(tmp_path / "b"), "--data",
               str(tmp_path / "none")], "does not exist")
+
+
+def test_visitors_the_backend_does_not_know_carry_a_country(demo_bundle):
+    """The load mix's anonymous and unknown users ask with a country of the bundle's users; known users ask
+    without one; the requests are otherwise those of a bundle without countries (the country has draws of
+    its own)."""
+    from _inproc import RECOMMEND_ONLY
+    from _workload import build_requests, read_ids
+
+    from recserve.v1 import recommender_pb2 as pb
+
+    ids = read_ids(str(demo_bundle))
+    assert ids["country"] and len(ids["country"]) <= len(ids["user"])
+    got = [pb.RecommendRequest.FromString(b) for _, b in build_requests(ids, RECOMMEND_ONLY, 0, 400)]
+    plain = [pb.RecommendRequest.FromString(b) for _, b in build_requests({**ids, "country": []}, RECOMMEND_ONLY,
+                                                                           0, 400)]
+    visitors = [r for r in got if r.user_id == "" or r.user_id.startswith("bench-unknown-")]
+    assert visitors and all(r.context.country in set(ids["country"]) for r in visitors)
+    assert all(r.context.country == "" for r in got if r not in visitors)
+    for a, b in zip(got, plain):
+        a.ClearField("context")                 # the country is the only context the load mix sends
+        assert a == b
