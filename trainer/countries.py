@@ -132,19 +132,25 @@ def tune_prior(ds, fit_mask: np.ndarray, label_mask: np.ndarray, label_cut: floa
             got.append(len(top & truth) / min(len(truth), k))
         return float(np.mean(got))
 
-    glob = np.argsort(-d_g, kind="stable")[:k]
+    glob = _top(d_g, k)
     results = {None: recall(lambda c: glob)}
+    asked = np.unique(some.user_code[users])      # the countries the tuning's users come from
     for p, cl in lists.items():
         tops = {}
-        for c in range(len(cl.ids)):
+        for c in asked.tolist():
             a, b = int(cl.indptr[c]), int(cl.indptr[c + 1])
-            if a == b:
-                continue
             score = np.log1p(cl.weight[c] * d_g)
             score[cl.rows[a:b]] = cl.scores[a:b]
-            tops[c] = np.argsort(-score, kind="stable")[:k]
+            tops[c] = _top(score, k)
         results[p] = recall(tops.__getitem__)
     info["grid"] = [{"prior": p, f"recall@{k}": round(r, 4)} for p, r in results.items()]
     best = max(results.items(), key=lambda pr: (pr[1], pr[0] is None))[0]
     info["chosen"] = best
     return best, info
+
+
+def _top(score: np.ndarray, k: int) -> np.ndarray:
+    """The rows of the ``k`` highest scores, best first, in one pass over the catalogue (ties by row among
+    them; a tie at the k-th score is broken arbitrarily)."""
+    part = np.argpartition(-score, k - 1)[:k] if k < len(score) else np.arange(len(score))
+    return part[np.lexsort((part, -score[part]))]
