@@ -183,7 +183,9 @@ def cmd_recommend(args) -> int:
         req.context.country = args.country
         r = _call(lambda: pbg.RecommenderStub(ch).Recommend(req, metadata=_meta(args), timeout=args.timeout),
                   args)
-    print(f"user {args.user or '(anonymous)'}{' (cold start)' if r.cold_start else ''}  "
+    cold = (f" (cold start, trending in {r.trending_country})" if r.trending_country
+            else " (cold start)" if r.cold_start else "")
+    print(f"user {args.user or '(anonymous)'}{cold}  "
           f"bundle {r.bundle_version}  request {r.request_id}")
     print_items(r.items, args.explain)
     print("timings: " + "  ".join(f"{t.stage}={t.ms:.2f}ms" for t in r.timings))

@@ -76,6 +76,9 @@ class Metrics:
             "served bundle's data end, of users it holds a history of: taken to be in the bundle, they exclude "
             "their items but move no user vector",
             registry=r)
+        self.cold = Counter("recserve_cold_answers_total", "Recommends answered from the cold-start path, by "
+                            "what ordered them: a country's trending list, the global one, or the ranker",
+                            ["list"], registry=r)
         self.forwarded = Counter("recserve_forwarded_total", "Recommends computed by an idle sibling worker",
                                  registry=r)
         # the event store's file, shared by the workers (the same value from each: the largest is current)
@@ -109,8 +112,14 @@ class Metrics:
         if seconds is not None:
             self._hist(self.latency, method).add(seconds)
 
-    def observe_recommend(self, timings, source_counts) -> None:
-        """A Recommend's stage times (ms) and merged candidates per source (pending until :meth:`settle`)."""
+    def observe_recommend(self, timings, source_counts, cold_list: str = "") -> None:
+        """A Recommend's stage times (ms), merged candidates per source and, for a cold answer, what ordered
+        it (``country``, ``global`` or ``ranker``): pending until :meth:`settle`."""
+        if cold_list:
+            c = self._counts.get(("cold", cold_list))
+            if c is None:
+                c = self._counts[("cold", cold_list)] = [self.cold.labels(cold_list), 0]
+            c[1] += 1
         for stage, ms in timings:
             if stage != "total":
                 self._hist(self.stage, stage).add(ms / 1000.0)

@@ -293,9 +293,9 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         else:
             res = await self.compute_recommend(req)
         if self.metrics is not None:
-            self.metrics.observe_recommend(res.timings, res.source_counts)
+            self.metrics.observe_recommend(res.timings, res.source_counts, res.cold_list)
         resp = pb.RecommendResponse(bundle_version=res.bundle_version, request_id=rid,
-                                    cold_start=res.cold_start)
+                                    cold_start=res.cold_start, trending_country=res.trending_country)
         _add_items(resp.items, res, request.explain)
         if request.timings:
             resp.timings.extend(pb.StageTiming(stage=s, ms=ms) for s, ms in res.timings)

@@ -75,6 +75,9 @@ class Result:
     timings: list[tuple[str, float]]
     cold_start: bool = False
     source_counts: dict = field(default_factory=dict)   # merged candidates found by each source
+    # a cold answer's order: "country" (trending_country's list), "global" (the global list), "ranker"
+    cold_list: str = ""
+    trending_country: str = ""
 
 
 def check_id(value: str, field_name: str, allow_empty: bool = False) -> None:

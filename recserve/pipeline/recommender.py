@@ -144,6 +144,14 @@ class Recommender:
         return [s for i, s in enumerate(self.sources) if mask >> i & 1]
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _cold_list(self, cold: bool, region: int | None) -> tuple[str, str]:
+        """(the list that ordered a cold answer: country, global or ranker; the country's id, or "")."""
+        if not cold:
+            return "", ""
+        if region is not None:
+            return "country", self.tables.id_of("country", region)
+        return ("ranker" if self.cold_by_ranker else "global"), ""
+
     def known_user(self, user_id: str) -> bool:
         return self.tables.row_of("user", user_id) is not None
 
@@ -372,7 +380,7 @@ class Recommender:
         yield from done("candidates")
         if len(rows) == 0:
             return Result([], self.version, timings + [("total", (time.perf_counter() - t0) * 1000)], cold,
-                          counts)
+                          counts, *self._cold_list(cold, region))
 
         if by_ranker:
             dev = float(req.device)
@@ -412,7 +420,7 @@ class Recommender:
                      rel[pos].tolist())]
         lap("assemble")
         timings.append(("total", (time.perf_counter() - t0) * 1000.0))
-        return Result(items, self.version, timings, cold, counts)
+        return Result(items, self.version, timings, cold, counts, *self._cold_list(cold, region))
 
     # -- SimilarItems ------------------------------------------------------------------------------
     def similar(self, item_id: str, k: int, filters: Filters, deadline: float | None = None) -> Result:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drecserve/v1/recommender.proto\x12\x0brecserve.v1\"\xee\x01\n\x07\x43ontext\x12\x11\n\ttimestamp\x18\x01 \x01(\x01\x12\x11\n\x04hour\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x07weekday\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12#\n\x06\x64\x65vice\x18\x04 \x01(\x0e\x32\x13.recserve.v1.Device\x12\x0f\n\x07\x63ountry\x18\x05 \x01(\t\x12.\n\x05\x65xtra\x18\x06 \x03(\x0b\x32\x1f.recserve.v1.Context.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05_hourB\n\n\x08_weekday\"\xd5\x01\n\x07\x46ilters\x12\x1a\n\x12include_categories\x18\x01 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x02 \x03(\t\x12\x16\n\tmin_price\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tmax_price\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x10\x65xclude_item_ids\x18\x05 \x03(\t\x12\x1a\n\rin_stock_only\x18\x06 \x01(\x08H\x02\x88\x01\x01\x42\x0c\n\n_min_priceB\x0c\n\n_max_priceB\x10\n\x0e_in_stock_only\"]\n\tDiversity\x12\x13\n\x06lambda\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x0fmax_per_creator\x18\x02 \x01(\x05H\x01\x88\x01\x01\x42\t\n\x07_lambdaB\x12\n\x10_max_per_creator\"\x97\x02\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x18\n\x10session_item_ids\x18\x03 \x03(\t\x12%\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x14.recserve.v1.Context\x12%\n\x07\x66ilters\x18\x05 \x01(\x0b\x32\x14.recserve.v1.Filters\x12\x1d\n\x10\x65xclude_consumed\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12)\n\tdiversity\x18\x07 \x01(\x0b\x32\x16.recserve.v1.Diversity\x12\x0f\n\x07\x65xplain\x18\x08 \x01(\x08\x12\x0f\n\x07timings\x18\t \x01(\x08\x42\x13\n\x11_exclude_consumed\"<\n\x13\x46\x65\x61tureContribution\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x02 \x01(\x01\"\x83\x01\n\x0b\x45xplanation\x12\x36\n\x0ctop_features\x18\x01 \x03(\x0b\x32 .recserve.v1.FeatureContribution\x12\x13\n\x0bmmr_penalty\x18\x02 \x01(\x01\x12\x14\n\x0cranker_score\x18\x03 \x01(\x01\x12\x11\n\trelevance\x18\x04 \x01(\x01\"l\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07sources\x18\x03 \x03(\t\x12-\n\x0b\x65xplanation\x18\x04 \x01(\x0b\x32\x18.recserve.v1.Explanation\"(\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x01\"\xa6\x01\n\x11RecommendResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recserve.v1.ScoredItem\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12)\n\x07timings\x18\x04 \x03(\x0b\x32\x18.recserve.v1.StageTiming\x12\x12\n\ncold_start\x18\x05 \x01(\x08\"X\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12%\n\x07\x66ilters\x18\x03 \x01(\x0b\x32\x14.recserve.v1.Filters\"j\n\x14SimilarItemsResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recserve.v1.ScoredItem\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"b\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12$\n\x04type\x18\x03 \x01(\x0e\x32\x16.recserve.v1.EventType\x12\x11\n\ttimestamp\x18\x04 \x01(\x01\"9\n\x13RecordEventsRequest\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.recserve.v1.Event\"u\n\x14RecordEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x11\n\tnew_users\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x12\n\nduplicates\x18\x04 \x01(\x05\x12\x10\n\x08not_kept\x18\x05 \x01(\x05\"_\n\nItemUpdate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x15\n\x08in_stock\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\x05price\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x0b\n\t_in_stockB\x08\n\x06_price\"<\n\x12UpdateItemsRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recserve.v1.ItemUpdate\":\n\x13UpdateItemsResponse\x12\x0f\n\x07updated\x18\x01 \x01(\x05\x12\x12\n\nrequest_id\x18\x02 \x01(\t*i\n\x06\x44\x65vice\x12\x16\n\x12\x44\x45VICE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45VICE_DESKTOP\x10\x01\x12\x11\n\rDEVICE_MOBILE\x10\x02\x12\x11\n\rDEVICE_TABLET\x10\x03\x12\r\n\tDEVICE_TV\x10\x04*\x97\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x13\n\x0f\x45VENT_TYPE_CART\x10\x03\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x04\x12\x15\n\x11\x45VENT_TYPE_RATING\x10\x05\x32\xd5\x02\n\x0bRecommender\x12J\n\tRecommend\x12\x1d.recserve.v1.RecommendRequest\x1a\x1e.recserve.v1.RecommendResponse\x12S\n\x0cSimilarItems\x12 .recserve.v1.SimilarItemsRequest\x1a!.recserve.v1.SimilarItemsResponse\x12S\n\x0cRecordEvents\x12 .recserve.v1.RecordEventsRequest\x1a!.recserve.v1.RecordEventsResponse\x12P\n\x0bUpdateItems\x12\x1f.recserve.v1.UpdateItemsRequest\x1a .recserve.v1.UpdateItemsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drecserve/v1/recommender.proto\x12\x0brecserve.v1\"\xee\x01\n\x07\x43ontext\x12\x11\n\ttimestamp\x18\x01 \x01(\x01\x12\x11\n\x04hour\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x07weekday\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12#\n\x06\x64\x65vice\x18\x04 \x01(\x0e\x32\x13.recserve.v1.Device\x12\x0f\n\x07\x63ountry\x18\x05 \x01(\t\x12.\n\x05\x65xtra\x18\x06 \x03(\x0b\x32\x1f.recserve.v1.Context.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05_hourB\n\n\x08_weekday\"\xd5\x01\n\x07\x46ilters\x12\x1a\n\x12include_categories\x18\x01 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x02 \x03(\t\x12\x16\n\tmin_price\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tmax_price\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x10\x65xclude_item_ids\x18\x05 \x03(\t\x12\x1a\n\rin_stock_only\x18\x06 \x01(\x08H\x02\x88\x01\x01\x42\x0c\n\n_min_priceB\x0c\n\n_max_priceB\x10\n\x0e_in_stock_only\"]\n\tDiversity\x12\x13\n\x06lambda\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x0fmax_per_creator\x18\x02 \x01(\x05H\x01\x88\x01\x01\x42\t\n\x07_lambdaB\x12\n\x10_max_per_creator\"\x97\x02\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x18\n\x10session_item_ids\x18\x03 \x03(\t\x12%\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x14.recserve.v1.Context\x12%\n\x07\x66ilters\x18\x05 \x01(\x0b\x32\x14.recserve.v1.Filters\x12\x1d\n\x10\x65xclude_consumed\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12)\n\tdiversity\x18\x07 \x01(\x0b\x32\x16.recserve.v1.Diversity\x12\x0f\n\x07\x65xplain\x18\x08 \x01(\x08\x12\x0f\n\x07timings\x18\t \x01(\x08\x42\x13\n\x11_exclude_consumed\"<\n\x13\x46\x65\x61tureContribution\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x02 \x01(\x01\"\x83\x01\n\x0b\x45xplanation\x12\x36\n\x0ctop_features\x18\x01 \x03(\x0b\x32 .recserve.v1.FeatureContribution\x12\x13\n\x0bmmr_penalty\x18\x02 \x01(\x01\x12\x14\n\x0cranker_score\x18\x03 \x01(\x01\x12\x11\n\trelevance\x18\x04 \x01(\x01\"l\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07sources\x18\x03 \x03(\t\x12-\n\x0b\x65xplanation\x18\x04 \x01(\x0b\x32\x18.recserve.v1.Explanation\"(\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x01\"\xc0\x01\n\x11RecommendResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recserve.v1.ScoredItem\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12)\n\x07timings\x18\x04 \x03(\x0b\x32\x18.recserve.v1.StageTiming\x12\x12\n\ncold_start\x18\x05 \x01(\x08\x12\x18\n\x10trending_country\x18\x06 \x01(\t\"X\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12%\n\x07\x66ilters\x18\x03 \x01(\x0b\x32\x14.recserve.v1.Filters\"j\n\x14SimilarItemsResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recserve.v1.ScoredItem\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"b\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12$\n\x04type\x18\x03 \x01(\x0e\x32\x16.recserve.v1.EventType\x12\x11\n\ttimestamp\x18\x04 \x01(\x01\"9\n\x13RecordEventsRequest\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.recserve.v1.Event\"u\n\x14RecordEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x11\n\tnew_users\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x12\n\nduplicates\x18\x04 \x01(\x05\x12\x10\n\x08not_kept\x18\x05 \x01(\x05\"_\n\nItemUpdate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x15\n\x08in_stock\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\x05price\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x0b\n\t_in_stockB\x08\n\x06_price\"<\n\x12UpdateItemsRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recserve.v1.ItemUpdate\":\n\x13UpdateItemsResponse\x12\x0f\n\x07updated\x18\x01 \x01(\x05\x12\x12\n\nrequest_id\x18\x02 \x01(\t*i\n\x06\x44\x65vice\x12\x16\n\x12\x44\x45VICE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45VICE_DESKTOP\x10\x01\x12\x11\n\rDEVICE_MOBILE\x10\x02\x12\x11\n\rDEVICE_TABLET\x10\x03\x12\r\n\tDEVICE_TV\x10\x04*\x97\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x13\n\x0f\x45VENT_TYPE_CART\x10\x03\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x04\x12\x15\n\x11\x45VENT_TYPE_RATING\x10\x05\x32\xd5\x02\n\x0bRecommender\x12J\n\tRecommend\x12\x1d.recserve.v1.RecommendRequest\x1a\x1e.recserve.v1.RecommendResponse\x12S\n\x0cSimilarItems\x12 .recserve.v1.SimilarItemsRequest\x1a!.recserve.v1.SimilarItemsResponse\x12S\n\x0cRecordEvents\x12 .recserve.v1.RecordEventsRequest\x1a!.recserve.v1.RecordEventsResponse\x12P\n\x0bUpdateItems\x12\x1f.recserve.v1.UpdateItemsRequest\x1a .recserve.v1.UpdateItemsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CONTEXT_EXTRAENTRY']._loaded_options = None
   _globals['_CONTEXT_EXTRAENTRY']._serialized_options = b'8\001'
-  _globals['_DEVICE']._serialized_start=2092
-  _globals['_DEVICE']._serialized_end=2197
-  _globals['_EVENTTYPE']._serialized_start=2200
-  _globals['_EVENTTYPE']._serialized_end=2351
+  _globals['_DEVICE']._serialized_start=2118
+  _globals['_DEVICE']._serialized_end=2223
+  _globals['_EVENTTYPE']._serialized_start=2226
+  _globals['_EVENTTYPE']._serialized_end=2377
   _globals['_CONTEXT']._serialized_start=47
   _globals['_CONTEXT']._serialized_end=285
   _globals['_CONTEXT_EXTRAENTRY']._serialized_start=220
@@ -56,23 +56,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STAGETIMING']._serialized_start=1186
   _globals['_STAGETIMING']._serialized_end=1226
   _globals['_RECOMMENDRESPONSE']._serialized_start=1229
-  _globals['_RECOMMENDRESPONSE']._serialized_end=1395
-  _globals['_SIMILARITEMSREQUEST']._serialized_start=1397
-  _globals['_SIMILARITEMSREQUEST']._serialized_end=1485
-  _globals['_SIMILARITEMSRESPONSE']._serialized_start=1487
-  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1593
-  _globals['_EVENT']._serialized_start=1595
-  _globals['_EVENT']._serialized_end=1693
-  _globals['_RECORDEVENTSREQUEST']._serialized_start=1695
-  _globals['_RECORDEVENTSREQUEST']._serialized_end=1752
-  _globals['_RECORDEVENTSRESPONSE']._serialized_start=1754
-  _globals['_RECORDEVENTSRESPONSE']._serialized_end=1871
-  _globals['_ITEMUPDATE']._serialized_start=1873
-  _globals['_ITEMUPDATE']._serialized_end=1968
-  _globals['_UPDATEITEMSREQUEST']._serialized_start=1970
-  _globals['_UPDATEITEMSREQUEST']._serialized_end=2030
-  _globals['_UPDATEITEMSRESPONSE']._serialized_start=2032
-  _globals['_UPDATEITEMSRESPONSE']._serialized_end=2090
-  _globals['_RECOMMENDER']._serialized_start=2354
-  _globals['_RECOMMENDER']._serialized_end=2695
+  _globals['_RECOMMENDRESPONSE']._serialized_end=1421
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=1423
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=1511
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=1513
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1619
+  _globals['_EVENT']._serialized_start=1621
+  _globals['_EVENT']._serialized_end=1719
+  _globals['_RECORDEVENTSREQUEST']._serialized_start=1721
+  _globals['_RECORDEVENTSREQUEST']._serialized_end=1778
+  _globals['_RECORDEVENTSRESPONSE']._serialized_start=1780
+  _globals['_RECORDEVENTSRESPONSE']._serialized_end=1897
+  _globals['_ITEMUPDATE']._serialized_start=1899
+  _globals['_ITEMUPDATE']._serialized_end=1994
+  _globals['_UPDATEITEMSREQUEST']._serialized_start=1996
+  _globals['_UPDATEITEMSREQUEST']._serialized_end=2056
+  _globals['_UPDATEITEMSRESPONSE']._serialized_start=2058
+  _globals['_UPDATEITEMSRESPONSE']._serialized_end=2116
+  _globals['_RECOMMENDER']._serialized_start=2380
+  _globals['_RECOMMENDER']._serialized_end=2721
 # @@protoc_insertion_point(module_scope)

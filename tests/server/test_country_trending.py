@@ -62,6 +62,7 @@ def test_a_country_answer_follows_its_list(bundle):
         assert [i.score for i in r.items] == pytest.approx([float(scores[j]) for j in got])
         assert r.cold_start and got[0] == 0 and max(got) < 25, (c, got)
         assert all(i.sources == ["popular"] for i in r.items)
+        assert (r.cold_list, r.trending_country) == ("country", c)
         differs += _ids(r) != glob
     assert differs, "no country's answer differs from the global one"
 
@@ -74,8 +75,14 @@ def test_no_list_means_the_global_answer(bundle):
     c = _with_lists(rec)[0]
     off = Recommender(bundle, None, {"cold_trending": "global"})
     assert _ids(_ask(off, country=c)) == glob
+    assert (_ask(off, country=c).cold_list, _ask(off, country=c).trending_country) == ("global", "")
     ranked = Recommender(bundle, None, {"cold_order": "ranker"})
     assert ranked.countries is None
+    assert (_ask(ranked, country=c).cold_list, _ask(ranked, country=c).trending_country) == ("ranker", "")
+    t = rec.tables
+    warm = next(t.id_of("user", u) for u in range(t.n_ids("user")) if rec.has_history(t.id_of("user", u)))
+    r = _ask(rec, uid=warm, country=c)
+    assert not r.cold_start and (r.cold_list, r.trending_country) == ("", "")
 
 
 def test_a_known_user_without_history_takes_her_own_country(bundle):
@@ -143,7 +150,7 @@ def test_context_country_over_grpc(server, bundle):
 
     def ask(country):
         r = stub.Recommend(pb.RecommendRequest(k=10, context=pb.Context(country=country)), timeout=10)
-        assert r.cold_start
+        assert r.cold_start and r.trending_country == (country if country == c else "")
         return [i.item_id for i in r.items]
 
     assert ask(c) == _ids(rec.recommend(RecRequest(user_id="", k=10, country=c)))

@@ -36,14 +36,15 @@ def calls(seed: int, n: int):
         timings = list(zip(stages, ms.tolist())) + [("total", float(ms.sum()))]
         sources = {s: int(rng.choice([0, 5, 7, 200, 3000])) for s in ("ann", "i2i", "session", "popular")}
         code = ["OK", "OK", "INVALID_ARGUMENT", "NOT_FOUND"][i % 4]
-        yield timings, sources, code, float(rng.choice([0.001, 0.0004, 0.003, 2.5, 30.0]))
+        cold = ["", "", "country", "global", "ranker"][i % 5]
+        yield timings, sources, code, float(rng.choice([0.001, 0.0004, 0.003, 2.5, 30.0])), cold
 
 
 def test_batched_writes_expose_the_same_metrics_as_direct_observations():
     batched_reg, direct_reg = CollectorRegistry(), CollectorRegistry()
     batched, direct = Metrics(batched_reg), Metrics(direct_reg)
-    for i, (timings, sources, code, seconds) in enumerate(calls(0, 500)):
-        batched.observe_recommend(timings, sources)
+    for i, (timings, sources, code, seconds, cold) in enumerate(calls(0, 500)):
+        batched.observe_recommend(timings, sources, cold)
         batched.observe("Recommend", code, seconds)
         batched.settle(idle=i % 97 == 0)
         for stage, ms in timings:
@@ -52,10 +53,13 @@ def test_batched_writes_expose_the_same_metrics_as_direct_observations():
         for s, n in sources.items():
             direct.candidates.labels(s).observe(n)
         direct.requests.labels("Recommend", code).inc()
+        if cold:
+            direct.cold.labels(cold).inc()
         direct.latency.labels("Recommend").observe(seconds)
     assert exposition(batched_reg) != exposition(direct_reg)       # the last calls are still pending
     batched.flush()
     assert_same(exposition(batched_reg), exposition(direct_reg))
+    assert exposition(batched_reg)['recserve_cold_answers_total{list="country"}'] == 100
 
 
 def test_pending_observations_are_written_when_idle_or_after_the_flush_interval(monkeypatch):

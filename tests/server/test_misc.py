@@ -410,7 +410,7 @@ def test_cli_client_commands_print_tables(server, facts):
     # a country: the one the bundle has a trending list of is sent and answers; a control character is the
     # server's INVALID_ARGUMENT naming context.country
     rc, out, _ = run("recommend", "", "--k", "4", "--country", "US")
-    assert rc == 0 and "(cold start)" in out.splitlines()[0] and len(out.splitlines()) == 8, out
+    assert rc == 0 and "(cold start, trending in US)" in out.splitlines()[0] and len(out.splitlines()) == 8, out
     rc, _, err = run("recommend", "", "--country", "U\x01S")
     assert rc == 1 and "INVALID_ARGUMENT" in err and "context.country" in err, err
 
