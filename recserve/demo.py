@@ -31,7 +31,7 @@ def main(argv=None) -> int:
         shutil.rmtree(work)
     data, bundles = work / "data", work / "bundles"
     t0 = time.perf_counter()
-    ds, _ = synth(a.users, a.items, seed=0)
+    ds, _ = synth(a.users, a.items, seed=0, country_effect=1.0)     # favourites per country: cold answers by country
     write_dataset(ds, data)
     ds = load_dataset(data)
     print(f"[demo] synthetic data: {ds.n_users} users, {ds.n_items} items, {len(ds)} interactions -> {data}")
@@ -90,6 +90,11 @@ def _talk(port: int, bundle_dir: Path) -> int:
 
         r = stub.Recommend(pb.RecommendRequest(user_id="someone-new", k=5), timeout=10)
         print(f"\nRecommend(user='someone-new', k=5)  unknown user -> cold start={r.cold_start}")
+        print_items(r.items)
+
+        r = stub.Recommend(pb.RecommendRequest(k=5, context=pb.Context(country="SE")), timeout=10)
+        print(f"\nRecommend(anonymous, k=5, context.country='SE') -> cold start={r.cold_start}, trending list: "
+              f"{r.trending_country or 'global (the bundle has none for SE)'}")
         print_items(r.items)
 
         s = stub.SimilarItems(pb.SimilarItemsRequest(item_id=item, k=5), timeout=10)
