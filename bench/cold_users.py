@@ -3,8 +3,8 @@
     python bench/cold_users.py --bundle DIR --data DATA [--k 50] [--max-users 3000] [--seed 0] [--json OUT]
 
 The bundle must hold data out (a build with the default ``--holdout``) and DATA is the data it was built
-from, or newer logs. A *new user* is one whose first interaction in DATA is at or after the bundle's cut:
-the bundle has no history of hers, so the server answers her from its cold-start path: trending
+from, or newer logs. A *new user* is one whose first interaction in DATA is at or after the bundle's cut
+and of whom the bundle holds no history, so the server answers her from its cold-start path: trending
 candidates, ordered by their trending score (``cold_order = "trending"``, the default) or by the LightGBM
 ranker for the request's context and her user features (``"ranker"``), then re-ranked by MMR and the
 creator rules. In trending order the candidates and their scores are those of the request's country (its
@@ -23,9 +23,9 @@ the trainer's evaluation:
 
 and ``trending list``: the bundle's trending list, its first k items, as the server would answer with
 neither the ranker nor the re-ranking. Truth: the distinct items of her held-out interactions that the
-bundle's catalogue holds (a user without one is not evaluated). Metrics: the trainer's own (recall@10/20/50,
-NDCG@10, coverage@10, ild@10, novelty@10). The other serving settings are the environment's
-(``RECSERVE_*``), as the server reads them.
+bundle's catalogue holds and had released by her first one (a user without one is not evaluated).
+Metrics: the trainer's own (recall@10/20/50, NDCG@10, coverage@10, ild@10, novelty@10). The other serving
+settings are the environment's (``RECSERVE_*``), as the server reads them.
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def evaluate(bundle: str, data: str, k: int, max_users: int, seed: int) -> dict:
     with tempfile.TemporaryDirectory() as events, \
             recommender(bundle, f"{events}/a", {"cold_order": "trending"}) as rec, \
             recommender(bundle, f"{events}/b", {"cold_order": "ranker"}) as ranked:
-        users = new_users(ds, cut, lambda i: rec.tables.row_of("item", i))
+        users = new_users(ds, cut, lambda i: rec.tables.row_of("item", i), rec.has_history, rec.created)
         if not users:
             raise UsageError(f"no user of {data} is new at or after the bundle's cut "
                              f"({time.strftime('%Y-%m-%d %H:%M', time.gmtime(cut))} UTC) with an item the bundle "

@@ -345,6 +345,13 @@ def _check_countries(t, n_users: int) -> bool:
         raise BundleError("tables.lmdb: country_indptr must rise from 0 to len(country_rows), one step per country")
     if len(scores) != len(rows) or not np.isfinite(scores).all():
         raise BundleError("tables.lmdb: country_scores must hold a finite score per row of country_rows")
+    inner = np.ones(max(len(rows) - 1, 0), bool)          # pairs of neighbours within one country's list
+    inner[indptr[1:-1][(indptr[1:-1] > 0) & (indptr[1:-1] < len(rows))] - 1] = False
+    if np.any(np.diff(scores)[inner] > 0):
+        raise BundleError("tables.lmdb: each country's list in country_rows must be best first")
+    key = np.repeat(np.arange(n_c, dtype=np.int64), np.diff(indptr)) * max(int(rows.max(initial=0)) + 1, 1) + rows
+    if len(np.unique(key)) != len(key):
+        raise BundleError("tables.lmdb: each country's list in country_rows must hold distinct rows")
     if len(weight) != n_c or not (np.isfinite(weight) & (weight >= 0)).all():
         raise BundleError(f"tables.lmdb: country_weight must hold a finite weight >= 0 for each of {n_c} countries")
     return True

@@ -2,8 +2,9 @@
 
 Generates synthetic data with the trainer's ``synth``, writes it in the input format, builds a bundle
 with the trainer, starts the server (2 worker processes) on a free localhost port, prints Recommend for a
-known user, an unknown user (cold start) and SimilarItems for an item, records an event and shows the
-user's next answer, then shuts the server down cleanly (SIGTERM drain).
+known user, an unknown user (cold start), an anonymous visitor from SE (cold start from SE's trending
+list: the demo data give each country favourites of its own) and SimilarItems for an item, records an
+event and shows the user's next answer, then shuts the server down cleanly (SIGTERM drain).
 """
 from __future__ import annotations
 

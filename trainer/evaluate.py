@@ -191,8 +191,9 @@ def format_table(result: dict) -> str:
         lines.append(f"held-out (user, item) pairs left out of the truth: {result['truth_unknown_items']} "
                      "(the bundle does not know the item: newer than the bundle's data, it cannot recommend it)")
     if result.get("truth_unknown_users"):
-        lines.append(f"held-out (user, item) pairs not evaluated: {result['truth_unknown_users']} "
-                     "(the bundle does not know the user: no history to recommend from)")
+        lines.append(f"held-out (user, item) pairs not evaluated by the methods below: {result['truth_unknown_users']} "
+                     "(the bundle does not know the user: no history to rank from; the new users' rows, when "
+                     "printed, answer such users cold)")
     lines.append(f"{'method':<20}" + "".join(f"{c:>14}" for c in cols))
     for m, v in result["methods"].items():
         lines.append(f"{m:<20}" + "".join(f"{v.get(c, float('nan')):>14.4f}" for c in cols))

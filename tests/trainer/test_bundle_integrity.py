@@ -191,7 +191,7 @@ def test_crash_inside_write_keeps_previous_current(bundle_copy, monkeypatch, cra
 @pytest.mark.parametrize("what", ["i2i_range", "sim_range", "sim_shape", "hist_len", "index_size", "index_dim",
                                   "ranker_text", "ranker_width", "consumed_range", "consumed_order",
                                   "consumed_indptr", "consumed_users", "country_range", "country_users",
-                                  "country_indptr", "country_weight"])
+                                  "country_indptr", "country_weight", "country_order", "country_twice"])
 def test_consistently_hashed_but_wrong_bundle_is_refused(demo_bundle, tmp_path, what, capsys):
     """Checksums only prove the files are the ones written; the structure checks catch a bad writer."""
     import numpy as np
@@ -237,6 +237,10 @@ def test_consistently_hashed_but_wrong_bundle_is_refused(demo_bundle, tmp_path, 
                 cl.user_code = cl.user_code[:5]
             elif what == "country_indptr":
                 cl.indptr[-1] -= 1
+            elif what == "country_order":
+                cl.scores[:2] = cl.scores[1::-1] if cl.scores[0] > cl.scores[1] else cl.scores[:2] - [1, 0]
+            elif what == "country_twice":
+                cl.rows[1] = cl.rows[0]
             else:
                 cl.weight[0] = -1.0
         elif what == "index_size":
@@ -266,7 +270,9 @@ def test_consistently_hashed_but_wrong_bundle_is_refused(demo_bundle, tmp_path, 
               "country_range": "tables.lmdb: country_rows has item rows outside [0, 200)",
               "country_users": "tables.lmdb: user_country must hold a code in [-1, 10) for each of 300 users",
               "country_indptr": "tables.lmdb: country_indptr must rise from 0 to len(country_rows)",
-              "country_weight": "tables.lmdb: country_weight must hold a finite weight >= 0"}[what]
+              "country_weight": "tables.lmdb: country_weight must hold a finite weight >= 0",
+              "country_order": "tables.lmdb: each country's list in country_rows must be best first",
+              "country_twice": "tables.lmdb: each country's list in country_rows must hold distinct rows"}[what]
     with pytest.raises(BundleError, match=re.escape(reason)):
         verify(root)
     with pytest.raises(BundleError, match=re.escape(reason)):

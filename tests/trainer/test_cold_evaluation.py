@@ -72,3 +72,35 @@ def test_the_table_prints_them(built):
     assert all(any(line.startswith(m) for line in text.splitlines()) for m in COLD_METHODS)
     res = {**res, "cold_users": None}
     assert "new users" not in format_table(res)
+
+
+def test_newer_logs_count_only_users_the_bundle_has_no_history_of(built):
+    """Logs from the cut on hold nothing of anyone's past: a user the bundle holds a history of is still no
+    new user there, and the new users are exactly those of the build's own evaluation."""
+    from recserve.bundle import Bundle
+    from trainer.build import artifacts_from_bundle
+    from trainer.cold import evaluate_cold
+
+    ds, path, res = built
+    newer = ds.subset(ds.ts >= res["cut"])
+    with Bundle.open(path) as b:
+        got = evaluate_cold(b, newer, artifacts_from_bundle(b))
+    assert got["new_users"] == res["cold_users"]["new_users"] == got["cold_start_answers"]
+    assert got["methods"] == res["cold_users"]["methods"]
+
+
+def test_users_the_bundle_does_not_know_bring_their_country_from_the_logs(built):
+    """New users under ids the bundle has never seen (next week's sign-ups): each asks with her country
+    from the logs' users file, as a backend would, and gets her country's list where the bundle has one."""
+    from recserve.bundle import Bundle
+    from trainer.build import artifacts_from_bundle
+    from trainer.cold import evaluate_cold
+
+    ds, path, res = built
+    renamed = ds.subset(np.ones(len(ds), bool))
+    renamed.user_ids = np.array([f"next-{u}" for u in ds.user_ids], object)
+    with Bundle.open(path) as b:
+        got = evaluate_cold(b, renamed, artifacts_from_bundle(b))
+    cold = res["cold_users"]
+    assert got["users_with_country_list"] == cold["users_with_country_list"] > 0
+    assert got["methods"][COLD_METHODS[0]]["recall@50"] == pytest.approx(cold["methods"][COLD_METHODS[0]]["recall@50"])

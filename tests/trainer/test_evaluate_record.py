@@ -83,5 +83,9 @@ def test_newer_logs_count_what_the_bundle_does_not_know(small_data, tmp_path, ca
     lines = capsys.readouterr().out.splitlines()
     assert "held-out (user, item) pairs left out of the truth: 20 (the bundle does not know the item: newer " \
            "than the bundle's data, it cannot recommend it)" in lines
-    assert "held-out (user, item) pairs not evaluated: 16 (the bundle does not know the user: no history to " \
-           "recommend from)" in lines
+    assert "held-out (user, item) pairs not evaluated by the methods below: 16 (the bundle does not know the " \
+           "user: no history to rank from; the new users' rows, when printed, answer such users cold)" in lines
+    # the four users the bundle does not know join the new users (those of its users file without a
+    # history, already in the logs before): every one answered cold
+    cold, was = res["cold_users"], base["cold_users"]
+    assert cold["new_users"] == was["new_users"] + 4 == cold["cold_start_answers"]
