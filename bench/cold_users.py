@@ -100,8 +100,8 @@ def evaluate(bundle: str, data: str, k: int, max_users: int, seed: int) -> dict:
         known = sum(rec.tables.row_of("user", u) is not None for u in ids)
     recs["trending list"] = [trend] * len(ids)
     truths = [users[u][1] for u in ids]
-    pop = np.expm1(art.pop_scores[np.argsort(art.pop_rows)].astype(np.float64)) + 1.0
-    methods = {m: ev._metrics(recs[m], truths, art.item_emb, pop / pop.sum(), ~art.seen_items) for m in METHODS}
+    stats = ev.item_stats(art)
+    methods = {m: ev._metrics(recs[m], truths, *stats) for m in METHODS}
     return {"new_users": len(users), "evaluated_users": len(ids), "users_with_features": int(known),
             "users_with_country_list": int(with_list),
             "cold_start_answers": cold_answers, "calls": len(SERVED) * len(ids), "ms_per_call": per_call_ms,

@@ -123,8 +123,7 @@ def run_once(ds, test: np.ndarray, seed: int, args, label_split: str = "time") -
             for m, name in (("ann", "recserve ann"), ("ann+ranker", "recserve ann+ranker"),
                             ("merged+ranker", "recserve merged+ranker"), ("full+mmr", "recserve full(l=1)")):
                 out[name] = res["methods"][m]
-            pop = np.expm1(art.pop_scores[np.argsort(art.pop_rows)].astype(np.float64)) + 1.0
-            extra = (art.item_emb, pop / pop.sum(), ~art.seen_items)
+            extra = ev.item_stats(art)
             # ANN with k = every item: all unseen items ranked by the bundle's user vector
             p_all = copy.deepcopy(b.params)
             p_all["quotas"]["ann"] = b.n_items

@@ -111,16 +111,14 @@ def run_dataset(name: str, ds, cfg: dict, max_users: int, seed: int, threads: in
             train = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (uu[keep], ii[keep])),
                                   shape=(n_users, n_items))
             train.sum_duplicates()
-            pop = np.expm1(art.pop_scores[np.argsort(art.pop_rows)].astype(np.float64)) + 1.0
-            pop_share = pop / pop.sum()
-            cold = ~art.seen_items
+            stats = ev.item_stats(art)
             methods = {m: {**v, "train_s": build_s} for m, v in res["methods"].items()}
             tc = b.manifest["training"]["config"]
             recs, fit_s = implicit_als(train, users, int(b.manifest["training"]["factors"]), seed,
                                        float(tc.get("als_reg", 20.0)), float(tc.get("als_alpha", 20.0)), threads)
-            methods["implicit-als"] = {**ev._metrics(recs, truths, art.item_emb, pop_share, cold), "train_s": fit_s}
+            methods["implicit-als"] = {**ev._metrics(recs, truths, *stats), "train_s": fit_s}
             recs, fit_s = item_knn(train, users)
-            methods["item-knn"] = {**ev._metrics(recs, truths, art.item_emb, pop_share, cold), "train_s": fit_s}
+            methods["item-knn"] = {**ev._metrics(recs, truths, *stats), "train_s": fit_s}
         finally:
             b.close()
     return {"dataset": name, "users": int(res["users"]), "n_users": int(n_users), "n_items": int(n_items),

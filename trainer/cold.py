@@ -73,10 +73,9 @@ def evaluate_cold(bundle, ds, art, k: int = 50, max_users: int = 2000, seed: int
         served.append(np.array([rec.tables.row_of("item", it.item_id) for it in r.items], np.int64))
     trend = np.asarray(rec.trend_rows[:k], np.int64)
     truths = [users[u][1] for u in ids]
-    pop = np.expm1(art.pop_scores[np.argsort(art.pop_rows)].astype(np.float64)) + 1.0
-    share, unseen = pop / pop.sum(), ~art.seen_items
+    stats = ev.item_stats(art)
     return {"new_users": len(users), "users": len(ids), "cold_start_answers": cold_answers,
             "users_with_country_list": int(with_list), "k": k,
             "cold_order": str(rec.cparams["cold_order"]), "cold_trending": str(rec.cparams["cold_trending"]),
-            "methods": {COLD_METHODS[0]: ev._metrics(served, truths, art.item_emb, share, unseen),
-                        COLD_METHODS[1]: ev._metrics([trend] * len(ids), truths, art.item_emb, share, unseen)}}
+            "methods": {COLD_METHODS[0]: ev._metrics(served, truths, *stats),
+                        COLD_METHODS[1]: ev._metrics([trend] * len(ids), truths, *stats)}}

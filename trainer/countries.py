@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-DAY = 86400.0
+from trainer.features import decayed_weights
 
 
 @dataclass
@@ -35,12 +35,6 @@ class CountryLists:
         return int(np.count_nonzero(np.diff(self.indptr)))
 
 
-def decayed_weights(ts, event, now: float, event_weights, half_life_days: float) -> np.ndarray:
-    """Each interaction's event weight, halved every ``half_life_days`` before ``now``: what a trending
-    count sums (``trainer.features.popularity``'s decayed count)."""
-    return np.asarray(event_weights, np.float64)[event] * 0.5 ** (np.maximum(0.0, now - ts) / (half_life_days * DAY))
-
-
 def user_codes(user_country: np.ndarray) -> tuple[list[str], np.ndarray]:
     """The sorted distinct non-empty countries and each user's code in them (-1: none given)."""
     names = np.asarray(user_country, dtype=object).astype(str)
@@ -49,31 +43,52 @@ def user_codes(user_country: np.ndarray) -> tuple[list[str], np.ndarray]:
     return ids, np.array([lookup.get(c, -1) for c in names.tolist()], np.int32)
 
 
-def country_lists(user, item, ts, event, user_country, n_items: int, now: float, event_weights,
-                  half_life_days: float, min_users: int, prior: float | None) -> CountryLists:
-    """The per-country trending lists of the interactions ``(user, item, ts, event)`` at ``now`` (none for
-    ``prior`` None: every request takes the global list)."""
+@dataclass
+class CountryCounts:
+    """What every prior's lists are made of: the users' countries, the global decayed count per item and
+    its total, and the decayed count of every (country, item) pair of the countries with enough users."""
+    ids: list[str]
+    code: np.ndarray
+    d_g: np.ndarray
+    s_g: float
+    pair_country: np.ndarray
+    pair_item: np.ndarray
+    pair_count: np.ndarray
+
+
+def country_counts(user, item, ts, event, user_country, n_items: int, now: float, event_weights,
+                   half_life_days: float, min_users: int) -> CountryCounts:
+    """The decayed counts of the interactions ``(user, item, ts, event)`` at ``now``, per country with at least
+    ``min_users`` users who interacted (none for ``min_users`` 0)."""
     ids, code = user_codes(user_country)
-    n_c = len(ids)
-    indptr = np.zeros(n_c + 1, np.int64)
-    weight = np.zeros(n_c, np.float64)
-    empty = CountryLists(ids, code, indptr, np.zeros(0, np.int32), np.zeros(0, np.float32), weight)
-    if n_c == 0 or min_users <= 0 or prior is None or len(item) == 0:
-        return empty
     w = decayed_weights(ts, event, now, event_weights, half_life_days)
     d_g = np.bincount(item, weights=w, minlength=n_items)
-    s_g = float(d_g.sum())
+    none = CountryCounts(ids, code, d_g, float(d_g.sum()), np.zeros(0, np.int64), np.zeros(0, np.int32),
+                         np.zeros(0, np.float64))
+    if not ids or min_users <= 0 or len(item) == 0 or none.s_g <= 0:
+        return none
     uc = code[user].astype(np.int64)
     # the countries with enough users who interacted
     active = np.unique(user)
-    users_in = np.bincount(code[active][code[active] >= 0], minlength=n_c)
+    users_in = np.bincount(code[active][code[active] >= 0], minlength=len(ids))
     keep = (uc >= 0) & (users_in[np.maximum(uc, 0)] >= min_users) & (w > 0)
-    if s_g <= 0 or not keep.any():
-        return empty
-    # the decayed count of every (country, item) pair with one
+    if not keep.any():
+        return none
     pair, inv = np.unique(uc[keep] * n_items + item[keep], return_inverse=True)
-    d = np.bincount(inv.ravel(), weights=w[keep])
-    pc, pi = pair // n_items, (pair % n_items).astype(np.int32)
+    return CountryCounts(ids, code, d_g, none.s_g, pair // n_items, (pair % n_items).astype(np.int32),
+                         np.bincount(inv.ravel(), weights=w[keep]))
+
+
+def lists_of(counts: CountryCounts, prior: float | None) -> CountryLists:
+    """The per-country trending lists of ``counts`` shrunk by ``prior`` (none for ``prior`` None: every
+    request takes the global list)."""
+    n_c = len(counts.ids)
+    indptr = np.zeros(n_c + 1, np.int64)
+    weight = np.zeros(n_c, np.float64)
+    if prior is None or len(counts.pair_count) == 0:
+        return CountryLists(counts.ids, counts.code, indptr, np.zeros(0, np.int32), np.zeros(0, np.float32),
+                            weight)
+    pc, pi, d, d_g, s_g = counts.pair_country, counts.pair_item, counts.pair_count, counts.d_g, counts.s_g
     s_c = np.bincount(pc, weights=d, minlength=n_c)
     shrink = s_c / (s_c + prior)
     score = np.log1p(shrink[pc] * (d + prior * d_g[pi] / s_g))
@@ -82,7 +97,15 @@ def country_lists(user, item, ts, event, user_country, n_items: int, now: float,
     np.cumsum(np.bincount(pc, minlength=n_c), out=indptr[1:])
     has = s_c > 0
     weight[has] = s_c[has] * prior / ((s_c[has] + prior) * s_g)
-    return CountryLists(ids, code, indptr, pi[order], score[order].astype(np.float32), weight)
+    return CountryLists(counts.ids, counts.code, indptr, pi[order], score[order].astype(np.float32), weight)
+
+
+def country_lists(user, item, ts, event, user_country, n_items: int, now: float, event_weights,
+                  half_life_days: float, min_users: int, prior: float | None) -> CountryLists:
+    """The per-country trending lists of the interactions ``(user, item, ts, event)`` at ``now`` (none for
+    ``prior`` None: every request takes the global list)."""
+    return lists_of(country_counts(user, item, ts, event, user_country, n_items, now, event_weights,
+                                   half_life_days, min_users), prior)
 
 
 PRIOR_GRID = (10.0, 100.0, 1000.0, 10000.0, 100000.0)
@@ -100,8 +123,9 @@ def tune_prior(ds, fit_mask: np.ndarray, label_mask: np.ndarray, label_cut: floa
     warm = np.zeros(ds.n_users, bool)
     warm[fu] = True
     lm = label_mask & ~warm[ds.user]
-    lists = {p: country_lists(fu, fi, ft, fe, ds.user_country, n_items, label_cut, event_weights,
-                              half_life_days, min_users, p) for p in PRIOR_GRID}
+    counts = country_counts(fu, fi, ft, fe, ds.user_country, n_items, label_cut, event_weights, half_life_days,
+                            min_users)
+    lists = {p: lists_of(counts, p) for p in PRIOR_GRID}
     some = lists[PRIOR_GRID[0]]
     has_list = np.diff(some.indptr) > 0
     users = np.unique(ds.user[lm])
@@ -120,8 +144,7 @@ def tune_prior(ds, fit_mask: np.ndarray, label_mask: np.ndarray, label_cut: floa
     truth_of = {}
     for u, i in zip(ds.user[lm].tolist(), ds.item[lm].tolist()):
         truth_of.setdefault(u, set()).add(i)
-    d_g = np.bincount(fi, weights=decayed_weights(ft, fe, label_cut, event_weights, half_life_days),
-                      minlength=n_items)
+    d_g = counts.d_g
     k = min(k, n_items)
 
     def recall(top_of) -> float:

@@ -34,6 +34,13 @@ FEW_USERS = 200        # below this many evaluated users, the table says its fig
 METHODS = ["popularity", "i2i", "ann", "ann+ranker", "merged+ranker", "full+mmr"]
 
 
+def item_stats(art) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What :func:`_metrics` needs of the catalogue, from an artifact set: the item embeddings (diversity),
+    each item's share of the interactions (novelty) and which items had none (cold share)."""
+    pop = np.expm1(art.pop_scores[np.argsort(art.pop_rows)].astype(np.float64)) + 1.0
+    return art.item_emb, pop / pop.sum(), ~art.seen_items
+
+
 def _metrics(rec: list[np.ndarray], truths: list[set], item_emb, pop_share, cold_items) -> dict:
     out = {}
     for k in KS:
@@ -162,9 +169,7 @@ def evaluate(art, scorer, test_user, test_item, test_ts, params: dict, creators:
         recs["merged+ranker"].append(merged.rows[order][:EVAL_K].astype(np.int64))
         pos, _ = RR.diversify(RR.minmax(s), art.item_emb, merged.rows, EVAL_K, lam, creators[merged.rows], cap)
         recs["full+mmr"].append(merged.rows[np.asarray(pos)].astype(np.int64))
-    pop = np.expm1(art.pop_scores[np.argsort(art.pop_rows)].astype(np.float64)) + 1.0
-    pop_share = pop / pop.sum()
-    cold = ~art.seen_items
+    _, pop_share, cold = item_stats(art)
     hidden = set(art.unreleased.tolist())
     not_released = {(u, i) for u, i in zip(test_user.tolist(), test_item.tolist()) if i in hidden
                     and art.hist_indptr[u + 1] > art.hist_indptr[u] and i not in set(art.consumed(u).tolist())}

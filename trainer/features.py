@@ -47,11 +47,16 @@ def make_schema(n_share: int, item_extra=(), user_extra=()) -> FeatureSchema:
                          unranked_item_columns=["created_days"])
 
 
+def decayed_weights(ts, event, now: float, event_weights, half_life_days: float) -> np.ndarray:
+    """Each interaction's event weight, halved every ``half_life_days`` before ``now``: what a trending
+    count sums (the global one here, each country's in ``trainer.countries``)."""
+    return np.asarray(event_weights, np.float64)[event] * 0.5 ** (np.maximum(0.0, now - ts) / (half_life_days * DAY))
+
+
 def popularity(item, ts, event, n_items, now, event_weights, half_life_days):
-    w = np.asarray(event_weights, np.float64)[event]
-    pop = np.bincount(item, weights=w, minlength=n_items)
-    decay = 0.5 ** (np.maximum(0.0, now - ts) / (half_life_days * DAY))
-    trend = np.bincount(item, weights=w * decay, minlength=n_items)
+    pop = np.bincount(item, weights=np.asarray(event_weights, np.float64)[event], minlength=n_items)
+    trend = np.bincount(item, weights=decayed_weights(ts, event, now, event_weights, half_life_days),
+                        minlength=n_items)
     return np.log1p(pop).astype(np.float32), np.log1p(trend).astype(np.float32)
 
 
