@@ -16,13 +16,17 @@ Databases:
 - ``ichanges``: ``items_gen(>Q)`` -> the item ids that update changed, one per line (the newest
   :data:`ITEM_CHANGES_KEPT`), so that a reader only re-reads what changed since the generation it has.
 - ``ucount``: ``user_id`` -> how many events the user has in ``ev``.
+- ``retired``: ``user_id`` -> the items of her events that retention deleted, each with the time of its
+  newest such event (:func:`pack_retired`): still consumed, so "exclude consumed" keeps dropping them.
 
 Retention: a user keeps her newest ``per_user`` events; a write that takes her past it deletes the oldest
-in the same transaction, so the store grows with the number of users, not with time. A store written
+in the same transaction, so the store grows with the number of users, not with time. The items of the
+deleted events join her ``retired`` set (at most ``retired_per_user`` distinct items, the newest kept), so a
+heavy user does not see what she bought long ago come back before the next bundle holds it. A store written
 without ``ucount`` counts a user's events once, on her next write. :meth:`EventStore.prune` deletes events
-older than a time (and users left with none), :meth:`EventStore.forget` everything about given users
-(``recserve store prune`` / ``recserve store forget``, safe beside a running server: LMDB serialises
-writers across processes).
+older than a time (and users left with none, and retired items as old), :meth:`EventStore.forget`
+everything about given users (``recserve store prune`` / ``recserve store forget``, safe beside a running
+server: LMDB serialises writers across processes).
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ EVENT_NAMES = ["view", "click", "cart", "purchase", "rating"]
 
 
 ITEM_CHANGES_KEPT = 4096      # item updates whose changed ids are kept for readers that are behind
+RETIRED_FACTOR = 10           # distinct retired items kept per user, in units of ``per_user``
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,22 @@ class Recorded(NamedTuple):
         return self.accepted - self.duplicates - self.not_kept
 
 
+def pack_retired(items: dict[str, float]) -> bytes:
+    """``{item_id: unix seconds}`` as stored in ``retired``: the count (>I), the times (>d each), then the
+    ids joined by newlines (an id holds no control character)."""
+    ts = np.array(list(items.values()), dtype=">f8")
+    return len(items).to_bytes(4, "big") + ts.tobytes() + "\n".join(items).encode()
+
+
+def unpack_retired(raw: bytes) -> dict[str, float]:
+    """The inverse of :func:`pack_retired`."""
+    n = int.from_bytes(raw[:4], "big")
+    if n == 0:
+        return {}
+    ts = np.frombuffer(raw, dtype=">f8", count=n, offset=4).tolist()
+    return dict(zip(bytes(raw[4 + 8 * n:]).decode().split("\n"), ts))
+
+
 def _holds(cur, at: bytes, value: bytes) -> bool:
     """Whether the store holds ``value`` under a key starting ``at`` (user, timestamp): at most a few keys."""
     if not cur.set_range(at):
@@ -83,14 +104,17 @@ class EventStore:
     def __init__(self, path: str | os.PathLike, map_size: int = 64 << 30, per_user: int = 1000):
         """``map_size``: LMDB's map (address space; the file grows as it is used), the same in every process
         that opens the store (LMDB's set_mapsize from several processes corrupts it; 0: the size the store
-        records, the largest any process gave it); ``per_user``: events kept per user."""
+        records, the largest any process gave it); ``per_user``: events kept per user (and
+        ``RETIRED_FACTOR`` times as many distinct items of her deleted ones)."""
         if per_user < 1:
             raise ValueError(f"per_user must be >= 1, got {per_user}")
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.per_user = int(per_user)
-        self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=7, sync=True, metasync=True,
+        self.retired_per_user = RETIRED_FACTOR * self.per_user
+        self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=8, sync=True, metasync=True,
                              max_readers=1024, lock=True)
+        self._retired = self.env.open_db(b"retired")
         self._ichanges = self.env.open_db(b"ichanges")
         self._ucount = self.env.open_db(b"ucount")
         self._ulast = self.env.open_db(b"ulast")
@@ -161,16 +185,31 @@ class EventStore:
             n = int.from_bytes(raw, "big") + added
         mine = 0
         if n > self.per_user and cur.set_range(prefix):
+            gone: dict[str, float] = {}
             for _ in range(n - self.per_user):       # the oldest first: keys sort by (user, time, seq)
                 key = cur.key()
                 if not key.startswith(prefix):
                     break
                 mine += int.from_bytes(key[-8:], "big") > seq0
+                gone[bytes(cur.value()[1:]).decode()] = struct.unpack_from(">d", key, len(prefix))[0]
                 if not cur.delete():
                     break
             n = self.per_user
+            self._retire(txn, u, gone)
         txn.put(u, n.to_bytes(8, "big"), db=self._ucount)
         return mine
+
+    def _retire(self, txn, u: bytes, gone: dict[str, float]) -> None:
+        """Add the items of her deleted events to her retired set (inside the write): the newest time per
+        item, the newest ``retired_per_user`` items kept."""
+        raw = txn.get(u, db=self._retired)
+        kept = unpack_retired(raw) if raw is not None else {}
+        for item, ts in gone.items():
+            if ts > kept.get(item, -np.inf):
+                kept[item] = ts
+        if len(kept) > self.retired_per_user:
+            kept = dict(sorted(kept.items(), key=lambda it: it[1])[-self.retired_per_user:])
+        txn.put(u, pack_retired(kept), db=self._retired)
 
     def forget(self, user_ids: Iterable[str]) -> tuple[int, int]:
         """Delete everything the store keeps about these users (events, counts, stamps, first-seen), in one
@@ -188,7 +227,7 @@ class EventStore:
                 if cur.set_range(prefix):
                     while cur.key().startswith(prefix) and cur.delete():
                         n += 1
-                had = [txn.delete(u, db=db) for db in (self._users, self._ulast, self._ucount)]
+                had = [txn.delete(u, db=db) for db in (self._users, self._ulast, self._ucount, self._retired)]
                 n_events += n
                 n_users += bool(n or any(had))
         return n_events, n_users
@@ -241,8 +280,38 @@ class EventStore:
                     found = cur.set_range(u + b"\1")   # her newer events stay: the next user
                 txn.put(b"seq", seq.to_bytes(8, "big"), db=self._meta)
             if committed is not None and committed(deleted, emptied) is False:
-                break
+                return deleted, emptied
+        self._prune_retired(before, batch)
         return deleted, emptied
+
+    def _prune_retired(self, before: float, batch: int) -> None:
+        """Drop the retired items whose newest event is before ``before``, at most ``batch`` users per
+        fsynced transaction; a user whose set changed gets a new stamp (her cached history is re-read)."""
+        resume = b""
+        while resume is not None:
+            with self.env.begin(write=True) as txn:
+                seq = int.from_bytes(txn.get(b"seq", db=self._meta) or b"\0" * 8, "big")
+                cur = txn.cursor(db=self._retired)
+                found = cur.set_range(resume)
+                resume = None
+                for _ in range(batch):
+                    if not found:
+                        break
+                    u = bytes(cur.key())
+                    kept = unpack_retired(cur.value())
+                    left = {i: t for i, t in kept.items() if t >= before}
+                    if len(left) < len(kept):
+                        if left:
+                            cur.put(u, pack_retired(left))
+                        else:
+                            cur.delete()
+                        if txn.get(u, db=self._ulast) is not None:
+                            seq += 1
+                            txn.put(u, seq.to_bytes(8, "big"), db=self._ulast)
+                    found = cur.set_range(u + b"\0")
+                else:
+                    resume = bytes(cur.key()) if found else None
+                txn.put(b"seq", seq.to_bytes(8, "big"), db=self._meta)
 
     def update_items(self, updates: Iterable[tuple[str, bool | None, float | None]]) -> int:
         """Apply (item_id, in_stock or None, price or None) updates in one fsynced transaction."""
@@ -319,6 +388,14 @@ class EventStore:
         ts = np.frombuffer(b"".join(keys), dtype=">f8").astype(np.float64)
         types = np.array([v[0] for v in vals], dtype=np.uint8).view(np.int8)
         return [v[1:].decode() for v in vals], types, ts
+
+    def retired(self, user_id: str) -> list[str]:
+        """The items of the user's events that retention deleted (see the module's note), in no order."""
+        if not user_id:
+            return []
+        with self.env.begin(db=self._retired) as txn:
+            raw = txn.get(user_id.encode())
+            return [] if raw is None else list(unpack_retired(raw))
 
     def user_stamp(self, user_id: str) -> int | None:
         """The ``seq`` of the user's latest written event (None: no event, or written by a store version

@@ -14,7 +14,8 @@ events from the data end on: an event of the store dated before it is taken to b
 (read twice, it would weigh double and push older events out of the window), a back-dated event that never
 reached the logs included; a user with no history in the bundle (unknown to it, or in its user table
 without interactions) has none of her events in it, so all of them are read. Every stored event still
-counts as consumed: a set cannot hold an item twice.
+counts as consumed (a set cannot hold an item twice), and so do the items of the events the store's
+retention deleted (``EventStore.retired``).
 The boundary is the bundle's, so it moves with a reload: a :class:`Histories`, and the histories it keeps,
 belong to one bundle's pipeline.
 """
@@ -101,11 +102,11 @@ class Histories:
     def _read(self, user_id: str, user_row: int | None):
         """(rows, events, timestamps, consumed, number of real-time events read) from the bundle and the
         event store: every item of her bundle data (the bundle's stored set when her history, bounded, misses
-        some) and every event the store keeps for the user (``--events-per-user``) count as consumed, while
-        the first three hold the newest ``history_len`` of the bundle's and of the store's dated from the data
-        end on."""
+        some), every event the store keeps for the user (``--events-per-user``) and the items of the events
+        that retention deleted count as consumed, while the first three hold the newest ``history_len`` of
+        the bundle's and of the store's dated from the data end on."""
         rows, ev, ts = [], [], []
-        earlier = None          # rows of the store's events dated before the data end: consumed only
+        earlier = None          # rows consumed only: store events dated before the data end, retired items
         stored = None           # her bundle's consumed rows, when her bundle history misses some
         n_bundle = n_events = 0
         if user_row is not None:
@@ -131,6 +132,11 @@ class Histories:
                 rows.append(r[keep])
                 ev.append(types[keep])
                 ts.append(times[keep])
+                retired = self.store.retired(user_id)      # her items of events retention deleted
+                if retired:
+                    r = self.event_item_rows(retired)
+                    r = r[r >= 0]
+                    earlier = r if earlier is None else np.concatenate([earlier, r])
         if not rows:
             return (np.zeros(0, np.int32), np.zeros(0, np.int8), np.zeros(0, np.float64), np.zeros(0, np.int32), 0)
         rows, ev, ts = np.concatenate(rows), np.concatenate(ev), np.concatenate(ts)

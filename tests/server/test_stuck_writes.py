@@ -20,7 +20,7 @@ from srvutil import wait_for
 # another process takes the store's write lock and holds it until its stdin closes
 _LOCK = """
 import lmdb, sys
-env = lmdb.open(sys.argv[1], map_size=int(sys.argv[2]), max_dbs=7, max_readers=1024)
+env = lmdb.open(sys.argv[1], map_size=int(sys.argv[2]), max_dbs=8, max_readers=1024)
 txn = env.begin(write=True)
 print("locked", flush=True)
 sys.stdin.read()
