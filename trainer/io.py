@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from recserve.pipeline.messages import DEVICES, MAX_TS as MAX_TIMESTAMP   # 9999-12-31: the server's bound
 from trainer.devices import device_codes
+from trainer.timestamps import PER_SECOND, epoch_seconds, text_timestamps
 from trainer.writer import fsync_path, process_alive
 
 MIN_TIMESTAMP = -62135596800.0      # 0001-01-01T00:00:00Z: ages in days stay finite in float32
@@ -302,56 +303,6 @@ def _extra_columns(t: pa.Table, path: Path, known, report: dict, what: str) -> d
     return out
 
 
-_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
-_ZONE = r"\d\d:\d\d.*(Z|[+-]\d\d(:?\d\d)?)$"   # ISO 8601 with a time and a zone: Z, +02, +0200, +02:00
-_PER_SECOND = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
-
-
-def _epoch(a: np.ndarray) -> np.ndarray:
-    """Numbers since 1970 in seconds, milliseconds, microseconds or nanoseconds, told apart by size (a
-    value above 1e11 s would be after the year 5138): as seconds."""
-    a = np.asarray(a, np.float64)
-    for _ in range(3):
-        a = np.where(np.abs(a) > 1e11, a / 1000.0, a)
-    return a
-
-
-def _parse_iso(part: pa.Array, zoned: bool) -> np.ndarray:
-    """ISO 8601 strings (fractions of a second allowed, beyond microseconds cut; with a zone when ``zoned``,
-    else read as UTC) as seconds; NaN where a value does not parse."""
-    typ = pa.timestamp("us", tz="UTC") if zoned else pa.timestamp("us")
-    return _cast_halves(pc.replace_substring_regex(part, r"(\.\d{6})\d+", r"\1"), typ)
-
-
-def _cast_halves(part: pa.Array, typ: pa.DataType) -> np.ndarray:
-    """``part`` cast to ``typ`` as seconds; where the cast fails, the halves are cast apart, down to single
-    values (NaN): a few bad values among millions cost a few dozen casts, not a loop over the column."""
-    try:
-        return pc.cast(pc.cast(part, typ), pa.int64()).to_numpy(zero_copy_only=False) / 1e6
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        if len(part) == 1:
-            return np.array([np.nan])
-    half = len(part) // 2
-    return np.concatenate([_cast_halves(part.slice(0, half), typ), _cast_halves(part.slice(half), typ)])
-
-
-def _text_timestamps(c: pa.Array) -> np.ndarray:
-    """Trimmed text (empty cells null) as seconds, value by value: numbers since 1970, or ISO 8601 with or
-    without a zone; NaN where a value does not parse."""
-    c = pc.utf8_upper(c)                # 't', 'z' read as 'T', 'Z'
-    out = np.full(len(c), np.nan)
-    present = ~pc.is_null(c).to_numpy(zero_copy_only=False)
-    numeric = pc.fill_null(pc.match_substring_regex(c, _NUMBER), False).to_numpy(zero_copy_only=False)
-    if numeric.any():
-        out[numeric] = _epoch(pc.cast(pc.filter(c, pa.array(numeric)), pa.float64()).to_numpy(zero_copy_only=False))
-    zoned = pc.fill_null(pc.match_substring_regex(c, _ZONE), False).to_numpy(zero_copy_only=False) & ~numeric
-    for mask, has_zone in ((zoned, True), (present & ~zoned & ~numeric, False)):
-        idx = np.flatnonzero(mask)
-        if len(idx):
-            out[idx] = _parse_iso(c.take(pa.array(idx)), has_zone)
-    return out
-
-
 def _timestamps(t: pa.Table, path: Path, col: str, empty: float | None = None) -> np.ndarray:
     """A column of times as unix seconds: numbers (seconds, ms, µs or ns), Arrow timestamps or dates of any
     unit and zone, or text holding ISO 8601 (with or without a zone or fractions of a second) or numbers,
@@ -359,10 +310,10 @@ def _timestamps(t: pa.Table, path: Path, col: str, empty: float | None = None) -
     c = t.column(col)
     c = c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
     if pa.types.is_integer(c.type) or pa.types.is_floating(c.type):
-        out = _epoch(c.to_numpy(zero_copy_only=False).astype(np.float64))
+        out = epoch_seconds(c.to_numpy(zero_copy_only=False).astype(np.float64))
     elif pa.types.is_timestamp(c.type):
         ticks = pc.fill_null(pc.cast(c, pa.int64()), 0).to_numpy(zero_copy_only=False)
-        per = int(_PER_SECOND[c.type.unit])
+        per = int(PER_SECOND[c.type.unit])
         out = (ticks // per).astype(np.float64) + (ticks % per) / per       # whole seconds stay exact
     elif pa.types.is_date(c.type):
         out = pc.cast(pc.cast(c, pa.timestamp("s")), pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -373,7 +324,7 @@ def _timestamps(t: pa.Table, path: Path, col: str, empty: float | None = None) -
             why = _not_utf8(c) if pa.types.is_binary(c.type) else None
             raise DataError(f"{path.name}: column {col} {why or 'has unparsable timestamps'}") from None
         c = pc.if_else(pc.equal(c, ""), pa.scalar(None, pa.string()), c)   # an empty CSV cell read as text
-        out = _text_timestamps(c)
+        out = text_timestamps(c)
     nulls = pc.is_null(c).to_numpy(zero_copy_only=False)
     if nulls.any() and empty is None:
         raise DataError(f"{path.name}: column {col} has {int(nulls.sum())} missing timestamp(s) (empty, or a null "
