@@ -258,6 +258,9 @@ def verify(path: str | os.PathLike) -> dict:
                 ranged.append(("consumed_items", 0))
             if _check_countries(t, n_users):    # optional: bundles without them serve the global trending list
                 ranged.append(("country_rows", 0))
+            elif m["params"].get("warm_trending") == "country":
+                raise BundleError("manifest: params.warm_trending is 'country' (its ranker was trained on the "
+                                  "users' country lists), but tables.lmdb holds no country lists")
             for name, lo in ranged:
                 a = t.array(name)
                 if a.size and (int(a.min()) < lo or int(a.max()) >= n_items):

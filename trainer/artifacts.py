@@ -89,6 +89,13 @@ def catalogue(ds, share_categories: int | None = None) -> Catalogue:
     return Catalogue(cats, cc, crs, crc)
 
 
+def countries_of(ds, mask: np.ndarray, now: float, params: dict, cfg: dict) -> CountryLists:
+    """The per-country trending lists of the interactions ``mask`` at ``now`` (``cfg``'s prior)."""
+    return country_lists(ds.user[mask], ds.item[mask], ds.ts[mask], ds.event[mask], ds.user_country, ds.n_items, now,
+                         params["event_weights"], params["half_life_days"], int(cfg.get("country_min_users", 0)),
+                         cfg.get("country_prior", 100.0))
+
+
 def fit(ds, mask: np.ndarray, now: float, cat: Catalogue, params: dict, cfg: dict, timer=None) -> Artifacts:
     """The artifacts of the interactions ``mask`` at ``now``. Every item keeps its row (and its embedding,
     placed from its category and creator when nobody interacted with it); those created after ``now`` are
@@ -115,9 +122,7 @@ def fit(ds, mask: np.ndarray, now: float, cat: Catalogue, params: dict, cfg: dic
         pop, trend = features.popularity(item, ts, event, ds.n_items, now, ew, params["half_life_days"])
         pop_rows, pop_scores = features.ranked(pop)
         trend_rows, trend_scores = features.ranked(trend)
-        countries = country_lists(user, item, ts, event, ds.user_country, ds.n_items, now, ew,
-                                  params["half_life_days"], int(cfg.get("country_min_users", 0)),
-                                  cfg.get("country_prior", 100.0))
+        countries = countries_of(ds, mask, now, params, cfg)
         n_cat = len(cat.categories)
         n_share = min(n_cat, int(cfg.get("share_categories", n_cat)))
         # the category-filtered popular source: trending within each category, as the unfiltered one

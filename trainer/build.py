@@ -54,6 +54,9 @@ DEFAULT_CFG = {
     # least this many users who interacted (0: none), shrunk toward the global list by a prior of this many
     # decayed events; tuned on the label window's new users (countries.tune_prior) unless too few or no tuning
     "country_min_users": 20, "country_prior": 100.0,
+    # the popular source of users with a history: their country's list where the bundle has one ("country")
+    # or the global list ("global")
+    "warm_trending": "country",
     "grid": {"decay_short": [0.0, 0.2, 0.5, 1.0], "alpha": [0.2, 0.5, 0.8],
              "ease_lambda": [100.0, 250.0, 500.0, 1000.0], "ease_dropout": [0.25, 0.5, 1.0],
              "i2i_recent": [20, 50, "all"], "i2i_decay": [0.0, 0.03, 0.1],
@@ -260,6 +263,13 @@ def tune_i2i(art, ds: Dataset, fit_mask, labels: dict, users, params: dict, cfg:
     return cfg_up, {"i2i_recent": rbest["i2i_recent"], "i2i_decay": rbest["i2i_decay"]}, report
 
 
+def _warm_trending(cfg: dict, art) -> str:
+    """Warm users' popular source: their country's list where ``art`` has lists (and the build was not told
+    otherwise). Set before the quotas are tuned and the ranker rows drawn: the ranker is trained on what it
+    will serve."""
+    return "country" if cfg["warm_trending"] == "country" and art.countries.n_lists else "global"
+
+
 def tune_quotas(art, labels: dict, users, params: dict, grid: list, threads: int):
     """Share of the new label items among the merged candidates (the ranker's reach) per quota set."""
     truths = _new_label_items(art, labels, users)
@@ -343,16 +353,19 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
             cfg_up, p_up, tuning["i2i"] = tune_i2i(art_fit, ds, fit_mask, labels, users, params, cfg, cfg["grid"])
             cfg = {**cfg, **cfg_up}
             params.update(p_up)
-        with timer("tune_quotas"):
-            qbest, qgrid = tune_quotas(art_fit, labels, users, params, cfg["grid"]["quotas"], cfg["threads"])
-            params["quotas"] = dict(qbest["quotas"])
-            tuning["quotas"] = {"metric": "share of new label items among the merged candidates",
-                                "cap": int(params["cap"]), "grid": qgrid, "chosen": qbest}
         with timer("tune_country"):
             prior, tuning["country_prior"] = countries.tune_prior(
                 ds, fit_mask, label_mask, label_cut, ds.n_items, params["event_weights"], params["half_life_days"],
                 int(cfg["country_min_users"]), cfg["country_prior"], seed=cfg["seed"])
             cfg = {**cfg, "country_prior": prior}
+            # the lists of the chosen prior, which the quotas, the ranker rows and the evaluation read
+            art_fit.countries = artifacts.countries_of(ds, fit_mask, label_cut, params, cfg)
+            params["warm_trending"] = _warm_trending(cfg, art_fit)
+        with timer("tune_quotas"):
+            qbest, qgrid = tune_quotas(art_fit, labels, users, params, cfg["grid"]["quotas"], cfg["threads"])
+            params["quotas"] = dict(qbest["quotas"])
+            tuning["quotas"] = {"metric": "share of new label items among the merged candidates",
+                                "cap": int(params["cap"]), "grid": qgrid, "chosen": qbest}
         with timer("tune_ef"):
             vecs = retrieval.user_vecs(art_fit, users, params)
             n_hist = np.diff(art_fit.hist_indptr)[users]
@@ -377,6 +390,7 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
             art_fit.index.set_ef(params["ef"])
     else:
         cfg = {**cfg, "i2i_model": artifacts.i2i_model(cfg, ds.n_items)}
+    params["warm_trending"] = _warm_trending(cfg, art_fit)
     with timer("ranker_rows"):
         users = _active_with_history(art_fit, lu, rng, cfg["ranker_users"])
         X, y, groups, gusers, cand_recall = rk.training_rows(art_fit, users, labels, lfirst, params,

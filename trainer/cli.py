@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--country-min-users", type=number(int, 0, 1 << 30), default=20, metavar="N",
                    help="trending per country (a cold request's order) for every country of the users file "
                         "with at least N users who interacted (0: the global trending list only)")
+    b.add_argument("--warm-trending", choices=["country", "global"], default="country",
+                   help="the popular source of users with a history: their country's trending list where the "
+                        "bundle has one (the ranker is trained on it), or the global list")
     b.add_argument("--no-tune", action="store_true")
     b.add_argument("--no-similar-lists", action="store_true",
                    help="do not store each item's SimilarItems neighbours (n_items x 85 int32); the server "
@@ -258,6 +261,7 @@ def _run(args) -> int:
                "ranker_users": args.ranker_users, "label_windows": args.label_windows, "label_split": args.label_split,
                "tune": not args.no_tune, "ranker_trees": args.ranker_trees,
                "share_categories": args.share_categories, "country_min_users": args.country_min_users,
+               "warm_trending": args.warm_trending,
                "similar_lists": not args.no_similar_lists, "eval_users": args.eval_users}
         results = []
 

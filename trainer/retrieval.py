@@ -12,6 +12,7 @@ import numpy as np
 
 from recserve._core import candidates as C
 from recserve._core.embed import user_vectors
+from recserve._core.regional import RegionalTrending
 from trainer.io import DataError
 
 
@@ -75,19 +76,35 @@ def ann_batch(art, vecs: np.ndarray, users: np.ndarray, params: dict, threads=2)
     return [o if o is not None else empty for o in out]
 
 
+def regional_lists(art, params: dict) -> RegionalTrending | None:
+    """The per-country trending lists a user's popular source reads, when ``params`` say so
+    (``warm_trending``) and ``art`` has any (None: every user reads the global list)."""
+    cl = art.countries
+    if params.get("warm_trending", C.DEFAULT_PARAMS["warm_trending"]) != "country" or not cl.n_lists:
+        return None
+    return RegionalTrending(cl.user_code, cl.indptr, cl.rows, cl.scores, cl.weight, art.trend_rows, art.trend_scores,
+                            len(art.item_emb))
+
+
 def candidates_for(art, users: np.ndarray, params: dict, threads=2):
     """Yields (user, user_vec, lists, merged) for each user, exactly as served: the history (the newest
-    ``history_len`` events) seeds the sources, and every item she consumed, however old, is excluded."""
+    ``history_len`` events) seeds the sources, and every item she consumed, however old, is excluded. The
+    popular source is her country's trending list where ``params`` and ``art`` have one (the server reads
+    the request's ``context.country`` first; training and evaluation know the users file's only)."""
     vecs = user_vecs(art, users, params)
     anns = ann_batch(art, vecs, users, params, threads)
     n_items = len(art.item_emb)
     hidden = art.unreleased
+    regional = regional_lists(art, params)
     for k, u in enumerate(users):
         h_items, h_ts, _ = art.history(int(u))
-        lists = C.source_lists(h_items, h_ts, anns[k][0], anns[k][1], art.i2i_rows, art.i2i_scores,
-                               art.trend_rows, art.trend_scores, params, hidden=hidden)
+        c = regional.user_list(int(u)) if regional is not None else None
+        trend = (art.trend_rows, art.trend_scores) if c is None else \
+            regional.head(c, C.popular_depth(params, len(h_items)))
+        lists = C.source_lists(h_items, h_ts, anns[k][0], anns[k][1], art.i2i_rows, art.i2i_scores, *trend,
+                               params, hidden=hidden)
         merged = C.merge_for_user(lists, art.consumed(int(u)), n_items, params, extra_excluded=hidden)
         yield int(u), vecs[k], lists, merged
 
 
-__all__ = ["user_vecs", "ann_batch", "candidates_for", "user_vectors"]
+__all__ = ["user_vecs", "ann_batch", "candidates_for", "regional_lists", "user_vectors"]

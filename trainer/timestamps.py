@@ -47,7 +47,8 @@ def text_timestamps(c: pa.Array) -> np.ndarray:
     present = ~pc.is_null(c).to_numpy(zero_copy_only=False)
     numeric = pc.fill_null(pc.match_substring_regex(c, _NUMBER), False).to_numpy(zero_copy_only=False)
     if numeric.any():
-        out[numeric] = epoch_seconds(pc.cast(pc.filter(c, pa.array(numeric)), pa.float64()).to_numpy(zero_copy_only=False))
+        numbers = pc.cast(pc.filter(c, pa.array(numeric)), pa.float64())
+        out[numeric] = epoch_seconds(numbers.to_numpy(zero_copy_only=False))
     zoned = pc.fill_null(pc.match_substring_regex(c, _ZONE), False).to_numpy(zero_copy_only=False) & ~numeric
     for mask, has_zone in ((zoned, True), (present & ~zoned & ~numeric, False)):
         idx = np.flatnonzero(mask)

@@ -42,6 +42,10 @@ DEFAULT_PARAMS = {
     # in trending order, the trending list of the request's country (context.country, else the user's), where
     # the bundle has one ("country"), or the global list for every request ("global")
     "cold_trending": "country",
+    # the popular source of a request with a history: the trending list of the request's country where the
+    # bundle has one ("country"), or the global list ("global"); the ranker was trained on the bundle's
+    # choice, so a bundle without the key (built before it) keeps the global list
+    "warm_trending": "global",
 }
 
 
@@ -55,6 +59,7 @@ MAX_EVENT_WEIGHT = float(np.finfo(np.float32).max)      # the weights are applie
 RANKER_ENGINES = ("forest", "lightgbm")                 # recserve.pipeline.ranking.Ranker.ENGINES
 COLD_ORDERS = ("trending", "ranker")
 COLD_TRENDINGS = ("country", "global")
+WARM_TRENDINGS = COLD_TRENDINGS
 # integer parameters: (lowest, highest)
 INT_PARAMS = {"cap": (1, MAX_CANDIDATES), "candidates": (1, MAX_CANDIDATES), "ef": (1, MAX_EF),
               "similar_ef": (1, MAX_EF), "history_len": (1, MAX_HISTORY), "i2i_recent": (1, MAX_HISTORY),
@@ -115,6 +120,9 @@ def check_params(params: dict) -> None:
     if "cold_trending" in params and params["cold_trending"] not in COLD_TRENDINGS:
         raise ValueError(f"params.cold_trending: one of {', '.join(COLD_TRENDINGS)}, "
                          f"not {params['cold_trending']!r}")
+    if "warm_trending" in params and params["warm_trending"] not in WARM_TRENDINGS:
+        raise ValueError(f"params.warm_trending: one of {', '.join(WARM_TRENDINGS)}, "
+                         f"not {params['warm_trending']!r}")
     if "quotas" in params:
         _check_quotas(params["quotas"])
 
@@ -207,6 +215,12 @@ def _seed_count(recent: int, decay: float) -> int:
     return min(recent, int(math.floor(reach)) + 1) if reach < recent else recent
 
 
+def popular_depth(params: dict, n_seen: int) -> int:
+    """How much of the trending list :func:`source_lists` reads for a history of ``n_seen`` distinct items
+    (a history of that many events reads at most that much)."""
+    return 3 * int(params["quotas"]["popular"]) + 2 * int(n_seen) + 1
+
+
 def source_lists(hist_items, hist_ts, ann_rows, ann_scores, i2i_rows, i2i_scores, trend_rows, trend_scores,
                  params: dict, drop_history: bool = True, hidden=None) -> list[tuple[np.ndarray, np.ndarray]]:
     """The four candidate lists (``SOURCES`` order), each ``(int32 rows, float32 scores)`` best first, without
@@ -228,7 +242,7 @@ def source_lists(hist_items, hist_ts, ann_rows, ann_scores, i2i_rows, i2i_scores
     ann = drop_seen(np.asarray(ann_rows).ravel(), np.asarray(ann_scores).ravel(), seen)
     # long enough that, history dropped, it still holds quota + history + 1 items (the server refills a
     # shorter popular list from the full trending list)
-    n_pop = 3 * int(q["popular"]) + 2 * n_seen + 1
+    n_pop = popular_depth(params, n_seen)
     pop = drop_seen(trend_rows[:n_pop], trend_scores[:n_pop], seen)
     return [ann, i2i, session, pop]
 

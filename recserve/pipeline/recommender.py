@@ -120,9 +120,12 @@ class Recommender:
         self.cap = int(self.cparams["cap"])
         self.history_len = int(self.cparams["history_len"])
         self.cold_by_ranker = self.cparams["cold_order"] == "ranker"
-        # trending per country for cold requests in trending order (None: the global list for every one)
-        self.countries = (CountryTrending.load(t, self.trend_of_row, self.trend_scores)
-                          if self.cparams["cold_trending"] == "country" and not self.cold_by_ranker else None)
+        # trending per country: the order of cold requests in trending order (cold_trending), the popular
+        # source of the others when the ranker was trained on it (warm_trending); None: the global list
+        self.cold_regional = self.cparams["cold_trending"] == "country" and not self.cold_by_ranker
+        self.warm_regional = self.cparams["warm_trending"] == "country"
+        self.countries = (CountryTrending.load(t, self.trend_rows, self.trend_scores, self.trend_of_row)
+                          if self.cold_regional or self.warm_regional else None)
         # the new items a cold answer in trending order adds when the novelty boost is on
         self.new_items = (NewItems(created / 86400.0, self.trend_of_row)
                           if created is not None and float(self.cparams["novelty_boost"]) > 0
@@ -151,6 +154,16 @@ class Recommender:
         if region is not None:
             return "country", self.tables.id_of("country", region)
         return ("ranker" if self.cold_by_ranker else "global"), ""
+
+    def _regional_refill(self, region: int, allowed, gone, quota: int, limit: int):
+        """A country's whole list as trained (out-of-stock entries kept for the merge to skip, so an item's
+        rank is its rank in training), long enough to hold ``quota`` servable items."""
+        n = limit
+        while True:
+            rows, scores = C.drop_rows(*self.countries.head(region, n), gone)
+            if allowed is None or np.count_nonzero(allowed[rows]) >= quota or n >= self.n_items:
+                return rows, scores
+            n *= 2
 
     def known_user(self, user_id: str) -> bool:
         return self.tables.row_of("user", user_id) is not None
@@ -328,9 +341,13 @@ class Recommender:
                            self.cparams, all_rows, self.n_items - len(hidden), req.exclude_consumed, allowed,
                            consumed)
         yield from within("ann")
-        base = CC.source_lists(all_rows, all_ts, ann[0], ann[1], self.i2i_rows, self.i2i_scores,
-                               self.trend_rows, self.trend_scores, self.cparams,
-                               drop_history=req.exclude_consumed, hidden=hidden)
+        # the request's country, where it has a list and this request reads it
+        region = (self.countries.code(req.country, user_row)
+                  if self.countries is not None and (self.cold_regional if cold else self.warm_regional) else None)
+        trend = (self.trend_rows, self.trend_scores) if region is None or cold else \
+            self.countries.head(region, CC.popular_depth(self.cparams, len(all_rows)))
+        base = CC.source_lists(all_rows, all_ts, ann[0], ann[1], self.i2i_rows, self.i2i_scores, *trend,
+                               self.cparams, drop_history=req.exclude_consumed, hidden=hidden)
         # what no list may hold: the consumed items and those not created yet
         gone = CC.sorted_unique(np.concatenate([consumed, hidden])) if len(hidden) else consumed
         lists = dict(zip(CC.SOURCES, base))
@@ -345,9 +362,8 @@ class Recommender:
             q["popular"] = max(q["popular"], k, q["popular"] + budget - self.cap)
         limit = q["popular"] + len(gone) + 1
         pop = lists["popular"]          # as trained: trending without the history's items
-        region = self.countries.code(req.country, user_row) if cold and self.countries is not None else None
-        if region is not None:          # a cold request from a country with a trending list of its own
-            pop = self.countries.top(region, self.trend_rows, allowed, gone, q["popular"])
+        if region is not None and cold:     # a cold request from a country with a trending list of its own
+            pop = self.countries.top(region, allowed, gone, q["popular"])
         elif len(include):
             pop = C.drop_rows(*C.popular_in_categories(self.cat_indptr, self.cat_rows, self.trend_of_row,
                                                        include, allowed, limit), gone)
@@ -356,9 +372,13 @@ class Recommender:
             # fill the popular quota (k above the quota, or much of it out of stock), from the whole
             # trending list as trained, so that an item's rank in it is its rank in training
             servable = len(pop[0]) if allowed is None else int(np.count_nonzero(allowed[pop[0]]))
-            if servable < q["popular"]:
+            if servable < q["popular"] and region is not None:
+                pop = self._regional_refill(region, allowed, gone, q["popular"], limit)
+            elif servable < q["popular"]:
                 n = limit if allowed is None else snap.trend_prefix(limit)
                 pop = C.drop_rows(self.trend_rows[:n], self.trend_scores[:n], gone)
+        elif region is not None:
+            pop = self.countries.top(region, allowed, gone, limit)
         else:
             pop = C.drop_rows(*walk_allowed(self.trend_rows, self.trend_scores, allowed, limit), gone)
         lists["popular"] = pop

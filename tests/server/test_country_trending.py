@@ -77,7 +77,7 @@ def test_no_list_means_the_global_answer(bundle):
     assert _ids(_ask(off, country=c)) == glob
     assert (_ask(off, country=c).cold_list, _ask(off, country=c).trending_country) == ("global", "")
     ranked = Recommender(bundle, None, {"cold_order": "ranker"})
-    assert ranked.countries is None
+    assert not ranked.cold_regional and ranked.warm_regional         # a warm request still reads its list
     assert (_ask(ranked, country=c).cold_list, _ask(ranked, country=c).trending_country) == ("ranker", "")
     t = rec.tables
     warm = next(t.id_of("user", u) for u in range(t.n_ids("user")) if rec.has_history(t.id_of("user", u)))
@@ -123,7 +123,7 @@ def test_top_is_the_head_of_the_full_order(bundle):
     countries = _with_lists(rec)
     unlisted_in = 0
     for seed in range(40):
-        ct = CountryTrending(rec.tables, rec.trend_of_row, rec.trend_scores)
+        ct = CountryTrending(rec.tables, rec.trend_rows, rec.trend_scores, rec.trend_of_row)
         rng = np.random.default_rng(seed)
         code = ct.code(countries[seed % len(countries)], None)
         if seed % 2:
@@ -131,7 +131,7 @@ def test_top_is_the_head_of_the_full_order(bundle):
         allowed = None if seed % 3 == 0 else rng.random(rec.n_items) < rng.uniform(0.05, 0.9)
         gone = np.unique(rng.choice(rec.n_items, size=rng.integers(0, 60), replace=True)).astype(np.int32)
         limit = int(rng.integers(1, 120))
-        rows, scores = ct.top(code, rec.trend_rows, allowed, gone, limit)
+        rows, scores = ct.top(code, allowed, gone, limit)
         keep = np.ones(rec.n_items, bool) if allowed is None else allowed.copy()
         keep[gone] = False
         every = np.flatnonzero(keep)
@@ -162,3 +162,108 @@ def test_an_unknown_cold_trending_is_refused():
 
     with pytest.raises(ValueError, match="cold_trending: one of country, global, got 'city'"):
         validate(ServeConfig(cold_trending="city"))
+
+
+# -- the popular source of requests with a history (warm_trending) -------------------------------------------
+
+def _full_order(rec, code):
+    """Country ``code``'s whole ranked list from the tables alone: every item scored as the country scores it,
+    best first, a listed item before an unlisted one on a tie, each in its own list's order."""
+    t = rec.tables
+    ip = np.asarray(t.array("country_indptr"))
+    listed = np.asarray(t.array("country_rows")[ip[code]:ip[code + 1]])
+    n = rec.n_items
+    trend = np.zeros(n, np.float32)
+    trend[np.asarray(t.array("trend_rows"))] = np.asarray(t.array("trend_scores"))
+    s = np.log1p(float(t.array("country_weight")[code]) * np.expm1(trend.astype(np.float64)))
+    s[listed] = np.asarray(t.array("country_scores")[ip[code]:ip[code + 1]])
+    pos = np.empty(n)
+    pos[np.asarray(t.array("trend_rows"))] = np.arange(n)
+    pos[listed] = np.arange(len(listed))
+    unlisted = np.ones(n, bool)
+    unlisted[listed] = False
+    order = np.lexsort((pos, unlisted, -s))
+    return order, s[order]
+
+
+def test_a_countrys_head_is_the_prefix_of_its_whole_order(bundle):
+    rec = Recommender(bundle, None)
+    for c in _with_lists(rec):
+        code = rec.countries.code(c, None)
+        want_rows, want_scores = _full_order(rec, code)
+        for n in (1, 7, 300, 40, rec.n_items, rec.n_items + 5):    # growing, then shorter again
+            rows, scores = rec.countries.head(code, n)
+            np.testing.assert_array_equal(rows, want_rows[:n])
+            np.testing.assert_allclose(scores, want_scores[:n].astype(np.float32), rtol=1e-6)
+            assert not rows.flags.writeable
+
+
+def _popular_lists(rec, monkeypatch, req):
+    """The popular source's list a request merged (rows best first)."""
+    import recserve.pipeline.recommender as RM
+
+    got = {}
+    real = RM.merge_candidates
+
+    def spy(lists, quotas, *a):
+        got["popular"] = np.asarray(lists[rec.sources.index("popular")][0])
+        return real(lists, quotas, *a)
+
+    monkeypatch.setattr(RM, "merge_candidates", spy)
+    r = rec.recommend(req)
+    monkeypatch.setattr(RM, "merge_candidates", real)
+    return got["popular"], r
+
+
+def test_a_warm_request_reads_its_countrys_list_as_its_popular_source(bundle, monkeypatch):
+    """Her own country's list (the bundle's warm_trending), or the request's ``context.country``; the global
+    list from a country without a list, or when the bundle's ranker was trained on the global list."""
+    rec = Recommender(bundle, None)
+    assert rec.warm_regional
+    t = rec.tables
+    now = float(t.meta("now"))
+    hidden = set(rec._hidden(now).tolist())
+    codes = np.asarray(t.array("user_country"))
+    countries = _with_lists(rec)
+    checked = 0
+    for u in range(0, t.n_ids("user"), 7):
+        uid = t.id_of("user", u)
+        if not rec.has_history(uid):
+            continue
+        own = rec.countries.user_list(u)
+        consumed = set(rec.histories.of(uid, u)[3].tolist())
+        other = countries[u % len(countries)]
+        for country, code in [("", own), (other, rec.countries.code(other, None)), ("XX", None)]:
+            req = RecRequest(user_id=uid, k=10, timestamp=now, country=country, filters=Filters(in_stock_only=False))
+            pop, r = _popular_lists(rec, monkeypatch, req)
+            assert not r.cold_start
+            order = _full_order(rec, code)[0] if code is not None else np.asarray(t.array("trend_rows"))
+            want = [x for x in order.tolist() if x not in consumed and x not in hidden][:len(pop)]
+            assert len(pop) >= rec.quotas["popular"] and pop.tolist() == want, (uid, country)
+            checked += 1
+        if own is not None and codes[u] >= 0:
+            glob = Recommender(bundle, None, {"warm_trending": "global"})
+            pop, _ = _popular_lists(glob, monkeypatch, RecRequest(user_id=uid, k=10, timestamp=now,
+                                                                  filters=Filters(in_stock_only=False)))
+            want = [x for x in t.array("trend_rows").tolist() if x not in consumed and x not in hidden]
+            assert pop.tolist() == want[:len(pop)]
+    assert checked >= 30
+
+
+def test_a_filtered_warm_request_takes_the_best_allowed_items_of_its_countrys_list(bundle, monkeypatch):
+    rec = Recommender(bundle, None)
+    t = rec.tables
+    now = float(t.meta("now"))
+    c = _with_lists(rec)[0]
+    code = rec.countries.code(c, None)
+    uid = next(t.id_of("user", u) for u in range(t.n_ids("user")) if rec.has_history(t.id_of("user", u)))
+    u = t.row_of("user", uid)
+    price = rec.base_price
+    req = RecRequest(user_id=uid, k=10, timestamp=now, country=c, filters=Filters(in_stock_only=False, max_price=40.0))
+    pop, r = _popular_lists(rec, monkeypatch, req)
+    consumed = set(rec.histories.of(uid, u)[3].tolist())
+    hidden = set(rec._hidden(now).tolist())
+    want = [x for x in _full_order(rec, code)[0].tolist()
+            if price[x] <= 40.0 and x not in consumed and x not in hidden]
+    assert 0 < len(pop) and pop.tolist() == want[:len(pop)]
+    assert all(price[t.row_of("item", i.item_id)] <= 40.0 for i in r.items)

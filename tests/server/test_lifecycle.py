@@ -504,6 +504,7 @@ def test_a_respawned_worker_takes_calls_only_with_a_bundle_and_its_gauge_dies_wi
     ("ranker_engine", "turbo", "params.ranker_engine: one of forest, lightgbm"),
     ("cold_order", "random", "params.cold_order: one of trending, ranker"),
     ("cold_trending", "city", "params.cold_trending: one of country, global"),
+    ("warm_trending", "city", "params.warm_trending: one of country, global"),
     ("candidates", -5, "params.candidates: an integer in [1, 100000]"),
     ("novelty_boost", None, "params.novelty_boost: a number in [0, 1000]"),
     ("max_per_creator", 10**12, "params.max_per_creator: an integer in [0, 10000]"),

@@ -116,3 +116,24 @@ def test_the_sealed_bundle_excludes_every_consumed_item_of_a_cut_history():
             assert got and not got & set(consumed.tolist())
             checked += 1
         assert checked > 0
+
+
+def test_a_bundle_whose_ranker_read_country_lists_it_lacks_is_refused(tmp_path):
+    """``warm_trending`` country says the ranker was trained on the users' country lists: the saved bundle,
+    which has none, is refused with that manifest (sealed again), rather than served with the global list."""
+    import json
+    import re
+    import shutil
+
+    import pytest
+
+    from recserve.bundle import BundleError, seal_manifest
+
+    d = tmp_path / VERSION
+    shutil.copytree(FIXTURE / VERSION, d)
+    m = json.loads((d / "manifest.json").read_text())
+    assert "warm_trending" not in m["params"]                   # built before it: the global list
+    m["params"]["warm_trending"] = "country"
+    (d / "manifest.json").write_text(json.dumps(seal_manifest(m)))
+    with pytest.raises(BundleError, match=re.escape("params.warm_trending is 'country'")):
+        verify(d)

@@ -22,6 +22,40 @@ def _training_groups(art, params, users):
     return {int(u): (X[starts[k]:starts[k + 1]], cands[int(u)]) for k, u in enumerate(gusers)}
 
 
+def _trending_of(t, params: dict, u: int):
+    """The trending list user ``u``'s popular source reads, from the tables alone: with ``warm_trending``
+    country and a list for her country, every item scored as her country scores it, best first, a listed
+    item before an unlisted one on a tie, each in its list's order; else the global list."""
+    rows, scores = np.array(t.array("trend_rows")), np.array(t.array("trend_scores"))
+    if params.get("warm_trending") != "country":
+        return rows, scores
+    c, ip = int(t.array("user_country")[u]), np.array(t.array("country_indptr"))
+    if c < 0 or ip[c + 1] == ip[c]:
+        return rows, scores
+    listed = np.array(t.array("country_rows")[ip[c]:ip[c + 1]])
+    n = len(rows)
+    trend = np.zeros(n, np.float32)
+    trend[rows] = scores
+    s = np.log1p(float(t.array("country_weight")[c]) * np.expm1(trend.astype(np.float64)))
+    s[listed] = np.array(t.array("country_scores")[ip[c]:ip[c + 1]])
+    pos = np.empty(n)
+    pos[rows] = np.arange(n)
+    pos[listed] = np.arange(len(listed))
+    unlisted = np.ones(n, bool)
+    unlisted[listed] = False
+    order = np.lexsort((pos, unlisted, -s))
+    return order.astype(np.int32), s[order].astype(np.float32)
+
+
+def test_the_demo_bundle_trains_warm_users_on_their_countrys_list(demo_bundle):
+    """The parity tests below run with the per-country popular source: the demo data has countries."""
+    with Bundle.open(demo_bundle) as b:
+        assert b.params["warm_trending"] == "country" and b.tables.has_array("country_indptr")
+        code, ip = np.asarray(b.tables.array("user_country")), np.asarray(b.tables.array("country_indptr"))
+        with_list = (code >= 0) & (np.diff(ip)[np.maximum(code, 0)] > 0)
+        assert 0.3 < with_list.mean() < 1.0          # users of both kinds
+
+
 def test_training_rows_equal_numpy_reference(demo_bundle):
     with Bundle.open(demo_bundle) as b:
         art = artifacts_from_bundle(b)
@@ -51,8 +85,8 @@ def test_training_rows_equal_numpy_reference(demo_bundle):
             else:                      # no history: a cold user, no ANN list
                 ann = np.zeros(0, np.int64), np.zeros(0, np.float32)
             lists = C.source_lists(hi[a:e], hts[a:e], ann[0], ann[1], np.array(t.array("i2i_rows")),
-                                   np.array(t.array("i2i_scores")), np.array(t.array("trend_rows")),
-                                   np.array(t.array("trend_scores")), params, hidden=hidden)
+                                   np.array(t.array("i2i_scores")), *_trending_of(t, params, u), params,
+                                   hidden=hidden)
             m2 = C.merge_for_user(lists, consumed, b.n_items, params, extra_excluded=hidden)
             np.testing.assert_array_equal(m2.rows, merged.rows)
             assert not set(m2.rows.tolist()) & skip
