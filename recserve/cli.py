@@ -305,9 +305,9 @@ def cmd_store(args) -> int:
             print(f"forgot {len(set(args.users))} users: {deleted} events deleted ({users} had records in the "
                   f"store)")
         stats = store.stats()
-        print(_table(["store", "events", "users with events", "new users", "item states"],
+        print(_table(["store", "events", "users with events", "new users", "item states", "retired items"],
                      [[str(store.path), stats["events"], stats["users_with_events"], stats["users"],
-                       stats["items"]]]))
+                       stats["items"], stats["retired_items"]]]))
     except KeyboardInterrupt:       # forget and stats: one transaction, rolled back
         print("recserve store: interrupted; nothing was changed", file=sys.stderr)
         return 130

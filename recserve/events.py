@@ -16,13 +16,18 @@ Databases:
 - ``ichanges``: ``items_gen(>Q)`` -> the item ids that update changed, one per line (the newest
   :data:`ITEM_CHANGES_KEPT`), so that a reader only re-reads what changed since the generation it has.
 - ``ucount``: ``user_id`` -> how many events the user has in ``ev``.
-- ``retired``: ``user_id`` -> the items of her events that retention deleted, each with the time of its
-  newest such event (:func:`pack_retired`): still consumed, so "exclude consumed" keeps dropping them.
+- ``retired``: ``user_id \0 item_id`` -> ts(>d): the items of her events that retention deleted, each with
+  the time of its newest such event: still consumed, so "exclude consumed" keeps dropping them;
+  ``rtime``: ``user_id \0 ts(>d) item_id`` -> empty, the same in time order (what eviction and prune walk);
+  ``rcount``: ``user_id`` -> how many items she has in ``retired``.
 
 Retention: a user keeps her newest ``per_user`` events; a write that takes her past it deletes the oldest
 in the same transaction, so the store grows with the number of users, not with time. The items of the
 deleted events join her ``retired`` set (at most ``retired_per_user`` distinct items, the newest kept), so a
-heavy user does not see what she bought long ago come back before the next bundle holds it. A store written
+heavy user does not see what she bought long ago come back before the next bundle holds it; a write costs a
+few keys per deleted event, whatever the set's size. Every process that writes the store (servers and
+``recserve store``) must run a version that knows ``retired``: an older one deletes events without retiring
+their items, and its ``forget`` leaves the user's retired items behind. A store written
 without ``ucount`` counts a user's events once, on her next write. :meth:`EventStore.prune` deletes events
 older than a time (and users left with none, and retired items as old), :meth:`EventStore.forget`
 everything about given users (``recserve store prune`` / ``recserve store forget``, safe beside a running
@@ -47,7 +52,7 @@ EVENT_NAMES = ["view", "click", "cart", "purchase", "rating"]
 
 
 ITEM_CHANGES_KEPT = 4096      # item updates whose changed ids are kept for readers that are behind
-RETIRED_FACTOR = 10           # distinct retired items kept per user, in units of ``per_user``
+RETIRED_FACTOR = 1            # distinct retired items kept per user, in units of ``per_user``
 
 
 @dataclass(frozen=True)
@@ -72,20 +77,7 @@ class Recorded(NamedTuple):
         return self.accepted - self.duplicates - self.not_kept
 
 
-def pack_retired(items: dict[str, float]) -> bytes:
-    """``{item_id: unix seconds}`` as stored in ``retired``: the count (>I), the times (>d each), then the
-    ids joined by newlines (an id holds no control character)."""
-    ts = np.array(list(items.values()), dtype=">f8")
-    return len(items).to_bytes(4, "big") + ts.tobytes() + "\n".join(items).encode()
-
-
-def unpack_retired(raw: bytes) -> dict[str, float]:
-    """The inverse of :func:`pack_retired`."""
-    n = int.from_bytes(raw[:4], "big")
-    if n == 0:
-        return {}
-    ts = np.frombuffer(raw, dtype=">f8", count=n, offset=4).tolist()
-    return dict(zip(bytes(raw[4 + 8 * n:]).decode().split("\n"), ts))
+_TS = struct.Struct(">d")
 
 
 def _holds(cur, at: bytes, value: bytes) -> bool:
@@ -112,9 +104,11 @@ class EventStore:
         self.path.mkdir(parents=True, exist_ok=True)
         self.per_user = int(per_user)
         self.retired_per_user = RETIRED_FACTOR * self.per_user
-        self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=8, sync=True, metasync=True,
+        self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=10, sync=True, metasync=True,
                              max_readers=1024, lock=True)
         self._retired = self.env.open_db(b"retired")
+        self._rtime = self.env.open_db(b"rtime")
+        self._rcount = self.env.open_db(b"rcount")
         self._ichanges = self.env.open_db(b"ichanges")
         self._ucount = self.env.open_db(b"ucount")
         self._ulast = self.env.open_db(b"ulast")
@@ -185,13 +179,15 @@ class EventStore:
             n = int.from_bytes(raw, "big") + added
         mine = 0
         if n > self.per_user and cur.set_range(prefix):
-            gone: dict[str, float] = {}
+            gone: dict[bytes, float] = {}
             for _ in range(n - self.per_user):       # the oldest first: keys sort by (user, time, seq)
                 key = cur.key()
                 if not key.startswith(prefix):
                     break
                 mine += int.from_bytes(key[-8:], "big") > seq0
-                gone[bytes(cur.value()[1:]).decode()] = struct.unpack_from(">d", key, len(prefix))[0]
+                ts = _TS.unpack_from(key, len(prefix))[0]
+                item = bytes(cur.value()[1:])
+                gone[item] = max(ts, gone.get(item, ts))
                 if not cur.delete():
                     break
             n = self.per_user
@@ -199,23 +195,55 @@ class EventStore:
         txn.put(u, n.to_bytes(8, "big"), db=self._ucount)
         return mine
 
-    def _retire(self, txn, u: bytes, gone: dict[str, float]) -> None:
+    def _retire(self, txn, u: bytes, gone: dict[bytes, float]) -> None:
         """Add the items of her deleted events to her retired set (inside the write): the newest time per
-        item, the newest ``retired_per_user`` items kept."""
-        raw = txn.get(u, db=self._retired)
-        kept = unpack_retired(raw) if raw is not None else {}
+        item, the newest ``retired_per_user`` items kept. Touches a few keys per item, not the whole set."""
+        prefix = u + b"\0"
+        raw = txn.get(u, db=self._rcount)
+        n = int.from_bytes(raw, "big") if raw is not None else 0
         for item, ts in gone.items():
-            if ts > kept.get(item, -np.inf):
-                kept[item] = ts
-        if len(kept) > self.retired_per_user:
-            kept = dict(sorted(kept.items(), key=lambda it: it[1])[-self.retired_per_user:])
-        txn.put(u, pack_retired(kept), db=self._retired)
+            old = txn.get(prefix + item, db=self._retired)
+            if old is None:
+                n += 1
+            elif len(old) == 8:
+                if _TS.unpack(old)[0] >= ts:
+                    continue
+                txn.delete(prefix + bytes(old) + item, db=self._rtime)
+            txn.put(prefix + item, _TS.pack(ts), db=self._retired)
+            txn.put(prefix + _TS.pack(ts) + item, b"", db=self._rtime)
+        if n > self.retired_per_user:
+            cur = txn.cursor(db=self._rtime)
+            if cur.set_range(prefix):
+                while n > self.retired_per_user and cur.key().startswith(prefix):
+                    n -= self._drop_retired(txn, prefix, cur.key())
+                    cur.delete()
+        txn.put(u, n.to_bytes(8, "big"), db=self._rcount)
+
+    def _drop_retired(self, txn, prefix: bytes, time_key: bytes) -> int:
+        """Delete the item of a ``rtime`` key from ``retired`` when it holds that time (1), not when its time
+        there is another (0: a stale index key, left by a damaged value; only the index key goes)."""
+        item = prefix + time_key[len(prefix) + 8:]
+        if txn.get(item, db=self._retired) == time_key[len(prefix):len(prefix) + 8]:
+            txn.delete(item, db=self._retired)
+            return 1
+        return 0
+
+    def _forget_retired(self, txn, u: bytes) -> bool:
+        """Delete her retired set (inside the write); whether she had one."""
+        prefix = u + b"\0"
+        had = txn.delete(u, db=self._rcount)
+        for db in (self._retired, self._rtime):
+            cur = txn.cursor(db=db)
+            if cur.set_range(prefix):
+                while cur.key().startswith(prefix) and cur.delete():
+                    had = True
+        return had
 
     def forget(self, user_ids: Iterable[str]) -> tuple[int, int]:
-        """Delete everything the store keeps about these users (events, counts, stamps, first-seen), in one
-        fsynced transaction: (events deleted, users who had anything). A worker that kept a user's long
-        history sees her stamp gone and reads the store again. The bundle's own history of a user is not
-        touched: it goes with the next bundle built without her data."""
+        """Delete everything the store keeps about these users (events, retired items, counts, stamps,
+        first-seen), in one fsynced transaction: (events deleted, users who had anything). A worker that kept
+        a user's long history sees her stamp gone and reads the store again. The bundle's own history of a
+        user is not touched: it goes with the next bundle built without her data."""
         self._check_pid()
         n_events = n_users = 0
         with self.env.begin(write=True) as txn:
@@ -227,7 +255,8 @@ class EventStore:
                 if cur.set_range(prefix):
                     while cur.key().startswith(prefix) and cur.delete():
                         n += 1
-                had = [txn.delete(u, db=db) for db in (self._users, self._ulast, self._ucount, self._retired)]
+                had = [txn.delete(u, db=db) for db in (self._users, self._ulast, self._ucount)]
+                had.append(self._forget_retired(txn, u))
                 n_events += n
                 n_users += bool(n or any(had))
         return n_events, n_users
@@ -237,6 +266,8 @@ class EventStore:
         of at most ``batch`` deletions (writers wait for one transaction, not for the whole pass):
         (events deleted, users left with none, whose records are removed as :meth:`forget` does). A user
         whose events were deleted gets a new stamp, so no worker keeps serving them from its cache.
+        Then the retired items (of events retention deleted) whose newest time is before ``before`` go the
+        same way, in transactions of at most ``batch`` deletions too.
         ``committed(deleted, emptied)``, when given, hears the totals after each transaction commits; when
         it returns False the pass stops there (the counts returned are what was committed)."""
         self._check_pid()
@@ -281,37 +312,51 @@ class EventStore:
                 txn.put(b"seq", seq.to_bytes(8, "big"), db=self._meta)
             if committed is not None and committed(deleted, emptied) is False:
                 return deleted, emptied
-        self._prune_retired(before, batch)
+        self._prune_retired(before, batch, deleted, emptied, committed)
         return deleted, emptied
 
-    def _prune_retired(self, before: float, batch: int) -> None:
-        """Drop the retired items whose newest event is before ``before``, at most ``batch`` users per
-        fsynced transaction; a user whose set changed gets a new stamp (her cached history is re-read)."""
+    def _prune_retired(self, before: float, batch: int, deleted: int, emptied: int, committed) -> bool:
+        """Delete the retired items whose newest event is before ``before``, at most ``batch`` per fsynced
+        transaction, after :meth:`prune`'s events (``committed`` hears its totals again after each one and may
+        stop the pass: False is returned then). A user whose set changed gets a new stamp (a worker's cached
+        history is re-read)."""
         resume = b""
         while resume is not None:
             with self.env.begin(write=True) as txn:
                 seq = int.from_bytes(txn.get(b"seq", db=self._meta) or b"\0" * 8, "big")
-                cur = txn.cursor(db=self._retired)
+                cur = txn.cursor(db=self._rtime)
+                budget = batch
                 found = cur.set_range(resume)
                 resume = None
-                for _ in range(batch):
-                    if not found:
-                        break
-                    u = bytes(cur.key())
-                    kept = unpack_retired(cur.value())
-                    left = {i: t for i, t in kept.items() if t >= before}
-                    if len(left) < len(kept):
+                while found:
+                    key = cur.key()
+                    u = key[:key.index(b"\0")]
+                    prefix = u + b"\0"
+                    n, changed = 0, False
+                    while budget > 0 and key.startswith(prefix) and _TS.unpack_from(key, len(prefix))[0] < before:
+                        n += self._drop_retired(txn, prefix, key)
+                        cur.delete()
+                        budget -= 1
+                        key = cur.key()
+                        changed = True
+                    if changed:
+                        raw = txn.get(u, db=self._rcount)
+                        left = max((int.from_bytes(raw, "big") if raw is not None else 0) - n, 0)
                         if left:
-                            cur.put(u, pack_retired(left))
+                            txn.put(u, left.to_bytes(8, "big"), db=self._rcount)
                         else:
-                            cur.delete()
+                            txn.delete(u, db=self._rcount)
                         if txn.get(u, db=self._ulast) is not None:
                             seq += 1
                             txn.put(u, seq.to_bytes(8, "big"), db=self._ulast)
-                    found = cur.set_range(u + b"\0")
-                else:
-                    resume = bytes(cur.key()) if found else None
+                    if budget == 0:
+                        resume = key if key.startswith(prefix) else u + b"\1"
+                        break
+                    found = cur.set_range(u + b"\1")
                 txn.put(b"seq", seq.to_bytes(8, "big"), db=self._meta)
+            if committed is not None and committed(deleted, emptied) is False:
+                return False
+        return True
 
     def update_items(self, updates: Iterable[tuple[str, bool | None, float | None]]) -> int:
         """Apply (item_id, in_stock or None, price or None) updates in one fsynced transaction."""
@@ -393,9 +438,18 @@ class EventStore:
         """The items of the user's events that retention deleted (see the module's note), in no order."""
         if not user_id:
             return []
+        prefix = user_id.encode() + b"\0"
+        n = len(prefix)
         with self.env.begin(db=self._retired) as txn:
-            raw = txn.get(user_id.encode())
-            return [] if raw is None else list(unpack_retired(raw))
+            cur = txn.cursor()
+            if not cur.set_range(prefix):
+                return []
+            out = []
+            for k in cur.iternext(values=False):
+                if not k.startswith(prefix):
+                    break
+                out.append(k[n:].decode("utf-8", "replace"))
+            return out
 
     def user_stamp(self, user_id: str) -> int | None:
         """The ``seq`` of the user's latest written event (None: no event, or written by a store version
@@ -445,10 +499,12 @@ class EventStore:
         return (info["last_pgno"] + 1) * stat["psize"], info["map_size"]
 
     def stats(self) -> dict:
-        """events; users created by events (not in a bundle); users with events (stamped); item states."""
+        """events; users created by events (not in a bundle); users with events (stamped); item states;
+        retired items (of events retention deleted), of all users."""
         with self.env.begin() as txn:
             return {"events": txn.stat(self._ev)["entries"], "users": txn.stat(self._users)["entries"],
-                    "users_with_events": txn.stat(self._ulast)["entries"], "items": txn.stat(self._items)["entries"]}
+                    "users_with_events": txn.stat(self._ulast)["entries"], "items": txn.stat(self._items)["entries"],
+                    "retired_items": txn.stat(self._retired)["entries"]}
 
     def close(self) -> None:
         self.env.close()

@@ -20,6 +20,8 @@ _NONE = np.zeros(0, np.int32)
 class RegionalTrending:
     """The per-country lists of one bundle over its global trending list."""
 
+    HEAD_MIN = 256      # the shortest head ranked at a time
+
     def __init__(self, user_code, indptr, rows, scores, weight, trend_rows, trend_scores, n_items: int,
                  trend_of_row: np.ndarray | None = None):
         """``user_code``: each user's country code (-1: none); ``indptr``/``rows``/``scores``: the countries'
@@ -96,10 +98,13 @@ class RegionalTrending:
         per-country copy that grows by doubling: a read-only prefix."""
         got = self._heads.get(c)
         if got is None or (len(got[0]) < n and len(got[0]) < len(self.trend_of_row)):
-            m = max(int(n), 2 * (len(got[0]) if got is not None else 0), 256)
+            m = max(int(n), 2 * (len(got[0]) if got is not None else 0), self.HEAD_MIN)
             rows, scores = self.top(c, None, _NONE, min(m, len(self.trend_of_row)))
             rows.flags.writeable = scores.flags.writeable = False
-            got = self._heads[c] = (rows, scores)
+            got = (rows, scores)
+            held = self._heads.get(c)       # another thread's, meanwhile: the longer one stays
+            if held is None or len(held[0]) < len(rows):
+                self._heads[c] = got
         return got[0][:n], got[1][:n]
 
 

@@ -186,16 +186,24 @@ def _full_order(rec, code):
     return order, s[order]
 
 
-def test_a_countrys_head_is_the_prefix_of_its_whole_order(bundle):
+@pytest.mark.parametrize("head_min", [256, 3])
+def test_a_countrys_head_is_the_prefix_of_its_whole_order(bundle, monkeypatch, head_min):
+    """Also as it grows (the demo catalogue is shorter than a first head: a small first head makes it grow)."""
+    from recserve._core.regional import RegionalTrending
+
+    monkeypatch.setattr(RegionalTrending, "HEAD_MIN", head_min)
     rec = Recommender(bundle, None)
     for c in _with_lists(rec):
         code = rec.countries.code(c, None)
         want_rows, want_scores = _full_order(rec, code)
-        for n in (1, 7, 300, 40, rec.n_items, rec.n_items + 5):    # growing, then shorter again
+        sizes = []
+        for n in (1, 7, 5, 40, 13, rec.n_items, 60, rec.n_items + 5):    # growing, and shorter between
             rows, scores = rec.countries.head(code, n)
             np.testing.assert_array_equal(rows, want_rows[:n])
             np.testing.assert_allclose(scores, want_scores[:n].astype(np.float32), rtol=1e-6)
             assert not rows.flags.writeable
+            sizes.append(len(rec.countries._heads[code][0]))
+        assert sizes == sorted(sizes) and (head_min > rec.n_items or len(set(sizes)) >= 3), sizes
 
 
 def _popular_lists(rec, monkeypatch, req):

@@ -148,7 +148,7 @@ def test_a_write_aborted_before_its_commit_writes_nothing(tmp_path):
 
     with pytest.raises(TimeoutError):
         store.record([Event("u1", "b", 0, 101.0), Event("new", "a", 0, 1.0)], lambda u: False, late)
-    assert store.stats() == {"events": 1, "users": 1, "users_with_events": 1, "items": 0}
+    assert store.stats() == {"events": 1, "users": 1, "users_with_events": 1, "items": 0, "retired_items": 0}
     assert store.recent_columns("u1", 10)[0] == ["a"]
     store.close()
 

@@ -95,10 +95,15 @@ def test_training_rows_equal_numpy_reference(demo_bundle):
             np.testing.assert_allclose(X, ref, rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
-@pytest.mark.parametrize("ef", [None, 3])
-def test_training_rows_equal_server_rows(demo_bundle, monkeypatch, ef):
+@pytest.mark.parametrize("ef, head_min", [(None, 256), (3, 256), (None, 3)])
+def test_training_rows_equal_server_rows(demo_bundle, monkeypatch, ef, head_min):
     """Through the server's Recommender (the serving code path), when it is present; also with a search
-    breadth below the ANN quota, where hnswlib's answer depends on k (the server once asked for one more)."""
+    breadth below the ANN quota, where hnswlib's answer depends on k (the server once asked for one more),
+    and with country heads that grow from 3 items (the demo catalogue is shorter than the default first
+    head), on both sides."""
+    from recserve._core.regional import RegionalTrending
+
+    monkeypatch.setattr(RegionalTrending, "HEAD_MIN", head_min)
     try:
         from recserve.pipeline import ranking as R
         from recserve.pipeline.recommender import Filters, RecRequest, Recommender
