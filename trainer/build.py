@@ -497,12 +497,18 @@ def evaluate_bundle(bundle_dir: Path, ds: Dataset, max_users=None, seed=None, th
         unknown_items = len(np.unique(pair[with_history & (ti < 0)]))
         scorer = rk.Scorer(b.ranker_text)
         creators = b.item_feats[:, b.schema.item_columns.index("creator")].astype(np.int64)
-        res = ev.evaluate(art, scorer, tu[ok], ti[ok], ds.ts[m][ok], b.params, creators, max_users=max_users,
-                          seed=seed, threads=threads, progress=progress.labelled("evaluate"),
-                          test_device=ds.device[m][ok])
+        try:
+            res = ev.evaluate(art, scorer, tu[ok], ti[ok], ds.ts[m][ok], b.params, creators, max_users=max_users,
+                              seed=seed, threads=threads, progress=progress.labelled("evaluate"),
+                              test_device=ds.device[m][ok])
+        except ev.NoUserWithHistory:        # logs of new users only: their rows below are the evaluation
+            res = ev.without_users()
         res["held_out_interactions"] = int(ok.sum())
         # the users new after the cut, whom the methods above leave out: the server's cold-start answers
         res["cold_users"] = cold.evaluate_cold(b, ds, art, max_users=max_users, seed=seed)
+        if res["users"] == 0 and not res["cold_users"]:
+            raise DataError("nothing to evaluate: no held-out user has a training history and a new item, and "
+                            "none is new after the bundle's cut")
         res["truth_unknown_items"], res["truth_unknown_users"] = unknown_items, unknown_users
         res["cut"] = cut
         res["seed"], res["eval_users"] = int(seed), int(max_users)     # the user sample: reproducible from these

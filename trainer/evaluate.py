@@ -119,6 +119,15 @@ def eval_users(art, test_user, test_item, max_users: int, seed: int) -> tuple[np
     return users, [truth[int(u)] for u in users]
 
 
+class NoUserWithHistory(ValueError):
+    """The held-out data hold no user the methods can rank for (one with a history and a new item)."""
+
+
+def without_users() -> dict:
+    """:func:`evaluate`'s result when it has no user to rank for: no method rows (logs of new users only)."""
+    return {"users": 0, "truth_not_released": 0, "methods": {}}
+
+
 def evaluate(art, scorer, test_user, test_item, test_ts, params: dict, creators: np.ndarray,
              max_users=2000, seed=0, threads=2, progress=None, test_device=None) -> dict:
     """Returns {"users": n, "methods": {method: metrics}, "truth_not_released": the held-out (user, item)
@@ -134,7 +143,7 @@ def evaluate(art, scorer, test_user, test_item, test_ts, params: dict, creators:
     users, truths = eval_users(art, test_user, test_item, max_users, seed)
     truth = dict(zip(users.tolist(), truths))
     if len(users) == 0:
-        raise ValueError("no held-out user has a training history and a new item")
+        raise NoUserWithHistory("no held-out user has a training history and a new item")
     crosser = art.crosser()
     now_days = art.now / 86400.0
     recs = {m: [] for m in METHODS}
@@ -185,7 +194,10 @@ def format_table(result: dict) -> str:
     notes = []
     if "eval_users" in result and "seed" in result:     # the sample: --eval-users and --seed reproduce it
         notes.append(f"at most {result['eval_users']}, drawn with seed {result['seed']}")
-    if result["users"] < FEW_USERS:
+    if result["users"] == 0:
+        notes = ["no held-out user has a training history and a new item: only the new users below are "
+                 "evaluated"]
+    elif result["users"] < FEW_USERS:
         notes.append(f"fewer than {FEW_USERS}: differences between methods may be noise; a larger --holdout "
                      "holds out more users")
     lines = [f"evaluated users: {result['users']}" + (f" ({'; '.join(notes)})" if notes else "")]

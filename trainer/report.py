@@ -52,11 +52,11 @@ def popularity_chart(deciles: dict) -> str:
 
 
 def render(manifest: dict, result: dict) -> str:
-    methods = result["methods"]
-    plots = [recall_chart(methods)]
+    methods = result["methods"]         # none for logs of new users only (their table is below)
+    plots = [recall_chart(methods)] if methods else []
     if "popularity_deciles" in result:      # evaluations recorded before the deciles existed have none
         plots.append(popularity_chart(result["popularity_deciles"]))
-    best = {c: max(v[c] for v in methods.values()) for c in COLS}
+    best = {c: max(v[c] for v in methods.values()) for c in COLS} if methods else {}
     rows = []
     for m, v in methods.items():
         cells = "".join(
@@ -84,6 +84,9 @@ def render(manifest: dict, result: dict) -> str:
                      f"a country with a trending list; cold order {html.escape(cold['cold_order'])}, trending "
                      f"{html.escape(cold['cold_trending'])}), against the global trending list's head.</p>\n"
                      f"<table><tr><th>method</th>{''.join(f'<th>{c}</th>' for c in COLS)}</tr>{crow}</table>\n")
+    main_table = (f"<table><tr><th>method</th>{''.join(f'<th>{c}</th>' for c in COLS)}</tr>{''.join(rows)}</table>"
+                  if rows else "<p>No held-out user has a training history and a new item: the new users' table "
+                               "below is the evaluation.</p>")
     unused_html = (f"<h2>Input columns not used</h2><p>Columns {NOT_USED}: {html.escape(not_used_text(unused))}"
                    "</p>\n" if unused else "")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>recserve bundle {version}</title>
@@ -95,7 +98,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{text-align:le
 {result.get('held_out_interactions', '?')} held-out interactions. History items are excluded from recommendations
 and from the truth, and so are items created after the cut (not in the bundle's catalogue yet:
 {result.get('truth_not_released', 0)} held-out (user, item) pairs).</p>
-<table><tr><th>method</th>{''.join(f'<th>{c}</th>' for c in COLS)}</tr>{''.join(rows)}</table>
+{main_table}
 {cold_html}{unused_html}<h2>Plots</h2>
 {''.join(f'<figure>{p}</figure>' for p in plots)}
 <h2>Build</h2><pre>{html.escape(json.dumps(summary, indent=1))}</pre></body></html>

@@ -104,3 +104,49 @@ def test_users_the_bundle_does_not_know_bring_their_country_from_the_logs(built)
     cold = res["cold_users"]
     assert got["users_with_country_list"] == cold["users_with_country_list"] > 0
     assert got["methods"][COLD_METHODS[0]]["recall@50"] == pytest.approx(cold["methods"][COLD_METHODS[0]]["recall@50"])
+
+
+def test_logs_of_new_users_only_are_evaluated_by_their_rows(built, tmp_path, capsys):
+    """Next week's sign-ups alone: no user with a history, so no method row, and the new users' rows are the
+    evaluation (the command used to stop for want of a user with a history)."""
+    from trainer.cli import main
+    from trainer.evaluate import format_table
+    from trainer.io import write_dataset
+    from trainer.report import render
+
+    ds, path, res = built
+    first = np.full(ds.n_users, np.inf)
+    np.minimum.at(first, ds.user, ds.ts)
+    signups = ds.subset(first[ds.user] >= res["cut"])
+    assert len(signups) and not (first[signups.user] < res["cut"]).any()
+    write_dataset(signups, tmp_path / "signups")
+    capsys.readouterr()
+    assert main(["evaluate", str(path), "--data", str(tmp_path / "signups")]) == 0
+    out = capsys.readouterr().out
+    assert "evaluated users: 0 (no held-out user has a training history" in out
+    assert "merged+ranker" not in out and all(m in out for m in COLD_METHODS)
+    from trainer.build import evaluate_bundle
+
+    got = evaluate_bundle(path, signups)
+    assert got["users"] == 0 and got["methods"] == {}
+    assert got["cold_users"]["new_users"] == res["cold_users"]["new_users"]
+    assert got["cold_users"]["methods"] == res["cold_users"]["methods"]
+    assert format_table(got) in out
+    page = render(json.loads((path / "manifest.json").read_text()), got)
+    assert "<h2>New users</h2>" in page and "the new users' table below is the evaluation" in page
+
+
+def test_logs_with_nothing_to_evaluate_say_so(built, tmp_path, capsys):
+    """Only users with a history, on items they had: no user to rank for and no new user: one line, exit 2."""
+    from trainer.cli import main
+    from trainer.io import write_dataset
+
+    ds, path, res = built
+    again = ds.subset(ds.ts < res["cut"])
+    again.ts = again.ts - again.ts.min() + res["cut"] + 1.0          # the same pairs, dated after the cut
+    write_dataset(again, tmp_path / "again")
+    capsys.readouterr()
+    assert main(["evaluate", str(path), "--data", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing to evaluate: no held-out user has a training history and a new item, " \
+                            "and none is new after the bundle's cut" in err[0]
