@@ -1,8 +1,9 @@
 """Trending per country at request time: which country's list a request reads (``recserve._core.regional``
 ranks them; ``trainer/countries.py`` builds them).
 
-A request's country is its ``context.country``, or else the user's country from the users file; a country
-without a list (too few users, or not in the bundle) takes the global list. A cold request in trending
+A request reads the list of its ``context.country``; when that country has none (too few users, or not in
+the bundle) or the request gives none, the list of the user's own country from the users file; else the
+global list. A cold request in trending
 order is ordered by that list; a request with a history takes it as its popular source when the bundle's
 ranker was trained so (``warm_trending``).
 """
@@ -29,8 +30,10 @@ class CountryTrending(RegionalTrending):
         return cls(tables, trend_rows, trend_scores, trend_of_row) if tables.has_array("country_indptr") else None
 
     def code(self, country: str, user_row: int | None) -> int | None:
-        """The code of the request's country (``context.country``, else the user's) if it has a list."""
+        """The code of the list a request reads: its ``context.country``'s if that has one, else the user's
+        own country's (the users file) if that has one, else None (the global list)."""
         if country:
             c = self.tables.row_of("country", country)
-            return c if c is not None and self.has_list(c) else None
+            if c is not None and self.has_list(c):
+                return c
         return self.user_list(user_row)

@@ -98,8 +98,10 @@ def test_a_known_user_without_history_takes_her_own_country(bundle):
     own = t.id_of("country", int(codes[t.row_of("user", uid)]))
     other = next(c for c in sorted(lists) if c != own)
     assert _ids(_ask(rec, uid=uid)) == _ids(_ask(rec, country=own))
-    # the request's context wins over the users file
+    # the request's context wins over the users file, where it has a list; where not, hers stands
     assert _ids(_ask(rec, uid=uid, country=other)) == _ids(_ask(rec, country=other))
+    r = _ask(rec, uid=uid, country="XX")
+    assert _ids(r) == _ids(_ask(rec, country=own)) and r.trending_country == own
 
 
 def test_filters_hold_on_the_country_path(bundle):
@@ -224,8 +226,9 @@ def _popular_lists(rec, monkeypatch, req):
 
 
 def test_a_warm_request_reads_its_countrys_list_as_its_popular_source(bundle, monkeypatch):
-    """Her own country's list (the bundle's warm_trending), or the request's ``context.country``; the global
-    list from a country without a list, or when the bundle's ranker was trained on the global list."""
+    """Her own country's list (the bundle's warm_trending), or the request's ``context.country``'s; hers
+    when the request's has none; the global list when neither has one, or when the bundle's ranker was
+    trained on the global list."""
     rec = Recommender(bundle, None)
     assert rec.warm_regional
     t = rec.tables
@@ -241,7 +244,7 @@ def test_a_warm_request_reads_its_countrys_list_as_its_popular_source(bundle, mo
         own = rec.countries.user_list(u)
         consumed = set(rec.histories.of(uid, u)[3].tolist())
         other = countries[u % len(countries)]
-        for country, code in [("", own), (other, rec.countries.code(other, None)), ("XX", None)]:
+        for country, code in [("", own), (other, rec.countries.code(other, None)), ("XX", own)]:
             req = RecRequest(user_id=uid, k=10, timestamp=now, country=country, filters=Filters(in_stock_only=False))
             pop, r = _popular_lists(rec, monkeypatch, req)
             assert not r.cold_start
