@@ -285,15 +285,16 @@ def cmd_store(args) -> int:
             before = time.time() - args.older_than_days * 86400.0
             previous = signal.signal(signal.SIGINT, stop)
             try:
-                deleted, emptied = store.prune(before, batch=args.batch, committed=lambda d, e: not interrupted)
+                deleted, emptied, retired = store.prune(before, batch=args.batch,
+                                                        committed=lambda d, e: not interrupted)
             finally:
                 signal.signal(signal.SIGINT, previous)
             if interrupted:
-                print(f"recserve store: interrupted; {deleted} events were deleted and {emptied} users removed "
-                      f"before (committed), the rest is as it was", file=sys.stderr)
+                print(f"recserve store: interrupted; {deleted} events were deleted, {emptied} users removed and "
+                      f"{retired} retired items deleted before (committed), the rest is as it was", file=sys.stderr)
                 return 130
             print(f"deleted {deleted} events older than {args.older_than_days:g} days; {emptied} users left "
-                  f"with none were removed")
+                  f"with none were removed; {retired} retired items as old were deleted")
         elif args.action == "clear-items":
             if bool(args.all) == bool(args.items):
                 print("recserve store: clear-items takes item ids or --all (not both)", file=sys.stderr)

@@ -27,7 +27,8 @@ deleted events join her ``retired`` set (at most ``retired_per_user`` distinct i
 heavy user does not see what she bought long ago come back before the next bundle holds it; a write costs a
 few keys per deleted event, whatever the set's size. Every process that writes the store (servers and
 ``recserve store``) must run a version that knows ``retired``: an older one deletes events without retiring
-their items, and its ``forget`` leaves the user's retired items behind. A store written
+their items, and its ``forget`` leaves the user's retired items behind. A store whose ``retired`` holds
+whole sets under bare user ids (their first layout) is converted when opened (``meta`` ``retired_keys``). A store written
 without ``ucount`` counts a user's events once, on her next write. :meth:`EventStore.prune` deletes events
 older than a time (and users left with none, and retired items as old), :meth:`EventStore.forget`
 everything about given users (``recserve store prune`` / ``recserve store forget``, safe beside a running
@@ -62,6 +63,13 @@ class Event:
     type: int        # 0..4
     timestamp: float  # unix seconds
     server_time: bool = False   # the timestamp is the server's clock (the client sent none): never a retry
+
+
+class Pruned(NamedTuple):
+    """What :meth:`EventStore.prune` deleted (committed)."""
+    deleted: int        # events
+    emptied: int        # users left with no event, removed
+    retired: int        # retired items (of events retention had deleted)
 
 
 class Recorded(NamedTuple):
@@ -117,6 +125,26 @@ class EventStore:
         self._items = self.env.open_db(b"items")
         self._meta = self.env.open_db(b"meta")
         self._pid = os.getpid()
+        self._convert_retired()
+
+    def _convert_retired(self) -> None:
+        """A store whose ``retired`` database holds whole sets under bare user ids (the first layout: a
+        count, the times, then the ids joined by newlines) gets them as one key per item, once."""
+        with self.env.begin(db=self._meta) as txn:
+            if txn.get(b"retired_keys") is not None:
+                return
+        with self.env.begin(write=True) as txn:
+            if txn.get(b"retired_keys", db=self._meta) is not None:
+                return                      # another process did it meanwhile
+            sets = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=self._retired) if b"\0" not in k]
+            for u, raw in sets:
+                txn.delete(u, db=self._retired)
+                n = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else 0
+                ids = raw[4 + 8 * n:].split(b"\n") if n and len(raw) >= 4 + 8 * n else []
+                if len(ids) == n:
+                    ts = np.frombuffer(raw, ">f8", count=n, offset=4).tolist()
+                    self._retire(txn, u, dict(zip(ids, ts)))
+            txn.put(b"retired_keys", b"1", db=self._meta)
 
     def _check_pid(self) -> None:
         if os.getpid() != self._pid:
@@ -217,14 +245,27 @@ class EventStore:
                 while n > self.retired_per_user and cur.key().startswith(prefix):
                     n -= self._drop_retired(txn, prefix, cur.key())
                     cur.delete()
+            if n > self.retired_per_user:       # her index ran out first: the count was wrong; recount
+                n = self._count_retired(txn, prefix)
         txn.put(u, n.to_bytes(8, "big"), db=self._rcount)
 
+    def _count_retired(self, txn, prefix: bytes) -> int:
+        cur = txn.cursor(db=self._retired)
+        n = 0
+        if cur.set_range(prefix):
+            for k in cur.iternext(values=False):
+                if not k.startswith(prefix):
+                    break
+                n += 1
+        return n
+
     def _drop_retired(self, txn, prefix: bytes, time_key: bytes) -> int:
-        """Delete the item of a ``rtime`` key from ``retired`` when it holds that time (1), not when its time
-        there is another (0: a stale index key, left by a damaged value; only the index key goes)."""
+        """Delete the item of a ``rtime`` key from ``retired`` when it holds that time, or a damaged value (1);
+        not when its time there is another (0: a stale index key left by a damaged value: only it goes)."""
         item = prefix + time_key[len(prefix) + 8:]
-        if txn.get(item, db=self._retired) == time_key[len(prefix):len(prefix) + 8]:
-            txn.delete(item, db=self._retired)
+        value = txn.get(item, db=self._retired)
+        if value == time_key[len(prefix):len(prefix) + 8] or (value is not None and len(value) != 8):
+            txn.delete(item, db=self._retired)      # a damaged value goes with its index key
             return 1
         return 0
 
@@ -261,13 +302,15 @@ class EventStore:
                 n_users += bool(n or any(had))
         return n_events, n_users
 
-    def prune(self, before: float, batch: int = 10_000, committed=None) -> tuple[int, int]:
+    def prune(self, before: float, batch: int = 10_000, committed=None) -> Pruned:
         """Delete every event with a timestamp before ``before`` (unix seconds), in fsynced transactions
-        of at most ``batch`` deletions (writers wait for one transaction, not for the whole pass):
-        (events deleted, users left with none, whose records are removed as :meth:`forget` does). A user
+        of at most ``batch`` deletions and users visited (writers wait for one transaction, not for the
+        whole pass):
+        (events deleted, users left with none, whose records are removed as :meth:`forget` does, retired
+        items deleted). A user
         whose events were deleted gets a new stamp, so no worker keeps serving them from its cache.
         Then the retired items (of events retention deleted) whose newest time is before ``before`` go the
-        same way, in transactions of at most ``batch`` deletions too.
+        same way, in transactions of at most ``batch`` deletions and users visited too.
         ``committed(deleted, emptied)``, when given, hears the totals after each transaction commits; when
         it returns False the pass stops there (the counts returned are what was committed)."""
         self._check_pid()
@@ -305,27 +348,29 @@ class EventStore:
                             for db in (self._users, self._ulast, self._ucount):
                                 txn.delete(u, db=db)
                             emptied += 1
+                    budget = max(budget - 1, 0)         # each user visited counts, deletions or not
                     if budget == 0:
-                        resume = key if key.startswith(prefix) else u + b"\1"
+                        old = key.startswith(prefix) and struct.unpack_from(">d", key, len(prefix))[0] < before
+                        resume = key if old else u + b"\1"
                         break
                     found = cur.set_range(u + b"\1")   # her newer events stay: the next user
                 txn.put(b"seq", seq.to_bytes(8, "big"), db=self._meta)
             if committed is not None and committed(deleted, emptied) is False:
-                return deleted, emptied
-        self._prune_retired(before, batch, deleted, emptied, committed)
-        return deleted, emptied
+                return Pruned(deleted, emptied, 0)
+        return Pruned(deleted, emptied, self._prune_retired(before, batch, deleted, emptied, committed))
 
-    def _prune_retired(self, before: float, batch: int, deleted: int, emptied: int, committed) -> bool:
-        """Delete the retired items whose newest event is before ``before``, at most ``batch`` per fsynced
-        transaction, after :meth:`prune`'s events (``committed`` hears its totals again after each one and may
-        stop the pass: False is returned then). A user whose set changed gets a new stamp (a worker's cached
-        history is re-read)."""
+    def _prune_retired(self, before: float, batch: int, deleted: int, emptied: int, committed) -> int:
+        """Delete the retired items whose newest event is before ``before``, at most ``batch`` deletions and
+        users visited per fsynced transaction, after :meth:`prune`'s events (``committed`` hears its totals
+        again after each one and may stop the pass). Returns how many were deleted. A user whose set changed
+        gets a new stamp (a worker's cached history is re-read)."""
+        total = 0
         resume = b""
         while resume is not None:
             with self.env.begin(write=True) as txn:
                 seq = int.from_bytes(txn.get(b"seq", db=self._meta) or b"\0" * 8, "big")
                 cur = txn.cursor(db=self._rtime)
-                budget = batch
+                budget, done = batch, 0
                 found = cur.set_range(resume)
                 resume = None
                 while found:
@@ -339,6 +384,7 @@ class EventStore:
                         budget -= 1
                         key = cur.key()
                         changed = True
+                    done += n
                     if changed:
                         raw = txn.get(u, db=self._rcount)
                         left = max((int.from_bytes(raw, "big") if raw is not None else 0) - n, 0)
@@ -349,14 +395,17 @@ class EventStore:
                         if txn.get(u, db=self._ulast) is not None:
                             seq += 1
                             txn.put(u, seq.to_bytes(8, "big"), db=self._ulast)
+                    budget = max(budget - 1, 0)
                     if budget == 0:
-                        resume = key if key.startswith(prefix) else u + b"\1"
+                        old = key.startswith(prefix) and _TS.unpack_from(key, len(prefix))[0] < before
+                        resume = key if old else u + b"\1"
                         break
                     found = cur.set_range(u + b"\1")
                 txn.put(b"seq", seq.to_bytes(8, "big"), db=self._meta)
+            total += done
             if committed is not None and committed(deleted, emptied) is False:
-                return False
-        return True
+                break
+        return total
 
     def update_items(self, updates: Iterable[tuple[str, bool | None, float | None]]) -> int:
         """Apply (item_id, in_stock or None, price or None) updates in one fsynced transaction."""

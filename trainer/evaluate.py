@@ -196,7 +196,8 @@ def format_table(result: dict) -> str:
         notes.append(f"at most {result['eval_users']}, drawn with seed {result['seed']}")
     if result["users"] == 0:
         notes = ["no held-out user has a training history and a new item: only the new users below are "
-                 "evaluated"]
+                 "evaluated" + (f", at most {result['eval_users']} drawn with seed {result['seed']}"
+                                if "eval_users" in result and "seed" in result else "")]
     elif result["users"] < FEW_USERS:
         notes.append(f"fewer than {FEW_USERS}: differences between methods may be noise; a larger --holdout "
                      "holds out more users")

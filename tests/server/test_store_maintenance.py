@@ -38,7 +38,7 @@ def test_prune_deletes_exactly_the_old_events_in_any_batch_size(tmp_path, seed):
     store = EventStore(tmp_path / "ev", map_size=1 << 26, per_user=1000)
     store.record(events, known_user=lambda u: u.startswith("u"))       # other users are created
     stamps = {u: store.user_stamp(u) for u in users}
-    deleted, emptied = store.prune(before, batch=batch)
+    deleted, emptied, _ = store.prune(before, batch=batch)
     keep = {u: sorted((e.timestamp, e.item_id) for e in events if e.user_id == u and e.timestamp >= before)
             for u in users}
     had = {e.user_id for e in events}
@@ -62,14 +62,14 @@ def test_prune_deletes_exactly_the_old_events_in_any_batch_size(tmp_path, seed):
     assert {u: int.from_bytes(v, "big") for u, v in raw["ucount"].items()} == counts
     assert set(raw["ulast"]) == set(counts)
     assert set(raw["users"]) <= set(counts)
-    assert store.prune(before, batch=batch) == (0, 0)
+    assert store.prune(before, batch=batch) == (0, 0, 0)
     store.close()
 
 
 def test_the_count_stays_right_after_a_prune_so_the_cap_keeps_the_newest(tmp_path):
     store = EventStore(tmp_path / "ev", per_user=4)
     store.record([Event("u", f"a{k}", 0, 100.0 + k) for k in range(4)], lambda u: True)
-    assert store.prune(102.0) == (2, 0)
+    assert store.prune(102.0) == (2, 0, 0)
     store.record([Event("u", "b0", 0, 200.0), Event("u", "b1", 0, 201.0)], lambda u: True)
     assert store.recent_columns("u", 10)[0] == ["a2", "a3", "b0", "b1"]         # 4 kept: none evicted
     store.record([Event("u", "b2", 0, 202.0)], lambda u: True)
@@ -128,7 +128,8 @@ def test_store_cli_forgets_and_prunes_beside_an_open_store_that_keeps_serving(de
 
         r = _cli("prune", "--events-dir", str(ev), "--older-than-days", "30")
         assert r.returncode == 0, r.stderr
-        assert "deleted 2 events older than 30 days; 1 users left with none were removed" in r.stdout
+        assert "deleted 2 events older than 30 days; 1 users left with none were removed; 0 retired items as " \
+               "old were deleted" in r.stdout
         assert rec.store.recent_columns(user, 10)[0] == [first[1]] and not rec.store.has_user("other")
         after = servable()
         assert first[0] in after and first[1] not in after
@@ -238,6 +239,6 @@ def test_ctrl_c_during_prune_says_what_was_committed(tmp_path):
     gone = 20_000 - store.stats()["events"]
     assert p.returncode == 130 and "Traceback" not in err, err
     assert 0 < gone < 20_000 and err.strip() == (
-        f"recserve store: interrupted; {gone} events were deleted and {gone // 40} users removed before "
-        f"(committed), the rest is as it was"), (gone, err)
+        f"recserve store: interrupted; {gone} events were deleted, {gone // 40} users removed and 0 retired "
+        f"items deleted before (committed), the rest is as it was"), (gone, err)
     store.close()
