@@ -88,6 +88,18 @@ class Recorded(NamedTuple):
 _TS = struct.Struct(">d")
 
 
+def _count_keys(txn, db, prefix: bytes) -> int:
+    """How many keys of ``db`` start with ``prefix`` (inside ``txn``)."""
+    cur = txn.cursor(db=db)
+    n = 0
+    if cur.set_range(prefix):
+        for k in cur.iternext(values=False):
+            if not k.startswith(prefix):
+                break
+            n += 1
+    return n
+
+
 def _holds(cur, at: bytes, value: bytes) -> bool:
     """Whether the store holds ``value`` under a key starting ``at`` (user, timestamp): at most a few keys."""
     if not cur.set_range(at):
@@ -197,12 +209,7 @@ class EventStore:
         prefix = u + b"\0"
         cur = txn.cursor(db=self._ev)
         if raw is None:         # a store written before counts were kept: count once
-            n = 0
-            if cur.set_range(prefix):
-                for k in cur.iternext(values=False):
-                    if not k.startswith(prefix):
-                        break
-                    n += 1
+            n = _count_keys(txn, self._ev, prefix)
         else:
             n = int.from_bytes(raw, "big") + added
         mine = 0
@@ -246,18 +253,8 @@ class EventStore:
                     n -= self._drop_retired(txn, prefix, cur.key())
                     cur.delete()
             if n > self.retired_per_user:       # her index ran out first: the count was wrong; recount
-                n = self._count_retired(txn, prefix)
+                n = _count_keys(txn, self._retired, prefix)
         txn.put(u, n.to_bytes(8, "big"), db=self._rcount)
-
-    def _count_retired(self, txn, prefix: bytes) -> int:
-        cur = txn.cursor(db=self._retired)
-        n = 0
-        if cur.set_range(prefix):
-            for k in cur.iternext(values=False):
-                if not k.startswith(prefix):
-                    break
-                n += 1
-        return n
 
     def _drop_retired(self, txn, prefix: bytes, time_key: bytes) -> int:
         """Delete the item of a ``rtime`` key from ``retired`` when it holds that time, or a damaged value (1);
