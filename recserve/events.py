@@ -302,23 +302,60 @@ class EventStore:
     def prune(self, before: float, batch: int = 10_000, committed=None) -> Pruned:
         """Delete every event with a timestamp before ``before`` (unix seconds), in fsynced transactions
         of at most ``batch`` deletions and users visited (writers wait for one transaction, not for the
-        whole pass):
-        (events deleted, users left with none, whose records are removed as :meth:`forget` does, retired
-        items deleted). A user
-        whose events were deleted gets a new stamp, so no worker keeps serving them from its cache.
-        Then the retired items (of events retention deleted) whose newest time is before ``before`` go the
-        same way, in transactions of at most ``batch`` deletions and users visited too.
-        ``committed(deleted, emptied)``, when given, hears the totals after each transaction commits; when
-        it returns False the pass stops there (the counts returned are what was committed)."""
+        whole pass), then the retired items (of events retention deleted) whose newest time is before it,
+        the same way: (events deleted, users left with none, whose records are removed as :meth:`forget`
+        does, retired items deleted). A user whose events or retired items were deleted gets a new stamp, so
+        no worker keeps serving them from its cache. ``committed(deleted, emptied)``, when given, hears the
+        event totals after each transaction commits; when it returns False the pass stops there (the counts
+        returned are what was committed)."""
         self._check_pid()
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
-        deleted = emptied = 0
+        got = {"deleted": 0, "emptied": 0, "retired": 0, "user": 0}
+
+        def event_user(txn, u: bytes, n: int, keeps: bool) -> bool:
+            got["deleted"] += n
+            if keeps:                                   # she keeps newer events
+                raw = txn.get(u, db=self._ucount)
+                if raw is not None:
+                    txn.put(u, (int.from_bytes(raw, "big") - n).to_bytes(8, "big"), db=self._ucount)
+                return True
+            for db in (self._users, self._ulast, self._ucount):
+                txn.delete(u, db=db)
+            got["emptied"] += 1
+            return False
+
+        def retired_key(txn, prefix: bytes, key: bytes) -> None:
+            got["user"] += self._drop_retired(txn, prefix, key)
+
+        def retired_user(txn, u: bytes, n: int, keeps: bool) -> bool:
+            n, got["user"] = got["user"], 0
+            got["retired"] += n
+            raw = txn.get(u, db=self._rcount)
+            left = max((int.from_bytes(raw, "big") if raw is not None else 0) - n, 0)
+            if left:
+                txn.put(u, left.to_bytes(8, "big"), db=self._rcount)
+            else:
+                txn.delete(u, db=self._rcount)
+            return txn.get(u, db=self._ulast) is not None
+
+        def heard() -> bool:
+            return committed is None or committed(got["deleted"], got["emptied"]) is not False
+
+        if self._prune_walk(self._ev, before, batch, None, event_user, heard):
+            self._prune_walk(self._rtime, before, batch, retired_key, retired_user, heard)
+        return Pruned(got["deleted"], got["emptied"], got["retired"])
+
+    def _prune_walk(self, db, before: float, batch: int, on_key, on_user, heard) -> bool:
+        """Delete the keys ``user \\0 ts(>d) ...`` of ``db`` with a time before ``before``, user by user, in
+        fsynced transactions of at most ``batch`` deletions and users visited. ``on_key(txn, prefix, key)``
+        runs before each deletion; ``on_user(txn, user, deleted, keeps_some)`` after a user's, and returns
+        whether she is to get a new stamp; ``heard()`` after each commit, False to stop (returned)."""
         resume = b""
         while resume is not None:
             with self.env.begin(write=True) as txn:
                 seq = int.from_bytes(txn.get(b"seq", db=self._meta) or b"\0" * 8, "big")
-                cur = txn.cursor(db=self._ev)
+                cur = txn.cursor(db=db)
                 budget = batch
                 found = cur.set_range(resume)
                 resume = None
@@ -327,82 +364,26 @@ class EventStore:
                     u = key[:key.index(b"\0")]
                     prefix = u + b"\0"
                     n = 0
-                    while (budget > 0 and key.startswith(prefix)
-                           and struct.unpack_from(">d", key, len(prefix))[0] < before):
+                    while budget > 0 and key.startswith(prefix) and _TS.unpack_from(key, len(prefix))[0] < before:
+                        if on_key is not None:
+                            on_key(txn, prefix, key)
                         cur.delete()                    # the cursor moves to the next key
                         n += 1
                         budget -= 1
                         key = cur.key()
-                    if n:
-                        deleted += n
-                        if key.startswith(prefix):      # she keeps newer events
-                            seq += 1
-                            txn.put(u, seq.to_bytes(8, "big"), db=self._ulast)
-                            raw = txn.get(u, db=self._ucount)
-                            if raw is not None:
-                                txn.put(u, (int.from_bytes(raw, "big") - n).to_bytes(8, "big"), db=self._ucount)
-                        else:
-                            for db in (self._users, self._ulast, self._ucount):
-                                txn.delete(u, db=db)
-                            emptied += 1
+                    if n and on_user(txn, u, n, key.startswith(prefix)):
+                        seq += 1
+                        txn.put(u, seq.to_bytes(8, "big"), db=self._ulast)
                     budget = max(budget - 1, 0)         # each user visited counts, deletions or not
-                    if budget == 0:
-                        old = key.startswith(prefix) and struct.unpack_from(">d", key, len(prefix))[0] < before
-                        resume = key if old else u + b"\1"
-                        break
-                    found = cur.set_range(u + b"\1")   # her newer events stay: the next user
-                txn.put(b"seq", seq.to_bytes(8, "big"), db=self._meta)
-            if committed is not None and committed(deleted, emptied) is False:
-                return Pruned(deleted, emptied, 0)
-        return Pruned(deleted, emptied, self._prune_retired(before, batch, deleted, emptied, committed))
-
-    def _prune_retired(self, before: float, batch: int, deleted: int, emptied: int, committed) -> int:
-        """Delete the retired items whose newest event is before ``before``, at most ``batch`` deletions and
-        users visited per fsynced transaction, after :meth:`prune`'s events (``committed`` hears its totals
-        again after each one and may stop the pass). Returns how many were deleted. A user whose set changed
-        gets a new stamp (a worker's cached history is re-read)."""
-        total = 0
-        resume = b""
-        while resume is not None:
-            with self.env.begin(write=True) as txn:
-                seq = int.from_bytes(txn.get(b"seq", db=self._meta) or b"\0" * 8, "big")
-                cur = txn.cursor(db=self._rtime)
-                budget, done = batch, 0
-                found = cur.set_range(resume)
-                resume = None
-                while found:
-                    key = cur.key()
-                    u = key[:key.index(b"\0")]
-                    prefix = u + b"\0"
-                    n, changed = 0, False
-                    while budget > 0 and key.startswith(prefix) and _TS.unpack_from(key, len(prefix))[0] < before:
-                        n += self._drop_retired(txn, prefix, key)
-                        cur.delete()
-                        budget -= 1
-                        key = cur.key()
-                        changed = True
-                    done += n
-                    if changed:
-                        raw = txn.get(u, db=self._rcount)
-                        left = max((int.from_bytes(raw, "big") if raw is not None else 0) - n, 0)
-                        if left:
-                            txn.put(u, left.to_bytes(8, "big"), db=self._rcount)
-                        else:
-                            txn.delete(u, db=self._rcount)
-                        if txn.get(u, db=self._ulast) is not None:
-                            seq += 1
-                            txn.put(u, seq.to_bytes(8, "big"), db=self._ulast)
-                    budget = max(budget - 1, 0)
                     if budget == 0:
                         old = key.startswith(prefix) and _TS.unpack_from(key, len(prefix))[0] < before
                         resume = key if old else u + b"\1"
                         break
-                    found = cur.set_range(u + b"\1")
+                    found = cur.set_range(u + b"\1")   # her newer keys stay: the next user
                 txn.put(b"seq", seq.to_bytes(8, "big"), db=self._meta)
-            total += done
-            if committed is not None and committed(deleted, emptied) is False:
-                break
-        return total
+            if not heard():
+                return False
+        return True
 
     def update_items(self, updates: Iterable[tuple[str, bool | None, float | None]]) -> int:
         """Apply (item_id, in_stock or None, price or None) updates in one fsynced transaction."""
