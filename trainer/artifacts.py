@@ -50,7 +50,7 @@ class Artifacts:
     consumed_users: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     consumed_indptr: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
     consumed_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    # trending per users' country, for cold requests (trainer/countries.py)
+    # trending per users' country: cold requests' order, warm ones' popular source (trainer/countries.py)
     countries: CountryLists = field(default_factory=CountryLists)
 
     def crosser(self) -> Crosser:

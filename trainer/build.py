@@ -50,9 +50,10 @@ DEFAULT_CFG = {
     # a user feature per category (her share of events in it) for at most this many categories, the ones
     # with the most items: every one is a column of the user table and of every ranker row
     "share_categories": 32,
-    # trending per users' country for cold requests (trainer/countries.py): a list for every country with at
-    # least this many users who interacted (0: none), shrunk toward the global list by a prior of this many
-    # decayed events; tuned on the label window's new users (countries.tune_prior) unless too few or no tuning
+    # trending per users' country for cold requests and warm ones' popular source (trainer/countries.py): a
+    # list for every country with at least this many users who interacted (0: none), shrunk toward the global
+    # list by a prior of this many decayed events; tuned on the label window's new users
+    # (countries.tune_prior) unless too few or no tuning
     "country_min_users": 20, "country_prior": 100.0,
     # the popular source of users with a history: their country's list where the bundle has one ("country")
     # or the global list ("global")

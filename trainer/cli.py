@@ -69,8 +69,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="category share features for at most N categories, those with the most items "
                         "(each is a user-table column and a column of every ranker row)")
     b.add_argument("--country-min-users", type=number(int, 0, 1 << 30), default=20, metavar="N",
-                   help="trending per country (a cold request's order) for every country of the users file "
-                        "with at least N users who interacted (0: the global trending list only)")
+                   help="trending per country (a cold request's order, a warm one's popular source) for every "
+                        "country of the users file with at least N users who interacted (0: the global trending "
+                        "list only)")
     b.add_argument("--warm-trending", choices=["country", "global"], default="country",
                    help="the popular source of users with a history: their country's trending list where the "
                         "bundle has one (the ranker is trained on it), or the global list")

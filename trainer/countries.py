@@ -1,4 +1,5 @@
-"""Trending per country: what a cold request from a country is ordered by.
+"""Trending per country: what a cold request from a country is ordered by, and the popular source of a
+request with a history (``warm_trending``).
 
 A user's country comes from ``users.(csv|parquet)``. For every country with at least ``min_users`` users who
 interacted in the fit's window, the items those users interacted with are scored by their time-decayed,

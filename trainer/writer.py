@@ -67,7 +67,7 @@ def write_tables(path: Path, ds, cat, art) -> None:
         w.write_array("pop_cat_indptr", art.pop_cat_indptr)
         w.write_array("pop_cat_rows", art.pop_cat_rows)
         cl = art.countries
-        if cl.ids:      # the users' countries, and trending per country for cold requests (trainer/countries.py)
+        if cl.ids:      # the users' countries, and trending per country (trainer/countries.py)
             w.write_ids("country", cl.ids)
             w.write_array("user_country", cl.user_code.astype(np.int32))
             w.write_array("country_indptr", cl.indptr.astype(np.int64))
