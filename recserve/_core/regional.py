@@ -125,3 +125,24 @@ def _first(rows: np.ndarray, allowed: np.ndarray | None, gone: np.ndarray, limit
         step *= 2
     return np.concatenate(out)[:limit] if out else np.zeros(0, np.int32)
 
+
+def order_reference(tables, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """Plain numpy reference of country ``c``'s whole ranked list, straight from a bundle's tables (what
+    :meth:`RegionalTrending.top` and :meth:`RegionalTrending.head` return heads of): every item scored as the
+    country scores it, best first, a listed item before an unlisted one on a tie, each in its own list's
+    order. ``(rows int64, scores float64)``."""
+    ip = np.asarray(tables.array("country_indptr"))
+    listed = np.asarray(tables.array("country_rows")[ip[c]:ip[c + 1]])
+    trend_rows = np.asarray(tables.array("trend_rows"))
+    n = len(trend_rows)
+    trend = np.zeros(n, np.float32)
+    trend[trend_rows] = np.asarray(tables.array("trend_scores"))
+    s = np.log1p(float(tables.array("country_weight")[c]) * np.expm1(trend.astype(np.float64)))
+    s[listed] = np.asarray(tables.array("country_scores")[ip[c]:ip[c + 1]])
+    pos = np.empty(n)
+    pos[trend_rows] = np.arange(n)
+    pos[listed] = np.arange(len(listed))
+    unlisted = np.ones(n, bool)
+    unlisted[listed] = False
+    order = np.lexsort((pos, unlisted, -s))
+    return order, s[order]

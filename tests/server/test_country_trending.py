@@ -169,23 +169,10 @@ def test_an_unknown_cold_trending_is_refused():
 # -- the popular source of requests with a history (warm_trending) -------------------------------------------
 
 def _full_order(rec, code):
-    """Country ``code``'s whole ranked list from the tables alone: every item scored as the country scores it,
-    best first, a listed item before an unlisted one on a tie, each in its own list's order."""
-    t = rec.tables
-    ip = np.asarray(t.array("country_indptr"))
-    listed = np.asarray(t.array("country_rows")[ip[code]:ip[code + 1]])
-    n = rec.n_items
-    trend = np.zeros(n, np.float32)
-    trend[np.asarray(t.array("trend_rows"))] = np.asarray(t.array("trend_scores"))
-    s = np.log1p(float(t.array("country_weight")[code]) * np.expm1(trend.astype(np.float64)))
-    s[listed] = np.asarray(t.array("country_scores")[ip[code]:ip[code + 1]])
-    pos = np.empty(n)
-    pos[np.asarray(t.array("trend_rows"))] = np.arange(n)
-    pos[listed] = np.arange(len(listed))
-    unlisted = np.ones(n, bool)
-    unlisted[listed] = False
-    order = np.lexsort((pos, unlisted, -s))
-    return order, s[order]
+    """Country ``code``'s whole ranked list from the tables alone (the numpy reference)."""
+    from recserve._core.regional import order_reference
+
+    return order_reference(rec.tables, code)
 
 
 @pytest.mark.parametrize("head_min", [256, 3])

@@ -24,27 +24,18 @@ def _training_groups(art, params, users):
 
 def _trending_of(t, params: dict, u: int):
     """The trending list user ``u``'s popular source reads, from the tables alone: with ``warm_trending``
-    country and a list for her country, every item scored as her country scores it, best first, a listed
-    item before an unlisted one on a tie, each in its list's order; else the global list."""
+    country and a list for her country, that country's whole order (the numpy reference); else the global
+    list."""
+    from recserve._core.regional import order_reference
+
     rows, scores = np.array(t.array("trend_rows")), np.array(t.array("trend_scores"))
     if params.get("warm_trending") != "country":
         return rows, scores
     c, ip = int(t.array("user_country")[u]), np.array(t.array("country_indptr"))
     if c < 0 or ip[c + 1] == ip[c]:
         return rows, scores
-    listed = np.array(t.array("country_rows")[ip[c]:ip[c + 1]])
-    n = len(rows)
-    trend = np.zeros(n, np.float32)
-    trend[rows] = scores
-    s = np.log1p(float(t.array("country_weight")[c]) * np.expm1(trend.astype(np.float64)))
-    s[listed] = np.array(t.array("country_scores")[ip[c]:ip[c + 1]])
-    pos = np.empty(n)
-    pos[rows] = np.arange(n)
-    pos[listed] = np.arange(len(listed))
-    unlisted = np.ones(n, bool)
-    unlisted[listed] = False
-    order = np.lexsort((pos, unlisted, -s))
-    return order.astype(np.int32), s[order].astype(np.float32)
+    order, s = order_reference(t, c)
+    return order.astype(np.int32), s.astype(np.float32)
 
 
 def test_the_demo_bundle_trains_warm_users_on_their_countrys_list(demo_bundle):
