@@ -1,4 +1,5 @@
-"""trainer.baselines on hand-made matrices with known answers, and a smoke run of bench/protocols.py."""
+"""trainer.baselines on hand-made matrices with known answers; bench/protocols.py: a smoke run, and its exact
+ranking of every item (``ann-all``) against plain Python and against the bundle's own index."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,8 @@ import sys
 
 import numpy as np
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cliutil import REPO, run_cli
 from trainer import baselines as bl
@@ -88,3 +91,78 @@ def test_protocols_refuses_a_missing_path_it_was_given(tmp_path):
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith(
         f"--data: {tmp_path / 'nope'} does not exist (--help for usage)"), p.stderr
     assert "Traceback" not in p.stderr
+
+
+def _protocols():
+    sys.path.insert(0, str(REPO / "bench"))
+    import protocols
+
+    return protocols
+
+
+class _Art:
+    """The three things ``rank_all`` reads of the trainer's artifacts."""
+
+    def __init__(self, emb, unreleased, consumed):
+        self.item_emb, self.unreleased, self._consumed = emb, np.asarray(unreleased, np.int64), consumed
+
+    def consumed(self, u):
+        return np.asarray(self._consumed[u], np.int64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 60), st.integers(1, 8), st.integers(0, 2 ** 31 - 1), st.integers(1, 70))
+def test_rank_all_is_the_exact_cosine_order_of_what_she_may_see(n_items, d, seed, n):
+    """Against plain Python: the released items she did not consume, by cosine with her vector (float64),
+    highest first; float32 near-ties may swap, so the check is on the scores, within 1e-5."""
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(n_items, d)).astype(np.float32)
+    emb[rng.random(n_items) < 0.1] = 0.0                  # items without an embedding score 0
+    unreleased = rng.choice(n_items, size=int(rng.integers(0, n_items // 2 + 1)), replace=False)
+    consumed = {0: rng.choice(n_items, size=int(rng.integers(0, n_items)), replace=False), 1: np.zeros(0, int)}
+    vecs = rng.normal(size=(3, d)).astype(np.float32)
+    vecs[2] = 0.0
+    got = _protocols().rank_all(_Art(emb, unreleased, consumed | {2: np.zeros(0, int)}), vecs, np.array([0, 1, 2]), n)
+    assert len(got[2]) == 0                               # a zero vector: nothing to rank by
+    for u in (0, 1):
+        allowed = [r for r in range(n_items) if r not in set(unreleased.tolist()) | set(consumed[u].tolist())]
+
+        def cos(r):
+            e = emb[r].astype(np.float64)
+            ne = np.linalg.norm(e)
+            return 0.0 if ne == 0 else float(e @ vecs[u] / ne / np.linalg.norm(vecs[u].astype(np.float64)))
+
+        ref = sorted((cos(r) for r in allowed), reverse=True)[:n]
+        mine = [cos(r) for r in got[u].tolist()]
+        assert len(set(got[u].tolist())) == len(mine) == len(ref)
+        assert set(got[u].tolist()) <= set(allowed)
+        np.testing.assert_allclose(mine, ref, atol=1e-5)
+
+
+def test_rank_all_agrees_with_the_bundles_index_where_it_can_reach_every_item(demo_bundle):
+    """On a real bundle of 200 items hnswlib can still return every item: its answer at k = all items is the
+    exact ranking, bar a near-tie."""
+    from recserve.bundle import Bundle
+    from trainer.build import artifacts_from_bundle
+    from trainer.retrieval import user_vecs
+
+    b = Bundle.open(str(demo_bundle))
+    try:
+        art = artifacts_from_bundle(b)
+        users = np.arange(0, b.n_users, 7)
+        vecs = user_vecs(art, users, b.params)
+        live = np.linalg.norm(vecs, axis=1) > 0
+        users, vecs = users[live], vecs[live]
+        assert len(users) > 20
+        got = _protocols().rank_all(art, vecs, users, 20)
+        art.index.set_ef(b.n_items)
+        labels, _ = art.index.knn_query(vecs, k=b.n_items)
+        agree = []
+        for j, u in enumerate(users.tolist()):
+            drop = set(art.consumed(u).tolist()) | set(np.asarray(art.unreleased).tolist())
+            ref = [r for r in labels[j].tolist() if r not in drop][:20]
+            agree.append(len(set(ref) & set(got[j].tolist())) / max(len(ref), 1))
+            assert len(got[j]) == len(ref)
+        assert np.mean(agree) >= 0.98, np.mean(agree)
+    finally:
+        b.close()
