@@ -29,10 +29,10 @@ few keys per deleted event, whatever the set's size. Every process that writes t
 ``recserve store``) must run a version that knows ``retired``: an older one deletes events without retiring
 their items, and its ``forget`` leaves the user's retired items behind. A store whose ``retired`` holds
 whole sets under bare user ids (their first layout) is converted when opened (``meta`` ``retired_keys``).
-A store written without ``ucount`` counts a user's events once, on her next write. :meth:`EventStore.prune` deletes events
-older than a time (and users left with none, and retired items as old), :meth:`EventStore.forget`
-everything about given users (``recserve store prune`` / ``recserve store forget``, safe beside a running
-server: LMDB serialises writers across processes).
+A store written without ``ucount`` counts a user's events once, on her next write.
+:meth:`EventStore.prune` deletes events older than a time (and users left with none, and retired items as
+old), :meth:`EventStore.forget` everything about given users (``recserve store prune`` / ``recserve store
+forget``, safe beside a running server: LMDB serialises writers across processes).
 """
 from __future__ import annotations
 

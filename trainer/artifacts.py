@@ -161,6 +161,40 @@ def i2i_model(cfg: dict, n_items: int) -> str:
     return m
 
 
+# n x n float64 matrices alive at once while EASE is fitted: the Gram matrix, its ridged copy and inverse
+# (two layouts), then the weights and top_m's partition (its indices are int64)
+EASE_DENSE_COPIES = 5
+
+
+def ease_bytes(n_items: int) -> int:
+    """What fitting EASE on ``n_items`` items holds in memory at its peak (dense float64 matrices)."""
+    return EASE_DENSE_COPIES * 8 * int(n_items) ** 2
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says a new allocation can have without swapping (``MemAvailable``), or None where
+    that is not known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def ease_memory_shortfall(n_items: int, available: int | None = None) -> str | None:
+    """Why EASE on ``n_items`` items cannot be fitted here (the memory it needs is more than is available),
+    or None when it can, or when the available memory is not known."""
+    need = ease_bytes(n_items)
+    have = available_memory() if available is None else available
+    if have is None or need <= have:
+        return None
+    return (f"EASE on {n_items:,} items needs about {need / 2 ** 30:.1f} GiB of memory ({EASE_DENSE_COPIES} "
+            f"dense {n_items:,} x {n_items:,} matrices) and {have / 2 ** 30:.1f} GiB is available")
+
+
 def ease_refit_iters(cfg: dict, n_items: int) -> int:
     """Conjugate-gradient steps that re-solve EASE on the kept weights (``neighbours.refit_support``): each
     costs about one dense ``n x n`` product, so only for catalogues up to ``ease_refit_max_items``."""

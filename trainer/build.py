@@ -11,6 +11,7 @@ import copy
 import itertools
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -40,7 +41,7 @@ DEFAULT_CFG = {
     "eval_users": 2000,
     # item-item model: "auto" = EASE up to ease_max_items items (lambda and recency tuned on the label
     # window against co-occurrence cosine), cosine above; "ease" / "cosine" force one
-    "i2i_model": "auto", "ease_max_items": 6000, "ease_lambda": 500.0, "ease_dropout": 0.0, "ease_M": 400,
+    "i2i_model": "auto", "ease_max_items": 10000, "ease_lambda": 500.0, "ease_dropout": 0.0, "ease_M": 400,
     # the M kept EASE weights re-solved with the others fixed at zero (a few CG steps, each about one dense
     # n x n product), for catalogues up to ease_refit_max_items items
     "ease_refit_iters": 3, "ease_refit_max_items": 2000,
@@ -294,6 +295,12 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
     cfg = {**DEFAULT_CFG, **(cfg or {})}
     params = copy.deepcopy(params or C.DEFAULT_PARAMS)
     timer = timer or Timer()
+    short = artifacts.ease_memory_shortfall(ds.n_items) if artifacts.i2i_model(cfg, ds.n_items) == "ease" else None
+    if short and cfg["i2i_model"] == "ease":    # refused before any training, not killed half-way through
+        raise DataError(f"{short}: build with --i2i-model cosine")
+    if short:                                   # auto: the other model
+        cfg["ease_max_items"] = 0
+        print(f"note: {short}: the item-to-item model is co-occurrence cosine", file=sys.stderr)
     rng = np.random.default_rng(cfg["seed"])
     cat = artifacts.catalogue(ds, int(cfg["share_categories"]))
     if cfg["holdout"] == 0:      # production: serve everything, nothing held out (no evaluation possible)
