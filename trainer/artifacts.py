@@ -161,38 +161,60 @@ def i2i_model(cfg: dict, n_items: int) -> str:
     return m
 
 
-# n x n float64 matrices alive at once while EASE is fitted: the Gram matrix, its ridged copy and inverse
-# (two layouts), then the weights and top_m's partition (its indices are int64)
-EASE_DENSE_COPIES = 5
+# n x n float64 matrices alive at once while EASE is fitted (neighbours.ease_from_gram): the Gram matrix and
+# its ridged copy, inverted in place; then the Gram matrix, the inverse and the weights
+EASE_DENSE_COPIES = 3
 
 
-def ease_bytes(n_items: int) -> int:
-    """What fitting EASE on ``n_items`` items holds in memory at its peak (dense float64 matrices)."""
-    return EASE_DENSE_COPIES * 8 * int(n_items) ** 2
+def ease_bytes(n_items: int, M: int = 400) -> int:
+    """What fitting EASE on ``n_items`` items holds in memory at its peak: the dense float64 matrices, the
+    top-``M`` lists (int32 rows, float32 scores, the int64 partition) and top_m's two blocks of rows."""
+    n = int(n_items)
+    return EASE_DENSE_COPIES * 8 * n * n + 16 * n * int(M) + 16 * min(n, neighbours.TOP_M_ROWS) * n
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):      # absent, or "max" (no limit)
+        return None
 
 
 def available_memory() -> int | None:
-    """Bytes the kernel says a new allocation can have without swapping (``MemAvailable``), or None where
-    that is not known."""
+    """Bytes a new allocation can have: the kernel's ``MemAvailable``, and, in a container with a memory
+    limit (cgroup v2 ``memory.max`` or v1 ``memory.limit_in_bytes``), no more than what is left under that
+    limit; None where neither is known."""
+    have = []
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    have.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError, IndexError):
-        return None
-    return None
+        pass
+    for limit, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        lim, cur = _read_int(limit), _read_int(used)
+        if lim is not None and cur is not None and lim < 1 << 60:      # v1 says "no limit" with a huge number
+            have.append(max(lim - cur, 0))
+            break
+    return min(have) if have else None
 
 
-def ease_memory_shortfall(n_items: int, available: int | None = None) -> str | None:
+def _size(b: float) -> str:
+    return f"{b / 2 ** 30:.1f} GiB" if b >= 2 ** 30 else f"{b / 2 ** 20:.0f} MiB"
+
+
+def ease_memory_shortfall(n_items: int, M: int = 400, available: int | None = None) -> str | None:
     """Why EASE on ``n_items`` items cannot be fitted here (the memory it needs is more than is available),
     or None when it can, or when the available memory is not known."""
-    need = ease_bytes(n_items)
+    need = ease_bytes(n_items, M)
     have = available_memory() if available is None else available
     if have is None or need <= have:
         return None
-    return (f"EASE on {n_items:,} items needs about {need / 2 ** 30:.1f} GiB of memory ({EASE_DENSE_COPIES} "
-            f"dense {n_items:,} x {n_items:,} matrices) and {have / 2 ** 30:.1f} GiB is available")
+    return (f"EASE on {n_items:,} items needs about {_size(need)} of memory ({EASE_DENSE_COPIES} dense "
+            f"{n_items:,} x {n_items:,} matrices) and {_size(have)} is available")
 
 
 def ease_refit_iters(cfg: dict, n_items: int) -> int:

@@ -295,11 +295,12 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
     cfg = {**DEFAULT_CFG, **(cfg or {})}
     params = copy.deepcopy(params or C.DEFAULT_PARAMS)
     timer = timer or Timer()
-    short = artifacts.ease_memory_shortfall(ds.n_items) if artifacts.i2i_model(cfg, ds.n_items) == "ease" else None
+    short = artifacts.ease_memory_shortfall(ds.n_items, int(cfg["ease_M"])) \
+        if artifacts.i2i_model(cfg, ds.n_items) == "ease" else None
     if short and cfg["i2i_model"] == "ease":    # refused before any training, not killed half-way through
         raise DataError(f"{short}: build with --i2i-model cosine")
-    if short:                                   # auto: the other model
-        cfg["ease_max_items"] = 0
+    if short:                                   # auto: the other model, said on stderr and in the manifest
+        cfg["i2i_model"] = "cosine"
         print(f"note: {short}: the item-to-item model is co-occurrence cosine", file=sys.stderr)
     rng = np.random.default_rng(cfg["seed"])
     cat = artifacts.catalogue(ds, int(cfg["share_categories"]))
@@ -331,7 +332,7 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
 
     lu, li, lt, le, lv, lfirst = _window(ds, label_mask)
     labels = rk.label_map(lu, li, rk.relevance(le, lv))
-    tuning = {}
+    tuning = {"i2i_note": short} if short else {}
     factor_grid = [int(f) for f in (cfg["factors"] if isinstance(cfg["factors"], (list, tuple))
                                     else [cfg["factors"]])]
     best_f = None

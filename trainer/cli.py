@@ -75,12 +75,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--warm-trending", choices=["country", "global"], default="country",
                    help="the popular source of users with a history: their country's trending list where the "
                         "bundle has one (the ranker is trained on it), or the global list")
-    b.add_argument("--i2i-model", choices=["auto", "ease", "cosine"], default="auto",
+    b.add_argument("--i2i-model", choices=["auto", "ease", "cosine"], default=None,
                    help="item-to-item model: EASE (a dense n x n inverse: minutes and GBs at 10,000 items) or "
-                        "co-occurrence cosine (any size); auto tunes both on the validation window for "
-                        "catalogues up to --ease-max-items items and takes cosine above")
-    b.add_argument("--ease-max-items", type=number(int, 0, 1 << 20), default=10000, metavar="N",
-                   help="with --i2i-model auto, the largest catalogue EASE is tried on")
+                        "co-occurrence cosine (any size); auto (the default) tunes both on the validation "
+                        "window for catalogues up to --ease-max-items items (with --no-tune: EASE there) and "
+                        "takes cosine above")
+    b.add_argument("--ease-max-items", type=number(int, 0, 1 << 20), default=None, metavar="N",
+                   help="with --i2i-model auto, the largest catalogue EASE is tried on (default 10,000)")
     b.add_argument("--no-tune", action="store_true")
     b.add_argument("--no-similar-lists", action="store_true",
                    help="do not store each item's SimilarItems neighbours (n_items x 85 int32); the server "
@@ -268,9 +269,10 @@ def _run(args) -> int:
                "ranker_users": args.ranker_users, "label_windows": args.label_windows, "label_split": args.label_split,
                "tune": not args.no_tune, "ranker_trees": args.ranker_trees,
                "share_categories": args.share_categories, "country_min_users": args.country_min_users,
-               "warm_trending": args.warm_trending, "i2i_model": args.i2i_model,
-               "ease_max_items": args.ease_max_items,
+               "warm_trending": args.warm_trending,
                "similar_lists": not args.no_similar_lists, "eval_users": args.eval_users}
+        cfg.update({k: v for k, v in (("i2i_model", args.i2i_model), ("ease_max_items", args.ease_max_items))
+                    if v is not None})      # else the build's defaults
         results = []
 
         def evaluate(staged):           # on the complete version, before CURRENT names it

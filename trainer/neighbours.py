@@ -63,27 +63,32 @@ def ease_gram(user, item, n_users, n_items) -> np.ndarray:
     return (x.T @ x).toarray().astype(np.float64)
 
 
-def spd_inverse(a: np.ndarray) -> np.ndarray:
-    """The inverse of a symmetric matrix ``a`` (left as it is): by Cholesky (LAPACK ``potrf`` + ``potri``,
-    about half the work of a general inverse: 13.7 s against 23.6 s for the 9,125 items of ml-latest-small
-    on 2 threads) when ``a`` is positive definite, as a Gram matrix plus a positive ridge is, else by
-    ``numpy.linalg.inv`` (which raises on a singular matrix)."""
+def spd_inverse(a: np.ndarray, overwrite_a: bool = False) -> np.ndarray:
+    """The inverse of a symmetric matrix ``a``: by Cholesky (LAPACK ``potrf`` + ``potri``, about half the
+    work of a general inverse: 13.7 s against 23.6 s for the 9,125 items of ml-latest-small on 2 threads)
+    when ``a`` is positive definite, as a Gram matrix plus a positive ridge is, else by ``numpy.linalg.inv``
+    (which raises on a singular matrix). ``a`` is left as it is, unless ``overwrite_a``: then a Fortran-ordered
+    ``a`` becomes the inverse in place (no n x n copy), and a matrix that is not positive definite raises
+    ``LinAlgError`` (``a`` is spoilt by then). The result is C-contiguous."""
     from scipy.linalg import lapack
 
-    c, info = lapack.dpotrf(a, lower=True, clean=False)
+    c, info = lapack.dpotrf(a, lower=True, clean=False, overwrite_a=overwrite_a)
     if info != 0:
+        if overwrite_a:
+            raise np.linalg.LinAlgError(f"not positive definite (potrf: {info})")
+        del c
         return np.linalg.inv(a)
     p, info = lapack.dpotri(c, lower=True, overwrite_c=True)
     del c
-    if info != 0:
-        return np.linalg.inv(a)
+    if info != 0:       # potrf succeeded, so the factor's diagonal has no zero: not expected
+        raise np.linalg.LinAlgError(f"potri: {info}")
     n, block = len(p), 512          # potri fills the lower triangle: mirror it, a block of rows at a time
     for s in range(0, n, block):
         e = min(n, s + block)
         p[s:e, e:] = p[e:, s:e].T
         d = p[s:e, s:e]
         d[np.triu_indices(e - s, 1)] = d.T[np.triu_indices(e - s, 1)]
-    return np.ascontiguousarray(p)
+    return p if p.flags.c_contiguous else p.T      # symmetric: its transpose is itself, in C order
 
 
 def ease_from_gram(gram: np.ndarray, lam: float, M: int = 400, threads: int = 2, dropout: float = 0.0,
@@ -98,11 +103,17 @@ def ease_from_gram(gram: np.ndarray, lam: float, M: int = 400, threads: int = 2,
     from threadpoolctl import threadpool_limits
 
     reg = float(lam) + float(dropout) * np.diag(gram)
-    g = gram.copy()
-    g[np.diag_indices_from(g)] += reg
+
+    def ridged(order):
+        g = np.array(gram, dtype=np.float64, order=order)
+        g[np.diag_indices_from(g)] += reg
+        return g
+
     with threadpool_limits(int(threads), "blas"):
-        p = spd_inverse(g)
-    del g
+        try:
+            p = spd_inverse(ridged("F"), overwrite_a=True)      # inverted in place: gram and p, no third
+        except np.linalg.LinAlgError:                           # not positive definite (a ridge of 0)
+            p = np.linalg.inv(ridged("C"))
     b = p / (-np.diag(p))[None, :]      # b[i, j]: weight of history item i for candidate j
     del p
     np.fill_diagonal(b, 0.0)
@@ -175,6 +186,9 @@ def refit_support(gram: np.ndarray, reg, rows: np.ndarray, scores: np.ndarray, i
     return out_rows, out_scores
 
 
+TOP_M_ROWS = 256        # rows of a weight matrix ``top_m`` ranks at a time (two float64 / int64 blocks)
+
+
 def top_m(w: np.ndarray, M: int):
     """Per row of a dense weight matrix, the ``M`` non-zero entries largest in magnitude, sorted by weight
     (descending, ties by column)."""
@@ -185,9 +199,11 @@ def top_m(w: np.ndarray, M: int):
     if M <= 0 or n == 0:
         return rows_out, scores_out
     if M < m_cols:
-        a = np.abs(w)
-        np.negative(a, out=a)           # in place: one n x n copy fewer at EASE's peak
-        cols = np.argpartition(a, M - 1, axis=1)[:, :M]
+        cols = np.empty((n, M), np.intp)
+        for s in range(0, n, TOP_M_ROWS):   # a block of rows at a time: no n x n temporaries at EASE's peak
+            a = np.abs(w[s:s + TOP_M_ROWS])
+            np.negative(a, out=a)
+            cols[s:s + TOP_M_ROWS] = np.argpartition(a, M - 1, axis=1)[:, :M]
         del a
     else:
         cols = np.tile(np.arange(m_cols), (n, 1))

@@ -47,28 +47,44 @@ def test_an_untuned_build_takes_the_forced_model(data, tmp_path):
 
 
 def test_the_memory_ease_needs_is_said():
-    assert artifacts.ease_bytes(10_000) == artifacts.EASE_DENSE_COPIES * 8 * 10 ** 8
-    assert artifacts.ease_memory_shortfall(10_000, available=artifacts.ease_bytes(10_000)) is None
-    msg = artifacts.ease_memory_shortfall(10_000, available=2 ** 30)
-    assert msg == ("EASE on 10,000 items needs about 3.7 GiB of memory (5 dense 10,000 x 10,000 matrices) "
-                   "and 1.0 GiB is available")
-    assert artifacts.available_memory() > 0           # read from /proc/meminfo on Linux
+    need = artifacts.ease_bytes(10_000)
+    assert artifacts.ease_memory_shortfall(10_000, available=need) is None
+    assert artifacts.ease_memory_shortfall(10_000, available=need - 1) is not None
+    assert artifacts.ease_memory_shortfall(10_000, available=2 ** 30) == (
+        "EASE on 10,000 items needs about 2.3 GiB of memory (3 dense 10,000 x 10,000 matrices) and 1.0 GiB is "
+        "available")
+    assert artifacts.ease_memory_shortfall(300, available=1000).endswith("and 0 MiB is available")
+    assert artifacts.available_memory() > 0           # read from /proc/meminfo (and a cgroup limit) on Linux
 
 
+def test_help_says_the_builds_default_size_gate():
+    from trainer.build import DEFAULT_CFG
+
+    p = run_cli("build", "--help", check=True)
+    assert f"(default {DEFAULT_CFG['ease_max_items']:,})" in " ".join(p.stdout.split())
+    assert DEFAULT_CFG["i2i_model"] == "auto"
+
+
+@pytest.mark.parametrize("tune", [False, True])
 def test_ease_that_does_not_fit_is_refused_when_forced_and_passed_over_by_auto(data, tmp_path, monkeypatch,
-                                                                               capsys):
+                                                                               capsys, tune):
     from trainer.build import build
     from trainer.io import DataError, load_dataset
     from trainer.timing import Timer
 
     ds = load_dataset(data)
     monkeypatch.setattr(artifacts, "available_memory", lambda: 1000)
-    cfg = {"factors": 8, "ranker_users": 200, "ranker_trees": 5, "tune": False}
-    with pytest.raises(DataError, match=r"^EASE on 120 items needs about 0\.0 GiB .* build with --i2i-model "
+    cfg = {"factors": 8, "ranker_users": 200, "ranker_trees": 5, "tune": tune}
+    with pytest.raises(DataError, match=r"^EASE on 120 items needs about 1 MiB .* build with --i2i-model "
                                         r"cosine$"):
         build(ds, tmp_path / "forced", {**cfg, "i2i_model": "ease"}, timer=Timer(verbose=False))
     assert not (tmp_path / "forced").exists() or not any((tmp_path / "forced").iterdir())   # nothing written
     path = build(ds, tmp_path / "auto", cfg, timer=Timer(verbose=False))
-    assert "the item-to-item model is co-occurrence cosine" in capsys.readouterr().err
+    note = "EASE on 120 items needs about 1 MiB of memory (3 dense 120 x 120 matrices) and 0 MiB is available"
+    assert f"note: {note}: the item-to-item model is co-occurrence cosine" in capsys.readouterr().err
     m = json.loads((resolve(path.parent) / "manifest.json").read_text())
-    assert artifacts.i2i_model(m["training"]["config"], 120) == "cosine"
+    assert m["training"]["config"]["i2i_model"] == "cosine"
+    assert m["training"]["config"]["ease_max_items"] == 10_000             # the setting, as it was
+    assert m["training"]["tuning"]["i2i_note"] == note
+    if tune:
+        assert {r["i2i_model"] for r in m["training"]["tuning"]["i2i"]["models"]} == {"cosine"}
