@@ -96,10 +96,12 @@ def countries_of(ds, mask: np.ndarray, now: float, params: dict, cfg: dict) -> C
                          cfg.get("country_prior", 100.0))
 
 
-def fit(ds, mask: np.ndarray, now: float, cat: Catalogue, params: dict, cfg: dict, timer=None) -> Artifacts:
+def fit(ds, mask: np.ndarray, now: float, cat: Catalogue, params: dict, cfg: dict, timer=None,
+        i2i: bool = True) -> Artifacts:
     """The artifacts of the interactions ``mask`` at ``now``. Every item keeps its row (and its embedding,
     placed from its category and creator when nobody interacted with it); those created after ``now`` are
-    marked ``unreleased``, and the candidates computed from these artifacts leave them out."""
+    marked ``unreleased``, and the candidates computed from these artifacts leave them out. ``i2i=False``
+    leaves the item-to-item lists empty (n_items x 0), for a caller that sets them itself (the tuning)."""
     user, item, ts, event, value = ds.user[mask], ds.item[mask], ds.ts[mask], ds.event[mask], ds.value[mask]
     step = timer or (lambda name: _Null())
     ew = params["event_weights"]
@@ -116,8 +118,11 @@ def fit(ds, mask: np.ndarray, now: float, cat: Catalogue, params: dict, cfg: dic
         idx = hnsw.build_index(item_emb, M=cfg["hnsw_M"], ef_construction=cfg["hnsw_ef_construction"],
                                ef=params["ef"], seed=cfg["seed"], threads=1 if serial else cfg["threads"])
         rec = hnsw.recall_at_k(idx, item_emb, k=10, seed=cfg["seed"], threads=cfg["threads"])
-    with step("i2i"):
-        i2i_rows, i2i_scores = item_neighbours(user, item, ts, ds.n_users, ds.n_items, cfg)
+    if i2i:
+        with step("i2i"):
+            i2i_rows, i2i_scores = item_neighbours(user, item, ts, ds.n_users, ds.n_items, cfg)
+    else:
+        i2i_rows, i2i_scores = np.full((ds.n_items, 0), -1, np.int32), np.zeros((ds.n_items, 0), np.float32)
     with step("features"):
         pop, trend = features.popularity(item, ts, event, ds.n_items, now, ew, params["half_life_days"])
         pop_rows, pop_scores = features.ranked(pop)

@@ -338,7 +338,9 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
     best_f = None
     for f in factor_grid:
         with timer(f"fit@label_cut[f={f}]"), timer.prefix(f"fit@label_cut[f={f}]"):
-            cand = artifacts.fit(ds, fit_mask, label_cut, cat, params, {**cfg, "factors": f}, timer)
+            # tune_i2i sets the item-to-item lists it chooses: none fitted here to be thrown away
+            cand = artifacts.fit(ds, fit_mask, label_cut, cat, params, {**cfg, "factors": f}, timer,
+                                 i2i=not cfg["tune"])
         if len(factor_grid) > 1:
             users = _active_with_history(cand, lu, np.random.default_rng(cfg["seed"]), cfg["tune_users"])
             score, _ = tune_vector_params(cand, labels, users, params,
