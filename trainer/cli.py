@@ -249,6 +249,8 @@ def _run(args) -> int:
             return _fail("--evaluate and --no-evaluate contradict each other", 2)
         if args.evaluate and args.holdout == 0:
             return _fail("--evaluate needs held-out data: --holdout 0 holds none out", 2)
+        if args.ease_max_items is not None and args.i2i_model not in (None, "auto"):
+            return _fail(f"--ease-max-items applies to --i2i-model auto, not {args.i2i_model}", 2)
         bad_out = _unwritable_out(args.out, "bundle root")
         if bad_out:
             return _fail(bad_out, 2)

@@ -29,7 +29,7 @@ def _build(data, out, *flags):
 @pytest.mark.parametrize("flags, tried, kept", [
     ((), {"cosine", "ease"}, None),                                 # auto, 120 items: both tuned, the better kept
     (("--i2i-model", "cosine"), {"cosine"}, "cosine"),
-    (("--i2i-model", "ease", "--ease-max-items", "0"), {"ease"}, "ease"),     # forced: the size gate is auto's
+    (("--i2i-model", "ease"), {"ease"}, "ease"),
     (("--ease-max-items", "119"), {"cosine"}, "cosine"),           # auto above the gate: cosine only
 ])
 def test_the_models_a_tuned_build_tries_and_keeps(data, tmp_path, flags, tried, kept):
@@ -39,6 +39,14 @@ def test_the_models_a_tuned_build_tries_and_keeps(data, tmp_path, flags, tried, 
     assert cfg["i2i_model"] == report["chosen"]["i2i_model"] == best["i2i_model"]
     if kept:
         assert cfg["i2i_model"] == kept
+
+
+def test_a_size_gate_with_a_forced_model_is_refused(data, tmp_path):
+    p = run_cli("build", "--data", data, tmp_path / "b", "--i2i-model", "cosine", "--ease-max-items", 5)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [
+        "recserve-train: error: --ease-max-items applies to --i2i-model auto, not cosine"], p.stderr
+    assert not (tmp_path / "b").exists()
 
 
 def test_an_untuned_build_takes_the_forced_model(data, tmp_path):
