@@ -89,6 +89,13 @@ def popular_in_categories(cat_indptr, cat_rows, pop_score_of_row, cats, allowed,
     lists = [cat_rows[cat_indptr[c]:cat_indptr[c + 1]] for c in cats]
     if allowed is not None:
         lists = [l[allowed[l]] for l in lists]
+    rows = interleave(lists, limit)
+    return rows, pop_score_of_row[rows].astype(np.float32)
+
+
+def interleave(lists: list[np.ndarray], limit: int) -> np.ndarray:
+    """The first of each list, then the second of each, ...: at most ``limit`` rows (int32), each list's
+    order kept (the lists are disjoint: one per category)."""
     out: list[int] = []
     i = 0
     while len(out) < limit and any(i < len(l) for l in lists):
@@ -96,5 +103,4 @@ def popular_in_categories(cat_indptr, cat_rows, pop_score_of_row, cats, allowed,
             if i < len(l):
                 out.append(int(l[i]))
         i += 1
-    rows = np.array(out[:limit], np.int32)
-    return rows, pop_score_of_row[rows].astype(np.float32)
+    return np.array(out[:limit], np.int32)

@@ -5,13 +5,14 @@ A request reads the list of its ``context.country``; when that country has none 
 the bundle) or the request gives none, the list of the user's own country from the users file; else the
 global list. A cold request in trending
 order is ordered by that list; a request with a history takes it as its popular source when the bundle's
-ranker was trained so (``warm_trending``).
+ranker was trained so (``warm_trending``), per requested category under an ``include_categories`` filter.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from recserve._core.regional import RegionalTrending
+from recserve.pipeline.candidates import interleave
 
 
 class CountryTrending(RegionalTrending):
@@ -37,3 +38,11 @@ class CountryTrending(RegionalTrending):
             if c is not None and self.has_list(c):
                 return c
         return self.user_list(user_row)
+
+    def in_categories(self, c: int, cats: np.ndarray, allowed: np.ndarray, category: np.ndarray, gone: np.ndarray,
+                      limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """The best items of each of ``cats`` for country ``c`` that ``allowed`` keeps and ``gone`` (sorted)
+        does not hold, interleaved so each category is represented (as the global per-category lists are):
+        ``(rows int32, scores float32)``, scored as the country scores them."""
+        rows = interleave([self.top(c, allowed & (category == k), gone, limit)[0] for k in cats], limit)
+        return rows, self.score_of(c, rows).astype(np.float32)
