@@ -1,0 +1,66 @@
+"""bench/instructions.py: instructions per call counted under callgrind (one real run on the demo bundle), the
+arithmetic that removes start-up, and its refusals."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(args, timeout=600):
+    return subprocess.run([sys.executable, "bench/instructions.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_one_side_counts_instructions_per_call(demo_bundle, tmp_path):
+    out = tmp_path / "ins.json"
+    p = _run(["--bundle", str(demo_bundle), "--calls", "3,1", "--warmup", "1", "--events", "2", "--json", str(out)])
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "instructions per call:" in p.stdout and "B / A" not in p.stdout
+    rec = json.loads(out.read_text())
+    runs = rec["runs"]["A"]
+    assert rec["calls"] == [1, 3] and set(runs) == {"1", "3"}
+    # two more measured Recommends cost more instructions, and one call is half the difference
+    assert runs["3"]["ir"] > runs["1"]["ir"] > 0
+    assert rec["per_call"]["A"] == pytest.approx((runs["3"]["ir"] - runs["1"]["ir"]) / 2)
+    assert 1e4 < rec["per_call"]["A"] < 1e9
+    for r in runs.values():
+        assert Path(r["recserve"]).resolve().parent.parent == REPO      # this tree's recserve was measured
+        assert len(r["answers"]) == 64 and r["calls"] in (1, 3)
+    assert runs["1"]["answers"] != runs["3"]["answers"]                  # the answers of the measured calls
+
+
+def test_per_call_removes_what_both_runs_share(tmp_path):
+    import instructions as I
+
+    assert I.per_call({600: 1_000_000 + 600 * 250, 200: 1_000_000 + 200 * 250}) == 250
+    f = tmp_path / "callgrind.out"
+    f.write_text("# callgrind format\nversion: 1\nevents: Ir\nfl=x\n0 5\nsummary: 12345\ntotals: 12345\n")
+    assert I.total_ir(f) == 12345
+    f.write_text("events: Ir\n")
+    with pytest.raises(ValueError, match="no totals line"):
+        I.total_ir(f)
+    # a pool large enough for the calls of one method and the writes done first
+    assert I.pool_size("recommend", 800, 1000) * 0.8 > 800 and I.pool_size("mix", 10, 1000) * 0.05 > 1000
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--calls", "5"], "--calls: two different counts"),
+    (["--calls", "3,3"], "--calls: two different counts"),
+    (["--calls", "0,3"], "argument --calls: must be at least 1, not 0"),
+    (["--warmup", "-1"], "argument --warmup: must be at least 0, not -1"),
+    (["--b", "X=1", "--a", "X=1"], "same settings"),
+    (["--b", "NOEQUALS"], "NAME=VALUE"),
+    (["--valgrind", "/nonexistent/valgrind"], "not found"),
+])
+def test_bad_arguments_are_refused_in_one_line(demo_bundle, args, says):
+    p = _run(["--bundle", str(demo_bundle), *args], timeout=120)
+    assert p.returncode == 2 and says in p.stderr.strip().splitlines()[-1], p.stderr[-2000:]
