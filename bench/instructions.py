@@ -188,9 +188,9 @@ def main(argv=None) -> int:
     bundle = str(resolve(a.bundle))
     pool = build_requests(read_ids(bundle), MIX, seed=a.seed, n=pool_size(a.method, a.warmup + ns[1], a.events))
     print(f"machine: {machine()}")
+    sides = f"A: {sets['A'] or 'this environment'}" + (f"; B: {sets['B']}" if "B" in sets else "")
     print(f"method: {a.method}; runs of {ns[0]} and {ns[1]} measured calls after {a.warmup} warm-up calls and "
-          f"{a.events} RecordEvents; A: {sets['A'] or 'this environment'}" + (f"; B: {sets['B']}" if "B" in sets else ""),
-          flush=True)
+          f"{a.events} RecordEvents; {sides}", flush=True)
     runs: dict[str, dict[int, dict]] = {s: {} for s in sets}
     with tempfile.TemporaryDirectory(prefix="recserve-instructions-") as tmp:
         pool_path = Path(tmp) / "pool.pkl"
