@@ -355,6 +355,12 @@ def test_scaling_times_every_size_and_candidate_count_in_one_interleaved_pass(tm
     monkeypatch.setattr(scaling, "interleaved", interleaved)
     assert scaling.main(["--quick", "--cache", str(tmp_path)]) == 0
     assert passes == [[(300, 50), (300, 100), (600, 50), (600, 100)]]
+    # one item-item model at every size (EASE, the build's choice for small catalogues, would differ)
+    from recserve.bundle import resolve
+
+    for n in (300, 600):
+        manifest = json.loads((resolve(str(tmp_path / f"items{n}")) / "manifest.json").read_text())
+        assert manifest["training"]["config"]["i2i_model"] == "cosine"
 
 
 def test_item_updates_and_ranker_print_the_samples_behind_each_p99(demo_bundle):
