@@ -78,7 +78,7 @@ class RegionalTrending:
         if limit <= 0:
             return _NONE, np.zeros(0, np.float32)
         a, b = int(self.indptr[c]), int(self.indptr[c + 1])
-        own = _first(self.rows[a:b], allowed, gone, limit, None)
+        own = first_kept(self.rows[a:b], allowed, gone, limit, None)
         n = len(self.trend_rows)
         if len(own) == limit:
             # an item the country's users never took scores log1p(weight * expm1(trend)): only the global
@@ -87,7 +87,7 @@ class RegionalTrending:
             need = np.log1p(np.expm1(floor) / self.weight[c]) * (1.0 - 1e-6)
             n = int(np.searchsorted(self._neg_trend, -need, side="right"))
         listed, _ = self._listed(c)
-        other = _first(self.trend_rows[:n], allowed, gone, limit, lambda r: not_in_sorted(r, listed))
+        other = first_kept(self.trend_rows[:n], allowed, gone, limit, lambda r: not_in_sorted(r, listed))
         rows = np.concatenate([own, other])
         scores = self.score_of(c, rows)
         best = np.argsort(-scores, kind="stable")[:limit]
@@ -108,19 +108,20 @@ class RegionalTrending:
         return got[0][:n], got[1][:n]
 
 
-def _first(rows: np.ndarray, allowed: np.ndarray | None, gone: np.ndarray, limit: int, keep) -> np.ndarray:
+def first_kept(rows: np.ndarray, allowed: np.ndarray | None, gone: np.ndarray, limit: int, keep) -> np.ndarray:
     """The first ``limit`` of ``rows`` that ``allowed``, ``gone`` and ``keep`` (a mask function, or None)
     let through."""
     out, have, i, step = [], 0, 0, max(2 * limit, 256)
     while have < limit and i < len(rows):
         r = rows[i:i + step]
-        ok = np.ones(len(r), bool) if keep is None else keep(r)
-        if allowed is not None:
-            ok &= allowed[r]
+        if allowed is not None:         # the cheap mask first: the searches run on what it keeps
+            r = r[allowed[r]]
+        if keep is not None:
+            r = r[keep(r)]
         if len(gone):
-            ok &= not_in_sorted(r, gone)
-        out.append(r[ok])
-        have += int(ok.sum())
+            r = r[not_in_sorted(r, gone)]
+        out.append(r)
+        have += len(r)
         i += step
         step *= 2
     return np.concatenate(out)[:limit] if out else np.zeros(0, np.int32)

@@ -96,11 +96,8 @@ def popular_in_categories(cat_indptr, cat_rows, pop_score_of_row, cats, allowed,
 def interleave(lists: list[np.ndarray], limit: int) -> np.ndarray:
     """The first of each list, then the second of each, ...: at most ``limit`` rows (int32), each list's
     order kept (the lists are disjoint: one per category)."""
-    out: list[int] = []
-    i = 0
-    while len(out) < limit and any(i < len(l) for l in lists):
-        for l in lists:
-            if i < len(l):
-                out.append(int(l[i]))
-        i += 1
-    return np.array(out[:limit], np.int32)
+    lists = [np.asarray(l)[:max(int(limit), 0)] for l in lists]     # no list gives more than limit
+    if not lists:
+        return np.zeros(0, np.int32)
+    turn = np.concatenate([np.arange(len(l), dtype=np.int64) * len(lists) + j for j, l in enumerate(lists)])
+    return np.concatenate(lists)[np.argsort(turn, kind="stable")[:max(int(limit), 0)]].astype(np.int32)

@@ -195,21 +195,21 @@ def test_a_countrys_head_is_the_prefix_of_its_whole_order(bundle, monkeypatch, h
         assert sizes == sorted(sizes) and (head_min > rec.n_items or len(set(sizes)) >= 3), sizes
 
 
-def _popular_lists(rec, monkeypatch, req):
-    """The popular source's list a request merged (rows best first)."""
+def _popular_lists(rec, monkeypatch, req, scores=False):
+    """The popular source's list a request merged (rows best first; and its scores, with ``scores``)."""
     import recserve.pipeline.recommender as RM
 
     got = {}
     real = RM.merge_candidates
 
     def spy(lists, quotas, *a):
-        got["popular"] = np.asarray(lists[rec.sources.index("popular")][0])
+        got["popular"] = [np.asarray(x) for x in lists[rec.sources.index("popular")]]
         return real(lists, quotas, *a)
 
     monkeypatch.setattr(RM, "merge_candidates", spy)
     r = rec.recommend(req)
     monkeypatch.setattr(RM, "merge_candidates", real)
-    return got["popular"], r
+    return (*got["popular"], r) if scores else (got["popular"][0], r)
 
 
 def test_a_warm_request_reads_its_countrys_list_as_its_popular_source(bundle, monkeypatch):
@@ -267,11 +267,17 @@ def test_a_filtered_warm_request_takes_the_best_allowed_items_of_its_countrys_li
     assert all(price[t.row_of("item", i.item_id)] <= 40.0 for i in r.items)
 
 
-@pytest.mark.parametrize("n_cats", [1, 2])
-def test_a_warm_request_with_categories_takes_each_categorys_best_of_its_countrys_list(bundle, monkeypatch, n_cats):
+@pytest.mark.parametrize("n_cats, head_min, max_price", [(1, 256, None), (2, 256, None), (2, 3, None), (2, 3, 30.0)])
+def test_a_warm_request_with_categories_takes_each_categorys_best_of_its_countrys_list(bundle, monkeypatch, n_cats,
+                                                                                    head_min, max_price):
     """Under ``include_categories`` the popular source walks each category in the country's order (not the
-    global list's), the categories interleaved as the global per-category lists are."""
+    global list's), the categories interleaved; also when a category's cached head must grow (a small first
+    head, a price filter that leaves out part of it)."""
+    from recserve._core.regional import RegionalTrending
+
+    monkeypatch.setattr(RegionalTrending, "HEAD_MIN", head_min)
     rec = Recommender(bundle, None)
+    price = rec.base_price
     t = rec.tables
     now = float(t.meta("now"))
     hidden = set(rec._hidden(now).tolist())
@@ -289,17 +295,50 @@ def test_a_warm_request_with_categories_takes_each_categorys_best_of_its_country
             consumed = set(rec.histories.of(uid, u)[3].tolist())
             picked = [(u + j) % len(names) for j in range(n_cats)]
             req = RecRequest(user_id=uid, k=10, timestamp=now, country=c,
-                             filters=Filters(in_stock_only=False, include_categories=[names[p] for p in picked]))
-            pop, r = _popular_lists(rec, monkeypatch, req)
-            per = [[x for x in order if cat[x] == p and x not in consumed and x not in hidden] for p in picked]
+                             filters=Filters(in_stock_only=False, include_categories=[names[p] for p in picked],
+                                             max_price=max_price))
+            pop, pop_scores, r = _popular_lists(rec, monkeypatch, req, scores=True)
+            per = [[x for x in order if cat[x] == p and x not in consumed and x not in hidden
+                    and (max_price is None or price[x] <= max_price)] for p in picked]
             want = [l[i] for i in range(max(map(len, per))) for l in per if i < len(l)]
-            assert 0 < len(pop) and pop.tolist() == want[:len(pop)], (uid, c, picked)
+            # as long as the popular quota asks (or every item the categories hold), in the interleaved order
+            assert len(pop) == min(len(want), max(rec.quotas["popular"], 10)), (len(pop), len(want))
+            assert pop.tolist() == want[:len(pop)], (uid, c, picked)
+            # scored as the country scores them (the scale the ranker was trained on)
+            np.testing.assert_allclose(pop_scores, rec.countries.score_of(code, pop).astype(np.float32), rtol=1e-6)
             assert all(cat[t.row_of("item", i.item_id)] in picked for i in r.items)
             # the global walk of the same categories would differ somewhere in the demo's lists
-            per_glob = [[x for x in glob if cat[x] == p and x not in consumed and x not in hidden] for p in picked]
+            per_glob = [[x for x in glob if cat[x] == p and x not in consumed and x not in hidden
+                         and (max_price is None or price[x] <= max_price)] for p in picked]
             differs += [l[i] for i in range(max(map(len, per_glob))) for l in per_glob if i < len(l)][:len(pop)] \
                 != pop.tolist()
             checked += 1
             if checked % 6 == 0:
                 break
     assert checked >= 8 and differs >= 1, (checked, differs)
+
+
+def test_a_categorys_cached_head_grows_until_the_filter_leaves_enough(bundle, monkeypatch):
+    """``in_categories`` over one category is ``top`` with that category's mask, whatever share of the
+    cached head the filter and the gone items leave (a first head of a few items, grown as needed)."""
+    from recserve._core.regional import RegionalTrending
+
+    monkeypatch.setattr(RegionalTrending, "HEAD_MIN", 3)
+    rec = Recommender(bundle, None)
+    cat = rec.feats[:, rec.c_cat].astype(np.int64)
+    rng = np.random.default_rng(0)
+    checked = 0
+    for c in _with_lists(rec):
+        code = rec.countries.code(c, None)
+        for k in np.unique(cat):
+            for limit, share in ((1, 0.1), (2, 0.3), (5, 1.0), (40, 0.5)):
+                allowed = rng.random(rec.n_items) < share
+                gone = np.sort(rng.choice(rec.n_items, 20, replace=False)).astype(np.int32)
+                rows, scores = rec.countries.in_categories(code, np.array([k]), rec.cat_indptr, rec.cat_rows, cat,
+                                                           allowed, gone, limit)
+                want_rows, want_scores = rec.countries.top(code, allowed & (cat == k), gone, limit)
+                assert rows.tolist() == want_rows.tolist(), (c, k, limit, share)
+                np.testing.assert_allclose(scores, want_scores, rtol=1e-6)
+                checked += len(rows) > 0
+    assert checked >= 20
+    assert max(h[2] for h in rec.countries._cat_heads.values()) > 2 * 40     # some head grew past its first size

@@ -3,6 +3,8 @@ score of the unfiltered popular source (the one the ranker was trained on), not 
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recserve.bundle import Bundle
 from recserve.pipeline import candidates as PC
@@ -33,3 +35,18 @@ def test_the_served_category_list_is_scored_in_its_order(demo_bundle):
             assert np.all(np.diff(scores) <= 0), (c, scores.tolist())
             want = [int(r) for r in rec.trend_rows if cat[r] == c][:30]
             assert rows.tolist() == want
+
+
+def _interleave_reference(lists, limit):
+    out, i = [], 0
+    while len(out) < limit and any(i < len(l) for l in lists):
+        out.extend(int(l[i]) for l in lists if i < len(l))
+        i += 1
+    return out[:limit]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 10_000), max_size=40), max_size=6), st.integers(0, 120))
+def test_interleave_takes_each_lists_next_in_turn(lists, limit):
+    got = PC.interleave([np.array(l, np.int32) for l in lists], limit)
+    assert got.dtype == np.int32 and got.tolist() == _interleave_reference(lists, limit)
