@@ -11,15 +11,16 @@ bundle's loading removed. Side A runs with this environment plus ``--a``, side B
 (``NAME=VALUE`` pairs: ``PYTHONPATH=/path/to/another/tree`` compares code, ``RECSERVE_*`` settings compare
 settings). Before the measured calls each run writes the pool's first ``--events`` RecordEvents to an empty
 event store and makes ``--warmup`` calls; the clock (``time.time``) is fixed, so every run sees the same
-times. It also says whether the two sides gave the same answers.
+times. It also says whether the two sides gave the same answers (the item ids of every measured answer, in
+order; scores are not compared). Before any run it imports recserve once per side and refuses a side whose
+``PYTHONPATH`` does not hold the recserve it would import (a wrong path would silently measure this tree).
 
     python bench/instructions.py --bundle DIR [--b PYTHONPATH=/tmp/old] [--a NAME=VALUE,...]
                                  [--method recommend|similar|mix] [--calls 200,600] [--warmup 200]
                                  [--events 1000] [--json OUT.json]
 
-Run it from outside the repository when a side sets ``PYTHONPATH`` (``python /path/to/bench/instructions.py``:
-Python puts the script's directory first on the path, never the working directory). About 50 times slower
-than the calls themselves: a 100,000-item bundle with ``--calls 200,600`` takes a few minutes per run.
+About 50 times slower than the calls themselves: a 100,000-item bundle with ``--calls 100,300`` takes two
+minutes per run.
 """
 from __future__ import annotations
 
@@ -90,10 +91,11 @@ def child(spec_path: str) -> None:
                 calls.append((lambda a: rec.similar(*a), (r.item_id, r.k, _filters(r.filters))))
             else:
                 calls.append((record, body))
-            if len(calls) == warm + n:
+            if len(calls) == spec["build"]:      # as many in every run: decoding them is not per call
                 break
-        if len(calls) < warm + n:
-            raise SystemExit(f"the pool holds {len(calls)} calls, fewer than {warm + n}")
+        if len(calls) < spec["build"]:
+            raise SystemExit(f"the pool holds {len(calls)} calls, fewer than {spec['build']}")
+        calls = calls[:warm + n]
         start = clock[0]
         answers = hashlib.sha256()
         for i, (fn, arg) in enumerate(calls):
@@ -139,11 +141,36 @@ def run_side(valgrind: str, spec: dict, env: dict, out: Path) -> dict:
     p = subprocess.run(cmd, env={**os.environ, **CHILD_ENV, **env}, capture_output=True, text=True)
     if p.returncode != 0:
         tail = [line for line in p.stderr.strip().splitlines() if not line.startswith("==")][-1:]
-        raise RuntimeError(f"the run under callgrind failed (exit {p.returncode}): {' '.join(tail) or p.stderr[-300:]}")
-    res = json.loads(Path(spec["result"]).read_text())
-    res["ir"] = total_ir(out)
+        why = " ".join(tail) or " ".join(p.stderr[-300:].split())
+        raise RuntimeError(f"the run under callgrind failed (exit {p.returncode}): {why}")
+    try:
+        res = json.loads(Path(spec["result"]).read_text())
+        res["ir"] = total_ir(out)
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"the run under callgrind left no result: {exc}") from None
     res["wall_s"] = time.perf_counter() - t
     return res
+
+
+def imported_tree(env: dict) -> Path:
+    """The directory holding the ``recserve`` package a child with ``env`` would import: a side that sets
+    ``PYTHONPATH`` must import it from there (the project's editable install answers any import that the
+    path does not, so a wrong entry would silently measure this tree)."""
+    p = subprocess.run([sys.executable, "-c", "import recserve; print(recserve.__file__)"], cwd=HERE,
+                       env={**os.environ, **CHILD_ENV, **env}, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise ValueError(f"recserve does not import: {' '.join(p.stderr.split()[-12:])}")
+    tree = Path(p.stdout.strip()).resolve().parent.parent
+    entries = [Path(e).resolve() for e in env.get("PYTHONPATH", "").split(os.pathsep) if e]
+    if entries and tree not in entries:
+        raise ValueError(f"PYTHONPATH={env['PYTHONPATH']} holds no recserve package: it would import "
+                         f"{tree / 'recserve'}")
+    return tree
+
+
+def git_commit(tree: Path) -> str:
+    p = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return p.stdout.strip() if p.returncode == 0 else ""
 
 
 def main(argv=None) -> int:
@@ -182,13 +209,20 @@ def main(argv=None) -> int:
     if valgrind is None:
         raise UsageError(f"--valgrind: {a.valgrind!r} not found (Debian: apt-get install valgrind)")
     check_bundle(ap, a.bundle)
+    trees = {}
+    for side, env in sets.items():
+        try:
+            trees[side] = imported_tree(env)
+        except ValueError as exc:
+            ap.error(f"--{side.lower()}: {exc}")
 
     from recserve.bundle import resolve
 
     bundle = str(resolve(a.bundle))
     pool = build_requests(read_ids(bundle), MIX, seed=a.seed, n=pool_size(a.method, a.warmup + ns[1], a.events))
     print(f"machine: {machine()}")
-    sides = f"A: {sets['A'] or 'this environment'}" + (f"; B: {sets['B']}" if "B" in sets else "")
+    sides = "; ".join(f"{side}: {sets[side] or 'this environment'} (recserve of {t}, {git_commit(t) or 'no git'})"
+                      for side, t in trees.items())
     print(f"method: {a.method}; runs of {ns[0]} and {ns[1]} measured calls after {a.warmup} warm-up calls and "
           f"{a.events} RecordEvents; {sides}", flush=True)
     runs: dict[str, dict[int, dict]] = {s: {} for s in sets}
@@ -200,19 +234,23 @@ def main(argv=None) -> int:
                 work = Path(tmp) / f"{side}-{n}"
                 work.mkdir()
                 spec = {"pool": str(pool_path), "bundle": bundle, "method": METHODS[a.method], "warmup": a.warmup,
-                        "n": n, "events": a.events, "tmp": str(work)}
+                        "n": n, "build": a.warmup + ns[1], "events": a.events, "tmp": str(work)}
                 try:
                     r = runs[side][n] = run_side(valgrind, spec, env, work / "callgrind.out")
                 except RuntimeError as exc:
                     print(f"side {side}, {n} calls: {exc}", file=sys.stderr)
                     return 1
-                print(f"  {side}, {n} calls: {r['ir']:,} instructions in {r['wall_s']:.0f} s (recserve from "
-                      f"{Path(r['recserve']).parent.parent})", flush=True)
+                if Path(r["recserve"]).resolve().parent.parent != trees[side]:
+                    print(f"side {side}: the run imported {r['recserve']}, not the recserve of {trees[side]}",
+                          file=sys.stderr)
+                    return 1
+                print(f"  {side}, {n} calls: {r['ir']:,} instructions in {r['wall_s']:.0f} s", flush=True)
     summary = {side: per_call({n: r["ir"] for n, r in rs.items()}) for side, rs in runs.items()}
     print("\ninstructions per call:")
     for side, v in summary.items():
         print(f"  {side}: {v:,.0f}")
     fields = {"settings": sets, "calls": ns, "per_call": summary,
+              "trees": {side: {"path": str(t), "git": git_commit(t)} for side, t in trees.items()},
               "runs": {s: {str(n): r for n, r in rs.items()} for s, rs in runs.items()}}
     if "B" in sets:
         ratio = summary["B"] / summary["A"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 import tempfile
 import time
@@ -43,7 +44,13 @@ def bundle_for(n_items: int, cache: Path, quick: bool) -> Path:
 
     root = cache / f"items{n_items}"
     if (root / "CURRENT").exists():
-        return root
+        from recserve.bundle import resolve
+
+        manifest = json.loads((resolve(str(root)) / "manifest.json").read_text())
+        model = manifest["training"]["config"].get("i2i_model")
+        if model == "cosine":
+            return root
+        print(f"  {root}: built with the item-item model {model!r}, not cosine: built again", flush=True)
     n_users = max(300, n_items // 5)
     ds, _ = synth(n_users, n_items, seed=0)
     # the same item-item model at every size: EASE, the build's choice up to 10,000 items, would make the

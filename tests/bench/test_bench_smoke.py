@@ -361,6 +361,17 @@ def test_scaling_times_every_size_and_candidate_count_in_one_interleaved_pass(tm
     for n in (300, 600):
         manifest = json.loads((resolve(str(tmp_path / f"items{n}")) / "manifest.json").read_text())
         assert manifest["training"]["config"]["i2i_model"] == "cosine"
+    # a cached bundle of another model (a cache of an earlier version) is built again, not timed
+    from trainer.build import build
+    from trainer.synth import synth
+    from trainer.timing import Timer
+
+    ds, _ = synth(300, 300, seed=0)
+    build(ds, tmp_path / "items300", {"seed": 0, "factors": 16, "ranker_users": 300, "ranker_rounds": 20, "tune": False,
+                                      "i2i_model": "ease"}, timer=Timer(verbose=False))
+    assert scaling.main(["--quick", "--cache", str(tmp_path)]) == 0
+    manifest = json.loads((resolve(str(tmp_path / "items300")) / "manifest.json").read_text())
+    assert manifest["training"]["config"]["i2i_model"] == "cosine"
 
 
 def test_item_updates_and_ranker_print_the_samples_behind_each_p99(demo_bundle):

@@ -32,6 +32,7 @@ def test_one_side_counts_instructions_per_call(demo_bundle, tmp_path):
     assert runs["3"]["ir"] > runs["1"]["ir"] > 0
     assert rec["per_call"]["A"] == pytest.approx((runs["3"]["ir"] - runs["1"]["ir"]) / 2)
     assert 1e4 < rec["per_call"]["A"] < 1e9
+    assert rec["trees"]["A"]["path"] == str(REPO)
     for r in runs.values():
         assert Path(r["recserve"]).resolve().parent.parent == REPO      # this tree's recserve was measured
         assert len(r["answers"]) == 64 and r["calls"] in (1, 3)
@@ -60,6 +61,9 @@ def test_per_call_removes_what_both_runs_share(tmp_path):
     (["--b", "X=1", "--a", "X=1"], "same settings"),
     (["--b", "NOEQUALS"], "NAME=VALUE"),
     (["--valgrind", "/nonexistent/valgrind"], "not found"),
+    # a PYTHONPATH without recserve would measure this tree (the editable install answers): refused
+    (["--b", "PYTHONPATH=/nonexistent"], "--b: PYTHONPATH=/nonexistent holds no recserve package"),
+    (["--b", f"PYTHONPATH={REPO / 'recserve'}"], "holds no recserve package"),
 ])
 def test_bad_arguments_are_refused_in_one_line(demo_bundle, args, says):
     p = _run(["--bundle", str(demo_bundle), *args], timeout=120)
