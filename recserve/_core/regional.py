@@ -40,7 +40,7 @@ class RegionalTrending:
         self.trend_of_row = trend_of_row
         self._neg_trend = -np.asarray(trend_scores, np.float32)     # ascending, for the cut of the global list
         self._sorted: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._heads: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._heads: dict = {}          # cached_head: key -> (rows, scores, the length asked)
 
     def has_list(self, c: int) -> bool:
         return 0 <= c < len(self.indptr) - 1 and self.indptr[c + 1] > self.indptr[c]
@@ -78,7 +78,7 @@ class RegionalTrending:
         if limit <= 0:
             return _NONE, np.zeros(0, np.float32)
         a, b = int(self.indptr[c]), int(self.indptr[c + 1])
-        own = first_kept(self.rows[a:b], allowed, gone, limit, None)
+        own = _first(self.rows[a:b], allowed, gone, limit, None)
         n = len(self.trend_rows)
         if len(own) == limit:
             # an item the country's users never took scores log1p(weight * expm1(trend)): only the global
@@ -87,7 +87,7 @@ class RegionalTrending:
             need = np.log1p(np.expm1(floor) / self.weight[c]) * (1.0 - 1e-6)
             n = int(np.searchsorted(self._neg_trend, -need, side="right"))
         listed, _ = self._listed(c)
-        other = first_kept(self.trend_rows[:n], allowed, gone, limit, lambda r: not_in_sorted(r, listed))
+        other = _first(self.trend_rows[:n], allowed, gone, limit, lambda r: not_in_sorted(r, listed))
         rows = np.concatenate([own, other])
         scores = self.score_of(c, rows)
         best = np.argsort(-scores, kind="stable")[:limit]
@@ -96,19 +96,25 @@ class RegionalTrending:
     def head(self, c: int, n: int):
         """The first ``n`` items of country ``c``'s whole ranked list (``top`` with no filter), from a
         per-country copy that grows by doubling: a read-only prefix."""
-        got = self._heads.get(c)
-        if got is None or (len(got[0]) < n and len(got[0]) < len(self.trend_of_row)):
-            m = max(int(n), 2 * (len(got[0]) if got is not None else 0), self.HEAD_MIN)
-            rows, scores = self.top(c, None, _NONE, min(m, len(self.trend_of_row)))
+        return self.cached_head(self._heads, c, n, lambda m: self.top(c, None, _NONE, m))
+
+    def cached_head(self, cache: dict, key, n: int, build) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``n`` of the ``(rows, scores)`` that ``build(m)`` ranks (the first ``m``, fewer only when
+        it has no more), from ``cache[key]``: built at ``HEAD_MIN`` items at least, doubled when a caller
+        asks for more than it holds, and read-only."""
+        got = cache.get(key)
+        if got is None or (len(got[0]) < n and len(got[0]) == got[2]):     # short, and not the whole list
+            m = max(int(n), 2 * (got[2] if got is not None else 0), self.HEAD_MIN)
+            rows, scores = build(m)
             rows.flags.writeable = scores.flags.writeable = False
-            got = (rows, scores)
-            held = self._heads.get(c)       # another thread's, meanwhile: the longer one stays
-            if held is None or len(held[0]) < len(rows):
-                self._heads[c] = got
+            got = (rows, scores, m)
+            held = cache.get(key)       # another thread's, meanwhile: the longer one stays
+            if held is None or held[2] < m:
+                cache[key] = got
         return got[0][:n], got[1][:n]
 
 
-def first_kept(rows: np.ndarray, allowed: np.ndarray | None, gone: np.ndarray, limit: int, keep) -> np.ndarray:
+def _first(rows: np.ndarray, allowed: np.ndarray | None, gone: np.ndarray, limit: int, keep) -> np.ndarray:
     """The first ``limit`` of ``rows`` that ``allowed``, ``gone`` and ``keep`` (a mask function, or None)
     let through."""
     out, have, i, step = [], 0, 0, max(2 * limit, 256)

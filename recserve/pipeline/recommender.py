@@ -365,8 +365,7 @@ class Recommender:
         if region is not None and cold:     # a cold request from a country with a trending list of its own
             pop = self.countries.top(region, allowed, gone, q["popular"])
         elif len(include) and region is not None:
-            pop = self.countries.in_categories(region, include, self.cat_indptr, self.cat_rows, snap.category, allowed,
-                                               gone, q["popular"])
+            pop = self.countries.in_categories(region, include, snap.category, allowed, gone, q["popular"])
         elif len(include):
             pop = C.drop_rows(*C.popular_in_categories(self.cat_indptr, self.cat_rows, self.trend_of_row,
                                                        include, allowed, limit), gone)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from recserve._core.candidates import not_in_sorted
-from recserve._core.regional import RegionalTrending, first_kept
+from recserve._core.regional import RegionalTrending
 from recserve.pipeline.candidates import interleave
 
 _EMPTY = np.zeros(0, np.int32)
@@ -27,7 +27,7 @@ class CountryTrending(RegionalTrending):
                          tables.array("country_scores"), tables.array("country_weight"), trend_rows, trend_scores,
                          len(trend_of_row), trend_of_row)
         self.tables = tables
-        self._cat_heads: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, int]] = {}
+        self._cat_heads: dict = {}
 
     @classmethod
     def load(cls, tables, trend_rows: np.ndarray, trend_scores: np.ndarray,
@@ -44,19 +44,17 @@ class CountryTrending(RegionalTrending):
                 return c
         return self.user_list(user_row)
 
-    def in_categories(self, c: int, cats: np.ndarray, cat_indptr: np.ndarray, cat_rows: np.ndarray,
-                      category: np.ndarray, allowed: np.ndarray | None, gone: np.ndarray,
-                      limit: int) -> tuple[np.ndarray, np.ndarray]:
+    def in_categories(self, c: int, cats: np.ndarray, category: np.ndarray, allowed: np.ndarray | None,
+                      gone: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
         """Each of ``cats``' best items for country ``c`` that ``allowed`` keeps (None: all) and ``gone``
         (sorted) does not hold, then the categories interleaved so each is represented: ``(rows int32,
-        scores float32)``, scored as the country scores them. ``cat_rows[cat_indptr[k]:cat_indptr[k + 1]]``:
-        category ``k``'s items in global trending order. Each category's order is read from a cached head
-        (:meth:`category_head`), grown when the filter leaves too little of it."""
+        scores float32)``, scored as the country scores them. Each category's order is read from a cached
+        head (:meth:`category_head`), grown when the filter leaves too little of it."""
         rows, scores = [], []
         for k in cats:
             n = max(2 * int(limit), self.HEAD_MIN)
             while True:
-                head, head_scores = self.category_head(c, int(k), cat_indptr, cat_rows, category, n)
+                head, head_scores = self.category_head(c, int(k), category, n)
                 keep = np.ones(len(head), bool) if allowed is None else allowed[head]
                 if len(gone):
                     keep &= not_in_sorted(head, gone)
@@ -66,33 +64,15 @@ class CountryTrending(RegionalTrending):
             at = np.flatnonzero(keep)[:limit]
             rows.append(head[at])
             scores.append(head_scores[at])
-        turn = interleave([np.arange(len(r), dtype=np.int32) + sum(map(len, rows[:j])) for j, r in enumerate(rows)],
-                          limit)
-        return (np.concatenate(rows)[turn].astype(np.int32) if rows else np.zeros(0, np.int32),
-                np.concatenate(scores)[turn].astype(np.float32) if rows else np.zeros(0, np.float32))
+        if not rows:
+            return np.zeros(0, np.int32), np.zeros(0, np.float32)
+        starts = np.cumsum([0] + [len(r) for r in rows[:-1]])
+        turn = interleave([s + np.arange(len(r), dtype=np.int32) for s, r in zip(starts, rows)], limit)
+        return np.concatenate(rows)[turn].astype(np.int32), np.concatenate(scores)[turn].astype(np.float32)
 
-    def category_head(self, c: int, k: int, cat_indptr: np.ndarray, cat_rows: np.ndarray, category: np.ndarray,
-                      n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The first ``n`` items of category ``k`` in country ``c``'s whole ranked order (the order of
-        :meth:`top`: the country's listed items of ``k`` and its unlisted ones, which score in the global
-        order, so only the first ``n`` of those can enter), with their scores: read-only, cached per
-        (country, category) and grown by doubling, as :meth:`head` is. Shorter than ``n``: the whole
+    def category_head(self, c: int, k: int, category: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``n`` items of category ``k`` (``category``: each row's) in country ``c``'s whole ranked
+        order, with their scores: :meth:`top` with the category's mask, cached per (country, category) as
+        :meth:`head` is, so the mask is built only when a head grows. Shorter than ``n``: the whole
         category."""
-        got = self._cat_heads.get((c, k))
-        if got is None or (len(got[0]) < n and len(got[0]) == got[2]):
-            m = max(int(n), 2 * (got[2] if got is not None else 0), self.HEAD_MIN)
-            a, b = int(self.indptr[c]), int(self.indptr[c + 1])
-            listed, _ = self._listed(c)
-            own = first_kept(self.rows[a:b], None, _EMPTY, m, lambda r: category[r] == k)
-            other = first_kept(cat_rows[cat_indptr[k]:cat_indptr[k + 1]], None, _EMPTY, m,
-                               lambda r: not_in_sorted(r, listed))
-            rows = np.concatenate([own, other])
-            scores = self.score_of(c, rows)
-            best = np.argsort(-scores, kind="stable")[:m]
-            rows, scores = rows[best].astype(np.int32), scores[best].astype(np.float32)
-            rows.flags.writeable = scores.flags.writeable = False
-            got = (rows, scores, m)
-            held = self._cat_heads.get((c, k))      # another thread's, meanwhile: the longer one stays
-            if held is None or held[2] < m:
-                self._cat_heads[(c, k)] = got
-        return got[0][:n], got[1][:n]
+        return self.cached_head(self._cat_heads, (c, k), n, lambda m: self.top(c, category == k, _EMPTY, m))

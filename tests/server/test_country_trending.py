@@ -334,8 +334,7 @@ def test_a_categorys_cached_head_grows_until_the_filter_leaves_enough(bundle, mo
             for limit, share in ((1, 0.1), (2, 0.3), (5, 1.0), (40, 0.5)):
                 allowed = rng.random(rec.n_items) < share
                 gone = np.sort(rng.choice(rec.n_items, 20, replace=False)).astype(np.int32)
-                rows, scores = rec.countries.in_categories(code, np.array([k]), rec.cat_indptr, rec.cat_rows, cat,
-                                                           allowed, gone, limit)
+                rows, scores = rec.countries.in_categories(code, np.array([k]), cat, allowed, gone, limit)
                 want_rows, want_scores = rec.countries.top(code, allowed & (cat == k), gone, limit)
                 assert rows.tolist() == want_rows.tolist(), (c, k, limit, share)
                 np.testing.assert_allclose(scores, want_scores, rtol=1e-6)
