@@ -20,23 +20,32 @@ def _run(args, timeout=600):
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
-def test_one_side_counts_instructions_per_call(demo_bundle, tmp_path):
+def test_two_sides_count_instructions_per_call(demo_bundle, tmp_path):
+    """Side A as this environment, side B with fewer candidates ranked per request: each side's count is
+    the difference of its two runs over their calls, and B's setting reaches B's runs (fewer instructions,
+    other answers; a B that ran A's settings would give the same of both)."""
     out = tmp_path / "ins.json"
-    p = _run(["--bundle", str(demo_bundle), "--calls", "3,1", "--warmup", "1", "--events", "2", "--json", str(out)])
+    p = _run(["--bundle", str(demo_bundle), "--calls", "3,1", "--warmup", "1", "--events", "2",
+              "--b", "RECSERVE_CANDIDATES=20", "--json", str(out)])
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    assert "instructions per call:" in p.stdout and "B / A" not in p.stdout
+    assert "instructions per call:" in p.stdout and "B / A: " in p.stdout
     rec = json.loads(out.read_text())
-    runs = rec["runs"]["A"]
-    assert rec["calls"] == [1, 3] and set(runs) == {"1", "3"}
-    # two more measured Recommends cost more instructions, and one call is half the difference
-    assert runs["3"]["ir"] > runs["1"]["ir"] > 0
-    assert rec["per_call"]["A"] == pytest.approx((runs["3"]["ir"] - runs["1"]["ir"]) / 2)
-    assert 1e4 < rec["per_call"]["A"] < 1e9
-    assert rec["trees"]["A"]["path"] == str(REPO)
-    for r in runs.values():
-        assert Path(r["recserve"]).resolve().parent.parent == REPO      # this tree's recserve was measured
-        assert len(r["answers"]) == 64 and r["calls"] in (1, 3)
-    assert runs["1"]["answers"] != runs["3"]["answers"]                  # the answers of the measured calls
+    assert rec["calls"] == [1, 3] and rec["settings"] == {"A": {}, "B": {"RECSERVE_CANDIDATES": "20"}}
+    for side in "AB":
+        runs = rec["runs"][side]
+        assert set(runs) == {"1", "3"}
+        # two more measured Recommends cost more instructions, and one call is half the difference
+        assert runs["3"]["ir"] > runs["1"]["ir"] > 0
+        assert rec["per_call"][side] == pytest.approx((runs["3"]["ir"] - runs["1"]["ir"]) / 2)
+        assert 1e4 < rec["per_call"][side] < 1e9
+        assert rec["trees"][side]["path"] == str(REPO)
+        for r in runs.values():
+            assert Path(r["recserve"]).resolve().parent.parent == REPO      # this tree's recserve was measured
+            assert len(r["answers"]) == 64 and r["calls"] in (1, 3)
+        assert runs["1"]["answers"] != runs["3"]["answers"]                  # the answers of the measured calls
+    assert rec["ratio"] == pytest.approx(rec["per_call"]["B"] / rec["per_call"]["A"])
+    assert rec["ratio"] < 0.9 and rec["same_answers"] is False
+    assert f"B / A: {rec['ratio']:.5f}" in p.stdout and "the same answers: no" in p.stdout
 
 
 def test_per_call_removes_what_both_runs_share(tmp_path):
