@@ -6,7 +6,10 @@ bundle, A with this process's environment plus ``--a`` and B with ``--b`` (``NAM
 server's ``RECSERVE_*`` settings, see the README's configuration table), and runs the same phase of
 ``bench/load.py`` (the same pre-built requests, the same client processes) against A and B in turn,
 ``--rounds`` times, the order swapped every round. Each round gives B's figures over A's from minutes
-apart at most; it prints every round and the median of those ratios, and in how many rounds B did better.
+apart at most; it prints every round and the median of those ratios, in how many rounds B did better, and
+the sign test's two-sided probability of a split at least that uneven if A and B were the same (ties left
+out). An A/A run (the same tree or settings on both sides, e.g. ``--b PYTHONPATH=/same/tree/``) shows this
+machine's spread.
 
     python bench/compare.py --bundle DIR --b RECSERVE_SHARE_WORK=0 [--a NAME=VALUE,...] [--rounds 4]
                             [--rate R] [--duration 15] [--workers 2 --clients 2 --channels 16 --concurrency 16]
@@ -16,6 +19,7 @@ Closed loop (``--concurrency`` calls in flight) unless ``--rate`` asks for an op
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -67,15 +71,27 @@ def figures(res: dict) -> dict[str, float]:
             "errors": float(sum(m["ALL"]["errors"].values()))}
 
 
+def sign_test(better: int, worse: int) -> float:
+    """Two-sided sign test: the probability that one side wins at least ``max(better, worse)`` of
+    ``better + worse`` rounds (ties left out) when the two are the same, each round a fair coin."""
+    n, k = better + worse, max(better, worse)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2.0 * sum(math.comb(n, i) for i in range(k, n + 1)) / 2.0 ** n)
+
+
 def summary(rounds: list[dict]) -> dict[str, dict]:
-    """Per figure: B / A in each round, their median, and the rounds in which B did better."""
+    """Per figure: B / A in each round, their median, the rounds in which B did better, and the sign test's
+    probability of a split at least that uneven between two equal sides."""
     out = {}
     for f, higher_better in FIGURES.items():
         r = np.array([x["B"][f] / x["A"][f] if x["A"][f] else float("nan") for x in rounds])
         ok = r[~np.isnan(r)]
-        better = int(np.sum(ok > 1.0)) if higher_better else int(np.sum(ok < 1.0))
+        up, down = int(np.sum(ok > 1.0)), int(np.sum(ok < 1.0))
+        better, worse = (up, down) if higher_better else (down, up)
         out[f] = {"ratios": r.tolist(), "median": float(np.median(ok)) if len(ok) else float("nan"),
-                  "b_better_rounds": better, "rounds": len(ok)}
+                  "b_better_rounds": better, "b_worse_rounds": worse, "rounds": len(ok),
+                  "sign_test_p": sign_test(better, worse)}
     return out
 
 
@@ -140,7 +156,8 @@ def main(argv=None) -> int:
     print(f"\nB / A per round (median; rounds where B did better of {a.rounds}):")
     for f, v in summ.items():
         print(f"  {f:20s} " + " ".join(f"{x:6.3f}" for x in v["ratios"])
-              + f"   median {v['median']:.3f}; B better in {v['b_better_rounds']} of {v['rounds']}")
+              + f"   median {v['median']:.3f}; B better in {v['b_better_rounds']} of {v['rounds']}"
+              + f" (sign test p {v['sign_test_p']:.3g})")
     if a.json:
         write_json(a.json, record(a, settings=sets, phase=phase, rounds=rounds, summary=summ, server_env={
             k: v for k, v in sorted(os.environ.items()) if k.startswith("RECSERVE_")}))
