@@ -8,8 +8,8 @@ server's ``RECSERVE_*`` settings, see the README's configuration table), and run
 ``--rounds`` times, the order swapped every round. Each round gives B's figures over A's from minutes
 apart at most; it prints every round and the median of those ratios, in how many rounds B did better, and
 the sign test's two-sided probability of a split at least that uneven if A and B were the same (ties left
-out). An A/A run (the same tree or settings on both sides, e.g. ``--b PYTHONPATH=/same/tree/``) shows this
-machine's spread.
+out). An A/A run (one tree on both sides, e.g. ``--a PYTHONPATH=/t --b PYTHONPATH=/t/``) shows this machine's
+spread.
 
     python bench/compare.py --bundle DIR --b RECSERVE_SHARE_WORK=0 [--a NAME=VALUE,...] [--rounds 4]
                             [--rate R] [--duration 15] [--workers 2 --clients 2 --channels 16 --concurrency 16]
@@ -77,7 +77,7 @@ def sign_test(better: int, worse: int) -> float:
     n, k = better + worse, max(better, worse)
     if n == 0:
         return 1.0
-    return min(1.0, 2.0 * sum(math.comb(n, i) for i in range(k, n + 1)) / 2.0 ** n)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n)     # exact integers
 
 
 def summary(rounds: list[dict]) -> dict[str, dict]:

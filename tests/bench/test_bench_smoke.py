@@ -250,7 +250,10 @@ def test_compare_quick(demo_bundle, tmp_path):
     lat = rec["summary"]["p99 Recommend"]
     ratios = [row["B"]["p99 Recommend"] / row["A"]["p99 Recommend"] for row in rec["rounds"]]
     assert lat["ratios"] == pytest.approx(ratios) and lat["b_better_rounds"] == sum(r < 1.0 for r in ratios)
-    assert "(sign test p " in text and 0.0 < lat["sign_test_p"] <= 1.0
+    assert lat["b_worse_rounds"] == sum(r > 1.0 for r in ratios) and "(sign test p " in text
+    from compare import sign_test
+
+    assert lat["sign_test_p"] == sign_test(lat["b_better_rounds"], lat["b_worse_rounds"])
 
 
 def test_compare_rejects_bad_settings(demo_bundle):

@@ -15,15 +15,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(args, timeout=600):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSERVE_")}     # side A: the defaults
     return subprocess.run([sys.executable, "bench/instructions.py", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
+                          timeout=timeout, env={**env, "PYTHONPATH": str(REPO)})
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
 def test_two_sides_count_instructions_per_call(demo_bundle, tmp_path):
-    """Side A as this environment, side B with fewer candidates ranked per request: each side's count is
+    """Side A with the default settings, side B with fewer candidates ranked per request: each side's count is
     the difference of its two runs over their calls, and B's setting reaches B's runs (fewer instructions,
-    other answers; a B that ran A's settings would give the same of both)."""
+    other answers; a B that ran A's settings would give about the same count and the same answers)."""
     out = tmp_path / "ins.json"
     p = _run(["--bundle", str(demo_bundle), "--calls", "3,1", "--warmup", "1", "--events", "2",
               "--b", "RECSERVE_CANDIDATES=20", "--json", str(out)])
