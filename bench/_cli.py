@@ -85,6 +85,16 @@ def sizes(text: str, interactions: bool = False) -> list[tuple]:
     return out
 
 
+def git_commit(tree: Path) -> str:
+    """The short commit of the git checkout at ``tree`` ("" when it is none)."""
+    try:
+        p = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                           timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return p.stdout.strip() if p.returncode == 0 else ""
+
+
 def versions() -> dict:
     """The software a figure depends on, the commit it was measured at and whether tracked files differed
     from it (``git_dirty``)."""
@@ -100,8 +110,7 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             pass
     try:
-        v["git"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                  text=True, timeout=10).stdout.strip()
+        v["git"] = git_commit(REPO)
         # tracked files changed since that commit: the figures are not the commit's alone
         st = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
                             capture_output=True, text=True, timeout=10)

@@ -168,15 +168,10 @@ def imported_tree(env: dict) -> Path:
     return tree
 
 
-def git_commit(tree: Path) -> str:
-    p = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return p.stdout.strip() if p.returncode == 0 else ""
-
-
 def main(argv=None) -> int:
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(HERE.parent))
-    from _cli import Parser, UsageError, check_bundle, record, write_json
+    from _cli import Parser, UsageError, check_bundle, git_commit, record, write_json
     from _timing import machine
     from _workload import build_requests, read_ids
     from compare import parse_settings

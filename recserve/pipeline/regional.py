@@ -14,9 +14,7 @@ import numpy as np
 
 from recserve._core.candidates import not_in_sorted
 from recserve._core.regional import RegionalTrending
-from recserve.pipeline.candidates import interleave
-
-_EMPTY = np.zeros(0, np.int32)
+from recserve.pipeline.candidates import EMPTY, interleave
 
 
 class CountryTrending(RegionalTrending):
@@ -65,7 +63,7 @@ class CountryTrending(RegionalTrending):
             rows.append(head[at])
             scores.append(head_scores[at])
         if not rows:
-            return np.zeros(0, np.int32), np.zeros(0, np.float32)
+            return EMPTY
         starts = np.cumsum([0] + [len(r) for r in rows[:-1]])
         turn = interleave([s + np.arange(len(r), dtype=np.int32) for s, r in zip(starts, rows)], limit)
         return np.concatenate(rows)[turn].astype(np.int32), np.concatenate(scores)[turn].astype(np.float32)
@@ -75,4 +73,4 @@ class CountryTrending(RegionalTrending):
         order, with their scores: :meth:`top` with the category's mask, cached per (country, category) as
         :meth:`head` is, so the mask is built only when a head grows. Shorter than ``n``: the whole
         category."""
-        return self.cached_head(self._cat_heads, (c, k), n, lambda m: self.top(c, category == k, _EMPTY, m))
+        return self.cached_head(self._cat_heads, (c, k), n, lambda m: self.top(c, category == k, EMPTY[0], m))
