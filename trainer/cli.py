@@ -265,6 +265,7 @@ def _run(args) -> int:
         unused = report.columns_not_used(ds.report)
         if unused:
             print(f"columns {report.NOT_USED}: {report.not_used_text(unused)}", file=sys.stderr)
+        _say_files_not_read(args.data, ds.report)
         factors = args.factors
         cfg = {"seed": args.seed, "factors": factors if len(factors) > 1 else factors[0], "embed": args.embed,
                "als_reg": args.als_reg, "threads": args.threads, "holdout": args.holdout,
@@ -319,6 +320,7 @@ def _run(args) -> int:
         from trainer.io import load_dataset
 
         ds = load_dataset(args.data, drop_unknown=args.drop_unknown)
+        _say_files_not_read(args.data, ds.report)
         path = resolve(args.bundle)
         res = evaluate_bundle(path, ds, max_users=args.eval_users, seed=args.seed)     # None: the build's
         print(format_table(res))
@@ -339,12 +341,24 @@ def _ranker_line(r: dict) -> str:
     return f"{trees} trees" + (f", validation ndcg@10 {score}" if score is not None else "")
 
 
+def _say_files_not_read(data: str, data_report: dict) -> None:
+    """One line on stderr naming the files of the data directory that are no table (a misspelt name)."""
+    from trainer.io import TABLE_EXTENSIONS
+
+    unread = data_report.get("files_not_read")
+    if unread:
+        print(f"files in {data} not read: {', '.join(map(repr, unread))} (the tables are interactions, items and "
+              f"users, each {', '.join(TABLE_EXTENSIONS)})", file=sys.stderr)
+
+
 def _unwritable_out(out: str, what: str, beside: bool = False) -> str | None:
     """Why ``what`` (a bundle root, a data directory) cannot be written at ``out``, or None: checked before
     any work. ``beside``: the writer also makes a temporary directory beside ``out``."""
     from pathlib import Path
 
     p = Path(out)
+    if os.path.islink(out) and not p.exists():     # mkdir and rename would fail on it after all the work
+        return f"{out}: a symbolic link to nothing ({os.readlink(out)})"
     if p.exists():
         if not p.is_dir():
             return f"{out}: exists and is not a directory (a {what} is one)"

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from recserve.pipeline.messages import DEVICES, MAX_TS as MAX_TIMESTAMP   # 9999-12-31: the server's bound
+# the server's bounds: 9999-12-31, and a day ahead of the clock for an event
+from recserve.pipeline.messages import DEVICES, MAX_EVENT_AHEAD, MAX_TS as MAX_TIMESTAMP
 from trainer.devices import device_codes
 from trainer.timestamps import PER_SECOND, epoch_seconds, text_timestamps
 from trainer.writer import fsync_path, process_alive
@@ -136,7 +138,7 @@ def read_table(path: Path, text: tuple = ()) -> pa.Table:
     except DataError:
         raise
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{path.name}: cannot parse: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"{path.name}: cannot parse: {_readable(str(exc).splitlines()[0])}") from None
     if t.num_rows == 0:
         raise DataError(f"{path.name}: empty file (no rows)")
     _no_duplicate_columns(path, _names(t.schema, path))
@@ -165,6 +167,13 @@ def need_columns(t: pa.Table, path: Path, cols: list[str]) -> None:
     missing = [c for c in cols if c not in t.column_names]
     if missing:
         raise DataError(f"{path.name}: missing column(s) {_quoted(missing)} (has {_quoted(t.column_names)})")
+
+
+def _readable(text: str, limit: int = 200) -> str:
+    """``text`` with its control characters escaped, cut to ``limit`` characters: a parser's message may quote
+    a line of a binary file, whose bytes do not belong on a terminal."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return out if len(out) <= limit else out[:limit] + "..."
 
 
 def _quoted(names) -> str:
@@ -341,6 +350,19 @@ def _timestamps(t: pa.Table, path: Path, col: str, empty: float | None = None) -
     return out
 
 
+def _not_ahead(t: pa.Table, path: Path, ts: np.ndarray) -> None:
+    """Refuses interactions more than a day after this machine's clock, as the server's RecordEvents does: one
+    digit too many would put the bundle's "now" centuries ahead and every trending score at 0."""
+    ahead = ts > time.time() + MAX_EVENT_AHEAD
+    if ahead.any():
+        row = int(np.argmax(ahead))
+        shown = t.column("timestamp")[row].as_py()
+        shown = repr(shown) if isinstance(shown, str) else str(shown)
+        when = np.datetime64(int(ts[row]), "s")
+        raise DataError(f"{path.name}: column timestamp has {int(ahead.sum())} time(s) more than a day after this "
+                        f"machine's clock, first in row {row + 1}: {shown}, read as {when} UTC")
+
+
 def _codes(values: np.ndarray, vocab: np.ndarray) -> np.ndarray:
     """Row of each value in ``vocab`` (sorted lookup), -1 when absent."""
     order = np.argsort(vocab)
@@ -396,6 +418,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
     x_user = _strings(xt, xp, "user_id", allow_empty=False, is_id=True)
     x_item = _strings(xt, xp, "item_id", allow_empty=False)
     ts = _timestamps(xt, xp, "timestamp")
+    _not_ahead(xt, xp, ts)
     ev_str = _strings(xt, xp, "event")
     ev_vocab = np.array(EVENTS, dtype=object)
     ev = _codes(ev_str, ev_vocab)
@@ -433,8 +456,9 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
         ut = read_table(up)
         need_columns(ut, up, ["user_id"])
         u_ids = _strings(ut, up, "user_id", allow_empty=False, is_id=True)
-        if len(np.unique(u_ids)) != len(u_ids):
-            raise DataError(f"{up.name}: duplicate user_id(s)")
+        uniq, counts = np.unique(u_ids, return_counts=True)
+        if len(uniq) != len(u_ids):
+            raise DataError(f"{up.name}: {int((counts > 1).sum())} duplicate user_id(s), e.g. {uniq[counts > 1][0]!r}")
         # users known from users.csv but without interactions are kept (cold users)
         user_ids = np.unique(np.concatenate([user_ids, u_ids]))
         signup = np.full(len(user_ids), np.nan)
@@ -448,6 +472,10 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
             user_extra[name] = np.full(len(user_ids), np.nan)
             user_extra[name][r] = a
         files[up.name] = {"size": up.stat().st_size, "sha256": sha256_file(up)}
+    read = {p.name for p in (ip, xp, up) if p is not None}
+    unread = sorted(p.name for p in d.iterdir() if p.name not in read and not p.name.startswith("."))
+    if unread:          # a misspelt optional table (users.CSV, user.csv) would otherwise go without a word
+        report["files_not_read"] = unread
     user_row = _codes(x_user, user_ids)
     order = np.lexsort((device, value, item_row, ev, ts, user_row))     # ties by item, value, device: not file order
     report.update(interactions=int(len(ts)), users=int(len(user_ids)), items=int(len(item_ids)))

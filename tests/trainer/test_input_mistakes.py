@@ -1,0 +1,111 @@
+"""Mistakes in input that once went through: a timestamp with a digit too many, a misspelt optional table, a
+binary file in a table's place, an output that is a broken link. Each is refused (exit 2, one line) or named."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from trainer.cli import main
+from trainer.io import DataError, load_dataset
+
+HEAD = "user_id,item_id,timestamp,event\n"
+ITEMS = "item_id,category,price\na,x,1.5\nb,y,2\n"
+
+
+def _tiny(tmp_path, *times):
+    d = tmp_path / "tiny"
+    d.mkdir(exist_ok=True)
+    (d / "items.csv").write_text(ITEMS)
+    (d / "interactions.csv").write_text(HEAD + "".join(f"u{k},a,{t},view\n" for k, t in enumerate(times)))
+    return d
+
+
+def test_a_time_more_than_a_day_ahead_of_the_clock_is_refused_naming_its_row(small_data, tmp_path, capsys):
+    """One digit too many made a bundle's "now" the year 2526 and left 1 of 200 trending scores above 0."""
+    d = tmp_path / "d"
+    shutil.copytree(small_data, d)
+    lines = (d / "interactions.csv").read_text().splitlines()
+    head = lines[0].replace('"', "").split(",")
+    k = head.index("timestamp")
+    row = lines[3].split(",")
+    typo = row[k].strip('"') + "0"
+    row[k] = typo
+    lines[3] = ",".join(row)
+    (d / "interactions.csv").write_text("\n".join(lines) + "\n")
+    assert main(["build", "--data", str(d), "--no-progress", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    when = np.datetime64(int(float(typo)), "s")
+    assert err == [f"recserve-train: error: interactions.csv: column timestamp has 1 time(s) more than a day after "
+                   f"this machine's clock, first in row 3: {typo}, read as {when} UTC"]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_the_bound_is_a_day_after_the_clock_in_every_form(tmp_path):
+    now = time.time()
+    assert load_dataset(_tiny(tmp_path, int(now), int(now + 3600))).ts.max() == int(now + 3600)  # clock skew
+    with pytest.raises(DataError, match=r"1 time\(s\) more than a day after this machine's clock, first in row 2"):
+        load_dataset(_tiny(tmp_path, int(now), int(now + 2 * 86400)))
+    with pytest.raises(DataError, match=r"2 time\(s\) more than a day .* first in row 1: '2100-01-01T00:00:00Z'"):
+        load_dataset(_tiny(tmp_path, "2100-01-01T00:00:00Z", "2099-01-01", int(now)))
+    d = _tiny(tmp_path, 0)
+    (d / "interactions.csv").unlink()
+    pq.write_table(pa.table({"user_id": ["u1", "u2"], "item_id": ["a", "b"], "event": ["view", "view"],
+                             "timestamp": pa.array([int(now), 4102444800], pa.int64()).cast(pa.timestamp("s"))}),
+                   d / "interactions.parquet")
+    with pytest.raises(DataError, match=r"interactions.parquet: .* first in row 2: 2100-01-01 00:00:00, read as "
+                                        r"2100-01-01T00:00:00 UTC"):
+        load_dataset(d)
+
+
+def test_files_that_are_no_table_are_named(small_data, tmp_path, capsys):
+    """users.CSV or user.csv was skipped without a word: the bundle was built without the users table."""
+    d = tmp_path / "d"
+    shutil.copytree(small_data, d)
+    (d / "users.csv").rename(d / "users.CSV")
+    (d / ".hidden").write_text("")
+    assert load_dataset(d).report["files_not_read"] == ["users.CSV"]
+    assert main(["build", "--data", str(d), "--no-progress", "--no-evaluate", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert (f"files in {d} not read: 'users.CSV' (the tables are interactions, items and users, each .parquet, "
+            ".pq, .csv, .csv.gz)\n") in err
+    manifest = json.loads(next((tmp_path / "out").glob("*/manifest.json")).read_text())
+    assert manifest["training"]["data_report"]["files_not_read"] == ["users.CSV"]
+    assert "files_not_read" not in load_dataset(small_data).report
+
+
+def test_a_binary_file_in_a_tables_place_gives_a_readable_line(small_data, tmp_path, capsys):
+    d = tmp_path / "d"
+    shutil.copytree(small_data, d)
+    (d / "items.csv").write_bytes(bytes(range(256)) * 20)
+    assert main(["build", "--data", str(d), "--no-progress", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("recserve-train: error: items.csv: cannot parse: "), err
+    assert err[:-1].isprintable() and len(err) < 300, err
+
+
+def test_duplicate_users_are_named(small_data, tmp_path):
+    d = tmp_path / "d"
+    shutil.copytree(small_data, d)
+    first = (d / "users.csv").read_text().splitlines()[1]
+    with open(d / "users.csv", "a") as f:
+        f.write(first + "\n")
+    who = first.split(",")[0].strip('"')
+    with pytest.raises(DataError, match=f"users.csv: 1 duplicate user_id\\(s\\), e.g. '{who}'"):
+        load_dataset(d)
+
+
+@pytest.mark.parametrize("cmd", [["synth", "--users", "10", "--items", "5"], ["build", "--data", "no-data"]])
+def test_an_output_that_is_a_link_to_nothing_is_refused_before_any_work(tmp_path, capsys, cmd):
+    """The build trained for seconds and then failed with "[Errno 17] File exists"; synth with errno 20."""
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "nowhere")
+    assert main(cmd + [str(link)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"recserve-train: error: {link}: a symbolic link to nothing ({tmp_path}/nowhere)\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
