@@ -472,7 +472,8 @@ class Recommender:
         # a filter that keeps few items (under a quarter of the catalogue, and at most BRUTE_MAX): every one
         # is scored; otherwise the neighbours and a search broad enough for the filter hold the answer
         if not (frac < C.BRUTE_FRACTION and n_ok <= C.BRUTE_MAX):
-            n_ask = CC.similar_k(k, frac, self.ann.count)
+            # never narrower than for the default k: the answer of a k up to it is the first k of its answer
+            n_ask = CC.similar_k(max(k, CC.SIMILAR_K), frac, self.ann.count)
             if self.sim_rows is not None and n_ask <= self.sim_rows.shape[1]:
                 r = self.sim_rows[row, :n_ask]       # the stored answer of a search at least as broad
                 r = r[r >= 0]

@@ -149,3 +149,18 @@ def test_an_item_from_the_neighbour_lists_says_so_whatever_its_weights_sign(bund
             assert ("i2i" in it.sources) == (r in nb), (row, r, it.sources)
             negative += r in nb and nb[r] < 0
     assert negative > 0
+
+
+def test_the_answer_of_a_small_k_is_the_first_k_of_the_default_ones(bundle):
+    """A search only 3 (k + 1) / share wide let k = 3 miss an item that k = 4 ranked third: a client paging
+    through the answer saw an item appear at a page it had already passed."""
+    rec = Recommender(bundle, None, None)
+    cats = sorted({bundle.tables.id_of("category", c) for c in range(bundle.tables.n_ids("category"))})
+    rng = np.random.default_rng(4)
+    for _ in range(150):
+        item = bundle.tables.id_of("item", int(rng.integers(bundle.n_items)))
+        f = Filters(exclude_categories=[str(c) for c in rng.choice(cats, int(rng.integers(0, 4)), replace=False)],
+                    in_stock_only=bool(rng.random() < 0.5))
+        full = [i.item_id for i in rec.similar(item, C.SIMILAR_K, f).items]
+        for k in (1, 2, 3, 5, 8, 13):
+            assert [i.item_id for i in rec.similar(item, k, f).items] == full[:k], (item, f, k)
