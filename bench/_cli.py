@@ -34,15 +34,19 @@ class Parser(cliparser.Parser):
 
     def parse_args(self, args=None, namespace=None):
         """The arguments, then the environment: a RECSERVE_* variable that the servers this script starts
-        would refuse (an unknown name, a value of the wrong type, a bad RECSERVE_CONFIG file) is a bad
-        argument too, refused before any work."""
+        would refuse (an unknown name, a value of the wrong type or out of its range, a bad RECSERVE_CONFIG
+        file) is a bad argument too, refused before any work."""
         from recserve import config
 
         out = super().parse_args(args, namespace)
         try:
-            config.load({}, env=os.environ)
+            cfg = config.load({}, env=os.environ)
         except ValueError as exc:
             self.error(str(exc))
+        try:
+            config.validate(cfg)
+        except ValueError as exc:
+            self.error(f"the servers' settings (RECSERVE_*): {exc}")
         return out
 
 
@@ -61,6 +65,28 @@ def check_dir(ap: argparse.ArgumentParser, path: str, flag: str) -> None:
     """A directory named on the command line that is not one: exit 2, one line."""
     if not Path(path).is_dir():
         ap.error(f"{flag}: {path} is not a directory" if Path(path).exists() else f"{flag}: {path} does not exist")
+
+
+def output_file(path: str) -> str:
+    """Argument type of an output file (``--json``, ``--png``): one that could not be written is refused while
+    the arguments are read, not after the whole run. Tried, not guessed from mode bits (root may write
+    anywhere by the bits, yet not in /proc or on a read-only mount); an existing file is left as it is."""
+    import tempfile
+
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a directory")
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"directory {parent} does not exist")
+    try:
+        if p.exists():
+            open(p, "ab").close()
+        else:
+            tempfile.NamedTemporaryFile(dir=parent, prefix=".recserve-probe-").close()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{path} is not writable ({exc.strerror})") from None
+    return path
 
 
 def sizes(text: str, interactions: bool = False) -> list[tuple]:

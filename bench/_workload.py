@@ -98,4 +98,5 @@ def parse_mix(s: str) -> dict:
             out[MIX_KEYS[k.strip()]] = share
     if not out:
         raise UsageError("--mix: no method with a positive share")
-    return out
+    total = sum(out.values())       # weights: recommend=4,similar=1 is 0.8 / 0.2, and the record says so
+    return {m: v / total for m, v in out.items()}

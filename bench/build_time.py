@@ -29,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from _cli import Parser, record, sizes, write_json  # noqa: E402
+from _cli import Parser, output_file, record, sizes, write_json  # noqa: E402
 from trainer.argtypes import positive_int  # noqa: E402
 from _timing import machine  # noqa: E402
 
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cli-defaults", action="store_true",
                     help="build with no options, as `recserve-train build --data D B` (ignores --factors, "
                          "--ranker-users, --tune)")
-    ap.add_argument("--json")
+    ap.add_argument("--json", type=output_file)
     ap.add_argument("--quick", action="store_true", help="tiny run for smoke tests")
     a = ap.parse_args(argv)
     if a.quick:             # the settings the run uses are the ones its record holds

@@ -39,7 +39,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from _cli import Parser, UsageError, check_bundle, check_dir, record, write_json  # noqa: E402
+from _cli import Parser, UsageError, check_bundle, check_dir, output_file, record, write_json  # noqa: E402
 from _inproc import recommender  # noqa: E402
 from _timing import machine  # noqa: E402
 from trainer.argtypes import positive_int, seed as seed_type  # noqa: E402
@@ -54,7 +54,7 @@ METHODS = [m for m, _, _ in SERVED] + ["trending list"]
 
 
 def evaluate(bundle: str, data: str, k: int, max_users: int, seed: int) -> dict:
-    from recserve.bundle import Bundle
+    from recserve.bundle import Bundle, BundleError
     from recserve.pipeline.messages import Filters, RecRequest
     from trainer import evaluate as ev
     from trainer.build import artifacts_from_bundle
@@ -64,7 +64,11 @@ def evaluate(bundle: str, data: str, k: int, max_users: int, seed: int) -> dict:
         ds = load_dataset(data)
     except DataError as exc:
         raise UsageError(f"--data: {exc}") from None
-    with Bundle.open(bundle) as b:
+    try:
+        b = Bundle.open(bundle)
+    except BundleError as exc:          # hashes that do not verify: refused as the server refuses it
+        raise UsageError(f"--bundle: {exc}") from None
+    with b:
         art = artifacts_from_bundle(b)
         cut = float(b.manifest["training"]["cut"])
     with tempfile.TemporaryDirectory() as events, \
@@ -122,7 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=positive_int, default=50, help="items per answer (default 50)")
     ap.add_argument("--max-users", type=positive_int, default=3000, help="new users evaluated at most")
     ap.add_argument("--seed", type=seed_type, default=0, help="draws the users when there are more")
-    ap.add_argument("--json", help="write the record here")
+    ap.add_argument("--json", type=output_file, help="write the record here")
     a = ap.parse_args(argv)
     check_bundle(ap, a.bundle)
     check_dir(ap, a.data, "--data")

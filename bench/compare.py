@@ -31,13 +31,13 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from _cli import Parser, UsageError, check_bundle, record, write_json  # noqa: E402
+from _cli import Parser, UsageError, check_bundle, output_file, record, write_json  # noqa: E402
 from _clients import phase_config, run_phase  # noqa: E402
 from _inproc import RECOMMEND_ONLY  # noqa: E402
 from _servers import start_real  # noqa: E402
 from _timing import machine  # noqa: E402
 from _workload import build_requests, parse_mix, read_ids  # noqa: E402
-from recserve.config import check_env  # noqa: E402
+from recserve.config import check_env, load as load_config, validate  # noqa: E402
 from trainer.argtypes import number  # noqa: E402
 
 # figures compared, and whether a higher value is better
@@ -113,9 +113,14 @@ def main(argv=None) -> int:
     ap.add_argument("--deadline", type=positive, default=5.0, help="per-call deadline, seconds")
     ap.add_argument("--pool", type=count, default=4000, help="pre-built requests per client process")
     ap.add_argument("--mix", default="recommend=0.8,similar=0.15,events=0.05")
-    ap.add_argument("--json")
+    ap.add_argument("--json", type=output_file)
     a = ap.parse_args(argv)
     sets = {"A": parse_settings(a.a, "--a"), "B": parse_settings(a.b, "--b")}
+    for name, side in sets.items():         # a value the server would refuse: refused here, before it starts
+        try:
+            validate(load_config({}, env={**os.environ, **side}))
+        except ValueError as exc:
+            ap.error(f"--{name.lower()}: {exc}")
     if sets["A"] == sets["B"]:
         ap.error("--a and --b are the same settings: nothing to compare")
     if a.concurrency < a.clients:

@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from _inproc import RECOMMEND_ONLY, rec_requests, recommender  # noqa: E402
-from _cli import Parser, check_bundle, record, write_json  # noqa: E402
+from _cli import Parser, check_bundle, output_file, record, write_json  # noqa: E402
 from trainer.argtypes import number_list, positive_int  # noqa: E402
 from _timing import machine  # noqa: E402
 from _workload import build_requests, read_ids  # noqa: E402
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
                     help=f"milliseconds between two calls, comma-separated (above 0, at most {MAX_GAP_MS:g})")
     ap.add_argument("--blocks", type=positive_int, default=30, help="blocks per gap and mode")
     ap.add_argument("--block", type=positive_int, default=100, help="Recommends per block")
-    ap.add_argument("--json")
+    ap.add_argument("--json", type=output_file)
     a = ap.parse_args(argv)
     gaps = a.gaps
     if min(gaps) <= 0:

@@ -171,7 +171,7 @@ def imported_tree(env: dict) -> Path:
 def main(argv=None) -> int:
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(HERE.parent))
-    from _cli import Parser, UsageError, check_bundle, git_commit, record, write_json
+    from _cli import Parser, UsageError, check_bundle, git_commit, output_file, record, write_json
     from _timing import machine
     from _workload import build_requests, read_ids
     from compare import parse_settings
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     ap.add_argument("--events", type=at_least_0, default=1000, help="RecordEvents calls written first")
     ap.add_argument("--seed", type=at_least_0, default=1, help="the request pool's seed")
     ap.add_argument("--valgrind", default="valgrind")
-    ap.add_argument("--json")
+    ap.add_argument("--json", type=output_file)
     a = ap.parse_args(argv)
     ns = sorted(set(a.calls))
     if len(ns) != 2 or len(a.calls) != 2:

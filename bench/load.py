@@ -64,7 +64,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-from _cli import Parser, record as cli_record, write_json  # noqa: E402
+from _cli import Parser, output_file, record as cli_record, write_json  # noqa: E402
 from _clients import ClientFailure, phase_config, run_phase  # noqa: E402
 from _sweep import KEEP_UP, describe, summarize_sweep, sweep_row  # noqa: E402
 from _servers import check_reachable, record_responses, start_ceiling, start_real  # noqa: E402
@@ -143,20 +143,6 @@ def histogram_png(path: str, phases: dict) -> str:
     return f"latency histogram: {path}"
 
 
-def _writable(ap: argparse.ArgumentParser, flag: str, path: str | None) -> None:
-    """Refuse an output file that could not be written, before anything runs (not after the whole run)."""
-    if path is None:
-        return
-    p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
-    if p.is_dir():
-        ap.error(f"{flag}: {path} is a directory")
-    if not parent.is_dir():
-        ap.error(f"{flag}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        ap.error(f"{flag}: {path} is not writable")
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The arguments, every one checked here (exit 2, the reason on the last line) before any server starts."""
     positive, at_least_0, share = number(float, 0, above=True), number(float, 0), number(float, 0, 1)
@@ -195,11 +181,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--client-loop", choices=("uvloop", "asyncio"), default="uvloop",
                     help="the client processes' event loop (uvloop: asyncio's where uvloop is not installed)")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the transport ceiling (not recommended)")
-    ap.add_argument("--json", help="write the JSON record here")
-    ap.add_argument("--png", help="latency histogram PNG (needs matplotlib)")
+    ap.add_argument("--json", type=output_file, help="write the JSON record here")
+    ap.add_argument("--png", type=output_file, help="latency histogram PNG (needs matplotlib)")
     a = ap.parse_args(argv)
     if a.concurrency < a.clients:
         ap.error("--concurrency must be at least --clients (one call in flight per client process)")
+    if a.unknown + a.anon > 1:
+        ap.error(f"--unknown {a.unknown:g} and --anon {a.anon:g}: shares of the Recommend calls, at most 1 together")
     if not all(f > 0 for f in a.sweep_fractions):
         ap.error("--sweep-fractions must all be positive")
     if a.open_only and (a.rate <= 0 or a.sweep):
@@ -214,8 +202,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         worker_cpus(a.cpu_affinity, a.workers)      # as recserve checks it, before anything is started
     except ValueError as exc:
         ap.error(f"--cpu-affinity: {exc}")
-    _writable(ap, "--json", a.json)
-    _writable(ap, "--png", a.png)
     return a
 
 

@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-from _cli import Parser, check_bundle, record, write_json  # noqa: E402
+from _cli import Parser, check_bundle, output_file, record, write_json  # noqa: E402
 from _clients import call_latency  # noqa: E402
 from _inproc import RECOMMEND_ONLY, rec_requests, recommender  # noqa: E402
 from _proc import tree_stats  # noqa: E402
@@ -234,7 +234,7 @@ def main(argv=None) -> int:
     ap.add_argument("--duration", type=positive, default=8.0, help="measured seconds per server")
     ap.add_argument("--warmup", type=at_least_0, default=2.0)
     ap.add_argument("--repeats", type=number(int, 1), default=2, help="rounds of the three servers, alternating")
-    ap.add_argument("--json")
+    ap.add_argument("--json", type=output_file)
     a = ap.parse_args(argv)
     check_bundle(ap, a.bundle)
     # a SIGTERM (a `timeout`, a cancelled job) unwinds like Ctrl-C: the servers are stopped, tmp removed

@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-from _cli import Parser, check_dir, record, sizes, write_json  # noqa: E402
+from _cli import Parser, check_dir, output_file, record, sizes, write_json  # noqa: E402
 from trainer.argtypes import number, positive_int  # noqa: E402
 from _timing import machine  # noqa: E402
 
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ranker-users", type=positive_int, default=3000)
     ap.add_argument("--seed", type=number(int, 0), default=0)
     ap.add_argument("--threads", type=positive_int, default=2)
-    ap.add_argument("--json")
+    ap.add_argument("--json", type=output_file)
     ap.add_argument("--quick", action="store_true", help="tiny run for smoke tests (one 300x200 synth set)")
     a = ap.parse_args(argv)
     if a.movielens:

@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-from _cli import Parser, record, write_json  # noqa: E402
+from _cli import Parser, output_file, record, write_json  # noqa: E402
 from trainer.argtypes import number_list, positive_int  # noqa: E402
 from _timing import interleaved, machine, summary  # noqa: E402
 
@@ -137,10 +137,12 @@ def main(argv=None) -> int:
     ap.add_argument("--cands", type=number_list(int, 1), default="100,500,2000", help="candidate caps, comma separated")
     ap.add_argument("--repeats", type=positive_int, default=300)
     ap.add_argument("--cache", help="keep the trained bundles here (reused when present)")
-    ap.add_argument("--png")
-    ap.add_argument("--json")
+    ap.add_argument("--png", type=output_file)
+    ap.add_argument("--json", type=output_file)
     ap.add_argument("--quick", action="store_true", help="tiny run for smoke tests")
     a = ap.parse_args(argv)
+    if a.cache and Path(a.cache).exists() and not Path(a.cache).is_dir():
+        ap.error(f"--cache: {a.cache} is not a directory")
     sizes = a.sizes + ([1_000_000] if a.with_1m else [])
     cands = a.cands
     if a.quick:
@@ -149,7 +151,10 @@ def main(argv=None) -> int:
     tmp = None
     if a.cache:
         cache = Path(a.cache)
-        cache.mkdir(parents=True, exist_ok=True)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            ap.error(f"--cache: cannot create {a.cache} ({exc.strerror})")
     else:
         tmp = tempfile.TemporaryDirectory(prefix="recserve-scaling-")
         cache = Path(tmp.name)

@@ -64,6 +64,9 @@ def _channel(args):
 
 def address(text: str) -> str:
     """``HOST:PORT`` with a port in 1..65535 (gRPC would wrap 116587 around to 51051)."""
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme.replace("+", "").isalpha():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not a URL: {rest.rstrip('/')!r} for {text!r}")
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port in 1..65535, got {text!r}")

@@ -51,3 +51,67 @@ def test_a_user_named_data_dir_that_is_not_trainer_data_is_one_line(tmp_path):
     p = _run(["bench/protocols.py", "--data-dir", str(tmp_path)])
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("protocols.py: error: --data-dir:"), p.stderr
+
+
+@pytest.mark.parametrize("script", [["bench/compare.py", "--bundle", MISSING, "--b", "RECSERVE_EF=8"],
+                                    ["bench/quality.py", "--quick"], ["bench/scaling.py", "--quick"],
+                                    ["bench/build_time.py", "--quick"], ["bench/load.py", "--bundle", MISSING],
+                                    ["bench/cold_users.py", "--bundle", MISSING, "--data", MISSING]])
+@pytest.mark.parametrize("out, says", [("/nonexistent/x.json", "directory /nonexistent does not exist"),
+                                       ("/tmp", "/tmp is a directory"),
+                                       ("/proc/x.json", "/proc/x.json is not writable")])
+def test_an_output_file_that_cannot_be_written_is_refused_before_any_work(script, out, says):
+    """These wrote their record only at the end: a run of minutes, then a traceback and no record (and
+    /proc passed a check of mode bits, which say root may write anywhere)."""
+    p = _run([*script, "--json", out])
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and f"argument --json: {says}" in lines[0], p.stderr[-2000:]
+    assert p.stdout == ""
+
+
+def test_an_existing_output_file_is_checked_and_left_as_it_is(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    from _cli import output_file
+
+    f = tmp_path / "r.json"
+    f.write_text("kept")
+    assert output_file(str(f)) == str(f) and f.read_text() == "kept"
+    assert output_file(str(tmp_path / "new.json")) and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+@pytest.mark.parametrize("args, says", [
+    ([*COMPARE[:3], "--b", "RECSERVE_EF=abc"], "--b: environment RECSERVE_EF: ef: cannot read 'abc' as an int"),
+    ([*COMPARE[:3], "--b", "RECSERVE_SHARE_WORK=0", "--a", "RECSERVE_EF=0"], "--a: ef: must be in [1, "),
+    (["bench/load.py", "--bundle", MISSING, "--unknown", "0.7", "--anon", "0.7"],
+     "--unknown 0.7 and --anon 0.7: shares of the Recommend calls, at most 1 together"),
+])
+def test_values_that_were_taken_as_they_came_are_refused(args, says):
+    """compare.py checked its sides' setting names but not their values (a server started, then failed);
+    load.py drew 70 % anonymous and 30 % unknown users, no known one, for --unknown 0.7 --anon 0.7."""
+    p = _run(args)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and says in lines[0], p.stderr[-2000:]
+
+
+def test_a_cache_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "f").write_text("")
+    p = _run(["bench/scaling.py", "--quick", "--cache", str(tmp_path / "f")])
+    assert p.returncode == 2 and f"--cache: {tmp_path}/f is not a directory" in p.stderr.strip().splitlines()[-1]
+    assert p.stdout == ""
+
+
+def test_mix_shares_are_weights_and_shown_as_used():
+    sys.path.insert(0, str(REPO / "bench"))
+    from _workload import parse_mix
+
+    assert parse_mix("recommend=0.5,similar=0.2") == pytest.approx({"Recommend": 0.5 / 0.7, "SimilarItems": 0.2 / 0.7})
+    assert parse_mix("recommend=4,similar=1,events=0") == pytest.approx({"Recommend": 0.8, "SimilarItems": 0.2})
+
+
+def test_a_setting_out_of_its_range_in_the_environment_is_refused():
+    """RECSERVE_EF=0 passed the check of names and types, and the server it started refused it."""
+    p = subprocess.run([sys.executable, "bench/load.py", "--bundle", MISSING], cwd=REPO, capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO), "RECSERVE_EF": "0"})
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        "load.py: error: the servers' settings (RECSERVE_*): ef: must be in [1, 1048576], got 0 "
+        "(--help for usage)"], p.stderr

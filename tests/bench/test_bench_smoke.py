@@ -448,6 +448,22 @@ def test_cold_users_needs_held_out_data(tmp_path):
               str(tmp_path / "none")], "does not exist")
 
 
+def test_cold_users_refuses_a_bundle_whose_hashes_do_not_verify(demo_bundle, tmp_path):
+    """It opened the bundle itself and ended in a traceback of BundleError."""
+    import shutil
+
+    from trainer.io import write_dataset
+    from trainer.synth import synth
+
+    write_dataset(synth(300, 200, seed=0)[0], tmp_path / "data")
+    shutil.copytree(demo_bundle, tmp_path / "b")
+    with open(next((tmp_path / "b").glob("*/ranker.txt")), "a") as f:
+        f.write("\n")
+    p = _refused([str(REPO / "bench" / "cold_users.py"), "--bundle", str(tmp_path / "b"), "--data",
+                  str(tmp_path / "data")], "--bundle: ranker.txt: sha256 mismatch (file changed since the build)")
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
 def test_visitors_the_backend_does_not_know_carry_a_country(demo_bundle):
     """The load mix's anonymous and unknown users ask with a country of the bundle's users; known users ask
     without one; the requests are otherwise those of a bundle without countries (the country has draws of

@@ -473,6 +473,8 @@ def test_cli_client_refuses_bad_addresses_and_files_in_one_line(tmp_path):
         "error: --cert and --key go together (the client certificate for mutual TLS)"], r.stderr
     r = run("health", "--addr", "::1:50051")                          # gRPC would say "Misformatted domain name"
     assert r.returncode == 2 and "an IPv6 address goes in brackets: [::1]:50051" in r.stderr, r.stderr
+    r = run("health", "--addr", "http://127.0.0.1:50051/")            # was called an IPv6 address without brackets
+    assert r.returncode == 2 and "expected HOST:PORT, not a URL: '127.0.0.1:50051'" in r.stderr, r.stderr
     for cmd in ("recommend", "similar"):                             # 0 would be the server's default of 20
         r = run(cmd, "x", "--k", "0")
         assert r.returncode == 2 and r.stderr.strip().splitlines() == [          # one line, not the usage block
