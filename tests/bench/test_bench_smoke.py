@@ -103,9 +103,13 @@ def test_a_server_that_cannot_start_is_one_line_and_exit_1(demo_bundle, tmp_path
     shutil.copytree(demo_bundle, root)
     ranker = next(p for p in resolve(str(root)).iterdir() if p.name.startswith("ranker"))
     ranker.write_bytes(ranker.read_bytes()[:-10] + b"0123456789")       # its hash no longer verifies
+    logs = tmp_path / "logs"        # the log is kept for the user: here, not in the machine's /tmp
+    logs.mkdir()
     p = _refused(["bench/load.py", "--bundle", str(root), "--duration", "1", "--no-ceiling"],
-                 "recserve server did not start:", code=1)
+                 "recserve server did not start:", code=1, env={"TMPDIR": str(logs)})
     assert "sha256" in p.stderr and "its log: " in p.stderr and "Traceback" not in p.stderr, p.stderr
+    log = Path(p.stderr.rsplit("its log: ", 1)[1].strip().rstrip(")"))
+    assert log.parent == logs and "sha256 mismatch" in log.read_text()
 
 
 def test_load_against_a_running_server(demo_bundle, tmp_path):

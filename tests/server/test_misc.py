@@ -72,15 +72,13 @@ def test_unknown_recserve_variables_are_refused():
     assert cfg.workers == 3
 
 
-def test_tokens_file_lines():
-    import tempfile
-
+def test_tokens_file_lines(tmp_path):
     from recserve.service import load_tokens
 
     def tokens(text: bytes | str):
-        with tempfile.NamedTemporaryFile("wb", suffix=".tokens", delete=False) as fh:
-            fh.write(text.encode() if isinstance(text, str) else text)
-        return load_tokens(fh.name)
+        path = tmp_path / "t.tokens"
+        path.write_bytes(text.encode() if isinstance(text, str) else text)
+        return load_tokens(str(path))
 
     assert tokens("# readers\n  read r1\nwrite abc#def\n\n   # end\n") == {"r1": "read", "abc#def": "write"}
     with pytest.raises(ValueError, match="no tokens"):
