@@ -73,8 +73,8 @@ def output_file(path: str) -> str:
     anywhere by the bits, yet not in /proc or on a read-only mount); an existing file is left as it is."""
     import tempfile
 
-    p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
+    p = Path(os.path.realpath(path))       # through links, even to a file not there yet: where it is written
+    parent = p.parent
     if p.is_dir():
         raise argparse.ArgumentTypeError(f"{path} is a directory")
     if not parent.is_dir():

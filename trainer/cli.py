@@ -357,8 +357,8 @@ def _unwritable_out(out: str, what: str, beside: bool = False) -> str | None:
     from pathlib import Path
 
     p = Path(out)
-    if os.path.islink(out) and not p.exists():     # mkdir and rename would fail on it after all the work
-        return f"{out}: a symbolic link to nothing ({os.readlink(out)})"
+    if p.is_symlink() and not p.exists():     # mkdir and rename would fail on it after all the work
+        return f"{out}: a symbolic link to nothing ({os.readlink(p)})"
     if p.exists():
         if not p.is_dir():
             return f"{out}: exists and is not a directory (a {what} is one)"

@@ -172,8 +172,14 @@ def need_columns(t: pa.Table, path: Path, cols: list[str]) -> None:
 def _readable(text: str, limit: int = 200) -> str:
     """``text`` with its control characters escaped, cut to ``limit`` characters: a parser's message may quote
     a line of a binary file, whose bytes do not belong on a terminal."""
-    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
-    return out if len(out) <= limit else out[:limit] + "..."
+    parts, n = [], 0
+    for c in text:
+        e = c if c.isprintable() else repr(c)[1:-1]
+        if n + len(e) > limit:
+            return "".join(parts) + "..."
+        parts.append(e)
+        n += len(e)
+    return "".join(parts)
 
 
 def _quoted(names) -> str:
@@ -342,9 +348,8 @@ def _timestamps(t: pa.Table, path: Path, col: str, empty: float | None = None) -
                       (out > MAX_TIMESTAMP, "timestamp(s) after the year 9999"),
                       (out < MIN_TIMESTAMP, "timestamp(s) before the year 1")):
         if bad.any():
-            e_g = c.take(pa.array(np.flatnonzero(bad)[:1]))
-            e_g = pc.cast(e_g, pa.string())[0].as_py() if pa.types.is_temporal(c.type) else e_g[0].as_py()
-            raise DataError(f"{path.name}: column {col} has {int(bad.sum())} {what}, e.g. {e_g!r}")
+            raise DataError(f"{path.name}: column {col} has {int(bad.sum())} {what}, e.g. "
+                            f"{_cell(c, int(np.argmax(bad)))!r}")
     if nulls.any():
         out[nulls] = empty
     return out
@@ -356,11 +361,15 @@ def _not_ahead(t: pa.Table, path: Path, ts: np.ndarray) -> None:
     ahead = ts > time.time() + MAX_EVENT_AHEAD
     if ahead.any():
         row = int(np.argmax(ahead))
-        shown = t.column("timestamp")[row].as_py()
-        shown = repr(shown) if isinstance(shown, str) else str(shown)
-        when = np.datetime64(int(ts[row]), "s")
         raise DataError(f"{path.name}: column timestamp has {int(ahead.sum())} time(s) more than a day after this "
-                        f"machine's clock, first in row {row + 1}: {shown}, read as {when} UTC")
+                        f"machine's clock, first in row {row + 1}: {_cell(t.column('timestamp'), row)!r}, read as "
+                        f"{np.datetime64(int(ts[row]), 's')} UTC")
+
+
+def _cell(c, row: int):
+    """A cell as a message shows it; times as text (``as_py`` refuses nanoseconds without pandas)."""
+    cell = c.take(pa.array([row]))
+    return pc.cast(cell, pa.string())[0].as_py() if pa.types.is_temporal(cell.type) else cell[0].as_py()
 
 
 def _codes(values: np.ndarray, vocab: np.ndarray) -> np.ndarray:
@@ -473,7 +482,10 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
             user_extra[name][r] = a
         files[up.name] = {"size": up.stat().st_size, "sha256": sha256_file(up)}
     read = {p.name for p in (ip, xp, up) if p is not None}
-    unread = sorted(p.name for p in d.iterdir() if p.name not in read and not p.name.startswith("."))
+    try:
+        unread = sorted(p.name for p in d.iterdir() if p.name not in read and not p.name.startswith("."))
+    except OSError:     # a directory that may be entered but not listed: its tables were found by name
+        unread = []
     if unread:          # a misspelt optional table (users.CSV, user.csv) would otherwise go without a word
         report["files_not_read"] = unread
     user_row = _codes(x_user, user_ids)

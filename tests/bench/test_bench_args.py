@@ -2,6 +2,7 @@
 work is done; a path named on the command line that does not exist is such an argument."""
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -77,6 +78,14 @@ def test_an_existing_output_file_is_checked_and_left_as_it_is(tmp_path):
     f.write_text("kept")
     assert output_file(str(f)) == str(f) and f.read_text() == "kept"
     assert output_file(str(tmp_path / "new.json")) and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+    # a link is written through: to a file not there yet, in a directory that is (accepted, nothing made)...
+    (tmp_path / "to").mkdir()
+    (tmp_path / "link.json").symlink_to(tmp_path / "to" / "r.json")
+    assert output_file(str(tmp_path / "link.json")) and not any((tmp_path / "to").iterdir())
+    # ... or in one that is not (the run wrote nothing at its end)
+    (tmp_path / "dead.json").symlink_to("/nonexistent-dir/r.json")
+    with pytest.raises(argparse.ArgumentTypeError, match="directory /nonexistent-dir does not exist"):
+        output_file(str(tmp_path / "dead.json"))
 
 
 @pytest.mark.parametrize("args, says", [

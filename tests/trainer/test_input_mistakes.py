@@ -2,6 +2,7 @@
 binary file in a table's place, an output that is a broken link. Each is refused (exit 2, one line) or named."""
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import time
@@ -10,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, strategies as st
 
 from trainer.cli import main
 from trainer.io import DataError, load_dataset
@@ -58,8 +60,14 @@ def test_the_bound_is_a_day_after_the_clock_in_every_form(tmp_path):
     pq.write_table(pa.table({"user_id": ["u1", "u2"], "item_id": ["a", "b"], "event": ["view", "view"],
                              "timestamp": pa.array([int(now), 4102444800], pa.int64()).cast(pa.timestamp("s"))}),
                    d / "interactions.parquet")
-    with pytest.raises(DataError, match=r"interactions.parquet: .* first in row 2: 2100-01-01 00:00:00, read as "
+    with pytest.raises(DataError, match=r"interactions.parquet: .* first in row 2: '2100-01-01 00:00:00.000', read as "
                                         r"2100-01-01T00:00:00 UTC"):
+        load_dataset(d)
+    # nanoseconds below a microsecond: shown as text (as_py() would need pandas to convert them)
+    pq.write_table(pa.table({"user_id": ["u1", "u2"], "item_id": ["a", "b"], "event": ["view", "view"],
+                             "timestamp": pa.array([int(now) * 10**9, 7258118400123456789], pa.timestamp("ns"))}),
+                   d / "interactions.parquet")
+    with pytest.raises(DataError, match=r"first in row 2: '2200-01-01 00:00:00.123456789', read as 2200-01-01T00:00:00"):
         load_dataset(d)
 
 
@@ -77,6 +85,33 @@ def test_files_that_are_no_table_are_named(small_data, tmp_path, capsys):
     manifest = json.loads(next((tmp_path / "out").glob("*/manifest.json")).read_text())
     assert manifest["training"]["data_report"]["files_not_read"] == ["users.CSV"]
     assert "files_not_read" not in load_dataset(small_data).report
+
+
+def test_a_directory_that_may_be_entered_but_not_listed_still_loads(small_data, monkeypatch):
+    """Its tables are found by name; only the files that are no table cannot be named."""
+    from pathlib import Path
+
+    def unlisted(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", unlisted)
+    ds = load_dataset(small_data)
+    assert len(ds.ts) > 0 and "files_not_read" not in ds.report
+
+
+@given(st.text(max_size=300), st.integers(10, 250))
+def test_readable_escapes_and_says_when_it_cut(text, limit):
+    from trainer.io import _readable
+
+    out = _readable(text, limit)
+    pieces = [c if c.isprintable() else repr(c)[1:-1] for c in text]
+    prefixes = list(itertools.accumulate(pieces, initial=""))
+    assert out.isprintable()
+    if len(prefixes[-1]) <= limit:
+        assert out == prefixes[-1]              # nothing cut, nothing added
+    else:                                       # the longest run of whole escapes that fits, then "..."
+        fits = [x for x in prefixes if len(x) <= limit]
+        assert out == fits[-1] + "..."
 
 
 def test_a_binary_file_in_a_tables_place_gives_a_readable_line(small_data, tmp_path, capsys):
@@ -100,12 +135,13 @@ def test_duplicate_users_are_named(small_data, tmp_path):
         load_dataset(d)
 
 
+@pytest.mark.parametrize("slash", ["", "/"])
 @pytest.mark.parametrize("cmd", [["synth", "--users", "10", "--items", "5"], ["build", "--data", "no-data"]])
-def test_an_output_that_is_a_link_to_nothing_is_refused_before_any_work(tmp_path, capsys, cmd):
+def test_an_output_that_is_a_link_to_nothing_is_refused_before_any_work(tmp_path, capsys, cmd, slash):
     """The build trained for seconds and then failed with "[Errno 17] File exists"; synth with errno 20."""
     link = tmp_path / "out"
     link.symlink_to(tmp_path / "nowhere")
-    assert main(cmd + [str(link)]) == 2
+    assert main(cmd + [str(link) + slash]) == 2
     err = capsys.readouterr().err
-    assert err == f"recserve-train: error: {link}: a symbolic link to nothing ({tmp_path}/nowhere)\n"
+    assert err == f"recserve-train: error: {link}{slash}: a symbolic link to nothing ({tmp_path}/nowhere)\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
