@@ -69,11 +69,22 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
                 "`recserve store prune`, or a slow disk); retry later")
     if isinstance(exc, lmdb.MapFullError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "the event store is full"
+    if disk_fault(exc):
+        return (grpc.StatusCode.UNAVAILABLE, f"the event store's disk failed ({exc}; full, or failing): nothing of "
+                "this call was written; retry later")
     if isinstance(exc, ResponseTooLarge):
         size, limit = exc.args
         return (grpc.StatusCode.RESOURCE_EXHAUSTED, f"the response ({size} bytes) exceeds the server's message "
                 f"size limit ({limit} bytes, --max-message-bytes): ask for fewer items or no explanation")
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__})"
+
+
+def disk_fault(exc: BaseException) -> bool:
+    """An event store write the disk refused: LMDB's ENOSPC (``DiskError``), or its plain ``Error`` for an
+    errno such as EIO, which it gives for a short write on a full disk. The transaction was not committed."""
+    import lmdb
+
+    return isinstance(exc, lmdb.DiskError) or type(exc) is lmdb.Error
 
 
 class Overloaded(Exception):
@@ -171,6 +182,8 @@ def rpc(method):
             extra = {"event": "rpc_failed", "request_id": rid, "method": name, "code": code.name}
             if code == grpc.StatusCode.INTERNAL:
                 log.exception("internal error in %s", name, extra=extra)
+            elif disk_fault(exc):               # the operator's to fix: logged as an error, without a traceback
+                log.error("%s: %s", name, msg, extra=extra)
             else:
                 log.info("%s: %s", name, msg, extra=extra)
             await context.abort(code, f"{msg} (request {rid})")
