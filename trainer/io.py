@@ -182,6 +182,12 @@ def _readable(text: str, limit: int = 200) -> str:
     return "".join(parts)
 
 
+def _no_duplicates(ids: np.ndarray, path: Path, col: str) -> None:
+    uniq, counts = np.unique(ids, return_counts=True)
+    if len(uniq) != len(ids):
+        raise DataError(f"{path.name}: {int((counts > 1).sum())} duplicate {col}(s), e.g. {uniq[counts > 1][0]!r}")
+
+
 def _quoted(names) -> str:
     """Names as a message lists them, each quoted: 'view ', '' and 'a, b' are told apart."""
     return ", ".join(repr(str(n)) for n in names)
@@ -394,9 +400,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
     it = read_table(ip)
     need_columns(it, ip, ["item_id", "category", "price"])
     item_ids = _strings(it, ip, "item_id", allow_empty=False, is_id=True)
-    uniq, counts = np.unique(item_ids, return_counts=True)
-    if len(uniq) != len(item_ids):
-        raise DataError(f"{ip.name}: {int((counts > 1).sum())} duplicate item_id(s), e.g. {uniq[counts > 1][0]!r}")
+    _no_duplicates(item_ids, ip, "item_id")
     category = _strings(it, ip, "category", names=True)
     price = _numbers(it, ip, "price", allow_nan=True)
     if np.isnan(price).any():
@@ -465,9 +469,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
         ut = read_table(up)
         need_columns(ut, up, ["user_id"])
         u_ids = _strings(ut, up, "user_id", allow_empty=False, is_id=True)
-        uniq, counts = np.unique(u_ids, return_counts=True)
-        if len(uniq) != len(u_ids):
-            raise DataError(f"{up.name}: {int((counts > 1).sum())} duplicate user_id(s), e.g. {uniq[counts > 1][0]!r}")
+        _no_duplicates(u_ids, up, "user_id")
         # users known from users.csv but without interactions are kept (cold users)
         user_ids = np.unique(np.concatenate([user_ids, u_ids]))
         signup = np.full(len(user_ids), np.nan)
