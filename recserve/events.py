@@ -78,6 +78,7 @@ class Recorded(NamedTuple):
     new_users: int      # users the batch created
     duplicates: int     # exact repeats of an event the store holds (or of one earlier in the batch): kept once
     not_kept: int       # older than the newest ``per_user`` events of their user: deleted by retention
+    repeats: tuple[int, ...] = ()   # the positions in the batch of the duplicates
 
     @property
     def kept(self) -> int:
@@ -171,14 +172,15 @@ class EventStore:
         deadline that passed while waiting for the write lock)."""
         self._check_pid()
         events = list(events)
-        new_users = duplicates = not_kept = 0
+        new_users = not_kept = 0
         with self.env.begin(write=True) as txn:
             seq0 = seq = int.from_bytes(txn.get(b"seq", db=self._meta) or b"\0" * 8, "big")
             cur = txn.cursor(db=self._ev)
             seen: set[bytes] = set()
             last: dict[bytes, int] = {}
             added: dict[bytes, int] = {}
-            for e in events:
+            repeats = []
+            for i, e in enumerate(events):
                 u = e.user_id.encode()
                 if u not in seen:
                     seen.add(u)
@@ -188,7 +190,7 @@ class EventStore:
                 at = u + b"\0" + struct.pack(">d", e.timestamp)
                 value = struct.pack(">b", e.type) + e.item_id.encode()
                 if not e.server_time and _holds(cur, at, value):
-                    duplicates += 1
+                    repeats.append(i)
                     continue
                 seq += 1
                 last[u] = seq
@@ -200,7 +202,7 @@ class EventStore:
             txn.put(b"seq", seq.to_bytes(8, "big"), db=self._meta)
             if before_commit is not None:
                 before_commit()
-        return Recorded(len(events), new_users, duplicates, not_kept)
+        return Recorded(len(events), new_users, len(repeats), not_kept, tuple(repeats))
 
     def _trim(self, txn, u: bytes, added: int, seq0: int = 0) -> int:
         """Count the user's new events and delete her oldest beyond ``per_user`` (inside the write).

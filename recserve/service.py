@@ -394,16 +394,19 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         rec, done = await self._write(rid, lambda rec, abandoned: rec.record_events(events, deadline, abandoned),
                                       late)
         self._count_events(done, rec, events)
-        return pb.RecordEventsResponse(request_id=rid, **done._asdict())
+        return pb.RecordEventsResponse(request_id=rid, accepted=done.accepted, new_users=done.new_users,
+                                       duplicates=done.duplicates, not_kept=done.not_kept)
 
     def _count_events(self, done, rec, events) -> None:
         if self.metrics is not None:
             self.metrics.events.inc(done.kept)
             # dated before the served bundle's data end, of a user it has a history of: taken to be in it, so
             # they exclude their items but the user vector does not read them (a client that back-dates
-            # events sees it here)
+            # events sees it here); a retried repeat, kept once, is counted once
             end = rec.bundle.data_end
-            early = sum(0 < e.timestamp < end and rec.has_history(e.user_id) for e in events)
+            repeats = set(done.repeats)
+            early = sum(0 < e.timestamp < end and rec.has_history(e.user_id)
+                        for i, e in enumerate(events) if i not in repeats)
             if early:
                 self.metrics.events_before_data_end.inc(early)
             self.metrics.store_usage(*rec.store.usage())

@@ -97,7 +97,7 @@ def test_each_user_keeps_her_newest_events_up_to_the_cap(tmp_path):
     store.record([Event("u1", f"a{k}", 0, 100.0 + k) for k in range(4, 9)], lambda u: True)
     assert store.recent_columns("u1", 100)[0] == [f"a{k}" for k in range(4, 9)]
     done = store.record([Event("u1", "old", 0, 1.0)], lambda u: True)  # older than all she has: dropped
-    assert done == (1, 0, 0, 1)                                        # ... and the reply says so
+    assert done == (1, 0, 0, 1, ())                                    # ... and the reply says so
     assert store.recent_columns("u1", 100)[0] == [f"a{k}" for k in range(4, 9)]
     assert store.recent_columns("u2", 100)[0] == ["b"] and store.recent_columns("u10", 100)[0] == ["c"]
     assert store.stats()["events"] == 7
@@ -121,20 +121,20 @@ def test_an_exact_repeat_of_a_stored_event_is_kept_once(tmp_path):
     or across batches; events differing in any of the four are all kept."""
     store = EventStore(tmp_path / "ev")
     batch = [Event("u1", "a", 0, 100.0), Event("u1", "b", 0, 100.0), Event("u2", "a", 0, 100.0)]
-    assert store.record(batch, lambda u: False) == (3, 2, 0, 0)
-    assert store.record(batch + [Event("u1", "a", 0, 100.0)], lambda u: False) == (4, 0, 4, 0)
+    assert store.record(batch, lambda u: False) == (3, 2, 0, 0, ())
+    assert store.record(batch + [Event("u1", "a", 0, 100.0)], lambda u: False) == (4, 0, 4, 0, (0, 1, 2, 3))   # the positions of the repeats
     assert store.stats()["events"] == 3
     stamp = store.user_stamp("u1")
     differ = [Event("u1", "a", 1, 100.0), Event("u1", "a", 0, 100.5), Event("u1", "c", 0, 100.0),
               Event("u1", "c", 0, 100.0)]
-    assert store.record(differ, lambda u: False) == (4, 0, 1, 0)
+    assert store.record(differ, lambda u: False) == (4, 0, 1, 0, (3,))
     assert store.stats()["events"] == 6 and store.user_stamp("u1") != stamp
     stamp = store.user_stamp("u1")
     store.record([Event("u1", "c", 0, 100.0)], lambda u: False)       # nothing new: her stamp stays
     assert store.user_stamp("u1") == stamp
     assert sorted(store.recent_columns("u1", 100)[0]) == ["a", "a", "a", "b", "c"]
     now = Event("u1", "c", 0, 100.0, server_time=True)                # stamped by the server: not a retry
-    assert store.record([now, now], lambda u: False) == (2, 0, 0, 0)
+    assert store.record([now, now], lambda u: False) == (2, 0, 0, 0, ())
     store.close()
 
 

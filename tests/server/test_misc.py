@@ -181,11 +181,12 @@ def test_metrics_endpoint_aggregates_workers(shared_root, facts, start_server, t
         pb.Event(user_id="m-user", item_id=facts["items"][0], type=pb.EVENT_TYPE_CLICK)] * 3),
         timeout=10, metadata=auth)
     assert dict(call.trailing_metadata())["recserve-request-id"] == r.request_id not in ids
-    s.stub().RecordEvents(pb.RecordEventsRequest(events=[            # dated 2001: before the bundle's data end
+    dated = pb.RecordEventsRequest(events=[            # dated 2001: before the bundle's data end
         pb.Event(user_id=facts["user"], item_id=facts["items"][1], type=pb.EVENT_TYPE_VIEW, timestamp=1e9),
         # a user the bundle does not know: none of her events are in it, whatever their date
-        pb.Event(user_id="m-user", item_id=facts["items"][1], type=pb.EVENT_TYPE_VIEW, timestamp=1e9)]),
-        timeout=10, metadata=auth)
+        pb.Event(user_id="m-user", item_id=facts["items"][1], type=pb.EVENT_TYPE_VIEW, timestamp=1e9)])
+    for _ in range(2):                  # the second is a retry: both events repeats, kept and counted once
+        s.stub().RecordEvents(dated, timeout=10, metadata=auth)
     r, call = s.stub().UpdateItems.with_call(pb.UpdateItemsRequest(items=[
         pb.ItemUpdate(item_id=facts["items"][0], in_stock=True)]), timeout=10, metadata=auth)
     assert dict(call.trailing_metadata())["recserve-request-id"] == r.request_id not in ids
