@@ -506,6 +506,10 @@ def evaluate_bundle(bundle_dir: Path, ds: Dataset, max_users=None, seed=None, th
         with_history[tu >= 0] = np.diff(art.hist_indptr)[tu[tu >= 0]] > 0
         unknown_users = len(np.unique(pair[tu < 0]))
         unknown_items = len(np.unique(pair[with_history & (ti < 0)]))
+        # users of no bundle history with rows before the cut in ds: neither ranked nor new after the cut
+        earlier = np.zeros(ds.n_users, bool)
+        earlier[ds.user[ds.ts < cut]] = True
+        stranded = len(np.unique(pair[~with_history & earlier[ds.user[m]]]))
         scorer = rk.Scorer(b.ranker_text)
         creators = b.item_feats[:, b.schema.item_columns.index("creator")].astype(np.int64)
         try:
@@ -521,6 +525,7 @@ def evaluate_bundle(bundle_dir: Path, ds: Dataset, max_users=None, seed=None, th
             raise DataError("nothing to evaluate: no held-out user has a training history and a new item, and "
                             "none is new after the bundle's cut")
         res["truth_unknown_items"], res["truth_unknown_users"] = unknown_items, unknown_users
+        res["truth_no_history"] = stranded
         res["cut"] = cut
         res["seed"], res["eval_users"] = int(seed), int(max_users)     # the user sample: reproducible from these
         return res

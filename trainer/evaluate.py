@@ -211,7 +211,12 @@ def format_table(result: dict) -> str:
     if result.get("truth_unknown_users"):
         lines.append(f"held-out (user, item) pairs not evaluated by the methods below: {result['truth_unknown_users']} "
                      "(the bundle does not know the user: no history to rank from; the new users' rows, when "
-                     "printed, answer such users cold)")
+                     "printed, answer such users cold if they are new after the cut)")
+    if result.get("truth_no_history"):
+        lines.append(f"held-out (user, item) pairs in no row below: {result['truth_no_history']} (the bundle holds "
+                     "no history of the user, yet these logs hold her interactions before its cut: neither ranked "
+                     "from a history nor new after the cut; a server reads such interactions once recorded as "
+                     "events)")
     lines.append(f"{'method':<20}" + "".join(f"{c:>14}" for c in cols))
     for m, v in result["methods"].items():
         lines.append(f"{m:<20}" + "".join(f"{v.get(c, float('nan')):>14.4f}" for c in cols))

@@ -64,8 +64,11 @@ def test_newer_logs_count_what_the_bundle_does_not_know(small_data, tmp_path, ca
     rows.append(rows[0])
     rows += [(f"newuser{k}", items["item_id"][j].as_py()) for k in range(4) for j in range(3)]
     rows += [(f"newuser{k}", "new0") for k in range(4)]
+    # and one user the bundle does not know, with a row before its cut too: in no row of the evaluation
+    rows += [("stray", items["item_id"][0].as_py()), ("stray", items["item_id"][1].as_py())]
+    times = [t] * (len(rows) - 2) + [int(x["timestamp"].to_numpy().min()), t]
     extra = pa.table({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows],
-                      "timestamp": [t] * len(rows), "event": ["purchase"] * len(rows),
+                      "timestamp": times, "event": ["purchase"] * len(rows),
                       "value": pa.nulls(len(rows), pa.float64())}).cast(x.schema)
     pacsv.write_csv(pa.concat_tables([x, extra]), newer / "interactions.csv")
     pacsv.write_csv(pa.concat_tables([items, new_items]), newer / "items.csv")
@@ -76,15 +79,20 @@ def test_newer_logs_count_what_the_bundle_does_not_know(small_data, tmp_path, ca
     base = evaluate_bundle(resolve(out), load_dataset(new))
     res = evaluate_bundle(resolve(out), load_dataset(newer))
     assert (base["truth_unknown_items"], base["truth_unknown_users"]) == (0, 0)
-    assert (res["truth_unknown_items"], res["truth_unknown_users"]) == (20, 16)
+    assert (res["truth_unknown_items"], res["truth_unknown_users"]) == (20, 17)
+    assert (base["truth_no_history"], res["truth_no_history"]) == (0, 1)
     assert res["users"] == base["users"] and res["methods"] == base["methods"]
     capsys.readouterr()
     assert main(["evaluate", str(out), "--data", str(newer), "--no-progress"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "held-out (user, item) pairs left out of the truth: 20 (the bundle does not know the item: newer " \
            "than the bundle's data, it cannot recommend it)" in lines
-    assert "held-out (user, item) pairs not evaluated by the methods below: 16 (the bundle does not know the " \
-           "user: no history to rank from; the new users' rows, when printed, answer such users cold)" in lines
+    assert "held-out (user, item) pairs not evaluated by the methods below: 17 (the bundle does not know the " \
+           "user: no history to rank from; the new users' rows, when printed, answer such users cold if they are " \
+           "new after the cut)" in lines
+    assert "held-out (user, item) pairs in no row below: 1 (the bundle holds no history of the user, yet these " \
+           "logs hold her interactions before its cut: neither ranked from a history nor new after the cut; a " \
+           "server reads such interactions once recorded as events)" in lines
     # the four users the bundle does not know join the new users (those of its users file without a
     # history, already in the logs before): every one answered cold
     cold, was = res["cold_users"], base["cold_users"]
