@@ -56,10 +56,26 @@ def _channel(args):
                 _bad_argument(f"{flag} {path}: not a PEM file")
             return data
 
-        creds = grpc.ssl_channel_credentials(read("--ca", args.ca), read("--key", args.key),
-                                             read("--cert", args.cert))
+        ca, key, cert = read("--ca", args.ca), read("--key", args.key), read("--cert", args.cert)
+        _check_client_tls(args)
+        creds = grpc.ssl_channel_credentials(ca, key, cert)
         return grpc.secure_channel(args.addr, creds)
     return grpc.insecure_channel(args.addr)
+
+
+def _check_client_tls(args) -> None:
+    """Load the files as a TLS client would: gRPC only logs a key of another kind or a CA file without a
+    certificate, then fails the call as UNAVAILABLE."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if args.cert:
+            C.load_key_pair(ctx, args.cert, args.key, "--cert / --key")
+        if args.ca:
+            C.load_ca(ctx, args.ca, "--ca")
+    except ValueError as exc:
+        _bad_argument(str(exc))
 
 
 def address(text: str) -> str:
@@ -97,7 +113,12 @@ def int32(text: str) -> int:
 
 
 def _meta(args):
-    return [("authorization", f"Bearer {args.token}")] if args.token else None
+    if not args.token:
+        return None
+    if (bad := C.token_fault(args.token)) is not None:
+        _bad_argument(f"--token (or RECSERVE_TOKEN): a token is printable ASCII without spaces (a gRPC header "
+                      f"cannot carry {bad!r})")
+    return [("authorization", f"Bearer {args.token}")]
 
 
 def _filters(args):

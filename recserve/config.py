@@ -307,18 +307,51 @@ def check_tls(cert: str, key: str, client_ca: str = "") -> None:
     import ssl
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    load_key_pair(ctx, cert, key, "tls_cert / tls_key")
+    if client_ca:
+        load_ca(ctx, client_ca, "tls_client_ca")
+
+
+def load_key_pair(ctx, cert: str, key: str, names: str) -> None:
+    """``ctx.load_cert_chain``, a failure a ValueError saying why: a key of another certificate, an
+    encrypted key (gRPC takes none) or a file that is not PEM."""
+    import ssl
+
     try:
         ctx.load_cert_chain(cert, key, password=lambda: b"")   # an encrypted key fails, never prompts
     except ssl.SSLError as exc:
-        why = ("the key does not belong to the certificate" if "KEY_VALUES_MISMATCH" in str(exc)
-               else f"not a PEM certificate and private key ({exc.reason or exc})")
-        raise ValueError(f"tls_cert / tls_key ({cert}, {key}): {why}") from None
-    if client_ca:
-        try:
-            ctx.load_verify_locations(cafile=client_ca)
-        except ssl.SSLError as exc:
-            raise ValueError(f"tls_client_ca ({client_ca}): not a PEM CA certificate ({exc.reason or exc})"
-                             ) from None
+        if "KEY_VALUES_MISMATCH" in str(exc):
+            why = "the key does not belong to the certificate"
+        elif _encrypted(key):
+            why = "the key is encrypted (gRPC takes no passphrase: decrypt it with `openssl pkey -in KEY -out NEW`)"
+        else:
+            why = f"not a PEM certificate and private key ({exc.reason or exc})"
+        raise ValueError(f"{names} ({cert}, {key}): {why}") from None
+
+
+def load_ca(ctx, ca: str, name: str) -> None:
+    """``ctx.load_verify_locations``, a failure a ValueError saying why."""
+    import ssl
+
+    try:
+        ctx.load_verify_locations(cafile=ca)
+    except ssl.SSLError as exc:
+        raise ValueError(f"{name} ({ca}): not a PEM CA certificate ({exc.reason or exc})") from None
+
+
+def token_fault(token: str) -> str | None:
+    """The first character that keeps a bearer token out of a gRPC header (printable ASCII without
+    spaces), or None."""
+    return next((c for c in token if not (c.isascii() and c.isprintable() and c != " ")), None)
+
+
+def _encrypted(key: str) -> bool:
+    try:
+        with open(key, "rb") as fh:
+            head = fh.read(1 << 16)
+    except OSError:
+        return False
+    return b"ENCRYPTED" in head         # PKCS#8 "BEGIN ENCRYPTED PRIVATE KEY", or "Proc-Type: 4,ENCRYPTED"
 
 
 def bundle_root(bundle: str | os.PathLike) -> Path:

@@ -13,6 +13,7 @@ import uuid
 
 import grpc
 
+from recserve.config import token_fault
 from recserve.events import Event
 from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument, NoBundle, NotFound
 from recserve.pipeline.messages import Filters, RecRequest
@@ -448,6 +449,9 @@ def load_tokens(path) -> dict[str, str]:
         parts = line.split()
         if len(parts) != 2 or parts[0] not in ("read", "write"):
             raise ValueError(f"tokens file {path}:{n}: expected 'read TOKEN' or 'write TOKEN'")
+        if (bad := token_fault(parts[1])) is not None:
+            raise ValueError(f"tokens file {path}:{n}: a token is printable ASCII (a gRPC header cannot carry "
+                             f"{bad!r}, so no client could send it)")
         if tokens.get(parts[1], parts[0]) != parts[0]:
             raise ValueError(f"tokens file {path}:{n}: this token is listed as both read and write")
         tokens[parts[1]] = parts[0]
@@ -493,7 +497,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         method = details.method
         if method.startswith(OPEN_PREFIXES):
             return await continuation(details)
-        auth = dict(details.invocation_metadata or ()).get("authorization", "")
+        auths = [v for k, v in details.invocation_metadata or () if k == "authorization"]
+        if len(auths) > 1:          # which one would count is no client's business to guess
+            return _abort_handler(grpc.StatusCode.UNAUTHENTICATED, "more than one authorization header", method,
+                                  self.pid, self.metrics)
+        auth = auths[0] if auths else ""
         scope = self.tokens.get(auth[7:]) if auth.lower().startswith("bearer ") else None
         if scope is None:
             return _abort_handler(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token", method,

@@ -89,6 +89,9 @@ def test_tokens_file_lines(tmp_path):
         tokens("read t1\nwrite t1\n")
     with pytest.raises(ValueError, match=":1: expected"):
         tokens("write abc # a comment after a token\n")
+    for bad in ("tökén", "a\x01b"):             # no gRPC header can carry it: no client could send it
+        with pytest.raises(ValueError, match=":2: a token is printable ASCII"):
+            tokens(f"read ok\nread {bad}\n")
 
 
 def test_reflection_lists_services(server):
@@ -170,6 +173,11 @@ def test_metrics_endpoint_aggregates_workers(shared_root, facts, start_server, t
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
     rid = dict(e.value.trailing_metadata())["recserve-request-id"]          # a request id like any failure
     assert e.value.details() == f"missing or unknown bearer token (request {rid})"
+    for two in ((auth[0], ("authorization", "Bearer wrong")), (("authorization", "Bearer wrong"), auth[0])):
+        with pytest.raises(grpc.RpcError) as e:             # neither order gets in: no guess at which counts
+            s.stub().Recommend(pb.RecommendRequest(k=5), timeout=10, metadata=two)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert e.value.details().startswith("more than one authorization header (request ")
     with grpc.insecure_channel(s.addr) as ch:      # made-up method names: one "other" series, not one each
         for name in ("Made1", "Made2", "Recommend2"):
             call = ch.unary_unary(f"/recserve.v1.Recommender/{name}", request_serializer=lambda b: b,
@@ -195,7 +203,7 @@ def test_metrics_endpoint_aggregates_workers(shared_root, facts, start_server, t
     assert "Made1" not in text and "Recommend2" not in text
     assert metric(text, "recserve_requests_total", method="Recommend", code="OK") == 6.0
     assert metric(text, "recserve_requests_total", method="Recommend", code="INVALID_ARGUMENT") == 1.0
-    assert metric(text, "recserve_requests_total", method="Recommend", code="UNAUTHENTICATED") == 1.0
+    assert metric(text, "recserve_requests_total", method="Recommend", code="UNAUTHENTICATED") == 3.0
     # latency of the calls that ran (6 OK, 1 INVALID_ARGUMENT), not of the one refused before it ran
     assert metric(text, "recserve_request_seconds_count", method="Recommend") == 7.0
     for stage in ("validate", "candidates", "ranking", "rerank"):
@@ -440,6 +448,37 @@ def test_cli_client_interrupted_while_it_waits_exits_130_without_a_traceback():
             finally:
                 p.kill()
             assert p.returncode == 130 and "Traceback" not in err and "interrupted" in err, (cmd, err)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_cli_client_refuses_tls_files_of_the_wrong_kind_and_unsendable_tokens(tmp_path):
+    """PEM files that are not what the flag takes, and a token no gRPC header can carry, are a bad argument
+    in one line (before: gRPC core's log lines, then UNAVAILABLE or INTERNAL, exit 1)."""
+    import os
+    import sys
+
+    from srvutil import ROOT
+
+    d = tmp_path
+    make_certs(d)
+    subprocess.run(["openssl", "pkey", "-in", "client.key", "-aes256", "-passout", "pass:x", "-out", "enc.key"],
+                   cwd=d, check=True, capture_output=True)
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "recserve.cli", "recommend", "u1", "--addr",
+                               f"localhost:{free_port()}", "--timeout", "5", *args], capture_output=True,
+                              text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+
+    for args, says in (
+            (("--ca", "ca.pem", "--cert", "client.pem", "--key", "server.key"), "the key does not belong to the "
+             "certificate"),
+            (("--ca", "ca.pem", "--cert", "client.pem", "--key", "enc.key"), "the key is encrypted"),
+            (("--ca", "server.key"), "not a PEM CA certificate"),
+            (("--token", "r1\n"), "a gRPC header cannot carry '\\n'"),
+            (("--token", "tökén"), "a gRPC header cannot carry 'ö'")):
+        r = run(*[str(d / a) if a.endswith((".pem", ".key")) else a for a in args])
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and says in lines[0], (args, r.stderr)
 
 
 def test_cli_client_refuses_bad_addresses_and_files_in_one_line(tmp_path):

@@ -86,6 +86,10 @@ def test_tls_files_are_loaded_and_matched_before_a_worker_starts(shared_root, tm
     p = serve("--bundle", str(shared_root), "--tls-cert", str(d / "server.pem"), "--tls-key", str(d / "server.key"),
               "--client-ca", str(shared_root / "CURRENT"))
     assert p.returncode == 2 and "tls_client_ca" in reason(p) and "not a PEM CA certificate" in reason(p)
+    subprocess.run(["openssl", "pkey", "-in", "server.key", "-aes256", "-passout", "pass:x", "-out", "enc.key"],
+                   cwd=d, check=True, capture_output=True)
+    p = serve("--bundle", str(shared_root), "--tls-cert", str(d / "server.pem"), "--tls-key", str(d / "enc.key"))
+    assert p.returncode == 2 and "the key is encrypted (gRPC takes no passphrase" in reason(p), reason(p)
 
 
 def test_bad_environment_and_config_file(shared_root, tmp_path):
