@@ -122,7 +122,8 @@ def test_an_exact_repeat_of_a_stored_event_is_kept_once(tmp_path):
     store = EventStore(tmp_path / "ev")
     batch = [Event("u1", "a", 0, 100.0), Event("u1", "b", 0, 100.0), Event("u2", "a", 0, 100.0)]
     assert store.record(batch, lambda u: False) == (3, 2, 0, 0, ())
-    assert store.record(batch + [Event("u1", "a", 0, 100.0)], lambda u: False) == (4, 0, 4, 0, (0, 1, 2, 3))   # the positions of the repeats
+    again = store.record(batch + [Event("u1", "a", 0, 100.0)], lambda u: False)
+    assert again == (4, 0, 4, 0, (0, 1, 2, 3))                          # ... and where the repeats are
     assert store.stats()["events"] == 3
     stamp = store.user_stamp("u1")
     differ = [Event("u1", "a", 1, 100.0), Event("u1", "a", 0, 100.5), Event("u1", "c", 0, 100.0),

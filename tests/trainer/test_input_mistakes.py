@@ -67,7 +67,8 @@ def test_the_bound_is_a_day_after_the_clock_in_every_form(tmp_path):
     pq.write_table(pa.table({"user_id": ["u1", "u2"], "item_id": ["a", "b"], "event": ["view", "view"],
                              "timestamp": pa.array([int(now) * 10**9, 7258118400123456789], pa.timestamp("ns"))}),
                    d / "interactions.parquet")
-    with pytest.raises(DataError, match=r"first in row 2: '2200-01-01 00:00:00.123456789', read as 2200-01-01T00:00:00"):
+    says = r"first in row 2: '2200-01-01 00:00:00.123456789', read as 2200-01-01T00:00:00"
+    with pytest.raises(DataError, match=says):
         load_dataset(d)
 
 
