@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
-from pathlib import Path
 
 from recserve import config as C
 from recserve.cliparser import Parser
 from recserve.pipeline.messages import DEVICES
+from recserve.storetool import cmd_store
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
@@ -270,82 +269,6 @@ def cmd_health(args) -> int:
     name = health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
     print(name)
     return 0 if name == "SERVING" else 1
-
-
-def _open_store(args):
-    """The event store the server of these settings uses (same precedence: flags > RECSERVE_* env > config
-    file), or a one-line reason it cannot be opened. An absent store is not created. It is opened with the
-    map size the store records (the largest any server gave it): a larger one here could grow the file past
-    a running server's map, whose every read would then fail."""
-    from recserve.events import EventStore
-
-    flags = {k: getattr(args, k) for k in ("bundle", "events_dir")}
-    cfg = C.load({k: v for k, v in flags.items() if v is not None}, file=args.config)
-    if not cfg.events_dir and not cfg.bundle:
-        raise ValueError("--bundle ROOT or --events-dir DIR is required (or RECSERVE_BUNDLE / the config file)")
-    path = Path(cfg.events_dir) if cfg.events_dir else C.bundle_root(cfg.bundle) / "events"
-    if not (path / "data.mdb").is_file():
-        raise ValueError(f"no event store at {path}")
-    return EventStore(path, map_size=0)
-
-
-def cmd_store(args) -> int:
-    import lmdb
-
-    try:
-        store = _open_store(args)
-    except (OSError, ValueError, lmdb.Error) as exc:
-        print(f"recserve store: {exc}", file=sys.stderr)
-        return 2
-    import signal
-
-    interrupted = []
-
-    def stop(signum, frame) -> None:        # Ctrl-C during a prune: stop after the transaction in hand
-        interrupted.append(signum)
-
-    try:
-        if args.action == "prune":
-            before = time.time() - args.older_than_days * 86400.0
-            previous = signal.signal(signal.SIGINT, stop)
-            try:
-                deleted, emptied, retired = store.prune(before, batch=args.batch,
-                                                        committed=lambda d, e: not interrupted)
-            finally:
-                signal.signal(signal.SIGINT, previous)
-            if interrupted:
-                print(f"recserve store: interrupted; {deleted} events were deleted, {emptied} users removed and "
-                      f"{retired} retired items deleted before (committed), the rest is as it was", file=sys.stderr)
-                return 130
-            print(f"deleted {deleted} events older than {args.older_than_days:g} days; {emptied} users left "
-                  f"with none were removed; {retired} retired items as old were deleted")
-        elif args.action == "clear-items":
-            if bool(args.all) == bool(args.items):
-                print("recserve store: clear-items takes item ids or --all (not both)", file=sys.stderr)
-                return 2
-            n = store.clear_items(None if args.all else args.items)
-            print(f"cleared {n} item states: those items take stock and price from the bundle again")
-        elif args.action == "forget":
-            deleted, users = store.forget(args.users)
-            print(f"forgot {len(set(args.users))} users: {deleted} events deleted ({users} had records in the "
-                  f"store)")
-        stats = store.stats()
-        print(_table(["store", "events", "users with events", "new users", "item states", "retired items"],
-                     [[str(store.path), stats["events"], stats["users_with_events"], stats["users"],
-                       stats["items"], stats["retired_items"]]]))
-    except KeyboardInterrupt:       # forget and stats: one transaction, rolled back
-        print("recserve store: interrupted; nothing was changed", file=sys.stderr)
-        return 130
-    except lmdb.MapFullError:
-        print(f"recserve store: {store.path} is full, and deleting needs free pages too: restart the server with "
-              f"a larger --events-map-mb, then run this again", file=sys.stderr)
-        return 1
-    except lmdb.Error as exc:
-        print(f"recserve store: {store.path}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
-    return 0
 
 
 def days(text: str) -> float:

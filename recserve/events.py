@@ -36,6 +36,7 @@ forget``, safe beside a running server: LMDB serialises writers across processes
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -113,8 +114,12 @@ def _holds(cur, at: bytes, value: bytes) -> bool:
     return False
 
 
+DATABASES = ("retired", "rtime", "rcount", "ichanges", "ucount", "ulast", "ev", "users", "items", "meta")
+
+
 class EventStore:
-    def __init__(self, path: str | os.PathLike, map_size: int = 64 << 30, per_user: int = 1000):
+    def __init__(self, path: str | os.PathLike, map_size: int = 64 << 30, per_user: int = 1000,
+                 readonly: bool = False, waiting=contextlib.nullcontext):
         """``map_size``: LMDB's map (address space; the file grows as it is used), the same in every process
         that opens the store (LMDB's set_mapsize from several processes corrupts it; 0: the size the store
         records, the largest any process gave it); ``per_user``: events kept per user (and
@@ -122,23 +127,37 @@ class EventStore:
         if per_user < 1:
             raise ValueError(f"per_user must be >= 1, got {per_user}")
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
         self.per_user = int(per_user)
         self.retired_per_user = RETIRED_FACTOR * self.per_user
-        self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=10, sync=True, metasync=True,
-                             max_readers=1024, lock=True)
-        self._retired = self.env.open_db(b"retired")
-        self._rtime = self.env.open_db(b"rtime")
-        self._rcount = self.env.open_db(b"rcount")
-        self._ichanges = self.env.open_db(b"ichanges")
-        self._ucount = self.env.open_db(b"ucount")
-        self._ulast = self.env.open_db(b"ulast")
-        self._ev = self.env.open_db(b"ev")
-        self._users = self.env.open_db(b"users")
-        self._items = self.env.open_db(b"items")
-        self._meta = self.env.open_db(b"meta")
+        self.waiting = waiting
         self._pid = os.getpid()
+        if readonly and self._open(map_size, readonly=True):
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._open(map_size, readonly=False)
         self._convert_retired()
+
+    def _open(self, map_size: int, readonly: bool) -> bool:
+        """Open the environment and its databases. Opening a database takes a write transaction unless the
+        environment is read-only, which waits for no writer; False (closed again) when a read-only store
+        lacks a database or its retired items are in the first layout: opened to write, they are made."""
+        self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=10, sync=True, metasync=True,
+                             max_readers=1024, lock=True, readonly=readonly, create=not readonly)
+        try:
+            if readonly:
+                for name in DATABASES:
+                    setattr(self, f"_{name}", self.env.open_db(name.encode(), create=False))
+            else:               # in a transaction of ours: py-lmdb's own holds the GIL while it waits
+                with self._begin_write() as txn:
+                    for name in DATABASES:
+                        setattr(self, f"_{name}", self.env.open_db(name.encode(), txn=txn))
+            with self.env.begin(db=self._meta) as txn:
+                if readonly and txn.get(b"retired_keys") is None:
+                    raise lmdb.NotFoundError("retired items in the first layout")
+        except lmdb.NotFoundError:
+            self.env.close()
+            return False
+        return True
 
     def _convert_retired(self) -> None:
         """A store whose ``retired`` database holds whole sets under bare user ids (the first layout: a
@@ -146,7 +165,7 @@ class EventStore:
         with self.env.begin(db=self._meta) as txn:
             if txn.get(b"retired_keys") is not None:
                 return
-        with self.env.begin(write=True) as txn:
+        with self._begin_write() as txn:
             if txn.get(b"retired_keys", db=self._meta) is not None:
                 return                      # another process did it meanwhile
             sets = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=self._retired) if b"\0" not in k]
@@ -158,6 +177,12 @@ class EventStore:
                     ts = np.frombuffer(raw, ">f8", count=n, offset=4).tolist()
                     self._retire(txn, u, dict(zip(ids, ts)))
             txn.put(b"retired_keys", b"1", db=self._meta)
+
+    def _begin_write(self):
+        """A write transaction of the maintenance paths, its wait for the store's write lock (held by any
+        writer's transaction) inside ``self.waiting()``: a tool waiting there can give up at once."""
+        with self.waiting():
+            return self.env.begin(write=True)
 
     def _check_pid(self) -> None:
         if os.getpid() != self._pid:
@@ -286,7 +311,7 @@ class EventStore:
         user is not touched: it goes with the next bundle built without her data."""
         self._check_pid()
         n_events = n_users = 0
-        with self.env.begin(write=True) as txn:
+        with self._begin_write() as txn:
             cur = txn.cursor(db=self._ev)
             for uid in dict.fromkeys(user_ids):
                 u = uid.encode()
@@ -307,9 +332,9 @@ class EventStore:
         whole pass), then the retired items (of events retention deleted) whose newest time is before it,
         the same way: (events deleted, users left with none, whose records are removed as :meth:`forget`
         does, retired items deleted). A user whose events or retired items were deleted gets a new stamp, so
-        no worker keeps serving them from its cache. ``committed(deleted, emptied)``, when given, hears the
-        event totals after each transaction commits; when it returns False the pass stops there (the counts
-        returned are what was committed)."""
+        no worker keeps serving them from its cache. ``committed(deleted, emptied, retired)``, when given,
+        hears the totals after each transaction commits; when it returns False the pass stops there (the
+        counts returned are what was committed)."""
         self._check_pid()
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
@@ -342,7 +367,7 @@ class EventStore:
             return txn.get(u, db=self._ulast) is not None
 
         def heard() -> bool:
-            return committed is None or committed(got["deleted"], got["emptied"]) is not False
+            return committed is None or committed(got["deleted"], got["emptied"], got["retired"]) is not False
 
         if self._prune_walk(self._ev, before, batch, None, event_user, heard):
             self._prune_walk(self._rtime, before, batch, retired_key, retired_user, heard)
@@ -355,7 +380,7 @@ class EventStore:
         whether she is to get a new stamp; ``heard()`` after each commit, False to stop (returned)."""
         resume = b""
         while resume is not None:
-            with self.env.begin(write=True) as txn:
+            with self._begin_write() as txn:
                 seq = int.from_bytes(txn.get(b"seq", db=self._meta) or b"\0" * 8, "big")
                 cur = txn.cursor(db=db)
                 budget = batch
@@ -419,7 +444,7 @@ class EventStore:
         item state over their bundle's."""
         self._check_pid()
         n = 0
-        with self.env.begin(write=True) as txn:
+        with self._begin_write() as txn:
             if item_ids is None:
                 n = txn.stat(self._items)["entries"]
                 txn.drop(self._items, delete=False)

@@ -101,7 +101,7 @@ def test_a_stopped_prune_stops_in_the_retired_pass_too(tmp_path, monkeypatch):
     store.record([Event("u", f"i{k}", 0, float(k)) for k in range(6)], lambda u: True)
     assert len(store.retired("u")) == 5
     calls = []
-    store.prune(3.0, batch=2, committed=lambda d, e: calls.append((d, e)) or len(calls) < 2)
+    store.prune(3.0, batch=2, committed=lambda d, e, r: calls.append((d, e)) or len(calls) < 2)
     assert calls == [(0, 0), (0, 0)]                   # the events' pass (none to prune), two retired items
     assert sorted(store.retired("u")) == ["i2", "i3", "i4"]
     store.prune(3.0)
@@ -226,7 +226,7 @@ def test_a_prune_in_batches_of_one_visits_every_user_and_ends(tmp_path):
     store.record([Event(f"u{k}", "a", 0, 100.0 + k % 3) for k in range(1000)], lambda u: True)
     store.record([Event("u5", "b", 0, 200.0)], lambda u: True)          # u5 retires "a" at 105
     commits = []
-    assert store.prune(50.0, batch=1, committed=lambda d, e: commits.append(d) is None) == (0, 0, 0)
+    assert store.prune(50.0, batch=1, committed=lambda d, e, r: commits.append(d) is None) == (0, 0, 0)
     assert len(commits) > 1000 and store.retired("u5") == ["a"]
     assert store.prune(150.0, batch=1) == (999, 999, 1)
     assert store.retired("u5") == [] and store.recent_columns("u5", 5)[0] == ["b"]

@@ -101,7 +101,7 @@ def test_the_store_follows_its_model(tmp_path, monkeypatch, seed):
             before, size = float(rng.randint(0, t + 5)), rng.choice([1, 2, 3, 10_000])
             if rng.random() < 0.3:          # stopped after a few transactions, then finished
                 stop, calls = rng.randint(1, 4), []
-                store.prune(before, batch=size, committed=lambda d, e: calls.append(1) or len(calls) < stop)
+                store.prune(before, batch=size, committed=lambda d, e, r: calls.append(1) or len(calls) < stop)
             store.prune(before, batch=size)
             model.prune(before)
         else:
