@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 # the server's bounds: 9999-12-31, and a day ahead of the clock for an event
 from recserve.pipeline.messages import DEVICES, MAX_EVENT_AHEAD, MAX_TS as MAX_TIMESTAMP
+from trainer.csvread import read_csv
 from trainer.devices import device_codes
 from trainer.timestamps import PER_SECOND, epoch_seconds, text_timestamps
 from trainer.writer import fsync_path, process_alive
@@ -134,7 +135,7 @@ def read_table(path: Path, text: tuple = ()) -> pa.Table:
             # pyarrow ignores column_types entries for columns the file does not have
             opts = pacsv.ConvertOptions(strings_can_be_null=False,
                                         column_types={c: pa.binary() for c in ID_COLUMNS + tuple(text)})
-            t = pacsv.read_csv(path, convert_options=opts)
+            t = read_csv(path, convert_options=opts)
     except DataError:
         raise
     except (pa.ArrowInvalid, OSError) as exc:

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from trainer.csvread import read_csv
 from trainer.io import MAX_TIMESTAMP, MIN_TIMESTAMP, Dataset, DataError, need_columns
 
 ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
@@ -61,7 +62,7 @@ def _read_csv(path: Path, text: tuple[str, ...], header: bool = True, **options)
     parse is a DataError."""
     convert = pacsv.ConvertOptions(column_types={c: pa.binary() for c in text}, null_values=[""])
     try:
-        t = pacsv.read_csv(path, convert_options=convert, **options)
+        t = read_csv(path, convert_options=convert, **options)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{path.name}: cannot parse: {str(exc).splitlines()[0]}") from None
     twice = sorted(c for c in set(t.column_names) if t.column_names.count(c) > 1)
