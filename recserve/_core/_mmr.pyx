@@ -65,8 +65,8 @@ cdef Py_ssize_t scan_pick(Py_ssize_t t, const float32_t[::1] rel, double lam, co
 
 cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb, const row_t[::1] rows,
                            Py_ssize_t k, double lam, const row_t* creators, bint has_creators,
-                           Py_ssize_t max_per_creator, bint no_adjacent,
-                           row_t[::1] out_idx, float32_t[::1] out_pen,
+                           Py_ssize_t max_per_creator, bint no_adjacent, const float32_t* prior_sim,
+                           row_t last_creator, row_t[::1] out_idx, float32_t[::1] out_pen,
                            float32_t* C, double* max_sim, uint8_t* used, row_t* creator_count,
                            Scored* heap, Scored* held, row_t* seen) noexcept nogil:
     """Greedy MMR. The first pick scans every candidate; so does every pick when no similarity enters the
@@ -74,11 +74,16 @@ cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb
     computed, and later picks are *lazy*: a candidate's max-similarity only grows as picks are added, so
     its objective only falls, and the value last computed bounds it. The candidates sit in a heap by that
     bound; the top one is brought up to date (its similarity to the picks made since) and, if it stays on
-    top, it is the best: the same pick as a scan of every candidate, at a fraction of the similarities."""
+    top, it is the best: the same pick as a scan of every candidate, at a fraction of the similarities.
+
+    ``prior_sim`` (or NULL): each candidate's max similarity to picks made before this call (which then
+    continues that greedy: its first pick has a penalty too); ``last_creator``: the code of the creator of
+    the pick before it (-1: none)."""
     cdef Py_ssize_t n = rel.shape[0], i, j, t, s, best, best_any, hn, n_held, chosen = 0
     cdef int d = <int>emb.shape[1]
     cdef double v
-    cdef row_t last_creator = -1, c
+    cdef row_t c
+    cdef bint prior = prior_sim != NULL
     cdef float32_t* ci
     cdef const float32_t* er
     cdef double vd
@@ -95,7 +100,10 @@ cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb
         vd = 1.0 / sqrt(v) if v > 0 else 0.0
         for j in range(d):
             ci[j] = <float32_t>(er[j] * vd)
-        max_sim[i] = -INFINITY if d > 0 else 0.0  # no dimensions: every similarity is 0, as in the reference
+        if prior:
+            max_sim[i] = prior_sim[i]
+        else:                                   # no dimensions: every similarity is 0, as in the reference
+            max_sim[i] = -INFINITY if d > 0 else 0.0
         used[i] = 0
         if has_creators:
             creator_count[i] = 0
@@ -103,8 +111,8 @@ cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb
     hn = 0
     for t in range(k):
         if t == 0 or not lazy:
-            best = scan_pick(t, rel, lam, creators, has_creators, max_per_creator, no_adjacent, last_creator,
-                             max_sim, used, creator_count)
+            best = scan_pick(t + prior, rel, lam, creators, has_creators, max_per_creator, no_adjacent,
+                             last_creator, max_sim, used, creator_count)
         else:
             best = -1
             best_any = -1
@@ -151,7 +159,7 @@ cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb
         used[best] = 1
         out_idx[chosen] = <row_t>best
         # no similarity enters the objective at the first pick or with lam = 1: no penalty
-        out_pen[chosen] = <float32_t>(max_sim[best] if t > 0 and lam < 1.0 else 0.0)
+        out_pen[chosen] = <float32_t>(max_sim[best] if (t > 0 or prior) and lam < 1.0 else 0.0)
         chosen += 1
         if has_creators:
             c = creators[best]
@@ -177,11 +185,14 @@ cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb
 
 
 def mmr(const float32_t[::1] rel, const float32_t[:, ::1] emb, const row_t[::1] rows, Py_ssize_t k,
-        double lam, creators, Py_ssize_t max_per_creator, bint no_adjacent):
+        double lam, creators, Py_ssize_t max_per_creator, bint no_adjacent, prior_sim=None,
+        int64_t after_creator=-1):
     """Select up to k candidate positions; returns (positions int32[m], max-sim penalty float32[m]: each
     pick's max similarity to the picks before it, 0 for the first and when ``lam`` = 1).
 
-    ``creators``: int64[n] creator ids (negative = unknown) or None; re-coded densely inside the kernel."""
+    ``creators``: int64[n] creator ids (negative = unknown) or None; re-coded densely inside the kernel.
+    ``prior_sim``: float32[n], each candidate's max cosine similarity to picks made before (continue their
+    greedy), or None; ``after_creator``: the creator id of the pick before (negative: none or unknown)."""
     cdef Py_ssize_t n = rel.shape[0], i
     if rows.shape[0] != n:
         raise ValueError(f"{n} relevance scores but {rows.shape[0]} rows")
@@ -198,6 +209,14 @@ def mmr(const float32_t[::1] rel, const float32_t[:, ::1] emb, const row_t[::1] 
     cdef const int64_t[::1] cr = creators if has_creators else np.empty(0, np.int64)
     if has_creators and cr.shape[0] != n:
         raise ValueError(f"{n} candidates but {cr.shape[0]} creators")
+    cdef bint has_prior = prior_sim is not None
+    cdef const float32_t[::1] ps = prior_sim if has_prior else np.zeros(1, np.float32)
+    if has_prior and ps.shape[0] != n:
+        raise ValueError(f"{n} candidates but {ps.shape[0]} prior similarities")
+    for i in range(ps.shape[0] if has_prior else 0):
+        if not isfinite(ps[i]):
+            raise ValueError(f"prior_sim[{i}] is not finite")
+    cdef row_t last = -1
     k = min(k, n)
     out_idx = np.empty(k, np.int32)
     out_pen = np.empty(k, np.float32)
@@ -228,8 +247,14 @@ def mmr(const float32_t[::1] rel, const float32_t[:, ::1] emb, const row_t[::1] 
         with nogil:
             if has_creators:
                 dense_codes(cr, code, keys, vals, log2_cap)
+                if after_creator >= 0:
+                    for i in range(n):
+                        if cr[i] == after_creator:
+                            last = code[i]
+                            break
             m = mmr_select(rel, emb, rows, k, lam, code, has_creators, max_per_creator, no_adjacent,
-                           oi, op, C, max_sim, used, count, heap, held, seen)
+                           &ps[0] if has_prior and n > 0 else NULL, last, oi, op, C, max_sim, used, count, heap, held,
+                           seen)
     finally:
         free(C); free(heap); free(held); free(seen); free(max_sim); free(used); free(count); free(code)
         free(keys); free(vals)

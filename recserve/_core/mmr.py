@@ -9,6 +9,8 @@ return fewer than k), and with ``no_adjacent`` no two consecutive items by the s
 that creator's items remain. ``lam = 1`` gives exactly the relevance order (ties by position).
 Relevance is used as given (scale it, e.g. min-max, so it is comparable with cosine similarity); an
 optional novelty boost adds ``novelty_weight * novelty[i]`` to it (e.g. novelty = 1 for new items).
+A call can continue the greedy of picks made before it: ``prior_sim`` gives each candidate's max similarity
+to them and ``after_creator`` the creator of the last.
 """
 from __future__ import annotations
 
@@ -43,17 +45,21 @@ def _boosted(relevance, novelty, novelty_weight: float) -> np.ndarray:
 
 
 def mmr(relevance, item_emb, rows, k: int, lam: float, creators=None, max_per_creator: int = 0,
-        no_adjacent: bool = False, novelty=None, novelty_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        no_adjacent: bool = False, novelty=None, novelty_weight: float = 0.0, prior_sim=None,
+        after_creator: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Returns (positions into the candidate arrays, the max-similarity penalty of each pick: its max cosine
-    similarity to the picks before it; 0 for the first pick and when ``lam`` = 1, where none is computed)."""
+    similarity to the picks before it; 0 for the first pick, unless ``prior_sim`` is given, and when
+    ``lam`` = 1, where none is computed)."""
     rel = _boosted(relevance, novelty, novelty_weight)
     cr = None if creators is None else np.ascontiguousarray(integers(creators, "creators"))
+    prior = None if prior_sim is None else f32_1d(prior_sim, "prior_sim")
+    after = -1 if after_creator is None else integer(after_creator, "after_creator", lo=None)
     return _mmr.mmr(rel, f32_2d(item_emb, "item_emb"), rows_1d(rows, "rows"), integer(k, "k"), float(lam), cr,
-                    integer(max_per_creator, "max_per_creator", lo=0), bool(no_adjacent))
+                    integer(max_per_creator, "max_per_creator", lo=0), bool(no_adjacent), prior, max(after, -1))
 
 
 def mmr_reference(relevance, item_emb, rows, k, lam, creators=None, max_per_creator=0, no_adjacent=False,
-                  novelty=None, novelty_weight=0.0):
+                  novelty=None, novelty_weight=0.0, prior_sim=None, after_creator=None):
     """numpy reference: the same greedy as a full scan at every pick, in whole-array operations per pick (the
     similarity update is a BLAS matrix-vector product; the creator rules are masks from per-creator counts)."""
     rel = np.asarray(relevance, np.float32).astype(np.float64)
@@ -68,11 +74,14 @@ def mmr_reference(relevance, item_emb, rows, k, lam, creators=None, max_per_crea
     cr = None if creators is None else dense_codes(creators)
     # picks per creator code; code -1 (unknown) reads the last slot, which stays 0
     count = np.zeros(0 if cr is None else int(cr.max(initial=-1)) + 2, np.int64)
-    max_sim = np.full(n, -np.inf)
+    max_sim = np.full(n, -np.inf) if prior_sim is None else np.asarray(prior_sim, np.float32).astype(np.float64)
     used = np.zeros(n, bool)
     last = -1
+    if cr is not None and after_creator is not None and after_creator >= 0:
+        same = np.flatnonzero(np.asarray(creators, np.int64) == after_creator)
+        last = int(cr[same[0]]) if len(same) else -1
     picks, pens = [], []
-    for t in range(min(k, n)):
+    for t in range(int(prior_sim is not None), min(k, n) + int(prior_sim is not None)):
         obj = lam * rel - ((1 - lam) * max_sim if (t > 0 and lam < 1) else 0.0)
         ok = ~used
         if cr is not None and max_per_creator > 0:

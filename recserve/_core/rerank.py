@@ -44,7 +44,8 @@ def diversify(relevance: np.ndarray, item_emb: np.ndarray, rows: np.ndarray, k: 
     ``novelty`` 1 (new in the catalogue) get ``novelty_weight`` added to their relevance.
 
     ``max_per_creator`` is a hard rule while candidates allow; when it leaves fewer than k (a selective
-    filter over few creators), the remaining slots are filled by MMR over the rest without the cap.
+    filter over few creators), the remaining slots are filled by MMR over the rest without the cap, which
+    continues the capped picks' greedy: each fill candidate's penalty counts its similarity to them too.
     """
     k = min(k, len(rows))
     if k == 0:
@@ -57,9 +58,12 @@ def diversify(relevance: np.ndarray, item_emb: np.ndarray, rows: np.ndarray, k: 
         # a few picks beyond k give the creator rule alternatives at the junction with the capped part
         rest = np.setdiff1d(np.arange(len(rows)), pos)
         extra = FILL_SPARE if adjacent_rule else 0
+        prior = _max_similarity(item_emb, rows[rest], rows[pos]) if len(pos) and lam < 1.0 else None
         p2, pen2 = mmr(relevance[rest], item_emb, rows[rest], min(len(rest), k - len(pos) + extra), lam,
                        creators=None if creators is None else creators[rest], no_adjacent=adjacent_rule,
-                       novelty=None if novelty is None else novelty[rest], novelty_weight=novelty_weight)
+                       novelty=None if novelty is None else novelty[rest], novelty_weight=novelty_weight,
+                       prior_sim=prior, after_creator=None if creators is None or not len(pos) else
+                       int(creators[pos[-1]]))
         pos = np.concatenate([pos, rest[p2].astype(pos.dtype)])
         pen = np.concatenate([pen, pen2])
         if adjacent_rule:
@@ -68,6 +72,16 @@ def diversify(relevance: np.ndarray, item_emb: np.ndarray, rows: np.ndarray, k: 
             _separate_creators(pos, pen, creators, 1, k)
         pos, pen = pos[:k], pen[:k]
     return pos, pen
+
+
+def _max_similarity(item_emb: np.ndarray, rows: np.ndarray, picked: np.ndarray) -> np.ndarray:
+    """Each of ``rows``' max cosine similarity to the ``picked`` rows (float32; 0 for a zero vector)."""
+    def unit(r):
+        e = np.asarray(item_emb[np.asarray(r, np.int64)], np.float64)
+        norms = np.linalg.norm(e, axis=1)
+        return e / np.where(norms > 0, norms, 1.0)[:, None]
+
+    return (unit(rows) @ unit(picked).T).max(axis=1).astype(np.float32)
 
 
 def _separate_creators(pos: np.ndarray, pen: np.ndarray, creators: np.ndarray, start: int, k: int) -> None:

@@ -223,3 +223,45 @@ def test_fractional_counts_and_creators_are_refused_not_truncated():
         mmr(rel, E, rows, 3, 0.5, creators=[1.5, 1.2, 0, 0, 1, 1])
     with pytest.raises(ValueError, match="max_per_creator must be >= 0"):
         mmr(rel, E, rows, 3, 0.5, creators=np.arange(6), max_per_creator=-1)
+
+
+def _unit_max_sim(E, rows, picked_rows):
+    e = E[np.asarray(rows, np.int64)].astype(np.float64)
+    p = E[np.asarray(picked_rows, np.int64)].astype(np.float64)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    p /= np.linalg.norm(p, axis=1, keepdims=True)
+    return (e @ p.T).max(axis=1).astype(np.float32)
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 60), k=st.integers(1, 40), j=st.integers(1, 40),
+       lam=st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]), n_creators=st.integers(0, 6), adj=st.booleans(),
+       dup=st.booleans())
+def test_a_call_given_the_earlier_picks_continues_their_greedy(seed, n, k, j, lam, n_creators, adj, dup):
+    """``prior_sim`` and ``after_creator``: k picks made as j, then the rest from the candidates left, are
+    the k picks of one call (no cap: the cap counts are not carried), penalties included; and the kernel
+    matches the reference given the same prior."""
+    rng, E, rows, rel = exact_setup(seed, n, dup=dup)
+    creators = rng.integers(-1, n_creators, n) if n_creators else None
+    whole, wpen = mmr(rel, E, rows, k, lam, creators, 0, adj)
+    j = min(j, len(whole))
+    first, fpen = mmr(rel, E, rows, j, lam, creators, 0, adj)
+    rest = np.setdiff1d(np.arange(n), first)
+    prior = _unit_max_sim(E, rows[rest], rows[first]) if len(rest) else np.zeros(0, np.float32)
+    after = None if creators is None else int(creators[first[-1]])
+    cr = None if creators is None else creators[rest]
+    got, pen = mmr(rel[rest], E, rows[rest], k - j, lam, cr, 0, adj, prior_sim=prior, after_creator=after)
+    want, rpen = mmr_reference(rel[rest], E, rows[rest], k - j, lam, cr, 0, adj, prior_sim=prior,
+                               after_creator=after)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(pen, rpen)
+    np.testing.assert_array_equal(np.concatenate([first, rest[got]]), whole)
+    np.testing.assert_array_equal(np.concatenate([fpen, pen]), wpen)
+
+
+def test_prior_similarities_are_checked():
+    _, E, rows, rel = setup(6, 10)
+    with pytest.raises(ValueError, match="prior similarities"):
+        mmr(rel, E, rows, 5, 0.5, prior_sim=np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match=r"prior_sim\[2\] is not finite"):
+        mmr(rel, E, rows, 5, 0.5, prior_sim=np.array([0, 0, np.nan] + [0] * 7, np.float32))
