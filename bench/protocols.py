@@ -90,7 +90,7 @@ def rank_all(art, vecs: np.ndarray, users: np.ndarray, n: int) -> list[np.ndarra
 
 
 def build_bundle(train_ds, tmp: Path, seed: int, args, label_split: str = "time") -> Path:
-    from trainer.io import write_dataset
+    from trainer.datawrite import write_dataset
 
     data = tmp / "data"
     write_dataset(train_ds, data, "csv")

@@ -24,7 +24,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     from trainer.build import build
-    from trainer.io import load_dataset, write_dataset
+    from trainer.datawrite import write_dataset
+    from trainer.io import load_dataset
     from trainer.synth import synth
 
     work = Path(a.dir)

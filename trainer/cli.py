@@ -220,7 +220,7 @@ def _run(args) -> int:
         if bad_out:
             return _fail(bad_out, 2)
     if args.cmd == "synth":
-        from trainer.io import write_dataset
+        from trainer.datawrite import write_dataset
         from trainer.synth import synth
 
         t = time.perf_counter()
@@ -232,7 +232,7 @@ def _run(args) -> int:
               f"{written} in {time.perf_counter() - t:.2f}s")
         return 0
     if args.cmd == "import":
-        from trainer.io import write_dataset
+        from trainer.datawrite import write_dataset
         from trainer.movielens import load_movielens
 
         ds = load_movielens(args.path)

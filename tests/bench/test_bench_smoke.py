@@ -418,7 +418,7 @@ def test_cold_users_quick(demo_bundle, tmp_path):
     """The demo bundle holds out its newest 10%: the users who arrive after its cut are measured under both
     cold orders (trending also with the country as context), against the trending list, from the data the
     bundle was built from."""
-    from trainer.io import write_dataset
+    from trainer.datawrite import write_dataset
     from trainer.synth import synth
 
     write_dataset(synth(300, 200, seed=0)[0], tmp_path / "data")
@@ -438,7 +438,7 @@ def test_cold_users_quick(demo_bundle, tmp_path):
 def test_cold_users_needs_held_out_data(tmp_path):
     """A bundle built on all of its data has no new user to measure: exit 2 and the reason in one line."""
     from trainer.build import build
-    from trainer.io import write_dataset
+    from trainer.datawrite import write_dataset
     from trainer.synth import synth
     from trainer.timing import Timer
 
@@ -456,7 +456,7 @@ def test_cold_users_refuses_a_bundle_whose_hashes_do_not_verify(demo_bundle, tmp
     """It opened the bundle itself and ended in a traceback of BundleError."""
     import shutil
 
-    from trainer.io import write_dataset
+    from trainer.datawrite import write_dataset
     from trainer.synth import synth
 
     write_dataset(synth(300, 200, seed=0)[0], tmp_path / "data")

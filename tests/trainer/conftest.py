@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))      # the test modules import cl
 
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory):
-    from trainer.io import write_dataset
+    from trainer.datawrite import write_dataset
     from trainer.synth import synth
 
     d = tmp_path_factory.mktemp("small_data")

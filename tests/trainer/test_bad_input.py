@@ -99,7 +99,7 @@ def test_drop_unknown_counts(small_data, tmp_path):
 
 def test_parquet_equals_csv(small_data, tmp_path):
     import numpy as np
-    from trainer.io import write_dataset
+    from trainer.datawrite import write_dataset
 
     a = load_dataset(small_data)
     write_dataset(a, tmp_path / "pq", fmt="parquet")
@@ -210,7 +210,7 @@ def test_arguments_and_the_output_root_are_checked_before_any_work(small_data, t
 
 
 def test_two_files_for_one_table_and_too_little_training_data(small_data, tmp_path, capsys):
-    from trainer.io import write_dataset
+    from trainer.datawrite import write_dataset
 
     d = _copy(small_data, tmp_path)
     write_dataset(load_dataset(d), tmp_path / "pq", fmt="parquet")

@@ -111,7 +111,7 @@ def test_an_evaluation_seals_the_manifest_again_and_refuses_an_edited_one(bundle
 
 def test_killed_build_keeps_previous_current(bundle_copy, tmp_path):
     """SIGKILL a build at several points: CURRENT still names the old, complete, loadable version."""
-    from trainer.io import write_dataset
+    from trainer.datawrite import write_dataset
     from trainer.synth import synth
 
     old = (bundle_copy / "CURRENT").read_text()

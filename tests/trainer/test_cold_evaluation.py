@@ -111,7 +111,7 @@ def test_logs_of_new_users_only_are_evaluated_by_their_rows(built, tmp_path, cap
     evaluation (the command used to stop for want of a user with a history)."""
     from trainer.cli import main
     from trainer.evaluate import format_table
-    from trainer.io import write_dataset
+    from trainer.datawrite import write_dataset
     from trainer.report import render
 
     ds, path, res = built
@@ -139,7 +139,7 @@ def test_logs_of_new_users_only_are_evaluated_by_their_rows(built, tmp_path, cap
 def test_logs_with_nothing_to_evaluate_say_so(built, tmp_path, capsys):
     """Only users with a history, on items they had: no user to rank for and no new user: one line, exit 2."""
     from trainer.cli import main
-    from trainer.io import write_dataset
+    from trainer.datawrite import write_dataset
 
     ds, path, res = built
     again = ds.subset(ds.ts < res["cut"])

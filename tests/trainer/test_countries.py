@@ -197,7 +197,8 @@ def test_a_tuned_build_without_countries_serves_the_global_list(tmp_path):
 def test_a_country_is_checked_as_an_id(tmp_path):
     """The server takes a country as an id (context.country): the users file's are held to the same rules,
     refused when read rather than at the end of a build."""
-    from trainer.io import DataError, load_dataset, write_dataset
+    from trainer.datawrite import write_dataset
+    from trainer.io import DataError, load_dataset
     from trainer.synth import synth
 
     ds, _ = synth(50, 30, seed=0)

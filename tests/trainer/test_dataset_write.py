@@ -8,9 +8,10 @@ import signal
 import numpy as np
 import pytest
 
-import trainer.io as tio
+import trainer.datawrite as dw
 from trainer.cli import main
-from trainer.io import load_dataset, write_dataset
+from trainer.datawrite import write_dataset
+from trainer.io import load_dataset
 from trainer.synth import synth
 
 
@@ -39,13 +40,13 @@ def test_an_interrupt_while_writing_leaves_the_directory_as_it_was(tmp_path, mon
     (out / "notes.txt").write_text("mine")
     before = {n: (out / n).read_bytes() for n in _names(out)}
     new, _ = synth(60, 30, seed=2)
-    _interrupt_on_call(monkeypatch, tio.pacsv if fmt == "csv" else tio.pq, writer, 2)
+    _interrupt_on_call(monkeypatch, dw.pacsv if fmt == "csv" else dw.pq, writer, 2)
     with pytest.raises(KeyboardInterrupt):
         write_dataset(new, out, fmt)
     assert {n: (out / n).read_bytes() for n in _names(out)} == before
     assert _names(tmp_path) == ["data"]                 # no temporary directory left
     fresh = tmp_path / "fresh"
-    _interrupt_on_call(monkeypatch, tio.pacsv if fmt == "csv" else tio.pq, writer, 2)
+    _interrupt_on_call(monkeypatch, dw.pacsv if fmt == "csv" else dw.pq, writer, 2)
     with pytest.raises(KeyboardInterrupt):
         write_dataset(new, fresh, fmt)
     assert _names(tmp_path) == ["data"]
@@ -64,7 +65,7 @@ def test_ctrl_c_during_the_moves_waits_for_them(tmp_path, monkeypatch):
         real(src, dst)
         moved.append(os.path.basename(dst))
 
-    monkeypatch.setattr(tio.os, "replace", replace)
+    monkeypatch.setattr(dw.os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
         write_dataset(new, out)
     assert moved == ["interactions.csv", "items.csv", "users.csv"]
@@ -86,7 +87,7 @@ def test_ctrl_c_in_synth_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys)
     out = tmp_path / "data"
     assert main(["synth", "--users", "40", "--items", "20", str(out)]) == 0
     before = {n: (out / n).read_bytes() for n in _names(out)}
-    _interrupt_on_call(monkeypatch, tio.pacsv, "write_csv", 3)
+    _interrupt_on_call(monkeypatch, dw.pacsv, "write_csv", 3)
     capsys.readouterr()
     assert main(["synth", "--users", "60", "--items", "30", "--seed", "3", str(out)]) == 130
     assert capsys.readouterr().err == f"recserve-train: error: interrupted; nothing partly written in {out}\n"

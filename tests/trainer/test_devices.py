@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from recserve.pipeline.messages import DEVICES, Filters
-from trainer.io import DataError, load_dataset, write_dataset
+from trainer.datawrite import write_dataset
+from trainer.io import DataError, load_dataset
 from trainer.synth import synth
 
 

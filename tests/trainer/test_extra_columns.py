@@ -8,7 +8,8 @@ import pytest
 
 from recserve.bundle import Bundle
 from trainer.build import build
-from trainer.io import EXTRA_MAX, load_dataset, write_dataset
+from trainer.datawrite import write_dataset
+from trainer.io import EXTRA_MAX, load_dataset
 from trainer.synth import synth
 from trainer.timing import Timer
 

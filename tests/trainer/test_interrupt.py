@@ -19,7 +19,7 @@ from cliutil import REPO
 @pytest.fixture(scope="module")
 def build_data(tmp_path_factory):
     """Enough data for a build of several seconds, so that a signal lands inside a step."""
-    from trainer.io import write_dataset
+    from trainer.datawrite import write_dataset
     from trainer.synth import synth
 
     d = tmp_path_factory.mktemp("interrupt_data")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from trainer.cli import main
-from trainer.io import DataError, load_dataset, write_dataset
+from trainer.datawrite import write_dataset
+from trainer.io import DataError, load_dataset
 from trainer.movielens import ML100K_GENRES
 
 RATINGS = ["userId,movieId,rating,timestamp", "1,10,4.0,1260759144", "1,20,3.5,1260759179",

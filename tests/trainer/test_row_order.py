@@ -10,7 +10,8 @@ import pyarrow.csv as pacsv
 
 from trainer import features
 from trainer.build import build
-from trainer.io import load_dataset, write_dataset
+from trainer.datawrite import write_dataset
+from trainer.io import load_dataset
 from trainer.synth import synth
 from trainer.timing import Timer
 
