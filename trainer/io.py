@@ -417,6 +417,11 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
         else np.ones(len(item_ids), np.int8)
     item_extra = _extra_columns(it, ip, ITEM_KNOWN, report, "extra_item")
     files[ip.name] = {"size": ip.stat().st_size, "sha256": sha256_file(ip)}
+    # item rows in id order, whatever the file's (as users are): the same items build the same bundle
+    by_id = np.argsort(item_ids, kind="stable")
+    item_ids, category, price, creator, created, in_stock = (
+        a[by_id] for a in (item_ids, category, price, creator, created, in_stock))
+    item_extra = {name: a[by_id] for name, a in item_extra.items()}
 
     xp = find_table(d, "interactions")
     xt = read_table(xp, text=("device",))

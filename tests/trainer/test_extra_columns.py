@@ -98,7 +98,8 @@ def test_a_decimal_parquet_column_is_a_feature(tmp_path):
     pq.write_table(items.append_column("margin", pa.array(margin, pa.decimal128(9, 2))), data / "items.parquet")
     ds = load_dataset(data)
     assert list(ds.item_extra) == ["margin"] and "extra_item_columns_not_used" not in ds.report
-    np.testing.assert_array_equal(ds.item_extra["margin"], [float(m) for m in margin])
+    by_id = dict(zip(items["item_id"].to_pylist(), margin))           # the rows are in id order
+    np.testing.assert_array_equal(ds.item_extra["margin"], [float(by_id[i]) for i in ds.item_ids])
 
 
 def test_column_names_lightgbm_refuses_still_build(tmp_path):

@@ -54,8 +54,8 @@ def test_parquet_integer_ids_are_decimal_strings(tmp_path):
                              "timestamp": [1_700_000_000, 1_700_000_100], "event": ["view", "click"]}),
                    d / "interactions.parquet")
     ds = load_dataset(d)
-    assert ds.item_ids.tolist() == ["7", "42"] and ds.item_category.tolist() == ["1", "2"]
-    assert ds.item_creator.tolist() == ["5", ""]
+    assert ds.item_ids.tolist() == ["42", "7"] and ds.item_category.tolist() == ["2", "1"]    # in id order
+    assert ds.item_creator.tolist() == ["", "5"]
     assert ds.user_ids.tolist() == ["3"]                       # 3.0 is the integer id 3, not "3.0"
     assert ds.item_ids[ds.item].tolist() == ["7", "42"]         # uint16 and int64 columns join
 

@@ -18,11 +18,14 @@ from trainer.timing import Timer
 
 def _with_ties(src, out, order_seed: int | None):
     """``src``'s data with 150 rows copied onto another item at the same (user, timestamp, event), written to
-    ``out``; the interaction rows shuffled with ``order_seed`` (None: as they are)."""
+    ``out``; the rows of every table shuffled with ``order_seed`` (None: as they are)."""
     out.mkdir()
-    for name in ("items.csv", "users.csv"):
-        (out / name).write_bytes((src / name).read_bytes())
     opts = pacsv.ConvertOptions(column_types={"user_id": pa.string(), "item_id": pa.string()})
+    for name in ("items.csv", "users.csv"):
+        t = pacsv.read_csv(src / name, convert_options=opts)
+        if order_seed is not None:          # the item and user rows shuffled too
+            t = t.take(pa.array(np.random.default_rng(order_seed + 1).permutation(t.num_rows)))
+        pacsv.write_csv(t, out / name)
     x = pacsv.read_csv(src / "interactions.csv", convert_options=opts)
     rng = np.random.default_rng(0)
     picked = x.take(pa.array(rng.choice(x.num_rows, 150, replace=False)))
@@ -53,7 +56,7 @@ def test_shuffled_rows_build_the_same_bundle(tmp_path):
     write_dataset(ds, base)
     a = load_dataset(_with_ties(base, tmp_path / "a", None))
     b = load_dataset(_with_ties(base, tmp_path / "b", 7))
-    for col in ("user", "item", "ts", "event"):
+    for col in ("user", "item", "ts", "event", "item_ids", "item_category", "item_price", "user_ids"):
         assert np.array_equal(getattr(a, col), getattr(b, col)), col
     assert np.array_equal(a.value, b.value, equal_nan=True)
     manifests = []
