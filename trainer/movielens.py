@@ -10,6 +10,7 @@ import functools
 import mmap
 import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from recserve.pipeline.messages import MAX_EVENT_AHEAD
 from trainer.csvread import read_csv
 from trainer.io import MAX_TIMESTAMP, MIN_TIMESTAMP, Dataset, DataError, need_columns
 
@@ -177,6 +179,9 @@ def _finite(t: pa.Table, path: Path, col: str, header: bool = True, times: bool 
     bad = times & ((a < MIN_TIMESTAMP) | (a > MAX_TIMESTAMP))
     if bad.any():
         refuse(bad, "time(s) before the year 1 or after 9999", shown=c.to_pylist())
+    bad = times & (a > time.time() + MAX_EVENT_AHEAD)            # as build refuses them
+    if bad.any():
+        refuse(bad, "time(s) more than a day after this machine's clock", shown=c.to_pylist())
     return a
 
 

@@ -26,7 +26,8 @@ def check_ts(ts: float, field_name: str) -> None:
     if not math.isfinite(ts) or ts < 0:
         raise InvalidArgument(field_name, "must be finite unix seconds >= 0")
     if ts > MAX_TS:
-        raise InvalidArgument(field_name, f"{ts:.0f} is after the year 9999: unix seconds, not milliseconds")
+        shown = f"{ts:.0f}" if ts < 1e18 else f"{ts:.6g}"        # not a number of 300 digits
+        raise InvalidArgument(field_name, f"{shown} is after the year 9999: unix seconds, not milliseconds")
 
 
 @dataclass

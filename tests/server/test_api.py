@@ -184,6 +184,8 @@ def test_record_events_bad_batches_write_nothing(server, facts):
                         "events[1].timestamp")]:       # two days ahead of the clock: would evict real events
         code, details = code_of(stub.RecordEvents, req)
         assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(field), details
+    code, details = code_of(stub.RecordEvents, pb.RecordEventsRequest(events=[_ev(user, good, ts=1e300)]))
+    assert details.startswith("events[0].timestamp: 1e+300 is after the year 9999"), details   # not 301 digits
 
 
 def test_a_retried_batch_counts_once_and_a_write_past_its_deadline_writes_nothing(server, shared_root, facts):

@@ -81,6 +81,8 @@ def test_lines_count_the_empty_lines_pyarrow_skips(tmp_path, capsys):
     (3, 3, "", "u.data: column timestamp has 1 empty value(s), the first on line 4"),
     (0, 2, "x", "u.data: column rating has 1 value(s) that are not finite numbers, the first 'x' on line 1"),
     (1, 0, "", "u.data: column user id has 1 empty id(s), the first on line 2"),
+    (2, 3, "4102444800", "u.data: column timestamp has 1 time(s) more than a day after this machine's clock, "
+                         "the first 4102444800 on line 3"),       # 2100: build would refuse it
 ])
 def test_bad_u_data_cells_name_file_column_and_line(tmp_path, capsys, row, col, value, says):
     d = _dir(tmp_path, {"u.data": _edit(U_DATA, row, col, value, "\t"), "u.item": U_ITEM})
