@@ -123,7 +123,9 @@ class EventStore:
         """``map_size``: LMDB's map (address space; the file grows as it is used), the same in every process
         that opens the store (LMDB's set_mapsize from several processes corrupts it; 0: the size the store
         records, the largest any process gave it); ``per_user``: events kept per user (and
-        ``RETIRED_FACTOR`` times as many distinct items of her deleted ones)."""
+        ``RETIRED_FACTOR`` times as many distinct items of her deleted ones); ``readonly``: an existing store,
+        opened without waiting for a writer (its writes fail); ``waiting``: a context manager entered around
+        each wait for the write lock of the open and of the maintenance writes (a tool's Ctrl-C there)."""
         if per_user < 1:
             raise ValueError(f"per_user must be >= 1, got {per_user}")
         self.path = Path(path)
@@ -131,7 +133,10 @@ class EventStore:
         self.retired_per_user = RETIRED_FACTOR * self.per_user
         self.waiting = waiting
         self._pid = os.getpid()
-        if readonly and self._open(map_size, readonly=True):
+        if readonly:            # waits for no writer, and writes nothing: an older layout is left to writers
+            if not self._open(map_size, readonly=True):
+                raise ValueError(f"the store at {self.path} is in an older layout: a server started on it, or a "
+                                 "writing `recserve store` command, converts it")
             return
         self.path.mkdir(parents=True, exist_ok=True)
         self._open(map_size, readonly=False)
@@ -140,7 +145,7 @@ class EventStore:
     def _open(self, map_size: int, readonly: bool) -> bool:
         """Open the environment and its databases. Opening a database takes a write transaction unless the
         environment is read-only, which waits for no writer; False (closed again) when a read-only store
-        lacks a database or its retired items are in the first layout: opened to write, they are made."""
+        lacks a database or its retired items are in the first layout (opened to write, they are made)."""
         self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=10, sync=True, metasync=True,
                              max_readers=1024, lock=True, readonly=readonly, create=not readonly)
         try:

@@ -30,10 +30,12 @@ NOTICE_AFTER_S = 1.0
 class LockWatch:
     """SIGINT, blocked in the calling thread for the ``with`` block, taken by a watcher thread: while
     :meth:`waiting` is entered (a wait for the write lock) it exits the process with ``said()``, otherwise
-    it sets :attr:`interrupted` for the caller to stop at its next step."""
+    it sets :attr:`interrupted` for the caller to stop at its next step. Inactive (SIGINT left as it is)
+    when the process ignores SIGINT, as a background job of a script does."""
 
     def __init__(self, said):
         self.interrupted = False
+        self.active = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
         self._said = said
         self._since: float | None = None
         self._stop = threading.Event()
@@ -48,12 +50,15 @@ class LockWatch:
             self._since = None
 
     def __enter__(self) -> LockWatch:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})       # the watcher inherits the mask
-        self._thread = threading.Thread(target=self._watch, name="sigint-watch", daemon=True)
-        self._thread.start()
+        if self.active:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})   # the watcher inherits the mask
+            self._thread = threading.Thread(target=self._watch, name="sigint-watch", daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        if not self.active:
+            return
         self._stop.set()
         self._thread.join()
         while signal.sigtimedwait({signal.SIGINT}, 0) is not None:     # one that came as the watcher stopped
@@ -66,16 +71,24 @@ class LockWatch:
             got = signal.sigtimedwait({signal.SIGINT}, 0.1)
             since = self._since
             if got is not None and since is not None:
-                print(f"recserve store: interrupted while waiting for the store's write lock; {self._said()}",
-                      file=sys.stderr, flush=True)
-                os._exit(130)           # blocked in LMDB's lock wait: no transaction of ours has begun
+                try:
+                    _say(f"interrupted while waiting for the store's write lock; {self._said()}")
+                finally:
+                    os._exit(130)       # blocked in LMDB's lock wait: no transaction of ours has begun
             if got is not None:
                 self.interrupted = True
             elif since is not None and not told and time.monotonic() - since > NOTICE_AFTER_S:
-                print("recserve store: waiting for the store's write lock (a server's write or another store tool "
-                      "holds it; one suspended with Ctrl-Z holds it until it resumes); Ctrl-C gives up",
-                      file=sys.stderr, flush=True)
+                _say("waiting for the store's write lock (a server's write or another store tool holds it; one "
+                     "suspended with Ctrl-Z holds it until it resumes); Ctrl-C gives up")
                 told = True
+
+
+def _say(message: str) -> None:
+    """One line on stderr; a closed stderr (its reader gone) loses the line, nothing else."""
+    try:
+        print(f"recserve store: {message}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def open_store(args, readonly: bool = False, waiting=contextlib.nullcontext):
@@ -112,11 +125,10 @@ def cmd_store(args) -> int:
     from recserve.cli import _table
 
     if args.action == "clear-items" and bool(args.all) == bool(args.items):
-        print("recserve store: clear-items takes item ids or --all" + (" (not both)" if args.all else ""),
-              file=sys.stderr)
+        _say("clear-items takes item ids or --all" + (" (not both)" if args.all else ""))
         return 2
     if (bad := _check_ids(args)) is not None:
-        print(f"recserve store: {bad}; nothing was changed", file=sys.stderr)
+        _say(f"{bad}; nothing was changed")
         return 2
     done = {"deleted": 0, "emptied": 0, "retired": 0}
 
@@ -127,41 +139,47 @@ def cmd_store(args) -> int:
                 f"retired items deleted before (committed), the rest is as it was")
 
     writes = args.action != "stats"
-    watch = LockWatch(said) if writes else None
+    watch = LockWatch(said)
     try:
-        with watch if writes else contextlib.nullcontext():
+        with watch if writes else contextlib.nullcontext():      # stats: Ctrl-C is a KeyboardInterrupt
             try:
-                store = open_store(args, readonly=not writes, waiting=watch.waiting if writes else
-                                   contextlib.nullcontext)
+                store = open_store(args, readonly=not writes, waiting=watch.waiting)
             except (OSError, ValueError, lmdb.Error) as exc:
-                print(f"recserve store: {exc}", file=sys.stderr)
+                _say(str(exc))
                 return 2
             try:
-                if writes and watch.interrupted:
-                    print("recserve store: interrupted; nothing was changed", file=sys.stderr)
+                if watch.interrupted:
+                    _say("interrupted; nothing was changed")
                     return 130
                 code = _act(args, store, watch, done)
                 stats = store.stats()
             finally:
                 store.close()
-        print(_table(["store", "events", "users with events", "new users", "item states", "retired items"],
-                     [[str(store.path), stats["events"], stats["users_with_events"], stats["users"],
-                       stats["items"], stats["retired_items"]]]))
-        if code == 0 and writes and watch.interrupted:
-            print("recserve store: interrupted while its transaction ran: the change above was completed and "
-                  "committed", file=sys.stderr)
+            _out(_table(["store", "events", "users with events", "new users", "item states", "retired items"],
+                        [[str(store.path), stats["events"], stats["users_with_events"], stats["users"],
+                          stats["items"], stats["retired_items"]]]))
+        if code == 0 and watch.interrupted:
+            _say("interrupted while its transaction ran: the change above was completed and committed")
             return 130
         return code
-    except KeyboardInterrupt:       # stats: a read, nothing to undo
-        print("recserve store: interrupted; nothing was changed", file=sys.stderr)
+    except KeyboardInterrupt:       # stats (a read), or a write's last lines after its commit
+        _say("interrupted after the change above was committed" if writes else "interrupted; nothing was changed")
         return 130
     except lmdb.MapFullError:
-        print(f"recserve store: {store.path} is full, and deleting needs free pages too: restart the server with "
-              f"a larger --events-map-mb, then run this again", file=sys.stderr)
+        _say(f"{store.path} is full, and deleting needs free pages too: restart the server with a larger "
+             f"--events-map-mb, then run this again")
         return 1
     except lmdb.Error as exc:
-        print(f"recserve store: {store.path}: {exc}", file=sys.stderr)
+        _say(f"{store.path}: {exc}")
         return 1
+
+
+def _out(text: str) -> None:
+    """A line on stdout; a reader gone (``| head``) stops the output, not the command or its exit code."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _act(args, store, watch, done) -> int:
@@ -174,17 +192,17 @@ def _act(args, store, watch, done) -> int:
 
         deleted, emptied, retired = store.prune(before, batch=args.batch, committed=committed)
         if watch.interrupted:
-            print(f"recserve store: interrupted; {deleted} events were deleted, {emptied} users removed and "
-                  f"{retired} retired items deleted before (committed), the rest is as it was", file=sys.stderr)
+            _say(f"interrupted; {deleted} events were deleted, {emptied} users removed and {retired} retired items "
+                 f"deleted before (committed), the rest is as it was")
             watch.interrupted = False               # said here, with what was done
             return 130
-        print(f"deleted {deleted} events older than {args.older_than_days:g} days; {emptied} users left "
-              f"with none were removed; {retired} retired items as old were deleted")
+        _out(f"deleted {deleted} events older than {args.older_than_days:g} days; {emptied} users left "
+             f"with none were removed; {retired} retired items as old were deleted")
     elif args.action == "clear-items":
         n = store.clear_items(None if args.all else args.items)
-        print(f"cleared {n} item states: those items take stock and price from the bundle again")
+        _out(f"cleared {n} item states: those items take stock and price from the bundle again")
     elif args.action == "forget":
         deleted, users = store.forget(args.users)
-        print(f"forgot {len(set(args.users))} users: {deleted} events deleted ({users} had records in the "
-              f"store)")
+        _out(f"forgot {len(set(args.users))} users: {deleted} events deleted ({users} had records in the "
+             f"store)")
     return 0

@@ -118,3 +118,56 @@ def test_an_empty_data_file_is_no_store_and_stays_as_it_was(tmp_path):
         r = _cli(*action, "--events-dir", str(ev))
         assert r.returncode == 2 and r.stderr.strip() == f"recserve store: no event store at {ev} (an empty data.mdb)"
     assert sorted(p.name for p in ev.iterdir()) == ["data.mdb"] and (ev / "data.mdb").stat().st_size == 0
+
+
+def test_a_tool_started_with_sigint_ignored_keeps_ignoring_it(held):
+    """A background job of a script inherits SIGINT ignored: the tool does not take it up (blocking it
+    would queue the signal instead of discarding it)."""
+    ev, holder = held
+    p = subprocess.Popen([sys.executable, "-m", "recserve.cli", "store", "forget", "u1", "--events-dir", str(ev)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    time.sleep(1.5)                                 # waiting (nothing said: Ctrl-C would not give up)
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert p.poll() is None                         # still waiting
+    holder.stdin.close()
+    holder.wait(60)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0 and "forgot 1 users: 10 events deleted" in out, out + err
+
+
+def test_ctrl_c_while_waiting_exits_even_when_stderr_is_gone(held):
+    """The reader of stderr gone (a pipe closed by the same Ctrl-C): the line is lost, the exit is not."""
+    ev, holder = held
+    p = subprocess.Popen([sys.executable, "-m", "recserve.cli", "store", "forget", "u1", "--events-dir", str(ev)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert "waiting for the store's write lock" in _line_within(p.stderr)
+    p.stderr.close()
+    p.send_signal(signal.SIGINT)
+    assert p.wait(10) == 130 and holder.poll() is None
+    holder.stdin.close()
+    holder.wait(60)
+    store = EventStore(ev, map_size=0)
+    assert store.stats()["events"] == 30
+    store.close()
+
+
+def test_stats_on_a_store_of_an_older_layout_says_so_and_writes_nothing(held):
+    """A store whose retired items are in the first layout is converted by writers only: stats, which must
+    neither wait nor write, says so (before: it waited for the lock, then converted the store)."""
+    import lmdb
+
+    ev, holder = held
+    holder.stdin.close()
+    holder.wait(60)
+    env = lmdb.open(str(ev), max_dbs=10, map_size=0)
+    with env.begin(write=True) as txn:
+        txn.delete(b"retired_keys", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    r = _cli("stats", "--events-dir", str(ev))
+    assert r.returncode == 2 and "is in an older layout" in r.stderr, r.stderr
+    env = lmdb.open(str(ev), max_dbs=10, map_size=0, readonly=True)
+    with env.begin() as txn:
+        assert txn.get(b"retired_keys", db=env.open_db(b"meta", txn=txn, create=False)) is None
+    env.close()
