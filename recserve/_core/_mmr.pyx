@@ -166,6 +166,10 @@ cdef Py_ssize_t mmr_select(const float32_t[::1] rel, const float32_t[:, ::1] emb
             last_creator = c
             if c >= 0:
                 creator_count[c] += 1
+        if prior and d == 0 and chosen == 1:
+            for i in range(n):                  # no dimensions: a similarity to this call's picks is 0
+                if max_sim[i] < 0.0:
+                    max_sim[i] = 0.0
         if t == 0 and lazy:
             # every candidate's similarity to the first pick, then the heap of their objectives
             ci = &C[best * d]

@@ -259,6 +259,18 @@ def test_a_call_given_the_earlier_picks_continues_their_greedy(seed, n, k, j, la
     np.testing.assert_array_equal(np.concatenate([fpen, pen]), wpen)
 
 
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_a_prior_with_no_dimensions_matches_the_reference(lam):
+    """Embeddings of no dimension: every similarity is 0, so after the first pick a negative prior is 0."""
+    rel = np.array([0.9, 0.8, 0.7, 0.1], np.float32)
+    prior = np.array([0, -1, 0, -1], np.float32)
+    E, rows = np.zeros((4, 0), np.float32), np.arange(4, dtype=np.int32)
+    got, pen = mmr(rel, E, rows, 4, lam, prior_sim=prior)
+    want, wpen = mmr_reference(rel, E, rows, 4, lam, prior_sim=prior)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(pen, wpen)
+
+
 def test_prior_similarities_are_checked():
     _, E, rows, rel = setup(6, 10)
     with pytest.raises(ValueError, match="prior similarities"):
