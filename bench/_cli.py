@@ -151,7 +151,7 @@ def versions() -> dict:
 
 def record(args: argparse.Namespace, **fields) -> dict:
     """The head of a JSON record: when, where, with what, and every argument, then ``fields``."""
-    return {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "nproc": os.cpu_count(),
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "nproc": len(os.sched_getaffinity(0)),
             "versions": versions(), "config": dict(vars(args)), **fields}
 
 

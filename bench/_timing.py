@@ -30,7 +30,7 @@ def machine() -> str:
         idle = Path("/sys/devices/system/cpu/cpuidle/current_driver").read_text().strip() or "none"
     except OSError:
         idle = "none"
-    return (f"nproc={os.cpu_count()}, CPU={cpu}, kernel={platform.release()} ({virt}, cpuidle={idle}), "
+    return (f"nproc={len(os.sched_getaffinity(0))}, CPU={cpu}, kernel={platform.release()} ({virt}, cpuidle={idle}), "
             f"python={platform.python_version()}, numpy={np.__version__}")
 
 

@@ -78,6 +78,14 @@ def _fmt(v, w=9, d=2):
     return f"{v:>{w}.{d}f}" if isinstance(v, float) and np.isfinite(v) else f"{'-':>{w}}"
 
 
+# OK answers a tail percentile needs to be more than the few slowest calls blended (the JSON keeps every value)
+TAIL_SAMPLES = {"p99": 100, "p99.9": 1000}
+
+
+def _tail(v: dict, key: str) -> float:
+    return v[key] if v.get("ok", 0) >= TAIL_SAMPLES.get(key, 0) else float("nan")
+
+
 def _ratio(a: float, b: float) -> float:
     """a / b, NaN when b is 0 or either is not finite (a phase with no OK answer has no ratio)."""
     return a / b if (np.isfinite(a) and np.isfinite(b) and b != 0) else float("nan")
@@ -99,24 +107,23 @@ def print_phase(title: str, real: dict, ceil: dict | None) -> None:
     print(f"load generator CPU per call (all client processes): recserve's run "
           f"{real.get('client_cpu_ms_per_call', float('nan')):.3f} ms"
           + (f", ceiling's {ceil.get('client_cpu_ms_per_call', float('nan')):.3f} ms" if ceil else ""))
-    hdr = (f"{'method':<13}{'calls':>8}{'ok/s':>9}{'p50 ms':>9}{'p90':>9}{'p99':>9}{'p99.9':>9}{'max':>9}"
+    hdr = (f"{'method':<13}{'calls':>8}{'ok':>8}{'ok/s':>9}{'p50 ms':>9}{'p90':>9}{'p99':>9}{'p99.9':>9}{'max':>9}"
            f"{'lag p99':>9}  errors")
-    print("(ok/s: OK answers finished in the window per second; latency: of the calls answered OK)")
+    print("(calls: due in the window, failures included; ok: the OK answers, whose latency is shown; ok/s: OK "
+          f"answers finished in the window per second; p99 and p99.9 need {TAIL_SAMPLES['p99']:,} and "
+          f"{TAIL_SAMPLES['p99.9']:,} OK answers, else '-')")
     print(hdr)
+    cols = ("throughput", "p50", "p90", "p99", "p99.9", "max", "send_lag_p99")
     for m, v in real["methods"].items():
         err = ",".join(f"{k}={n}" for k, n in v["errors"].items()) or "0"
-        print(f"{m:<13}{v['calls']:>8}" + "".join(_fmt(v[c]) for c in
-                                                 ("throughput", "p50", "p90", "p99", "p99.9", "max", "send_lag_p99"))
-              + f"  {err}")
+        print(f"{m:<13}{v['calls']:>8}{v['ok']:>8}" + "".join(_fmt(_tail(v, k)) for k in cols) + f"  {err}")
         c = (ceil or {}).get("methods", {}).get(m)
         if c:
             cerr = ",".join(f"{k}={n}" for k, n in c["errors"].items()) or "0"
-            print(f"{'  ceiling':<13}{c['calls']:>8}" + "".join(
-                _fmt(c[k]) for k in ("throughput", "p50", "p90", "p99", "p99.9", "max", "send_lag_p99"))
-                + f"  {cerr}")
-            print(f"{'  ratio':<13}{'':>8}" + "".join(
-                _fmt(_ratio(v[k], c[k]), d=3)
-                for k in ("throughput", "p50", "p90", "p99", "p99.9", "max")))
+            print(f"{'  ceiling':<13}{c['calls']:>8}{c['ok']:>8}" + "".join(_fmt(_tail(c, k)) for k in cols)
+                  + f"  {cerr}")
+            print(f"{'  ratio':<13}{'':>16}" + "".join(_fmt(_ratio(_tail(v, k), _tail(c, k)), d=3)
+                                                    for k in cols[:-1]))
 
 
 def histogram_png(path: str, phases: dict) -> str:

@@ -174,3 +174,24 @@ def test_the_open_loop_counts_client_exceptions_and_calls_left_unanswered(monkey
         expected[["OK", "CLIENT_EXCEPTION:ValueError", "CLIENT_TIMEOUT"][j % 3]] += 1
     assert {c: codes.count(c) for c in expected} == expected
     assert np.all(np.isfinite(res["lat"]))     # every one of them was sent
+
+
+def test_the_table_shows_the_ok_count_and_no_tail_percentile_from_too_few_answers(capsys):
+    """49 OK answers: their "p99.9" and "p99" are the slowest two blended, so the table shows '-' there and
+    says on how many answers the latencies rest (before: 'calls' only, which counts failures too)."""
+    from _clients import summarize
+    from load import print_phase
+
+    rng = np.random.default_rng(1)
+    for n, shown in ((49, {"p99": False, "p99.9": False}), (500, {"p99": True, "p99.9": False}),
+                     (3000, {"p99": True, "p99.9": True})):
+        t = np.sort(rng.uniform(1, 11, n))
+        s = summarize(_records(t, rng.lognormal(-6, 1, n), np.zeros(n)), ["OK"], 0.0, PHASE)
+        s.update(server_cpu_ms_per_call=float("nan"))
+        print_phase("p", s, None)
+        row = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("Recommend")).split()
+        assert row[1] == row[2] == str(n)                   # calls, ok
+        p99, p999 = row[6], row[7]
+        assert (p99 != "-") == shown["p99"] and (p999 != "-") == shown["p99.9"], (n, row)
+        if shown["p99.9"]:
+            assert float(p999) == round(s["methods"]["Recommend"]["p99.9"], 2)
