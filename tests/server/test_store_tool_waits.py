@@ -31,6 +31,18 @@ def _line_within(stream, seconds: float = 30) -> str:
     return stream.readline() if ready else ""
 
 
+def _start(ev, *action, **kw):
+    """``recserve store ACTION --events-dir EV`` started, its stdout and stderr pipes unless ``kw`` says."""
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kw}
+    return subprocess.Popen([sys.executable, "-m", "recserve.cli", "store", *action, "--events-dir", str(ev)],
+                            text=True, **pipes)
+
+
+def _release(holder) -> None:
+    holder.stdin.close()
+    holder.wait(60)
+
+
 def _cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "recserve.cli", "store", *args], capture_output=True, text=True,
                           timeout=120, **kw)
@@ -47,8 +59,7 @@ def held(tmp_path):
                               text=True)
     assert holder.stdout.readline().strip() == "held"
     yield ev, holder
-    holder.stdin.close()
-    holder.wait(60)
+    _release(holder)
 
 
 def test_stats_answers_while_a_writer_holds_the_lock(held):
@@ -62,8 +73,7 @@ def test_stats_answers_while_a_writer_holds_the_lock(held):
                                     ["clear-items", "--all"]])
 def test_ctrl_c_while_waiting_for_the_lock_exits_at_once_having_changed_nothing(held, action):
     ev, holder = held
-    p = subprocess.Popen([sys.executable, "-m", "recserve.cli", "store", *action, "--events-dir", str(ev)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = _start(ev, *action)
     notice = _line_within(p.stderr)                 # said once the wait passes a second
     if not notice:
         p.kill()
@@ -74,8 +84,7 @@ def test_ctrl_c_while_waiting_for_the_lock_exits_at_once_having_changed_nothing(
     assert time.monotonic() - sent < 10 and holder.poll() is None       # gave up while the lock was held
     assert p.returncode == 130 and err.strip() == (
         "recserve store: interrupted while waiting for the store's write lock; nothing was changed"), err
-    holder.stdin.close()
-    holder.wait(60)
+    _release(holder)
     store = EventStore(ev, map_size=0)
     assert store.stats()["events"] == 30 and store.recent_columns("u1", 100)[0]
     store.close()
@@ -83,11 +92,9 @@ def test_ctrl_c_while_waiting_for_the_lock_exits_at_once_having_changed_nothing(
 
 def test_a_writing_action_goes_on_once_the_lock_is_free(held):
     ev, holder = held
-    p = subprocess.Popen([sys.executable, "-m", "recserve.cli", "store", "forget", "u1", "--events-dir", str(ev)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = _start(ev, "forget", "u1")
     assert "waiting for the store's write lock" in _line_within(p.stderr)
-    holder.stdin.close()
-    holder.wait(60)
+    _release(holder)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0 and "forgot 1 users: 10 events deleted" in out, out + err
 
@@ -124,15 +131,12 @@ def test_a_tool_started_with_sigint_ignored_keeps_ignoring_it(held):
     """A background job of a script inherits SIGINT ignored: the tool does not take it up (blocking it
     would queue the signal instead of discarding it)."""
     ev, holder = held
-    p = subprocess.Popen([sys.executable, "-m", "recserve.cli", "store", "forget", "u1", "--events-dir", str(ev)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    p = _start(ev, "forget", "u1", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     time.sleep(1.5)                                 # waiting (nothing said: Ctrl-C would not give up)
     p.send_signal(signal.SIGINT)
     time.sleep(0.5)
     assert p.poll() is None                         # still waiting
-    holder.stdin.close()
-    holder.wait(60)
+    _release(holder)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0 and "forgot 1 users: 10 events deleted" in out, out + err
 
@@ -140,14 +144,12 @@ def test_a_tool_started_with_sigint_ignored_keeps_ignoring_it(held):
 def test_ctrl_c_while_waiting_exits_even_when_stderr_is_gone(held):
     """The reader of stderr gone (a pipe closed by the same Ctrl-C): the line is lost, the exit is not."""
     ev, holder = held
-    p = subprocess.Popen([sys.executable, "-m", "recserve.cli", "store", "forget", "u1", "--events-dir", str(ev)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = _start(ev, "forget", "u1", stdout=subprocess.DEVNULL)
     assert "waiting for the store's write lock" in _line_within(p.stderr)
     p.stderr.close()
     p.send_signal(signal.SIGINT)
     assert p.wait(10) == 130 and holder.poll() is None
-    holder.stdin.close()
-    holder.wait(60)
+    _release(holder)
     store = EventStore(ev, map_size=0)
     assert store.stats()["events"] == 30
     store.close()
@@ -159,8 +161,7 @@ def test_stats_on_a_store_of_an_older_layout_says_so_and_writes_nothing(held):
     import lmdb
 
     ev, holder = held
-    holder.stdin.close()
-    holder.wait(60)
+    _release(holder)
     env = lmdb.open(str(ev), max_dbs=10, map_size=0)
     with env.begin(write=True) as txn:
         txn.delete(b"retired_keys", db=env.open_db(b"meta", txn=txn))
