@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _timing import machine
+from _timing import NPROC, machine
 from recserve import cliparser
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,7 +151,7 @@ def versions() -> dict:
 
 def record(args: argparse.Namespace, **fields) -> dict:
     """The head of a JSON record: when, where, with what, and every argument, then ``fields``."""
-    return {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "nproc": len(os.sched_getaffinity(0)),
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "nproc": NPROC,
             "versions": versions(), "config": dict(vars(args)), **fields}
 
 

@@ -9,6 +9,9 @@ from typing import Callable
 
 import numpy as np
 
+# the CPUs this benchmark may use, as `nproc` prints them, taken when it starts (before a script pins itself)
+NPROC = len(os.sched_getaffinity(0))
+
 
 def machine() -> str:
     """One line: CPUs, CPU model, kernel, whether a hypervisor is below (the cpuinfo flag) and the idle driver,
@@ -30,7 +33,7 @@ def machine() -> str:
         idle = Path("/sys/devices/system/cpu/cpuidle/current_driver").read_text().strip() or "none"
     except OSError:
         idle = "none"
-    return (f"nproc={len(os.sched_getaffinity(0))}, CPU={cpu}, kernel={platform.release()} ({virt}, cpuidle={idle}), "
+    return (f"nproc={NPROC}, CPU={cpu}, kernel={platform.release()} ({virt}, cpuidle={idle}), "
             f"python={platform.python_version()}, numpy={np.__version__}")
 
 
