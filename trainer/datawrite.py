@@ -38,7 +38,8 @@ def write_dataset(ds: Dataset, out_dir: str | os.PathLike, fmt: str = "csv") -> 
         "interactions": pa.table({
             "user_id": pa.array(ds.user_ids[ds.user].astype(str)),
             "item_id": pa.array(ds.item_ids[ds.item].astype(str)),
-            "timestamp": pa.array(ds.ts.astype(np.int64)),
+            # whole seconds as integers; a fractional time kept as it is (not cut to its second)
+            "timestamp": pa.array(ds.ts.astype(np.int64) if (ds.ts == np.floor(ds.ts)).all() else ds.ts),
             "event": pa.array(np.array(EVENTS, dtype=object)[ds.event].astype(str)),
             "value": value,
             **({"device": pa.array(np.array(DEVICES, dtype=object)[ds.device].astype(str))} if ds.device.any()

@@ -113,3 +113,16 @@ def test_a_killed_writers_temporary_directory_is_removed_by_the_next_write(tmp_p
     finally:
         running.kill()
         running.wait()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_fractional_time_is_written_as_it_is(tmp_path, fmt):
+    """A MovieLens rating at 881250949.5 was written as 881250949 (cut to its second)."""
+    ds, _ = synth(40, 20, seed=1)
+    ds.ts[3] += 0.5
+    write_dataset(ds, tmp_path / "d", fmt)
+    back = load_dataset(tmp_path / "d")
+    assert np.array_equal(np.sort(back.ts), np.sort(ds.ts))
+    whole, _ = synth(40, 20, seed=1)                       # whole seconds stay integers in the file
+    write_dataset(whole, tmp_path / "w", "csv")
+    assert "." not in (tmp_path / "w" / "interactions.csv").read_text().splitlines()[1].split(",")[2]
