@@ -135,8 +135,7 @@ def cmd_store(args) -> int:
     def said() -> str:
         if args.action != "prune" or not done["deleted"] + done["retired"]:
             return "nothing was changed"
-        return (f"{done['deleted']} events were deleted, {done['emptied']} users removed and {done['retired']} "
-                f"retired items deleted before (committed), the rest is as it was")
+        return _pruned(**done)
 
     writes = args.action != "stats"
     watch = LockWatch(said)
@@ -182,6 +181,12 @@ def _out(text: str) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def _pruned(deleted: int, emptied: int, retired: int) -> str:
+    """What the committed transactions of an interrupted prune deleted."""
+    return (f"{deleted} events were deleted, {emptied} users removed and {retired} retired items deleted before "
+            f"(committed), the rest is as it was")
+
+
 def _act(args, store, watch, done) -> int:
     if args.action == "prune":
         before = time.time() - args.older_than_days * 86400.0
@@ -192,8 +197,7 @@ def _act(args, store, watch, done) -> int:
 
         deleted, emptied, retired = store.prune(before, batch=args.batch, committed=committed)
         if watch.interrupted:
-            _say(f"interrupted; {deleted} events were deleted, {emptied} users removed and {retired} retired items "
-                 f"deleted before (committed), the rest is as it was")
+            _say(f"interrupted; {_pruned(deleted, emptied, retired)}")
             watch.interrupted = False               # said here, with what was done
             return 130
         _out(f"deleted {deleted} events older than {args.older_than_days:g} days; {emptied} users left "

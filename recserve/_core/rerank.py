@@ -26,9 +26,7 @@ def penalties(item_emb: np.ndarray, rows: np.ndarray, lam: float) -> np.ndarray:
     out = np.zeros(n, np.float32)
     if n < 2 or lam >= 1.0:
         return out
-    e = np.asarray(item_emb[np.asarray(rows, np.int64)], np.float64)
-    norms = np.linalg.norm(e, axis=1)
-    e /= np.where(norms > 0, norms, 1.0)[:, None]
+    e = _unit_rows(item_emb, rows)
     sim = e @ e.T
     sim[np.triu_indices(n)] = -np.inf                  # only the items above
     out[1:] = (1.0 - lam) * sim[1:].max(axis=1)
@@ -74,14 +72,16 @@ def diversify(relevance: np.ndarray, item_emb: np.ndarray, rows: np.ndarray, k: 
     return pos, pen
 
 
+def _unit_rows(item_emb: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The ``rows`` of ``item_emb`` as float64 unit vectors (a zero vector stays 0)."""
+    e = np.asarray(item_emb[np.asarray(rows, np.int64)], np.float64)
+    norms = np.linalg.norm(e, axis=1)
+    return e / np.where(norms > 0, norms, 1.0)[:, None]
+
+
 def _max_similarity(item_emb: np.ndarray, rows: np.ndarray, picked: np.ndarray) -> np.ndarray:
     """Each of ``rows``' max cosine similarity to the ``picked`` rows (float32; 0 for a zero vector)."""
-    def unit(r):
-        e = np.asarray(item_emb[np.asarray(r, np.int64)], np.float64)
-        norms = np.linalg.norm(e, axis=1)
-        return e / np.where(norms > 0, norms, 1.0)[:, None]
-
-    return (unit(rows) @ unit(picked).T).max(axis=1).astype(np.float32)
+    return (_unit_rows(item_emb, rows) @ _unit_rows(item_emb, picked).T).max(axis=1).astype(np.float32)
 
 
 def _separate_creators(pos: np.ndarray, pen: np.ndarray, creators: np.ndarray, start: int, k: int) -> None:
