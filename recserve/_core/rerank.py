@@ -67,7 +67,7 @@ def diversify(relevance: np.ndarray, item_emb: np.ndarray, rows: np.ndarray, k: 
         if adjacent_rule:
             # from the top: the capped pass ends with one creator back to back when only she is under the
             # cap, and the uncapped items now offer others
-            _separate_creators(pos, pen, creators, 1, k)
+            _separate_creators(pos, pen, creators, 1, k, capped=len(pos) - len(p2))
         pos, pen = pos[:k], pen[:k]
     return pos, pen
 
@@ -84,23 +84,27 @@ def _max_similarity(item_emb: np.ndarray, rows: np.ndarray, picked: np.ndarray) 
     return (_unit_rows(item_emb, rows) @ _unit_rows(item_emb, picked).T).max(axis=1).astype(np.float32)
 
 
-def _separate_creators(pos: np.ndarray, pen: np.ndarray, creators: np.ndarray, start: int, k: int) -> None:
+def _separate_creators(pos: np.ndarray, pen: np.ndarray, creators: np.ndarray, start: int, k: int,
+                       capped: int = 0) -> None:
     """In place, over the first ``k`` from ``start`` on: where an item follows one by its creator, pull up
     the next item by another creator (the fill pass does not know the creator its first pick follows);
     when no later item can, move the item up to the latest earlier slot between two other creators'.
-    An unknown creator (< 0) is nobody's: as in the MMR kernel, such items never count as a pair."""
+    An unknown creator (< 0) is nobody's: as in the MMR kernel, such items never count as a pair. An item
+    from beyond the first k is pulled up only while the one it pushes out is a fill pick: the first
+    ``capped`` items (the capped pass's) stay in the answer, so the cap breaks no further than the fill must."""
     c = np.asarray(creators[pos], np.int64).copy()
     unknown = c < 0
     c[unknown] = -1 - np.arange(int(unknown.sum()))          # each its own creator
+    fill = np.arange(len(pos)) >= capped
     j = max(start, 1)
     while j < min(k, len(pos)):
         if c[j] != c[j - 1]:
             j += 1
             continue
         later = np.flatnonzero(c[j + 1:] != c[j - 1])
-        if len(later):
-            m = j + 1 + int(later[0])
-            for a in (pos, pen, c):
+        m = j + 1 + int(later[0]) if len(later) else len(pos)
+        if m < k or (m < len(pos) and fill[k - 1]):
+            for a in (pos, pen, c, fill):
                 a[j:m + 1] = np.roll(a[j:m + 1], 1)
             j += 1
             continue
@@ -109,6 +113,6 @@ def _separate_creators(pos: np.ndarray, pen: np.ndarray, creators: np.ndarray, s
             slot = 0
         if slot is None:
             return                      # nothing can separate them: one creator fills the rest
-        for a in (pos, pen, c):
+        for a in (pos, pen, c, fill):
             a[slot:j + 1] = np.roll(a[slot:j + 1], 1)
         j += 1
