@@ -158,11 +158,18 @@ def cmd_serve(args) -> int:
 
     flags = {k: v for k, v in vars(args).items() if k in {f for f in C.ServeConfig.__dataclass_fields__}}
     try:
-        cfg = C.load(flags, file=args.config)       # checked in create_server, before anything starts
-        worker_cpus(cfg.cpu_affinity, cfg.workers)
+        cfg = C.validate(C.load(flags, file=args.config))   # the bundle is checked in create_server
+        try:
+            worker_cpus(cfg.cpu_affinity, cfg.workers)
+        except ValueError as exc:
+            where = C.origin(cfg, "cpu_affinity")
+            raise ValueError(f"{exc} (from {where})" if where != "default" else str(exc)) from None
     except (OSError, ValueError) as exc:
         print(f"recserve serve: {exc}", file=sys.stderr)
         return 2
+    if args.print_config:
+        print(C.describe(cfg), end="")
+        return 0
     if not cfg.bundle:
         print("recserve serve: --bundle DIR is required (or RECSERVE_BUNDLE / the config file)", file=sys.stderr)
         return 2
@@ -308,7 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="serve a bundle directory")
     s.add_argument("--bundle", help="bundle root (holding CURRENT) or one bundle version directory")
-    s.add_argument("--config", help="TOML file (flags > RECSERVE_* env > file > bundle defaults; default: none)")
+    s.add_argument("--config", help="TOML file (default: RECSERVE_CONFIG, else none); flags > RECSERVE_* env > "
+                                    "file > bundle defaults")
+    s.add_argument("--print-config", dest="print_config", action="store_true",
+                   help="check the settings, print those in effect with where each came from, and exit")
     s.add_argument("--host", help="address to listen on (0.0.0.0 for every interface)")
     s.add_argument("--port", type=C.integer, help="gRPC port (0: a free one, printed)")
     s.add_argument("--workers", type=C.integer, help="worker processes sharing the port (0: serve in this one process, "
@@ -338,8 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="real-time events kept per user, the oldest dropped beyond it (default 1000; keep it "
                         "at or above the bundles' history_len)")
     s.add_argument("--events-map-mb", dest="events_map_mb", type=C.integer,
-                   help="the event store's LMDB map size in MiB (address space; the file grows as used; "
-                        "default 65536); the same in every process that opens the store")
+                   help="the event store's LMDB map size in MiB (address space; the file grows as used); "
+                        "the same in every process that opens the store")
     s.add_argument("--tls-cert", dest="tls_cert", help="PEM certificate chain: turns on TLS, with --tls-key")
     s.add_argument("--tls-key", dest="tls_key", help="PEM private key of --tls-cert")
     s.add_argument("--tls-client-ca", "--client-ca", dest="tls_client_ca",
@@ -378,10 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client(name, fn, help):
         p = sub.add_parser(name, help=help)
-        p.add_argument("--addr", type=address, default=os.environ.get("RECSERVE_ADDR", "127.0.0.1:50051"),
-                       help="server HOST:PORT (env RECSERVE_ADDR; default 127.0.0.1:50051)")
-        p.add_argument("--token", default=os.environ.get("RECSERVE_TOKEN"),
-                       help="bearer token (env RECSERVE_TOKEN)")
+        p.add_argument("--addr", type=address, help="server HOST:PORT (env RECSERVE_ADDR; default 127.0.0.1:50051)")
+        p.add_argument("--token", help="bearer token (env RECSERVE_TOKEN)")
         p.add_argument("--ca", help="CA certificate for TLS")
         p.add_argument("--cert", help="client certificate (mutual TLS), with --key")
         p.add_argument("--key", help="client private key (mutual TLS)")
@@ -456,6 +464,24 @@ def build_parser() -> argparse.ArgumentParser:
 TEXT_ARGS = ("user", "item", "session", "category", "exclude", "token", "users", "items")
 
 
+def _client_env(args) -> str | None:
+    """Fill a client command's ``--addr`` and ``--token`` from RECSERVE_ADDR and RECSERVE_TOKEN where not given
+    (an empty or blank variable counts as unset, blanks around a value are dropped); the reason when the
+    environment holds a RECSERVE_* typo or an address that cannot be one."""
+    try:
+        C.check_env(os.environ)
+    except ValueError as exc:
+        return str(exc)
+    if args.addr is None:
+        try:
+            args.addr = address(C.env_value(os.environ, "RECSERVE_ADDR") or "127.0.0.1:50051")
+        except argparse.ArgumentTypeError as exc:
+            return f"environment RECSERVE_ADDR: {exc}"
+    if args.token is None:
+        args.token = C.env_value(os.environ, "RECSERVE_TOKEN")
+    return None
+
+
 def main(argv=None) -> int:
     # gRPC core writes its own plain-text lines to stderr (a failed TLS handshake is one per connection at
     # its default level): errors only, unless the operator sets GRPC_VERBOSITY; read when grpc loads
@@ -471,6 +497,9 @@ def main(argv=None) -> int:
         for v in getattr(args, name, None) or []:
             if "," in v:        # an id may hold a comma: said, not split
                 print(f"note: --{name} {v!r} is one id; give several as --{name} A B", file=sys.stderr)
+    if hasattr(args, "addr") and (bad := _client_env(args)):
+        print(f"recserve {args.cmd}: {bad}", file=sys.stderr)
+        return 2
     try:
         return args.fn(args)
     except BrokenPipeError:             # the reader went away (`recserve recommend u1 | head`): stop quietly

@@ -6,10 +6,12 @@ Bundle defaults are the serving ``params`` of the bundle manifest (``mmr_lambda`
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
 import socket
+import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,11 +147,20 @@ def _path(name: str, value: str, base: str | None = None) -> str:
     return os.path.join(base, p) if base is not None else p
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def _file_settings(path: str, label: str) -> dict:
     """The settings a TOML file holds, {setting: value}, or a ValueError naming the file (``label``)."""
     try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):        # a FIFO would block the open, /dev/zero never end
+            kind = "Is a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise ValueError(f"{label}: cannot read it: {kind}")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"{label}: {st.st_size} bytes; a config file holds at most {MAX_CONFIG_BYTES}")
         with open(path, "rb") as fh:
-            raw = fh.read()
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ValueError(f"{label}: cannot read it: {exc.strerror or exc}") from None
     if raw.startswith(b"\xef\xbb\xbf"):
@@ -164,6 +175,8 @@ def _file_settings(path: str, label: str) -> dict:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{label}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{label}: not valid TOML for recserve: arrays or tables nested too deeply") from None
     if "serve" in data:
         others = sorted(k for k in data if k != "serve")
         if others or not isinstance(data["serve"], dict):
@@ -186,19 +199,45 @@ def _file_settings(path: str, label: str) -> dict:
     return out
 
 
+def env_value(env, name: str) -> str | None:
+    """A variable's value without the blanks around it (``RECSERVE_PORT=$'50051\\n'``); None when it is unset,
+    empty or only blanks."""
+    v = env.get(name)
+    v = v.strip() if v is not None else None
+    return v or None
+
+
+def debug_delay(env) -> float:
+    """Seconds every Recommend waits first: ``RECSERVE_DEBUG_DELAY_MS``, a testing aid (drain, deadlines, the
+    bound on calls in flight); 0 when unset."""
+    v = env_value(env, "RECSERVE_DEBUG_DELAY_MS")
+    if v is None:
+        return 0.0
+    try:
+        ms = number(v)
+    except ValueError:
+        ms = float("nan")
+    if not 0 <= ms <= 600_000:
+        raise ValueError(f"environment RECSERVE_DEBUG_DELAY_MS: milliseconds in [0, 600000], got {v!r}")
+    return ms / 1000.0
+
+
 def load(flags: dict | None = None, env: dict | None = None, file: str | os.PathLike | None = None
          ) -> ServeConfig:
     """Merge the levels. Typos and wrong types do not pass silently: unknown keys in the TOML file,
-    top-level keys beside a ``[serve]`` table and unknown RECSERVE_* variables are errors."""
+    top-level keys beside a ``[serve]`` table and unknown RECSERVE_* variables are errors. The result's
+    :func:`origin` says where each setting came from."""
     env = os.environ if env is None else env
     check_env(env)
+    debug_delay(env)
     fields = {f.name: f for f in dataclasses.fields(ServeConfig)}
     values: dict = {}
     level: dict = {}                    # setting -> where its value came from: 1 file, 2 environment, 3 flag
+    origin: dict = {}                   # setting -> the same, in words
     path = file or (flags or {}).get("config")
     label = f"config file {path}"
-    if not path and env.get("RECSERVE_CONFIG"):
-        path = env["RECSERVE_CONFIG"]
+    if not path and env_value(env, "RECSERVE_CONFIG"):
+        path = env_value(env, "RECSERVE_CONFIG")
         label = f"config file {path} (from RECSERVE_CONFIG)"
     if path:
         path = os.path.expanduser(os.fspath(path))
@@ -206,27 +245,70 @@ def load(flags: dict | None = None, env: dict | None = None, file: str | os.Path
             raise ValueError(f"{label}: cannot expand {path!r} (no such user)")
         for k, v in _file_settings(path, label).items():
             try:
-                values[k], level[k] = _coerce(fields[k], v, typed=True), 1
+                values[k], level[k], origin[k] = _coerce(fields[k], v, typed=True), 1, f"config file {path}"
                 if k in PATH_KEYS:
                     values[k] = _path(k, values[k], base=os.path.dirname(os.path.abspath(path)))
             except ValueError as exc:
                 raise ValueError(f"{label}: {exc}") from None
     for name, f in fields.items():
-        v = env.get(env_name(name))
-        if v is not None and v != "":
+        v = env_value(env, env_name(name))
+        if v is not None:
             try:
                 values[name] = _path(name, _coerce(f, v)) if name in PATH_KEYS else _coerce(f, v)
-                level[name] = 2
+                level[name], origin[name] = 2, env_name(name)
             except ValueError as exc:
                 raise ValueError(f"environment {env_name(name)}: {exc}") from None
     for k, v in (flags or {}).items():
         if k in fields and v is not None:
             values[k] = _path(k, _coerce(fields[k], v)) if k in PATH_KEYS else _coerce(fields[k], v)
-            level[k] = 3
+            level[k], origin[k] = 3, "--" + k.replace("_", "-")
     _cap_or_candidates(values, level, path)
     cfg = ServeConfig(**values)
-    cfg.log_level = cfg.log_level.upper()
+    if cfg.log_level.upper() in LOG_LEVELS:
+        cfg.log_level = cfg.log_level.upper()
+    cfg._origin = {k: origin[k] for k in values}          # not a setting: no dataclass field
+    cfg._config_file = path or ""
     return cfg
+
+
+def origin(cfg: ServeConfig, name: str) -> str:
+    """Where ``name``'s value came from: "--port", "RECSERVE_PORT", "config file F", or "default"."""
+    return getattr(cfg, "_origin", {}).get(name, "default")
+
+
+def keep_origin(new: ServeConfig, old: ServeConfig) -> ServeConfig:
+    """``new`` (a ``dataclasses.replace`` of ``old``) with ``old``'s record of where its settings came from."""
+    new._origin, new._config_file = getattr(old, "_origin", {}), getattr(old, "_config_file", "")
+    return new
+
+
+def sources(cfg: ServeConfig) -> str:
+    """One line saying which settings came from where (the ``settings`` log line at start), e.g. ``config file
+    /etc/recserve.toml: port, workers; environment: RECSERVE_CAP; flags: --bundle; the rest defaults``."""
+    by: dict = {}
+    for f in dataclasses.fields(ServeConfig):
+        where = origin(cfg, f.name)
+        if where != "default":
+            by.setdefault(where, []).append(f.name)
+    parts = [f"{where}: {', '.join(names)}" for where, names in by.items() if where.startswith("config file")]
+    env = [where for where in by if where.startswith("RECSERVE_")]
+    flags = [where for where in by if where.startswith("--")]
+    parts += [f"environment: {', '.join(env)}"] * bool(env) + [f"flags: {', '.join(flags)}"] * bool(flags)
+    return "; ".join(parts + ["the rest defaults"])
+
+
+def describe(cfg: ServeConfig) -> str:
+    """The settings in effect as a TOML file would give them, each with where it came from (``recserve serve
+    --print-config``); settings left to the bundle are comments."""
+    out = [f"# config file: {getattr(cfg, '_config_file', '') or 'none'}"]
+    for f in dataclasses.fields(ServeConfig):
+        v = getattr(cfg, f.name)
+        if v is None:
+            out.append(f"# {f.name}: the bundle's")
+            continue
+        text = repr(v) if isinstance(v, (int, float)) else json.dumps(v)   # validated: finite; JSON's is TOML's
+        out.append(f"{f.name} = {text}  # {origin(cfg, f.name)}")
+    return "\n".join(out) + "\n"
 
 
 def _cap_or_candidates(values: dict, level: dict, path) -> None:
@@ -262,26 +344,31 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def validate(cfg: ServeConfig) -> ServeConfig:
-    """Check every setting before anything starts; a bad one raises ``ValueError`` naming it."""
+    """Check every setting before anything starts; a bad one raises ``ValueError`` naming it, and where its
+    value came from when that was not the default."""
+    def bad(name: str, msg: str):
+        where = origin(cfg, name)
+        raise ValueError(f"{name}: {msg}" + ("" if where == "default" else f" (from {where})"))
+
     for name, (lo, hi) in RANGES.items():
         v = getattr(cfg, name)
         if v is None:
             continue
         if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError(f"{name}: must be a finite number, got {v}")
+            bad(name, f"must be a finite number, got {v}")
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             span = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-            raise ValueError(f"{name}: must be {span}, got {v}")
+            bad(name, f"must be {span}, got {v}")
     if cfg.ranker_engine is not None and cfg.ranker_engine not in RANKER_ENGINES:
-        raise ValueError(f"ranker_engine: one of {', '.join(RANKER_ENGINES)}, got {cfg.ranker_engine!r}")
+        bad("ranker_engine", f"one of {', '.join(RANKER_ENGINES)}, got {cfg.ranker_engine!r}")
     if cfg.cold_order is not None and cfg.cold_order not in COLD_ORDERS:
-        raise ValueError(f"cold_order: one of {', '.join(COLD_ORDERS)}, got {cfg.cold_order!r}")
+        bad("cold_order", f"one of {', '.join(COLD_ORDERS)}, got {cfg.cold_order!r}")
     if cfg.cold_trending is not None and cfg.cold_trending not in COLD_TRENDINGS:
-        raise ValueError(f"cold_trending: one of {', '.join(COLD_TRENDINGS)}, got {cfg.cold_trending!r}")
+        bad("cold_trending", f"one of {', '.join(COLD_TRENDINGS)}, got {cfg.cold_trending!r}")
     if cfg.log_level.upper() not in LOG_LEVELS:
-        raise ValueError(f"log_level: one of {', '.join(LOG_LEVELS)}, got {cfg.log_level!r}")
+        bad("log_level", f"one of {', '.join(LOG_LEVELS)}, got {cfg.log_level!r}")
     if cfg.metrics_port and cfg.metrics_port == cfg.port:
-        raise ValueError(f"metrics_port: {cfg.metrics_port} is the gRPC port too; give the metrics another")
+        bad("metrics_port", f"{cfg.metrics_port} is the gRPC port too; give the metrics another")
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         raise ValueError("tls_cert and tls_key go together (--tls-cert and --tls-key)")
     if cfg.tls_client_ca and not cfg.tls_cert:
@@ -289,14 +376,14 @@ def validate(cfg: ServeConfig) -> ServeConfig:
     for name in ("tls_cert", "tls_key", "tls_client_ca", "tokens_file"):
         path = getattr(cfg, name)
         if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
-            raise ValueError(f"{name}: cannot read {path}" + (" (a directory)" if os.path.isdir(path) else ""))
+            bad(name, f"cannot read {path}" + (" (a directory)" if os.path.isdir(path) else ""))
     if cfg.tls_cert:
         check_tls(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
     host = cfg.host.strip("[]") or "127.0.0.1"       # empty: the default, as create_server reads it
     try:
         socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
-        raise ValueError(f"host: cannot listen on {cfg.host!r}: {getattr(exc, 'strerror', None) or exc}") from None
+        bad("host", f"cannot listen on {cfg.host!r}: {getattr(exc, 'strerror', None) or exc}")
     return cfg
 
 

@@ -32,7 +32,7 @@ from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
-from recserve.config import ServeConfig, bundle_root, validate
+from recserve.config import ServeConfig, bundle_root, debug_delay, keep_origin, sources, validate
 from recserve.live import BundleHolder
 from recserve.metrics import Metrics
 
@@ -376,15 +376,15 @@ def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConf
     """
     import dataclasses
 
-    cfg = dataclasses.replace(cfg or ServeConfig(), **kw)
+    cfg = keep_origin(dataclasses.replace(cfg or ServeConfig(), **kw), cfg or ServeConfig())
     if bundle:
         cfg.bundle = str(bundle)
     host, _, port = address.rpartition(":")
     cfg.host, cfg.port = host.strip("[]") or "127.0.0.1", int(port)
     if not cfg.bundle:
         raise ValueError("a bundle directory is required")
-    worker_cpus(cfg.cpu_affinity, cfg.workers)      # a bad setting fails here, before anything is forked
     validate(cfg)
+    worker_cpus(cfg.cpu_affinity, cfg.workers)      # a bad setting fails here, before anything is forked
     try:
         secrets = Secrets.read(cfg)                 # a malformed tokens file fails here, not in every worker
     except OSError as exc:
@@ -435,6 +435,10 @@ def serve_forever(cfg: ServeConfig) -> int:
 
     validate(cfg)                       # before logging is set up with its level
     configure_logging(cfg.log_level)
+    log.info("settings: %s", sources(cfg), extra={"event": "settings"})
+    if delay := debug_delay(os.environ):
+        log.warning("RECSERVE_DEBUG_DELAY_MS is set: every Recommend waits %g ms first (a testing aid)",
+                    delay * 1000, extra={"event": "debug_delay"})
     stop, hup = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -13,7 +13,7 @@ import uuid
 
 import grpc
 
-from recserve.config import token_fault
+from recserve.config import debug_delay, token_fault
 from recserve.events import Event
 from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument, NoBundle, NotFound
 from recserve.pipeline.messages import Filters, RecRequest
@@ -24,7 +24,7 @@ from recserve.v1 import recommender_pb2_grpc as pb_grpc
 log = logging.getLogger("recserve.service")
 
 # Test hook for drain tests: every Recommend sleeps this long (milliseconds). Unset in production.
-DEBUG_DELAY_S = float(os.environ.get("RECSERVE_DEBUG_DELAY_MS", "0") or 0) / 1000.0
+DEBUG_DELAY_S = debug_delay(os.environ)     # a testing aid, checked by `recserve serve` and logged
 
 
 MAX_DETAILS_BYTES = 1024     # a status message's UTF-8 bytes: it travels in a header a client caps (8 KiB)

@@ -122,5 +122,5 @@ def test_a_setting_out_of_its_range_in_the_environment_is_refused():
     p = subprocess.run([sys.executable, "bench/load.py", "--bundle", MISSING], cwd=REPO, capture_output=True,
                        text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO), "RECSERVE_EF": "0"})
     assert p.returncode == 2 and p.stderr.strip().splitlines() == [
-        "load.py: error: the servers' settings (RECSERVE_*): ef: must be in [1, 1048576], got 0 "
+        "load.py: error: the servers' settings (RECSERVE_*): ef: must be in [1, 1048576], got 0 (from RECSERVE_EF) "
         "(--help for usage)"], p.stderr

@@ -104,7 +104,7 @@ def test_cap_is_a_serve_flag(shared_root, tmp_path):
     assert "--cap CAP" in r.stdout and "(default: the bundle's)" in r.stdout.split("--cap CAP", 1)[1]
     r = _recserve("serve", "--bundle", str(shared_root), "--port", "0", "--cap", "0", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == \
-        "recserve serve: cap: must be in [1, 100000], got 0", r.stderr
+        "recserve serve: cap: must be in [1, 100000], got 0 (from --cap)", r.stderr
 
 
 def test_max_per_creator_has_an_upper_bound(shared_root, tmp_path):
@@ -112,7 +112,8 @@ def test_max_per_creator_has_an_upper_bound(shared_root, tmp_path):
     r = _recserve("serve", "--bundle", str(shared_root), "--port", "0", "--max-per-creator",
                   "99999999999999999999", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == \
-        "recserve serve: max_per_creator: must be in [0, 10000], got 99999999999999999999", r.stderr
+        "recserve serve: max_per_creator: must be in [0, 10000], got 99999999999999999999 (from --max-per-creator)", \
+        r.stderr
     assert C.validate(C.load({"max_per_creator": 10_000}, env={})).max_per_creator == 10_000
 
 
@@ -124,6 +125,9 @@ def test_max_per_creator_has_an_upper_bound(shared_root, tmp_path):
     (b"\xef\xbb\xbfworkers = 1\n", "env", "config file {f} (from RECSERVE_CONFIG): starts with a byte order mark"),
     (b"cpu-affinity = 'off'\ncpu_affinity = 'auto'\n", "flag",
      "config file {f}: 'cpu-affinity' and 'cpu_affinity' are one setting: keep one"),
+    ("fifo", "flag", "config file {f}: cannot read it: not a regular file"),
+    (b"workers = " + b"[" * 1000 + b"]" * 1000 + b"\n", "env",
+     "config file {f} (from RECSERVE_CONFIG): not valid TOML for recserve: arrays or tables nested too deeply"),
 ])
 def test_config_file_errors_name_the_file(shared_root, tmp_path, content, how, says):
     """Each is one line naming the file and where its name came from (before: a bare "[Errno 2] ...", or a
@@ -131,6 +135,8 @@ def test_config_file_errors_name_the_file(shared_root, tmp_path, content, how, s
     f = tmp_path / "serve.toml"
     if content == "dir":
         f.mkdir()
+    elif content == "fifo":            # the open blocked until a writer came; /dev/zero never ended
+        os.mkfifo(f)
     elif content is not None:
         f.write_bytes(content)
     args, env = (["--config", str(f)], {}) if how == "flag" else ([], {"RECSERVE_CONFIG": str(f)})
@@ -169,7 +175,7 @@ def test_an_empty_value_is_unset_in_the_environment_but_clears_as_a_flag(tmp_pat
 @pytest.mark.parametrize("text", ["1_0", "\u0663", "0x10", "1e1", "+", " 1 2 "])
 def test_integer_settings_are_decimal_ascii_digits(text):
     """int() read RECSERVE_WORKERS=1_0 as 10 and an Arabic-Indic 3 as 3."""
-    says = f"environment RECSERVE_WORKERS: workers: cannot read {text!r} as an integer"
+    says = f"environment RECSERVE_WORKERS: workers: cannot read {text.strip()!r} as an integer"
     with pytest.raises(ValueError, match=re.escape(says)):
         C.load({}, env={"RECSERVE_WORKERS": text})
 
