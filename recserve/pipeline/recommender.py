@@ -17,7 +17,7 @@ from recserve._core.merge import merge_candidates
 from recserve.events import Event, EventStore, Recorded
 from recserve.pipeline import candidates as C
 from recserve.pipeline import ranking as R
-from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument, NotFound
+from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument
 from recserve.pipeline.filters import allowed_items
 from recserve.pipeline.history import Histories
 from recserve.pipeline.items import ItemSnapshot, walk_allowed
@@ -26,6 +26,7 @@ from recserve.pipeline.messages import (EXPLAIN_CHUNK, MAX_BATCH, MAX_CONTEXT_EX
                                         check_k, check_ts, unknown_ids)
 from recserve.pipeline.novelty import NEW_SOURCE, NewItems
 from recserve.pipeline.regional import CountryTrending
+from recserve.pipeline.similar import similar_items
 
 
 def scaled_quotas(quotas: dict, n: int) -> dict:
@@ -446,70 +447,7 @@ class Recommender:
 
     # -- SimilarItems ------------------------------------------------------------------------------
     def similar(self, item_id: str, k: int, filters: Filters, deadline: float | None = None) -> Result:
-        t0 = time.perf_counter()
-        if deadline is not None and time.monotonic() > deadline:
-            raise DeadlineExceeded("similar")
-        check_id(item_id, "item_id")
-        k = check_k(k)
-        snap = self._refresh_items()
-        row = self.tables.row_of("item", item_id)
-        if row is None:
-            raise NotFound("item_id", f"unknown item {item_id!r}")
-        allowed, _, n_allowed = allowed_items(self.tables, self.n_items, filters, snap)
-        hidden = self._hidden(time.time())          # items not released yet are no answer either
-        if len(hidden):
-            allowed = np.ones(self.n_items, bool) if allowed is None else allowed.copy()
-            allowed[hidden] = False
-            n_allowed = int(np.count_nonzero(allowed))
-        n_ok = n_allowed - (1 if allowed is None or allowed[row] else 0)
-        want = min(k, n_ok)
-        frac = n_ok / max(self.n_items, 1)
-        vec = self.emb[row]
-        nb, nb_score = self.i2i_rows[row], self.i2i_scores[row]
-        nb_ok = nb >= 0
-        nb, nb_score = nb[nb_ok].astype(np.int64), nb_score[nb_ok].astype(np.float32)
-        rows = None
-        # a filter that keeps few items (under a quarter of the catalogue, and at most BRUTE_MAX): every one
-        # is scored; otherwise the neighbours and a search broad enough for the filter hold the answer
-        if not (frac < C.BRUTE_FRACTION and n_ok <= C.BRUTE_MAX):
-            # never narrower than for the default k: the answer of a k up to it is the first k of its answer
-            n_ask = CC.similar_k(max(k, CC.SIMILAR_K), frac, self.ann.count)
-            if self.sim_rows is not None and n_ask <= self.sim_rows.shape[1]:
-                r = self.sim_rows[row, :n_ask]       # the stored answer of a search at least as broad
-                r = r[r >= 0]
-            else:
-                r, _ = self.ann.query(vec, n_ask, None, False, self.similar_ef)
-            rows = CC.sorted_unique(np.concatenate([nb, r.astype(np.int64)]))
-            keep = rows != row
-            if allowed is not None:
-                keep &= allowed[rows]
-            rows = rows[keep]
-        if rows is None or len(rows) < want:
-            # every allowed item scored: the best allowed ones are found whether or not they are among the
-            # neighbours a search returned
-            ok = np.ones(self.n_items, bool) if allowed is None else allowed.copy()
-            ok[row] = False
-            rows = np.flatnonzero(ok)
-        cos = self.emb[rows] @ vec
-        i2i_part = np.zeros(len(rows), np.float32)
-        from_i2i = np.zeros(len(rows), bool)       # a neighbour whatever its weight's sign (EASE's may be < 0)
-        if len(nb):
-            pos = np.searchsorted(rows, nb)
-            hit = pos < len(rows)
-            hit[hit] = rows[pos[hit]] == nb[hit]
-            from_i2i[pos[hit]] = True
-            # scaled by the largest magnitude: a negative weight (EASE) stays a penalty, whatever the signs
-            i2i_part[pos[hit]] = nb_score[hit] / (float(np.abs(nb_score).max()) or 1.0)
-        blend = 0.7 * cos + 0.3 * i2i_part
-        if len(blend) > max(4 * want, 4096):     # an exhaustive scoring: the top want first, then their order
-            top = np.argpartition(-blend, want - 1)[:want] if want > 0 else np.zeros(0, np.int64)
-            order = top[np.argsort(-blend[top], kind="stable")]
-        else:
-            order = np.argsort(-blend, kind="stable")[:want]
-        ids = self.tables.ids_of("item", rows[order])
-        items = [Item(i, b, ["ann", "i2i"] if hit else ["ann"])
-                 for i, b, hit in zip(ids, blend[order].tolist(), from_i2i[order].tolist())]
-        return Result(items, self.version, [("total", (time.perf_counter() - t0) * 1000.0)])
+        return similar_items(self, item_id, k, filters, deadline)
 
     # -- writes ------------------------------------------------------------------------------------
     def validate_events(self, events: list[Event]) -> list[Event]:

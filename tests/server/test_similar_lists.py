@@ -164,3 +164,67 @@ def test_the_answer_of_a_small_k_is_the_first_k_of_the_default_ones(bundle):
         full = [i.item_id for i in rec.similar(item, C.SIMILAR_K, f).items]
         for k in (1, 2, 3, 5, 8, 13):
             assert [i.item_id for i in rec.similar(item, k, f).items] == full[:k], (item, f, k)
+
+
+@pytest.fixture(scope="module")
+def wide_bundle(tmp_path_factory):
+    """1,500 items with 400 co-occurrence neighbours each (EASE): enough for k survivors of a filter that
+    drops an item's nearest ones, as in a real catalogue (the demo bundle's search reaches nearly all)."""
+    from recserve.bundle import Bundle
+    from trainer.build import build
+    from trainer.synth import synth
+    from trainer.timing import Timer
+
+    ds, _ = synth(1000, 1500, seed=5)
+    root = tmp_path_factory.mktemp("wide")
+    build(ds, root, {"seed": 0, "factors": 16, "ranker_users": 300, "ranker_rounds": 20, "tune": False},
+          timer=Timer(verbose=False))
+    with Bundle.open(root) as b:
+        yield b
+
+
+@pytest.mark.parametrize("in_stock_only", [False, True])
+def test_a_filter_that_drops_the_nearest_items_still_gets_the_best_allowed_ones(wide_bundle, in_stock_only):
+    """Excluding the items just seen (or a sold-out brand) drops the item's nearest neighbours while the
+    filter keeps most of the catalogue: the answer was the best of the co-occurrence neighbours that
+    survived, missing better allowed items (20 of 40 items here), and k = 1 was not always the first item
+    of k = 20."""
+    bundle = wide_bundle
+    rec = Recommender(bundle, None, None)
+    assert (rec.i2i_rows >= 0).sum(1).mean() > 100
+    stock = np.asarray(rec._items.in_stock, bool) if rec._items.in_stock is not None else None
+    rng = np.random.default_rng(7)
+    for row in rng.choice(bundle.n_items, 40, replace=False):
+        row = int(row)
+        cos = rec.emb @ rec.emb[row]
+        cos[row] = -np.inf
+        near = np.argsort(-cos, kind="stable")[:bundle.n_items // 12]
+        allowed = stock.copy() if in_stock_only and stock is not None else np.ones(bundle.n_items, bool)
+        allowed[near] = False
+        assert allowed.mean() > BRUTE_FRACTION          # a broad filter: answered by a search
+        f = Filters(in_stock_only=in_stock_only, exclude_item_ids=bundle.tables.ids_of("item", near))
+        want, blend = _exhaustive_blend(rec, row, allowed, C.SIMILAR_K)
+        item = bundle.tables.id_of("item", row)
+        got = rec.similar(item, C.SIMILAR_K, f)
+        got_rows = bundle.tables.rows_of("item", [i.item_id for i in got.items])
+        assert len(got_rows) == min(C.SIMILAR_K, int(allowed.sum()) - bool(allowed[row]))
+        kth = np.sort(blend[list(want)])[0]
+        assert all(blend[r] >= kth - 1e-5 for r in got_rows), item
+        for k in (1, 3, 7):
+            assert [i.item_id for i in rec.similar(item, k, f).items] == [i.item_id for i in got.items][:k]
+
+
+def test_an_answer_says_ann_only_for_items_the_embedding_search_found(wide_bundle):
+    """Every answer item was labelled ``ann``, co-occurrence neighbours the search never returned too."""
+    bundle = wide_bundle
+    rec = Recommender(bundle, None, None)
+    only_i2i = 0
+    for row in range(0, bundle.n_items, 25):
+        res = rec.similar(bundle.tables.id_of("item", row), C.SIMILAR_K, Filters(in_stock_only=False))
+        searched = set(rec.sim_rows[row, :C.similar_k(C.SIMILAR_K, 1.0, bundle.n_items)].tolist())
+        for it in res.items:
+            r = bundle.tables.row_of("item", it.item_id)
+            assert ("ann" in it.sources) == (r in searched), (row, r, it.sources)
+            assert it.sources
+            only_i2i += it.sources == ["i2i"]
+    assert only_i2i > 0
