@@ -108,7 +108,7 @@ def _pack_error(exc: BaseException) -> tuple:
     if isinstance(exc, (InvalidArgument, NotFound)):
         return (type(exc).__name__, exc.field, exc.message)
     if isinstance(exc, DeadlineExceeded):
-        return ("DeadlineExceeded", exc.stage, "")
+        return ("DeadlineExceeded", exc.stage, exc.when)
     if isinstance(exc, NoBundle):
         return ("NoBundle", "", "")
     return ("Internal", type(exc).__name__, "")
@@ -120,7 +120,7 @@ def _unpack_error(kind: str, a: str, b: str) -> BaseException:
     if kind == "NotFound":
         return NotFound(a, b)
     if kind == "DeadlineExceeded":
-        return DeadlineExceeded(a)
+        return DeadlineExceeded(a, b or "before")
     if kind == "NoBundle":
         return PeerUnavailable("the sibling has no bundle loaded")
     return _Remote(f"{a} in a sibling worker")

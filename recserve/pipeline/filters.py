@@ -7,7 +7,7 @@ import numpy as np
 
 from recserve.pipeline.errors import InvalidArgument
 from recserve.pipeline.items import ItemSnapshot
-from recserve.pipeline.messages import MAX_LIST, Filters, check_id
+from recserve.pipeline.messages import MAX_LIST, Filters, check_count, check_id
 
 
 def in_codes(codes: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -22,8 +22,7 @@ def in_codes(codes: np.ndarray, wanted: np.ndarray) -> np.ndarray:
 
 
 def category_codes(tables, names: list[str], field_name: str) -> np.ndarray:
-    if len(names) > MAX_LIST:
-        raise InvalidArgument(field_name, f"more than {MAX_LIST} categories")
+    check_count(len(names), MAX_LIST, field_name, "categories")
     codes = []
     for n in names:
         r = tables.row_of("category", n)
@@ -45,8 +44,7 @@ def allowed_items(tables, n_items: int, f: Filters, snap: ItemSnapshot, field_pr
             raise InvalidArgument(f"{field_prefix}.{name}", f"must be a finite price >= 0, got {v}")
     if f.min_price is not None and f.max_price is not None and f.min_price > f.max_price:
         raise InvalidArgument(f"{field_prefix}.min_price", "is greater than max_price")
-    if len(f.exclude_item_ids) > MAX_LIST:
-        raise InvalidArgument(f"{field_prefix}.exclude_item_ids", f"more than {MAX_LIST} ids")
+    check_count(len(f.exclude_item_ids), MAX_LIST, f"{field_prefix}.exclude_item_ids", "ids")
     for i in f.exclude_item_ids:
         check_id(i, f"{field_prefix}.exclude_item_ids")
     base = snap.in_stock if f.in_stock_only else None

@@ -22,6 +22,18 @@ MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z: later "unix seconds" are millis
 MAX_EVENT_AHEAD = 86400.0  # an event's time may run ahead of the server's clock by a day (clock skew), no more
 
 
+def check_count(n: int, limit: int, field_name: str, what: str) -> None:
+    """A repeated field of more than ``limit`` entries (``what``: "ids", "entries", ...) is refused."""
+    if n > limit:
+        raise InvalidArgument(field_name, f"more than {limit} {what}")
+
+
+def check_batch(n: int, what: str, field_name: str) -> None:
+    """A write batch of more than ``MAX_BATCH`` entries (``what``: "events", "updates") is refused."""
+    if n > MAX_BATCH:
+        raise InvalidArgument(field_name, f"batch of {n} {what} exceeds {MAX_BATCH}")
+
+
 def check_ts(ts: float, field_name: str) -> None:
     if not math.isfinite(ts) or ts < 0:
         raise InvalidArgument(field_name, "must be finite unix seconds >= 0")

@@ -21,9 +21,9 @@ from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument
 from recserve.pipeline.filters import allowed_items
 from recserve.pipeline.history import Histories
 from recserve.pipeline.items import ItemSnapshot, walk_allowed
-from recserve.pipeline.messages import (EXPLAIN_CHUNK, MAX_BATCH, MAX_CONTEXT_EXTRA, MAX_DEVICE, MAX_EVENT_AHEAD,
-                                        MAX_EXPLAIN, MAX_LIST, MAX_PRICE, Filters, Item, RecRequest, Result, check_id,
-                                        check_k, check_ts, unknown_ids)
+from recserve.pipeline.messages import (EXPLAIN_CHUNK, MAX_CONTEXT_EXTRA, MAX_DEVICE, MAX_EVENT_AHEAD, MAX_EXPLAIN,
+                                        MAX_LIST, MAX_PRICE, Filters, Item, RecRequest, Result, check_batch,
+                                        check_count, check_id, check_k, check_ts, unknown_ids)
 from recserve.pipeline.novelty import NEW_SOURCE, NewItems
 from recserve.pipeline.regional import CountryTrending
 from recserve.pipeline.similar import similar_items
@@ -241,16 +241,16 @@ class Recommender:
         t0 = tp = time.perf_counter()
         carried = 0.0           # ms of the current stage before its inner pauses
 
-        def check_deadline(point):
+        def check_deadline(point, when):
             if req.deadline is not None and time.monotonic() > req.deadline:
-                raise DeadlineExceeded(point)
+                raise DeadlineExceeded(point, when)
 
         def lap(stage):
             nonlocal tp, carried
             now = time.perf_counter()
             timings.append((stage, (now - tp) * 1000.0 + carried))
             tp, carried = now, 0.0
-            check_deadline(stage)
+            check_deadline(stage, "after")
 
         def done(stage):
             """``yield from done(stage)``: the stage's lap, then a pause point for the caller."""
@@ -264,7 +264,7 @@ class Recommender:
             nonlocal tp, carried
             now = time.perf_counter()
             carried += (now - tp) * 1000.0
-            check_deadline(point)
+            check_deadline(point, "during")
             yield point
             tp = time.perf_counter()
 
@@ -272,8 +272,7 @@ class Recommender:
         k = check_k(req.k)
         if req.explain and k > MAX_EXPLAIN:
             raise InvalidArgument("explain", f"explanations are given for k up to {MAX_EXPLAIN} items, not {k}")
-        if len(req.session_item_ids) > MAX_LIST:
-            raise InvalidArgument("session_item_ids", f"more than {MAX_LIST} ids")
+        check_count(len(req.session_item_ids), MAX_LIST, "session_item_ids", "ids")
         for s in req.session_item_ids:
             check_id(s, "session_item_ids")
         lam = float(self.cparams["mmr_lambda"]) if req.mmr_lambda is None else req.mmr_lambda
@@ -291,8 +290,7 @@ class Recommender:
         check_ts(req.timestamp, "context.timestamp")
         check_id(req.country, "context.country", allow_empty=True)
         if req.extra:
-            if len(req.extra) > MAX_CONTEXT_EXTRA:
-                raise InvalidArgument("context.extra", f"more than {MAX_CONTEXT_EXTRA} entries")
+            check_count(len(req.extra), MAX_CONTEXT_EXTRA, "context.extra", "entries")
             for key, value in req.extra.items():
                 check_id(key, "context.extra")
                 check_id(value, f"context.extra[{key!r}]", allow_empty=True)
@@ -454,8 +452,7 @@ class Recommender:
         """Validated events (timestamp 0 -> now); unknown items reject the whole batch, naming them."""
         if not events:
             raise InvalidArgument("events", "the batch is empty")
-        if len(events) > MAX_BATCH:
-            raise InvalidArgument("events", f"batch of {len(events)} events exceeds {MAX_BATCH}")
+        check_batch(len(events), "events", "events")
         now = time.time()
         out, unknown = [], []
         for i, e in enumerate(events):
@@ -492,8 +489,7 @@ class Recommender:
             raise RuntimeError("no event store")
         if not updates:
             raise InvalidArgument("items", "the batch is empty")
-        if len(updates) > MAX_BATCH:
-            raise InvalidArgument("items", f"batch of {len(updates)} updates exceeds {MAX_BATCH}")
+        check_batch(len(updates), "updates", "items")
         unknown = []
         for i, (item_id, in_stock, price) in enumerate(updates):
             check_id(item_id, f"items[{i}].item_id")
