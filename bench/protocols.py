@@ -12,7 +12,8 @@ her training items; all users with a test item and a training item are evaluated
 
 Methods: popularity, item-kNN (cosine, top-100 neighbours), EASE (lam tuned on a validation split of the
 training part, grid 100/250/500/1000), implicit's ALS ``recommend`` (``bench/quality.implicit_als``,
-the trainer's factors / regularisation / alpha), and recserve: a bundle built by ``recserve-train build
+the trainer's factors; regularisation and alpha tuned on that validation split, ``bench/quality.ALS_REG`` x
+``ALS_ALPHA``), and recserve: a bundle built by ``recserve-train build
 --holdout 0`` on the training part (written to a temp dir in the trainer's input format), scored by
 ``trainer.evaluate.evaluate`` with MMR off (``mmr_lambda`` = 1): ``ann`` (as served: the ANN quota),
 ``ann-all`` (the same user vector against every item, exact cosine, so every unseen item is ranked),
@@ -149,7 +150,6 @@ def run_once(ds, test: np.ndarray, seed: int, args, label_split: str = "time") -
             extra = ev.item_stats(art)
             recs = rank_all(art, user_vecs(art, users, b.params), users, 50)
             out["recserve ann-all"] = ev._metrics(recs, truths, *extra)
-            tc = b.manifest["training"]["config"]
             factors = int(b.manifest["training"]["factors"])
         finally:
             b.close()
@@ -160,11 +160,20 @@ def run_once(ds, test: np.ndarray, seed: int, args, label_split: str = "time") -
     lam, lam_scores = bl.tune_ease(train, seed=seed)
     out["ease"] = ev._metrics(rec(bl.ease(train, users, 50, lam=lam)), truths, *extra)
     base_s = time.perf_counter() - t
-    als, _ = quality.implicit_als(train, users, factors, seed, float(tc.get("als_reg", 20.0)),
-                                  float(tc.get("als_alpha", 20.0)), args.threads)
+    # ALS's regularisation and alpha chosen as EASE's lam is: on a validation split of the training part
+    fit, val = bl.validation_split(train, 0.2, seed)
+    vusers = np.flatnonzero(np.diff(val.indptr) > 0)
+    vtruths = [set(val.indices[val.indptr[u]:val.indptr[u + 1]].tolist()) for u in vusers]
+    def als_fit(x, us, reg, alpha):
+        return quality.implicit_als(x, us, factors, seed, reg, alpha, args.threads)
+
+    grid = [(r, a) for r in quality.ALS_REG for a in quality.ALS_ALPHA]
+    (reg, alpha), _ = quality.tuned(als_fit, grid, fit, vusers, vtruths, extra)
+    als, _ = quality.implicit_als(train, users, factors, seed, reg, alpha, args.threads)
     out["implicit-als"] = ev._metrics(als, truths, *extra)
-    return {"methods": out, "users": len(users), "lam": lam, "lam_scores": lam_scores, "build_s": build_s,
-            "baselines_s": base_s, "train": int(train.nnz), "test": int(sum(len(t) for t in truths))}
+    return {"methods": out, "users": len(users), "lam": lam, "lam_scores": lam_scores, "als": [reg, alpha],
+            "build_s": build_s, "baselines_s": base_s, "train": int(train.nnz),
+            "test": int(sum(len(t) for t in truths))}
 
 
 def fmt(vals):
@@ -175,7 +184,8 @@ def fmt(vals):
 def table(name: str, runs: list[dict], seeds) -> str:
     lines = [f"protocol {name}  seeds {','.join(map(str, seeds))}  users {runs[0]['users']}  "
              f"train {runs[0]['train']} / test {runs[0]['test']} interactions  "
-             f"EASE lam per seed {[r['lam'] for r in runs]}",
+             f"EASE lam per seed {[r['lam'] for r in runs]}  "
+             f"ALS reg, alpha per seed {[r['als'] for r in runs]}",
              f"{'method':<24}" + "".join(f"{c:>26}" for c in SHOW)]
     for m in METHODS:
         lines.append(f"{m:<24}" + "".join(f"{fmt([r['methods'][m][c] for r in runs]):>26}" for c in SHOW))

@@ -6,20 +6,26 @@
 Per dataset: ``trainer.build.build`` trains a bundle (time split: the newest 10 % is held out), then
 ``trainer.build.evaluate_bundle`` evaluates recserve's stages on the held-out window -- popularity
 (trending, as served), i2i, ANN only, ANN + ranker, all sources merged + ranker, + MMR -- and the same
-users / truths / metric code (``trainer.evaluate._metrics``) score two baselines fitted on exactly the
-training interactions of the bundle (everything before the test cut):
+users / truths / metric code (``trainer.evaluate._metrics``) score three outside baselines fitted on exactly the
+training interactions of the bundle (everything before the test cut). recserve's own popularity stage is
+the row ``trending`` (its trending source as served: time-decayed, by country).
 
-  * ``implicit-als``: implicit's AlternatingLeastSquares (same factors, regularisation and alpha as the
-    trainer, raw interaction counts as confidences) and its ``recommend(..., filter_already_liked_items)``;
-  * ``item-knn``: item-kNN on co-occurrence (cosine of binary user x item columns, all items), a user's
-    score for an item = sum of its similarities to the user's training items; training items excluded.
+  * ``popularity``: items by distinct users in the training window, the user's own left out;
+  * ``implicit-als``: implicit's AlternatingLeastSquares (the trainer's factors, 15 iterations, raw
+    interaction counts as confidences) and its ``recommend(..., filter_already_liked_items)``;
+  * ``item-knn``: item-kNN on co-occurrence (cosine of binary user x item columns), a user's score for an
+    item = sum of its similarities to the user's training items; training items excluded.
+
+The baselines' settings are chosen as recserve's build chooses its own, without the test window: ALS's
+regularisation and alpha (a grid of 8 x 4) and item-kNN's neighbours kept (20, 100, all) by NDCG@10 on the
+training window split again, its newest 10 % held out; their time column includes that search.
 
 Columns: Recall@10/20/50, NDCG@10, coverage@10 (share of the catalogue in anyone's top 10), diversity
 (ild@10, mean pairwise 1 - cosine of the bundle's item embeddings in a top 10), novelty@10 (mean
 -log2 popularity share), and training time (recserve: the whole bundle build, shared by its stages).
 MovieLens-100K is read from ``--movielens`` (default ``../shared/datasets/ml-100k`` relative to the repo)
-and skipped with a message when that default directory is absent; a directory named with ``--movielens``
-must exist (``--movielens ""`` skips MovieLens).
+and skipped with a message when that default directory holds no MovieLens data; a directory named with
+``--movielens`` must hold it (``--movielens ""`` skips MovieLens; ``--quick`` skips it, saying so).
 """
 from __future__ import annotations
 
@@ -45,8 +51,9 @@ DEFAULT_ML = REPO.parent / "shared" / "datasets" / "ml-100k"
 COLS = ["recall@10", "recall@20", "recall@50", "ndcg@10", "coverage@10", "ild@10", "novelty@10", "mean_len"]
 
 
-def item_knn(train: sp.csr_matrix, users: np.ndarray, n: int = 50):
-    t = time.perf_counter()
+def knn_similarity(train: sp.csr_matrix, neighbours: int = 0) -> sp.csr_matrix:
+    """Cosine of binary item columns, zero diagonal; column j keeps its ``neighbours`` most similar items
+    (0: all), so a user's score for j = x[u] @ sim[:, j] sums j's kept similarities to her items."""
     x = train.copy()
     x.data[:] = 1.0
     norms = np.sqrt(np.asarray(x.sum(0)).ravel())
@@ -56,6 +63,22 @@ def item_knn(train: sp.csr_matrix, users: np.ndarray, n: int = 50):
     c.eliminate_zeros()
     d = sp.diags(1.0 / norms.astype(np.float32))
     sim = (d @ c @ d).tocsr()
+    if neighbours:                      # symmetric: row j is column j; its top entries kept, then transposed
+        for j in range(sim.shape[0]):
+            a, b = sim.indptr[j], sim.indptr[j + 1]
+            if b - a > neighbours:
+                vals = sim.data[a:b]
+                vals[np.argsort(-vals, kind="stable")[neighbours:]] = 0.0
+        sim.eliminate_zeros()
+        sim = sim.T.tocsr()
+    return sim
+
+
+def item_knn(train: sp.csr_matrix, users: np.ndarray, neighbours: int = 0, n: int = 50):
+    t = time.perf_counter()
+    x = train.copy()
+    x.data[:] = 1.0
+    sim = knn_similarity(train, neighbours)
     fit_s = time.perf_counter() - t
     s = (x[users] @ sim).toarray()
     s[x[users].toarray() > 0] = -np.inf
@@ -77,6 +100,62 @@ def implicit_als(train: sp.csr_matrix, users: np.ndarray, factors: int, seed: in
         fit_s = time.perf_counter() - t
         ids, _ = m.recommend(users, train[users], N=n, filter_already_liked_items=True)
     return [np.asarray(r, np.int64) for r in ids], fit_s
+
+
+ALS_REG = (1.0, 5.0, 20.0, 50.0, 200.0, 500.0, 1000.0, 2000.0)
+ALS_ALPHA = (1.0, 5.0, 20.0, 40.0)
+KNN_NEIGHBOURS = (20, 100, 0)         # 0: all items
+
+
+def popularity(train: sp.csr_matrix, users: np.ndarray, n: int = 50):
+    """Items by distinct users in the training window, the user's own left out: the outside baseline."""
+    t = time.perf_counter()
+    x = train.copy()
+    x.data[:] = 1.0
+    pop = np.asarray(x.sum(0)).ravel().astype(np.float64)
+    order = np.argsort(-pop, kind="stable")
+    fit_s = time.perf_counter() - t
+    recs = []
+    for u in users:
+        seen = set(x.indices[x.indptr[u]:x.indptr[u + 1]].tolist())
+        recs.append(np.array([i for i in order[:n + len(seen)] if i not in seen][:n], np.int64))
+    return recs, fit_s
+
+
+def inner_split(ds, u_map: np.ndarray, i_map: np.ndarray, cut: float, shape: tuple, max_users: int, seed: int):
+    """The training window split as the trainer splits the whole log: its newest 10 % (by time) held out.
+    Returns (fit matrix, validation users -- at most ``max_users``, drawn with ``seed`` --, their truths); the
+    baselines' settings are chosen on it, so the test window is never seen."""
+    tr = ds.ts < cut
+    inner = float(np.quantile(ds.ts[tr], 0.9))
+    u, i, ts = u_map[ds.user[tr]], i_map[ds.item[tr]], ds.ts[tr]
+    ok = (u >= 0) & (i >= 0)
+    u, i, ts = u[ok], i[ok], ts[ok]
+    fit = ts < inner
+    x = sp.csr_matrix((np.ones(int(fit.sum()), np.float32), (u[fit], i[fit])), shape=shape)
+    x.sum_duplicates()
+    key = u * shape[1] + i
+    new = ~fit & ~np.isin(key, key[fit])           # held-out pairs the user had not met before
+    truth: dict = {}
+    for uu, ii in zip(u[new].tolist(), i[new].tolist()):
+        truth.setdefault(uu, set()).add(ii)
+    users = np.array(sorted(truth), np.int64)
+    if len(users) > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    return x, users, [truth[v] for v in users.tolist()]
+
+
+def tuned(fit_fn, grid, x, users, truths, stats) -> tuple:
+    """The grid point with the best validation NDCG@10 (ties: the first), and the seconds the search took."""
+    from trainer import evaluate as ev
+
+    t = time.perf_counter()
+    scores = {}
+    for point in grid:
+        recs, _ = fit_fn(x, users, *point)
+        scores[point] = ev._metrics(recs, truths, *stats)["ndcg@10"]
+    best = max(grid, key=lambda p: scores[p])
+    return best, time.perf_counter() - t
 
 
 def run_dataset(name: str, ds, cfg: dict, max_users: int, seed: int, threads: int) -> dict:
@@ -112,13 +191,25 @@ def run_dataset(name: str, ds, cfg: dict, max_users: int, seed: int, threads: in
                                   shape=(n_users, n_items))
             train.sum_duplicates()
             stats = ev.item_stats(art)
-            methods = {m: {**v, "train_s": build_s} for m, v in res["methods"].items()}
-            tc = b.manifest["training"]["config"]
-            recs, fit_s = implicit_als(train, users, int(b.manifest["training"]["factors"]), seed,
-                                       float(tc.get("als_reg", 20.0)), float(tc.get("als_alpha", 20.0)), threads)
-            methods["implicit-als"] = {**ev._metrics(recs, truths, *stats), "train_s": fit_s}
-            recs, fit_s = item_knn(train, users)
-            methods["item-knn"] = {**ev._metrics(recs, truths, *stats), "train_s": fit_s}
+            # recserve's popularity stage is its trending source, as served (decayed, by country)
+            methods = {("trending" if m == "popularity" else m): {**v, "train_s": build_s}
+                       for m, v in res["methods"].items()}
+            recs, fit_s = popularity(train, users)
+            methods["popularity"] = {**ev._metrics(recs, truths, *stats), "train_s": fit_s}
+            # the baselines' settings are chosen as recserve's are: on the training window's own newest 10 %
+            vx, vusers, vtruths = inner_split(ds, u_map, i_map, cut, (n_users, n_items), max_users, seed)
+            factors = int(b.manifest["training"]["factors"])
+            als = lambda x, us, reg, alpha: implicit_als(x, us, factors, seed, reg, alpha, threads)  # noqa: E731
+            (reg, alpha), tune_s = tuned(als, [(r, a) for r in ALS_REG for a in ALS_ALPHA], vx, vusers, vtruths,
+                                          stats)
+            recs, fit_s = implicit_als(train, users, factors, seed, reg, alpha, threads)
+            methods["implicit-als"] = {**ev._metrics(recs, truths, *stats), "train_s": tune_s + fit_s,
+                                       "settings": f"reg {reg:g}, alpha {alpha:g}"}
+            knn = lambda x, us, nb: item_knn(x, us, nb)  # noqa: E731
+            (nb,), tune_s = tuned(knn, [(v,) for v in KNN_NEIGHBOURS], vx, vusers, vtruths, stats)
+            recs, fit_s = item_knn(train, users, nb)
+            methods["item-knn"] = {**ev._metrics(recs, truths, *stats), "train_s": tune_s + fit_s,
+                                   "settings": f"{nb or 'all'} neighbours"}
         finally:
             b.close()
     return {"dataset": name, "users": int(res["users"]), "n_users": int(n_users), "n_items": int(n_items),
@@ -134,7 +225,14 @@ def format_table(results: list[dict]) -> str:
             name = ""
         lines.append(f"{'':<22}({r['users']} evaluated users; {r['n_users']} users x {r['n_items']} items, "
                      f"{r['interactions']} interactions; recserve rows share one {r['build_s']:.1f} s build)")
+        chosen = [f"{m} {v['settings']}" for m, v in r["methods"].items() if "settings" in v]
+        if chosen:
+            lines.append(f"{'':<22}(chosen on the training window's newest 10 %: {'; '.join(chosen)})")
     return "\n".join(lines)
+
+
+def _movielens_files(path: Path) -> bool:
+    return (path / "u.data").is_file() or (path / "ratings.csv").is_file()
 
 
 def main(argv=None) -> int:
@@ -152,6 +250,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.movielens:
         check_dir(ap, a.movielens, "--movielens")       # named on the command line: it must be there
+        if not _movielens_files(Path(a.movielens)):
+            ap.error(f"--movielens: {a.movielens} holds neither ml-100k's u.data nor ml-latest's ratings.csv")
     from trainer.synth import synth
 
     cfg = {"seed": a.seed, "factors": a.factors, "ranker_users": a.ranker_users, "threads": a.threads}
@@ -165,7 +265,9 @@ def main(argv=None) -> int:
         print(f"synth {nu}x{ni}: {len(ds)} interactions ...", flush=True)
         results.append(run_dataset(f"synth {nu}x{ni}", ds, cfg, a.eval_users, a.seed, a.threads))
     ml = Path(a.movielens) if a.movielens else DEFAULT_ML
-    if a.movielens != "" and ml.is_dir() and not a.quick:
+    if a.quick and a.movielens:
+        print(f"MovieLens skipped (--quick): {ml}")
+    elif a.movielens != "" and _movielens_files(ml) and not a.quick:
         from trainer.movielens import load_movielens
 
         ds = load_movielens(str(ml))
@@ -174,7 +276,8 @@ def main(argv=None) -> int:
     elif a.movielens == "":
         print("MovieLens skipped (--movielens '')")
     elif not a.quick:
-        print(f"MovieLens skipped: the default {ml} is not a directory (pass --movielens PATH)")
+        print(f"MovieLens skipped: the default {ml} holds no MovieLens data (u.data or ratings.csv; pass "
+              "--movielens PATH)")
     print(format_table(results))
     if a.json:
         write_json(a.json, record(a, trainer_config=cfg, results=results))

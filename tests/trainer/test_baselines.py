@@ -80,6 +80,7 @@ def test_protocols_smoke(tmp_path):
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "protocol (a)" in p.stdout and "protocol (b)" in p.stdout
+    assert "ALS reg, alpha per seed [[" in p.stdout         # chosen on the validation split, not the trainer's
     for m in ("popularity", "item-knn", "ease", "implicit-als", "recserve full(l=1)"):
         assert m in p.stdout
 
