@@ -70,6 +70,12 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")
 _NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(inf|infinity|nan)", re.IGNORECASE)
 
 
+def shown(value, limit: int = 60) -> str:
+    """``repr(value)`` for an error message, cut at ``limit`` characters (a config value may be megabytes)."""
+    r = repr(value)
+    return r if len(r) <= limit else f"{r[:limit - 4]}... ({len(r)} characters)"
+
+
 def integer(text) -> int:
     """A decimal integer in ASCII digits, blanks around it allowed: not ``1_0``, ``0x10`` or ``٣`` (int()
     takes the first and the last). The type of the serve flags and environment variables that are integers."""
@@ -100,7 +106,7 @@ def _coerce(f: dataclasses.Field, value, typed: bool = False):
               "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
               "str": lambda v: isinstance(v, str)}[t](value)
         if not ok:
-            raise ValueError(f"{f.name}: expected {_TYPE_NAMES[t]}, got {value!r}")
+            raise ValueError(f"{f.name}: expected {_TYPE_NAMES[t]}, got {shown(value)}")
         return float(value) if t == "float" else value
     try:
         if t == "int":
@@ -109,7 +115,7 @@ def _coerce(f: dataclasses.Field, value, typed: bool = False):
             return number(value)
         return str(value)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{f.name}: cannot read {value!r} as {_TYPE_NAMES[t]}") from exc
+        raise ValueError(f"{f.name}: cannot read {shown(value)} as {_TYPE_NAMES[t]}") from exc
 
 
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string"}
@@ -143,7 +149,7 @@ def _path(name: str, value: str, base: str | None = None) -> str:
         return value
     p = os.path.expanduser(value)
     if p.startswith("~"):
-        raise ValueError(f"{name}: cannot expand {value!r} (no such user)")
+        raise ValueError(f"{name}: cannot expand {shown(value)} (no such user)")
     return os.path.join(base, p) if base is not None else p
 
 
@@ -218,7 +224,7 @@ def debug_delay(env) -> float:
     except ValueError:
         ms = float("nan")
     if not 0 <= ms <= 600_000:
-        raise ValueError(f"environment RECSERVE_DEBUG_DELAY_MS: milliseconds in [0, 600000], got {v!r}")
+        raise ValueError(f"environment RECSERVE_DEBUG_DELAY_MS: milliseconds in [0, 600000], got {shown(v)}")
     return ms / 1000.0
 
 
@@ -360,13 +366,13 @@ def validate(cfg: ServeConfig) -> ServeConfig:
             span = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
             bad(name, f"must be {span}, got {v}")
     if cfg.ranker_engine is not None and cfg.ranker_engine not in RANKER_ENGINES:
-        bad("ranker_engine", f"one of {', '.join(RANKER_ENGINES)}, got {cfg.ranker_engine!r}")
+        bad("ranker_engine", f"one of {', '.join(RANKER_ENGINES)}, got {shown(cfg.ranker_engine)}")
     if cfg.cold_order is not None and cfg.cold_order not in COLD_ORDERS:
-        bad("cold_order", f"one of {', '.join(COLD_ORDERS)}, got {cfg.cold_order!r}")
+        bad("cold_order", f"one of {', '.join(COLD_ORDERS)}, got {shown(cfg.cold_order)}")
     if cfg.cold_trending is not None and cfg.cold_trending not in COLD_TRENDINGS:
-        bad("cold_trending", f"one of {', '.join(COLD_TRENDINGS)}, got {cfg.cold_trending!r}")
+        bad("cold_trending", f"one of {', '.join(COLD_TRENDINGS)}, got {shown(cfg.cold_trending)}")
     if cfg.log_level.upper() not in LOG_LEVELS:
-        bad("log_level", f"one of {', '.join(LOG_LEVELS)}, got {cfg.log_level!r}")
+        bad("log_level", f"one of {', '.join(LOG_LEVELS)}, got {shown(cfg.log_level)}")
     if cfg.metrics_port and cfg.metrics_port == cfg.port:
         bad("metrics_port", f"{cfg.metrics_port} is the gRPC port too; give the metrics another")
     if bool(cfg.tls_cert) != bool(cfg.tls_key):

@@ -119,3 +119,14 @@ def test_the_client_reads_an_empty_address_as_unset_and_drops_blanks(server):
     assert bad is None and (args.addr, args.token) == ("127.0.0.1:50051", None)
     r = _recserve("health", "--timeout", "10", cwd=ROOT, env={"RECSERVE_ADDR": f" {server.addr}\n"})
     assert r.returncode == 0 and "SERVING" in r.stdout, r.stderr
+
+
+def test_a_long_value_is_cut_in_its_error(tmp_path):
+    """A value nested 300 deep printed a 600-character line; a megabyte string would print a megabyte."""
+    f = tmp_path / "serve.toml"
+    f.write_text("workers = " + "[" * 300 + "]" * 300 + "\n")
+    with pytest.raises(ValueError) as exc:
+        C.load({}, env={}, file=f)
+    assert str(exc.value).endswith("... (600 characters)") and len(str(exc.value)) < 160 + len(str(f))
+    with pytest.raises(ValueError, match=r"got 'xxx+\.\.\. \(100002 characters\) \(from RECSERVE_LOG_LEVEL\)$"):
+        C.validate(C.load({}, env={"RECSERVE_LOG_LEVEL": "x" * 100_000}))
