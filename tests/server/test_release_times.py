@@ -53,3 +53,12 @@ def test_similar_items_leaves_out_items_not_released_yet(prelisted_bundle):
         assert len(ids) == 30 and not set(ids) & later
         asked += 1
     assert asked == len(later)
+
+
+def test_similar_items_of_an_unreleased_item_answers_with_released_ones(prelisted_bundle):
+    """A page may preview an item before its release: its SimilarItems answer, without unreleased items."""
+    b, later = prelisted_bundle
+    rec = Recommender(b, None)
+    for item in sorted(later):
+        ids = [i.item_id for i in rec.similar(item, 20, Filters(in_stock_only=False)).items]
+        assert len(ids) == 20 and not set(ids) & later and item not in ids
