@@ -9,10 +9,13 @@ child process (``python -m trainer.cli build``: ``--factors``, ``--ranker-users`
 ``--tune``; with ``--cli-defaults``, no options at all, the build as ``recserve-train build --data D B`` runs
 it: tuning, every default); its
 wall time is measured around the child and its peak resident memory is the child's own ``ru_maxrss`` from
-``os.wait4`` (that process only, not the sum over children). "wall s" is that process's whole wall time:
+``os.wait4`` (that process, not the sum over children; Linux keeps the parent's peak at the child's exec
+as its floor, about 30 MiB here, below every build's; figures in MiB, printed as MB). "wall s" is that
+process's whole wall time:
 Python start-up and imports, reading the data, the build, the build's default evaluation and the bundle
 write. The trainer's stage timings (the manifest's top-level stages) cover the build only: "stages s" is
-their sum and "other s" the rest of the wall time (start-up, reading, evaluation, write); the largest
+their sum (reading the tables is one: ``load``) and "other s" the rest of the wall time (start-up,
+evaluation, write); the largest
 stages are printed beside them. Ratio: time and memory relative to the smallest size.
 """
 from __future__ import annotations
@@ -74,6 +77,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.quick:             # the settings the run uses are the ones its record holds
         a.sizes, a.factors, a.ranker_users = [(200, 100, None), (400, 200, None)], 16, 300
+    if a.cli_defaults:      # ... and options it does not pass are not in it
+        a.factors = a.ranker_users = a.tune = None
     runs = a.sizes
     print(f"machine: {machine()}; date {time.strftime('%Y-%m-%d')}")
     print("build options: " + ("none (the CLI's defaults)" if a.cli_defaults else

@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     seeds = rng.integers(0, n_items, 20)
     seed_w = np.exp(-0.1 * np.arange(20)).astype(np.float32)
 
-    # 7. a history of 200 events (repeats, two sessions): seen set, 100 recent seeds, 10 session seeds;
+    # 7. a history of 200 events over 150 items (repeats): seen set, 100 recent seeds, 10 session seeds;
     #    then 300 ANN rows without the seen ones
     h_rows = rng.integers(0, 150, 200).astype(np.int32)
     h_ts = np.sort(rng.random(200) * 86400.0 * 3)
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
         "history seeds (200 events -> 100 + 10)": (
             lambda: history_seeds(h_rows, h_ts, 100, 10, 1800.0),
             lambda: history_seeds_reference(h_rows, h_ts, 100, 10, 1800.0)),
-        "drop seen (300 rows, 150 seen)": (
+        f"drop seen (300 rows, {len(h_seen)} seen)": (
             lambda: drop_seen(ann_r, ann_s, h_seen), lambda: drop_seen_reference(ann_r, ann_s, h_seen)),
         "gather (500 rows x 40, LMDB map)": (
             lambda: gather(T40, gat_rows), lambda: gather_reference(T40, gat_rows)),

@@ -128,11 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     Xn = X.copy()
     Xn[rng.random(Xn.shape) < 0.01] = np.nan
     print(f"\n{key[0]}x{key[1]} at {n} rows, median / p99 us per batch and n samples, interleaved:")
-    funcs = {"forest (1% NaN rows)": lambda: forest.predict(Xn),
-             "lgb (1% NaN rows)": lambda: booster.predict(Xn, raw_score=True, num_threads=1),
+    funcs = {"forest (1% NaN values)": lambda: forest.predict(Xn),
+             "lgb (1% NaN values)": lambda: booster.predict(Xn, raw_score=True, num_threads=1),
              "forest keyed pair layout (shipped)": lambda: forest._predict(X, 0),
              "forest float pair layout (previous)": lambda: forest._predict(X, 1),
-             "forest previous (1% NaN rows)": lambda: forest._predict(Xn, 1),
+             "forest previous (1% NaN values)": lambda: forest._predict(Xn, 1),
              "forest row by row": lambda: forest._predict(X, 2)}
     if not np.array_equal(forest.predict(Xn), booster.predict(Xn, raw_score=True)):
         print("MISMATCH with NaN rows", file=sys.stderr)

@@ -14,7 +14,10 @@ before any timing; then all of them are open at once (about 13 MB resident for t
 its three Recommenders, so some 1.3 GB for the 1M-item one: its HNSW index in memory, its tables
 memory-mapped) and every (size, N) cell is timed in one interleaved pass (``bench/_timing.interleaved``:
 each round calls every cell once), so machine noise hits all of them alike. Ratios: to the first N at the
-same size, and to the smallest catalogue at the same N -- both within the one pass.
+same size, and to the smallest catalogue at the same N -- both within the one pass. Known flaw: with about
+4 interactions per item the trained embeddings are nearly isotropic (bench/RESULTS.md, section 3), so the
+catalogue-size ratios are those of unstructured vectors. A ``--cache``d bundle built with other settings is
+built again; ``--quick``'s record holds the sizes and caps it ran.
 """
 from __future__ import annotations
 
@@ -43,20 +46,22 @@ def bundle_for(n_items: int, cache: Path, quick: bool) -> Path:
     from trainer.timing import Timer
 
     root = cache / f"items{n_items}"
-    if (root / "CURRENT").exists():
-        from recserve.bundle import resolve
-
-        manifest = json.loads((resolve(str(root)) / "manifest.json").read_text())
-        model = manifest["training"]["config"].get("i2i_model")
-        if model == "cosine":
-            return root
-        print(f"  {root}: built with the item-item model {model!r}, not cosine: built again", flush=True)
-    n_users = max(300, n_items // 5)
-    ds, _ = synth(n_users, n_items, seed=0)
     # the same item-item model at every size: EASE, the build's choice up to 10,000 items, would make the
     # smallest catalogue a different pipeline from the others
     cfg = {"seed": 0, "factors": 16 if quick else 64, "ranker_users": 300 if quick else 2000,
            "ranker_rounds": 60 if quick else 150, "tune": False, "i2i_model": "cosine"}
+    if (root / "CURRENT").exists():
+        from recserve.bundle import resolve
+
+        manifest = json.loads((resolve(str(root)) / "manifest.json").read_text())
+        built = manifest["training"]["config"]
+        differ = {k: built.get(k) for k, v in cfg.items() if built.get(k) != v}
+        if not differ:
+            return root
+        print(f"  {root}: built with other settings ({differ}, not {({k: cfg[k] for k in differ})}): built again",
+              flush=True)
+    n_users = max(300, n_items // 5)
+    ds, _ = synth(n_users, n_items, seed=0)
     t = time.perf_counter()
     build(ds, root, cfg, timer=Timer(verbose=False))
     print(f"  built {n_items} items / {n_users} users / {len(ds)} interactions in {time.perf_counter() - t:.1f} s",
@@ -145,8 +150,9 @@ def main(argv=None) -> int:
         ap.error(f"--cache: {a.cache} is not a directory")
     sizes = a.sizes + ([1_000_000] if a.with_1m else [])
     cands = a.cands
-    if a.quick:
+    if a.quick:             # the settings the run uses are the ones its record holds
         sizes, cands, a.repeats = [300, 600], [50, 100], 20
+        a.sizes, a.cands, a.with_1m = sizes, cands, False
     print(f"machine: {machine()}; date {time.strftime('%Y-%m-%d')}")
     tmp = None
     if a.cache:
@@ -165,7 +171,7 @@ def main(argv=None) -> int:
         if tmp:
             tmp.cleanup()
     print(f"\nRecommend (in process, k=20), {a.repeats} calls per cell, all {len(sizes) * len(cands)} cells "
-          "(every size and N) interleaved in one pass")
+          "(every size and N) interleaved in one pass; N: the cap, cands: the candidates merged (mean)")
     print(f"{'items':>9}{'N':>7}{'cands':>8}{'median ms':>11}{'p99 ms':>9}{'x N=' + str(cands[0]):>10}"
           f"{'x ' + str(sizes[0]):>10}")
     for n in sizes:
@@ -184,9 +190,10 @@ def main(argv=None) -> int:
             import matplotlib.pyplot as plt
 
             fig, ax = plt.subplots(figsize=(6, 4))
-            for n in sizes:
-                ax.plot(cands, [res[n][c]["median_ms"] for c in cands], marker="o", label=f"{n} items")
-            ax.set_xlabel("candidates (cap)")
+            for n in sizes:     # at the candidates merged, not the cap: short lists can leave fewer
+                ax.plot([res[n][c]["candidates"] for c in cands], [res[n][c]["median_ms"] for c in cands],
+                        marker="o", label=f"{n} items")
+            ax.set_xlabel("candidates merged (mean; the caps are " + ", ".join(map(str, cands)) + ")")
             ax.set_ylabel("median ms")
             ax.legend()
             fig.savefig(a.png, dpi=90)

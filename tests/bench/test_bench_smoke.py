@@ -155,10 +155,17 @@ def _record(path: Path) -> dict:
 
 
 def test_scaling_quick(tmp_path):
-    assert "median ms" in _run(["bench/scaling.py", "--quick", "--json", str(tmp_path / "s.json")])
+    cache = tmp_path / "cache"
+    assert "median ms" in _run(["bench/scaling.py", "--quick", "--json", str(tmp_path / "s.json"),
+                                "--cache", str(cache)])
     rec = _record(tmp_path / "s.json")
     assert rec["config"]["quick"] is True and rec["config"]["repeats"] == 20
+    # the sizes and caps it ran, not the defaults it did not (the record said 10000,100000 and 100,500,2000)
+    assert rec["config"]["sizes"] == [300, 600] and rec["config"]["cands"] == [50, 100]
     assert rec["results"]["300"]["50"]["median_ms"] > 0
+    # a cached bundle of other settings (the quick run's 16 factors) is built again, not timed as it is
+    text = _run(["bench/scaling.py", "--sizes", "300", "--cands", "100", "--repeats", "3", "--cache", str(cache)])
+    assert "built with other settings" in text and "built 300 items" in text, text
 
 
 def test_build_time_interactions_and_cli_defaults(tmp_path):
@@ -169,6 +176,8 @@ def test_build_time_interactions_and_cli_defaults(tmp_path):
     (row,) = rec["rows"]
     assert row["size"] == "150x80x6000" and 5000 <= row["interactions"] <= 7000     # 20 per user would be 3,000
     assert rec["config"]["cli_defaults"] is True
+    # the options it did not pass are not in its record (it said factors 64, ranker_users 3000, tune False)
+    assert rec["config"]["factors"] is None and rec["config"]["ranker_users"] is None
 
 
 def test_build_time_quick(tmp_path):
