@@ -140,3 +140,17 @@ def test_releases_hide_the_items_created_after_a_time():
     assert ann_filter(r.hidden(300.0)) is None
     keep = ann_filter(r.hidden(250.0))
     assert [keep(i) for i in range(6)] == [True, True, False, True, False, True]
+
+
+def test_an_event_dated_after_the_request_weighs_as_one_at_the_request():
+    """RecordEvents allows a day of clock skew; such an event has age 0, not a weight above 1."""
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(10, 8)).astype(np.float32)
+    params = {"decay_short": 0.3, "decay_long": 0.02, "alpha": 0.7, "half_life_days": 2.0,
+              "event_weights": [1.0, 2.0, 3.0, 5.0, 4.0]}
+    now = 1_700_000_000.0
+    at = C.history_vector(emb, np.array([1, 4, 7], np.int32), [0, 1, 3], [now - 86400.0, now - 3600.0, now], now,
+                          params)
+    ahead = C.history_vector(emb, np.array([1, 4, 7], np.int32), [0, 1, 3],
+                             [now - 86400.0, now - 3600.0, now + 80000.0], now, params)
+    np.testing.assert_array_equal(at, ahead)
