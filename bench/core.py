@@ -22,7 +22,8 @@ from trainer.argtypes import number, positive_int  # noqa: E402
 from _timing import interleaved, machine, summary  # noqa: E402
 
 from recserve._core.cross import Crosser, FeatureSchema, cross_reference  # noqa: E402
-from recserve._core.embed import UserVectorParams, user_vector, user_vector_reference  # noqa: E402
+from recserve._core.embed import (UserVectorParams, user_vector, user_vector_reference, user_vectors,  # noqa: E402
+                                  user_vectors_reference)
 from recserve._core.gather import gather, gather_reference  # noqa: E402
 from recserve._core.history import (drop_seen, drop_seen_reference, history_seeds,  # noqa: E402
                                     history_seeds_reference)
@@ -103,6 +104,10 @@ def main(argv=None) -> int:
     hist = rng.integers(0, n_items, 50).astype(np.int32)
     ev_w = rng.choice([1.0, 2.0, 4.0, 8.0], 50).astype(np.float32)
     p = UserVectorParams()
+    # 1b. the trainer's batch form: 200 users of 30 events each (CSR; its own generator, so the data of
+    #     the other kernels stay those of earlier runs)
+    b_indptr = np.arange(0, 201 * 30, 30, dtype=np.int64)
+    b_rows = np.random.default_rng(7).integers(0, n_items, 200 * 30).astype(np.int32)
     # 2. merging: 4 lists totalling 1,000 candidates
     lists = [(rng.integers(0, n_items, n).astype(np.int32), np.sort(rng.random(n).astype(np.float32))[::-1].copy())
              for n in (400, 300, 100, 200)]
@@ -139,6 +144,8 @@ def main(argv=None) -> int:
     cases = {
         "user embedding (L=50, d=64)": (
             lambda: user_vector(E, hist, p, ev_w), lambda: user_vector_reference(E, hist, p, ev_w)),
+        "user embeddings, batch (200 users x 30 events)": (
+            lambda: user_vectors(E, b_indptr, b_rows, p), lambda: user_vectors_reference(E, b_indptr, b_rows, p)),
         "merge (4 lists, 1,000 candidates)": (
             lambda: merge_candidates(lists, quotas, 1000, n_items, excl),
             lambda: merge_reference(lists, quotas, 1000, n_items, excl)),

@@ -10,7 +10,8 @@ cell, at least 30: the largest cells get few, and their p99 is then near the max
 to be identical before timing. Then, for the 200x63 model at 500 rows: the same with 1% NaN in the rows
 (the missing-value step), and the kernel's walk strategies side by side: the shipped pair layout
 (siblings adjacent, fixed depth, no leaf checks), the previous lanes on 16-byte nodes with child indices
-and leaf checks, and one row at a time as LightGBM walks.
+and leaf checks, and one row at a time as LightGBM walks; and the kernel's plain numpy reference
+(``forest_reference``, every row walking the parsed trees one level at a time), with the speed-up over it.
 
 ``--compiled`` adds, for the 200x63 model at 500 rows, the two compile-to-native alternatives where
 they are installed (they are not dependencies of recserve): treelite + tl2cgen (C code compiled by
@@ -35,7 +36,7 @@ from _timing import machine as _machine  # noqa: E402
 
 import lightgbm as lgb  # noqa: E402
 
-from recserve._core.forest import Forest  # noqa: E402
+from recserve._core.forest import Forest, forest_reference  # noqa: E402
 
 N_FEATURES = 40
 
@@ -137,10 +138,18 @@ def main(argv: list[str] | None = None) -> int:
     if not np.array_equal(forest.predict(Xn), booster.predict(Xn, raw_score=True)):
         print("MISMATCH with NaN rows", file=sys.stderr)
         return 1
+    text = booster.model_to_string()
+    if not np.array_equal(forest.predict(Xn), forest_reference(text, Xn)):
+        print("MISMATCH with the numpy reference", file=sys.stderr)
+        return 1
+    funcs["numpy reference (1% NaN values)"] = lambda: forest_reference(text, Xn)
     t = interleaved(funcs, repeats_for(funcs, args.budget, lo, hi), warmup=3)
     for name, v in t.items():
         med, p99 = summary(v)
         print(f"  {name:<34} {med:>10.1f} {p99:>10.1f} {len(v):>6}")
+    ref_med, fst_med = summary(t["numpy reference (1% NaN values)"])[0], summary(t["forest (1% NaN values)"])[0]
+    print(f"  forest over its plain numpy reference (recserve._core.forest.forest_reference, the same rows, "
+          f"scores equal): {ref_med / fst_med:.1f}x")
     if args.compiled:
         compiled(booster, forest, X, args.budget, lo, hi)
     return 0

@@ -31,7 +31,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from recserve._core._forest import ForestKernel
 
-__all__ = ["Forest"]
+__all__ = ["Forest", "forest_reference"]
 
 _F_NAN_LEFT, _F_ZERO_FLIP, _F_CAT = 1, 2, 4  # must match _forest.pxd
 _T_PLAIN, _T_ZERO, _T_CAT = 0, 1, 2
@@ -360,3 +360,46 @@ class Forest:
 
     def __repr__(self) -> str:
         return f"Forest(num_trees={self.num_trees}, num_features={self.num_features})"
+
+
+def forest_reference(model_text: str, X: ArrayLike) -> NDArray[np.float64]:
+    """The raw scores of :meth:`Forest.predict` in plain numpy, from the parsed text (not the kernel's
+    flattened arrays): every row walks every tree by LightGBM's rules as the module docstring gives them,
+    all rows one level at a time. The reference the kernel's tests and ``bench/ranker.py`` compare with."""
+    _, trees = _parse(model_text)
+    x64 = np.asarray(X, np.float32).astype(np.float64)
+    x64[np.abs(x64) <= float(np.float32(1e-35))] = 0.0     # kZeroThreshold, the float 1e-35; NaN kept
+    n = x64.shape[0]
+    total = np.zeros(n, np.float64)
+    rows = np.arange(n)
+    for t in trees:
+        if t.num_leaves == 1:
+            total += t.leaf_value[0]
+            continue
+        feat, thr, dt = np.asarray(t.feature), np.asarray(t.threshold), np.asarray(t.dtype)
+        left, right = np.asarray(t.left), np.asarray(t.right)
+        node = np.zeros(n, np.int64)
+        while (active := node >= 0).any():
+            r, nd = rows[active], node[active]
+            v, d = x64[r, feat[nd]], dt[nd]
+            nan, missing = np.isnan(v), (d >> 2) & 3
+            v = np.where(nan & (missing != 2), 0.0, v)                    # NaN is 0 unless missing is NaN
+            default = ((missing == 1) & (v == 0.0)) | ((missing == 2) & nan)
+            go_left = np.where(default, (d & 2) != 0, v <= thr[nd])
+            cat = (d & 1) != 0
+            if cat.any():
+                raw = x64[r[cat], feat[nd[cat]]]
+                go_left[cat] = [_in_bitset(t, int(thr[c]), val) for c, val in zip(nd[cat], raw)]
+            node[active] = np.where(go_left, left[nd], right[nd])
+        total += t.leaf_value[~node]
+    return total
+
+
+def _in_bitset(t: _Tree, index: int, value: float) -> bool:
+    """LightGBM's categorical decision: the value truncated toward zero (``static_cast<int>``); NaN, a
+    negative int and a value beyond int32 go right; others go left iff their bit is set in the bitset."""
+    if not -1.0 < value < 2147483648.0:
+        return False
+    iv = int(value)
+    words = t.cat_threshold[t.cat_boundaries[index]:t.cat_boundaries[index + 1]]
+    return iv // 32 < len(words) and bool((words[iv // 32] >> (iv % 32)) & 1)

@@ -11,5 +11,6 @@ def test_bench_core_quick():
                          text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "speed-up" in out.stdout and "whole per-request core" in out.stdout
-    for kernel in ("user embedding", "merge", "crossing", "MMR", "gather"):
+    for kernel in ("user embedding", "user embeddings, batch", "merge", "crossing", "MMR", "gather", "drop seen",
+                   "history seeds", "i2i neighbour sum"):
         assert kernel in out.stdout

@@ -12,3 +12,4 @@ def test_bench_ranker_quick():
     assert out.returncode == 0, out.stderr
     assert "ratio" in out.stdout and "lightgbm=" in out.stdout and "nproc=" in out.stdout
     assert "MISMATCH" not in out.stdout + out.stderr
+    assert "forest over its plain numpy reference" in out.stdout      # every kernel's speed-up over numpy

@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 lgb = pytest.importorskip("lightgbm")
 
 from recserve._core._forest import ForestKernel  # noqa: E402
-from recserve._core.forest import Forest  # noqa: E402
+from recserve._core.forest import Forest, forest_reference  # noqa: E402
 
 F = 8
 SPECIAL = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-36, -1e-36, 1e-35, -1e-35, 1e-45, -1e-45,
@@ -170,6 +170,22 @@ _rows = hnp.arrays(np.float32, st.tuples(st.integers(1, 70), st.just(F)),
 def test_hypothesis_random_rows(models, X, name):
     booster = models[name]
     _check(booster, Forest.from_booster(booster), X)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(X=_rows, name=st.sampled_from(list(MODEL_PARAMS)))
+def test_the_kernel_equals_its_numpy_reference(models, X, name):
+    """``forest_reference`` walks the parsed trees in plain numpy: the kernel gives its scores bit for bit."""
+    text = models[name].model_to_string()
+    np.testing.assert_array_equal(Forest.from_model_string(text).predict(X), forest_reference(text, X))
+
+
+@pytest.mark.parametrize("name", list(MODEL_PARAMS))
+def test_the_numpy_reference_equals_lightgbm(models, name):
+    booster = models[name]
+    X = _adversarial(booster)
+    np.testing.assert_array_equal(forest_reference(booster.model_to_string(), X),
+                                  booster.predict(X, raw_score=True, num_threads=1))
 
 
 def test_single_leaf_trees_and_constant_model():
