@@ -14,10 +14,10 @@ before any timing; then all of them are open at once (about 13 MB resident for t
 its three Recommenders, so some 1.3 GB for the 1M-item one: its HNSW index in memory, its tables
 memory-mapped) and every (size, N) cell is timed in one interleaved pass (``bench/_timing.interleaved``:
 each round calls every cell once), so machine noise hits all of them alike. Ratios: to the first N at the
-same size, and to the smallest catalogue at the same N -- both within the one pass. Known flaw: with about
-4 interactions per item the trained embeddings are nearly isotropic (bench/RESULTS.md, section 3), so the
-catalogue-size ratios are those of unstructured vectors. A ``--cache``d bundle built with other settings is
-built again; ``--quick``'s record holds the sizes and caps it ran.
+same size, and to the smallest catalogue at the same N -- both within the one pass. The trained embeddings
+spread over nearly every dimension yet have close neighbours (bench/RESULTS.md, section 3, measures how
+structured they are). A ``--cache``d bundle built with other settings is built again; ``--quick``'s record
+holds the sizes and caps it ran.
 """
 from __future__ import annotations
 
