@@ -282,10 +282,18 @@ def origin(cfg: ServeConfig, name: str) -> str:
     return getattr(cfg, "_origin", {}).get(name, "default")
 
 
-def keep_origin(new: ServeConfig, old: ServeConfig) -> ServeConfig:
-    """``new`` (a ``dataclasses.replace`` of ``old``) with ``old``'s record of where its settings came from."""
-    new._origin, new._config_file = getattr(old, "_origin", {}), getattr(old, "_config_file", "")
+def keep_origin(new: ServeConfig, old: ServeConfig, given=()) -> ServeConfig:
+    """``new`` (a ``dataclasses.replace`` of ``old``) with ``old``'s record of where its settings came from,
+    but for the settings ``given`` anew (their old origin no longer holds)."""
+    new._origin = {k: v for k, v in getattr(old, "_origin", {}).items() if k not in set(given)}
+    new._config_file = getattr(old, "_config_file", "")
     return new
+
+
+def _toml_string(v: str) -> str:
+    """A TOML basic string: characters outside the BMP as they are (JSON's surrogate pairs are not TOML),
+    control characters and DEL escaped."""
+    return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def sources(cfg: ServeConfig) -> str:
@@ -312,7 +320,9 @@ def describe(cfg: ServeConfig) -> str:
         if v is None:
             out.append(f"# {f.name}: the bundle's")
             continue
-        text = repr(v) if isinstance(v, (int, float)) else json.dumps(v)   # validated: finite; JSON's is TOML's
+        if isinstance(v, str) and f.name in PATH_KEYS and v:
+            v = os.path.abspath(v)          # read back from the file's directory, a relative one would move
+        text = repr(v) if isinstance(v, (int, float)) else _toml_string(v)     # validated: finite
         out.append(f"{f.name} = {text}  # {origin(cfg, f.name)}")
     return "\n".join(out) + "\n"
 

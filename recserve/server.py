@@ -376,7 +376,8 @@ def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConf
     """
     import dataclasses
 
-    cfg = keep_origin(dataclasses.replace(cfg or ServeConfig(), **kw), cfg or ServeConfig())
+    cfg = keep_origin(dataclasses.replace(cfg or ServeConfig(), **kw), cfg or ServeConfig(),
+                      given={"host", "port", *kw, *(("bundle",) if bundle else ())})
     if bundle:
         cfg.bundle = str(bundle)
     host, _, port = address.rpartition(":")

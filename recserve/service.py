@@ -433,7 +433,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
 
     @rpc
     async def UpdateItems(self, request, context, rid):
-        check_batch(len(request.items), "updates", "items")
+        check_batch(len(request.items), "items", "updates")
         ups = [(u.item_id, u.in_stock if u.HasField("in_stock") else None,
                 u.price if u.HasField("price") else None) for u in request.items]
 

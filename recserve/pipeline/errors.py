@@ -25,9 +25,9 @@ class DeadlineExceeded(Exception):
     next pause point)."""
 
     def __init__(self, stage: str, when: str = "before"):
-        """``when``: "before" the stage began, "after" it ended (checked at its end), or "during" it (at a
-        pause point within it)."""
-        said = {"before": f"before the {stage} stage", "after": f"during the {stage} stage, stopped at its end",
-                "during": f"during the {stage} stage, stopped within it"}[when]
+        """``when``: checked "before" the stage began, at its end ("after": the deadline passed before that
+        end, during the stage or earlier), or at a pause point within it ("during")."""
+        said = {"before": f"before the {stage} stage", "after": f"by the end of the {stage} stage",
+                "during": f"by the {stage} step"}[when]
         super().__init__(f"the deadline passed {said}")
         self.stage, self.when = stage, when

@@ -28,7 +28,7 @@ def check_count(n: int, limit: int, field_name: str, what: str) -> None:
         raise InvalidArgument(field_name, f"more than {limit} {what}")
 
 
-def check_batch(n: int, what: str, field_name: str) -> None:
+def check_batch(n: int, field_name: str, what: str) -> None:
     """A write batch of more than ``MAX_BATCH`` entries (``what``: "events", "updates") is refused."""
     if n > MAX_BATCH:
         raise InvalidArgument(field_name, f"batch of {n} {what} exceeds {MAX_BATCH}")

@@ -489,7 +489,7 @@ class Recommender:
             raise RuntimeError("no event store")
         if not updates:
             raise InvalidArgument("items", "the batch is empty")
-        check_batch(len(updates), "updates", "items")
+        check_batch(len(updates), "items", "updates")
         unknown = []
         for i, (item_id, in_stock, price) in enumerate(updates):
             check_id(item_id, f"items[{i}].item_id")

@@ -63,13 +63,12 @@ def similar_items(rec, item_id: str, k: int, filters: Filters, deadline: float |
             rows = rows[keep]
             blend, from_i2i, from_ann = blend_of(rec.emb, rows, vec, nb, nb_score, searched)
             # an allowed item neither searched nor a neighbour scores 0.7 x its cosine, at most 0.7 x the
-            # last searched one's: when the sure-th best blend is not below that, the best are all here.
-            # A filter that drops the item's nearest neighbours (the items just seen, a sold-out brand)
-            # can leave fewer: the search widens, then every allowed item is scored
+            # last searched one's: when the sure-th best blend is not below that, the best are all here
             if len(rows) >= sure and (sure == 0 or floor is None or
                                       -np.partition(-blend, sure - 1)[sure - 1] >= 0.7 * floor):
                 break
-            if n_ask >= rec.ann.count:
+            if n_ask >= rec.ann.count:      # the whole index searched, still not sure (an empty answer)
+                rows = None
                 break
             n_ask = min(n_ask * SIMILAR_WIDEN, rec.ann.count)
         else:
@@ -106,6 +105,7 @@ def search(rec, row: int, vec: np.ndarray, n_ask: int) -> tuple[np.ndarray, floa
     if len(r) >= rec.ann.count:
         return r, None
     return r, (float((rec.emb[r] @ vec).min()) if len(r) else float("inf"))
+
 
 def blend_of(emb: np.ndarray, rows: np.ndarray, vec: np.ndarray, nb: np.ndarray, nb_score: np.ndarray,
              searched: np.ndarray | None):

@@ -43,7 +43,7 @@ def test_the_validation_split_holds_only_the_training_window():
 
 
 def test_the_grid_picks_its_best_point():
-    """``_tuned`` returns the point whose lists score best on the validation truths."""
+    """``tuned`` returns the point whose lists score best on the validation truths."""
     n_items = 6
     stats = (np.eye(n_items, dtype=np.float32), np.full(n_items, 1.0 / n_items), np.zeros(n_items, bool))
     truths = [{3}, {3, 4}]

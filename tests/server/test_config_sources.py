@@ -35,6 +35,11 @@ def test_a_bad_value_names_the_level_it_came_from(tmp_path, how, says):
     assert str(exc.value) == says.format(f=f)
     with pytest.raises(ValueError, match=r"^port: must be in \[0, 65535\], got 70000$"):
         C.validate(C.ServeConfig(port=70000))           # no record of a level: nothing to add
+    if how == "file":       # a port given to create_server anew is no longer the file's
+        from recserve.server import create_server
+
+        with pytest.raises(ValueError, match=r"^port: must be in \[0, 65535\], got 70001$"):
+            create_server("127.0.0.1:70001", bundle=str(tmp_path), cfg=C.load({}, env={}, file=f))
 
 
 def test_print_config_shows_each_setting_and_its_level(tmp_path):
@@ -44,7 +49,7 @@ def test_print_config_shows_each_setting_and_its_level(tmp_path):
                   env={"RECSERVE_WORKERS": " 1\n", "RECSERVE_LOG_LEVEL": "debug"})
     assert r.returncode == 0, r.stderr
     lines = set(r.stdout.splitlines())
-    for line in (f"# config file: {f}", 'bundle = "b"  # --bundle', "port = 7000  # --port",
+    for line in (f"# config file: {f}", f'bundle = "{tmp_path / "b"}"  # --bundle', "port = 7000  # --port",
                  "workers = 1  # RECSERVE_WORKERS", f"cap = 40  # config file {f}",
                  f'events_dir = "{tmp_path / "ev"}"  # config file {f}', 'log_level = "DEBUG"  # RECSERVE_LOG_LEVEL',
                  "threads = 4  # default", "# mmr_lambda: the bundle's"):
@@ -52,6 +57,15 @@ def test_print_config_shows_each_setting_and_its_level(tmp_path):
     import tomllib
 
     assert tomllib.loads(r.stdout)["port"] == 7000      # the output reads back as a config file
+    # ... with the same values: a relative path (read against the file's directory), a character outside
+    # the BMP (JSON's surrogate pair is no TOML) and DEL (TOML wants it escaped)
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    r = _recserve("serve", "--bundle", "b", "--events-dir", "ev\U0001F600\x7fx", "--print-config", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (sub / "again.toml").write_text(r.stdout)
+    back = C.load({}, env={}, file=sub / "again.toml")
+    assert back.bundle == str(tmp_path / "b") and back.events_dir == str(tmp_path / "ev\U0001F600\x7fx")
     r = _recserve("serve", "--print-config", "--mmr-lambda", "3", cwd=tmp_path)
     assert r.returncode == 2 and r.stdout == "" and "mmr_lambda: must be in [0, 1], got 3.0 (from --mmr-lambda)" \
         in r.stderr, r.stderr
