@@ -17,7 +17,7 @@ the row ``trending`` (its trending source as served: time-decayed, by country).
     item = sum of its similarities to the user's training items; training items excluded.
 
 The baselines' settings are chosen as recserve's build chooses its own, without the test window: ALS's
-regularisation and alpha (a grid of 8 x 4) and item-kNN's neighbours kept (20, 100, all) by NDCG@10 on the
+regularisation and alpha (a grid of 8 x 6) and item-kNN's neighbours kept (20, 100, all) by NDCG@10 on the
 training window split again, its newest 10 % held out; their time column includes that search.
 
 Columns: Recall@10/20/50, NDCG@10, coverage@10 (share of the catalogue in anyone's top 10), diversity
@@ -103,7 +103,7 @@ def implicit_als(train: sp.csr_matrix, users: np.ndarray, factors: int, seed: in
 
 
 ALS_REG = (1.0, 5.0, 20.0, 50.0, 200.0, 500.0, 1000.0, 2000.0)
-ALS_ALPHA = (1.0, 5.0, 20.0, 40.0)
+ALS_ALPHA = (1.0, 5.0, 20.0, 40.0, 80.0, 160.0)
 KNN_NEIGHBOURS = (20, 100, 0)         # 0: all items
 
 
@@ -265,7 +265,7 @@ def main(argv=None) -> int:
         print(f"synth {nu}x{ni}: {len(ds)} interactions ...", flush=True)
         results.append(run_dataset(f"synth {nu}x{ni}", ds, cfg, a.eval_users, a.seed, a.threads))
     ml = Path(a.movielens) if a.movielens else DEFAULT_ML
-    if a.quick and a.movielens:
+    if a.quick and a.movielens != "":
         print(f"MovieLens skipped (--quick): {ml}")
     elif a.movielens != "" and _movielens_files(ml) and not a.quick:
         from trainer.movielens import load_movielens

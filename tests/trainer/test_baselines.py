@@ -81,6 +81,7 @@ def test_protocols_smoke(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert "protocol (a)" in p.stdout and "protocol (b)" in p.stdout
     assert "ALS reg, alpha per seed [[" in p.stdout         # chosen on the validation split, not the trainer's
+    assert "item-kNN neighbours per seed [" in p.stdout
     for m in ("popularity", "item-knn", "ease", "implicit-als", "recserve full(l=1)"):
         assert m in p.stdout
 
