@@ -313,7 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog="recserve", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("serve", help="serve a bundle directory")
+    s = sub.add_parser("serve", help="serve a bundle directory",
+                       epilog="Every setting is also the variable RECSERVE_<NAME> (--max-per-creator: "
+                              "RECSERVE_MAX_PER_CREATOR) and the key <name> of the --config TOML file; flags > "
+                              "RECSERVE_* > file > the bundle's defaults. --print-config shows what is in effect.")
     s.add_argument("--bundle", help="bundle root (holding CURRENT) or one bundle version directory")
     s.add_argument("--config", help="TOML file (default: RECSERVE_CONFIG, else none); flags > RECSERVE_* env > "
                                     "file > bundle defaults")

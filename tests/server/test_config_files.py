@@ -101,6 +101,7 @@ def test_cap_and_candidates_at_one_level_are_refused(tmp_path, flags, env, toml,
 
 def test_cap_is_a_serve_flag(shared_root, tmp_path):
     r = _recserve("serve", "--help", cwd=tmp_path)
+    assert "RECSERVE_MAX_PER_CREATOR" in r.stdout and "--print-config" in r.stdout    # the three names, said
     assert "--cap CAP" in r.stdout and "(default: the bundle's)" in r.stdout.split("--cap CAP", 1)[1]
     r = _recserve("serve", "--bundle", str(shared_root), "--port", "0", "--cap", "0", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == \
