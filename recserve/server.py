@@ -44,6 +44,7 @@ STREAM_ALLOWANCE = 64
 # SIGTERM: before gRPC stops taking calls, the worker takes those already received until none has arrived
 # for SETTLE_QUIET seconds (at most SETTLE_MAX, and at most half the grace period)
 SETTLE_QUIET = 0.05
+SETTLE_TURNS = 10
 SETTLE_MAX = 2.0
 STOP_MARGIN = 0.25      # s: the grace left below which the drain lets gRPC's own timer end it
 
@@ -312,15 +313,19 @@ class Worker:
     async def _settle(self, until: float) -> None:
         """Take the calls gRPC has already received before it stops taking calls: while the loop was busy
         computing, calls queue in gRPC without a handler, and ``server.stop`` would cancel them. Returns
-        once no call has started for SETTLE_QUIET seconds and none is in flight, or at ``until``."""
+        once no call has started for SETTLE_QUIET seconds and SETTLE_TURNS turns of the loop (a loop held by
+        a computing call gives gRPC's queued calls their turn between ours), or at ``until``. Calls in
+        flight do not hold it: they finish within the grace period while new ones are refused."""
         loop = asyncio.get_running_loop()
-        seen, last = self.service.started, loop.time()
+        seen, last, turns = self.service.started, loop.time(), 0
         while loop.time() < until:
             await asyncio.sleep(0.005)
             if self.service.started != seen:
-                seen, last = self.service.started, loop.time()
-            elif self.service.in_flight == 0 and loop.time() - last >= SETTLE_QUIET:
-                return
+                seen, last, turns = self.service.started, loop.time(), 0
+            else:
+                turns += 1
+                if turns >= SETTLE_TURNS and loop.time() - last >= SETTLE_QUIET:
+                    return
 
 
 class InProcessWorker(Worker):

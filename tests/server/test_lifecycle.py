@@ -152,6 +152,37 @@ def test_graceful_shutdown_drains_in_flight_calls(shared_root, facts, start_serv
     assert e.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+def test_a_call_in_flight_does_not_keep_new_calls_coming_in(shared_root, facts, start_server):
+    """Once no call has arrived for 50 ms after SIGTERM, new calls are refused while the long ones in flight
+    finish: a call sent 0.6 s after SIGTERM, on a new connection, was served while two 6 s calls ran (the
+    window stayed open for its whole 2 s whenever a call was in flight)."""
+    s = start_server(shared_root, "--workers", "2", "--reload-interval", "0", "--grace", "10",
+                     env={"RECSERVE_DEBUG_DELAY_MS": "4000"})
+    done: list = []
+
+    def call(i):
+        try:
+            s.stub().Recommend(pb.RecommendRequest(user_id=f"u{i}", k=5), timeout=30)
+            done.append("OK")
+        except grpc.RpcError as e:
+            done.append(e.code().name)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.7)                         # both in flight
+    s.proc.send_signal(15)
+    time.sleep(0.8)
+    late = grpc.insecure_channel(s.addr, options=[("grpc.use_local_subchannel_pool", 1)])
+    with pytest.raises(grpc.RpcError) as e:
+        pbg.RecommenderStub(late).Recommend(pb.RecommendRequest(user_id="late", k=5), timeout=10)
+    late.close()
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value
+    for t in threads:
+        t.join(30)
+    assert done == ["OK", "OK"] and s.proc.wait(30) == 0
+
+
 def test_sigterm_serves_the_calls_already_received(shared_root, facts, start_server):
     """A burst on one connection, then SIGTERM: calls that gRPC had received while the worker was busy
     computing (no handler yet) are served, not cancelled by the server's stop."""
