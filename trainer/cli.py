@@ -35,9 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--users", type=positive_int, default=1000)
     s.add_argument("--items", type=positive_int, default=500)
     s.add_argument("--interactions", type=positive_int, default=None, help="approximate total (default 20 per user)")
-    s.add_argument("--days", type=positive_int, default=180)
+    s.add_argument("--days", type=positive_int, default=180, help="days the interactions span")
     s.add_argument("--seed", type=seed, default=0)
-    s.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    s.add_argument("--format", choices=["csv", "parquet"], default="csv", help="the tables' file format")
     s.add_argument("--devices", type=number(float, 0, 10), default=0.0, metavar="WEIGHT",
                    help="give each session a device whose own taste leans its intent by WEIGHT (e.g. 0.5), "
                         "written as the interactions' device column (default 0: no devices)")
@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("kind", choices=["movielens"])
     i.add_argument("path")
     i.add_argument("out")
-    i.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    i.add_argument("--format", choices=["csv", "parquet"], default="csv", help="the tables' file format")
 
     b = sub.add_parser("build", help="train a bundle from a data directory")
     b.add_argument("out", help="bundle root (gets <version>/ and CURRENT)")
@@ -59,10 +59,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="embedding size, or a comma list (e.g. 16,32,64) to pick on the label window")
     b.add_argument("--embed", choices=["als", "svd"], default="als")
     b.add_argument("--als-reg", type=number(float, 0), default=20.0, help="ALS regularisation (implicit's units)")
-    b.add_argument("--threads", type=number(int, 1, 1024), default=2)
+    b.add_argument("--threads", type=number(int, 1, 1024), default=2, help="threads for training (ALS, LightGBM)")
     b.add_argument("--holdout", type=number(float, 0, 0.99), default=0.1,
                    help="newest share held out for evaluation; 0 trains the served bundle on everything")
-    b.add_argument("--ranker-users", type=positive_int, default=3000)
+    b.add_argument("--ranker-users", type=positive_int, default=3000, help="users whose rows train the ranker")
     b.add_argument("--ranker-trees", type=positive_int, default=None,
                    help="exactly N trees, no early stopping (a ranker of known size for load tests)")
     b.add_argument("--share-categories", type=number(int, 0, 4096), default=32,
@@ -105,14 +105,29 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a bundle on the held-out newest interactions")
     e.add_argument("bundle")
-    e.add_argument("--data", required=True)
-    e.add_argument("--drop-unknown", action="store_true")
+    e.add_argument("--data", required=True, help="the data directory (the bundle's own, or newer logs)")
+    e.add_argument("--drop-unknown", action="store_true",
+                   help="drop interactions with items the data's items table does not know, and count them")
     e.add_argument("--eval-users", type=positive_int, default=None,
                    help="evaluate at most N held-out users (default: the build's --eval-users)")
     e.add_argument("--seed", type=seed, default=None,
                    help="the seed that draws them (default: the bundle's build seed)")
     _progress_switch(e)
+    for sp in (s, i, b, e):
+        _say_defaults(sp)
     return p
+
+
+def _say_defaults(parser) -> None:
+    """Each option's help names its default, unless it says one already or has none to say (a switch)."""
+    for action in parser._actions:
+        if not action.option_strings or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            continue
+        if "default" in (action.help or ""):
+            continue
+        d = action.default
+        said = ",".join(map(str, d)) if isinstance(d, list) else str(d)
+        action.help = f"{action.help} (default: {said})" if action.help else f"default: {said}"
 
 
 def _reason(exc: BaseException) -> str:
@@ -260,8 +275,7 @@ def _run(args) -> int:
         # in build() run before its first step line
         with timer("load", quiet=not progress.enabled()):
             ds = load_dataset(args.data, drop_unknown=args.drop_unknown)
-        if ds.report.get("dropped_unknown_items"):
-            print(f"dropped {ds.report['dropped_unknown_items']} interaction(s) with unknown items", file=sys.stderr)
+        _say_dropped(ds.report)
         unused = report.columns_not_used(ds.report)
         if unused:
             print(f"columns {report.NOT_USED}: {report.not_used_text(unused)}", file=sys.stderr)
@@ -320,6 +334,7 @@ def _run(args) -> int:
         from trainer.io import load_dataset
 
         ds = load_dataset(args.data, drop_unknown=args.drop_unknown)
+        _say_dropped(ds.report)
         _say_files_not_read(args.data, ds.report)
         path = resolve(args.bundle)
         res = evaluate_bundle(path, ds, max_users=args.eval_users, seed=args.seed)     # None: the build's
@@ -339,6 +354,12 @@ def _ranker_line(r: dict) -> str:
     trees = r.get("best_iteration", r.get("trees", "?"))
     score = r.get("valid_ndcg@10")
     return f"{trees} trees" + (f", validation ndcg@10 {score}" if score is not None else "")
+
+
+def _say_dropped(data_report: dict) -> None:
+    """``--drop-unknown``'s count, on stderr (build and evaluate alike)."""
+    if data_report.get("dropped_unknown_items"):
+        print(f"dropped {data_report['dropped_unknown_items']} interaction(s) with unknown items", file=sys.stderr)
 
 
 def _say_files_not_read(data: str, data_report: dict) -> None:

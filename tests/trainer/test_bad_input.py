@@ -97,6 +97,18 @@ def test_drop_unknown_counts(small_data, tmp_path):
     assert len(ds) == len(full) - 2
 
 
+def test_evaluate_says_what_drop_unknown_dropped(small_data, tmp_path, capsys):
+    """``build --drop-unknown`` printed its count; ``evaluate --drop-unknown`` dropped them silently."""
+    out = tmp_path / "out"
+    assert main(["build", "--data", str(small_data), str(out), "--factors", "8", "--no-tune", "--no-evaluate",
+                 "--label-windows", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    d = _copy(small_data, tmp_path)
+    _edit(d / "interactions.csv", lambda l: _replace_col(_replace_col(l, "item_id", "zz", 1), "item_id", "zz", 2))
+    assert main(["evaluate", str(out), "--data", str(d), "--drop-unknown", "--no-progress"]) == 0
+    assert "dropped 2 interaction(s) with unknown items" in capsys.readouterr().err
+
+
 def test_parquet_equals_csv(small_data, tmp_path):
     import numpy as np
     from trainer.datawrite import write_dataset
@@ -584,3 +596,15 @@ def test_a_bad_argument_is_one_line_not_the_usage(capsys):
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "recserve-train build: error: the following arguments are required: out, --data (--help for usage)"]
+
+
+def test_every_option_with_a_default_says_it_in_its_help():
+    """``--seed``, ``--factors``, ``--holdout``, ``synth --users`` ... printed no default."""
+    from trainer.cli import _parser
+
+    parser = _parser()
+    subs = parser._subparsers._group_actions[0].choices
+    for name in ("synth", "import", "build", "evaluate"):
+        for a in subs[name]._actions:
+            if a.option_strings and not any(a.default is v for v in (None, False, argparse.SUPPRESS)):
+                assert "default" in (a.help or ""), (name, a.option_strings)
