@@ -8,6 +8,7 @@ import os
 import secrets
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -169,15 +170,51 @@ def set_current(root: Path, version: str) -> None:
 def update_manifest(bundle_dir: Path, key: str, value) -> None:
     """Add a key to a written bundle's manifest, atomically, and seal it again with its new digest; a
     manifest whose digest does not match its content is refused, not sealed."""
+    replace_file(bundle_dir / "manifest.json", sealed_manifest_text(bundle_dir, key, value),
+                 bundle_dir / ".manifest.json.tmp")
+
+
+def sealed_manifest_text(bundle_dir: Path, key: str, value) -> str:
+    """The text of the bundle's manifest with ``key`` set, sealed again with its new digest; a manifest whose
+    digest does not match its content is refused, not sealed."""
     p = bundle_dir / "manifest.json"
     m = json.loads(p.read_text())
     if not manifest_intact(m):
         raise BundleError(f"{p}: sha256 mismatch (its content changed since the build); not updated")
-    m = seal_manifest({**m, key: value})
-    replace_file(p, json.dumps(m, indent=1), bundle_dir / ".manifest.json.tmp")
+    return json.dumps(seal_manifest({**m, key: value}), indent=1)
 
 
-def write_report(bundle_dir: Path, name: str, text: str) -> None:
-    """Reports written after the build (evaluation) live outside ``files`` and are not checksummed; written
-    whole and on disk before the rename, as the manifest is."""
-    replace_file(bundle_dir / name, text, bundle_dir / f".{name}.tmp")
+def replace_together(bundle_dir: Path, texts: dict[str, str]) -> None:
+    """Files of ``bundle_dir`` replaced by ``texts`` ({name: text}) as one step: every text written to a
+    temporary file and on disk first, then the renames with SIGINT, SIGTERM and SIGHUP put off, so that an
+    interrupt leaves either all of them old or all new (a manifest's evaluation and its reports agree)."""
+    import signal
+
+    tmps = {}
+    try:
+        for name, text in texts.items():
+            tmps[name] = bundle_dir / f".{name}.tmp"
+            with open(tmps[name], "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        # a signal may reach any thread, but Python runs its handlers in the main thread: there they are
+        # put off until the renames are done, then raised again for the handlers in place before
+        pending: list[int] = []
+        held = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                held[sig] = signal.signal(sig, lambda signum, frame: pending.append(signum))
+        try:
+            for name, tmp in tmps.items():
+                os.replace(tmp, bundle_dir / name)
+            fsync_path(bundle_dir)
+        finally:
+            for sig, handler in held.items():
+                signal.signal(sig, handler)
+            if pending:
+                signal.raise_signal(pending[0])
+    finally:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+

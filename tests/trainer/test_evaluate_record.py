@@ -97,3 +97,42 @@ def test_newer_logs_count_what_the_bundle_does_not_know(small_data, tmp_path, ca
     # history, already in the logs before): every one answered cold
     cold, was = res["cold_users"], base["cold_users"]
     assert cold["new_users"] == was["new_users"] + 4 == cold["cold_start_answers"]
+
+
+def test_an_interrupted_evaluate_leaves_the_record_and_its_reports_agreeing(small_data, tmp_path, monkeypatch):
+    """The manifest's evaluation was written first and the reports after it: an interrupt between them left
+    report.json / report.html with the old figures beside the new record."""
+    import os
+    import signal
+
+    from trainer import report
+
+    out = tmp_path / "out"
+    assert main(["build", "--data", str(small_data), str(out), "--seed", "3", "--eval-users", "30", *FAST]) == 0
+    v = resolve(out)
+    before = {n: (v / n).read_bytes() for n in ("manifest.json", "report.json", "report.html")}
+
+    def interrupted(*a, **kw):          # Ctrl-C while the HTML report renders, the slow step
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "render", interrupted)
+    assert main(["evaluate", str(out), "--data", str(small_data), "--seed", "4", "--no-progress"]) == 130
+    assert {n: (v / n).read_bytes() for n in before} == before          # all three old
+    monkeypatch.undo()
+
+    real = os.replace
+    sent = []
+
+    def with_a_sigint(src, dst):        # a real SIGINT arriving while the three files are renamed
+        if not sent and str(dst).endswith("report.json"):
+            sent.append(os.kill(os.getpid(), signal.SIGINT))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", with_a_sigint)
+    assert main(["evaluate", str(out), "--data", str(small_data), "--seed", "4", "--no-progress"]) == 130
+    monkeypatch.undo()
+    after = {n: (v / n).read_bytes() for n in before}
+    assert sent and [n for n in before if after[n] == before[n]] == []  # all three new, not some
+    seed = json.loads(after["manifest.json"])["evaluation"]["seed"]
+    assert seed == 4 and json.loads(after["report.json"])["seed"] == 4
+    assert not [p for p in v.iterdir() if p.name.endswith(".tmp")]
