@@ -13,6 +13,20 @@ COLS = ["recall@10", "recall@20", "recall@50", "ndcg@10", "mrr@50", "coverage@10
         "cold_share@10"]
 
 
+def _mean_len(v: dict) -> str:
+    """The list length a row's recall@50 is at (evaluations recorded before it was measured have none)."""
+    return f"<td>{v['mean_len']:.1f}</td>" if "mean_len" in v else "<td>-</td>"
+
+
+def _when(cut) -> str:
+    """The cut as a UTC time with its unix seconds."""
+    import datetime as dt
+
+    if not isinstance(cut, (int, float)):
+        return f"{html.escape(str(cut))} (unix s)"
+    return f"{dt.datetime.fromtimestamp(cut, dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC ({cut} unix s)"
+
+
 def columns_not_used(data_report: dict) -> dict[str, list[str]]:
     """The input columns a build did not use, {table: [column, ...]} (tables with none left out): text
     columns, numeric ones past a table's first :data:`EXTRA_MAX`, and any other column of interactions."""
@@ -62,7 +76,7 @@ def render(manifest: dict, result: dict) -> str:
         cells = "".join(
             f"<td{' class=best' if v[c] == best[c] and c not in ('cold_share@10',) else ''}>{v[c]:.4f}</td>"
             for c in COLS)
-        rows.append(f"<tr><th>{html.escape(m)}</th>{cells}</tr>")
+        rows.append(f"<tr><th>{html.escape(m)}</th>{cells}{_mean_len(v)}</tr>")
     tr = manifest.get("training", {})
     summary = {
         "version": manifest.get("version"), "created_at": manifest.get("created_at"),
@@ -84,7 +98,8 @@ def render(manifest: dict, result: dict) -> str:
                      f"a country with a trending list; cold order {html.escape(cold['cold_order'])}, trending "
                      f"{html.escape(cold['cold_trending'])}), against the global trending list's head.</p>\n"
                      f"<table><tr><th>method</th>{''.join(f'<th>{c}</th>' for c in COLS)}</tr>{crow}</table>\n")
-    main_table = (f"<table><tr><th>method</th>{''.join(f'<th>{c}</th>' for c in COLS)}</tr>{''.join(rows)}</table>"
+    main_table = (f"<table><tr><th>method</th>{''.join(f'<th>{c}</th>' for c in COLS)}<th>mean_len</th></tr>"
+                  f"{''.join(rows)}</table>"
                   if rows else "<p>No held-out user has a training history and a new item: the new users' table "
                                "below is the evaluation.</p>")
     unused_html = (f"<h2>Input columns not used</h2><p>Columns {NOT_USED}: {html.escape(not_used_text(unused))}"
@@ -94,7 +109,7 @@ def render(manifest: dict, result: dict) -> str:
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{text-align:left}}
 .best{{background:#d8f0d8;font-weight:bold}}pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style></head><body>
 <h1>Bundle {version}</h1>
-<p>Held-out newest interactions after {result.get('cut')} (unix s); {result['users']} users evaluated{sample},
+<p>Held-out newest interactions after {_when(result.get('cut'))}; {result['users']} users evaluated{sample},
 {result.get('held_out_interactions', '?')} held-out interactions. History items are excluded from recommendations
 and from the truth, and so are items created after the cut (not in the bundle's catalogue yet:
 {result.get('truth_not_released', 0)} held-out (user, item) pairs).</p>

@@ -89,3 +89,16 @@ def test_popularity_deciles_by_hand():
     assert d["methods"]["head"] == [1.0] + [0.0] * 9
     assert d["methods"]["tail"] == pytest.approx([0.0] * 8 + [1 / 3, 2 / 3], abs=1e-4)   # top 3: rows 0-2
     assert d["methods"]["none"] == [0.0] * 10
+
+
+def test_report_gives_each_rows_list_length_and_the_cut_as_a_date(report_html):
+    """The printed table's mean_len (the length a row's recall@50 is at) was missing from the HTML, and the
+    cut was shown in raw unix seconds."""
+    import datetime as dt
+
+    page, res = report_html
+    for m, v in res["methods"].items():
+        row = re.search(rf"<tr><th>{re.escape(m)}</th>(.*?)</tr>", page).group(1)
+        assert row.endswith(f"<td>{v['mean_len']:.1f}</td>"), (m, row)
+    day = dt.datetime.fromtimestamp(res["cut"], dt.timezone.utc).strftime("%Y-%m-%d")
+    assert f"after {day} " in page and "<th>mean_len</th>" in page
