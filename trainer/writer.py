@@ -2,6 +2,7 @@
 then ``<out>/CURRENT`` replaced atomically, last. A crash at any point leaves the previous CURRENT valid."""
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -111,12 +112,17 @@ def write_bundle(out_root: str | os.PathLike, ds, cat, art, ranker_text: str, ma
         for p in tmp.iterdir():
             fsync_path(p)
         fsync_path(tmp)
-        os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    fsync_path(root)
-    set_current(root, version)
+    with signals_put_off():     # renamed and named by CURRENT as one step: no complete version left unnamed
+        try:
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        fsync_path(root)
+        set_current(root, version)
     return final
 
 
@@ -184,12 +190,31 @@ def sealed_manifest_text(bundle_dir: Path, key: str, value) -> str:
     return json.dumps(seal_manifest({**m, key: value}), indent=1)
 
 
+@contextlib.contextmanager
+def signals_put_off():
+    """SIGINT, SIGTERM and SIGHUP put off until the block ends, then raised again for the handlers in place
+    before: a signal may reach any thread, but Python runs its handlers in the main thread, so there they
+    are held (elsewhere nothing is changed)."""
+    import signal
+
+    pending: list[int] = []
+    held = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            held[sig] = signal.signal(sig, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+        if pending:
+            signal.raise_signal(pending[0])
+
+
 def replace_together(bundle_dir: Path, texts: dict[str, str]) -> None:
     """Files of ``bundle_dir`` replaced by ``texts`` ({name: text}) as one step: every text written to a
     temporary file and on disk first, then the renames with SIGINT, SIGTERM and SIGHUP put off, so that an
     interrupt leaves either all of them old or all new (a manifest's evaluation and its reports agree)."""
-    import signal
-
     tmps = {}
     try:
         for name, text in texts.items():
@@ -200,20 +225,10 @@ def replace_together(bundle_dir: Path, texts: dict[str, str]) -> None:
                 os.fsync(f.fileno())
         # a signal may reach any thread, but Python runs its handlers in the main thread: there they are
         # put off until the renames are done, then raised again for the handlers in place before
-        pending: list[int] = []
-        held = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                held[sig] = signal.signal(sig, lambda signum, frame: pending.append(signum))
-        try:
+        with signals_put_off():
             for name, tmp in tmps.items():
                 os.replace(tmp, bundle_dir / name)
             fsync_path(bundle_dir)
-        finally:
-            for sig, handler in held.items():
-                signal.signal(sig, handler)
-            if pending:
-                signal.raise_signal(pending[0])
     finally:
         for tmp in tmps.values():
             tmp.unlink(missing_ok=True)

@@ -116,3 +116,26 @@ def test_main_leaves_the_signal_handlers_as_it_found_them(tmp_path):
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     assert main(["verify", str(tmp_path)]) == 3
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_ctrl_c_as_the_version_is_published_names_it(small_data, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C between the version directory's rename and CURRENT's replacement left a complete version
+    that nothing named (and no later build removes) and said "nothing was published"."""
+    from trainer import writer
+    from trainer.cli import main
+
+    real = writer.set_current
+
+    def with_a_sigint(root, version):
+        os.kill(os.getpid(), signal.SIGINT)
+        real(root, version)
+
+    monkeypatch.setattr(writer, "set_current", with_a_sigint)
+    out = tmp_path / "out"
+    rc = main(["build", "--data", str(small_data), str(out), "--factors", "8", "--no-tune", "--no-evaluate",
+               "--label-windows", "1", "--no-progress"])
+    assert rc == 130
+    current = (out / "CURRENT").read_text().strip()
+    versions = [p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert versions == [current], versions
+    assert f"CURRENT names the new version {current} already" in capsys.readouterr().err
