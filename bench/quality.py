@@ -108,18 +108,13 @@ KNN_NEIGHBOURS = (20, 100, 0)         # 0: all items
 
 
 def popularity(train: sp.csr_matrix, users: np.ndarray, n: int = 50):
-    """Items by distinct users in the training window, the user's own left out: the outside baseline."""
+    """Items by distinct users in the training window, the user's own left out: the outside baseline
+    (``trainer.baselines.popularity``; its time is that of the whole call)."""
+    from trainer import baselines
+
     t = time.perf_counter()
-    x = train.copy()
-    x.data[:] = 1.0
-    pop = np.asarray(x.sum(0)).ravel().astype(np.float64)
-    order = np.argsort(-pop, kind="stable")
-    fit_s = time.perf_counter() - t
-    recs = []
-    for u in users:
-        seen = set(x.indices[x.indptr[u]:x.indptr[u + 1]].tolist())
-        recs.append(np.array([i for i in order[:n + len(seen)] if i not in seen][:n], np.int64))
-    return recs, fit_s
+    top = baselines.popularity(train, users, n)
+    return [r[r >= 0] for r in top], time.perf_counter() - t
 
 
 def inner_split(ds, u_map: np.ndarray, i_map: np.ndarray, cut: float, shape: tuple, max_users: int, seed: int):

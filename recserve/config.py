@@ -242,8 +242,7 @@ def load(flags: dict | None = None, env: dict | None = None, file: str | os.Path
     origin: dict = {}                   # setting -> the same, in words
     path = file or (flags or {}).get("config")
     label = f"config file {path}"
-    if not path and env_value(env, "RECSERVE_CONFIG"):
-        path = env_value(env, "RECSERVE_CONFIG")
+    if not path and (path := env_value(env, "RECSERVE_CONFIG")):
         label = f"config file {path} (from RECSERVE_CONFIG)"
     if path:
         path = os.path.expanduser(os.fspath(path))

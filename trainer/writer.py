@@ -161,12 +161,17 @@ def remove_stale_temporaries(root: Path) -> list[str]:
 def replace_file(path: Path, text: str, tmp: Path) -> None:
     """``path`` replaced by ``text`` whole: written to ``tmp`` beside it and on disk before the rename, and the
     rename on disk too (fsync of the directory)."""
-    with open(tmp, "w") as f:
+    _write_synced(tmp, text)
+    os.replace(tmp, path)
+    fsync_path(path.parent)
+
+
+def _write_synced(path: Path, text: str) -> None:
+    """``text`` written to ``path`` and on disk."""
+    with open(path, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_path(path.parent)
 
 
 def set_current(root: Path, version: str) -> None:
@@ -219,10 +224,7 @@ def replace_together(bundle_dir: Path, texts: dict[str, str]) -> None:
     try:
         for name, text in texts.items():
             tmps[name] = bundle_dir / f".{name}.tmp"
-            with open(tmps[name], "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
+            _write_synced(tmps[name], text)
         # a signal may reach any thread, but Python runs its handlers in the main thread: there they are
         # put off until the renames are done, then raised again for the handlers in place before
         with signals_put_off():
