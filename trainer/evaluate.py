@@ -3,8 +3,8 @@
 Methods: ``popularity`` (trending), ``i2i``, ``ann`` (user vector -> HNSW), ``ann+ranker`` (ANN candidates
 ordered by the ranker), ``merged+ranker`` (all sources merged, ranked), ``full+mmr`` (that, re-ranked by
 the server's own re-rank code: MMR, the creator cap with its uncapped fill, no creator back to back).
-Candidates are merged as the server merges them for k = 50 (the popular quota and the candidate budget at
-least 50). Stock is not applied: every method may recommend an item the items file says is out of stock,
+Candidates are merged as the server merges them for k = 50 (at least four times 50 candidates, the popular
+source making up the rest). Stock is not applied: every method may recommend an item the items file says is out of stock,
 which the server's default request would not. The stage rows (``i2i``, ``ann``, ``ann+ranker``) hold what
 their source supplies, which may be fewer than 50 items (``mean_len`` in the table): their recall@50 is at
 that length. For each user with a training history and new items in the held-out window:
@@ -150,10 +150,7 @@ def evaluate(art, scorer, test_user, test_item, test_ts, params: dict, creators:
     truths = []
     lam = float(params["mmr_lambda"])
     cap = int(params["max_per_creator"])
-    q = dict(params["quotas"])
-    q["popular"] = max(int(q.get("popular", 50)), EVAL_K)          # as the server raises it to k
-    served = dict(params, quotas=q, cap=max(int(params["cap"]), EVAL_K))
-    it = candidates_for(art, users, served, threads)
+    it = candidates_for(art, users, params, threads, k=EVAL_K)       # as the server merges them for k
     for u, vec, lists, merged in (progress(it, total=len(users)) if progress else it):
         h = set(art.consumed(u).tolist())
 

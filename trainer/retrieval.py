@@ -12,6 +12,7 @@ import numpy as np
 
 from recserve._core import candidates as C
 from recserve._core.embed import user_vectors
+from recserve._core.merge import Merged, exclusion_bitset, merge_candidates
 from recserve._core.regional import RegionalTrending
 from trainer.io import DataError
 
@@ -86,25 +87,54 @@ def regional_lists(art, params: dict) -> RegionalTrending | None:
                             len(art.item_emb))
 
 
-def candidates_for(art, users: np.ndarray, params: dict, threads=2):
+def candidates_for(art, users: np.ndarray, params: dict, threads=2, k: int | None = None):
     """Yields (user, user_vec, lists, merged) for each user, exactly as served: the history (the newest
     ``history_len`` events) seeds the sources, and every item she consumed, however old, is excluded. The
     popular source is her country's trending list where ``params`` and ``art`` have one (the server reads
-    the request's ``context.country`` first; training and evaluation know the users file's only)."""
+    the request's ``context.country`` first; training and evaluation know the users file's only).
+
+    ``k`` None: the candidates the ranker is trained on (the quotas and cap of ``params``). A ``k``: those
+    of a request for k items without filters, as the server merges them (:func:`C.served_quota`, at least
+    four times k candidates), ``lists``' popular list the one merged."""
     vecs = user_vecs(art, users, params)
     anns = ann_batch(art, vecs, users, params, threads)
     n_items = len(art.item_emb)
     hidden = art.unreleased
     regional = regional_lists(art, params)
-    for k, u in enumerate(users):
+    for j, u in enumerate(users):
         h_items, h_ts, _ = art.history(int(u))
         c = regional.user_list(int(u)) if regional is not None else None
         trend = (art.trend_rows, art.trend_scores) if c is None else \
             regional.head(c, C.popular_depth(params, len(h_items)))
-        lists = C.source_lists(h_items, h_ts, anns[k][0], anns[k][1], art.i2i_rows, art.i2i_scores, *trend,
+        lists = C.source_lists(h_items, h_ts, anns[j][0], anns[j][1], art.i2i_rows, art.i2i_scores, *trend,
                                params, hidden=hidden)
-        merged = C.merge_for_user(lists, art.consumed(int(u)), n_items, params, extra_excluded=hidden)
-        yield int(u), vecs[k], lists, merged
+        if k is None:
+            merged = C.merge_for_user(lists, art.consumed(int(u)), n_items, params, extra_excluded=hidden)
+        else:
+            merged = _as_served(art, lists, u, len(h_items) > 0, params, k, regional, c)
+        yield int(u), vecs[j], lists, merged
+
+
+def _as_served(art, lists: list, u: int, has_history: bool, params: dict, k: int, regional, c) -> Merged:
+    """The merge of ``lists`` for a request of user ``u`` for ``k`` items without filters (the server's
+    ``Recommender.recommend``), its popular list set in ``lists``."""
+    gone = C.sorted_unique(np.concatenate([np.asarray(art.consumed(int(u)), np.int64),
+                                           np.asarray(art.unreleased, np.int64)]))
+    bits = exclusion_bitset(len(art.item_emb), gone) if len(gone) else None
+    quota, budget = C.served_quota(params, k, has_history)
+    q = params["quotas"]
+    head = ((lambda n: regional.head(c, n)) if c is not None else
+            (lambda n: (art.trend_rows[:n], art.trend_scores[:n])))
+    trained = lists[3]
+
+    def merge(pop, quota):
+        lists[3] = pop
+        return merge_candidates(lists, [int(q[s]) for s in C.SOURCES[:3]] + [quota], budget, len(art.item_emb),
+                                  bits)
+
+    merged, _ = C.top_up(merge, lambda n: C.popular_as_served(trained, n, head, gone), quota, C.PER_K * k,
+                         C.SOURCES.index("popular"), bits)
+    return merged
 
 
 __all__ = ["user_vecs", "ann_batch", "candidates_for", "regional_lists", "user_vectors"]

@@ -328,6 +328,67 @@ def ann_lists(query, params: dict, hist_items, n_items: int, drop_history: bool 
 SIMILAR_K = 20      # the k SimilarItems' search breadth is tuned for (the API's default k)
 
 
+# -- a request's candidates: four times k at least, the popular source making up the rest ------------------
+PER_K = 4        # a request for k ranks at least this many times k candidates
+TOP_UPS = 3      # merges again with a larger popular quota, at most, to reach them
+
+
+def served_quota(params: dict, k: int, has_history: bool) -> tuple[int, int]:
+    """(the popular source's quota, the candidate budget) of a request for ``k``: at least four times k
+    candidates, so that the ranker and the creator rules have room (k, or twice k, candidates left
+    ``max_per_creator`` no choice when k neared the cap). A k above a quarter of the cap takes the extra from
+    the popular source, every other source keeping its quota; with no history and no session (an unknown,
+    anonymous or new user) popular items are the only source: four times k of them."""
+    quota, cap = int(params["quotas"].get("popular", 0)), int(params["cap"])
+    budget = max(cap, PER_K * k)
+    if not has_history:
+        return max(quota, PER_K * k), budget
+    return max(quota, k, quota + budget - cap), budget
+
+
+def top_up(merge, popular_for, quota: int, target: int, popular_bit: int, excluded: np.ndarray | None):
+    """``(merged, the popular list)``: ``merge(popular list, quota)`` of the popular list ``popular_for(quota)``
+    gives, merged again with a larger quota while fewer than ``target`` candidates are distinct and the
+    popular source still fills its quota (at most ``TOP_UPS`` times). A quota counts the items its source
+    found, those other sources found too included: where the popular ones overlap the others, the sum of
+    the quotas holds fewer distinct items."""
+    for _ in range(TOP_UPS + 1):
+        pop = popular_for(quota)
+        merged = merge(pop, quota)
+        short = target - len(merged)
+        if short <= 0 or np.count_nonzero(merged.sources & (1 << popular_bit)) < quota:
+            break
+        quota = top_up_quota(pop[0], quota, merged.rows, excluded, short)
+    return merged, pop
+
+
+def top_up_quota(pop_rows: np.ndarray, quota: int, merged_rows: np.ndarray, excluded: np.ndarray | None,
+                 short: int) -> int:
+    """The popular source's quota that adds ``short`` items no source holds yet. The merge takes the first
+    ``quota`` rows of ``pop_rows`` its ``excluded`` bitset lets through, the items other sources found too
+    among them; past the list's end, it asks for a longer list: twice as long, or ``short`` more than
+    it has, whichever is more (the other sources may hold most of the rest too)."""
+    r = np.asarray(pop_rows, np.int64)
+    if excluded is not None and len(r):
+        r = r[(excluded[r >> 3] >> (r & 7)) & 1 == 0]
+    rest = r[quota:]
+    new = np.flatnonzero(not_in_sorted(rest, np.sort(merged_rows)))
+    if len(new) >= short:
+        return quota + int(new[short - 1]) + 1
+    return quota + max(len(rest) + short - len(new), quota)
+
+
+def popular_as_served(trained, quota: int, head, gone: np.ndarray):
+    """The popular list of a request without filters for ``quota`` items: ``trained`` (from
+    :func:`source_lists`: the trending list without the history's items) while it holds that many; else the
+    first ``quota + len(gone) + 1`` of the whole trending list (``head(n)``) without ``gone`` (sorted: the
+    consumed and unreleased items), so that an item's rank in it is its rank in training."""
+    if len(trained[0]) >= quota:
+        return trained
+    rows, scores = head(quota + len(gone) + 1)
+    return drop_seen(rows, scores, gone)
+
+
 # the trainer stores each item's first similar_k(SIMILAR_K, SIMILAR_LIST_FRAC, n) embedding neighbours
 # (``sim_rows``): enough for SimilarItems' default k while a filter keeps 3/4 of the catalogue or more
 SIMILAR_LIST_FRAC = 0.75

@@ -69,7 +69,17 @@ def diversify(relevance: np.ndarray, item_emb: np.ndarray, rows: np.ndarray, k: 
             # cap, and the uncapped items now offer others
             _separate_creators(pos, pen, creators, 1, k, capped=len(pos) - len(p2))
         pos, pen = pos[:k], pen[:k]
+    elif adjacent_rule and _has_pair(creators[pos]):
+        # the cap filled k, but its greedy ended with one creator back to back (only she was under the
+        # cap): move her items up between two others', the answer's items and so the cap unchanged
+        pos, pen = pos.copy(), pen.copy()
+        _separate_creators(pos, pen, creators, 1, k, capped=k)
     return pos, pen
+
+
+def _has_pair(c: np.ndarray) -> bool:
+    """Whether two consecutive items have one known creator (an unknown one, < 0, is nobody's)."""
+    return bool(np.any((c[1:] == c[:-1]) & (c[1:] >= 0)))
 
 
 def _unit_rows(item_emb: np.ndarray, rows: np.ndarray) -> np.ndarray:

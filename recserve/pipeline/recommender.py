@@ -132,6 +132,7 @@ class Recommender:
                           if created is not None and float(self.cparams["novelty_boost"]) > 0
                           and not self.cold_by_ranker else None)
         self._new_bit = 1 << len(self.sources)
+        self._popular_bit = self.sources.index("popular") if "popular" in self.sources else None
         self.histories = Histories(t, store, self.history_len, bundle.data_end)
         self._items_gen = -1
         masks = range(1 << len(self.sources))
@@ -165,6 +166,35 @@ class Recommender:
             if allowed is None or np.count_nonzero(allowed[rows]) >= quota or n >= self.n_items:
                 return rows, scores
             n *= 2
+
+    def _popular(self, trained, quota: int, region, cold: bool, include, allowed, gone, snap):
+        """The popular source's list for ``quota`` items: ``trained`` (the trending list as trained, without
+        the history's items), or the list the request's country, categories or filter call for."""
+        limit = quota + len(gone) + 1
+        if region is not None and cold:     # a cold request from a country with a trending list of its own
+            return self.countries.top(region, allowed, gone, quota)
+        if len(include) and region is not None:
+            return self.countries.in_categories(region, include, snap.category, allowed, gone, quota)
+        if len(include):
+            return C.drop_rows(*C.popular_in_categories(self.cat_indptr, self.cat_rows, self.trend_of_row,
+                                                        include, allowed, limit), gone)
+        if allowed is None:         # as the trainer's evaluation has it
+            head = ((lambda n: self.countries.head(region, n)) if region is not None else
+                    (lambda n: (self.trend_rows[:n], self.trend_scores[:n])))
+            return CC.popular_as_served(trained, quota, head, gone)
+        if allowed is snap.in_stock:
+            # the shared list, whose out-of-stock entries the merge skips; refilled only when it cannot
+            # fill the popular quota (k above the quota, or much of it out of stock), from the whole
+            # trending list as trained, so that an item's rank in it is its rank in training
+            if int(np.count_nonzero(allowed[trained[0]])) >= quota:
+                return trained
+            if region is not None:
+                return self._regional_refill(region, allowed, gone, quota, limit)
+            n = snap.trend_prefix(limit)
+            return C.drop_rows(self.trend_rows[:n], self.trend_scores[:n], gone)
+        if region is not None:
+            return self.countries.top(region, allowed, gone, limit)
+        return C.drop_rows(*walk_allowed(self.trend_rows, self.trend_scores, allowed, limit), gone)
 
     def known_user(self, user_id: str) -> bool:
         return self.tables.row_of("user", user_id) is not None
@@ -350,43 +380,24 @@ class Recommender:
         # what no list may hold: the consumed items and those not created yet
         gone = CC.sorted_unique(np.concatenate([consumed, hidden])) if len(hidden) else consumed
         lists = dict(zip(CC.SOURCES, base))
-        # at least four times k candidates, so that the ranker and the creator rules have room (k, or twice
-        # k, candidates left max_per_creator no choice when k neared the cap); a k above a quarter of the cap
-        # takes the extra from the popular source, every other source keeping its quota. With no history
-        # and no session (an unknown, anonymous or new user) popular items are the only source
-        budget = max(self.cap, 4 * k)
-        if len(all_rows) == 0:
-            q["popular"] = max(q["popular"], min(4 * k, budget))
-        else:
-            q["popular"] = max(q["popular"], k, q["popular"] + budget - self.cap)
-        limit = q["popular"] + len(gone) + 1
-        pop = lists["popular"]          # as trained: trending without the history's items
-        if region is not None and cold:     # a cold request from a country with a trending list of its own
-            pop = self.countries.top(region, allowed, gone, q["popular"])
-        elif len(include) and region is not None:
-            pop = self.countries.in_categories(region, include, snap.category, allowed, gone, q["popular"])
-        elif len(include):
-            pop = C.drop_rows(*C.popular_in_categories(self.cat_indptr, self.cat_rows, self.trend_of_row,
-                                                       include, allowed, limit), gone)
-        elif allowed is None or allowed is snap.in_stock:
-            # the shared list, whose out-of-stock entries the merge skips; refilled only when it cannot
-            # fill the popular quota (k above the quota, or much of it out of stock), from the whole
-            # trending list as trained, so that an item's rank in it is its rank in training
-            servable = len(pop[0]) if allowed is None else int(np.count_nonzero(allowed[pop[0]]))
-            if servable < q["popular"] and region is not None:
-                pop = self._regional_refill(region, allowed, gone, q["popular"], limit)
-            elif servable < q["popular"]:
-                n = limit if allowed is None else snap.trend_prefix(limit)
-                pop = C.drop_rows(self.trend_rows[:n], self.trend_scores[:n], gone)
-        elif region is not None:
-            pop = self.countries.top(region, allowed, gone, limit)
-        else:
-            pop = C.drop_rows(*walk_allowed(self.trend_rows, self.trend_scores, allowed, limit), gone)
-        lists["popular"] = pop
+        # at least four times k candidates (CC.served_quota), the popular source making up the rest
+        q["popular"], budget = CC.served_quota(self.cparams, k, len(all_rows) > 0)
         bits = snap.exclusion_bits(gone, allowed)
-        merged = merge_candidates([lists.get(s, C.EMPTY) for s in self.sources],
-                                  [q[s] for s in self.sources], budget,
-                                  self.n_items, bits)
+
+        def merge(pop, quota):
+            lists["popular"] = pop
+            return merge_candidates([lists.get(s, C.EMPTY) for s in self.sources],
+                                    [quota if s == "popular" else q[s] for s in self.sources], budget,
+                                    self.n_items, bits)
+
+        def popular(quota):
+            return self._popular(trained, quota, region, cold, include, allowed, gone, snap)
+
+        trained = lists["popular"]          # as trained: trending without the history's items
+        if self._popular_bit is None:
+            merged = merge(C.EMPTY, 0)
+        else:
+            merged, _ = CC.top_up(merge, popular, q["popular"], CC.PER_K * k, self._popular_bit, bits)
         counts = {s: int(np.count_nonzero(merged.sources & (1 << i))) for i, s in enumerate(self.sources)}
         rows, srcs = merged.rows, merged.sources
         by_ranker = not cold or self.cold_by_ranker

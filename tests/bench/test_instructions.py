@@ -45,7 +45,10 @@ def test_two_sides_count_instructions_per_call(demo_bundle, tmp_path):
             assert len(r["answers"]) == 64 and r["calls"] in (1, 3)
         assert runs["1"]["answers"] != runs["3"]["answers"]                  # the answers of the measured calls
     assert rec["ratio"] == pytest.approx(rec["per_call"]["B"] / rec["per_call"]["A"])
-    assert rec["ratio"] < 0.9 and rec["same_answers"] is False
+    # callgrind's count of one code on one pool is the same from run to run (one thread, PYTHONHASHSEED=0):
+    # 4 % fewer is B's setting (B ranks 4k = 80 candidates, merged twice as k is above a quarter of its cap of
+    # 20, where A ranks about 175; before the second merge it was about 67, and 12 % fewer instructions)
+    assert rec["ratio"] < 0.99 and rec["same_answers"] is False
     assert f"B / A: {rec['ratio']:.5f}" in p.stdout and "the same answers: no" in p.stdout
 
 

@@ -141,6 +141,20 @@ def test_deadline_stops_the_pipeline(bundle):
     assert len(rec.similar(item, 5, Filters(), deadline=later).items) == 5
 
 
+def test_a_capped_answer_keeps_creators_apart_when_only_one_is_left_under_the_cap():
+    """The cap fills k, but its greedy has only one creator left for the last picks: her items move up
+    between two others' (before: B C A A A, where A B A C A keeps the same items and the cap)."""
+    from recserve._core.rerank import diversify
+
+    emb = np.eye(5, dtype=np.float32)
+    creators = np.array([1, 2, 0, 0, 0])
+    rel = np.array([1.0, 0.9, 0.8, 0.7, 0.6], np.float32)
+    pos, pen = diversify(rel, emb, np.arange(5, dtype=np.int32), 5, 1.0, creators, 3)
+    c = creators[pos]
+    assert sorted(pos.tolist()) == list(range(5)) and len(pen) == 5
+    assert all(c[j] != c[j + 1] for j in range(4)), c.tolist()
+
+
 def test_unknown_creators_are_nobodys_in_the_fill():
     """Items of unknown creator (-1) are exempt from the cap and the back-to-back rule, in the fill too:
     they are not moved out of the answer to separate them (before: three items by creator 7 at cap 1)."""
@@ -160,8 +174,9 @@ def test_unknown_creators_are_nobodys_in_the_fill():
 @example(35, 3, 3, 0.75, 599)       # a fill spare pulled into the first k had pushed a capped item out
 def test_no_creator_back_to_back_while_the_answer_holds_another(n, n_creators, mpc, lam, seed):
     """Whatever the cap leaves to the uncapped fill: two items by one creator are adjacent only where
-    every later item of the answer is hers too (before: the capped part could end with a pair that
-    the fill's items could have separated)."""
+    every later item of the answer is hers too and no earlier slot between two others' items is left
+    (before: the capped part could end with a pair that the fill's items, or a move up, could have
+    separated)."""
     from recserve._core.rerank import diversify
 
     rng = np.random.default_rng(seed)
@@ -176,6 +191,8 @@ def test_no_creator_back_to_back_while_the_answer_holds_another(n, n_creators, m
     for j in range(1, k):
         if c[j] == c[j - 1] >= 0:
             assert set(c[j + 1:].tolist()) <= {c[j], -1} and -1 not in c[j + 1:], (j, c.tolist())
+            # and no earlier slot between two other creators' items could take her
+            assert c[0] == c[j] and not any(c[i - 1] != c[j] != c[i] for i in range(1, j)), (j, c.tolist())
     # the cap is broken only as far as the fill must: no more over-cap items than k minus what fits
     known = c[c >= 0]
     fits = int((creators < 0).sum()) + sum(min(mpc, int((creators == x).sum())) for x in set(creators.tolist()) - {-1})
@@ -220,6 +237,37 @@ def test_the_creator_cap_holds_for_users_with_history_when_k_nears_the_candidate
         c = Counter(_creators(bundle, [i.item_id for i in res.items]).tolist())
         c.pop(-1, None)
         assert max(c.values()) <= cap, (user, c)
+
+
+@pytest.mark.parametrize("k", [12, 30, 45])
+def test_users_with_history_get_four_times_k_distinct_candidates(bundle, k):
+    """The popular source's quota counts items the other sources found too: where they overlap, it makes
+    up the shortfall, so a request ranks at least four times k distinct candidates where the catalogue
+    has them (before: 4k was the sum of the quotas, and about 100 of 120 were distinct at k = 30)."""
+    import recserve.pipeline.recommender as RM
+
+    rec = Recommender(bundle, None, {"cap": 40})
+    indptr = np.asarray(bundle.tables.array("hist_indptr"))
+    users = [bundle.tables.id_of("user", int(r)) for r in np.flatnonzero(np.diff(indptr) > 0)[:30]]
+    cols = bundle.tables.columns("item_feats")
+    stock = np.asarray(bundle.item_feats)[:, cols.index("in_stock")] > 0.5
+    sizes = []
+    orig = RM.merge_candidates
+    try:
+        RM.merge_candidates = lambda *a, **kw: sizes.append(len(orig(*a, **kw))) or orig(*a, **kw)
+        short = []
+        for user in users:
+            sizes.clear()
+            res = rec.recommend(RecRequest(user_id=user, k=k))
+            assert len(res.items) == k
+            r = bundle.tables.row_of("user", user)
+            seen = np.asarray(bundle.tables.array("hist_items"))[indptr[r]:indptr[r + 1]]
+            servable = int(np.count_nonzero(np.delete(stock, seen)))     # in stock, not consumed (or fewer)
+            if sizes[-1] < min(4 * k, servable):
+                short.append((user, sizes[-1]))
+    finally:
+        RM.merge_candidates = orig
+    assert not short, short
 
 
 @pytest.mark.parametrize("lam", [1.0, 0.5, 0.0])
