@@ -188,11 +188,9 @@ def rpc(method):
                 log.error("%s: %s", name, msg, extra=extra)
             else:
                 log.info("%s: %s", name, msg, extra=extra)
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED and (left := context.time_remaining()) is not None \
-                    and left <= 0:
-                # gRPC has ended the call at its deadline too: a status sent after that fails in gRPC core,
-                # which logs it as an ERROR with a traceback. The client has its DEADLINE_EXCEEDED either way.
-                # With time left (however little) the call is still open and gets its status
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED and deadline_passed(context.time_remaining()):
+                # gRPC ends the call at its deadline too: a status sent after it fails in gRPC core, which
+                # logs that as an ERROR with a traceback. The client has its DEADLINE_EXCEEDED either way
                 raise asyncio.CancelledError from None
             await context.abort(code, f"{msg} (request {rid})")
         finally:

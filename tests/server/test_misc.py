@@ -218,7 +218,8 @@ def test_metrics_endpoint_aggregates_workers(shared_root, facts, start_server, t
 
 def test_events_counted_are_the_events_kept_when_deadlines_end_writes(shared_root, facts, start_server, tmp_path):
     """Writes whose calls end (deadline) while they run either write nothing or are waited for and counted:
-    the events metric and the store agree, whatever each call's outcome."""
+    the events metric and the store agree, whatever each call's outcome (a write refused because earlier
+    abandoned ones still run included)."""
     import time
 
     from recserve.events import EventStore
@@ -234,8 +235,11 @@ def test_events_counted_are_the_events_kept_when_deadlines_end_writes(shared_roo
             s.stub().RecordEvents(pb.RecordEventsRequest(events=events), timeout=0.002 + 0.001 * (b % 8))
             outcomes.append("OK")
         except grpc.RpcError as e:
-            outcomes.append(e.code().name)
-    assert set(outcomes) <= {"OK", "DEADLINE_EXCEEDED"}, outcomes
+            # a worker refuses a write while 4 (--threads) of its abandoned ones still run: before
+            # anything is written or counted (test_stuck_writes.py), about one run in 30 here
+            stuck = e.code() == grpc.StatusCode.UNAVAILABLE and "earlier writes of this worker" in e.details()
+            outcomes.append("STUCK" if stuck else e.code().name)
+    assert set(outcomes) <= {"OK", "DEADLINE_EXCEEDED", "STUCK"}, outcomes
     time.sleep(1.0)                 # writes still running when their calls ended finish
     text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
     store = EventStore(ev, map_size=0)
