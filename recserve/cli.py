@@ -179,8 +179,15 @@ def cmd_serve(args) -> int:
         print(f"recserve serve: {exc}", file=sys.stderr)
         return 2
     except (OSError, RuntimeError) as exc:  # the port is taken, a worker could not start
-        print(f"recserve serve: {exc}", file=sys.stderr)
+        print(f"recserve serve: {_reason(exc)}", file=sys.stderr)
         return 1
+
+
+def _reason(exc: BaseException) -> str:
+    """An error as one line for a person: an OSError's reason without Python's ``[Errno N]`` prefix."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename is not None else exc.strerror
+    return str(exc)
 
 
 def _call(fn, args=None):
@@ -367,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-per-creator", dest="max_per_creator", type=C.integer,
                    help="default cap of items per creator in one answer (0: no cap)")
     s.add_argument("--novelty-boost", dest="novelty_boost", type=C.number,
-                   help="added to the [0, 1] relevance of items created within --new-item-days (default off)")
+                   help="added to the [0, 1] relevance of items created within --new-item-days (default: the "
+                        "bundle's, off unless it sets one)")
     s.add_argument("--new-item-days", dest="new_item_days", type=C.number,
                    help="an item counts as new for this many days after its created_at")
     s.add_argument("--candidates", type=C.integer,
@@ -379,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--similar-ef", dest="similar_ef", type=C.integer,
                    help="HNSW search breadth of SimilarItems (default: the bundle's tuned similar_ef)")
     s.add_argument("--ranker-engine", dest="ranker_engine", choices=["forest", "lightgbm"],
-                   help="ranker evaluator: the Cython forest (default) or LightGBM's Booster.predict")
+                   help="ranker evaluator: the Cython forest or LightGBM's Booster.predict (default: the bundle's, "
+                        "the forest unless it sets one)")
     s.add_argument("--cold-order", dest="cold_order", choices=list(C.COLD_ORDERS),
                    help="order of a cold request's answer (no history, no session): the trending score "
                         "(the bundle's default) or the ranker")

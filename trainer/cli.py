@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="train a bundle from a data directory")
     b.add_argument("out", help="bundle root (gets <version>/ and CURRENT)")
-    b.add_argument("--data", required=True)
+    b.add_argument("--data", required=True, help="the data directory (interactions, items and optionally users)")
     b.add_argument("--seed", type=seed, default=0)
     b.add_argument("--factors", type=number_list(int, 1, 4096), default=[64],
                    help="embedding size, or a comma list (e.g. 16,32,64) to pick on the label window")
@@ -82,7 +82,9 @@ def _parser() -> argparse.ArgumentParser:
                         "takes cosine above")
     b.add_argument("--ease-max-items", type=number(int, 0, 1 << 20), default=None, metavar="N",
                    help="with --i2i-model auto, the largest catalogue EASE is tried on (default 10,000)")
-    b.add_argument("--no-tune", action="store_true")
+    b.add_argument("--no-tune", action="store_true",
+                   help="a faster build: the default serving parameters (recency decays and mix, i2i model, "
+                        "country prior, source quotas, HNSW ef and similar_ef), not tuned on the validation window")
     b.add_argument("--no-similar-lists", action="store_true",
                    help="do not store each item's SimilarItems neighbours (n_items x 85 int32); the server "
                         "then searches the index for every SimilarItems")

@@ -132,9 +132,23 @@ def test_a_metrics_port_in_use_fails_before_any_worker_starts(shared_root, tmp_p
         p = serve("--bundle", str(shared_root), "--port", str(port), "--workers", "2", "--metrics-port", str(mport),
                   "--events-dir", str(tmp_path / "ev"))
     assert p.returncode == 1
-    assert f"cannot serve metrics on 127.0.0.1:{mport}: Address already in use" in reason(p)
+    assert reason(p) == f"recserve serve: cannot serve metrics on 127.0.0.1:{mport}: Address already in use"
     with socket.socket() as s:       # nothing holds the gRPC port
         s.bind(("127.0.0.1", port))
+
+
+def test_a_port_in_use_is_one_readable_line(shared_root, tmp_path):
+    """The gRPC port taken: the reason, exit 1 (before: Python's "[Errno 98]" in front of it)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p = serve("--bundle", str(shared_root), "--port", str(port), "--workers", "2",
+                  "--events-dir", str(tmp_path / "ev"))
+    assert p.returncode == 1
+    assert reason(p) == f"recserve serve: cannot listen on 127.0.0.1:{port}: Address already in use"
 
 
 def test_a_worker_that_cannot_start_says_why(shared_root, tmp_path):
