@@ -148,12 +148,16 @@ def vector_params(params: dict) -> UserVectorParams:
 
 
 def history_vector(item_emb: np.ndarray, hist_items, hist_event, hist_ts, now: float, params: dict) -> np.ndarray:
-    """The user vector of a history (oldest first): event weights and ages in days from ``now`` (seconds)."""
+    """The user vector of a history (oldest first): event weights and ages in days from ``now`` (seconds).
+
+    The recency weights are normalised, so only the ages relative to the newest event matter: they are
+    passed so (the same vector, without every weight underflowing to 0 for a ``now`` a century later)."""
     rows = np.asarray(hist_items)          # int32 rows go to the kernel as they are
     if len(rows) == 0:
         return np.zeros(item_emb.shape[1], np.float32)
     ew = np.asarray(params["event_weights"], np.float32)[np.asarray(hist_event, np.intp)]
-    ages = np.maximum(0.0, (now - np.asarray(hist_ts, np.float64)) / 86400.0).astype(np.float32)
+    ages = np.maximum(0.0, (now - np.asarray(hist_ts, np.float64)) / 86400.0)
+    ages = (ages - ages.min()).astype(np.float32)
     return user_vector(item_emb, rows, vector_params(params), event_weights=ew, ages=ages)
 
 

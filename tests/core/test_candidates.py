@@ -1,6 +1,7 @@
 """The shared retrieval helpers: ``sorted_unique``, the i2i seed count and the two-step ANN query."""
 import hnswlib
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from recserve._core import candidates as C
@@ -154,3 +155,21 @@ def test_an_event_dated_after_the_request_weighs_as_one_at_the_request():
     ahead = C.history_vector(emb, np.array([1, 4, 7], np.int32), [0, 1, 3],
                              [now - 86400.0, now - 3600.0, now + 80000.0], now, params)
     np.testing.assert_array_equal(at, ahead)
+
+
+@pytest.mark.parametrize("years", [1, 100, 1000])
+def test_a_request_long_after_the_history_keeps_its_user_vector(years):
+    """The recency weights are normalised, so the vector depends on the events' ages relative to each other:
+    a request dated long after them gets the same one (before: at about 100 years every weight underflowed
+    to 0, and the request went without its ANN source)."""
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(10, 8)).astype(np.float32)
+    params = {"decay_short": 0.3, "decay_long": 0.02, "alpha": 0.7, "half_life_days": 30.0,
+              "event_weights": [1.0, 2.0, 3.0, 5.0, 4.0]}
+    last = 1_700_000_000.0
+    rows, ev, ts = np.array([1, 4, 7, 2], np.int32), [0, 1, 3, 2], [last - 90 * 86400.0, last - 86400.0, last - 3600.0,
+                                                                   last]
+    near = C.history_vector(emb, rows, ev, ts, last + 3600.0, params)
+    far = C.history_vector(emb, rows, ev, ts, last + years * 365.25 * 86400.0, params)
+    assert np.linalg.norm(near) == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(far, near, atol=1e-5)
