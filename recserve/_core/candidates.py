@@ -384,10 +384,11 @@ def top_up_quota(pop_rows: np.ndarray, quota: int, merged_rows: np.ndarray, excl
 
 def popular_as_served(trained, quota: int, head, gone: np.ndarray):
     """The popular list of a request without filters for ``quota`` items: ``trained`` (from
-    :func:`source_lists`: the trending list without the history's items) while it holds that many; else the
-    first ``quota + len(gone) + 1`` of the whole trending list (``head(n)``) without ``gone`` (sorted: the
-    consumed and unreleased items), so that an item's rank in it is its rank in training."""
-    if len(trained[0]) >= quota:
+    :func:`source_lists`: the trending list without the history's items) while it holds that many outside
+    ``gone`` (sorted: the consumed and unreleased items, those of events before the history's window too);
+    else the first ``quota + len(gone) + 1`` of the whole trending list (``head(n)``) without ``gone``, so
+    that an item's rank in it is its rank in training."""
+    if len(trained[0]) >= quota and np.count_nonzero(not_in_sorted(trained[0], gone)) >= quota:
         return trained
     rows, scores = head(quota + len(gone) + 1)
     return drop_seen(rows, scores, gone)

@@ -184,9 +184,10 @@ class Recommender:
             return CC.popular_as_served(trained, quota, head, gone)
         if allowed is snap.in_stock:
             # the shared list, whose out-of-stock entries the merge skips; refilled only when it cannot
-            # fill the popular quota (k above the quota, or much of it out of stock), from the whole
-            # trending list as trained, so that an item's rank in it is its rank in training
-            if int(np.count_nonzero(allowed[trained[0]])) >= quota:
+            # fill the popular quota (k above the quota, much of it out of stock, or consumed before the
+            # history's window), from the whole trending list as trained, so that an item's rank in it is
+            # its rank in training
+            if np.count_nonzero(allowed[trained[0]] & CC.not_in_sorted(trained[0], gone)) >= quota:
                 return trained
             if region is not None:
                 return self._regional_refill(region, allowed, gone, quota, limit)

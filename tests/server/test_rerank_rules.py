@@ -141,6 +141,40 @@ def test_deadline_stops_the_pipeline(bundle):
     assert len(rec.similar(item, 5, Filters(), deadline=later).items) == 5
 
 
+@pytest.mark.parametrize("in_stock_only", [True, False])
+def test_items_consumed_before_the_history_window_do_not_stop_the_top_up(bundle, tmp_path, in_stock_only):
+    """The popular list as trained leaves out the history window's items only; items consumed before it are
+    excluded by the merge. They no longer count toward the list's length: before, the popular source then
+    filled less than its quota, which read as "no more popular items", and the request stayed short of 4k."""
+    import time
+
+    import recserve.pipeline.recommender as RM
+    from recserve.events import Event
+    from recserve.pipeline.recommender import Filters
+
+    rec = Recommender(bundle, EventStore(tmp_path / "ev"), {"history_len": 3})
+    trend = np.asarray(rec.trend_rows)
+    now = time.time()
+    rec.record_events([Event("heavy", bundle.tables.id_of("item", int(r)), 0, now - 86400 + i)
+                       for i, r in enumerate(trend[:60])])
+    rec.record_events([Event("heavy", bundle.tables.id_of("item", int(trend[150])), 0, now - 60 + i) for i in range(3)])
+    consumed = rec.histories.of("heavy", None)[3]
+    assert len(consumed) == 61
+    cols = bundle.tables.columns("item_feats")
+    stock = np.asarray(bundle.item_feats)[:, cols.index("in_stock")] > 0.5
+    servable = int(np.count_nonzero(np.delete(stock if in_stock_only else np.ones(len(stock), bool), consumed)))
+    sizes = []
+    orig = RM.merge_candidates
+    try:
+        RM.merge_candidates = lambda *a, **kw: sizes.append(len(orig(*a, **kw))) or orig(*a, **kw)
+        for k in (20, 30, 40, 50):
+            rec.recommend(RecRequest(user_id="heavy", k=k, timestamp=now,
+                                     filters=Filters(in_stock_only=in_stock_only)))
+            assert sizes[-1] >= min(4 * k, servable), (k, sizes[-1])
+    finally:
+        RM.merge_candidates = orig
+
+
 def test_a_capped_answer_keeps_creators_apart_when_only_one_is_left_under_the_cap():
     """The cap fills k, but its greedy has only one creator left for the last picks: her items move up
     between two others' (before: B C A A A, where A B A C A keeps the same items and the cap)."""
