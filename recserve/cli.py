@@ -184,10 +184,12 @@ def cmd_serve(args) -> int:
 
 
 def _reason(exc: BaseException) -> str:
-    """An error as one line for a person: an OSError's reason without Python's ``[Errno N]`` prefix."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.filename}: {exc.strerror}" if exc.filename is not None else exc.strerror
-    return str(exc)
+    """An error as one line for a person: an OSError's file names and reason, without Python's ``[Errno N]``."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        why = exc.strerror or os.strerror(exc.errno)
+        names = [os.fsdecode(f) for f in (exc.filename, exc.filename2) if f is not None]
+        return f"{' -> '.join(names)}: {why}" if names else why
+    return (str(exc) or type(exc).__name__).splitlines()[0]
 
 
 def _call(fn, args=None):

@@ -5,9 +5,10 @@ ordered by the ranker), ``merged+ranker`` (all sources merged, ranked), ``full+m
 the server's own re-rank code: MMR, the creator cap with its uncapped fill, no creator back to back).
 Candidates are merged as the server merges them for k = 50 (at least four times 50 candidates, the popular
 source making up the rest). Stock is not applied: every method may recommend an item the items file says
-is out of stock, which the server's default request would not. The stage rows (``i2i``, ``ann``, ``ann+ranker``) hold what
-their source supplies, which may be fewer than 50 items (``mean_len`` in the table): their recall@50 is at
-that length. For each user with a training history and new items in the held-out window:
+is out of stock, which the server's default request would not. The stage rows (``i2i``, ``ann``,
+``ann+ranker``) hold what their source supplies, which may be fewer than 50 items (``mean_len`` in the
+table): their recall@50 is at that length. For each user with a training history and new items in the
+held-out window:
 truth = the distinct held-out items she had not consumed before the cut (however long ago: the server
 excludes every consumed item, not only those of the bounded history the sources read) and in the bundle's
 catalogue at its ``now`` (the cut): an item created after the cut is in no method's

@@ -125,15 +125,17 @@ def _as_served(art, lists: list, u: int, has_history: bool, params: dict, k: int
     q = params["quotas"]
     head = ((lambda n: regional.head(c, n)) if c is not None else
             (lambda n: (art.trend_rows[:n], art.trend_scores[:n])))
-    trained = lists[3]
+    at = C.SOURCES.index("popular")
+    trained = lists[at]
 
     def merge(pop, quota):
-        lists[3] = pop
-        return merge_candidates(lists, [int(q[s]) for s in C.SOURCES[:3]] + [quota], budget, len(art.item_emb),
-                                  bits)
+        lists[at] = pop
+        return merge_candidates(lists, [quota if s == "popular" else int(q[s]) for s in C.SOURCES], budget,
+                                len(art.item_emb), bits)
 
-    merged, _ = C.top_up(merge, lambda n: C.popular_as_served(trained, n, head, gone), quota, C.PER_K * k,
-                         C.SOURCES.index("popular"), bits)
+    refill = C.head_without(head, gone)
+    merged, _ = C.top_up(merge, lambda n: C.popular_as_served(trained, n, gone, refill), quota, C.PER_K * k, at,
+                         bits)
     return merged
 
 

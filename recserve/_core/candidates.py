@@ -356,14 +356,14 @@ def top_up(merge, popular_for, quota: int, target: int, popular_bit: int, exclud
     popular source still fills its quota (at most ``TOP_UPS`` times). A quota counts the items its source
     found, those other sources found too included: where the popular ones overlap the others, the sum of
     the quotas holds fewer distinct items."""
-    for _ in range(TOP_UPS + 1):
+    for merges in range(1, TOP_UPS + 2):
         pop = popular_for(quota)
         merged = merge(pop, quota)
         short = target - len(merged)
-        if short <= 0 or np.count_nonzero(merged.sources & (1 << popular_bit)) < quota:
-            break
+        if short <= 0 or merges > TOP_UPS or np.count_nonzero(merged.sources & (1 << popular_bit)) < quota:
+            return merged, pop
         quota = top_up_quota(pop[0], quota, merged.rows, excluded, short)
-    return merged, pop
+    raise AssertionError("unreachable")
 
 
 def top_up_quota(pop_rows: np.ndarray, quota: int, merged_rows: np.ndarray, excluded: np.ndarray | None,
@@ -382,16 +382,22 @@ def top_up_quota(pop_rows: np.ndarray, quota: int, merged_rows: np.ndarray, excl
     return quota + max(len(rest) + short - len(new), quota)
 
 
-def popular_as_served(trained, quota: int, head, gone: np.ndarray):
-    """The popular list of a request without filters for ``quota`` items: ``trained`` (from
-    :func:`source_lists`: the trending list without the history's items) while it holds that many outside
-    ``gone`` (sorted: the consumed and unreleased items, those of events before the history's window too);
-    else the first ``quota + len(gone) + 1`` of the whole trending list (``head(n)``) without ``gone``, so
-    that an item's rank in it is its rank in training."""
-    if len(trained[0]) >= quota and np.count_nonzero(not_in_sorted(trained[0], gone)) >= quota:
-        return trained
-    rows, scores = head(quota + len(gone) + 1)
-    return drop_seen(rows, scores, gone)
+def popular_as_served(trained, quota: int, gone: np.ndarray, refill, allowed: np.ndarray | None = None):
+    """The popular list for ``quota`` items of a request whose filter is ``allowed`` (None: none, or the
+    in-stock mask): ``trained`` (from :func:`source_lists`: the trending list without the history's items)
+    while it holds that many the merge can take, allowed and outside ``gone`` (sorted: the consumed and
+    unreleased items, those of events before the history's window too); else ``refill(quota)``, from the
+    whole trending list as trained, so that an item's rank in it is its rank in training."""
+    takeable = not_in_sorted(trained[0], gone)
+    if allowed is not None:
+        takeable &= allowed[trained[0]]
+    return trained if np.count_nonzero(takeable) >= quota else refill(quota)
+
+
+def head_without(head, gone: np.ndarray):
+    """A ``refill`` for :func:`popular_as_served` with no filter: the first ``quota + len(gone) + 1`` of the
+    whole trending list (``head(n)``) without ``gone``."""
+    return lambda quota: drop_seen(*head(quota + len(gone) + 1), gone)
 
 
 # the trainer stores each item's first similar_k(SIMILAR_K, SIMILAR_LIST_FRAC, n) embedding neighbours

@@ -70,8 +70,8 @@ def diversify(relevance: np.ndarray, item_emb: np.ndarray, rows: np.ndarray, k: 
             _separate_creators(pos, pen, creators, 1, k, capped=len(pos) - len(p2))
         pos, pen = pos[:k], pen[:k]
     elif adjacent_rule and _has_pair(creators[pos]):
-        # the cap filled k, but its greedy ended with one creator back to back (only she was under the
-        # cap): move her items up between two others', the answer's items and so the cap unchanged
+        # the greedy filled k but ended with one creator back to back (only she was left: under the cap,
+        # or at all): move her items up between two others', the answer's items and so the cap unchanged
         pos, pen = pos.copy(), pen.copy()
         _separate_creators(pos, pen, creators, 1, k, capped=k)
     return pos, pen

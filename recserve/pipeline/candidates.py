@@ -101,4 +101,3 @@ def interleave(lists: list[np.ndarray], limit: int) -> np.ndarray:
         return np.zeros(0, np.int32)
     turn = np.concatenate([np.arange(len(l), dtype=np.int64) * len(lists) + j for j, l in enumerate(lists)])
     return np.concatenate(lists)[np.argsort(turn, kind="stable")[:max(int(limit), 0)]].astype(np.int32)
-

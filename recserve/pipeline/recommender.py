@@ -181,18 +181,18 @@ class Recommender:
         if allowed is None:         # as the trainer's evaluation has it
             head = ((lambda n: self.countries.head(region, n)) if region is not None else
                     (lambda n: (self.trend_rows[:n], self.trend_scores[:n])))
-            return CC.popular_as_served(trained, quota, head, gone)
+            return CC.popular_as_served(trained, quota, gone, CC.head_without(head, gone))
         if allowed is snap.in_stock:
             # the shared list, whose out-of-stock entries the merge skips; refilled only when it cannot
             # fill the popular quota (k above the quota, much of it out of stock, or consumed before the
-            # history's window), from the whole trending list as trained, so that an item's rank in it is
-            # its rank in training
-            if np.count_nonzero(allowed[trained[0]] & CC.not_in_sorted(trained[0], gone)) >= quota:
-                return trained
-            if region is not None:
-                return self._regional_refill(region, allowed, gone, quota, limit)
-            n = snap.trend_prefix(limit)
-            return C.drop_rows(self.trend_rows[:n], self.trend_scores[:n], gone)
+            # history's window), long enough to hold the quota in stock
+            def refill(q: int):
+                if region is not None:
+                    return self._regional_refill(region, allowed, gone, q, q + len(gone) + 1)
+                n = snap.trend_prefix(q + len(gone) + 1)
+                return C.drop_rows(self.trend_rows[:n], self.trend_scores[:n], gone)
+
+            return CC.popular_as_served(trained, quota, gone, refill, allowed)
         if region is not None:
             return self.countries.top(region, allowed, gone, limit)
         return C.drop_rows(*walk_allowed(self.trend_rows, self.trend_scores, allowed, limit), gone)

@@ -232,3 +232,15 @@ def test_a_map_smaller_than_the_event_store_is_refused_at_start(shared_root, tmp
     p = serve("--bundle", str(shared_root), "--events-dir", str(tmp_path / "events"), "--events-map-mb", "2")
     assert p.returncode == 2 and (f"events_map_mb: 2 MiB cannot hold the event store in {tmp_path / 'events'}, "
                                   f"which already takes {used / (1 << 20):.0f} MiB") in reason(p), p.stderr
+
+
+def test_reasons_are_one_line_without_the_errno():
+    from recserve.cli import _reason
+
+    assert _reason(OSError(98, "cannot listen on 127.0.0.1:1: Address already in use")) == \
+        "cannot listen on 127.0.0.1:1: Address already in use"
+    assert _reason(OSError(18, "Invalid cross-device link", "/a", None, "/b")) == "/a -> /b: Invalid cross-device link"
+    assert _reason(OSError(2, "No such file or directory", b"/x")) == "/x: No such file or directory"
+    assert _reason(OSError(28, "")) == "No space left on device"
+    assert _reason(RuntimeError("worker 1 exited\ntraceback...")) == "worker 1 exited"
+    assert _reason(RuntimeError()) == "RuntimeError"
