@@ -18,7 +18,7 @@ import os
 import sys
 
 from recserve import config as C
-from recserve.cliparser import Parser
+from recserve.cliparser import Parser, reason
 from recserve.pipeline.messages import DEVICES
 from recserve.storetool import cmd_store
 
@@ -179,17 +179,8 @@ def cmd_serve(args) -> int:
         print(f"recserve serve: {exc}", file=sys.stderr)
         return 2
     except (OSError, RuntimeError) as exc:  # the port is taken, a worker could not start
-        print(f"recserve serve: {_reason(exc)}", file=sys.stderr)
+        print(f"recserve serve: {reason(exc)}", file=sys.stderr)
         return 1
-
-
-def _reason(exc: BaseException) -> str:
-    """An error as one line for a person: an OSError's file names and reason, without Python's ``[Errno N]``."""
-    if isinstance(exc, OSError) and exc.errno is not None:
-        why = exc.strerror or os.strerror(exc.errno)
-        names = [os.fsdecode(f) for f in (exc.filename, exc.filename2) if f is not None]
-        return f"{' -> '.join(names)}: {why}" if names else why
-    return (str(exc) or type(exc).__name__).splitlines()[0]
 
 
 def _call(fn, args=None):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 class Parser(argparse.ArgumentParser):
@@ -10,3 +11,13 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (--help for usage)\n")
+
+
+def reason(exc: BaseException) -> str:
+    """An error as one line for a person: an OSError's file names and reason, without Python's ``[Errno N]``;
+    anything else its message's first line (its type when it has none)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        why = exc.strerror or os.strerror(exc.errno)
+        names = [os.fsdecode(f) for f in (exc.filename, exc.filename2) if f is not None]
+        return f"{' -> '.join(names)}: {why}" if names else why
+    return (str(exc) or type(exc).__name__).splitlines()[0]

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from recserve.cliparser import Parser
+from recserve.cliparser import Parser, reason
 from trainer.argtypes import number, number_list, positive_int, seed
 
 
@@ -132,10 +132,6 @@ def _say_defaults(parser) -> None:
         action.help = f"{action.help} (default: {said})" if action.help else f"default: {said}"
 
 
-def _reason(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
 def _fail(msg: str, code: int) -> int:
     print(f"recserve-train: error: {msg}", file=sys.stderr)
     return code
@@ -197,11 +193,11 @@ def _checked(args) -> int:
     except BundleError as exc:
         return _fail(str(exc), 3)
     except (ValueError, FileExistsError) as exc:
-        return _fail(_reason(exc), 2)
+        return _fail(reason(exc), 2)
     except lmdb.Error as exc:           # a build's table write (the disk), or a bundle's tables when read
-        return _fail(_reason(exc), 1 if args.cmd == "build" else 3)
+        return _fail(reason(exc), 1 if args.cmd == "build" else 3)
     except OSError as exc:              # the disk: cannot write, no space left, ...
-        return _fail(_reason(exc), 1)
+        return _fail(reason(exc), 1)
 
 
 def _current(root: str) -> str | None:

@@ -235,7 +235,7 @@ def test_a_map_smaller_than_the_event_store_is_refused_at_start(shared_root, tmp
 
 
 def test_reasons_are_one_line_without_the_errno():
-    from recserve.cli import _reason
+    from recserve.cliparser import reason as _reason
 
     assert _reason(OSError(98, "cannot listen on 127.0.0.1:1: Address already in use")) == \
         "cannot listen on 127.0.0.1:1: Address already in use"

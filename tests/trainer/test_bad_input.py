@@ -608,3 +608,15 @@ def test_every_option_with_a_default_says_it_in_its_help():
         for a in subs[name]._actions:
             if a.option_strings and not any(a.default is v for v in (None, False, argparse.SUPPRESS)):
                 assert "default" in (a.help or ""), (name, a.option_strings)
+
+
+def test_a_disk_error_is_one_line_without_the_errno(small_data, tmp_path, capsys, monkeypatch):
+    """The same form as the server's: the file and the reason (before: Python's "[Errno 28] ..." in front)."""
+    import trainer.cli as cli
+
+    def full(args):
+        raise OSError(28, "No space left on device", str(tmp_path / "out" / "x.tmp"))
+
+    monkeypatch.setattr(cli, "_run", full)
+    assert cli.main(["build", "--data", str(small_data), "--no-progress", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == f"recserve-train: error: {tmp_path}/out/x.tmp: No space left on device\n"
