@@ -356,14 +356,16 @@ def top_up(merge, popular_for, quota: int, target: int, popular_bit: int, exclud
     popular source still fills its quota (at most ``TOP_UPS`` times). A quota counts the items its source
     found, those other sources found too included: where the popular ones overlap the others, the sum of
     the quotas holds fewer distinct items."""
-    for merges in range(1, TOP_UPS + 2):
+    pop = popular_for(quota)
+    merged = merge(pop, quota)
+    for _ in range(TOP_UPS):
+        short = target - len(merged)
+        if short <= 0 or np.count_nonzero(merged.sources & (1 << popular_bit)) < quota:
+            break
+        quota = top_up_quota(pop[0], quota, merged.rows, excluded, short)
         pop = popular_for(quota)
         merged = merge(pop, quota)
-        short = target - len(merged)
-        if short <= 0 or merges > TOP_UPS or np.count_nonzero(merged.sources & (1 << popular_bit)) < quota:
-            return merged, pop
-        quota = top_up_quota(pop[0], quota, merged.rows, excluded, short)
-    raise AssertionError("unreachable")
+    return merged, pop
 
 
 def top_up_quota(pop_rows: np.ndarray, quota: int, merged_rows: np.ndarray, excluded: np.ndarray | None,
