@@ -95,7 +95,8 @@ def candidates_for(art, users: np.ndarray, params: dict, threads=2, k: int | Non
 
     ``k`` None: the candidates the ranker is trained on (the quotas and cap of ``params``). A ``k``: those
     of a request for k items without filters, as the server merges them (:func:`C.served_quota`, at least
-    four times k candidates), ``lists``' popular list the one merged."""
+    four times k candidates), ``lists``' popular list the one merged, or the one for k items where that
+    is longer (the evaluation's trending row is the source's first k)."""
     vecs = user_vecs(art, users, params)
     anns = ann_batch(art, vecs, users, params, threads)
     n_items = len(art.item_emb)
@@ -134,8 +135,12 @@ def _as_served(art, lists: list, u: int, has_history: bool, params: dict, k: int
                                 len(art.item_emb), bits)
 
     refill = C.head_without(head, gone)
-    merged, _ = C.top_up(merge, lambda n: C.popular_as_served(trained, n, gone, refill), quota, C.PER_K * k, at,
-                         bits)
+
+    def popular(n):
+        return C.popular_as_served(trained, n, gone, refill)
+
+    merged, pop = C.top_up(merge, popular, quota, C.PER_K * k, at, bits)
+    lists[at] = max(pop, popular(k), key=lambda p: len(p[0]))
     return merged
 
 

@@ -341,13 +341,15 @@ def served_quota(params: dict, k: int, has_history: bool) -> tuple[int, int]:
     """(the popular source's quota, the candidate budget) of a request for ``k``: at least four times k
     candidates, so that the ranker and the creator rules have room (k, or twice k, candidates left
     ``max_per_creator`` no choice when k neared the cap). A k above a quarter of the cap takes the extra from
-    the popular source, every other source keeping its quota; with no history and no session (an unknown,
-    anonymous or new user) popular items are the only source: four times k of them."""
+    the popular source, every other source keeping its quota; below, every quota is the trained one, so that
+    the ranker sees the popular ranks it was trained on (:func:`top_up` goes deeper where the sources are
+    short of four times k). With no history and no session (an unknown, anonymous or new user) popular
+    items are the only source: four times k of them."""
     quota, cap = int(params["quotas"].get("popular", 0)), int(params["cap"])
     budget = max(cap, PER_K * k)
     if not has_history:
         return max(quota, PER_K * k), budget
-    return max(quota, k, quota + budget - cap), budget
+    return quota + budget - cap, budget
 
 
 def top_up(merge, popular_for, quota: int, target: int, popular_bit: int, excluded: np.ndarray | None):

@@ -121,20 +121,28 @@ def test_training_rows_equal_server_rows(demo_bundle, monkeypatch, ef, head_min)
         now = art.now
         ctx = C.context_vector(now)
         ip = np.asarray(b.tables.array("hist_indptr"))
+        # a k above the popular quota too (the API's default 20 is, on tuned bundles with a quota of 10):
+        # the popular source keeps its trained quota while the sources hold four times k, so its ranks
+        # are those the ranker was trained on (it once took k, ranks the ranker never saw)
+        big_k = int(params["quotas"]["popular"]) + 5
+        assert C.PER_K * big_k <= int(params["cap"])
         checked = 0
         for u, (X, merged) in groups.items():
             if ip[u + 1] == ip[u]:          # no history: served four times k popular items, by design
                 continue
-            req = RecRequest(user_id=b.tables.id_of("user", u), k=10, timestamp=now, hour=int(ctx[0]),
-                             weekday=int(ctx[1]), device=0, filters=Filters(in_stock_only=False))
-            asked.clear()
-            rec.recommend(req)
-            n = int(ip[u + 1] - ip[u])          # the index is asked for the trainer's k (ef <= k: it matters)
-            m = b.n_items - len(art.unreleased)     # the catalogue at now
-            assert set(asked) <= {C.ann_first_k(params, n, m), C.ann_k(params, n, m)}, asked
-            np.testing.assert_array_equal(captured["rows"], merged.rows)
-            np.testing.assert_allclose(captured["X"], X, rtol=1e-6, atol=1e-6, equal_nan=True)
-            checked += 1
+            for k in (10, big_k):
+                if len(merged.rows) < C.PER_K * k:      # the popular source goes deeper, by design
+                    continue
+                req = RecRequest(user_id=b.tables.id_of("user", u), k=k, timestamp=now, hour=int(ctx[0]),
+                                 weekday=int(ctx[1]), device=0, filters=Filters(in_stock_only=False))
+                asked.clear()
+                rec.recommend(req)
+                n = int(ip[u + 1] - ip[u])      # the index is asked for the trainer's k (ef <= k: it matters)
+                m = b.n_items - len(art.unreleased)     # the catalogue at now
+                assert set(asked) <= {C.ann_first_k(params, n, m), C.ann_k(params, n, m)}, asked
+                np.testing.assert_array_equal(captured["rows"], merged.rows)
+                np.testing.assert_allclose(captured["X"], X, rtol=1e-6, atol=1e-6, equal_nan=True)
+                checked += k == big_k
         assert checked >= 5
 
 
@@ -214,3 +222,24 @@ def test_popular_ranks_are_the_trained_ones_when_out_of_stock_items_are_skipped(
                     assert rank_of[int(r)] == int(x), (uid, int(r))
                     compared += 1
         assert compared > 50
+
+
+def test_the_evaluations_trending_row_is_the_sources_first_k(demo_bundle):
+    """``candidates_for(k=...)`` gives, as the popular list, the trending source's first k items the user
+    has not consumed (the evaluation's trending row, at k = 50), however few of them the merge took: the
+    popular source keeps its trained quota where the other sources hold four times k (a quota of 5:
+    the trending list the sources read is shorter than k for users with a short history)."""
+    k = 20
+    with Bundle.open(demo_bundle) as b:
+        art = artifacts_from_bundle(b)
+        params = dict(b.params, quotas=dict(b.params["quotas"], popular=5))
+        users = np.flatnonzero(np.diff(np.asarray(b.tables.array("hist_indptr"))) > 0)[::7]
+        checked = 0
+        for u, _v, lists, merged in candidates_for(art, users, params, k=k):
+            gone = set(art.consumed(u).tolist()) | set(np.asarray(art.unreleased).tolist())
+            trend, _ = _trending_of(b.tables, params, u)
+            want = [r for r in trend.tolist() if r not in gone][:k]
+            got = [r for r in lists[C.SOURCES.index("popular")][0].tolist() if r not in gone][:k]
+            assert got == want, u
+            checked += len(merged) >= C.PER_K * k
+        assert checked >= 5
