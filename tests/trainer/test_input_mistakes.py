@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from trainer.cli import main
 from trainer.io import DataError, load_dataset
@@ -175,5 +175,56 @@ def test_a_quote_that_does_not_close_on_its_line_is_refused_naming_it(tmp_path, 
     if form == "literal":               # the literal quote alone reads
         (d / name).write_text(text.replace('"u', "u", 1))
         assert load_dataset(d).report["interactions"] == 100_000
+    assert main(["build", "--data", str(d), str(tmp_path / "out"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def _opens_unclosed_reference(line: str, delimiter: str) -> bool:
+    """Whether a quoted value is still open at the end of ``line``, character by character: a quote opens
+    one only as the first character of a value (elsewhere it is a character of the value), and inside
+    one a doubled quote is a quote."""
+    quoted, start, i = False, True, 0
+    while i < len(line):
+        ch = line[i]
+        if quoted:
+            if ch == '"':
+                if line[i + 1:i + 2] == '"':
+                    i += 1
+                else:
+                    quoted = False
+        elif start and ch == '"':
+            quoted = True
+        start = not quoted and ch == delimiter
+        i += 1
+    return quoted
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet='"a,\t ', max_size=30), st.sampled_from([",", "\t"]))
+def test_the_closed_line_pattern_equals_the_character_by_character_reference(line, delimiter):
+    from trainer.csvread import _closed_line
+
+    closed = _closed_line(delimiter).fullmatch(line) is not None
+    assert closed == (not _opens_unclosed_reference(line, delimiter))
+
+
+@pytest.mark.parametrize("table", ["items", "interactions"])
+def test_a_quote_closed_by_a_stray_quote_lines_later_is_refused_not_a_row_lost(tmp_path, capsys, table):
+    """pyarrow's serial reader took two lines for one row when a later line's stray quote closed a value
+    opened on the first: the build exited 0 with one item (or interaction) fewer, unsaid."""
+    d = tmp_path / "d"
+    d.mkdir()
+    items = ["item_id,category,price,title"] + [f"i{k},c{k % 3},{k + 1},Title {k}" for k in range(40)]
+    inter = [f"u{k % 50},i{k % 40},{1_600_000_000 + k},view,note {k}" for k in range(2_000)]
+    if table == "items":
+        items[13] = items[13].replace("Title", '"The \'Best\' of', 1)       # line 14 opens a quote
+        items[14] = items[14] + ' sequel"'                                  # line 15 closes it
+    else:
+        inter[12] = inter[12].replace("note", '"note', 1)                  # line 14 (after the header)
+        inter[13] = inter[13] + '"'
+    (d / "items.csv").write_text("\n".join(items) + "\n")
+    (d / "interactions.csv").write_text("user_id,item_id,timestamp,event,note\n" + "\n".join(inter) + "\n")
+    with pytest.raises(DataError, match=f'^{table}.csv: cannot parse: line 14 opens a quoted value'):
+        load_dataset(d)
     assert main(["build", "--data", str(d), str(tmp_path / "out"), "--no-progress"]) == 2
     assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "out").exists()
