@@ -276,13 +276,22 @@ def _numbers(t: pa.Table, path: Path, col: str, allow_nan=False) -> np.ndarray:
     c = t.column(col)
     if not (pa.types.is_integer(c.type) or pa.types.is_floating(c.type) or pa.types.is_boolean(c.type)):
         try:
-            c = pc.cast(c, pa.float64())
+            c = _floats(c)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise DataError(f"{path.name}: column {col} is not numeric (type {t.column(col).type})") from None
     a = c.to_numpy(zero_copy_only=False).astype(np.float64)
     if not allow_nan and not np.isfinite(a).all():
         raise DataError(f"{path.name}: column {col} has {int((~np.isfinite(a)).sum())} NaN/empty/inf value(s)")
     return a
+
+
+def _floats(c):
+    """An Arrow column as float64 by Arrow's cast; a decimal one through its text, which parses to the
+    nearest float64 (Arrow's decimal cast is not correctly rounded: decimal 7.89 gave 7.890000000000001, one
+    above the 7.89 a CSV file gives, and a price filter at 7.89 left the item out)."""
+    if pa.types.is_decimal(c.type):
+        c = pc.cast(c, pa.string())
+    return pc.cast(c, pa.float64())
 
 
 EXTRA_MAX = 32     # extra numeric columns per table that become ranker features
@@ -309,7 +318,7 @@ def _extra_columns(t: pa.Table, path: Path, known, report: dict, what: str) -> d
         try:
             # integers through numpy: Arrow's cast refuses those beyond 2^53 (hashes, snowflake ids, ns times)
             a = (c.to_numpy(zero_copy_only=False) if pa.types.is_integer(c.type)
-                 else pc.cast(c, pa.float64()).to_numpy(zero_copy_only=False)).astype(np.float64)
+                 else _floats(c).to_numpy(zero_copy_only=False)).astype(np.float64)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, TypeError) as exc:
             raise DataError(f"{path.name}: column {name!r} cannot be read as numbers: {_reason(exc)}") from None
         a[~(np.abs(a) <= F32_MAX)] = np.nan     # beyond float32 (the ranker's type) is missing too, not inf
