@@ -139,3 +139,20 @@ def test_ctrl_c_as_the_version_is_published_names_it(small_data, tmp_path, monke
     versions = [p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert versions == [current], versions
     assert f"CURRENT names the new version {current} already" in capsys.readouterr().err
+
+
+def test_a_stop_signal_while_the_interpreter_exits_leaves_the_commands_exit_code(tmp_path):
+    """``recserve-train`` as installed: once the command has returned, a SIGTERM while the interpreter
+    shuts down (an atexit hook sends it here, deterministically) no longer kills it with a silent 143
+    after a build that published; the exit code is the command's."""
+    out = tmp_path / "synth"
+    code = ("import atexit, os, signal, sys\n"
+            "from importlib.metadata import entry_points\n"
+            "ep, = [e for e in entry_points(group='console_scripts') if e.name == 'recserve-train']\n"
+            "atexit.register(lambda: os.kill(os.getpid(), signal.SIGTERM))\n"
+            f"sys.argv = ['recserve-train', 'synth', '--users', '60', '--items', '30', {str(out)!r}]\n"
+            "sys.exit(ep.load()())\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-500:])
+    assert (out / "interactions.csv").exists()
