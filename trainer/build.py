@@ -287,6 +287,23 @@ def tune_quotas(art, labels: dict, users, params: dict, grid: list, threads: int
     return best, results
 
 
+def _check_created(ds: Dataset, train_mask: np.ndarray) -> None:
+    """Refuses items whose ``created_at`` is after every training interaction with them (an export that
+    stamps its own time, say): the catalogue would hold no item at any interaction's time, and the build
+    failed later with reasons that pointed elsewhere (nothing to evaluate, no ranker training group)."""
+    ts, created = ds.ts[train_mask], ds.item_created[ds.item[train_mask]]
+    early = int(np.count_nonzero(created > ts))         # an unknown creation time (NaN) is never after
+    if len(ts) and early == len(ts):
+        raise DataError(f"items: created_at is after every training interaction with the item ({early} of "
+                        f"{len(ts)}; the earliest such created_at {_iso(float(created.min()))}, the newest "
+                        f"training interaction {_iso(float(ts.max()))}): no item was in the catalogue when "
+                        "it was used")
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
 def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | None = None,
           timer: Timer | None = None, before_publish=None, evaluated: bool = False) -> Path:
     """Train on ``ds`` and write a bundle version under ``out``; ``before_publish(dir)`` runs on the
@@ -313,6 +330,7 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
     if n_train < MIN_TRAINING_INTERACTIONS:
         raise DataError(f"too little training data: {n_train} interaction(s) before the held-out "
                         f"{cfg['holdout']:g} (at least {MIN_TRAINING_INTERACTIONS}; lower --holdout or add data)")
+    _check_created(ds, train_mask)
     if cfg.get("history_len", "auto") == "auto":
         longest = int(np.bincount(ds.user[train_mask], minlength=ds.n_users).max()) if train_mask.any() else 0
         params["history_len"] = int(min(int(cfg["history_max"]), max(200, longest)))

@@ -228,3 +228,20 @@ def test_a_quote_closed_by_a_stray_quote_lines_later_is_refused_not_a_row_lost(t
         load_dataset(d)
     assert main(["build", "--data", str(d), str(tmp_path / "out"), "--no-progress"]) == 2
     assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags", [[], ["--holdout", "0"]])
+def test_items_created_after_every_interaction_with_them_are_named_as_the_reason(tmp_path, capsys, flags):
+    """A catalogue export that stamps created_at with its own time: the build failed with reasons that
+    pointed elsewhere (nothing to evaluate; no ranker training group has a positive candidate)."""
+    from trainer.datawrite import write_dataset
+    from trainer.synth import synth
+
+    d = tmp_path / "d"
+    ds, _ = synth(300, 150, seed=2)
+    ds.item_created[:] = np.floor(ds.ts.max()) + 1
+    write_dataset(ds, d)
+    assert main(["build", "--data", str(d), str(tmp_path / "out"), "--no-progress", "--no-tune", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "items: created_at is after every training interaction with the item" in err
+    assert not (tmp_path / "out").exists()
