@@ -90,9 +90,18 @@ def address(text: str) -> str:
     return text
 
 
+def decimal(text: str) -> float:
+    """A decimal number in ASCII digits, as the serve settings take (not ``1_0``, ``0x10`` or ``٣``, which
+    ``float`` reads); ``inf`` and ``nan`` are read, and the server says where they are refused."""
+    try:
+        return C.number(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a decimal number, got {text!r}") from None
+
+
 def seconds(text: str) -> float:
     try:
-        v = float(text)
+        v = C.number(text)
     except ValueError:
         v = float("nan")
     if not 0 < v < 1e6:
@@ -103,7 +112,7 @@ def seconds(text: str) -> float:
 def int32(text: str) -> int:
     """A whole number the request's int32 field can carry (the server says whether it is in range)."""
     try:
-        v = int(text)
+        v = C.integer(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if not -(1 << 31) <= v < 1 << 31:
@@ -280,7 +289,7 @@ def cmd_health(args) -> int:
 
 def days(text: str) -> float:
     try:
-        v = float(text)
+        v = C.number(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not 0 <= v <= 1e6:
@@ -408,8 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only these categories (one or more names; the flag may repeat)")
         p.add_argument("--exclude", action="extend", nargs="+", metavar="ITEM",
                        help="never these items (one or more ids; ids the bundle does not know are ignored)")
-        p.add_argument("--min-price", dest="min_price", type=float)
-        p.add_argument("--max-price", dest="max_price", type=float)
+        p.add_argument("--min-price", dest="min_price", type=decimal)
+        p.add_argument("--max-price", dest="max_price", type=decimal)
         p.add_argument("--any-stock", dest="any_stock", action="store_true")
 
     p = client("recommend", cmd_recommend, "recommendations for a user ('' = anonymous)")
@@ -418,9 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session", action="extend", nargs="+", metavar="ITEM",
                    help="this visit's items, oldest first (one or more ids; unknown ids are ignored)")
     p.add_argument("--explain", action="store_true")
-    p.add_argument("--mmr-lambda", dest="mmr_lambda", type=float)
+    p.add_argument("--mmr-lambda", dest="mmr_lambda", type=decimal)
     p.add_argument("--device", choices=list(DEVICES[1:]), help="the request's device (context)")
-    p.add_argument("--at", type=float, default=0.0, metavar="UNIX_SECONDS",
+    p.add_argument("--at", type=decimal, default=0.0, metavar="UNIX_SECONDS",
                    help="the request's time (context: hour, weekday, releases); default: the server's clock")
     p.add_argument("--country", default="", help="the request's country (context: a cold request's trending list)")
     p = client("similar", cmd_similar, "items similar to an item")
@@ -431,14 +440,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.add_argument("item")
     p.add_argument("--type", choices=list(EVENT_TYPES), default="click")
-    p.add_argument("--timestamp", type=float, default=0.0)
+    p.add_argument("--timestamp", type=decimal, default=0.0)
     p = client("items", cmd_items, "update an item's stock or price")
     p.add_argument("action", choices=["update"])
     p.add_argument("item")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--in-stock", dest="in_stock", action="store_const", const=True)
     g.add_argument("--out-of-stock", dest="in_stock", action="store_const", const=False)
-    p.add_argument("--price", type=float)
+    p.add_argument("--price", type=decimal)
     client("health", cmd_health, "the server's health status")
     p = sub.add_parser("store", help="the real-time event store: stats, prune old events, forget users, "
                                      "clear item states")

@@ -521,6 +521,16 @@ def test_cli_client_refuses_bad_addresses_and_files_in_one_line(tmp_path):
         r = run(cmd, "x", "--k", "0")
         assert r.returncode == 2 and r.stderr.strip().splitlines() == [          # one line, not the usage block
             f"recserve {cmd}: error: argument --k: must be >= 1, got 0 (--help for usage)"], r.stderr
+    # numbers are decimal in ASCII digits, as serve's settings (float() and int() took 1_0 and ٣ as 10 and 3)
+    for args, says in ((("recommend", "u1", "--k", "1_0"), "argument --k: expected a whole number, got '1_0'"),
+                       (("similar", "i1", "--k", "٣"), "argument --k: expected a whole number, got '٣'"),
+                       (("items", "update", "i1", "--price", "1_0"), "argument --price: expected a decimal number"),
+                       (("recommend", "u1", "--min-price", "٣"), "argument --min-price: expected a decimal number"),
+                       (("recommend", "u1", "--at", "1_700_000_000"), "argument --at: expected a decimal number"),
+                       (("health", "--timeout", "1_0"), "argument --timeout: expected a number of seconds")):
+        r = run(*args, "--addr", f"127.0.0.1:{free_port()}")
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and says in lines[0], (args, r.stderr)
     for args in (["recommend", b"\xff\xfeuser"], ["events", "record", "u1", b"it\xe9m"],
                  ["recommend", "u1", "--session", b"\xc3"]):
         r = run(*args, "--addr", f"127.0.0.1:{free_port()}")
