@@ -67,8 +67,8 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.RESOURCE_EXHAUSTED, f"too many {exc.args[0]} in flight in this worker; retry later"
     if isinstance(exc, WritesStuck):
         return (grpc.StatusCode.UNAVAILABLE, f"{exc.args[0]} earlier writes of this worker, whose calls have "
-                "ended, still wait for the event store (another process holding its write lock, such as "
-                "`recserve store prune`, or a slow disk); retry later")
+                "ended, still wait for the event store (its write lock, held by the writes queued ahead of "
+                "them or by another process such as `recserve store prune`, or a slow disk); retry later")
     if isinstance(exc, lmdb.MapFullError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "the event store is full"
     if disk_fault(exc):
