@@ -360,22 +360,30 @@ def top_up(merge, popular_for, quota: int, target: int, popular_bit: int, exclud
     the quotas holds fewer distinct items."""
     pop = popular_for(quota)
     merged = merge(pop, quota)
+    bit = 1 << popular_bit
     for _ in range(TOP_UPS):
         short = target - len(merged)
-        if short <= 0 or np.count_nonzero(merged.sources & (1 << popular_bit)) < quota:
+        taken = int(np.count_nonzero(merged.sources & bit))
+        if short <= 0 or taken < quota:
             break
-        quota = top_up_quota(pop[0], quota, merged.rows, excluded, short)
+        # the share of the popular items taken that no other source holds: the rate of new items past the list
+        rate = int(np.count_nonzero(merged.sources == bit)) / max(taken, 1)
+        quota = top_up_quota(pop[0], quota, merged.rows, excluded, short, rate)
         pop = popular_for(quota)
         merged = merge(pop, quota)
     return merged, pop
 
 
+MIN_NEW_RATE = 1 / 16       # the least share of new items top_up_quota expects past a popular list's end
+
+
 def top_up_quota(pop_rows: np.ndarray, quota: int, merged_rows: np.ndarray, excluded: np.ndarray | None,
-                 short: int) -> int:
+                 short: int, rate: float = 1.0) -> int:
     """The popular source's quota that adds ``short`` items no source holds yet. The merge takes the first
     ``quota`` rows of ``pop_rows`` its ``excluded`` bitset lets through, the items other sources found too
-    among them; past the list's end, it asks for a longer list: twice as long, or ``short`` more than
-    it has, whichever is more (the other sources may hold most of the rest too)."""
+    among them; past the list's end, it asks for a longer list, at least twice as long, where the items
+    still missing come at ``rate`` (the share of new ones among those taken so far, at least
+    :data:`MIN_NEW_RATE`): the other sources may hold much of the rest too, and each merge again costs."""
     r = np.asarray(pop_rows, np.int64)
     if excluded is not None and len(r):
         r = r[(excluded[r >> 3] >> (r & 7)) & 1 == 0]
@@ -383,7 +391,8 @@ def top_up_quota(pop_rows: np.ndarray, quota: int, merged_rows: np.ndarray, excl
     new = np.flatnonzero(not_in_sorted(rest, np.sort(merged_rows)))
     if len(new) >= short:
         return quota + int(new[short - 1]) + 1
-    return quota + max(len(rest) + short - len(new), quota)
+    missing = int(np.ceil((short - len(new)) / max(float(rate), MIN_NEW_RATE)))
+    return quota + max(len(rest) + missing, quota)
 
 
 def popular_as_served(trained, quota: int, gone: np.ndarray, refill, allowed: np.ndarray | None = None):

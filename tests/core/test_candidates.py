@@ -173,3 +173,27 @@ def test_a_request_long_after_the_history_keeps_its_user_vector(years):
     far = C.history_vector(emb, rows, ev, ts, last + years * 365.25 * 86400.0, params)
     assert np.linalg.norm(near) == pytest.approx(1.0, abs=1e-5)
     np.testing.assert_allclose(far, near, atol=1e-5)
+
+
+@pytest.mark.parametrize("every, k, quota", [(8, 50, 10), (16, 66, 5), (7, 66, 10), (10, 58, 20)])
+def test_top_up_reaches_four_times_k_where_the_popular_items_overlap_another_source_far_down(every, k, quota):
+    """The other source holds all but every ``every``-th item of the trending order, far past the popular
+    quota: each top-up used to ask for as many more popular items as were missing, as if all were new, and
+    three top-ups ended short of 4k (195 of 200 at every = 8, k = 50, quota 10). Past the list's end the
+    quota now grows at the share of new items seen so far."""
+    from recserve._core.merge import merge_candidates
+
+    n, target = 3000, C.PER_K * k
+    trend = np.arange(n, dtype=np.int32)
+    other = np.array([i for i in range(n) if i % every][:int(target * 0.9)], np.int32)
+    lists = [(other, np.ones(len(other), np.float32))]
+
+    def popular_for(q):        # as the server's refill: a list just longer than the quota
+        return trend[:q + 1], np.ones(q + 1, np.float32)
+
+    def merge(pop, q):
+        return merge_candidates(lists + [pop], [len(other), q], max(200, target), n)
+
+    merged, _ = C.top_up(merge, popular_for, quota, target, 1, None)
+    assert len(merged) >= target
+    assert len(np.unique(merged.rows)) == len(merged)
