@@ -286,6 +286,7 @@ def _run(args) -> int:
         with timer("load", quiet=not progress.enabled()):
             ds = load_dataset(args.data, drop_unknown=args.drop_unknown)
         _say_dropped(ds.report)
+        _say_joined(ds.report)
         unused = report.columns_not_used(ds.report)
         if unused:
             print(f"columns {report.NOT_USED}: {report.not_used_text(unused)}", file=sys.stderr)
@@ -345,6 +346,7 @@ def _run(args) -> int:
 
         ds = load_dataset(args.data, drop_unknown=args.drop_unknown)
         _say_dropped(ds.report)
+        _say_joined(ds.report)
         _say_files_not_read(args.data, ds.report)
         path = resolve(args.bundle)
         res = evaluate_bundle(path, ds, max_users=args.eval_users, seed=args.seed)     # None: the build's
@@ -370,6 +372,15 @@ def _say_dropped(data_report: dict) -> None:
     """``--drop-unknown``'s count, on stderr (build and evaluate alike)."""
     if data_report.get("dropped_unknown_items"):
         print(f"dropped {data_report['dropped_unknown_items']} interaction(s) with unknown items", file=sys.stderr)
+
+
+def _say_joined(data_report: dict) -> None:
+    """One line on stderr naming the CSV files whose quoted values span lines (read as one value each, RFC
+    4180; a stray quote reads the same and joins rows: the note says where to look)."""
+    from trainer.io import joined_text
+
+    if data_report.get("csv_lines_joined"):
+        print(f"note: {joined_text(data_report)}; a stray quote does this too, joining rows", file=sys.stderr)
 
 
 def _say_files_not_read(data: str, data_report: dict) -> None:

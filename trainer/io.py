@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 # the server's bounds: 9999-12-31, and a day ahead of the clock for an event
 from recserve.pipeline.messages import MAX_EVENT_AHEAD, MAX_TS as MAX_TIMESTAMP
-from trainer.csvread import read_csv
+from trainer.csvread import lines_joined, read_csv
 from trainer.devices import device_codes
 from trainer.timestamps import PER_SECOND, epoch_seconds, text_timestamps
 
@@ -116,10 +116,12 @@ def find_table(data_dir: Path, stem: str, required: bool = True) -> Path | None:
     return None
 
 
-def read_table(path: Path, text: tuple = ()) -> pa.Table:
+def read_table(path: Path, text: tuple = (), report: dict | None = None) -> pa.Table:
     """A CSV or Parquet file as an Arrow table; CSV id columns (:data:`ID_COLUMNS`) are read as bytes, so that
     text that is not UTF-8 is refused naming its column and row (:func:`_as_text`), never parsed as numbers;
-    so are the CSV columns ``text`` names (no "NA" read as a null)."""
+    so are the CSV columns ``text`` names (no "NA" read as a null). Quoted CSV values that span lines are
+    read as one value each (RFC 4180), and counted in ``report["csv_lines_joined"]``: a stray quote reads
+    the same, joining rows."""
     try:
         if path.suffix in (".parquet", ".pq"):
             _no_duplicate_columns(path, _names(pq.read_schema(path), path))     # pyarrow's read fails on them
@@ -131,6 +133,8 @@ def read_table(path: Path, text: tuple = ()) -> pa.Table:
             opts = pacsv.ConvertOptions(strings_can_be_null=False,
                                         column_types={c: pa.binary() for c in ID_COLUMNS + tuple(text)})
             t = read_csv(path, convert_options=opts)
+            if report is not None and (joined := lines_joined(path, t.num_rows)) is not None:
+                report.setdefault("csv_lines_joined", {})[path.name] = {"lines": joined[0], "first": joined[1]}
     except DataError:
         raise
     except (pa.ArrowInvalid, OSError) as exc:
@@ -394,15 +398,33 @@ def _codes(values: np.ndarray, vocab: np.ndarray) -> np.ndarray:
 
 
 def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dataset:
-    """Read and validate a data directory. Raises :class:`DataError` with a one-line reason."""
+    """Read and validate a data directory. Raises :class:`DataError` with a one-line reason, which names
+    the CSV lines read into the row above by quoted values spanning lines, if any (a stray quote that
+    joined two rows is the likelier cause of an unknown id then)."""
     d = Path(data_dir)
     if not d.is_dir():
         raise DataError(f"{d}: " + ("not a directory" if d.exists() else "does not exist"))
     report: dict = {}
+    try:
+        return _load_dataset(d, drop_unknown, report)
+    except DataError as exc:
+        if not report.get("csv_lines_joined"):
+            raise
+        raise DataError(f"{exc}; note: {joined_text(report)}") from None
+
+
+def joined_text(report: dict) -> str:
+    """The data report's ``csv_lines_joined`` as text."""
+    return "; ".join(f"{name}: {j['lines']} line(s) read into the row above by quoted values spanning lines"
+                     + (f" (the first opens on line {j['first']})" if j["first"] else "")
+                     for name, j in report.get("csv_lines_joined", {}).items())
+
+
+def _load_dataset(d: Path, drop_unknown: bool, report: dict) -> Dataset:
     files: dict = {}
 
     ip = find_table(d, "items")
-    it = read_table(ip)
+    it = read_table(ip, report=report)
     need_columns(it, ip, ["item_id", "category", "price"])
     item_ids = _strings(it, ip, "item_id", allow_empty=False, is_id=True)
     _no_duplicates(item_ids, ip, "item_id")
@@ -433,7 +455,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
     item_extra = {name: a[by_id] for name, a in item_extra.items()}
 
     xp = find_table(d, "interactions")
-    xt = read_table(xp, text=("device",))
+    xt = read_table(xp, text=("device",), report=report)
     need_columns(xt, xp, ["user_id", "item_id", "timestamp", "event"])
     others = [c for c in xt.column_names if c not in INTERACTION_KNOWN]
     if others:          # kept in the report as the item and user tables' unused columns are
@@ -476,7 +498,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
     user_extra: dict[str, np.ndarray] = {}
     up = find_table(d, "users", required=False)
     if up is not None:
-        ut = read_table(up)
+        ut = read_table(up, report=report)
         need_columns(ut, up, ["user_id"])
         u_ids = _strings(ut, up, "user_id", allow_empty=False, is_id=True)
         _no_duplicates(u_ids, up, "user_id")
