@@ -185,7 +185,11 @@ def main(argv: list[str] | None = None, exiting: bool = False) -> int:
     published = _current(args.out) if args.cmd == "build" else None
     with _stop_signals_as_ctrl_c(exiting):
         try:
-            return _checked(args)
+            code = _checked(args)
+            if exiting:         # what is left to write is written while a stop signal can still end it
+                sys.stdout.flush()
+                sys.stderr.flush()
+            return code
         except KeyboardInterrupt as exc:    # Ctrl-C, SIGTERM, SIGHUP: one line saying what was left, no traceback
             signum = getattr(exc, "signum", signal.SIGINT)
             return _fail(_interrupted(args, published, signum), 128 + int(signum))
