@@ -187,12 +187,22 @@ def main(argv: list[str] | None = None, exiting: bool = False) -> int:
         try:
             code = _checked(args)
             if exiting:         # what is left to write is written while a stop signal can still end it
-                sys.stdout.flush()
-                sys.stderr.flush()
+                _flush()
             return code
         except KeyboardInterrupt as exc:    # Ctrl-C, SIGTERM, SIGHUP: one line saying what was left, no traceback
             signum = getattr(exc, "signum", signal.SIGINT)
             return _fail(_interrupted(args, published, signum), 128 + int(signum))
+
+
+def _flush() -> None:
+    """Flushes stdout and stderr where they are open (a closed one is None); a reader gone (a broken
+    pipe) is Python's to report at exit, as before."""
+    for f in (sys.stdout, sys.stderr):
+        if f is not None:
+            try:
+                f.flush()
+            except (OSError, ValueError):
+                pass
 
 
 def _checked(args) -> int:

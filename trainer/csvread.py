@@ -22,15 +22,23 @@ import pyarrow.csv as pacsv
 
 def read_csv(path: Path, read_options: pacsv.ReadOptions | None = None,
              parse_options: pacsv.ParseOptions | None = None, **options) -> pa.Table:
-    """``pyarrow.csv.read_csv`` with ``use_threads=False``; where the reader loses its place after a quote
-    that does not close on its line, an ``ArrowInvalid`` naming that line."""
+    """``pyarrow.csv.read_csv`` with ``use_threads=False``, and ``newlines_in_values`` where the file holds
+    a quote (else a value spanning lines that a block boundary cuts fails the read, in files past a block
+    of about 1 MiB); where the reader loses its place after a quote that does not close on its line (one
+    that never closes), an ``ArrowInvalid`` naming that line."""
     ro = read_options or pacsv.ReadOptions()
     ro.use_threads = False
     delimiter = parse_options.delimiter if parse_options is not None else ","
+    if _has_quote(path):    # a quoted value may span lines: the reader's blocks must not cut one
+        po = parse_options or pacsv.ParseOptions()
+        parse_options = pacsv.ParseOptions(delimiter=po.delimiter, quote_char=po.quote_char,
+                                           double_quote=po.double_quote, escape_char=po.escape_char,
+                                           newlines_in_values=True, ignore_empty_lines=po.ignore_empty_lines)
     try:
         table = pacsv.read_csv(path, read_options=ro, parse_options=parse_options, **options)
     except pa.ArrowInvalid as exc:
-        if "out of sync with chunker" not in str(exc) or (n := _unclosed_quote(path, delimiter)) is None:
+        lost = "out of sync with chunker" in str(exc) or "straddles two block boundaries" in str(exc)
+        if not lost or (n := _unclosed_quote(path, delimiter)) is None:
             raise
         raise _refusal(n) from None
     return table

@@ -398,19 +398,13 @@ def _codes(values: np.ndarray, vocab: np.ndarray) -> np.ndarray:
 
 
 def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dataset:
-    """Read and validate a data directory. Raises :class:`DataError` with a one-line reason, which names
-    the CSV lines read into the row above by quoted values spanning lines, if any (a stray quote that
-    joined two rows is the likelier cause of an unknown id then)."""
+    """Read and validate a data directory. Raises :class:`DataError` with a one-line reason; that of an
+    unknown item id names the CSV lines read into the row above by quoted values spanning lines, if any (a
+    stray quote that joined two rows is a likely cause of it then)."""
     d = Path(data_dir)
     if not d.is_dir():
         raise DataError(f"{d}: " + ("not a directory" if d.exists() else "does not exist"))
-    report: dict = {}
-    try:
-        return _load_dataset(d, drop_unknown, report)
-    except DataError as exc:
-        if not report.get("csv_lines_joined"):
-            raise
-        raise DataError(f"{exc}; note: {joined_text(report)}") from None
+    return _load_dataset(d, drop_unknown, {})
 
 
 def joined_text(report: dict) -> str:
@@ -480,8 +474,9 @@ def _load_dataset(d: Path, drop_unknown: bool, report: dict) -> Dataset:
     if unknown.any():
         n = int(unknown.sum())
         if not drop_unknown:
+            joined = f"; note: {joined_text(report)}" if report.get("csv_lines_joined") else ""
             raise DataError(f"{xp.name}: {n} interaction(s) with unknown item_id, e.g. {x_item[unknown][0]!r} "
-                            "(use --drop-unknown to drop them)")
+                            f"(use --drop-unknown to drop them){joined}")
         report["dropped_unknown_items"] = n
         keep = ~unknown
         x_user, item_row, ts, ev, value, device = (x_user[keep], item_row[keep], ts[keep], ev[keep], value[keep],

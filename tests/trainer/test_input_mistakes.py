@@ -275,3 +275,23 @@ def test_items_created_after_every_interaction_with_them_are_named_as_the_reason
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "items: created_at is after every training interaction with the item" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_values_spanning_lines_read_past_a_block_and_note_only_what_they_may_explain(tmp_path):
+    """pyarrow cuts a file into blocks of about 1 MiB at line ends: without newlines_in_values a value
+    spanning lines at a block's end failed the read (refused as a quote that does not close on its line).
+    And the note about joined lines goes on an unknown item's error only, not on any other."""
+    from trainer.io import read_table
+
+    d = tmp_path / "d"
+    d.mkdir()
+    rows = [f'i{k},c{k % 3},{k + 1},"Title {k}\nsecond line of a longer description, {k}"' for k in range(20_000)]
+    (d / "items.csv").write_text("item_id,category,price,title\n" + "\n".join(rows) + "\n")
+    assert (d / "items.csv").stat().st_size > 1 << 20
+    report: dict = {}
+    assert read_table(d / "items.csv", report=report).num_rows == 20_000
+    assert report["csv_lines_joined"] == {"items.csv": {"lines": 20_000, "first": 2}}
+    (d / "interactions.csv").write_text("user_id,item_id,timestamp\nu1,i1,1600000000\n")
+    with pytest.raises(DataError) as err:
+        load_dataset(d)
+    assert str(err.value).startswith("interactions.csv: missing column(s) 'event'") and "note" not in str(err.value)

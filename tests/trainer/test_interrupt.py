@@ -156,3 +156,17 @@ def test_a_stop_signal_while_the_interpreter_exits_leaves_the_commands_exit_code
                           preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-500:])
     assert (out / "interactions.csv").exists()
+
+
+@pytest.mark.parametrize("closed", [1, 2])
+def test_a_closed_stdout_or_stderr_does_not_fail_a_finished_command(tmp_path, closed):
+    """The exit's flush skips a stream that is closed (Python's sys.stdout is None then): it raised
+    AttributeError, exit 1, after the command had written its data."""
+    out = tmp_path / "synth"
+    code = ("import sys\nfrom trainer.cli import entry\n"
+            f"sys.argv = ['recserve-train', 'synth', '--users', '60', '--items', '30', {str(out)!r}]\n"
+            "sys.exit(entry())\n")
+    proc = subprocess.run([sys.executable, "-c", code], stderr=subprocess.PIPE if closed == 1 else None,
+                          text=True, timeout=120, cwd=tmp_path, preexec_fn=lambda: os.close(closed))
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
+    assert (out / "interactions.csv").exists()
