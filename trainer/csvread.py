@@ -30,18 +30,15 @@ def read_csv(path: Path, read_options: pacsv.ReadOptions | None = None,
     ro.use_threads = False
     delimiter = parse_options.delimiter if parse_options is not None else ","
     if _has_quote(path):    # a quoted value may span lines: the reader's blocks must not cut one
-        po = parse_options or pacsv.ParseOptions()
-        parse_options = pacsv.ParseOptions(delimiter=po.delimiter, quote_char=po.quote_char,
-                                           double_quote=po.double_quote, escape_char=po.escape_char,
-                                           newlines_in_values=True, ignore_empty_lines=po.ignore_empty_lines)
+        parse_options = parse_options or pacsv.ParseOptions()
+        parse_options.newlines_in_values = True
     try:
-        table = pacsv.read_csv(path, read_options=ro, parse_options=parse_options, **options)
+        return pacsv.read_csv(path, read_options=ro, parse_options=parse_options, **options)
     except pa.ArrowInvalid as exc:
         lost = "out of sync with chunker" in str(exc) or "straddles two block boundaries" in str(exc)
         if not lost or (n := _unclosed_quote(path, delimiter)) is None:
             raise
-        raise _refusal(n) from None
-    return table
+        raise pa.ArrowInvalid(f'line {n} opens a quoted value (") that does not close on its line') from None
 
 
 def lines_joined(path: Path, rows: int, header: bool = True) -> tuple[int, int] | None:
@@ -57,10 +54,6 @@ def lines_joined(path: Path, rows: int, header: bool = True) -> tuple[int, int] 
         return None
     first = _unclosed_quote(path, ",")
     return extra, first if first is not None else 0
-
-
-def _refusal(line: int) -> pa.ArrowInvalid:
-    return pa.ArrowInvalid(f'line {line} opens a quoted value (") that does not close on its line')
 
 
 def _opener(path: Path):

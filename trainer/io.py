@@ -397,16 +397,6 @@ def _codes(values: np.ndarray, vocab: np.ndarray) -> np.ndarray:
     return np.where(hit, order[pos], -1).astype(np.int64)
 
 
-def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dataset:
-    """Read and validate a data directory. Raises :class:`DataError` with a one-line reason; that of an
-    unknown item id names the CSV lines read into the row above by quoted values spanning lines, if any (a
-    stray quote that joined two rows is a likely cause of it then)."""
-    d = Path(data_dir)
-    if not d.is_dir():
-        raise DataError(f"{d}: " + ("not a directory" if d.exists() else "does not exist"))
-    return _load_dataset(d, drop_unknown, {})
-
-
 def joined_text(report: dict) -> str:
     """The data report's ``csv_lines_joined`` as text."""
     return "; ".join(f"{name}: {j['lines']} line(s) read into the row above by quoted values spanning lines"
@@ -414,7 +404,14 @@ def joined_text(report: dict) -> str:
                      for name, j in report.get("csv_lines_joined", {}).items())
 
 
-def _load_dataset(d: Path, drop_unknown: bool, report: dict) -> Dataset:
+def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dataset:
+    """Read and validate a data directory. Raises :class:`DataError` with a one-line reason; that of an
+    unknown item id names the CSV lines read into the row above by quoted values spanning lines, if any (a
+    stray quote that joined two rows is a likely cause of it then)."""
+    d = Path(data_dir)
+    if not d.is_dir():
+        raise DataError(f"{d}: " + ("not a directory" if d.exists() else "does not exist"))
+    report: dict = {}
     files: dict = {}
 
     ip = find_table(d, "items")
