@@ -437,6 +437,8 @@ class Recommender:
             age_days = (now - self.created[rows]) / 86400.0     # NaN (unknown) is never new
             novelty = (age_days <= float(self.cparams["new_item_days"])).astype(np.float32)
         pos, pen = RR.diversify(rel, self.emb, rows, k, lam, creators, mpc, novelty, boost)
+        if novelty is not None:     # the relevance explained is the one MMR weighed, the boost included
+            rel = rel + boost * novelty
         yield from done("rerank")
 
         contribs: list = [[] for _ in pos]

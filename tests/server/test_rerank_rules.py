@@ -57,6 +57,28 @@ def test_novelty_boost_promotes_new_items(bundle, tmp_path):
     assert share[1] > share[0]
 
 
+def test_explained_relevance_is_what_mmr_weighed_with_the_novelty_boost(bundle, tmp_path):
+    cols = bundle.tables.columns("item_feats")
+    created = np.asarray(bundle.item_feats)[:, cols.index("created_days")]
+    newest_day, span = float(created.max()), float(created.max() - created.min())
+    rec = Recommender(bundle, EventStore(tmp_path / "ev"), {"novelty_boost": 1.0, "new_item_days": 0.1 * span})
+    new_rows = set(np.flatnonzero(created >= newest_day - 0.1 * span).tolist())
+    seen_new = seen_old = 0
+    for u in _users(bundle):
+        res = rec.recommend(RecRequest(user_id=u, k=10, timestamp=newest_day * 86400.0, explain=True))
+        rel = [i.relevance for i in res.items]
+        # the first pick has no penalty: it is the candidate MMR weighed highest
+        assert res.items[0].mmr_penalty == 0.0 and rel[0] == max(rel), (u, rel)
+        for it, r in zip(res.items, bundle.tables.rows_of("item", [i.item_id for i in res.items]).tolist()):
+            if r in new_rows:
+                seen_new += 1
+                assert 1.0 <= it.relevance <= 2.0, (u, it)
+            else:
+                seen_old += 1
+                assert 0.0 <= it.relevance <= 1.0, (u, it)
+    assert seen_new and seen_old
+
+
 def test_candidates_setting_scales_quotas_and_cap(bundle):
     from recserve.pipeline.recommender import scaled_quotas
 
