@@ -167,10 +167,8 @@ def rpc(method):
                 raise Overloaded("reads")
             if isinstance(request, bytes):
                 request = parse(request)
-            data = (await method(self, request, context, rid)).SerializeToString()
-            if self.max_response_bytes and len(data) > self.max_response_bytes:
-                raise ResponseTooLarge(len(data), self.max_response_bytes)
-            return data
+            out = await method(self, request, context, rid)
+            return out if isinstance(out, bytes) else self._serialized(out)
         except asyncio.CancelledError:          # the client cancelled or its deadline passed: gRPC's doing
             late = deadline_passed(context.time_remaining())
             code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
@@ -284,6 +282,13 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         self.slot = ComputeSlot(None if sharing is None else sharing.publish)
         self.pid = str(os.getpid())
 
+    def _serialized(self, response) -> bytes:
+        """The response's bytes, or :class:`ResponseTooLarge` past the server's send limit."""
+        data = response.SerializeToString()
+        if self.max_response_bytes and len(data) > self.max_response_bytes:
+            raise ResponseTooLarge(len(data), self.max_response_bytes)
+        return data
+
     @contextlib.contextmanager
     def _rec(self):
         """The live pipeline, leased for this request so a reload cannot close it underneath."""
@@ -323,14 +328,15 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                     self.metrics.forwarded.inc()
         else:
             res = await self.compute_recommend(req)
-        if self.metrics is not None:
-            self.metrics.observe_recommend(res.timings, res.source_counts, res.cold_list)
         resp = pb.RecommendResponse(bundle_version=res.bundle_version, request_id=rid,
                                     cold_start=res.cold_start, trending_country=res.trending_country)
         _add_items(resp.items, res, request.explain)
         if request.timings:
             resp.timings.extend(pb.StageTiming(stage=s, ms=ms) for s, ms in res.timings)
-        return resp
+        data = self._serialized(resp)
+        if self.metrics is not None:    # an answer sent: one refused past the size limit is not counted here
+            self.metrics.observe_recommend(res.timings, res.source_counts, res.cold_list)
+        return data
 
     @rpc
     async def SimilarItems(self, request, context, rid):

@@ -561,10 +561,19 @@ def test_a_response_past_the_message_limit_is_refused_and_counted(shared_root, f
         s.stub().Recommend(pb.RecommendRequest(user_id=facts["user"], k=60, explain=True), timeout=10)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "exceeds the server's message size limit (1024 bytes" in e.value.details(), e.value.details()
+    cold = s.stub().Recommend(pb.RecommendRequest(k=2), timeout=10)        # anonymous: a cold answer
+    assert cold.cold_start and len(cold.items) == 2
+    with pytest.raises(grpc.RpcError) as e:
+        s.stub().Recommend(pb.RecommendRequest(k=60), timeout=10)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
     def counted() -> bool:      # written by the worker just after the status went out
         text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
-        return (metric(text, "recserve_requests_total", method="Recommend", code="RESOURCE_EXHAUSTED") == 1
-                and metric(text, "recserve_requests_total", method="Recommend", code="OK") == 1)
+        return (metric(text, "recserve_requests_total", method="Recommend", code="RESOURCE_EXHAUSTED") == 2
+                and metric(text, "recserve_requests_total", method="Recommend", code="OK") == 2)
 
     assert wait_for(counted, timeout=10)
+    # the per-answer series count the two answers sent, not the two refused
+    text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
+    assert metric(text, "recserve_cold_answers_total") == 1
+    assert metric(text, "recserve_stage_seconds_count", stage="rerank") == 2
