@@ -14,9 +14,9 @@ What it does
     implements the same ``recserve.v1.Recommender`` service the same way as recserve's workers (N forked
     SO_REUSEPORT workers, pinned alike, each a ``grpc.aio`` server on the same event loop, the same options,
     gRPC's bound on calls in flight included; with ``--workers 0`` one server in its own process, as recserve's), and
-    answers every call with a response *recorded from the real server* in this run (so the response
-    messages have the same sizes) without doing any work; a method recserve answered no call of OK is
-    answered with an empty message, with a warning. Every phase runs against both servers, alternately,
+    answers every call with a response *recorded from the real server* in this run, once the pools'
+    events have been sent (so the response messages have the sizes the phases see), without doing any
+    work; a method recserve answered no call of OK is answered with an empty message, with a warning. Every phase runs against both servers, alternately,
     with the same client and the same request pool; every figure is printed with its ratio to the ceiling.
     Under ``--target`` the ceiling runs ``--workers`` workers whatever the target runs: a warning says its
     ratios assume the target runs as many.
@@ -251,7 +251,7 @@ def main(argv=None) -> int:
         targets = {"recserve": real_t}
         pids = {"recserve": servers[0].proc.pid if servers else None}
         if not a.no_ceiling:
-            canned = record_responses(real_t, pools[0])
+            canned = record_responses(real_t, [r for pool in pools for r in pool])
             sizes = {m: (float(np.mean([len(b) for b in v])) if v else None) for m, v in canned.items()}
             record["ceiling_response_bytes_mean"] = sizes       # null: no OK answer recorded, size unknown
             print("ceiling answers with recorded responses, mean bytes: "

@@ -129,6 +129,32 @@ def test_load_against_a_running_server(demo_bundle, tmp_path):
     assert phase["methods"]["ALL"]["ok"] > 0 and phase["server_cpu_ms_per_call"] is None
 
 
+def test_the_ceilings_responses_have_the_sizes_recserve_sends_under_the_workload(demo_bundle, tmp_path):
+    """The phases send the pool's events over and over: the users' histories grow, and with them recserve's
+    answers (a cold answer is smaller). The responses recorded for the ceiling are those of users with the
+    pool's events, not of a fresh event store."""
+    import grpc
+    import numpy as np
+    from _servers import record_responses, start_real
+    from _workload import build_requests, parse_mix, read_ids
+
+    cfg = {"mix": parse_mix("recommend=0.8,similar=0.15,events=0.05"), "k": 20, "zipf": 1.1, "unknown": 0.0,
+           "anon": 0.0, "filter_share": 0.0, "explain_share": 0.0, "events_batch": 3}     # load.py's defaults
+    pool = build_requests(read_ids(str(demo_bundle)), cfg, seed=0, n=4000)
+    server = start_real(str(demo_bundle), 1, str(tmp_path / "events"))
+    try:
+        canned = record_responses(f"127.0.0.1:{server.port}", pool)
+        recs = [body for m, body in pool if m == "Recommend"][:len(canned["Recommend"])]
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            call = ch.unary_unary("/recserve.v1.Recommender/Recommend", request_serializer=None,
+                                  response_deserializer=None)
+            again = [len(call(body, timeout=10)) for body in recs]
+    finally:
+        server.stop()
+    recorded = np.mean([len(b) for b in canned["Recommend"]])
+    assert len(canned["Recommend"]) == 50 and abs(recorded / np.mean(again) - 1) < 0.01, (recorded, np.mean(again))
+
+
 def test_an_unreachable_target_is_one_line(demo_bundle):
     """With or without the ceiling (whose recording of responses used to be the only check made)."""
     for extra in ([], ["--no-ceiling"]):
@@ -408,7 +434,7 @@ def test_overhead_times_the_tight_loop_as_the_server_worker_does(demo_bundle, tm
 
     import overhead
     from _inproc import RECOMMEND_ONLY
-    from _workload import build_requests, read_ids
+    from _workload import build_requests, parse_mix, read_ids
 
     requests = build_requests(read_ids(str(demo_bundle)), RECOMMEND_ONLY, 0, 20)
     ticks = []
@@ -483,7 +509,7 @@ def test_visitors_the_backend_does_not_know_carry_a_country(demo_bundle):
     without one; the requests are otherwise those of a bundle without countries (the country has draws of
     its own)."""
     from _inproc import RECOMMEND_ONLY
-    from _workload import build_requests, read_ids
+    from _workload import build_requests, parse_mix, read_ids
 
     from recserve.v1 import recommender_pb2 as pb
 
