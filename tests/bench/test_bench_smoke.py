@@ -434,7 +434,7 @@ def test_overhead_times_the_tight_loop_as_the_server_worker_does(demo_bundle, tm
 
     import overhead
     from _inproc import RECOMMEND_ONLY
-    from _workload import build_requests, parse_mix, read_ids
+    from _workload import build_requests, read_ids
 
     requests = build_requests(read_ids(str(demo_bundle)), RECOMMEND_ONLY, 0, 20)
     ticks = []
@@ -509,7 +509,7 @@ def test_visitors_the_backend_does_not_know_carry_a_country(demo_bundle):
     without one; the requests are otherwise those of a bundle without countries (the country has draws of
     its own)."""
     from _inproc import RECOMMEND_ONLY
-    from _workload import build_requests, parse_mix, read_ids
+    from _workload import build_requests, read_ids
 
     from recserve.v1 import recommender_pb2 as pb
 
