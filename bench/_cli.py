@@ -61,6 +61,14 @@ def check_bundle(ap: argparse.ArgumentParser, path: str, flag: str = "--bundle")
         ap.error(f"{flag}: {exc}")
 
 
+def check_concurrency(ap: argparse.ArgumentParser, concurrency: int, clients: int) -> None:
+    """Exit 2 unless ``--concurrency`` splits evenly over the ``--clients`` processes (each runs as many
+    calls in flight: a remainder would be dropped, the run closer to a lower concurrency than it says)."""
+    if concurrency < clients or concurrency % clients:
+        ap.error(f"--concurrency {concurrency}: must be a multiple of --clients {clients} (each client process "
+                 f"runs as many calls in flight)")
+
+
 def check_dir(ap: argparse.ArgumentParser, path: str, flag: str) -> None:
     """A directory named on the command line that is not one: exit 2, one line."""
     if not Path(path).is_dir():

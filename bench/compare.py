@@ -31,7 +31,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from _cli import Parser, UsageError, check_bundle, output_file, record, write_json  # noqa: E402
+from _cli import Parser, UsageError, check_bundle, check_concurrency, output_file, record, write_json  # noqa: E402
 from _clients import phase_config, run_phase  # noqa: E402
 from _inproc import RECOMMEND_ONLY  # noqa: E402
 from _servers import start_real  # noqa: E402
@@ -123,8 +123,7 @@ def main(argv=None) -> int:
             ap.error(f"--{name.lower()}: {exc}")
     if sets["A"] == sets["B"]:
         ap.error("--a and --b are the same settings: nothing to compare")
-    if a.concurrency < a.clients:
-        ap.error("--concurrency must be at least --clients (one call in flight per client process)")
+    check_concurrency(ap, a.concurrency, a.clients)
     mix = parse_mix(a.mix)                  # a bad one: exit 2, its reason in one line
     check_bundle(ap, a.bundle)
 
@@ -133,7 +132,7 @@ def main(argv=None) -> int:
     pools = [build_requests(ids, cfg, seed=i, n=a.pool) for i in range(a.clients)]
     base = {"duration": a.duration, "channels": a.channels, "deadline": a.deadline, "warmup": a.warmup}
     phase = phase_config("open", rate=a.rate / a.clients, **base) if a.rate > 0 else \
-        phase_config("closed", concurrency=max(1, a.concurrency // a.clients), **base)
+        phase_config("closed", concurrency=a.concurrency // a.clients, **base)
     what = f"open loop at {a.rate:g}/s" if a.rate > 0 else f"closed loop, concurrency {a.concurrency}"
     print(f"machine: {machine()}")
     print(f"A: {sets['A'] or 'this environment'}; B: {sets['B']}; {what}, {a.duration:g} s per run, "

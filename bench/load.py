@@ -12,13 +12,13 @@ What it does
     only; ``--bundle`` is then still read for user / item / category ids).
   * The **transport ceiling**: this script also starts a trivial server (``_servers.py ceiling-serve``) that
     implements the same ``recserve.v1.Recommender`` service the same way as recserve's workers (N forked
-    SO_REUSEPORT workers, pinned alike, each a ``grpc.aio`` server on the same event loop, the same options,
-    gRPC's bound on calls in flight included; with ``--workers 0`` one server in its own process, as recserve's), and
-    answers every call with a response *recorded from the real server* in this run, once the pools'
-    events have been sent (so the response messages have the sizes the phases see), without doing any
-    work; a method recserve answered no call of OK is answered with an empty message, with a warning. Every phase runs against both servers, alternately,
-    with the same client and the same request pool; every figure is printed with its ratio to the ceiling.
-    Under ``--target`` the ceiling runs ``--workers`` workers whatever the target runs: a warning says its
+    SO_REUSEPORT workers, pinned alike, each a ``grpc.aio`` server on the same event loop, the same options, gRPC's
+    bound on calls in flight included; with ``--workers 0`` one server in its own process, as recserve's), and
+    answers every call with a response *recorded from the real server* in this run, once the pools' events have been
+    sent (so the response messages have the sizes the phases see), without doing any work; a method recserve
+    answered no call of OK is answered with an empty message, with a warning. Every phase runs against both servers,
+    alternately, with the same client and the same request pool; every figure is printed with its ratio to the
+    ceiling. Under ``--target`` the ceiling runs ``--workers`` workers whatever the target runs: a warning says its
     ratios assume the target runs as many.
   * Clients are separate processes (``multiprocessing`` spawn), each with a grpc.aio event loop (uvloop's,
     like the server's; ``--client-loop asyncio`` for asyncio's own, whose millisecond timer makes open-loop
@@ -64,7 +64,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-from _cli import Parser, output_file, record as cli_record, write_json  # noqa: E402
+from _cli import Parser, check_concurrency, output_file, record as cli_record, write_json  # noqa: E402
 from _clients import ClientFailure, phase_config, run_phase  # noqa: E402
 from _sweep import KEEP_UP, describe, summarize_sweep, sweep_row  # noqa: E402
 from _servers import check_reachable, record_responses, start_ceiling, start_real  # noqa: E402
@@ -191,8 +191,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--json", type=output_file, help="write the JSON record here")
     ap.add_argument("--png", type=output_file, help="latency histogram PNG (needs matplotlib)")
     a = ap.parse_args(argv)
-    if a.concurrency < a.clients:
-        ap.error("--concurrency must be at least --clients (one call in flight per client process)")
+    check_concurrency(ap, a.concurrency, a.clients)
     if a.unknown + a.anon > 1:
         ap.error(f"--unknown {a.unknown:g} and --anon {a.anon:g}: shares of the Recommend calls, at most 1 together")
     if not all(f > 0 for f in a.sweep_fractions):
@@ -272,7 +271,7 @@ def main(argv=None) -> int:
             pids["ceiling"] = c.proc.pid
         base = {"channels": a.channels, "duration": a.duration, "warmup": a.warmup, "deadline": a.deadline,
                 "max_inflight": a.max_inflight, "client_loop": a.client_loop}
-        per = max(1, a.concurrency // a.clients)
+        per = a.concurrency // a.clients
 
         def both(name, phase):
             res = {}

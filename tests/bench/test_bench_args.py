@@ -40,6 +40,10 @@ def _run(args):
     (["bench/gaps.py", "--bundle", MISSING, "--gaps", "nan"], "argument --gaps: must be a finite number"),
     (["bench/gaps.py", "--bundle", MISSING, "--gaps", "0.1,0"], "argument --gaps: each must be above 0"),
     (["bench/gaps.py", "--bundle", MISSING], f"--bundle: {MISSING} does not exist"),
+    # each client process runs concurrency / clients calls in flight: 5 over 3 ran 3 while the record said 5
+    (["bench/load.py", "--bundle", MISSING, "--clients", "3", "--concurrency", "5"],
+     "--concurrency 5: must be a multiple of --clients 3"),
+    ([*COMPARE, "--clients", "2", "--concurrency", "1"], "--concurrency 1: must be a multiple of --clients 2"),
 ])
 def test_a_bad_argument_is_one_line_and_exit_2(args, says):
     p = _run(args)
