@@ -17,7 +17,8 @@ import numpy as np
 from _proc import tree_stats
 from _servers import CONNECT_TIMEOUT_S, METHODS, _decoders
 
-READY_TIMEOUT_S = 60.0      # every client process connected and its connections warmed
+WARM_CALLS, WARM_S = 20, 5.0    # calls that warm each connection before a phase, started within so many s
+READY_TIMEOUT_S = 60.0      # every client process connected and its connections warmed (WARM_S + a deadline)
 DRAIN_GRACE_S = 5.0         # open loop: calls still unanswered this long after their deadline are CLIENT_TIMEOUT
 
 
@@ -90,12 +91,21 @@ async def _client(idx, target, requests, phase, ready_q, go, start_at):
 async def _drive(idx, per_chan, requests, phase, ready_q, go, start_at):
     import grpc
 
-    # warm every connection (not recorded)
-    for j, (m, body) in enumerate(requests[:20 * len(per_chan)]):
-        try:
-            await per_chan[j % len(per_chan)][m](body, timeout=phase["deadline"])
-        except grpc.aio.AioRpcError:
-            pass
+    # warm every connection (not recorded): the connections side by side, each up to WARM_CALLS calls one
+    # after another, none started after WARM_S (a slow server is still measured, not refused as not ready)
+    warm_end = time.monotonic() + WARM_S
+
+    async def warm(c: int):
+        for j in range(WARM_CALLS):
+            m, body = requests[(c + j * len(per_chan)) % len(requests)]
+            try:
+                await per_chan[c][m](body, timeout=phase["deadline"])
+            except grpc.aio.AioRpcError:
+                pass
+            if time.monotonic() >= warm_end:
+                break
+
+    await asyncio.gather(*(warm(c) for c in range(len(per_chan))))
     ready_q.put(idx)
     while not go.is_set():
         await asyncio.sleep(0.005)
@@ -194,7 +204,8 @@ def run_phase(target: str, pools: list, phase: dict, server_pid: int | None = No
         p.start()
     results = {}
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        wait = READY_TIMEOUT_S + phase["deadline"]      # a warm-up call started at WARM_S may take its deadline
+        deadline = time.monotonic() + wait
         got = 0
         while got < len(procs):     # short waits: a client that fails before being ready is seen at once
             try:
@@ -204,7 +215,8 @@ def run_phase(target: str, pools: list, phase: dict, server_pid: int | None = No
             else:
                 raise ClientFailure(f"client {i} failed: {pickle.loads(r).get('error')}")
             if time.monotonic() > deadline:
-                raise ClientFailure(f"client processes were not ready within {READY_TIMEOUT_S:g} s")
+                raise ClientFailure(f"client processes were not ready (connected, their connections warmed) "
+                                    f"within {wait:g} s")
             try:
                 ready_q.get(timeout=0.2)
                 got += 1

@@ -155,6 +155,17 @@ def test_the_ceilings_responses_have_the_sizes_recserve_sends_under_the_workload
     assert len(canned["Recommend"]) == 50 and abs(recorded / np.mean(again) - 1) < 0.01, (recorded, np.mean(again))
 
 
+def test_a_slow_server_is_measured(demo_bundle, tmp_path):
+    """Each client warmed its connections with 80 calls one after another before a phase: with Recommend at
+    1.5 s a call, the run stopped with "client processes were not ready within 60 s"."""
+    out = tmp_path / "slow.json"
+    _run(["bench/load.py", "--bundle", str(demo_bundle), "--workers", "1", "--clients", "1", "--concurrency", "2",
+          "--duration", "3", "--warmup", "0.5", "--pool", "100", "--no-ceiling", "--json", str(out)],
+         env={"RECSERVE_DEBUG_DELAY_MS": "1500"})
+    phase = _record(out)["phases"]["closed loop, concurrency 2 [recserve]"]["methods"]
+    assert phase["Recommend"]["ok"] >= 1 and phase["Recommend"]["p50"] >= 1500, phase["Recommend"]
+
+
 def test_an_unreachable_target_is_one_line(demo_bundle):
     """With or without the ceiling (whose recording of responses used to be the only check made)."""
     for extra in ([], ["--no-ceiling"]):
