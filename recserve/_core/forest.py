@@ -31,7 +31,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from recserve._core._forest import ForestKernel
 
-__all__ = ["Forest", "forest_reference"]
+__all__ = ["Forest", "forest_reference", "parsed_trees"]
 
 _F_NAN_LEFT, _F_ZERO_FLIP, _F_CAT = 1, 2, 4  # must match _forest.pxd
 _T_PLAIN, _T_ZERO, _T_CAT = 0, 1, 2
@@ -362,11 +362,18 @@ class Forest:
         return f"Forest(num_trees={self.num_trees}, num_features={self.num_features})"
 
 
-def forest_reference(model_text: str, X: ArrayLike) -> NDArray[np.float64]:
+def parsed_trees(model_text: str) -> list[_Tree]:
+    """The trees of a LightGBM text model as :func:`forest_reference` walks them (parse once, walk often)."""
+    return _parse(model_text)[1]
+
+
+def forest_reference(model: str | list[_Tree], X: ArrayLike) -> NDArray[np.float64]:
     """The raw scores of :meth:`Forest.predict` in plain numpy, from the parsed text (not the kernel's
     flattened arrays): every row walks every tree by LightGBM's rules as the module docstring gives them,
-    all rows one level at a time. The reference the kernel's tests and ``bench/ranker.py`` compare with."""
-    _, trees = _parse(model_text)
+    all rows one level at a time. ``model``: the model's text, or its :func:`parsed_trees` (a timing of the
+    walk alone, as the kernel's :meth:`Forest.predict` is timed without its parse). The reference the
+    kernel's tests and ``bench/ranker.py`` compare with."""
+    trees = _parse(model)[1] if isinstance(model, str) else model
     x64 = np.asarray(X, np.float32).astype(np.float64)
     x64[np.abs(x64) <= float(np.float32(1e-35))] = 0.0     # kZeroThreshold, the float 1e-35; NaN kept
     n = x64.shape[0]
