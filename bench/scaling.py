@@ -3,21 +3,21 @@
     python bench/scaling.py [--sizes 10000,100000] [--with-1m] [--cands 100,500,2000] [--repeats 300]
                             [--cache DIR] [--png OUT.png] [--quick]
 
-Per catalogue size a bundle is trained on synthetic data (``trainer.build.build``; users = items / 5,
-20 interactions per user, no tuning, co-occurrence cosine as the item-item model at every size). Per
-candidate count N, one ``Recommender`` over that bundle with ``cap = N`` and the source quotas scaled by
-N / 260 (the default quotas sum to 260); the actual mean
-number of merged candidates is measured in one untimed pass and printed next to N (short i2i / session
-lists can make it smaller than N). The timed call is ``Recommender.recommend`` for a known user with a
-history, k = 20, one BLAS thread as in a server worker. Every bundle is built (or found in ``--cache``)
-before any timing; then all of them are open at once (about 13 MB resident for the 10k-item bundle with
-its three Recommenders, so some 1.3 GB for the 1M-item one: its HNSW index in memory, its tables
-memory-mapped) and every (size, N) cell is timed in one interleaved pass (``bench/_timing.interleaved``:
-each round calls every cell once), so machine noise hits all of them alike. Ratios: to the first N at the
-same size, and to the smallest catalogue at the same N -- both within the one pass. The trained embeddings
-spread over nearly every dimension yet have close neighbours (bench/RESULTS.md, section 3, measures how
-structured they are). A ``--cache``d bundle built with other settings is built again; ``--quick``'s record
-holds the sizes and caps it ran.
+Per catalogue size a bundle is trained on synthetic data (``trainer.build.build``; users = items / 5, 20
+interactions per user, no tuning, co-occurrence cosine as the item-item model at every size). Per candidate
+count N, one ``Recommender`` over that bundle with ``cap = N`` and the source quotas scaled by N / 260 (the
+default quotas sum to 260); the actual mean number of candidates merged and ranked is measured in one untimed
+pass and printed next to N (short i2i / session lists can make it smaller than N; a request's budget is at
+least four times k, 80, whatever N). The timed call is ``Recommender.recommend`` for a known user with a
+history, k = 20, one BLAS thread as in a server worker. Every bundle is built (or found in ``--cache``) before
+any timing; then all of them are open at once (about 13 MB resident for the 10k-item bundle with its three
+Recommenders, so some 1.3 GB for the 1M-item one: its HNSW index in memory, its tables memory-mapped) and
+every (size, N) cell is timed in one interleaved pass (``bench/_timing.interleaved``: each round calls every
+cell once), so machine noise hits all of them alike. Ratios: to the first N at the same size, and to the
+smallest catalogue at the same N -- both within the one pass. The trained embeddings spread over nearly every
+dimension yet have close neighbours (bench/RESULTS.md, section 3, measures how structured they are). A
+``--cache``d bundle built with other settings is built again; ``--quick``'s record holds the sizes and caps it
+ran.
 """
 from __future__ import annotations
 
@@ -71,8 +71,9 @@ def bundle_for(n_items: int, cache: Path, quick: bool) -> Path:
 
 def prepare(b, cands: list[int], seed: int = 0) -> tuple[dict, dict]:
     """Over one open bundle: per candidate count N, a warmed-up ``Recommender`` with ``cap = N`` and the call
-    that times it (a known user with a history, k = 20), and the mean number of candidates actually merged
-    (one untimed pass over 50 users, by wrapping the merge the pipeline calls)."""
+    that times it (a known user with a history, k = 20), and the mean number of candidates actually ranked
+    (one untimed pass over 50 users, by wrapping the merge the pipeline calls: its last merge of a request;
+    the merge's budget is at least 4k = 80, whatever N)."""
     import recserve.pipeline.recommender as RM
     from recserve.pipeline.recommender import Recommender, RecRequest
 
@@ -86,18 +87,22 @@ def prepare(b, cands: list[int], seed: int = 0) -> tuple[dict, dict]:
     with_hist = np.flatnonzero(np.diff(hist) > 0)
     users = [t.id_of("user", int(r)) for r in rng.choice(with_hist, size=min(200, len(with_hist)), replace=False)]
     counts = {n: [] for n in cands}
-    orig = RM.merge_candidates
-    for n in cands:
-        def wrapped(*a, _n=n, **kw):
-            m = orig(*a, **kw)
-            counts[_n].append(len(m))
-            return m
-        RM.merge_candidates = wrapped
-        try:
+    orig, merges = RM.merge_candidates, []
+
+    def wrapped(*a, **kw):
+        merges.append(len(m := orig(*a, **kw)))
+        return m
+
+    RM.merge_candidates = wrapped
+    try:
+        for n in cands:
             for u in users[:50]:
+                merges.clear()
                 recs[n].recommend(RecRequest(user_id=u, k=20))
-        finally:
-            RM.merge_candidates = orig
+                # the request's last merge is the one ranked (the earlier ones, short of 4k, were topped up)
+                counts[n].append(merges[-1])
+    finally:
+        RM.merge_candidates = orig
 
     def call(n):
         it = iter(range(10 ** 9))
@@ -171,7 +176,8 @@ def main(argv=None) -> int:
         if tmp:
             tmp.cleanup()
     print(f"\nRecommend (in process, k=20), {a.repeats} calls per cell, all {len(sizes) * len(cands)} cells "
-          "(every size and N) interleaved in one pass; N: the cap, cands: the candidates merged (mean)")
+          "(every size and N) interleaved in one pass; N: the cap (the merge's budget is at least 4k = 80), "
+          "cands: the candidates merged and ranked (mean)")
     print(f"{'items':>9}{'N':>7}{'cands':>8}{'median ms':>11}{'p99 ms':>9}{'x N=' + str(cands[0]):>10}"
           f"{'x ' + str(sizes[0]):>10}")
     for n in sizes:

@@ -200,6 +200,9 @@ def test_scaling_quick(tmp_path):
     # the sizes and caps it ran, not the defaults it did not (the record said 10000,100000 and 100,500,2000)
     assert rec["config"]["sizes"] == [300, 600] and rec["config"]["cands"] == [50, 100]
     assert rec["results"]["300"]["50"]["median_ms"] > 0
+    # the candidates ranked: a request's budget is at least 4k = 80 whatever N (a mean over every merge,
+    # the short ones a top-up followed included, said 70)
+    assert rec["results"]["300"]["50"]["candidates"] >= 76, rec["results"]["300"]
     # a cached bundle of other settings (the quick run's 16 factors) is built again, not timed as it is
     text = _run(["bench/scaling.py", "--sizes", "300", "--cands", "100", "--repeats", "3", "--cache", str(cache)])
     assert "built with other settings" in text and "built 300 items" in text, text
