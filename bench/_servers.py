@@ -58,7 +58,7 @@ class ServerProc:
         self.name = name
         self.log = tempfile.NamedTemporaryFile(prefix=f"recserve-bench-{name}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
-                                     process_group=0)
+                                     process_group=0, cwd=HERE)
         deadline = time.monotonic() + timeout
         self.port = None
         import select
@@ -98,11 +98,30 @@ class ServerProc:
             Path(self.log.name).unlink(missing_ok=True)
 
 
+def imported_tree(env: dict) -> Path:
+    """The directory holding the ``recserve`` package a child with ``env`` would import, started from this
+    directory as the servers are: a side that sets ``PYTHONPATH`` must import it from there (the project's
+    editable install answers any import that the path does not, so a wrong entry would silently measure
+    this tree)."""
+    p = subprocess.run([sys.executable, "-c", "import recserve; print(recserve.__file__)"], cwd=HERE,
+                       env={**os.environ, **env}, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise ValueError(f"recserve does not import: {' '.join(p.stderr.split()[-12:])}")
+    tree = Path(p.stdout.strip()).resolve().parent.parent
+    entries = [Path(e).resolve() for e in env.get("PYTHONPATH", "").split(os.pathsep) if e]
+    if entries and tree not in entries:
+        raise ValueError(f"PYTHONPATH={env['PYTHONPATH']} holds no recserve package: it would import "
+                         f"{tree / 'recserve'}")
+    return tree
+
+
 def start_real(bundle: str, workers: int, events_dir: str, cpu_affinity: str = "auto",
                env: dict[str, str] | None = None) -> ServerProc:
-    """recserve serving ``bundle``, with this process's environment plus ``env``."""
-    cmd = [sys.executable, "-m", "recserve.cli", "serve", "--bundle", bundle, "--host", "127.0.0.1",
-           "--port", "0", "--workers", str(workers), "--reload-interval", "0", "--events-dir", events_dir,
+    """recserve serving ``bundle``, with this process's environment plus ``env``; started from this directory
+    (``-m`` puts the working directory first on the path: a ``recserve`` there would win over ``PYTHONPATH``)."""
+    cmd = [sys.executable, "-m", "recserve.cli", "serve", "--bundle", os.path.abspath(bundle), "--host",
+           "127.0.0.1", "--port", "0", "--workers", str(workers), "--reload-interval", "0",
+           "--events-dir", os.path.abspath(events_dir),
            "--log-level", "WARNING", "--cpu-affinity", cpu_affinity]
     return ServerProc(cmd, "recserve", env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE.parent))
 from _cli import Parser, UsageError, check_bundle, check_concurrency, output_file, record, write_json  # noqa: E402
 from _clients import phase_config, run_phase  # noqa: E402
 from _inproc import RECOMMEND_ONLY  # noqa: E402
-from _servers import start_real  # noqa: E402
+from _servers import imported_tree, start_real  # noqa: E402
 from _timing import machine  # noqa: E402
 from _workload import build_requests, parse_mix, read_ids  # noqa: E402
 from recserve.config import check_env, load as load_config, validate  # noqa: E402
@@ -125,6 +125,12 @@ def main(argv=None) -> int:
         ap.error("--a and --b are the same settings: nothing to compare")
     check_concurrency(ap, a.concurrency, a.clients)
     mix = parse_mix(a.mix)                  # a bad one: exit 2, its reason in one line
+    trees = {}
+    for name, side in sets.items():         # the code each side's server will run
+        try:
+            trees[name] = imported_tree(side)
+        except ValueError as exc:
+            ap.error(f"--{name.lower()}: {exc}")
     check_bundle(ap, a.bundle)
 
     cfg = {**RECOMMEND_ONLY, "mix": mix}     # bench/load.py's defaults otherwise
@@ -135,8 +141,9 @@ def main(argv=None) -> int:
         phase_config("closed", concurrency=a.concurrency // a.clients, **base)
     what = f"open loop at {a.rate:g}/s" if a.rate > 0 else f"closed loop, concurrency {a.concurrency}"
     print(f"machine: {machine()}")
-    print(f"A: {sets['A'] or 'this environment'}; B: {sets['B']}; {what}, {a.duration:g} s per run, "
-          f"{a.rounds} rounds")
+    print(f"A: {sets['A'] or 'this environment'} (recserve of {trees['A']}); B: {sets['B']} (recserve of "
+          f"{trees['B']}); {what}, {a.duration:g} s per run, {a.rounds} rounds")
+    print(f"workload: {cfg}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     servers, rounds = {}, []
     with tempfile.TemporaryDirectory(prefix="recserve-compare-") as tmp:
@@ -163,7 +170,8 @@ def main(argv=None) -> int:
               + f"   median {v['median']:.3f}; B better in {v['b_better_rounds']} of {v['rounds']}"
               + f" (sign test p {v['sign_test_p']:.3g})")
     if a.json:
-        write_json(a.json, record(a, settings=sets, phase=phase, rounds=rounds, summary=summ, server_env={
+        write_json(a.json, record(a, settings=sets, trees={n: str(t) for n, t in trees.items()}, workload=cfg,
+                                  phase=phase, rounds=rounds, summary=summ, server_env={
             k: v for k, v in sorted(os.environ.items()) if k.startswith("RECSERVE_")}))
     return 0
 

@@ -97,11 +97,13 @@ def child(spec_path: str) -> None:
             raise SystemExit(f"the pool holds {len(calls)} calls, fewer than {spec['build']}")
         calls = calls[:warm + n]
         start = clock[0]
-        answers = hashlib.sha256()
+        # the answers compared across sides: the first spec["hashed"] measured ones, as many in every run, so
+        # their hashing cancels in the difference of two runs (it is not the pipeline's)
+        answers, hashed = hashlib.sha256(), range(warm, warm + spec["hashed"])
         for i, (fn, arg) in enumerate(calls):
             clock[0] = start + 0.01 * i
             out = fn(arg)
-            if i >= warm and hasattr(out, "items") and not callable(out.items):
+            if i in hashed and hasattr(out, "items") and not callable(out.items):
                 answers.update(" ".join(it.item_id for it in out.items).encode() + b"\n")
     Path(spec["result"]).write_text(json.dumps({"recserve": recserve.__file__, "calls": n,
                                                 "answers": answers.hexdigest()}))
@@ -152,26 +154,11 @@ def run_side(valgrind: str, spec: dict, env: dict, out: Path) -> dict:
     return res
 
 
-def imported_tree(env: dict) -> Path:
-    """The directory holding the ``recserve`` package a child with ``env`` would import: a side that sets
-    ``PYTHONPATH`` must import it from there (the project's editable install answers any import that the
-    path does not, so a wrong entry would silently measure this tree)."""
-    p = subprocess.run([sys.executable, "-c", "import recserve; print(recserve.__file__)"], cwd=HERE,
-                       env={**os.environ, **CHILD_ENV, **env}, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise ValueError(f"recserve does not import: {' '.join(p.stderr.split()[-12:])}")
-    tree = Path(p.stdout.strip()).resolve().parent.parent
-    entries = [Path(e).resolve() for e in env.get("PYTHONPATH", "").split(os.pathsep) if e]
-    if entries and tree not in entries:
-        raise ValueError(f"PYTHONPATH={env['PYTHONPATH']} holds no recserve package: it would import "
-                         f"{tree / 'recserve'}")
-    return tree
-
-
 def main(argv=None) -> int:
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(HERE.parent))
     from _cli import Parser, UsageError, check_bundle, git_commit, output_file, record, write_json
+    from _servers import imported_tree
     from _timing import machine
     from _workload import build_requests, read_ids
     from compare import parse_settings
@@ -229,7 +216,7 @@ def main(argv=None) -> int:
                 work = Path(tmp) / f"{side}-{n}"
                 work.mkdir()
                 spec = {"pool": str(pool_path), "bundle": bundle, "method": METHODS[a.method], "warmup": a.warmup,
-                        "n": n, "build": a.warmup + ns[1], "events": a.events, "tmp": str(work)}
+                        "n": n, "build": a.warmup + ns[1], "hashed": min(ns), "events": a.events, "tmp": str(work)}
                 try:
                     r = runs[side][n] = run_side(valgrind, spec, env, work / "callgrind.out")
                 except RuntimeError as exc:

@@ -44,6 +44,9 @@ def _run(args):
     (["bench/load.py", "--bundle", MISSING, "--clients", "3", "--concurrency", "5"],
      "--concurrency 5: must be a multiple of --clients 3"),
     ([*COMPARE, "--clients", "2", "--concurrency", "1"], "--concurrency 1: must be a multiple of --clients 2"),
+    # the editable install answered the import: this tree was measured on both sides, labelled as another
+    (["bench/compare.py", "--bundle", MISSING, "--b", f"PYTHONPATH={MISSING}"],
+     f"--b: PYTHONPATH={MISSING} holds no recserve package"),
 ])
 def test_a_bad_argument_is_one_line_and_exit_2(args, says):
     p = _run(args)

@@ -293,6 +293,9 @@ def test_compare_quick(demo_bundle, tmp_path):
     assert "B / A per round" in text
     rec = _record(out)
     assert rec["settings"] == {"A": {}, "B": {"RECSERVE_DEBUG_DELAY_MS": "40"}} and len(rec["rounds"]) == 2
+    # the shares as used, printed and recorded (the record held only the --mix text)
+    assert rec["workload"]["mix"] == {"Recommend": 0.8, "SimilarItems": 0.15, "RecordEvents": 0.05}
+    assert "workload: {" in text and rec["trees"] == {"A": str(REPO), "B": str(REPO)}
     for row in rec["rounds"]:
         assert row["A"]["throughput"] > 0 and row["B"]["throughput"] > 0 and row["A"]["errors"] == 0
         assert row["B"]["p99 Recommend"] >= 39.0, row        # B's Recommends each slept 40 ms: the setting reached B
@@ -308,6 +311,24 @@ def test_compare_quick(demo_bundle, tmp_path):
     from compare import sign_test
 
     assert lat["sign_test_p"] == sign_test(lat["b_better_rounds"], lat["b_worse_rounds"])
+
+
+def test_servers_import_the_tree_they_are_given_whatever_the_working_directory(demo_bundle, tmp_path,
+                                                                              monkeypatch):
+    """``python -m`` puts the working directory first on the path: a ``recserve`` there was imported instead
+    of the PYTHONPATH a side set (compare.py then measured that tree under the other's label)."""
+    from _servers import imported_tree, start_real
+
+    (tmp_path / "recserve").mkdir()
+    (tmp_path / "recserve" / "__init__.py").write_text("raise SystemExit('the working directory was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    assert imported_tree({"PYTHONPATH": str(REPO)}) == REPO
+    server = start_real(str(demo_bundle), 1, "events")
+    try:
+        assert server.port
+    finally:
+        server.stop()
+    assert (tmp_path / "events").is_dir()        # a relative path is the caller's
 
 
 def test_compare_rejects_bad_settings(demo_bundle):
