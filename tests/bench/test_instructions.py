@@ -43,7 +43,8 @@ def test_two_sides_count_instructions_per_call(demo_bundle, tmp_path):
         for r in runs.values():
             assert Path(r["recserve"]).resolve().parent.parent == REPO      # this tree's recserve was measured
             assert len(r["answers"]) == 64 and r["calls"] in (1, 3)
-        assert runs["1"]["answers"] != runs["3"]["answers"]                  # the answers of the measured calls
+        # the first measured answers, as many in both runs (the hashing cancels in their difference): the same
+        assert runs["1"]["answers"] == runs["3"]["answers"]
     assert rec["ratio"] == pytest.approx(rec["per_call"]["B"] / rec["per_call"]["A"])
     # callgrind's count of one code on one pool is the same from run to run (one thread, PYTHONHASHSEED=0):
     # 4 % fewer is B's setting (B ranks 4k = 80 candidates, merged twice as k is above a quarter of its cap of
