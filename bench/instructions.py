@@ -97,9 +97,9 @@ def child(spec_path: str) -> None:
             raise SystemExit(f"the pool holds {len(calls)} calls, fewer than {spec['build']}")
         calls = calls[:warm + n]
         start = clock[0]
-        # the answers compared across sides: the first spec["hashed"] measured ones, as many in every run, so
-        # their hashing cancels in the difference of two runs (it is not the pipeline's)
-        answers, hashed = hashlib.sha256(), range(warm, warm + spec["hashed"])
+        # the answers compared across sides: the warm-up's and the first spec["hashed"] measured ones, as many
+        # in every run, so that their hashing cancels in the difference of two runs (it is not the pipeline's)
+        answers, hashed = hashlib.sha256(), range(warm + spec["hashed"])
         for i, (fn, arg) in enumerate(calls):
             clock[0] = start + 0.01 * i
             out = fn(arg)
