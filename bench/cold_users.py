@@ -105,17 +105,24 @@ def evaluate(bundle: str, data: str, k: int, max_users: int, seed: int) -> dict:
     recs["trending list"] = [trend] * len(ids)
     truths = [users[u][1] for u in ids]
     stats = ev.item_stats(art)
-    methods = {m: ev._metrics(recs[m], truths, *stats) for m in METHODS}
+    methods = {m: within(ev._metrics(recs[m], truths, *stats), k) for m in METHODS}
     return {"new_users": len(users), "evaluated_users": len(ids), "users_with_features": int(known),
             "users_with_country_list": int(with_list),
             "cold_start_answers": cold_answers, "calls": len(SERVED) * len(ids), "ms_per_call": per_call_ms,
             "cut": cut, "k": k, "methods": methods}
 
 
+def within(metrics: dict, k: int) -> dict:
+    """The metrics at a cut-off of at most ``k``: the answers hold k items, so a recall@50 of answers of 20
+    would be their recall@20 under another name."""
+    return {name: v for name, v in metrics.items() if "@" not in name or int(name.split("@")[1]) <= k}
+
+
 def table(res: dict) -> str:
-    lines = [f"{'method':<36}" + "".join(f"{c:>13}" for c in COLS)]
+    cols = [c for c in COLS if all(c in v for v in res["methods"].values())]
+    lines = [f"{'method':<36}" + "".join(f"{c:>13}" for c in cols)]
     for m, v in res["methods"].items():
-        lines.append(f"{m:<36}" + "".join(f"{v[c]:>13.4f}" for c in COLS))
+        lines.append(f"{m:<36}" + "".join(f"{v[c]:>13.4f}" for c in cols))
     return "\n".join(lines)
 
 

@@ -503,7 +503,9 @@ def test_cold_users_quick(demo_bundle, tmp_path):
                                     "ranker order, anonymous", "trending list"]
     for m, v in rec["methods"].items():
         assert v["mean_len"] == 20 and 0.0 <= v["recall@10"] <= v["recall@20"] <= 1.0, m
+        assert "recall@50" not in v, m      # answers of 20 have no recall@50 (it was their recall@20)
         assert m in out
+    assert "recall@20" in out and "recall@50" not in out
 
 
 def test_cold_users_needs_held_out_data(tmp_path):
