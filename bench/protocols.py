@@ -187,8 +187,8 @@ def fmt(vals):
 
 
 def table(name: str, runs: list[dict], seeds) -> str:
-    lines = [f"protocol {name}  seeds {','.join(map(str, seeds))}  users {runs[0]['users']}  "
-             f"train {runs[0]['train']} / test {runs[0]['test']} interactions  "
+    lines = [f"protocol {name}  seeds {','.join(map(str, seeds))}  users per seed {[r['users'] for r in runs]}  "
+             f"train / test interactions per seed {[(r['train'], r['test']) for r in runs]}  "
              f"EASE lam per seed {[r['lam'] for r in runs]}  "
              f"ALS reg, alpha per seed {[r['als'] for r in runs]}  "
              f"item-kNN neighbours per seed {[r['knn'] or 'all' for r in runs]}",

@@ -3,6 +3,7 @@ ranking of every item (``ann-all``) against plain Python and against the bundle'
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -76,12 +77,16 @@ def test_protocols_smoke(tmp_path):
     run_cli("synth", data, "--users", "120", "--items", "80", "--seed", "3", check=True)
     env = dict(os.environ, PYTHONPATH=str(REPO), OPENBLAS_NUM_THREADS="1")
     p = subprocess.run([sys.executable, str(REPO / "bench" / "protocols.py"), "--data-dir", str(data), "--seeds",
-                        "0", "--quick", "--factors", "8", "--ranker-users", "120"],
+                        "0,1", "--quick", "--factors", "8", "--ranker-users", "120"],
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "protocol (a)" in p.stdout and "protocol (b)" in p.stdout
     assert "ALS reg, alpha per seed [[" in p.stdout         # chosen on the validation split, not the trainer's
     assert "item-kNN neighbours per seed [" in p.stdout
+    # each seed's split has its own users and counts (the header showed the first seed's as everyone's)
+    per_seed = re.search(r"protocol \(a\).*users per seed \[(\d+), (\d+)\].*train / test interactions per seed "
+                         r"\[\((\d+), (\d+)\), \((\d+), (\d+)\)\]", p.stdout)
+    assert per_seed, p.stdout[:2000]
     for m in ("popularity", "item-knn", "ease", "implicit-als", "recserve full(l=1)"):
         assert m in p.stdout
 
