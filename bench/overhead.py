@@ -282,7 +282,7 @@ def main(argv=None) -> int:
 
     med = {m: float(np.median([r["server_cpu_ms"] for r in runs[m]])) for m in MODES}
     pipe = float(np.median([r["pipeline_cpu_ms"] for r in runs["recserve"]]))
-    print(f"\nserver CPU per Recommend at {a.rate:.0f} calls/s (median of {a.repeats} rounds), one worker:")
+    print(f"\nserver CPU per Recommend at {a.rate:g} calls/s (median of {a.repeats} rounds), one worker:")
     print(f"  gRPC alone (ceiling)                          {med['ceiling']:.3f} ms")
     print(f"  + the servicer (service - ceiling)            {med['service'] - med['ceiling']:+.3f} ms")
     print(f"  + the pipeline (recserve - service)           {med['recserve'] - med['service']:+.3f} ms")
