@@ -18,6 +18,20 @@ from recserve import cliparser
 REPO = Path(__file__).resolve().parent.parent
 
 
+# ``python -m MODULE`` without the working directory first on the path: with ``-m`` a package of that name
+# in the directory the script runs from would be imported in place of the tree ``PYTHONPATH`` names
+_RUN_MODULE = ("import runpy, sys; sys.path[:1] = [] if sys.path[:1] == [''] else sys.path[:1]; "
+               "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)")
+
+
+def python_m(module: str) -> list[str]:
+    """The command that runs ``module`` as ``python -m`` does, importing only from ``PYTHONPATH`` and the
+    installed packages (not from the working directory)."""
+    import sys
+
+    return [sys.executable, "-c", _RUN_MODULE, module]
+
+
 class UsageError(SystemExit):
     """A bad argument found after parsing (a bundle that does not exist, a malformed --mix): its reason on
     stderr and exit code 2, as argparse does for the ones it checks."""

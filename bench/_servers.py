@@ -58,7 +58,7 @@ class ServerProc:
         self.name = name
         self.log = tempfile.NamedTemporaryFile(prefix=f"recserve-bench-{name}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
-                                     process_group=0, cwd=HERE)
+                                     process_group=0)
         deadline = time.monotonic() + timeout
         self.port = None
         import select
@@ -99,12 +99,13 @@ class ServerProc:
 
 
 def imported_tree(env: dict) -> Path:
-    """The directory holding the ``recserve`` package a child with ``env`` would import, started from this
-    directory as the servers are: a side that sets ``PYTHONPATH`` must import it from there (the project's
-    editable install answers any import that the path does not, so a wrong entry would silently measure
-    this tree)."""
-    p = subprocess.run([sys.executable, "-c", "import recserve; print(recserve.__file__)"], cwd=HERE,
-                       env={**os.environ, **env}, capture_output=True, text=True)
+    """The directory holding the ``recserve`` package a child with the environment ``env`` (its whole
+    environment) imports, the working directory not on its path (:func:`_cli.python_m`, a script's own
+    directory): an entry of ``env``'s ``PYTHONPATH`` must hold it (the project's editable install answers
+    any import the path does not, so a wrong entry would silently measure this tree)."""
+    code = "import sys; sys.path[:1] = [] if sys.path[:1] == [''] else sys.path[:1]; import recserve; " \
+           "print(recserve.__file__)"
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if p.returncode != 0:
         raise ValueError(f"recserve does not import: {' '.join(p.stderr.split()[-12:])}")
     tree = Path(p.stdout.strip()).resolve().parent.parent
@@ -115,15 +116,22 @@ def imported_tree(env: dict) -> Path:
     return tree
 
 
+def server_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The whole environment of a recserve server :func:`start_real` starts with ``env``: this process's, this
+    tree first on the path unless ``env`` sets ``PYTHONPATH``."""
+    return {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+
+
 def start_real(bundle: str, workers: int, events_dir: str, cpu_affinity: str = "auto",
                env: dict[str, str] | None = None) -> ServerProc:
-    """recserve serving ``bundle``, with this process's environment plus ``env``; started from this directory
-    (``-m`` puts the working directory first on the path: a ``recserve`` there would win over ``PYTHONPATH``)."""
-    cmd = [sys.executable, "-m", "recserve.cli", "serve", "--bundle", os.path.abspath(bundle), "--host",
-           "127.0.0.1", "--port", "0", "--workers", str(workers), "--reload-interval", "0",
-           "--events-dir", os.path.abspath(events_dir),
+    """recserve serving ``bundle``, with this process's environment plus ``env`` (:func:`server_env`), the
+    working directory not on its path (:func:`_cli.python_m`)."""
+    from _cli import python_m
+
+    cmd = [*python_m("recserve.cli"), "serve", "--bundle", bundle, "--host", "127.0.0.1",
+           "--port", "0", "--workers", str(workers), "--reload-interval", "0", "--events-dir", events_dir,
            "--log-level", "WARNING", "--cpu-affinity", cpu_affinity]
-    return ServerProc(cmd, "recserve", env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    return ServerProc(cmd, "recserve", env=server_env(env))
 
 
 def start_ceiling(responses_file: str, workers: int, cpu_affinity: str = "auto") -> ServerProc:
@@ -270,19 +278,16 @@ def record_responses(target: str, requests: list, per_method: int = 50) -> dict:
         _ready(ch, target)
         calls = {m: ch.unary_unary(f"/recserve.v1.Recommender/{m}", request_serializer=None,
                                    response_deserializer=None) for m in METHODS}
-        for m, body in requests:
-            if m == "RecordEvents":
-                try:
-                    calls[m](body, timeout=10)
-                except grpc.RpcError:
-                    pass
-        for m, body in requests:
-            if len(out[m]) >= per_method:
+        ordered = [r for r in requests if r[0] == "RecordEvents"] + [r for r in requests if r[0] != "RecordEvents"]
+        for m, body in ordered:
+            if m != "RecordEvents" and len(out[m]) >= per_method:
                 continue
             try:
-                out[m].append(calls[m](body, timeout=10))
+                resp = calls[m](body, timeout=10)
             except grpc.RpcError:
-                pass
+                continue
+            if len(out[m]) < per_method:
+                out[m].append(resp)
     return out
 
 

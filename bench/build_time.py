@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from _cli import Parser, output_file, record, sizes, write_json  # noqa: E402
+from _cli import Parser, output_file, python_m, record, sizes, write_json  # noqa: E402
 from trainer.argtypes import positive_int  # noqa: E402
 from _timing import machine  # noqa: E402
 
@@ -89,11 +89,11 @@ def main(argv=None) -> int:
         for nu, ni, nx in runs:
             s = f"{nu}x{ni}" + (f"x{nx}" if nx else "")
             data, out = Path(tmp) / f"data-{s}", Path(tmp) / f"bundle-{s}"
-            synth = [sys.executable, "-m", "trainer.cli", "synth", str(data), "--users", str(nu), "--items", str(ni)]
+            synth = [*python_m("trainer.cli"), "synth", str(data), "--users", str(nu), "--items", str(ni)]
             subprocess.run(synth + (["--interactions", str(nx)] if nx else []), check=True,
                            stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
             n_inter = sum(1 for _ in open(data / "interactions.csv")) - 1
-            cmd = [sys.executable, "-m", "trainer.cli", "build", str(out), "--data", str(data), "--no-progress"]
+            cmd = [*python_m("trainer.cli"), "build", str(out), "--data", str(data), "--no-progress"]
             if not a.cli_defaults:
                 cmd += ["--factors", str(a.factors), "--ranker-users", str(a.ranker_users)]
                 if not a.tune:

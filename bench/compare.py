@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE.parent))
 from _cli import Parser, UsageError, check_bundle, check_concurrency, output_file, record, write_json  # noqa: E402
 from _clients import phase_config, run_phase  # noqa: E402
 from _inproc import RECOMMEND_ONLY  # noqa: E402
-from _servers import imported_tree, start_real  # noqa: E402
+from _servers import imported_tree, server_env, start_real  # noqa: E402
 from _timing import machine  # noqa: E402
 from _workload import build_requests, parse_mix, read_ids  # noqa: E402
 from recserve.config import check_env, load as load_config, validate  # noqa: E402
@@ -109,7 +109,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=number(int, 0), default=2, help="worker processes (0: in process)")
     ap.add_argument("--clients", type=count, default=2)
     ap.add_argument("--channels", type=count, default=16)
-    ap.add_argument("--concurrency", type=count, default=16)
+    ap.add_argument("--concurrency", type=count, default=16,
+                    help="closed loop: outstanding calls in total, a multiple of --clients")
     ap.add_argument("--deadline", type=positive, default=5.0, help="per-call deadline, seconds")
     ap.add_argument("--pool", type=count, default=4000, help="pre-built requests per client process")
     ap.add_argument("--mix", default="recommend=0.8,similar=0.15,events=0.05")
@@ -123,12 +124,13 @@ def main(argv=None) -> int:
             ap.error(f"--{name.lower()}: {exc}")
     if sets["A"] == sets["B"]:
         ap.error("--a and --b are the same settings: nothing to compare")
-    check_concurrency(ap, a.concurrency, a.clients)
+    if a.rate <= 0:                         # the closed loop splits --concurrency over the client processes
+        check_concurrency(ap, a.concurrency, a.clients)
     mix = parse_mix(a.mix)                  # a bad one: exit 2, its reason in one line
     trees = {}
     for name, side in sets.items():         # the code each side's server will run
         try:
-            trees[name] = imported_tree(side)
+            trees[name] = imported_tree(server_env(side))
         except ValueError as exc:
             ap.error(f"--{name.lower()}: {exc}")
     check_bundle(ap, a.bundle)

@@ -11,8 +11,8 @@ bundle's loading removed. Side A runs with this environment plus ``--a``, side B
 (``NAME=VALUE`` pairs: ``PYTHONPATH=/path/to/another/tree`` compares code, ``RECSERVE_*`` settings compare
 settings). Before the measured calls each run writes the pool's first ``--events`` RecordEvents to an empty
 event store and makes ``--warmup`` calls; the clock (``time.time``) is fixed, so every run sees the same
-times. It also says whether the two sides gave the same answers (the item ids of every measured answer, in
-order; scores are not compared). Before any run it imports recserve once per side and refuses a side whose
+times. It also says whether the two sides gave the same answers (the item ids of the warm-up's answers and
+of the first measured ones, as many as the shorter run's, in order; scores are not compared). Before any run it imports recserve once per side and refuses a side whose
 ``PYTHONPATH`` does not hold the recserve it would import (a wrong path would silently measure this tree).
 
     python bench/instructions.py --bundle DIR [--b PYTHONPATH=/tmp/old] [--a NAME=VALUE,...]
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
     trees = {}
     for side, env in sets.items():
         try:
-            trees[side] = imported_tree(env)
+            trees[side] = imported_tree({**os.environ, **CHILD_ENV, **env})       # as run_side runs it
         except ValueError as exc:
             ap.error(f"--{side.lower()}: {exc}")
 

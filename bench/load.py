@@ -27,7 +27,8 @@ What it does
     loads one worker only. Requests are pre-built before timing (users drawn from the bundle's users with
     Zipf skew, plus unknown and anonymous users, who carry a country drawn from the bundle's users' countries
     as ``context.country``; category filters; explain) so request building is not timed.
-  * Closed loop: ``--concurrency`` outstanding calls in total, split over the clients.
+  * Closed loop: ``--concurrency`` outstanding calls in total, split evenly over the clients (a multiple of
+    ``--clients``).
     Open loop: Poisson arrivals at ``--rate`` calls/s in total; latency is measured from the *intended* send
     time, so a client or server that falls behind shows up as latency (no coordinated omission). The
     reported "send lag" is how late calls actually left the client; if it is large the client, not the
@@ -164,7 +165,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--clients", type=count, default=2, help="client processes")
     ap.add_argument("--channels", type=count, default=4,
                     help="connections per client process (calls round-robin over them)")
-    ap.add_argument("--concurrency", type=count, default=16, help="closed loop: outstanding calls in total")
+    ap.add_argument("--concurrency", type=count, default=16,
+                    help="closed loop: outstanding calls in total, a multiple of --clients")
     ap.add_argument("--rate", type=at_least_0, default=0.0, help="open loop: calls/s in total (0: closed loop only)")
     ap.add_argument("--duration", type=positive, default=10.0, help="seconds per phase")
     ap.add_argument("--warmup", type=at_least_0, default=1.0,
@@ -191,7 +193,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--json", type=output_file, help="write the JSON record here")
     ap.add_argument("--png", type=output_file, help="latency histogram PNG (needs matplotlib)")
     a = ap.parse_args(argv)
-    check_concurrency(ap, a.concurrency, a.clients)
+    if not a.open_only:                     # the closed loop splits --concurrency over the client processes
+        check_concurrency(ap, a.concurrency, a.clients)
     if a.unknown + a.anon > 1:
         ap.error(f"--unknown {a.unknown:g} and --anon {a.anon:g}: shares of the Recommend calls, at most 1 together")
     if not all(f > 0 for f in a.sweep_fractions):

@@ -316,19 +316,32 @@ def test_compare_quick(demo_bundle, tmp_path):
 def test_servers_import_the_tree_they_are_given_whatever_the_working_directory(demo_bundle, tmp_path,
                                                                               monkeypatch):
     """``python -m`` puts the working directory first on the path: a ``recserve`` there was imported instead
-    of the PYTHONPATH a side set (compare.py then measured that tree under the other's label)."""
-    from _servers import imported_tree, start_real
+    of the PYTHONPATH a side set (compare.py then measured that tree under the other's label). The working
+    directory stays the caller's: relative paths are hers."""
+    from _servers import imported_tree, server_env, start_real
 
     (tmp_path / "recserve").mkdir()
     (tmp_path / "recserve" / "__init__.py").write_text("raise SystemExit('the working directory was imported')\n")
     monkeypatch.chdir(tmp_path)
-    assert imported_tree({"PYTHONPATH": str(REPO)}) == REPO
-    server = start_real(str(demo_bundle), 1, "events")
+    assert imported_tree(server_env()) == REPO
+    assert imported_tree(server_env({"PYTHONPATH": os.path.relpath(REPO, tmp_path)})) == REPO
+    with pytest.raises(ValueError, match="holds no recserve package"):
+        imported_tree(server_env({"PYTHONPATH": str(tmp_path / "nothing")}))
+    server = start_real(os.path.relpath(demo_bundle, tmp_path), 1, "events")
     try:
         assert server.port
     finally:
         server.stop()
-    assert (tmp_path / "events").is_dir()        # a relative path is the caller's
+    assert (tmp_path / "events").is_dir()
+
+
+def test_build_time_runs_the_trainer_of_its_tree_whatever_the_working_directory(tmp_path):
+    (tmp_path / "trainer").mkdir()
+    (tmp_path / "trainer" / "__init__.py").write_text("raise SystemExit('the working directory was imported')\n")
+    p = subprocess.run([sys.executable, str(REPO / "bench" / "build_time.py"), "--sizes", "60x40", "--factors", "8",
+                        "--ranker-users", "60"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode == 0 and "60x40" in p.stdout, p.stdout[-2000:] + p.stderr[-2000:]
 
 
 def test_compare_rejects_bad_settings(demo_bundle):
