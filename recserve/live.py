@@ -9,7 +9,7 @@ import os
 import threading
 from pathlib import Path
 
-from recserve.bundle import BundleError, read_current
+from recserve.bundle import MANIFEST_DIGEST, BundleError, read_current
 from recserve.config import ServeConfig, bundle_root
 
 log = logging.getLogger("recserve.server")
@@ -187,6 +187,10 @@ class BundleHolder:
                 self.metrics.version.labels(old.version).set(0)
             self.metrics.version.labels(rec.version).set(1)
         log.info("bundle loaded", extra={"event": "bundle_loaded", "version": rec.version})
+        if MANIFEST_DIGEST not in rec.bundle.manifest:
+            log.warning("bundle %s: its manifest is not sealed (no %s: written before manifests carried a digest, "
+                        "or the key removed), so its values are not checked", rec.version, MANIFEST_DIGEST,
+                        extra={"event": "manifest_not_sealed", "version": rec.version})
         if self.report:
             self.report("loaded", key, stamp)
         if old is not None:  # in-flight requests may still hold it: closed when the last lets go

@@ -346,11 +346,14 @@ def _run(args) -> int:
                   f"build the bundle to serve with --holdout 0", file=sys.stderr)
         return 0
     if args.cmd == "verify":
-        from recserve.bundle import verify
+        from recserve.bundle import MANIFEST_DIGEST, verify
 
         m = verify(args.bundle)
+        unsealed = "" if MANIFEST_DIGEST in m else (f"; the manifest is not sealed (no {MANIFEST_DIGEST}: written "
+                                                    "before manifests carried a digest, or the key removed), so "
+                                                    "its values are not checked")
         print(f"ok: {m['version']} ({len(m['files'])} files, {m['counts']['users']} users, "
-              f"{m['counts']['items']} items, {len(m['feature_schema']['feature_names'])} features)")
+              f"{m['counts']['items']} items, {len(m['feature_schema']['feature_names'])} features){unsealed}")
         return 0
     if args.cmd == "evaluate":
         from recserve.bundle import resolve

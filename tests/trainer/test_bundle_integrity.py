@@ -95,6 +95,19 @@ def test_an_edited_manifest_value_fails_verify_and_the_load(bundle_copy, path, v
     assert "manifest.json: sha256 mismatch" in capsys.readouterr().err
 
 
+def test_a_manifest_without_its_digest_is_said_to_be_unchecked(bundle_copy, capsys):
+    """A manifest written before the digest has none and loads as before; one whose digest key was removed
+    reads the same, so verify says its values are not checked (it said only "ok")."""
+    d = resolve(bundle_copy)
+    m = json.loads((d / "manifest.json").read_text())
+    assert main(["verify", str(bundle_copy)]) == 0 and "not sealed" not in capsys.readouterr().out
+    m["params"]["ef"] = int(m["params"]["ef"]) + 16
+    del m["manifest_sha256"]
+    (d / "manifest.json").write_text(json.dumps(m))
+    assert main(["verify", str(bundle_copy)]) == 0
+    assert "the manifest is not sealed (no manifest_sha256" in capsys.readouterr().out
+
+
 def test_an_evaluation_seals_the_manifest_again_and_refuses_an_edited_one(bundle_copy):
     from trainer.writer import update_manifest
 
