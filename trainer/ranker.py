@@ -188,7 +188,7 @@ def train(X, y, groups, names, seed=0, threads=2, rounds=300, group_users=None,
         corrections = best - 1 if best_valid > base_valid else 0
         info["valid_groups"] = int(is_valid.sum())
         info["validation"] = {"users": int(len(np.unique(gu[is_valid]))), "base_ndcg@10": round(base_valid, 5),
-                              "best_ndcg@10": round(best_valid, 5), "corrections": best - 1}
+                              "best_ndcg@10": round(best_valid, 5), "corrections": corrections}
         info["valid_ndcg@10"] = round(max(base_valid, best_valid), 4)
         if corrections > 0:
             booster = split_booster
@@ -207,7 +207,7 @@ def train(X, y, groups, names, seed=0, threads=2, rounds=300, group_users=None,
         best = int(np.argmax(curve))
         corrections = best + 1 if curve[best] > base_cv else 0
         info["cv"] = {"folds": folds, "base_ndcg@10": round(base_cv, 5),
-                      "best_ndcg@10": round(float(curve[best]), 5), "corrections": best + 1,
+                      "best_ndcg@10": round(float(curve[best]), 5), "corrections": corrections,
                       "curve_ndcg@10": [round(float(v), 5) for v in curve]}
         info["valid_ndcg@10"] = round(max(base_cv, float(curve[best])), 4)
     if booster is None:

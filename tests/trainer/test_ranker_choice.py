@@ -46,6 +46,7 @@ def test_no_correction_tree_when_the_base_is_already_right():
     assert info["labels"] == "base only" and info["best_iteration"] == 1
     assert text.count("\nTree=") == 1
     assert info["cv"]["folds"] == rk.CV_FOLDS
+    assert info["cv"]["corrections"] == 0        # the trees kept (it said 1, the curve's best, which lost)
 
 
 def test_correction_trees_when_another_feature_carries_the_signal():
@@ -73,3 +74,4 @@ def test_many_users_early_stop_on_a_held_out_share():
     X, y, groups, users = _rows(signal="rank", seed=2)
     text, info = rk.train(X, y, groups, NAMES, group_users=users, rounds=60, cv_max_users=100)
     assert info["labels"] == "base only" and text.count("\nTree=") == 1
+    assert info["validation"]["corrections"] == 0
