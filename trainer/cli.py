@@ -342,7 +342,7 @@ def _run(args) -> int:
               f"decay_short {m['params']['decay_short']} alpha {m['params']['alpha']})")
         if args.holdout > 0:
             why = "for its evaluation" if evaluated else "(not evaluated: --no-evaluate)"
-            print(f"note: the newest {args.holdout:.0%} of the interactions were held out of this bundle {why}; "
+            print(f"note: the newest {args.holdout * 100:g}% of the interactions were held out of this bundle {why}; "
                   f"build the bundle to serve with --holdout 0", file=sys.stderr)
         return 0
     if args.cmd == "verify":
