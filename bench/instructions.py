@@ -12,8 +12,9 @@ bundle's loading removed. Side A runs with this environment plus ``--a``, side B
 settings). Before the measured calls each run writes the pool's first ``--events`` RecordEvents to an empty
 event store and makes ``--warmup`` calls; the clock (``time.time``) is fixed, so every run sees the same
 times. It also says whether the two sides gave the same answers (the item ids of the warm-up's answers and
-of the first measured ones, as many as the shorter run's, in order; scores are not compared). Before any run it imports recserve once per side and refuses a side whose
-``PYTHONPATH`` does not hold the recserve it would import (a wrong path would silently measure this tree).
+of the first measured ones, as many as the shorter run's, in order; scores are not compared). Before any
+run it imports recserve once per side and refuses a side whose ``PYTHONPATH`` does not hold the recserve it
+would import (a wrong path would silently measure this tree).
 
     python bench/instructions.py --bundle DIR [--b PYTHONPATH=/tmp/old] [--a NAME=VALUE,...]
                                  [--method recommend|similar|mix] [--calls 200,600] [--warmup 200]
