@@ -4,19 +4,17 @@
     python bench/build_time.py --sizes 5000x2000x100000,50000x20000x1000000,250000x100000x5000000 --cli-defaults
 
 A size is USERSxITEMS (the generator's 20 interactions per user) or USERSxITEMSxINTERACTIONS (about that many).
-Per size: ``recserve-train synth`` writes the data (not timed), then ``recserve-train build`` runs as a
-child process (``python -m trainer.cli build``: ``--factors``, ``--ranker-users`` and ``--no-tune`` unless
-``--tune``; with ``--cli-defaults``, no options at all, the build as ``recserve-train build --data D B`` runs
-it: tuning, every default); its
-wall time is measured around the child and its peak resident memory is the child's own ``ru_maxrss`` from
-``os.wait4`` (that process, not the sum over children; Linux keeps the parent's peak at the child's exec
-as its floor, about 30 MiB here, below every build's; figures in MiB, printed as MB). "wall s" is that
-process's whole wall time:
-Python start-up and imports, reading the data, the build, the build's default evaluation and the bundle
-write. The trainer's stage timings (the manifest's top-level stages) cover the build only: "stages s" is
-their sum (reading the tables is one: ``load``) and "other s" the rest of the wall time (start-up,
-evaluation, write); the largest
-stages are printed beside them. Ratio: time and memory relative to the smallest size.
+Per size: ``recserve-train synth`` writes the data (not timed), then ``recserve-train build`` runs as a child
+process (``trainer.cli build`` as ``python -m`` runs it, the working directory off the path: ``--factors``,
+``--ranker-users`` and ``--no-tune`` unless ``--tune``; with ``--cli-defaults``, no options at all, the build as
+``recserve-train build --data D B`` runs it: tuning, every default); its wall time is measured around the child
+and its peak resident memory is the child's own ``ru_maxrss`` from ``os.wait4`` (that process, not the sum over
+children; Linux keeps the parent's peak at the child's exec as its floor, about 30 MiB here, below every
+build's; figures in MiB, printed as MB). "wall s" is that process's whole wall time: Python start-up and
+imports, reading the data, the build, the build's default evaluation and the bundle write. The trainer's stage
+timings (the manifest's top-level stages) cover the build only: "stages s" is their sum (reading the tables is
+one: ``load``) and "other s" the rest of the wall time (start-up, evaluation, write); the largest stages are
+printed beside them. Ratio: time and memory relative to the smallest size.
 """
 from __future__ import annotations
 
