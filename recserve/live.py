@@ -127,6 +127,10 @@ class BundleHolder:
         except Exception:
             b.close()
             raise
+        if MANIFEST_DIGEST not in b.manifest:
+            log.warning("bundle %s: its manifest is not sealed (no %s: written before manifests carried a digest, "
+                        "or the key removed), so its values are not checked", rec.version, MANIFEST_DIGEST,
+                        extra={"event": "manifest_not_sealed", "version": rec.version})
         return rec
 
     def pending(self) -> bool:
@@ -187,10 +191,6 @@ class BundleHolder:
                 self.metrics.version.labels(old.version).set(0)
             self.metrics.version.labels(rec.version).set(1)
         log.info("bundle loaded", extra={"event": "bundle_loaded", "version": rec.version})
-        if MANIFEST_DIGEST not in rec.bundle.manifest:
-            log.warning("bundle %s: its manifest is not sealed (no %s: written before manifests carried a digest, "
-                        "or the key removed), so its values are not checked", rec.version, MANIFEST_DIGEST,
-                        extra={"event": "manifest_not_sealed", "version": rec.version})
         if self.report:
             self.report("loaded", key, stamp)
         if old is not None:  # in-flight requests may still hold it: closed when the last lets go
