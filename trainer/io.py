@@ -333,6 +333,9 @@ def _extra_columns(t: pa.Table, path: Path, known, report: dict, what: str) -> d
     return out
 
 
+NULL_TEXT = pacsv.ConvertOptions().null_values     # what pyarrow reads as null in a CSV's numeric column
+
+
 def _timestamps(t: pa.Table, path: Path, col: str, empty: float | None = None) -> np.ndarray:
     """A column of times as unix seconds: numbers (seconds, ms, µs or ns), Arrow timestamps or dates of any
     unit and zone, or text holding ISO 8601 (with or without a zone or fractions of a second) or numbers,
@@ -353,7 +356,8 @@ def _timestamps(t: pa.Table, path: Path, col: str, empty: float | None = None) -
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             why = _not_utf8(c) if pa.types.is_binary(c.type) else None
             raise DataError(f"{path.name}: column {col} {why or 'has unparsable timestamps'}") from None
-        c = pc.if_else(pc.equal(c, ""), pa.scalar(None, pa.string()), c)   # an empty CSV cell read as text
+        # an empty CSV cell, or a null (NA, NaN, null...) that pyarrow's reader keeps as text in a text column
+        c = pc.if_else(pc.is_in(c, value_set=pa.array(NULL_TEXT)), pa.scalar(None, pa.string()), c)
         out = text_timestamps(c)
     nulls = pc.is_null(c).to_numpy(zero_copy_only=False)
     if nulls.any() and empty is None:

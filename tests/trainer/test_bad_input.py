@@ -546,6 +546,14 @@ def test_a_null_timestamp_is_not_called_empty(small_data, tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "recserve-train: error: interactions.csv: column timestamp has 1 missing timestamp(s) (empty, or a null "
         "such as NA, NaN or null), first in row 3")
+    # in a column of text (ISO times), where pyarrow keeps NA as text: missing too, not "unparsable"
+    d = _copy(small_data, tmp_path / "iso")
+    _edit(d / "interactions.csv", lambda l: _replace_col(l, "timestamp", "2025-01-01T00:00:00Z"))
+    _edit(d / "interactions.csv", lambda l: _replace_col(l, "timestamp", "NA", row=5))
+    assert main(["build", "--data", str(d), "--no-progress", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "recserve-train: error: interactions.csv: column timestamp has 1 missing timestamp(s) (empty, or a null "
+        "such as NA, NaN or null), first in row 5")
 
 
 @pytest.mark.parametrize("flag, value", [("--threads", "1_0"), ("--seed", "\u0663"), ("--holdout", "0.0_5"),
