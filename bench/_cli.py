@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 # ``python -m MODULE`` without the working directory first on the path: with ``-m`` a package of that name
 # in the directory the script runs from would be imported in place of the tree ``PYTHONPATH`` names
-_RUN_MODULE = ("import sys; sys.path[:1] = [] if sys.path[:1] == [''] else sys.path[:1]; import runpy; "
-               "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)")
+CWD_OFF_PATH = "import sys; sys.path[:1] = [] if sys.path[:1] == [''] else sys.path[:1]; "     # ``-c`` code
+_RUN_MODULE = CWD_OFF_PATH + "import runpy; runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)"
 
 
 def python_m(module: str) -> list[str]:

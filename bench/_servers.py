@@ -103,8 +103,9 @@ def imported_tree(env: dict) -> Path:
     environment) imports, the working directory not on its path (:func:`_cli.python_m`, a script's own
     directory): an entry of ``env``'s ``PYTHONPATH`` must hold it (the project's editable install answers
     any import the path does not, so a wrong entry would silently measure this tree)."""
-    code = "import sys; sys.path[:1] = [] if sys.path[:1] == [''] else sys.path[:1]; import recserve; " \
-           "print(recserve.__file__)"
+    from _cli import CWD_OFF_PATH
+
+    code = CWD_OFF_PATH + "import recserve; print(recserve.__file__)"
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if p.returncode != 0:
         raise ValueError(f"recserve does not import: {' '.join(p.stderr.split()[-12:])}")
