@@ -107,7 +107,10 @@ def _coerce(f: dataclasses.Field, value, typed: bool = False):
               "str": lambda v: isinstance(v, str)}[t](value)
         if not ok:
             raise ValueError(f"{f.name}: expected {_TYPE_NAMES[t]}, got {shown(value)}")
-        return float(value) if t == "float" else value
+        try:
+            return float(value) if t == "float" else value
+        except OverflowError:           # an integer of 400 digits: no float holds it
+            raise ValueError(f"{f.name}: {shown(value)} is too large for a number") from None
     try:
         if t == "int":
             return integer(value)
@@ -144,13 +147,17 @@ def check_env(env, where: str = "environment") -> None:
 
 
 def _path(name: str, value: str, base: str | None = None) -> str:
-    """A path setting as given (``~`` and ``~user`` expanded), joined to ``base`` when relative."""
+    """A path setting as given (``~`` and ``~user`` expanded), joined to ``base`` when relative. Joined, it
+    is normalised as text (``../events`` beside ``/etc/recserve/serve.toml`` is ``/etc/events``, as
+    ``--print-config`` shows it), not through a symlinked directory the file was named by."""
     if not value:
         return value
+    if "\0" in value:
+        raise ValueError(f"{name}: a path cannot hold a NUL character, got {shown(value)}")
     p = os.path.expanduser(value)
     if p.startswith("~"):
         raise ValueError(f"{name}: cannot expand {shown(value)} (no such user)")
-    return os.path.join(base, p) if base is not None else p
+    return os.path.normpath(os.path.join(base, p)) if base is not None else p
 
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -183,11 +190,15 @@ def _file_settings(path: str, label: str) -> dict:
         raise ValueError(f"{label}: not valid TOML: {exc}") from None
     except RecursionError:
         raise ValueError(f"{label}: not valid TOML for recserve: arrays or tables nested too deeply") from None
+    except ValueError as exc:           # an integer past Python's 4,300 digits for int()
+        raise ValueError(f"{label}: not valid TOML for recserve: {exc}") from None
     if "serve" in data:
         others = sorted(k for k in data if k != "serve")
-        if others or not isinstance(data["serve"], dict):
+        if not isinstance(data["serve"], dict):
+            raise ValueError(f"{label}: serve must be a [serve] table, got {shown(data['serve'])}")
+        if others:
             raise ValueError(f"{label}: settings go either in a [serve] table or at the top "
-                             f"level, not both ({', '.join(others) or 'serve'} outside the table)")
+                             f"level, not both ({', '.join(others)} outside the table)")
         data = data["serve"]
     fields = {f.name for f in dataclasses.fields(ServeConfig)}
     out: dict = {}
@@ -265,8 +276,12 @@ def load(flags: dict | None = None, env: dict | None = None, file: str | os.Path
                 raise ValueError(f"environment {env_name(name)}: {exc}") from None
     for k, v in (flags or {}).items():
         if k in fields and v is not None:
-            values[k] = _path(k, _coerce(fields[k], v)) if k in PATH_KEYS else _coerce(fields[k], v)
-            level[k], origin[k] = 3, "--" + k.replace("_", "-")
+            flag = "--" + k.replace("_", "-")
+            try:
+                values[k] = _path(k, _coerce(fields[k], v)) if k in PATH_KEYS else _coerce(fields[k], v)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (from {flag})") from None
+            level[k], origin[k] = 3, flag
     _cap_or_candidates(values, level, path)
     cfg = ServeConfig(**values)
     if cfg.log_level.upper() in LOG_LEVELS:

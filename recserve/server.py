@@ -108,7 +108,9 @@ def worker_cpus(setting: str, workers: int) -> list[int] | None:
     """The CPU of each worker slot, or None for no pinning. ``auto`` pins when there are at least as many
     allowed CPUs as workers (and more than one worker): each worker then keeps its caches on one core
     instead of migrating between them; ``off`` leaves placement to the kernel; ``"0,2"`` lists CPUs."""
-    setting = (setting or "auto").strip().lower()
+    setting = setting.strip().lower()
+    if not setting:
+        raise ValueError("cpu_affinity must be auto, off or a CPU list like 0,1; got ''")
     if setting == "off":
         return None
     allowed = sorted(os.sched_getaffinity(0))
@@ -412,6 +414,9 @@ def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConf
     if cfg.metrics_port:        # before anything starts: a taken port fails alone, with its number
         probe_port(cfg.host, cfg.metrics_port, "serve metrics")
     if cfg.workers <= 0:
+        cpus = worker_cpus(cfg.cpu_affinity, 1)     # a CPU list pins this process to its first CPU
+        if cpus:
+            os.sched_setaffinity(0, {cpus[0]})
         if cfg.port:
             probe_port(cfg.host, cfg.port, "listen")
         metrics = None

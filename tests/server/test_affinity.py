@@ -34,6 +34,23 @@ def test_bad_settings_are_refused(bad):
         worker_cpus(bad, 2)
 
 
+@pytest.mark.parametrize("blank", ["", " "])
+def test_a_blank_setting_is_refused_not_read_as_auto(blank):
+    """``--cpu-affinity ""`` was auto, and ``" "`` said "CPUs must be among the allowed [0, 1]"."""
+    with pytest.raises(ValueError, match="^cpu_affinity must be auto, off or a CPU list like 0,1; got ''$"):
+        worker_cpus(blank, 2)
+
+
+def test_an_in_process_server_is_pinned_to_the_lists_first_cpu(start_server, shared_root, facts, tmp_path):
+    """``--workers 0 --cpu-affinity N`` ran on every CPU: the in-process path never pinned."""
+    s = start_server(shared_root, "--workers", "0", "--cpu-affinity", str(ALLOWED[-1]),
+                     "--events-dir", str(tmp_path / "ev"))
+    from srvutil import worker_pids
+
+    (pid,) = worker_pids(s, facts["user"], calls=2)
+    assert sorted(os.sched_getaffinity(pid)) == [ALLOWED[-1]]
+
+
 def test_serve_refuses_a_bad_setting_with_one_line(shared_root):
     r = subprocess.run([sys.executable, "-m", "recserve.cli", "serve", "--bundle", str(shared_root), "--port", "0",
                         "--workers", "2", "--cpu-affinity", "0,x"], capture_output=True, text=True, timeout=60,

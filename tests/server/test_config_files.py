@@ -29,14 +29,55 @@ def test_relative_paths_in_a_config_file_are_read_from_its_directory(tmp_path):
                  'tls_client_ca = ""\ntokens_file = "./tokens"\n')
     cfg = C.load({}, env={}, file=f)
     here = str(tmp_path / "cfg")
-    assert cfg.bundle == os.path.join(here, "../root") and cfg.events_dir == os.path.join(here, "../store")
+    assert cfg.bundle == str(tmp_path / "root") and cfg.events_dir == str(tmp_path / "store")
     assert cfg.tls_cert == os.path.join(here, "tls/c.pem") and cfg.tls_key == "/abs/k.pem"
-    assert cfg.tokens_file == os.path.join(here, "./tokens") and cfg.tls_client_ca == ""
+    assert cfg.tokens_file == os.path.join(here, "tokens") and cfg.tls_client_ca == ""
     cfg = C.load({"events_dir": "ev"}, env={"RECSERVE_BUNDLE": "b"}, file=f)
     assert (cfg.bundle, cfg.events_dir) == ("b", "ev")
     EventStore(tmp_path / "store").close()
     r = _recserve("store", "stats", "--config", str(f), cwd="/")
-    assert r.returncode == 0 and str(tmp_path / "cfg" / "../store") in r.stdout, r.stderr
+    assert r.returncode == 0 and str(tmp_path / "store") in r.stdout, r.stderr
+
+
+def test_a_relative_path_is_read_as_text_not_through_a_symlinked_directory(tmp_path):
+    """The file named by a symlink to ``real/a/b``: ``../../bundles`` is the link's grandparent's, as
+    ``--print-config`` showed and README says; the server opened ``real/bundles`` (the kernel reads ``..``
+    after the link)."""
+    (tmp_path / "real" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "link").symlink_to(tmp_path / "real" / "a" / "b")
+    (tmp_path / "real" / "a" / "b" / "serve.toml").write_text('bundle = "../../bundles"\n')
+    cfg = C.load({}, env={}, file=tmp_path / "etc" / "link" / "serve.toml")
+    assert cfg.bundle == str(tmp_path / "bundles")
+    assert f'bundle = "{tmp_path / "bundles"}"' in C.describe(cfg)
+
+
+@pytest.mark.parametrize("content, says", [
+    ("grace = 1" + "0" * 400, r"grace: 1000.* is too large for a number$"),
+    ("mmr_lambda = -1" + "0" * 310, r"mmr_lambda: -1000.* is too large for a number$"),
+    ("workers = 1" + "0" * 5000, r"not valid TOML for recserve: Exceeds the limit \(4300 digits\)"),
+    ('events_dir = "ev\\u0000x"', r"events_dir: a path cannot hold a NUL character, got 'ev\\x00x'$"),
+])
+def test_values_no_setting_can_hold_are_refused_naming_the_file(tmp_path, content, says):
+    """Before: a traceback (OverflowError), a message naming no file or setting ("Exceeds the limit...",
+    "embedded null byte")."""
+    f = tmp_path / "serve.toml"
+    f.write_text(content + "\n")
+    with pytest.raises(ValueError, match=f"^config file {re.escape(str(f))}: {says}"):
+        C.load({}, env={}, file=f)
+
+
+def test_a_flag_naming_no_such_user_says_it_came_from_the_flag(tmp_path):
+    with pytest.raises(ValueError, match=r"^bundle: cannot expand '~nosuchuser-rs/x' \(no such user\) "
+                                         r"\(from --bundle\)$"):
+        C.load({"bundle": "~nosuchuser-rs/x"}, env={})
+
+
+def test_a_number_too_large_for_a_float_is_one_line_from_the_command(tmp_path):
+    f = tmp_path / "serve.toml"
+    f.write_text("grace = 1" + "0" * 400 + "\n")
+    r = _recserve("serve", "--print-config", "--config", str(f), cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "too large for a number" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("how", ["file", "env", "flag"])

@@ -50,7 +50,7 @@ def test_config_precedence(tmp_path):
     ('tls_cert = false', "tls_cert: expected a string, got False"),
     ('grace = "10"', "grace: expected a number, got '10'"),
     ("port = 1\n[serve]\nworkers = 1", "not both (port outside the table)"),
-    ("serve = 3", "not both (serve outside the table)"),
+    ("serve = 3", "serve must be a [serve] table, got 3"),
     ("wokers = 2", "unknown key 'wokers' (did you mean 'workers'?)"),
     ("zzz = 2", "unknown key 'zzz'"),
 ])
