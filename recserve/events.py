@@ -149,6 +149,11 @@ class EventStore:
         self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=10, sync=True, metasync=True,
                              max_readers=1024, lock=True, readonly=readonly, create=not readonly)
         try:
+            self._check_whole()
+        except ValueError:
+            self.env.close()
+            raise
+        try:
             if readonly:
                 for name in DATABASES:
                     setattr(self, f"_{name}", self.env.open_db(name.encode(), create=False))
@@ -163,6 +168,22 @@ class EventStore:
             self.env.close()
             return False
         return True
+
+    def _check_whole(self) -> None:
+        """A ValueError unless the environment is an event store (or new and empty) whose file holds every
+        page its last commit names: a truncated ``data.mdb`` (a half-finished copy) would crash the process
+        with SIGBUS at its first read, and another LMDB (a bundle's tables) would get the store's databases
+        written into it. Only the meta pages are read before the size is checked."""
+        data = self.path / "data.mdb"
+        need = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+        size = data.stat().st_size
+        if size < need:
+            raise ValueError(f"{data} is truncated or damaged: {size} bytes, and its last commit needs {need}; "
+                             "restore it from a copy or move it aside")
+        with self.env.begin() as txn:
+            if txn.get(b"ev") is None and txn.cursor().first():
+                raise ValueError(f"{self.path} holds an LMDB environment that is not an event store (no 'ev' "
+                                 "database); nothing was written to it")
 
     def _convert_retired(self) -> None:
         """A store whose ``retired`` database holds whole sets under bare user ids (the first layout: a

@@ -166,10 +166,10 @@ def cmd_store(args) -> int:
         return 130
     except lmdb.MapFullError:
         _say(f"{store.path} is full, and deleting needs free pages too: restart the server with a larger "
-             f"--events-map-mb, then run this again")
+             f"--events-map-mb, then run this again; {said()}")
         return 1
     except lmdb.Error as exc:
-        _say(f"{store.path}: {exc}")
+        _say(f"{store.path}: {exc}; {said()}")
         return 1
 
 

@@ -210,8 +210,14 @@ def test_store_cli_keeps_the_servers_map_size_and_says_when_the_store_is_full(tm
     r = _cli("prune", "--events-dir", str(ev), "--older-than-days", "30")
     assert r.returncode == 1 and r.stderr.strip() == (
         f"recserve store: {ev} is full, and deleting needs free pages too: restart the server with a larger "
-        f"--events-map-mb, then run this again"), r.stderr
+        f"--events-map-mb, then run this again; nothing was changed"), r.stderr
     assert store.stats()["events"] == held and len(store.recent_columns("f0", 5)[0]) == 5     # still reads
+    with store.env.begin():         # a reader keeps the pages batches free: the first batch commits, the next
+        r = _cli("prune", "--events-dir", str(ev), "--older-than-days", "30", "--batch", "1")     # finds none
+    gone = held - store.stats()["events"]
+    assert r.returncode == 1 and gone > 0 and r.stderr.strip().endswith(
+        f"run this again; {gone} events were deleted, 0 users removed and 0 retired items deleted before "
+        "(committed), the rest is as it was"), (gone, r.stderr)
     store.close()
     store = EventStore(ev, map_size=4 << 20, per_user=100_000)         # restarted with a larger map
     r = _cli("prune", "--events-dir", str(ev), "--older-than-days", "30", "--batch", "1000")
@@ -242,3 +248,47 @@ def test_ctrl_c_during_prune_says_what_was_committed(tmp_path):
         f"recserve store: interrupted; {gone} events were deleted, {gone // 40} users removed and 0 retired "
         f"items deleted before (committed), the rest is as it was"), (gone, err)
     store.close()
+
+
+def _store_files(path):
+    return {p.name: p.read_bytes() for p in path.iterdir()}
+
+
+def test_the_store_tool_and_the_server_refuse_an_lmdb_that_is_not_an_event_store(tmp_path):
+    """A bundle's tables.lmdb given as the events directory: ``stats`` called it "an older layout" that a
+    writer converts, and ``forget`` (or a server) wrote the store's ten databases into it."""
+    import lmdb
+
+    other = tmp_path / "other"
+    env = lmdb.open(str(other), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        txn.put(b"item:1", b"row")
+    env.close()
+    data = (other / "data.mdb").read_bytes()
+    says = f"recserve store: {other} holds an LMDB environment that is not an event store (no 'ev' database)"
+    for args in (["stats"], ["forget", "u1"], ["clear-items", "--all"], ["prune", "--older-than-days", "1"]):
+        r = _cli(*args, "--events-dir", str(other))
+        assert r.returncode == 2 and r.stderr.startswith(says) and r.stderr.count("\n") == 1, r.stderr
+    with pytest.raises(ValueError, match="not an event store"):
+        EventStore(other)                                   # as a server worker opens it
+    assert (other / "data.mdb").read_bytes() == data
+    EventStore(tmp_path / "new").close()                   # a new, empty environment is a store to make
+
+
+def test_a_truncated_store_is_refused_with_its_sizes_not_a_bus_error(tmp_path):
+    """A half-finished copy of ``data.mdb``: every ``recserve store`` command died of SIGBUS (exit 135,
+    no message), as a server worker would at its first read."""
+    ev, cut = tmp_path / "ev", tmp_path / "cut"
+    store = EventStore(ev, map_size=1 << 26)
+    store.record([Event(f"u{k % 300}", f"i{k % 50}", 0, 1.0 + k) for k in range(20_000)], lambda u: False)
+    store.close()
+    cut.mkdir()
+    (cut / "data.mdb").write_bytes((ev / "data.mdb").read_bytes()[:16384])
+    for args in (["stats"], ["forget", "u1"], ["clear-items", "--all"], ["prune", "--older-than-days", "1"]):
+        r = _cli(*args, "--events-dir", str(cut))
+        assert r.returncode == 2 and r.stderr.startswith(
+            f"recserve store: {cut / 'data.mdb'} is truncated or damaged: 16384 bytes, and its last commit "
+            "needs ") and r.stderr.count("\n") == 1, r.stderr
+    with pytest.raises(ValueError, match="is truncated or damaged"):
+        EventStore(cut)
+    assert EventStore(ev, map_size=1 << 26).stats()["events"] == 20_000        # the whole file still opens
