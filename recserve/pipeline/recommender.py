@@ -102,8 +102,9 @@ class Recommender:
         # the exact prices for the price filters (bundles before them filter on the float32 feature)
         self.base_price = t.array("item_price") if t.has_array("item_price") else None
         if self.sim_rows is not None:
-            # the trainer searched with max(its similar_ef, row width): a broader similar_ef set at serve
-            # time (--similar-ef) is honoured by searching live
+            # the trainer searched with at least max(its similar_ef, row width) (twice the width in bundles
+            # built since similar_breadth): a broader similar_ef set at serve time (--similar-ef) is honoured
+            # by searching live
             built = max(int(bundle.params.get("similar_ef") or bundle.params.get("ef") or 0),
                         self.sim_rows.shape[1])
             if self.similar_ef > built:

@@ -6,16 +6,39 @@ import pytest
 from recserve.pipeline.recommender import Filters, Recommender, RecRequest
 
 
+def _asked(rec) -> list:
+    """(k, ef) of every index query ``rec`` makes from now on, recorded around the real query."""
+    calls, query = [], rec.ann.query
+
+    def recorded(vec, k, allowed, brute, ef=None, hidden=None):
+        calls.append((k, ef))
+        return query(vec, k, allowed, brute, ef, hidden)
+
+    rec.ann.query = recorded
+    return calls
+
+
 def test_each_query_searches_with_its_own_breadth(bundle):
-    rec = Recommender(bundle, None, {"ef": 40, "similar_ef": 12})
+    rec = Recommender(bundle, None, {"ef": 40, "similar_ef": 1000})     # above twice what SimilarItems asks
     rec.sim_rows = None                      # SimilarItems searches the index (not the stored lists)
     user, item = bundle.tables.id_of("user", 0), bundle.tables.id_of("item", 0)
     rec.similar(item, 5, Filters())
-    assert bundle.index.ef == 12
+    assert bundle.index.ef == 1000
     rec.recommend(RecRequest(user_id=user, k=5))
     assert bundle.index.ef == 40
     rec.similar(item, 5, Filters())
-    assert bundle.index.ef == 12
+    assert bundle.index.ef == 1000
+
+
+def test_similar_items_searches_at_least_twice_as_broad_as_it_asks(bundle):
+    from recserve._core.candidates import similar_breadth
+
+    rec = Recommender(bundle, None, {"similar_ef": 12})
+    rec.sim_rows = None
+    calls = _asked(rec)
+    rec.similar(bundle.tables.id_of("item", 0), 5, Filters())
+    (k, ef), = calls
+    assert ef == similar_breadth(12, k) == 2 * k and bundle.index.ef == ef
 
 
 def test_a_bundle_without_similar_ef_searches_items_with_its_ef(bundle):
@@ -27,8 +50,10 @@ def test_a_bundle_without_similar_ef_searches_items_with_its_ef(bundle):
         bundle.params["similar_ef"] = saved
     assert rec.similar_ef == rec.ef == int(bundle.params["ef"])
     rec.sim_rows = None
+    calls = _asked(rec)
     rec.similar(bundle.tables.id_of("item", 0), 5, Filters())
-    assert bundle.index.ef == rec.ef
+    (k, ef), = calls
+    assert ef == max(rec.ef, 2 * k)
 
 
 def test_the_demo_bundle_records_its_similar_ef(bundle):
