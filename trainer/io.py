@@ -210,6 +210,13 @@ def _as_text(c: pa.ChunkedArray, path: Path, col: str) -> pa.ChunkedArray:
             c = None
         if c is None:
             raise DataError(f"{path.name}: column {col} has non-integer numbers (ids must be text or integers)")
+    value = c.type.value_type if pa.types.is_dictionary(c.type) else c.type
+    if not (pa.types.is_string(value) or pa.types.is_large_string(value) or pa.types.is_binary(value)
+            or pa.types.is_large_binary(value) or pa.types.is_integer(value) or pa.types.is_floating(value)
+            or pa.types.is_decimal(value) or pa.types.is_null(value)):
+        # a time, date, duration or boolean would become text such as '1970-01-01 00:00:01.000' or 'true'
+        raise DataError(f"{path.name}: column {col} is not text (type {c.type}; ids and names are text or "
+                        "integers)")
     try:
         return pc.cast(c, pa.string())
     except pa.ArrowNotImplementedError:     # a list, struct, map, ... (Parquet): no text form
@@ -310,13 +317,14 @@ def _extra_columns(t: pa.Table, path: Path, known, report: dict, what: str) -> d
     the first :data:`EXTRA_MAX`. Text columns and any beyond are listed in ``report`` as not used."""
     out: dict[str, np.ndarray] = {}
     unused = []
+    index = _pandas_index(t)
     for name in t.column_names:
         if name in known:
             continue
         c = t.column(name)
         numeric = (pa.types.is_integer(c.type) or pa.types.is_floating(c.type) or pa.types.is_boolean(c.type)
                    or pa.types.is_decimal(c.type))
-        if not numeric or len(out) >= EXTRA_MAX:
+        if not numeric or len(out) >= EXTRA_MAX or name in index:
             unused.append(name)
             continue
         try:
@@ -331,6 +339,14 @@ def _extra_columns(t: pa.Table, path: Path, known, report: dict, what: str) -> d
     if unused:
         report[f"{what}_columns_not_used"] = unused
     return out
+
+
+def _pandas_index(t: pa.Table) -> set[str]:
+    """The columns that hold a pandas index, not data: those a Parquet file's pandas metadata names
+    (``__index_level_0__``, written by ``df.to_parquet()`` for an index that is not 0..n-1), and a column
+    without a name (``df.to_csv()`` writes its index so)."""
+    named = (t.schema.pandas_metadata or {}).get("index_columns") or []
+    return {c for c in named if isinstance(c, str)} | {""}
 
 
 NULL_TEXT = pacsv.ConvertOptions().null_values     # what pyarrow reads as null in a CSV's numeric column
@@ -423,7 +439,7 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
     need_columns(it, ip, ["item_id", "category", "price"])
     item_ids = _strings(it, ip, "item_id", allow_empty=False, is_id=True)
     _no_duplicates(item_ids, ip, "item_id")
-    category = _strings(it, ip, "category", names=True)
+    category = _optional_strings(it, ip, "category", names=True)     # null as "", as a CSV empty cell
     price = _numbers(it, ip, "price", allow_nan=True)
     if np.isnan(price).any():
         raise DataError(f"{ip.name}: column price has {int(np.isnan(price).sum())} NaN/empty value(s)")

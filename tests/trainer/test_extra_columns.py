@@ -209,3 +209,30 @@ def test_decimal_parquet_prices_and_features_are_the_numbers_a_csv_file_gives(tm
     want = dict(zip(items["item_id"].to_pylist(), (float(str(c)) for c in cents)))
     np.testing.assert_array_equal(ds.item_price, [want[i] for i in ds.item_ids])
     np.testing.assert_array_equal(ds.item_extra["margin"], [want[i] for i in ds.item_ids])
+
+
+def test_a_pandas_index_is_not_a_feature(tmp_path):
+    """``df[df.price > 0].to_parquet()`` stores the index as ``__index_level_0__`` (named an index in the
+    file's pandas metadata), and ``df.to_csv()`` as a column without a name: both became ranker features
+    (``item.x___index_level_0__``, a row number the ranker split on)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data"
+    ds0, _ = synth(300, 200, seed=4)
+    write_dataset(ds0, data, fmt="parquet")
+    t = pq.read_table(data / "items.parquet")
+    t = t.append_column("__index_level_0__", pa.array(np.arange(t.num_rows) * 2)).append_column(
+        "margin", pa.array(np.linspace(0, 1, t.num_rows)))
+    meta = {"index_columns": ["__index_level_0__"], "column_indexes": [], "columns": []}
+    pq.write_table(t.replace_schema_metadata({b"pandas": json.dumps(meta).encode()}), data / "items.parquet")
+    ds = load_dataset(data)
+    assert list(ds.item_extra) == ["margin"] and ds.report["extra_item_columns_not_used"] == ["__index_level_0__"]
+    csv = tmp_path / "csv"
+    write_dataset(ds0, csv, fmt="csv")
+    lines = (csv / "items.csv").read_text().splitlines()
+    (csv / "items.csv").write_text("\n".join([("," + lines[0])] + [f"{k},{x}" for k, x in enumerate(lines[1:])])
+                                   + "\n")
+    ds = load_dataset(csv)
+    assert list(ds.item_extra) == [] and ds.report["extra_item_columns_not_used"] == [""]

@@ -108,11 +108,16 @@ def _items_with(d, **columns):
 
 @pytest.mark.parametrize("col, values, says", [
     ("category", pa.array([["x"], ["y", "z"]]), "column category is not text (type list<"),
-    ("item_id", pa.array([{"k": 1}, {"k": 2}]), "column item_id is not text (type struct<k: int64>)"),
+    ("item_id", pa.array([{"k": 1}, {"k": 2}]), "column item_id is not text (type struct<k: int64>; "),
     ("creator", pa.array([["x"], None]), "column creator is not text (type list<"),
     ("item_id", pa.array([b"a", b"\xff\xfeb"], pa.binary()), "column item_id is not UTF-8 text: row 2 holds "
                                                              "b'\\xff\\xfeb'"),
     ("category", pa.array([b"\xe9t\xe9", b"y"], pa.large_binary()), "column category is not UTF-8 text: row 1"),
+    # were text: '1970-01-01 00:00:01.000', 'true', ... (the build went on, or failed on "unknown item_id")
+    ("item_id", pa.array([1000, 2000], pa.timestamp("ms")), "column item_id is not text (type timestamp[ms]; "),
+    ("category", pa.array([True, False]), "column category is not text (type bool; "),
+    ("creator", pa.array([1, 2], pa.duration("s")), "column creator is not text (type duration[s]; "),
+    ("item_id", pa.array([0, 1], pa.date32()), "column item_id is not text (type date32[day]; "),
 ])
 def test_id_and_text_columns_of_other_types_are_refused_naming_file_and_column(tmp_path, capsys, col, values,
                                                                                   says):
@@ -139,3 +144,10 @@ def test_a_parquet_file_with_a_column_twice_is_named(tmp_path):
     pq.write_table(t, d / "items.parquet")
     with pytest.raises(DataError, match=r"^items.parquet: duplicate column\(s\) 'item_id'$"):
         load_dataset(d)
+
+
+def test_a_null_category_is_an_empty_one_as_in_a_csv_file(tmp_path):
+    """A null category (how pandas or Spark write a missing string) was refused as "1 empty value(s)", while
+    an empty one, and a null creator or country, were read as empty."""
+    ds = load_dataset(_items_with(tmp_path / "pq", category=pa.array(["x", None])))
+    assert ds.item_category.tolist() == ["x", ""]
