@@ -132,9 +132,10 @@ def _check_structure(m: dict) -> None:
     for key in ("index", "feature_schema", "training"):
         if not isinstance(m[key], dict):
             raise bad(f"{key}: a JSON object, not {str(m[key])[:80]!r}")
-    ef = m["index"].get("ef", 1)
-    if not int_in(ef, 1, MAX_EF):
-        raise bad(f"index.ef: an integer in [1, {MAX_EF}], not {ef!r}")
+    for key in ("ef", "similar_rows_ef"):
+        ef = m["index"].get(key, 1)
+        if not int_in(ef, 1, MAX_EF):
+            raise bad(f"index.{key}: an integer in [1, {MAX_EF}], not {ef!r}")
     names = m["feature_schema"].get("feature_names")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise bad(f"feature_schema.feature_names: a list of the ranker's feature names, not {str(names)[:80]!r}")

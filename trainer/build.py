@@ -21,7 +21,7 @@ from recserve._core import candidates as C
 from trainer import artifacts, cold, countries, neighbours, progress, ranker as rk, retrieval, split, writer
 from trainer.ef import tune_ef
 from trainer.io import Dataset, DataError
-from trainer.similar import similar_lists
+from trainer.similar import rows_breadth, similar_lists
 from trainer.timing import Timer
 
 log = logging.getLogger(__name__)
@@ -462,9 +462,9 @@ def build(ds: Dataset, out: str | Path, cfg: dict | None = None, params: dict | 
         art = artifacts.fit(ds, train_mask, cut, cat, params, cfg, timer)
     if cfg["similar_lists"]:
         with timer("similar_lists"):
-            art.sim_rows = similar_lists(art.index, art.item_emb,
-                                         int(params.get("similar_ef") or params.get("ef") or art.index.ef),
-                                         cfg["threads"])
+            sim_ef = int(params.get("similar_ef") or params.get("ef") or art.index.ef)
+            art.sim_rows = similar_lists(art.index, art.item_emb, sim_ef, cfg["threads"])
+            art.index_info["similar_rows_ef"] = rows_breadth(sim_ef, len(art.item_emb))
     manifest = {
         "inputs": ds.files,
         "counts": {"users": int(ds.n_users), "items": int(ds.n_items), "interactions": int(train_mask.sum()),

@@ -19,6 +19,12 @@ from trainer import progress
 CHUNK = 20_000      # items per batched query (bounds the int64 labels hnswlib returns)
 
 
+def rows_breadth(ef: int, n_items: int) -> int:
+    """The breadth :func:`similar_lists` searches a catalogue of ``n_items`` with (the manifest's
+    ``index.similar_rows_ef``: the server reads a row only where a live search would be no broader)."""
+    return C.similar_breadth(ef, min(C.similar_list_k(n_items), n_items))
+
+
 def similar_lists(index, item_emb: np.ndarray, ef: int, threads: int = 2) -> np.ndarray:
     """int32[n_items, min(similar_list_k(n_items), n_items)]: row i = the index's answer for item i's own
     vector at that k, searched with breadth ``similar_breadth(ef, k)``, nearest first."""
@@ -29,7 +35,7 @@ def similar_lists(index, item_emb: np.ndarray, ef: int, threads: int = 2) -> np.
         return out
     before = index.ef
     try:
-        index.set_ef(C.similar_breadth(ef, k))
+        index.set_ef(rows_breadth(ef, n))
         for a in progress.bar(range(0, n, CHUNK), "similar-item lists", total=-(-n // CHUNK)):
             labels, _ = index.knn_query(np.asarray(item_emb[a:a + CHUNK], np.float32), k=k, num_threads=threads)
             out[a:a + CHUNK] = labels

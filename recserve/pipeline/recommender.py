@@ -101,13 +101,15 @@ class Recommender:
         self.sim_rows = t.array("sim_rows") if t.has_array("sim_rows") else None
         # the exact prices for the price filters (bundles before them filter on the float32 feature)
         self.base_price = t.array("item_price") if t.has_array("item_price") else None
+        self.sim_rows_ef = 0
         if self.sim_rows is not None:
-            # the trainer searched with at least max(its similar_ef, row width) (twice the width in bundles
-            # built since similar_breadth): a broader similar_ef set at serve time (--similar-ef) is honoured
-            # by searching live
-            built = max(int(bundle.params.get("similar_ef") or bundle.params.get("ef") or 0),
-                        self.sim_rows.shape[1])
-            if self.similar_ef > built:
+            # the breadth the trainer searched the rows with: recorded since SimilarItems searches twice as
+            # broad as it asks (similar_breadth); before, max(its similar_ef, the row width). A row is read
+            # only where a live search would be no broader (recserve.pipeline.similar.search); a broader
+            # similar_ef set at serve time (--similar-ef) is honoured by searching live
+            self.sim_rows_ef = int(bundle.manifest["index"].get("similar_rows_ef") or max(
+                int(bundle.params.get("similar_ef") or bundle.params.get("ef") or 0), self.sim_rows.shape[1]))
+            if self.similar_ef > self.sim_rows_ef:
                 self.sim_rows = None
         self.schema = bundle.schema
         self.sources = list(self.schema.sources)

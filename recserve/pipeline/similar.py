@@ -98,11 +98,12 @@ def search(rec, row: int, vec: np.ndarray, n_ask: int) -> tuple[np.ndarray, floa
     they are that broad, and the cosine below which every item left out lies (None: none was left out): a
     search at least twice as broad as ``n_ask`` (:func:`~recserve._core.candidates.similar_breadth`) finds
     the items down to its last answer's cosine."""
-    if rec.sim_rows is not None and n_ask <= rec.sim_rows.shape[1]:
+    breadth = CC.similar_breadth(rec.similar_ef, n_ask)
+    if rec.sim_rows is not None and n_ask <= rec.sim_rows.shape[1] and breadth <= rec.sim_rows_ef:
         r = rec.sim_rows[row, :n_ask]      # the stored answer of a search at least as broad
         r = r[r >= 0]
     else:
-        r, _ = rec.ann.query(vec, n_ask, None, False, CC.similar_breadth(rec.similar_ef, n_ask))
+        r, _ = rec.ann.query(vec, n_ask, None, False, breadth)
     r = np.asarray(r, np.int64)
     if len(r) >= rec.ann.count:
         return r, None

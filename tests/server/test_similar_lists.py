@@ -54,9 +54,40 @@ def test_stored_lists_are_not_searched_and_wider_requests_are(bundle):
 
 
 def test_a_broader_similar_ef_at_serve_time_searches_live(bundle):
-    width = bundle.tables.array("sim_rows").shape[1]
-    assert Recommender(bundle, None, {"similar_ef": width}).sim_rows is not None
-    assert Recommender(bundle, None, {"similar_ef": width + 1}).sim_rows is None
+    from trainer.similar import rows_breadth
+
+    breadth = bundle.manifest["index"]["similar_rows_ef"]
+    assert breadth == rows_breadth(int(bundle.params["similar_ef"]), bundle.n_items)
+    assert Recommender(bundle, None, {"similar_ef": breadth}).sim_rows is not None
+    assert Recommender(bundle, None, {"similar_ef": breadth + 1}).sim_rows is None
+
+
+def _searched(rec) -> list:
+    """(k, ef) of every index query ``rec`` makes from now on, recorded around the real query."""
+    calls, query = [], rec.ann.query
+    rec.ann.query = lambda vec, k, allowed, brute, ef=None, hidden=None: calls.append((k, ef)) or query(
+        vec, k, allowed, brute, ef, hidden)
+    return calls
+
+
+def test_rows_narrower_than_a_live_search_are_not_read(bundle, monkeypatch):
+    """A bundle built before SimilarItems searched twice as broad as it asks has rows searched with
+    max(similar_ef, width) and no ``similar_rows_ef``: a request whose live search would be broader than
+    that searches live (reading those rows, a filter dropping the 20 nearest of 3,000 items missed a better
+    allowed item in 8 of 300 answers at k = 20)."""
+    item = bundle.tables.id_of("item", 3)
+    rec = Recommender(bundle, None, {"similar_ef": 12})
+    calls = _searched(rec)
+    rec.similar(item, 5, Filters())
+    assert calls == []                                        # a new bundle: its rows are broad enough
+    monkeypatch.delitem(bundle.manifest["index"], "similar_rows_ef")
+    old = Recommender(bundle, None, {"similar_ef": 12})
+    width = old.sim_rows.shape[1]
+    assert old.sim_rows is not None and old.sim_rows_ef == max(int(bundle.params["similar_ef"]), width)
+    calls = _searched(old)
+    old.similar(item, 5, Filters())
+    (n_ask, ef), = calls                                      # the default k's search: 64 items, breadth 128
+    assert n_ask <= width and ef == C.similar_breadth(12, n_ask) > old.sim_rows_ef
 
 
 def test_a_bundle_without_stored_lists_searches_the_index(tmp_path_factory):
@@ -73,11 +104,11 @@ def test_a_bundle_without_stored_lists_searches_the_index(tmp_path_factory):
     with Bundle.open(root) as b:
         assert not b.tables.has_array("sim_rows")
         rec = Recommender(b, None, {"similar_ef": 9})
-        assert rec.sim_rows is None
-        b.index.set_ef(50)
-        rec.ann._ef = 50
+        assert rec.sim_rows is None and "similar_rows_ef" not in b.manifest["index"]
+        calls = _searched(rec)
         res = rec.similar(b.tables.id_of("item", 0), 5, Filters())
-        assert len(res.items) == 5 and b.index.ef != 50          # searched, at SimilarItems' own breadth
+        (n_ask, ef), = calls
+        assert len(res.items) == 5 and ef == C.similar_breadth(9, n_ask) == b.index.ef
 
 
 def _exhaustive_blend(rec, row, allowed, k):
