@@ -202,6 +202,8 @@ def _as_text(c: pa.ChunkedArray, path: Path, col: str) -> pa.ChunkedArray:
             raise DataError(f"{path.name}: column {col} has non-integer numbers (ids must be text or integers)") \
                 from None
     elif pa.types.is_floating(c.type):
+        if c.type == pa.float16():          # pc.floor has no half-float kernel
+            c = pc.cast(c, pa.float32())
         valid = pc.drop_null(c)
         try:
             whole = not len(valid) or pc.all(pc.equal(pc.floor(valid), valid)).as_py()
@@ -211,16 +213,15 @@ def _as_text(c: pa.ChunkedArray, path: Path, col: str) -> pa.ChunkedArray:
         if c is None:
             raise DataError(f"{path.name}: column {col} has non-integer numbers (ids must be text or integers)")
     value = c.type.value_type if pa.types.is_dictionary(c.type) else c.type
-    if not (pa.types.is_string(value) or pa.types.is_large_string(value) or pa.types.is_binary(value)
-            or pa.types.is_large_binary(value) or pa.types.is_integer(value) or pa.types.is_floating(value)
-            or pa.types.is_decimal(value) or pa.types.is_null(value)):
+    if pa.types.is_temporal(value) or pa.types.is_boolean(value):
         # a time, date, duration or boolean would become text such as '1970-01-01 00:00:01.000' or 'true'
         raise DataError(f"{path.name}: column {col} is not text (type {c.type}; ids and names are text or "
                         "integers)")
     try:
         return pc.cast(c, pa.string())
     except pa.ArrowNotImplementedError:     # a list, struct, map, ... (Parquet): no text form
-        raise DataError(f"{path.name}: column {col} is not text (type {c.type})") from None
+        raise DataError(f"{path.name}: column {col} is not text (type {c.type}; ids and names are text or "
+                        "integers)") from None
     except pa.ArrowInvalid as exc:          # binary values that are not UTF-8
         why = _not_utf8(c) if pa.types.is_binary(c.type) or pa.types.is_large_binary(c.type) else None
         raise DataError(f"{path.name}: column {col} {why or f'is not text: {_reason(exc)}'}") from None
@@ -345,8 +346,11 @@ def _pandas_index(t: pa.Table) -> set[str]:
     """The columns that hold a pandas index, not data: those a Parquet file's pandas metadata names
     (``__index_level_0__``, written by ``df.to_parquet()`` for an index that is not 0..n-1), and a column
     without a name (``df.to_csv()`` writes its index so)."""
-    named = (t.schema.pandas_metadata or {}).get("index_columns") or []
-    return {c for c in named if isinstance(c, str)} | {""}
+    try:
+        named = {c for c in (t.schema.pandas_metadata or {}).get("index_columns") or [] if isinstance(c, str)}
+    except (ValueError, TypeError, AttributeError):     # metadata that is not pandas': no index named
+        named = set()
+    return named | {""}
 
 
 NULL_TEXT = pacsv.ConvertOptions().null_values     # what pyarrow reads as null in a CSV's numeric column

@@ -236,3 +236,16 @@ def test_a_pandas_index_is_not_a_feature(tmp_path):
                                    + "\n")
     ds = load_dataset(csv)
     assert list(ds.item_extra) == [] and ds.report["extra_item_columns_not_used"] == [""]
+
+
+@pytest.mark.parametrize("meta", [b"not json", b"[1, 2]", b'{"index_columns": 3}'])
+def test_pandas_metadata_that_is_not_pandas_is_no_index(tmp_path, meta):
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data"
+    ds0, _ = synth(300, 200, seed=4)
+    write_dataset(ds0, data, fmt="parquet")
+    t = pq.read_table(data / "items.parquet")
+    t = t.append_column("margin", pa.array(np.linspace(0, 1, t.num_rows)))
+    pq.write_table(t.replace_schema_metadata({b"pandas": meta}), data / "items.parquet")
+    assert list(load_dataset(data).item_extra) == ["margin"]

@@ -151,3 +151,28 @@ def test_a_null_category_is_an_empty_one_as_in_a_csv_file(tmp_path):
     an empty one, and a null creator or country, were read as empty."""
     ds = load_dataset(_items_with(tmp_path / "pq", category=pa.array(["x", None])))
     assert ds.item_category.tolist() == ["x", ""]
+
+
+@pytest.mark.parametrize("column", [
+    pa.array(["a", "b"], pa.string_view()),             # Polars writes Utf8View; pyarrow reads string_view
+    pa.array([b"a", b"b"], pa.binary_view()),
+    pa.array([b"a", b"b"], pa.binary(1)),
+    pa.array(["a", "b"], pa.large_string()),
+    pa.array(["a", "b"]).dictionary_encode(),
+])
+def test_every_text_type_is_an_id(tmp_path, column):
+    """The check that refuses times and booleans as ids (a list of the types allowed) refused view and
+    fixed-size types too."""
+    ds = load_dataset(_items_with(tmp_path / "pq", item_id=column))
+    assert ds.item_ids.tolist() == ["a", "b"]
+
+
+def test_half_float_ids_are_integers_or_refused(tmp_path):
+    """A float16 column raised a traceback: pc.floor has no half-float kernel."""
+    d = _items_with(tmp_path / "pq", item_id=pa.array(np.array([1, 2], np.float16)))
+    pq.write_table(pa.table({"user_id": ["u", "u"], "item_id": ["1", "2"], "timestamp": [1_700_000_000] * 2,
+                             "event": ["view", "click"]}), d / "interactions.parquet")
+    assert load_dataset(d).item_ids.tolist() == ["1", "2"]
+    _items_with(d, item_id=pa.array(np.array([1, 2.5], np.float16)))
+    with pytest.raises(DataError, match="column item_id has non-integer numbers"):
+        load_dataset(d)
