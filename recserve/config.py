@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import stat
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +149,7 @@ def check_env(env, where: str = "environment") -> None:
 
 def _path(name: str, value: str, base: str | None = None) -> str:
     """A path setting as given (``~`` and ``~user`` expanded), joined to ``base`` when relative. Joined, it
-    is normalised as text (``../events`` beside ``/etc/recserve/serve.toml`` is ``/etc/events``, as
+    (not an absolute one) is normalised as text (``../events`` beside ``/etc/recserve/serve.toml`` is ``/etc/events``, as
     ``--print-config`` shows it), not through a symlinked directory the file was named by."""
     if not value:
         return value
@@ -157,7 +158,7 @@ def _path(name: str, value: str, base: str | None = None) -> str:
     p = os.path.expanduser(value)
     if p.startswith("~"):
         raise ValueError(f"{name}: cannot expand {shown(value)} (no such user)")
-    return os.path.normpath(os.path.join(base, p)) if base is not None else p
+    return os.path.normpath(os.path.join(base, p)) if base is not None and not os.path.isabs(p) else p
 
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -190,8 +191,10 @@ def _file_settings(path: str, label: str) -> dict:
         raise ValueError(f"{label}: not valid TOML: {exc}") from None
     except RecursionError:
         raise ValueError(f"{label}: not valid TOML for recserve: arrays or tables nested too deeply") from None
-    except ValueError as exc:           # an integer past Python's 4,300 digits for int()
-        raise ValueError(f"{label}: not valid TOML for recserve: {exc}") from None
+    except ValueError as exc:           # an integer past Python's limit for int() (4,300 digits)
+        why = (f"an integer of more than {sys.get_int_max_str_digits()} digits" if "digits" in str(exc)
+               else str(exc).splitlines()[0])
+        raise ValueError(f"{label}: not valid TOML for recserve: {why}") from None
     if "serve" in data:
         others = sorted(k for k in data if k != "serve")
         if not isinstance(data["serve"], dict):

@@ -108,7 +108,7 @@ def worker_cpus(setting: str, workers: int) -> list[int] | None:
     """The CPU of each worker slot, or None for no pinning. ``auto`` pins when there are at least as many
     allowed CPUs as workers (and more than one worker): each worker then keeps its caches on one core
     instead of migrating between them; ``off`` leaves placement to the kernel; ``"0,2"`` lists CPUs."""
-    setting = setting.strip().lower()
+    setting = ("auto" if setting is None else setting).strip().lower()
     if not setting:
         raise ValueError("cpu_affinity must be auto, off or a CPU list like 0,1; got ''")
     if setting == "off":
@@ -416,7 +416,11 @@ def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConf
     if cfg.workers <= 0:
         cpus = worker_cpus(cfg.cpu_affinity, 1)     # a CPU list pins this process to its first CPU
         if cpus:
-            os.sched_setaffinity(0, {cpus[0]})
+            for tid in os.listdir("/proc/self/task"):     # every thread: sched_setaffinity(0) pins the caller's
+                try:
+                    os.sched_setaffinity(int(tid), {cpus[0]})
+                except ProcessLookupError:              # a thread that ended meanwhile
+                    pass
         if cfg.port:
             probe_port(cfg.host, cfg.port, "listen")
         metrics = None

@@ -131,8 +131,11 @@ def cmd_store(args) -> int:
         _say(f"{bad}; nothing was changed")
         return 2
     done = {"deleted": 0, "emptied": 0, "retired": 0}
+    acted = False           # the change was made and said: a later error (the stats) changed nothing more
 
     def said() -> str:
+        if acted:
+            return "the change above was committed"
         if args.action != "prune" or not done["deleted"] + done["retired"]:
             return "nothing was changed"
         return _pruned(**done)
@@ -151,6 +154,7 @@ def cmd_store(args) -> int:
                     _say("interrupted; nothing was changed")
                     return 130
                 code = _act(args, store, watch, done)
+                acted = code == 0
                 stats = store.stats()
             finally:
                 store.close()

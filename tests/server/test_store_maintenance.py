@@ -292,3 +292,29 @@ def test_a_truncated_store_is_refused_with_its_sizes_not_a_bus_error(tmp_path):
     with pytest.raises(ValueError, match="is truncated or damaged"):
         EventStore(cut)
     assert EventStore(ev, map_size=1 << 26).stats()["events"] == 20_000        # the whole file still opens
+
+
+def test_an_error_after_the_change_says_the_change_was_committed(tmp_path, monkeypatch, capsys):
+    """A failing read after ``forget`` committed (its stats line) said "...; nothing was changed" while the
+    user was gone."""
+    import lmdb
+
+    from recserve.cli import main
+
+    ev = tmp_path / "ev"
+    store = EventStore(ev, map_size=1 << 24)
+    store.record([Event("u1", "a", 0, 1.0)], lambda u: False)
+    store.close()
+
+    def full(self):
+        raise lmdb.ReadersFullError("mdb_txn_begin: MDB_READERS_FULL")
+
+    monkeypatch.setattr(EventStore, "stats", full)
+    for k in ("RECSERVE_BUNDLE", "RECSERVE_EVENTS_DIR", "RECSERVE_CONFIG"):
+        monkeypatch.delenv(k, raising=False)
+    assert main(["store", "forget", "--events-dir", str(ev), "u1"]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("forgot 1 users: 1 events deleted")
+    assert err.strip().endswith("MDB_READERS_FULL; the change above was committed"), err
+    monkeypatch.undo()
+    assert not EventStore(ev, map_size=1 << 24).has_user("u1")
