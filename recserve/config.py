@@ -149,8 +149,8 @@ def check_env(env, where: str = "environment") -> None:
 
 def _path(name: str, value: str, base: str | None = None) -> str:
     """A path setting as given (``~`` and ``~user`` expanded), joined to ``base`` when relative. Joined, it
-    (not an absolute one) is normalised as text (``../events`` beside ``/etc/recserve/serve.toml`` is ``/etc/events``, as
-    ``--print-config`` shows it), not through a symlinked directory the file was named by."""
+    (not an absolute one) is normalised as text (``../events`` beside ``/etc/recserve/serve.toml`` is
+    ``/etc/events``, as ``--print-config`` shows it), not through a symlinked directory the file was named by."""
     if not value:
         return value
     if "\0" in value:

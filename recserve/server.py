@@ -212,6 +212,12 @@ class Worker:
         names = (recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name,
                  "grpc.health.v1.Health", reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self.server)
+        # the bundle first, then the port: gRPC listens as soon as a port is added, and the kernel would
+        # queue new connections for a worker that joins a serving group (a respawn) while it loads, or reset
+        # them if it then cannot load; its siblings forward nothing to it meanwhile either
+        await self._reload()
+        if self.replacement and self.holder.current is None:
+            raise RuntimeError(f"no bundle could be loaded ({self.holder.last_error}); not listening")
         addr = f"[{cfg.host}]:{self.port}" if ":" in cfg.host else f"{cfg.host}:{self.port}"     # IPv6 bracketed
         if self.secrets.tls is not None:
             key, cert, ca = self.secrets.tls
@@ -223,11 +229,6 @@ class Worker:
         if bound == 0:
             raise RuntimeError(f"cannot bind {addr}")
         self.port = bound
-        # the bundle first: the port is bound but not listening yet, so a worker that joins a serving
-        # group (a respawn) takes no call before it can answer; its siblings forward none to it either
-        await self._reload()
-        if self.replacement and self.holder.current is None:
-            raise RuntimeError(f"no bundle could be loaded ({self.holder.last_error}); not listening")
         if self.sharing is not None:
             await self.sharing.start(self.service.compute_recommend)
         await self.server.start()

@@ -107,7 +107,10 @@ def _worker_main(cfg: ServeConfig, port: int, report_fd: int, cpu: int | None = 
     """Entry point of a forked worker process; never returns."""
     code, ready = 0, False
     try:
-        # the supervisor's handlers were inherited: SIGTERM kills until the event loop takes it over
+        # SIGTERM is held (blocked since the fork) until the event loop takes it over, so a SIGTERM to the
+        # whole group (systemd's stop, `kill -TERM -PGID`) during the start drains the worker once it has
+        # started, as it does the supervisor, instead of killing it mid-start (which the supervisor took for
+        # a failed start: exit 1); the supervisor's inherited handlers are dropped meanwhile
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)    # until the worker listens
@@ -129,6 +132,7 @@ def _worker_main(cfg: ServeConfig, port: int, report_fd: int, cpu: int | None = 
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGTERM, stop.set)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})   # one held meanwhile arrives now
             await w.start()
             ready = True
             reports.send(ready=w.holder.current is not None, reason=w.holder.last_error)
@@ -221,6 +225,21 @@ def how_it_ended(status: int) -> str:
     return f"exit code {os.waitstatus_to_exitcode(status)}"
 
 
+def _ended(pid: int, timeout: float = 1.0) -> str:
+    """How child ``pid``, whose report pipe closed, ended (reaped here), waiting at most ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return how_it_ended(-1)
+        if done:
+            return how_it_ended(status)
+        if time.monotonic() > deadline:
+            return "still running"
+        time.sleep(0.02)
+
+
 class Supervisor:
     """Handle on the worker processes: ``stop()`` drains them (SIGTERM), ``wait()`` blocks until they exit."""
 
@@ -255,7 +274,11 @@ class Supervisor:
         r, w = os.pipe()
         inherit = (self._serving, self._refused) if replacement else None
         parent = os.getpid()
+        # the child starts with SIGTERM held (blocked) until its event loop takes it over: see _worker_main
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         pid = os.fork()
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         if pid == 0:
             try:
                 os.close(r)
@@ -372,7 +395,7 @@ class Supervisor:
                     elif "error" in msg:
                         why = msg["error"]
                 if why is None and inbox.closed:
-                    why = "it exited"
+                    why = f"it ended before it was ready ({_ended(pid)})"
                 elif why is None and not msgs and time.monotonic() >= deadline:
                     why = f"no answer within {timeout:g} s"
             if why:
