@@ -239,9 +239,13 @@ def _interrupted(args, published: str | None, signum: int = signal.SIGINT) -> st
     """What an interrupted command left behind, as one line."""
     what = "interrupted" if signum == signal.SIGINT else f"interrupted by {signal.Signals(signum).name}"
     if args.cmd == "build":
+        from trainer.writer import PUBLISHED
+
         now = _current(args.out)
-        if now != published:
+        if now != published and now in PUBLISHED:
             return f"{what}; {args.out}/CURRENT names the new version {now} already"
+        if now != published:            # another build published meanwhile
+            return f"{what}; nothing was published ({args.out}/CURRENT names {now}, another build's)"
         return f"{what}; nothing was published"
     if args.cmd in ("synth", "import"):
         return f"{what}; nothing partly written in {args.out}"
@@ -423,6 +427,9 @@ def _unwritable_out(out: str, what: str, beside: bool = False) -> str | None:
             return f"{out}: exists and is not a directory (a {what} is one)"
         if _is_version(out):     # a root here would put CURRENT beside its manifest: verify refuses both
             return f"{out} is a bundle version, not a {what}"
+        current = p / "CURRENT"
+        if what == "bundle root" and current.is_dir() and not current.is_symlink():   # the rename would fail
+            return f"{out}: its CURRENT is a directory (CURRENT is a file naming the served version)"
         if not _can_create_in(p):
             return f"{out}: not writable"
         parent = p.absolute().parent

@@ -80,6 +80,9 @@ def write_tables(path: Path, ds, cat, art) -> None:
         w.set_meta("context_columns", features.CONTEXT_COLUMNS)
 
 
+PUBLISHED: list[str] = []       # the versions this process named in CURRENT (an interrupted build's line)
+
+
 def write_bundle(out_root: str | os.PathLike, ds, cat, art, ranker_text: str, manifest: dict,
                  version: str | None = None, before_publish=None) -> Path:
     """Write the version in a temporary directory, call ``before_publish(tmp)`` on it (it may add reports
@@ -98,7 +101,7 @@ def write_bundle(out_root: str | os.PathLike, ds, cat, art, ranker_text: str, ma
     tmp.mkdir()
     try:
         write_tables(tmp / "tables.lmdb", ds, cat, art)
-        art.index.save_index(str(tmp / "index.hnsw"))
+        save_index(art.index, tmp / "index.hnsw")
         (tmp / "ranker.txt").write_text(ranker_text)
         for extra, content in manifest.pop("_extra_files", {}).items():
             (tmp / extra).write_text(content)
@@ -121,9 +124,51 @@ def write_bundle(out_root: str | os.PathLike, ds, cat, art, ranker_text: str, ma
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        fsync_path(root)
-        set_current(root, version)
+        try:
+            fsync_path(root)
+            set_current(root, version)
+        except BaseException:
+            _unpublish(root, final)
+            raise
+        PUBLISHED.append(version)
     return final
+
+
+def _unpublish(root: Path, final: Path) -> None:
+    """After CURRENT could not be pointed at ``final`` (a full disk, CURRENT a directory): ``final`` removed,
+    unless CURRENT names it after all, and this process's CURRENT temporary with it."""
+    (root / f".CURRENT.{os.getpid()}.tmp").unlink(missing_ok=True)
+    try:
+        named = (root / "CURRENT").read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        named = None
+    if named != final.name:
+        gone = root / f".tmp-{final.name}-{os.getpid()}"     # out of the versions first, then deleted
+        try:
+            os.rename(final, gone)
+        except OSError:
+            gone = final
+        shutil.rmtree(gone, ignore_errors=True)
+
+
+def save_index(index, path: Path) -> None:
+    """``index.save_index(path)``, checked: hnswlib reports no write error (a full disk leaves a short file
+    that hashes as any other), so a file whose header does not match its size or the index is an OSError."""
+    import errno
+
+    from recserve.bundle import BundleError, index_header, index_whole
+
+    index.save_index(str(path))
+    try:
+        count, dim = index_header(path)
+        ok = (count, dim) == (index.get_current_count(), index.dim) and index_whole(path)
+        why = (f"{path.stat().st_size} bytes, not the whole index" if (count, dim) == (index.get_current_count(),
+               index.dim) else f"holds {count} x {dim}, not {index.get_current_count()} x {index.dim}")
+    except BundleError as exc:
+        ok, why = False, str(exc).split(": ", 1)[-1]
+    if not ok:
+        raise OSError(errno.EIO, f"written short: {why} (hnswlib reports no write error; is the disk full?)",
+                      str(path))
 
 
 def process_alive(pid: int) -> bool:

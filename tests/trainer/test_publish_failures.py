@@ -1,0 +1,99 @@
+"""A build that cannot write all of its version publishes nothing: a short index file (hnswlib reports no
+write error), a CURRENT that cannot be replaced."""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+import pytest
+
+from recserve.bundle import index_header, index_whole
+from trainer.cli import main
+from trainer.writer import save_index
+
+BUILD = ["--factors", "8", "--no-tune", "--no-evaluate", "--label-windows", "1", "--no-progress"]
+
+
+def _index(n: int = 400, d: int = 16):
+    emb = np.random.default_rng(0).normal(size=(n, d)).astype(np.float32)
+    index = hnswlib.Index(space="cosine", dim=d)
+    index.init_index(max_elements=n, M=8, ef_construction=40, random_seed=1)
+    index.add_items(emb, num_threads=1)
+    return index
+
+
+def test_an_index_written_to_a_full_disk_is_an_error():
+    """hnswlib's save_index returns normally on a full disk (``/dev/full`` refuses every write): the build
+    hashed the short file and published it, and only the evaluation's load (or a server) refused it."""
+    with pytest.raises(OSError, match="written short: .*is the disk full") as exc:
+        save_index(_index(), Path("/dev/full"))
+    assert exc.value.errno == errno.EIO and exc.value.filename == "/dev/full"
+
+
+def test_an_index_cut_in_its_last_links_is_not_whole(tmp_path):
+    p = tmp_path / "index.hnsw"
+    save_index(_index(), p)
+    assert index_whole(p)
+    size = p.stat().st_size
+    for cut in (1, 4, 100):
+        os.truncate(p, size - cut)
+        index_header(p)                         # the header's check passes: the cut is past the level-0 data
+        assert not index_whole(p)
+    with open(p, "ab") as f:                    # longer than its elements' links is not whole either
+        f.write(b"\0" * (100 - 4 + 8))
+    assert not index_whole(p)
+
+
+def test_a_current_that_is_a_directory_is_refused_before_any_work(small_data, tmp_path, capsys):
+    """The build trained in full, then failed to replace CURRENT and left a complete version nothing named,
+    another at every try."""
+    out = tmp_path / "out"
+    (out / "CURRENT").mkdir(parents=True)
+    assert main(["build", "--data", str(small_data), str(out), *BUILD]) == 2
+    assert capsys.readouterr().err.strip() == (f"recserve-train: error: {out}: its CURRENT is a directory (CURRENT "
+                                               "is a file naming the served version)")
+    assert sorted(p.name for p in out.iterdir()) == ["CURRENT"]
+
+
+def test_a_current_that_cannot_be_written_leaves_no_unnamed_version(small_data, tmp_path, monkeypatch, capsys):
+    """A full disk as CURRENT was replaced: "No space left on device", and a complete version that CURRENT
+    did not name was left, with an empty ``.CURRENT.<pid>.tmp``."""
+    from trainer import writer
+
+    out = tmp_path / "out"
+    assert main(["build", "--data", str(small_data), str(out), *BUILD]) == 0
+    before = (out / "CURRENT").read_text()
+    capsys.readouterr()
+
+    def full(root, version):
+        (root / f".CURRENT.{os.getpid()}.tmp").write_text("")
+        raise OSError(errno.ENOSPC, "No space left on device", str(root / f".CURRENT.{os.getpid()}.tmp"))
+
+    monkeypatch.setattr(writer, "set_current", full)
+    assert main(["build", "--data", str(small_data), str(out), *BUILD]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert (out / "CURRENT").read_text() == before
+    assert sorted(p.name for p in out.iterdir()) == sorted(["CURRENT", before.strip()])
+
+
+def test_an_interrupted_build_does_not_claim_another_builds_version(small_data, tmp_path, monkeypatch, capsys):
+    """Another build published while this one ran, then this one was interrupted: it said "CURRENT names
+    the new version V already", V being the other build's."""
+    from trainer import build as B
+    from trainer import writer
+
+    out = tmp_path / "out"
+
+    def other_then_ctrl_c(*args, **kw):
+        out.mkdir(exist_ok=True)
+        writer.set_current(out, "20261208T000000-other")       # the other build's last step
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(B.writer, "write_bundle", other_then_ctrl_c)
+    assert main(["build", "--data", str(small_data), str(out), *BUILD]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"recserve-train: error: interrupted; nothing was published ({out}/CURRENT names "
+        "20261208T000000-other, another build's)")
