@@ -578,11 +578,12 @@ def artifacts_from_bundle(b) -> artifacts.Artifacts:
 def record_evaluation(bundle_dir: Path, result: dict) -> None:
     from trainer import report
 
-    text = writer.sealed_manifest_text(bundle_dir, "evaluation", result)
-    manifest = json.loads(text)
-    unused = report.columns_not_used(manifest.get("training", {}).get("data_report", {}))
-    # the record and its two reports replaced together: an interrupt leaves all three old or all new
-    writer.replace_together(bundle_dir, {
-        "report.json": json.dumps({**result, "columns_not_used": unused}, indent=1),
-        "report.html": report.render(manifest, result),
-        "manifest.json": text})
+    with writer.bundle_lock(bundle_dir):      # one evaluate at a time, from the manifest read to the renames
+        text = writer.sealed_manifest_text(bundle_dir, "evaluation", result)
+        manifest = json.loads(text)
+        unused = report.columns_not_used(manifest.get("training", {}).get("data_report", {}))
+        # the record and its two reports replaced together: an interrupt leaves all three old or all new
+        writer.replace_together(bundle_dir, {
+            "report.json": json.dumps({**result, "columns_not_used": unused}, indent=1),
+            "report.html": report.render(manifest, result),
+            "manifest.json": text})

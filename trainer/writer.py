@@ -261,6 +261,21 @@ def signals_put_off():
             signal.raise_signal(pending[0])
 
 
+@contextlib.contextmanager
+def bundle_lock(bundle_dir: Path):
+    """An exclusive lock on the bundle directory (flock on its own descriptor: no file is added to the
+    bundle), held by each ``evaluate`` from reading the manifest to the last rename: two at once wrote the
+    same temporary files, and a record could be left beside the other run's reports."""
+    import fcntl
+
+    fd = os.open(bundle_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def replace_together(bundle_dir: Path, texts: dict[str, str]) -> None:
     """Files of ``bundle_dir`` replaced by ``texts`` ({name: text}) as one step: every text written to a
     temporary file and on disk first, then the renames with SIGINT, SIGTERM and SIGHUP put off, so that an

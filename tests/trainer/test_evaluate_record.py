@@ -136,3 +136,27 @@ def test_an_interrupted_evaluate_leaves_the_record_and_its_reports_agreeing(smal
     seed = json.loads(after["manifest.json"])["evaluation"]["seed"]
     assert seed == 4 and json.loads(after["report.json"])["seed"] == 4
     assert not [p for p in v.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_two_evaluates_of_one_bundle_record_one_after_the_other(small_data, tmp_path):
+    """Two ``evaluate`` runs at once shared the temporary files and the manifest's read-modify-write: a run
+    failed on the other's rename, and a record was left beside the other run's reports."""
+    import threading
+
+    from trainer import writer
+    from trainer.build import record_evaluation
+
+    out = tmp_path / "out"
+    assert main(["build", "--data", str(small_data), str(out), "--seed", "3", "--eval-users", "30", *FAST]) == 0
+    v = resolve(out)
+    result = json.loads((v / "manifest.json").read_text())["evaluation"]
+    done = threading.Event()
+    with writer.bundle_lock(v):                     # another evaluate, in the middle of its record
+        t = threading.Thread(target=lambda: (record_evaluation(v, {**result, "seed": 9}), done.set()))
+        t.start()
+        assert not done.wait(1.0)                   # waits for it
+    t.join(30)
+    assert done.is_set()
+    assert json.loads((v / "manifest.json").read_text())["evaluation"]["seed"] == 9
+    assert json.loads((v / "report.json").read_text())["seed"] == 9
+    assert main(["verify", str(out)]) == 0
