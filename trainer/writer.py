@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import os
 import secrets
@@ -28,6 +29,36 @@ def fsync_path(p: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+DISK_ERRORS = {errno.ENOSPC, errno.EIO, errno.EDQUOT}
+
+
+@contextlib.contextmanager
+def writing(path: Path):
+    """A write of ``path``: a failure is an OSError naming the file, and for a full or failing disk the
+    room left on it (LMDB says "mdb_txn_commit: Input/output error" for a short write, and ``write_text``
+    a bare "No space left on device")."""
+    import lmdb
+
+    try:
+        yield
+    except lmdb.Error as exc:
+        raise OSError(errno.EIO, f"{str(exc).splitlines()[0]}{_room(path)}", str(path)) from None
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:
+            raise
+        raise OSError(exc.errno, f"{exc.strerror or os.strerror(exc.errno)}{_room(path)}",
+                      str(exc.filename or path)) from None
+
+
+def _room(path: Path) -> str:
+    """`` (N MiB free on its disk)`` for the directory of ``path``, or "" when it cannot be told."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return ""
+    return f" ({st.f_bavail * st.f_frsize / (1 << 20):.1f} MiB free on its disk)"
 
 
 def new_version() -> str:
@@ -100,16 +131,19 @@ def write_bundle(out_root: str | os.PathLike, ds, cat, art, ranker_text: str, ma
     tmp = root / f".tmp-{version}-{os.getpid()}"
     tmp.mkdir()
     try:
-        write_tables(tmp / "tables.lmdb", ds, cat, art)
-        save_index(art.index, tmp / "index.hnsw")
-        (tmp / "ranker.txt").write_text(ranker_text)
-        for extra, content in manifest.pop("_extra_files", {}).items():
-            (tmp / extra).write_text(content)
+        with writing(tmp / "tables.lmdb"):
+            write_tables(tmp / "tables.lmdb", ds, cat, art)
+        with writing(tmp / "index.hnsw"):
+            save_index(art.index, tmp / "index.hnsw")
+        for name, text in {"ranker.txt": ranker_text, **manifest.pop("_extra_files", {})}.items():
+            with writing(tmp / name):
+                (tmp / name).write_text(text)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         m = {"format_version": FORMAT_VERSION, "version": version,
              "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **manifest,
              "files": files}
-        (tmp / "manifest.json").write_text(json.dumps(seal_manifest(m), indent=1, sort_keys=False))
+        with writing(tmp / "manifest.json"):
+            (tmp / "manifest.json").write_text(json.dumps(seal_manifest(m), indent=1, sort_keys=False))
         if before_publish is not None:
             before_publish(tmp)
         for p in tmp.iterdir():
@@ -154,8 +188,6 @@ def _unpublish(root: Path, final: Path) -> None:
 def save_index(index, path: Path) -> None:
     """``index.save_index(path)``, checked: hnswlib reports no write error (a full disk leaves a short file
     that hashes as any other), so a file whose header does not match its size or the index is an OSError."""
-    import errno
-
     from recserve.bundle import BundleError, index_header, index_whole
 
     index.save_index(str(path))
@@ -213,7 +245,7 @@ def replace_file(path: Path, text: str, tmp: Path) -> None:
 
 def _write_synced(path: Path, text: str) -> None:
     """``text`` written to ``path`` and on disk."""
-    with open(path, "w") as f:
+    with writing(path), open(path, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())

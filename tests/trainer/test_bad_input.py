@@ -325,7 +325,8 @@ def test_holdout_zero_trains_on_everything_and_cannot_evaluate(small_data, tmp_p
 
 def test_a_failing_table_write_is_one_line_and_leaves_nothing(small_data, tmp_path, monkeypatch, capsys):
     """An LMDB error while the tables are written (a full disk says ``mdb_txn_commit: Input/output
-    error``): exit 1 with one line, no version and no temporary directory left."""
+    error``): exit 1 with one line naming the file and the room left on its disk (it named neither), no
+    version and no temporary directory left."""
     import lmdb
 
     from trainer import writer
@@ -337,8 +338,9 @@ def test_a_failing_table_write_is_one_line_and_leaves_nothing(small_data, tmp_pa
     out = tmp_path / "out"
     assert main(["build", "--data", str(small_data), str(out), "--factors", "8", "--no-tune",
                  "--label-windows", "1", "--no-evaluate"]) == 1
-    assert capsys.readouterr().err.strip().splitlines()[-1] == \
-        "recserve-train: error: mdb_txn_commit: Input/output error"
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.fullmatch(f"recserve-train: error: {re.escape(str(out))}/\\.tmp-[^/]+/tables\\.lmdb: "
+                        r"mdb_txn_commit: Input/output error \([0-9.]+ MiB free on its disk\)", err), err
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -97,3 +97,13 @@ def test_an_interrupted_build_does_not_claim_another_builds_version(small_data, 
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"recserve-train: error: interrupted; nothing was published ({out}/CURRENT names "
         "20261208T000000-other, another build's)")
+
+
+
+def test_a_full_disk_names_the_file_and_the_room_left(tmp_path):
+    """``write_text`` on a full disk said a bare "No space left on device"."""
+    from trainer import writer
+
+    with pytest.raises(OSError, match=r"^\[Errno 28\] No space left on device \([0-9.]+ MiB free on its disk\): "):
+        with writer.writing(tmp_path / "x"):
+            raise OSError(errno.ENOSPC, "No space left on device")
