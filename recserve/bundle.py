@@ -94,6 +94,11 @@ def resolve(path: str | os.PathLike) -> Path:
         return target
     if not p.exists():
         raise BundleError(f"{p} does not exist")
+    if cur.is_symlink() and not cur.exists():
+        raise BundleError(f"{cur} is a symbolic link to nothing ({os.readlink(cur)})")
+    if cur.exists():                    # not a file (is_file above follows links)
+        raise BundleError(f"{cur} is a directory, not a file naming a version" if cur.is_dir() else
+                          f"{cur} is not a regular file")
     raise BundleError(f"{p} is neither a bundle (manifest.json) nor a root with CURRENT")
 
 

@@ -107,3 +107,16 @@ def test_a_full_disk_names_the_file_and_the_room_left(tmp_path):
     with pytest.raises(OSError, match=r"^\[Errno 28\] No space left on device \([0-9.]+ MiB free on its disk\): "):
         with writer.writing(tmp_path / "x"):
             raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda cur: cur.mkdir(), "{cur} is a directory, not a file naming a version"),
+    (lambda cur: cur.symlink_to(cur.parent / "elsewhere"), "{cur} is a symbolic link to nothing ({dst})"),
+])
+def test_verify_says_what_a_current_that_is_no_file_is(tmp_path, capsys, make, says):
+    """It said "... is neither a bundle (manifest.json) nor a root with CURRENT" of a root with a CURRENT."""
+    cur = tmp_path / "CURRENT"
+    make(cur)
+    assert main(["verify", str(tmp_path)]) == 3
+    assert capsys.readouterr().err.strip() == "recserve-train: error: " + says.format(
+        cur=cur, dst=tmp_path / "elsewhere")
