@@ -447,7 +447,7 @@ def create_server(address: str = "127.0.0.1:0", bundle: str = "", cfg: ServeConf
 
 def serve_forever(cfg: ServeConfig) -> int:
     """The ``recserve serve`` main loop: start, then drain on SIGTERM/SIGINT; SIGHUP: look at CURRENT now."""
-    from recserve.supervisor import Supervisor
+    from recserve.supervisor import StartInterrupted, Supervisor
 
     validate(cfg)                       # before logging is set up with its level
     configure_logging(cfg.log_level)
@@ -459,7 +459,13 @@ def serve_forever(cfg: ServeConfig) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: hup.set())
-    server, port = create_server(f"{cfg.host}:{cfg.port}", cfg=cfg)
+    try:
+        server, port = create_server(f"{cfg.host}:{cfg.port}", cfg=cfg)
+    except StartInterrupted:
+        if not stop.wait(2.0):          # the signal was the workers' alone: a failed start
+            raise
+        log.info("stopped while starting", extra={"event": "stopped"})
+        return 0
     print(json.dumps({"event": "listening", "port": port, "pid": os.getpid()}), flush=True)
     while not stop.wait(0.25):
         if hup.is_set():

@@ -154,7 +154,7 @@ def cmd_store(args) -> int:
                     _say("interrupted; nothing was changed")
                     return 130
                 code = _act(args, store, watch, done)
-                acted = code == 0
+                acted = writes and code == 0
                 stats = store.stats()
             finally:
                 store.close()

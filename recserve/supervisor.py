@@ -107,10 +107,9 @@ def _worker_main(cfg: ServeConfig, port: int, report_fd: int, cpu: int | None = 
     """Entry point of a forked worker process; never returns."""
     code, ready = 0, False
     try:
-        # SIGTERM is held (blocked since the fork) until the event loop takes it over, so a SIGTERM to the
-        # whole group (systemd's stop, `kill -TERM -PGID`) during the start drains the worker once it has
-        # started, as it does the supervisor, instead of killing it mid-start (which the supervisor took for
-        # a failed start: exit 1); the supervisor's inherited handlers are dropped meanwhile
+        # the supervisor's handlers were inherited: SIGTERM kills until the event loop takes it over (a
+        # worker waiting for the event store's write lock, GIL held, still stops); a SIGTERM to the whole
+        # group while workers start is a stop of the supervisor too (StartInterrupted, serve_forever)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)    # until the worker listens
@@ -132,7 +131,6 @@ def _worker_main(cfg: ServeConfig, port: int, report_fd: int, cpu: int | None = 
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGTERM, stop.set)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})   # one held meanwhile arrives now
             await w.start()
             ready = True
             reports.send(ready=w.holder.current is not None, reason=w.holder.last_error)
@@ -225,6 +223,11 @@ def how_it_ended(status: int) -> str:
     return f"exit code {os.waitstatus_to_exitcode(status)}"
 
 
+class StartInterrupted(RuntimeError):
+    """A worker was stopped by a signal while it started: a stop of the whole process group (systemd's,
+    ``kill -TERM -PGID``), which ``serve_forever`` takes for a stop when it got the signal too."""
+
+
 def _ended(pid: int, timeout: float = 1.0) -> str:
     """How child ``pid``, whose report pipe closed, ended (reaped here), waiting at most ``timeout`` s."""
     deadline = time.monotonic() + timeout
@@ -274,11 +277,7 @@ class Supervisor:
         r, w = os.pipe()
         inherit = (self._serving, self._refused) if replacement else None
         parent = os.getpid()
-        # the child starts with SIGTERM held (blocked) until its event loop takes it over: see _worker_main
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         pid = os.fork()
-        if pid != 0:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         if pid == 0:
             try:
                 os.close(r)
@@ -395,7 +394,11 @@ class Supervisor:
                     elif "error" in msg:
                         why = msg["error"]
                 if why is None and inbox.closed:
-                    why = f"it ended before it was ready ({_ended(pid)})"
+                    ended = _ended(pid)
+                    if ended in ("killed by SIGTERM", "killed by SIGINT"):
+                        self.stop(0)
+                        raise StartInterrupted(f"a worker was {ended} while it started")
+                    why = f"it ended before it was ready ({ended})"
                 elif why is None and not msgs and time.monotonic() >= deadline:
                     why = f"no answer within {timeout:g} s"
             if why:

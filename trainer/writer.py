@@ -43,6 +43,9 @@ def writing(path: Path):
 
     try:
         yield
+    except lmdb.MapFullError as exc:        # a size limit of the writer's map, not the disk
+        raise OSError(errno.EFBIG, f"{str(exc).splitlines()[0]} (the tables outgrow the writer's "
+                      f"{BIG_MAP >> 30} GiB map)", str(path)) from None
     except lmdb.Error as exc:
         raise OSError(errno.EIO, f"{str(exc).splitlines()[0]}{_room(path)}", str(path)) from None
     except OSError as exc:
@@ -146,9 +149,9 @@ def write_bundle(out_root: str | os.PathLike, ds, cat, art, ranker_text: str, ma
             (tmp / "manifest.json").write_text(json.dumps(seal_manifest(m), indent=1, sort_keys=False))
         if before_publish is not None:
             before_publish(tmp)
-        for p in tmp.iterdir():
-            fsync_path(p)
-        fsync_path(tmp)
+        for p in [*tmp.iterdir(), tmp]:
+            with writing(p):
+                fsync_path(p)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -159,7 +162,8 @@ def write_bundle(out_root: str | os.PathLike, ds, cat, art, ranker_text: str, ma
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         try:
-            fsync_path(root)
+            with writing(root):
+                fsync_path(root)
             set_current(root, version)
         except BaseException:
             _unpublish(root, final)
@@ -170,12 +174,14 @@ def write_bundle(out_root: str | os.PathLike, ds, cat, art, ranker_text: str, ma
 
 def _unpublish(root: Path, final: Path) -> None:
     """After CURRENT could not be pointed at ``final`` (a full disk, CURRENT a directory): ``final`` removed,
-    unless CURRENT names it after all, and this process's CURRENT temporary with it."""
+    unless CURRENT names it after all or cannot be read, and this process's CURRENT temporary with it."""
     (root / f".CURRENT.{os.getpid()}.tmp").unlink(missing_ok=True)
     try:
         named = (root / "CURRENT").read_text().strip()
-    except (OSError, UnicodeDecodeError):
+    except FileNotFoundError:
         named = None
+    except (OSError, UnicodeDecodeError):   # cannot tell: kept (a CURRENT naming nothing would be worse)
+        return
     if named != final.name:
         gone = root / f".tmp-{final.name}-{os.getpid()}"     # out of the versions first, then deleted
         try:
@@ -240,7 +246,8 @@ def replace_file(path: Path, text: str, tmp: Path) -> None:
     rename on disk too (fsync of the directory)."""
     _write_synced(tmp, text)
     os.replace(tmp, path)
-    fsync_path(path.parent)
+    with writing(path.parent):
+        fsync_path(path.parent)
 
 
 def _write_synced(path: Path, text: str) -> None:

@@ -82,3 +82,33 @@ def test_a_sigterm_to_the_group_while_workers_start_is_a_stop(shared_root, tmp_p
             p.wait()
     assert p.returncode == 0, err[-2000:]
     assert "failed to start" not in err
+
+
+def test_a_worker_waiting_for_the_event_stores_lock_still_stops(shared_root, tmp_path):
+    """A worker opening the event store waits for its write lock (a `recserve store prune` holds it), GIL
+    held: a stop of the group must still end it, not wait for the lock's holder."""
+    from recserve.events import EventStore
+
+    store = EventStore(tmp_path / "ev", map_size=1 << 26)
+    txn = store.env.begin(write=True)           # another writer, in the middle of its transaction
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-m", "recserve.cli", "serve", "--bundle", str(shared_root), "--port", "0",
+                          "--workers", "1", "--events-dir", str(tmp_path / "ev"), "--events-map-mb", "64",
+                          "--log-level", "WARNING"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env, cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_children(p.pid)) < 1 and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.01)
+        time.sleep(1.0)                         # the worker is waiting for the lock by now
+        t0 = time.monotonic()
+        os.killpg(p.pid, signal.SIGTERM)
+        err = p.communicate(timeout=60)[1]
+        took = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        txn.abort()
+        store.close()
+    assert p.returncode == 0 and took < 10, (p.returncode, took, err[-2000:])

@@ -316,5 +316,8 @@ def test_an_error_after_the_change_says_the_change_was_committed(tmp_path, monke
     out, err = capsys.readouterr()
     assert out.startswith("forgot 1 users: 1 events deleted")
     assert err.strip().endswith("MDB_READERS_FULL; the change above was committed"), err
+    monkeypatch.setattr(EventStore, "stats", full)
+    assert main(["store", "stats", "--events-dir", str(ev)]) == 1      # a read: it changed nothing
+    assert capsys.readouterr().err.strip().endswith("MDB_READERS_FULL; nothing was changed")
     monkeypatch.undo()
     assert not EventStore(ev, map_size=1 << 24).has_user("u1")

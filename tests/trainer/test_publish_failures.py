@@ -120,3 +120,48 @@ def test_verify_says_what_a_current_that_is_no_file_is(tmp_path, capsys, make, s
     assert main(["verify", str(tmp_path)]) == 3
     assert capsys.readouterr().err.strip() == "recserve-train: error: " + says.format(
         cur=cur, dst=tmp_path / "elsewhere")
+
+
+def test_a_current_that_cannot_be_read_back_keeps_the_version(small_data, tmp_path, monkeypatch, capsys):
+    """CURRENT replaced, then a failing disk (its fsync, the read back): the version it may name is kept; a
+    version nothing names is harmless, a CURRENT naming nothing is not."""
+    from trainer import writer
+
+    out = tmp_path / "out"
+
+    def failing(root, version):
+        (root / "CURRENT").write_bytes(b"\xff" + version.encode())       # cannot be read back as a name
+        raise OSError(errno.EIO, "Input/output error", str(root))
+
+    monkeypatch.setattr(writer, "set_current", failing)
+    assert main(["build", "--data", str(small_data), str(out), *BUILD]) == 1
+    versions = [p.name for p in out.iterdir() if p.is_dir()]
+    assert len(versions) == 1 and (out / "CURRENT").read_bytes() == b"\xff" + versions[0].encode()
+
+
+def test_a_failing_fsync_names_the_file(small_data, tmp_path, monkeypatch, capsys):
+    """A failing disk shows at the fsync: the build said a bare "Input/output error"."""
+    from trainer import writer
+
+    real = writer.fsync_path
+
+    def eio(p):
+        if p.name == "index.hnsw":
+            raise OSError(errno.EIO, "Input/output error")
+        real(p)
+
+    monkeypatch.setattr(writer, "fsync_path", eio)
+    out = tmp_path / "out"
+    assert main(["build", "--data", str(small_data), str(out), *BUILD]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "/index.hnsw: Input/output error (" in err and err.endswith("MiB free on its disk)"), err
+
+
+def test_a_full_lmdb_map_is_not_called_a_disk_error(tmp_path):
+    import lmdb
+
+    from trainer import writer
+
+    with pytest.raises(OSError, match=r"MDB_MAP_FULL \(the tables outgrow the writer's 16 GiB map\): "):
+        with writer.writing(tmp_path / "tables.lmdb"):
+            raise lmdb.MapFullError("mdb_put: MDB_MAP_FULL")
