@@ -475,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # arguments that travel as protobuf strings or LMDB keys: UTF-8 only (a file name may be any bytes)
-TEXT_ARGS = ("user", "item", "session", "category", "exclude", "token", "users", "items")
+TEXT_ARGS = ("user", "item", "session", "category", "exclude", "token", "users", "items", "country")
 
 
 def _client_env(args) -> str | None:

@@ -176,6 +176,7 @@ class Worker:
         # bundle loads, in a thread of their own: never queued behind writes that wait for the store's lock
         self.loader = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="recserve-load")
         self._watcher: asyncio.Task | None = None
+        self._flusher: asyncio.Task | None = None
         self._reload_lock = asyncio.Lock()
         self._draining = False                  # set by stop(): health and work sharing stay withdrawn
 
@@ -234,7 +235,17 @@ class Worker:
         await self.server.start()
         if cfg.reload_interval > 0:
             self._watcher = asyncio.ensure_future(self._watch())
+        if self.metrics is not None:
+            self._flusher = asyncio.ensure_future(self._flush_metrics())
         return bound
+
+    async def _flush_metrics(self) -> None:
+        """The per-call observations written at least every FLUSH_S seconds: settle() runs as calls end, so
+        a long call in flight (a slow Recommend, a write waiting for the store's lock) held the answered
+        calls out of the scrape until it ended, and lost them if the worker was killed meanwhile."""
+        while True:
+            await asyncio.sleep(self.metrics.FLUSH_S)
+            self.metrics.settle(idle=False)
 
     async def _set_health(self, serving: bool) -> None:
         from grpc_health.v1 import health_pb2
@@ -311,6 +322,9 @@ class Worker:
                         left, extra={"event": "writes_abandoned"})
         self.io.shutdown(wait=not left, cancel_futures=True)
         self.loader.shutdown(wait=True)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self.metrics.flush()
 
 
     async def _settle(self, until: float) -> None:

@@ -84,3 +84,31 @@ def test_pending_observations_are_written_when_idle_or_after_the_flush_interval(
     m.settle(idle=True)                      # nothing in flight: written at once
     assert count("NOT_FOUND") == 1
     assert reg.get_sample_value("recserve_request_seconds_count", {"method": "SimilarItems"}) == 5
+
+
+def test_answered_calls_reach_the_scrape_while_a_long_call_is_in_flight(shared_root, facts, start_server, tmp_path):
+    """The observations were written only as calls ended: with one Recommend in flight for 6 s, the four
+    SimilarItems answered meanwhile stayed out of the scrape until it ended (and a SIGKILL then lost them)."""
+    import time
+    import urllib.request
+
+    from recserve.v1 import recommender_pb2 as pb
+    from srvutil import metric
+
+    s = start_server(shared_root, "--workers", "1", "--events-dir", str(tmp_path / "ev"), metrics=True,
+                     env={"RECSERVE_DEBUG_DELAY_MS": "6000"})
+    stub = s.stub()
+    slow = stub.Recommend.future(pb.RecommendRequest(user_id=facts["user"], k=5), timeout=30)
+    time.sleep(0.5)
+    for _ in range(4):
+        stub.SimilarItems(pb.SimilarItemsRequest(item_id=facts["items"][0], k=5), timeout=10)
+    answered = time.monotonic()
+
+    def similar_ok() -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=10).read().decode()
+        return metric(text, "recserve_requests_total", method="SimilarItems", code="OK")
+
+    while similar_ok() < 4 and time.monotonic() < answered + 3:
+        time.sleep(0.1)
+    assert similar_ok() == 4 and not slow.done()
+    slow.result()

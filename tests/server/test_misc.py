@@ -532,7 +532,7 @@ def test_cli_client_refuses_bad_addresses_and_files_in_one_line(tmp_path):
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and says in lines[0], (args, r.stderr)
     for args in (["recommend", b"\xff\xfeuser"], ["events", "record", "u1", b"it\xe9m"],
-                 ["recommend", "u1", "--session", b"\xc3"]):
+                 ["recommend", "u1", "--session", b"\xc3"], ["recommend", "u1", "--country", b"s\xff"]):
         r = run(*args, "--addr", f"127.0.0.1:{free_port()}")
         assert r.returncode == 2 and "is not valid UTF-8" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
