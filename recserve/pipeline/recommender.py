@@ -352,6 +352,7 @@ class Recommender:
             all_ts = np.concatenate([h_ts, np.full(len(sess), now)])
         else:
             all_rows, all_ev, all_ts = h_rows, h_ev, h_ts
+        seed_ts = session_seed_times(all_ts, len(sess))
         uvec = CC.history_vector(self.emb, all_rows, all_ev, all_ts, now, self.cparams)
         user_row_vals = self.user_feats[user_row] if user_row is not None else self.user_mean
         yield from done("user")
@@ -379,7 +380,7 @@ class Recommender:
                   if self.countries is not None and (self.cold_regional if cold else self.warm_regional) else None)
         trend = (self.trend_rows, self.trend_scores) if region is None or cold else \
             self.countries.head(region, CC.popular_depth(self.cparams, len(all_rows)))
-        base = CC.source_lists(all_rows, all_ts, ann[0], ann[1], self.i2i_rows, self.i2i_scores, *trend,
+        base = CC.source_lists(all_rows, seed_ts, ann[0], ann[1], self.i2i_rows, self.i2i_scores, *trend,
                                self.cparams, drop_history=req.exclude_consumed, hidden=hidden)
         # what no list may hold: the consumed items and those not created yet
         gone = CC.sorted_unique(np.concatenate([consumed, hidden])) if len(hidden) else consumed
@@ -530,3 +531,17 @@ class Recommender:
             self.recommend(RecRequest(user_id=self.tables.id_of("user", int(lengths.argmax())), k=5))
         if self.n_items:
             self.similar(self.tables.id_of("item", 0), 5, Filters(in_stock_only=False))
+
+
+def session_seed_times(ts: np.ndarray, n_session: int) -> np.ndarray:
+    """The times the candidate sources split sessions by: ``ts`` with its last ``n_session`` (the request's
+    session, dated the request's time) after the history's newest event, as far from it as the request's
+    time is. A request dated before her newest event (a replay, an event recorded up to a day ahead) gave
+    a negative gap, which split nothing: a request 30 days before her newest event had the session source
+    seeded by that event too, as if she were still in its session."""
+    if n_session == 0 or len(ts) == n_session:
+        return ts
+    last = ts[:-n_session].max()
+    out = ts.copy()
+    out[-n_session:] = last + np.abs(out[-n_session:] - last)
+    return out

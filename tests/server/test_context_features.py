@@ -94,3 +94,23 @@ def test_a_context_value_in_float32_range_is_accepted():
         check_context_extra(s, {"region": value})
         assert np.isfinite(context_vector(s, 1.0, 2.0, 0.0, {"region": value})[1]) or \
             value in ("lisbon", "")
+
+
+@pytest.mark.parametrize("after, seeds", [
+    (50.0, [8, 7, 4, 3]),               # within the session gap of her newest event: one session
+    (86_400.0, [8, 7]),                 # a day after it: the request's session alone
+    (-30 * 86_400.0, [8, 7]),           # 30 days before it (a replay): alone too; was [8, 7, 4, 3]
+    (-10.0, [8, 7, 4, 3]),              # just before it (an event dated a little ahead): one session
+])
+def test_the_requests_session_is_split_from_her_history_by_its_distance_in_time(after, seeds):
+    """The request's session is appended to her history at the request's time; dated before her newest
+    event, the negative gap split nothing, and the session source was seeded by her last session too."""
+    import numpy as np
+
+    from recserve._core.history import history_seeds
+    from recserve.pipeline.recommender import session_seed_times
+
+    rows = np.array([1, 2, 3, 4, 7, 8], np.int32)
+    newest = 1e6 + 50
+    ts = np.array([0.0, 100.0, 1e6, newest, newest + after, newest + after])
+    assert history_seeds(rows, session_seed_times(ts, 2), 10, 10, 1800.0)[2].tolist() == seeds
