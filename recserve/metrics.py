@@ -145,3 +145,8 @@ class Metrics:
         for p in self._hists.values():
             p.write()
         self._written = time.monotonic()
+
+    @property
+    def written_at(self) -> float:
+        """``time.monotonic()`` of the last write of the pending observations."""
+        return self._written

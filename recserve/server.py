@@ -28,6 +28,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,9 +244,12 @@ class Worker:
         """The per-call observations written at least every FLUSH_S seconds: settle() runs as calls end, so
         a long call in flight (a slow Recommend, a write waiting for the store's lock) held the answered
         calls out of the scrape until it ended, and lost them if the worker was killed meanwhile."""
-        while True:
-            await asyncio.sleep(self.metrics.FLUSH_S)
-            self.metrics.settle(idle=False)
+        while True:       # to when the last write is FLUSH_S old (a call that ended may have written since)
+            await asyncio.sleep(max(self.metrics.written_at + self.metrics.FLUSH_S - time.monotonic(), 0.01))
+            try:
+                self.metrics.settle(idle=False)
+            except Exception:  # noqa: BLE001 -- the next tick tries again; serving goes on
+                log.exception("writing the metrics failed", extra={"event": "metrics_failed"})
 
     async def _set_health(self, serving: bool) -> None:
         from grpc_health.v1 import health_pb2

@@ -109,8 +109,10 @@ def _worker_main(cfg: ServeConfig, port: int, report_fd: int, cpu: int | None = 
     try:
         # the supervisor's handlers were inherited: SIGTERM kills until the event loop takes it over (a
         # worker waiting for the event store's write lock, GIL held, still stops); a SIGTERM to the whole
-        # group while workers start is a stop of the supervisor too (StartInterrupted, serve_forever)
+        # group while workers start is a stop of the supervisor too (StartInterrupted, serve_forever).
+        # Held across the fork (Supervisor._spawn), one sent meanwhile arrives here
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)    # until the worker listens
         reports = _Reports(report_fd)
@@ -277,7 +279,14 @@ class Supervisor:
         r, w = os.pipe()
         inherit = (self._serving, self._refused) if replacement else None
         parent = os.getpid()
-        pid = os.fork()
+        # SIGTERM held across the fork: until the child sets its own disposition (the first lines of
+        # _worker_main), the supervisor's inherited handler would only set the child's copy of its flag
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            pid = os.fork()
+        finally:
+            if os.getpid() == parent:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
         if pid == 0:
             try:
                 os.close(r)
@@ -395,9 +404,9 @@ class Supervisor:
                         why = msg["error"]
                 if why is None and inbox.closed:
                     ended = _ended(pid)
-                    if ended in ("killed by SIGTERM", "killed by SIGINT"):
+                    if ended == "killed by SIGTERM":     # workers ignore SIGINT
                         self.stop(0)
-                        raise StartInterrupted(f"a worker was {ended} while it started")
+                        raise StartInterrupted(f"a worker failed to start: it was {ended}")
                     why = f"it ended before it was ready ({ended})"
                 elif why is None and not msgs and time.monotonic() >= deadline:
                     why = f"no answer within {timeout:g} s"

@@ -244,7 +244,7 @@ def _interrupted(args, published: str | None, signum: int = signal.SIGINT) -> st
         now = _current(args.out)
         if now != published and now in PUBLISHED:
             return f"{what}; {args.out}/CURRENT names the new version {now} already"
-        if now is None and published is not None:      # removed meanwhile
+        if now is None and published is not None and not os.path.lexists(os.path.join(args.out, "CURRENT")):
             return f"{what}; nothing was published ({args.out}/CURRENT is gone)"
         if now != published:            # another build published meanwhile
             return f"{what}; nothing was published ({args.out}/CURRENT names {now}, another build's)"

@@ -58,7 +58,7 @@ def writing(path: Path):
 def _room(path: Path) -> str:
     """`` (N MiB free on its disk)`` for the directory of ``path``, or "" when it cannot be told."""
     try:
-        st = os.statvfs(path.parent)
+        st = os.statvfs(path if path.is_dir() else path.parent)     # a mount point's own disk
     except OSError:
         return ""
     return f" ({st.f_bavail * st.f_frsize / (1 << 20):.1f} MiB free on its disk)"
@@ -178,10 +178,12 @@ def _unpublish(root: Path, final: Path) -> None:
     (root / f".CURRENT.{os.getpid()}.tmp").unlink(missing_ok=True)
     try:
         named = (root / "CURRENT").read_text().strip()
-    except FileNotFoundError:
-        named = None
-    except (OSError, UnicodeDecodeError):   # cannot tell: kept (a CURRENT naming nothing would be worse)
+    except UnicodeDecodeError:              # cannot tell: kept (a CURRENT naming nothing would be worse)
         return
+    except OSError as exc:
+        if exc.errno in DISK_ERRORS:        # the same
+            return
+        named = None                        # none, a directory, a link loop: it names nothing
     if named != final.name:
         gone = root / f".tmp-{final.name}-{os.getpid()}"     # out of the versions first, then deleted
         try:

@@ -112,3 +112,31 @@ def test_a_worker_waiting_for_the_event_stores_lock_still_stops(shared_root, tmp
         txn.abort()
         store.close()
     assert p.returncode == 0 and took < 10, (p.returncode, took, err[-2000:])
+
+
+def test_a_worker_killed_while_it_starts_by_a_signal_the_server_did_not_get_is_a_failed_start(shared_root,
+                                                                                              tmp_path):
+    from recserve.events import EventStore
+
+    store = EventStore(tmp_path / "ev", map_size=1 << 26)
+    txn = store.env.begin(write=True)           # holds the worker in its start
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-m", "recserve.cli", "serve", "--bundle", str(shared_root), "--port", "0",
+                          "--workers", "1", "--events-dir", str(tmp_path / "ev"), "--events-map-mb", "64",
+                          "--log-level", "WARNING"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env, cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _children(p.pid) and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.01)
+        time.sleep(0.5)
+        os.kill(_children(p.pid)[0], signal.SIGTERM)
+        err = p.communicate(timeout=60)[1]
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        txn.abort()
+        store.close()
+    assert p.returncode == 1, err[-2000:]
+    assert err.strip().splitlines()[-1] == "recserve serve: a worker failed to start: it was killed by SIGTERM"

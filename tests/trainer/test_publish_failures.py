@@ -165,3 +165,19 @@ def test_a_full_lmdb_map_is_not_called_a_disk_error(tmp_path):
     with pytest.raises(OSError, match=r"MDB_MAP_FULL \(the tables outgrow the writer's 16 GiB map\): "):
         with writer.writing(tmp_path / "tables.lmdb"):
             raise lmdb.MapFullError("mdb_put: MDB_MAP_FULL")
+
+
+def test_a_current_made_a_directory_meanwhile_names_nothing(small_data, tmp_path, monkeypatch):
+    """A CURRENT that is a directory (or a link loop) names no version: the renamed one is taken away, as
+    for any CURRENT naming another (it was kept, as if CURRENT could not be read)."""
+    from trainer import writer
+
+    out = tmp_path / "out"
+
+    def racing(root, version):
+        (root / "CURRENT").mkdir()
+        raise IsADirectoryError(21, "Is a directory", str(root / "CURRENT"))
+
+    monkeypatch.setattr(writer, "set_current", racing)
+    assert main(["build", "--data", str(small_data), str(out), *BUILD]) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["CURRENT"]
