@@ -114,3 +114,23 @@ def test_the_requests_session_is_split_from_her_history_by_its_distance_in_time(
     newest = 1e6 + 50
     ts = np.array([0.0, 100.0, 1e6, newest, newest + after, newest + after])
     assert history_seeds(rows, session_seed_times(ts, 2), 10, 10, 1800.0)[2].tolist() == seeds
+
+
+def test_a_request_dated_before_her_newest_event_seeds_its_session_alone(bundle, facts, monkeypatch):
+    """The pipeline passes the session split's times to the candidate sources (not the raw ones)."""
+    import recserve.pipeline.recommender as R
+
+    seen = []
+    real = R.CC.source_lists
+
+    def recorded(rows, ts, *a, **kw):
+        seen.append(np.asarray(ts).copy())
+        return real(rows, ts, *a, **kw)
+
+    monkeypatch.setattr(R.CC, "source_lists", recorded)
+    rec = Recommender(bundle, None, None)
+    _, _, h_ts, _ = rec.histories.of(facts["user"], bundle.tables.row_of("user", facts["user"]))
+    past = float(h_ts.max()) - 30 * 86_400.0
+    rec.recommend(RecRequest(user_id=facts["user"], k=5, timestamp=past, session_item_ids=[facts["items"][0]]))
+    (ts,) = seen
+    assert ts[-1] == h_ts.max() + 30 * 86_400.0 and (np.diff(ts) >= 0).all()
