@@ -2,6 +2,7 @@
 while it starts is a stop, not a failed start."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -84,59 +85,49 @@ def test_a_sigterm_to_the_group_while_workers_start_is_a_stop(shared_root, tmp_p
     assert "failed to start" not in err
 
 
-def test_a_worker_waiting_for_the_event_stores_lock_still_stops(shared_root, tmp_path):
-    """A worker opening the event store waits for its write lock (a `recserve store prune` holds it), GIL
-    held: a stop of the group must still end it, not wait for the lock's holder."""
+@contextlib.contextmanager
+def _starting_behind_the_store_lock(root, tmp_path, workers: int = 1):
+    """``recserve serve`` in a process group of its own, its workers held in their start: another writer holds
+    the event store's write lock, in the middle of its transaction (as a `recserve store prune` would).
+    Yields the process once its workers wait for the lock."""
     from recserve.events import EventStore
 
     store = EventStore(tmp_path / "ev", map_size=1 << 26)
-    txn = store.env.begin(write=True)           # another writer, in the middle of its transaction
+    txn = store.env.begin(write=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = subprocess.Popen([sys.executable, "-m", "recserve.cli", "serve", "--bundle", str(shared_root), "--port", "0",
-                          "--workers", "1", "--events-dir", str(tmp_path / "ev"), "--events-map-mb", "64",
+    p = subprocess.Popen([sys.executable, "-m", "recserve.cli", "serve", "--bundle", str(root), "--port", "0",
+                          "--workers", str(workers), "--events-dir", str(tmp_path / "ev"), "--events-map-mb", "64",
                           "--log-level", "WARNING"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=env, cwd=ROOT, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        while len(_children(p.pid)) < 1 and time.monotonic() < deadline and p.poll() is None:
+        while len(_children(p.pid)) < workers and time.monotonic() < deadline and p.poll() is None:
             time.sleep(0.01)
-        time.sleep(1.0)                         # the worker is waiting for the lock by now
-        t0 = time.monotonic()
-        os.killpg(p.pid, signal.SIGTERM)
-        err = p.communicate(timeout=60)[1]
-        took = time.monotonic() - t0
+        time.sleep(1.0)                         # the workers wait for the lock by now
+        yield p
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
         txn.abort()
         store.close()
+
+
+def test_a_worker_waiting_for_the_event_stores_lock_still_stops(shared_root, tmp_path):
+    """A worker opening the event store waits for its write lock, GIL held: a stop of the group must still
+    end it, not wait for the lock's holder."""
+    with _starting_behind_the_store_lock(shared_root, tmp_path) as p:
+        t0 = time.monotonic()
+        os.killpg(p.pid, signal.SIGTERM)
+        err = p.communicate(timeout=60)[1]
+        took = time.monotonic() - t0
     assert p.returncode == 0 and took < 10, (p.returncode, took, err[-2000:])
 
 
 def test_a_worker_killed_while_it_starts_by_a_signal_the_server_did_not_get_is_a_failed_start(shared_root,
                                                                                               tmp_path):
-    from recserve.events import EventStore
-
-    store = EventStore(tmp_path / "ev", map_size=1 << 26)
-    txn = store.env.begin(write=True)           # holds the worker in its start
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = subprocess.Popen([sys.executable, "-m", "recserve.cli", "serve", "--bundle", str(shared_root), "--port", "0",
-                          "--workers", "1", "--events-dir", str(tmp_path / "ev"), "--events-map-mb", "64",
-                          "--log-level", "WARNING"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=env, cwd=ROOT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not _children(p.pid) and time.monotonic() < deadline and p.poll() is None:
-            time.sleep(0.01)
-        time.sleep(0.5)
+    with _starting_behind_the_store_lock(shared_root, tmp_path) as p:
         os.kill(_children(p.pid)[0], signal.SIGTERM)
         err = p.communicate(timeout=60)[1]
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-        txn.abort()
-        store.close()
     assert p.returncode == 1, err[-2000:]
     assert err.strip().splitlines()[-1] == "recserve serve: a worker failed to start: it was killed by SIGTERM"
