@@ -30,3 +30,12 @@ class BoundedHealthServicer(HealthServicer):
             await super().Watch(request, context)
         finally:
             self.watching -= 1
+
+    async def List(self, request, context):
+        """Every service's status (the standard proto's ``List``, which grpcio's servicer leaves
+        unimplemented: UNIMPLEMENTED and a traceback in the log)."""
+        from grpc_health.v1 import health_pb2
+
+        return health_pb2.HealthListResponse(statuses={
+            name: health_pb2.HealthCheckResponse(status=status) for name, status in self._server_status.items()})
+

@@ -188,6 +188,7 @@ class Worker:
         from grpc_reflection.v1alpha import reflection
 
         from recserve.health import BoundedHealthServicer
+        from recserve.reflection import MethodSymbolPool
 
         from recserve.service import AuthInterceptor, RecommenderService, add_to_server
         from recserve.v1 import recommender_pb2
@@ -213,7 +214,7 @@ class Worker:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name,
                  "grpc.health.v1.Health", reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, self.server)
+        reflection.enable_server_reflection(names, self.server, pool=MethodSymbolPool())
         # the bundle first, then the port: gRPC listens as soon as a port is added, and the kernel would
         # queue new connections for a worker that joins a serving group (a respawn) while it loads, or reset
         # them if it then cannot load; its siblings forward nothing to it meanwhile either

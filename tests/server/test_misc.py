@@ -102,6 +102,35 @@ def test_reflection_lists_services(server):
     assert {"recserve.v1.Recommender", "grpc.health.v1.Health"} <= services
 
 
+def test_reflection_finds_a_methods_file_as_grpcurl_describe_asks(server):
+    """``grpcurl describe recserve.v1.Recommender.Recommend`` asks for the file containing the method's
+    name: protobuf's upb pool finds no method by name, and reflection said "not found"."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(server.channel())
+
+    def ask(symbol: str):
+        (resp,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol=symbol)]), timeout=10)
+        return resp
+
+    for symbol in ("recserve.v1.Recommender.Recommend", "grpc.health.v1.Health.Check",
+                   "recserve.v1.Recommender", "recserve.v1.RecommendRequest"):
+        assert ask(symbol).HasField("file_descriptor_response"), symbol
+    for symbol in ("recserve.v1.Recommender.Nope", "recserve.v1.Nothing.Recommend"):
+        assert ask(symbol).error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0], symbol
+
+
+def test_health_list_gives_every_services_status(server):
+    """The standard proto's ``List`` was UNIMPLEMENTED (grpcio's servicer leaves it so), with a traceback
+    in the worker's log."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    resp = health_pb2_grpc.HealthStub(server.channel()).List(health_pb2.HealthListRequest(), timeout=10)
+    assert {k: v.status for k, v in resp.statuses.items()} == {
+        "": health_pb2.HealthCheckResponse.SERVING, "recserve.v1.Recommender": health_pb2.HealthCheckResponse.SERVING}
+
+
 def test_streams_outside_the_recommender_are_bounded_too(shared_root, start_server, tmp_path):
     """Reflection streams are neither Recommender calls nor health Watches: gRPC's own bound (the bounds
     on reads and on writes, the one on Watches, plus an allowance of 64) refuses the stream past it, and
