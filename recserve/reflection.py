@@ -27,3 +27,23 @@ class MethodSymbolPool:
             if found is None or method not in found.methods_by_name:
                 raise
             return found.file
+
+
+V1_SERVICE = "grpc.reflection.v1.ServerReflection"
+
+
+def enable(server, names) -> None:
+    """Server reflection of ``names`` under both names clients ask for: ``grpc.reflection.v1alpha``
+    (grpcio-reflection's) and ``grpc.reflection.v1``, the same messages on the wire, which grpcio-reflection
+    does not register (a client that asks v1 only got UNIMPLEMENTED). Lookups go through
+    :class:`MethodSymbolPool`."""
+    import grpc
+    from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+
+    servicer = reflection.aio.ReflectionServicer((*names, reflection.SERVICE_NAME), pool=MethodSymbolPool())
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo, request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(V1_SERVICE,
+                                                                          {"ServerReflectionInfo": v1}),))

@@ -185,10 +185,9 @@ class Worker:
         """Bind, load the bundle CURRENT names (if any), then serve; NOT_SERVING until one is live."""
         import grpc
         from grpc_health.v1 import health_pb2_grpc
-        from grpc_reflection.v1alpha import reflection
 
+        from recserve import reflection
         from recserve.health import BoundedHealthServicer
-        from recserve.reflection import MethodSymbolPool
 
         from recserve.service import AuthInterceptor, RecommenderService, add_to_server
         from recserve.v1 import recommender_pb2
@@ -212,9 +211,8 @@ class Worker:
         self.service.max_response_bytes = cfg.max_message_bytes
         add_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        names = (recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name,
-                 "grpc.health.v1.Health", reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, self.server, pool=MethodSymbolPool())
+        reflection.enable(self.server, (recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name,
+                                        "grpc.health.v1.Health"))
         # the bundle first, then the port: gRPC listens as soon as a port is added, and the kernel would
         # queue new connections for a worker that joins a serving group (a respawn) while it loads, or reset
         # them if it then cannot load; its siblings forward nothing to it meanwhile either

@@ -121,6 +121,17 @@ def test_reflection_finds_a_methods_file_as_grpcurl_describe_asks(server):
         assert ask(symbol).error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0], symbol
 
 
+def test_reflection_answers_under_its_v1_name_too(server):
+    """grpcio-reflection registers only ``grpc.reflection.v1alpha``: a client asking ``v1`` got UNIMPLEMENTED."""
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    call = server.channel().stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                          request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                          response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+    (resp,) = call(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+    assert {"recserve.v1.Recommender", "grpc.health.v1.Health"} <= {s.name for s in resp.list_services_response.service}
+
+
 def test_health_list_gives_every_services_status(server):
     """The standard proto's ``List`` was UNIMPLEMENTED (grpcio's servicer leaves it so), with a traceback
     in the worker's log."""
