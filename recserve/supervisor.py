@@ -454,6 +454,8 @@ class Supervisor:
                 if done:
                     break
                 if deadline and time.monotonic() > deadline:
+                    log.warning("worker %d had not exited %.1f s after its SIGTERM: killed with SIGKILL", pid,
+                                timeout, extra={"event": "worker_killed"})
                     os.kill(pid, signal.SIGKILL)
                     os.waitpid(pid, 0)
                     break

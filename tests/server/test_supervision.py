@@ -319,3 +319,27 @@ def test_a_workers_end_is_said_in_words():
     os.kill(pid, signal.SIGKILL)
     assert how_it_ended(os.waitpid(pid, 0)[1]) == "killed by SIGKILL"
     assert how_it_ended(-1) == "ended (status unknown)"
+
+
+def test_a_worker_killed_for_overrunning_its_drain_is_logged(caplog):
+    """The supervisor SIGKILLed a worker still running ``grace`` + ``drain_delay`` + 10 s after its SIGTERM
+    without a word."""
+    import logging
+    import subprocess
+
+    from recserve.supervisor import Supervisor
+
+    sup = Supervisor(ServeConfig(workers=1), 0, socket.socket())
+    stuck = subprocess.Popen(["sleep", "60"])     # a worker that does not end on its SIGTERM (stopped)
+    os.kill(stuck.pid, signal.SIGSTOP)
+    sup.pids.append(stuck.pid)
+    try:
+        with caplog.at_level(logging.WARNING, logger="recserve.server"):
+            sup.wait(0.3)
+        assert not _alive(stuck.pid)
+        assert [r.getMessage() for r in caplog.records] == [
+            f"worker {stuck.pid} had not exited 0.3 s after its SIGTERM: killed with SIGKILL"]
+    finally:
+        sup._sock.close()
+        if stuck.poll() is None and _alive(stuck.pid):
+            stuck.kill()
