@@ -178,8 +178,7 @@ def index_whole(path: str | os.PathLike) -> bool:
     element's upper-level links: a file cut there (about 1 % of it) passes :func:`index_header`. Reads the
     part after the level-0 data, one size per element (the trainer's check of what it wrote)."""
     with open(path, "rb") as f:
-        raw = f.read(_HNSW_HEADER.size)
-        count, per_el = _HNSW_HEADER.unpack(raw)[2], _HNSW_HEADER.unpack(raw)[3]
+        count, per_el = _HNSW_HEADER.unpack(f.read(_HNSW_HEADER.size))[2:4]
         f.seek(_HNSW_HEADER.size + count * per_el)
         tail = f.read()
     pos = 0

@@ -38,4 +38,3 @@ class BoundedHealthServicer(HealthServicer):
 
         return health_pb2.HealthListResponse(statuses={
             name: health_pb2.HealthCheckResponse(status=status) for name, status in self._server_status.items()})
-

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from recserve._core.tables import TableWriter
-from recserve.bundle import FORMAT_VERSION, BundleError, manifest_intact, seal_manifest, sha256_file
+from recserve.bundle import (FORMAT_VERSION, BundleError, index_header, index_whole, manifest_intact,
+                             seal_manifest, sha256_file)
 from trainer import features
 
 BIG_MAP = 1 << 34
@@ -196,17 +197,15 @@ def _unpublish(root: Path, final: Path) -> None:
 def save_index(index, path: Path) -> None:
     """``index.save_index(path)``, checked: hnswlib reports no write error (a full disk leaves a short file
     that hashes as any other), so a file whose header does not match its size or the index is an OSError."""
-    from recserve.bundle import BundleError, index_header, index_whole
-
     index.save_index(str(path))
+    want = (index.get_current_count(), index.dim)
     try:
-        count, dim = index_header(path)
-        ok = (count, dim) == (index.get_current_count(), index.dim) and index_whole(path)
-        why = (f"{path.stat().st_size} bytes, not the whole index" if (count, dim) == (index.get_current_count(),
-               index.dim) else f"holds {count} x {dim}, not {index.get_current_count()} x {index.dim}")
+        got = index_header(path)
+        why = (f"holds {got[0]} x {got[1]}, not {want[0]} x {want[1]}" if got != want else
+               None if index_whole(path) else f"{path.stat().st_size} bytes, not the whole index")
     except BundleError as exc:
-        ok, why = False, str(exc).split(": ", 1)[-1]
-    if not ok:
+        why = str(exc).split(": ", 1)[-1]
+    if why is not None:
         raise OSError(errno.EIO, f"written short: {why} (hnswlib reports no write error; is the disk full?)",
                       str(path))
 

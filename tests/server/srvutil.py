@@ -218,3 +218,16 @@ def make_certs(d) -> None:
                 "-subj", f"/CN={name}")
         openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
                 "-out", f"{name}.pem", "-days", "1", "-extfile", "san.cnf")
+
+
+def index_queries(rec) -> list:
+    """(k, ef) of every index query the Recommender ``rec`` makes from now on, recorded around the real
+    query."""
+    calls, query = [], rec.ann.query
+
+    def recorded(vec, k, allowed, brute, ef=None, hidden=None):
+        calls.append((k, ef))
+        return query(vec, k, allowed, brute, ef, hidden)
+
+    rec.ann.query = recorded
+    return calls

@@ -4,18 +4,7 @@ from __future__ import annotations
 import pytest
 
 from recserve.pipeline.recommender import Filters, Recommender, RecRequest
-
-
-def _asked(rec) -> list:
-    """(k, ef) of every index query ``rec`` makes from now on, recorded around the real query."""
-    calls, query = [], rec.ann.query
-
-    def recorded(vec, k, allowed, brute, ef=None, hidden=None):
-        calls.append((k, ef))
-        return query(vec, k, allowed, brute, ef, hidden)
-
-    rec.ann.query = recorded
-    return calls
+from srvutil import index_queries
 
 
 def test_each_query_searches_with_its_own_breadth(bundle):
@@ -35,7 +24,7 @@ def test_similar_items_searches_at_least_twice_as_broad_as_it_asks(bundle):
 
     rec = Recommender(bundle, None, {"similar_ef": 12})
     rec.sim_rows = None
-    calls = _asked(rec)
+    calls = index_queries(rec)
     rec.similar(bundle.tables.id_of("item", 0), 5, Filters())
     (k, ef), = calls
     assert ef == similar_breadth(12, k) == 2 * k and bundle.index.ef == ef
@@ -50,7 +39,7 @@ def test_a_bundle_without_similar_ef_searches_items_with_its_ef(bundle):
         bundle.params["similar_ef"] = saved
     assert rec.similar_ef == rec.ef == int(bundle.params["ef"])
     rec.sim_rows = None
-    calls = _asked(rec)
+    calls = index_queries(rec)
     rec.similar(bundle.tables.id_of("item", 0), 5, Filters())
     (k, ef), = calls
     assert ef == max(rec.ef, 2 * k)

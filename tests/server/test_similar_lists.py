@@ -7,6 +7,7 @@ import pytest
 from recserve._core import candidates as C
 from recserve.pipeline.candidates import BRUTE_FRACTION
 from recserve.pipeline.recommender import Filters, Recommender
+from srvutil import index_queries
 
 
 def test_the_stored_rows_are_the_index_answer_at_their_width(bundle):
@@ -62,14 +63,6 @@ def test_a_broader_similar_ef_at_serve_time_searches_live(bundle):
     assert Recommender(bundle, None, {"similar_ef": breadth + 1}).sim_rows is None
 
 
-def _searched(rec) -> list:
-    """(k, ef) of every index query ``rec`` makes from now on, recorded around the real query."""
-    calls, query = [], rec.ann.query
-    rec.ann.query = lambda vec, k, allowed, brute, ef=None, hidden=None: calls.append((k, ef)) or query(
-        vec, k, allowed, brute, ef, hidden)
-    return calls
-
-
 def test_rows_narrower_than_a_live_search_are_not_read(bundle, monkeypatch):
     """A bundle built before SimilarItems searched twice as broad as it asks has rows searched with
     max(similar_ef, width) and no ``similar_rows_ef``: a request whose live search would be broader than
@@ -77,14 +70,14 @@ def test_rows_narrower_than_a_live_search_are_not_read(bundle, monkeypatch):
     allowed item in 8 of 300 answers at k = 20)."""
     item = bundle.tables.id_of("item", 3)
     rec = Recommender(bundle, None, {"similar_ef": 12})
-    calls = _searched(rec)
+    calls = index_queries(rec)
     rec.similar(item, 5, Filters())
     assert calls == []                                        # a new bundle: its rows are broad enough
     monkeypatch.delitem(bundle.manifest["index"], "similar_rows_ef")
     old = Recommender(bundle, None, {"similar_ef": 12})
     width = old.sim_rows.shape[1]
     assert old.sim_rows is not None and old.sim_rows_ef == max(int(bundle.params["similar_ef"]), width)
-    calls = _searched(old)
+    calls = index_queries(old)
     old.similar(item, 5, Filters())
     (n_ask, ef), = calls                                      # the default k's search: 64 items, breadth 128
     assert n_ask <= width and ef == C.similar_breadth(12, n_ask) > old.sim_rows_ef
@@ -105,7 +98,7 @@ def test_a_bundle_without_stored_lists_searches_the_index(tmp_path_factory):
         assert not b.tables.has_array("sim_rows")
         rec = Recommender(b, None, {"similar_ef": 9})
         assert rec.sim_rows is None and "similar_rows_ef" not in b.manifest["index"]
-        calls = _searched(rec)
+        calls = index_queries(rec)
         res = rec.similar(b.tables.id_of("item", 0), 5, Filters())
         (n_ask, ef), = calls
         assert len(res.items) == 5 and ef == C.similar_breadth(9, n_ask) == b.index.ef
