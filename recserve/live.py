@@ -102,16 +102,17 @@ class BundleHolder:
         return self.path if key == str(self.path) else B.version_dir(self.root, key)
 
     def _stamp(self, key: str) -> tuple:
-        """What changes when a refused version directory is rewritten or still being written: the name, size,
-        mtime and inode of every file in it (a flat tuple, as it travels to the supervisor as JSON). A
-        version refused while its files were being copied is tried again once the copy changed them,
-        whichever file the copy wrote last."""
+        """What changes when a refused version directory is rewritten, repaired or still being written: the
+        name, size, mtime, ctime, inode and mode of every file in it (a flat tuple, as it travels to the
+        supervisor as JSON). A version refused while its files were being copied is tried again once the
+        copy changed them, whichever file the copy wrote last; so is one repaired in place with its mtime
+        kept (``cp -p`` over a damaged file: the ctime moves) or made readable (``chmod``)."""
         try:
             out = []
             with os.scandir(self.directory(key)) as it:
                 for e in sorted(it, key=lambda e: e.name):
                     st = e.stat(follow_symlinks=True)
-                    out += [e.name, st.st_size, st.st_mtime_ns, st.st_ino]
+                    out += [e.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode]
             return tuple(out)
         except (OSError, ValueError):
             return ()
@@ -143,11 +144,14 @@ class BundleHolder:
             return True
         return self.current is None and self.fallback is not None
 
-    def try_reload(self) -> bool:
+    def try_reload(self, retry: bool = False) -> bool:
         """Load the version CURRENT names if it differs from the live one. True when swapped.
 
-        With nothing live yet and CURRENT's version refused (now or by the siblings), a replacement
-        loads its siblings' version (``fallback``) instead, once."""
+        A version refused before is tried again only once its files changed (:meth:`_stamp`), or when
+        ``retry`` (an operator's SIGHUP: a refusal whose cause lay outside the files, such as memory
+        that ran out while loading, is not remembered past it). With nothing live yet and CURRENT's
+        version refused (now or by the siblings), a replacement loads its siblings' version
+        (``fallback``) instead, once."""
         tried = None
         try:
             key = self._key()
@@ -158,7 +162,7 @@ class BundleHolder:
         if key is not None and key != self.current_key:
             stamp = self._stamp(key)
             # refused before and unchanged: not re-hashed every poll
-            if self._refused != (key, stamp):
+            if retry or self._refused != (key, stamp):
                 tried = key
                 if self._swap(key, stamp):
                     return True

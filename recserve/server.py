@@ -257,9 +257,10 @@ class Worker:
         await self.health.set("", st)
         await self.health.set(SERVICE_NAME, st)
 
-    async def _reload(self) -> None:
+    async def _reload(self, retry: bool = False) -> None:
         """Load the version CURRENT names if it changed (in a thread); SERVING once one is live. One load
-        at a time: a poll and a SIGHUP that meet wait for each other."""
+        at a time: a poll and a SIGHUP that meet wait for each other. ``retry``: a version refused before
+        is tried again even with its files unchanged (SIGHUP)."""
         async with self._reload_lock:
             # a load pauses this worker's loop (hnswlib's index load holds the GIL): siblings forward
             # nothing here meanwhile
@@ -267,7 +268,7 @@ class Worker:
             if loading:
                 self.sharing.loading(True)
             try:
-                swapped = await asyncio.get_running_loop().run_in_executor(self.loader, self.holder.try_reload)
+                swapped = await asyncio.get_running_loop().run_in_executor(self.loader, self.holder.try_reload, retry)
             finally:
                 if loading:
                     self.sharing.loading(False)
@@ -276,9 +277,9 @@ class Worker:
             if self.sharing is not None:
                 self.sharing.serving(True)
 
-    async def reload_now(self) -> None:
-        """Look at CURRENT now (SIGHUP), not at the next poll."""
-        await self._reload()
+    async def reload_now(self, retry: bool = False) -> None:
+        """Look at CURRENT now, not at the next poll; ``retry`` (SIGHUP): try a refused version again."""
+        await self._reload(retry)
 
     async def _watch(self) -> None:
         while True:
@@ -360,8 +361,8 @@ class InProcessWorker(Worker):
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self.start(), self._loop).result()
 
-    def reload_now(self) -> None:     # type: ignore[override]
-        asyncio.run_coroutine_threadsafe(Worker.reload_now(self), self._loop).result()
+    def reload_now(self, retry: bool = False) -> None:     # type: ignore[override]
+        asyncio.run_coroutine_threadsafe(Worker.reload_now(self, retry), self._loop).result()
 
     def stop(self, grace: float | None = None) -> None:     # type: ignore[override]
         try:
@@ -488,7 +489,7 @@ def serve_forever(cfg: ServeConfig) -> int:
         if hup.is_set():
             hup.clear()
             log.info("SIGHUP: looking at CURRENT now", extra={"event": "reload_signal"})
-            server.reload_now()
+            server.reload_now(retry=True)
         if isinstance(server, Supervisor):
             server.monitor()
     server.stop()

@@ -140,7 +140,7 @@ def _worker_main(cfg: ServeConfig, port: int, report_fd: int, cpu: int | None = 
 
             def hup() -> None:
                 if not stop.is_set():
-                    asyncio.ensure_future(w.reload_now())
+                    asyncio.ensure_future(w.reload_now(retry=True))
 
             loop.add_signal_handler(signal.SIGHUP, hup)    # kept while draining (removed, it would kill)
             await stop.wait()
@@ -328,8 +328,9 @@ class Supervisor:
                 log.error("respawned worker failed to start", extra={
                     "event": "respawn_failed", "error": msg["error"]})
 
-    def reload_now(self) -> None:
-        """Ask every worker to look at CURRENT now (SIGHUP)."""
+    def reload_now(self, retry: bool = True) -> None:
+        """Ask every worker to look at CURRENT now, a version they refused included (SIGHUP: ``retry``
+        is always so for workers in their own processes)."""
         with self._lock:
             for pid in self.pids:
                 with contextlib.suppress(ProcessLookupError):

@@ -196,6 +196,31 @@ def test_sighup_looks_at_current_at_once(shared_root, facts, tmp_path, start_ser
     assert metric(text, "recserve_bundle_loaded", version=good) == 0
 
 
+def test_sighup_tries_a_refused_version_again(shared_root, facts, tmp_path, start_server):
+    """Polls do not try again a version refused with its files unchanged; a SIGHUP does, in every worker
+    (an operator's one way to retry a refusal whose cause was outside the files), and the old version
+    keeps answering."""
+    root = copy_root(shared_root, tmp_path / "root")
+    good = (root / "CURRENT").read_text().strip()
+    s = start_server(root, "--workers", "2", "--reload-interval", "0.1", "--events-dir", str(tmp_path / "ev"),
+                     metrics=True)
+
+    def refused() -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=10).read().decode()
+        return metric(text, "recserve_reloads_total", outcome="refused")
+
+    new_version(root, good, "v-bad", corrupt="model")
+    set_current(root, "v-bad")
+    assert wait_for(lambda: refused() == 2, 30)
+    time.sleep(1.0)                                     # ten polls each
+    assert refused() == 2
+    s.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: refused() == 4, 30)
+    versions, errors = _answers(s, facts["user"], 0.5)
+    assert set(versions) == {good} and not errors
+    assert s.proc.poll() is None
+
+
 def test_a_refusal_of_the_served_version_does_not_reach_replacements(shared_root, tmp_path):
     """Reports read out of order (one worker refused v while its sibling loaded v, a file still being
     copied): the supervisor keeps v as what replacements serve, and a replacement given v both as the
