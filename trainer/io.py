@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,6 +140,8 @@ def read_table(path: Path, text: tuple = (), report: dict | None = None) -> pa.T
         raise
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{path.name}: cannot parse: {_readable(str(exc).splitlines()[0])}") from None
+    except (EOFError, zlib.error) as exc:   # gzip's own read of a file cut short or damaged (csvread's scans)
+        raise DataError(f"{path.name}: cannot read: the compressed file is cut short or damaged ({exc})") from None
     if t.num_rows == 0:
         raise DataError(f"{path.name}: empty file (no rows)")
     _no_duplicate_columns(path, _names(t.schema, path))

@@ -180,6 +180,34 @@ def test_a_quote_that_does_not_close_on_its_line_is_refused_naming_it(tmp_path, 
     assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("table", ["interactions", "items"])
+@pytest.mark.parametrize("damage", ["cut", "flipped"])
+def test_a_gzipped_table_cut_short_or_damaged_is_refused_in_one_line(tmp_path, capsys, table, damage):
+    """A .csv.gz with no quote before its damage (unquoted CSV, as pandas writes it) was a traceback, exit
+    1: the scan for quotes decompressed it first and gzip's EOFError or zlib.error escaped the reader's
+    checks. Refused, exit 2, one line naming the file; nothing written."""
+    import gzip
+
+    d = tmp_path / "d"
+    d.mkdir()
+    texts = {"items": "item_id,category,price\n" + "".join(f"i{k},c{k % 7},{k % 50 + 1}\n" for k in range(3000)),
+             "interactions": HEAD + "".join(f"u{k % 900},i{k % 3000},{1_600_000_000 + k},view\n"
+                                            for k in range(60_000))}
+    for name, text in texts.items():
+        (d / f"{name}.csv").write_text(text)
+    (d / f"{table}.csv").unlink()
+    packed = bytearray(gzip.compress(texts[table].encode()))
+    if damage == "cut":
+        packed = packed[:len(packed) // 2]
+    else:
+        packed[200:240] = bytes(b ^ 0xFF for b in packed[200:240])
+    (d / f"{table}.csv.gz").write_bytes(bytes(packed))
+    assert main(["build", "--data", str(d), str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{table}.csv.gz: cannot " in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def _opens_unclosed_reference(line: str, delimiter: str) -> bool:
     """Whether a quoted value is still open at the end of ``line``, character by character: a quote opens
     one only as the first character of a value (elsewhere it is a character of the value), and inside
