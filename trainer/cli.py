@@ -348,8 +348,11 @@ def _run(args) -> int:
               f"decay_short {m['params']['decay_short']} alpha {m['params']['alpha']})")
         if args.holdout > 0:
             why = "for its evaluation" if evaluated else "(not evaluated: --no-evaluate)"
-            print(f"note: the newest {args.holdout * 100:g}% of the interactions were held out of this bundle {why}; "
-                  f"build the bundle to serve with --holdout 0", file=sys.stderr)
+            held, total = m["counts"]["held_out"], m["counts"]["interactions_total"]
+            asked = "" if abs(held / total - args.holdout) <= 0.01 else \
+                f" (not the {args.holdout * 100:g}% asked: the interactions at one time are all on one side of the cut)"
+            print(f"note: the newest {100 * held / total:.3g}% ({held} of {total}) of the interactions were held out "
+                  f"of this bundle {why}{asked}; build the bundle to serve with --holdout 0", file=sys.stderr)
         return 0
     if args.cmd == "verify":
         from recserve.bundle import MANIFEST_DIGEST, verify

@@ -5,10 +5,14 @@ import numpy as np
 
 
 def time_cut(ts: np.ndarray, holdout: float) -> float:
-    """The timestamp such that about ``holdout`` of the interactions are at or after it."""
+    """The timestamp such that about ``holdout`` of the interactions are at or after it. Where the quantile
+    falls on a time that the oldest interactions share (logs backfilled at one time), the next time after
+    it: less than ``holdout`` is then at or after the cut, and the oldest time is all before it."""
     if not 0.0 < holdout < 1.0:
         raise ValueError(f"holdout fraction must be in (0, 1), got {holdout}")
     cut = float(np.quantile(ts, 1.0 - holdout))
+    if not (ts < cut).any() and (later := ts[ts > cut]).size:
+        cut = float(later.min())
     if not (ts < cut).any():
         raise ValueError(f"the time split leaves no training interaction: every interaction is at or after "
                          f"{cut:.0f} (unix seconds; build with --holdout 0, or with data over a longer time)")

@@ -16,9 +16,12 @@ def test_synth_build_verify_evaluate(tmp_path):
     p = run_cli("build", "--data", data, out, "--factors", 16, "--ranker-users", 250, check=True)  # evaluates
     assert "built" in p.stdout and "full+mmr" in p.stdout
     assert "total (top-level)" in p.stderr            # the timing summary
-    assert "the newest 10% of the interactions were held out of this bundle" in p.stderr
     bundle = resolve(out)
     m = json.loads((bundle / "manifest.json").read_text())
+    held, total = m["counts"]["held_out"], m["counts"]["interactions_total"]
+    assert 0.09 <= held / total <= 0.11
+    assert f"the newest {100 * held / total:.3g}% ({held} of {total}) of the interactions were held out of this " \
+           "bundle for its evaluation; build" in p.stderr
     assert set(m["files"]) == {"tables.lmdb", "index.hnsw", "ranker.txt"}
     assert set(m["inputs"]) == {"interactions.csv", "items.csv", "users.csv"}
     assert m["evaluation"]["methods"]["popularity"]["recall@10"] >= 0
