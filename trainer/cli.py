@@ -346,6 +346,10 @@ def _run(args) -> int:
               f"{m['counts']['interactions']} training interactions; embedding {tr['embedding']}; "
               f"index recall@10 {m['index']['recall_at_k']['recall']}; ranker {_ranker_line(tr['ranker'])}; "
               f"decay_short {m['params']['decay_short']} alpha {m['params']['alpha']})")
+        if n := ds.report.get("repeated_interactions"):
+            print(f"note: {n} of {ds.report['interactions']} interactions repeat another in every column (user, "
+                  "item, event, timestamp, value, device); read as they are: a log appended twice would show here",
+                  file=sys.stderr)
         if args.holdout > 0:
             why = "for its evaluation" if evaluated else "(not evaluated: --no-evaluate)"
             held, total = m["counts"]["held_out"], m["counts"]["interactions_total"]

@@ -543,6 +543,13 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
         report["files_not_read"] = unread
     user_row = _codes(x_user, user_ids)
     order = np.lexsort((device, value, item_row, ev, ts, user_row))     # ties by item, value, device: not file order
+    # interactions that repeat another in every column are counted, not dropped: with times of a day
+    # (dates without hours) a second view of an item that day is one, and a log appended twice makes them all
+    cols = [a[order] for a in (user_row, item_row, ev, ts, value, device)]
+    same = np.ones(max(len(order) - 1, 0), bool)
+    for a in cols:
+        same &= (a[1:] == a[:-1]) | ((a[1:] != a[1:]) & (a[:-1] != a[:-1]))      # NaN values alike
+    report["repeated_interactions"] = int(same.sum())
     report.update(interactions=int(len(ts)), users=int(len(user_ids)), items=int(len(item_ids)))
     return Dataset(user=user_row[order].astype(np.int32), item=item_row[order].astype(np.int32),
                    ts=ts[order], event=ev[order].astype(np.int8), value=value[order], device=device[order],
