@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import unicodedata
 
 from recserve import config as C
 from recserve.cliparser import Parser, reason
@@ -23,11 +24,38 @@ from recserve.pipeline.messages import DEVICES
 from recserve.storetool import cmd_store
 
 
+# shown as escapes: control, format (bidi, zero-width), separator, surrogate and unassigned characters,
+# which a terminal runs, hides, breaks the line at or draws at a width no one knows
+_ESCAPED = {"Cc", "Cf", "Cs", "Cn", "Zl", "Zp"}
+
+
+def shown(text: str) -> str:
+    """``text`` as a terminal line may carry it: each control, bidi, zero-width or line-breaking character as
+    a Python escape (``\\u200b``), so a server's string cannot hide itself, reorder its line or break the
+    table."""
+    if text.isprintable():
+        return text
+    return "".join(c if c == " " or unicodedata.category(c) not in _ESCAPED else
+                   f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}" if ord(c) < 0x10000 else
+                   f"\\U{ord(c):08x}" for c in text)
+
+
+def width(text: str) -> int:
+    """Terminal columns of :func:`shown` text: 2 for a wide or full-width East Asian character (CJK, most
+    emoji), 0 for a combining mark, 1 for any other."""
+    if text.isascii():
+        return len(text)
+    return sum(0 if unicodedata.category(c) in ("Mn", "Me") else 2 if unicodedata.east_asian_width(c) in "WF"
+               else 1 for c in text)
+
+
 def _table(headers: list[str], rows: list[list]) -> str:
-    cells = [[str(h) for h in headers]] + [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in r]
+    """Columns padded to their widest cell in terminal columns. Cells are whole, however long: an id is
+    copied from here into --exclude, --session or similar."""
+    cells = [[str(h) for h in headers]] + [[f"{v:.4f}" if isinstance(v, float) else shown(str(v)) for v in r]
                                           for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    widths = [max(width(r[i]) for r in cells) for i in range(len(headers))]
+    line = lambda r: "  ".join(c + " " * (w - width(c)) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     return "\n".join([line(cells[0]), line(["-" * w for w in widths])] + [line(r) for r in cells[1:]])
 
 
@@ -105,7 +133,7 @@ def seconds(text: str) -> float:
     except ValueError:
         v = float("nan")
     if not 0 < v < 1e6:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0 and below 1000000, got {text!r}")
     return v
 
 
@@ -121,6 +149,8 @@ def int32(text: str) -> int:
 
 
 def _meta(args):
+    """The call's metadata: the bearer token, when there is one and a gRPC header can carry it; a bad
+    argument otherwise."""
     if not args.token:
         return None
     if (bad := C.token_fault(args.token)) is not None:
@@ -224,8 +254,7 @@ def cmd_recommend(args) -> int:
                   args)
     cold = (f" (cold start, trending in {r.trending_country})" if r.trending_country
             else " (cold start)" if r.cold_start else "")
-    print(f"user {args.user or '(anonymous)'}{cold}  "
-          f"bundle {r.bundle_version}  request {r.request_id}")
+    print(shown(f"user {args.user or '(anonymous)'}{cold}  bundle {r.bundle_version}  request {r.request_id}"))
     print_items(r.items, args.explain)
     print("timings: " + "  ".join(f"{t.stage}={t.ms:.2f}ms" for t in r.timings))
     return 0
@@ -239,7 +268,7 @@ def cmd_similar(args) -> int:
         r = _call(lambda: pbg.RecommenderStub(ch).SimilarItems(
             pb.SimilarItemsRequest(item_id=args.item, k=args.k, filters=_filters(args)),
             metadata=_meta(args), timeout=args.timeout), args)
-    print(f"similar to {args.item}  bundle {r.bundle_version}  request {r.request_id}")
+    print(shown(f"similar to {args.item}  bundle {r.bundle_version}  request {r.request_id}"))
     print_items(r.items)
     return 0
 
@@ -279,9 +308,9 @@ def cmd_items(args) -> int:
 def cmd_health(args) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with _channel(args) as ch:
+    with _channel(args) as ch:      # the token is checked and sent as by the other commands (health is open)
         r = _call(lambda: health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""),
-                                                                timeout=args.timeout), args)
+                                                                metadata=_meta(args), timeout=args.timeout), args)
     name = health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
     print(name)
     return 0 if name == "SERVING" else 1
@@ -407,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ca", help="CA certificate for TLS")
         p.add_argument("--cert", help="client certificate (mutual TLS), with --key")
         p.add_argument("--key", help="client private key (mutual TLS)")
-        p.add_argument("--timeout", type=seconds, default=10.0, help="deadline of the call, seconds")
+        p.add_argument("--timeout", type=seconds, default=10.0,
+                       help="deadline of the call, seconds (default 10; above 0, below 1000000)")
         p.set_defaults(fn=fn)
         return p
 
