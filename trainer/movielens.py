@@ -21,6 +21,7 @@ import pyarrow.csv as pacsv
 from recserve.pipeline.messages import MAX_EVENT_AHEAD
 from trainer.csvread import read_csv
 from trainer.io import MAX_TIMESTAMP, MIN_TIMESTAMP, Dataset, DataError, need_columns
+from trainer.timestamps import epoch_seconds
 
 ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
@@ -153,10 +154,11 @@ def _ids(t: pa.Table, path: Path, col: str, header: bool = True, delimiter: byte
 _NUMBER = r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
 
 
-def _finite(t: pa.Table, path: Path, col: str, header: bool = True, times: bool = False,
+def _finite(t: pa.Table, path: Path, col: str, header: bool = True, times: bool = False, stars: bool = False,
             delimiter: bytes = b",") -> np.ndarray:
-    """A column of numbers as float64: none empty, unparsable or infinite; ``times``: unix seconds from the
-    year 1 to 9999."""
+    """A column of numbers as float64: none empty, unparsable or infinite; ``times``: since 1970 in seconds
+    (or milliseconds, microseconds, nanoseconds, as the build reads them), from the year 1 to 9999;
+    ``stars``: MovieLens' ratings, 0.5 to 5."""
     c = t.column(col)
     refuse = functools.partial(_refuse, path, col, header=header, delimiter=delimiter)
     empty = pc.is_null(c).to_numpy(zero_copy_only=False)
@@ -176,6 +178,11 @@ def _finite(t: pa.Table, path: Path, col: str, header: bool = True, times: bool 
     bad = ~np.isfinite(a)
     if bad.any():
         refuse(bad, "value(s) that are not finite numbers", shown=c.to_pylist())
+    if times:
+        a = epoch_seconds(a)
+    bad = stars & ((a < 0.5) | (a > 5))
+    if bad.any():
+        refuse(bad, "rating(s) outside MovieLens' 0.5 to 5 stars", shown=c.to_pylist())
     bad = times & ((a < MIN_TIMESTAMP) | (a > MAX_TIMESTAMP))
     if bad.any():
         refuse(bad, "time(s) before the year 1 or after 9999", shown=c.to_pylist())
@@ -226,7 +233,7 @@ def load_ml100k(path: Path) -> Dataset:
     tab = {"header": False, "delimiter": b"\t"}
     return _finish(_ids(t, data, "user id", **tab), _ids(t, data, "item id", **tab),
                    _finite(t, data, "timestamp", times=True, **tab),
-                   _finite(t, data, "rating", **tab), item_ids, cats, created, data, item, "item id", **tab)
+                   _finite(t, data, "rating", stars=True, **tab), item_ids, cats, created, data, item, "item id", **tab)
 
 
 def load_ml_latest(path: Path) -> Dataset:
@@ -248,13 +255,16 @@ def load_ml_latest(path: Path) -> Dataset:
         created.append(_year_ts(int(y.group(1)) if y else None))
     return _finish(_ids(r, ratings, "userId"), _ids(r, ratings, "movieId"),
                    _finite(r, ratings, "timestamp", times=True),
-                   _finite(r, ratings, "rating"), item_ids, cats, created, ratings, movies, "movieId")
+                   _finite(r, ratings, "rating", stars=True), item_ids, cats, created, ratings, movies, "movieId")
 
 
 def load_movielens(path: str) -> Dataset:
     p = Path(path)
     if not p.is_dir():
         raise DataError(f"{p}: not a directory")
+    if (p / "u.data").is_file() and (p / "ratings.csv").is_file():
+        raise DataError(f"{p}: holds both ml-100k (u.data) and ml-latest (ratings.csv): import one at a time, "
+                        "each from a directory of its own")
     if (p / "u.data").is_file():
         return load_ml100k(p)
     if (p / "ratings.csv").is_file():

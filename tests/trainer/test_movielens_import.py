@@ -63,6 +63,10 @@ def test_the_good_files_import(tmp_path, capsys):
     (2, 2, "good", "ratings.csv: column rating has 1 value(s) that are not finite numbers, the first 'good' "
                    "on line 3"),
     (2, 2, "inf", "ratings.csv: column rating has 1 value(s) that are not finite numbers, the first inf on line 3"),
+    (2, 2, "0", "ratings.csv: column rating has 1 rating(s) outside MovieLens' 0.5 to 5 stars, the first 0.0 "
+                "on line 3"),
+    (4, 2, "50", "ratings.csv: column rating has 1 rating(s) outside MovieLens' 0.5 to 5 stars, the first 50.0 "
+                 "on line 5"),
     (3, 0, "", "ratings.csv: column userId has 1 empty id(s), the first on line 4"),
     (1, 1, " ", "ratings.csv: column movieId has 1 empty id(s), the first on line 2"),
 ])
@@ -77,10 +81,24 @@ def test_lines_count_the_empty_lines_pyarrow_skips(tmp_path, capsys):
     assert _refused(d, tmp_path, capsys) == "ratings.csv: column timestamp has 1 empty value(s), the first on line 7"
 
 
+def test_times_in_milliseconds_read_as_the_build_reads_them_and_two_data_sets_in_one_directory_are_refused(
+        tmp_path, capsys):
+    """Milliseconds since 1970 were refused as "before the year 1 or after 9999", though the build reads
+    them; a directory with both u.data and ratings.csv was imported as ml-100k without a word."""
+    ms = [RATINGS[0]] + [",".join(r.split(",")[:3] + [r.split(",")[3] + "000"]) for r in RATINGS[1:]]
+    d = _dir(tmp_path / "ms", {"ratings.csv": ms, "movies.csv": MOVIES})
+    assert main(["import", "movielens", str(d), str(tmp_path / "ms_out")]) == 0
+    assert load_dataset(tmp_path / "ms_out").ts.tolist() == [1260759144.0, 1260759179.0, 1260759182.0, 1260759185.0]
+    both = _dir(tmp_path / "both", {"ratings.csv": RATINGS, "movies.csv": MOVIES, "u.data": U_DATA, "u.item": U_ITEM})
+    assert _refused(both, tmp_path, capsys) == (f"{both}: holds both ml-100k (u.data) and ml-latest (ratings.csv): "
+                                                "import one at a time, each from a directory of its own")
+
+
 @pytest.mark.parametrize("row, col, value, says", [
     (3, 3, "", "u.data: column timestamp has 1 empty value(s), the first on line 4"),
     (0, 2, "x", "u.data: column rating has 1 value(s) that are not finite numbers, the first 'x' on line 1"),
     (1, 0, "", "u.data: column user id has 1 empty id(s), the first on line 2"),
+    (1, 2, "-5", "u.data: column rating has 1 rating(s) outside MovieLens' 0.5 to 5 stars, the first -5 on line 2"),
     (2, 3, "4102444800", "u.data: column timestamp has 1 time(s) more than a day after this machine's clock, "
                          "the first 4102444800 on line 3"),       # 2100: build would refuse it
 ])
