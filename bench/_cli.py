@@ -89,6 +89,19 @@ def check_dir(ap: argparse.ArgumentParser, path: str, flag: str) -> None:
         ap.error(f"{flag}: {path} is not a directory" if Path(path).exists() else f"{flag}: {path} does not exist")
 
 
+def movielens_files(path: Path) -> bool:
+    """Whether ``path`` holds MovieLens ratings as ``trainer.movielens`` reads them (ml-100k or ml-latest)."""
+    return (path / "u.data").is_file() or (path / "ratings.csv").is_file()
+
+
+def check_movielens(ap: argparse.ArgumentParser, path: str, flag: str) -> None:
+    """A MovieLens directory named on the command line that is missing or holds no MovieLens ratings: exit 2,
+    one line, before any work."""
+    check_dir(ap, path, flag)
+    if not movielens_files(Path(path)):
+        ap.error(f"{flag}: {path} holds neither ml-100k's u.data nor ml-latest's ratings.csv")
+
+
 def output_file(path: str) -> str:
     """Argument type of an output file (``--json``, ``--png``): one that could not be written is refused while
     the arguments are read, not after the whole run. Tried, not guessed from mode bits (root may write
@@ -109,6 +122,19 @@ def output_file(path: str) -> str:
     except OSError as exc:
         raise argparse.ArgumentTypeError(f"{path} is not writable ({exc.strerror})") from None
     return path
+
+
+def png_file(path: str) -> str:
+    """Argument type of a ``--png`` plot: :func:`output_file`, and refused while the arguments are read when
+    matplotlib, which draws it, cannot be imported (not found out after the whole run)."""
+    import importlib
+
+    try:
+        importlib.import_module("matplotlib")
+    except ImportError as exc:
+        raise argparse.ArgumentTypeError(f"matplotlib, which draws the PNG, cannot be imported ({exc}); "
+                                         "install it or leave out --png") from None
+    return output_file(path)
 
 
 def sizes(text: str, interactions: bool = False) -> list[tuple]:

@@ -63,21 +63,25 @@ class ServerProc:
         self.port = None
         import select
 
-        while time.monotonic() < deadline:
-            r, _, _ = select.select([self.proc.stdout], [], [], 0.5)
-            if r:
-                line = self.proc.stdout.readline()
-                if not line:
+        try:
+            while time.monotonic() < deadline:
+                r, _, _ = select.select([self.proc.stdout], [], [], 0.5)
+                if r:
+                    line = self.proc.stdout.readline()
+                    if not line:
+                        break
+                    try:
+                        d = json.loads(line)
+                    except ValueError:
+                        continue
+                    if d.get("event") == "listening":
+                        self.port = int(d["port"])
+                        break
+                if self.proc.poll() is not None:
                     break
-                try:
-                    d = json.loads(line)
-                except ValueError:
-                    continue
-                if d.get("event") == "listening":
-                    self.port = int(d["port"])
-                    break
-            if self.proc.poll() is not None:
-                break
+        except BaseException:       # Ctrl-C while it starts: no one else holds it to stop (its own group)
+            self.stop()
+            raise
         if self.port is None:
             self.stop(keep_log=True)
             last = [ln for ln in Path(self.log.name).read_text(errors="replace").splitlines() if ln.strip()]

@@ -40,8 +40,21 @@ def zipf_index(rng, n: int, s: float, size: int) -> np.ndarray:
     return rng.choice(n, size=size, p=p / p.sum())
 
 
+FILTERED = ("Recommend", "SimilarItems")     # the methods whose requests carry a category filter
+
+
+def filtered_methods(ids: dict, cfg: dict) -> list[str]:
+    """The methods of ``cfg``'s mix whose calls :func:`build_requests` gives a category filter
+    (``include_categories``, one of the bundle's categories) in a share ``cfg["filter_share"]`` of them:
+    none when that share is 0 or the bundle has no category."""
+    if not ids.get("category") or cfg["filter_share"] <= 0:
+        return []
+    return [m for m in FILTERED if m in cfg["mix"]]
+
+
 def build_requests(ids: dict, cfg: dict, seed: int, n: int) -> list[tuple[str, bytes]]:
-    """``n`` pre-built (method, serialized request) pairs."""
+    """``n`` pre-built (method, serialized request) pairs. A share ``cfg["filter_share"]`` of the Recommend
+    and of the SimilarItems requests ask for one of the bundle's categories (``filters.include_categories``)."""
     from recserve.v1 import recommender_pb2 as pb
 
     rng = np.random.default_rng(seed)
@@ -53,6 +66,7 @@ def build_requests(ids: dict, cfg: dict, seed: int, n: int) -> list[tuple[str, b
     i_idx = zipf_index(rng, len(items), cfg["zipf"], n * 6)
     countries = ids.get("country") or []
     crng = np.random.default_rng([seed, 7])     # its own draws: the rest of the workload stays as it was
+    frng = np.random.default_rng([seed, 11])    # the SimilarItems' filters: their own draws too
     out = []
     for j, m in enumerate(methods):
         if m == "Recommend":
@@ -73,7 +87,10 @@ def build_requests(ids: dict, cfg: dict, seed: int, n: int) -> list[tuple[str, b
                 req.filters.include_categories.append(cats[int(rng.integers(len(cats)))])
             out.append((m, req.SerializeToString()))
         elif m == "SimilarItems":
-            out.append((m, pb.SimilarItemsRequest(item_id=items[i_idx[6 * j]], k=cfg["k"]).SerializeToString()))
+            req = pb.SimilarItemsRequest(item_id=items[i_idx[6 * j]], k=cfg["k"])
+            if cats and frng.random() < cfg["filter_share"]:       # the same category filter as a Recommend's
+                req.filters.include_categories.append(cats[int(frng.integers(len(cats)))])
+            out.append((m, req.SerializeToString()))
         else:
             uid = users[u_idx[j]]
             ev = [pb.Event(user_id=uid, item_id=items[i], type=pb.EVENT_TYPE_CLICK if rng.random() < 0.3

@@ -36,7 +36,7 @@ from _clients import phase_config, run_phase  # noqa: E402
 from _inproc import RECOMMEND_ONLY  # noqa: E402
 from _servers import imported_tree, server_env, start_real  # noqa: E402
 from _timing import machine  # noqa: E402
-from _workload import build_requests, parse_mix, read_ids  # noqa: E402
+from _workload import build_requests, filtered_methods, parse_mix, read_ids  # noqa: E402
 from recserve.config import check_env, load as load_config, validate  # noqa: E402
 from trainer.argtypes import number  # noqa: E402
 
@@ -61,6 +61,17 @@ def parse_settings(s: str, flag: str) -> dict[str, str]:
             raise UsageError(str(exc)) from None
         out[name] = value.strip()
     return out
+
+
+def check_sides(ap, sets: dict[str, dict[str, str]]) -> None:
+    """Exit 2, the reason in one line, when a side's settings (``{"A": {NAME: VALUE}, ...}``, beside this
+    environment) hold a value recserve would refuse (a bool that is not one, a number out of its range):
+    refused here, before any server starts or any run."""
+    for name, side in sets.items():
+        try:
+            validate(load_config({}, env={**os.environ, **side}))
+        except ValueError as exc:
+            ap.error(f"--{name.lower()}: {exc}")
 
 
 def figures(res: dict) -> dict[str, float]:
@@ -117,11 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=output_file)
     a = ap.parse_args(argv)
     sets = {"A": parse_settings(a.a, "--a"), "B": parse_settings(a.b, "--b")}
-    for name, side in sets.items():         # a value the server would refuse: refused here, before it starts
-        try:
-            validate(load_config({}, env={**os.environ, **side}))
-        except ValueError as exc:
-            ap.error(f"--{name.lower()}: {exc}")
+    check_sides(ap, sets)
     if sets["A"] == sets["B"]:
         ap.error("--a and --b are the same settings: nothing to compare")
     if a.rate <= 0:                         # the closed loop splits --concurrency over the client processes
@@ -137,6 +144,7 @@ def main(argv=None) -> int:
 
     cfg = {**RECOMMEND_ONLY, "mix": mix}     # bench/load.py's defaults otherwise
     ids = read_ids(a.bundle)
+    cfg["filter_applies_to"] = filtered_methods(ids, cfg)     # what the filter share is a share of
     pools = [build_requests(ids, cfg, seed=i, n=a.pool) for i in range(a.clients)]
     base = {"duration": a.duration, "channels": a.channels, "deadline": a.deadline, "warmup": a.warmup}
     phase = phase_config("open", rate=a.rate / a.clients, **base) if a.rate > 0 else \

@@ -20,6 +20,7 @@ near 1; where they grow with the gap, a server at a low or moderate rate pays th
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -32,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from _inproc import RECOMMEND_ONLY, rec_requests, recommender  # noqa: E402
-from _cli import Parser, check_bundle, output_file, record, write_json  # noqa: E402
+from _cli import Parser, UsageError, check_bundle, output_file, record, write_json  # noqa: E402
 from trainer.argtypes import number_list, positive_int  # noqa: E402
 from _timing import machine  # noqa: E402
 from _workload import build_requests, read_ids  # noqa: E402
@@ -80,13 +81,18 @@ def main(argv=None) -> int:
     if min(gaps) <= 0:
         ap.error("argument --gaps: each must be above 0")
     check_bundle(ap, a.bundle)
+    from recserve.bundle import BundleError
 
-    cpu = min(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cpu})
-    print(f"machine: {machine()}; pinned to CPU {cpu}", flush=True)
-    reqs = rec_requests(build_requests(read_ids(a.bundle), RECOMMEND_ONLY, 0, max(1000, 2 * a.block)))
-    result = record(a, gaps={})
-    with tempfile.TemporaryDirectory(prefix="recserve-gaps-") as tmp, recommender(a.bundle, f"{tmp}/ev") as rec:
+    with tempfile.TemporaryDirectory(prefix="recserve-gaps-") as tmp, contextlib.ExitStack() as stack:
+        try:
+            rec = stack.enter_context(recommender(a.bundle, f"{tmp}/ev"))
+        except BundleError as exc:      # hashes that do not verify: refused as the server refuses it
+            raise UsageError(f"--bundle: {exc}") from None
+        cpu = min(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpu})
+        print(f"machine: {machine()}; pinned to CPU {cpu}", flush=True)
+        reqs = rec_requests(build_requests(read_ids(a.bundle), RECOMMEND_ONLY, 0, max(1000, 2 * a.block)))
+        result = record(a, gaps={})
         for r in reqs[:300]:
             rec.recommend(r)
         print(f"thread CPU per Recommend, median over {a.blocks} blocks of {a.block} calls; "
@@ -101,7 +107,7 @@ def main(argv=None) -> int:
                 q1, q2, q3 = np.percentile(t[mode] / base, [25, 50, 75])
                 row.append(f"{q2:5.2f} [{q1:.2f}-{q3:.2f}]")
                 rec_gap[f"{mode}_ratio"] = [float(q1), float(q2), float(q3)]
-            print(f"{gap:7.2f}  {rec_gap['back to back']:9.3f} ms  {rec_gap['spin']:7.3f}  "
+            print(f"{gap:>7g}  {rec_gap['back to back']:9.3f} ms  {rec_gap['spin']:7.3f}  "
                   f"{rec_gap['sleep']:7.3f}  {row[0]:>17}  {row[1]:>17}", flush=True)
             result["gaps"][str(gap)] = rec_gap
     if a.json:

@@ -4,7 +4,8 @@ trees (or settings) that the machine's load cannot move.
 Timed comparisons on a shared machine have a noise floor of several per cent (``bench/compare.py``'s A/A
 rounds); an instruction count is the same for the same binary, inputs and environment whatever else runs.
 This script builds one pool of requests (``bench/load.py``'s workload: Zipf users, unknown and anonymous
-ones, category filters), then runs the pipeline in process (``Recommender``, no gRPC) over it under
+ones, a category filter on 10 % of the Recommends and of the SimilarItems), then runs the pipeline in
+process (``Recommender``, no gRPC) over it under
 ``valgrind --tool=callgrind``, once with ``--calls N1`` and once with ``N2`` measured calls per side: the
 difference of the two totals over ``N2 - N1`` is the instructions of one call, start-up, imports and the
 bundle's loading removed. Side A runs with this environment plus ``--a``, side B with ``--b``
@@ -161,8 +162,8 @@ def main(argv=None) -> int:
     from _cli import Parser, UsageError, check_bundle, git_commit, output_file, record, write_json
     from _servers import imported_tree
     from _timing import machine
-    from _workload import build_requests, read_ids
-    from compare import parse_settings
+    from _workload import build_requests, filtered_methods, read_ids
+    from compare import check_sides, parse_settings
     from trainer.argtypes import number, number_list
 
     at_least_0 = number(int, 0)
@@ -188,6 +189,7 @@ def main(argv=None) -> int:
         sets["B"] = parse_settings(a.b, "--b")
         if sets["A"] == sets["B"]:
             ap.error("--a and --b are the same settings: nothing to compare")
+    check_sides(ap, sets)       # a value recserve would refuse: refused here, as compare.py does, before any run
     valgrind = shutil.which(a.valgrind)
     if valgrind is None:
         raise UsageError(f"--valgrind: {a.valgrind!r} not found (Debian: apt-get install valgrind)")
@@ -202,12 +204,17 @@ def main(argv=None) -> int:
     from recserve.bundle import resolve
 
     bundle = str(resolve(a.bundle))
-    pool = build_requests(read_ids(bundle), MIX, seed=a.seed, n=pool_size(a.method, a.warmup + ns[1], a.events))
+    ids = read_ids(bundle)
+    workload = {**MIX, "filter_applies_to": filtered_methods(ids, MIX)}
+    pool = build_requests(ids, MIX, seed=a.seed, n=pool_size(a.method, a.warmup + ns[1], a.events))
     print(f"machine: {machine()}")
     sides = "; ".join(f"{side}: {sets[side] or 'this environment'} (recserve of {t}, {git_commit(t) or 'no git'})"
                       for side, t in trees.items())
+    filtered = [m for m in workload["filter_applies_to"] if METHODS[a.method] in (None, m)]
     print(f"method: {a.method}; runs of {ns[0]} and {ns[1]} measured calls after {a.warmup} warm-up calls and "
-          f"{a.events} RecordEvents; {sides}", flush=True)
+          f"{a.events} RecordEvents; a category filter on "
+          + (f"{MIX['filter_share']:.0%} of the {' and '.join(filtered)} calls" if filtered else "no call")
+          + f"; {sides}", flush=True)
     runs: dict[str, dict[int, dict]] = {s: {} for s in sets}
     with tempfile.TemporaryDirectory(prefix="recserve-instructions-") as tmp:
         pool_path = Path(tmp) / "pool.pkl"
@@ -232,7 +239,7 @@ def main(argv=None) -> int:
     print("\ninstructions per call:")
     for side, v in summary.items():
         print(f"  {side}: {v:,.0f}")
-    fields = {"settings": sets, "calls": ns, "per_call": summary,
+    fields = {"settings": sets, "workload": workload, "calls": ns, "per_call": summary,
               "trees": {side: {"path": str(t), "git": git_commit(t)} for side, t in trees.items()},
               "runs": {s: {str(n): r for n, r in rs.items()} for s, rs in runs.items()}}
     if "B" in sets:

@@ -26,7 +26,8 @@ What it does
     kernel's SO_REUSEPORT balances *connections* over the server's workers, so a client with one connection
     loads one worker only. Requests are pre-built before timing (users drawn from the bundle's users with
     Zipf skew, plus unknown and anonymous users, who carry a country drawn from the bundle's users' countries
-    as ``context.country``; category filters; explain) so request building is not timed.
+    as ``context.country``; a category filter on ``--filter-share`` of the Recommends and of the
+    SimilarItems; explain) so request building is not timed.
   * Closed loop: ``--concurrency`` outstanding calls in total, split evenly over the clients (a multiple of
     ``--clients``).
     Open loop: Poisson arrivals at ``--rate`` calls/s in total; latency is measured from the *intended* send
@@ -65,22 +66,20 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-from _cli import Parser, check_concurrency, output_file, record as cli_record, write_json  # noqa: E402
+from _cli import (Parser, check_concurrency, output_file, png_file, record as cli_record,  # noqa: E402
+                  write_json)
 from _clients import ClientFailure, phase_config, run_phase  # noqa: E402
-from _sweep import KEEP_UP, describe, summarize_sweep, sweep_row  # noqa: E402
+from _sweep import KEEP_UP, TAIL_SAMPLES, describe, summarize_sweep, sweep_row  # noqa: E402
 from _servers import check_reachable, record_responses, start_ceiling, start_real  # noqa: E402
 from _timing import machine  # noqa: E402
-from _workload import build_requests, parse_mix, read_ids  # noqa: E402
+from _workload import build_requests, filtered_methods, parse_mix, read_ids  # noqa: E402
+from recserve.pipeline.messages import MAX_EXPLAIN, MAX_K  # noqa: E402
 from trainer.argtypes import number, number_list  # noqa: E402
 
 
 # -- reporting --------------------------------------------------------------------------------------------
 def _fmt(v, w=9, d=2):
     return f"{v:>{w}.{d}f}" if isinstance(v, float) and np.isfinite(v) else f"{'-':>{w}}"
-
-
-# OK answers a tail percentile needs to be more than the few slowest calls blended (the JSON keeps every value)
-TAIL_SAMPLES = {"p99": 100, "p99.9": 1000}
 
 
 def _tail(v: dict, key: str) -> float:
@@ -128,9 +127,7 @@ def print_phase(title: str, real: dict, ceil: dict | None) -> None:
 
 
 def histogram_png(path: str, phases: dict) -> str:
-    if importlib.util.find_spec("matplotlib") is None:
-        return "matplotlib is not importable: latency histogram PNG skipped"
-    import matplotlib
+    import matplotlib       # importable: --png is refused at parse otherwise (_cli.png_file)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -179,11 +176,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--sweep-fractions", type=number_list(float, 0), default="0.25,0.5,0.7,0.85,1.0,1.2")
     ap.add_argument("--p99-ms", type=positive, default=15.0)
     ap.add_argument("--mix", default="recommend=0.8,similar=0.15,events=0.05")
-    ap.add_argument("--k", type=count, default=20)
+    ap.add_argument("--k", type=number(int, 1, MAX_K), default=20, help=f"items per answer, 1..{MAX_K} (as the server)")
     ap.add_argument("--zipf", type=at_least_0, default=1.1)
     ap.add_argument("--unknown", type=share, default=0.05, help="share of Recommend calls for unknown users")
     ap.add_argument("--anon", type=share, default=0.05, help="share of Recommend calls with an empty user id")
-    ap.add_argument("--filter-share", type=share, default=0.1, help="share with a category filter")
+    ap.add_argument("--filter-share", type=share, default=0.1,
+                    help="share of the Recommend and of the SimilarItems calls with a category filter")
     ap.add_argument("--explain-share", type=share, default=0.0)
     ap.add_argument("--events-batch", type=count, default=3)
     ap.add_argument("--pool", type=count, default=4000, help="pre-built requests per client")
@@ -191,10 +189,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="the client processes' event loop (uvloop: asyncio's where uvloop is not installed)")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the transport ceiling (not recommended)")
     ap.add_argument("--json", type=output_file, help="write the JSON record here")
-    ap.add_argument("--png", type=output_file, help="latency histogram PNG (needs matplotlib)")
+    ap.add_argument("--png", type=png_file, help="latency histogram PNG (needs matplotlib)")
     a = ap.parse_args(argv)
     if not a.open_only:                     # the closed loop splits --concurrency over the client processes
         check_concurrency(ap, a.concurrency, a.clients)
+    if a.explain_share > 0 and a.k > MAX_EXPLAIN:       # the server refuses such a Recommend
+        ap.error(f"--k {a.k} with --explain-share {a.explain_share:g}: the server explains answers of k up to "
+                 f"{MAX_EXPLAIN} items")
     if a.unknown + a.anon > 1:
         ap.error(f"--unknown {a.unknown:g} and --anon {a.anon:g}: shares of the Recommend calls, at most 1 together")
     if not all(f > 0 for f in a.sweep_fractions):
@@ -219,6 +220,7 @@ def main(argv=None) -> int:
     cfg = {"mix": parse_mix(a.mix), "k": a.k, "zipf": a.zipf, "unknown": a.unknown, "anon": a.anon,
            "filter_share": a.filter_share, "explain_share": a.explain_share, "events_batch": a.events_batch}
     ids = read_ids(a.bundle)
+    cfg["filter_applies_to"] = filtered_methods(ids, cfg)     # what the filter share is a share of
     pools = [build_requests(ids, cfg, seed=i, n=a.pool) for i in range(a.clients)]
     # RECSERVE_* settings reach the servers this script starts (recserve's workers and the ceiling's)
     server_env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("RECSERVE_")}
@@ -309,12 +311,14 @@ def main(argv=None) -> int:
                                "max_rate_p99_under_bound": summary["p99_bound"]["max_rate"],
                                "max_rate_kept_up": summary["kept_up"]["max_rate"]}
             print(f"\n== sweep summary (closed-loop saturation {sat:.0f}/s)")
-            print(f"{'offered/s':>10}{'due/s':>9}{'achieved/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+            print(f"(p99 over at least {TAIL_SAMPLES['p99']:,} OK answers, else '-', and the bound not judged)")
+            print(f"{'offered/s':>10}{'due/s':>9}{'achieved/s':>11}{'ok':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
                   f"{'ceil p99':>10}{'p99 ratio':>10}")
             for r in rows:
-                print(f"{r['offered']:>10.0f}{r['due_per_s']:>9.1f}{r['achieved']:>11.1f}{_fmt(r['p50'])}"
-                      f"{_fmt(r['p99'])}{r['errors']:>8}{_fmt(r['ceiling_p99'], 10)}"
-                      f"{_fmt(_ratio(r['p99'], r['ceiling_p99']), 10, 3)}")
+                p99 = _tail({"ok": r["ok"], "p99": r["p99"]}, "p99")
+                cp99 = _tail({"ok": r["ceiling_ok"], "p99": r["ceiling_p99"]}, "p99")
+                print(f"{r['offered']:>10.0f}{r['due_per_s']:>9.1f}{r['achieved']:>11.1f}{r['ok']:>8}{_fmt(r['p50'])}"
+                      f"{_fmt(p99)}{r['errors']:>8}{_fmt(cp99, 10)}{_fmt(_ratio(p99, cp99), 10, 3)}")
             print(f"p99 < {a.p99_ms:g} ms and no errors: {describe(summary['p99_bound'])}")
             print(f"kept up (OK answers finished in the window >= {KEEP_UP:.0%} of the calls due in it): "
                   f"{describe(summary['kept_up'])}")
@@ -363,4 +367,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:       # Ctrl-C: the servers were stopped on the way out; no traceback
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

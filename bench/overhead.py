@@ -40,7 +40,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 from _cli import Parser, check_bundle, output_file, record, write_json  # noqa: E402
-from _clients import call_latency  # noqa: E402
+from _clients import ClientFailure, call_latency  # noqa: E402
 from _inproc import RECOMMEND_ONLY, rec_requests, recommender  # noqa: E402
 from _proc import tree_stats  # noqa: E402
 from _servers import ServerProc, record_responses, start_ceiling, start_real  # noqa: E402
@@ -167,6 +167,8 @@ async def _drive(target, requests, rate, warm, secs, worker, stats_path):
     mark("end")
     for ch in chans:
         await ch.close()
+    if "start" not in marks:        # no call due in the measured window: no figure to give
+        raise NoCallMeasured(f"no call was due in the measured window ({secs:g} s at {rate:g} calls/s)")
     (w0, c0, s0), (w1, c1, s1) = marks["start"], marks["end"]
     n = len(lat) + sum(errors.values())         # every measured call: a refused one costs CPU too
     ms = np.array(lat) * 1000.0 if lat else np.full(1, np.nan)
@@ -177,13 +179,21 @@ async def _drive(target, requests, rate, warm, secs, worker, stats_path):
             "p50_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99))}
 
 
+class NoCallMeasured(Exception):
+    """The client's measured window held no call."""
+
+
 def _client(argv) -> int:
     cpu, target, req_file, rate, warm, secs, worker, stats_path = argv
     os.sched_setaffinity(0, {int(cpu)})
     from recserve.server import run     # the server's event loop (uvloop where installed)
 
     requests = pickle.loads(Path(req_file).read_bytes())
-    out = run(_drive(target, requests, float(rate), float(warm), float(secs), int(worker), stats_path))
+    try:
+        out = run(_drive(target, requests, float(rate), float(warm), float(secs), int(worker), stats_path))
+    except NoCallMeasured as exc:
+        print(exc, file=sys.stderr)     # the driver's error line
+        return 1
     print(json.dumps(out), flush=True)
     return 0
 
@@ -201,7 +211,7 @@ def _worker_of(supervisor: int, timeout: float = 30.0) -> int:
                 except (OSError, IndexError, ValueError):
                     pass
         time.sleep(0.1)
-    raise RuntimeError(f"no worker process under pid {supervisor}")
+    raise ClientFailure(f"no worker process under pid {supervisor}")
 
 
 def _start(mode, bundle, cpu, events, responses, stats_path) -> ServerProc:
@@ -236,6 +246,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=number(int, 1), default=2, help="rounds of the three servers, alternating")
     ap.add_argument("--json", type=output_file)
     a = ap.parse_args(argv)
+    if a.rate * a.duration < 1:         # the calls due in the measured window: none to measure
+        ap.error(f"--rate {a.rate:g} x --duration {a.duration:g}: fewer than one call due in the measured window "
+                 f"(rate x duration must be at least 1)")
     check_bundle(ap, a.bundle)
     # a SIGTERM (a `timeout`, a cancelled job) unwinds like Ctrl-C: the servers are stopped, tmp removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -266,8 +279,9 @@ def main(argv=None) -> int:
                                         str(a.duration), str(worker), stats_path if mode == "recserve" else ""],
                                        capture_output=True, text=True, timeout=a.warmup + a.duration + 120,
                                        env={**os.environ, "PYTHONPATH": str(REPO)})
-                    if p.returncode != 0:
-                        raise RuntimeError(f"client failed against {mode}:\n{p.stderr[-2000:]}")
+                    if p.returncode != 0:     # its reason: the last line of its stderr
+                        why = ([ln for ln in p.stderr.splitlines() if ln.strip()] or [f"exit {p.returncode}"])[-1]
+                        raise ClientFailure(f"the client failed against {mode}: {why.strip()}")
                     r = json.loads(p.stdout.strip().splitlines()[-1])
                 finally:
                     srv.stop()
@@ -301,4 +315,8 @@ if __name__ == "__main__":
         raise SystemExit(_serve(sys.argv[2:]))
     if len(sys.argv) > 1 and sys.argv[1] == "_client":
         raise SystemExit(_client(sys.argv[2:]))
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except ClientFailure as exc:        # no figures: the reason in one line (the servers are stopped)
+        print(f"overhead.py: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

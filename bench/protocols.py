@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-from _cli import Parser, check_dir  # noqa: E402
+from _cli import Parser, check_dir, check_movielens, movielens_files  # noqa: E402
 from trainer.argtypes import number_list, positive_int  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "ml-100k"
@@ -231,10 +231,10 @@ def main(argv=None) -> int:
     if a.data_dir is not None:
         check_dir(ap, a.data_dir, "--data-dir")
     elif a.data is not None:
-        check_dir(ap, a.data, "--data")     # a directory named on the command line must be there
-    elif not DEFAULT_DATA.is_dir():
-        print(f"protocols: skipped: the default {DEFAULT_DATA} is not a directory "
-              "(pass --data MOVIELENS_DIR or --data-dir DIR)")
+        check_movielens(ap, a.data, "--data")   # named on the command line: MovieLens ratings must be there
+    elif not DEFAULT_DATA.is_dir() or not movielens_files(DEFAULT_DATA):
+        print(f"protocols: skipped: the default {DEFAULT_DATA} holds no MovieLens data (u.data or ratings.csv; "
+              "pass --data MOVIELENS_DIR or --data-dir DIR)")
         return 0
     if a.data_dir is not None:
         from trainer.io import DataError, load_dataset
@@ -246,8 +246,13 @@ def main(argv=None) -> int:
         name = Path(a.data_dir).name
     else:
         p = Path(a.data if a.data is not None else DEFAULT_DATA)
+        from trainer.io import DataError
         from trainer.movielens import load_movielens
-        ds = load_movielens(str(p))
+
+        try:
+            ds = load_movielens(str(p))
+        except DataError as exc:            # files that are not MovieLens': refused in one line, as --data-dir's
+            ap.error(f"--data: {exc}" if a.data is not None else f"the default {p}: {exc}")
         name = p.name
     print(f"{name}: {len(ds)} interactions, {ds.n_users} users, {ds.n_items} items; seeds {seeds}", flush=True)
     for proto in a.protocols:

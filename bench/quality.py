@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-from _cli import Parser, check_dir, output_file, record, sizes, write_json  # noqa: E402
+from _cli import Parser, check_movielens, movielens_files, output_file, record, sizes, write_json  # noqa: E402
 from trainer.argtypes import number, positive_int  # noqa: E402
 from _timing import machine  # noqa: E402
 
@@ -226,10 +226,6 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _movielens_files(path: Path) -> bool:
-    return (path / "u.data").is_file() or (path / "ratings.csv").is_file()
-
-
 def main(argv=None) -> int:
     ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--synth", type=sizes, default="2000x1000,8000x4000", help="USERSxITEMS sizes, comma separated")
@@ -244,9 +240,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny run for smoke tests (one 300x200 synth set)")
     a = ap.parse_args(argv)
     if a.movielens:
-        check_dir(ap, a.movielens, "--movielens")       # named on the command line: it must be there
-        if not _movielens_files(Path(a.movielens)):
-            ap.error(f"--movielens: {a.movielens} holds neither ml-100k's u.data nor ml-latest's ratings.csv")
+        check_movielens(ap, a.movielens, "--movielens")     # named on the command line: it must be there
     from trainer.synth import synth
 
     cfg = {"seed": a.seed, "factors": a.factors, "ranker_users": a.ranker_users, "threads": a.threads}
@@ -262,7 +256,7 @@ def main(argv=None) -> int:
     ml = Path(a.movielens) if a.movielens else DEFAULT_ML
     if a.quick and a.movielens != "":
         print(f"MovieLens skipped (--quick): {ml}")
-    elif a.movielens != "" and _movielens_files(ml) and not a.quick:
+    elif a.movielens != "" and movielens_files(ml) and not a.quick:
         from trainer.movielens import load_movielens
 
         ds = load_movielens(str(ml))

@@ -3,7 +3,7 @@
     python bench/scaling.py [--sizes 10000,100000] [--with-1m] [--cands 100,500,2000] [--repeats 300]
                             [--cache DIR] [--png OUT.png] [--quick]
 
-Per catalogue size a bundle is trained on synthetic data (``trainer.build.build``; users = items / 5, 20
+Per catalogue size a bundle is trained on synthetic data (``trainer.build.build``; users = max(300, items / 5), 20
 interactions per user, no tuning, co-occurrence cosine as the item-item model at every size). Per candidate
 count N, one ``Recommender`` over that bundle with ``cap = N`` and the source quotas scaled by N / 260 (the
 default quotas sum to 260); the actual mean number of candidates merged and ranked is measured in one untimed
@@ -22,7 +22,6 @@ ran.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
@@ -35,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-from _cli import Parser, output_file, record, write_json  # noqa: E402
+from _cli import Parser, output_file, png_file, record, write_json  # noqa: E402
 from trainer.argtypes import number_list, positive_int  # noqa: E402
 from _timing import interleaved, machine, summary  # noqa: E402
 
@@ -147,7 +146,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cands", type=number_list(int, 1), default="100,500,2000", help="candidate caps, comma separated")
     ap.add_argument("--repeats", type=positive_int, default=300)
     ap.add_argument("--cache", help="keep the trained bundles here (reused when present)")
-    ap.add_argument("--png", type=output_file)
+    ap.add_argument("--png", type=png_file, help="plot of the medians (needs matplotlib)")
     ap.add_argument("--json", type=output_file)
     ap.add_argument("--quick", action="store_true", help="tiny run for smoke tests")
     a = ap.parse_args(argv)
@@ -186,24 +185,21 @@ def main(argv=None) -> int:
             print(f"{n:>9}{c:>7}{v['candidates']:>8.0f}{v['median_ms']:>11.3f}{v['p99_ms']:>9.3f}"
                   f"{v['median_ms'] / res[n][cands[0]]['median_ms']:>10.2f}"
                   f"{v['median_ms'] / res[sizes[0]][c]['median_ms']:>10.2f}")
-    if a.png:
-        if importlib.util.find_spec("matplotlib") is None:
-            print("matplotlib is not importable: PNG skipped")
-        else:
-            import matplotlib
+    if a.png:       # matplotlib is importable: --png is refused at parse otherwise (_cli.png_file)
+        import matplotlib
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for n in sizes:     # at the candidates merged, not the cap: short lists can leave fewer
-                ax.plot([res[n][c]["candidates"] for c in cands], [res[n][c]["median_ms"] for c in cands],
-                        marker="o", label=f"{n} items")
-            ax.set_xlabel("candidates merged (mean; the caps are " + ", ".join(map(str, cands)) + ")")
-            ax.set_ylabel("median ms")
-            ax.legend()
-            fig.savefig(a.png, dpi=90)
-            print(f"PNG: {a.png}")
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for n in sizes:     # at the candidates merged, not the cap: short lists can leave fewer
+            ax.plot([res[n][c]["candidates"] for c in cands], [res[n][c]["median_ms"] for c in cands],
+                    marker="o", label=f"{n} items")
+        ax.set_xlabel("candidates merged (mean; the caps are " + ", ".join(map(str, cands)) + ")")
+        ax.set_ylabel("median ms")
+        ax.legend()
+        fig.savefig(a.png, dpi=90)
+        print(f"PNG: {a.png}")
     if a.json:
         write_json(a.json, record(a, timing="every (size, N) cell interleaved in one pass",
                                   results={str(k): {str(c): v for c, v in r.items()} for k, r in res.items()}))

@@ -47,6 +47,18 @@ def _run(args):
     # the editable install answered the import: this tree was measured on both sides, labelled as another
     (["bench/compare.py", "--bundle", MISSING, "--b", f"PYTHONPATH={MISSING}"],
      f"--b: PYTHONPATH={MISSING} holds no recserve package"),
+    # no call due in the measured window: the client ended in KeyError 'start', the driver in a traceback
+    (["bench/overhead.py", "--bundle", MISSING, "--rate", "0.2", "--warmup", "2", "--duration", "1"],
+     "--rate 0.2 x --duration 1: fewer than one call due in the measured window"),
+    # the server's limits (recserve/pipeline/messages.py): every call would have failed
+    (["bench/load.py", "--bundle", MISSING, "--k", "501"], "argument --k: must be at most 500, not 501"),
+    (["bench/load.py", "--bundle", MISSING, "--k", "101", "--explain-share", "0.1"],
+     "--k 101 with --explain-share 0.1: the server explains answers of k up to 100 items"),
+    # a value of the wrong type: found out by side B's run under valgrind, after side A's (minutes)
+    (["bench/instructions.py", "--bundle", MISSING, "--b", "RECSERVE_SHARE_WORK=maybe"],
+     "--b: environment RECSERVE_SHARE_WORK: share_work: cannot read 'maybe' as an integer"),
+    (["bench/instructions.py", "--bundle", MISSING, "--b", "RECSERVE_SHARE_WORK=0", "--a", "RECSERVE_EF=0"],
+     "--a: ef: must be in [1, "),
 ])
 def test_a_bad_argument_is_one_line_and_exit_2(args, says):
     p = _run(args)
@@ -59,6 +71,19 @@ def test_a_user_named_data_dir_that_is_not_trainer_data_is_one_line(tmp_path):
     p = _run(["bench/protocols.py", "--data-dir", str(tmp_path)])
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("protocols.py: error: --data-dir:"), p.stderr
+
+
+def test_a_data_dir_that_is_not_movielens_is_one_line(tmp_path):
+    """protocols.py --data ended in a traceback of trainer.io.DataError; quality.py --movielens refused it."""
+    p = _run(["bench/protocols.py", "--data", str(tmp_path)])
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        f"protocols.py: error: --data: {tmp_path} holds neither ml-100k's u.data nor ml-latest's ratings.csv "
+        "(--help for usage)"], p.stderr[-2000:]
+    (tmp_path / "u.data").write_text("1\t2\t3\t4\n")          # ml-100k's ratings, without its u.item
+    p = _run(["bench/protocols.py", "--data", str(tmp_path)])
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        f"protocols.py: error: --data: {tmp_path}: not ml-100k (no u.item) (--help for usage)"], p.stderr[-2000:]
+    assert p.stdout == ""
 
 
 @pytest.mark.parametrize("script", [["bench/compare.py", "--bundle", MISSING, "--b", "RECSERVE_EF=8"],

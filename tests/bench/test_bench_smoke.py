@@ -28,6 +28,7 @@ def test_load_closed_open_and_ceiling(demo_bundle, tmp_path):
     rec = _record(out)
     assert rec["server_env"]["RECSERVE_SHARE_WORK"] == "0"          # the servers' settings are recorded
     assert rec["server_workers"] == rec["ceiling_workers"] == 1 and rec["config"]["warmup"] == 0.2
+    assert rec["workload"]["filter_applies_to"] == ["Recommend", "SimilarItems"]     # --filter-share's methods
     real = rec["phases"]["closed loop, concurrency 2 [recserve]"]["methods"]["ALL"]
     ceil = rec["phases"]["closed loop, concurrency 2 [ceiling]"]["methods"]["ALL"]
     assert real["ok"] > 0 and ceil["ok"] > 0

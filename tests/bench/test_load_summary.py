@@ -96,9 +96,29 @@ def _row(offered, p99, errors=0, due=None, ok_done=None):
 
     due = int(offered * 10) if due is None else due
     ok_done = due if ok_done is None else ok_done
-    real = {"window_s": 10.0, "methods": {"ALL": {"calls": due, "throughput": ok_done / 10.0, "p50": p99 / 2,
-                                                  "p99": p99, "errors": {"UNAVAILABLE": errors} if errors else {}}}}
+    real = {"window_s": 10.0, "methods": {"ALL": {"calls": due, "ok": ok_done, "throughput": ok_done / 10.0,
+                                                  "p50": p99 / 2, "p99": p99,
+                                                  "errors": {"UNAVAILABLE": errors} if errors else {}}}}
     return sweep_row(offered, real, None, p99_ms=15.0)
+
+
+def test_the_sweep_judges_no_p99_on_fewer_answers_than_the_phase_table_shows_one():
+    """The phase table showed '-' for a p99 over 34 OK answers, and the summary said the bound "held at every
+    rate swept" on that p99. A rate with too few answers is not judged: not a pass, and said so."""
+    from _sweep import describe, summarize_sweep
+
+    few = _row(3, 5.0, due=34)
+    assert not few["met_p99"] and not few["p99_judged"] and few["ok"] == 34
+    s = summarize_sweep([few])["p99_bound"]
+    assert s["max_rate"] is None and not s["held_at_every_rate"] and s["too_few_answers_at"] == [3]
+    assert s["failed_at"] == []
+    assert describe(s) == ("not judged at the lowest rate swept, 3/s (too few OK answers to judge a p99 (under "
+                           "100) at 3/s)")
+    s = summarize_sweep([_row(100, 5.0), _row(5, 5.0, due=40), _row(200, 20.0)])["p99_bound"]
+    assert s["max_rate"] is None and s["too_few_answers_at"] == [5] and s["failed_at"] == [200]
+    s = summarize_sweep([_row(100, 5.0), _row(200, 5.0, due=99), _row(300, 5.0)])["p99_bound"]
+    assert s["max_rate"] == 100 and "too few OK answers to judge a p99 (under 100) at 200/s" in describe(s)
+    assert summarize_sweep([few])["kept_up"]["held_at_every_rate"]       # kept up with: 34 of 34 answered
 
 
 def test_sweep_takes_the_last_rate_before_the_first_failure_not_the_highest_passing():
