@@ -31,14 +31,15 @@ def sweep_row(offered: float, real: dict, ceiling: dict | None, p99_ms: float) -
 
 def _highest(rows: list[dict], key: str, judged: str | None = None) -> dict:
     """The highest rate passing ``key`` with every lower one; a row whose ``judged`` is false (too few answers
-    to judge) stops it too, and is listed apart from the failures."""
+    to judge) stops it too, and is listed apart from the failures unless it had errors."""
     rows = sorted(rows, key=lambda r: r["offered"])
     best = None
     for r in rows:
         if not r[key]:
             break
         best = r["offered"]
-    unjudged = [r["offered"] for r in rows if judged and not r[judged]]
+    # too few answers, and nothing else wrong: a rate with errors failed, however few it answered
+    unjudged = [r["offered"] for r in rows if judged and not r[judged] and not r.get("errors")]
     return {"max_rate": best, "failed_at": [r["offered"] for r in rows if not r[key] and r["offered"] not in unjudged],
             "too_few_answers_at": unjudged,
             "held_at_every_rate": all(r[key] for r in rows), "highest_swept": rows[-1]["offered"] if rows else None,

@@ -247,21 +247,27 @@ def main(argv=None) -> int:
     synth_sizes = a.synth
     if a.quick:
         synth_sizes, cfg = [(300, 200)], {**cfg, "factors": 16, "ranker_users": 300, "ranker_rounds": 60}
+    ml = Path(a.movielens) if a.movielens else DEFAULT_ML
+    ml_ds = None
+    if a.movielens != "" and movielens_files(ml) and not a.quick:      # read first: bad files fail before any run
+        from trainer.io import DataError
+        from trainer.movielens import load_movielens
+
+        try:
+            ml_ds = load_movielens(str(ml))
+        except DataError as exc:
+            ap.error(f"--movielens {ml}: {exc}")
     print(f"machine: {machine()}; date {time.strftime('%Y-%m-%d')}")
     results = []
     for nu, ni in synth_sizes:
         ds, _ = synth(nu, ni, seed=a.seed)
         print(f"synth {nu}x{ni}: {len(ds)} interactions ...", flush=True)
         results.append(run_dataset(f"synth {nu}x{ni}", ds, cfg, a.eval_users, a.seed, a.threads))
-    ml = Path(a.movielens) if a.movielens else DEFAULT_ML
     if a.quick and a.movielens != "":
         print(f"MovieLens skipped (--quick): {ml}")
-    elif a.movielens != "" and movielens_files(ml) and not a.quick:
-        from trainer.movielens import load_movielens
-
-        ds = load_movielens(str(ml))
-        print(f"{ml.name}: {len(ds)} interactions ...", flush=True)
-        results.append(run_dataset(ml.name, ds, cfg, a.eval_users, a.seed, a.threads))
+    elif ml_ds is not None:
+        print(f"{ml.name}: {len(ml_ds)} interactions ...", flush=True)
+        results.append(run_dataset(ml.name, ml_ds, cfg, a.eval_users, a.seed, a.threads))
     elif a.movielens == "":
         print("MovieLens skipped (--movielens '')")
     elif not a.quick:

@@ -308,9 +308,10 @@ def cmd_items(args) -> int:
 def cmd_health(args) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with _channel(args) as ch:      # the token is checked and sent as by the other commands (health is open)
+    # no token: the health service is open, and a probe must not fail on a token it never needed
+    with _channel(args) as ch:
         r = _call(lambda: health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""),
-                                                                metadata=_meta(args), timeout=args.timeout), args)
+                                                                timeout=args.timeout), args)
     name = health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
     print(name)
     return 0 if name == "SERVING" else 1

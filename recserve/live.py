@@ -134,13 +134,14 @@ class BundleHolder:
                         extra={"event": "manifest_not_sealed", "version": rec.version})
         return rec
 
-    def pending(self) -> bool:
-        """Whether :meth:`try_reload` would load a bundle now (cheap: CURRENT and a manifest's stat)."""
+    def pending(self, retry: bool = False) -> bool:
+        """Whether :meth:`try_reload` (with ``retry``) would load a bundle now (cheap: CURRENT and the
+        version's stats)."""
         try:
             key = self._key()
         except BundleError:
             key = None
-        if key is not None and key != self.current_key and self._refused != (key, self._stamp(key)):
+        if key is not None and key != self.current_key and (retry or self._refused != (key, self._stamp(key))):
             return True
         return self.current is None and self.fallback is not None
 

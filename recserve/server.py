@@ -264,7 +264,7 @@ class Worker:
         async with self._reload_lock:
             # a load pauses this worker's loop (hnswlib's index load holds the GIL): siblings forward
             # nothing here meanwhile
-            loading = self.sharing is not None and self.holder.pending()
+            loading = self.sharing is not None and self.holder.pending(retry)
             if loading:
                 self.sharing.loading(True)
             try:

@@ -353,9 +353,10 @@ def _run(args) -> int:
         if args.holdout > 0:
             why = "for its evaluation" if evaluated else "(not evaluated: --no-evaluate)"
             held, total = m["counts"]["held_out"], m["counts"]["interactions_total"]
-            asked = "" if abs(held / total - args.holdout) <= 0.01 else \
-                f" (not the {args.holdout * 100:g}% asked: the interactions at one time are all on one side of the cut)"
-            print(f"note: the newest {100 * held / total:.3g}% ({held} of {total}) of the interactions were held out "
+            asked = "" if abs(held / total - args.holdout) <= 0.1 * args.holdout else \
+                f" (not the {_percent(args.holdout)}% asked: the interactions at one time are all on one side of " \
+                "the cut)"
+            print(f"note: the newest {_percent(held / total)}% ({held} of {total}) of the interactions were held out "
                   f"of this bundle {why}{asked}; build the bundle to serve with --holdout 0", file=sys.stderr)
         return 0
     if args.cmd == "verify":
@@ -396,6 +397,13 @@ def _ranker_line(r: dict) -> str:
     trees = r.get("best_iteration", r.get("trees", "?"))
     score = r.get("valid_ndcg@10")
     return f"{trees} trees" + (f", validation ndcg@10 {score}" if score is not None else "")
+
+
+def _percent(share: float) -> str:
+    """``share`` in percent, three significant digits, never in exponent form (0.0012, not 1.2e-03)."""
+    import numpy as np
+
+    return np.format_float_positional(100 * share, precision=3, unique=True, fractional=False, trim="-")
 
 
 def _say_dropped(data_report: dict) -> None:

@@ -119,6 +119,10 @@ def test_the_sweep_judges_no_p99_on_fewer_answers_than_the_phase_table_shows_one
     s = summarize_sweep([_row(100, 5.0), _row(200, 5.0, due=99), _row(300, 5.0)])["p99_bound"]
     assert s["max_rate"] == 100 and "too few OK answers to judge a p99 (under 100) at 200/s" in describe(s)
     assert summarize_sweep([few])["kept_up"]["held_at_every_rate"]       # kept up with: 34 of 34 answered
+    # errors fail a rate however few OK answers it had: 50 of 2,000 answered, the rest UNAVAILABLE
+    s = summarize_sweep([_row(200, 5.0, errors=1950, due=2000, ok_done=50)])["p99_bound"]
+    assert s["failed_at"] == [200] and s["too_few_answers_at"] == []
+    assert describe(s) == "not held at the lowest rate swept, 200/s (failed at 200/s)"
 
 
 def test_sweep_takes_the_last_rate_before_the_first_failure_not_the_highest_passing():

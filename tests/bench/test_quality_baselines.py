@@ -92,3 +92,16 @@ def test_a_movielens_directory_without_data_is_refused_before_the_run(tmp_path):
     assert p.returncode == 2 and p.stdout == "" and p.stderr.strip().splitlines()[-1] == (
         f"quality.py: error: --movielens: {tmp_path} holds neither ml-100k's u.data nor ml-latest's ratings.csv "
         "(--help for usage)"), p.stderr
+
+
+def test_movielens_files_that_do_not_load_are_refused_before_the_run(tmp_path):
+    """u.data present but holding a rating of 9 stars: refused in one line before any synthetic build (it
+    ran them all, then ended in a DataError traceback)."""
+    (tmp_path / "u.data").write_text("1\t10\t9\t881250949\n")
+    (tmp_path / "u.item").write_text("10|Movie (1995)|01-Jan-1995||http://x|" + "|".join("0" * 19) + "\n")
+    p = subprocess.run([sys.executable, "bench/quality.py", "--synth", "300x200", "--movielens", str(tmp_path)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode == 2 and p.stdout == "" and p.stderr.strip().splitlines() == [
+        f"quality.py: error: --movielens {tmp_path}: u.data: column rating has 1 rating(s) outside MovieLens' 0.5 "
+        "to 5 stars, the first 9 on line 1 (--help for usage)"], p.stderr

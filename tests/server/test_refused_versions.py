@@ -77,6 +77,7 @@ def test_a_retry_tries_a_refused_version_again_with_its_files_unchanged(shared_r
     new_version(root, good, "v-bad", corrupt="model")
     set_current(root, "v-bad")
     assert not holder.try_reload() and not holder.try_reload() and holder.attempts == 2
+    assert not holder.pending() and holder.pending(retry=True)      # so a worker tells its siblings it loads
     assert not holder.try_reload(retry=True) and holder.attempts == 3
     assert holder.current.version == good
     holder.current.bundle.close()

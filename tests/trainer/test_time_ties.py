@@ -87,3 +87,13 @@ def test_dates_without_hours_hold_out_a_whole_day_and_say_so(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "the newest 20% (400 of 2000) of the interactions were held out" in err, err
     assert "not the 10% asked" in err
+
+
+def test_a_small_share_asked_is_compared_with_the_share_held_out_in_proportion(tmp_path, capsys):
+    """100 days of dates without hours, 1 % a day: --holdout 0.001 holds out the last day, ten times the
+    share asked; a fixed tolerance of one point said nothing of it."""
+    d = _data(tmp_path, lambda k, t: T0 - (k % 100) * DAY)
+    assert main(["build", "--data", str(d), "--holdout", "0.001", "--no-tune", "--no-progress", "--no-evaluate",
+                 str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    assert "the newest 1% (20 of 2000) of the interactions were held out of this bundle (not evaluated: " \
+           "--no-evaluate) (not the 0.1% asked" in capsys.readouterr().err
