@@ -26,10 +26,10 @@ def test_a_worker_listens_only_once_its_bundle_is_loaded(shared_root, tmp_path, 
     loading, go = threading.Event(), threading.Event()
     real = BundleHolder.try_reload
 
-    def slow(self):
+    def slow(self, *args, **kw):
         loading.set()
         go.wait(60)                     # the load, held here while the test looks at the port
-        return real(self)
+        return real(self, *args, **kw)
 
     monkeypatch.setattr(BundleHolder, "try_reload", slow)
     port = free_port()
