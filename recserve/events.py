@@ -221,38 +221,59 @@ class EventStore:
         item, type and timestamp, a client's retry) is kept once, unless its time is the server's.
         ``before_commit()``, when given, runs just before the commit and may raise to write nothing (a
         deadline that passed while waiting for the write lock)."""
+        (out,) = self.record_many([(events, known_user, before_commit)])
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def record_many(self, batches: list[tuple]) -> list:
+        """Group commit: each ``(events, known_user, before_commit)`` as :meth:`record` writes it, all in one
+        fsynced transaction, each in a nested one: a batch that fails, or whose ``before_commit()`` raises,
+        writes nothing and the others commit. Per batch, its :class:`Recorded` or the exception it raised
+        (nothing is committed when every batch failed); an error of the commit itself is raised."""
         self._check_pid()
-        events = list(events)
-        new_users = not_kept = 0
+        outs: list = []
         with self.env.begin(write=True) as txn:
-            seq0 = seq = int.from_bytes(txn.get(b"seq", db=self._meta) or b"\0" * 8, "big")
-            cur = txn.cursor(db=self._ev)
-            seen: set[bytes] = set()
-            last: dict[bytes, int] = {}
-            added: dict[bytes, int] = {}
-            repeats = []
-            for i, e in enumerate(events):
-                u = e.user_id.encode()
-                if u not in seen:
-                    seen.add(u)
-                    if not known_user(e.user_id) and txn.get(u, db=self._users) is None:
-                        txn.put(u, struct.pack(">d", time.time()), db=self._users)
-                        new_users += 1
-                at = u + b"\0" + struct.pack(">d", e.timestamp)
-                value = struct.pack(">b", e.type) + e.item_id.encode()
-                if not e.server_time and _holds(cur, at, value):
-                    repeats.append(i)
-                    continue
-                seq += 1
-                last[u] = seq
-                added[u] = added.get(u, 0) + 1
-                txn.put(at + struct.pack(">Q", seq), value, db=self._ev)
-            for u, s in last.items():
-                txn.put(u, s.to_bytes(8, "big"), db=self._ulast)
-                not_kept += self._trim(txn, u, added[u], seq0)
-            txn.put(b"seq", seq.to_bytes(8, "big"), db=self._meta)
-            if before_commit is not None:
-                before_commit()
+            for events, known_user, before_commit in batches:
+                try:
+                    with self.env.begin(write=True, parent=txn) as sub:
+                        outs.append(self._append(sub, list(events), known_user, before_commit))
+                except Exception as exc:  # noqa: BLE001 -- this batch's own failure, handed to its caller
+                    outs.append(exc)
+            if all(isinstance(o, Exception) for o in outs):
+                txn.abort()
+        return outs
+
+    def _append(self, txn, events: list[Event], known_user, before_commit) -> Recorded:
+        new_users = not_kept = 0
+        seq0 = seq = int.from_bytes(txn.get(b"seq", db=self._meta) or b"\0" * 8, "big")
+        cur = txn.cursor(db=self._ev)
+        seen: set[bytes] = set()
+        last: dict[bytes, int] = {}
+        added: dict[bytes, int] = {}
+        repeats = []
+        for i, e in enumerate(events):
+            u = e.user_id.encode()
+            if u not in seen:
+                seen.add(u)
+                if not known_user(e.user_id) and txn.get(u, db=self._users) is None:
+                    txn.put(u, struct.pack(">d", time.time()), db=self._users)
+                    new_users += 1
+            at = u + b"\0" + struct.pack(">d", e.timestamp)
+            value = struct.pack(">b", e.type) + e.item_id.encode()
+            if not e.server_time and _holds(cur, at, value):
+                repeats.append(i)
+                continue
+            seq += 1
+            last[u] = seq
+            added[u] = added.get(u, 0) + 1
+            txn.put(at + struct.pack(">Q", seq), value, db=self._ev)
+        for u, s in last.items():
+            txn.put(u, s.to_bytes(8, "big"), db=self._ulast)
+            not_kept += self._trim(txn, u, added[u], seq0)
+        txn.put(b"seq", seq.to_bytes(8, "big"), db=self._meta)
+        if before_commit is not None:
+            before_commit()
         return Recorded(len(events), new_users, len(repeats), not_kept, tuple(repeats))
 
     def _trim(self, txn, u: bytes, added: int, seq0: int = 0) -> int:

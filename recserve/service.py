@@ -15,6 +15,7 @@ import grpc
 
 from recserve.config import debug_delay, token_fault
 from recserve.events import Event
+from recserve.groupcommit import GroupWriter
 from recserve.pipeline.errors import DeadlineExceeded, InvalidArgument, NoBundle, NotFound
 from recserve.pipeline.messages import (MAX_CONTEXT_EXTRA, MAX_LIST, Filters, RecRequest, check_batch,
                                         check_count)
@@ -269,6 +270,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         self.holder = holder
         self.metrics = metrics
         self.io = io
+        self.group = GroupWriter(io)    # RecordEvents committed in groups (recserve.groupcommit)
         self.max_in_flight = max_in_flight
         self.max_orphans = max(max_orphans, 1)
         self.in_flight = 0              # calls in flight, reads and writes
@@ -349,8 +351,9 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             _add_items(resp.items, res, False)
             return resp
 
-    async def _write(self, rid: str, work, late):
-        """``work(rec, abandoned)`` in ``io`` on a lease of the live pipeline; its result. When the call
+    async def _write(self, rid: str, work, late, submit=None):
+        """``work(rec, abandoned)`` in ``io`` (or the future ``submit(rec, abandoned)`` gives: a group
+        commit) on a lease of the live pipeline; its result. When the call
         ends first (its deadline passed, or the client cancelled) the write is orphaned: ``abandoned()``
         turns true, the call ends at once (it leaves the bound on calls in flight, its client is answered)
         and the write is tracked apart until its thread ends, keeping the lease; ``late(result, rec)`` then
@@ -364,7 +367,8 @@ class RecommenderService(pb_grpc.RecommenderServicer):
 
         with contextlib.ExitStack() as lease:
             rec = lease.enter_context(self._rec())
-            write = asyncio.get_running_loop().run_in_executor(self.io, run, rec)
+            write = asyncio.wrap_future(submit(rec, abandoned.is_set)) if submit is not None else \
+                asyncio.get_running_loop().run_in_executor(self.io, run, rec)
             try:
                 return rec, await asyncio.shield(write)
             except asyncio.CancelledError:
@@ -416,9 +420,10 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             log.info("RecordEvents: the call ended after its write committed (%d events kept)", done.kept,
                      extra={"event": "write_after_cancel", "request_id": rid})
 
-        # a write whose call ends before it commits (waiting for the store's write lock) gives up
-        rec, done = await self._write(rid, lambda rec, abandoned: rec.record_events(events, deadline, abandoned),
-                                      late)
+        # a write whose call ends before it commits (waiting for the store's write lock) gives up; the
+        # writes waiting meanwhile commit together
+        rec, done = await self._write(rid, None, late,
+                                      lambda rec, abandoned: self.group.submit(rec, events, deadline, abandoned))
         self._count_events(done, rec, events)
         return pb.RecordEventsResponse(request_id=rid, accepted=done.accepted, new_users=done.new_users,
                                        duplicates=done.duplicates, not_kept=done.not_kept)

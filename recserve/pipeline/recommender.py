@@ -493,6 +493,11 @@ class Recommender:
         """Validate and write a batch; nothing is written when ``deadline`` (monotonic) passes, or
         ``abandoned()`` turns true (the call was cancelled), before the commit: the client has given up,
         and its retry will not count the events twice."""
+        return self.store.record(*self.events_write(events, deadline, abandoned))
+
+    def events_write(self, events: list[Event], deadline: float | None = None, abandoned=None) -> tuple:
+        """What :meth:`record_events` hands the store, for it or a group commit (``EventStore.record_many``):
+        (the validated events, ``known_user``, ``before_commit``)."""
         if self.store is None:
             raise RuntimeError("no event store")
 
@@ -500,7 +505,7 @@ class Recommender:
             if deadline is not None and time.monotonic() > deadline or abandoned is not None and abandoned():
                 raise DeadlineExceeded("write")
 
-        return self.store.record(self.validate_events(events), self.known_user, before_commit)
+        return self.validate_events(events), self.known_user, before_commit
 
     def update_items(self, updates: list[tuple[str, bool | None, float | None]]) -> int:
         if self.store is None:
