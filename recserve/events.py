@@ -233,15 +233,21 @@ class EventStore:
         (nothing is committed when every batch failed); an error of the commit itself is raised."""
         self._check_pid()
         outs: list = []
-        with self.env.begin(write=True) as txn:
+        txn = self.env.begin(write=True)    # ended by hand: py-lmdb 1.x commits an aborted one on a with's exit
+        try:
             for events, known_user, before_commit in batches:
                 try:
                     with self.env.begin(write=True, parent=txn) as sub:
                         outs.append(self._append(sub, list(events), known_user, before_commit))
                 except Exception as exc:  # noqa: BLE001 -- this batch's own failure, handed to its caller
                     outs.append(exc)
-            if all(isinstance(o, Exception) for o in outs):
-                txn.abort()
+        except BaseException:
+            txn.abort()
+            raise
+        if all(isinstance(o, Exception) for o in outs):
+            txn.abort()
+        else:
+            txn.commit()
         return outs
 
     def _append(self, txn, events: list[Event], known_user, before_commit) -> Recorded:

@@ -36,13 +36,24 @@ class GroupWriter:
             start, self._running = not self._running, True
         if start:
             try:
-                self.io.submit(self._drain)
+                self.io.submit(self._drain).add_done_callback(self._drained)
             except BaseException:           # the pool is shut down: no job will take it
                 with self._lock:
                     self._running = False
                     self._waiting.remove((rec, events, deadline, abandoned, fut))
                 raise
         return fut
+
+    def _drained(self, job: futures.Future) -> None:
+        """A drain job cancelled before it ran (the pool shut down with ``cancel_futures``): the writes it
+        would have taken fail, and the next submit starts a job again."""
+        if not job.cancelled():
+            return
+        with self._lock:
+            group, self._waiting, self._running = self._waiting, [], False
+        for *_, fut in group:
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(RuntimeError("the worker stopped before the write was committed"))
 
     def _drain(self) -> None:
         while True:

@@ -265,7 +265,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     def __init__(self, holder, metrics=None, io=None, max_in_flight: int = 64, sharing=None,
                  max_orphans: int = 4):
         """``max_in_flight`` bounds the reads in flight and, apart, the writes; ``max_orphans`` the writes
-        whose calls have ended but whose thread still runs (the ``io`` pool's size: beyond it new writes
+        whose calls have ended but which still wait to commit (the ``io`` pool's size: beyond it new writes
         would only queue behind them), past which new writes are refused (UNAVAILABLE)."""
         self.holder = holder
         self.metrics = metrics

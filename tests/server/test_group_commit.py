@@ -83,3 +83,22 @@ def test_writes_waiting_for_the_lock_commit_together(shared_root, facts, start_s
     assert 1 <= commits <= 3, commits
     assert all(probe.recent(f"g{k}")[0].item_id == facts["items"][k % 3] for k in range(8))
     probe.close()
+
+
+def test_writes_whose_drain_job_is_cancelled_at_stop_fail_and_do_not_hang():
+    """The worker's stop shuts its pool down cancelling queued jobs: a drain job cancelled before it ran left
+    its writes' futures pending for ever, and every later write waiting behind a job that never comes."""
+    from concurrent import futures
+
+    from recserve.groupcommit import GroupWriter
+
+    pool = futures.ThreadPoolExecutor(max_workers=1)
+    busy = threading.Event()
+    pool.submit(busy.wait, 30)                        # the one thread is taken: the drain job queues
+    gw = GroupWriter(pool)
+    fut = gw.submit(None, [], None, lambda: False)
+    pool.shutdown(wait=False, cancel_futures=True)
+    busy.set()
+    with pytest.raises(RuntimeError, match="stopped before the write was committed"):
+        fut.result(10)
+    assert not gw._running and not gw._waiting
