@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import time
 
+from recserve.config import ServeConfig
+from recserve.live import BundleHolder
 from srvutil import copy_root, new_version, set_current
+
+
+def _live(shared_root, tmp_path):
+    """A copy of the shared root and a holder serving its CURRENT version: (root, that version, holder)."""
+    root = copy_root(shared_root, tmp_path / "root")
+    good = (root / "CURRENT").read_text().strip()
+    holder = BundleHolder(str(root), ServeConfig(reload_interval=0), None)
+    assert holder.try_reload() and holder.current.version == good
+    return root, good, holder
 
 
 def test_refused_bundle_is_not_reloaded_every_poll(shared_root, tmp_path):
@@ -12,13 +23,7 @@ def test_refused_bundle_is_not_reloaded_every_poll(shared_root, tmp_path):
     rewrite of that version directory is tried again; the live bundle keeps serving throughout."""
     import os
 
-    from recserve.config import ServeConfig
-    from recserve.live import BundleHolder
-
-    root = copy_root(shared_root, tmp_path / "root")
-    good = (root / "CURRENT").read_text().strip()
-    holder = BundleHolder(str(root), ServeConfig(reload_interval=0), None)
-    assert holder.try_reload() and holder.current.version == good
+    root, good, holder = _live(shared_root, tmp_path)
     new_version(root, good, "v-bad", corrupt="model")
     set_current(root, "v-bad")
     for _ in range(4):
@@ -37,13 +42,7 @@ def test_a_refused_version_repaired_in_place_with_its_mtime_kept_loads(shared_ro
     size, mtime and inode, and no poll or SIGHUP tried it again until a restart)."""
     import os
 
-    from recserve.config import ServeConfig
-    from recserve.live import BundleHolder
-
-    root = copy_root(shared_root, tmp_path / "root")
-    good = (root / "CURRENT").read_text().strip()
-    holder = BundleHolder(str(root), ServeConfig(reload_interval=0), None)
-    assert holder.try_reload() and holder.current.version == good
+    root, good, holder = _live(shared_root, tmp_path)
     new_version(root, good, "v-fixed")
     ranker = root / "v-fixed" / "ranker.txt"
     sound, st = ranker.read_bytes(), ranker.stat()
@@ -67,13 +66,7 @@ def test_a_refused_version_repaired_in_place_with_its_mtime_kept_loads(shared_ro
 def test_a_retry_tries_a_refused_version_again_with_its_files_unchanged(shared_root, tmp_path):
     """``try_reload(retry=True)`` (what a SIGHUP asks) tries again a version refused for a cause outside
     its files (memory that ran out while loading, a library fixed on the host)."""
-    from recserve.config import ServeConfig
-    from recserve.live import BundleHolder
-
-    root = copy_root(shared_root, tmp_path / "root")
-    good = (root / "CURRENT").read_text().strip()
-    holder = BundleHolder(str(root), ServeConfig(reload_interval=0), None)
-    assert holder.try_reload() and holder.current.version == good
+    root, good, holder = _live(shared_root, tmp_path)
     new_version(root, good, "v-bad", corrupt="model")
     set_current(root, "v-bad")
     assert not holder.try_reload() and not holder.try_reload() and holder.attempts == 2
@@ -90,13 +83,7 @@ def test_a_version_refused_while_its_files_were_copied_loads_once_they_are(share
     while a sibling that polled later served the new one)."""
     import shutil
 
-    from recserve.config import ServeConfig
-    from recserve.live import BundleHolder
-
-    root = copy_root(shared_root, tmp_path / "root")
-    good = (root / "CURRENT").read_text().strip()
-    holder = BundleHolder(str(root), ServeConfig(reload_interval=0), None)
-    assert holder.try_reload() and holder.current.version == good
+    root, good, holder = _live(shared_root, tmp_path)
     new_version(root, good, "v-copied")
     index = root / "v-copied" / "index.hnsw"
     held = tmp_path / "index.hnsw"
@@ -115,14 +102,8 @@ def test_a_version_refused_while_its_files_were_copied_loads_once_they_are(share
 def test_current_naming_a_directory_outside_the_root_is_refused(shared_root, tmp_path):
     """CURRENT holds a version name, never a path: a relative path out of the root, an absolute path and
     an empty file are each refused (the live bundle stays), as ``recserve-train verify`` refuses them."""
-    from recserve.config import ServeConfig
-    from recserve.live import BundleHolder
-
-    root = copy_root(shared_root, tmp_path / "root")
+    root, good, holder = _live(shared_root, tmp_path)
     other = copy_root(shared_root, tmp_path / "other")
-    good = (root / "CURRENT").read_text().strip()
-    holder = BundleHolder(str(root), ServeConfig(reload_interval=0), None)
-    assert holder.try_reload() and holder.current.version == good
     for name, why in ((f"../other/{good}", "invalid version name"), (str(other / good), "invalid version name"),
                       ("", "is empty")):
         (root / "CURRENT").write_text(name + "\n")
