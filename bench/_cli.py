@@ -125,16 +125,18 @@ def output_file(path: str) -> str:
 
 
 def png_file(path: str) -> str:
-    """Argument type of a ``--png`` plot: :func:`output_file`, and refused while the arguments are read when
-    matplotlib, which draws it, cannot be imported (not found out after the whole run)."""
+    """Argument type of a ``--png`` plot: :func:`output_file` (checked first: a path that cannot be written is
+    refused as such, matplotlib or not), and refused while the arguments are read when matplotlib, which
+    draws it, cannot be imported (not found out after the whole run)."""
     import importlib
 
+    path = output_file(path)
     try:
         importlib.import_module("matplotlib")
     except ImportError as exc:
         raise argparse.ArgumentTypeError(f"matplotlib, which draws the PNG, cannot be imported ({exc}); "
                                          "install it or leave out --png") from None
-    return output_file(path)
+    return path
 
 
 def sizes(text: str, interactions: bool = False) -> list[tuple]:

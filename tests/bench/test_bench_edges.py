@@ -96,6 +96,9 @@ def test_png_is_refused_at_once_without_matplotlib(script, tmp_path):
     assert p.returncode == 2 and len(lines) == 1 and "argument --png: matplotlib, which draws the PNG, cannot be " \
         "imported" in lines[0], p.stderr[-2000:]
     assert p.stdout == "" and not (tmp_path / "x.png").exists()
+    # a path that cannot be written is refused as such, matplotlib or not (CI installs no matplotlib)
+    p = _run([*script, "--png", str(tmp_path / "no" / "x.png")], prelude="sys.modules['matplotlib'] = None")
+    assert p.returncode == 2 and "--png: directory" in p.stderr, p.stderr[-2000:]
 
 
 def test_ctrl_c_on_load_is_one_line_and_exit_130(demo_bundle):
