@@ -615,7 +615,3 @@ class EventStore:
 
     def close(self) -> None:
         self.env.close()
-
-
-def ages_days(timestamps: np.ndarray, now: float) -> np.ndarray:
-    return ((now - np.asarray(timestamps, np.float64)) / 86400.0).astype(np.float32)
