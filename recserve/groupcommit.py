@@ -24,7 +24,6 @@ class GroupWriter:
         self._lock = threading.Lock()
         self._waiting: list = []
         self._running = False
-        self.commits = 0            # group commits made (for tests and logs)
 
     def submit(self, rec, events, deadline: float | None, abandoned) -> futures.Future:
         """Write ``events`` through ``rec`` (a ``Recommender``: its validation and store) in the next group;
@@ -95,7 +94,6 @@ class GroupWriter:
                 for fut in owners:
                     fut.set_exception(exc)
                 continue
-            self.commits += 1
             for fut, out in zip(owners, outs):
                 if isinstance(out, Exception):
                     fut.set_exception(out)

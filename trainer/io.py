@@ -545,14 +545,14 @@ def load_dataset(data_dir: str | os.PathLike, drop_unknown: bool = False) -> Dat
     order = np.lexsort((device, value, item_row, ev, ts, user_row))     # ties by item, value, device: not file order
     # interactions that repeat another in every column are counted, not dropped: with times of a day
     # (dates without hours) a second view of an item that day is one, and a log appended twice makes them all
-    cols = [a[order] for a in (user_row, item_row, ev, ts, value, device)]
+    user_row, item_row, ev, ts, value, device = (a[order] for a in (user_row, item_row, ev, ts, value, device))
     same = np.ones(max(len(order) - 1, 0), bool)
-    for a in cols:
+    for a in (user_row, item_row, ev, ts, value, device):
         same &= (a[1:] == a[:-1]) | ((a[1:] != a[1:]) & (a[:-1] != a[:-1]))      # NaN values alike
     report["repeated_interactions"] = int(same.sum())
     report.update(interactions=int(len(ts)), users=int(len(user_ids)), items=int(len(item_ids)))
-    return Dataset(user=user_row[order].astype(np.int32), item=item_row[order].astype(np.int32),
-                   ts=ts[order], event=ev[order].astype(np.int8), value=value[order], device=device[order],
+    return Dataset(user=user_row.astype(np.int32), item=item_row.astype(np.int32),
+                   ts=ts, event=ev.astype(np.int8), value=value, device=device,
                    user_ids=user_ids, item_ids=item_ids, item_category=category, item_creator=creator,
                    item_price=price, item_created=created, item_in_stock=in_stock, user_signup=signup,
                    user_country=country, item_extra=item_extra, user_extra=user_extra, report=report, files=files)
